@@ -1,0 +1,640 @@
+"""Named, ranked locks and the run-time checker of the lock discipline (DESIGN.md §4).
+
+Every lock in allocrunner is created with `make_lock(name)` or `make_rwlock(name)`
+and `name` must appear in `LOCK_ORDER`, which runs from the outermost lock to the
+innermost. A thread may only take a lock whose rank is strictly above every lock it
+already holds, so a cycle (a deadlock) cannot be built.
+
+Why each edge of the order exists:
+
+- ``Client._allocs_lock`` is outermost: the registry lock is held only to read or
+  replace the map of runners; nothing else is taken under it in practice, but a
+  runner lock must never be held when the registry is taken.
+- ``AllocRunner._destroyed_lock`` → ``AllocRunner._state_lock``: destroy and persist
+  decide "destroyed?" and then read the runtime state (Nomad's PersistState order).
+- ``AllocRunner._state_lock`` → ``AllocRunner._alloc_lock``: building the client view
+  of the allocation reads the runtime state and then the server allocation.
+- ``AllocRunner._alloc_lock`` → ``TaskRunner._alloc_lock`` → ``TaskRunner._state_lock``:
+  an alloc update is pushed down to each task runner; a task runner reads its alloc
+  before its own state.
+- The remaining locks are leaves: each guards a small structure of its own
+  (``HealthHook._lock``, ``PrevAllocWatcher._lock``, ``AllocDir._lock``,
+  ``AllocBroadcaster._lock``, driver tables, ``GCQueue._lock``) and no other declared
+  lock is taken under them. ``StateDB._lock`` is last so that the one documented
+  "lock-held I/O" site (delete the alloc under the lock that marks it destroyed)
+  stays legal.
+
+Check mode (``ALLOCRUNNER_LOCKCHECK=1``, read once at import) replaces every lock
+by a checked one and turns the field tags and decorators below into checks; each
+violation raises at once in the offending thread and is also recorded, so that a
+test notices a violation even when a background thread swallowed the exception.
+With check mode off `make_lock` returns a bare `threading.Lock`, field tags are
+inert class attributes and the decorators are the identity: production pays nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
+
+from allocrunner.errors import (
+    CalloutUnderLockError,
+    LockDisciplineError,
+    LockNotHeldError,
+    LockOrderError,
+)
+
+CHECK: bool = os.environ.get("ALLOCRUNNER_LOCKCHECK", "") not in ("", "0")
+
+LOCK_ORDER: tuple[str, ...] = (
+    "Client._allocs_lock",
+    "AllocGarbageCollector._lock",
+    "AllocRunner._destroyed_lock",
+    "AllocRunner._state_lock",
+    "AllocRunner._alloc_lock",
+    "TaskRunner._alloc_lock",
+    "TaskRunner._state_lock",
+    "TaskRunner._handle_lock",
+    "HealthHook._lock",
+    "PrevAllocWatcher._lock",
+    "AllocDir._lock",
+    "AllocBroadcaster._lock",
+    "Driver._lock",
+    "GCQueue._lock",
+    "StateDB._lock",
+)
+
+_RANKS: dict[str, int] = {name: rank for rank, name in enumerate(LOCK_ORDER)}
+
+F = TypeVar("F", bound=Callable[..., Any])
+Mode = Literal["read", "write"]
+
+
+def lock_rank(name: str) -> int:
+    """The rank of a declared lock name; ValueError for a name not in LOCK_ORDER."""
+    try:
+        return _RANKS[name]
+    except KeyError:
+        raise ValueError(f"lock {name!r} is not declared in LOCK_ORDER") from None
+
+
+# --- violation record ----------------------------------------------------------------
+
+_violations_lock = threading.Lock()
+_violations: list[LockDisciplineError] = []
+
+
+def _violation(err: LockDisciplineError) -> LockDisciplineError:
+    """Record a violation so tests see it even if the raising thread swallows it."""
+    with _violations_lock:
+        _violations.append(err)
+    return err
+
+
+def take_violations() -> list[LockDisciplineError]:
+    """Return and forget every violation recorded so far (used by the test harness)."""
+    with _violations_lock:
+        taken = list(_violations)
+        _violations.clear()
+    return taken
+
+
+# --- the production reader-writer lock -------------------------------------------------
+
+
+class RWLock:
+    """Thread-safe. A writer-preferring reader-writer lock with Go `sync.RWMutex` semantics.
+
+    A waiting writer blocks new readers, so a steady stream of readers cannot starve
+    it; when a writer releases, the readers that queued behind it are admitted
+    together before the next writer, so writers cannot starve readers either. The
+    read side is not reentrant (a reader that re-reads while a writer waits would
+    deadlock, exactly as in Go).
+    """
+
+    __slots__ = (
+        "_admit_gen",
+        "_mutex",
+        "_read_side",
+        "_readers",
+        "_readers_ok",
+        "_readers_waiting",
+        "_write_side",
+        "_writer",
+        "_writer_ok",
+        "_writers_waiting",
+        "name",
+    )
+
+    def __init__(self, name: str = "RWLock") -> None:
+        self.name = name
+        self._mutex = threading.Lock()
+        self._readers_ok = threading.Condition(self._mutex)
+        self._writer_ok = threading.Condition(self._mutex)
+        self._readers = 0  # readers holding the lock (admitted ones included)
+        self._writer = False
+        self._writers_waiting = 0
+        self._readers_waiting = 0
+        self._admit_gen = 0  # bumped each time queued readers are admitted as a batch
+        self._read_side = _ReadSide(self)
+        self._write_side = _WriteSide(self)
+
+    def read(self) -> _ReadSide:
+        """Context manager for the read side: ``with lock.read(): ...``."""
+        return self._read_side
+
+    def write(self) -> _WriteSide:
+        """Context manager for the write side: ``with lock.write(): ...``."""
+        return self._write_side
+
+    def acquire_read(self, timeout: float | None = None) -> bool:
+        """Take the read side; False if `timeout` seconds passed first."""
+        mutex = self._mutex
+        mutex.acquire()
+        if not self._writer and not self._writers_waiting:
+            self._readers += 1
+            mutex.release()
+            return True
+        try:
+            return self._wait_read_locked(timeout)
+        finally:
+            mutex.release()
+
+    def _wait_read_locked(self, timeout: float | None) -> bool:
+        self._readers_waiting += 1
+        gen = self._admit_gen
+        if timeout is None:
+            while self._admit_gen == gen:
+                self._readers_ok.wait()
+            return True
+        deadline = _monotonic() + timeout
+        while self._admit_gen == gen:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                self._readers_waiting -= 1
+                return False
+            self._readers_ok.wait(remaining)
+        return True
+
+    def release_read(self) -> None:
+        """Release the read side."""
+        mutex = self._mutex
+        mutex.acquire()
+        if self._readers <= 0:
+            mutex.release()
+            raise RuntimeError(f"release_read of {self.name} without a reader")
+        self._readers -= 1
+        if self._readers == 0 and self._writers_waiting:
+            self._writer_ok.notify()
+        mutex.release()
+
+    def acquire_write(self, timeout: float | None = None) -> bool:
+        """Take the write side; False if `timeout` seconds passed first."""
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if not self._writer and not self._readers:
+                self._writer = True
+                return True
+            self._writers_waiting += 1
+            deadline = None if timeout is None else _monotonic() + timeout
+            while self._writer or self._readers:
+                if deadline is None:
+                    self._writer_ok.wait()
+                    continue
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    self._writers_waiting -= 1
+                    if not self._writers_waiting and not self._writer:
+                        self._admit_readers_locked()
+                    return False
+                self._writer_ok.wait(remaining)
+            self._writers_waiting -= 1
+            self._writer = True
+            return True
+        finally:
+            mutex.release()
+
+    def release_write(self) -> None:
+        """Release the write side; queued readers go before the next writer."""
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if not self._writer:
+                raise RuntimeError(f"release_write of {self.name} without a writer")
+            self._writer = False
+            if self._readers_waiting:
+                self._admit_readers_locked()
+            elif self._writers_waiting:
+                self._writer_ok.notify()
+        finally:
+            mutex.release()
+
+    def _admit_readers_locked(self) -> None:
+        if self._readers_waiting:
+            self._readers += self._readers_waiting
+            self._readers_waiting = 0
+            self._admit_gen += 1
+            self._readers_ok.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<RWLock {self.name} readers={self._readers} writer={self._writer}>"
+
+
+class _ReadSide:
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: RWLock) -> None:
+        self._rw = rw
+
+    def __enter__(self) -> RWLock:
+        rw = self._rw
+        mutex = rw._mutex
+        mutex.acquire()
+        if rw._writer or rw._writers_waiting:
+            try:
+                rw._wait_read_locked(None)
+            finally:
+                mutex.release()
+        else:
+            rw._readers += 1
+            mutex.release()
+        return rw
+
+    def __exit__(self, *exc: object) -> None:
+        self._rw.release_read()
+
+
+class _WriteSide:
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: RWLock) -> None:
+        self._rw = rw
+
+    def __enter__(self) -> RWLock:
+        self._rw.acquire_write()
+        return self._rw
+
+    def __exit__(self, *exc: object) -> None:
+        self._rw.release_write()
+
+
+_monotonic = __import__("time").monotonic
+
+
+# --- check mode: per-thread record of held locks ---------------------------------------
+
+
+class _Held(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[tuple[Any, Mode]] = []
+        self.peers: frozenset[int] = frozenset()
+
+
+_held = _Held()
+
+
+def held_locks() -> list[str]:
+    """Names (with mode) of the declared locks the calling thread holds, outermost first."""
+    return [f"{lock.name}({mode})" for lock, mode in _held.stack]
+
+
+def _check_order(lock: Any) -> None:
+    stack = _held.stack
+    for other, _mode in stack:
+        if other is lock:
+            raise _violation(
+                LockOrderError(
+                    f"re-entering non-reentrant lock {lock.name} (a self-deadlock); "
+                    f"held: {', '.join(held_locks())}"
+                )
+            )
+        if other.rank >= lock.rank and not (
+            other.rank == lock.rank and id(lock) in _held.peers and id(other) < id(lock)
+        ):
+            raise _violation(
+                LockOrderError(
+                    f"taking {lock.name} (rank {lock.rank}) while holding {other.name} "
+                    f"(rank {other.rank}) breaks LOCK_ORDER"
+                )
+            )
+
+
+def _push(lock: Any, mode: Mode) -> None:
+    _held.stack.append((lock, mode))
+
+
+def _pop(lock: Any, mode: Mode) -> None:
+    stack = _held.stack
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][0] is lock and stack[i][1] == mode:
+            del stack[i]
+            return
+    raise _violation(
+        LockNotHeldError(f"releasing {lock.name} ({mode}) that this thread does not hold")
+    )
+
+
+def held_mode(lock: Any) -> Mode | None:
+    """How the calling thread holds `lock` ("write" for a plain lock), or None."""
+    for other, mode in _held.stack:
+        if other is lock:
+            return mode
+    return None
+
+
+class CheckedLock:
+    """Thread-safe. A named, ranked mutex that checks order and ownership (check mode only)."""
+
+    __slots__ = ("_lock", "_owner", "name", "rank")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rank = lock_rank(name)
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        _check_order(self)
+        ok = self._lock.acquire(blocking, timeout)
+        if ok:
+            self._owner = threading.get_ident()
+            _push(self, "write")
+        return ok
+
+    def release(self) -> None:
+        if self._owner != threading.get_ident():
+            raise _violation(
+                LockNotHeldError(f"releasing {self.name} that this thread does not hold")
+            )
+        _pop(self, "write")
+        self._owner = None
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> CheckedLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # threading.Condition support (it uses these when present)
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def _release_save(self) -> None:
+        self.release()
+
+    def _acquire_restore(self, _state: object) -> None:
+        self.acquire()
+
+    def __repr__(self) -> str:
+        return f"<CheckedLock {self.name} rank={self.rank}>"
+
+
+class CheckedRWLock(RWLock):
+    """Thread-safe. `RWLock` plus order and ownership checks per thread (check mode only)."""
+
+    __slots__ = ("rank",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.rank = lock_rank(name)
+        self._read_side = _CheckedSide(self, "read")  # type: ignore[assignment]
+        self._write_side = _CheckedSide(self, "write")  # type: ignore[assignment]
+
+    def acquire_read(self, timeout: float | None = None) -> bool:
+        _check_order(self)
+        ok = super().acquire_read(timeout)
+        if ok:
+            _push(self, "read")
+        return ok
+
+    def release_read(self) -> None:
+        _pop(self, "read")
+        super().release_read()
+
+    def acquire_write(self, timeout: float | None = None) -> bool:
+        _check_order(self)
+        ok = super().acquire_write(timeout)
+        if ok:
+            _push(self, "write")
+        return ok
+
+    def release_write(self) -> None:
+        _pop(self, "write")
+        super().release_write()
+
+
+class _CheckedSide:
+    __slots__ = ("_mode", "_rw")
+
+    def __init__(self, rw: CheckedRWLock, mode: Mode) -> None:
+        self._rw = rw
+        self._mode = mode
+
+    def __enter__(self) -> RWLock:
+        if self._mode == "read":
+            self._rw.acquire_read()
+        else:
+            self._rw.acquire_write()
+        return self._rw
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mode == "read":
+            self._rw.release_read()
+        else:
+            self._rw.release_write()
+
+
+def make_lock(name: str) -> Any:
+    """A mutex named `name` (declared in LOCK_ORDER): bare `threading.Lock` unless checking."""
+    if CHECK:
+        return CheckedLock(name)
+    lock_rank(name)
+    return threading.Lock()
+
+
+def make_rwlock(name: str) -> RWLock:
+    """A writer-preferring `RWLock` named `name` (declared in LOCK_ORDER)."""
+    if CHECK:
+        return CheckedRWLock(name)
+    lock_rank(name)
+    return RWLock(name)
+
+
+@contextlib.contextmanager
+def acquire_many(*locks: Any) -> Iterator[None]:
+    """Hold several locks of one class together, taken in a fixed (id) order.
+
+    Two locks of the same rank may only be nested through this helper, which makes
+    every thread take them in the same order.
+    """
+    ordered = sorted(locks, key=id)
+    previous_peers = _held.peers
+    _held.peers = frozenset(id(lock) for lock in ordered)
+    taken: list[Any] = []
+    try:
+        for lock in ordered:
+            lock.acquire()
+            taken.append(lock)
+        _held.peers = previous_peers
+        yield
+    finally:
+        _held.peers = previous_peers
+        for lock in reversed(taken):
+            lock.release()
+
+
+# --- field tags ------------------------------------------------------------------------
+
+
+class FieldTag:
+    """Declares how a mutable field of a thread-safe class is protected.
+
+    In production it is an inert class attribute (instances shadow it). In check mode
+    it is a data descriptor: a guarded field may be read only with its lock held (either
+    side) and rebound only with the lock (or the write side of an RWLock) held; an
+    immutable field may be bound once. The first binding (in ``__init__``) is free.
+    """
+
+    kind: str = "tag"
+
+    def __init__(self, lock: str | None = None, thread: str | None = None) -> None:
+        self.lock = lock
+        self.thread = thread
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        detail = self.lock or self.thread or ""
+        return f"{self.kind}({detail!r})" if detail else f"{self.kind}()"
+
+
+class _CheckedFieldTag(FieldTag):
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            value = obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        if self.kind == "guarded":
+            lock = obj.__dict__.get(self.lock)
+            if lock is not None and held_mode(lock) is None:
+                raise _violation(
+                    LockNotHeldError(
+                        f"reading {type(obj).__name__}.{self.name} without holding {self.lock}"
+                    )
+                )
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        d = obj.__dict__
+        if self.name not in d:
+            d[self.name] = value
+            return
+        if self.kind == "immutable":
+            raise _violation(
+                LockNotHeldError(f"rebinding immutable field {type(obj).__name__}.{self.name}")
+            )
+        if self.kind == "guarded":
+            lock = d.get(self.lock)
+            mode = held_mode(lock) if lock is not None else None
+            if mode != "write":
+                side = "only the read side of" if mode == "read" else "without holding"
+                raise _violation(
+                    LockNotHeldError(f"writing {type(obj).__name__}.{self.name} {side} {self.lock}")
+                )
+        d[self.name] = value
+
+
+def _tag(kind: str, lock: str | None = None, thread: str | None = None) -> FieldTag:
+    tag = (_CheckedFieldTag if CHECK else FieldTag)(lock=lock, thread=thread)
+    tag.kind = kind
+    return tag
+
+
+def guarded(lock: str) -> Any:
+    """Tag a field guarded by the lock stored in attribute `lock` of the same object."""
+    return _tag("guarded", lock=lock)
+
+
+def immutable() -> Any:
+    """Tag a field bound once (in ``__init__``) and never rebound."""
+    return _tag("immutable")
+
+
+def confined(thread: str) -> Any:
+    """Tag a field touched only by one named thread (e.g. "task-run"), so needing no lock."""
+    return _tag("confined", thread=thread)
+
+
+def field_tags(cls: type) -> dict[str, FieldTag]:
+    """Every tagged field of `cls` and its bases, by attribute name."""
+    tags: dict[str, FieldTag] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, FieldTag):
+                tags[name] = value
+    return tags
+
+
+# --- decorators ------------------------------------------------------------------------
+
+
+def requires(lock: str, *, write: bool = False) -> Callable[[F], F]:
+    """Mark a `_locked` helper that must be entered holding `self.<lock>` (its write side
+    if `write`). Identity unless checking."""
+
+    def decorate(fn: F) -> F:
+        if not CHECK:
+            return fn
+
+        @functools.wraps(fn)
+        def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            mode = held_mode(getattr(self, lock))
+            if mode is None or (write and mode != "write"):
+                need = "the write side of " if write else ""
+                raise _violation(
+                    LockNotHeldError(f"{fn.__qualname__} requires {need}{lock} to be held")
+                )
+            return fn(self, *args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def calls_out(fn: F) -> F:
+    """Mark a function that runs foreign or slow code (hooks, drivers, callbacks, I/O,
+    waits): entering it with any declared lock held is an error. Identity unless checking."""
+    if not CHECK:
+        return fn
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if _held.stack:
+            raise _violation(
+                CalloutUnderLockError(
+                    f"{fn.__qualname__} calls out while holding {', '.join(held_locks())}"
+                )
+            )
+        return fn(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def assert_no_locks_held(what: str) -> None:
+    """Raise CalloutUnderLockError in check mode if the calling thread holds a lock."""
+    if CHECK and _held.stack:
+        raise _violation(CalloutUnderLockError(f"{what} while holding {', '.join(held_locks())}"))

@@ -1,0 +1,235 @@
+"""Small synchronisation primitives that replace Go's context and channel idioms.
+
+- `CancelToken`: a closed-once "done" signal with a reason (Go's context.Context);
+  `any_of` joins several into one.
+- `Kick`: a coalescing notification (a capacity-1 ``chan struct{}``): extra kicks
+  while one is pending are dropped.
+- `LatestValue`: a one-slot box where the newest value wins (a drain-and-replace
+  channel), with an optional rule to keep the pending value instead.
+- `ThreadGroup`: named threads owned by one component and joined with a timeout.
+
+`cancel`, `kick` and `offer` are notify-only: O(1), never block for long and take
+only their own private leaf lock, so they may be called while holding a declared
+lock (DESIGN.md §4 rule 4). Every waiting method carries `@calls_out`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from allocrunner._locking import calls_out
+
+T = TypeVar("T")
+
+
+class CancelToken:
+    """Thread-safe. Cancelled at most once; waiters wake and see the first reason."""
+
+    __slots__ = ("_children", "_event", "_mutex", "_parents", "_reason")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._event = threading.Event()
+        self._reason: str | None = None
+        self._children: dict[int, CancelToken] = {}
+        self._parents: tuple[CancelToken, ...] = ()
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Cancel with `reason`; True if this call did it, False if already cancelled."""
+        with self._mutex:
+            if self._reason is not None:
+                return False
+            self._reason = reason
+            children = list(self._children.values())
+            self._children.clear()
+            parents = self._parents
+            self._parents = ()
+        self._event.set()
+        for parent in parents:
+            parent._forget(self)
+        for child in children:
+            child.cancel(reason)
+        return True
+
+    def cancelled(self) -> bool:
+        """True once cancelled."""
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str | None:
+        """Why it was cancelled, or None while it is not."""
+        with self._mutex:
+            return self._reason
+
+    @calls_out
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled or `timeout` passes; True if cancelled."""
+        return self._event.wait(timeout)
+
+    def child(self) -> CancelToken:
+        """A new token cancelled with this one (and cancellable on its own)."""
+        return CancelToken.any_of(self)
+
+    @staticmethod
+    def any_of(*tokens: CancelToken) -> CancelToken:
+        """A new token cancelled as soon as any of `tokens` is (with that token's reason)."""
+        joined = CancelToken()
+        joined._parents = tokens
+        for token in tokens:
+            reason = token._adopt(joined)
+            if reason is not None:
+                joined.cancel(reason)
+                break
+        return joined
+
+    def _adopt(self, child: CancelToken) -> str | None:
+        with self._mutex:
+            if self._reason is None:
+                self._children[id(child)] = child
+            return self._reason
+
+    def _forget(self, child: CancelToken) -> None:
+        with self._mutex:
+            self._children.pop(id(child), None)
+
+    def __repr__(self) -> str:
+        return f"<CancelToken cancelled={self._reason!r}>"
+
+
+class Kick:
+    """Thread-safe. A coalescing notification: many kicks before a wait count as one."""
+
+    __slots__ = ("_cond", "_pending")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = False
+
+    def kick(self) -> None:
+        """Mark pending and wake a waiter; never blocks."""
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
+
+    @calls_out
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a kick and consume it; False if `timeout` passed with none pending."""
+        with self._cond:
+            if not self._pending:
+                self._cond.wait_for(lambda: self._pending, timeout)
+            pending, self._pending = self._pending, False
+            return pending
+
+    def pending(self) -> bool:
+        """True if a kick is waiting to be consumed."""
+        with self._cond:
+            return self._pending
+
+
+_EMPTY: Any = object()
+
+
+class LatestValue(Generic[T]):
+    """Thread-safe. A one-slot box: `offer` replaces the pending value, `take` removes it."""
+
+    __slots__ = ("_closed", "_cond", "_value")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._value: Any = _EMPTY
+        self._closed = False
+
+    def offer(self, value: T, *, keep_pending: Callable[[T, T], bool] | None = None) -> bool:
+        """Put `value`, replacing any pending one, unless `keep_pending(pending, value)`
+        says the pending one should stay (then `value` is dropped). Returns True if
+        `value` was stored. Offers after `close()` are dropped. `keep_pending` runs under
+        the box's private lock, so it must be a pure comparison."""
+        with self._cond:
+            if self._closed:
+                return False
+            if (
+                self._value is not _EMPTY
+                and keep_pending is not None
+                and keep_pending(self._value, value)
+            ):
+                return False
+            self._value = value
+            self._cond.notify()
+            return True
+
+    def poll(self) -> T | None:
+        """Take the pending value without waiting; None if there is none."""
+        with self._cond:
+            value, self._value = self._value, _EMPTY
+        return None if value is _EMPTY else value
+
+    def peek(self) -> T | None:
+        """The pending value, left in place; None if there is none."""
+        with self._cond:
+            return None if self._value is _EMPTY else self._value
+
+    @calls_out
+    def take(self, timeout: float | None = None) -> T:
+        """Wait for and remove the pending value. TimeoutError when `timeout` passes;
+        EOFError once closed and empty."""
+        with self._cond:
+            if self._value is _EMPTY and not self._closed:
+                self._cond.wait_for(lambda: self._value is not _EMPTY or self._closed, timeout)
+            if self._value is _EMPTY:
+                if self._closed:
+                    raise EOFError("LatestValue closed")
+                raise TimeoutError("no value offered in time")
+            value, self._value = self._value, _EMPTY
+            return value
+
+    def close(self) -> None:
+        """Refuse further offers and wake waiters; a pending value can still be taken."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class ThreadGroup:
+    """Thread-safe. Starts named threads and joins them together with a deadline.
+
+    Threads are daemons so that a bug can never keep the interpreter alive, but every
+    owner joins its group on shutdown; the test harness fails on any thread left alive.
+    """
+
+    __slots__ = ("_mutex", "_threads", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._mutex = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def spawn(self, name: str, target: Callable[..., object], *args: Any) -> threading.Thread:
+        """Start `target(*args)` on a new thread called `name`."""
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._mutex:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+    @calls_out
+    def join(self, timeout: float | None = None) -> bool:
+        """Join every thread started so far; True if all ended within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            threads = list(self._threads)
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is current:
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not any(t.is_alive() for t in threads if t is not current)
+
+    def alive(self) -> list[threading.Thread]:
+        """Threads of this group that are still running."""
+        with self._mutex:
+            return [t for t in self._threads if t.is_alive()]

@@ -1,0 +1,62 @@
+"""Immutable value objects for jobs, allocations and task states, with Nomad's strings."""
+
+from allocrunner.structs import status as _status
+from allocrunner.structs import task_state as _task_state
+from allocrunner.structs.alloc import (
+    Allocation,
+    AllocDeploymentStatus,
+    AllocState,
+    DesiredTransition,
+    new_allocation,
+)
+from allocrunner.structs.frozen import FrozenDict, freeze, thaw
+from allocrunner.structs.job import (
+    BATCH_RESTART_POLICY,
+    SERVICE_RESTART_POLICY,
+    EphemeralDisk,
+    Job,
+    Lifecycle,
+    LogConfig,
+    MigrateStrategy,
+    Resources,
+    RestartPolicy,
+    Task,
+    TaskGroup,
+    UpdateStrategy,
+    default_restart_policy,
+    effective_restart_policy,
+)
+from allocrunner.structs.status import *  # noqa: F403  (status constants)
+from allocrunner.structs.status import client_status_from_task_states
+from allocrunner.structs.task_state import *  # noqa: F403  (event constants)
+from allocrunner.structs.task_state import TaskEvent, TaskState, utcnow
+
+__all__ = [
+    "BATCH_RESTART_POLICY",
+    "SERVICE_RESTART_POLICY",
+    "AllocDeploymentStatus",
+    "AllocState",
+    "Allocation",
+    "DesiredTransition",
+    "EphemeralDisk",
+    "FrozenDict",
+    "Job",
+    "Lifecycle",
+    "LogConfig",
+    "MigrateStrategy",
+    "Resources",
+    "RestartPolicy",
+    "Task",
+    "TaskEvent",
+    "TaskGroup",
+    "TaskState",
+    "UpdateStrategy",
+    "client_status_from_task_states",
+    "default_restart_policy",
+    "effective_restart_policy",
+    "freeze",
+    "new_allocation",
+    "thaw",
+    "utcnow",
+]
+__all__ += [n for n in _status.__all__ + _task_state.__all__ if n not in __all__]

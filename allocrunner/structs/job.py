@@ -1,0 +1,201 @@
+"""Immutable job value objects: Job → TaskGroup → Task, with Nomad's defaults.
+
+Durations are seconds as floats (nanoseconds only in JSON). Free-form maps (driver
+config, env, meta) are deep-frozen, so nothing reachable from a Job can change.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from allocrunner.structs.frozen import FrozenDict, frozen_map, frozen_tuple
+from allocrunner.structs.status import (
+    JOB_BATCH,
+    JOB_SERVICE,
+    JOB_SYSBATCH,
+    LIFECYCLE_POSTSTOP,
+    RESTART_MODE_FAIL,
+)
+
+DEFAULT_KILL_TIMEOUT = 5.0
+DEFAULT_EPHEMERAL_DISK_MB = 300
+DEFAULT_CPU = 100
+DEFAULT_MEMORY_MB = 300
+DEFAULT_LOG_MAX_FILES = 10
+DEFAULT_LOG_MAX_FILE_SIZE_MB = 10
+DEFAULT_MIN_HEALTHY_TIME = 10.0
+DEFAULT_HEALTHY_DEADLINE = 300.0
+
+
+@attrs.frozen
+class RestartPolicy:
+    """Immutable. How often a failing task is restarted (Nomad's RestartPolicy)."""
+
+    attempts: int = 2
+    interval: float = 1800.0
+    delay: float = 15.0
+    mode: str = RESTART_MODE_FAIL
+    render_templates: bool = False
+
+
+SERVICE_RESTART_POLICY = RestartPolicy(attempts=2, interval=1800.0, delay=15.0, mode="fail")
+BATCH_RESTART_POLICY = RestartPolicy(attempts=3, interval=86400.0, delay=15.0, mode="fail")
+
+
+def default_restart_policy(job_type: str) -> RestartPolicy:
+    """Nomad's default restart policy for a job type."""
+    if job_type in (JOB_BATCH, JOB_SYSBATCH):
+        return BATCH_RESTART_POLICY
+    return SERVICE_RESTART_POLICY
+
+
+@attrs.frozen
+class Lifecycle:
+    """Immutable. When a task runs relative to the main tasks (prestart, poststart, poststop)."""
+
+    hook: str = ""
+    sidecar: bool = False
+
+
+@attrs.frozen
+class EphemeralDisk:
+    """Immutable. The alloc's scratch disk: size, and whether a replacement inherits it."""
+
+    size_mb: int = DEFAULT_EPHEMERAL_DISK_MB
+    sticky: bool = False
+    migrate: bool = False
+
+    def carries_data(self) -> bool:
+        """Migrate implies sticky (Nomad PR #16826)."""
+        return self.sticky or self.migrate
+
+
+@attrs.frozen
+class Resources:
+    """Immutable. What a task asks for (only what a local runner can use)."""
+
+    cpu: int = DEFAULT_CPU
+    memory_mb: int = DEFAULT_MEMORY_MB
+    memory_max_mb: int = 0
+    disk_mb: int = 0
+
+
+@attrs.frozen
+class LogConfig:
+    """Immutable. Log rotation: how many files of what size per stream."""
+
+    max_files: int = DEFAULT_LOG_MAX_FILES
+    max_file_size_mb: int = DEFAULT_LOG_MAX_FILE_SIZE_MB
+    disabled: bool = False
+
+
+@attrs.frozen
+class UpdateStrategy:
+    """Immutable. Deployment health parameters used by the health watcher."""
+
+    health_check: str = "checks"
+    min_healthy_time: float = DEFAULT_MIN_HEALTHY_TIME
+    healthy_deadline: float = DEFAULT_HEALTHY_DEADLINE
+    max_parallel: int = 1
+    auto_revert: bool = False
+    canary: int = 0
+
+
+@attrs.frozen
+class MigrateStrategy:
+    """Immutable. Health parameters used when an alloc is not part of a deployment."""
+
+    health_check: str = "checks"
+    min_healthy_time: float = DEFAULT_MIN_HEALTHY_TIME
+    healthy_deadline: float = DEFAULT_HEALTHY_DEADLINE
+    max_parallel: int = 1
+
+
+@attrs.frozen
+class Task:
+    """Immutable. One task of a group: its driver, config and policies."""
+
+    name: str
+    driver: str
+    config: FrozenDict[str, object] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    user: str = ""
+    leader: bool = False
+    lifecycle: Lifecycle | None = None
+    kill_timeout: float = DEFAULT_KILL_TIMEOUT
+    kill_signal: str = ""
+    shutdown_delay: float = 0.0
+    restart_policy: RestartPolicy | None = None
+    resources: Resources = attrs.field(factory=Resources)
+    logs: LogConfig = attrs.field(factory=LogConfig)
+
+    def is_prestart(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.hook == "prestart"
+
+    def is_poststart(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.hook == "poststart"
+
+    def is_poststop(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.hook == LIFECYCLE_POSTSTOP
+
+    def is_sidecar(self) -> bool:
+        return self.lifecycle is not None and self.lifecycle.sidecar
+
+    def is_main(self) -> bool:
+        return self.lifecycle is None or self.lifecycle.hook == ""
+
+
+@attrs.frozen
+class TaskGroup:
+    """Immutable. A set of tasks placed together as one allocation."""
+
+    name: str
+    tasks: tuple[Task, ...] = attrs.field(default=(), converter=frozen_tuple)
+    count: int = 1
+    restart_policy: RestartPolicy | None = None
+    ephemeral_disk: EphemeralDisk = attrs.field(factory=EphemeralDisk)
+    update: UpdateStrategy | None = None
+    migrate: MigrateStrategy | None = None
+    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    shutdown_delay: float = 0.0
+
+    def task(self, name: str) -> Task | None:
+        """The task called `name`, or None."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        return None
+
+
+@attrs.frozen
+class Job:
+    """Immutable. A job as the server sends it (only the fields a client uses)."""
+
+    id: str
+    name: str = ""
+    namespace: str = "default"
+    type: str = JOB_SERVICE
+    region: str = "global"
+    datacenters: tuple[str, ...] = attrs.field(default=("dc1",), converter=frozen_tuple)
+    priority: int = 50
+    task_groups: tuple[TaskGroup, ...] = attrs.field(default=(), converter=frozen_tuple)
+    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    update: UpdateStrategy | None = None
+    version: int = 0
+    stop: bool = False
+    create_index: int = 0
+    modify_index: int = 0
+    job_modify_index: int = 0
+
+    def lookup_task_group(self, name: str) -> TaskGroup | None:
+        """The task group called `name`, or None."""
+        for group in self.task_groups:
+            if group.name == name:
+                return group
+        return None
+
+
+def effective_restart_policy(job: Job, group: TaskGroup, task: Task) -> RestartPolicy:
+    """The task's policy, else the group's, else the job type's default (Nomad's order)."""
+    return task.restart_policy or group.restart_policy or default_restart_policy(job.type)
