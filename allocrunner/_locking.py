@@ -18,7 +18,7 @@ Why each edge of the order exists:
   an alloc update is pushed down to each task runner; a task runner reads its alloc
   before its own state.
 - The remaining locks are leaves: each guards a small structure of its own
-  (``HealthHook._lock``, ``PrevAllocWatcher._lock``, ``AllocDir._lock``,
+  (``HealthHook._lock``, ``TaskCoordinator._lock``, ``PrevAllocWatcher._lock``, ``AllocDir._lock``,
   ``AllocBroadcaster._lock``, driver tables, ``GCQueue._lock``) and no other declared
   lock is taken under them. ``StateDB._lock`` is last so that the one documented
   "lock-held I/O" site (delete the alloc under the lock that marks it destroyed)
@@ -60,6 +60,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "TaskRunner._state_lock",
     "TaskRunner._handle_lock",
     "HealthHook._lock",
+    "TaskCoordinator._lock",
     "PrevAllocWatcher._lock",
     "AllocDir._lock",
     "AllocBroadcaster._lock",
