@@ -1,0 +1,1 @@
+"""The AllocRunner: runs one allocation's task group through its whole lifecycle."""
