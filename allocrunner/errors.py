@@ -88,10 +88,14 @@ class HookError(AllocRunnerError):
     """A runner hook failed; `hook` names it and `__cause__` holds the original error."""
 
     def __init__(self, hook: str, phase: str, message: str, *, recoverable: bool = False) -> None:
-        super().__init__(f"{phase} hook {hook!r} failed: {message}")
+        super().__init__(f'{phase} hook "{hook}" failed: {message}')
         self.hook = hook
         self.phase = phase
         self.recoverable = recoverable
+
+
+class HookErrors(ExceptionGroup):
+    """Every error of a hook phase that runs all hooks (postrun, destroy, update)."""
 
 
 class StateDBError(AllocRunnerError):
