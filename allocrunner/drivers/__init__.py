@@ -1,0 +1,42 @@
+"""Task drivers: the protocol, the scripted `mock_driver` and the process driver `raw_exec`.
+
+`default_drivers()` builds one instance of each, keyed by driver name. Drivers own
+threads (raw_exec's log pump and exit watcher, mock_driver's output timer), so whoever
+builds them calls `close()` on each when done.
+"""
+
+from __future__ import annotations
+
+from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, signal_number
+from allocrunner.drivers.base import (
+    TASK_STATE_EXITED,
+    TASK_STATE_RUNNING,
+    TASK_STATE_UNKNOWN,
+    Driver,
+    ExitResult,
+    TaskConfig,
+    TaskHandle,
+    TaskStatus,
+)
+from allocrunner.drivers.mock import MockDriver
+
+__all__ = [
+    "DEFAULT_KILL_SIGNAL",
+    "TASK_STATE_EXITED",
+    "TASK_STATE_RUNNING",
+    "TASK_STATE_UNKNOWN",
+    "Driver",
+    "ExitResult",
+    "MockDriver",
+    "TaskConfig",
+    "TaskHandle",
+    "TaskStatus",
+    "default_drivers",
+    "signal_number",
+]
+
+
+def default_drivers() -> dict[str, Driver]:
+    """One fresh instance of every built-in driver, keyed by its name."""
+    drivers: list[Driver] = [MockDriver()]
+    return {driver.name: driver for driver in drivers}
