@@ -1,0 +1,65 @@
+"""End to end with real processes: a raw_exec group whose leader exits."""
+
+from __future__ import annotations
+
+import os
+
+from allocrunner.structs import EVENT_LEADER_DEAD, new_allocation
+from allocrunner.testing import mock_job, mock_task, wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_leader_exit_stops_real_processes(make_runner):
+    leader = mock_task(
+        "leader",
+        driver="raw_exec",
+        config={
+            "command": "/bin/sh",
+            "args": ["-c", "sleep 0.3; echo done > ${NOMAD_TASK_DIR}/out"],
+        },
+        leader=True,
+    )
+    follower = mock_task(
+        "follower",
+        driver="raw_exec",
+        config={
+            "command": "/bin/sh",
+            "args": [
+                "-c",
+                "echo $$ > ${NOMAD_TASK_DIR}/pid; "
+                "sleep 30 & echo $! > ${NOMAD_TASK_DIR}/child; wait",
+            ],
+        },
+        kill_timeout=2.0,
+    )
+    job = mock_job(leader, follower, job_type="batch")
+    ar = make_runner(new_allocation(job, "web"))
+    ar.start()
+    follower_dir = ar.alloc_dir.path / "follower" / "local"
+
+    def pids_written():
+        assert (follower_dir / "child").is_file() and (follower_dir / "child").read_text().strip()
+
+    wait_for(pids_written)
+    shell_pid = int((follower_dir / "pid").read_text())
+    child_pid = int((follower_dir / "child").read_text())
+    assert _alive(child_pid)
+    assert ar.wait(20)
+    state = ar.alloc_state()
+    assert state.client_status == "complete"
+    assert (ar.alloc_dir.path / "leader" / "local" / "out").read_text().strip() == "done"
+    assert EVENT_LEADER_DEAD in [e.type for e in state.task_states["follower"].events]
+    wait_for(lambda: _assert_dead(shell_pid, child_pid), timeout=5)
+    assert os.path.isdir(ar.alloc_dir.logs_dir)
+
+
+def _assert_dead(*pids: int) -> None:
+    alive = [p for p in pids if _alive(p)]
+    assert not alive, f"processes still alive: {alive}"
