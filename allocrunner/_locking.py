@@ -17,12 +17,19 @@ Why each edge of the order exists:
 - ``AllocRunner._alloc_lock`` → ``TaskRunner._alloc_lock`` → ``TaskRunner._state_lock``:
   an alloc update is pushed down to each task runner; a task runner reads its alloc
   before its own state.
-- The remaining locks are leaves: each guards a small structure of its own
-  (``HealthHook._lock``, ``TaskCoordinator._lock``, ``PrevAllocWatcher._lock``, ``AllocDir._lock``,
-  ``AllocBroadcaster._lock``, driver tables, ``GCQueue._lock``) and no other declared
-  lock is taken under them. ``StateDB._lock`` is last so that the one documented
-  "lock-held I/O" site (delete the alloc under the lock that marks it destroyed)
-  stays legal.
+- ``AllocGarbageCollector._lock`` sits between the registry and the runners: the
+  collector may read a runner's flags (destroyed? terminal?) while holding its own
+  index of runners, never the reverse.
+- ``TaskRunner._state_lock`` → ``TaskRunner._handle_lock``: a task runner may read or
+  record its driver handle while holding its state lock, never the reverse.
+- The remaining locks are leaves: each guards a small structure of its own and no
+  other declared lock is taken under them: ``HealthHook._lock`` (health tracker
+  state), ``TaskCoordinator._lock`` (lifecycle gates), ``PrevAllocWatcher._lock``
+  (waiting/migrating flags), ``AllocDir._lock`` (built/destroyed flags and task dirs),
+  ``AllocBroadcaster._lock`` (latest value and its version), ``Driver._lock`` (a
+  driver's table of tasks) and ``GCQueue._lock`` (the collector's queue).
+  ``StateDB._lock`` is last so that the one documented "lock-held I/O" site (delete
+  the alloc under the lock that marks it destroyed) stays legal.
 
 Check mode (``ALLOCRUNNER_LOCKCHECK=1``, read once at import) replaces every lock
 by a checked one and turns the field tags and decorators below into checks; each
@@ -39,6 +46,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
+from time import monotonic as _monotonic
 from typing import Any, Literal, TypeVar
 
 from allocrunner.errors import (
@@ -185,11 +193,12 @@ class RWLock:
         """Release the read side."""
         mutex = self._mutex
         mutex.acquire()
-        if self._readers <= 0:
+        readers = self._readers
+        if readers <= 0:
             mutex.release()
             raise RuntimeError(f"release_read of {self.name} without a reader")
-        self._readers -= 1
-        if self._readers == 0 and self._writers_waiting:
+        self._readers = readers - 1
+        if readers == 1 and self._writers_waiting:
             self._writer_ok.notify()
         mutex.release()
 
@@ -247,14 +256,18 @@ class RWLock:
 
 
 class _ReadSide:
-    __slots__ = ("_rw",)
+    """The ``with lock.read():`` context manager; the uncontended path is inlined here
+    because it is the hot path of every reader."""
+
+    __slots__ = ("_mutex", "_rw")
 
     def __init__(self, rw: RWLock) -> None:
         self._rw = rw
+        self._mutex = rw._mutex
 
     def __enter__(self) -> RWLock:
         rw = self._rw
-        mutex = rw._mutex
+        mutex = self._mutex
         mutex.acquire()
         if rw._writer or rw._writers_waiting:
             try:
@@ -266,8 +279,18 @@ class _ReadSide:
             mutex.release()
         return rw
 
-    def __exit__(self, *exc: object) -> None:
-        self._rw.release_read()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        rw = self._rw
+        mutex = self._mutex
+        mutex.acquire()
+        readers = rw._readers
+        if readers <= 0:
+            mutex.release()
+            raise RuntimeError(f"release_read of {rw.name} without a reader")
+        rw._readers = readers - 1
+        if readers == 1 and rw._writers_waiting:
+            rw._writer_ok.notify()
+        mutex.release()
 
 
 class _WriteSide:
@@ -280,11 +303,8 @@ class _WriteSide:
         self._rw.acquire_write()
         return self._rw
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._rw.release_write()
-
-
-_monotonic = __import__("time").monotonic
 
 
 # --- check mode: per-thread record of held locks ---------------------------------------
@@ -306,6 +326,7 @@ def held_locks() -> list[str]:
 
 def _check_order(lock: Any) -> None:
     stack = _held.stack
+    peers = _held.peers
     for other, _mode in stack:
         if other is lock:
             raise _violation(
@@ -314,15 +335,23 @@ def _check_order(lock: Any) -> None:
                     f"held: {', '.join(held_locks())}"
                 )
             )
-        if other.rank >= lock.rank and not (
-            other.rank == lock.rank and id(lock) in _held.peers and id(other) < id(lock)
-        ):
+        if other.rank < lock.rank:
+            continue
+        if other.rank == lock.rank:
+            if id(lock) in peers and id(other) in peers and id(other) < id(lock):
+                continue
             raise _violation(
                 LockOrderError(
-                    f"taking {lock.name} (rank {lock.rank}) while holding {other.name} "
-                    f"(rank {other.rank}) breaks LOCK_ORDER"
+                    f"taking {lock.name} while holding another {other.name}: two locks of "
+                    f"one class are held together only through acquire_many()"
                 )
             )
+        raise _violation(
+            LockOrderError(
+                f"taking {lock.name} (rank {lock.rank}) while holding {other.name} "
+                f"(rank {other.rank}) breaks LOCK_ORDER"
+            )
+        )
 
 
 def _push(lock: Any, mode: Mode) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -24,17 +25,27 @@ from allocrunner._locking import calls_out
 
 T = TypeVar("T")
 
+# A parent drops the entries of dead children once it holds this many (or twice the
+# number alive at the last purge), so its table stays proportional to live children.
+_PURGE_MIN = 16
+
 
 class CancelToken:
-    """Thread-safe. Cancelled at most once; waiters wake and see the first reason."""
+    """Thread-safe. Cancelled at most once; waiters wake and see the first reason.
 
-    __slots__ = ("_children", "_event", "_mutex", "_parents", "_reason")
+    A token remembers its derived tokens (`child`, `any_of`) only weakly, so a
+    long-lived parent (an agent's shutdown token) does not accumulate the children of
+    every component that came and went.
+    """
+
+    __slots__ = ("__weakref__", "_children", "_event", "_mutex", "_parents", "_purge_at", "_reason")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._event = threading.Event()
         self._reason: str | None = None
-        self._children: dict[int, CancelToken] = {}
+        self._children: dict[int, weakref.ref[CancelToken]] = {}
+        self._purge_at = _PURGE_MIN
         self._parents: tuple[CancelToken, ...] = ()
 
     def cancel(self, reason: str = "cancelled") -> bool:
@@ -43,15 +54,16 @@ class CancelToken:
             if self._reason is not None:
                 return False
             self._reason = reason
-            children = list(self._children.values())
-            self._children.clear()
+            children = [ref() for ref in self._children.values()]
+            self._children = {}
             parents = self._parents
             self._parents = ()
         self._event.set()
         for parent in parents:
             parent._forget(self)
         for child in children:
-            child.cancel(reason)
+            if child is not None:
+                child.cancel(reason)
         return True
 
     def cancelled(self) -> bool:
@@ -88,12 +100,19 @@ class CancelToken:
     def _adopt(self, child: CancelToken) -> str | None:
         with self._mutex:
             if self._reason is None:
-                self._children[id(child)] = child
+                self._children[id(child)] = weakref.ref(child)
+                if len(self._children) > self._purge_at:
+                    self._children = {
+                        key: ref for key, ref in self._children.items() if ref() is not None
+                    }
+                    self._purge_at = max(_PURGE_MIN, 2 * len(self._children))
             return self._reason
 
     def _forget(self, child: CancelToken) -> None:
         with self._mutex:
-            self._children.pop(id(child), None)
+            ref = self._children.get(id(child))
+            if ref is not None and ref() is child:
+                del self._children[id(child)]
 
     def __repr__(self) -> str:
         return f"<CancelToken cancelled={self._reason!r}>"

@@ -1,0 +1,193 @@
+"""Latest-only broadcast of an allocation's client view to any number of listeners.
+
+An `AllocBroadcaster` holds one versioned slot: the newest allocation sent and a
+version number that every send bumps. An `AllocListener` remembers the version it
+last returned, so its "pending value" is simply the slot whenever the slot is newer
+than that version. Hence:
+
+- a send costs the same with no listener or a thousand, and never waits for a slow
+  listener (there is no queue per listener to fill);
+- a listener holds at most one pending value and it is always the newest; values in
+  between may be skipped, never reordered, so a listener cannot see an older value
+  after a newer one;
+- a new listener is primed with the last value sent, if any, so it never misses the
+  final state of an allocation that stopped changing before it started listening.
+
+This is Nomad's client-side ``AllocBroadcaster`` (capacity-1 channel per listener,
+primed with the last value) with the channels replaced by one slot and a condition.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from time import monotonic
+
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
+from allocrunner.errors import BroadcasterClosed
+from allocrunner.structs import Allocation
+
+__all__ = ["AllocBroadcaster", "AllocListener"]
+
+
+class AllocBroadcaster:
+    """Thread-safe. Sends allocations to every listener; each keeps only the newest.
+
+    ``send`` never blocks for long (it takes one leaf lock for O(1) work) and may be
+    called while holding another declared lock. After ``close`` further sends raise
+    `BroadcasterClosed`; listeners still receive the last value they have not seen,
+    then `BroadcasterClosed`.
+    """
+
+    # _lock guards: _value, _version, _closed, _waiting, and every listener's fields.
+    _lock = immutable()
+    _changed = immutable()  # condition over _lock: the slot changed or something closed
+    _value = guarded("_lock")
+    _version = guarded("_lock")
+    _closed = guarded("_lock")
+    _waiting = guarded("_lock")  # listeners blocked in get(); wake only when some are
+
+    def __init__(self) -> None:
+        self._lock = make_lock("AllocBroadcaster._lock")
+        self._changed = threading.Condition(self._lock)
+        self._value: Allocation | None = None
+        self._version = 0  # 0: nothing sent yet
+        self._closed = False
+        self._waiting = 0
+
+    def send(self, alloc: Allocation) -> None:
+        """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
+        if not isinstance(alloc, Allocation):
+            raise TypeError(
+                f"AllocBroadcaster.send: alloc must be an Allocation, got {type(alloc).__name__}"
+            )
+        with self._lock:
+            if self._closed:
+                raise BroadcasterClosed("send on a closed AllocBroadcaster")
+            self._value = alloc
+            self._version += 1
+            if self._waiting:
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stop broadcasting; idempotent. Blocked listeners wake up."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._waiting:
+                self._changed.notify_all()
+
+    def listen(self) -> AllocListener:
+        """A new listener, primed with the last value sent (if any)."""
+        return AllocListener(self)
+
+    def last(self) -> Allocation | None:
+        """The last value sent, or None if nothing was sent yet."""
+        with self._lock:
+            return self._value
+
+    def is_closed(self) -> bool:
+        """True once `close()` was called."""
+        with self._lock:
+            return self._closed
+
+    def __repr__(self) -> str:
+        # Lock-free on purpose (a repr may be taken while the lock is held); the
+        # figures are a racy glance, read past the field checks.
+        fields = vars(self)
+        return f"<AllocBroadcaster version={fields['_version']} closed={fields['_closed']}>"
+
+
+class AllocListener:
+    """Thread-safe. One consumer's view of an `AllocBroadcaster`: the newest value it has
+    not returned yet.
+
+    Normally one thread consumes it (``get`` or iteration); ``close`` may come from any
+    thread and wakes a consumer blocked in ``get``. Use it as a context manager so it is
+    closed when the consumer is done.
+    """
+
+    # The broadcaster's lock guards the listener's fields too: one lock, one condition.
+    _broadcaster = immutable()
+    _lock = immutable()
+    _seen = guarded("_lock")  # version of the last value returned; 0 before the first
+    _closed = guarded("_lock")
+
+    def __init__(self, broadcaster: AllocBroadcaster) -> None:
+        self._broadcaster = broadcaster
+        self._lock = broadcaster._lock
+        self._seen = 0
+        self._closed = False
+
+    @calls_out
+    def get(self, timeout: float | None = None) -> Allocation:
+        """The next value not seen yet, waiting up to `timeout` seconds (None: forever).
+
+        Raises TimeoutError when the time passes with nothing new, and
+        `BroadcasterClosed` when this listener is closed, or when the broadcaster is
+        closed and every value it sent was seen.
+        """
+        b = self._broadcaster
+        with self._lock:
+            if not self._closed and b._version == self._seen and not b._closed:
+                self._wait_locked(timeout)
+            if self._closed:
+                raise BroadcasterClosed("get on a closed AllocListener")
+            version = b._version
+            if version == self._seen:
+                raise BroadcasterClosed("AllocBroadcaster closed and every value was seen")
+            self._seen = version
+            return b._value  # type: ignore[return-value]  # set whenever version > 0
+
+    @requires("_lock")
+    def _wait_locked(self, timeout: float | None) -> None:
+        b = self._broadcaster
+        deadline = None if timeout is None else monotonic() + timeout
+        b._waiting += 1
+        try:
+            while b._version == self._seen and not b._closed and not self._closed:
+                if deadline is None:
+                    b._changed.wait()
+                    continue
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no new allocation within {timeout}s")
+                b._changed.wait(remaining)
+        finally:
+            b._waiting -= 1
+
+    def pending(self) -> bool:
+        """True if a value not seen yet is waiting (``get`` would return at once)."""
+        b = self._broadcaster
+        with self._lock:
+            return not self._closed and b._version != self._seen
+
+    def close(self) -> None:
+        """Stop listening; idempotent. A ``get`` blocked in another thread wakes up and
+        raises `BroadcasterClosed`."""
+        b = self._broadcaster
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if b._waiting:
+                b._changed.notify_all()
+
+    def __iter__(self) -> Iterator[Allocation]:
+        """Each new value until the broadcaster (or this listener) is closed."""
+        while True:
+            try:
+                yield self.get()
+            except BroadcasterClosed:
+                return
+
+    def __enter__(self) -> AllocListener:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        fields = vars(self)  # lock-free, as AllocBroadcaster.__repr__
+        return f"<AllocListener seen={fields['_seen']} closed={fields['_closed']}>"
