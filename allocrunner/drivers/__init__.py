@@ -19,6 +19,7 @@ from allocrunner.drivers.base import (
     TaskStatus,
 )
 from allocrunner.drivers.mock import MockDriver
+from allocrunner.drivers.raw_exec import RawExecDriver
 
 __all__ = [
     "DEFAULT_KILL_SIGNAL",
@@ -28,6 +29,7 @@ __all__ = [
     "Driver",
     "ExitResult",
     "MockDriver",
+    "RawExecDriver",
     "TaskConfig",
     "TaskHandle",
     "TaskStatus",
@@ -38,5 +40,5 @@ __all__ = [
 
 def default_drivers() -> dict[str, Driver]:
     """One fresh instance of every built-in driver, keyed by its name."""
-    drivers: list[Driver] = [MockDriver()]
+    drivers: list[Driver] = [MockDriver(), RawExecDriver()]
     return {driver.name: driver for driver in drivers}

@@ -39,6 +39,9 @@ class TaskConfig:
     log_max_files: int = 10
     log_max_file_size_mb: int = 10
     resources: Resources = attrs.field(factory=Resources)
+    # When above 0, the log file size limit in bytes, overriding log_max_file_size_mb
+    # (small limits let tests exercise rotation).
+    log_max_file_size_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data, for persisting inside a TaskHandle."""

@@ -1,0 +1,1010 @@
+"""raw_exec: run a task as a plain process of the agent's user, re-attachable after an
+agent restart.
+
+Config keys: ``command`` (required; an absolute path, a path relative to the task
+dir, or a name looked up in the task dir's ``local/``, the task dir, then the task
+env's ``PATH``) and ``args`` (a list of strings). Both arrive already interpolated.
+``TaskConfig.env`` is the complete environment of the process and its working
+directory is the task dir. Nomad's ``cgroup_v1_override``, ``cgroup_v2_override``
+and ``oom_score_adj`` are accepted and ignored; other keys are validation errors.
+
+How a task runs:
+
+- The command runs under a small ``/bin/sh`` wrapper in a new session, so the task is
+  one process group (``pgid`` = wrapper pid). The wrapper traps every terminating
+  signal with ``:``, so a stop or a signal sent to the group reaches the command with
+  its default action while the wrapper survives; it runs the command in the
+  foreground, then records the command's exit status in ``<task_dir>/.allocrunner/
+  exit_status`` and exits with it. A status above 128 is read as "killed by signal
+  status-128" and reported as exit code = status, signal = status-128, as Nomad
+  reports signalled tasks (a command that itself exits with such a code is
+  indistinguishable). The status is one newline-terminated ``echo`` (a single small
+  write), read only once the wrapper has exited or when it parses completely, which
+  gives the atomicity a tmp+rename would, without a second fork at every exit.
+- The handle's ``driver_state`` holds the pid, pgid, the process start time from
+  ``/proc/<pid>/stat`` (against pid reuse), the status-file and FIFO paths and the log
+  location. `recover()` in another driver instance (an agent restart) reads the
+  status file if the task has exited, attaches to the live wrapper if its pid still
+  has the recorded start time, and otherwise raises `DriverError`.
+- Exits are watched with a pidfd per task (or, with ``exit_watch="poll"`` or where
+  pidfds are missing, by polling). When the agent is the wrapper's parent it reaps
+  it (its wait status is authoritative, and no zombie is left); otherwise the status
+  file is. A wrapper that was SIGKILLed by a stop's escalation leaves no status file
+  and is reported as killed by SIGKILL.
+- Stop sends the kill signal (default SIGINT) to the whole group, waits up to the
+  timeout, then SIGKILLs the group; grandchildren die with it.
+
+Logs: the wrapper's stdout and stderr are FIFOs in ``.allocrunner/``. One driver-wide
+I/O thread (a selector over every FIFO and pidfd, plus a wake pipe) copies them into
+``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with rotation (`logs.RotatingLogWriter`;
+`TaskConfig.log_max_file_size_bytes`, when set, overrides the size in MB, which lets
+tests rotate small files), so a task costs no thread of its own. Before a task's exit
+is published its FIFOs are drained, so when `wait` returns the logs hold everything
+the process wrote. The wrapper also keeps a read end of each FIFO open (closed for the
+command itself). That is the answer to SIGPIPE: while the agent is down, or before a
+new instance has re-opened the FIFOs in `recover()`, a FIFO always has a reader, so a
+writing task is never killed by SIGPIPE; once the pipe buffer (64 KiB) is full it
+blocks until the agent is back and drains it, and nothing it wrote is lost.
+
+`close()` stops the I/O thread and leaves running tasks running (an agent shutdown);
+a task that exits while no driver watches it records its status for `recover()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import shutil
+import signal as _signal
+import stat
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock, requires
+from allocrunner._sync import CancelToken, ThreadGroup
+from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, check_keys, signal_number
+from allocrunner.drivers.base import (
+    TASK_STATE_EXITED,
+    TASK_STATE_RUNNING,
+    ExitResult,
+    TaskConfig,
+    TaskHandle,
+    TaskStatus,
+)
+from allocrunner.drivers.logs import MB, RotatingLogWriter
+from allocrunner.errors import DriverError
+
+NAME = "raw_exec"
+
+_KNOWN_KEYS = frozenset(
+    {"command", "args", "cgroup_v1_override", "cgroup_v2_override", "oom_score_adj"}
+)
+
+STATE_DIR = ".allocrunner"
+STATUS_FILE = "exit_status"
+KILL_GRACE = 10.0
+"""Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
+POLL_INTERVAL = 0.05
+"""Seconds between liveness checks of a task watched without a pidfd."""
+
+# Signals whose default action does not terminate: left alone by the wrapper.
+_NOT_TRAPPED = {
+    _signal.SIGKILL,
+    _signal.SIGSTOP,
+    _signal.SIGCHLD,
+    _signal.SIGCONT,
+    _signal.SIGTSTP,
+    _signal.SIGTTIN,
+    _signal.SIGTTOU,
+    _signal.SIGWINCH,
+    _signal.SIGURG,
+}
+_TRAPPED = sorted(int(s) for s in _signal.valid_signals() if s not in _NOT_TRAPPED)
+# Reset in the wrapper so that it can trap them even if the agent ignores them.
+_SIGDEF = tuple(_TRAPPED)
+
+_WRAPPER = (
+    f"trap : {' '.join(map(str, _TRAPPED))}\n"
+    's=$1; cd "$2" || exit 126\n'
+    "shift 2\n"
+    'exec 3<"$s/stdout.fifo" 4<"$s/stderr.fifo"\n'
+    '"$@" 3<&- 4<&-\n'
+    "c=$?\n"
+    f'echo "$c" >"$s/{STATUS_FILE}"\n'
+    'exit "$c"\n'
+)
+_WRAPPER_ARGV0 = "allocrunner-raw_exec"
+
+_STREAMS = ("stdout", "stderr")
+
+
+@attrs.frozen
+class RawExecSpec:
+    """Immutable. A raw_exec driver config, parsed and checked."""
+
+    command: str
+    args: tuple[str, ...] = ()
+
+
+def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
+    """Parse a raw_exec config; DriverError naming the key for a bad value."""
+    check_keys(NAME, config, _KNOWN_KEYS)
+    command = config.get("command")
+    if command is None or command == "":
+        raise DriverError(f"invalid {NAME} config: missing command (the 'command' key is required)")
+    if not isinstance(command, str):
+        raise DriverError(
+            f"invalid {NAME} config: command must be a string, not {type(command).__name__}"
+        )
+    args = config.get("args", ())
+    if args is None:
+        args = ()
+    if isinstance(args, str) or not isinstance(args, list | tuple):
+        raise DriverError(
+            f"invalid {NAME} config: args must be a list of strings, not {type(args).__name__}"
+        )
+    for i, arg in enumerate(args):
+        if not isinstance(arg, str):
+            raise DriverError(
+                f"invalid {NAME} config: args[{i}] must be a string, not {type(arg).__name__}"
+            )
+    return RawExecSpec(command=command, args=tuple(args))
+
+
+def exit_result_from_status(status: int) -> ExitResult:
+    """The result for a shell exit status (above 128: killed by signal status-128)."""
+    if status > 128 and (status - 128) in _VALID_SIGNALS:
+        return ExitResult(exit_code=status, signal=status - 128)
+    return ExitResult(exit_code=status)
+
+
+_VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals())
+
+
+def _signalled(sig: int) -> ExitResult:
+    return ExitResult(exit_code=128 + sig, signal=sig)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a process; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def _read_status(path: str) -> int | None:
+    """The exit status recorded by the wrapper, or None if absent or incomplete."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(64)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        return int(data.strip())
+    except ValueError:
+        return None
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd for `pid`; None where pidfds are not supported."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError as err:
+        if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            return None
+        raise
+
+
+def resolve_command(command: str, task_dir: str, env: Mapping[str, str]) -> str:
+    """The absolute path of the executable `command` names; DriverError naming it if
+    there is none. Relative paths are taken from the task dir; bare names are looked
+    up in the task dir's ``local/``, the task dir, then the task env's PATH."""
+    if os.path.isabs(command) or os.sep in command:
+        path = command if os.path.isabs(command) else os.path.join(task_dir, command)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return os.path.abspath(path)
+        raise DriverError(f"{NAME}: command {command!r} does not exist or is not executable")
+    for base in (os.path.join(task_dir, "local"), task_dir):
+        path = os.path.join(base, command)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    search = env.get("PATH") or os.environ.get("PATH") or os.defpath
+    found = shutil.which(command, path=search)
+    if found is None:
+        raise DriverError(f"{NAME}: command {command!r} not found in the task dir or PATH")
+    return os.path.abspath(found)
+
+
+class _Proc:
+    """Thread-safe. One raw_exec task; mutable fields are guarded by the driver's lock."""
+
+    _lock = immutable()
+    config = immutable()
+    pid = immutable()
+    pgid = immutable()
+    start_ticks = immutable()
+    state_dir = immutable()
+    started_at = immutable()
+    is_child = immutable()
+    done = immutable()
+    # _lock guards: _result, _completed_at, _sigkilled
+    _result = guarded("_lock")
+    _completed_at = guarded("_lock")
+    _sigkilled = guarded("_lock")
+
+    def __init__(
+        self,
+        lock: Any,
+        config: TaskConfig,
+        *,
+        pid: int,
+        pgid: int,
+        start_ticks: int,
+        state_dir: str,
+        started_at: float,
+        is_child: bool,
+    ) -> None:
+        self._lock = lock
+        self.config = config
+        self.pid = pid
+        self.pgid = pgid
+        self.start_ticks = start_ticks
+        self.state_dir = state_dir
+        self.started_at = started_at
+        self.is_child = is_child
+        self.done = CancelToken()  # cancelled once, after the result is set
+        self._result: ExitResult | None = None
+        self._completed_at: float | None = None
+        self._sigkilled = False
+
+    @property
+    def status_path(self) -> str:
+        return os.path.join(self.state_dir, STATUS_FILE)
+
+    def fifo_path(self, stream: str) -> str:
+        return os.path.join(self.state_dir, f"{stream}.fifo")
+
+    @requires("_lock")
+    def result_locked(self) -> ExitResult | None:
+        return self._result
+
+    @requires("_lock")
+    def finish_locked(self, result: ExitResult) -> None:
+        if self._result is None:
+            self._result = result
+            self._completed_at = time.time()
+            self.done.cancel("exited")
+
+    @requires("_lock")
+    def mark_sigkilled_locked(self) -> None:
+        self._sigkilled = True
+
+    @requires("_lock")
+    def sigkilled_locked(self) -> bool:
+        return self._sigkilled
+
+    @requires("_lock")
+    def status_locked(self) -> TaskStatus:
+        return TaskStatus(
+            id=self.config.id,
+            name=self.config.name,
+            state=TASK_STATE_RUNNING if self._result is None else TASK_STATE_EXITED,
+            started_at=self.started_at,
+            completed_at=self._completed_at,
+            exit_result=self._result,
+        )
+
+    def driver_state(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "pgid": self.pgid,
+            "start_ticks": self.start_ticks,
+            "started_at": self.started_at,
+            "state_dir": self.state_dir,
+            "status_path": self.status_path,
+            "stdout_fifo": self.fifo_path("stdout"),
+            "stderr_fifo": self.fifo_path("stderr"),
+            "logs_dir": self.config.logs_dir,
+            "stdout_log": f"{self.config.name}.stdout",
+            "stderr_log": f"{self.config.name}.stderr",
+        }
+
+
+class _Stream:
+    """Not thread-safe; owned by the driver's I/O thread after hand-over. One FIFO
+    being copied into rotated log files."""
+
+    def __init__(self, proc: _Proc, stream: str, fd: int) -> None:
+        self.proc = proc
+        self.stream = stream
+        self.fd = fd
+        config = proc.config
+        max_bytes = config.log_max_file_size_bytes or config.log_max_file_size_mb * MB
+        self.writer = RotatingLogWriter(
+            config.logs_dir,
+            config.name,
+            stream,
+            max_files=config.log_max_files,
+            max_bytes=max_bytes,
+        )
+        self.write_errors = 0
+
+
+@attrs.frozen
+class _Add:
+    """Immutable. Hand a task's pidfd and FIFOs to the I/O thread."""
+
+    proc: _Proc
+    pidfd: int | None
+    fifos: tuple[tuple[str, int], ...]
+    exited: ExitResult | None = None
+
+
+@attrs.frozen(eq=False)
+class _Forget:
+    """Immutable. Ask the I/O thread to drop a task's FIFOs and pidfd, then set `done`."""
+
+    proc: _Proc
+    done: CancelToken
+
+
+class RawExecDriver:
+    """Thread-safe. The `raw_exec` driver (see the module docstring).
+
+    Call `close()` when done: it joins the I/O thread; running tasks keep running and
+    can be recovered by another instance.
+    """
+
+    name = NAME
+
+    _lock = immutable()
+    _closing = immutable()
+    _threads = immutable()
+    _wake_r = immutable()
+    _wake_w = immutable()
+    _exit_watch = immutable()
+    # _lock guards: _tasks, _pending, _io_started, _closed
+    _tasks = guarded("_lock")
+    _pending = guarded("_lock")
+    _io_started = guarded("_lock")
+    _closed = guarded("_lock")
+    # State of the I/O thread alone.
+    _selector = confined("raw_exec-io")
+    _streams = confined("raw_exec-io")
+    _pidfds = confined("raw_exec-io")
+    _polled = confined("raw_exec-io")
+
+    def __init__(self, *, exit_watch: str = "pidfd") -> None:
+        if exit_watch not in ("pidfd", "poll"):
+            raise ValueError(f"exit_watch must be 'pidfd' or 'poll', not {exit_watch!r}")
+        self._lock = make_lock("Driver._lock")
+        self._closing = CancelToken()
+        self._threads = ThreadGroup(NAME)
+        self._exit_watch = exit_watch
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The wake pipe lives as long as the driver object, so that a late wake-up
+        # from a racing call can never hit a recycled descriptor.
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        self._tasks: dict[str, _Proc] = {}
+        self._pending: tuple[_Add | _Forget, ...] = ()
+        self._io_started = False
+        self._closed = False
+        self._selector = None
+        self._streams: dict[int, _Stream] = {}
+        self._pidfds: dict[int, _Proc] = {}
+        self._polled: dict[int, _Proc] = {}
+
+    # --- protocol -----------------------------------------------------------------
+
+    def validate_config(self, config: TaskConfig) -> None:
+        """Raise DriverError naming the bad key if the raw_exec config is invalid."""
+        parse_raw_exec_config(config.driver_config)
+
+    @calls_out
+    def start(self, config: TaskConfig) -> TaskHandle:
+        """Start the process; return once it runs (DriverError if it cannot)."""
+        spec = parse_raw_exec_config(config.driver_config)
+        task_dir = self._check_dirs(config)
+        env = _task_env(config)
+        command = resolve_command(spec.command, task_dir, env)
+        with self._lock:
+            self._check_startable_locked(config.id)
+        state_dir = os.path.join(task_dir, STATE_DIR)
+        fifos = _prepare_state_dir(state_dir)
+        try:
+            pid = _spawn(command, spec.args, env, task_dir, state_dir)
+        except BaseException:
+            _close_fds(*(fd for _, fd in fifos))
+            raise
+        try:
+            pidfd = None if self._exit_watch == "poll" else _pidfd_open(pid)
+            stat_now = _proc_stat(pid)
+            proc = _Proc(
+                self._lock,
+                config,
+                pid=pid,
+                pgid=pid,
+                start_ticks=stat_now[1] if stat_now else 0,
+                state_dir=state_dir,
+                started_at=time.time(),
+                is_child=True,
+            )
+            self._hand_over(_Add(proc, pidfd, fifos), config.id)
+        except BaseException:
+            _kill_and_reap(pid)
+            raise
+        return TaskHandle(driver=NAME, config=config, driver_state=proc.driver_state())
+
+    @calls_out
+    def wait(self, task_id: str, cancel: CancelToken) -> ExitResult | None:
+        """Block until the task exits (its result) or `cancel` is cancelled (None)."""
+        with self._lock:
+            proc = self._get_locked(task_id)
+            result = proc.result_locked()
+        if result is not None:
+            return result
+        joined = CancelToken.any_of(cancel, proc.done, self._closing)
+        try:
+            joined.wait()
+        finally:
+            joined.cancel("done")
+        with self._lock:
+            result = proc.result_locked()
+        if result is not None:
+            return result
+        if cancel.cancelled():
+            return None
+        raise DriverError(f"{NAME} closed while waiting on task {task_id!r}")
+
+    @calls_out
+    def stop(self, task_id: str, timeout: float, signal: str = "") -> None:
+        """Signal the process group (default SIGINT), SIGKILL it after `timeout`
+        seconds; return once the task has exited."""
+        sig = signal_number(signal or DEFAULT_KILL_SIGNAL)
+        with self._lock:
+            proc = self._get_locked(task_id)
+            if proc.result_locked() is not None:
+                return
+        _killpg(proc, sig)
+        if self._await_exit(proc, max(0.0, timeout)):
+            return
+        with self._lock:
+            if proc.result_locked() is not None:
+                return
+            proc.mark_sigkilled_locked()
+        _killpg(proc, _signal.SIGKILL)
+        if not self._await_exit(proc, KILL_GRACE):
+            raise DriverError(
+                f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
+                f"{KILL_GRACE}s after SIGKILL"
+            )
+
+    @calls_out
+    def destroy(self, task_id: str, force: bool = False) -> None:
+        """Forget the task and remove its FIFOs and status file; a running task is
+        refused unless `force`, which kills it first."""
+        with self._lock:
+            proc = self._get_locked(task_id)
+            running = proc.result_locked() is None
+        if running:
+            if not force:
+                raise DriverError(f"cannot destroy running task {task_id!r}")
+            self.stop(task_id, 0.0, "SIGKILL")
+        token = CancelToken()
+        with self._lock:
+            if self._tasks.get(task_id) is not proc:
+                return
+            tasks = dict(self._tasks)
+            del tasks[task_id]
+            self._tasks = tasks
+            live_io = self._io_started and not self._closed
+            if live_io:
+                self._pending = (*self._pending, _Forget(proc, token))
+        if live_io:
+            self._wake()
+            joined = CancelToken.any_of(token, self._closing)
+            try:
+                joined.wait()
+            finally:
+                joined.cancel("done")
+        _remove_state_dir(proc.state_dir)
+
+    def inspect(self, task_id: str) -> TaskStatus:
+        """The task's current status."""
+        with self._lock:
+            return self._get_locked(task_id).status_locked()
+
+    @calls_out
+    def signal(self, task_id: str, signal: str) -> None:
+        """Deliver a signal to the task's process group."""
+        sig = signal_number(signal)
+        with self._lock:
+            proc = self._get_locked(task_id)
+            if proc.result_locked() is not None:
+                raise DriverError(f"task {task_id!r} is not running")
+        _killpg(proc, sig)
+
+    @calls_out
+    def stats(self, task_id: str) -> dict[str, float]:
+        """CPU seconds, resident memory and process count of the task's group."""
+        with self._lock:
+            proc = self._get_locked(task_id)
+            if proc.result_locked() is not None:
+                return {}
+        return _group_stats(proc.pgid)
+
+    @calls_out
+    def recover(self, handle: TaskHandle) -> None:
+        """Re-attach to a task started before an agent restart (module docstring)."""
+        if handle.driver != NAME:
+            raise DriverError(f"{NAME} cannot recover a {handle.driver!r} task")
+        task_id = handle.task_id
+        with self._lock:
+            if self._closed:
+                raise DriverError(f"{NAME} is closed")
+            if task_id in self._tasks:
+                return
+        proc = _proc_from_handle(self._lock, handle)
+        found = _proc_stat(proc.pid)
+        if found is not None and found[1] == proc.start_ticks and found[0] not in ("Z", "X"):
+            pidfd = None
+            if self._exit_watch == "pidfd":
+                try:
+                    pidfd = _pidfd_open(proc.pid)
+                except ProcessLookupError:
+                    pidfd = -1
+            again = _proc_stat(proc.pid) if pidfd != -1 else None
+            if again is not None and again[1] == proc.start_ticks:
+                try:
+                    fifos = _open_fifos(proc)
+                except BaseException:
+                    _close_fds(pidfd)
+                    raise
+                self._hand_over(_Add(proc, pidfd, fifos), task_id)
+                return
+            if pidfd is not None and pidfd >= 0:
+                _close_fds(pidfd)
+        exited = self._exited_result(proc)
+        self._hand_over(_Add(proc, None, (), exited), task_id)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    @calls_out
+    def close(self) -> None:
+        """Stop the I/O thread (running tasks keep running). Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._closing.cancel(f"{NAME} closed")
+        self._wake()
+        self._threads.join(timeout=10.0)
+
+    def __enter__(self) -> RawExecDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals: calling threads -------------------------------------------------
+
+    @requires("_lock")
+    def _get_locked(self, task_id: str) -> _Proc:
+        if self._closed:
+            raise DriverError(f"{NAME} is closed")
+        proc = self._tasks.get(task_id)
+        if proc is None:
+            raise DriverError(f"{NAME}: unknown task {task_id!r}")
+        return proc
+
+    @requires("_lock")
+    def _check_startable_locked(self, task_id: str) -> None:
+        if self._closed:
+            raise DriverError(f"{NAME} is closed")
+        old = self._tasks.get(task_id)
+        if old is not None and old.result_locked() is None:
+            raise DriverError(f"{NAME}: task {task_id!r} is already running")
+
+    @staticmethod
+    def _check_dirs(config: TaskConfig) -> str:
+        if not config.task_dir:
+            raise DriverError(f"{NAME}: task {config.name!r} has no task_dir")
+        if not os.path.isdir(config.task_dir):
+            raise DriverError(f"{NAME}: task_dir {config.task_dir!r} does not exist")
+        if not config.logs_dir or not os.path.isdir(config.logs_dir):
+            raise DriverError(f"{NAME}: logs_dir {config.logs_dir!r} does not exist")
+        if config.log_max_files < 1:
+            raise DriverError(f"{NAME}: log_max_files must be at least 1")
+        if config.log_max_file_size_bytes <= 0 and config.log_max_file_size_mb < 1:
+            raise DriverError(f"{NAME}: log_max_file_size_mb must be at least 1")
+        return os.path.abspath(config.task_dir)
+
+    def _hand_over(self, add: _Add, task_id: str) -> None:
+        """Register the task and give its descriptors to the I/O thread (starting it
+        on first use). On failure the descriptors are closed and DriverError raised."""
+        with self._lock:
+            try:
+                self._check_startable_locked(task_id)
+            except DriverError:
+                _close_fds(add.pidfd, *(fd for _, fd in add.fifos))
+                raise
+            tasks = dict(self._tasks)
+            tasks[task_id] = add.proc
+            self._tasks = tasks
+            if add.exited is not None:
+                add.proc.finish_locked(add.exited)
+            self._pending = (*self._pending, add)
+            spawn = not self._io_started
+            self._io_started = True
+        if spawn:
+            self._threads.spawn("raw_exec-io", self._io_loop)
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
+
+    @calls_out
+    def _await_exit(self, proc: _Proc, timeout: float) -> bool:
+        """True once the task has exited; False after `timeout`; raises if closed."""
+        joined = CancelToken.any_of(proc.done, self._closing)
+        try:
+            joined.wait(timeout)
+        finally:
+            joined.cancel("done")
+        if proc.done.cancelled():
+            return True
+        if self._closing.cancelled():
+            raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
+        return False
+
+    @staticmethod
+    def _exited_result(proc: _Proc) -> ExitResult:
+        """The result of a recorded task whose process is no longer running: its wait
+        status if it is a zombie child of ours, else its status file; DriverError if
+        it left neither."""
+        found = _proc_stat(proc.pid)
+        if found is not None and found[1] == proc.start_ticks:
+            with contextlib.suppress(ChildProcessError):
+                wpid, wstatus = os.waitpid(proc.pid, os.WNOHANG)
+                if wpid == proc.pid:
+                    return _result_from_wait(wstatus)
+        status = _read_status(proc.status_path)
+        if status is not None:
+            return exit_result_from_status(status)
+        raise DriverError(
+            f"{NAME}: task {proc.config.id!r} (pid {proc.pid}) is gone and left no exit status"
+        )
+
+    # --- internals: the I/O thread -------------------------------------------------
+
+    def _io_loop(self) -> None:
+        """Thread body: copy FIFOs to log files and publish exits."""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while True:
+                with self._lock:
+                    closed = self._closed
+                    pending, self._pending = self._pending, ()
+                for command in pending:
+                    self._apply(command)
+                if closed:
+                    return
+                timeout = POLL_INTERVAL if self._polled else None
+                for key, _ in self._selector.select(timeout):
+                    self._dispatch(key.fileobj, key.data)
+                if self._polled:
+                    self._poll_exits()
+        finally:
+            self._shutdown_io()
+
+    def _apply(self, command: _Add | _Forget) -> None:
+        if isinstance(command, _Forget):
+            self._forget(command.proc)
+            command.done.cancel("forgotten")
+            return
+        proc = command.proc
+        for stream, fd in command.fifos:
+            try:
+                entry = _Stream(proc, stream, fd)
+            except (OSError, ValueError):
+                os.close(fd)
+                continue
+            self._streams[fd] = entry
+            self._selector.register(fd, selectors.EVENT_READ, entry)
+        if command.exited is not None:
+            return
+        if command.pidfd is not None:
+            self._pidfds[command.pidfd] = proc
+            self._selector.register(command.pidfd, selectors.EVENT_READ, proc)
+        else:
+            self._polled[proc.pid] = proc
+
+    def _dispatch(self, fileobj: Any, data: Any) -> None:
+        if data is None:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        elif isinstance(data, _Stream):
+            self._pump(data)
+        else:
+            fd = fileobj
+            self._selector.unregister(fd)
+            del self._pidfds[fd]
+            os.close(fd)
+            self._exited(data, None)
+
+    def _pump(self, entry: _Stream, limit: int = 16) -> None:
+        """Copy what the FIFO holds (a bounded number of reads) into the log files."""
+        for _ in range(limit):
+            try:
+                data = os.read(entry.fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self._close_stream(entry)
+                return
+            try:
+                entry.writer.write(data)
+            except OSError:
+                entry.write_errors += 1
+
+    def _close_stream(self, entry: _Stream) -> None:
+        if self._streams.pop(entry.fd, None) is None:
+            return
+        self._selector.unregister(entry.fd)
+        os.close(entry.fd)
+        with contextlib.suppress(OSError):
+            entry.writer.close()
+
+    def _drain(self, proc: _Proc) -> None:
+        for entry in [e for e in self._streams.values() if e.proc is proc]:
+            self._pump(entry, limit=1 << 30)
+
+    def _poll_exits(self) -> None:
+        for pid, proc in list(self._polled.items()):
+            wait_status = None
+            if proc.is_child:
+                try:
+                    wpid, wstatus = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    wpid = -1
+                if wpid == 0:
+                    continue
+                if wpid == pid:
+                    wait_status = wstatus
+            if wait_status is None:
+                found = _proc_stat(pid)
+                if found is not None and found[1] == proc.start_ticks and found[0] not in "ZX":
+                    continue
+            del self._polled[pid]
+            self._exited(proc, wait_status)
+
+    def _exited(self, proc: _Proc, wait_status: int | None) -> None:
+        """The wrapper has exited: drain its logs, reap it, publish the result."""
+        self._drain(proc)
+        if wait_status is None:
+            try:
+                wpid, wstatus = os.waitpid(proc.pid, 0)
+                if wpid == proc.pid:
+                    wait_status = wstatus
+            except ChildProcessError:
+                pass
+        if wait_status is not None:
+            result = _result_from_wait(wait_status)
+        else:
+            status = _read_status(proc.status_path)
+            result = None if status is None else exit_result_from_status(status)
+        with self._lock:
+            if result is None:
+                if proc.sigkilled_locked():
+                    result = _signalled(_signal.SIGKILL)
+                else:
+                    result = ExitResult(
+                        err=f"process {proc.pid} exited without recording an exit status"
+                    )
+            proc.finish_locked(result)
+
+    def _forget(self, proc: _Proc) -> None:
+        for entry in [e for e in self._streams.values() if e.proc is proc]:
+            self._pump(entry)
+            self._close_stream(entry)
+        for fd, owner in list(self._pidfds.items()):
+            if owner is proc:
+                self._selector.unregister(fd)
+                del self._pidfds[fd]
+                os.close(fd)
+        self._polled.pop(proc.pid, None)
+
+    def _shutdown_io(self) -> None:
+        for entry in list(self._streams.values()):
+            with contextlib.suppress(OSError):
+                self._pump(entry)
+            self._close_stream(entry)
+        for fd in list(self._pidfds):
+            self._selector.unregister(fd)
+            os.close(fd)
+        self._pidfds = {}
+        self._polled = {}
+        self._selector.close()
+        # Descriptors handed over after the loop ended are closed here too.
+        with self._lock:
+            pending, self._pending = self._pending, ()
+        for command in pending:
+            if isinstance(command, _Add):
+                _close_fds(command.pidfd, *(fd for _, fd in command.fifos))
+            else:
+                command.done.cancel("closed")
+
+
+# --- process helpers -----------------------------------------------------------------
+
+
+def _task_env(config: TaskConfig) -> dict[str, str]:
+    env = {}
+    for key, value in config.env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise DriverError(f"{NAME}: env {key!r} must map a string to a string")
+        env[key] = value
+    return env
+
+
+def _prepare_state_dir(state_dir: str) -> tuple[tuple[str, int], ...]:
+    """Fresh FIFOs (opened for reading, non-blocking) and no stale exit status."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, STATUS_FILE))
+        fifos = []
+        try:
+            for stream in _STREAMS:
+                path = os.path.join(state_dir, f"{stream}.fifo")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.mkfifo(path, 0o600)
+                fifos.append((stream, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
+        except BaseException:
+            _close_fds(*(fd for _, fd in fifos))
+            raise
+    except OSError as err:
+        raise DriverError(f"{NAME}: cannot prepare {state_dir!r}: {err}") from err
+    return tuple(fifos)
+
+
+def _open_fifos(proc: _Proc) -> tuple[tuple[str, int], ...]:
+    fifos = []
+    for stream in _STREAMS:
+        path = proc.fifo_path(stream)
+        try:
+            if not stat.S_ISFIFO(os.stat(path).st_mode):
+                continue
+            fifos.append((stream, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
+        except FileNotFoundError:
+            continue
+    return tuple(fifos)
+
+
+def _spawn(
+    command: str, args: tuple[str, ...], env: dict[str, str], cwd: str, state_dir: str
+) -> int:
+    argv = ["/bin/sh", "-c", _WRAPPER, _WRAPPER_ARGV0, state_dir, cwd, command, *args]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.path.join(state_dir, "stdout.fifo"), os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, os.path.join(state_dir, "stderr.fifo"), os.O_WRONLY, 0),
+    ]
+    try:
+        return os.posix_spawn(
+            "/bin/sh",
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_SIGDEF,
+        )
+    except OSError as err:
+        raise DriverError(f"{NAME}: cannot start {command!r}: {err}") from err
+
+
+def _result_from_wait(wait_status: int) -> ExitResult:
+    if os.WIFSIGNALED(wait_status):
+        return _signalled(os.WTERMSIG(wait_status))
+    return exit_result_from_status(os.waitstatus_to_exitcode(wait_status))
+
+
+def _killpg(proc: _Proc, sig: int) -> None:
+    try:
+        os.killpg(proc.pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as err:
+        raise DriverError(f"{NAME}: cannot signal task {proc.config.id!r}: {err}") from err
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, _signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _close_fds(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _remove_state_dir(state_dir: str) -> None:
+    for name in (STATUS_FILE, "stdout.fifo", "stderr.fifo"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(state_dir)
+
+
+def _proc_from_handle(lock: Any, handle: TaskHandle) -> _Proc:
+    state = handle.driver_state
+    ints = {}
+    for key in ("pid", "pgid", "start_ticks"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DriverError(
+                f"{NAME}: handle of task {handle.task_id!r} has a bad {key}: {value!r}"
+            )
+        ints[key] = value
+    state_dir = state.get("state_dir")
+    if not isinstance(state_dir, str) or not state_dir:
+        raise DriverError(f"{NAME}: handle of task {handle.task_id!r} has no state_dir")
+    started_at = state.get("started_at", 0.0)
+    return _Proc(
+        lock,
+        handle.config,
+        pid=ints["pid"],
+        pgid=ints["pgid"],
+        start_ticks=ints["start_ticks"],
+        state_dir=state_dir,
+        started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
+        is_child=False,
+    )
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _group_stats(pgid: int) -> dict[str, float]:
+    cpu = 0
+    rss = 0
+    count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if int(fields[2]) != pgid or fields[0] in (b"Z", b"X"):
+            continue
+        count += 1
+        cpu += int(fields[11]) + int(fields[12])
+        rss += int(fields[21]) * _PAGE
+    return {"cpu_seconds": cpu / _TICKS, "memory_rss_bytes": float(rss), "processes": float(count)}
