@@ -143,7 +143,9 @@ class LocalState:
     def from_json(cls, data: Any, path: str = "LocalState") -> LocalState:
         """Inverse of `to_json`; ValueError naming the field on bad input."""
         _expect(data, Mapping, path)
-        raw_hooks = data.get("hooks") or {}
+        raw_hooks = data.get("hooks")
+        if raw_hooks is None:
+            raw_hooks = {}
         _expect(raw_hooks, Mapping, f"{path}.hooks")
         hooks = {}
         for name, raw in raw_hooks.items():

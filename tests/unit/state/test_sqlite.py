@@ -1,0 +1,163 @@
+"""SQLiteStateDB specifics: the file, its schema version, corruption, other processes."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from allocrunner.errors import StateDBError
+from allocrunner.state import LocalState, SQLiteStateDB
+from allocrunner.state.sqlite import SCHEMA_VERSION
+from allocrunner.structs import TaskState
+from allocrunner.testing import mock_alloc
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "data" / "client" / "state.db"
+
+
+def test_creates_parent_dirs_wal_and_version(path):
+    db = SQLiteStateDB(path)
+    db.close()
+    assert path.is_file()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
+        assert int(version) == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_newer_schema_is_refused(path):
+    SQLiteStateDB(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(SCHEMA_VERSION + 1),))
+    conn.close()
+    with pytest.raises(StateDBError, match="newer") as info:
+        SQLiteStateDB(path)
+    assert str(path) in str(info.value)
+
+
+def test_corrupt_file_is_refused_naming_it(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(StateDBError) as info:
+        SQLiteStateDB(path)
+    assert str(path) in str(info.value)
+
+
+def test_foreign_database_is_refused(path):
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    with pytest.raises(StateDBError, match="not an allocrunner state database"):
+        SQLiteStateDB(path)
+
+
+def test_directory_path_is_refused(tmp_path):
+    with pytest.raises(StateDBError, match="is a directory"):
+        SQLiteStateDB(tmp_path)
+
+
+def test_durable_mode_round_trips(path):
+    alloc = mock_alloc()
+    db = SQLiteStateDB(path, durable=True)
+    db.put_allocation(alloc)
+    db.close()
+    again = SQLiteStateDB(path)
+    assert again.all_allocations() == [alloc]
+    again.close()
+
+
+def _corrupt(path, alloc_id, task, kind):
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "UPDATE entries SET value = '{\"broken\": true' WHERE alloc_id = ? AND task = ? "
+            "AND kind = ?",
+            (alloc_id, task, kind),
+        )
+    conn.close()
+
+
+def test_undecodable_allocation_is_skipped_and_logged(path, caplog):
+    good, bad = mock_alloc(), mock_alloc()
+    db = SQLiteStateDB(path)
+    db.put_allocation(good)
+    db.put_allocation(bad)
+    _corrupt(path, bad.id, "", "alloc")
+    with caplog.at_level(logging.ERROR, logger="allocrunner.state"):
+        assert db.all_allocations() == [good]
+    assert bad.id in caplog.text
+    db.close()
+
+
+def test_undecodable_task_state_raises_naming_it(path):
+    alloc = mock_alloc()
+    db = SQLiteStateDB(path)
+    db.put_task_state(alloc.id, "web", TaskState())
+    db.put_task_local_state(alloc.id, "web", LocalState())
+    _corrupt(path, alloc.id, "web", "local_state")
+    with pytest.raises(StateDBError, match=f"local_state of task 'web' in allocation {alloc.id}"):
+        db.task_runner_state(alloc.id, "web")
+    db.close()
+
+
+def test_file_shared_with_another_process(path):
+    """Another process holding the file open (and writing) does not stop us."""
+    alloc = mock_alloc()
+    db = SQLiteStateDB(path)
+    db.put_allocation(alloc)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from allocrunner.state import SQLiteStateDB
+        from allocrunner.structs import TaskState
+        db = SQLiteStateDB({str(path)!r})
+        ids = [a.id for a in db.all_allocations()]
+        db.put_task_state({alloc.id!r}, "web", TaskState(restarts=3))
+        print(",".join(ids), flush=True)
+        sys.stdin.readline()  # keep the file open until told to exit
+        db.close()
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            seen = child.stdout.readline().strip()
+            assert seen == alloc.id, "the other process reads what we wrote"
+            # the other process still has the file open; our reads and writes go on
+            assert db.task_runner_state(alloc.id, "web") == (None, TaskState(restarts=3))
+            db.put_task_state(alloc.id, "web", TaskState(restarts=4))
+        finally:
+            child.stdin.close()
+            assert child.wait(timeout=30) == 0
+    db.close()
+    again = SQLiteStateDB(path)
+    assert again.task_runner_state(alloc.id, "web") == (None, TaskState(restarts=4))
+    again.close()
+
+
+def test_write_errors_name_the_file(path):
+    db = SQLiteStateDB(path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DROP TABLE entries")
+    conn.close()
+    with pytest.raises(StateDBError, match=str(path)):
+        db.put_task_state("a", "web", TaskState())
+    db.close()
