@@ -1,0 +1,396 @@
+"""Nomad's HTTP API JSON for jobs, allocations and task states, both directions.
+
+Keys are Nomad's PascalCase API names (`TaskGroups`, `KillTimeout`, `TaskStates`, …);
+durations are integer nanoseconds; `TaskState` times are RFC 3339 strings (Go's zero
+time means unset); `TaskEvent.Time` is integer Unix nanoseconds; `null` or an absent
+key means the field's default; unknown keys are ignored. Anything else raises
+`JobSpecError` whose `path` names the field (`Job.TaskGroups[0].Tasks[1].Driver`).
+
+Decoding never applies Nomad's job defaults beyond the value objects' own (see
+`canonicalize_job`), so `decode_x(encode_x(v)) == v` for every value object `v`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from allocrunner.errors import JobSpecError
+from allocrunner.jobspec._kinds import (
+    INT64_MAX,
+    INT64_MIN,
+    UINT64_MAX,
+    Bool,
+    Duration,
+    Field,
+    FreeMap,
+    Int,
+    Kind,
+    ListOf,
+    MapOf,
+    Rfc3339Time,
+    Str,
+    StrList,
+    StrMap,
+    Struct,
+    UnixNanoTime,
+    describe,
+)
+from allocrunner.structs import (
+    Allocation,
+    AllocDeploymentStatus,
+    AllocState,
+    DesiredTransition,
+    EphemeralDisk,
+    Job,
+    Lifecycle,
+    LogConfig,
+    MigrateStrategy,
+    Resources,
+    RestartPolicy,
+    Task,
+    TaskEvent,
+    TaskGroup,
+    TaskState,
+    UpdateStrategy,
+)
+from allocrunner.structs.status import (
+    CLIENT_STATUSES,
+    DESIRED_STATUSES,
+    JOB_TYPES,
+    LIFECYCLE_HOOKS,
+    RESTART_MODE_DELAY,
+    RESTART_MODE_FAIL,
+    TASK_STATES,
+)
+
+__all__ = [
+    "ALLOCATION",
+    "ALLOC_STATE",
+    "JOB",
+    "TASK_EVENT",
+    "TASK_STATE",
+    "decode_alloc_state",
+    "decode_allocation",
+    "decode_job",
+    "decode_task_event",
+    "decode_task_state",
+    "encode_alloc_state",
+    "encode_allocation",
+    "encode_job",
+    "encode_task_event",
+    "encode_task_state",
+]
+
+#: Health check modes of update and migrate strategies.
+HEALTH_CHECKS = ("checks", "task_states", "manual")
+#: Client statuses accepted on input: Nomad's, plus "unknown" (disconnected node) and ""
+#: (no status derived yet).
+CLIENT_STATUSES_IN = (*CLIENT_STATUSES, "unknown", "")
+
+_STR = Str()
+_BOOL = Bool()
+_UINT = Int()
+_UINT64 = Int(hi=UINT64_MAX)
+_INT64 = Int(lo=INT64_MIN, hi=INT64_MAX)
+_DURATION = Duration()
+_RFC3339 = Rfc3339Time()
+_STRMAP = StrMap()
+
+
+def _unique_names(attr: str, what: str, key: str) -> Any:
+    def check(kwargs: dict[str, Any], path: str) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(kwargs.get(attr, ())):
+            if item.name in seen:
+                raise JobSpecError(f"{path}.{key}[{i}].Name", f"duplicate {what} {item.name!r}")
+            seen.add(item.name)
+
+    return check
+
+
+RESTART_POLICY = Struct(
+    RestartPolicy,
+    [
+        Field("attempts", "Attempts", _UINT),
+        Field("interval", "Interval", _DURATION),
+        Field("delay", "Delay", _DURATION),
+        Field("mode", "Mode", Str(choices=(RESTART_MODE_FAIL, RESTART_MODE_DELAY))),
+        Field("render_templates", "RenderTemplates", _BOOL),
+    ],
+)
+
+LIFECYCLE = Struct(
+    Lifecycle,
+    [
+        Field("hook", "Hook", Str(choices=("", *LIFECYCLE_HOOKS))),
+        Field("sidecar", "Sidecar", _BOOL),
+    ],
+)
+
+EPHEMERAL_DISK = Struct(
+    EphemeralDisk,
+    [
+        Field("size_mb", "SizeMB", _UINT),
+        Field("sticky", "Sticky", _BOOL),
+        Field("migrate", "Migrate", _BOOL),
+    ],
+)
+
+RESOURCES = Struct(
+    Resources,
+    [
+        Field("cpu", "CPU", _UINT),
+        Field("memory_mb", "MemoryMB", _UINT),
+        Field("memory_max_mb", "MemoryMaxMB", _UINT),
+        Field("disk_mb", "DiskMB", _UINT),
+    ],
+)
+
+LOG_CONFIG = Struct(
+    LogConfig,
+    [
+        Field("max_files", "MaxFiles", _UINT),
+        Field("max_file_size_mb", "MaxFileSizeMB", _UINT),
+        Field("disabled", "Disabled", _BOOL),
+    ],
+)
+
+UPDATE_STRATEGY = Struct(
+    UpdateStrategy,
+    [
+        Field("health_check", "HealthCheck", Str(choices=HEALTH_CHECKS)),
+        Field("min_healthy_time", "MinHealthyTime", _DURATION),
+        Field("healthy_deadline", "HealthyDeadline", _DURATION),
+        Field("max_parallel", "MaxParallel", _UINT),
+        Field("auto_revert", "AutoRevert", _BOOL),
+        Field("canary", "Canary", _UINT),
+    ],
+)
+
+MIGRATE_STRATEGY = Struct(
+    MigrateStrategy,
+    [
+        Field("max_parallel", "MaxParallel", _UINT),
+        Field("health_check", "HealthCheck", Str(choices=HEALTH_CHECKS)),
+        Field("min_healthy_time", "MinHealthyTime", _DURATION),
+        Field("healthy_deadline", "HealthyDeadline", _DURATION),
+    ],
+)
+
+TASK = Struct(
+    Task,
+    [
+        Field("name", "Name", Str(nonempty=True), required=True),
+        Field("driver", "Driver", Str(nonempty=True), required=True),
+        Field("user", "User", _STR),
+        Field("lifecycle", "Lifecycle", LIFECYCLE),
+        Field("config", "Config", FreeMap()),
+        Field("env", "Env", _STRMAP),
+        Field("meta", "Meta", _STRMAP),
+        Field("leader", "Leader", _BOOL),
+        Field("kill_timeout", "KillTimeout", _DURATION),
+        Field("kill_signal", "KillSignal", _STR),
+        Field("shutdown_delay", "ShutdownDelay", _DURATION),
+        Field("restart_policy", "RestartPolicy", RESTART_POLICY),
+        Field("resources", "Resources", RESOURCES),
+        Field("logs", "LogConfig", LOG_CONFIG),
+    ],
+)
+
+TASK_GROUP = Struct(
+    TaskGroup,
+    [
+        Field("name", "Name", Str(nonempty=True), required=True),
+        Field("count", "Count", _UINT),
+        Field("restart_policy", "RestartPolicy", RESTART_POLICY),
+        Field("ephemeral_disk", "EphemeralDisk", EPHEMERAL_DISK),
+        Field("update", "Update", UPDATE_STRATEGY),
+        Field("migrate", "Migrate", MIGRATE_STRATEGY),
+        Field("meta", "Meta", _STRMAP),
+        Field("shutdown_delay", "ShutdownDelay", _DURATION),
+        Field("tasks", "Tasks", ListOf(TASK)),
+    ],
+    check=_unique_names("tasks", "task name", "Tasks"),
+)
+
+JOB = Struct(
+    Job,
+    [
+        Field("id", "ID", Str(nonempty=True), required=True),
+        Field("name", "Name", _STR),
+        Field("namespace", "Namespace", _STR),
+        Field("type", "Type", Str(choices=JOB_TYPES)),
+        Field("region", "Region", _STR),
+        Field("datacenters", "Datacenters", StrList()),
+        Field("priority", "Priority", _UINT),
+        Field("meta", "Meta", _STRMAP),
+        Field("update", "Update", UPDATE_STRATEGY),
+        Field("version", "Version", _UINT64),
+        Field("stop", "Stop", _BOOL),
+        Field("create_index", "CreateIndex", _UINT64),
+        Field("modify_index", "ModifyIndex", _UINT64),
+        Field("job_modify_index", "JobModifyIndex", _UINT64),
+        Field("task_groups", "TaskGroups", ListOf(TASK_GROUP)),
+    ],
+    check=_unique_names("task_groups", "task group name", "TaskGroups"),
+)
+
+TASK_EVENT = Struct(
+    TaskEvent,
+    [
+        Field("type", "Type", _STR, required=True),
+        Field("time", "Time", UnixNanoTime()),
+        Field("message", "Message", _STR),
+        Field("display_message", "DisplayMessage", _STR),
+        Field("exit_code", "ExitCode", _INT64),
+        Field("signal", "Signal", _INT64),
+        Field("fails_task", "FailsTask", _BOOL),
+        Field("details", "Details", _STRMAP),
+    ],
+)
+
+TASK_STATE = Struct(
+    TaskState,
+    [
+        Field("state", "State", Str(choices=TASK_STATES)),
+        Field("failed", "Failed", _BOOL),
+        Field("restarts", "Restarts", _UINT64),
+        Field("last_restart", "LastRestart", _RFC3339),
+        Field("started_at", "StartedAt", _RFC3339),
+        Field("finished_at", "FinishedAt", _RFC3339),
+        Field("events", "Events", ListOf(TASK_EVENT)),
+    ],
+)
+
+DEPLOYMENT_STATUS = Struct(
+    AllocDeploymentStatus,
+    [
+        Field("healthy", "Healthy", _BOOL),
+        Field("timestamp", "Timestamp", _RFC3339),
+        Field("canary", "Canary", _BOOL),
+        Field("modify_index", "ModifyIndex", _UINT64),
+    ],
+)
+
+DESIRED_TRANSITION = Struct(
+    DesiredTransition,
+    [
+        Field("migrate", "Migrate", _BOOL),
+        Field("reschedule", "Reschedule", _BOOL),
+        Field("force_reschedule", "ForceReschedule", _BOOL),
+        Field("no_shutdown_delay", "NoShutdownDelay", _BOOL),
+    ],
+)
+
+_TASK_STATES = MapOf(TASK_STATE)
+_CLIENT_STATUS = Str(choices=CLIENT_STATUSES_IN)
+
+ALLOCATION = Struct(
+    Allocation,
+    [
+        Field("id", "ID", Str(nonempty=True), required=True),
+        Field("name", "Name", _STR),
+        Field("namespace", "Namespace", _STR),
+        Field("node_id", "NodeID", _STR),
+        Field("eval_id", "EvalID", _STR),
+        Field("job_id", "JobID", _STR),
+        Field("job", "Job", JOB),
+        Field("task_group", "TaskGroup", _STR),
+        Field("desired_status", "DesiredStatus", Str(choices=(*DESIRED_STATUSES, ""))),
+        Field("desired_description", "DesiredDescription", _STR),
+        Field("desired_transition", "DesiredTransition", DESIRED_TRANSITION),
+        Field("previous_allocation", "PreviousAllocation", _STR),
+        Field("next_allocation", "NextAllocation", _STR),
+        Field("deployment_id", "DeploymentID", _STR),
+        Field("alloc_modify_index", "AllocModifyIndex", _UINT64),
+        Field("create_index", "CreateIndex", _UINT64),
+        Field("modify_index", "ModifyIndex", _UINT64),
+        Field("create_time", "CreateTime", _INT64),
+        Field("modify_time", "ModifyTime", _INT64),
+        Field("client_status", "ClientStatus", _CLIENT_STATUS),
+        Field("client_description", "ClientDescription", _STR),
+        Field("task_states", "TaskStates", _TASK_STATES),
+        Field("deployment_status", "DeploymentStatus", DEPLOYMENT_STATUS),
+    ],
+)
+
+ALLOC_STATE = Struct(
+    AllocState,
+    [
+        Field("client_status", "ClientStatus", _CLIENT_STATUS),
+        Field("client_description", "ClientDescription", _STR),
+        Field("deployment_status", "DeploymentStatus", DEPLOYMENT_STATUS),
+        Field("task_states", "TaskStates", _TASK_STATES),
+    ],
+)
+
+
+def _decode(kind: Kind, obj: Any, root: str) -> Any:
+    if obj is None:
+        raise JobSpecError(root, f"expected an object, got {describe(obj)}")
+    try:
+        return kind.decode(obj, root)
+    except RecursionError:
+        raise JobSpecError(root, "document nested too deeply") from None
+
+
+def _encode(kind: Struct, value: Any, what: type) -> dict[str, Any]:
+    if not isinstance(value, what):
+        raise TypeError(f"expected {what.__name__}, got {type(value).__name__}")
+    return kind.encode(value)
+
+
+def decode_job(obj: Any) -> Job:
+    """A Job from Nomad API JSON (parsed). The `{"Job": {...}}` wrapper of job files and
+    register requests is accepted too. JobSpecError names any bad field."""
+    if isinstance(obj, Mapping) and "ID" not in obj and isinstance(obj.get("Job"), Mapping):
+        obj = obj["Job"]
+    return _decode(JOB, obj, "Job")
+
+
+def encode_job(job: Job) -> dict[str, Any]:
+    """Nomad API JSON (a dict ready for `json.dumps`) of a Job."""
+    return _encode(JOB, job, Job)
+
+
+def decode_allocation(obj: Any) -> Allocation:
+    """An Allocation from Nomad API JSON (`GET /v1/allocation/:id`); its Job may be null."""
+    return _decode(ALLOCATION, obj, "Allocation")
+
+
+def encode_allocation(alloc: Allocation) -> dict[str, Any]:
+    """Nomad API JSON of an Allocation, client fields included."""
+    return _encode(ALLOCATION, alloc, Allocation)
+
+
+def decode_alloc_state(obj: Any) -> AllocState:
+    """An AllocState from `{"ClientStatus", "ClientDescription", "DeploymentStatus",
+    "TaskStates"}`."""
+    return _decode(ALLOC_STATE, obj, "AllocState")
+
+
+def encode_alloc_state(state: AllocState) -> dict[str, Any]:
+    """`{"ClientStatus", "ClientDescription", "DeploymentStatus", "TaskStates"}` of an
+    AllocState, as Nomad reports them for an allocation."""
+    return _encode(ALLOC_STATE, state, AllocState)
+
+
+def decode_task_state(obj: Any) -> TaskState:
+    """A TaskState from Nomad API JSON (`State`, `Failed`, `Restarts`, times, `Events`)."""
+    return _decode(TASK_STATE, obj, "TaskState")
+
+
+def encode_task_state(state: TaskState) -> dict[str, Any]:
+    """Nomad API JSON of a TaskState."""
+    return _encode(TASK_STATE, state, TaskState)
+
+
+def decode_task_event(obj: Any) -> TaskEvent:
+    """A TaskEvent from Nomad API JSON (`Type`, `Time` in Unix ns, `Details`, …)."""
+    return _decode(TASK_EVENT, obj, "TaskEvent")
+
+
+def encode_task_event(event: TaskEvent) -> dict[str, Any]:
+    """Nomad API JSON of a TaskEvent."""
+    return _encode(TASK_EVENT, event, TaskEvent)
