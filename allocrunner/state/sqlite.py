@@ -39,13 +39,15 @@ import attrs
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner.errors import JobSpecError, StateDBError
 from allocrunner.jobspec import (
+    decode_alloc_state,
     decode_allocation,
     decode_task_state,
+    encode_alloc_state,
     encode_allocation,
     encode_task_state,
 )
 from allocrunner.state.base import LocalState, WriteStats
-from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskState
+from allocrunner.structs import Allocation, AllocDeploymentStatus, AllocState, TaskState
 from allocrunner.structs.frozen import FrozenDict
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateDB"]
@@ -82,40 +84,16 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _time_json(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
-def _encode_deployment(status: AllocDeploymentStatus) -> dict[str, Any]:
-    return {
-        "Healthy": status.healthy,
-        "Timestamp": _time_json(status.timestamp),
-        "Canary": status.canary,
-        "ModifyIndex": status.modify_index,
-    }
+def _encode_deployment(status: AllocDeploymentStatus) -> Any:
+    """The deployment status in Nomad's API shape (the codec's ``DeploymentStatus``)."""
+    return encode_alloc_state(AllocState(deployment_status=status))["DeploymentStatus"]
 
 
 def _decode_deployment(obj: Any) -> AllocDeploymentStatus:
-    if not isinstance(obj, dict):
-        raise ValueError(f"DeploymentStatus: expected object, got {type(obj).__name__}")
-    healthy = obj.get("Healthy")
-    if healthy is not None and not isinstance(healthy, bool):
-        raise ValueError("DeploymentStatus.Healthy: expected bool or null")
-    stamp = obj.get("Timestamp")
-    if stamp is not None and not isinstance(stamp, str):
-        raise ValueError("DeploymentStatus.Timestamp: expected string or null")
-    canary = obj.get("Canary", False)
-    if not isinstance(canary, bool):
-        raise ValueError("DeploymentStatus.Canary: expected bool")
-    index = obj.get("ModifyIndex", 0)
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise ValueError("DeploymentStatus.ModifyIndex: expected integer")
-    return AllocDeploymentStatus(
-        healthy=healthy,
-        timestamp=None if stamp is None else datetime.fromisoformat(stamp),
-        canary=canary,
-        modify_index=index,
-    )
+    status = decode_alloc_state({"DeploymentStatus": obj}).deployment_status
+    if status is None:
+        raise ValueError("DeploymentStatus: expected an object, got null")
+    return status
 
 
 class SQLiteStateDB:
@@ -446,7 +424,7 @@ class SQLiteStateDB:
             return None
         try:
             return _decode_deployment(json.loads(row[0]))
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, JobSpecError) as err:
             raise StateDBError(
                 f"state db {self._path}: deployment status of allocation {alloc_id} "
                 f"cannot be decoded: {err}"
