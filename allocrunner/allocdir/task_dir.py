@@ -1,0 +1,92 @@
+"""TaskDir: one task's directories inside an alloc dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from allocrunner._locking import calls_out
+from allocrunner.allocdir import fs
+from allocrunner.errors import AllocDirError
+
+__all__ = ["TASK_DIR_MODES", "TaskDir"]
+
+LOCAL_DIR: Final = "local"
+SECRETS_DIR: Final = "secrets"
+TMP_DIR: Final = "tmp"
+
+# Nomad's modes: the task dir and local/ open to the task's user, tmp/ sticky and
+# world-writable like /tmp, secrets/ readable by its owner only.
+TASK_DIR_MODE: Final = 0o777
+TASK_DIR_MODES: Final = (
+    (LOCAL_DIR, 0o777),
+    (TMP_DIR, 0o1777),
+    (SECRETS_DIR, 0o700),
+)
+
+
+@attrs.frozen
+class TaskDir:
+    """Immutable. The paths of one task's directories, and `build()` to create them.
+
+    Layout: ``<alloc dir>/<task>/{local,secrets,tmp}``; the task also sees the shared
+    ``alloc/`` dir (`shared_alloc_dir`) and its logs (`logs_dir`). Made by
+    `AllocDir.new_task_dir`; `build()` may be called from any thread, any number of
+    times.
+    """
+
+    name: str
+    dir: Path
+    local_dir: Path
+    secrets_dir: Path
+    tmp_dir: Path
+    shared_alloc_dir: Path
+    logs_dir: Path
+
+    @classmethod
+    def for_alloc(cls, alloc_path: Path, shared_dir: Path, logs_dir: Path, name: str) -> TaskDir:
+        """The TaskDir of task `name` in the alloc dir at `alloc_path`."""
+        task_path = alloc_path / name
+        return cls(
+            name=name,
+            dir=task_path,
+            local_dir=task_path / LOCAL_DIR,
+            secrets_dir=task_path / SECRETS_DIR,
+            tmp_dir=task_path / TMP_DIR,
+            shared_alloc_dir=shared_dir,
+            logs_dir=logs_dir,
+        )
+
+    @calls_out
+    def build(self) -> None:
+        """Create ``<task>/{local,secrets,tmp}`` with Nomad's modes; idempotent.
+
+        The alloc dir must exist (`AllocDir.build`). Existing directories keep their
+        contents and get their modes reset; a symlink or file where a directory belongs
+        raises `AllocDirError` instead of being followed.
+        """
+        alloc_path = str(self.dir.parent)
+        try:
+            alloc_fd = os.open(alloc_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise AllocDirError(
+                f"cannot build task dir {self.name!r}: alloc dir {alloc_path} is not built"
+            ) from err
+        except OSError as err:
+            raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
+        try:
+            task_fd = fs.ensure_dir(alloc_fd, self.name, TASK_DIR_MODE, str(self.dir))
+            try:
+                for name, mode in TASK_DIR_MODES:
+                    os.close(fs.ensure_dir(task_fd, name, mode, str(self.dir / name)))
+            finally:
+                os.close(task_fd)
+        except AllocDirError:
+            raise
+        except OSError as err:
+            raise AllocDirError(f"cannot build task dir {self.dir}: {err}") from err
+        finally:
+            os.close(alloc_fd)
