@@ -4,6 +4,12 @@
   `decode_alloc_state` / `encode_alloc_state`, `decode_task_state` /
   `encode_task_state`, `decode_task_event` / `encode_task_event`: Nomad's API JSON
   (PascalCase keys, durations in nanoseconds) to value objects and back, exactly.
+- `load_job(path)`: a `.json` (API JSON) or HCL (`.hcl`, `.nomad`, `.nomad.hcl`) job
+  file, with Nomad's defaults applied; `parse_job(text, fmt)` for text in hand.
+- `canonicalize_job(job)`: Nomad's defaults for a Job built in code;
+  `canonicalize_api_job(obj)` the same on parsed API JSON, merging partial blocks.
+
+Every malformed input raises `JobSpecError` whose `path` names the field.
 """
 
 from allocrunner.jobspec.codec import (
@@ -18,8 +24,13 @@ from allocrunner.jobspec.codec import (
     encode_task_event,
     encode_task_state,
 )
+from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
+from allocrunner.jobspec.hcl import hcl_to_api
+from allocrunner.jobspec.load import load_job, parse_job
 
 __all__ = [
+    "canonicalize_api_job",
+    "canonicalize_job",
     "decode_alloc_state",
     "decode_allocation",
     "decode_job",
@@ -30,4 +41,7 @@ __all__ = [
     "encode_job",
     "encode_task_event",
     "encode_task_state",
+    "hcl_to_api",
+    "load_job",
+    "parse_job",
 ]

@@ -1,0 +1,561 @@
+"""Nomad HCL job files (the jobspec syntax) to Nomad API JSON.
+
+`hcl_to_api(text)` parses with python-hcl2 and converts the `job "<id>" { … }` block to
+the same API JSON a `.json` job file holds, holding only what the file sets (so
+`canonicalize_api_job` can merge partial blocks over Nomad's defaults). Every value is
+checked where it is read, and errors name the field the way the file spells it:
+`job.group[web].task[api].kill_timeout`.
+
+Supported: job (`type`, `datacenters`, `region`, `namespace`, `name`, `priority`,
+`meta`, `update`, `migrate`), group (`count`, `restart`, `ephemeral_disk`, `update`,
+`migrate`, `meta`, `shutdown_delay`), task (`driver`, `config`, `env`, `meta`, `user`,
+`leader`, `lifecycle`, `kill_timeout`, `kill_signal`, `shutdown_delay`, `restart`,
+`resources`, `logs`). Nomad blocks a local runner has no use for (`constraint`,
+`service`, `network`, `artifact`, `template`, …) are accepted and ignored; anything
+else is an error, so a misspelt setting is never silently dropped. Expressions
+(variables, functions, arithmetic) are not evaluated: a value that needs one is an
+error. `${NOMAD_*}` inside a string is kept as written, for the driver to interpolate.
+
+python-hcl2 8 renders string literals with their quotes and escapes (`'"a\\tb"'`) and
+marks blocks with `__is_block__`; version 7 gives plain strings and no markers. Both
+are handled: which one is installed is probed once, on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import string
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import hcl2
+
+from allocrunner.durations import parse_duration
+from allocrunner.errors import JobSpecError
+from allocrunner.jobspec._kinds import (
+    MAX_DEPTH,
+    Duration,
+    FreeMap,
+    Int,
+    Kind,
+    StrMap,
+    Struct,
+    describe,
+)
+from allocrunner.jobspec.codec import (
+    EPHEMERAL_DISK,
+    JOB,
+    LIFECYCLE,
+    LOG_CONFIG,
+    MIGRATE_STRATEGY,
+    RESOURCES,
+    RESTART_POLICY,
+    TASK,
+    TASK_GROUP,
+    UPDATE_STRATEGY,
+)
+
+__all__ = ["HCLExpression", "hcl_to_api"]
+
+_BLOCK = "__is_block__"
+_METADATA_KEYS = frozenset(
+    {"__comments__", "__inline_comments__", "__start_line__", "__end_line__"}
+)
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+
+
+class HCLExpression:
+    """Immutable. An HCL expression python-hcl2 left unevaluated (its source text)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HCLExpression) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+@attrs.frozen
+class _Spec:
+    """Immutable. The HCL block shape of one API struct: which names go where."""
+
+    struct: Struct
+    attributes: Mapping[str, str] = attrs.field(factory=dict)  # hcl name -> JSON key
+    maps: Mapping[str, str] = attrs.field(factory=dict)  # block-or-map -> JSON key
+    blocks: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # single blocks
+    repeated: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # labelled, many
+    ignored: frozenset[str] = frozenset()
+    required: frozenset[str] = frozenset()
+    label_key: str = ""
+
+
+_RESTART = _Spec(
+    RESTART_POLICY,
+    attributes={
+        "attempts": "Attempts",
+        "interval": "Interval",
+        "delay": "Delay",
+        "mode": "Mode",
+        "render_templates": "RenderTemplates",
+    },
+)
+_EPHEMERAL_DISK = _Spec(
+    EPHEMERAL_DISK, attributes={"size": "SizeMB", "sticky": "Sticky", "migrate": "Migrate"}
+)
+_HEALTH_ATTRS = {
+    "max_parallel": "MaxParallel",
+    "health_check": "HealthCheck",
+    "min_healthy_time": "MinHealthyTime",
+    "healthy_deadline": "HealthyDeadline",
+}
+_UPDATE = _Spec(
+    UPDATE_STRATEGY,
+    attributes={**_HEALTH_ATTRS, "auto_revert": "AutoRevert", "canary": "Canary"},
+    ignored=frozenset({"stagger", "progress_deadline", "auto_promote"}),
+)
+_MIGRATE = _Spec(MIGRATE_STRATEGY, attributes=_HEALTH_ATTRS)
+_RESOURCES = _Spec(
+    RESOURCES,
+    attributes={"cpu": "CPU", "memory": "MemoryMB", "memory_max": "MemoryMaxMB", "disk": "DiskMB"},
+    ignored=frozenset({"cores", "network", "device", "numa", "secrets", "iops"}),
+)
+_LOGS = _Spec(
+    LOG_CONFIG,
+    attributes={"max_files": "MaxFiles", "max_file_size": "MaxFileSizeMB", "disabled": "Disabled"},
+    ignored=frozenset({"enabled"}),  # pre-1.6 spelling; mapped onto Disabled below
+)
+_LIFECYCLE = _Spec(
+    LIFECYCLE, attributes={"hook": "Hook", "sidecar": "Sidecar"}, required=frozenset({"hook"})
+)
+_TASK = _Spec(
+    TASK,
+    attributes={
+        "driver": "Driver",
+        "user": "User",
+        "leader": "Leader",
+        "kill_timeout": "KillTimeout",
+        "kill_signal": "KillSignal",
+        "shutdown_delay": "ShutdownDelay",
+    },
+    maps={"config": "Config", "env": "Env", "meta": "Meta"},
+    blocks={
+        "lifecycle": ("Lifecycle", _LIFECYCLE),
+        "restart": ("RestartPolicy", _RESTART),
+        "resources": ("Resources", _RESOURCES),
+        "logs": ("LogConfig", _LOGS),
+    },
+    ignored=frozenset(
+        {
+            "constraint",
+            "affinity",
+            "service",
+            "artifact",
+            "vault",
+            "consul",
+            "template",
+            "dispatch_payload",
+            "volume_mount",
+            "csi_plugin",
+            "kind",
+            "scaling",
+            "secret",
+            "identity",
+            "action",
+            "schedule",
+        }
+    ),
+    required=frozenset({"driver"}),
+    label_key="Name",
+)
+_GROUP = _Spec(
+    TASK_GROUP,
+    attributes={"count": "Count", "shutdown_delay": "ShutdownDelay"},
+    maps={"meta": "Meta"},
+    blocks={
+        "restart": ("RestartPolicy", _RESTART),
+        "ephemeral_disk": ("EphemeralDisk", _EPHEMERAL_DISK),
+        "update": ("Update", _UPDATE),
+        "migrate": ("Migrate", _MIGRATE),
+    },
+    repeated={"task": ("Tasks", _TASK)},
+    ignored=frozenset(
+        {
+            "constraint",
+            "affinity",
+            "spread",
+            "volume",
+            "network",
+            "service",
+            "reschedule",
+            "disconnect",
+            "scaling",
+            "consul",
+            "max_run_duration",
+            "stop_after_client_disconnect",
+            "max_client_disconnect",
+            "prevent_reschedule_on_lost",
+        }
+    ),
+    label_key="Name",
+)
+_JOB = _Spec(
+    JOB,
+    attributes={
+        "region": "Region",
+        "namespace": "Namespace",
+        "name": "Name",
+        "type": "Type",
+        "priority": "Priority",
+        "datacenters": "Datacenters",
+    },
+    maps={"meta": "Meta"},
+    blocks={"update": ("Update", _UPDATE), "migrate": ("Migrate", _MIGRATE)},
+    repeated={"group": ("TaskGroups", _GROUP)},
+    ignored=frozenset(
+        {
+            "all_at_once",
+            "node_pool",
+            "constraint",
+            "affinity",
+            "spread",
+            "multiregion",
+            "periodic",
+            "parameterized",
+            "reschedule",
+            "vault",
+            "consul",
+            "ui",
+            "vault_token",
+            "consul_token",
+        }
+    ),
+    label_key="ID",
+)
+
+
+# --- parsing and python-hcl2 version differences -------------------------------------
+
+
+@functools.cache
+def _quotes_strings() -> bool:
+    """Whether the installed python-hcl2 keeps string literals' quotes (version 8+)."""
+    return _raw_loads('probe = "x"\n').get("probe") == '"x"'
+
+
+@functools.cache
+def _options() -> Any:
+    """python-hcl2 8's serialization options: no comments, heredocs as plain strings,
+    numbers as numbers. None on versions without them."""
+    try:
+        from hcl2.utils import SerializationOptions
+    except ImportError:
+        return None
+    wanted = {
+        "with_comments": False,
+        "with_meta": False,
+        "preserve_heredocs": False,
+        "preserve_scientific_notation": False,
+        "explicit_blocks": True,
+    }
+    if dataclasses.is_dataclass(SerializationOptions):
+        names = {f.name for f in dataclasses.fields(SerializationOptions)}
+        wanted = {k: v for k, v in wanted.items() if k in names}
+    try:
+        return SerializationOptions(**wanted)
+    except TypeError:
+        return None
+
+
+def _raw_loads(text: str) -> dict[str, Any]:
+    options = _options()
+    if options is None:
+        return hcl2.loads(text)
+    return hcl2.loads(text, serialization_options=options)
+
+
+def _syntax_error(err: Exception) -> str:
+    line = getattr(err, "line", None)
+    column = getattr(err, "column", None)
+    where = f" at line {line}, column {column}" if isinstance(line, int) and line > 0 else ""
+    token = getattr(err, "token", None)
+    char = getattr(err, "char", None)
+    if token is not None and getattr(token, "type", "") == "$END":
+        detail = "unexpected end of file"
+    elif token is not None:
+        detail = f"unexpected {str(token)!r}"
+    elif char is not None:
+        detail = f"unexpected character {char!r}"
+    else:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"HCL syntax error{where}: {detail}"
+
+
+def _unescape(text: str) -> str:
+    """An HCL quoted string's content with its escapes (\\n, \\", \\uXXXX, $${, %%{)
+    resolved."""
+    if "\\" not in text and "$${" not in text and "%%{" not in text:
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n:
+            nxt = text[i + 1]
+            if nxt in _SIMPLE_ESCAPES:
+                out.append(_SIMPLE_ESCAPES[nxt])
+                i += 2
+                continue
+            if nxt in "uU":
+                width = 4 if nxt == "u" else 8
+                digits = text[i + 2 : i + 2 + width]
+                if len(digits) == width and all(d in string.hexdigits for d in digits):
+                    code = int(digits, 16)
+                    if code <= 0x10FFFF and not 0xD800 <= code < 0xE000:
+                        out.append(chr(code))
+                        i += 2 + width
+                        continue
+        elif text.startswith(("$${", "%%{"), i):
+            out.append(text[i + 1 : i + 3])
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _normalize(value: Any, quoted: bool) -> Any:
+    """python-hcl2 output with string literals unquoted, unevaluated expressions as
+    HCLExpression, and comment metadata dropped. Block markers are kept."""
+    if isinstance(value, str):
+        if not quoted:
+            return value
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            return _unescape(value[1:-1])
+        return HCLExpression(value)
+    if isinstance(value, dict):
+        return {
+            _normalize_key(k, quoted): _normalize(v, quoted)
+            for k, v in value.items()
+            if k not in _METADATA_KEYS
+        }
+    if isinstance(value, list):
+        return [_normalize(v, quoted) for v in value]
+    return value
+
+
+def _normalize_key(key: Any, quoted: bool) -> Any:
+    if quoted and isinstance(key, str) and len(key) >= 2 and key[0] == '"' and key[-1] == '"':
+        return _unescape(key[1:-1])
+    return key
+
+
+# --- conversion --------------------------------------------------------------------
+
+
+def hcl_to_api(text: str) -> dict[str, Any]:
+    """The API JSON job (without the `{"Job": …}` wrapper) of a Nomad HCL job file.
+
+    JobSpecError: path "" for a syntax error (the message gives line and column),
+    otherwise the field's path as the file spells it (`job.group[web].count`).
+    """
+    try:
+        raw = _raw_loads(text)
+    except RecursionError:
+        raise JobSpecError("", "HCL nested too deeply") from None
+    except Exception as err:  # python-hcl2 raises lark's errors and others
+        raise JobSpecError("", _syntax_error(err)) from None
+    quoted = _quotes_strings()
+    return _Converter(strict_blocks=quoted).job(_normalize(raw, quoted))
+
+
+class _Converter:
+    """Not thread-safe; owned by one `hcl_to_api` call. Walks blocks by their _Spec."""
+
+    def __init__(self, *, strict_blocks: bool) -> None:
+        # python-hcl2 8 marks blocks, so a block and a map attribute can be told apart.
+        self.strict_blocks = strict_blocks
+
+    def job(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise JobSpecError("", "expected a job block")
+        for key in raw:
+            if key not in ("job", _BLOCK):
+                raise JobSpecError(
+                    str(key), "unsupported top-level block: a job file holds one job block"
+                )
+        jobs = raw.get("job")
+        if not jobs:
+            raise JobSpecError("job", 'missing job block: job "<id>" { … }')
+        if not isinstance(jobs, list) or len(jobs) != 1:
+            raise JobSpecError("job", "a job file holds exactly one job block")
+        (label,), body = self._unwrap(jobs[0], 1, "job", "job")
+        out = self._body(body, _JOB, "job")
+        out["ID"] = label
+        return out
+
+    def _unwrap(self, item: Any, nlabels: int, path: str, name: str) -> tuple[list[str], dict]:
+        """(labels, body) of one block occurrence."""
+        labels: list[str] = []
+        cur = item
+        for _ in range(nlabels):
+            if not isinstance(cur, dict) or _BLOCK in cur or len(cur) != 1:
+                raise JobSpecError(path, f'{name} block needs a name label: {name} "<name>" {{…}}')
+            ((label, cur),) = cur.items()
+            if not isinstance(label, str) or not label:
+                raise JobSpecError(path, f"{name} block label must be a non-empty string")
+            labels.append(label)
+        if not isinstance(cur, dict) or (self.strict_blocks and _BLOCK not in cur):
+            if nlabels:
+                msg = f"{name} block takes exactly {nlabels} label"
+            else:
+                msg = f"expected a {name} {{…}} block without labels"
+            raise JobSpecError(path, msg)
+        return labels, {k: v for k, v in cur.items() if k != _BLOCK}
+
+    def _body(self, body: dict[str, Any], spec: _Spec, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, raw in body.items():
+            p = f"{path}.{name}"
+            if name in spec.ignored:
+                continue
+            if name in spec.attributes:
+                if raw is None:
+                    continue
+                key = spec.attributes[name]
+                out[key] = self._attr(raw, spec.struct.field(key).kind, p)
+            elif name in spec.maps:
+                if raw is None:
+                    continue
+                key = spec.maps[name]
+                out[key] = self._map(raw, spec.struct.field(key).kind, p, name)
+            elif name in spec.blocks:
+                key, sub = spec.blocks[name]
+                out[key] = self._single_block(raw, sub, p, name)
+            elif name in spec.repeated:
+                key, sub = spec.repeated[name]
+                out[key] = self._labelled_blocks(raw, sub, path, name)
+            else:
+                known = sorted({*spec.attributes, *spec.maps, *spec.blocks, *spec.repeated})
+                raise JobSpecError(p, f"unsupported setting {name!r} (known: {', '.join(known)})")
+        for name in sorted(spec.required):
+            if spec.attributes[name] not in out:
+                raise JobSpecError(f"{path}.{name}", "missing required setting")
+        if spec is _LOGS and "Disabled" not in out and isinstance(body.get("enabled"), bool):
+            out["Disabled"] = not body["enabled"]
+        return out
+
+    def _single_block(self, raw: Any, spec: _Spec, path: str, name: str) -> dict[str, Any]:
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise JobSpecError(path, f"expected a {name} {{…}} block, got {describe(raw)}")
+        if len(raw) != 1:
+            raise JobSpecError(path, f"only one {name} block is allowed here")
+        _, body = self._unwrap(raw[0], 0, path, name)
+        return self._body(body, spec, path)
+
+    def _labelled_blocks(
+        self, raw: Any, spec: _Spec, parent: str, name: str
+    ) -> list[dict[str, Any]]:
+        if not isinstance(raw, list):
+            raise JobSpecError(
+                f"{parent}.{name}", f'expected {name} "<name>" {{…}} blocks, got {describe(raw)}'
+            )
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for item in raw:
+            (label,), body = self._unwrap(item, 1, f"{parent}.{name}", name)
+            path = f"{parent}.{name}[{label}]"
+            if label in seen:
+                raise JobSpecError(path, f"duplicate {name} {label!r}")
+            seen.add(label)
+            converted = self._body(body, spec, path)
+            converted[spec.label_key] = label
+            out.append(converted)
+        return out
+
+    def _attr(self, raw: Any, kind: Kind, path: str) -> Any:
+        _reject_expressions(raw, path)
+        value = raw
+        if isinstance(kind, Duration):
+            if not isinstance(raw, str):
+                raise JobSpecError(
+                    path, f'expected a duration string such as "10s", got {describe(raw)}'
+                )
+            try:
+                value = round(parse_duration(raw) * 1e9)
+            except (ValueError, OverflowError) as err:
+                raise JobSpecError(path, str(err)) from None
+        elif isinstance(kind, Int) and isinstance(raw, float) and raw.is_integer():
+            value = int(raw)
+        kind.decode(value, path)  # checks type and range, naming the HCL path
+        return value
+
+    def _map(self, raw: Any, kind: Kind, path: str, name: str) -> dict[str, Any]:
+        if isinstance(raw, list):
+            if len(raw) != 1 or not isinstance(raw[0], dict):
+                raise JobSpecError(path, f"expected one {name} {{…}} block or a map")
+            _, body = self._unwrap(raw[0], 0, path, name)
+        elif isinstance(raw, dict) and _BLOCK not in raw:
+            body = raw
+        else:
+            raise JobSpecError(path, f"expected a {name} {{…}} block or a map, got {describe(raw)}")
+        if isinstance(kind, StrMap):
+            value: dict[str, Any] = {}
+            for k, v in body.items():
+                if v is not None:
+                    value[k] = _to_string(v, f"{path}[{k}]")
+        else:
+            assert isinstance(kind, FreeMap)
+            value = _free(body, path)
+        kind.decode(value, path)
+        return value
+
+
+def _reject_expressions(value: Any, path: str) -> None:
+    if isinstance(value, HCLExpression):
+        raise JobSpecError(
+            path,
+            f"HCL expressions (variables, functions, arithmetic) are not supported: {value.text}",
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_expressions(v, f"{path}[{k}]")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_expressions(v, f"{path}[{i}]")
+
+
+def _to_string(value: Any, path: str) -> str:
+    """An env/meta value as HCL converts it to a string (numbers and bools allowed)."""
+    _reject_expressions(value, path)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    raise JobSpecError(path, f"expected a string, got {describe(value)}")
+
+
+def _free(value: Any, path: str, depth: int = 0) -> Any:
+    """Driver config as JSON data: nested blocks become arrays of objects."""
+    if depth > MAX_DEPTH:
+        raise JobSpecError(path, f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, HCLExpression):
+        _reject_expressions(value, path)
+    if isinstance(value, dict):
+        return {k: _free(v, f"{path}[{k}]", depth + 1) for k, v in value.items() if k != _BLOCK}
+    if isinstance(value, list):
+        return [_free(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    return value

@@ -1,0 +1,120 @@
+"""Job files: `load_job(path)` reads a Nomad job (HCL or API JSON) with defaults applied."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from allocrunner._locking import calls_out
+from allocrunner.errors import JobSpecError
+from allocrunner.jobspec.codec import decode_job
+from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
+from allocrunner.jobspec.hcl import hcl_to_api
+from allocrunner.structs import Job
+
+__all__ = ["HCL_SUFFIXES", "JSON_SUFFIXES", "load_job", "parse_job"]
+
+JSON_SUFFIXES = (".json",)
+HCL_SUFFIXES = (".hcl", ".nomad")  # ".nomad.hcl" ends in ".hcl"
+
+
+@calls_out
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """The job in a Nomad job file, with Nomad's defaults applied.
+
+    `.json`: API JSON, with or without the top-level `{"Job": …}` wrapper. `.hcl`,
+    `.nomad`, `.nomad.hcl`: Nomad's HCL jobspec. The job must have at least one group,
+    each group at least one task and at most one leader. Any problem raises
+    JobSpecError: for the file as a whole (missing, unreadable, wrong extension,
+    syntax) its path is the file name; for a field, the field's path as the file spells
+    it (`job.group[web].task[api].kill_timeout`, `Job.TaskGroups[0].Tasks[0].Driver`)
+    and the message names the file.
+    """
+    source = os.fspath(path)
+    name = os.path.basename(source).lower()
+    if name.endswith(JSON_SUFFIXES):
+        fmt = "json"
+    elif name.endswith(HCL_SUFFIXES):
+        fmt = "hcl"
+    else:
+        raise JobSpecError(
+            source, "unsupported job file extension: expected .json, .hcl, .nomad or .nomad.hcl"
+        )
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise JobSpecError(source, "no such job file") from None
+    except UnicodeDecodeError as err:
+        raise JobSpecError(source, f"job file is not UTF-8 text: {err.reason}") from None
+    except OSError as err:
+        raise JobSpecError(source, f"cannot read job file: {err.strerror or err}") from None
+    return parse_job(text, fmt, source=source)
+
+
+def parse_job(text: str, fmt: str, *, source: str = "<job>") -> Job:
+    """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file."""
+    if fmt == "json":
+        obj = _parse_json(text, source)
+        return _finish(obj, source, lambda i, g: f"Job.TaskGroups[{i}]", "Tasks", "Job")
+    if fmt == "hcl":
+        try:
+            obj = hcl_to_api(text)
+        except JobSpecError as err:
+            raise _in_file(err, source) from None
+        return _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+    raise ValueError(f"unknown job file format {fmt!r}: expected 'json' or 'hcl'")
+
+
+def _parse_json(text: str, source: str) -> Any:
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        obj = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as err:
+        raise JobSpecError(
+            source, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from None
+    except (ValueError, RecursionError) as err:
+        raise JobSpecError(source, f"invalid JSON: {err}") from None
+    if isinstance(obj, Mapping) and "ID" not in obj and "Job" in obj:
+        obj = obj["Job"]
+    if not isinstance(obj, Mapping):
+        raise JobSpecError(source, 'expected a JSON object: a job or {"Job": {…}}')
+    return obj
+
+
+def _finish(
+    obj: Any,
+    source: str,
+    group_path: Callable[[int, str], str],
+    tasks_key: str,
+    root: str,
+) -> Job:
+    try:
+        job = canonicalize_job(decode_job(canonicalize_api_job(obj)))
+    except JobSpecError as err:
+        raise _in_file(err, source) from None
+    if not job.task_groups:
+        raise JobSpecError(root, f"job has no task groups (in {source})")
+    for i, group in enumerate(job.task_groups):
+        where = group_path(i, group.name)
+        if not group.tasks:
+            raise JobSpecError(where, f"group {group.name!r} has no tasks (in {source})")
+        leaders = [t.name for t in group.tasks if t.leader]
+        if len(leaders) > 1:
+            raise JobSpecError(
+                f"{where}.{tasks_key}",
+                f"only one task may be the leader, got {', '.join(leaders)} (in {source})",
+            )
+    return job
+
+
+def _in_file(err: JobSpecError, source: str) -> JobSpecError:
+    """`err` with the file named: the path stays the field's, or is the file's."""
+    if not err.path:
+        return JobSpecError(source, err.message)
+    return JobSpecError(err.path, f"{err.message} (in {source})")
