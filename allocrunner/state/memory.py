@@ -48,18 +48,20 @@ class MemDB:
     de-duplication, so both implementations satisfy one contract.
     """
 
-    # _lock guards: _records, _deleted, _stats, _closed
+    # _lock guards: _records, _deleted, _writes, _skipped, _dropped, _closed
     _lock = immutable()
     _records = guarded("_lock")
     _deleted = guarded("_lock")
-    _stats = guarded("_lock")
+    _writes = guarded("_lock")
+    _skipped = guarded("_lock")
+    _dropped = guarded("_lock")
     _closed = guarded("_lock")
 
     def __init__(self) -> None:
         self._lock = make_lock("StateDB._lock")
         self._records: dict[str, _AllocRecord] = {}
         self._deleted: frozenset[str] = frozenset()
-        self._stats = WriteStats()
+        self._writes = self._skipped = self._dropped = 0
         self._closed = False
 
     # --- helpers (lock held) -------------------------------------------------------------
@@ -68,13 +70,6 @@ class MemDB:
     def _check_open_locked(self) -> None:
         if self._closed:
             raise StateDBError("in-memory state db is closed")
-
-    @requires("_lock")
-    def _count_locked(self, **delta: int) -> None:
-        stats = self._stats
-        self._stats = attrs.evolve(
-            stats, **{name: getattr(stats, name) + n for name, n in delta.items()}
-        )
 
     @requires("_lock")
     def _replace_locked(self, alloc_id: str, record: _AllocRecord | None) -> None:
@@ -89,17 +84,17 @@ class MemDB:
     def _put_task_locked(self, alloc_id: str, task: str, **change: Any) -> None:
         self._check_open_locked()
         if alloc_id in self._deleted:
-            self._count_locked(dropped=1)
+            self._dropped += 1
             return
         record = self._records.get(alloc_id, _EMPTY_RECORD)
         entry = record.tasks.get(task, _EMPTY_TASK)
         ((name, value),) = change.items()
         if _same(getattr(entry, name), value):
-            self._count_locked(skipped=1)
+            self._skipped += 1
             return
         tasks = record.tasks.set(task, attrs.evolve(entry, **change))
         self._replace_locked(alloc_id, attrs.evolve(record, tasks=tasks))
-        self._count_locked(writes=1)
+        self._writes += 1
 
     # --- StateDB -----------------------------------------------------------------------
 
@@ -114,10 +109,10 @@ class MemDB:
                 self._deleted = self._deleted - {alloc.id}
             record = self._records.get(alloc.id, _EMPTY_RECORD)
             if _same(record.alloc, alloc):
-                self._count_locked(skipped=1)
+                self._skipped += 1
                 return
             self._replace_locked(alloc.id, attrs.evolve(record, alloc=alloc))
-            self._count_locked(writes=1)
+            self._writes += 1
 
     @calls_out
     def all_allocations(self) -> list[Allocation]:
@@ -175,14 +170,14 @@ class MemDB:
         with self._lock:
             self._check_open_locked()
             if alloc_id in self._deleted:
-                self._count_locked(dropped=1)
+                self._dropped += 1
                 return
             record = self._records.get(alloc_id, _EMPTY_RECORD)
             if _same(record.deployment, status):
-                self._count_locked(skipped=1)
+                self._skipped += 1
                 return
             self._replace_locked(alloc_id, attrs.evolve(record, deployment=status))
-            self._count_locked(writes=1)
+            self._writes += 1
 
     @calls_out
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:
@@ -195,7 +190,7 @@ class MemDB:
     def stats(self) -> WriteStats:
         """Counters of the writes since creation."""
         with self._lock:
-            return self._stats
+            return WriteStats(self._writes, self._skipped, self._dropped)
 
     @calls_out
     def close(self) -> None:

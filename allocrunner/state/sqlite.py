@@ -30,11 +30,10 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner.errors import JobSpecError, StateDBError
@@ -103,12 +102,14 @@ class SQLiteStateDB:
     database (corrupt, or another program's), or was written by a newer version.
     """
 
-    # _lock guards: _conn, _digests, _deleted, _stats
+    # _lock guards: _conn, _last, _deleted, _writes, _skipped, _dropped
     _lock = immutable()
     _conn = guarded("_lock")
-    _digests = guarded("_lock")
+    _last = guarded("_lock")
     _deleted = guarded("_lock")
-    _stats = guarded("_lock")
+    _writes = guarded("_lock")
+    _skipped = guarded("_lock")
+    _dropped = guarded("_lock")
     _path = immutable()
 
     @calls_out
@@ -121,9 +122,10 @@ class SQLiteStateDB:
     ) -> None:
         self._lock = make_lock("StateDB._lock")
         self._path = Path(path)
-        self._digests: dict[str, FrozenDict[_Key, bytes]] = {}
+        # per allocation: key -> (last value written, digest of its encoding)
+        self._last: dict[str, FrozenDict[_Key, tuple[object, bytes]]] = {}
         self._deleted: frozenset[str] = frozenset()
-        self._stats = WriteStats()
+        self._writes = self._skipped = self._dropped = 0
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -221,58 +223,61 @@ class SQLiteStateDB:
         return conn
 
     @requires("_lock")
-    def _count_locked(self, **delta: int) -> None:
-        stats = self._stats
-        self._stats = attrs.evolve(
-            stats, **{name: getattr(stats, name) + n for name, n in delta.items()}
-        )
-
-    @requires("_lock")
     def _forget_alloc_locked(self, alloc_id: str) -> None:
-        if alloc_id in self._digests:
-            digests = dict(self._digests)
-            del digests[alloc_id]
-            self._digests = digests
+        if alloc_id in self._last:
+            last = dict(self._last)
+            del last[alloc_id]
+            self._last = last
 
     @requires("_lock")
-    def _put_locked(self, alloc_id: str, task: str, kind: str, text: str, digest: bytes) -> None:
-        """Write one entry unless it equals the last value written for its key."""
+    def _unchanged_locked(self, alloc_id: str, key: _Key, value: object) -> bool:
+        """True when `value` equals the last value this instance wrote for the key
+        (values are immutable and their comparison is pure, so it may run here)."""
+        mine = self._last.get(alloc_id)
+        last = None if mine is None else mine.get(key)
+        return last is not None and (last[0] is value or last[0] == value)
+
+    @requires("_lock")
+    def _put_locked(
+        self, alloc_id: str, key: _Key, value: object, text: str, digest: bytes
+    ) -> None:
+        """Write one entry unless its encoding equals the last one written for its key."""
         conn = self._conn_locked()
-        mine = self._digests.get(alloc_id)
-        if mine is not None and mine.get((task, kind)) == digest:
-            self._count_locked(skipped=1)
+        mine = self._last.get(alloc_id)
+        last = None if mine is None else mine.get(key)
+        if last is not None and last[1] == digest:
+            self._skipped += 1
             return
         # lock-held I/O: the shared connection must not interleave statements of
         # different threads, and the de-dup record must match what the file holds.
         self._execute_locked(
             conn,
             "INSERT OR REPLACE INTO entries (alloc_id, task, kind, value) VALUES (?, ?, ?, ?)",
-            (alloc_id, task, kind, text),
+            (alloc_id, *key, text),
         )
-        digests = dict(self._digests)
-        digests[alloc_id] = (mine or FrozenDict()).set((task, kind), digest)
-        self._digests = digests
-        self._count_locked(writes=1)
+        entries = dict(self._last)
+        entries[alloc_id] = (mine or FrozenDict()).set(key, (value, digest))
+        self._last = entries
+        self._writes += 1
 
     @requires("_lock")
-    def _delete_key_locked(self, alloc_id: str, task: str, kind: str) -> None:
+    def _delete_key_locked(self, alloc_id: str, key: _Key) -> None:
         conn = self._conn_locked()
-        mine = self._digests.get(alloc_id)
+        mine = self._last.get(alloc_id)
         # lock-held I/O: see _put_locked.
         cursor = self._execute_locked(
             conn,
             "DELETE FROM entries WHERE alloc_id = ? AND task = ? AND kind = ?",
-            (alloc_id, task, kind),
+            (alloc_id, *key),
         )
-        if mine is not None and (task, kind) in mine:
-            remaining = {k: v for k, v in mine.items() if k != (task, kind)}
-            digests = dict(self._digests)
-            digests[alloc_id] = FrozenDict(remaining)
-            self._digests = digests
+        if mine is not None and key in mine:
+            entries = dict(self._last)
+            entries[alloc_id] = FrozenDict({k: v for k, v in mine.items() if k != key})
+            self._last = entries
         if cursor.rowcount:
-            self._count_locked(writes=1)
+            self._writes += 1
         else:
-            self._count_locked(skipped=1)
+            self._skipped += 1
 
     @requires("_lock")
     def _execute_locked(
@@ -283,14 +288,35 @@ class SQLiteStateDB:
         except sqlite3.Error as err:
             raise StateDBError(f"state db {self._path}: {err}") from err
 
-    def _put_task(self, alloc_id: str, task: str, kind: str, text: str) -> None:
+    def _put(
+        self,
+        alloc_id: str,
+        key: _Key,
+        value: object,
+        encode: Callable[[], Any],
+        *,
+        revive: bool = False,
+    ) -> None:
+        """Store `value` under (alloc_id, key). An equal value skips the encoding too;
+        an entry of a deleted allocation is dropped unless `revive` (put_allocation)."""
+        with self._lock:
+            self._conn_locked()
+            if alloc_id in self._deleted and not revive:
+                self._dropped += 1
+                return
+            if self._unchanged_locked(alloc_id, key, value):
+                self._skipped += 1
+                return
+        text = _dumps(encode())
         digest = _digest(text)
         with self._lock:
             self._conn_locked()
             if alloc_id in self._deleted:
-                self._count_locked(dropped=1)
-                return
-            self._put_locked(alloc_id, task, kind, text, digest)
+                if not revive:
+                    self._dropped += 1
+                    return
+                self._deleted = self._deleted - {alloc_id}
+            self._put_locked(alloc_id, key, value, text, digest)
 
     # --- StateDB -----------------------------------------------------------------------
 
@@ -299,13 +325,9 @@ class SQLiteStateDB:
         """Store (or replace) the allocation; re-adds an id deleted earlier."""
         if not isinstance(alloc, Allocation):
             raise TypeError(f"put_allocation: expected Allocation, got {type(alloc).__name__}")
-        text = _dumps(encode_allocation(alloc))
-        digest = _digest(text)
-        with self._lock:
-            self._conn_locked()
-            if alloc.id in self._deleted:
-                self._deleted = self._deleted - {alloc.id}
-            self._put_locked(alloc.id, _NO_TASK, _ALLOC, text, digest)
+        self._put(
+            alloc.id, (_NO_TASK, _ALLOC), alloc, lambda: encode_allocation(alloc), revive=True
+        )
 
     @calls_out
     def all_allocations(self) -> list[Allocation]:
@@ -348,7 +370,7 @@ class SQLiteStateDB:
         if not isinstance(state, TaskState):
             raise TypeError(f"put_task_state: expected TaskState, got {type(state).__name__}")
         _check_task_name(task)
-        self._put_task(alloc_id, task, _TASK_STATE, _dumps(encode_task_state(state)))
+        self._put(alloc_id, (task, _TASK_STATE), state, lambda: encode_task_state(state))
 
     @calls_out
     def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
@@ -358,7 +380,7 @@ class SQLiteStateDB:
                 f"put_task_local_state: expected LocalState, got {type(local).__name__}"
             )
         _check_task_name(task)
-        self._put_task(alloc_id, task, _LOCAL_STATE, _dumps(local.to_json()))
+        self._put(alloc_id, (task, _LOCAL_STATE), local, local.to_json)
 
     @calls_out
     def task_runner_state(
@@ -398,16 +420,16 @@ class SQLiteStateDB:
             with self._lock:
                 self._conn_locked()
                 if alloc_id in self._deleted:
-                    self._count_locked(dropped=1)
+                    self._dropped += 1
                     return
-                self._delete_key_locked(alloc_id, _NO_TASK, _DEPLOY)
+                self._delete_key_locked(alloc_id, (_NO_TASK, _DEPLOY))
             return
         if not isinstance(status, AllocDeploymentStatus):
             raise TypeError(
                 "put_deployment_status: expected AllocDeploymentStatus or None, "
                 f"got {type(status).__name__}"
             )
-        self._put_task(alloc_id, _NO_TASK, _DEPLOY, _dumps(_encode_deployment(status)))
+        self._put(alloc_id, (_NO_TASK, _DEPLOY), status, lambda: _encode_deployment(status))
 
     @calls_out
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:
@@ -433,7 +455,7 @@ class SQLiteStateDB:
     def stats(self) -> WriteStats:
         """Counters of the writes since this instance opened the file."""
         with self._lock:
-            return self._stats
+            return WriteStats(self._writes, self._skipped, self._dropped)
 
     @calls_out
     def close(self) -> None:
