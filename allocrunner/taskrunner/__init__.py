@@ -1,0 +1,1 @@
+"""Task runners: run one task of an allocation through a driver, from pending to dead."""
