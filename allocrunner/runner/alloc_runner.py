@@ -796,6 +796,7 @@ class AllocRunner:
             self._state_db.delete_allocation(self._id)
         except Exception:
             log.exception("allocation %s: deleting its state failed", self._id)
+        self._broadcaster.close()
         self._shutdown_event.set()
         self._destroyed_event.set()
 
