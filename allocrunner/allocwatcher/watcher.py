@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
@@ -36,11 +37,11 @@ import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir
 from allocrunner.errors import AllocRunnerError, BroadcasterClosed
 from allocrunner.structs import Allocation
 
 if TYPE_CHECKING:
-    from allocrunner.allocdir import AllocDir
     from allocrunner.broadcaster import AllocListener
 
 __all__ = [
@@ -294,6 +295,17 @@ class _CancellableReader:
         _check_cancel(self._cancel, self._prev_alloc_id)
         return self._raw.read(size)
 
+    def readinto(self, buffer: Any) -> int | None:
+        _check_cancel(self._cancel, self._prev_alloc_id)
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:
+            return readinto(buffer)
+        data = self._raw.read(len(buffer))
+        if data is None:
+            return None
+        buffer[: len(data)] = data
+        return len(data)
+
     def readable(self) -> bool:
         return True
 
@@ -435,11 +447,10 @@ class RemotePrevAlloc(_Flags):
             self._migrate_into(cancel, dest)
 
     def _migrate_into(self, cancel: CancelToken, dest: AllocDir) -> None:
-        from allocrunner.allocdir import AllocDir
-
         prev_id = self._prev_alloc_id
         root = self._temp_root or _alloc_dir_root(dest)
-        temp = AllocDir(root, prev_id)
+        # A name no allocation can have, so a failure never removes a real alloc dir.
+        temp = AllocDir(root, f".migrate-{prev_id}-{secrets.token_hex(4)}")
         try:
             temp.build()
             stream = self._fetch_snapshot(prev_id, cancel)  # type: ignore[misc]
@@ -450,17 +461,24 @@ class RemotePrevAlloc(_Flags):
             _check_cancel(cancel, prev_id)
             dest.move_from(temp, list(self._tasks))
         except PrevAllocWaitCancelled:
-            temp.destroy()
             raise
         except Exception as err:
-            temp.destroy()
             raise PrevAllocMigrationError(
                 f"migrating data of previous allocation {prev_id}: {err}"
             ) from err
-        temp.destroy()
+        finally:
+            _discard(temp)
 
     def __repr__(self) -> str:
         return f"<RemotePrevAlloc {self._prev_alloc_id} migrate={self._migrate}>"
+
+
+def _discard(temp: AllocDir) -> None:
+    """Remove a staging alloc dir; a failure is logged, never raised over the outcome."""
+    try:
+        temp.destroy()
+    except Exception as err:
+        log.warning("removing migration staging dir %s failed: %s", temp.path, err)
 
 
 def _alloc_dir_root(dest: Any) -> str:
