@@ -12,8 +12,8 @@ the driver handle used to re-attach). It mirrors Nomad's client state DB:
   #5984/#6207) is dropped, so it can neither resurrect the allocation nor leave
   orphaned rows. Only `put_allocation` of that id brings it back.
 - A write whose encoded value equals the last one written for the same key is
-  skipped (Nomad's boltdd de-duplication); `stats()` counts what was written,
-  skipped and dropped.
+  skipped (Nomad's boltdd de-duplication). The implementations here also offer
+  `stats() -> WriteStats`, counting what was written, skipped and dropped.
 
 Every public method of a StateDB is a callout: it may do file I/O, so callers must
 hold no declared lock when they call it.
@@ -220,10 +220,6 @@ class StateDB(Protocol):
 
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:
         """The stored deployment status, or None."""
-        ...
-
-    def stats(self) -> WriteStats:
-        """Counters of the writes since opening."""
         ...
 
     def close(self) -> None:
