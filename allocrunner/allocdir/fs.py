@@ -46,6 +46,7 @@ __all__ = [
     "FileInfo",
     "PathNotFoundError",
     "SecretsAccessError",
+    "SymlinkLoopError",
     "clean_path",
     "go_file_mode",
 ]
@@ -71,6 +72,10 @@ class PathNotFoundError(AllocDirError, FileNotFoundError):
 
 class SecretsAccessError(AllocDirError, PermissionError):
     """The path lies under a task's ``secrets/`` directory, which the fs API never serves."""
+
+
+class SymlinkLoopError(AllocDirError):
+    """Resolving the path met too many symlinks (a loop)."""
 
 
 class AllocDirDestroyError(AllocDirError):
@@ -284,6 +289,12 @@ def resolve(
                 os.close(dirs.pop())
                 names.pop()
                 continue
+            if refuse_secrets and len(names) == 1 and is_secret((names[0], name)):
+                # refused whether or not it exists, and before looking at it
+                raise SecretsAccessError(
+                    f"path {display!r} leads into a task's secrets directory"
+                    f" ({names[0] + '/' + name!r})"
+                )
             try:
                 fd = os.open(name, _O_NOFOLLOW_PATH, dir_fd=dirs[-1])
             except FileNotFoundError:
@@ -300,7 +311,7 @@ def resolve(
                 os.close(fd)
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
-                    raise AllocDirError(f"path {display!r}: too many levels of symbolic links")
+                    raise SymlinkLoopError(f"path {display!r}: too many levels of symbolic links")
                 target = os.readlink(name, dir_fd=dirs[-1])
                 if target.startswith("/"):
                     inside = _inside(root, target)
@@ -318,14 +329,13 @@ def resolve(
                     pending.extend(reversed(target.split("/")))
                 continue
             names.append(name)
-            if refuse_secrets and len(names) == 2 and is_secret(names):
-                os.close(fd)
-                raise SecretsAccessError(
-                    f"path {display!r} leads into a task's secrets directory ({'/'.join(names)!r})"
-                )
             if pending:
                 if not stat.S_ISDIR(st.st_mode):
                     os.close(fd)
+                    if lexical_when_missing:
+                        names.pop()
+                        _lexical_rest(names, name, pending, display, refuse_secrets)
+                        return Resolved(-1, None, tuple(names))
                     raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
                 dirs.append(fd)
             else:

@@ -33,7 +33,7 @@ import os
 import re
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any, Final
 
 from allocrunner.allocdir import fs
@@ -97,13 +97,25 @@ class _Writer:
         being read is a read error, growth past `size` is left out."""
         remaining = size
         view = self._view
-        while remaining:
-            want = min(remaining, CHUNK)
-            n = os.readv(fd, [view[:want]])
-            if n == 0:
-                raise OSError(errno.EIO, f"file shrank by {remaining} bytes while archived", name)
-            self.write(view[:n])
-            remaining -= n
+        try:
+            while remaining:
+                want = min(remaining, CHUNK)
+                n = os.readv(fd, [view[:want]])
+                if n == 0:
+                    raise OSError(
+                        errno.EIO, f"file shrank by {remaining} bytes while archived", name
+                    )
+                self.write(view[:n])
+                remaining -= n
+        except OSError:
+            # Keep the archive well formed so the error marker that follows is readable:
+            # fill the promised bytes with zeros (the receiver discards them on the marker).
+            zeros = bytes(min(remaining, CHUNK))
+            while remaining:
+                self.write(zeros[: min(remaining, CHUNK)])
+                remaining -= min(remaining, CHUNK)
+            self.write(bytes(_pad(size)))
+            raise
         if _pad(size):
             self.write(bytes(_pad(size)))
 
@@ -280,12 +292,13 @@ class _Reader:
             got += n
         return got
 
-    def block(self) -> bytes | None:
-        """The next 512-byte block, or None at a clean end of stream."""
+    def block(self) -> bytes:
+        """The next 512-byte block. A stream must end with the end-of-archive blocks,
+        so running out here means it was cut short."""
         view = self._view[:BLOCK]
         n = self._fill(view)
         if n == 0:
-            return None
+            raise AllocDirError("snapshot stream is truncated (no end-of-archive marker)")
         if n < BLOCK:
             raise AllocDirError("snapshot stream is truncated (partial header block)")
         return bytes(view)
@@ -373,14 +386,12 @@ class _Entry:
             raise AllocDirError(f"snapshot entry {self.name!r}: negative size")
 
 
-def _entries(reader: _Reader):  # -> Iterator[_Entry]
+def _entries(reader: _Reader) -> Iterator[_Entry]:
     """Members of the stream with PAX and GNU long-name records applied."""
     global_pax: dict[str, str] = {}
     pax: dict[str, str] = {}
     while True:
         block = reader.block()
-        if block is None:
-            return
         try:
             info = tarfile.TarInfo.frombuf(block, _ENCODING, _ERRORS)
         except tarfile.EOFHeaderError:
@@ -597,6 +608,8 @@ class _Extraction:
                 raise PathEscapeError(
                     f"snapshot symlink {display!r} escapes the alloc dir"
                 ) from err
+            except fs.SymlinkLoopError:
+                continue  # a loop resolves nowhere, so it cannot lead out either
             except AllocDirError as err:
                 raise AllocDirError(f"snapshot symlink {display!r}: {err}") from err
         settle = {p: (0o755, None, -1, -1) for p in self.implicit_dirs}
