@@ -1,0 +1,281 @@
+"""Task hooks, the one phase runner that calls them, and the built-in hooks.
+
+A task hook is a small object with a `name` and any of these phase methods, each
+taking a `HookRequest` (Nomad's task-runner hook interfaces):
+
+- ``prestart(req) -> PrestartResult | None``: before every start. A result marked
+  `done` is recorded (with its `data` and `env`) in the task's LocalState; later
+  starts, also after an agent restart, skip the hook and re-apply its env.
+- ``poststart(req)``: after the task started; ``req.handle`` is its handle.
+- ``pre_kill(req)``: before the task is stopped (killed or restarted).
+- ``exited(req)``: after every exit; ``req.result`` is the exit result.
+- ``update(req)``: the allocation was updated (never for a terminal one).
+- ``stop(req)``: the task will not run again (the run loop finished for good).
+- ``shutdown(req)``: the agent shuts down gracefully and leaves the task running.
+
+`run_phase` calls one phase on every hook that has it, in order and with no lock
+held, under an explicit error policy: prestart stops at the first failure (later
+hooks depend on earlier ones, and the restart policy decides what happens next);
+every other phase runs all hooks and raises every failure together. Each failure is
+a `HookError` naming the hook and chained (``raise … from``) to the original error,
+whose recoverability it keeps.
+
+Built-ins, in order: `ValidateHook`, `TaskDirHook`, `LogsHook`, `EnvHook`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from allocrunner._locking import calls_out
+from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir, TaskDir
+from allocrunner.drivers._common import signal_number
+from allocrunner.drivers.base import ExitResult, TaskHandle
+from allocrunner.errors import DriverError, HookError, HookErrors, is_recoverable
+from allocrunner.state import HookState
+from allocrunner.structs import Allocation, Task, TaskEvent
+from allocrunner.structs.frozen import FrozenDict, frozen_map
+from allocrunner.structs.task_state import (
+    EVENT_FAILED_VALIDATION,
+    EVENT_SETUP,
+    MSG_BUILDING_TASK_DIR,
+)
+from allocrunner.taskrunner.env import nomad_env, task_env
+
+__all__ = [
+    "COLLECT_ALL",
+    "PHASES",
+    "STOP_AT_FIRST",
+    "EnvHook",
+    "HookEventError",
+    "HookRequest",
+    "LogsHook",
+    "PrestartResult",
+    "TaskDirHook",
+    "TaskHook",
+    "ValidateHook",
+    "default_hooks",
+    "run_phase",
+]
+
+PHASES = ("prestart", "poststart", "pre_kill", "exited", "update", "stop", "shutdown")
+STOP_AT_FIRST: Literal["stop_at_first"] = "stop_at_first"
+COLLECT_ALL: Literal["collect_all"] = "collect_all"
+Policy = Literal["stop_at_first", "collect_all"]
+
+_LABELS = {"pre_kill": "pre-kill"}
+
+
+class TaskHook:
+    """Not thread-safe; owned by one TaskRunner, which calls its phases one at a time.
+
+    Subclasses set `name` and define the phases they need (see the module docstring).
+    """
+
+    name: ClassVar[str] = "hook"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+@attrs.frozen
+class HookRequest:
+    """Immutable. What a hook phase is told about the task.
+
+    `env` is the task environment built so far (prestart) or the one the task runs
+    with (later phases). `cancel` fires when the work should stop early (the task is
+    killed, or, in prestart, the agent shuts down). `emit_event` records a task event.
+    """
+
+    alloc: Allocation
+    task: Task
+    alloc_dir: AllocDir
+    task_dir: TaskDir
+    cancel: CancelToken
+    emit_event: Callable[[TaskEvent], None]
+    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    previous: HookState | None = None
+    handle: TaskHandle | None = None
+    result: ExitResult | None = None
+    datacenter: str = ""
+
+
+@attrs.frozen
+class PrestartResult:
+    """Immutable. What a prestart hook hands back: env for the task, private data, and
+    whether it is done for good (then skipped on every later start)."""
+
+    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    data: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    done: bool = False
+
+    def hook_state(self) -> HookState:
+        return HookState(prestart_done=self.done, data=self.data, env=self.env)
+
+
+class HookEventError(Exception):
+    """A hook failure that carries the task event to record for it (instead of a
+    generic "Task hook failed") and whether a restart may help."""
+
+    def __init__(self, message: str, event: TaskEvent, *, recoverable: bool = False) -> None:
+        super().__init__(message)
+        self.event = event
+        self.recoverable = recoverable
+
+
+@calls_out
+def run_phase(
+    hooks: Sequence[Any],
+    phase: str,
+    call: Callable[[Any, Callable[..., Any]], Any],
+    *,
+    policy: Policy,
+) -> None:
+    """Run `phase` on every hook that defines it, through ``call(hook, method)``.
+
+    STOP_AT_FIRST raises the first failure as a HookError; COLLECT_ALL runs every hook
+    and raises a HookErrors group of all failures. Either way each HookError is
+    chained to the original error and keeps its recoverability.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown task hook phase {phase!r} (phases: {', '.join(PHASES)})")
+    label = _LABELS.get(phase, phase)
+    errors: list[HookError] = []
+    for hook in hooks:
+        method = getattr(hook, phase, None)
+        if method is None:
+            continue
+        try:
+            call(hook, method)
+        except Exception as err:
+            wrapped = HookError(
+                hook.name, label, str(err) or type(err).__name__, recoverable=is_recoverable(err)
+            )
+            if policy == STOP_AT_FIRST:
+                raise wrapped from err
+            wrapped.__cause__ = err
+            errors.append(wrapped)
+    if errors:
+        raise HookErrors(f"{label} hooks failed", errors)
+
+
+def _validation_error(task: Task, message: str) -> HookEventError:
+    text = f"task {task.name!r}: {message}"
+    event = TaskEvent(
+        EVENT_FAILED_VALIDATION,
+        message=text,
+        display_message=text,
+        details={"validation_error": text},
+    )
+    return HookEventError(text, event, recoverable=False)
+
+
+class ValidateHook(TaskHook):
+    """Refuses a task that cannot run: no name or driver, a config or env that is not
+    a mapping of the right types, a negative kill timeout, an unknown kill signal."""
+
+    name = "validate"
+
+    def prestart(self, req: HookRequest) -> None:
+        task = req.task
+        if not isinstance(task.name, str) or not task.name:
+            raise _validation_error(task, "name: missing task name")
+        if not isinstance(task.driver, str) or not task.driver:
+            raise _validation_error(task, "driver: missing driver name")
+        if not isinstance(task.config, Mapping):
+            raise _validation_error(
+                task, f"config: must be a mapping, not {type(task.config).__name__}"
+            )
+        for key in task.config:
+            if not isinstance(key, str):
+                raise _validation_error(task, f"config: key {key!r} is not a string")
+        for key, value in task.env.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise _validation_error(task, f"env: invalid variable name {key!r}")
+            if not isinstance(value, str):
+                raise _validation_error(
+                    task, f"env[{key!r}]: must be a string, not {type(value).__name__}"
+                )
+        if task.kill_timeout < 0:
+            raise _validation_error(
+                task, f"kill_timeout: must not be negative ({task.kill_timeout})"
+            )
+        if task.shutdown_delay < 0:
+            raise _validation_error(
+                task, f"shutdown_delay: must not be negative ({task.shutdown_delay})"
+            )
+        if task.kill_signal:
+            try:
+                signal_number(task.kill_signal)
+            except DriverError as err:
+                raise _validation_error(task, f"kill_signal: {err}") from err
+
+
+class TaskDirHook(TaskHook):
+    """Builds the task's directories once (a `Task Setup` event says so)."""
+
+    name = "task_dir"
+
+    @calls_out
+    def prestart(self, req: HookRequest) -> PrestartResult:
+        req.emit_event(
+            TaskEvent(
+                EVENT_SETUP, message=MSG_BUILDING_TASK_DIR, display_message=MSG_BUILDING_TASK_DIR
+            )
+        )
+        req.task_dir.build()
+        return PrestartResult(done=True)
+
+
+class LogsHook(TaskHook):
+    """Makes sure the shared logs dir exists and the task's rotation settings are sane
+    (the runner passes them to the driver in the TaskConfig)."""
+
+    name = "logs"
+
+    @calls_out
+    def prestart(self, req: HookRequest) -> None:
+        logs = req.task.logs
+        if logs.max_files < 1:
+            raise _validation_error(
+                req.task, f"logs.max_files: must be at least 1 ({logs.max_files})"
+            )
+        if logs.max_file_size_mb < 1:
+            raise _validation_error(
+                req.task, f"logs.max_file_size_mb: must be at least 1 ({logs.max_file_size_mb})"
+            )
+        os.makedirs(req.task_dir.logs_dir, exist_ok=True)
+
+
+class EnvHook(TaskHook):
+    """Builds the task environment: Nomad's NOMAD_* variables, NOMAD_META_*, then the
+    task's own ``env`` (interpolated). Rebuilt at every start, so an updated job's
+    env applies to the next start."""
+
+    name = "env"
+
+    def prestart(self, req: HookRequest) -> PrestartResult:
+        td = req.task_dir
+        env = nomad_env(
+            req.alloc,
+            req.task,
+            alloc_dir=str(td.shared_alloc_dir),
+            local_dir=str(td.local_dir),
+            secrets_dir=str(td.secrets_dir),
+            datacenter=req.datacenter,
+        )
+        try:
+            env.update(task_env(req.task, {**req.env, **env}))
+        except ValueError as err:
+            raise _validation_error(req.task, str(err)) from err
+        return PrestartResult(env=env)
+
+
+def default_hooks() -> list[TaskHook]:
+    """Fresh instances of the built-in hooks, in Nomad's order."""
+    return [ValidateHook(), TaskDirHook(), LogsHook(), EnvHook()]
