@@ -1,0 +1,223 @@
+"""Hypothesis strategies for the value objects the codec carries, and for JSON-like data.
+
+Values are generated the way they can exist: durations are whole nanoseconds (n / 1e9),
+datetimes are aware UTC at microsecond precision, and the "unset" encodings (Go's zero
+time, Unix time 0) are left out because they decode to None by design.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import strategies as st
+
+from allocrunner.jobspec._kinds import EPOCH, GO_ZERO_TIME
+from allocrunner.jobspec.codec import CLIENT_STATUSES_IN, HEALTH_CHECKS
+from allocrunner.structs import (
+    Allocation,
+    AllocDeploymentStatus,
+    AllocState,
+    DesiredTransition,
+    EphemeralDisk,
+    Job,
+    Lifecycle,
+    LogConfig,
+    MigrateStrategy,
+    Resources,
+    RestartPolicy,
+    Task,
+    TaskEvent,
+    TaskGroup,
+    TaskState,
+    UpdateStrategy,
+)
+from allocrunner.structs.status import (
+    DESIRED_STATUSES,
+    JOB_TYPES,
+    LIFECYCLE_HOOKS,
+    TASK_STATES,
+)
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+UINT = st.integers(0, 2**63 - 1)
+UINT64 = st.integers(0, 2**64 - 1)
+SMALL = st.integers(0, 10_000)
+
+names = st.text(
+    alphabet=st.characters(whitelist_categories=("Ll", "Lu", "Nd"), whitelist_characters="-_."),
+    min_size=1,
+    max_size=12,
+)
+texts = st.text(max_size=24)
+durations = st.integers(0, 2**50).map(lambda n: n / 1e9)
+str_maps = st.dictionaries(texts, texts, max_size=4)
+
+# TaskEvent.Time is int64 Unix nanoseconds: 1678..2261, never exactly the epoch (0 = unset).
+event_times = st.datetimes(
+    min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31), timezones=st.just(UTC)
+).filter(lambda d: d != EPOCH)
+# TaskState times are RFC 3339: any year, never Go's zero time (= unset).
+rfc_times = st.datetimes(timezones=st.just(UTC)).filter(lambda d: d != GO_ZERO_TIME)
+
+json_scalars = (
+    st.none() | st.booleans() | INT64 | st.floats(allow_nan=False, allow_infinity=False) | texts
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+configs = st.dictionaries(texts, json_values, max_size=4)
+
+restart_policies = st.builds(
+    RestartPolicy,
+    attempts=SMALL,
+    interval=durations,
+    delay=durations,
+    mode=st.sampled_from(("fail", "delay")),
+    render_templates=st.booleans(),
+)
+lifecycles = st.builds(
+    Lifecycle, hook=st.sampled_from(("", *LIFECYCLE_HOOKS)), sidecar=st.booleans()
+)
+ephemeral_disks = st.builds(
+    EphemeralDisk, size_mb=UINT, sticky=st.booleans(), migrate=st.booleans()
+)
+resources = st.builds(Resources, cpu=UINT, memory_mb=UINT, memory_max_mb=UINT, disk_mb=UINT)
+log_configs = st.builds(LogConfig, max_files=UINT, max_file_size_mb=UINT, disabled=st.booleans())
+update_strategies = st.builds(
+    UpdateStrategy,
+    health_check=st.sampled_from(HEALTH_CHECKS),
+    min_healthy_time=durations,
+    healthy_deadline=durations,
+    max_parallel=SMALL,
+    auto_revert=st.booleans(),
+    canary=SMALL,
+)
+migrate_strategies = st.builds(
+    MigrateStrategy,
+    health_check=st.sampled_from(HEALTH_CHECKS),
+    min_healthy_time=durations,
+    healthy_deadline=durations,
+    max_parallel=SMALL,
+)
+
+tasks = st.builds(
+    Task,
+    name=names,
+    driver=st.sampled_from(("raw_exec", "mock_driver", "docker")) | names,
+    config=configs,
+    env=str_maps,
+    meta=str_maps,
+    user=texts,
+    leader=st.booleans(),
+    lifecycle=st.none() | lifecycles,
+    kill_timeout=durations,
+    kill_signal=st.sampled_from(("", "SIGTERM", "SIGINT")),
+    shutdown_delay=durations,
+    restart_policy=st.none() | restart_policies,
+    resources=resources,
+    logs=log_configs,
+)
+task_groups = st.builds(
+    TaskGroup,
+    name=names,
+    tasks=st.lists(tasks, max_size=3, unique_by=lambda t: t.name),
+    count=SMALL,
+    restart_policy=st.none() | restart_policies,
+    ephemeral_disk=ephemeral_disks,
+    update=st.none() | update_strategies,
+    migrate=st.none() | migrate_strategies,
+    meta=str_maps,
+    shutdown_delay=durations,
+)
+jobs = st.builds(
+    Job,
+    id=names,
+    name=texts,
+    namespace=texts,
+    type=st.sampled_from(JOB_TYPES),
+    region=texts,
+    datacenters=st.lists(texts, max_size=3),
+    priority=st.integers(0, 100),
+    task_groups=st.lists(task_groups, max_size=3, unique_by=lambda g: g.name),
+    meta=str_maps,
+    update=st.none() | update_strategies,
+    version=UINT64,
+    stop=st.booleans(),
+    create_index=UINT64,
+    modify_index=UINT64,
+    job_modify_index=UINT64,
+)
+
+task_events = st.builds(
+    TaskEvent,
+    type=st.sampled_from(("Received", "Started", "Terminated", "Restarting")) | texts,
+    time=st.none() | event_times,
+    message=texts,
+    display_message=texts,
+    exit_code=INT64,
+    signal=INT64,
+    fails_task=st.booleans(),
+    details=str_maps,
+)
+task_states = st.builds(
+    TaskState,
+    state=st.sampled_from(TASK_STATES),
+    failed=st.booleans(),
+    restarts=UINT64,
+    last_restart=st.none() | rfc_times,
+    started_at=st.none() | rfc_times,
+    finished_at=st.none() | rfc_times,
+    events=st.lists(task_events, max_size=4),
+)
+deployment_statuses = st.builds(
+    AllocDeploymentStatus,
+    healthy=st.none() | st.booleans(),
+    timestamp=st.none() | rfc_times,
+    canary=st.booleans(),
+    modify_index=UINT64,
+)
+optional_bools = st.none() | st.booleans()
+desired_transitions = st.builds(
+    DesiredTransition,
+    migrate=optional_bools,
+    reschedule=optional_bools,
+    force_reschedule=optional_bools,
+    no_shutdown_delay=optional_bools,
+)
+task_state_maps = st.dictionaries(names, task_states, max_size=3)
+
+allocations = st.builds(
+    Allocation,
+    id=names,
+    name=texts,
+    namespace=texts,
+    node_id=texts,
+    eval_id=texts,
+    job_id=texts,
+    job=st.none() | jobs,
+    task_group=texts,
+    desired_status=st.sampled_from((*DESIRED_STATUSES, "")),
+    desired_description=texts,
+    desired_transition=desired_transitions,
+    previous_allocation=texts,
+    next_allocation=texts,
+    deployment_id=texts,
+    alloc_modify_index=UINT64,
+    create_index=UINT64,
+    modify_index=UINT64,
+    create_time=INT64,
+    modify_time=INT64,
+    client_status=st.sampled_from(CLIENT_STATUSES_IN),
+    client_description=texts,
+    task_states=task_state_maps,
+    deployment_status=st.none() | deployment_statuses,
+)
+alloc_states = st.builds(
+    AllocState,
+    client_status=st.sampled_from(CLIENT_STATUSES_IN),
+    client_description=texts,
+    deployment_status=st.none() | deployment_statuses,
+    task_states=task_state_maps,
+)
