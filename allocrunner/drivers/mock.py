@@ -466,6 +466,8 @@ class MockDriver:
 
     @requires("_lock")
     def _get_locked(self, task_id: str) -> _MockTask:
+        if self._closed:
+            raise DriverError(f"{NAME} is closed")
         task = self._tasks.get(task_id)
         if task is None:
             raise DriverError(f"{NAME}: unknown task {task_id!r}")

@@ -90,6 +90,9 @@ STATE_DIR = ".allocrunner"
 STATUS_FILE = "exit_status"
 KILL_GRACE = 10.0
 """Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
+START_SETTLE = 2.0
+"""Seconds a signal sent while the wrapper is starting its command waits for the
+command to run, to be sent again if the wrapper could not apply it."""
 POLL_INTERVAL = 0.05
 """Seconds between liveness checks of a task watched without a pidfd."""
 
@@ -109,15 +112,18 @@ _TRAPPED = sorted(int(s) for s in _signal.valid_signals() if s not in _NOT_TRAPP
 # Reset in the wrapper so that it can trap them even if the agent ignores them.
 _SIGDEF = tuple(_TRAPPED)
 
+# The wrapper notes any terminating signal in `g` instead of dying of it. A signal
+# that reached it before the command started is applied to the command by not
+# starting it at all and exiting as if the command had been killed by it; a signal
+# that comes while the command runs reaches the command through the group.
 _WRAPPER = (
-    f"trap : {' '.join(map(str, _TRAPPED))}\n"
-    's=$1; cd "$2" || exit 126\n'
-    "shift 2\n"
-    'exec 3<"$s/stdout.fifo" 4<"$s/stderr.fifo"\n'
-    '"$@" 3<&- 4<&-\n'
-    "c=$?\n"
-    f'echo "$c" >"$s/{STATUS_FILE}"\n'
-    'exit "$c"\n'
+    "".join(f"trap 'g={n}' {n}\n" for n in _TRAPPED)
+    + 's=$1; cd "$2" || exit 126\n'
+    + "shift 2\n"
+    + 'exec 3<"$s/stdout.fifo" 4<"$s/stderr.fifo"\n'
+    + 'if [ -n "$g" ]; then c=$((128+g)); else "$@" 3<&- 4<&-; c=$?; fi\n'
+    + f'echo "$c" >"$s/{STATUS_FILE}"\n'
+    + 'exit "$c"\n'
 )
 _WRAPPER_ARGV0 = "allocrunner-raw_exec"
 
@@ -182,6 +188,29 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0].decode(), int(fields[19])
 
 
+def _command_started(pid: int) -> bool | None:
+    """Whether wrapper `pid` has a child that exec'd the command (a fork of the
+    wrapper that has not exec'd yet still shows the wrapper's command line); None if
+    the wrapper is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+            children = fh.read().split()
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            own = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if not own:
+        return None  # a zombie: the wrapper has exited
+    for child in children:
+        try:
+            with open(f"/proc/{int(child)}/cmdline", "rb") as fh:
+                if fh.read() != own:
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return False
+
+
 def _read_status(path: str) -> int | None:
     """The exit status recorded by the wrapper, or None if absent or incomplete."""
     try:
@@ -241,6 +270,7 @@ class _Proc:
     state_dir = immutable()
     started_at = immutable()
     is_child = immutable()
+    watched = immutable()
     done = immutable()
     # _lock guards: _result, _completed_at, _sigkilled
     _result = guarded("_lock")
@@ -258,6 +288,7 @@ class _Proc:
         state_dir: str,
         started_at: float,
         is_child: bool,
+        watched: bool = True,
     ) -> None:
         self._lock = lock
         self.config = config
@@ -267,6 +298,9 @@ class _Proc:
         self.state_dir = state_dir
         self.started_at = started_at
         self.is_child = is_child
+        # False for a task found already exited at recovery: its group id may have
+        # been reused since, so it is never signalled.
+        self.watched = watched
         self.done = CancelToken()  # cancelled once, after the result is set
         self._result: ExitResult | None = None
         self._completed_at: float | None = None
@@ -480,19 +514,20 @@ class RawExecDriver:
             proc = self._get_locked(task_id)
             if proc.result_locked() is not None:
                 return
-        _killpg(proc, sig)
-        if self._await_exit(proc, max(0.0, timeout)):
-            return
-        with self._lock:
-            if proc.result_locked() is not None:
-                return
-            proc.mark_sigkilled_locked()
+        self._deliver(proc, sig)
+        if not self._await_exit(proc, max(0.0, timeout)):
+            with self._lock:
+                if proc.result_locked() is None:
+                    proc.mark_sigkilled_locked()
+            _killpg(proc, _signal.SIGKILL)
+            if not self._await_exit(proc, KILL_GRACE):
+                raise DriverError(
+                    f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
+                    f"{KILL_GRACE}s after SIGKILL"
+                )
+        # Whatever of the group outlived the task (e.g. background jobs, which a
+        # non-interactive shell starts with SIGINT ignored) is killed too.
         _killpg(proc, _signal.SIGKILL)
-        if not self._await_exit(proc, KILL_GRACE):
-            raise DriverError(
-                f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
-                f"{KILL_GRACE}s after SIGKILL"
-            )
 
     @calls_out
     def destroy(self, task_id: str, force: bool = False) -> None:
@@ -505,6 +540,10 @@ class RawExecDriver:
             if not force:
                 raise DriverError(f"cannot destroy running task {task_id!r}")
             self.stop(task_id, 0.0, "SIGKILL")
+        elif proc.watched:
+            # The exit was seen live, so the group id cannot have been reused yet:
+            # kill what is left of the group.
+            _killpg(proc, _signal.SIGKILL)
         token = CancelToken()
         with self._lock:
             if self._tasks.get(task_id) is not proc:
@@ -537,7 +576,7 @@ class RawExecDriver:
             proc = self._get_locked(task_id)
             if proc.result_locked() is not None:
                 raise DriverError(f"task {task_id!r} is not running")
-        _killpg(proc, sig)
+        self._deliver(proc, sig)
 
     @calls_out
     def stats(self, task_id: str) -> dict[str, float]:
@@ -580,6 +619,7 @@ class RawExecDriver:
             if pidfd is not None and pidfd >= 0:
                 _close_fds(pidfd)
         exited = self._exited_result(proc)
+        proc = _proc_from_handle(self._lock, handle, watched=False)
         self._hand_over(_Add(proc, None, (), exited), task_id)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -653,6 +693,30 @@ class RawExecDriver:
             self._threads.spawn("raw_exec-io", self._io_loop)
         else:
             self._wake()
+
+    @calls_out
+    def _deliver(self, proc: _Proc, sig: int) -> None:
+        """Send `sig` to the task's group so that the command gets it exactly once.
+
+        Until the command has been exec'd, a signal can only reach the wrapper (or the
+        command's not-yet-exec'd fork, which forgets it). The wrapper then either exits
+        as if the command had been killed, or, if the signal came too late for that,
+        has started the command anyway: in that case the signal is sent again once the
+        command runs."""
+        started = _command_started(proc.pid)
+        _killpg(proc, sig)
+        if started is not False:
+            return
+        deadline = time.monotonic() + START_SETTLE
+        while not proc.done.cancelled() and time.monotonic() < deadline:
+            started = _command_started(proc.pid)
+            if started is None:
+                return
+            if started:
+                _killpg(proc, sig)
+                return
+            if self._closing.wait(0.0005):
+                return
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -741,9 +805,13 @@ class RawExecDriver:
                 while os.read(self._wake_r, 4096):
                     pass
         elif isinstance(data, _Stream):
-            self._pump(data)
+            # An earlier event of the same batch may have closed this stream.
+            if self._streams.get(data.fd) is data:
+                self._pump(data)
         else:
             fd = fileobj
+            if self._pidfds.get(fd) is not data:
+                return
             self._selector.unregister(fd)
             del self._pidfds[fd]
             os.close(fd)
@@ -959,7 +1027,7 @@ def _remove_state_dir(state_dir: str) -> None:
         os.rmdir(state_dir)
 
 
-def _proc_from_handle(lock: Any, handle: TaskHandle) -> _Proc:
+def _proc_from_handle(lock: Any, handle: TaskHandle, *, watched: bool = True) -> _Proc:
     state = handle.driver_state
     ints = {}
     for key in ("pid", "pgid", "start_ticks"):
@@ -982,6 +1050,7 @@ def _proc_from_handle(lock: Any, handle: TaskHandle) -> _Proc:
         state_dir=state_dir,
         started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
         is_child=False,
+        watched=watched,
     )
 
 
