@@ -223,7 +223,7 @@ def test_listener_close_wakes_a_blocked_get() -> None:
     def block() -> None:
         waiting.set()
         try:
-            listener.get(timeout=10)
+            listener.get(timeout=30)
         except BroadcasterClosed as err:
             errors.append(err)
 
@@ -231,7 +231,7 @@ def test_listener_close_wakes_a_blocked_get() -> None:
     assert waiting.wait(10)
     assert_stays(lambda: _assert_equal(errors, []), 0.05)
     listener.close()
-    assert group.join(10)
+    assert group.join(5), "close did not wake the blocked get"
     assert len(errors) == 1 and "closed AllocListener" in str(errors[0])
     b.send(alloc(1))  # the broadcaster carries on for others
     with pytest.raises(BroadcasterClosed):
@@ -249,7 +249,7 @@ def test_broadcaster_close_wakes_every_blocked_get() -> None:
     def block(listener: AllocListener) -> None:
         with listener:
             try:
-                listener.get()
+                listener.get(timeout=30)
             except BroadcasterClosed:
                 with lock:
                     ended.append(threading.current_thread().name)
@@ -258,7 +258,7 @@ def test_broadcaster_close_wakes_every_blocked_get() -> None:
         group.spawn(f"blocked-{i}", block, b.listen())
     assert_stays(lambda: _assert_equal(ended, []), 0.05)
     b.close()
-    assert group.join(10)
+    assert group.join(5), "close did not wake the blocked gets"
     assert len(ended) == 5
 
 
