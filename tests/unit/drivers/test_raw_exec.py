@@ -536,3 +536,29 @@ def test_bad_exit_watch():
 
 def _assert(condition: object, message: str) -> None:
     assert condition, message
+
+
+# --- signals racing the start of the command ------------------------------------------
+
+
+def test_stop_right_after_start_is_never_lost(raw, tmp_path):
+    # A signal sent while the wrapper is still starting the command must still end the
+    # task by that signal, not by SIGKILL after the kill timeout.
+    for _ in range(25):
+        config = task_config(tmp_path, sh("exec sleep 30"))
+        raw.start(config)
+        t0 = time.monotonic()
+        raw.stop(config.id, 10.0)
+        assert time.monotonic() - t0 < 5.0
+        assert raw.inspect(config.id).exit_result == ExitResult(exit_code=130, signal=2)
+        raw.destroy(config.id)
+
+
+def test_signal_right_after_start_acts_as_on_the_command(raw, tmp_path):
+    for _ in range(10):
+        config = task_config(tmp_path, sh("exec sleep 30"))
+        raw.start(config)
+        raw.signal(config.id, "SIGTERM")
+        result = raw.wait(config.id, CancelToken())
+        assert result == ExitResult(exit_code=143, signal=15)
+        raw.destroy(config.id)
