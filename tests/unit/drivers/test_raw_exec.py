@@ -562,3 +562,32 @@ def test_signal_right_after_start_acts_as_on_the_command(raw, tmp_path):
         result = raw.wait(config.id, CancelToken())
         assert result == ExitResult(exit_code=143, signal=15)
         raw.destroy(config.id)
+
+
+@pytest.mark.stress
+def test_many_tasks_logging_at_once(raw, tmp_path):
+    """Sixteen tasks write interleaved output through the one pump thread while others
+    are stopped: every log is complete and every exit code right."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        script = (
+            'i=0; while [ $i -lt 300 ]; do echo "$NOMAD_TASK_NAME $i"; i=$((i+1)); done; exit 1'
+        )
+        configs = [
+            task_config(
+                tmp_path, sh(script), name=f"t{i}", env={"PATH": PATH, "NOMAD_TASK_NAME": f"t{i}"}
+            )
+            for i in range(16)
+        ]
+        sleepers = [task_config(tmp_path, sh("exec sleep 30"), name=f"s{i}") for i in range(6)]
+        for config in configs + sleepers:
+            raw.start(config)
+        for config in sleepers:
+            raw.stop(config.id, 5.0)
+        for config in configs:
+            assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=1)
+            expected = "".join(f"{config.name} {i}\n" for i in range(300))
+            assert logs(config) == expected
+    finally:
+        sys.setswitchinterval(old)
