@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from allocrunner._sync import CancelToken, ThreadGroup
@@ -482,6 +482,13 @@ _ops = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
+@example(kinds=["prestart-ephemeral", "main"], initial=None, ops=[("move", 0, 2)])
+@example(
+    kinds=["prestart-ephemeral", "prestart-sidecar", "main", "poststart-ephemeral", "poststop"],
+    initial=None,
+    ops=[("move", 1, 0), ("move", 0, 0), ("move", 0, 1), ("move", 2, 0), ("move", 3, 0)]
+    + [("move", 3, 1), ("move", 2, 1), ("move", 1, 1), ("restart", 0, 0), ("move", 0, 2)],
+)
 @given(
     kinds=st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=7),
     initial=st.one_of(st.none(), st.lists(st.sampled_from([PENDING, RUNNING, DEAD, FAILED]))),
