@@ -486,8 +486,18 @@ _ops = st.lists(
 @example(
     kinds=["prestart-ephemeral", "prestart-sidecar", "main", "poststart-ephemeral", "poststop"],
     initial=None,
-    ops=[("move", 1, 0), ("move", 0, 0), ("move", 0, 1), ("move", 2, 0), ("move", 3, 0)]
-    + [("move", 3, 1), ("move", 2, 1), ("move", 1, 1), ("restart", 0, 0), ("move", 0, 2)],
+    ops=[
+        ("move", 1, 0),  # sidecar runs
+        ("move", 0, 0),  # init runs ...
+        ("move", 0, 1),  # ... and completes: main may start
+        ("move", 2, 0),  # main runs: poststart may start
+        ("move", 3, 0),
+        ("move", 3, 1),
+        ("move", 2, 1),
+        ("move", 1, 1),  # every non-poststop task dead: poststop may start
+        ("restart", 0, 0),
+        ("move", 0, 2),  # init fails after the restart
+    ],
 )
 @given(
     kinds=st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=7),
