@@ -65,7 +65,7 @@ json_scalars = (
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=12,
+    max_leaves=8,
 )
 configs = st.dictionaries(texts, json_values, max_size=4)
 
@@ -122,7 +122,7 @@ tasks = st.builds(
 task_groups = st.builds(
     TaskGroup,
     name=names,
-    tasks=st.lists(tasks, max_size=3, unique_by=lambda t: t.name),
+    tasks=st.lists(tasks, max_size=2, unique_by=lambda t: t.name),
     count=SMALL,
     restart_policy=st.none() | restart_policies,
     ephemeral_disk=ephemeral_disks,
@@ -140,7 +140,7 @@ jobs = st.builds(
     region=texts,
     datacenters=st.lists(texts, max_size=3),
     priority=st.integers(0, 100),
-    task_groups=st.lists(task_groups, max_size=3, unique_by=lambda g: g.name),
+    task_groups=st.lists(task_groups, max_size=2, unique_by=lambda g: g.name),
     meta=str_maps,
     update=st.none() | update_strategies,
     version=UINT64,
@@ -169,7 +169,7 @@ task_states = st.builds(
     last_restart=st.none() | rfc_times,
     started_at=st.none() | rfc_times,
     finished_at=st.none() | rfc_times,
-    events=st.lists(task_events, max_size=4),
+    events=st.lists(task_events, max_size=3),
 )
 deployment_statuses = st.builds(
     AllocDeploymentStatus,
@@ -186,7 +186,7 @@ desired_transitions = st.builds(
     force_reschedule=optional_bools,
     no_shutdown_delay=optional_bools,
 )
-task_state_maps = st.dictionaries(names, task_states, max_size=3)
+task_state_maps = st.dictionaries(names, task_states, max_size=2)
 
 allocations = st.builds(
     Allocation,

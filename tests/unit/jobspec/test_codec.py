@@ -38,7 +38,7 @@ from allocrunner.structs import (
 from tests.unit.jobspec import strategies as s
 
 DATA = Path(__file__).parent / "data"
-ROUND_TRIP = settings(max_examples=100, deadline=None)
+ROUND_TRIP = settings(max_examples=80, deadline=None)
 
 
 def via_json(obj: object) -> object:

@@ -372,8 +372,8 @@ fuzz_docs = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(fuzz_keys, inner, max_size=6),
     max_leaves=30,
 )
-FUZZ = settings(max_examples=150, deadline=None)
-MUTATIONS = settings(max_examples=100, deadline=None)
+FUZZ = settings(max_examples=120, deadline=None)
+MUTATIONS = settings(max_examples=60, deadline=None)
 
 
 def only_jobspec_errors(decode: Callable[[Any], Any], doc: Any) -> None:
