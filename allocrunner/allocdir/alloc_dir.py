@@ -498,7 +498,10 @@ def _make_task_path(task_path: Path) -> Path | None:
         return None
     except OSError as err:
         raise AllocDirError(f"cannot create task dir {task_path}: {err}") from err
-    os.chmod(task_path, TASK_DIR_MODE)
+    try:
+        os.chmod(task_path, TASK_DIR_MODE)
+    except OSError as err:
+        raise AllocDirError(f"cannot create task dir {task_path}: {err}") from err
     return task_path
 
 

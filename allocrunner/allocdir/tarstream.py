@@ -558,7 +558,12 @@ class _Extraction:
                 " escapes the alloc dir"
             )
         # Cheap lexical check now; the full check runs once every link exists.
-        fs.clean_path("/".join([*parts[:-1], target]))
+        try:
+            fs.clean_path("/".join([*parts[:-1], target]))
+        except PathEscapeError as err:
+            raise PathEscapeError(
+                f"snapshot symlink {entry.name!r} -> {target!r} escapes the alloc dir"
+            ) from err
         self._clear(parent, leaf, keep_dir=False)
         os.symlink(target, leaf, dir_fd=parent)
         if self.as_root:
@@ -651,7 +656,10 @@ def extract_stream(fileobj: IO[bytes], dest: str) -> list[tuple[str, ...]]:
     failure; `dest` may then hold a partial tree, which the caller discards.
     """
     reader = _Reader(fileobj)
-    job = _Extraction(dest)
+    try:
+        job = _Extraction(dest)
+    except OSError as err:
+        raise AllocDirError(f"extracting snapshot stream into {dest}: {err}") from err
     try:
         for entry in _entries(reader):
             if "/" not in entry.name.strip("/") and _MARKER_RE.fullmatch(entry.name.strip("/")):
