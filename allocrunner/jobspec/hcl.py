@@ -94,6 +94,7 @@ class _Spec:
     maps: Mapping[str, str] = attrs.field(factory=dict)  # block-or-map -> JSON key
     blocks: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # single blocks
     repeated: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # labelled, many
+    negated: Mapping[str, str] = attrs.field(factory=dict)  # bool set as its negation
     ignored: frozenset[str] = frozenset()
     required: frozenset[str] = frozenset()
     label_key: str = ""
@@ -132,7 +133,7 @@ _RESOURCES = _Spec(
 _LOGS = _Spec(
     LOG_CONFIG,
     attributes={"max_files": "MaxFiles", "max_file_size": "MaxFileSizeMB", "disabled": "Disabled"},
-    ignored=frozenset({"enabled"}),  # pre-1.6 spelling; mapped onto Disabled below
+    negated={"enabled": "Disabled"},  # the pre-1.6 spelling
 )
 _LIFECYCLE = _Spec(
     LIFECYCLE, attributes={"hook": "Hook", "sidecar": "Sidecar"}, required=frozenset({"hook"})
@@ -444,14 +445,19 @@ class _Converter:
             elif name in spec.repeated:
                 key, sub = spec.repeated[name]
                 out[key] = self._labelled_blocks(raw, sub, path, name)
+            elif name in spec.negated:
+                if raw is None:
+                    continue
+                key = spec.negated[name]
+                out.setdefault(key, not self._attr(raw, spec.struct.field(key).kind, p))
             else:
-                known = sorted({*spec.attributes, *spec.maps, *spec.blocks, *spec.repeated})
+                known = sorted(
+                    {*spec.attributes, *spec.maps, *spec.blocks, *spec.repeated, *spec.negated}
+                )
                 raise JobSpecError(p, f"unsupported setting {name!r} (known: {', '.join(known)})")
         for name in sorted(spec.required):
             if spec.attributes[name] not in out:
                 raise JobSpecError(f"{path}.{name}", "missing required setting")
-        if spec is _LOGS and "Disabled" not in out and isinstance(body.get("enabled"), bool):
-            out["Disabled"] = not body["enabled"]
         return out
 
     def _single_block(self, raw: Any, spec: _Spec, path: str, name: str) -> dict[str, Any]:

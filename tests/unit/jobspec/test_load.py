@@ -362,6 +362,8 @@ def test_nomad_blocks_a_local_runner_does_not_use_are_ignored() -> None:
 def test_logs_enabled_false_disables_logs() -> None:
     job = hcl(job_hcl(task_body="logs { enabled = false }"))
     assert job.task_groups[0].tasks[0].logs.disabled is True
+    both = hcl(job_hcl(task_body="logs {\n enabled = false\n disabled = false\n }"))
+    assert both.task_groups[0].tasks[0].logs.disabled is False  # the current spelling wins
 
 
 def test_python_hcl2_7_output_converts_the_same() -> None:
@@ -478,6 +480,7 @@ HCL_CASES: list[tuple[str, str, str]] = [
     ("meta-object", job_hcl(task_body="meta { owner = { a = 1 } }"), f"{T}.meta[owner]"),
     ("memory-fraction", job_hcl(task_body="resources { memory = 1.5 }"), f"{T}.resources.memory"),
     ("logs-negative", job_hcl(task_body="logs { max_files = -1 }"), f"{T}.logs.max_files"),
+    ("logs-enabled-string", job_hcl(task_body='logs { enabled = "no" }'), f"{T}.logs.enabled"),
     ("config-string", job_hcl(config='config = "x"'), f"{T}.config"),
     ("config-expression", job_hcl(config="config { n = 1 + 2 }"), f"{T}.config[n]"),
     (
