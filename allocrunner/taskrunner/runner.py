@@ -974,6 +974,8 @@ class TaskRunner:
             return _SHUTDOWN
         if result is not None:
             self.emit_event(_terminated_event(result))
+        if self._kill_token.cancelled():
+            self.emit_event(self._killed_event())
         self._clear_handle()
         self._soft_phase("exited", result=result)
         return None
@@ -989,11 +991,7 @@ class TaskRunner:
             self._tracker.set_policy(effective_restart_policy(alloc.job, group, task))
         state, delay, reason = self._tracker.get_state()
         if state == KILLED:
-            details = {"kill_error": self._kill_error} if self._kill_error else {}
-            text = f"Task killed with error: {self._kill_error}" if self._kill_error else MSG_KILLED
-            self.emit_event(
-                TaskEvent(EVENT_KILLED, message=text, display_message=text, details=details)
-            )
+            self.emit_event(self._killed_event())
             return False, 0.0
         if state == NOT_RESTARTING:
             self.update_state(
@@ -1022,6 +1020,17 @@ class TaskRunner:
             )
             return True, delay
         return True, delay
+
+    def _killed_event(self) -> TaskEvent:
+        if self._kill_error:
+            text = f"Task killed with error: {self._kill_error}"
+            return TaskEvent(
+                EVENT_KILLED,
+                message=text,
+                display_message=text,
+                details={"kill_error": self._kill_error},
+            )
+        return TaskEvent(EVENT_KILLED, message=MSG_KILLED, display_message=MSG_KILLED)
 
     @calls_out
     def _sleep(
@@ -1157,6 +1166,7 @@ class TaskRunner:
                 result = self._kill_task(driver, handle)
                 if result is not None:
                     self.emit_event(_terminated_event(result))
+                self.emit_event(self._killed_event())
                 self._clear_handle()
             self.update_state(TASK_DEAD)
             self._update_local(lambda local: local.with_run_complete(True))

@@ -185,3 +185,25 @@ def test_done_prestart_hook_is_skipped_but_its_env_restored(harness) -> None:
     with recorder2.lock:
         assert recorder2.envs and recorder2.envs[-1]["FROM_HOOK"] == "yes"
         assert recorder2.envs[-1]["NOMAD_TASK_NAME"] == "web"
+
+
+def test_kill_of_a_restored_task_before_run_stops_it(harness, mock_driver) -> None:
+    """An allocation destroyed right after restore: the recovered task is killed even
+    though run() never started (and run() then returns at once)."""
+    alloc = alloc_of(mock_task(config={"run_for": "30s"}))
+    first = harness.runner(alloc)
+    wait_state(first, "running")
+    task_id = first.local_state().task_handle.task_id
+    assert first.shutdown(timeout=5)
+
+    second = harness.runner(alloc, start=False)
+    second.restore()
+    assert second.kill(timeout=5)
+    st = second.task_state()
+    assert st.state == "dead" and not st.failed
+    assert event_types(st)[-2:] == [EVENT_TERMINATED, EVENT_KILLED]
+    assert not second.is_running()
+    with pytest.raises(Exception, match="unknown task"):
+        mock_driver.inspect(task_id)
+    second.run()
+    assert event_types(second.task_state()).count(EVENT_STARTED) == 1

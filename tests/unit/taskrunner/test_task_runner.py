@@ -10,6 +10,7 @@ import attrs
 import pytest
 
 from allocrunner.errors import DriverError, TaskNotRunningError
+from allocrunner.runner.lifecycle import Gate
 from allocrunner.state import LocalState
 from allocrunner.structs import (
     DesiredTransition,
@@ -733,3 +734,36 @@ def test_run_twice_is_refused(harness) -> None:
     wait_state(tr, "running")
     with pytest.raises(Exception, match="called twice"):
         tr.run()
+
+
+# --- the start gate ---------------------------------------------------------------------
+
+
+def test_start_waits_for_the_gate(harness) -> None:
+    gate = Gate("main")
+    tr = harness.runner(alloc_of(mock_task(config={"run_for": "30s"})), start_gate=gate)
+    assert_stays(lambda: _assert_pending_unstarted(tr), 0.1)
+    gate.open()
+    wait_state(tr, "running")
+
+
+def _assert_pending_unstarted(tr) -> None:
+    st = tr.task_state()
+    assert st.state == "pending", st.state
+    assert EVENT_SETUP not in event_types(st), event_types(st)
+
+
+def test_kill_while_waiting_at_the_gate(harness) -> None:
+    tr = harness.runner(alloc_of(mock_task()), start_gate=Gate("main"))
+    assert not tr.wait(0.05)
+    assert tr.kill(killing(), timeout=5)
+    st = tr.task_state()
+    assert st.state == "dead" and not st.failed
+    assert EVENT_STARTED not in event_types(st)
+
+
+def test_shutdown_while_waiting_at_the_gate(harness) -> None:
+    tr = harness.runner(alloc_of(mock_task()), start_gate=Gate("main"))
+    assert not tr.wait(0.05)
+    assert tr.shutdown(timeout=5)
+    assert tr.task_state().state == "pending"
