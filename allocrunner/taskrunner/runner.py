@@ -491,6 +491,9 @@ class TaskRunner:
         second time; if that fails, it gets a `Failed Restoring Task` event, goes back
         to pending and is started again by the normal flow.
         """
+        with self._state_lock.read():
+            if self._run_called or self._preempted:
+                raise AllocRunnerError(f"task {self._name!r}: restore() must come before run()")
         local, stored = self._state_db.task_runner_state(self._alloc_id, self._name)
         handle = local.task_handle if local is not None else None
         recovered = False
@@ -826,6 +829,12 @@ class TaskRunner:
         except Exception as err:
             log.warning("task %s: destroying driver task %s failed: %s", self, handle.task_id, err)
         self._publish(handle=None, notify=False)
+        # A restart asked for this instance after its exit was seen has nothing left
+        # to restart: let its caller go (the policy decides what runs next).
+        with self._state_lock.read():
+            req = self._restart_req
+        if req is not None and req.target == handle.task_id:
+            self._take_request(req, None)
 
     # --- waiting on the task -------------------------------------------------------------
 
