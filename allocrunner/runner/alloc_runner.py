@@ -138,6 +138,7 @@ class AllocRunner:
     _updates = immutable()
     _prerun_cancel = immutable()
     _run_done = immutable()
+    _tasks_done = immutable()
     _handler_done = immutable()
     _destroyed_event = immutable()
     _shutdown_event = immutable()
@@ -195,6 +196,7 @@ class AllocRunner:
         self._updates: LatestValue[Allocation] = LatestValue()
         self._prerun_cancel = CancelToken()
         self._run_done = threading.Event()
+        self._tasks_done = threading.Event()
         self._handler_done = threading.Event()
         self._destroyed_event = threading.Event()
         self._shutdown_event = threading.Event()
@@ -345,13 +347,21 @@ class AllocRunner:
             self._run_done.set()
             return
         try:
+            self._threads.spawn(f"alloc-state-{_id8(self._id)}", self._handle_task_states)
+        except BaseException:
+            self._run_done.set()
+            raise
+        try:
             self._run()
         finally:
-            self._run_done.set()
+            # The state handler's last pass publishes the final state before wait()
+            # returns, so nobody who waited can read a stale alloc_state().
+            self._tasks_done.set()
             self._state_kick.kick()
+            self._handler_done.wait()
+            self._run_done.set()
 
     def _run(self) -> None:
-        self._threads.spawn(f"alloc-state-{_id8(self._id)}", self._handle_task_states)
         self._state_kick.kick()
         self._persist_alloc(self.alloc())
 
@@ -420,7 +430,7 @@ class AllocRunner:
         try:
             while True:
                 self._state_kick.wait()
-                done = self._run_done.is_set()
+                done = self._tasks_done.is_set()
                 self._state_pass(done)
                 if done:
                     return
@@ -781,7 +791,6 @@ class AllocRunner:
         self._state_kick.kick()
         if run_started:
             self._run_done.wait()
-            self._handler_done.wait()
         else:
             self._publish(self._task_states())
             self._run_done.set()

@@ -88,6 +88,7 @@ def test_leader_exit_kills_the_group(make_runner):
     job = mock_job(
         mock_task("leader", config={"run_for": "50ms"}, leader=True),
         mock_task("follower", config={"run_for": "10s"}, kill_timeout=0.01),
+        job_type="batch",
     )
     ar = make_runner(new_allocation(job, "web"))
     ar.start()
@@ -357,7 +358,9 @@ def test_recoverable_start_failure_does_not_block_sibling(make_runner):
 
 
 def test_restart_task_and_errors(make_runner):
-    job = mock_job(mock_task("web"), mock_task("once", config={"run_for": "10ms"}))
+    job = mock_job(
+        mock_task("web"), mock_task("once", config={"run_for": "10ms"}), job_type="batch"
+    )
     ar = make_runner(new_allocation(job, "web"))
     ar.start()
     wait_for(lambda: _assert_state(ar, "web", "running"))
