@@ -29,6 +29,7 @@ stream and file descriptors, which is what makes this as fast as ``tar | tar``.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
@@ -50,6 +51,10 @@ _MAX_META_BYTES: Final = 1 << 20  # PAX records and GNU long names
 _ENCODING: Final = "utf-8"
 _ERRORS: Final = "surrogateescape"
 _DATA_ROOT: Final = ("alloc", "data")
+_KERNEL_COPY_MIN: Final = 64 * 1024  # smaller bodies are cheaper to copy by hand
+_NO_KERNEL_COPY: Final = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EBADF}
+)
 _LOCAL_DIR: Final = "local"
 
 
@@ -69,11 +74,28 @@ class _SinkError(Exception):
     """Writing to the output stream failed (not the tree: no marker can be written)."""
 
 
+def _stream_fd(fileobj: object) -> int | None:
+    """The OS descriptor behind a file object, or None if it has none."""
+    fileno = getattr(fileobj, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
 class _Writer:
-    """Not thread-safe; owned by one snapshot. Writes tar blocks to a file object."""
+    """Not thread-safe; owned by one snapshot. Writes tar blocks to a file object.
+
+    File bodies go through ``sendfile`` when the output has a descriptor (pipe, socket,
+    file): the kernel copies them without passing through Python.
+    """
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._out = fileobj
+        self._out_fd = _stream_fd(fileobj)
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
 
@@ -89,44 +111,69 @@ class _Writer:
         except Exception as err:
             raise _SinkError(f"writing the snapshot stream failed: {err}") from err
 
-    def header(self, info: tarfile.TarInfo) -> None:
-        self.write(info.tobuf(tarfile.PAX_FORMAT, _ENCODING, _ERRORS))
-
-    def body_from_fd(self, fd: int, size: int, name: str) -> None:
-        """Copy exactly `size` bytes of `fd` (then padding); a file that shrank while
-        being read is a read error, growth past `size` is left out."""
-        remaining = size
-        view = self._view
-        try:
-            while remaining:
-                want = min(remaining, CHUNK)
-                n = os.readv(fd, [view[:want]])
-                if n == 0:
-                    raise OSError(
-                        errno.EIO, f"file shrank by {remaining} bytes while archived", name
-                    )
-                self.write(view[:n])
-                remaining -= n
-        except OSError:
-            # Keep the archive well formed so the error marker that follows is readable:
-            # fill the promised bytes with zeros (the receiver discards them on the marker).
-            zeros = bytes(min(remaining, CHUNK))
-            while remaining:
-                self.write(zeros[: min(remaining, CHUNK)])
-                remaining -= min(remaining, CHUNK)
-            self.write(bytes(_pad(size)))
-            raise
-        if _pad(size):
-            self.write(bytes(_pad(size)))
-
-    def close(self) -> None:
-        self.write(bytes(2 * BLOCK))
+    def flush(self) -> None:
         flush = getattr(self._out, "flush", None)
         if flush is not None:
             try:
                 flush()
             except Exception as err:
                 raise _SinkError(f"flushing the snapshot stream failed: {err}") from err
+
+    def header(self, info: tarfile.TarInfo) -> None:
+        self.write(info.tobuf(tarfile.PAX_FORMAT, _ENCODING, _ERRORS))
+
+    def body_from_fd(self, fd: int, size: int, name: str) -> None:
+        """Copy exactly `size` bytes of `fd` (then padding); a file that shrank while
+        being read is a read error, growth past `size` is left out."""
+        pos = 0
+        try:
+            if self._out_fd is not None and size >= _KERNEL_COPY_MIN:
+                pos = self._sendfile(fd, size, name)
+            view = self._view
+            while pos < size:
+                want = min(size - pos, CHUNK)
+                n = os.preadv(fd, [view[:want]], pos)
+                if n == 0:
+                    raise OSError(
+                        errno.EIO, f"file shrank by {size - pos} bytes while archived", name
+                    )
+                self.write(view[:n])
+                pos += n
+        except OSError:
+            # Keep the archive well formed so the error marker that follows is readable:
+            # fill the promised bytes with zeros (the receiver discards them on the marker).
+            zeros = bytes(min(size - pos, CHUNK))
+            while pos < size:
+                self.write(zeros[: min(size - pos, CHUNK)])
+                pos += min(size - pos, CHUNK)
+            self.write(bytes(_pad(size)))
+            raise
+        if _pad(size):
+            self.write(bytes(_pad(size)))
+
+    def _sendfile(self, fd: int, size: int, name: str) -> int:
+        """Send what the kernel will; the count sent (the caller copies the rest)."""
+        assert self._out_fd is not None
+        self.flush()  # headers written through a buffered object must go out first
+        pos = 0
+        while pos < size:
+            try:
+                n = os.sendfile(self._out_fd, fd, pos, min(size - pos, 1 << 30))
+            except OSError as err:
+                if err.errno in (errno.EPIPE, errno.ECONNRESET):
+                    raise _SinkError(f"writing the snapshot stream failed: {err}") from err
+                if err.errno in _NO_KERNEL_COPY or err.errno == errno.EAGAIN:
+                    self._out_fd = None  # this output cannot take it: copy by hand
+                    return pos
+                raise
+            if n == 0:
+                raise OSError(errno.EIO, f"file shrank by {size - pos} bytes while archived", name)
+            pos += n
+        return pos
+
+    def close(self) -> None:
+        self.write(bytes(2 * BLOCK))
+        self.flush()
 
 
 def _info(name: str, st: os.stat_result, kind: bytes, *, size: int = 0, link: str = "") -> Any:
@@ -265,13 +312,28 @@ def _write_tree(out: _Writer, top_fd: int, top_name: str) -> None:
 
 
 class _Reader:
-    """Not thread-safe; owned by one extraction. Reads exact byte counts from a stream."""
+    """Not thread-safe; owned by one extraction. Reads exact byte counts from a stream.
+
+    From an unbuffered pipe or file, bodies move with ``splice`` / ``copy_file_range``
+    straight into the destination file, without passing through Python.
+    """
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._in = fileobj
         self._readinto = getattr(fileobj, "readinto", None)
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
+        self._kernel_copy: Any = None
+        fd = _stream_fd(fileobj) if isinstance(fileobj, io.RawIOBase) else None
+        if fd is not None:
+            try:
+                mode = os.fstat(fd).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_ISFIFO(mode):
+                self._kernel_copy = lambda out, n: os.splice(fd, out, n)
+            elif stat.S_ISREG(mode):
+                self._kernel_copy = lambda out, n: os.copy_file_range(fd, out, n)
 
     def _fill(self, view: memoryview) -> int:
         """Fill `view` as far as the stream allows; the count read (short only at EOF)."""
@@ -314,8 +376,11 @@ class _Reader:
 
     def copy_to_fd(self, fd: int, size: int, name: str) -> None:
         """Copy a member body of `size` bytes to `fd` and consume its padding."""
-        remaining = size + _pad(size)
-        to_write = size
+        moved = 0
+        if self._kernel_copy is not None and size >= _KERNEL_COPY_MIN:
+            moved = self._copy_in_kernel(fd, size, name)
+        remaining = size - moved + _pad(size)
+        to_write = size - moved
         view = self._view
         while remaining:
             want = min(remaining, CHUNK)
@@ -328,6 +393,21 @@ class _Reader:
                 chunk = chunk[written:]
             to_write -= min(n, to_write)
             remaining -= n
+
+    def _copy_in_kernel(self, fd: int, size: int, name: str) -> int:
+        moved = 0
+        while moved < size:
+            try:
+                n = self._kernel_copy(fd, min(size - moved, 1 << 30))
+            except OSError as err:
+                if moved == 0 and err.errno in _NO_KERNEL_COPY:
+                    self._kernel_copy = None  # not for this pair of files: copy by hand
+                    return 0
+                raise
+            if n == 0:
+                raise AllocDirError(f"snapshot stream is truncated inside {name!r}")
+            moved += n
+        return moved
 
     def skip(self, size: int, name: str) -> None:
         remaining = size + _pad(size)

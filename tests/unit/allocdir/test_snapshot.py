@@ -115,10 +115,10 @@ def test_snapshot_of_missing_alloc_dir_fails(tmp_path: Path) -> None:
 def test_snapshot_walk_error_appends_marker(
     populated: AllocDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing_readv(fd: int, buffers: object) -> int:
+    def failing_preadv(fd: int, buffers: object, offset: int) -> int:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "readv", failing_readv)
+    monkeypatch.setattr(os, "preadv", failing_preadv)
     buf = io.BytesIO()
     with pytest.raises(AllocDirError, match="Input/output error"):
         populated.snapshot(buf)
@@ -140,16 +140,16 @@ def test_marker_aborts_extraction_and_writes_nothing(
     """TestPrevAlloc_StreamAllocDir_Error: the sender's error reaches the receiver and
     nothing of the partial stream lands in the destination."""
     (populated.data_dir / "zzz-last").write_text("x")
-    real_readv = os.readv
+    real_preadv = os.preadv
     calls = {"n": 0}
 
-    def readv_failing_late(fd: int, buffers: list) -> int:
+    def preadv_failing_late(fd: int, buffers: list, offset: int) -> int:
         calls["n"] += 1
         if calls["n"] > 1:
             raise OSError(5, "Input/output error")
-        return real_readv(fd, buffers)
+        return real_preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(os, "readv", readv_failing_late)
+    monkeypatch.setattr(os, "preadv", preadv_failing_late)
     buf = io.BytesIO()
     with pytest.raises(AllocDirError):
         populated.snapshot(buf)
@@ -162,6 +162,83 @@ def test_marker_aborts_extraction_and_writes_nothing(
     with pytest.raises(AllocDirError, match=r"reported an error: .*Input/output error"):
         dest.extract(buf)
     assert snapshot_tree(dest.path) == before
+
+
+def test_snapshot_read_error_in_kernel_copy_appends_marker(
+    populated: AllocDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big files go out through sendfile when the output is a real file; a read error
+    there is a walk error like any other: marker, well-formed archive, error raised."""
+    (populated.data_dir / "big").write_bytes(os.urandom(1 << 20))
+
+    def failing_sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "sendfile", failing_sendfile)
+    out = tmp_path / "stream.tar"
+    with open(out, "wb") as f, pytest.raises(AllocDirError, match="Input/output error"):
+        populated.snapshot(f)
+    monkeypatch.undo()
+    got = members(out.read_bytes())
+    assert got[-1].name == error_marker_name(populated.alloc_id)
+    assert "alloc/data/big" in [m.name for m in got]
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of os.<name> (still calling it)."""
+    real = getattr(os, name)
+    calls: list[int] = []
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(os, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("buffering", [0, -1], ids=["raw", "buffered"])
+def test_kernel_copy_paths_round_trip(
+    populated: AllocDir, tmp_path: Path, buffering: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshot to a real file (sendfile) and extract from it (copy_file_range when the
+    input is unbuffered, plain reads when buffered): same tree either way."""
+    big = os.urandom(3 << 20)
+    (populated.data_dir / "big").write_bytes(big)
+    sendfile_calls = spy(monkeypatch, "sendfile")
+    copy_calls = spy(monkeypatch, "copy_file_range")
+    out = tmp_path / "stream.tar"
+    with open(out, "wb", buffering=buffering) as f:
+        populated.snapshot(f)
+    assert sendfile_calls, "the big file should go out through sendfile"
+    assert members(out.read_bytes())[-1].name == "web/local/data-link"
+    dest = fresh_dest(tmp_path)
+    with open(out, "rb", buffering=buffering) as f:
+        dest.extract(f)
+    assert bool(copy_calls) == (buffering == 0)
+    assert (dest.data_dir / "big").read_bytes() == big
+    assert snapshot_tree(dest.data_dir) == snapshot_tree(populated.data_dir)
+
+
+def test_extract_from_a_pipe_uses_the_whole_stream(
+    populated: AllocDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From an unbuffered pipe bodies are spliced; headers and padding still line up."""
+    splice_calls = spy(monkeypatch, "splice")
+    for i, size in enumerate([64 * 1024, 64 * 1024 + 1, 200_001, 1 << 20]):
+        (populated.data_dir / f"f{i}").write_bytes(os.urandom(size))
+    read_fd, write_fd = os.pipe()
+    producer = subprocess.Popen(
+        ["tar", "-C", str(populated.path), "-cf", "-", "alloc/data", "web/local"],
+        stdout=write_fd,
+    )
+    os.close(write_fd)
+    dest = fresh_dest(tmp_path)
+    with open(read_fd, "rb", buffering=0) as stream:
+        dest.extract(stream)
+    assert producer.wait(10) == 0
+    assert splice_calls
+    assert snapshot_tree(dest.data_dir) == snapshot_tree(populated.data_dir)
 
 
 class _BrokenSink(io.RawIOBase):
