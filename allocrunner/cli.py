@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -29,7 +30,6 @@ from allocrunner.jobspec import encode_allocation, load_job
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.state import SQLiteStateDB
 from allocrunner.structs import (
-    EVENT_TERMINATED,
     Allocation,
     AllocState,
     TaskEvent,
@@ -53,16 +53,19 @@ class _Printer:
         self._last: dict[tuple[str, str], TaskEvent] = {}
 
     def show(self, alloc: Allocation, state: AllocState) -> None:
-        for task, ts in state.task_states.items():
-            for event in self._new_events((alloc.id, task), ts):
-                text = event.display_message or event.message
-                stamp = event.time.strftime("%H:%M:%S.%f")[:-3] if event.time else ""
-                line = f"{stamp} {alloc.name} {task}: {event.type}"
-                if text:
-                    line += f" - {text}"
-                if event.type == EVENT_TERMINATED:
-                    line += f" (exit code {event.exit_code})"
-                print(line, file=self._out, flush=True)
+        fresh = [
+            (event, task)
+            for task, ts in state.task_states.items()
+            for event in self._new_events((alloc.id, task), ts)
+        ]
+        fresh.sort(key=lambda pair: pair[0].time or datetime.min.replace(tzinfo=UTC))
+        for event, task in fresh:
+            text = event.display_message or event.message
+            stamp = event.time.strftime("%H:%M:%S.%f")[:-3] if event.time else ""
+            line = f"{stamp} {alloc.name} {task}: {event.type}"
+            if text:
+                line += f" - {text}"
+            print(line, file=self._out, flush=True)
 
     def _new_events(self, key: tuple[str, str], ts: TaskState) -> list[TaskEvent]:
         """Events after the last one printed (all of them if it left the ring)."""
@@ -85,6 +88,28 @@ def _summary(ar: AllocRunner) -> str:
         mark = "failed" if ts.failed else ts.state
         parts.append(f"{task}={mark}")
     return f"{ar.alloc().name}: {state.client_status} ({', '.join(parts)})"
+
+
+def _print_output(ar: AllocRunner, out: TextIO, limit: int = 4096) -> None:
+    """The tail of each task's stdout, so a short job shows what it printed."""
+    logs_dir = ar.alloc_dir.logs_dir
+    for task in ar.task_names():
+        files = _log_files(logs_dir, task, "stdout")
+        text = "".join(p.read_text(errors="replace") for p in files)[-limit:]
+        if text.strip():
+            print(f"--- {task} stdout ---", file=out)
+            out.write(text if text.endswith("\n") else text + "\n")
+
+
+def _log_files(logs_dir: Path, task: str, stream: str) -> list[Path]:
+    """`<task>.<stream>.N` files in rotation order (oldest first)."""
+    prefix = f"{task}.{stream}."
+    if not logs_dir.is_dir():
+        return []
+    return sorted(
+        (p for p in logs_dir.glob(prefix + "*") if p.name[len(prefix) :].isdigit()),
+        key=lambda p: int(p.name[len(prefix) :]),
+    )
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -115,6 +140,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         interrupted = _watch(runners, out)
         for ar in runners:
             print(f"==> {_summary(ar)}", file=out)
+            _print_output(ar, out)
     finally:
         if temporary:
             for ar in runners:
@@ -229,12 +255,7 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"allocrunner: {what} matching {args.alloc!r} in {root}", file=err)
         return EXIT_BAD_INPUT
     stream = "stderr" if args.stderr else "stdout"
-    logs_dir = matches[0] / "alloc" / "logs"
-    prefix = f"{args.task}.{stream}."
-    files = sorted(
-        (p for p in logs_dir.glob(prefix + "*") if p.name[len(prefix) :].isdigit()),
-        key=lambda p: int(p.name[len(prefix) :]),
-    )
+    files = _log_files(matches[0] / "alloc" / "logs", args.task, stream)
     if not files:
         print(f"allocrunner: no {stream} logs for task {args.task!r}", file=err)
         return EXIT_BAD_INPUT
