@@ -1,0 +1,204 @@
+"""AllocRunner scenarios that need persistence or hooks: restore after an agent
+restart, prerun failures, postrun errors, no resurrection after destroy, health."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from allocrunner.errors import AllocRunnerError, HookErrors
+from allocrunner.runner.hooks import run_phase
+from allocrunner.structs import (
+    EVENT_KILLED,
+    EVENT_RECEIVED,
+    EVENT_RESTART_SIGNAL,
+    EVENT_SETUP_FAILURE,
+    EVENT_STARTED,
+    EVENT_TERMINATED,
+    TaskEvent,
+    UpdateStrategy,
+    new_allocation,
+)
+from allocrunner.testing import lifecycle, mock_alloc, mock_job, mock_task, wait_for
+
+
+def _state(ar, task, want):
+    got = ar.alloc_state().task_states[task].state
+    assert got == want, f"{task} is {got}, want {want}"
+
+
+def test_restore_reattaches_a_running_task_without_starting_it_again(
+    make_runner, state_db, drivers
+):
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    first = make_runner(alloc)
+    first.start()
+    wait_for(lambda: _state(first, "web", "running"))
+    started_before = first.alloc_state().task_states["web"].started_at
+    first.shutdown()
+    assert first.wait_shutdown(10)
+
+    (stored,) = state_db.all_allocations()
+    second = make_runner(stored)
+    second.restore()
+    second.start()
+    wait_for(lambda: _state(second, "web", "running"))
+    ts = second.alloc_state().task_states["web"]
+    assert [e.type for e in ts.events].count(EVENT_STARTED) == 1, ts.events
+    assert ts.started_at == started_before
+    assert second.task_runner("web").is_running()
+
+
+def test_restore_of_a_running_alloc_stopped_while_the_agent_was_down(make_runner, state_db):
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    first = make_runner(alloc)
+    first.start()
+    wait_for(lambda: _state(first, "web", "running"))
+    first.shutdown()
+    assert first.wait_shutdown(10)
+
+    stopped = attrs.evolve(alloc, desired_status="stop", alloc_modify_index=2)
+    second = make_runner(stopped)
+    second.restore()
+    second.start()
+    assert second.wait(10)
+    ts = second.alloc_state().task_states["web"]
+    assert ts.state == "dead" and not ts.failed
+    types = [e.type for e in ts.events]
+    assert types[:3] == [EVENT_RECEIVED, "Task Setup", EVENT_STARTED], types
+    assert EVENT_TERMINATED in types or EVENT_KILLED in types
+    assert types.count(EVENT_STARTED) == 1
+    assert second.alloc_state().client_status == "complete"
+
+
+def test_restore_of_a_completed_batch_alloc_does_not_rerun_it(make_runner, state_db):
+    job = mock_job(mock_task("job", config={"run_for": "10ms"}), job_type="batch")
+    alloc = new_allocation(job, "web")
+    first = make_runner(alloc)
+    first.start()
+    assert first.wait(10)
+    events_before = first.alloc_state().task_states["job"].events
+    first.shutdown()
+    assert first.wait_shutdown(10)
+
+    (stored,) = state_db.all_allocations()
+    second = make_runner(stored)
+    second.restore()
+    assert second.alloc_state().client_status == "complete"
+    second.start()
+    assert second.wait(10)
+    ts = second.alloc_state().task_states["job"]
+    assert ts.events == events_before
+    assert second.alloc_state().client_status == "complete"
+
+
+def test_restore_fails_when_the_alloc_dir_is_gone(make_runner):
+    ar = make_runner(mock_alloc())
+    with pytest.raises(FileNotFoundError, match="alloc dir"):
+        ar.restore()
+
+
+def test_persist_after_destroy_does_not_resurrect(make_runner, state_db):
+    alloc = mock_alloc(mock_task("web"))
+    ar = make_runner(alloc)
+    ar.start()
+    wait_for(lambda: _state(ar, "web", "running"))
+    ar.destroy()
+    assert ar.wait_destroyed(10)
+    ar.persist_state()
+    assert state_db.all_allocations() == []
+
+
+class FailingWatcher:
+    """A previous-alloc watcher whose wait fails, so the alloc's prerun fails."""
+
+    def wait(self, cancel):
+        raise RuntimeError("previous allocation could not be watched")
+
+    def is_waiting(self):
+        return False
+
+
+def test_prerun_failure_fails_every_task(make_runner):
+    job = mock_job(mock_task("a"), mock_task("b"))
+    ar = make_runner(new_allocation(job, "web"), prev_watcher=FailingWatcher())
+    ar.start()
+    assert ar.wait(10)
+    state = ar.alloc_state()
+    assert state.client_status == "failed"
+    for name, ts in state.task_states.items():
+        assert ts.state == "dead" and ts.failed, name
+        assert EVENT_SETUP_FAILURE in [e.type for e in ts.events]
+        assert EVENT_STARTED not in [e.type for e in ts.events]
+
+
+class Hook:
+    def __init__(self, name, fail=False):
+        self.name = name
+        self.fail = fail
+        self.ran = False
+
+    def postrun(self):
+        self.ran = True
+        if self.fail:
+            raise ValueError("boom")
+
+
+def test_postrun_runs_every_hook_and_reports_each_failure():
+    hooks = [Hook("a"), Hook("x", fail=True), Hook("c"), Hook("y", fail=True)]
+    with pytest.raises(HookErrors) as info:
+        run_phase(hooks, "postrun")
+    assert all(h.ran for h in hooks)
+    messages = [str(e) for e in info.value.exceptions]
+    assert messages == ['post-run hook "x" failed: boom', 'post-run hook "y" failed: boom']
+    assert isinstance(info.value.exceptions[0].__cause__, ValueError)
+
+
+def test_deployment_health_is_reported_healthy(make_runner):
+    strategy = UpdateStrategy(
+        health_check="task_states", min_healthy_time=0.05, healthy_deadline=10
+    )
+    job = mock_job(mock_task("web", config={"run_for": "30s"}), update=strategy)
+    alloc = attrs.evolve(new_allocation(job, "web"), deployment_id="deploy-1")
+    ar = make_runner(alloc)
+    ar.start()
+
+    def healthy():
+        status = ar.alloc_state().deployment_status
+        assert status is not None and status.healthy is True, status
+
+    wait_for(healthy)
+
+
+def test_restart_all_reruns_dead_prestart_tasks(make_runner):
+    job = mock_job(
+        mock_task("init", config={"run_for": "10ms"}, lifecycle=lifecycle("prestart")),
+        mock_task("main", config={"run_for": "30s"}),
+    )
+    ar = make_runner(new_allocation(job, "web"))
+    ar.start()
+    wait_for(lambda: _state(ar, "main", "running"))
+    _state(ar, "init", "dead")
+    ar.restart_running(TaskEvent(EVENT_RESTART_SIGNAL, message="running only"))
+    wait_for(lambda: _restarts(ar, "main", 1))
+    assert ar.alloc_state().task_states["init"].restarts == 0
+    ar.restart_all(TaskEvent(EVENT_RESTART_SIGNAL, message="all"))
+    wait_for(lambda: _restarts(ar, "init", 1))
+    wait_for(lambda: _restarts(ar, "main", 2))
+    wait_for(lambda: _state(ar, "main", "running"))
+    st = ar.alloc_state().task_states
+    assert st["init"].state == "dead" and not st["init"].failed
+
+
+def test_restart_refused_once_the_alloc_is_terminal(make_runner):
+    job = mock_job(mock_task("web", config={"run_for": "10ms"}), job_type="batch")
+    ar = make_runner(new_allocation(job, "web"))
+    ar.start()
+    assert ar.wait(10)
+    with pytest.raises(AllocRunnerError, match="terminal"):
+        ar.restart_all(TaskEvent(EVENT_RESTART_SIGNAL, message="too late"))
+
+
+def _restarts(ar, task, n):
+    got = ar.alloc_state().task_states[task].restarts
+    assert got == n, f"{task} restarts {got}, want {n}"
