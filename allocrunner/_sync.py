@@ -7,14 +7,18 @@
 - `LatestValue`: a one-slot box where the newest value wins (a drain-and-replace
   channel), with an optional rule to keep the pending value instead.
 - `ThreadGroup`: named threads owned by one component and joined with a timeout.
+- `Waiter`: a one-shot wake-up for one blocked thread, for building a condition whose
+  waiters are woken after the waker has released its own lock (so that they do not
+  all pile up on that lock as they wake, as `threading.Condition` waiters do).
 
-`cancel`, `kick` and `offer` are notify-only: O(1), never block for long and take
+`cancel`, `kick`, `offer` and `Waiter.wake` are notify-only: O(1), never block for long and take
 only their own private leaf lock, so they may be called while holding a declared
 lock (DESIGN.md §4 rule 4). Every waiting method carries `@calls_out`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -209,6 +213,29 @@ class LatestValue(Generic[T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class Waiter:
+    """Thread-safe. A one-shot wake-up: one thread waits, any thread wakes it (once or
+    more; extra wakes are harmless). A wake that comes before the wait is not lost."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()  # held until woken; the waiter blocks on it
+
+    def wake(self) -> None:
+        """Release the waiter; never blocks."""
+        with contextlib.suppress(RuntimeError):  # woken already
+            self._gate.release()
+
+    @calls_out
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until woken; False if `timeout` seconds passed first."""
+        if timeout is None:
+            return self._gate.acquire()
+        return self._gate.acquire(True, max(timeout, 0.0))
 
 
 class ThreadGroup:

@@ -15,15 +15,18 @@ than that version. Hence:
 
 This is Nomad's client-side ``AllocBroadcaster`` (capacity-1 channel per listener,
 primed with the last value) with the channels replaced by one slot and a condition.
+The condition is hand-made from one-shot `Waiter`s that a send wakes after releasing
+the lock: with `threading.Condition` every woken listener would first queue up on the
+lock the sender still holds, and a hundred listeners would then wake one by one.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from time import monotonic
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._sync import Waiter
 from allocrunner.errors import BroadcasterClosed
 from allocrunner.structs import Allocation
 
@@ -33,27 +36,25 @@ __all__ = ["AllocBroadcaster", "AllocListener"]
 class AllocBroadcaster:
     """Thread-safe. Sends allocations to every listener; each keeps only the newest.
 
-    ``send`` never blocks for long (it takes one leaf lock for O(1) work) and may be
-    called while holding another declared lock. After ``close`` further sends raise
-    `BroadcasterClosed`; listeners still receive the last value they have not seen,
-    then `BroadcasterClosed`.
+    ``send`` never blocks (it takes one leaf lock for O(1) work, then wakes the
+    listeners blocked in ``get``, if any) and may be called while holding another
+    declared lock. After ``close`` further sends raise `BroadcasterClosed`; listeners
+    still receive the last value they have not seen, then `BroadcasterClosed`.
     """
 
-    # _lock guards: _value, _version, _closed, _waiting, and every listener's fields.
+    # _lock guards: _value, _version, _closed, _waiters, and every listener's fields.
     _lock = immutable()
-    _changed = immutable()  # condition over _lock: the slot changed or something closed
     _value = guarded("_lock")
     _version = guarded("_lock")
     _closed = guarded("_lock")
-    _waiting = guarded("_lock")  # listeners blocked in get(); wake only when some are
+    _waiters = guarded("_lock")  # tuple of Waiter: listeners blocked in get(); replaced
 
     def __init__(self) -> None:
         self._lock = make_lock("AllocBroadcaster._lock")
-        self._changed = threading.Condition(self._lock)
         self._value: Allocation | None = None
         self._version = 0  # 0: nothing sent yet
         self._closed = False
-        self._waiting = 0
+        self._waiters: tuple[Waiter, ...] = ()
 
     def send(self, alloc: Allocation) -> None:
         """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
@@ -66,8 +67,9 @@ class AllocBroadcaster:
                 raise BroadcasterClosed("send on a closed AllocBroadcaster")
             self._value = alloc
             self._version += 1
-            if self._waiting:
-                self._changed.notify_all()
+            waiters, self._waiters = self._waiters, ()
+        for waiter in waiters:
+            waiter.wake()
 
     def close(self) -> None:
         """Stop broadcasting; idempotent. Blocked listeners wake up."""
@@ -75,8 +77,9 @@ class AllocBroadcaster:
             if self._closed:
                 return
             self._closed = True
-            if self._waiting:
-                self._changed.notify_all()
+            waiters, self._waiters = self._waiters, ()
+        for waiter in waiters:
+            waiter.wake()
 
     def listen(self) -> AllocListener:
         """A new listener, primed with the last value sent (if any)."""
@@ -91,6 +94,11 @@ class AllocBroadcaster:
         """True once `close()` was called."""
         with self._lock:
             return self._closed
+
+    def blocked_listeners(self) -> int:
+        """How many listeners are blocked in ``get`` right now."""
+        with self._lock:
+            return len(self._waiters)
 
     def __repr__(self) -> str:
         # Lock-free on purpose (a repr may be taken while the lock is held); the
@@ -108,17 +116,20 @@ class AllocListener:
     closed when the consumer is done.
     """
 
-    # The broadcaster's lock guards the listener's fields too: one lock, one condition.
+    # The broadcaster's lock guards the listener's fields too: one lock for the slot
+    # and every view of it.
     _broadcaster = immutable()
     _lock = immutable()
     _seen = guarded("_lock")  # version of the last value returned; 0 before the first
     _closed = guarded("_lock")
+    _waiter = guarded("_lock")  # the Waiter of a get() blocked right now, else None
 
     def __init__(self, broadcaster: AllocBroadcaster) -> None:
         self._broadcaster = broadcaster
         self._lock = broadcaster._lock
         self._seen = 0
         self._closed = False
+        self._waiter: Waiter | None = None
 
     @calls_out
     def get(self, timeout: float | None = None) -> Allocation:
@@ -129,33 +140,29 @@ class AllocListener:
         closed and every value it sent was seen.
         """
         b = self._broadcaster
-        with self._lock:
-            if not self._closed and b._version == self._seen and not b._closed:
-                self._wait_locked(timeout)
-            if self._closed:
-                raise BroadcasterClosed("get on a closed AllocListener")
-            version = b._version
-            if version == self._seen:
-                raise BroadcasterClosed("AllocBroadcaster closed and every value was seen")
-            self._seen = version
-            return b._value  # type: ignore[return-value]  # set whenever version > 0
-
-    @requires("_lock")
-    def _wait_locked(self, timeout: float | None) -> None:
-        b = self._broadcaster
         deadline = None if timeout is None else monotonic() + timeout
-        b._waiting += 1
-        try:
-            while b._version == self._seen and not b._closed and not self._closed:
-                if deadline is None:
-                    b._changed.wait()
-                    continue
-                remaining = deadline - monotonic()
-                if remaining <= 0:
+        woken = True
+        while True:
+            with self._lock:
+                if self._waiter is not None:  # back from a wait (close() may clear it)
+                    if not woken:  # timed out: unless a waker just took it, still listed
+                        b._waiters = tuple(w for w in b._waiters if w is not self._waiter)
+                    self._waiter = None
+                if self._closed:
+                    raise BroadcasterClosed("get on a closed AllocListener")
+                version = b._version
+                if version != self._seen:
+                    self._seen = version
+                    return b._value  # type: ignore[return-value]  # set once version > 0
+                if b._closed:
+                    raise BroadcasterClosed("AllocBroadcaster closed and every value was seen")
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no new allocation within {timeout}s")
-                b._changed.wait(remaining)
-        finally:
-            b._waiting -= 1
+                waiter = Waiter()
+                self._waiter = waiter
+                b._waiters = (*b._waiters, waiter)
+            woken = waiter.wait(remaining)
 
     def pending(self) -> bool:
         """True if a value not seen yet is waiting (``get`` would return at once)."""
@@ -171,8 +178,11 @@ class AllocListener:
             if self._closed:
                 return
             self._closed = True
-            if b._waiting:
-                b._changed.notify_all()
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                b._waiters = tuple(w for w in b._waiters if w is not waiter)
+        if waiter is not None:
+            waiter.wake()
 
     def __iter__(self) -> Iterator[Allocation]:
         """Each new value until the broadcaster (or this listener) is closed."""

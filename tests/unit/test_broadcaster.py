@@ -317,3 +317,37 @@ def test_send_never_waits_for_listeners() -> None:
     assert time.monotonic() - start < 5
     assert all(listener.get(timeout=0).alloc_modify_index == 100 for listener in idle)
     b.close()
+
+
+def test_blocked_listeners_are_counted_and_forgotten() -> None:
+    b = AllocBroadcaster()
+    listeners = [b.listen() for _ in range(3)]
+    group = ThreadGroup("blocked-count")
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def block(listener: AllocListener, timeout: float) -> None:
+        try:
+            listener.get(timeout=timeout)
+            outcome = "value"
+        except TimeoutError:
+            outcome = "timeout"
+        except BroadcasterClosed:
+            outcome = "closed"
+        with lock:
+            outcomes.append(outcome)
+
+    group.spawn("times-out", block, listeners[0], 0.2)
+    group.spawn("gets-closed", block, listeners[1], 30)
+    group.spawn("gets-a-value", block, listeners[2], 30)
+    wait_for(lambda: _assert_equal(b.blocked_listeners(), 3), 10)
+    wait_for(lambda: _assert_equal(outcomes, ["timeout"]), 10)
+    assert b.blocked_listeners() == 2  # the timed-out wait left nothing behind
+    listeners[1].close()
+    wait_for(lambda: _assert_equal(sorted(outcomes), ["closed", "timeout"]), 5)
+    assert b.blocked_listeners() == 1
+    b.send(alloc(1))
+    assert group.join(5)
+    assert sorted(outcomes) == ["closed", "timeout", "value"]
+    assert b.blocked_listeners() == 0
+    b.close()

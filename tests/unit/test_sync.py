@@ -10,7 +10,7 @@ import pytest
 
 from allocrunner import _locking
 from allocrunner._locking import make_lock
-from allocrunner._sync import CancelToken, Kick, LatestValue, ThreadGroup
+from allocrunner._sync import CancelToken, Kick, LatestValue, ThreadGroup, Waiter
 from allocrunner.errors import CalloutUnderLockError
 from allocrunner.testing import assert_stays, wait_for
 
@@ -300,3 +300,44 @@ def test_thread_group_join_under_a_lock_is_a_callout() -> None:
 
 def _assert_equal(actual: object, expected: object) -> None:
     assert actual == expected, f"{actual!r} != {expected!r}"
+
+
+# --- Waiter ------------------------------------------------------------------------------
+
+
+def test_waiter_wakes_a_blocked_thread() -> None:
+    waiter = Waiter()
+    got: list[bool] = []
+    group = ThreadGroup("waiter")
+    group.spawn("blocked-waiter", lambda: got.append(waiter.wait(10)))
+    assert_stays(lambda: _assert_equal(got, []), 0.05)
+    waiter.wake()
+    assert group.join(10)
+    assert got == [True]
+
+
+def test_waiter_wake_before_wait_is_not_lost_and_extra_wakes_are_harmless() -> None:
+    waiter = Waiter()
+    waiter.wake()
+    waiter.wake()
+    assert waiter.wait(0)
+
+
+def test_waiter_timeout() -> None:
+    waiter = Waiter()
+    start = time.monotonic()
+    assert not waiter.wait(0.05)
+    assert time.monotonic() - start >= 0.05
+    assert not waiter.wait(0)
+    assert not waiter.wait(-1)
+
+
+def test_waiter_wake_under_a_lock_is_allowed_but_waiting_is_not() -> None:
+    lock = make_lock("AllocBroadcaster._lock")
+    waiter = Waiter()
+    with lock:
+        waiter.wake()
+        with pytest.raises(CalloutUnderLockError):
+            waiter.wait(0)
+    assert len(_locking.take_violations()) == 1
+    assert waiter.wait(0)
