@@ -12,39 +12,49 @@ How a task runs:
 
 - The command runs under a small ``/bin/sh`` wrapper in a new session, so the task is
   one process group (``pgid`` = wrapper pid). The wrapper traps every terminating
-  signal with ``:``, so a stop or a signal sent to the group reaches the command with
-  its default action while the wrapper survives; it runs the command in the
-  foreground, then records the command's exit status in ``<task_dir>/.allocrunner/
-  exit_status`` and exits with it. A status above 128 is read as "killed by signal
-  status-128" and reported as exit code = status, signal = status-128, as Nomad
+  signal (traps are reset for the command), so a stop or a signal sent to the group
+  reaches the command with its default action while the wrapper survives; it runs the
+  command in the foreground, then records the command's exit status in
+  ``<task_dir>/.allocrunner-exit-status`` and exits with it. A status above 128 is
+  read as "killed by signal status-128" and reported as exit code = status, signal =
+  status-128, as Nomad
   reports signalled tasks (a command that itself exits with such a code is
   indistinguishable). The status is one newline-terminated ``echo`` (a single small
   write), read only once the wrapper has exited or when it parses completely, which
-  gives the atomicity a tmp+rename would, without a second fork at every exit.
+  gives the atomicity a tmp+rename would, without a second fork at every exit. The
+  line also names the wrapper's pid, so a stale status of an earlier run is ignored.
 - The handle's ``driver_state`` holds the pid, pgid, the process start time from
-  ``/proc/<pid>/stat`` (against pid reuse), the status-file and FIFO paths and the log
-  location. `recover()` in another driver instance (an agent restart) reads the
-  status file if the task has exited, attaches to the live wrapper if its pid still
-  has the recorded start time, and otherwise raises `DriverError`.
+  ``/proc/<pid>/stat`` (against pid reuse), the status-file path and the log location.
+  `recover()` in another driver instance (an agent restart) attaches to the live
+  wrapper if its pid still has the recorded start time, reads the status file if the
+  task has exited, and otherwise raises `DriverError`.
 - Exits are watched with a pidfd per task (or, with ``exit_watch="poll"`` or where
   pidfds are missing, by polling). When the agent is the wrapper's parent it reaps
   it (its wait status is authoritative, and no zombie is left); otherwise the status
   file is. A wrapper that was SIGKILLed by a stop's escalation leaves no status file
   and is reported as killed by SIGKILL.
 - Stop sends the kill signal (default SIGINT) to the whole group, waits up to the
-  timeout, then SIGKILLs the group; grandchildren die with it.
+  timeout, then SIGKILLs the group; grandchildren die with it, and so does whatever
+  of the group outlives the task. A signal sent while the wrapper is still starting
+  the command is never lost: the wrapper notes it and exits as if the command had
+  been killed by it, or, if it came too late for that, it is sent again once the
+  command runs.
 
-Logs: the wrapper's stdout and stderr are FIFOs in ``.allocrunner/``. One driver-wide
-I/O thread (a selector over every FIFO and pidfd, plus a wake pipe) copies them into
+Logs: the wrapper's stdout and stderr are pipes. One driver-wide I/O thread (a
+selector over every pipe and pidfd, plus a wake pipe) copies them into
 ``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with rotation (`logs.RotatingLogWriter`;
 `TaskConfig.log_max_file_size_bytes`, when set, overrides the size in MB, which lets
 tests rotate small files), so a task costs no thread of its own. Before a task's exit
-is published its FIFOs are drained, so when `wait` returns the logs hold everything
-the process wrote. The wrapper also keeps a read end of each FIFO open (closed for the
-command itself). That is the answer to SIGPIPE: while the agent is down, or before a
-new instance has re-opened the FIFOs in `recover()`, a FIFO always has a reader, so a
-writing task is never killed by SIGPIPE; once the pipe buffer (64 KiB) is full it
-blocks until the agent is back and drains it, and nothing it wrote is lost.
+is published its pipes are drained, so when `wait` returns the logs hold everything
+the process wrote. Pipes rather than FIFOs keep the start path free of file-system
+metadata work (no mkfifo per start), yet stay re-openable after an agent restart:
+`recover()` opens the wrapper's ``/proc/<pid>/fd/1`` and ``/2`` read-only, which
+yields new read ends of the same pipes. The wrapper also keeps a read end of each
+pipe open itself (closed for the command). That is the answer to SIGPIPE: while the
+agent is down a pipe always has a reader, so a writing task is never killed by
+SIGPIPE; once the pipe buffer (64 KiB) is full it blocks until the agent is back and
+drains it, and nothing it wrote is lost. Like ``Popen(close_fds=True)``, the task
+inherits no other descriptor of the agent.
 
 `close()` stops the I/O thread and leaves running tasks running (an agent shutdown);
 a task that exits while no driver watches it records its status for `recover()`.
@@ -55,10 +65,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import selectors
+import select
 import shutil
 import signal as _signal
 import stat
+import subprocess
 import time
 import weakref
 from collections.abc import Mapping
@@ -66,7 +77,7 @@ from typing import Any
 
 import attrs
 
-from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock, requires
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, check_keys, signal_number
 from allocrunner.drivers.base import (
@@ -86,11 +97,11 @@ _KNOWN_KEYS = frozenset(
     {"command", "args", "cgroup_v1_override", "cgroup_v2_override", "oom_score_adj"}
 )
 
-STATE_DIR = ".allocrunner"
-STATUS_FILE = "exit_status"
+STATUS_FILE = ".allocrunner-exit-status"
+"""Where, in the task dir, the wrapper records the command's exit status."""
 KILL_GRACE = 10.0
 """Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
-START_SETTLE = 2.0
+START_SETTLE = 10.0
 """Seconds a signal sent while the wrapper is starting its command waits for the
 command to run, to be sent again if the wrapper could not apply it."""
 POLL_INTERVAL = 0.05
@@ -109,20 +120,24 @@ _NOT_TRAPPED = {
     _signal.SIGURG,
 }
 _TRAPPED = sorted(int(s) for s in _signal.valid_signals() if s not in _NOT_TRAPPED)
-# Reset in the wrapper so that it can trap them even if the agent ignores them.
-_SIGDEF = tuple(_TRAPPED)
 
 # The wrapper notes any terminating signal in `g` instead of dying of it. A signal
 # that reached it before the command started is applied to the command by not
 # starting it at all and exiting as if the command had been killed by it; a signal
 # that comes while the command runs reaches the command through the group.
+# Arguments: the status file, then the command and its args. The wrapper opens read
+# ends of its own stdout and stderr pipes on fds 3 and 4 (closed for the command). It
+# creates (or empties) the status file while starting, off the agent's start path, so
+# that the exit only writes one line into an existing file; the line carries the
+# wrapper's pid, so a stale file of an earlier run of the task is never taken for this
+# run's.
 _WRAPPER = (
     "".join(f"trap 'g={n}' {n}\n" for n in _TRAPPED)
-    + 's=$1; cd "$2" || exit 126\n'
-    + "shift 2\n"
-    + 'exec 3<"$s/stdout.fifo" 4<"$s/stderr.fifo"\n'
+    + "s=$1; shift\n"
+    + ': >"$s"\n'
+    + "command exec 3</proc/self/fd/1 4</proc/self/fd/2\n"
     + 'if [ -n "$g" ]; then c=$((128+g)); else "$@" 3<&- 4<&-; c=$?; fi\n'
-    + f'echo "$c" >"$s/{STATUS_FILE}"\n'
+    + 'echo "$c $$" 1<>"$s"\n'
     + 'exit "$c"\n'
 )
 _WRAPPER_ARGV0 = "allocrunner-raw_exec"
@@ -177,6 +192,15 @@ def _signalled(sig: int) -> ExitResult:
     return ExitResult(exit_code=128 + sig, signal=sig)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+_NS_PER_TICK = 1_000_000_000 // _TICKS
+
+
+def _boot_ticks() -> int:
+    """Clock ticks since boot, on the clock /proc/<pid>/stat start times use."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_TICK
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) of a process; None if it is gone."""
     try:
@@ -211,8 +235,9 @@ def _command_started(pid: int) -> bool | None:
     return False
 
 
-def _read_status(path: str) -> int | None:
-    """The exit status recorded by the wrapper, or None if absent or incomplete."""
+def _read_status(path: str, pid: int) -> int | None:
+    """The exit status wrapper `pid` recorded, or None if absent, incomplete or left
+    by another run."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(64)
@@ -221,9 +246,10 @@ def _read_status(path: str) -> int | None:
     if not data.endswith(b"\n"):
         return None
     try:
-        return int(data.strip())
+        status, writer = (int(x) for x in data.split())
     except ValueError:
         return None
+    return status if writer == pid else None
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -267,7 +293,7 @@ class _Proc:
     pid = immutable()
     pgid = immutable()
     start_ticks = immutable()
-    state_dir = immutable()
+    status_path = immutable()
     started_at = immutable()
     is_child = immutable()
     watched = immutable()
@@ -284,8 +310,8 @@ class _Proc:
         *,
         pid: int,
         pgid: int,
-        start_ticks: int,
-        state_dir: str,
+        start_ticks: tuple[int, int],
+        status_path: str,
         started_at: float,
         is_child: bool,
         watched: bool = True,
@@ -294,8 +320,10 @@ class _Proc:
         self.config = config
         self.pid = pid
         self.pgid = pgid
+        # The process start time in clock ticks since boot, as /proc/<pid>/stat shows
+        # it: known to lie within this (low, high) range.
         self.start_ticks = start_ticks
-        self.state_dir = state_dir
+        self.status_path = status_path
         self.started_at = started_at
         self.is_child = is_child
         # False for a task found already exited at recovery: its group id may have
@@ -306,12 +334,9 @@ class _Proc:
         self._completed_at: float | None = None
         self._sigkilled = False
 
-    @property
-    def status_path(self) -> str:
-        return os.path.join(self.state_dir, STATUS_FILE)
-
-    def fifo_path(self, stream: str) -> str:
-        return os.path.join(self.state_dir, f"{stream}.fifo")
+    def started_at_ticks(self, ticks: int) -> bool:
+        """True if a process started at `ticks` is this task's wrapper (not a reuse)."""
+        return self.start_ticks[0] <= ticks <= self.start_ticks[1]
 
     @requires("_lock")
     def result_locked(self) -> ExitResult | None:
@@ -347,12 +372,9 @@ class _Proc:
         return {
             "pid": self.pid,
             "pgid": self.pgid,
-            "start_ticks": self.start_ticks,
+            "start_ticks": list(self.start_ticks),
             "started_at": self.started_at,
-            "state_dir": self.state_dir,
             "status_path": self.status_path,
-            "stdout_fifo": self.fifo_path("stdout"),
-            "stderr_fifo": self.fifo_path("stderr"),
             "logs_dir": self.config.logs_dir,
             "stdout_log": f"{self.config.name}.stdout",
             "stderr_log": f"{self.config.name}.stderr",
@@ -360,38 +382,40 @@ class _Proc:
 
 
 class _Stream:
-    """Not thread-safe; owned by the driver's I/O thread after hand-over. One FIFO
-    being copied into rotated log files."""
+    """Not thread-safe; owned by the driver's I/O thread once handed over. One output
+    pipe of a task, copied into rotated log files (opened on the first bytes)."""
 
     def __init__(self, proc: _Proc, stream: str, fd: int) -> None:
         self.proc = proc
         self.stream = stream
         self.fd = fd
-        config = proc.config
-        max_bytes = config.log_max_file_size_bytes or config.log_max_file_size_mb * MB
-        self.writer = RotatingLogWriter(
-            config.logs_dir,
-            config.name,
-            stream,
-            max_files=config.log_max_files,
-            max_bytes=max_bytes,
-        )
+        self.writer: RotatingLogWriter | None = None
         self.write_errors = 0
 
+    def write(self, data: bytes) -> None:
+        try:
+            if self.writer is None:
+                config = self.proc.config
+                self.writer = RotatingLogWriter(
+                    config.logs_dir,
+                    config.name,
+                    self.stream,
+                    max_files=config.log_max_files,
+                    max_bytes=config.log_max_file_size_bytes or config.log_max_file_size_mb * MB,
+                )
+            self.writer.write(data)
+        except (OSError, ValueError):
+            self.write_errors += 1
 
-@attrs.frozen
-class _Add:
-    """Immutable. Hand a task's pidfd and FIFOs to the I/O thread."""
-
-    proc: _Proc
-    pidfd: int | None
-    fifos: tuple[tuple[str, int], ...]
-    exited: ExitResult | None = None
+    def close(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(OSError):
+                self.writer.close()
 
 
 @attrs.frozen(eq=False)
 class _Forget:
-    """Immutable. Ask the I/O thread to drop a task's FIFOs and pidfd, then set `done`."""
+    """Immutable. Ask the I/O thread to drop a task's pipes and pidfd, then set `done`."""
 
     proc: _Proc
     done: CancelToken
@@ -409,19 +433,18 @@ class RawExecDriver:
     _lock = immutable()
     _closing = immutable()
     _threads = immutable()
+    _epoll = immutable()
     _wake_r = immutable()
     _wake_w = immutable()
+    _devnull = immutable()
     _exit_watch = immutable()
-    # _lock guards: _tasks, _pending, _io_started, _closed
+    # _lock guards: _tasks, _watched, _polled, _pending, _io_started, _closed
     _tasks = guarded("_lock")
+    _watched = guarded("_lock")
+    _polled = guarded("_lock")
     _pending = guarded("_lock")
     _io_started = guarded("_lock")
     _closed = guarded("_lock")
-    # State of the I/O thread alone.
-    _selector = confined("raw_exec-io")
-    _streams = confined("raw_exec-io")
-    _pidfds = confined("raw_exec-io")
-    _polled = confined("raw_exec-io")
 
     def __init__(self, *, exit_watch: str = "pidfd") -> None:
         if exit_watch not in ("pidfd", "poll"):
@@ -430,18 +453,24 @@ class RawExecDriver:
         self._closing = CancelToken()
         self._threads = ThreadGroup(NAME)
         self._exit_watch = exit_watch
+        # Descriptors are registered with the epoll by the thread that hands them over
+        # (no wake-up of the I/O thread on the start path). The epoll and the wake
+        # pipe live as long as the driver object, so that a registration or wake-up
+        # racing close() can never reach a recycled descriptor.
+        self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # The wake pipe lives as long as the driver object, so that a late wake-up
-        # from a racing call can never hit a recycled descriptor.
-        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # tasks' stdin
+        weakref.finalize(self, _close_all, self._epoll, self._wake_r, self._wake_w, self._devnull)
         self._tasks: dict[str, _Proc] = {}
-        self._pending: tuple[_Add | _Forget, ...] = ()
+        # Descriptor -> what it watches: a _Stream (output pipe) or a _Proc (pidfd).
+        # An entry exists before its descriptor is registered and is removed before
+        # the descriptor is unregistered and closed.
+        self._watched: dict[int, _Stream | _Proc] = {}
+        self._polled: dict[int, _Proc] = {}  # pid -> task watched without a pidfd
+        self._pending: tuple[_Forget, ...] = ()
         self._io_started = False
         self._closed = False
-        self._selector = None
-        self._streams: dict[int, _Stream] = {}
-        self._pidfds: dict[int, _Proc] = {}
-        self._polled: dict[int, _Proc] = {}
 
     # --- protocol -----------------------------------------------------------------
 
@@ -458,27 +487,34 @@ class RawExecDriver:
         command = resolve_command(spec.command, task_dir, env)
         with self._lock:
             self._check_startable_locked(config.id)
-        state_dir = os.path.join(task_dir, STATE_DIR)
-        fifos = _prepare_state_dir(state_dir)
+        status_path = os.path.join(task_dir, STATUS_FILE)
+        pipes = _make_pipes()
         try:
-            pid = _spawn(command, spec.args, env, task_dir, state_dir)
+            # The fork happens in between: its start time lies in this range, which
+            # spares reading /proc/<pid>/stat on the start path.
+            ticks_before = _boot_ticks()
+            pid = _spawn(command, spec.args, env, task_dir, status_path, pipes, self._devnull)
+            ticks_after = _boot_ticks()
         except BaseException:
-            _close_fds(*(fd for _, fd in fifos))
+            _close_fds(pipes["stdout_r"], pipes["stderr_r"])
             raise
+        finally:
+            # The wrapper holds the write ends now; the pump must see EOF when it ends.
+            _close_fds(pipes["stdout_w"], pipes["stderr_w"])
+        fifos = (("stdout", pipes["stdout_r"]), ("stderr", pipes["stderr_r"]))
         try:
             pidfd = None if self._exit_watch == "poll" else _pidfd_open(pid)
-            stat_now = _proc_stat(pid)
             proc = _Proc(
                 self._lock,
                 config,
                 pid=pid,
                 pgid=pid,
-                start_ticks=stat_now[1] if stat_now else 0,
-                state_dir=state_dir,
+                start_ticks=(ticks_before, ticks_after),
+                status_path=status_path,
                 started_at=time.time(),
                 is_child=True,
             )
-            self._hand_over(_Add(proc, pidfd, fifos), config.id)
+            self._hand_over(proc, pidfd, fifos)
         except BaseException:
             _kill_and_reap(pid)
             raise
@@ -531,7 +567,7 @@ class RawExecDriver:
 
     @calls_out
     def destroy(self, task_id: str, force: bool = False) -> None:
-        """Forget the task and remove its FIFOs and status file; a running task is
+        """Forget the task and remove its status file; a running task is
         refused unless `force`, which kills it first."""
         with self._lock:
             proc = self._get_locked(task_id)
@@ -561,7 +597,7 @@ class RawExecDriver:
                 joined.wait()
             finally:
                 joined.cancel("done")
-        _remove_state_dir(proc.state_dir)
+        _remove_status(proc.status_path)
 
     def inspect(self, task_id: str) -> TaskStatus:
         """The task's current status."""
@@ -600,27 +636,24 @@ class RawExecDriver:
                 return
         proc = _proc_from_handle(self._lock, handle)
         found = _proc_stat(proc.pid)
-        if found is not None and found[1] == proc.start_ticks and found[0] not in ("Z", "X"):
+        if found is not None and proc.started_at_ticks(found[1]) and found[0] not in ("Z", "X"):
             pidfd = None
             if self._exit_watch == "pidfd":
                 try:
                     pidfd = _pidfd_open(proc.pid)
                 except ProcessLookupError:
                     pidfd = -1
+            fifos = _open_fifos(proc) if pidfd != -1 else ()
             again = _proc_stat(proc.pid) if pidfd != -1 else None
-            if again is not None and again[1] == proc.start_ticks:
-                try:
-                    fifos = _open_fifos(proc)
-                except BaseException:
-                    _close_fds(pidfd)
-                    raise
-                self._hand_over(_Add(proc, pidfd, fifos), task_id)
+            if again is not None and proc.started_at_ticks(again[1]):
+                self._hand_over(proc, pidfd, fifos)
                 return
+            _close_fds(*(fd for _, fd in fifos))
             if pidfd is not None and pidfd >= 0:
                 _close_fds(pidfd)
         exited = self._exited_result(proc)
         proc = _proc_from_handle(self._lock, handle, watched=False)
-        self._hand_over(_Add(proc, None, (), exited), task_id)
+        self._hand_over(proc, None, (), exited)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -672,26 +705,49 @@ class RawExecDriver:
             raise DriverError(f"{NAME}: log_max_file_size_mb must be at least 1")
         return os.path.abspath(config.task_dir)
 
-    def _hand_over(self, add: _Add, task_id: str) -> None:
+    def _hand_over(
+        self,
+        proc: _Proc,
+        pidfd: int | None,
+        fifos: tuple[tuple[str, int], ...],
+        exited: ExitResult | None = None,
+    ) -> None:
         """Register the task and give its descriptors to the I/O thread (starting it
         on first use). On failure the descriptors are closed and DriverError raised."""
+        task_id = proc.config.id
+        streams = [_Stream(proc, stream, fd) for stream, fd in fifos]
+        fds = [e.fd for e in streams] + ([] if pidfd is None else [pidfd])
         with self._lock:
             try:
                 self._check_startable_locked(task_id)
             except DriverError:
-                _close_fds(add.pidfd, *(fd for _, fd in add.fifos))
+                _close_fds(*fds)
                 raise
             tasks = dict(self._tasks)
-            tasks[task_id] = add.proc
+            tasks[task_id] = proc
             self._tasks = tasks
-            if add.exited is not None:
-                add.proc.finish_locked(add.exited)
-            self._pending = (*self._pending, add)
+            if exited is not None:
+                proc.finish_locked(exited)
+            watched = dict(self._watched)
+            for entry in streams:
+                watched[entry.fd] = entry
+            if pidfd is not None:
+                watched[pidfd] = proc
+            self._watched = watched
+            poll = exited is None and pidfd is None
+            if poll:
+                polled = dict(self._polled)
+                polled[proc.pid] = proc
+                self._polled = polled
             spawn = not self._io_started
             self._io_started = True
+        for fd in fds:
+            # Only fails if close() raced us; then the I/O thread closed the fds.
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.register(fd, select.EPOLLIN)
         if spawn:
             self._threads.spawn("raw_exec-io", self._io_loop)
-        else:
+        elif poll:
             self._wake()
 
     @calls_out
@@ -742,12 +798,12 @@ class RawExecDriver:
         status if it is a zombie child of ours, else its status file; DriverError if
         it left neither."""
         found = _proc_stat(proc.pid)
-        if found is not None and found[1] == proc.start_ticks:
+        if found is not None and proc.started_at_ticks(found[1]):
             with contextlib.suppress(ChildProcessError):
                 wpid, wstatus = os.waitpid(proc.pid, os.WNOHANG)
                 if wpid == proc.pid:
                     return _result_from_wait(wstatus)
-        status = _read_status(proc.status_path)
+        status = _read_status(proc.status_path, proc.pid)
         if status is not None:
             return exit_result_from_status(status)
         raise DriverError(
@@ -757,95 +813,87 @@ class RawExecDriver:
     # --- internals: the I/O thread -------------------------------------------------
 
     def _io_loop(self) -> None:
-        """Thread body: copy FIFOs to log files and publish exits."""
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        """Thread body: copy output pipes to log files and publish exits."""
         try:
             while True:
                 with self._lock:
                     closed = self._closed
                     pending, self._pending = self._pending, ()
+                    polling = bool(self._polled)
                 for command in pending:
-                    self._apply(command)
+                    self._forget(command.proc)
+                    command.done.cancel("forgotten")
                 if closed:
                     return
-                timeout = POLL_INTERVAL if self._polled else None
-                for key, _ in self._selector.select(timeout):
-                    self._dispatch(key.fileobj, key.data)
-                if self._polled:
+                events = self._epoll.poll(POLL_INTERVAL if polling else -1)
+                for fd, _ in events:
+                    self._dispatch(fd)
+                if polling:
                     self._poll_exits()
         finally:
             self._shutdown_io()
 
-    def _apply(self, command: _Add | _Forget) -> None:
-        if isinstance(command, _Forget):
-            self._forget(command.proc)
-            command.done.cancel("forgotten")
-            return
-        proc = command.proc
-        for stream, fd in command.fifos:
-            try:
-                entry = _Stream(proc, stream, fd)
-            except (OSError, ValueError):
-                os.close(fd)
-                continue
-            self._streams[fd] = entry
-            self._selector.register(fd, selectors.EVENT_READ, entry)
-        if command.exited is not None:
-            return
-        if command.pidfd is not None:
-            self._pidfds[command.pidfd] = proc
-            self._selector.register(command.pidfd, selectors.EVENT_READ, proc)
-        else:
-            self._polled[proc.pid] = proc
-
-    def _dispatch(self, fileobj: Any, data: Any) -> None:
-        if data is None:
+    def _dispatch(self, fd: int) -> None:
+        if fd == self._wake_r:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
-        elif isinstance(data, _Stream):
-            # An earlier event of the same batch may have closed this stream.
-            if self._streams.get(data.fd) is data:
-                self._pump(data)
-        else:
-            fd = fileobj
-            if self._pidfds.get(fd) is not data:
-                return
-            self._selector.unregister(fd)
-            del self._pidfds[fd]
+            return
+        with self._lock:
+            entry = self._watched.get(fd)
+        if isinstance(entry, _Stream):
+            self._pump(entry)
+        elif isinstance(entry, _Proc) and _readable(fd):
+            self._unwatch(fd)
             os.close(fd)
-            self._exited(data, None)
+            self._exited(entry, None)
+
+    def _unwatch(self, *fds: int) -> None:
+        """Drop entries, then unregister their descriptors (the caller closes them)."""
+        with self._lock:
+            watched = dict(self._watched)
+            for fd in fds:
+                watched.pop(fd, None)
+            self._watched = watched
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
 
     def _pump(self, entry: _Stream, limit: int = 16) -> None:
-        """Copy what the FIFO holds (a bounded number of reads) into the log files."""
+        """Copy what the pipe holds (a bounded number of reads) into the log files."""
         for _ in range(limit):
             try:
                 data = os.read(entry.fd, 65536)
             except BlockingIOError:
                 return
+            except OSError:
+                data = b""
             if not data:
                 self._close_stream(entry)
                 return
-            try:
-                entry.writer.write(data)
-            except OSError:
-                entry.write_errors += 1
+            entry.write(data)
 
     def _close_stream(self, entry: _Stream) -> None:
-        if self._streams.pop(entry.fd, None) is None:
+        with self._lock:
+            mine = self._watched.get(entry.fd) is entry
+        if not mine:
             return
-        self._selector.unregister(entry.fd)
+        self._unwatch(entry.fd)
         os.close(entry.fd)
-        with contextlib.suppress(OSError):
-            entry.writer.close()
+        entry.close()
 
-    def _drain(self, proc: _Proc) -> None:
-        for entry in [e for e in self._streams.values() if e.proc is proc]:
-            self._pump(entry, limit=1 << 30)
+    def _entries_of(self, proc: _Proc) -> list[tuple[int, _Stream | _Proc]]:
+        with self._lock:
+            return [
+                (fd, e)
+                for fd, e in self._watched.items()
+                if e is proc or (isinstance(e, _Stream) and e.proc is proc)
+            ]
 
     def _poll_exits(self) -> None:
-        for pid, proc in list(self._polled.items()):
+        with self._lock:
+            polled = list(self._polled.items())
+        for pid, proc in polled:
             wait_status = None
             if proc.is_child:
                 try:
@@ -858,14 +906,19 @@ class RawExecDriver:
                     wait_status = wstatus
             if wait_status is None:
                 found = _proc_stat(pid)
-                if found is not None and found[1] == proc.start_ticks and found[0] not in "ZX":
+                if found is not None and proc.started_at_ticks(found[1]) and found[0] not in "ZX":
                     continue
-            del self._polled[pid]
+            with self._lock:
+                remaining = dict(self._polled)
+                remaining.pop(pid, None)
+                self._polled = remaining
             self._exited(proc, wait_status)
 
     def _exited(self, proc: _Proc, wait_status: int | None) -> None:
         """The wrapper has exited: drain its logs, reap it, publish the result."""
-        self._drain(proc)
+        for _, entry in self._entries_of(proc):
+            if isinstance(entry, _Stream):
+                self._pump(entry, limit=1 << 30)
         if wait_status is None:
             try:
                 wpid, wstatus = os.waitpid(proc.pid, 0)
@@ -876,7 +929,7 @@ class RawExecDriver:
         if wait_status is not None:
             result = _result_from_wait(wait_status)
         else:
-            status = _read_status(proc.status_path)
+            status = _read_status(proc.status_path, proc.pid)
             result = None if status is None else exit_result_from_status(status)
         with self._lock:
             if result is None:
@@ -889,35 +942,39 @@ class RawExecDriver:
             proc.finish_locked(result)
 
     def _forget(self, proc: _Proc) -> None:
-        for entry in [e for e in self._streams.values() if e.proc is proc]:
-            self._pump(entry)
-            self._close_stream(entry)
-        for fd, owner in list(self._pidfds.items()):
-            if owner is proc:
-                self._selector.unregister(fd)
-                del self._pidfds[fd]
+        for fd, entry in self._entries_of(proc):
+            if isinstance(entry, _Stream):
+                self._pump(entry)
+                self._close_stream(entry)
+            else:
+                self._unwatch(fd)
                 os.close(fd)
-        self._polled.pop(proc.pid, None)
+        with self._lock:
+            polled = dict(self._polled)
+            polled.pop(proc.pid, None)
+            self._polled = polled
 
     def _shutdown_io(self) -> None:
-        for entry in list(self._streams.values()):
-            with contextlib.suppress(OSError):
-                self._pump(entry)
-            self._close_stream(entry)
-        for fd in list(self._pidfds):
-            self._selector.unregister(fd)
-            os.close(fd)
-        self._pidfds = {}
-        self._polled = {}
-        self._selector.close()
-        # Descriptors handed over after the loop ended are closed here too.
+        """Close every watched descriptor; tasks keep running."""
         with self._lock:
+            watched, self._watched = self._watched, {}
+            self._polled = {}
             pending, self._pending = self._pending, ()
+        for fd, entry in watched.items():
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+            if isinstance(entry, _Stream):
+                # Keep what is buffered, but never chase a task that writes on.
+                with contextlib.suppress(OSError):
+                    for _ in range(16):
+                        data = os.read(fd, 65536)
+                        if not data:
+                            break
+                        entry.write(data)
+                entry.close()
+            os.close(fd)
         for command in pending:
-            if isinstance(command, _Add):
-                _close_fds(command.pidfd, *(fd for _, fd in command.fifos))
-            else:
-                command.done.cancel("closed")
+            command.done.cancel("closed")
 
 
 # --- process helpers -----------------------------------------------------------------
@@ -932,62 +989,66 @@ def _task_env(config: TaskConfig) -> dict[str, str]:
     return env
 
 
-def _prepare_state_dir(state_dir: str) -> tuple[tuple[str, int], ...]:
-    """Fresh FIFOs (opened for reading, non-blocking) and no stale exit status."""
+def _make_pipes() -> dict[str, int]:
+    """A pipe per output stream, both ends close-on-exec (the spawn hands the write
+    ends over as stdout and stderr), the read ends non-blocking for the pump."""
+    pipes: dict[str, int] = {}
     try:
-        os.makedirs(state_dir, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(state_dir, STATUS_FILE))
-        fifos = []
-        try:
-            for stream in _STREAMS:
-                path = os.path.join(state_dir, f"{stream}.fifo")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                os.mkfifo(path, 0o600)
-                fifos.append((stream, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
-        except BaseException:
-            _close_fds(*(fd for _, fd in fifos))
-            raise
+        for stream in _STREAMS:
+            read, write = os.pipe2(os.O_CLOEXEC)
+            pipes[f"{stream}_r"], pipes[f"{stream}_w"] = read, write
+            os.set_blocking(read, False)
     except OSError as err:
-        raise DriverError(f"{NAME}: cannot prepare {state_dir!r}: {err}") from err
-    return tuple(fifos)
+        _close_fds(*pipes.values())
+        raise DriverError(f"{NAME}: cannot create output pipes: {err}") from err
+    return pipes
 
 
 def _open_fifos(proc: _Proc) -> tuple[tuple[str, int], ...]:
+    """New read ends of a recovered task's output pipes. Opening a pipe through
+    ``/proc/<pid>/fd/<n>`` opens the pipe itself, in the mode asked for, so the
+    wrapper's stdout and stderr (fds 1 and 2) lead to its output pipes."""
     fifos = []
-    for stream in _STREAMS:
-        path = proc.fifo_path(stream)
+    for stream, fd in (("stdout", 1), ("stderr", 2)):
+        path = f"/proc/{proc.pid}/fd/{fd}"
         try:
-            if not stat.S_ISFIFO(os.stat(path).st_mode):
-                continue
-            fifos.append((stream, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)))
-        except FileNotFoundError:
+            opened = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
             continue
+        if stat.S_ISFIFO(os.fstat(opened).st_mode):
+            fifos.append((stream, opened))
+        else:
+            os.close(opened)
     return tuple(fifos)
 
 
 def _spawn(
-    command: str, args: tuple[str, ...], env: dict[str, str], cwd: str, state_dir: str
+    command: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    cwd: str,
+    status_path: str,
+    pipes: dict[str, int],
+    stdin: int,
 ) -> int:
-    argv = ["/bin/sh", "-c", _WRAPPER, _WRAPPER_ARGV0, state_dir, cwd, command, *args]
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, os.path.join(state_dir, "stdout.fifo"), os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, os.path.join(state_dir, "stderr.fifo"), os.O_WRONLY, 0),
-    ]
+    """Start the wrapper; its pid. Like any Popen it inherits no other descriptor of
+    the agent and gets default SIGPIPE/SIGXFSZ dispositions."""
     try:
-        return os.posix_spawn(
-            "/bin/sh",
-            argv,
-            env,
-            file_actions=actions,
-            setsid=True,
-            setsigmask=(),
-            setsigdef=_SIGDEF,
+        child = subprocess.Popen(
+            ["/bin/sh", "-c", _WRAPPER, _WRAPPER_ARGV0, status_path, command, *args],
+            stdin=stdin,
+            stdout=pipes["stdout_w"],
+            stderr=pipes["stderr_w"],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
         )
     except OSError as err:
         raise DriverError(f"{NAME}: cannot start {command!r}: {err}") from err
+    # From here on this driver reaps the wrapper with os.waitpid (or another agent
+    # does after a restart); the Popen object is dropped and must not warn about it.
+    child.returncode = 0
+    return child.pid
 
 
 def _result_from_wait(wait_status: int) -> ExitResult:
@@ -1012,6 +1073,18 @@ def _kill_and_reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
+def _readable(fd: int) -> bool:
+    """True if `fd` polls readable now (a pidfd: its process has exited)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _close_all(epoll: select.epoll, *fds: int) -> None:
+    epoll.close()
+    _close_fds(*fds)
+
+
 def _close_fds(*fds: int | None) -> None:
     for fd in fds:
         if fd is not None:
@@ -1019,42 +1092,47 @@ def _close_fds(*fds: int | None) -> None:
                 os.close(fd)
 
 
-def _remove_state_dir(state_dir: str) -> None:
-    for name in (STATUS_FILE, "stdout.fifo", "stderr.fifo"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(state_dir, name))
-    with contextlib.suppress(OSError):
-        os.rmdir(state_dir)
+def _remove_status(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _proc_from_handle(lock: Any, handle: TaskHandle, *, watched: bool = True) -> _Proc:
     state = handle.driver_state
     ints = {}
-    for key in ("pid", "pgid", "start_ticks"):
+    ticks = state.get("start_ticks")
+    if isinstance(ticks, int) and not isinstance(ticks, bool):
+        ticks = (ticks, ticks)
+    if (
+        not isinstance(ticks, list | tuple)
+        or len(ticks) != 2
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in ticks)
+    ):
+        raise DriverError(f"{NAME}: handle of task {handle.task_id!r} has a bad start_ticks")
+    for key in ("pid", "pgid"):
         value = state.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DriverError(
                 f"{NAME}: handle of task {handle.task_id!r} has a bad {key}: {value!r}"
             )
         ints[key] = value
-    state_dir = state.get("state_dir")
-    if not isinstance(state_dir, str) or not state_dir:
-        raise DriverError(f"{NAME}: handle of task {handle.task_id!r} has no state_dir")
+    status_path = state.get("status_path")
+    if not isinstance(status_path, str) or not status_path:
+        raise DriverError(f"{NAME}: handle of task {handle.task_id!r} has no status_path")
     started_at = state.get("started_at", 0.0)
     return _Proc(
         lock,
         handle.config,
         pid=ints["pid"],
         pgid=ints["pgid"],
-        start_ticks=ints["start_ticks"],
-        state_dir=state_dir,
+        start_ticks=(ticks[0], ticks[1]),
+        status_path=status_path,
         started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
         is_child=False,
         watched=watched,
     )
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 

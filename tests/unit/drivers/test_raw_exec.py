@@ -125,7 +125,10 @@ def test_exit_status_file_records_the_command_status(raw, tmp_path):
     config = task_config(tmp_path, sh("exit 9"))
     handle = raw.start(config)
     raw.wait(config.id, CancelToken())
-    assert Path(handle.driver_state["status_path"]).read_text() == "9\n"
+    # The status line names the wrapper that wrote it, so a stale one is never misread.
+    assert (
+        Path(handle.driver_state["status_path"]).read_text() == f"9 {handle.driver_state['pid']}\n"
+    )
 
 
 def test_wait_returns_after_logs_are_drained(raw, tmp_path):
@@ -256,7 +259,7 @@ def test_destroy_force_kills_and_removes_state(raw, tmp_path):
         raw.destroy(config.id)
     raw.destroy(config.id, force=True)
     assert not alive(handle.driver_state["pid"])
-    assert not Path(handle.driver_state["state_dir"]).exists()
+    assert not Path(handle.driver_state["status_path"]).exists()
     with pytest.raises(DriverError, match="unknown"):
         raw.inspect(config.id)
 
@@ -425,14 +428,17 @@ def test_recover_task_killed_while_agent_was_down_fails(raw, tmp_path):
 def test_output_written_while_agent_was_down_is_kept(raw, tmp_path):
     # ~200 KB of output while no agent reads: more than a pipe buffer, so the task
     # blocks (it is not killed by SIGPIPE) until the new agent drains its FIFOs.
-    script = "i=0; while [ $i -lt 2000 ]; do echo " + "y" * 99 + "; i=$((i+1)); done; exit 5"
-    config = task_config(tmp_path, sh(script))
+    line = "y" * 99
+    config = task_config(
+        tmp_path, gated(f"i=0; while [ $i -lt 2000 ]; do echo {line}; i=$((i+1)); done; exit 5")
+    )
     handle = start_in_other_agent(config)
+    (Path(config.task_dir) / "go").touch()
     pid = handle.driver_state["pid"]
     assert_stays(lambda: _assert(alive(pid), "task died with no reader"), 0.3)
     raw.recover(handle)
     assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=5)
-    assert logs(config) == ("y" * 99 + "\n") * 2000
+    assert logs(config) == (line + "\n") * 2000
 
 
 def test_recover_by_second_instance_in_same_process(raw, tmp_path):
@@ -478,11 +484,11 @@ def test_recover_rejects_reused_pid(raw, tmp_path):
         other.recover(forged)
 
 
-@pytest.mark.parametrize("key", ["pid", "start_ticks", "state_dir"])
+@pytest.mark.parametrize("key", ["pid", "start_ticks", "status_path"])
 def test_recover_rejects_bad_handle(raw, tmp_path, key):
     config = task_config(tmp_path, sh("exit 0"))
-    state = {"pid": 1, "pgid": 1, "start_ticks": 1, "state_dir": "/nonexistent"}
-    state[key] = "bad" if key != "state_dir" else 7
+    state = {"pid": 1, "pgid": 1, "start_ticks": 1, "status_path": "/nonexistent"}
+    state[key] = "bad" if key != "status_path" else 7
     with pytest.raises(DriverError, match=key):
         raw.recover(TaskHandle(driver="raw_exec", config=config, driver_state=state))
 
@@ -591,3 +597,32 @@ def test_many_tasks_logging_at_once(raw, tmp_path):
             assert logs(config) == expected
     finally:
         sys.setswitchinterval(old)
+
+
+def test_task_inherits_no_agent_descriptor(raw, tmp_path):
+    read, write = os.pipe()
+    os.set_inheritable(write, True)
+    try:
+        config = task_config(tmp_path, sh("ls /proc/$$/fd"))
+        assert run(raw, config) == ExitResult()
+        os.close(write)
+        write = -1
+        # Had the task inherited the write end, the pipe would not be at EOF.
+        os.set_blocking(read, False)
+        assert os.read(read, 10) == b""
+        fds = {int(x) for x in logs(config).split()}
+        assert fds <= {0, 1, 2, 3}  # 3: the directory ls itself reads
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def test_handle_start_time_matches_proc(raw, tmp_path):
+    config = task_config(tmp_path, sh("exec sleep 30"))
+    handle = raw.start(config)
+    low, high = handle.driver_state["start_ticks"]
+    stat = Path(f"/proc/{handle.driver_state['pid']}/stat").read_bytes()
+    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    assert low <= ticks <= high and high - low <= 1
+    raw.stop(config.id, 5.0)
