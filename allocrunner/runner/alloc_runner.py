@@ -8,17 +8,17 @@ the current snapshot under the read side and can never see it change.
 
 Threads of a running allocation (named, owned by `_threads`, joined on teardown):
 
-- ``alloc-<id8>``: `run()` (or the caller's thread): prerun hooks, starts the task
-  runners, applies alloc updates from the one-slot mailbox until every task runner
-  has returned, then postrun hooks.
-- ``alloc-state-<id8>``: the state handler. Task runners kick it after every state
-  change; each pass applies the sibling rules, drives the lifecycle coordinator,
-  publishes the state, calls `state_updater` and sends the client view on the
-  broadcaster. It runs one last pass after `run()` returns, so listeners always see
-  the terminal state.
-- ``task-<id8>-<name>``: one per task runner.
-- transient: ``destroy-<id8>``, ``shutdown-<id8>`` and ``kill-<id8>-<name>`` (kills of
-  several tasks at once).
+- ``alloc-<id8>``: `run()` (or the caller's thread): prerun hooks, then it runs the
+  first task runner itself and waits for the others, then postrun hooks.
+- ``alloc-state-<id8>``: the state handler. It applies alloc updates from the one-slot
+  mailbox, and task runners kick it after every state change; each pass applies the
+  sibling rules, drives the lifecycle coordinator, publishes the state, calls
+  `state_updater` and sends the client view on the broadcaster. It runs one last
+  pass after the tasks exit, so listeners always see the terminal state.
+- ``task-<id8>-<name>``: one per task runner but the first.
+- ``health-<id8>``: the health watcher of a service or system job (HealthHook).
+- transient: ``destroy-<id8>``, ``shutdown-<id8>``, ``stop-<id8>`` (kills on a stop
+  update) and ``kill-<id8>-<name>`` / ``each-<id8>-<name>`` (one call per task at once).
 
 Locks (ranks in LOCK_ORDER): ``_destroyed_lock`` guards the destroy/shutdown/run
 flags; ``_state_lock`` (RW) guards the published state and what it is computed from
@@ -134,7 +134,7 @@ class AllocRunner:
     _health_hook = immutable()
     _threads = immutable()
     _state_kick = immutable()
-    _wake = immutable()
+    _tasks_exited = immutable()
     _updates = immutable()
     _prerun_cancel = immutable()
     _run_done = immutable()
@@ -192,7 +192,7 @@ class AllocRunner:
 
         self._threads = ThreadGroup(f"alloc-{_id8(alloc.id)}")
         self._state_kick = Kick()
-        self._wake = Kick()
+        self._tasks_exited = Kick()
         self._updates: LatestValue[Allocation] = LatestValue()
         self._prerun_cancel = CancelToken()
         self._run_done = threading.Event()
@@ -371,27 +371,25 @@ class AllocRunner:
             except Exception as err:
                 if self._is_shutting_down():
                     return
-                reason = f"prerun failed: {err}"
-                log.warning("allocation %s: %s", self._id, reason)
-                for tr in self._tasks.values():
-                    tr.mark_failed_kill(reason)
+                if not self._prerun_cancel.cancelled():
+                    # A stop or destroy that cancelled the prerun kills the tasks
+                    # instead; only a real setup failure fails them.
+                    reason = f"prerun failed: {err}"
+                    log.warning("allocation %s: %s", self._id, reason)
+                    for tr in self._tasks.values():
+                        tr.mark_failed_kill(reason)
         if self._is_shutting_down():
             return
 
-        for name, tr in self._tasks.items():
-            self._threads.spawn(f"task-{_id8(self._id)}-{name}", self._run_task, tr)
+        # The first task runs on this thread, the others on their own, so a running
+        # single-task allocation costs this thread, the state handler and nothing else.
+        first, *others = self._tasks.values()
+        for tr in others:
+            self._threads.spawn(f"task-{_id8(self._id)}-{tr.name}", self._run_task, tr)
+        self._run_task(first)
+        while not all(tr.wait(0) for tr in others):
+            self._tasks_exited.wait()
 
-        while True:
-            update = self._updates.poll()
-            if update is not None:
-                self._apply_update(update)
-                continue
-            if all(tr.wait(0) for tr in self._tasks.values()):
-                break
-            self._wake.wait()
-
-        # Updates that arrived after the last task exited are dropped, as in Nomad.
-        self._updates.close()
         if self._is_shutting_down():
             return
         try:
@@ -403,7 +401,7 @@ class AllocRunner:
         try:
             tr.run()
         finally:
-            self._wake.kick()
+            self._tasks_exited.kick()
             self._state_kick.kick()
 
     def _should_run(self) -> bool:
@@ -427,10 +425,19 @@ class AllocRunner:
 
     @calls_out
     def _handle_task_states(self) -> None:
+        """The state handler: applies queued alloc updates, then a state pass, on
+        every kick; one last pass once every task has exited."""
         try:
             while True:
                 self._state_kick.wait()
                 done = self._tasks_done.is_set()
+                if done:
+                    # Updates that arrive after the last task exited are dropped, as
+                    # in Nomad.
+                    self._updates.close()
+                update = self._updates.poll()
+                if update is not None:
+                    self._apply_update(update)
                 self._state_pass(done)
                 if done:
                     return
@@ -604,7 +611,7 @@ class AllocRunner:
         if accepted:
             if alloc.server_terminal():
                 self._prerun_cancel.cancel("allocation stopped")
-            self._wake.kick()
+            self._state_kick.kick()
 
     def _apply_update(self, alloc: Allocation) -> None:
         with self._alloc_lock.write():
@@ -622,8 +629,9 @@ class AllocRunner:
         for tr in self._tasks.values():
             tr.update(alloc)
         if stopping:
-            self._kill_tasks()
-        self._state_kick.kick()
+            # Killed on a thread of its own so the state handler keeps publishing the
+            # Killing / Killed events while the tasks stop.
+            self._threads.spawn(f"stop-{_id8(self._id)}", self._kill_tasks)
 
     # --- killing ----------------------------------------------------------------------
 
