@@ -502,6 +502,7 @@ class RawExecDriver:
             # The wrapper holds the write ends now; the pump must see EOF when it ends.
             _close_fds(pipes["stdout_w"], pipes["stderr_w"])
         fifos = (("stdout", pipes["stdout_r"]), ("stderr", pipes["stderr_r"]))
+        pidfd = None
         try:
             pidfd = None if self._exit_watch == "poll" else _pidfd_open(pid)
             proc = _Proc(
@@ -516,6 +517,7 @@ class RawExecDriver:
             )
             self._hand_over(proc, pidfd, fifos)
         except BaseException:
+            _close_fds(pidfd, pipes["stdout_r"], pipes["stderr_r"])
             _kill_and_reap(pid)
             raise
         return TaskHandle(driver=NAME, config=config, driver_state=proc.driver_state())
@@ -646,14 +648,29 @@ class RawExecDriver:
             fifos = _open_fifos(proc) if pidfd != -1 else ()
             again = _proc_stat(proc.pid) if pidfd != -1 else None
             if again is not None and proc.started_at_ticks(again[1]):
-                self._hand_over(proc, pidfd, fifos)
+                try:
+                    self._hand_over(proc, pidfd, fifos)
+                except DriverError:
+                    _close_fds(pidfd, *(fd for _, fd in fifos))
+                    if not self._recovered_meanwhile(task_id):
+                        raise
                 return
             _close_fds(*(fd for _, fd in fifos))
             if pidfd is not None and pidfd >= 0:
                 _close_fds(pidfd)
         exited = self._exited_result(proc)
         proc = _proc_from_handle(self._lock, handle, watched=False)
-        self._hand_over(proc, None, (), exited)
+        try:
+            self._hand_over(proc, None, (), exited)
+        except DriverError:
+            if not self._recovered_meanwhile(task_id):
+                raise
+
+    def _recovered_meanwhile(self, task_id: str) -> bool:
+        """True if a concurrent recover() registered the task (recovering twice is not
+        an error)."""
+        with self._lock:
+            return not self._closed and task_id in self._tasks
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -713,16 +730,13 @@ class RawExecDriver:
         exited: ExitResult | None = None,
     ) -> None:
         """Register the task and give its descriptors to the I/O thread (starting it
-        on first use). On failure the descriptors are closed and DriverError raised."""
+        on first use). DriverError (the descriptors still the caller's) if the driver
+        is closed or the task already runs."""
         task_id = proc.config.id
         streams = [_Stream(proc, stream, fd) for stream, fd in fifos]
         fds = [e.fd for e in streams] + ([] if pidfd is None else [pidfd])
         with self._lock:
-            try:
-                self._check_startable_locked(task_id)
-            except DriverError:
-                _close_fds(*fds)
-                raise
+            self._check_startable_locked(task_id)
             tasks = dict(self._tasks)
             tasks[task_id] = proc
             self._tasks = tasks

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -626,3 +627,24 @@ def test_handle_start_time_matches_proc(raw, tmp_path):
     ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
     assert low <= ticks <= high and high - low <= 1
     raw.stop(config.id, 5.0)
+
+
+def test_concurrent_recover_of_one_handle(raw, tmp_path):
+    config = task_config(tmp_path, gated("exit 2"))
+    handle = start_in_other_agent(config)
+    errors = []
+
+    def recover():
+        try:
+            raw.recover(handle)
+        except DriverError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=recover, name=f"recover-{i}") for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    (Path(config.task_dir) / "go").touch()
+    assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=2)
