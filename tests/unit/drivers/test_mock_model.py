@@ -1,0 +1,115 @@
+"""A stateful model of mock_driver: any sequence of start / stop / signal / destroy /
+inspect / wait keeps the driver's view equal to a simple model of running and exited
+tasks, and every call on an unknown task is a DriverError."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from allocrunner._sync import CancelToken
+from allocrunner.drivers import ExitResult, MockDriver, TaskConfig
+from allocrunner.drivers.base import TASK_STATE_EXITED, TASK_STATE_RUNNING
+from allocrunner.errors import DriverError
+
+_ids = itertools.count()
+
+
+class MockDriverModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.driver = MockDriver()
+        # task id -> expected result once exited (None while running)
+        self.model: dict[str, ExitResult | None] = {}
+        self.codes: dict[str, int] = {}
+        self.refuses_signals: set[str] = set()
+
+    def teardown(self) -> None:
+        self.driver.close()
+
+    def known(self) -> bool:
+        return bool(self.model)
+
+    def running(self) -> bool:
+        return any(r is None for r in self.model.values())
+
+    @rule(code=st.integers(0, 3), long=st.booleans(), signal_error=st.booleans())
+    def start(self, code: int, long: bool, signal_error: bool) -> None:
+        task_id = f"t{next(_ids)}"
+        config: dict = {"exit_code": code, "run_for": "30s" if long else "0s"}
+        if signal_error:
+            config["signal_error"] = "no signals"
+        handle = self.driver.start(
+            TaskConfig(id=task_id, alloc_id="a", name="t", driver_config=config)
+        )
+        assert handle.task_id == task_id
+        self.codes[task_id] = code
+        if signal_error:
+            self.refuses_signals.add(task_id)
+        self.model[task_id] = None if long else ExitResult(exit_code=code)
+
+    @precondition(known)
+    @rule(data=st.data())
+    def stop(self, data: st.DataObject) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.model)))
+        self.driver.stop(task_id, 1.0)
+        self.model[task_id] = ExitResult(exit_code=self.codes[task_id])
+
+    @precondition(known)
+    @rule(data=st.data())
+    def signal(self, data: st.DataObject) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.model)))
+        try:
+            self.driver.signal(task_id, "SIGHUP")
+            ok = True
+        except DriverError:
+            ok = False
+        expect_ok = self.model[task_id] is None and task_id not in self.refuses_signals
+        assert ok == expect_ok, f"signal of {task_id}: ok={ok}, expected {expect_ok}"
+
+    @precondition(known)
+    @rule(data=st.data(), force=st.booleans())
+    def destroy(self, data: st.DataObject, force: bool) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.model)))
+        if self.model[task_id] is None and not force:
+            try:
+                self.driver.destroy(task_id)
+            except DriverError:
+                return
+            raise AssertionError("destroying a running task without force must fail")
+        self.driver.destroy(task_id, force=force)
+        del self.model[task_id]
+
+    @precondition(known)
+    @rule(data=st.data())
+    def wait_cancelled(self, data: st.DataObject) -> None:
+        task_id = data.draw(st.sampled_from(sorted(self.model)))
+        cancel = CancelToken()
+        cancel.cancel()
+        assert self.driver.wait(task_id, cancel) == self.model[task_id]
+
+    @rule()
+    def unknown(self) -> None:
+        try:
+            self.driver.inspect("never-started")
+        except DriverError:
+            return
+        raise AssertionError("unknown task must be a DriverError")
+
+    @invariant()
+    def driver_agrees(self) -> None:
+        for task_id, expected in self.model.items():
+            status = self.driver.inspect(task_id)
+            if expected is None:
+                assert status.state == TASK_STATE_RUNNING, task_id
+                assert status.exit_result is None
+            else:
+                assert status.state == TASK_STATE_EXITED, task_id
+                assert status.exit_result == expected
+
+
+TestMockDriverModel = MockDriverModel.TestCase
+TestMockDriverModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
