@@ -5,7 +5,8 @@ Config keys: ``command`` (required; an absolute path, a path relative to the tas
 dir, or a name looked up in the task dir's ``local/``, the task dir, then the task
 env's ``PATH``) and ``args`` (a list of strings). Both arrive already interpolated.
 ``TaskConfig.env`` is the complete environment of the process and its working
-directory is the task dir. Nomad's ``cgroup_v1_override``, ``cgroup_v2_override``
+directory is the task dir. Tasks run as the agent's user (a different
+``TaskConfig.user`` is refused). Nomad's ``cgroup_v1_override``, ``cgroup_v2_override``
 and ``oom_score_adj`` are accepted and ignored; other keys are validation errors.
 
 How a task runs:
@@ -64,7 +65,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import pwd
 import select
 import shutil
 import signal as _signal
@@ -710,6 +713,11 @@ class RawExecDriver:
 
     @staticmethod
     def _check_dirs(config: TaskConfig) -> str:
+        if config.user and config.user != _agent_user():
+            raise DriverError(
+                f"{NAME}: task user {config.user!r} is not supported: tasks run as the "
+                f"agent's user {_agent_user()!r}"
+            )
         if not config.task_dir:
             raise DriverError(f"{NAME}: task {config.name!r} has no task_dir")
         if not os.path.isdir(config.task_dir):
@@ -992,6 +1000,14 @@ class RawExecDriver:
 
 
 # --- process helpers -----------------------------------------------------------------
+
+
+@functools.cache
+def _agent_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _task_env(config: TaskConfig) -> dict[str, str]:

@@ -648,3 +648,13 @@ def test_concurrent_recover_of_one_handle(raw, tmp_path):
     assert not errors
     (Path(config.task_dir) / "go").touch()
     assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=2)
+
+
+def test_other_user_is_refused(raw, tmp_path):
+    config = task_config(tmp_path, sh("exit 0"), user="no-such-user-xyz")
+    with pytest.raises(DriverError, match="no-such-user-xyz"):
+        raw.start(config)
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert run(raw, task_config(tmp_path, sh("exit 0"), user=me)) == ExitResult()
