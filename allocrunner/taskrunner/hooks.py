@@ -115,7 +115,11 @@ class PrestartResult:
     done: bool = False
 
     def hook_state(self) -> HookState:
-        return HookState(prestart_done=self.done, data=self.data, env=self.env)
+        """What is recorded: the env only of a done hook (the only env ever re-applied;
+        a hook that is not done runs again and hands its env back afresh)."""
+        return HookState(
+            prestart_done=self.done, data=self.data, env=self.env if self.done else FrozenDict()
+        )
 
 
 class HookEventError(Exception):

@@ -60,6 +60,7 @@ from allocrunner.errors import (
 )
 from allocrunner.state import HookState, LocalState, StateDB
 from allocrunner.structs import Allocation, Task, TaskEvent, TaskState, effective_restart_policy
+from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.status import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 from allocrunner.structs.task_state import (
     EVENT_DRIVER_FAILURE,
@@ -79,6 +80,7 @@ from allocrunner.structs.task_state import (
 from allocrunner.taskrunner.env import HOST_ENV_DRIVERS, host_env, interpolate_config
 from allocrunner.taskrunner.hooks import (
     COLLECT_ALL,
+    PHASES,
     STOP_AT_FIRST,
     HookEventError,
     HookRequest,
@@ -135,6 +137,7 @@ _DONE = _Stop("done")  # the task will not start again: go dead
 
 
 _KEEP: Any = object()  # "leave the handle as it is"
+_NO_RESULT = PrestartResult()
 
 
 class _Interrupted(Exception):
@@ -149,6 +152,16 @@ class _RestartRequest:
     target: str | None
     failure: bool
     done: CancelToken = attrs.field(eq=False)
+
+
+def _next_state(base: TaskState, state: str | None, event: TaskEvent | None) -> TaskState:
+    """`base` with `event` appended, then moved to `state` (either may be None)."""
+    new = base
+    if event is not None:
+        new = new.with_event(event)
+    if state is not None:
+        new = new.with_state(state)
+    return new
 
 
 def _kill_backoff(attempt: int, base: float) -> float:
@@ -204,6 +217,7 @@ class TaskRunner:
     _env = confined(RUN_THREAD)
     _kill_error = confined(RUN_THREAD)
     _consumed = confined(RUN_THREAD)
+    _phases = immutable()
 
     # _alloc_lock guards: _alloc, _task
     _alloc_lock = immutable()
@@ -274,6 +288,9 @@ class TaskRunner:
         self._kill_retry_base = float(kill_retry_base)
         self._datacenter = datacenter
         self._hooks: tuple[TaskHook, ...] = (*default_hooks(), *extra_hooks)
+        self._phases = frozenset(
+            phase for hook in self._hooks for phase in PHASES if hasattr(hook, phase)
+        )
         self._kill_token = CancelToken()
         self._shutdown_token = CancelToken()
         self._finished = CancelToken()
@@ -300,7 +317,7 @@ class TaskRunner:
         self._saved_state_version = 0
         self._saved_local_version = 0
         self._persisting = False
-        self._persist_round = CancelToken()
+        self._persist_round: CancelToken | None = None
         self._restart_req: _RestartRequest | None = None
         self._update_pending = False
         self._wake = CancelToken()
@@ -308,7 +325,7 @@ class TaskRunner:
         self._preempted = False
         self._parked = False
         self._shutdown_hooks_ran = False
-        self._env: dict[str, str] = {}
+        self._env: FrozenDict[str, str] = FrozenDict()
         self._kill_error = ""
         self._consumed: list[_RestartRequest] = []
 
@@ -401,14 +418,26 @@ class TaskRunner:
         notify: bool = True,
         handle: Any = _KEEP,
     ) -> None:
-        with self._state_lock.write():
-            changed = self._apply_locked(state, event)
-            if handle is not _KEEP:
-                self._handle = handle
-                self._local = self._local.with_task_handle(handle)
-                self._local_version += 1
-                changed = True
-            versions = (self._state_version, self._local_version)
+        # The new snapshots are built outside the write side, so that readers are never
+        # held up by the building; the swap retries if another writer came first.
+        while True:
+            with self._state_lock.read():
+                base, base_local = self._state, self._local
+            new = _next_state(base, state, event)
+            new_local = base_local if handle is _KEEP else base_local.with_task_handle(handle)
+            with self._state_lock.write():
+                if self._state is not base or self._local is not base_local:
+                    continue
+                changed = new is not base or handle is not _KEEP
+                if new is not base:
+                    self._state = new
+                    self._state_version += 1
+                if handle is not _KEEP:
+                    self._handle = handle
+                    self._local = new_local
+                    self._local_version += 1
+                versions = (self._state_version, self._local_version)
+                break
         if not changed:
             return
         self._persist(versions)
@@ -417,11 +446,7 @@ class TaskRunner:
 
     @requires("_state_lock", write=True)
     def _apply_locked(self, state: str | None, event: TaskEvent | None) -> bool:
-        new = self._state
-        if event is not None:
-            new = new.with_event(event)
-        if state is not None:
-            new = new.with_state(state)
+        new = _next_state(self._state, state, event)
         if new is self._state:
             return False
         self._state = new
@@ -453,6 +478,8 @@ class TaskRunner:
                 ):
                     return
                 if self._persisting:
+                    if self._persist_round is None:
+                        self._persist_round = CancelToken()
                     round_done = self._persist_round
                     lead = False
                 else:
@@ -478,8 +505,9 @@ class TaskRunner:
                     self._saved_local_version = max(self._saved_local_version, local_version)
                     self._persisting = False
                     finished_round = self._persist_round
-                    self._persist_round = CancelToken()
-                    finished_round.cancel("persisted")
+                    self._persist_round = None
+                    if finished_round is not None:
+                        finished_round.cancel("persisted")  # notify-only
 
     # --- restore --------------------------------------------------------------------
 
@@ -703,9 +731,9 @@ class TaskRunner:
             if previous is not None and previous.prestart_done:
                 env.update(previous.env)
                 return
-            result = method(self._request(cancel, env=env, previous=previous))
+            result = method(self._request(cancel, env=FrozenDict(env), previous=previous))
             if result is None:
-                result = PrestartResult()
+                result = _NO_RESULT
             env.update(result.env)
             state = result.hook_state()
             if state != (previous or HookState()):
@@ -722,7 +750,7 @@ class TaskRunner:
             raise
         finally:
             cancel.cancel("prestart over")
-        self._env = env
+        self._env = FrozenDict(env)
 
     @staticmethod
     def _hook_error_event(err: HookError) -> TaskEvent:
@@ -1114,6 +1142,8 @@ class TaskRunner:
     @calls_out
     def _soft_phase(self, phase: str, **fields: Any) -> None:
         """Run a phase whose failures are reported (event + log), never fatal."""
+        if phase not in self._phases:
+            return
         cancel = self._kill_token if phase != "shutdown" else CancelToken()
         if "handle" not in fields:
             fields["handle"] = self._current_handle()
