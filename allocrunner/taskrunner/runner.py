@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -239,6 +240,7 @@ class TaskRunner:
     _update_pending = guarded("_state_lock")
     _wake = guarded("_state_lock")
     _run_called = guarded("_state_lock")
+    _run_thread = guarded("_state_lock")
     _preempted = guarded("_state_lock")
     _parked = guarded("_state_lock")
     _shutdown_hooks_ran = guarded("_state_lock")
@@ -322,6 +324,7 @@ class TaskRunner:
         self._update_pending = False
         self._wake = CancelToken()
         self._run_called = False
+        self._run_thread: int | None = None
         self._preempted = False
         self._parked = False
         self._shutdown_hooks_ran = False
@@ -574,6 +577,7 @@ class TaskRunner:
             if self._run_called:
                 raise AllocRunnerError(f"task {self._name!r}: run() called twice")
             self._run_called = True
+            self._run_thread = threading.get_ident()
             preempted = self._preempted
         if preempted:
             self._finished.wait()
@@ -1183,7 +1187,13 @@ class TaskRunner:
         if event is not None:
             self.emit_event(event)
         self._cancel_kill("killed")
+        if self._on_run_thread():
+            return False  # a hook killing its own task: the run loop acts once it returns
         return self._finished.wait(timeout)
+
+    def _on_run_thread(self) -> bool:
+        with self._state_lock.read():
+            return self._run_thread == threading.get_ident()
 
     @calls_out
     def _cancel_kill(self, reason: str) -> None:
@@ -1265,6 +1275,8 @@ class TaskRunner:
             versions = (self._state_version, self._local_version)
         self._persist(versions)
         self._on_state_change()
+        if self._on_run_thread():
+            return  # asked by a hook: the run loop acts on it once the hook returns
         waiter = CancelToken.any_of(req.done, self._finished)
         try:
             waiter.wait()

@@ -767,3 +767,50 @@ def test_shutdown_while_waiting_at_the_gate(harness) -> None:
     assert not tr.wait(0.05)
     assert tr.shutdown(timeout=5)
     assert tr.task_state().state == "pending"
+
+
+class SelfKillingHook(TaskHook):
+    """Kills (or restarts) its own task from poststart, as a watchdog hook might."""
+
+    name = "self_killer"
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.runner = None
+        self.returned: list[object] = []
+
+    def poststart(self, req) -> None:
+        if self.returned:
+            return
+        if self.action == "kill":
+            self.returned.append(self.runner.kill(timeout=5))
+        else:
+            self.runner.restart(restart_event())
+            self.returned.append("restart requested")
+
+
+def test_a_hook_may_kill_its_own_task_without_deadlock(harness) -> None:
+    hook = SelfKillingHook("kill")
+    tr = harness.runner(
+        alloc_of(mock_task(config={"run_for": "30s"})), start=False, extra_hooks=[hook]
+    )
+    hook.runner = tr
+    harness.start(tr)
+    assert tr.wait(5)
+    assert hook.returned == [False]  # it could not wait for its own run loop
+    st = tr.task_state()
+    assert st.state == "dead" and st.events[-1].type == EVENT_KILLED
+
+
+def test_a_hook_may_restart_its_own_task_without_deadlock(harness) -> None:
+    hook = SelfKillingHook("restart")
+    tr = harness.runner(
+        alloc_of(mock_task(config={"run_for": "30s"}), job_type="service"),
+        start=False,
+        extra_hooks=[hook],
+    )
+    hook.runner = tr
+    harness.start(tr)
+    st = wait_event(tr, EVENT_STARTED, 2)
+    assert st.restarts == 1
+    assert hook.returned == ["restart requested"]
