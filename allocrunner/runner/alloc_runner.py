@@ -126,6 +126,7 @@ class AllocRunner:
     _prev_watcher = immutable()
     _prev_migrator = immutable()
     _drivers = immutable()
+    _owned_drivers = immutable()
     _alloc_dir = immutable()
     _tasks = immutable()
     _coordinator = immutable()
@@ -176,7 +177,12 @@ class AllocRunner:
         noop = NoopPrevAlloc()
         self._prev_watcher = prev_watcher if prev_watcher is not None else noop
         self._prev_migrator = prev_migrator if prev_migrator is not None else noop
-        self._drivers = dict(drivers) if drivers is not None else default_drivers()
+        # Drivers built here are owned (and closed on destroy or shutdown) by this runner;
+        # drivers passed in belong to the caller, who shares them between runners.
+        self._owned_drivers = () if drivers is not None else tuple(default_drivers().values())
+        self._drivers = (
+            dict(drivers) if drivers is not None else {d.name: d for d in self._owned_drivers}
+        )
         self._alloc_dir = AllocDir(config.alloc_dir, alloc.id)
 
         self._alloc_lock = make_rwlock("AllocRunner._alloc_lock")
@@ -814,6 +820,7 @@ class AllocRunner:
         except Exception:
             log.exception("allocation %s: deleting its state failed", self._id)
         self._broadcaster.close()
+        self._close_owned_drivers()
         self._shutdown_event.set()
         self._destroyed_event.set()
 
@@ -846,7 +853,16 @@ class AllocRunner:
             self._handler_done.wait()
         else:
             self._run_done.set()
+        self._close_owned_drivers()
         self._shutdown_event.set()
+
+    @calls_out
+    def _close_owned_drivers(self) -> None:
+        """Stop the threads of drivers this runner built (their tasks keep running)."""
+        for driver in self._owned_drivers:
+            close = getattr(driver, "close", None)
+            if close is not None:
+                close()
 
     def _each_task_concurrently(self, action: Callable[[TaskRunner], Any]) -> None:
         """Run `action` on every task runner at once; TaskNotRunningError is ignored."""

@@ -63,3 +63,17 @@ def test_leader_exit_stops_real_processes(make_runner):
 def _assert_dead(*pids: int) -> None:
     alive = [p for p in pids if _alive(p)]
     assert not alive, f"processes still alive: {alive}"
+
+
+def test_runner_closes_the_drivers_it_built(config):
+    from allocrunner.runner.alloc_runner import AllocRunner
+
+    task = mock_task("hi", driver="raw_exec", config={"command": "/bin/echo", "args": ["hi"]})
+    ar = AllocRunner(new_allocation(mock_job(task, job_type="batch"), "web"), config)
+    ar.start()
+    assert ar.wait(20)
+    assert ar.alloc_state().client_status == "complete"
+    ar.destroy()
+    assert ar.wait_destroyed(20)
+    assert ar.close(20)
+    # The harness fails this test if the raw_exec driver's I/O thread outlived it.
