@@ -16,12 +16,17 @@ def _path(value: str | os.PathLike[str]) -> str:
 class ClientConfig:
     """Immutable. Where allocations live on disk and how they are stopped and collected.
 
+    `data_dir` (the state database's home) defaults to the parent of `alloc_dir`.
+
     Defaults follow Nomad's client: a 30 s ceiling on any task's kill timeout, GC every
     minute, two destroys at a time, collect above 80 % disk / 70 % inodes / 50 allocs.
     """
 
     alloc_dir: str = attrs.field(converter=_path)
-    data_dir: str = attrs.field(converter=_path)
+    data_dir: str = attrs.field(
+        default=attrs.Factory(lambda self: str(Path(self.alloc_dir).parent), takes_self=True),
+        converter=_path,
+    )
     max_kill_timeout: float = 30.0
     node_id: str = ""
     region: str = "global"
