@@ -604,6 +604,7 @@ class TaskRunner:
             req = self._restart_req
             self._restart_req = None
             self._parked = False
+            self._run_thread = None  # its ident may be reused by a later thread
         if req is not None:
             req.done.cancel("run ended")
         self._complete_requests()
