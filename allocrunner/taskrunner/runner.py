@@ -389,6 +389,11 @@ class TaskRunner:
         with self._state_lock.read():
             return self._handle is not None
 
+    def is_parked(self) -> bool:
+        """True while `run()` holds a dead task, waiting for a kill or a force restart."""
+        with self._state_lock.read():
+            return self._parked
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once `run()` has returned (at once if killed before it ever started)."""
         return self._finished.wait(timeout)

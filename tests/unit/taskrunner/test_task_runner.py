@@ -66,11 +66,17 @@ def test_exit_zero_batch_is_dead_and_successful(harness) -> None:
     assert st.started_at is not None and st.finished_at is not None
     assert st.finished_at >= st.started_at
     # dead but parked until killed (Nomad's ALLOC_RESTART)
+    wait_for(lambda: _assert_parked(tr))
     assert not tr.wait(0)
     assert tr.kill(timeout=5)
+    assert not tr.is_parked()
     local = tr.local_state()
     assert local.run_complete
     assert local.task_handle is None
+
+
+def _assert_parked(tr) -> None:
+    assert tr.is_parked(), f"{tr} is not parked"
 
 
 def test_exit_non_zero_is_not_restarted_and_fails(harness) -> None:
