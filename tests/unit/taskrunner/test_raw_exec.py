@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from allocrunner.drivers.raw_exec import RawExecDriver
-from allocrunner.structs import RestartPolicy, TaskEvent
+from allocrunner.structs import LogConfig, RestartPolicy, TaskEvent
 from allocrunner.structs.task_state import (
     EVENT_DRIVER_FAILURE,
     EVENT_FAILED_VALIDATION,
@@ -266,3 +266,15 @@ def test_restore_reattaches_to_the_same_process_in_a_new_driver(harness, raw_exe
         kill_quietly(pid)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(wrapper, 0)
+
+
+def test_log_rotation_settings_reach_the_driver(harness) -> None:
+    logs = LogConfig(max_files=2, max_file_size_mb=1)
+    script = "head -c 3000000 /dev/zero | tr '\\0' x"
+    tr = harness.runner(alloc_of(sh(script, logs=logs)))
+    st = wait_state(tr, "dead")
+    assert st.successful(), event_types(st)
+    files = sorted(tr.task_dir.logs_dir.glob("web.stdout.*"))
+    assert 1 < len(files) <= 2, files
+    for path in files:
+        assert path.stat().st_size <= 1024 * 1024, (path, path.stat().st_size)
