@@ -41,8 +41,8 @@ from benchmarks import Table, interleaved_ns_per_op
 
 assert not _locking.CHECK, "benchmarks run with the lock check off"
 
-LIVES = 1_500
-ROUNDS = 5
+LIVES = 1_000
+ROUNDS = 4
 
 
 def _noop() -> None:
