@@ -242,6 +242,7 @@ class TaskRunner:
     _run_called = guarded("_state_lock")
     _run_thread = guarded("_state_lock")
     _preempted = guarded("_state_lock")
+    _reaping = guarded("_state_lock")
     _parked = guarded("_state_lock")
     _shutdown_hooks_ran = guarded("_state_lock")
 
@@ -326,6 +327,7 @@ class TaskRunner:
         self._run_called = False
         self._run_thread: int | None = None
         self._preempted = False
+        self._reaping = False
         self._parked = False
         self._shutdown_hooks_ran = False
         self._env: FrozenDict[str, str] = FrozenDict()
@@ -965,9 +967,13 @@ class TaskRunner:
         return self._kill_task(driver, handle)
 
     @calls_out
-    def _kill_task(self, driver: Driver, handle: TaskHandle) -> ExitResult | None:
+    def _kill_task(
+        self, driver: Driver, handle: TaskHandle, cancel: CancelToken | None = None
+    ) -> ExitResult | None:
         """Stop the task (its kill signal, then force after the kill timeout), retrying
-        failed stops with backoff; its exit result, or None if it could not be had."""
+        failed stops with backoff; its exit result, or None if it could not be had.
+        Waiting gives up when `cancel` (by default the shutdown token) is cancelled."""
+        cancel = cancel if cancel is not None else self._shutdown_token
         task = self.task()
         timeout = min(task.kill_timeout, self._max_kill_timeout)
         task_id = handle.task_id
@@ -984,7 +990,7 @@ class TaskRunner:
                 if self._exited(driver, task_id):
                     error = None
                     break
-                if attempt + 1 < KILL_RETRIES and self._shutdown_token.wait(
+                if attempt + 1 < KILL_RETRIES and cancel.wait(
                     _kill_backoff(attempt, self._kill_retry_base)
                 ):
                     return None
@@ -992,7 +998,7 @@ class TaskRunner:
             self._kill_error = str(error)
             return None
         try:
-            return driver.wait(task_id, self._shutdown_token)
+            return driver.wait(task_id, cancel)
         except DriverError as err:
             log.warning("task %s: collecting the exit of %s failed: %s", self, task_id, err)
             return None
@@ -1195,7 +1201,29 @@ class TaskRunner:
         self._cancel_kill("killed")
         if self._on_run_thread():
             return False  # a hook killing its own task: the run loop acts once it returns
-        return self._finished.wait(timeout)
+        finished = self._finished.wait(timeout)
+        if finished and self._shutdown_token.cancelled():
+            self._stop_left_running()
+        return finished
+
+    @calls_out
+    def _stop_left_running(self) -> None:
+        """A kill after shutdown(): the run thread is gone and left the task running,
+        so the caller's thread stops it (once, however many callers race here)."""
+        with self._state_lock.write():
+            handle = self._handle
+            claim = handle is not None and not self._reaping
+            if claim:
+                self._reaping = True
+        if handle is None or not claim:
+            return
+        result = self._kill_task(self._driver_of(handle), handle, cancel=CancelToken())
+        if result is not None:
+            self.emit_event(_terminated_event(result))
+        self.emit_event(self._killed_event())
+        self._clear_handle()
+        self.update_state(TASK_DEAD)
+        self._update_local(lambda local: local.with_run_complete(True))
 
     def _on_run_thread(self) -> bool:
         with self._state_lock.read():

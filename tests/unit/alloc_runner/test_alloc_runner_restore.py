@@ -181,6 +181,7 @@ def test_restart_all_reruns_dead_prestart_tasks(make_runner):
     _state(ar, "init", "dead")
     ar.restart_running(TaskEvent(EVENT_RESTART_SIGNAL, message="running only"))
     wait_for(lambda: _restarts(ar, "main", 1))
+    wait_for(lambda: _state(ar, "main", "running"))
     assert ar.alloc_state().task_states["init"].restarts == 0
     ar.restart_all(TaskEvent(EVENT_RESTART_SIGNAL, message="all"))
     wait_for(lambda: _restarts(ar, "init", 1))
@@ -202,3 +203,25 @@ def test_restart_refused_once_the_alloc_is_terminal(make_runner):
 def _restarts(ar, task, n):
     got = ar.alloc_state().task_states[task].restarts
     assert got == n, f"{task} restarts {got}, want {n}"
+
+
+def test_destroy_after_shutdown_kills_the_tasks_left_running(make_runner, drivers):
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    ar = make_runner(alloc)
+    ar.start()
+    wait_for(lambda: _state(ar, "web", "running"))
+    handle = ar.task_runner("web").local_state().task_handle
+    ar.shutdown()
+    assert ar.wait_shutdown(10)
+    assert drivers["mock_driver"].inspect(handle.task_id).state == "running"
+    ar.destroy()
+    assert ar.wait_destroyed(10)
+
+    def gone():
+        try:
+            status = drivers["mock_driver"].inspect(handle.task_id)
+        except Exception:
+            return
+        assert status.state != "running", status
+
+    wait_for(gone)
