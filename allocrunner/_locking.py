@@ -44,9 +44,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from time import monotonic as _monotonic
+from time import sleep as _sleep
 from typing import Any, Literal, TypeVar
 
 from allocrunner.errors import (
@@ -78,6 +80,16 @@ LOCK_ORDER: tuple[str, ...] = (
 )
 
 _RANKS: dict[str, int] = {name: rank for rank, name in enumerate(LOCK_ORDER)}
+
+# How long a reader sleeps while a writer is on its way to the RWLock mutex, or while
+# the mutex is held by a thread that the GIL switched out. A real sleep, not sleep(0):
+# a thread that only yields takes the GIL straight back and can keep the thread it
+# waits for from running.
+_YIELD_SLEEP = 50e-6
+
+# Without a GIL (free-threaded CPython) a thread holding the mutex is running, so
+# readers simply block on it.
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 F = TypeVar("F", bound=Callable[..., Any])
 Mode = Literal["read", "write"]
@@ -115,6 +127,21 @@ def take_violations() -> list[LockDisciplineError]:
 # --- the production reader-writer lock -------------------------------------------------
 
 
+def _take_contended(mutex: Any) -> None:
+    """Take an RWLock mutex that a reader found held.
+
+    Under the GIL the holder is a thread that was switched out right after taking it
+    (it holds it for a few bytecodes otherwise). A reader that blocked on the mutex
+    inside C would get it the moment it is released and then wait, holding it, for
+    the GIL, so one switched-out holder would turn every reader into a convoy. So a
+    reader sleeps a little and tries again, holding nothing while it waits."""
+    if not _GIL:
+        mutex.acquire()
+        return
+    while not mutex.acquire(False):
+        _sleep(_YIELD_SLEEP)
+
+
 class RWLock:
     """Thread-safe. A writer-preferring reader-writer lock with Go `sync.RWMutex` semantics.
 
@@ -123,10 +150,21 @@ class RWLock:
     together before the next writer, so writers cannot starve readers either. The
     read side is not reentrant (a reader that re-reads while a writer waits would
     deadlock, exactly as in Go).
+
+    All state lives under one small mutex. A plain mutex is not fair, and under the
+    GIL a thread that gets a lock can then wait a whole switch interval for the GIL
+    while holding it: readers that take the mutex in a tight loop could keep a writer
+    from it for many milliseconds. So a writer on its way to the mutex raises a hint
+    (``_intent``, read without the mutex) and readers that see it yield the GIL, holding
+    nothing, until the writer has registered; writers take turns at ``_intent_gate``,
+    which readers never touch. The hint is only a hint: correctness rests on the state
+    under the mutex, whatever a reader happened to read.
     """
 
     __slots__ = (
         "_admit_gen",
+        "_intent",
+        "_intent_gate",
         "_mutex",
         "_read_side",
         "_readers",
@@ -149,6 +187,8 @@ class RWLock:
         self._writers_waiting = 0
         self._readers_waiting = 0
         self._admit_gen = 0  # bumped each time queued readers are admitted as a batch
+        self._intent = False  # hint: a writer is on its way to the mutex
+        self._intent_gate = threading.Lock()  # writers take turns raising the hint
         self._read_side = _ReadSide(self)
         self._write_side = _WriteSide(self)
 
@@ -162,8 +202,17 @@ class RWLock:
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         """Take the read side; False if `timeout` seconds passed first."""
+        if self._intent:
+            deadline = None if timeout is None else _monotonic() + timeout
+            if not self._yield_to_writer(deadline):
+                return False
+            if deadline is not None:
+                timeout = max(0.0, deadline - _monotonic())
         mutex = self._mutex
-        mutex.acquire()
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
         if not self._writer and not self._writers_waiting:
             self._readers += 1
             mutex.release()
@@ -172,6 +221,16 @@ class RWLock:
             return self._wait_read_locked(timeout)
         finally:
             mutex.release()
+
+    def _yield_to_writer(self, deadline: float | None) -> bool:
+        """Let a writer on its way to the mutex get there first (it takes microseconds
+        unless the writer waits for the GIL, which yielding hands over). False if the
+        deadline passed first."""
+        while self._intent:
+            if deadline is not None and _monotonic() >= deadline:
+                return False
+            _sleep(_YIELD_SLEEP)
+        return True
 
     def _wait_read_locked(self, timeout: float | None) -> bool:
         self._readers_waiting += 1
@@ -192,7 +251,10 @@ class RWLock:
     def release_read(self) -> None:
         """Release the read side."""
         mutex = self._mutex
-        mutex.acquire()
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
         readers = self._readers
         if readers <= 0:
             mutex.release()
@@ -205,13 +267,36 @@ class RWLock:
     def acquire_write(self, timeout: float | None = None) -> bool:
         """Take the write side; False if `timeout` seconds passed first."""
         mutex = self._mutex
-        mutex.acquire()
+        if not mutex.locked():  # nobody in the way: no need to raise the hint
+            mutex.acquire()
+            if not self._writer and not self._readers:
+                self._writer = True
+                mutex.release()
+                return True
+            mutex.release()
+        deadline = None if timeout is None else _monotonic() + timeout
+        gate = self._intent_gate
+        if timeout is None:
+            with gate:  # no GIL switch can fall between taking the gate and the hint
+                self._intent = True
+                try:
+                    mutex.acquire()
+                finally:
+                    self._intent = False
+        else:
+            if not gate.acquire(True, max(timeout, 0.0)):
+                return False
+            try:
+                self._intent = True
+                mutex.acquire()
+            finally:
+                self._intent = False
+                gate.release()
         try:
             if not self._writer and not self._readers:
                 self._writer = True
                 return True
             self._writers_waiting += 1
-            deadline = None if timeout is None else _monotonic() + timeout
             while self._writer or self._readers:
                 if deadline is None:
                     self._writer_ok.wait()
@@ -267,8 +352,13 @@ class _ReadSide:
 
     def __enter__(self) -> RWLock:
         rw = self._rw
+        if rw._intent:
+            rw._yield_to_writer(None)
         mutex = self._mutex
-        mutex.acquire()
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
         if rw._writer or rw._writers_waiting:
             try:
                 rw._wait_read_locked(None)
@@ -282,7 +372,10 @@ class _ReadSide:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         rw = self._rw
         mutex = self._mutex
-        mutex.acquire()
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
         readers = rw._readers
         if readers <= 0:
             mutex.release()

@@ -54,7 +54,9 @@ class Threads:
         self._threads: list[threading.Thread] = []
 
     def spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=f"{self.name}-{name}")
+        # daemon: should the lock under test deadlock, the test fails instead of the
+        # interpreter hanging at exit
+        thread = threading.Thread(target=target, args=args, name=f"{self.name}-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
 
