@@ -10,11 +10,28 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Row", "Table", "format_value", "interleaved_ns_per_op", "percentile"]
+__all__ = [
+    "Row",
+    "Table",
+    "format_value",
+    "interleaved_ns_per_op",
+    "machine_note",
+    "percentile",
+]
+
+
+def machine_note() -> str:
+    """CPUs and load average: latency tails depend on what else the machine runs."""
+    try:
+        load = "/".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        load = "unknown"
+    return f"machine: {os.cpu_count()} CPUs, load average {load} (1/5/15 min)"
 
 
 def format_value(value: float | None, unit: str) -> str:

@@ -18,6 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import machine_note  # the package itself never imports allocrunner
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    print(machine_note(), flush=True)
     failed = []
     for name in selected:
         print(f"\n######## {name}", flush=True)

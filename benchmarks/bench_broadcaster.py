@@ -32,7 +32,7 @@ from allocrunner import _locking
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.structs import Allocation
 from allocrunner.testing import mock_alloc
-from benchmarks import Table, interleaved_ns_per_op, percentile
+from benchmarks import Table, interleaved_ns_per_op, machine_note, percentile
 
 assert not _locking.CHECK, "benchmarks run with the lock check off"
 
@@ -215,6 +215,8 @@ def bench_wakeup(rounds: int = 150) -> Table:
 
 
 def main() -> None:
+    if __name__ == "__main__":  # the runner prints this once for all benchmarks
+        print(machine_note())
     misses = 0
     for bench in (bench_send_cost, bench_wakeup):
         table = bench()

@@ -7,7 +7,8 @@
    lock, one writer taking the write lock every 1 ms. Goals: reads/s at least 2x the
    best peer; the writer's wait inside acquire p99 under 1 ms. The end-to-end writer
    wait (from the end of its 1 ms sleep until it holds the lock) is printed beside
-   the same figure for threading.Lock, which is the interpreter's GIL hand-off.
+   the same figure for threading.Lock, which is the interpreter's GIL hand-off, and
+   for readers that take no lock at all (4 CPU-bound threads: the GIL's own floor).
 3. Writer starvation: 8 readers whose critical section releases the GIL
    (``time.sleep(0)``), a writer attempting 1,000 times in one second. Goals: at
    least 70 % of the attempts get in within the second, max wait under 20 ms.
@@ -35,7 +36,7 @@ from readerwriterlock import rwlock
 
 from allocrunner import _locking
 from allocrunner._locking import make_rwlock
-from benchmarks import Table, interleaved_ns_per_op, percentile
+from benchmarks import Table, interleaved_ns_per_op, machine_note, percentile
 
 assert not _locking.CHECK, "benchmarks run with the lock check off"
 
@@ -78,6 +79,21 @@ def readerwriterlock(kind: str) -> Subject:
 def fasteners_lock() -> Subject:
     lock = fasteners.ReaderWriterLock()
     return Subject("fasteners ReaderWriterLock", lambda: lock.read_lock, lambda: lock.write_lock)
+
+
+class _NoLock:
+    """Immutable. A context manager that does nothing: readers and writer unsynchronised."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        return None
+
+
+def no_lock() -> Subject:
+    nothing = _NoLock()
+    return Subject("no lock", lambda: lambda: nothing, lambda: lambda: nothing)
 
 
 PEERS = ("RWLockRead", "RWLockWrite", "RWLockFair")
@@ -240,7 +256,7 @@ def merge_mixed(parts: list[MixedResult]) -> MixedResult:
 def bench_mixed(passes: int = 3, seconds: float = 0.4) -> Table:
     # Several short passes over the subjects in turn, so that a change in the machine's
     # load during the run hits every subject alike.
-    subjects = [ours(), *peers(), plain_lock()]
+    subjects = [ours(), *peers(), plain_lock(), no_lock()]
     runs: dict[str, list[MixedResult]] = {subject.name: [] for subject in subjects}
     for _ in range(passes):
         for subject in subjects:
@@ -248,7 +264,10 @@ def bench_mixed(passes: int = 3, seconds: float = 0.4) -> Table:
     results = {name: merge_mixed(parts) for name, parts in runs.items()}
     mine = results["RWLock (ours)"]
     lock = results["threading.Lock"]
-    peer_names = [name for name in results if name not in ("RWLock (ours)", "threading.Lock")]
+    unlocked = results["no lock"]
+    peer_names = [
+        name for name in results if name not in ("RWLock (ours)", "threading.Lock", "no lock")
+    ]
     best = max(peer_names, key=lambda name: results[name].reads_per_s)
     table = Table(
         f"Mixed load: 4 readers copying a 10-entry dict, 1 writer every 1 ms "
@@ -290,6 +309,13 @@ def bench_mixed(passes: int = 3, seconds: float = 0.4) -> Table:
             percentile(lock.end_to_end, q),
             unit="s",
             baseline_name="threading.Lock: GIL hand-off",
+        )
+        table.add(
+            f"writer end-to-end wait p{q}, no lock at all",
+            percentile(unlocked.end_to_end, q),
+            percentile(mine.end_to_end, q),
+            unit="s",
+            baseline_name="ours",
         )
     for name in peer_names:
         table.add(
@@ -395,6 +421,8 @@ def bench_starvation() -> Table:
 
 
 def main() -> None:
+    if __name__ == "__main__":  # the runner prints this once for all benchmarks
+        print(machine_note())
     misses = 0
     for bench in (bench_uncontended, bench_mixed, bench_starvation):
         table = bench()

@@ -391,3 +391,39 @@ def test_blocked_reader_and_writer_wake_on_release(lock: RWLock) -> None:
 
 def _assert_true(condition: bool, message: str) -> None:
     assert condition, message
+
+
+def test_a_writer_on_its_way_goes_before_new_readers(lock: RWLock) -> None:
+    """While a writer waits for the internal mutex (its holder was switched out), new
+    readers hold back instead of taking the mutex ahead of it; a timed reader gives
+    up at its deadline."""
+    order: list[str] = []
+    record = threading.Lock()
+    group = Threads("writer-on-its-way")
+
+    def note(what: str) -> None:
+        with record:
+            order.append(what)
+
+    def writer() -> None:
+        with lock.write():
+            note("writer")
+
+    def reader() -> None:
+        with lock.read():
+            note("reader")
+
+    lock._mutex.acquire()  # as if a thread holding it had been switched out
+    try:
+        group.spawn("writer", writer)
+        wait_for(lambda: _assert_true(lock._intent, "the writer never raised its hint"), 10)
+        group.spawn("reader", reader)
+        timed: list[bool] = []
+        group.spawn("timed-reader", lambda: timed.append(lock.acquire_read(timeout=0.05)))
+        wait_for(lambda: _assert_true(timed == [False], f"timed reader got {timed}"), 10)
+        assert order == []
+    finally:
+        lock._mutex.release()
+    assert group.join(10)
+    assert order == ["writer", "reader"], order
+    assert not lock._intent
