@@ -57,12 +57,6 @@ class StateHolder:
         self._state_lock = make_rwlock("AllocRunner._state_lock")
         self._task_states: dict[str, str] = {"web": "pending"}
 
-    def alloc_state_buggy(self) -> dict[str, str]:
-        """Nomad's bug: it refreshed the task states while holding only the read lock."""
-        with self._state_lock.read():
-            self._task_states = {**self._task_states, "web": "running"}
-            return self._task_states
-
     def alloc_state(self) -> dict[str, str]:
         with self._state_lock.read():
             return self._task_states
@@ -85,6 +79,16 @@ class StateHolder:
     def bump_under_read(self) -> None:
         with self._state_lock.read():
             self._bump_locked()
+
+
+class AllocRunner2018(StateHolder):
+    """Thread-safe. Models Nomad's 2018 AllocState() bug: it refreshed the task states
+    from the task runners while holding only the read side of the state lock."""
+
+    def alloc_state(self) -> dict[str, str]:
+        with self._state_lock.read():
+            self._task_states = {**self._task_states, "web": "running"}
+            return self._task_states
 
 
 class Counter:
@@ -126,7 +130,7 @@ def plant_inverted_order() -> None:
 
 
 def plant_write_under_read_lock() -> None:
-    StateHolder().alloc_state_buggy()
+    AllocRunner2018().alloc_state()
 
 
 def plant_read_without_lock() -> None:
