@@ -28,8 +28,11 @@ Why each edge of the order exists:
   (waiting/migrating flags), ``AllocDir._lock`` (built/destroyed flags and task dirs),
   ``AllocBroadcaster._lock`` (latest value and its version), ``Driver._lock`` (a
   driver's table of tasks) and ``GCQueue._lock`` (the collector's queue).
-  ``StateDB._lock`` is last so that the one documented "lock-held I/O" site (delete
-  the alloc under the lock that marks it destroyed) stays legal.
+  ``StateDB._lock`` is last: the state databases are the one documented "lock-held
+  I/O" site (each SQLite call runs under it, marked ``# lock-held I/O``), and nobody
+  calls a database with any other lock held. An AllocRunner marks itself destroyed,
+  lets the DB writes in flight drain and only then deletes its state, so no write can
+  resurrect a destroyed allocation.
 
 Check mode (``ALLOCRUNNER_LOCKCHECK=1``, read once at import) replaces every lock
 by a checked one and turns the field tags and decorators below into checks; each
