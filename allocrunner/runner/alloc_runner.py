@@ -328,7 +328,7 @@ class AllocRunner:
             if status is not None:
                 self._deployment_status = status
             self._state = self._compute_state(
-                alloc, states, self._forced_status, self._deployment_status
+                alloc, states, self._forced_status, self._deployment_status, self._state
             )
         self._restored.set()
 
@@ -461,8 +461,10 @@ class AllocRunner:
         if live:
             if kill_event is None and self._only_sidecars_live(live):
                 kill_event = TaskEvent(
-                    EVENT_MAIN_DEAD, message="Main tasks in the group died"
-                ).with_details()
+                    EVENT_MAIN_DEAD,
+                    message="Main tasks in the group died",
+                    display_message="Main tasks in the group died",
+                )
             if kill_event is not None and not done:
                 for tr in live:
                     tr.emit_event(kill_event)
@@ -505,9 +507,14 @@ class AllocRunner:
     def _publish(self, states: Mapping[str, TaskState]) -> None:
         alloc = self.alloc()
         with self._state_lock.write():
-            state = self._compute_state(alloc, states, self._forced_status, self._deployment_status)
-            changed = state != self._state
+            previous = self._state
+            state = self._compute_state(
+                alloc, states, self._forced_status, self._deployment_status, previous
+            )
+            changed = state != previous
             self._state = state
+            # A verdict computed here (failed in a deployment → unhealthy) is kept.
+            self._deployment_status = state.deployment_status
         client = attrs.evolve(
             alloc,
             client_status=state.client_status,
@@ -529,10 +536,12 @@ class AllocRunner:
         states: Mapping[str, TaskState],
         forced: str,
         deployment: AllocDeploymentStatus | None,
+        previous: AllocState | None = None,
     ) -> AllocState:
         """Nomad's clientAlloc: the client status from task states (a forced status
         wins); a terminal allocation stamps FinishedAt on every task, and a failed one in
-        a deployment with no verdict yet is marked unhealthy."""
+        a deployment with no verdict yet is marked unhealthy. Stamps made for the
+        `previous` state are kept, so an unchanged state publishes an equal value."""
         status, description = client_status_from_task_states(states)
         if forced:
             status, description = forced, description or forced
@@ -549,10 +558,13 @@ class AllocRunner:
                 deployment = AllocDeploymentStatus(healthy=False, timestamp=now)
             group = alloc.group()
             names = [t.name for t in group.tasks] if group else list(task_states)
+            stamped = previous.task_states if previous is not None else {}
             for name in names:
                 ts = task_states.get(name) or TaskState()
                 if ts.finished_at is None:
-                    ts = attrs.evolve(ts, finished_at=now)
+                    earlier = stamped.get(name)
+                    stamp = earlier.finished_at if earlier is not None else None
+                    ts = attrs.evolve(ts, finished_at=stamp or now)
                 task_states[name] = ts
         return AllocState(
             client_status=status,
