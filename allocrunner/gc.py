@@ -1,0 +1,457 @@
+"""AllocGarbageCollector: destroys finished allocations to keep the node within limits.
+
+An allocation that reached a terminal client status is *marked* for collection; it
+stays on the node (its directory and logs readable) until the collector destroys it,
+either because the server says so (`collect`), because an operator asks
+(`collect_all`), or because the node is over one of its limits: disk use, inode use or
+the number of live allocations (`keep_usage_below_threshold`, run on the owned ``gc``
+thread every `gc_interval` seconds and whenever `trigger()` is called).
+
+Two rules from Nomad's history shape it. Collection never blocks alloc placement
+(Nomad #25123): destroys run on the collector's own worker threads, at most
+`gc_parallel_destroys` at a time, and the caller of `trigger` never waits. And the
+collector never waits on a runner while holding a lock (Nomad PR #2852): a runner's
+teardown may report state that leads back to the collector.
+
+Threads (owned, joined by `stop()`): ``gc`` (the threshold loop) and one
+``gc-destroy-<id8>`` per destroy in flight that is not run on its caller's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._sync import CancelToken, Kick, ThreadGroup
+from allocrunner.config import ClientConfig
+
+__all__ = ["AllocGarbageCollector", "GCQueue", "HostStats", "statvfs_host_stats"]
+
+log = logging.getLogger("allocrunner.gc")
+
+# How often a waiting destroy worker or the threshold loop re-checks for stop().
+_POLL = 0.05
+# How long stop() waits for the collector's threads by default.
+STOP_TIMEOUT = 10.0
+# How long a destroy worker waits for a runner's threads once it is destroyed.
+_CLOSE_TIMEOUT = 30.0
+
+REASON_DISK = "disk usage"
+REASON_INODES = "inode usage"
+REASON_MAX_ALLOCS = "number of allocations"
+
+
+class GCRunner(Protocol):
+    """What the collector needs of an allocation runner."""
+
+    def destroy(self) -> None: ...
+
+    def wait_destroyed(self, timeout: float | None = None) -> bool: ...
+
+    def is_destroyed(self) -> bool: ...
+
+
+@attrs.frozen
+class HostStats:
+    """Immutable. How full the filesystem holding the alloc dirs is, in percent."""
+
+    disk_used_percent: float
+    inodes_used_percent: float
+
+
+def statvfs_host_stats(path: str | os.PathLike[str]) -> HostStats:
+    """Disk and inode use of the filesystem holding `path` (created if missing).
+
+    Disk use counts blocks reserved for root as unavailable, as `df` does:
+    used / (used + available to unprivileged users).
+    """
+    os.makedirs(path, exist_ok=True)
+    st = os.statvfs(path)
+    used = st.f_blocks - st.f_bfree
+    usable = used + st.f_bavail
+    disk = 100.0 * used / usable if usable > 0 else 0.0
+    inodes = 100.0 * (st.f_files - st.f_ffree) / st.f_files if st.f_files > 0 else 0.0
+    return HostStats(disk_used_percent=disk, inodes_used_percent=inodes)
+
+
+@attrs.frozen
+class GCEntry:
+    """Immutable. One allocation waiting for collection and when it was first marked."""
+
+    alloc_id: str
+    runner: Any
+    marked_at: float
+
+
+class GCQueue:
+    """Thread-safe. Allocations waiting for collection, oldest first-marked first,
+    indexed by alloc id (Nomad's IndexedGCAllocPQ).
+
+    Marks are serialised by the queue's lock and a mark never moves an entry, so the
+    order of first marks is the priority order: the index is an insertion-ordered
+    mapping replaced copy-on-write, whose first entry is always the oldest.
+    """
+
+    _lock = immutable()
+    # _lock guards: _entries
+    _entries = guarded("_lock")
+
+    def __init__(self) -> None:
+        self._lock = make_lock("GCQueue._lock")
+        self._entries: dict[str, GCEntry] = {}
+
+    def push(self, alloc_id: str, runner: Any) -> bool:
+        """Queue `runner` under `alloc_id`; False (and no change) if already queued."""
+        if not isinstance(alloc_id, str) or not alloc_id:
+            raise ValueError(f"alloc_id: expected a non-empty string, got {alloc_id!r}")
+        with self._lock:
+            if alloc_id in self._entries:
+                return False
+            entries = dict(self._entries)
+            entries[alloc_id] = GCEntry(alloc_id, runner, time.monotonic())
+            self._entries = entries
+            return True
+
+    def pop(self) -> GCEntry | None:
+        """Remove and return the oldest entry; None when empty."""
+        with self._lock:
+            if not self._entries:
+                return None
+            entries = dict(self._entries)
+            entry = entries.pop(next(iter(entries)))
+            self._entries = entries
+            return entry
+
+    def remove(self, alloc_id: str) -> GCEntry | None:
+        """Remove and return the entry of `alloc_id`; None if it is not queued."""
+        with self._lock:
+            if alloc_id not in self._entries:
+                return None
+            entries = dict(self._entries)
+            entry = entries.pop(alloc_id)
+            self._entries = entries
+            return entry
+
+    def pop_all(self) -> list[GCEntry]:
+        """Remove and return every entry, oldest first."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries = {}
+            return entries
+
+    def ids(self) -> list[str]:
+        """The queued alloc ids, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
+    def __contains__(self, alloc_id: object) -> bool:
+        with self._lock:
+            return alloc_id in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class AllocGarbageCollector:
+    """Thread-safe. Destroys marked allocations on request or when the node is over
+    its disk, inode or allocation-count limits, a bounded number at a time.
+
+    `host_stats` (default: `statvfs_host_stats` of `config.alloc_dir`) and `num_allocs`
+    (default: always 0, so only disk and inodes count) are injected by the embedder.
+    """
+
+    _config = immutable()
+    _host_stats = immutable()
+    _num_allocs = immutable()
+    _queue = immutable()
+    _slots = immutable()
+    _parallel = immutable()
+    _stopping = immutable()
+    _trigger = immutable()
+    _threads = immutable()
+    _lock = immutable()
+    # _lock guards: _started, _in_flight, _max_in_flight
+    _started = guarded("_lock")
+    _in_flight = guarded("_lock")
+    _max_in_flight = guarded("_lock")
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        host_stats: Callable[[], HostStats] | None = None,
+        num_allocs: Callable[[], int] | None = None,
+    ) -> None:
+        self._config = config
+        if host_stats is None:
+            alloc_dir = config.alloc_dir
+
+            def host_stats() -> HostStats:
+                return statvfs_host_stats(alloc_dir)
+
+        self._host_stats = host_stats
+        self._num_allocs = num_allocs if num_allocs is not None else (lambda: 0)
+        parallel = config.gc_parallel_destroys
+        if parallel <= 0:
+            log.warning("gc_parallel_destroys is %d; using 1", parallel)
+            parallel = 1
+        self._parallel = parallel
+        self._slots = threading.BoundedSemaphore(parallel)
+        self._queue = GCQueue()
+        self._stopping = CancelToken()
+        self._trigger = Kick()
+        self._threads = ThreadGroup("gc")
+        self._lock = make_lock("AllocGarbageCollector._lock")
+        self._started = False
+        self._in_flight = 0
+        self._max_in_flight = 0
+
+    # --- queue --------------------------------------------------------------------------
+
+    def mark_for_collection(self, alloc_id: str, runner: GCRunner) -> bool:
+        """Queue a terminal allocation for collection; False if it was already queued
+        (its place, set by the first mark, is kept)."""
+        return self._queue.push(alloc_id, runner)
+
+    def is_marked(self, alloc_id: str) -> bool:
+        """True while `alloc_id` waits in the queue."""
+        return alloc_id in self._queue
+
+    def queued(self) -> list[str]:
+        """Alloc ids waiting for collection, oldest first."""
+        return self._queue.ids()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # --- explicit collection ------------------------------------------------------------
+
+    @calls_out
+    def collect(self, alloc_id: str) -> bool:
+        """Destroy a queued allocation now and wait until it is destroyed.
+
+        False if it is not queued ("already garbage collected", or never marked).
+        After `stop()` the destroy is launched but not waited for.
+        """
+        entry = self._queue.remove(alloc_id)
+        if entry is None:
+            log.debug("allocation %s: already garbage collected", alloc_id)
+            return False
+        self._destroy(entry, "collect")
+        return True
+
+    def collect_async(self, alloc_id: str) -> bool:
+        """Like `collect`, on a worker thread of the collector; never blocks."""
+        entry = self._queue.remove(alloc_id)
+        if entry is None:
+            log.debug("allocation %s: already garbage collected", alloc_id)
+            return False
+        self._spawn_destroy(entry, "collect", None)
+        return True
+
+    @calls_out
+    def collect_all(self) -> int:
+        """Destroy every queued allocation, `gc_parallel_destroys` at a time, and wait
+        for them (or for `stop()`). Returns how many were taken from the queue."""
+        entries = self._queue.pop_all()
+        todo: queue.SimpleQueue[GCEntry] = queue.SimpleQueue()
+        for entry in entries:
+            todo.put(entry)
+
+        def work() -> None:
+            while not self._stopping.cancelled():
+                try:
+                    entry = todo.get_nowait()
+                except queue.Empty:
+                    return
+                self._destroy(entry, "collect all")
+            # Stopping: the rest are launched, not waited for.
+            while True:
+                try:
+                    todo.get_nowait().runner.destroy()
+                except queue.Empty:
+                    return
+
+        workers = ThreadGroup("gc-collect-all")
+        for n in range(min(self._parallel, len(entries))):
+            workers.spawn(f"gc-collect-all-{n}", work)
+        while not workers.join(_POLL):
+            if self._stopping.cancelled():
+                workers.join(STOP_TIMEOUT)
+                break
+        return len(entries)
+
+    # --- threshold loop -----------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Ask the ``gc`` thread for a threshold pass soon; coalescing, never blocks."""
+        self._trigger.kick()
+
+    def _over_threshold(self, live: int) -> str | None:
+        stats = self._host_stats()
+        config = self._config
+        if stats.disk_used_percent > config.gc_disk_usage_threshold:
+            return REASON_DISK
+        if stats.inodes_used_percent > config.gc_inode_usage_threshold:
+            return REASON_INODES
+        if live > config.gc_max_allocs:
+            return REASON_MAX_ALLOCS
+        return None
+
+    @calls_out
+    def keep_usage_below_threshold(self) -> int:
+        """Destroy the oldest marked allocations while the node is over a limit.
+
+        Each round reads the host stats and the live allocation count afresh. Destroys
+        run on worker threads, at most `gc_parallel_destroys` at once; destroys already
+        in flight are subtracted from the live count, and while one is in flight a disk
+        or inode reason is re-checked only after it completes (until then its space is
+        not yet free). Returns how many allocations were destroyed or launched.
+        """
+        in_flight: dict[str, GCEntry] = {}
+        done = Kick()
+        collected = 0
+        while not self._stopping.cancelled():
+            finished = [i for i, e in in_flight.items() if e.runner.is_destroyed()]
+            for alloc_id in finished:
+                del in_flight[alloc_id]
+            # In flight first, then the live count: a destroy that completes between
+            # the two reads makes the count low, never high, so nothing extra is taken.
+            busy = sum(1 for e in in_flight.values() if not e.runner.is_destroyed())
+            try:
+                reason = self._over_threshold(self._num_allocs() - busy)
+            except Exception:
+                log.exception("garbage collection aborted: reading host stats failed")
+                break
+            if reason is None or (reason != REASON_MAX_ALLOCS and in_flight):
+                if not in_flight:
+                    break
+                done.wait(_POLL)
+                continue
+            if len(in_flight) >= self._parallel or not self._acquire_slot():
+                done.wait(_POLL)
+                continue
+            entry = self._queue.pop()
+            if entry is None:
+                self._slots.release()
+                if in_flight:
+                    done.wait(_POLL)
+                    continue
+                self._log_nothing_to_collect(reason)
+                break
+            log.info("garbage collecting allocation %s: %s over threshold", entry.alloc_id, reason)
+            in_flight[entry.alloc_id] = entry
+            self._spawn_destroy(entry, reason, done, have_slot=True)
+            collected += 1
+        return collected
+
+    def _log_nothing_to_collect(self, reason: str) -> None:
+        live = self._num_allocs()
+        level = logging.WARNING
+        if reason == REASON_MAX_ALLOCS and live < 2 * self._config.gc_max_allocs:
+            level = logging.INFO
+        log.log(
+            level,
+            "garbage collection skipped because no terminal allocations (%s over threshold)",
+            reason,
+        )
+
+    # --- destroying ---------------------------------------------------------------------
+
+    @calls_out
+    def _acquire_slot(self) -> bool:
+        """Take one of the parallel-destroy slots; False once stopping."""
+        while not self._stopping.cancelled():
+            if self._slots.acquire(timeout=_POLL):
+                with self._lock:
+                    self._in_flight += 1
+                    self._max_in_flight = max(self._max_in_flight, self._in_flight)
+                return True
+        return False
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    def _spawn_destroy(
+        self, entry: GCEntry, reason: str, done: Kick | None, *, have_slot: bool = False
+    ) -> None:
+        def work() -> None:
+            try:
+                self._destroy(entry, reason, have_slot=have_slot)
+            finally:
+                if done is not None:
+                    done.kick()
+
+        self._threads.spawn(f"gc-destroy-{entry.alloc_id[:8]}", work)
+
+    @calls_out
+    def _destroy(self, entry: GCEntry, reason: str, *, have_slot: bool = False) -> None:
+        """Destroy one runner within a parallel-destroy slot and wait for it (or stop)."""
+        runner = entry.runner
+        if not have_slot and not self._acquire_slot():
+            # Stopping: launch the destroy (it returns at once) but do not wait.
+            runner.destroy()
+            return
+        try:
+            log.debug("allocation %s: destroying (%s)", entry.alloc_id, reason)
+            runner.destroy()
+            while not runner.wait_destroyed(_POLL):
+                if self._stopping.cancelled():
+                    return
+        finally:
+            self._release_slot()
+        close = getattr(runner, "close", None)
+        if close is not None and not close(_CLOSE_TIMEOUT):
+            log.warning("allocation %s: runner threads still alive after destroy", entry.alloc_id)
+
+    def max_parallel_destroys_seen(self) -> int:
+        """The most destroys that were ever in flight at once (for tests and metrics)."""
+        with self._lock:
+            return self._max_in_flight
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the ``gc`` thread: a threshold pass every `gc_interval` seconds and on
+        every `trigger()`."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("garbage collector already started")
+            self._started = True
+        if self._stopping.cancelled():
+            return
+        self._threads.spawn("gc", self._run)
+
+    @calls_out
+    def _run(self) -> None:
+        interval = self._config.gc_interval
+        while True:
+            self._trigger.wait(interval)
+            if self._stopping.cancelled():
+                return
+            try:
+                self.keep_usage_below_threshold()
+            except Exception:
+                log.exception("garbage collection pass failed")
+
+    @calls_out
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop the ``gc`` thread and abandon waits on destroys in flight (the destroys
+        themselves go on). Idempotent; True if every collector thread ended in time."""
+        self._stopping.cancel("garbage collector stopped")
+        self._trigger.kick()
+        return self._threads.join(timeout)
+
+    def stopped(self) -> bool:
+        return self._stopping.cancelled()
