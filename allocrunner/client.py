@@ -1,0 +1,575 @@
+"""Client: the node agent facade over many AllocRunners.
+
+A `Client` is what an embedder runs on a node. It keeps the registry of allocation
+runners, creates one for every allocation the server places on the node, feeds
+updates to them, hands removed and finished allocations to the garbage collector,
+reports the runners' state upstream in coalesced batches, restores everything from the
+state database after an agent restart, and shuts down leaving the tasks running.
+
+Rules it keeps, from Nomad's history:
+
+- The registry lock guards the maps only (Nomad PRs #2152, #4990): runners, the state
+  DB, the collector and callbacks are called with no lock held, on a snapshot.
+- Stale server views are ignored (Nomad PR #5906): an update whose
+  `alloc_modify_index` is not above the one already accepted is dropped, and a whole
+  desired set carrying an `index` not above the last one applied is dropped.
+- A runner's state callback only records the newest view and kicks; one owned thread
+  (``client-updates``) sends batches upstream and marks terminal allocations for
+  collection, so a runner's teardown never waits on the collector (Nomad PR #2852).
+- Restore is per allocation and best effort (Nomad #2560, #16638): an allocation saved
+  with no task state is dropped (the server will send it again); one whose restore
+  fails is marked failed and destroyed.
+
+`run_allocs` calls from several threads are applied one at a time, newest desired set
+first: a caller whose set was superseded by a newer one while it waited returns once the
+newer one is applied (the server's latest view of the node is what counts).
+
+Threads (owned, joined by `shutdown()`): ``client-updates`` and the collector's ``gc``
+(and its ``gc-destroy-<id8>`` workers); each runner owns its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._sync import CancelToken, Kick, ThreadGroup, Waiter
+from allocrunner.allocwatcher import new_prev_watcher
+from allocrunner.config import ClientConfig
+from allocrunner.errors import AllocRunnerError
+from allocrunner.gc import AllocGarbageCollector
+from allocrunner.runner.alloc_runner import AllocRunner
+from allocrunner.structs import CLIENT_FAILED, Allocation
+
+__all__ = ["Client"]
+
+log = logging.getLogger("allocrunner.client")
+
+SHUTDOWN_TIMEOUT = 30.0
+
+_NEW = "new"
+_STARTING = "starting"
+_RUNNING = "running"
+_SHUTDOWN = "shutdown"
+
+
+@attrs.frozen
+class _Desired:
+    """Immutable. One submitted desired set of allocations."""
+
+    seq: int
+    allocs: tuple[Allocation, ...]
+    index: int | None
+
+
+class Client:
+    """Thread-safe. Runs the allocations the server places on this node.
+
+    `start()` restores from the state DB and starts the background threads;
+    `run_allocs()` applies the server's desired set; `shutdown()` stops everything,
+    leaving tasks running for the next `start()`.
+    """
+
+    _config = immutable()
+    _db = immutable()
+    _owns_db = immutable()
+    _drivers = immutable()
+    _owned_drivers = immutable()
+    _state_updater = immutable()
+    _update_interval = immutable()
+    _gc = immutable()
+    _threads = immutable()
+    _update_kick = immutable()
+    _updates_stop = immutable()
+    _shutdown_done = immutable()
+    _allocs_lock = immutable()
+    # _allocs_lock guards the registry: _runners, _indexes, _retired, _marked, _pending,
+    # _phase, _list_index, and the run_allocs turn: _desired, _submitted, _applied,
+    # _applying, _waiters
+    _runners = guarded("_allocs_lock")
+    _indexes = guarded("_allocs_lock")
+    _retired = guarded("_allocs_lock")
+    _marked = guarded("_allocs_lock")
+    _pending = guarded("_allocs_lock")
+    _phase = guarded("_allocs_lock")
+    _list_index = guarded("_allocs_lock")
+    _desired = guarded("_allocs_lock")
+    _submitted = guarded("_allocs_lock")
+    _applied = guarded("_allocs_lock")
+    _applying = guarded("_allocs_lock")
+    _waiters = guarded("_allocs_lock")
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        state_db: Any = None,
+        drivers: Mapping[str, Any] | None = None,
+        state_updater: Callable[[list[Allocation]], None] | None = None,
+        update_interval: float = 0.2,
+    ) -> None:
+        if not isinstance(config, ClientConfig):
+            raise TypeError(f"config: expected ClientConfig, got {type(config).__name__}")
+        if update_interval < 0:
+            raise ValueError(f"update_interval: must be >= 0, got {update_interval!r}")
+        self._config = config
+        if state_db is None:
+            from allocrunner.state import SQLiteStateDB
+
+            state_db = SQLiteStateDB(config.state_db_path())
+            self._owns_db = True
+        else:
+            self._owns_db = False
+        self._db = state_db
+        if drivers is None:
+            from allocrunner.drivers import default_drivers
+
+            built = default_drivers()
+            self._owned_drivers = tuple(built.values())
+            self._drivers = dict(built)
+        else:
+            self._owned_drivers = ()
+            self._drivers = dict(drivers)
+        self._state_updater = state_updater
+        self._update_interval = update_interval
+        self._gc = AllocGarbageCollector(config, num_allocs=self.num_allocs)
+        self._threads = ThreadGroup("client")
+        self._update_kick = Kick()
+        self._updates_stop = CancelToken()
+        self._shutdown_done = CancelToken()
+
+        self._allocs_lock = make_lock("Client._allocs_lock")
+        self._runners: dict[str, AllocRunner] = {}
+        self._indexes: dict[str, int] = {}
+        self._retired: dict[str, AllocRunner] = {}
+        self._marked: frozenset[str] = frozenset()
+        self._pending: dict[str, Allocation] = {}
+        self._phase = _NEW
+        self._list_index = -1
+        self._desired: _Desired | None = None
+        self._submitted = 0
+        self._applied = 0
+        self._applying = False
+        self._waiters: tuple[Waiter, ...] = ()
+
+    # --- views --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._config
+
+    @property
+    def gc(self) -> AllocGarbageCollector:
+        """The client's garbage collector."""
+        return self._gc
+
+    @property
+    def state_db(self) -> Any:
+        return self._db
+
+    def runner(self, alloc_id: str) -> AllocRunner | None:
+        """The tracked runner of `alloc_id`, or None."""
+        with self._allocs_lock:
+            return self._runners.get(alloc_id)
+
+    def runners(self) -> list[AllocRunner]:
+        """Every tracked runner (destroyed ones included until the server removes them)."""
+        with self._allocs_lock:
+            return list(self._runners.values())
+
+    def allocs(self) -> list[Allocation]:
+        """The client view (client status, task states filled) of every tracked alloc."""
+        return [r.client_alloc() for r in self.runners()]
+
+    def num_allocs(self) -> int:
+        """How many tracked allocations are not destroyed."""
+        return sum(1 for r in self.runners() if not r.is_destroyed())
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @calls_out
+    def start(self) -> None:
+        """Restore the allocations saved in the state DB, start their runners, the
+        garbage collector and the upstream-update thread."""
+        with self._allocs_lock:
+            if self._phase != _NEW:
+                raise AllocRunnerError(f"client cannot start: it is {self._phase}")
+            self._phase = _STARTING
+        restored, failed = self._restore()
+        with self._allocs_lock:
+            aborted = self._phase != _STARTING
+            if not aborted:
+                self._phase = _RUNNING
+            self._runners = {r.id: r for r in restored}
+            self._indexes = {r.id: r.alloc().alloc_modify_index for r in restored}
+            self._retired = {r.id: r for r in failed}
+        if aborted:
+            # shutdown() came first and saw none of these: leave them as it would.
+            self._shutdown_runners(restored, failed, SHUTDOWN_TIMEOUT)
+            return
+        for ar in restored:
+            ar.start()
+        self._gc.start()
+        self._threads.spawn("client-updates", self._send_updates)
+        self._gc.trigger()
+
+    @calls_out
+    def _restore(self) -> tuple[list[AllocRunner], list[AllocRunner]]:
+        restored: list[AllocRunner] = []
+        failed: list[AllocRunner] = []
+        try:
+            stored = self._db.all_allocations()
+        except Exception:
+            log.exception("restoring allocations: reading the state DB failed")
+            return restored, failed
+        for alloc in stored:
+            if not self._has_task_state(alloc):
+                log.warning(
+                    "allocation %s: saved without any task state; dropped until the "
+                    "server sends it again",
+                    alloc.id,
+                )
+                self._forget(alloc.id)
+                continue
+            try:
+                ar = self._new_runner(alloc)
+            except Exception:
+                log.exception("allocation %s: cannot be restored; dropped", alloc.id)
+                self._forget(alloc.id)
+                continue
+            try:
+                ar.restore()
+            except Exception:
+                log.exception("allocation %s: restore failed; destroying it", alloc.id)
+                ar.set_client_status(CLIENT_FAILED)
+                ar.destroy()
+                failed.append(ar)
+                continue
+            restored.append(ar)
+        return restored, failed
+
+    def _has_task_state(self, alloc: Allocation) -> bool:
+        group = alloc.group()
+        if group is None:
+            return False
+        for task in group.tasks:
+            local, state = self._db.task_runner_state(alloc.id, task.name)
+            if local is not None or state is not None:
+                return True
+        return False
+
+    @calls_out
+    def _forget(self, alloc_id: str) -> None:
+        try:
+            self._db.delete_allocation(alloc_id)
+        except Exception:
+            log.exception("allocation %s: deleting its state failed", alloc_id)
+
+    def _new_runner(self, alloc: Allocation, prev_runner: AllocRunner | None = None) -> AllocRunner:
+        kwargs: dict[str, Any] = {}
+        if alloc.previous_allocation:
+            watcher, migrator = new_prev_watcher(alloc, prev_runner=prev_runner)
+            kwargs = {"prev_watcher": watcher, "prev_migrator": migrator}
+        return AllocRunner(
+            alloc,
+            self._config,
+            state_db=self._db,
+            drivers=self._drivers,
+            state_updater=self._record_update,
+            **kwargs,
+        )
+
+    @calls_out
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
+        """Stop accepting allocations, shut every runner down at once (tasks keep
+        running, their state saved), stop the collector and the update thread, close
+        the drivers and the state DB this client opened. Idempotent; True if everything
+        ended within `timeout` seconds."""
+        with self._allocs_lock:
+            first = self._phase != _SHUTDOWN
+            self._phase = _SHUTDOWN
+            waiter = self._wait_turn_locked() if first else None
+        if not first:
+            return self._shutdown_done.wait(timeout)
+        if waiter is not None:
+            waiter.wait(timeout)
+        ok = self._gc.stop(timeout)
+        with self._allocs_lock:
+            tracked = list(self._runners.values())
+            retired = list(self._retired.values())
+        ok = self._shutdown_runners(tracked, retired, timeout) and ok
+        self._updates_stop.cancel("client shutting down")
+        self._update_kick.kick()
+        ok = self._threads.join(timeout) and ok
+        for driver in self._owned_drivers:
+            close = getattr(driver, "close", None)
+            if close is not None:
+                close()
+        if self._owns_db:
+            self._db.close()
+        self._shutdown_done.cancel("shut down")
+        return ok
+
+    @calls_out
+    def _shutdown_runners(
+        self, tracked: list[AllocRunner], retired: list[AllocRunner], timeout: float
+    ) -> bool:
+        """Shut every runner down at once (the retired ones are being destroyed, which
+        shutdown leaves alone), wait for them, save the tracked ones, join them all."""
+        ok = True
+        everyone = tracked + retired
+        for ar in everyone:
+            ar.shutdown()
+        for ar in everyone:
+            if not ar.wait_shutdown(timeout):
+                log.warning("allocation %s: not shut down within %.1fs", ar.id, timeout)
+                ok = False
+        for ar in tracked:
+            ar.persist_state()
+        for ar in everyone:
+            if not ar.close(timeout):
+                log.warning("allocation %s: threads still alive after shutdown", ar.id)
+                ok = False
+        return ok
+
+    def __enter__(self) -> Client:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # --- applying the server's desired set -------------------------------------------------
+
+    @calls_out
+    def run_allocs(self, allocs: Iterable[Allocation], *, index: int | None = None) -> None:
+        """Make the node run exactly `allocs`, the server's full desired set for it.
+
+        New ids get a runner (a replacement waits for, and may inherit the data of,
+        the tracked runner of its previous allocation); known ids with a higher
+        `alloc_modify_index` are updated; tracked ids missing from the set are untracked
+        and collected in the background. `index` (the server's index of this view)
+        makes a set not newer than the last one applied be ignored. Returns once this
+        set, or a newer one, has been applied; ignored after `shutdown()`.
+        """
+        desired = self._check_allocs(allocs)
+        with self._allocs_lock:
+            if self._phase in (_NEW, _STARTING):
+                raise AllocRunnerError("run_allocs before start(): the client is not running")
+            if self._phase != _RUNNING:
+                return
+            self._submitted += 1
+            seq = self._submitted
+            self._desired = _Desired(seq, desired, index)
+        while True:
+            with self._allocs_lock:
+                if self._applied >= seq or self._phase != _RUNNING:
+                    return
+                waiter = self._wait_turn_locked()
+                job = None
+                if waiter is None:
+                    self._applying = True
+                    job = self._desired
+            if waiter is not None:
+                waiter.wait()
+                continue
+            assert job is not None
+            try:
+                self._apply(job)
+            finally:
+                with self._allocs_lock:
+                    self._applied = max(self._applied, job.seq)
+                    self._applying = False
+                    waiters, self._waiters = self._waiters, ()
+                for w in waiters:
+                    w.wake()
+
+    def _wait_turn_locked(self) -> Waiter | None:
+        """A waiter to be woken when the set being applied is done; None if none is."""
+        if not self._applying:
+            return None
+        waiter = Waiter()
+        self._waiters = (*self._waiters, waiter)
+        return waiter
+
+    @staticmethod
+    def _check_allocs(allocs: Iterable[Allocation]) -> tuple[Allocation, ...]:
+        out = tuple(allocs)
+        seen: set[str] = set()
+        for n, alloc in enumerate(out):
+            if not isinstance(alloc, Allocation):
+                raise TypeError(f"allocs[{n}]: expected Allocation, got {type(alloc).__name__}")
+            if alloc.id in seen:
+                raise ValueError(f"allocs[{n}].id: allocation {alloc.id} appears twice")
+            seen.add(alloc.id)
+        return out
+
+    @calls_out
+    def _apply(self, job: _Desired) -> None:
+        with self._allocs_lock:
+            if job.index is not None:
+                if job.index <= self._list_index:
+                    log.debug("ignoring stale allocation set %d", job.index)
+                    return
+                self._list_index = job.index
+            runners = self._runners
+            indexes = self._indexes
+        desired = {a.id: a for a in job.allocs}
+        removed = {i: r for i, r in runners.items() if i not in desired}
+        updates = [
+            a for i, a in desired.items() if i in runners and a.alloc_modify_index > indexes[i]
+        ]
+        adds = _order_adds([a for i, a in desired.items() if i not in runners])
+
+        if removed:
+            self._remove(removed)
+        if updates:
+            self._update(updates)
+        for alloc in adds:
+            self._add(alloc)
+        if updates or adds:
+            self._gc.trigger()
+
+    def _remove(self, removed: dict[str, AllocRunner]) -> None:
+        with self._allocs_lock:
+            retired = dict(self._retired)
+        # Runners destroyed and closed by the collector need no more watching.
+        gone = {i for i, r in retired.items() if r.is_destroyed()}
+        with self._allocs_lock:
+            runners = {i: r for i, r in self._runners.items() if i not in removed}
+            self._runners = runners
+            self._indexes = {i: n for i, n in self._indexes.items() if i in runners}
+            self._marked = self._marked - removed.keys()
+            retired = {i: r for i, r in self._retired.items() if i not in gone}
+            retired.update(removed)
+            self._retired = retired
+        for alloc_id, ar in removed.items():
+            log.debug("allocation %s: removed by the server; collecting", alloc_id)
+            self._gc.mark_for_collection(alloc_id, ar)
+            self._gc.collect_async(alloc_id)
+
+    def _update(self, updates: list[Allocation]) -> None:
+        targets: list[tuple[AllocRunner, Allocation]] = []
+        with self._allocs_lock:
+            indexes = dict(self._indexes)
+            for alloc in updates:
+                ar = self._runners.get(alloc.id)
+                if ar is not None and alloc.alloc_modify_index > indexes[alloc.id]:
+                    indexes[alloc.id] = alloc.alloc_modify_index
+                    targets.append((ar, alloc))
+            self._indexes = indexes
+        for ar, alloc in targets:
+            ar.update(alloc)
+
+    @calls_out
+    def _add(self, alloc: Allocation) -> None:
+        prev = self.runner(alloc.previous_allocation) if alloc.previous_allocation else None
+        try:
+            self._db.put_allocation(alloc)
+        except Exception:
+            log.exception("allocation %s: persisting failed", alloc.id)
+        try:
+            ar = self._new_runner(alloc, prev)
+        except Exception as err:
+            log.error("allocation %s: cannot be run: %s", alloc.id, err)
+            self._forget(alloc.id)
+            self._record_update(
+                attrs.evolve(alloc, client_status=CLIENT_FAILED, client_description=str(err))
+            )
+            return
+        with self._allocs_lock:
+            runners = dict(self._runners)
+            runners[alloc.id] = ar
+            self._runners = runners
+            indexes = dict(self._indexes)
+            indexes[alloc.id] = alloc.alloc_modify_index
+            self._indexes = indexes
+        ar.start()
+
+    # --- explicit collection ------------------------------------------------------------
+
+    @calls_out
+    def collect(self, alloc_id: str) -> bool:
+        """Destroy a terminal allocation marked for collection now; False if it is not
+        marked (still running, or already collected)."""
+        return self._gc.collect(alloc_id)
+
+    @calls_out
+    def collect_all(self) -> int:
+        """Destroy every allocation marked for collection; how many were collected."""
+        return self._gc.collect_all()
+
+    # --- upstream updates ---------------------------------------------------------------
+
+    def _record_update(self, view: Allocation) -> None:
+        """A runner's state callback: keep the newest view of its alloc and kick."""
+        with self._allocs_lock:
+            pending = dict(self._pending)
+            pending[view.id] = view
+            self._pending = pending
+        self._update_kick.kick()
+
+    @calls_out
+    def _send_updates(self) -> None:
+        """The ``client-updates`` thread: at most one batch every `update_interval`."""
+        while True:
+            self._update_kick.wait()
+            with self._allocs_lock:
+                batch, self._pending = self._pending, {}
+            if batch:
+                self._deliver(list(batch.values()))
+            if self._updates_stop.cancelled():
+                with self._allocs_lock:
+                    drained = not self._pending
+                if drained:
+                    return
+                continue
+            self._updates_stop.wait(self._update_interval)
+
+    @calls_out
+    def _deliver(self, views: list[Allocation]) -> None:
+        if self._state_updater is not None:
+            try:
+                self._state_updater(views)
+            except Exception:
+                log.exception("state updater failed")
+        done = {v.id for v in views if v.client_terminal()}
+        if not done:
+            return
+        with self._allocs_lock:
+            fresh = [
+                (i, self._runners[i]) for i in done if i in self._runners and i not in self._marked
+            ]
+            self._marked = self._marked | {i for i, _ in fresh}
+        for alloc_id, ar in fresh:
+            self._gc.mark_for_collection(alloc_id, ar)
+        if fresh:
+            self._gc.trigger()
+
+    def __repr__(self) -> str:
+        return f"<Client {self._config.data_dir}>"
+
+
+def _order_adds(adds: list[Allocation]) -> list[Allocation]:
+    """New allocations with each replacement after the previous allocation it replaces,
+    when both are new, so the replacement finds the previous one's runner."""
+    pending = {a.id: a for a in adds}
+    ordered: list[Allocation] = []
+    placed: set[str] = set()
+
+    def place(alloc: Allocation, depth: int = 0) -> None:
+        if alloc.id in placed:
+            return
+        prev = pending.get(alloc.previous_allocation)
+        if prev is not None and depth < len(adds):
+            place(prev, depth + 1)
+        placed.add(alloc.id)
+        ordered.append(alloc)
+
+    for alloc in adds:
+        place(alloc)
+    return ordered
