@@ -1,0 +1,117 @@
+"""Client under concurrent use: several threads apply desired sets, read the client
+views and collect, while allocations finish and the collector runs. Afterwards the
+registry must match the last set applied and every removed allocation be destroyed."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+
+import attrs
+import pytest
+
+from allocrunner.client import Client
+from allocrunner.config import ClientConfig
+from allocrunner.drivers import MockDriver
+from allocrunner.state import MemDB
+from allocrunner.structs import new_allocation
+from allocrunner.testing import mock_job, mock_task, wait_for
+
+DURATION = 2.0
+
+
+@pytest.mark.stress
+def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
+    config = ClientConfig.for_data_dir(
+        tmp_path, max_kill_timeout=2.0, kill_retry_base=0.05, gc_interval=0.05, gc_max_allocs=4
+    )
+    driver = MockDriver()
+    sent: list[int] = []
+    client = Client(
+        config,
+        state_db=MemDB(),
+        drivers={"mock_driver": driver},
+        state_updater=lambda views: sent.append(len(views)),
+        update_interval=0.01,
+    )
+    jobs = [
+        mock_job(mock_task("t", config={"run_for": "20ms"}), job_type="batch"),
+        mock_job(mock_task("t", config={"run_for": "30s"})),
+    ]
+    pool = [new_allocation(jobs[n % 2], "web", index=n) for n in range(12)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    client.start()
+    try:
+
+        def applier(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                chosen = rng.sample(pool, rng.randint(0, 6))
+                chosen = [
+                    attrs.evolve(a, alloc_modify_index=a.alloc_modify_index + rng.randint(0, 2))
+                    for a in chosen
+                ]
+                client.run_allocs(chosen)
+
+        def reader() -> None:
+            while not stop.is_set():
+                for view in client.allocs():
+                    assert view.id in {a.id for a in pool}
+                client.num_allocs()
+
+        def collector(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                client.collect(rng.choice(pool).id)
+                if rng.random() < 0.05:
+                    client.collect_all()
+
+        def guard(fn, *args):
+            try:
+                fn(*args)
+            except BaseException as err:  # reported by the test thread
+                errors.append(err)
+
+        threads = [
+            threading.Thread(target=guard, args=(applier, 1), name="stress-apply-1"),
+            threading.Thread(target=guard, args=(applier, 2), name="stress-apply-2"),
+            threading.Thread(target=guard, args=(reader,), name="stress-read"),
+            threading.Thread(target=guard, args=(collector, 3), name="stress-collect"),
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + DURATION
+        while time.monotonic() < deadline and not errors:
+            stop.wait(0.05)
+        stop.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive(), f"{t.name} is stuck"
+        sys.setswitchinterval(old)
+        assert not errors, errors
+
+        final = pool[:3]
+        client.run_allocs(final)
+        assert {a.id for a in client.allocs()} == {a.id for a in final}
+        live = [client.runner(a.id) for a in final]
+
+        def settled():
+            for a, ar in zip(final, live, strict=True):
+                status = ar.alloc_state().client_status
+                assert status in ("running", "complete"), f"{a.id} is {status}"
+
+        wait_for(settled, timeout=20)
+        assert sent, "no upstream updates were sent"
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        assert client.shutdown(30)
+        driver.close()
+    root = tmp_path / "alloc"
+    leftovers = [p.name for p in root.iterdir()] if root.exists() else []
+    assert set(leftovers) <= {a.id for a in pool[:3]}, "a removed alloc was not destroyed"
