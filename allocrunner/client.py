@@ -16,6 +16,9 @@ Rules it keeps, from Nomad's history:
 - A runner's state callback only records the newest view and kicks; one owned thread
   (``client-updates``) sends batches upstream and marks terminal allocations for
   collection, so a runner's teardown never waits on the collector (Nomad PR #2852).
+- An allocation id the client removed (or failed to restore) is never run again: ids
+  are never reused, so a later view that still lists it is stale, and a second runner
+  would share the alloc dir and state the first one is destroying.
 - Restore is per allocation and best effort (Nomad #2560, #16638): an allocation saved
   with no task state is dropped (the server will send it again); one whose restore
   fails is marked failed and destroyed.
@@ -36,7 +39,7 @@ from typing import Any
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, Kick, ThreadGroup, Waiter
 from allocrunner.allocwatcher import new_prev_watcher
 from allocrunner.config import ClientConfig
@@ -50,6 +53,8 @@ __all__ = ["Client"]
 log = logging.getLogger("allocrunner.client")
 
 SHUTDOWN_TIMEOUT = 30.0
+# How many removed alloc ids are remembered to ignore stale views that list them again.
+TOMBSTONES = 4096
 
 _NEW = "new"
 _STARTING = "starting"
@@ -88,7 +93,7 @@ class Client:
     _shutdown_done = immutable()
     _allocs_lock = immutable()
     # _allocs_lock guards the registry: _runners, _indexes, _retired, _marked, _pending,
-    # _phase, _list_index, and the run_allocs turn: _desired, _submitted, _applied,
+    # _phase, _list_index, _tombstones, and the run_allocs turn: _desired, _submitted, _applied,
     # _applying, _waiters
     _runners = guarded("_allocs_lock")
     _indexes = guarded("_allocs_lock")
@@ -97,6 +102,7 @@ class Client:
     _pending = guarded("_allocs_lock")
     _phase = guarded("_allocs_lock")
     _list_index = guarded("_allocs_lock")
+    _tombstones = guarded("_allocs_lock")
     _desired = guarded("_allocs_lock")
     _submitted = guarded("_allocs_lock")
     _applied = guarded("_allocs_lock")
@@ -150,6 +156,7 @@ class Client:
         self._pending: dict[str, Allocation] = {}
         self._phase = _NEW
         self._list_index = -1
+        self._tombstones: dict[str, None] = {}
         self._desired: _Desired | None = None
         self._submitted = 0
         self._applied = 0
@@ -207,6 +214,7 @@ class Client:
             self._runners = {r.id: r for r in restored}
             self._indexes = {r.id: r.alloc().alloc_modify_index for r in restored}
             self._retired = {r.id: r for r in failed}
+            self._bury_locked(r.id for r in failed)
         if aborted:
             # shutdown() came first and saw none of these: leave them as it would.
             self._shutdown_runners(restored, failed, SHUTDOWN_TIMEOUT)
@@ -418,12 +426,15 @@ class Client:
                 self._list_index = job.index
             runners = self._runners
             indexes = self._indexes
+            buried = [i for i in (a.id for a in job.allocs) if i in self._tombstones]
+        if buried:
+            log.debug("ignoring removed allocations listed again: %s", ", ".join(buried))
         desired = {a.id: a for a in job.allocs}
         removed = {i: r for i, r in runners.items() if i not in desired}
         updates = [
             a for i, a in desired.items() if i in runners and a.alloc_modify_index > indexes[i]
         ]
-        adds = _order_adds([a for i, a in desired.items() if i not in runners])
+        adds = _order_adds([a for i, a in desired.items() if i not in runners and i not in buried])
 
         if removed:
             self._remove(removed)
@@ -447,10 +458,19 @@ class Client:
             retired = {i: r for i, r in self._retired.items() if i not in gone}
             retired.update(removed)
             self._retired = retired
+            self._bury_locked(removed)
         for alloc_id, ar in removed.items():
             log.debug("allocation %s: removed by the server; collecting", alloc_id)
             self._gc.mark_for_collection(alloc_id, ar)
             self._gc.collect_async(alloc_id)
+
+    @requires("_allocs_lock")
+    def _bury_locked(self, alloc_ids: Iterable[str]) -> None:
+        tombstones = dict(self._tombstones)
+        tombstones.update(dict.fromkeys(alloc_ids))
+        while len(tombstones) > TOMBSTONES:
+            del tombstones[next(iter(tombstones))]
+        self._tombstones = tombstones
 
     def _update(self, updates: list[Allocation]) -> None:
         targets: list[tuple[AllocRunner, Allocation]] = []

@@ -41,8 +41,11 @@ def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
         mock_job(mock_task("t", config={"run_for": "30s"})),
     ]
     pool = [new_allocation(jobs[n % 2], "web", index=n) for n in range(12)]
+    pool_lock = threading.Lock()
+    known = {a.id for a in pool}
     errors: list[BaseException] = []
     stop = threading.Event()
+    final: list = []
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     client.start()
@@ -51,23 +54,36 @@ def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
         def applier(seed: int) -> None:
             rng = random.Random(seed)
             while not stop.is_set():
-                chosen = rng.sample(pool, rng.randint(0, 6))
+                with pool_lock:
+                    chosen = rng.sample(pool, rng.randint(0, 6))
                 chosen = [
                     attrs.evolve(a, alloc_modify_index=a.alloc_modify_index + rng.randint(0, 2))
                     for a in chosen
                 ]
+                if rng.random() < 0.3:
+                    fresh = new_allocation(jobs[seed % 2], "web", index=100 + seed)
+                    with pool_lock:
+                        pool.append(fresh)
+                    chosen.append(fresh)
                 client.run_allocs(chosen)
+                stop.wait(0.005)
 
         def reader() -> None:
             while not stop.is_set():
-                for view in client.allocs():
-                    assert view.id in {a.id for a in pool}
+                views = client.allocs()
+                with pool_lock:  # after the read: every id it shows was added before it
+                    known.update(a.id for a in pool)
+                    ids = set(known)
+                for view in views:
+                    assert view.id in ids
                 client.num_allocs()
 
         def collector(seed: int) -> None:
             rng = random.Random(seed)
             while not stop.is_set():
-                client.collect(rng.choice(pool).id)
+                with pool_lock:
+                    target = rng.choice(pool)
+                client.collect(target.id)
                 if rng.random() < 0.05:
                     client.collect_all()
 
@@ -95,7 +111,8 @@ def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
         sys.setswitchinterval(old)
         assert not errors, errors
 
-        final = pool[:3]
+        # Fresh ids: ids removed during the run are never run again.
+        final = [new_allocation(jobs[n % 2], "web", index=200 + n) for n in range(3)]
         client.run_allocs(final)
         assert {a.id for a in client.allocs()} == {a.id for a in final}
         live = [client.runner(a.id) for a in final]
@@ -114,4 +131,4 @@ def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
         driver.close()
     root = tmp_path / "alloc"
     leftovers = [p.name for p in root.iterdir()] if root.exists() else []
-    assert set(leftovers) <= {a.id for a in pool[:3]}, "a removed alloc was not destroyed"
+    assert set(leftovers) <= {a.id for a in final}, "a removed alloc was not destroyed"

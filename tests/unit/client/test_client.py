@@ -5,6 +5,7 @@ inherit their previous allocation's sticky disk."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -119,6 +120,22 @@ def test_run_allocs_removes_and_collects_missing_allocs(make_client):
     assert not gone_dir.exists()
     assert [a.id for a in client.state_db.all_allocations()] == [keep.id]
     assert client.runner(keep.id).alloc_state().client_status == "running"
+
+
+def test_a_removed_alloc_listed_again_is_not_run_again(make_client):
+    client = make_client()
+    client.start()
+    alloc = new_allocation(_service(), "web")
+    client.run_allocs([alloc])
+    wait_for(_task_state(client, alloc.id, "web", "running"))
+    old = client.runner(alloc.id)
+    client.run_allocs([])
+    # A stale view lists it again while (or after) it is destroyed: no second runner
+    # may share its alloc dir and state.
+    client.run_allocs([_bump(alloc)])
+    assert client.runner(alloc.id) is None
+    assert old.wait_destroyed(10)
+    assert not old.alloc_dir.path.exists()
 
 
 def test_a_stale_desired_set_is_ignored(make_client):
@@ -307,7 +324,7 @@ def test_shutdown_leaves_real_processes_running_for_the_next_client(make_client)
         second.run_allocs([])
         wait_for(lambda: _equal(_alive(pid), False), timeout=10)
     finally:
-        if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
