@@ -396,6 +396,7 @@ class Client:
                 for w in waiters:
                     w.wake()
 
+    @requires("_allocs_lock")
     def _wait_turn_locked(self) -> Waiter | None:
         """A waiter to be woken when the set being applied is done; None if none is."""
         if not self._applying:
