@@ -7,14 +7,18 @@ from allocrunner._locking import LOCK_ORDER, RWLock, make_lock, make_rwlock
 from allocrunner._sync import CancelToken, Kick, LatestValue, ThreadGroup
 from allocrunner.allocdir import AllocDir, FileChange, FileInfo, TaskDir
 from allocrunner.allocwatcher import (
+    GroupPrevAllocWatcher,
     LocalPrevAlloc,
     NoopPrevAlloc,
+    PrevAllocMigrationError,
     PrevAllocMigrator,
+    PrevAllocWaitCancelled,
     PrevAllocWatcher,
     RemotePrevAlloc,
     new_prev_watcher,
 )
 from allocrunner.broadcaster import AllocBroadcaster, AllocListener
+from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import (
     Driver,
@@ -44,6 +48,7 @@ from allocrunner.errors import (
     TaskNotRunningError,
     UnknownTaskError,
 )
+from allocrunner.gc import AllocGarbageCollector, HostStats
 from allocrunner.jobspec import (
     canonicalize_job,
     decode_alloc_state,
@@ -91,6 +96,7 @@ __all__ = [
     "AllocDeploymentStatus",
     "AllocDir",
     "AllocDirError",
+    "AllocGarbageCollector",
     "AllocListener",
     "AllocRunner",
     "AllocRunnerError",
@@ -99,6 +105,7 @@ __all__ = [
     "BroadcasterClosed",
     "CalloutUnderLockError",
     "CancelToken",
+    "Client",
     "ClientConfig",
     "DesiredTransition",
     "Driver",
@@ -109,10 +116,12 @@ __all__ = [
     "FileInfo",
     "FrozenDict",
     "Gate",
+    "GroupPrevAllocWatcher",
     "HealthHook",
     "HookError",
     "HookErrors",
     "HookState",
+    "HostStats",
     "Job",
     "JobSpecError",
     "Kick",
@@ -130,7 +139,9 @@ __all__ = [
     "NoopDB",
     "NoopPrevAlloc",
     "PathEscapeError",
+    "PrevAllocMigrationError",
     "PrevAllocMigrator",
+    "PrevAllocWaitCancelled",
     "PrevAllocWatcher",
     "RWLock",
     "RawExecDriver",
