@@ -41,8 +41,11 @@ import attrs
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
 from allocrunner._sync import CancelToken, Kick, LatestValue, ThreadGroup
 from allocrunner.allocdir import AllocDir
+from allocrunner.allocwatcher import NoopPrevAlloc
 from allocrunner.broadcaster import AllocBroadcaster, AllocListener
 from allocrunner.config import ClientConfig
+from allocrunner.drivers import default_drivers
+from allocrunner.durations import format_duration
 from allocrunner.errors import (
     AllocRunnerError,
     BroadcasterClosed,
@@ -57,6 +60,7 @@ from allocrunner.runner.hooks import (
     run_phase,
 )
 from allocrunner.runner.lifecycle import TaskCoordinator
+from allocrunner.state import NoopDB
 from allocrunner.structs import (
     CLIENT_FAILED,
     CLIENT_PENDING,
@@ -88,10 +92,15 @@ def _id8(alloc_id: str) -> str:
     return alloc_id[:8]
 
 
-def _format_seconds(seconds: float) -> str:
-    from allocrunner.durations import format_duration
-
-    return format_duration(seconds)
+def _client_view(alloc: Allocation, state: AllocState) -> Allocation:
+    """The allocation with its client fields taken from the runtime state."""
+    return attrs.evolve(
+        alloc,
+        client_status=state.client_status,
+        client_description=state.client_description,
+        task_states=state.task_states,
+        deployment_status=state.deployment_status,
+    )
 
 
 class AllocRunner:
@@ -166,10 +175,6 @@ class AllocRunner:
             )
         if not group.tasks:
             raise AllocRunnerError(f"allocation {alloc.id}: task group {group.name!r} has no tasks")
-        from allocrunner.allocwatcher import NoopPrevAlloc
-        from allocrunner.drivers import default_drivers
-        from allocrunner.state import NoopDB
-
         self._id = alloc.id
         self._config = config
         self._state_db = state_db if state_db is not None else NoopDB()
@@ -266,14 +271,7 @@ class AllocRunner:
 
     def client_alloc(self) -> Allocation:
         """The allocation with its client fields (status, task states, health) filled."""
-        state = self.alloc_state()
-        return attrs.evolve(
-            self.alloc(),
-            client_status=state.client_status,
-            client_description=state.client_description,
-            task_states=state.task_states,
-            deployment_status=state.deployment_status,
-        )
+        return _client_view(self.alloc(), self.alloc_state())
 
     def listen(self) -> AllocListener:
         """A latest-only listener on the client view of this allocation."""
@@ -515,13 +513,7 @@ class AllocRunner:
             self._state = state
             # A verdict computed here (failed in a deployment → unhealthy) is kept.
             self._deployment_status = state.deployment_status
-        client = attrs.evolve(
-            alloc,
-            client_status=state.client_status,
-            client_description=state.client_description,
-            task_states=state.task_states,
-            deployment_status=state.deployment_status,
-        )
+        client = _client_view(alloc, state)
         if changed and self._state_updater is not None:
             try:
                 self._state_updater(client)
@@ -694,12 +686,12 @@ class AllocRunner:
         event = None
         if state.finished_at is None:
             timeout = self._kill_timeout(tr)
-            text = f"Sent interrupt. Waiting {_format_seconds(timeout)} before force killing"
+            text = f"Sent interrupt. Waiting {format_duration(timeout)} before force killing"
             event = TaskEvent(
                 EVENT_KILLING,
                 message=text,
                 display_message=text,
-                details={"kill_timeout": _format_seconds(timeout)},
+                details={"kill_timeout": format_duration(timeout)},
             )
         with contextlib.suppress(TaskNotRunningError):
             tr.kill(event)
