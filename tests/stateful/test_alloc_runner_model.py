@@ -135,6 +135,55 @@ class AllocRunnerModel(RuleBasedStateMachine):
         with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
             self.ar.signal_task(task, "SIGHUP")
 
+    @rule(
+        ops=st.lists(
+            st.sampled_from(["update", "stop", "stale", "restart", "signal", "read", "listen"]),
+            min_size=2,
+            max_size=5,
+        )
+    )
+    def burst(self, ops: list[str]) -> None:
+        """Several operations at once, each from its own thread; all must finish."""
+        self.index += 1
+        index = self.index
+        errors: list[BaseException] = []
+
+        def one(op: str) -> None:
+            try:
+                if op in ("update", "stop", "stale"):
+                    bumped = index - 3 if op == "stale" else index
+                    desired = "stop" if op == "stop" else "run"
+                    self.ar.update(
+                        attrs.evolve(
+                            self.alloc, alloc_modify_index=max(1, bumped), desired_status=desired
+                        )
+                    )
+                elif op == "restart":
+                    with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
+                        self.ar.restart_task("main", TaskEvent(EVENT_RESTART_SIGNAL, message="x"))
+                elif op == "signal":
+                    with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
+                        self.ar.signal_task("", "SIGHUP")
+                elif op == "read":
+                    consistent(self.ar.alloc_state())
+                else:
+                    with (
+                        self.ar.listen() as listener,
+                        contextlib.suppress(TimeoutError, BroadcasterClosed),
+                    ):
+                        listener.get(timeout=0.01)
+            except BaseException as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=one, args=(op,), name=f"model-{op}") for op in ops]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(BOUND)
+            assert not t.is_alive(), f"{t.name} did not finish: deadlock?"
+        if errors:
+            raise errors[0]
+
     @rule()
     def destroy(self) -> None:
         self.ar.destroy()
