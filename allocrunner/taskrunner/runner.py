@@ -1005,8 +1005,12 @@ class TaskRunner:
 
     @staticmethod
     def _exited(driver: Driver, task_id: str) -> bool:
+        """True if the task has exited, or the driver no longer knows it (another
+        runner of the same task, e.g. after a restore, already stopped and forgot it)."""
         try:
             return driver.inspect(task_id).state == TASK_STATE_EXITED
+        except DriverError:
+            return True
         except Exception:
             return False
 

@@ -225,3 +225,32 @@ def test_destroy_after_shutdown_kills_the_tasks_left_running(make_runner, driver
         assert status.state != "running", status
 
     wait_for(gone)
+
+
+def test_restored_group_whose_leader_died_while_down_stops_cleanly(
+    make_runner, state_db, drivers
+):
+    job = mock_job(
+        mock_task("leader", config={"run_for": "30s"}, leader=True),
+        mock_task("follower", config={"run_for": "30s"}, kill_timeout=0.05),
+        job_type="batch",
+    )
+    alloc = new_allocation(job, "web")
+    first = make_runner(alloc)
+    first.start()
+    wait_for(lambda: _state(first, "leader", "running"))
+    wait_for(lambda: _state(first, "follower", "running"))
+    leader_handle = first.task_runner("leader").local_state().task_handle
+    first.shutdown()
+    assert first.wait_shutdown(10)
+    drivers["mock_driver"].stop(leader_handle.task_id, 0.05)  # it died while we were down
+
+    second = make_runner(alloc)
+    second.restore()
+    second.start()
+    assert second.wait(10)
+    state = second.alloc_state()
+    assert state.client_status == "complete"
+    follower = [e.type for e in state.task_states["follower"].events]
+    assert "Leader Task Dead" in follower and follower[-1] == EVENT_KILLED
+    assert [e.type for e in state.task_states["leader"].events].count(EVENT_STARTED) == 1
