@@ -29,6 +29,7 @@ from allocrunner.structs import (
 __all__ = [
     "ThreadLeakCheck",
     "assert_stays",
+    "lifecycle",
     "lock_violations",
     "mock_alloc",
     "mock_job",
