@@ -3,6 +3,8 @@
     allocrunner run JOBFILE [--data-dir DIR]    run every group of a job, live status
     allocrunner status [--json] --data-dir DIR  allocations recorded in DIR
     allocrunner logs --data-dir DIR ALLOC TASK [--stderr]
+    allocrunner stop --data-dir DIR [ALLOC]     stop allocations (all by default)
+    allocrunner gc --data-dir DIR [ALLOC]       remove finished allocations
 
 Exit codes: 0 every task succeeded, 1 a task failed, 2 bad input, 130 interrupted.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -23,6 +26,7 @@ from typing import TextIO
 
 import attrs
 
+from allocrunner.allocdir import AllocDir
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import default_drivers
 from allocrunner.errors import AllocRunnerError, JobSpecError, StateDBError
@@ -43,6 +47,7 @@ EXIT_TASK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 POLL = 0.1
+ALL = "all"
 
 
 class _Printer:
@@ -129,6 +134,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     drivers = default_drivers()
     runners: list[AllocRunner] = []
     interrupted = False
+    pid_file = _pid_file(data_dir)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(os.getpid()))
     try:
         for group in job.task_groups:
             for index in range(group.count):
@@ -137,11 +145,12 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"==> running job {job.id!r}: {len(runners)} allocation(s) in {data_dir}", file=out)
         for ar in runners:
             ar.start()
-        interrupted = _watch(runners, out)
+        interrupted = _watch(runners, out, _stop_dir(data_dir))
         for ar in runners:
             print(f"==> {_summary(ar)}", file=out)
             _print_output(ar, out)
     finally:
+        pid_file.unlink(missing_ok=True)
         if temporary:
             for ar in runners:
                 ar.destroy()
@@ -160,7 +169,27 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_TASK_FAILED if failed else EXIT_OK
 
 
-def _watch(runners: Sequence[AllocRunner], out: TextIO) -> bool:
+def _stop_update(ar: AllocRunner) -> None:
+    alloc = ar.alloc()
+    ar.update(
+        attrs.evolve(alloc, desired_status="stop", alloc_modify_index=alloc.alloc_modify_index + 1)
+    )
+
+
+def _take_stop_requests(runners: Sequence[AllocRunner], stop_dir: Path, out: TextIO) -> None:
+    """Apply `allocrunner stop` requests left in `stop_dir` by another process."""
+    if not stop_dir.is_dir():
+        return
+    for request in stop_dir.iterdir():
+        prefix = request.name
+        request.unlink(missing_ok=True)
+        for ar in runners:
+            if prefix == ALL or ar.id.startswith(prefix):
+                print(f"==> stop requested for {ar.alloc().name}", file=out)
+                _stop_update(ar)
+
+
+def _watch(runners: Sequence[AllocRunner], out: TextIO, stop_dir: Path) -> bool:
     """Print events until every allocation has finished; on Ctrl-C stop them all."""
     printer = _Printer(out)
     interrupted = False
@@ -172,6 +201,7 @@ def _watch(runners: Sequence[AllocRunner], out: TextIO) -> bool:
                     printer.show(ar.alloc(), ar.alloc_state())
                 if all(ar.wait(0) for ar in runners):
                     break
+                _take_stop_requests(runners, stop_dir, out)
                 time.sleep(POLL)
             except KeyboardInterrupt:
                 if interrupted:
@@ -179,14 +209,7 @@ def _watch(runners: Sequence[AllocRunner], out: TextIO) -> bool:
                 interrupted = True
                 print("==> interrupted: stopping allocations (Ctrl-C again to abort)", file=out)
                 for ar in runners:
-                    alloc = ar.alloc()
-                    ar.update(
-                        attrs.evolve(
-                            alloc,
-                            desired_status="stop",
-                            alloc_modify_index=alloc.alloc_modify_index + 1,
-                        )
-                    )
+                    _stop_update(ar)
         for ar in runners:
             printer.show(ar.alloc(), ar.alloc_state())
     finally:
@@ -265,6 +288,117 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _pid_file(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "client" / "agent.pid"
+
+
+def _stop_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "client" / "stop-requests"
+
+
+def _agent_pid(data_dir: str | Path) -> int | None:
+    """The pid of an `allocrunner run` still working on `data_dir`, if any."""
+    try:
+        pid = int(_pid_file(data_dir).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _matching(db: SQLiteStateDB, prefix: str | None) -> list[Allocation]:
+    return [a for a in db.all_allocations() if prefix is None or a.id.startswith(prefix)]
+
+
+def _all_dead(view: Allocation) -> bool:
+    return bool(view.task_states) and all(ts.is_dead() for ts in view.task_states.values())
+
+
+def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    db = _open_db(args.data_dir, err)
+    if db is None:
+        return EXIT_BAD_INPUT
+    try:
+        targets = _matching(db, args.alloc)
+        if not targets:
+            print(f"allocrunner: no allocation matching {args.alloc or 'any'!r}", file=err)
+            return EXIT_BAD_INPUT
+        if _agent_pid(args.data_dir) is not None:
+            return _request_stop(args, db, targets, out, err)
+        return _stop_here(args, db, targets, out)
+    finally:
+        db.close()
+
+
+def _request_stop(
+    args: argparse.Namespace,
+    db: SQLiteStateDB,
+    targets: list[Allocation],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Ask the running agent to stop the allocations, then wait for their tasks to die."""
+    stop_dir = _stop_dir(args.data_dir)
+    stop_dir.mkdir(parents=True, exist_ok=True)
+    (stop_dir / (args.alloc or ALL)).touch()
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if all(_all_dead(_client_view(db, a)) for a in targets):
+            for alloc in targets:
+                print(f"==> stopped {alloc.name}", file=out)
+            return EXIT_OK
+        time.sleep(POLL)
+    print(f"allocrunner: allocations still running after {args.timeout}s", file=err)
+    return EXIT_TASK_FAILED
+
+
+def _stop_here(
+    args: argparse.Namespace, db: SQLiteStateDB, targets: list[Allocation], out: TextIO
+) -> int:
+    """No agent is running: restore each allocation here and stop its tasks."""
+    config = ClientConfig.for_data_dir(args.data_dir)
+    drivers = default_drivers()
+    try:
+        for alloc in targets:
+            if _all_dead(_client_view(db, alloc)):
+                continue
+            ar = AllocRunner(alloc, config, state_db=db, drivers=drivers)
+            try:
+                ar.restore()
+            except FileNotFoundError:
+                continue
+            _stop_update(ar)
+            ar.start()
+            ar.wait(args.timeout)
+            ar.close()
+            print(f"==> stopped {alloc.name}", file=out)
+    finally:
+        for driver in drivers.values():
+            driver.close()
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if _agent_pid(args.data_dir) is not None:
+        print("allocrunner: an agent is running on this data dir; stop it first", file=err)
+        return EXIT_BAD_INPUT
+    db = _open_db(args.data_dir, err)
+    if db is None:
+        return EXIT_BAD_INPUT
+    config = ClientConfig.for_data_dir(args.data_dir)
+    try:
+        for alloc in _matching(db, args.alloc):
+            if not _all_dead(_client_view(db, alloc)):
+                print(f"==> kept {alloc.name}: tasks still running", file=out)
+                continue
+            AllocDir(config.alloc_dir, alloc.id).destroy()
+            db.delete_allocation(alloc.id)
+            print(f"==> collected {alloc.name}", file=out)
+    finally:
+        db.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allocrunner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("alloc", help="allocation id or a unique prefix of it")
     logs.add_argument("task")
     logs.add_argument("--stderr", action="store_true")
+    stop = sub.add_parser("stop", help="stop allocations (all, or those matching ALLOC)")
+    stop.add_argument("--data-dir", required=True)
+    stop.add_argument("alloc", nargs="?", help="allocation id or a unique prefix of it")
+    stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    gc = sub.add_parser("gc", help="remove the alloc dirs and state of finished allocations")
+    gc.add_argument("--data-dir", required=True)
+    gc.add_argument("alloc", nargs="?", help="allocation id or a unique prefix of it")
     return parser
 
 
@@ -288,7 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_BAD_INPUT if exc.code else EXIT_OK
-    commands = {"run": cmd_run, "status": cmd_status, "logs": cmd_logs}
+    commands = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "stop": cmd_stop,
+        "gc": cmd_gc,
+    }
     try:
         return commands[args.command](args, sys.stdout, sys.stderr)
     except AllocRunnerError as exc:
