@@ -222,6 +222,10 @@ class AllocGarbageCollector:
         (its place, set by the first mark, is kept)."""
         return self._queue.push(alloc_id, runner)
 
+    def mark(self, alloc_id: str, runner: GCRunner) -> bool:
+        """Short name of `mark_for_collection` (DESIGN's "mark")."""
+        return self.mark_for_collection(alloc_id, runner)
+
     def is_marked(self, alloc_id: str) -> bool:
         """True while `alloc_id` waits in the queue."""
         return alloc_id in self._queue

@@ -420,3 +420,13 @@ def test_collect_all_destroys_real_runners(tmp_path, collectors):
             assert ar.wait_destroyed(10)
             assert ar.close(10)
         driver.close()
+
+
+
+def test_mark_is_mark_for_collection(tmp_path, fakes, teardowns, collectors):
+    gc = AllocGarbageCollector(_config(tmp_path), host_stats=_stats())
+    collectors.append(gc)
+    (a,) = _make(fakes, teardowns, 1)
+    assert gc.mark(a.id, a)
+    assert not gc.mark_for_collection(a.id, a)
+    assert gc.queued() == [a.id]
