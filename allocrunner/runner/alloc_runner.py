@@ -87,6 +87,10 @@ StateUpdater = Callable[[Allocation], None]
 
 JOIN_TIMEOUT = 30.0
 
+UPDATE_NONE = "none"
+UPDATE_TYPICAL = "typical"
+UPDATE_URGENT = "urgent"
+
 
 def _id8(alloc_id: str) -> str:
     return alloc_id[:8]
@@ -114,9 +118,10 @@ class AllocRunner:
     # _alloc_lock guards: _alloc
     _alloc_lock = immutable()
     _alloc = guarded("_alloc_lock")
-    # _state_lock guards: _state, _forced_status, _deployment_status
+    # _state_lock guards: _state, _forced_status, _deployment_status, _acknowledged
     _state_lock = immutable()
     _state = guarded("_state_lock")
+    _acknowledged = guarded("_state_lock")
     _forced_status = guarded("_state_lock")
     _deployment_status = guarded("_state_lock")
     # _destroyed_lock guards: _run_started, _destroy_launched, _shutdown_launched,
@@ -245,6 +250,7 @@ class AllocRunner:
             self._health_hook,
         )
         self._forced_status = ""
+        self._acknowledged: AllocState | None = None
         self._deployment_status = alloc.deployment_status
         self._state = self._compute_state(alloc, self._task_states(), "", alloc.deployment_status)
 
@@ -589,6 +595,30 @@ class AllocRunner:
             self._deployment_status = None
         self._persist_deployment_status(None)
         self._state_kick.kick()
+
+    def acknowledge_state(self, state: AllocState) -> None:
+        """Record the state the server has acknowledged (drives `update_priority`)."""
+        with self._state_lock.write():
+            self._acknowledged = state
+
+    def update_priority(self, alloc: Allocation) -> str:
+        """How urgently the client view `alloc` should go to the server, compared with
+        the last acknowledged state (Nomad's GetUpdatePriority): "urgent" for a new
+        client status (or a first report of failure), "typical" for any other change,
+        "none" when the server already has it."""
+        with self._state_lock.read():
+            acked = self._acknowledged
+        if acked is None:
+            return UPDATE_URGENT if alloc.client_status == CLIENT_FAILED else UPDATE_TYPICAL
+        if acked.client_status != alloc.client_status:
+            return UPDATE_URGENT
+        if (
+            acked.client_description != alloc.client_description
+            or acked.deployment_status != alloc.deployment_status
+            or dict(acked.task_states) != dict(alloc.task_states)
+        ):
+            return UPDATE_TYPICAL
+        return UPDATE_NONE
 
     def set_client_status(self, status: str) -> None:
         """Force the client status (e.g. failed after a failed restore)."""

@@ -254,3 +254,19 @@ def test_restored_group_whose_leader_died_while_down_stops_cleanly(
     follower = [e.type for e in state.task_states["follower"].events]
     assert "Leader Task Dead" in follower and follower[-1] == EVENT_KILLED
     assert [e.type for e in state.task_states["leader"].events].count(EVENT_STARTED) == 1
+
+
+def test_update_priority_against_the_acknowledged_state(make_runner):
+    ar = make_runner(mock_alloc(mock_task("web")))
+    client = ar.client_alloc()
+    assert ar.update_priority(client) == "typical"
+    assert ar.update_priority(attrs.evolve(client, client_status="failed")) == "urgent"
+    ar.acknowledge_state(ar.alloc_state())
+    assert ar.update_priority(client) == "none"
+    assert ar.update_priority(attrs.evolve(client, client_status="running")) == "urgent"
+    assert ar.update_priority(attrs.evolve(client, client_description="other")) == "typical"
+    changed = attrs.evolve(
+        client,
+        task_states={"web": attrs.evolve(client.task_states["web"], restarts=1)},
+    )
+    assert ar.update_priority(changed) == "typical"
