@@ -6,6 +6,13 @@ import signal as _signal
 from collections.abc import Mapping
 from typing import Any
 
+from allocrunner.drivers.base import (
+    TASK_STATE_EXITED,
+    TASK_STATE_RUNNING,
+    ExitResult,
+    TaskConfig,
+    TaskStatus,
+)
 from allocrunner.durations import parse_duration
 from allocrunner.errors import DriverError
 
@@ -96,3 +103,20 @@ def get_duration(driver: str, config: Mapping[str, Any], key: str) -> float:
         return parse_duration(value)
     except ValueError as err:
         raise DriverError(f"invalid {driver} config: {key}: {err}") from None
+
+
+def task_status(
+    config: TaskConfig,
+    started_at: float | None,
+    completed_at: float | None,
+    result: ExitResult | None,
+) -> TaskStatus:
+    """What `inspect` reports for a task record: running until it has a result."""
+    return TaskStatus(
+        id=config.id,
+        name=config.name,
+        state=TASK_STATE_RUNNING if result is None else TASK_STATE_EXITED,
+        started_at=started_at,
+        completed_at=completed_at,
+        exit_result=result,
+    )

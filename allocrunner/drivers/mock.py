@@ -58,10 +58,9 @@ from allocrunner.drivers._common import (
     get_int,
     get_str,
     signal_number,
+    task_status,
 )
 from allocrunner.drivers.base import (
-    TASK_STATE_EXITED,
-    TASK_STATE_RUNNING,
     ExitResult,
     TaskConfig,
     TaskHandle,
@@ -265,14 +264,7 @@ class _MockTask:
 
     @requires("_lock")
     def status_locked(self) -> TaskStatus:
-        return TaskStatus(
-            id=self.config.id,
-            name=self.config.name,
-            state=TASK_STATE_RUNNING if self._result is None else TASK_STATE_EXITED,
-            started_at=self.started_at,
-            completed_at=self._completed_at,
-            exit_result=self._result,
-        )
+        return task_status(self.config, self.started_at, self._completed_at, self._result)
 
 
 @attrs.frozen(order=True)

@@ -82,10 +82,8 @@ import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, ThreadGroup
-from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, check_keys, signal_number
+from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, check_keys, signal_number, task_status
 from allocrunner.drivers.base import (
-    TASK_STATE_EXITED,
-    TASK_STATE_RUNNING,
     ExitResult,
     TaskConfig,
     TaskHandle,
@@ -362,14 +360,7 @@ class _Proc:
 
     @requires("_lock")
     def status_locked(self) -> TaskStatus:
-        return TaskStatus(
-            id=self.config.id,
-            name=self.config.name,
-            state=TASK_STATE_RUNNING if self._result is None else TASK_STATE_EXITED,
-            started_at=self.started_at,
-            completed_at=self._completed_at,
-            exit_result=self._result,
-        )
+        return task_status(self.config, self.started_at, self._completed_at, self._result)
 
     def driver_state(self) -> dict[str, Any]:
         return {
