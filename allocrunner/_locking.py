@@ -7,7 +7,10 @@ already holds, so a cycle (a deadlock) cannot be built.
 
 Why each edge of the order exists:
 
-- ``Client._allocs_lock`` is outermost: the registry lock is held only to read or
+- ``Agent._lock`` (the agent's lifecycle phase) and ``Cluster._lock`` (the agent's
+  server-side state: jobs, desired allocations, indexes) come first: the agent calls
+  into the Client only after releasing them, so no runner lock is ever held under them.
+- ``Client._allocs_lock`` comes next: the registry lock is held only to read or
   replace the map of runners; nothing else is taken under it in practice, but a
   runner lock must never be held when the registry is taken.
 - ``AllocRunner._destroyed_lock`` → ``AllocRunner._state_lock``: destroy and persist
@@ -27,7 +30,9 @@ Why each edge of the order exists:
   state), ``TaskCoordinator._lock`` (lifecycle gates), ``PrevAllocWatcher._lock``
   (waiting/migrating flags), ``AllocDir._lock`` (built/destroyed flags and task dirs),
   ``AllocBroadcaster._lock`` (latest value and its version), ``Driver._lock`` (a
-  driver's table of tasks) and ``GCQueue._lock`` (the collector's queue).
+  driver's table of tasks), ``GCQueue._lock`` (the collector's queue),
+  ``StatsSampler._lock`` (the previous CPU sample of each task, for percentages) and
+  ``PeriodicLauncher._lock`` (the periodic jobs being scheduled).
   ``StateDB._lock`` is last: the state databases are the one documented "lock-held
   I/O" site (each SQLite call runs under it, marked ``# lock-held I/O``), and nobody
   calls a database with any other lock held. An AllocRunner marks itself destroyed,
@@ -64,6 +69,8 @@ from allocrunner.errors import (
 CHECK: bool = os.environ.get("ALLOCRUNNER_LOCKCHECK", "") not in ("", "0")
 
 LOCK_ORDER: tuple[str, ...] = (
+    "Agent._lock",
+    "Cluster._lock",
     "Client._allocs_lock",
     "AllocGarbageCollector._lock",
     "AllocRunner._destroyed_lock",
@@ -79,6 +86,8 @@ LOCK_ORDER: tuple[str, ...] = (
     "AllocBroadcaster._lock",
     "Driver._lock",
     "GCQueue._lock",
+    "StatsSampler._lock",
+    "PeriodicLauncher._lock",
     "StateDB._lock",
 )
 
