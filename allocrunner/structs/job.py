@@ -6,6 +6,8 @@ config, env, meta) are deep-frozen, so nothing reachable from a Job can change.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 from allocrunner.structs.frozen import FrozenDict, frozen_map, frozen_tuple
@@ -25,6 +27,19 @@ DEFAULT_LOG_MAX_FILES = 10
 DEFAULT_LOG_MAX_FILE_SIZE_MB = 10
 DEFAULT_MIN_HEALTHY_TIME = 10.0
 DEFAULT_HEALTHY_DEADLINE = 300.0
+
+PERIODIC_SPEC_CRON = "cron"
+DISPATCH_PAYLOAD_OPTIONAL = "optional"
+DISPATCH_PAYLOAD_REQUIRED = "required"
+DISPATCH_PAYLOAD_FORBIDDEN = "forbidden"
+DISPATCH_PAYLOAD_MODES = (
+    DISPATCH_PAYLOAD_OPTIONAL,
+    DISPATCH_PAYLOAD_REQUIRED,
+    DISPATCH_PAYLOAD_FORBIDDEN,
+)
+#: Child job ids: `<parent>/periodic-<unix>` and `<parent>/dispatch-<unix>-<8 hex>`.
+PERIODIC_LAUNCH_SUFFIX = "/periodic-"
+DISPATCH_LAUNCH_SUFFIX = "/dispatch-"
 
 
 @attrs.frozen
@@ -111,6 +126,37 @@ class MigrateStrategy:
     max_parallel: int = 1
 
 
+def _specs(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """attrs converter: one spec string or any iterable of them to a tuple."""
+    if isinstance(value, str):
+        return (value,)
+    return frozen_tuple(value)
+
+
+@attrs.frozen
+class PeriodicConfig:
+    """Immutable. When a periodic job launches children (Nomad's PeriodicConfig).
+
+    `specs` holds Nomad's `Spec` (one) or `Specs` (several): the job launches at the
+    earliest next time of any of them, evaluated in `time_zone` ("" means UTC).
+    """
+
+    enabled: bool = True
+    spec_type: str = PERIODIC_SPEC_CRON
+    specs: tuple[str, ...] = attrs.field(default=(), converter=_specs)
+    prohibit_overlap: bool = False
+    time_zone: str = "UTC"
+
+
+@attrs.frozen
+class ParameterizedJobConfig:
+    """Immutable. What a dispatch of a parameterized job must or may pass."""
+
+    payload: str = DISPATCH_PAYLOAD_OPTIONAL
+    meta_required: tuple[str, ...] = attrs.field(default=(), converter=frozen_tuple)
+    meta_optional: tuple[str, ...] = attrs.field(default=(), converter=frozen_tuple)
+
+
 @attrs.frozen
 class Task:
     """Immutable. One task of a group: its driver, config and policies."""
@@ -129,6 +175,7 @@ class Task:
     restart_policy: RestartPolicy | None = None
     resources: Resources = attrs.field(factory=Resources)
     logs: LogConfig = attrs.field(factory=LogConfig)
+    dispatch_payload: str = ""  # file under the task's local/ that gets the payload
 
     def is_prestart(self) -> bool:
         return self.lifecycle is not None and self.lifecycle.hook == "prestart"
@@ -187,6 +234,30 @@ class Job:
     create_index: int = 0
     modify_index: int = 0
     job_modify_index: int = 0
+    periodic: PeriodicConfig | None = None
+    parameterized: ParameterizedJobConfig | None = None
+    payload: bytes = b""
+    parent_id: str = ""
+    dispatched: bool = False
+    submit_time: int = 0  # Unix nanoseconds
+
+    def is_periodic(self) -> bool:
+        """The job has a periodic block (enabled or not)."""
+        return self.periodic is not None
+
+    def is_parameterized(self) -> bool:
+        """The job is a parameterized template (not a dispatched child of one)."""
+        return self.parameterized is not None and not self.dispatched
+
+    def is_periodic_active(self) -> bool:
+        """The job launches periodic children: periodic, enabled, running and not
+        parameterized (Nomad's IsPeriodicActive)."""
+        return (
+            self.periodic is not None
+            and self.periodic.enabled
+            and not self.stop
+            and not self.is_parameterized()
+        )
 
     def lookup_task_group(self, name: str) -> TaskGroup | None:
         """The task group called `name`, or None."""
