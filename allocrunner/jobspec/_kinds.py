@@ -12,6 +12,8 @@ default; unknown keys are ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -225,6 +227,26 @@ class UnixNanoTime(Kind):
         if value is None:
             return 0
         return ((value - EPOCH) // _ONE_MICROSECOND) * 1000
+
+
+class Base64Bytes(Kind):
+    """Immutable. Bytes as Go marshals `[]byte`: standard base64 text (with padding).
+
+    Null and absent are empty; empty bytes encode as null, as Go encodes a nil slice.
+    """
+
+    __slots__ = ()
+
+    def decode(self, value: Any, path: str) -> bytes:
+        if not isinstance(value, str):
+            raise JobSpecError(path, f"expected base64 text, got {describe(value)}")
+        try:
+            return base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise JobSpecError(path, "invalid base64 data") from None
+
+    def encode(self, value: bytes) -> str | None:
+        return base64.b64encode(value).decode("ascii") if value else None
 
 
 class StrList(Kind):

@@ -12,14 +12,18 @@ Decoding never applies Nomad's job defaults beyond the value objects' own (see
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from typing import Any
+
+import attrs
 
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec._kinds import (
     INT64_MAX,
     INT64_MIN,
     UINT64_MAX,
+    Base64Bytes,
     Bool,
     Duration,
     Field,
@@ -46,6 +50,8 @@ from allocrunner.structs import (
     Lifecycle,
     LogConfig,
     MigrateStrategy,
+    ParameterizedJobConfig,
+    PeriodicConfig,
     Resources,
     RestartPolicy,
     Task,
@@ -54,9 +60,13 @@ from allocrunner.structs import (
     TaskState,
     UpdateStrategy,
 )
+from allocrunner.structs.cron import load_zone, parse_cron
+from allocrunner.structs.job import DISPATCH_PAYLOAD_MODES, PERIODIC_SPEC_CRON
 from allocrunner.structs.status import (
     CLIENT_STATUSES,
     DESIRED_STATUSES,
+    JOB_BATCH,
+    JOB_SYSBATCH,
     JOB_TYPES,
     LIFECYCLE_HOOKS,
     RESTART_MODE_DELAY,
@@ -67,7 +77,10 @@ from allocrunner.structs.status import (
 __all__ = [
     "ALLOCATION",
     "ALLOC_STATE",
+    "DISPATCH_PAYLOAD_CONFIG",
     "JOB",
+    "PARAMETERIZED_JOB",
+    "PERIODIC",
     "TASK_EVENT",
     "TASK_STATE",
     "decode_alloc_state",
@@ -107,6 +120,27 @@ def _unique_names(attr: str, what: str, key: str) -> Any:
             seen.add(item.name)
 
     return check
+
+
+_check_group_names = _unique_names("task_groups", "task group name", "TaskGroups")
+
+
+def _check_job(kwargs: dict[str, Any], path: str) -> None:
+    """Unique group names; periodic and parameterized jobs must be batch or sysbatch."""
+    _check_group_names(kwargs, path)
+    job_type = kwargs.get("type", attrs.fields(Job).type.default)
+    if job_type in (JOB_BATCH, JOB_SYSBATCH):
+        return
+    periodic = kwargs.get("periodic")
+    if periodic is not None and periodic.enabled:
+        raise JobSpecError(
+            f"{path}.Periodic", f"periodic jobs must be of type batch or sysbatch, not {job_type!r}"
+        )
+    if kwargs.get("parameterized") is not None and not kwargs.get("dispatched", False):
+        raise JobSpecError(
+            f"{path}.ParameterizedJob",
+            f"parameterized jobs must be of type batch or sysbatch, not {job_type!r}",
+        )
 
 
 RESTART_POLICY = Struct(
@@ -178,6 +212,150 @@ MIGRATE_STRATEGY = Struct(
     ],
 )
 
+
+class CronSpecText(Str):
+    """Immutable. A cron spec in Nomad's syntax (5 to 7 fields, or `@daily` …); ""
+    (Nomad's unset `Spec`) unless `nonempty`."""
+
+    __slots__ = ()
+
+    def decode(self, value: Any, path: str) -> str:
+        text = super().decode(value, path)
+        if not text:
+            return text
+        try:
+            parse_cron(text)
+        except ValueError as err:
+            raise JobSpecError(path, str(err)) from None
+        return text
+
+
+class TimeZoneName(Str):
+    """Immutable. An IANA time zone name ("America/New_York"); "" means UTC."""
+
+    __slots__ = ()
+
+    def decode(self, value: Any, path: str) -> str:
+        name = super().decode(value, path)
+        try:
+            load_zone(name)
+        except ValueError as err:
+            raise JobSpecError(path, str(err)) from None
+        return name
+
+
+class LocalPath(Str):
+    """Immutable. A relative path that stays inside a task's `local/` directory."""
+
+    __slots__ = ()
+
+    def decode(self, value: Any, path: str) -> str:
+        text = super().decode(value, path)
+        if not text:
+            return text
+        if "\0" in text:
+            raise JobSpecError(path, "path must not contain NUL")
+        if posixpath.isabs(text):
+            raise JobSpecError(path, f"must be a path relative to local/, got {text!r}")
+        norm = posixpath.normpath(text)
+        if norm in (".", "..") or norm.startswith("../"):
+            raise JobSpecError(path, f"destination {text!r} escapes the task's local/ directory")
+        return text
+
+
+_CRON = CronSpecText()
+_CRON_ITEM = CronSpecText(nonempty=True)
+
+
+def _check_periodic(kwargs: dict[str, Any], path: str) -> None:
+    """Fold `Spec` and `Specs` into one tuple; an enabled config needs one of them."""
+    spec = kwargs.pop("spec", "")
+    specs = kwargs.get("specs", ())
+    if spec and specs:
+        raise JobSpecError(f"{path}.Specs", "only one of Spec and Specs may be set")
+    if spec:
+        kwargs["specs"] = (spec,)
+    if kwargs.get("enabled", True) and not kwargs.get("specs"):
+        raise JobSpecError(f"{path}.Spec", "a periodic job needs a cron spec (Spec or Specs)")
+
+
+class _PeriodicStruct(Struct):
+    """Immutable. PeriodicConfig as JSON: one spec goes in `Spec` (what Nomad 1.6 and
+    earlier know), several in `Specs`."""
+
+    __slots__ = ()
+
+    def encode(self, value: Any) -> Any:
+        if value is None:
+            return None
+        specs = value.specs
+        return {
+            "Enabled": value.enabled,
+            "Spec": specs[0] if len(specs) == 1 else "",
+            "Specs": list(specs) if len(specs) > 1 else [],
+            "SpecType": value.spec_type,
+            "ProhibitOverlap": value.prohibit_overlap,
+            "TimeZone": value.time_zone,
+        }
+
+
+PERIODIC = _PeriodicStruct(
+    PeriodicConfig,
+    [
+        Field("enabled", "Enabled", _BOOL),
+        Field("spec", "Spec", _CRON),
+        Field("specs", "Specs", ListOf(_CRON_ITEM)),
+        Field("spec_type", "SpecType", Str(choices=(PERIODIC_SPEC_CRON,))),
+        Field("prohibit_overlap", "ProhibitOverlap", _BOOL),
+        Field("time_zone", "TimeZone", TimeZoneName()),
+    ],
+    check=_check_periodic,
+)
+
+
+def _check_parameterized(kwargs: dict[str, Any], path: str) -> None:
+    both = sorted(set(kwargs.get("meta_required", ())) & set(kwargs.get("meta_optional", ())))
+    if both:
+        raise JobSpecError(
+            f"{path}.MetaOptional",
+            f"required and optional meta keys must be disjoint; in both: {', '.join(both)}",
+        )
+
+
+PARAMETERIZED_JOB = Struct(
+    ParameterizedJobConfig,
+    [
+        Field("payload", "Payload", Str(choices=("", *DISPATCH_PAYLOAD_MODES))),
+        Field("meta_required", "MetaRequired", StrList()),
+        Field("meta_optional", "MetaOptional", StrList()),
+    ],
+    check=_check_parameterized,
+)
+
+
+@attrs.frozen
+class DispatchPayloadConfig:
+    """Immutable. Nomad's task `DispatchPayload` block; a Task keeps only its file."""
+
+    file: str = ""
+
+
+DISPATCH_PAYLOAD_CONFIG = Struct(DispatchPayloadConfig, [Field("file", "File", LocalPath())])
+
+
+class _DispatchPayload(Kind):
+    """Immutable. A task's `DispatchPayload` object to and from `Task.dispatch_payload`
+    (the file name; "" when the task takes no payload)."""
+
+    __slots__ = ()
+
+    def decode(self, value: Any, path: str) -> str:
+        return DISPATCH_PAYLOAD_CONFIG.decode(value, path).file
+
+    def encode(self, value: str) -> Any:
+        return {"File": value} if value else None
+
+
 TASK = Struct(
     Task,
     [
@@ -195,6 +373,7 @@ TASK = Struct(
         Field("restart_policy", "RestartPolicy", RESTART_POLICY),
         Field("resources", "Resources", RESOURCES),
         Field("logs", "LogConfig", LOG_CONFIG),
+        Field("dispatch_payload", "DispatchPayload", _DispatchPayload()),
     ],
 )
 
@@ -232,8 +411,14 @@ JOB = Struct(
         Field("modify_index", "ModifyIndex", _UINT64),
         Field("job_modify_index", "JobModifyIndex", _UINT64),
         Field("task_groups", "TaskGroups", ListOf(TASK_GROUP)),
+        Field("periodic", "Periodic", PERIODIC),
+        Field("parameterized", "ParameterizedJob", PARAMETERIZED_JOB),
+        Field("payload", "Payload", Base64Bytes()),
+        Field("parent_id", "ParentID", _STR),
+        Field("dispatched", "Dispatched", _BOOL),
+        Field("submit_time", "SubmitTime", _INT64),
     ],
-    check=_unique_names("task_groups", "task group name", "TaskGroups"),
+    check=_check_job,
 )
 
 TASK_EVENT = Struct(

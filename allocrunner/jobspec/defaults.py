@@ -23,8 +23,11 @@ import attrs
 
 from allocrunner.jobspec.codec import MIGRATE_STRATEGY, RESTART_POLICY, UPDATE_STRATEGY
 from allocrunner.structs import (
+    DISPATCH_PAYLOAD_OPTIONAL,
     Job,
     MigrateStrategy,
+    ParameterizedJobConfig,
+    PeriodicConfig,
     TaskGroup,
     UpdateStrategy,
     default_restart_policy,
@@ -35,6 +38,7 @@ __all__ = ["canonicalize_api_job", "canonicalize_job"]
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_REGION = "global"
+DEFAULT_TIME_ZONE = "UTC"
 
 _DEFAULT_UPDATE_JSON: dict[str, Any] = UPDATE_STRATEGY.encode(UpdateStrategy())
 _DEFAULT_MIGRATE_JSON: dict[str, Any] = MIGRATE_STRATEGY.encode(MigrateStrategy())
@@ -137,7 +141,9 @@ def canonicalize_job(job: Job) -> Job:
     Name defaults to the id, namespace to "default", region to "global"; a group
     without a restart policy gets its job type's default and a task without one gets
     its group's; service and system jobs get the default update strategy, which groups
-    without their own inherit; service groups get the default migrate strategy.
+    without their own inherit; service groups get the default migrate strategy. A
+    periodic block without a time zone gets UTC, a parameterized block without a
+    payload rule gets "optional".
     """
     update = job.update
     if update is None and _gets_default_update(job.type):
@@ -150,7 +156,23 @@ def canonicalize_job(job: Job) -> Job:
         region=job.region or DEFAULT_REGION,
         update=update,
         task_groups=groups,
+        periodic=_canonical_periodic(job.periodic),
+        parameterized=_canonical_parameterized(job.parameterized),
     )
+
+
+def _canonical_periodic(periodic: PeriodicConfig | None) -> PeriodicConfig | None:
+    if periodic is None or periodic.time_zone:
+        return periodic
+    return attrs.evolve(periodic, time_zone=DEFAULT_TIME_ZONE)
+
+
+def _canonical_parameterized(
+    config: ParameterizedJobConfig | None,
+) -> ParameterizedJobConfig | None:
+    if config is None or config.payload:
+        return config
+    return attrs.evolve(config, payload=DISPATCH_PAYLOAD_OPTIONAL)
 
 
 def _canonical_group(job: Job, group: TaskGroup, job_update: UpdateStrategy | None) -> TaskGroup:

@@ -7,11 +7,12 @@ checked where it is read, and errors name the field the way the file spells it:
 `job.group[web].task[api].kill_timeout`.
 
 Supported: job (`type`, `datacenters`, `region`, `namespace`, `name`, `priority`,
-`meta`, `update`, `migrate`), group (`count`, `restart`, `ephemeral_disk`, `update`,
-`migrate`, `meta`, `shutdown_delay`), task (`driver`, `config`, `env`, `meta`, `user`,
-`leader`, `lifecycle`, `kill_timeout`, `kill_signal`, `shutdown_delay`, `restart`,
-`resources`, `logs`). Nomad blocks a local runner has no use for (`constraint`,
-`service`, `network`, `artifact`, `template`, …) are accepted and ignored; anything
+`meta`, `update`, `migrate`, `periodic`, `parameterized`), group (`count`, `restart`,
+`ephemeral_disk`, `update`, `migrate`, `meta`, `shutdown_delay`), task (`driver`,
+`config`, `env`, `meta`, `user`, `leader`, `lifecycle`, `kill_timeout`, `kill_signal`,
+`shutdown_delay`, `restart`, `resources`, `logs`, `dispatch_payload`). Nomad blocks a
+local runner has no use for (`constraint`, `service`, `network`, `artifact`,
+`template`, …) are accepted and ignored; anything
 else is an error, so a misspelt setting is never silently dropped. Expressions
 (variables, functions, arithmetic) are not evaluated: a value that needs one is an
 error. `${NOMAD_*}` inside a string is kept as written, for the driver to interpolate.
@@ -46,11 +47,14 @@ from allocrunner.jobspec._kinds import (
     describe,
 )
 from allocrunner.jobspec.codec import (
+    DISPATCH_PAYLOAD_CONFIG,
     EPHEMERAL_DISK,
     JOB,
     LIFECYCLE,
     LOG_CONFIG,
     MIGRATE_STRATEGY,
+    PARAMETERIZED_JOB,
+    PERIODIC,
     RESOURCES,
     RESTART_POLICY,
     TASK,
@@ -138,6 +142,25 @@ _LOGS = _Spec(
 _LIFECYCLE = _Spec(
     LIFECYCLE, attributes={"hook": "Hook", "sidecar": "Sidecar"}, required=frozenset({"hook"})
 )
+_DISPATCH_PAYLOAD = _Spec(DISPATCH_PAYLOAD_CONFIG, attributes={"file": "File"})
+_PERIODIC = _Spec(
+    PERIODIC,
+    attributes={
+        "enabled": "Enabled",
+        "cron": "Spec",
+        "crons": "Specs",
+        "prohibit_overlap": "ProhibitOverlap",
+        "time_zone": "TimeZone",
+    },
+)
+_PARAMETERIZED = _Spec(
+    PARAMETERIZED_JOB,
+    attributes={
+        "payload": "Payload",
+        "meta_required": "MetaRequired",
+        "meta_optional": "MetaOptional",
+    },
+)
 _TASK = _Spec(
     TASK,
     attributes={
@@ -154,6 +177,7 @@ _TASK = _Spec(
         "restart": ("RestartPolicy", _RESTART),
         "resources": ("Resources", _RESOURCES),
         "logs": ("LogConfig", _LOGS),
+        "dispatch_payload": ("DispatchPayload", _DISPATCH_PAYLOAD),
     },
     ignored=frozenset(
         {
@@ -164,7 +188,6 @@ _TASK = _Spec(
             "vault",
             "consul",
             "template",
-            "dispatch_payload",
             "volume_mount",
             "csi_plugin",
             "kind",
@@ -220,7 +243,12 @@ _JOB = _Spec(
         "datacenters": "Datacenters",
     },
     maps={"meta": "Meta"},
-    blocks={"update": ("Update", _UPDATE), "migrate": ("Migrate", _MIGRATE)},
+    blocks={
+        "update": ("Update", _UPDATE),
+        "migrate": ("Migrate", _MIGRATE),
+        "periodic": ("Periodic", _PERIODIC),
+        "parameterized": ("ParameterizedJob", _PARAMETERIZED),
+    },
     repeated={"group": ("TaskGroups", _GROUP)},
     ignored=frozenset(
         {
@@ -230,8 +258,6 @@ _JOB = _Spec(
             "affinity",
             "spread",
             "multiregion",
-            "periodic",
-            "parameterized",
             "reschedule",
             "vault",
             "consul",
