@@ -20,7 +20,8 @@ every other phase runs all hooks and raises every failure together. Each failure
 a `HookError` naming the hook and chained (``raise … from``) to the original error,
 whose recoverability it keeps.
 
-Built-ins, in order: `ValidateHook`, `TaskDirHook`, `LogsHook`, `EnvHook`.
+Built-ins, in order: `ValidateHook`, `TaskDirHook`, `LogsHook`, `DispatchPayloadHook`
+(in `dispatch_hook`, which builds on this module), `EnvHook`.
 """
 
 from __future__ import annotations
@@ -282,4 +283,6 @@ class EnvHook(TaskHook):
 
 def default_hooks() -> list[TaskHook]:
     """Fresh instances of the built-in hooks, in Nomad's order."""
-    return [ValidateHook(), TaskDirHook(), LogsHook(), EnvHook()]
+    from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook  # imports this module
+
+    return [ValidateHook(), TaskDirHook(), LogsHook(), DispatchPayloadHook(), EnvHook()]
