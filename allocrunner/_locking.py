@@ -31,7 +31,8 @@ Why each edge of the order exists:
   (waiting/migrating flags), ``AllocDir._lock`` (built/destroyed flags and task dirs),
   ``AllocBroadcaster._lock`` (latest value and its version), ``Driver._lock`` (a
   driver's table of tasks), ``GCQueue._lock`` (the collector's queue),
-  ``StatsSampler._lock`` (the previous CPU sample of each task, for percentages) and
+  ``StatsSampler._lock`` (the previous CPU sample of each task, for percentages),
+  ``HttpServer._lock`` (the agent's open connections) and
   ``PeriodicLauncher._lock`` (the periodic jobs being scheduled).
   ``StateDB._lock`` is last: the state databases are the one documented "lock-held
   I/O" site (each SQLite call runs under it, marked ``# lock-held I/O``), and nobody
@@ -87,6 +88,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "Driver._lock",
     "GCQueue._lock",
     "StatsSampler._lock",
+    "HttpServer._lock",
     "PeriodicLauncher._lock",
     "StateDB._lock",
 )

@@ -24,17 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from time import monotonic
+from typing import Any
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import Waiter
 from allocrunner.errors import BroadcasterClosed
 from allocrunner.structs import Allocation
 
-__all__ = ["AllocBroadcaster", "AllocListener"]
+__all__ = ["AllocBroadcaster", "AllocListener", "Broadcaster"]
 
 
-class AllocBroadcaster:
-    """Thread-safe. Sends allocations to every listener; each keeps only the newest.
+class Broadcaster:
+    """Thread-safe. Sends immutable values to every listener; each keeps only the newest.
+
+    `AllocBroadcaster` is this broadcaster restricted to allocations; the agent uses
+    it as it is for its own snapshots (the blocking queries and the event stream).
 
     ``send`` never blocks (it takes one leaf lock for O(1) work, then wakes the
     listeners blocked in ``get``, if any) and may be called while holding another
@@ -56,12 +60,8 @@ class AllocBroadcaster:
         self._closed = False
         self._waiters: tuple[Waiter, ...] = ()
 
-    def send(self, alloc: Allocation) -> None:
+    def send(self, alloc: Any) -> None:
         """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
-        if not isinstance(alloc, Allocation):
-            raise TypeError(
-                f"AllocBroadcaster.send: alloc must be an Allocation, got {type(alloc).__name__}"
-            )
         with self._lock:
             if self._closed:
                 raise BroadcasterClosed("send on a closed AllocBroadcaster")
@@ -107,6 +107,18 @@ class AllocBroadcaster:
         return f"<AllocBroadcaster version={fields['_version']} closed={fields['_closed']}>"
 
 
+class AllocBroadcaster(Broadcaster):
+    """Thread-safe. A `Broadcaster` of allocations: `send` refuses anything else."""
+
+    def send(self, alloc: Allocation) -> None:
+        """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
+        if not isinstance(alloc, Allocation):
+            raise TypeError(
+                f"AllocBroadcaster.send: alloc must be an Allocation, got {type(alloc).__name__}"
+            )
+        super().send(alloc)
+
+
 class AllocListener:
     """Thread-safe. One consumer's view of an `AllocBroadcaster`: the newest value it has
     not returned yet.
@@ -124,7 +136,7 @@ class AllocListener:
     _closed = guarded("_lock")
     _waiter = guarded("_lock")  # the Waiter of a get() blocked right now, else None
 
-    def __init__(self, broadcaster: AllocBroadcaster) -> None:
+    def __init__(self, broadcaster: Broadcaster) -> None:
         self._broadcaster = broadcaster
         self._lock = broadcaster._lock
         self._seen = 0

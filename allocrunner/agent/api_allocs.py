@@ -1,0 +1,109 @@
+"""Nomad's allocation and evaluation endpoints.
+
+``GET /v1/allocations`` (stubs, ``prefix``), ``GET /v1/allocation/:id`` (the full
+allocation with its job), ``POST /v1/allocation/:id/stop``, ``GET /v1/evaluations``
+and ``GET /v1/evaluation/:id``; every read is a blocking query.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from allocrunner.agent import blocking
+from allocrunner.agent.cluster import ClusterState
+from allocrunner.agent.context import ApiContext
+from allocrunner.agent.errors import not_found
+from allocrunner.agent.http import Request, Response, Router, json_response
+from allocrunner.jobspec import encode_allocation
+from allocrunner.structs import Allocation
+
+__all__ = ["add_routes", "alloc_json", "alloc_stub"]
+
+
+def add_routes(router: Router, ctx: ApiContext) -> None:
+    router.add("GET", "/v1/allocations", lambda r: list_allocs(ctx, r))
+    router.add("GET", "/v1/allocation/:id", lambda r: read_alloc(ctx, r))
+    router.add("PUT POST", "/v1/allocation/:id/stop", lambda r: stop_alloc(ctx, r))
+    router.add("GET", "/v1/evaluations", lambda r: list_evals(ctx, r))
+    router.add("GET", "/v1/evaluation/:id", lambda r: read_eval(ctx, r))
+    router.add("GET", "/v1/evaluation/:id/allocations", lambda r: eval_allocs(ctx, r))
+
+
+def alloc_json(alloc: Allocation) -> dict[str, Any]:
+    """Nomad's Allocation: the API JSON with the job it runs."""
+    out = encode_allocation(alloc)
+    out["JobVersion"] = alloc.job.version if alloc.job is not None else 0
+    return out
+
+
+def alloc_stub(alloc: Allocation) -> dict[str, Any]:
+    """Nomad's AllocListStub: the allocation without its job."""
+    out = encode_allocation(alloc)
+    job = out.pop("Job", None) or {}
+    out["JobType"] = job.get("Type", "")
+    out["JobVersion"] = job.get("Version", 0)
+    out["NodeName"] = ""
+    out["FollowupEvalID"] = ""
+    out["RescheduleTracker"] = None
+    out["PreemptedAllocations"] = None
+    out["PreemptedByAllocation"] = ""
+    return out
+
+
+def list_allocs(ctx: ApiContext, req: Request) -> Response:
+    state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
+    prefix = req.param("prefix") or ""
+    namespace = req.param("namespace") or "default"
+    allocs = [
+        alloc_stub(a)
+        for a in sorted(state.allocs.values(), key=lambda a: a.create_index)
+        if a.id.startswith(prefix) and namespace in ("*", a.namespace)
+    ]
+    return json_response(allocs, index=index)
+
+
+def _alloc_index(alloc_id: str) -> Any:
+    def index_of(state: ClusterState) -> int:
+        alloc = state.allocs.get(alloc_id)
+        return alloc.modify_index if alloc is not None else state.alloc_index
+
+    return index_of
+
+
+def read_alloc(ctx: ApiContext, req: Request) -> Response:
+    alloc_id = req.args[0]
+    state, index = blocking.query(ctx, req, _alloc_index(alloc_id))
+    alloc = state.allocs.get(alloc_id)
+    if alloc is None:
+        raise not_found("alloc not found")
+    return json_response(alloc_json(alloc), index=index)
+
+
+def stop_alloc(ctx: ApiContext, req: Request) -> Response:
+    eval_id, index = ctx.cluster.stop_alloc(req.args[0])
+    return json_response({"EvalID": eval_id, "Index": index}, index=index)
+
+
+def list_evals(ctx: ApiContext, req: Request) -> Response:
+    state, index = blocking.query(ctx, req, lambda s: s.eval_index)
+    prefix = req.param("prefix") or ""
+    evals = [
+        e.to_api()
+        for e in sorted(state.evals.values(), key=lambda e: e.create_index)
+        if e.id.startswith(prefix)
+    ]
+    return json_response(evals, index=index)
+
+
+def read_eval(ctx: ApiContext, req: Request) -> Response:
+    state, index = blocking.query(ctx, req, lambda s: s.eval_index)
+    evaluation = state.evals.get(req.args[0])
+    if evaluation is None:
+        raise not_found("eval not found")
+    return json_response(evaluation.to_api(), index=index)
+
+
+def eval_allocs(ctx: ApiContext, req: Request) -> Response:
+    state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
+    allocs = [alloc_stub(a) for a in state.allocs.values() if a.eval_id == req.args[0]]
+    return json_response(allocs, index=index)

@@ -1,0 +1,320 @@
+"""Nomad's job endpoints, served by the one-node cluster.
+
+``/v1/jobs`` (list, register), ``/v1/jobs/parse``, ``/v1/job/:id`` (read, register,
+deregister), ``/v1/job/:id/{allocations,evaluations,summary,versions,dispatch}`` and
+``/v1/job/:id/periodic/force``, in Nomad's JSON shapes and status codes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+from allocrunner.agent import blocking
+from allocrunner.agent.api_allocs import alloc_stub
+from allocrunner.agent.cluster import ClusterState
+from allocrunner.agent.context import ApiContext
+from allocrunner.agent.dispatch import dispatch_job
+from allocrunner.agent.errors import ApiError, bad_request, not_found
+from allocrunner.agent.http import Request, Response, Router, json_response
+from allocrunner.errors import JobSpecError
+from allocrunner.jobspec import canonicalize_api_job, decode_job, encode_job, parse_job
+from allocrunner.structs import CLIENT_STATUSES, Job
+from allocrunner.structs.status import JOB_TYPES
+
+__all__ = ["add_routes", "job_json", "job_stub"]
+
+
+def add_routes(router: Router, ctx: ApiContext) -> None:
+    router.add("GET", "/v1/jobs", lambda r: list_jobs(ctx, r))
+    router.add("PUT POST", "/v1/jobs", lambda r: register(ctx, r, None))
+    router.add("PUT POST", "/v1/jobs/parse", lambda r: parse(ctx, r))
+    router.add("GET", "/v1/job/:id", lambda r: read_job(ctx, r))
+    router.add("PUT POST", "/v1/job/:id", lambda r: register(ctx, r, r.args[0]))
+    router.add("DELETE", "/v1/job/:id", lambda r: deregister(ctx, r))
+    router.add("GET", "/v1/job/:id/allocations", lambda r: job_allocations(ctx, r))
+    router.add("GET", "/v1/job/:id/evaluations", lambda r: job_evaluations(ctx, r))
+    router.add("GET", "/v1/job/:id/summary", lambda r: job_summary(ctx, r))
+    router.add("GET", "/v1/job/:id/versions", lambda r: job_versions(ctx, r))
+    router.add("PUT POST", "/v1/job/:id/dispatch", lambda r: dispatch(ctx, r))
+    router.add("PUT POST", "/v1/job/:id/periodic/force", lambda r: periodic_force(ctx, r))
+
+
+def _namespace(req: Request) -> str:
+    return req.param("namespace") or "default"
+
+
+# --- reads -------------------------------------------------------------------------
+
+
+def list_jobs(ctx: ApiContext, req: Request) -> Response:
+    state, index = blocking.query(ctx, req, lambda s: s.job_index)
+    prefix = req.param("prefix") or ""
+    namespace = req.param("namespace") or "default"
+    jobs = [
+        job_stub(state, j)
+        for j in sorted(state.jobs.values(), key=lambda j: (j.namespace, j.id))
+        if j.id.startswith(prefix) and namespace in ("*", j.namespace)
+    ]
+    return json_response(jobs, index=index)
+
+
+def _job_index(job_id: str, namespace: str) -> Any:
+    key = f"{namespace}/{job_id}"
+
+    def index_of(state: ClusterState) -> int:
+        job = state.jobs.get(key)
+        return job.modify_index if job is not None else state.job_index
+
+    return index_of
+
+
+def read_job(ctx: ApiContext, req: Request) -> Response:
+    job_id, namespace = req.args[0], _namespace(req)
+    state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
+    job = state.jobs.get(f"{namespace}/{job_id}")
+    if job is None:
+        raise not_found("job not found")
+    return json_response(job_json(state, job), index=index)
+
+
+def job_allocations(ctx: ApiContext, req: Request) -> Response:
+    job_id, namespace = req.args[0], _namespace(req)
+
+    def index_of(state: ClusterState) -> int:
+        allocs = state.job_allocs(job_id, namespace)
+        return max((a.modify_index for a in allocs), default=state.job_index)
+
+    state, index = blocking.query(ctx, req, index_of)
+    allocs = sorted(state.job_allocs(job_id, namespace), key=lambda a: a.create_index)
+    return json_response([alloc_stub(a) for a in allocs], index=index)
+
+
+def job_evaluations(ctx: ApiContext, req: Request) -> Response:
+    job_id, namespace = req.args[0], _namespace(req)
+    state, index = blocking.query(ctx, req, lambda s: s.eval_index)
+    evals = [
+        e.to_api()
+        for e in sorted(state.evals.values(), key=lambda e: e.create_index)
+        if e.job_id == job_id and e.namespace == namespace
+    ]
+    return json_response(evals, index=index)
+
+
+def job_summary(ctx: ApiContext, req: Request) -> Response:
+    job_id, namespace = req.args[0], _namespace(req)
+    state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
+    job = state.jobs.get(f"{namespace}/{job_id}")
+    if job is None:
+        raise not_found("job not found")
+    return json_response(summary_json(state, job), index=index)
+
+
+def job_versions(ctx: ApiContext, req: Request) -> Response:
+    job_id, namespace = req.args[0], _namespace(req)
+    state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
+    job = state.jobs.get(f"{namespace}/{job_id}")
+    if job is None:
+        raise not_found("job versions not found")
+    return json_response({"Versions": [job_json(state, job)], "Diffs": None}, index=index)
+
+
+# --- JSON shapes ---------------------------------------------------------------------
+
+
+def job_json(state: ClusterState, job: Job) -> dict[str, Any]:
+    """Nomad's Job, with the server's status fields."""
+    out = encode_job(job)
+    out["Status"] = state.job_status(job)
+    out["StatusDescription"] = ""
+    out["SubmitTime"] = state.job_submit.get(f"{job.namespace}/{job.id}", 0)
+    out["Stable"] = False
+    return out
+
+
+def summary_json(state: ClusterState, job: Job) -> dict[str, Any]:
+    groups: dict[str, dict[str, int]] = {
+        g.name: {
+            "Queued": 0,
+            "Complete": 0,
+            "Failed": 0,
+            "Running": 0,
+            "Starting": 0,
+            "Lost": 0,
+            "Unknown": 0,
+        }
+        for g in job.task_groups
+    }
+    names = {
+        "pending": "Starting",
+        "running": "Running",
+        "complete": "Complete",
+        "failed": "Failed",
+        "lost": "Lost",
+    }
+    for alloc in state.job_allocs(job.id, job.namespace):
+        counts = groups.setdefault(
+            alloc.task_group,
+            dict.fromkeys(
+                ("Queued", "Complete", "Failed", "Running", "Starting", "Lost", "Unknown"), 0
+            ),
+        )
+        status = alloc.client_status if alloc.client_status in CLIENT_STATUSES else "unknown"
+        counts[names.get(status, "Unknown")] += 1
+    children = {"Pending": 0, "Running": 0, "Dead": 0}
+    for child in state.jobs.values():
+        if child.parent_id == job.id and child.namespace == job.namespace:
+            children[state.job_status(child).capitalize()] += 1
+    return {
+        "JobID": job.id,
+        "Namespace": job.namespace,
+        "Summary": groups,
+        "Children": children,
+        "CreateIndex": job.create_index,
+        "ModifyIndex": job.modify_index,
+    }
+
+
+def job_stub(state: ClusterState, job: Job) -> dict[str, Any]:
+    """Nomad's JobListStub."""
+    full = encode_job(job)
+    return {
+        "ID": job.id,
+        "ParentID": job.parent_id,
+        "Name": job.name or job.id,
+        "Namespace": job.namespace,
+        "Datacenters": list(job.datacenters),
+        "Multiregion": None,
+        "Type": job.type,
+        "Priority": job.priority,
+        "Periodic": job.periodic is not None,
+        "ParameterizedJob": job.parameterized is not None,
+        "Stop": job.stop,
+        "Status": state.job_status(job),
+        "StatusDescription": "",
+        "JobSummary": summary_json(state, job),
+        "CreateIndex": job.create_index,
+        "ModifyIndex": job.modify_index,
+        "JobModifyIndex": job.job_modify_index,
+        "SubmitTime": state.job_submit.get(f"{job.namespace}/{job.id}", 0),
+        "Meta": full.get("Meta") or {},
+    }
+
+
+# --- writes --------------------------------------------------------------------------
+
+
+def decode_api_job(obj: Any, path_id: str | None) -> Job:
+    """A register body's job: canonicalized and decoded, errors naming the field."""
+    if not isinstance(obj, dict):
+        raise bad_request("request body: expected a JSON object")
+    raw = obj.get("Job")
+    if not isinstance(raw, dict):
+        raise bad_request("Job: missing or not an object")
+    try:
+        job = decode_job(canonicalize_api_job(raw))
+    except JobSpecError as err:
+        raise bad_request(str(err)) from None
+    if path_id is not None and job.id != path_id:
+        raise bad_request(f"Job.ID: {job.id!r} does not match the URL's job id {path_id!r}")
+    if job.type not in JOB_TYPES:
+        raise bad_request(f"Job.Type: invalid job type {job.type!r}")
+    if not job.task_groups:
+        raise bad_request("Job.TaskGroups: a job needs at least one task group")
+    return job
+
+
+def register(ctx: ApiContext, req: Request, path_id: str | None) -> Response:
+    body = req.json()
+    job = decode_api_job(body, path_id)
+    if body.get("EnforceIndex"):
+        expected = body.get("JobModifyIndex", 0)
+        current = ctx.cluster.state().jobs.get(f"{job.namespace}/{job.id}")
+        actual = current.job_modify_index if current is not None else 0
+        if expected != actual:
+            raise bad_request(
+                f"Enforcing job modify index {expected}: job "
+                + ("does not exist" if current is None else f"exists with modify index {actual}")
+            )
+    result = ctx.cluster.register(job)
+    return json_response(
+        {
+            "EvalID": result.eval_id,
+            "EvalCreateIndex": result.index,
+            "JobModifyIndex": result.job_modify_index,
+            "Warnings": "\n".join(result.warnings),
+            "Index": result.index,
+            "KnownLeader": True,
+            "LastContact": 0,
+        },
+        index=result.index,
+    )
+
+
+def parse(ctx: ApiContext, req: Request) -> Response:
+    body = req.json()
+    if not isinstance(body, dict) or not isinstance(body.get("JobHCL"), str):
+        raise bad_request("JobHCL: missing or not a string")
+    try:
+        job = parse_job(body["JobHCL"], "hcl", source="JobHCL")
+    except JobSpecError as err:
+        raise bad_request(str(err)) from None
+    return json_response(encode_job(job))
+
+
+def deregister(ctx: ApiContext, req: Request) -> Response:
+    eval_id = ctx.cluster.deregister(req.args[0], _namespace(req), purge=req.flag("purge"))
+    state = ctx.cluster.state()
+    return json_response(
+        {
+            "EvalID": eval_id,
+            "EvalCreateIndex": state.index,
+            "JobModifyIndex": state.index,
+            "Index": state.index,
+        },
+        index=state.index,
+    )
+
+
+def dispatch(ctx: ApiContext, req: Request) -> Response:
+    parent = ctx.cluster.job(req.args[0], _namespace(req))
+    body = req.json() if req.body else {}
+    if not isinstance(body, dict):
+        raise bad_request("request body: expected a JSON object")
+    meta = body.get("Meta") or {}
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise bad_request("Meta: expected an object of strings")
+    raw = body.get("Payload") or ""
+    if not isinstance(raw, str):
+        raise bad_request("Payload: expected a base64 string")
+    try:
+        payload = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("Payload: not valid base64") from None
+    child = dispatch_job(parent, meta=meta, payload=payload, now=datetime.now(UTC))
+    result = ctx.cluster.register(child)
+    return json_response(
+        {
+            "DispatchedJobID": child.id,
+            "EvalID": result.eval_id,
+            "EvalCreateIndex": result.index,
+            "JobCreateIndex": result.index,
+            "Index": result.index,
+        },
+        index=result.index,
+    )
+
+
+def periodic_force(ctx: ApiContext, req: Request) -> Response:
+    job = ctx.cluster.job(req.args[0], _namespace(req))
+    if job.periodic is None:
+        raise bad_request("can't force launch non-periodic job")
+    if job.stop:
+        raise ApiError(400, "can't force launch a stopped job")
+    ctx.periodic.force_launch(job.id)
+    state = ctx.cluster.state()
+    return json_response({"EvalID": "", "EvalCreateIndex": state.index, "Index": state.index})

@@ -1,0 +1,180 @@
+"""``allocrunner agent``: run the node agent in the foreground until a signal.
+
+- SIGTERM, SIGINT and SIGHUP shut the agent down and leave every task running for
+  the next agent (Nomad's client does the same); the exit code is 0. A second signal
+  during the shutdown exits at once (code 1), quietly.
+- SIGPIPE and a closed stdout or stderr change nothing: the agent logs through
+  `logging` to stderr and to ``<data-dir>/agent.log``, and a dead terminal only
+  loses the terminal's copy.
+- A data dir owned by another agent, a bad address or bad flags exit 2 with one
+  line; nothing else is touched.
+
+Flags take one dash or two (``-data-dir`` or ``--data-dir``), as Nomad's do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from allocrunner._sync import CancelToken
+from allocrunner.agent.agent import DEFAULT_HTTP_ADDR, Agent, AgentConfig
+from allocrunner.agent.errors import AgentError, DataDirLockedError
+
+__all__ = ["default_data_dir", "main", "normalize_flags"]
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_BAD_INPUT = 2
+
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def default_data_dir() -> Path:
+    """``$ALLOCRUNNER_DATA_DIR``, else a per-user dir (``$XDG_DATA_HOME/allocrunner``)."""
+    env = os.environ.get("ALLOCRUNNER_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "allocrunner"
+
+
+def normalize_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Nomad's single-dash long flags (``-data-dir=x``) as argparse's ``--data-dir=x``."""
+    long_flags = {
+        opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")
+    }
+    out: list[str] = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2:
+            name = "-" + arg.split("=", 1)[0]
+            if name in long_flags:
+                arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allocrunner agent",
+        description="Run the node agent: restore this data dir's allocations and serve "
+        "Nomad's HTTP API.",
+    )
+    parser.add_argument("--data-dir", help="state, alloc dirs and logs (default: a per-user dir)")
+    parser.add_argument(
+        "--http-addr",
+        default=DEFAULT_HTTP_ADDR,
+        help=f"HOST:PORT to serve on (default {DEFAULT_HTTP_ADDR}; port 0 picks a free one)",
+    )
+    parser.add_argument("--token", help="require this X-Nomad-Token (needed off loopback)")
+    parser.add_argument("--dc", "--datacenter", dest="datacenter", default="dc1")
+    parser.add_argument("--region", default="global")
+    parser.add_argument("--node-class", default="")
+    parser.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="node metadata"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARN", "ERROR"))
+    return parser
+
+
+class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to stderr until stderr dies; then it goes quiet (the log file keeps all)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
+
+
+def _say(text: str) -> None:
+    """A line on stdout that a closed stdout cannot turn into an error."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError, ValueError):
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(normalize_flags(raw, parser))
+    except SystemExit as exc:
+        return EXIT_BAD_INPUT if exc.code else EXIT_OK
+    meta: dict[str, str] = {}
+    for pair in args.meta:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"allocrunner agent: --meta {pair!r}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        meta[key] = value
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    config = AgentConfig(
+        data_dir=str(data_dir),
+        http_addr=args.http_addr,
+        token=args.token,
+        datacenter=args.datacenter,
+        region=args.region,
+        node_class=args.node_class,
+        meta=meta,
+    )
+    terminal = _TerminalHandler(sys.stderr)
+    terminal.setFormatter(logging.Formatter("    %(asctime)s [%(levelname)s] %(message)s"))
+    root = logging.getLogger("allocrunner")
+    root.setLevel(logging.WARNING if args.log_level == "WARN" else args.log_level)
+    root.addHandler(terminal)
+    try:
+        return _run(config)
+    finally:
+        root.removeHandler(terminal)
+
+
+def _run(config: AgentConfig) -> int:
+    stop = CancelToken()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            os._exit(EXIT_FATAL)
+        stop.cancel(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in SHUTDOWN_SIGNALS}
+    agent = Agent(config)
+    try:
+        try:
+            agent.start()
+        except DataDirLockedError as err:
+            print(f"allocrunner agent: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except AgentError as err:
+            print(f"allocrunner agent: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        _say(f"==> allocrunner agent started on {agent.address} (data dir {config.data_dir})")
+        while not stop.wait(3600):
+            pass
+        _say(f"==> caught {stop.reason()}; shutting down, tasks keep running")
+        agent.shutdown()
+        _say("==> agent stopped")
+        return EXIT_OK
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        logging.getLogger("allocrunner.agent").exception("agent failed")
+        print(f"allocrunner agent: {err}", file=sys.stderr)
+        agent.shutdown()
+        return EXIT_FATAL
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
