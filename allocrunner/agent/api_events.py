@@ -60,8 +60,9 @@ def _lines(
 ) -> Iterator[bytes]:
     cursor = after if after > 0 else ctx.cluster.state().index
     while not req.cancel.cancelled():
-        seen = cursor
-        state = ctx.cluster.wait_for(lambda s: s.index > seen, HEARTBEAT, cancel=req.cancel)
+        state = ctx.cluster.wait_for(
+            lambda s, seen=cursor: s.index > seen, HEARTBEAT, cancel=req.cancel
+        )
         if req.cancel.cancelled() or ctx.cluster.is_closed():
             return
         fresh = [e for e in state.events if e.index > cursor]
