@@ -240,6 +240,8 @@ class Base64Bytes(Kind):
     def decode(self, value: Any, path: str) -> bytes:
         if not isinstance(value, str):
             raise JobSpecError(path, f"expected base64 text, got {describe(value)}")
+        if len(value) % 4:
+            raise JobSpecError(path, "invalid base64 data: length is not a multiple of 4")
         try:
             return base64.b64decode(value.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
