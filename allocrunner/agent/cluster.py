@@ -37,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, Kick, ThreadGroup
 from allocrunner.agent import placement
 from allocrunner.agent.errors import ApiError, bad_request, not_found
@@ -485,10 +485,12 @@ class Cluster:
 
     # --- internals ------------------------------------------------------------------
 
+    @requires("_lock")
     def _check_open_locked(self) -> None:
         if self._closed:
             raise ApiError(503, "agent is shutting down")
 
+    @requires("_lock")
     def _publish_locked(self, state: ClusterState, events: list[ClusterEvent]) -> None:
         if events:
             state = attrs.evolve(state, events=(*state.events, *events)[-EVENT_BUFFER:])
