@@ -38,7 +38,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -512,7 +512,7 @@ class _Watch:
 
 def _drain(
     fd: int, file: str, offset: int, cancel: CancelToken, event: str = ""
-) -> Iterator[_Piece]:
+) -> Generator[_Piece, None, int]:
     """Yield what the file holds from `offset` to its end; return the new offset.
     An `event` rides on the first piece (alone, if there is no data)."""
     while not cancel.cancelled():
@@ -537,7 +537,7 @@ def _tail(
     follow: bool,
     next_path: str | None,
     heartbeat: float,
-) -> Iterator[_Piece]:
+) -> Generator[_Piece, None, str]:
     """Yield file `path` from `offset` (named `file` in frames); with `follow`, keep
     yielding what is appended until it is deleted, `next_path` appears (then read
     to the end first), or `cancel` fires. Returns why it stopped."""
@@ -566,7 +566,7 @@ def _tail(
 
 def _follow(
     watch: _Watch, fd: int, file: str, offset: int, cancel: CancelToken, *, heartbeat: float
-) -> Iterator[_Piece]:
+) -> Generator[_Piece, None, str]:
     """The following half of `_tail`: wake on the watchers, read, heartbeat."""
     quiet_since = time.monotonic()
     while True:

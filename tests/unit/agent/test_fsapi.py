@@ -694,6 +694,17 @@ def test_logs_follow_closed_early_joins_its_threads(
     assert fsapi_threads() == []
 
 
+def test_logs_follow_reports_a_deleted_file_and_ends_when_nothing_is_newer(
+    alloc_dir: AllocDir, cancel: CancelToken, rotated: bytes
+) -> None:
+    it = fsapi.logs(alloc_dir, "web", follow=True, origin="end", offset=1, cancel=cancel)
+    assert frame_data(json.loads(next(it))) == b"O"
+    (alloc_dir.logs_dir / "web.stdout.2").unlink()
+    deleted = {"Offset": 5, "File": "alloc/logs/web.stdout.2", "FileEvent": "file deleted"}
+    assert frames(it) == [deleted]
+    assert fsapi_threads() == []
+
+
 def test_logs_follow_heartbeats(alloc_dir: AllocDir, cancel: CancelToken, rotated: bytes) -> None:
     it = fsapi.logs(
         alloc_dir, "web", follow=True, origin="end", offset=0, cancel=cancel, heartbeat=0.05
