@@ -291,10 +291,10 @@ class Agent:
             periodic = self._periodic
         if periodic is None:
             return
-        if job.periodic is not None and not job.stop:
+        if job.is_periodic_active():
             periodic.add(job)
-        elif job.periodic is not None:
-            periodic.remove(job.id)
+        else:
+            periodic.remove(job.id, job.namespace)
 
     @calls_out
     def _launch_periodic(self, parent: Job, when: datetime) -> None:

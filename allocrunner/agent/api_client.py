@@ -103,10 +103,6 @@ def fs_stream(ctx: ApiContext, req: Request) -> Response:
 def fs_logs(ctx: ApiContext, req: Request) -> Response:
     runner = _runner(ctx, req.args[0])
     task = req.param("task") or ""
-    if not task:
-        raise bad_request("must provide task name")
-    if task not in runner.task_names():
-        raise not_found(f"unknown task name {task!r}")
     plain = req.flag("plain")
     body = fsapi.logs(
         runner.alloc_dir,
@@ -117,6 +113,7 @@ def fs_logs(ctx: ApiContext, req: Request) -> Response:
         offset=req.int_param("offset", 0),
         plain=plain,
         cancel=req.cancel,
+        tasks=runner.task_names(),
     )
     return Response(body=body, content_type="text/plain" if plain else "application/json")
 

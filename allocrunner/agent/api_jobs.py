@@ -315,6 +315,9 @@ def periodic_force(ctx: ApiContext, req: Request) -> Response:
         raise bad_request("can't force launch non-periodic job")
     if job.stop:
         raise ApiError(400, "can't force launch a stopped job")
-    ctx.periodic.force_launch(job.id)
+    try:
+        ctx.periodic.force_launch(job.id, job.namespace)
+    except KeyError:
+        raise bad_request(f"job {job.id!r} is not scheduled for periodic launches") from None
     state = ctx.cluster.state()
     return json_response({"EvalID": "", "EvalCreateIndex": state.index, "Index": state.index})

@@ -299,8 +299,8 @@ class Cluster:
         return self._threads.join(timeout)
 
     def on_register(self, hook: Callable[[Job], None]) -> None:
-        """Call `hook(job)` after each register of a periodic or parameterized job (the
-        periodic launcher's feed). Set up before `start`."""
+        """Call `hook(job)` after each register of a periodic or parameterized job and
+        after each deregister (the periodic launcher's feed). Set up before `start`."""
         self._launch_hooks = (*self._launch_hooks, hook)
 
     # --- jobs -----------------------------------------------------------------------
@@ -404,6 +404,8 @@ class Cluster:
                 events,
             )
         self._after_change()
+        for hook in self._launch_hooks:
+            hook(stopped)
         return eval_id
 
     # --- allocations ----------------------------------------------------------------
