@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
 import signal
 import tempfile
 import uuid
@@ -59,6 +60,7 @@ __all__ = [
     "node_stub_json",
     "read_os_release",
     "storage_facts",
+    "unescape_mount_field",
 ]
 
 NODE_ID_FILE = "node-id"
@@ -306,18 +308,18 @@ def mount_source(path: str) -> str:
     real = os.path.realpath(path)
     best_point, best_source = "", ""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+        with open("/proc/self/mountinfo", "rb") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return ""
     for line in lines:
-        left, sep, right = line.partition(" - ")
+        left, sep, right = line.partition(b" - ")
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 2:
             continue
-        point = _unescape_mount(fields[4])
+        point = unescape_mount_field(fields[4])
         if _within(real, point) and len(point) >= len(best_point):
-            best_point, best_source = point, tail[1]
+            best_point, best_source = point, unescape_mount_field(tail[1])
     return best_source
 
 
@@ -327,11 +329,15 @@ def _within(path: str, mount_point: str) -> bool:
     return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
 
 
-def _unescape_mount(text: str) -> str:
-    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
-    if "\\" not in text:
-        return text
-    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8")
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def unescape_mount_field(raw: bytes) -> str:
+    """A field of /proc/self/mountinfo or /proc/self/mounts with the kernel's octal
+    escapes (``\\040`` for a space) undone, decoded as UTF-8."""
+    return _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw).decode(
+        "utf-8", "replace"
+    )
 
 
 def _host_id() -> str:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner.agent.fingerprint import detect_cpu
+from allocrunner.agent.fingerprint import detect_cpu, unescape_mount_field
 from allocrunner.structs.frozen import FrozenDict
 
 __all__ = [
@@ -359,16 +359,8 @@ def _physical_mounts() -> list[tuple[str, str]]:
         if len(parts) < 3 or parts[2] in nodev or parts[1] in seen:
             continue
         seen.add(parts[1])
-        mounts.append((_unescape(parts[0]), _unescape(parts[1])))
+        mounts.append((unescape_mount_field(parts[0]), unescape_mount_field(parts[1])))
     return mounts
-
-
-def _unescape(field: bytes) -> str:
-    """A /proc/self/mounts field with its octal escapes (``\\040``) undone."""
-    text = field.decode("utf-8", "replace")
-    if "\\" not in text:
-        return text
-    return text.encode("latin-1", "replace").decode("unicode_escape")
 
 
 def _uptime() -> int:

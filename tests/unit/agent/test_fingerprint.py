@@ -24,6 +24,7 @@ from allocrunner.agent.fingerprint import (
     node_json,
     node_stub_json,
     read_os_release,
+    unescape_mount_field,
 )
 from allocrunner.config import ClientConfig
 
@@ -288,6 +289,11 @@ def test_read_os_release_unquotes(tmp_path):
         "NAME": "Debian GNU/Linux",
     }
     assert read_os_release(str(tmp_path / "missing")) == {}
+
+
+def test_mount_fields_are_unescaped():
+    assert unescape_mount_field(rb"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"
+    assert unescape_mount_field("/mnt/é".encode()) == "/mnt/é"
 
 
 # --- JSON -------------------------------------------------------------------------------
