@@ -49,6 +49,7 @@ from allocrunner.agent.errors import AgentError
 from allocrunner.agent.fingerprint import NodeInfo, fingerprint, load_node_id
 from allocrunner.agent.http import (
     MAX_CONNECTIONS,
+    READ_TIMEOUT,
     HttpServer,
     Router,
     is_loopback,
@@ -85,6 +86,7 @@ class AgentConfig:
     node_pool: str = "default"
     meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=FrozenDict)
     max_connections: int = MAX_CONNECTIONS
+    read_timeout: float = READ_TIMEOUT
     update_interval: float = 0.02
     gc_interval: float = 60.0
     gc_max_allocs: int = 50
@@ -185,7 +187,9 @@ class Agent:
         client = Client(
             config, state_updater=self._on_client_update, update_interval=cfg.update_interval
         )
-        cluster = Cluster(cfg.data_dir, node_id, self._run_allocs, self._tracked)
+        cluster = Cluster(
+            cfg.data_dir, node_id, self._run_allocs, self._tracked, on_register=self._registered
+        )
         periodic = PeriodicLauncher(self._launch_periodic, self._children_running)
         node = fingerprint(
             config,
@@ -202,7 +206,6 @@ class Agent:
         cluster.load()
         client.start()
         cluster.adopt(client.allocs())
-        cluster.on_register(self._registered)
         cluster.start()
         for job in cluster.state().jobs.values():
             self._registered(job)
@@ -212,13 +215,19 @@ class Agent:
             client=client,
             config=config,
             node=node,
-            sampler=StatsSampler(),
+            sampler=StatsSampler(
+                total_compute_mhz=node.resources.cpu_mhz, num_cores=node.resources.cores
+            ),
             periodic=periodic,
             agent_info={"host": host, "token_required": bool(cfg.token)},
             started=time.time(),
         )
         http = HttpServer(
-            build_router(ctx), (host, port), token=cfg.token, max_connections=cfg.max_connections
+            build_router(ctx),
+            (host, port),
+            token=cfg.token,
+            max_connections=cfg.max_connections,
+            read_timeout=cfg.read_timeout,
         )
         with self._lock:
             self._http = http

@@ -123,12 +123,15 @@ def fs_logs(ctx: ApiContext, req: Request) -> Response:
 
 def stats(ctx: ApiContext, req: Request) -> Response:
     runner = _runner(ctx, req.args[0])
-    return json_response(alloc_stats(runner, ctx.sampler))
+    try:
+        return json_response(alloc_stats(runner, ctx.sampler, task=req.param("task") or None))
+    except UnknownTaskError:
+        raise not_found(f"unknown task name {req.param('task')!r}") from None
 
 
 def node_stats(ctx: ApiContext, req: Request) -> Response:
     _check_node(ctx, req)
-    return json_response(host_stats(ctx.config.alloc_dir))
+    return json_response(host_stats(ctx.config.alloc_dir, ctx.sampler))
 
 
 def _check_node(ctx: ApiContext, req: Request) -> None:
@@ -216,6 +219,7 @@ def gc_alloc(ctx: ApiContext, req: Request) -> Response:
     runner = _runner(ctx, alloc_id)
     if runner.is_destroyed():
         return json_response(None)
+    ctx.sampler.forget_alloc(alloc_id)
     if not ctx.client.collect(alloc_id):
         raise bad_request(
             f"allocation {alloc_id} is not eligible for garbage collection: it is still running"

@@ -155,7 +155,12 @@ def _key(namespace: str, job_id: str) -> str:
 
 
 class Cluster:
-    """Thread-safe. The one-node cluster's state store (module docstring)."""
+    """Thread-safe. The one-node cluster's state store (module docstring).
+
+    `on_register(job)` is called, with no lock held, after each register of a job that
+    does not run at once (periodic, parameterized) and after each deregister: the
+    periodic launcher's feed.
+    """
 
     _node_id = immutable()
     _path = immutable()
@@ -177,6 +182,7 @@ class Cluster:
         node_id: str,
         run_allocs: Callable[[list[Allocation], int], None],
         tracked: Callable[[str], bool],
+        on_register: Callable[[Job], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._path = Path(data_dir) / "server" / "state.json"
@@ -186,7 +192,7 @@ class Cluster:
         self._persist_kick = Kick()
         self._stop = CancelToken()
         self._threads = ThreadGroup("cluster")
-        self._launch_hooks: tuple[Callable[[Job], None], ...] = ()
+        self._launch_hooks = (on_register,) if on_register is not None else ()
         self._lock = make_lock("Cluster._lock")
         self._state = ClusterState()
         self._closed = False
@@ -297,11 +303,6 @@ class Cluster:
         self._stop.cancel("cluster closed")
         self._persist_kick.kick()
         return self._threads.join(timeout)
-
-    def on_register(self, hook: Callable[[Job], None]) -> None:
-        """Call `hook(job)` after each register of a periodic or parameterized job and
-        after each deregister (the periodic launcher's feed). Set up before `start`."""
-        self._launch_hooks = (*self._launch_hooks, hook)
 
     # --- jobs -----------------------------------------------------------------------
 

@@ -90,6 +90,18 @@ class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setLevel(logging.CRITICAL + 1)
 
 
+class _NoTraceback(logging.Formatter):
+    """One line per record on the terminal; tracebacks go to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def _say(text: str) -> None:
     """A line on stdout that a closed stdout cannot turn into an error."""
     try:
@@ -132,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta=meta,
     )
     terminal = _TerminalHandler(sys.stderr)
-    terminal.setFormatter(logging.Formatter("    %(asctime)s [%(levelname)s] %(message)s"))
+    terminal.setFormatter(_NoTraceback("    %(asctime)s [%(levelname)s] %(message)s"))
     root = logging.getLogger("allocrunner")
     root.setLevel(logging.WARNING if args.log_level == "WARN" else args.log_level)
     root.addHandler(terminal)
@@ -166,7 +178,7 @@ def _run(config: AgentConfig) -> int:
         _say(f"==> allocrunner agent started on {agent.address} (data dir {config.data_dir})")
         while not stop.wait(3600):
             pass
-        _say(f"==> caught {stop.reason()}; shutting down, tasks keep running")
+        _say(f"==> caught {stop.reason}; shutting down, tasks keep running")
         agent.shutdown()
         _say("==> agent stopped")
         return EXIT_OK

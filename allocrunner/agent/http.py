@@ -173,8 +173,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, owner: HttpServer, address: tuple[str, int]) -> None:
+    def __init__(self, owner: HttpServer, address: tuple[str, int], read_timeout: float) -> None:
         self.owner = owner
+        self.read_timeout = read_timeout
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, _Handler)
@@ -207,6 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout
+        super().setup()
+
     def _dispatch(self) -> None:
         self.server.owner._serve(self)
 
@@ -232,6 +237,7 @@ class HttpServer:
         *,
         token: str | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self._router = router
         self._token = token
@@ -240,7 +246,7 @@ class HttpServer:
         self._lock = make_lock("HttpServer._lock")
         self._sockets: frozenset[Any] = frozenset()
         try:
-            self._server = _Server(self, address)
+            self._server = _Server(self, address, read_timeout)
         except OSError as err:
             raise AgentError(
                 f"cannot listen on {address[0]}:{address[1]}: {err.strerror or err}"
