@@ -210,3 +210,43 @@ def test_closed_stdout_ends_quietly(tmp_path, agent):
 
 def _quoted_python() -> str:
     return shlex.quote(sys.executable)
+
+
+PARAMETERIZED = """
+job "param" {
+  type = "batch"
+  parameterized {
+    payload       = "optional"
+    meta_optional = ["greeting"]
+  }
+  group "g" {
+    task "show" {
+      driver = "raw_exec"
+      dispatch_payload {
+        file = "input.txt"
+      }
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo \\"$NOMAD_META_greeting\\"; cat $NOMAD_TASK_DIR/input.txt"]
+      }
+    }
+  }
+}
+"""
+
+
+def test_dispatch_runs_a_parameterized_job(tmp_path, agent):
+    addr = agent.address
+    job = write(tmp_path, "param.nomad.hcl", PARAMETERIZED)
+    code, out, err = run_cli("job", "run", "-address", addr, job)
+    assert (code, out) == (0, "Job registration successful\n"), err
+    payload = write(tmp_path, "input.txt", "from a file\n")
+    code, out, err = run_cli(
+        "job", "dispatch", "-meta", "greeting=hey", "-address", addr, "param", payload
+    )
+    assert code == 0, err
+    assert out.startswith("Dispatched Job ID = param/dispatch-")
+    assert "show: Terminated - Exit Code: 0" in out
+    assert out.endswith("--- show stdout ---\nhey\nfrom a file\n")
+    code, out, err = run_cli("job", "dispatch", "-detach", "-address", addr, "nothing")
+    assert code == 2 and err.startswith("allocrunner: Failed to dispatch job: ")
