@@ -229,6 +229,10 @@ class Cluster:
                 except BroadcasterClosed:
                     return self.state()
 
+    def parked(self) -> int:
+        """How many waits (blocking queries, event streams) are parked right now."""
+        return self._broadcaster.blocked_listeners()
+
     def is_closed(self) -> bool:
         with self._lock:
             return self._closed
@@ -335,6 +339,7 @@ class Cluster:
                 )
                 for alloc in (*placed.changed, *placed.created):
                     allocs[alloc.id] = alloc
+                for alloc in _link_previous(allocs, placed.created):
                     events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
             elif job.stop:
                 for alloc in placement.stop_allocs(
@@ -442,10 +447,11 @@ class Cluster:
                     node_id=self._node_id,
                     eval_id=eval_id,
                 )
-                for new in placed.created:
-                    new = attrs.evolve(new, previous_allocation=alloc.id)
+                created = [attrs.evolve(a, previous_allocation=alloc.id) for a in placed.created]
+                for new in created:
                     allocs[new.id] = new
-                    events.append(_event(TOPIC_ALLOC, "PlanResult", new, index))
+                for changed in _link_previous(allocs, created):
+                    events.append(_event(TOPIC_ALLOC, "PlanResult", changed, index))
             evaluation = _evaluation(
                 eval_id, job or alloc.job or Job(id=alloc.job_id), "alloc-stop", index
             )
@@ -577,6 +583,22 @@ class Cluster:
             alloc_index=index,
             eval_index=index,
         )
+
+
+def _link_previous(
+    allocs: dict[str, Allocation], created: Iterable[Allocation]
+) -> list[Allocation]:
+    """Point each replaced allocation at its replacement (Nomad's NextAllocation), in
+    `allocs`; every allocation written (the replacements and the replaced)."""
+    written: list[Allocation] = []
+    for new in created:
+        written.append(new)
+        prev = allocs.get(new.previous_allocation) if new.previous_allocation else None
+        if prev is not None:
+            linked = attrs.evolve(prev, next_allocation=new.id)
+            allocs[prev.id] = linked
+            written.append(linked)
+    return written
 
 
 def _encode_stored(alloc: Allocation) -> dict[str, Any]:

@@ -72,6 +72,12 @@ def sleeper_job(job_id: str, *, count: int = 1, seconds: int = 300, kind: str = 
     }
 
 
+def holds(value: Any, what: str = "condition") -> Any:
+    """`value` when truthy; else an AssertionError, so `wait_for` keeps waiting."""
+    assert value, f"{what} does not hold yet: {value!r}"
+    return value
+
+
 def pid_alive(pid: int) -> bool:
     """True when /proc shows `pid` alive (not a zombie)."""
     try:

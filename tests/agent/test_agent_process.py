@@ -17,6 +17,7 @@ from allocrunner.testing import assert_stays, wait_for
 from tests.agent.helpers import (
     AgentProcess,
     api,
+    holds,
     job_allocs,
     kill_groups,
     pid_alive,
@@ -56,7 +57,7 @@ def _stop_job(address: str, job_id: str) -> None:
 
 
 def _wait_gone(pids) -> None:
-    wait_for(lambda: [p for p in pids if pid_alive(p)] == [] or None, 20)
+    wait_for(lambda: holds([p for p in pids if pid_alive(p)] == []), 20)
 
 
 def test_kill9_then_restart_adopts_the_same_pids_and_can_stop_them(agents, tmp_path):
@@ -73,7 +74,7 @@ def test_kill9_then_restart_adopts_the_same_pids_and_can_stop_them(agents, tmp_p
     assert again == pids, "the restarted agent must adopt the same processes"
     for alloc_id in pids:
         assert len(recorded_pids(second.data_dir, alloc_id)) == 1, "a task was started twice"
-    assert_stays(lambda: len(job_allocs(second.address, "web")) == 2 or None, 1.0)
+    assert_stays(lambda: holds(len(job_allocs(second.address, "web")) == 2), 1.0)
 
     _stop_job(second.address, "web")
     _wait_gone(pids.values())
@@ -133,7 +134,7 @@ def test_a_closed_stdout_changes_nothing(agents):
     pids = wait_running(agent.address, agent.data_dir, "quiet", 1)
     (alloc_id,) = pids
 
-    assert_stays(lambda: (agent.proc.poll() is None and pid_alive(pids[alloc_id])) or None, 1.5)
+    assert_stays(lambda: holds(agent.proc.poll() is None and pid_alive(pids[alloc_id])), 1.5)
     assert find_agent(agent.data_dir) == agent.address
     _, alloc, _ = api(agent.address, "GET", f"/v1/allocation/{alloc_id}")
     events = [e["Type"] for e in alloc["TaskStates"]["sleeper"]["Events"]]
