@@ -31,15 +31,18 @@ def add_routes(router: Router, ctx: ApiContext) -> None:
     router.add("GET", "/v1/jobs", lambda r: list_jobs(ctx, r))
     router.add("PUT POST", "/v1/jobs", lambda r: register(ctx, r, None))
     router.add("PUT POST", "/v1/jobs/parse", lambda r: parse(ctx, r))
-    router.add("GET", "/v1/job/:id", lambda r: read_job(ctx, r))
-    router.add("PUT POST", "/v1/job/:id", lambda r: register(ctx, r, r.args[0]))
-    router.add("DELETE", "/v1/job/:id", lambda r: deregister(ctx, r))
-    router.add("GET", "/v1/job/:id/allocations", lambda r: job_allocations(ctx, r))
-    router.add("GET", "/v1/job/:id/evaluations", lambda r: job_evaluations(ctx, r))
-    router.add("GET", "/v1/job/:id/summary", lambda r: job_summary(ctx, r))
-    router.add("GET", "/v1/job/:id/versions", lambda r: job_versions(ctx, r))
-    router.add("PUT POST", "/v1/job/:id/dispatch", lambda r: dispatch(ctx, r))
-    router.add("PUT POST", "/v1/job/:id/periodic/force", lambda r: periodic_force(ctx, r))
+    # A job id may hold slashes (periodic and dispatched children: `parent/periodic-N`)
+    # and clients such as python-nomad send them unescaped; as Nomad does, the action
+    # is told by the path's suffix and the rest is the id.
+    router.add("GET", "/v1/job/*id/allocations", lambda r: job_allocations(ctx, r))
+    router.add("GET", "/v1/job/*id/evaluations", lambda r: job_evaluations(ctx, r))
+    router.add("GET", "/v1/job/*id/summary", lambda r: job_summary(ctx, r))
+    router.add("GET", "/v1/job/*id/versions", lambda r: job_versions(ctx, r))
+    router.add("PUT POST", "/v1/job/*id/dispatch", lambda r: dispatch(ctx, r))
+    router.add("PUT POST", "/v1/job/*id/periodic/force", lambda r: periodic_force(ctx, r))
+    router.add("GET", "/v1/job/*id", lambda r: read_job(ctx, r))
+    router.add("PUT POST", "/v1/job/*id", lambda r: register(ctx, r, r.args[0]))
+    router.add("DELETE", "/v1/job/*id", lambda r: deregister(ctx, r))
 
 
 def _namespace(req: Request) -> str:
