@@ -29,15 +29,47 @@ def add_routes(router: Router, ctx: ApiContext) -> None:
     router.add("GET", "/v1/evaluation/:id/allocations", lambda r: eval_allocs(ctx, r))
 
 
+def allocated_resources(alloc: Allocation) -> dict[str, Any] | None:
+    """Nomad's AllocatedResources: what each task of the group and the group ask for."""
+    group = alloc.group()
+    if group is None:
+        return None
+    return {
+        "Tasks": {
+            t.name: {
+                "Cpu": {"CpuShares": t.resources.cpu, "ReservedCores": None},
+                "Memory": {
+                    "MemoryMB": t.resources.memory_mb,
+                    "MemoryMaxMB": t.resources.memory_max_mb,
+                },
+                "Networks": None,
+                "Devices": None,
+            }
+            for t in group.tasks
+        },
+        "TaskLifecycles": {
+            t.name: (
+                {"Hook": t.lifecycle.hook, "Sidecar": t.lifecycle.sidecar}
+                if t.lifecycle is not None
+                else None
+            )
+            for t in group.tasks
+        },
+        "Shared": {"DiskMB": group.ephemeral_disk.size_mb, "Networks": None, "Ports": None},
+    }
+
+
 def alloc_json(alloc: Allocation) -> dict[str, Any]:
     """Nomad's Allocation: the API JSON with the job it runs."""
     out = encode_allocation(alloc)
     out["JobVersion"] = alloc.job.version if alloc.job is not None else 0
+    out["AllocatedResources"] = allocated_resources(alloc)
     return out
 
 
-def alloc_stub(alloc: Allocation) -> dict[str, Any]:
-    """Nomad's AllocListStub: the allocation without its job."""
+def alloc_stub(alloc: Allocation, *, resources: bool = False) -> dict[str, Any]:
+    """Nomad's AllocListStub: the allocation without its job (with `resources`, what it
+    was allocated, as ``?resources=true`` asks)."""
     out = encode_allocation(alloc)
     job = out.pop("Job", None) or {}
     out["JobType"] = job.get("Type", "")
@@ -47,6 +79,8 @@ def alloc_stub(alloc: Allocation) -> dict[str, Any]:
     out["RescheduleTracker"] = None
     out["PreemptedAllocations"] = None
     out["PreemptedByAllocation"] = ""
+    if resources:
+        out["AllocatedResources"] = allocated_resources(alloc)
     return out
 
 
@@ -54,8 +88,9 @@ def list_allocs(ctx: ApiContext, req: Request) -> Response:
     state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
     prefix = req.param("prefix") or ""
     namespace = req.param("namespace") or "default"
+    resources = req.flag("resources")
     allocs = [
-        alloc_stub(a)
+        alloc_stub(a, resources=resources)
         for a in sorted(state.allocs.values(), key=lambda a: a.create_index)
         if a.id.startswith(prefix) and namespace in ("*", a.namespace)
     ]
