@@ -15,6 +15,7 @@ import argparse
 import base64
 import contextlib
 import inspect
+import os
 import signal
 import sys
 import warnings
@@ -156,18 +157,27 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupt()
 
 
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    """A second interrupt: leave at once, quietly, whatever is still stopping."""
+    os._exit(EXIT_INTERRUPTED)
+
+
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM interrupts like Ctrl-C while an embedded agent runs (main thread only)."""
+def _handling(handler: Callable[[int, FrameType | None], None], *signums: int) -> Iterator[None]:
+    """`handler` for `signums` inside the block (main thread only; an ignored signal
+    stays ignored, as a background job's SIGINT is)."""
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
+        for signum in signums:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _poll_until(watch: JobWatch, out: Output, stop: Callable[[], bool]) -> None:
@@ -181,7 +191,8 @@ def watch_to_the_end(session: Session, job_id: str, since: int, out: Output) -> 
     """Print events until every watched allocation is terminal; the exit code."""
     watch = JobWatch(session.api, job_id, since, EventPrinter(out))
     external = not session.embedded
-    with _sigterm_interrupts() if session.embedded else contextlib.nullcontext():
+    sigterm = _handling(_raise_interrupt, signal.SIGTERM)
+    with sigterm if session.embedded else contextlib.nullcontext():
         try:
             _poll_until(watch, out, lambda: watch.done() or (external and out.closed))
         except KeyboardInterrupt:
@@ -197,13 +208,11 @@ def watch_to_the_end(session: Session, job_id: str, since: int, out: Output) -> 
 
 def _stop_after_interrupt(session: Session, watch: JobWatch, job_id: str, out: Output) -> int:
     out.line("==> interrupted: stopping the job's allocations (Ctrl-C again to quit now)")
-    try:
+    with _handling(_exit_now, signal.SIGINT, signal.SIGTERM):
         session.api.delete(f"/v1/job/{quote(job_id)}")
         _poll_until(watch, out, lambda: not watch.allocs() or watch.done())
         for alloc in watch.allocs():
             out.line(f"==> stopped {alloc.get('Name', '')}")
-    except KeyboardInterrupt:
-        pass
     return EXIT_INTERRUPTED
 
 

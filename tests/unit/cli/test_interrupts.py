@@ -88,3 +88,48 @@ def test_interrupting_a_watch_of_another_agent_leaves_the_job_running(tmp_path, 
     assert "sleeper: Started" in out and "Killing" not in out
     code, out, _ = run_cli("status", "--json", "-address", agent.address)
     assert code == 0 and json.loads(out)[0]["ClientStatus"] == "running"
+
+
+STUBBORN = """
+job "stubborn" {
+  type = "service"
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "trap '' INT TERM; while true; do sleep 0.1; done"]
+      }
+      kill_timeout = "30s"
+    }
+  }
+}
+"""
+
+
+def test_a_second_interrupt_exits_at_once_and_quietly(tmp_path, data_dir):
+    job = tmp_path / "stubborn.nomad.hcl"
+    job.write_text(STUBBORN)
+    runner = cli_process("run", str(job), "--data-dir", str(data_dir))
+    try:
+        _started(runner, data_dir)
+        runner.send_signal(signal.SIGTERM)
+
+        def killing() -> None:
+            address = find_agent(data_dir)
+            assert address, "the run's agent is gone"
+            code, out, _ = run_cli("status", "--json", "-address", address)
+            assert code == 0
+            events = json.loads(out)[0]["TaskStates"]["t"]["Events"]
+            assert events[-1]["Type"] == "Killing", events
+
+        wait_for(killing, timeout=20, interval=0.05)
+        runner.send_signal(signal.SIGINT)
+        out, err = runner.communicate(timeout=10)  # the task would take 30 s to die
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 130
+    assert out.rstrip().endswith("Killing - Sent interrupt. Waiting 30s before force killing")
+    assert err == ""
