@@ -180,7 +180,7 @@ def _handling(handler: Callable[[int, FrameType | None], None], *signums: int) -
             signal.signal(signum, old)
 
 
-def _poll_until(watch: JobWatch, out: Output, stop: Callable[[], bool]) -> None:
+def _poll_until(watch: JobWatch, stop: Callable[[], bool]) -> None:
     while not stop():
         watch.poll()
         if watch.nothing_placed():
@@ -194,7 +194,7 @@ def watch_to_the_end(session: Session, job_id: str, since: int, out: Output) -> 
     sigterm = _handling(_raise_interrupt, signal.SIGTERM)
     with sigterm if session.embedded else contextlib.nullcontext():
         try:
-            _poll_until(watch, out, lambda: watch.done() or (external and out.closed))
+            _poll_until(watch, lambda: watch.done() or (external and out.closed))
         except KeyboardInterrupt:
             if external:
                 out.line("==> detached: the job keeps running")
@@ -210,7 +210,7 @@ def _stop_after_interrupt(session: Session, watch: JobWatch, job_id: str, out: O
     out.line("==> interrupted: stopping the job's allocations (Ctrl-C again to quit now)")
     with _handling(_exit_now, signal.SIGINT, signal.SIGTERM):
         session.api.delete(f"/v1/job/{quote(job_id)}")
-        _poll_until(watch, out, lambda: not watch.allocs() or watch.done())
+        _poll_until(watch, lambda: not watch.allocs() or watch.done())
         for alloc in watch.allocs():
             out.line(f"==> stopped {alloc.get('Name', '')}")
     return EXIT_INTERRUPTED

@@ -131,5 +131,5 @@ def test_a_second_interrupt_exits_at_once_and_quietly(tmp_path, data_dir):
             runner.kill()
             runner.communicate()
     assert runner.returncode == 130
-    assert out.rstrip().endswith("Killing - Sent interrupt. Waiting 30s before force killing")
-    assert err == ""
+    assert "==> interrupted: stopping the job's allocations" in out
+    assert "==> stopped" not in out and err == ""
