@@ -89,14 +89,19 @@ def fs_readat(ctx: ApiContext, req: Request) -> Response:
 
 def fs_stream(ctx: ApiContext, req: Request) -> Response:
     runner = _runner(ctx, req.args[0])
-    body = fsapi.stream(
-        runner.alloc_dir,
-        _relative(_path(req)),
-        offset=req.int_param("offset", 0),
-        origin=req.param("origin") or "start",
-        follow=req.flag("follow", True),
-        cancel=req.cancel,
-    )
+    try:
+        body = fsapi.stream(
+            runner.alloc_dir,
+            _relative(_path(req)),
+            offset=req.int_param("offset", 0),
+            origin=req.param("origin") or "start",
+            follow=req.flag("follow", True),
+            cancel=req.cancel,
+        )
+    except ApiError as err:
+        if err.status == 404:  # Nomad answers a stream of a missing file with a 400
+            raise bad_request(err.message) from None
+        raise
     return Response(body=body)
 
 

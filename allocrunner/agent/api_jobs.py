@@ -298,7 +298,12 @@ def dispatch(ctx: ApiContext, req: Request) -> Response:
         payload = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("Payload: not valid base64") from None
-    child = dispatch_job(parent, meta=meta, payload=payload, now=datetime.now(UTC))
+    template = body.get("IdPrefixTemplate") or ""
+    if not isinstance(template, str) or "/" in template:
+        raise bad_request("IdPrefixTemplate: expected a string without '/'")
+    child = dispatch_job(
+        parent, meta=meta, payload=payload, now=datetime.now(UTC), id_prefix_template=template
+    )
     result = ctx.cluster.register(child)
     return json_response(
         {

@@ -37,11 +37,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DISPATCH_PAYLOAD_SIZE_LIMIT = 16 * 1024
 
 
-def dispatched_id(parent_id: str, now: datetime, suffix: str | None = None) -> str:
-    """`<parent>/dispatch-<unix seconds>-<8 hex>` (Nomad's DispatchedID); `suffix`
-    replaces the random 8 hex digits (for tests)."""
+def dispatched_id(
+    parent_id: str, now: datetime, suffix: str | None = None, id_prefix_template: str = ""
+) -> str:
+    """`<parent>/dispatch-[<template>-]<unix seconds>-<8 hex>` (Nomad's DispatchedID);
+    `suffix` replaces the random 8 hex digits (for tests)."""
     unique = suffix if suffix is not None else secrets.token_hex(4)
-    return f"{parent_id}{DISPATCH_LAUNCH_SUFFIX}{int(now.timestamp() // 1)}-{unique}"
+    prefix = f"{id_prefix_template}-" if id_prefix_template else ""
+    return f"{parent_id}{DISPATCH_LAUNCH_SUFFIX}{prefix}{int(now.timestamp() // 1)}-{unique}"
 
 
 def validate_dispatch(parent: Job, meta: Mapping[str, str], payload: bytes) -> None:
@@ -76,11 +79,18 @@ def validate_dispatch(parent: Job, meta: Mapping[str, str], payload: bytes) -> N
         raise ApiError(400, f"Dispatch did not provide required meta keys: [{' '.join(missing)}]")
 
 
-def dispatch_job(parent: Job, *, meta: Mapping[str, str], payload: bytes, now: datetime) -> Job:
+def dispatch_job(
+    parent: Job,
+    *,
+    meta: Mapping[str, str],
+    payload: bytes,
+    now: datetime,
+    id_prefix_template: str = "",
+) -> Job:
     """The child job a dispatch of `parent` registers; ApiError(400, …) when Nomad
     would refuse the dispatch (see `validate_dispatch`)."""
     validate_dispatch(parent, meta, payload)
-    child_id = dispatched_id(parent.id, now)
+    child_id = dispatched_id(parent.id, now, id_prefix_template=id_prefix_template)
     return attrs.evolve(
         parent,
         id=child_id,

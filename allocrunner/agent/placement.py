@@ -10,8 +10,9 @@ lock and tests can call them on their own.
   sticky or migrating ephemeral disk moves across (Nomad's destructive update). A
   group that did not change keeps its allocations, which take the new job version in
   place.
-- A batch allocation that completed counts as placed: re-registering an unchanged
-  batch job never runs it again.
+- A batch allocation that completed (and was not stopped) counts as placed:
+  re-registering an unchanged batch job never runs it again. A service allocation
+  that ended, or any allocation stopped with its job, leaves its slot free.
 - A count that goes down, or a group that disappears, stops the extra allocations.
 """
 
@@ -30,7 +31,7 @@ from allocrunner.structs import (
     Job,
     TaskGroup,
 )
-from allocrunner.structs.status import JOB_SYSBATCH, JOB_SYSTEM
+from allocrunner.structs.status import JOB_BATCH, JOB_SYSBATCH, JOB_SYSTEM
 
 __all__ = ["MAX_ALLOCS_PER_JOB", "Placement", "group_count", "place_job", "stop_allocs"]
 
@@ -123,11 +124,15 @@ def place_job(
     for alloc in sorted(existing, key=lambda a: a.create_index):
         if alloc.desired_status == DESIRED_RUN:
             by_slot[(alloc.task_group, alloc.index())] = alloc
-    done: dict[tuple[str, int], Allocation] = {
-        (a.task_group, a.index()): a
-        for a in existing
-        if a.client_status == CLIENT_COMPLETE and (a.task_group, a.index()) not in by_slot
-    }
+    done: dict[tuple[str, int], Allocation] = {}
+    if job.type in (JOB_BATCH, JOB_SYSBATCH):
+        done = {
+            (a.task_group, a.index()): a
+            for a in existing
+            if a.client_status == CLIENT_COMPLETE
+            and a.desired_status == DESIRED_RUN
+            and (a.task_group, a.index()) not in by_slot
+        }
     now = _now_ns()
     wanted: set[tuple[str, int]] = set()
     for group in job.task_groups:
