@@ -314,9 +314,7 @@ class Client:
         self._update_kick.kick()
         ok = self._threads.join(timeout) and ok
         for driver in self._owned_drivers:
-            close = getattr(driver, "close", None)
-            if close is not None:
-                close()
+            driver.close()
         if self._owns_db:
             self._db.close()
         self._shutdown_done.cancel("shut down")

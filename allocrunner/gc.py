@@ -58,6 +58,8 @@ class GCRunner(Protocol):
 
     def is_destroyed(self) -> bool: ...
 
+    def close(self, timeout: float = ...) -> bool: ...
+
 
 @attrs.frozen
 class HostStats:
@@ -415,8 +417,7 @@ class AllocGarbageCollector:
                     return
         finally:
             self._release_slot()
-        close = getattr(runner, "close", None)
-        if close is not None and not close(_CLOSE_TIMEOUT):
+        if not runner.close(_CLOSE_TIMEOUT):
             log.warning("allocation %s: runner threads still alive after destroy", entry.alloc_id)
 
     def max_parallel_destroys_seen(self) -> int:

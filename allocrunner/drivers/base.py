@@ -169,3 +169,7 @@ class Driver(Protocol):
         """Re-attach to a task started before an agent restart; DriverError if gone
         without a recorded exit and cannot be recovered."""
         ...
+
+    def close(self) -> None:
+        """Stop the driver's own threads; its tasks keep running. Idempotent."""
+        ...

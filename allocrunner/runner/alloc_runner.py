@@ -321,8 +321,7 @@ class AllocRunner:
             raise FileNotFoundError(
                 f"allocation {self._id}: alloc dir {self._alloc_dir.path} does not exist"
             )
-        deployment = getattr(self._state_db, "deployment_status", None)
-        status = deployment(self._id) if deployment is not None else None
+        status = self._state_db.deployment_status(self._id)
         for tr in self._tasks.values():
             tr.restore()
         states = self._task_states()
@@ -802,11 +801,10 @@ class AllocRunner:
 
     @calls_out
     def _persist_deployment_status(self, status: AllocDeploymentStatus | None) -> None:
-        put = getattr(self._state_db, "put_deployment_status", None)
-        if put is None or not self._begin_persist():
+        if not self._begin_persist():
             return
         try:
-            put(self._id, status)
+            self._state_db.put_deployment_status(self._id, status)
         except Exception:
             log.exception("allocation %s: persisting deployment status failed", self._id)
         finally:
@@ -894,9 +892,7 @@ class AllocRunner:
     def _close_owned_drivers(self) -> None:
         """Stop the threads of drivers this runner built (their tasks keep running)."""
         for driver in self._owned_drivers:
-            close = getattr(driver, "close", None)
-            if close is not None:
-                close()
+            driver.close()
 
     def _each_task_concurrently(self, action: Callable[[TaskRunner], Any]) -> None:
         """Run `action` on every task runner at once; TaskNotRunningError is ignored."""
