@@ -20,7 +20,8 @@ with empty fields left out, as Go's ``omitempty`` does. `Offset` is the offset i
 reports it; ``FileEvent`` is ``"file deleted"`` or ``"file truncated"``. While
 following, an idle stream yields a heartbeat frame ``{}`` every second so that the
 transport writes something and notices a client that went away; plain-text logs
-have no frames and so no heartbeats (Nomad writes nothing for them either).
+have no frames, so their heartbeat is an empty chunk that writes nothing (Nomad
+writes nothing for them either) but lets the transport check the connection.
 
 Following never polls by re-reading: it waits on `AllocDir.change_events` (and on
 `AllocDir.block_until_exists` for the next rotated log file), each run by a named
@@ -422,10 +423,14 @@ def _framed(pieces: Iterator[_Piece]) -> Iterator[bytes]:
 
 
 def _plain(pieces: Iterator[_Piece]) -> Iterator[bytes]:
+    """The data alone; a heartbeat becomes an empty chunk, which a transport writes as
+    nothing but can use to notice a client that went away."""
     with contextlib.closing(pieces):
         for piece in pieces:
             if piece.data:
                 yield piece.data
+            elif piece == _HEARTBEAT:
+                yield b""
 
 
 # --- following a file ------------------------------------------------------------------

@@ -29,9 +29,10 @@ import ipaddress
 import json
 import logging
 import re
+import select
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -375,9 +376,14 @@ class HttpServer:
             _close(response.body)
 
     def _stream(self, handler: _Handler, chunks: Iterator[bytes]) -> None:
+        """Write each chunk as it comes; an empty chunk (a stream's heartbeat) writes
+        nothing but ends the stream when the client has hung up."""
         try:
             for chunk in chunks:
                 if not chunk:
+                    if _hung_up(handler.connection):
+                        handler.close_connection = True
+                        return
                     continue
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 handler.wfile.flush()
@@ -386,11 +392,20 @@ class HttpServer:
             _close(chunks)
 
 
+def _hung_up(sock: socket.socket) -> bool:
+    """True when the peer closed its side (readable, and a peek reads end of file)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 def _close(body: object) -> None:
-    close = getattr(body, "close", None)
-    if callable(close):
+    """End a streamed body early (its generator's cleanup stops what it started)."""
+    if isinstance(body, Generator):
         with contextlib.suppress(Exception):
-            close()
+            body.close()
 
 
 def _error(status: int, message: str) -> Response:

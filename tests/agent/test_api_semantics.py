@@ -270,6 +270,23 @@ def test_logs_follow_across_rotation_in_order_none_lost(agent):
     assert "t.stdout.1" in rotated, rotated
 
 
+def test_a_client_that_hangs_up_a_plain_follow_frees_its_threads(agent):
+    api(agent.address, "PUT", "/v1/jobs", sleeper_job("quiet"))
+    (alloc,) = wait_for(lambda: _running(agent, "quiet", 1), 20)
+    before = {t.name for t in threading.enumerate()}
+    host, port = agent.address.removeprefix("http://").split(":")
+    path = f"/v1/client/fs/logs/{alloc['ID']}?task=sleeper&type=stderr&follow=true&plain=true"
+    # the task writes nothing to stderr: the follow waits on an empty file
+    (agent.client.runner(alloc["ID"]).alloc_dir.logs_dir / "sleeper.stderr.0").touch()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: holds({t.name for t in threading.enumerate()} - before, "stream threads"))
+    wait_for(
+        lambda: holds(not ({t.name for t in threading.enumerate()} - before), "threads ended"), 10
+    )
+
+
 # --- bad input -------------------------------------------------------------------------
 
 
