@@ -129,10 +129,20 @@ def open_session(
 
 @contextlib.contextmanager
 def _embedded_agent(data_dir: Path, token: str | None) -> Iterator[Session]:
-    agent = _start_agent(data_dir)
-    if agent is None:  # another agent won the data dir while we looked
-        yield Session(ApiClient(_wait_for_other_agent(data_dir), token), data_dir=data_dir)
-        return
+    """An agent started here on `data_dir`; or, when another process holds the dir,
+    that agent once it publishes its address (or this one, once that one has gone)."""
+    deadline = time.monotonic() + LOCKED_GRACE
+    while True:
+        agent = _start_agent(data_dir)
+        if agent is not None:
+            break
+        found = _find_agent(data_dir)
+        if found:
+            yield Session(ApiClient(found, token), data_dir=data_dir)
+            return
+        if time.monotonic() > deadline:
+            raise CliError(f"data dir {data_dir} is locked by an agent that publishes no address")
+        time.sleep(0.05)
     try:
         yield Session(ApiClient(agent.address, token), agent=agent, data_dir=data_dir)
     finally:
@@ -152,14 +162,3 @@ def _start_agent(data_dir: Path) -> Any:
     except AgentError as err:
         raise CliError(f"cannot start an agent on {data_dir}: {err}") from None
     return agent
-
-
-def _wait_for_other_agent(data_dir: Path) -> str:
-    """The address of the agent that just took `data_dir`, once it has published it."""
-    deadline = time.monotonic() + LOCKED_GRACE
-    while time.monotonic() < deadline:
-        found = _find_agent(data_dir)
-        if found:
-            return found
-        time.sleep(0.05)
-    raise CliError(f"data dir {data_dir} is locked by an agent that publishes no address")

@@ -106,21 +106,43 @@ def _wait_all_terminal(api: ApiClient, ids: list[str], timeout: float) -> list[A
         _, index = api.get("/v1/allocations", index=max(index, 1), wait=min(POLL_WAIT, left))
 
 
+def _agent_went_away(err: ApiError) -> bool:
+    """The agent stopped answering (unreachable, or shutting down): an embedded agent
+    of a `run` that just finished does exactly that."""
+    return err.status in (0, 503)
+
+
+def _stop_targets(api: ApiClient, prefix: str | None) -> list[Alloc]:
+    targets = _matching(all_allocations(api), prefix)
+    if not targets:
+        raise bad_input(f"no allocation matching {prefix or 'any'!r}")
+    return [a for a in targets if not is_terminal(a)]
+
+
 def legacy_stop(args: argparse.Namespace, out: Output) -> int:
-    with open_session(args, out, embed=True) as session:
-        api = session.api
-        targets = _matching(all_allocations(api), args.alloc)
-        if not targets:
-            raise bad_input(f"no allocation matching {args.alloc or 'any'!r}")
-        live = [a for a in targets if not is_terminal(a)]
-        _request_stops(api, live, everything=args.alloc is None)
-        running = _wait_all_terminal(api, [a["ID"] for a in live], args.timeout)
-        if running:
-            names = ", ".join(str(a.get("Name", "")) for a in running)
-            out.line(f"==> still running after {args.timeout}s: {names}")
-            return EXIT_FAILED
-        for alloc in live:
-            out.line(f"==> stopped {alloc.get('Name', '')}")
+    deadline = time.monotonic() + args.timeout
+    live: list[Alloc] | None = None
+    running: list[Alloc] = []
+    while True:
+        with open_session(args, out, embed=True) as session:
+            try:
+                if live is None:
+                    live = _stop_targets(session.api, args.alloc)
+                    _request_stops(session.api, live, everything=args.alloc is None)
+                ids = [a["ID"] for a in live]
+                left = max(0.0, deadline - time.monotonic())
+                running = _wait_all_terminal(session.api, ids, left)
+            except ApiError as err:
+                if live is None or not _agent_went_away(err) or time.monotonic() > deadline:
+                    raise
+                continue  # ask whichever agent serves the data dir now
+        break
+    if running:
+        names = ", ".join(str(a.get("Name", "")) for a in running)
+        out.line(f"==> still running after {args.timeout}s: {names}")
+        return EXIT_FAILED
+    for alloc in live:
+        out.line(f"==> stopped {alloc.get('Name', '')}")
     return EXIT_OK
 
 
