@@ -223,6 +223,13 @@ class Client:
             ar.start()
         self._gc.start()
         self._threads.spawn("client-updates", self._send_updates)
+        # Allocations that had finished before the restart report no new state, so
+        # they are marked for collection here (Nomad's client does the same on restore).
+        finished = [ar for ar in restored if ar.client_alloc().client_terminal()]
+        with self._allocs_lock:
+            self._marked = self._marked | {ar.id for ar in finished}
+        for ar in finished:
+            self._gc.mark_for_collection(ar.id, ar)
         self._gc.trigger()
 
     @calls_out

@@ -109,6 +109,11 @@ def fs_logs(ctx: ApiContext, req: Request) -> Response:
     runner = _runner(ctx, req.args[0])
     task = req.param("task") or ""
     plain = req.flag("plain")
+
+    def task_dead() -> bool:
+        state = runner.alloc_state().task_states.get(task)
+        return state is not None and state.is_dead()
+
     body = fsapi.logs(
         runner.alloc_dir,
         task,
@@ -119,6 +124,7 @@ def fs_logs(ctx: ApiContext, req: Request) -> Response:
         plain=plain,
         cancel=req.cancel,
         tasks=runner.task_names(),
+        finished=task_dead,
     )
     return Response(body=body, content_type="text/plain" if plain else "application/json")
 

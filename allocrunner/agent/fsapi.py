@@ -39,7 +39,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Collection, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -542,6 +542,7 @@ def _tail(
     follow: bool,
     next_path: str | None,
     heartbeat: float,
+    finished: Callable[[], bool] | None = None,
 ) -> Generator[_Piece, None, str]:
     """Yield file `path` from `offset` (named `file` in frames); with `follow`, keep
     yielding what is appended until it is deleted, `next_path` appears (then read
@@ -564,15 +565,28 @@ def _tail(
         try:
             with _api_errors(file):
                 watch.start(alloc_dir, path, offset, next_path)
-            return (yield from _follow(watch, fd, file, offset, cancel, heartbeat=heartbeat))
+            return (
+                yield from _follow(
+                    watch, fd, file, offset, cancel, heartbeat=heartbeat, finished=finished
+                )
+            )
         finally:
             watch.close()
 
 
 def _follow(
-    watch: _Watch, fd: int, file: str, offset: int, cancel: CancelToken, *, heartbeat: float
+    watch: _Watch,
+    fd: int,
+    file: str,
+    offset: int,
+    cancel: CancelToken,
+    *,
+    heartbeat: float,
+    finished: Callable[[], bool] | None = None,
 ) -> Generator[_Piece, None, str]:
-    """The following half of `_tail`: wake on the watchers, read, heartbeat."""
+    """The following half of `_tail`: wake on the watchers, read, heartbeat. After a
+    quiet `heartbeat`, a `finished()` writer (a dead task) ends the follow: what it
+    wrote has been read to the end."""
     quiet_since = time.monotonic()
     while True:
         watch.wait(quiet_since + heartbeat - time.monotonic())
@@ -602,6 +616,8 @@ def _follow(
         if ended:
             return _CANCELLED  # nothing left that could wake us
         if time.monotonic() - quiet_since >= heartbeat:
+            if finished is not None and finished():
+                return _CANCELLED
             yield _HEARTBEAT
             quiet_since = time.monotonic()
 
@@ -728,6 +744,7 @@ def logs(
     cancel: CancelToken,
     tasks: Collection[str] | None = None,
     heartbeat: float = HEARTBEAT_INTERVAL,
+    finished: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The logs of `task` across its rotated files ``alloc/logs/<task>.<type>.N``.
 
@@ -736,7 +753,8 @@ def logs(
     `plain`, else StreamFrames (``File`` names the log file, ``Offset`` is within
     it). Without `follow` (the default, as in Nomad) it ends at the end of the newest
     file that existed when called; with it, it goes on into each next rotated file as
-    it appears, without losing or repeating a byte, until `cancel` fires.
+    it appears, without losing or repeating a byte, until `cancel` fires or, once
+    the log has been quiet for a heartbeat, `finished()` says the task is dead.
 
     Parameters are checked now: 400 for an empty or (when `tasks`, the alloc's task
     names, is given) unknown task, a log type other than stdout/stderr, a bad origin
@@ -755,7 +773,9 @@ def logs(
         raise not_found(f"log entry for task {task!r} and log type {log_type!r} not found")
     index, start = _start_position(files, origin, offset)
     last = None if follow else files[-1].index
-    pieces = _log_pieces(alloc_dir, task, log_type, index, start, last, cancel, heartbeat)
+    pieces = _log_pieces(
+        alloc_dir, task, log_type, index, start, last, cancel, heartbeat, finished
+    )
     return _plain(pieces) if plain else _framed(pieces)
 
 
@@ -768,6 +788,7 @@ def _log_pieces(
     last: int | None,
     cancel: CancelToken,
     heartbeat: float,
+    finished: Callable[[], bool] | None = None,
 ) -> Iterator[_Piece]:
     """Walk the log files from `index` at `offset`: to the end of file `last`, or,
     following (`last` None), on into every newer file as it appears."""
@@ -783,6 +804,7 @@ def _log_pieces(
             follow=following,
             next_path=_log_name(task, log_type, index + 1) if following else None,
             heartbeat=heartbeat,
+            finished=finished,
         )
         if end == _CANCELLED or (last is not None and index >= last and end != _GONE):
             return

@@ -270,6 +270,20 @@ def test_logs_follow_across_rotation_in_order_none_lost(agent):
     assert "t.stdout.1" in rotated, rotated
 
 
+def test_a_follow_ends_once_the_task_is_dead(agent):
+    api(agent.address, "PUT", "/v1/jobs", batch_job("short", "echo one; sleep 1; echo two"))
+    (alloc,) = wait_for(lambda: _running(agent, "short", 1), 10)
+    url = (
+        f"{agent.address}/v1/client/fs/logs/{alloc['ID']}?task=t&type=stdout"
+        "&follow=true&plain=true"
+    )
+    start = time.monotonic()
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = resp.read()  # returns only when the agent ends the stream
+    assert body == b"one\ntwo\n"
+    assert time.monotonic() - start < 10
+
+
 def test_a_client_that_hangs_up_a_plain_follow_frees_its_threads(agent):
     api(agent.address, "PUT", "/v1/jobs", sleeper_job("quiet"))
     (alloc,) = wait_for(lambda: _running(agent, "quiet", 1), 20)

@@ -379,3 +379,30 @@ def test_default_drivers_and_state_db_are_owned(config):
     finally:
         assert client.shutdown()
     assert config.state_db_path().is_file()
+
+
+def test_finished_allocations_restored_are_collectable(tmp_path):
+    """An allocation that finished before a restart can be collected by the next client."""
+    from allocrunner import ClientConfig
+
+    config = ClientConfig.for_data_dir(tmp_path, gc_interval=3600)
+    alloc = mock_alloc(mock_task(config={"run_for": "10ms"}), job_type="batch")
+    first = Client(config)
+    first.start()
+    first.run_allocs([alloc])
+    wait_for(lambda: _terminal(first, alloc.id), 10)
+    first.shutdown()
+
+    second = Client(config)
+    second.start()
+    try:
+        assert second.runner(alloc.id) is not None
+        assert second.collect(alloc.id), "a finished, restored allocation is collectable"
+        assert second.runner(alloc.id).is_destroyed()
+    finally:
+        second.shutdown()
+
+
+def _terminal(client, alloc_id):
+    (view,) = [a for a in client.allocs() if a.id == alloc_id]
+    assert view.client_terminal(), view.client_status
