@@ -124,7 +124,13 @@ def agent_members(ctx: ApiContext, req: Request) -> Response:
     )
 
 
+def _node_index(state: object) -> int:
+    """The node never changes after start: a blocking read waits out its `wait`."""
+    return 1
+
+
 def list_nodes(ctx: ApiContext, req: Request) -> Response:
+    _, index = blocking.query(ctx, req, _node_index)
     prefix = req.param("prefix") or ""
     nodes = []
     if ctx.node.id.startswith(prefix):
@@ -137,7 +143,7 @@ def list_nodes(ctx: ApiContext, req: Request) -> Response:
                 os_name=req.flag("os"),
             )
         )
-    return json_response(nodes, index=1)
+    return json_response(nodes, index=index)
 
 
 def _node(ctx: ApiContext, node_id: str) -> None:
@@ -147,7 +153,8 @@ def _node(ctx: ApiContext, node_id: str) -> None:
 
 def read_node(ctx: ApiContext, req: Request) -> Response:
     _node(ctx, req.args[0])
-    return json_response(node_json(ctx.node, create_index=1, modify_index=1), index=1)
+    _, index = blocking.query(ctx, req, _node_index)
+    return json_response(node_json(ctx.node, create_index=1, modify_index=1), index=index)
 
 
 def node_allocs(ctx: ApiContext, req: Request) -> Response:

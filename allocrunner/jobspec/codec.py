@@ -123,6 +123,23 @@ def _unique_names(attr: str, what: str, key: str) -> Any:
 
 
 _check_group_names = _unique_names("task_groups", "task group name", "TaskGroups")
+_check_unique_tasks = _unique_names("tasks", "task name", "Tasks")
+
+# A task's directory sits beside the allocation's shared `alloc/` directory.
+_RESERVED_TASK_NAMES = frozenset({"alloc", ".", ".."})
+
+
+def _check_group(kwargs: dict[str, Any], path: str) -> None:
+    """Unique task names, each usable as the name of the task's directory."""
+    _check_unique_tasks(kwargs, path)
+    for i, task in enumerate(kwargs.get("tasks", ())):
+        name = task.name
+        if name in _RESERVED_TASK_NAMES or "/" in name or "\0" in name:
+            raise JobSpecError(
+                f"{path}.Tasks[{i}].Name",
+                f"task name {name!r} cannot name the task's directory in the alloc dir"
+                + (" (it is the shared alloc/ directory)" if name == "alloc" else ""),
+            )
 
 
 def _check_job(kwargs: dict[str, Any], path: str) -> None:
@@ -390,7 +407,7 @@ TASK_GROUP = Struct(
         Field("shutdown_delay", "ShutdownDelay", _DURATION),
         Field("tasks", "Tasks", ListOf(TASK)),
     ],
-    check=_unique_names("tasks", "task name", "Tasks"),
+    check=_check_group,
 )
 
 JOB = Struct(

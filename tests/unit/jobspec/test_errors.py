@@ -444,3 +444,14 @@ def test_fuzz_mutated_job(doc: dict[str, Any]) -> None:
 @given(mutated(s.allocations.map(encode_allocation)))
 def test_fuzz_mutated_allocation(doc: dict[str, Any]) -> None:
     only_jobspec_errors(decode_allocation, doc)
+
+
+@pytest.mark.parametrize("name", ["alloc", "..", ".", "a/b", "../x"])
+def test_task_names_that_cannot_name_a_directory_are_refused(name):
+    doc = {
+        "ID": "j",
+        "TaskGroups": [{"Name": "g", "Tasks": [{"Name": name, "Driver": "raw_exec"}]}],
+    }
+    with pytest.raises(JobSpecError) as err:
+        decode_job(doc)
+    assert err.value.path == "Job.TaskGroups[0].Tasks[0].Name"
