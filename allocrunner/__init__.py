@@ -45,6 +45,7 @@ from allocrunner.errors import (
     PathEscapeError,
     RecoverableError,
     StateDBError,
+    TaskExitedError,
     TaskNotRunningError,
     UnknownTaskError,
 )
@@ -158,6 +159,7 @@ __all__ = [
     "TaskCoordinator",
     "TaskDir",
     "TaskEvent",
+    "TaskExitedError",
     "TaskGroup",
     "TaskHandle",
     "TaskNotRunningError",

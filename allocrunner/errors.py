@@ -84,6 +84,11 @@ class DriverError(AllocRunnerError):
         self.recoverable = recoverable
 
 
+class TaskExitedError(DriverError, TaskNotRunningError):
+    """The driver's task has exited, so it cannot be signalled (it may not be reported
+    dead yet: the task runner learns of the exit on its own thread)."""
+
+
 class HookError(AllocRunnerError):
     """A runner hook failed; `hook` names it and `__cause__` holds the original error."""
 

@@ -211,8 +211,19 @@ def signal(ctx: ApiContext, req: Request) -> Response:
     except TaskNotRunningError as err:
         raise bad_request(f"task not running: {err}") from None
     except AllocRunnerError as err:
+        if not _running(runner, task):  # it exited while being signalled
+            raise bad_request(f"task not running: {err}") from None
         raise ApiError(500, str(err)) from None
     return json_response({})
+
+
+def _running(runner: AllocRunner, task: str) -> bool:
+    """Whether `task` (every task when "") is running now."""
+    states = runner.alloc_state().task_states
+    if task:
+        state = states.get(task)
+        return state is not None and state.state == "running"
+    return any(s.state == "running" for s in states.values())
 
 
 def _signal_number(name: str) -> int | None:

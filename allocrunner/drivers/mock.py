@@ -66,7 +66,7 @@ from allocrunner.drivers.base import (
     TaskHandle,
     TaskStatus,
 )
-from allocrunner.errors import DriverError
+from allocrunner.errors import DriverError, TaskExitedError
 
 NAME = "mock_driver"
 
@@ -413,7 +413,7 @@ class MockDriver:
         with self._lock:
             task = self._get_locked(task_id)
             if task.settle_locked(time.monotonic()) is not None:
-                raise DriverError(f"task {task_id!r} is not running")
+                raise TaskExitedError(f"task {task_id!r} is not running")
         if task.spec.signal_error:
             raise DriverError(task.spec.signal_error)
 

@@ -90,7 +90,7 @@ from allocrunner.drivers.base import (
     TaskStatus,
 )
 from allocrunner.drivers.logs import MB, RotatingLogWriter
-from allocrunner.errors import DriverError
+from allocrunner.errors import DriverError, TaskExitedError
 
 NAME = "raw_exec"
 
@@ -607,7 +607,7 @@ class RawExecDriver:
         with self._lock:
             proc = self._get_locked(task_id)
             if proc.result_locked() is not None:
-                raise DriverError(f"task {task_id!r} is not running")
+                raise TaskExitedError(f"task {task_id!r} is not running")
         self._deliver(proc, sig)
 
     @calls_out

@@ -85,7 +85,9 @@ def test_interrupting_a_watch_of_another_agent_leaves_the_job_running(tmp_path, 
             watcher.kill()
             watcher.communicate()
     assert watcher.returncode == 130, (out, err)
-    assert "sleeper: Started" in out and "Killing" not in out
+    # The interrupt may come before the watcher printed any event: what counts is that
+    # it detached and nothing was stopped.
+    assert "==> detached: the job keeps running" in out and "Killing" not in out
     code, out, _ = run_cli("status", "--json", "-address", agent.address)
     assert code == 0 and json.loads(out)[0]["ClientStatus"] == "running"
 
