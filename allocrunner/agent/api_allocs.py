@@ -12,6 +12,7 @@ from typing import Any
 from allocrunner.agent import blocking
 from allocrunner.agent.cluster import ClusterState
 from allocrunner.agent.context import ApiContext
+from allocrunner.agent.encoded import json_list, versioned
 from allocrunner.agent.errors import not_found
 from allocrunner.agent.http import Request, Response, Router, json_response
 from allocrunner.jobspec import encode_allocation
@@ -84,17 +85,28 @@ def alloc_stub(alloc: Allocation, *, resources: bool = False) -> dict[str, Any]:
     return out
 
 
+stub_bytes = versioned(alloc_stub, "stub")
+stub_with_resources_bytes = versioned(lambda a: alloc_stub(a, resources=True), "stub+res")
+alloc_bytes = versioned(alloc_json, "full")
+
+
+def stubs_response(allocs: list[Allocation], index: int, *, resources: bool = False) -> Response:
+    """A list of allocation stubs, each encoded once per version."""
+    encode = stub_with_resources_bytes if resources else stub_bytes
+    return Response(body=json_list(encode(a) for a in allocs), index=index)
+
+
 def list_allocs(ctx: ApiContext, req: Request) -> Response:
     state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
     prefix = req.param("prefix") or ""
     namespace = req.param("namespace") or "default"
     resources = req.flag("resources")
     allocs = [
-        alloc_stub(a, resources=resources)
+        a
         for a in sorted(state.allocs.values(), key=lambda a: a.create_index)
         if a.id.startswith(prefix) and namespace in ("*", a.namespace)
     ]
-    return json_response(allocs, index=index)
+    return stubs_response(allocs, index, resources=resources)
 
 
 def _alloc_index(alloc_id: str) -> Any:
@@ -111,7 +123,7 @@ def read_alloc(ctx: ApiContext, req: Request) -> Response:
     alloc = state.allocs.get(alloc_id)
     if alloc is None:
         raise not_found("alloc not found")
-    return json_response(alloc_json(alloc), index=index)
+    return Response(body=alloc_bytes(alloc), index=index)
 
 
 def stop_alloc(ctx: ApiContext, req: Request) -> Response:
@@ -140,5 +152,5 @@ def read_eval(ctx: ApiContext, req: Request) -> Response:
 
 def eval_allocs(ctx: ApiContext, req: Request) -> Response:
     state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
-    allocs = [alloc_stub(a) for a in state.allocs.values() if a.eval_id == req.args[0]]
-    return json_response(allocs, index=index)
+    allocs = [a for a in state.allocs.values() if a.eval_id == req.args[0]]
+    return stubs_response(allocs, index)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from allocrunner.agent import blocking
-from allocrunner.agent.api_allocs import alloc_stub
+from allocrunner.agent.api_allocs import stubs_response
 from allocrunner.agent.cluster import ClusterState
 from allocrunner.agent.context import ApiContext
 from allocrunner.agent.dispatch import dispatch_job
@@ -92,7 +92,7 @@ def job_allocations(ctx: ApiContext, req: Request) -> Response:
 
     state, index = blocking.query(ctx, req, index_of)
     allocs = sorted(state.job_allocs(job_id, namespace), key=lambda a: a.create_index)
-    return json_response([alloc_stub(a) for a in allocs], index=index)
+    return stubs_response(allocs, index)
 
 
 def job_evaluations(ctx: ApiContext, req: Request) -> Response:

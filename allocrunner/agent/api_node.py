@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 from allocrunner.agent import blocking
-from allocrunner.agent.api_allocs import alloc_json
+from allocrunner.agent.api_allocs import alloc_bytes
 from allocrunner.agent.context import ApiContext
+from allocrunner.agent.encoded import json_list
 from allocrunner.agent.errors import not_found
 from allocrunner.agent.fingerprint import node_json, node_stub_json
 from allocrunner.agent.http import Request, Response, Router, json_response
@@ -161,4 +162,4 @@ def node_allocs(ctx: ApiContext, req: Request) -> Response:
     _node(ctx, req.args[0])
     state, index = blocking.query(ctx, req, lambda s: s.alloc_index)
     allocs = sorted(state.allocs.values(), key=lambda a: a.create_index)
-    return json_response([alloc_json(a) for a in allocs], index=index)
+    return Response(body=json_list(alloc_bytes(a) for a in allocs), index=index)

@@ -339,7 +339,7 @@ class Cluster:
                 )
                 for alloc in (*placed.changed, *placed.created):
                     allocs[alloc.id] = alloc
-                for alloc in _link_previous(allocs, placed.created):
+                for alloc in _link_previous(allocs, placed.created, index):
                     events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
             elif job.stop:
                 for alloc in placement.stop_allocs(
@@ -450,7 +450,7 @@ class Cluster:
                 created = [attrs.evolve(a, previous_allocation=alloc.id) for a in placed.created]
                 for new in created:
                     allocs[new.id] = new
-                for changed in _link_previous(allocs, created):
+                for changed in _link_previous(allocs, created, index):
                     events.append(_event(TOPIC_ALLOC, "PlanResult", changed, index))
             evaluation = _evaluation(
                 eval_id, job or alloc.job or Job(id=alloc.job_id), "alloc-stop", index
@@ -586,7 +586,7 @@ class Cluster:
 
 
 def _link_previous(
-    allocs: dict[str, Allocation], created: Iterable[Allocation]
+    allocs: dict[str, Allocation], created: Iterable[Allocation], index: int
 ) -> list[Allocation]:
     """Point each replaced allocation at its replacement (Nomad's NextAllocation), in
     `allocs`; every allocation written (the replacements and the replaced)."""
@@ -595,7 +595,7 @@ def _link_previous(
         written.append(new)
         prev = allocs.get(new.previous_allocation) if new.previous_allocation else None
         if prev is not None:
-            linked = attrs.evolve(prev, next_allocation=new.id)
+            linked = attrs.evolve(prev, next_allocation=new.id, modify_index=index)
             allocs[prev.id] = linked
             written.append(linked)
     return written

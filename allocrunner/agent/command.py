@@ -15,15 +15,16 @@ Flags take one dash or two (``-data-dir`` or ``--data-dir``), as Nomad's do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from allocrunner._sync import CancelToken
 from allocrunner.agent.agent import DEFAULT_HTTP_ADDR, Agent, AgentConfig
 from allocrunner.agent.errors import AgentError, DataDirLockedError
 
@@ -119,6 +120,41 @@ def _silence_stdout() -> None:
         pass
 
 
+class _SignalPipe:
+    """Not thread-safe; the main thread's. Shutdown signals, delivered through a pipe.
+
+    The handler only writes a byte (async-signal-safe: it takes no lock, so it cannot
+    deadlock with whatever the main thread was doing when the signal came); the main
+    thread waits for it in `select`. A second signal exits at once, quietly.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._count = 0
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SHUTDOWN_SIGNALS}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._count += 1
+        if self._count > 1:
+            os._exit(EXIT_FATAL)
+        with contextlib.suppress(OSError):  # a full pipe already holds a signal
+            os.write(self._write, bytes([signum]))
+
+    def wait(self) -> int:
+        """Block until a shutdown signal arrives; its number."""
+        while True:
+            readable, _, _ = select.select([self._read], [], [])
+            if readable:
+                return os.read(self._read, 1)[0]
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._read)
+        os.close(self._write)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -155,16 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: AgentConfig) -> int:
-    stop = CancelToken()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            os._exit(EXIT_FATAL)
-        stop.cancel(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in SHUTDOWN_SIGNALS}
+    signals_in = _SignalPipe()
     agent = Agent(config)
     try:
         try:
@@ -176,9 +203,8 @@ def _run(config: AgentConfig) -> int:
             print(f"allocrunner agent: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         _say(f"==> allocrunner agent started on {agent.address} (data dir {config.data_dir})")
-        while not stop.wait(3600):
-            pass
-        _say(f"==> caught {stop.reason}; shutting down, tasks keep running")
+        signum = signals_in.wait()
+        _say(f"==> caught {signal.Signals(signum).name}; shutting down, tasks keep running")
         agent.shutdown()
         _say("==> agent stopped")
         return EXIT_OK
@@ -188,5 +214,4 @@ def _run(config: AgentConfig) -> int:
         agent.shutdown()
         return EXIT_FATAL
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals_in.close()

@@ -150,7 +150,13 @@ class AgentProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
+        """The exit code; on a timeout, fail with the end of the agent's log."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log = self.data_dir / "agent.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no agent.log)"
+            raise AssertionError(f"agent still running after {timeout}s; log:\n{tail}") from None
 
     def kill9(self) -> None:
         self.proc.kill()
