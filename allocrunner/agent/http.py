@@ -31,7 +31,10 @@ import logging
 import re
 import select
 import socket
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Generator, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,7 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner._sync import CancelToken
+from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.agent.errors import AgentError, ApiError
 from allocrunner.structs import FrozenDict
 
@@ -169,8 +172,10 @@ def is_loopback(host: str) -> bool:
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
+    # Connection threads are started and joined by the owner's ThreadGroup (daemons,
+    # joined with a deadline), not by the stdlib's unbounded join in server_close.
+    daemon_threads = True
+    block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
 
@@ -190,7 +195,9 @@ class _Server(ThreadingHTTPServer):
                 )
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        self.owner._threads.spawn(
+            "http-conn", self.process_request_thread, request, client_address
+        )
 
     def shutdown_request(self, request: Any) -> None:
         self.owner._forget(request)
@@ -231,6 +238,7 @@ class HttpServer:
     _server = immutable()
     _max_connections = immutable()
     _thread = immutable()
+    _threads = immutable()
     _lock = immutable()
     _sockets = guarded("_lock")
 
@@ -249,6 +257,7 @@ class HttpServer:
         self._max_connections = max_connections
         self._lock = make_lock("HttpServer._lock")
         self._sockets: frozenset[Any] = frozenset()
+        self._threads = ThreadGroup("http")
         try:
             self._server = _Server(self, address, read_timeout)
         except OSError as err:
@@ -274,8 +283,11 @@ class HttpServer:
         self._thread.start()
 
     @calls_out
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop accepting, end every open request and connection, join the threads."""
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Stop accepting, end every open request and connection, join the threads;
+        True if they all ended within `timeout` (else the stuck ones are logged with
+        their stacks)."""
+        deadline = time.monotonic() + timeout
         self._cancel.cancel("agent shutting down")
         if self._thread.is_alive():
             self._server.shutdown()
@@ -285,7 +297,15 @@ class HttpServer:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self._server.server_close()  # joins the request threads (block_on_close)
+        self._server.server_close()
+        if self._threads.join(max(0.0, deadline - time.monotonic())):
+            return True
+        frames = sys._current_frames()
+        for thread in self._threads.alive():
+            frame = frames.get(thread.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            log.error("HTTP request thread still running at shutdown:\n%s", stack)
+        return False
 
     # --- connection accounting -----------------------------------------------------
 

@@ -155,7 +155,11 @@ class Env:
         """The job's one running allocation once its task is running (full alloc)."""
 
         def check() -> dict[str, Any]:
-            live = [a for a in self.n.job.get_allocations(job_id) if a["ClientStatus"] == "running"]
+            live = [
+                a
+                for a in self.n.job.get_allocations(job_id)
+                if a["ClientStatus"] == "running" and a["DesiredStatus"] == "run"
+            ]
             assert len(live) == 1, f"running allocations of {job_id}: {live}"
             alloc = self.n.allocation.get_allocation(live[0]["ID"])
             assert alloc["TaskStates"][task]["State"] == "running", alloc["TaskStates"]
