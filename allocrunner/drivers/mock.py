@@ -411,6 +411,8 @@ class MockDriver:
         """Accept a signal for a running task, or fail with the scripted signal_error."""
         signal_number(signal)
         with self._lock:
+            if not self._closed and task_id not in self._tasks:  # exited and destroyed
+                raise TaskExitedError(f"task {task_id!r} is not running")
             task = self._get_locked(task_id)
             if task.settle_locked(time.monotonic()) is not None:
                 raise TaskExitedError(f"task {task_id!r} is not running")

@@ -605,6 +605,8 @@ class RawExecDriver:
         """Deliver a signal to the task's process group."""
         sig = signal_number(signal)
         with self._lock:
+            if not self._closed and task_id not in self._tasks:  # exited and destroyed
+                raise TaskExitedError(f"task {task_id!r} is not running")
             proc = self._get_locked(task_id)
             if proc.result_locked() is not None:
                 raise TaskExitedError(f"task {task_id!r} is not running")
