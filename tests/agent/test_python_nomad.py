@@ -214,9 +214,17 @@ def env(tmp_path: Path) -> Iterator[Env]:
         try:
             Env(agent, client, data_dir).purge_all()
 
+            def all_destroyed() -> None:
+                root = data_dir / "alloc"
+                left = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+                assert not left, f"alloc dirs left after purge (not destroyed yet): {left}"
+
             def no_task_left() -> None:
                 assert not task_processes(data_dir), "task processes left after purge"
 
+            # A purged allocation is destroyed, and its dir removed, only after its task
+            # runners have ended: from then on nothing can start a task.
+            wait_for(all_destroyed, timeout=15)
             wait_for(no_task_left, timeout=15)
         finally:
             leftover = _kill_leftovers(data_dir)
@@ -439,8 +447,12 @@ def test_signal_reaches_the_task(env: Env) -> None:
     env.wait_log(alloc_id, "got USR1")
     n.client.allocation.signal_allocation(alloc_id, "SIGUSR2", task="t")
     env.wait_log(alloc_id, "got USR2")
-    events = n.allocation.get_allocation(alloc_id)["TaskStates"]["t"]["Events"]
-    assert "Signaling" in [e["Type"] for e in events]
+    # The task's events reach the API through the client's coalesced state reports.
+    def signalled() -> None:
+        events = n.allocation.get_allocation(alloc_id)["TaskStates"]["t"]["Events"]
+        assert [e["Type"] for e in events].count("Signaling") == 2, events
+
+    wait_for(signalled)
     assert n.allocation.get_allocation(alloc_id)["ClientStatus"] == "running"
 
 
