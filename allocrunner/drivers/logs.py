@@ -38,6 +38,21 @@ def log_indices(logs_dir: str, task: str, stream: str) -> list[int]:
     return sorted(found)
 
 
+def ensure_log_file(logs_dir: str, task: str, stream: str) -> None:
+    """Create file 0 of a stream that has no file yet (best effort), as Nomad does when
+    a task starts: a reader then finds an empty log, not a missing one."""
+    if log_indices(logs_dir, task, stream):
+        return
+    with contextlib.suppress(OSError):
+        os.close(
+            os.open(
+                log_path(logs_dir, task, stream, 0),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o644,
+            )
+        )
+
+
 def read_logs(logs_dir: str, task: str, stream: str) -> bytes:
     """Everything the kept log files of a stream hold, oldest first."""
     chunks = []

@@ -89,7 +89,7 @@ from allocrunner.drivers.base import (
     TaskHandle,
     TaskStatus,
 )
-from allocrunner.drivers.logs import MB, RotatingLogWriter
+from allocrunner.drivers.logs import MB, RotatingLogWriter, ensure_log_file
 from allocrunner.errors import DriverError, TaskExitedError
 
 NAME = "raw_exec"
@@ -482,6 +482,9 @@ class RawExecDriver:
         with self._lock:
             self._check_startable_locked(config.id)
         status_path = os.path.join(task_dir, STATUS_FILE)
+        if config.logs_dir:
+            for stream in ("stdout", "stderr"):
+                ensure_log_file(config.logs_dir, config.name, stream)
         pipes = _make_pipes()
         try:
             # The fork happens in between: its start time lies in this range, which

@@ -658,3 +658,11 @@ def test_other_user_is_refused(raw, tmp_path):
 
     me = pwd.getpwuid(os.getuid()).pw_name
     assert run(raw, task_config(tmp_path, sh("exit 0"), user=me)) == ExitResult()
+
+
+def test_both_log_files_exist_from_the_start(raw, tmp_path):
+    """A reader finds an empty stderr log, not a missing one, as with Nomad."""
+    config = task_config(tmp_path, sh("echo out"))
+    run(raw, config)
+    assert (Path(config.logs_dir) / "web.stderr.0").read_text() == ""
+    assert (Path(config.logs_dir) / "web.stdout.0").read_text() == "out\n"
