@@ -54,6 +54,11 @@ log = logging.getLogger("allocrunner.agent.cluster")
 # How many recent events the event stream can replay to a subscriber that asks for an
 # index in the past.
 EVENT_BUFFER = 1024
+# What the cluster forgets as it goes (Nomad's server GC), so that a periodic job
+# launching every second does not grow the state without bound: only the newest
+# evaluations are kept, and only the newest finished children of each parent job.
+EVAL_LIMIT = 1024
+DEAD_CHILDREN_KEPT = 25
 
 TOPIC_JOB = "Job"
 TOPIC_ALLOC = "Allocation"
@@ -349,20 +354,18 @@ class Cluster:
                     events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
             evaluation = _evaluation(eval_id, job, "job-register", index)
             events.append(_event(TOPIC_EVAL, "EvaluationUpdated", evaluation, index))
-            self._publish_locked(
-                attrs.evolve(
-                    state,
-                    index=index,
-                    jobs=state.jobs.set(key, job),
-                    job_index=index,
-                    job_submit=state.job_submit.set(key, time.time_ns()),
-                    allocs=FrozenDict(allocs),
-                    alloc_index=index if runs_now or job.stop else state.alloc_index,
-                    evals=state.evals.set(eval_id, evaluation),
-                    eval_index=index,
-                ),
-                events,
+            registered = attrs.evolve(
+                state,
+                index=index,
+                jobs=state.jobs.set(key, job),
+                job_index=index,
+                job_submit=state.job_submit.set(key, time.time_ns()),
+                allocs=FrozenDict(allocs),
+                alloc_index=index if runs_now or job.stop else state.alloc_index,
+                evals=state.evals.set(eval_id, evaluation),
+                eval_index=index,
             )
+            self._publish_locked(_forget_old(registered, job.parent_id, job.namespace), events)
         self._after_change()
         if not runs_now:
             for hook in self._launch_hooks:
@@ -583,6 +586,37 @@ class Cluster:
             alloc_index=index,
             eval_index=index,
         )
+
+
+def _forget_old(state: ClusterState, parent_id: str, namespace: str) -> ClusterState:
+    """`state` without the evaluations past `EVAL_LIMIT` and, when a child of
+    `parent_id` was just registered, without that parent's finished children past
+    `DEAD_CHILDREN_KEPT` (with their allocations, which the client then collects)."""
+    evals = state.evals
+    if len(evals) > EVAL_LIMIT:
+        newest = sorted(evals.values(), key=lambda e: e.create_index)[-EVAL_LIMIT:]
+        evals = FrozenDict({e.id: e for e in newest})
+    jobs, allocs = state.jobs, state.allocs
+    if parent_id:
+        dead = sorted(
+            (
+                j
+                for j in jobs.values()
+                if j.parent_id == parent_id
+                and j.namespace == namespace
+                and state.job_status(j) == "dead"
+            ),
+            key=lambda j: j.create_index,
+        )[:-DEAD_CHILDREN_KEPT]
+        if dead:
+            gone = {_key(j.namespace, j.id) for j in dead}
+            jobs = FrozenDict({k: j for k, j in jobs.items() if k not in gone})
+            allocs = FrozenDict(
+                {i: a for i, a in allocs.items() if _key(a.namespace, a.job_id) not in gone}
+            )
+    if evals is state.evals and jobs is state.jobs:
+        return state
+    return attrs.evolve(state, evals=evals, jobs=jobs, allocs=allocs)
 
 
 def _link_previous(
