@@ -11,7 +11,8 @@ agent is to the outside world:
 
 Start order, and why:
 
-1. lock the data dir (nothing is read before it is ours);
+1. lock the data dir (nothing is read before it is ours), and bind the HTTP
+   address (a port in use fails the start before anything is restored);
 2. load the cluster's saved jobs and allocations, so that no state report of a
    restored allocation is dropped as unknown;
 3. start the client: it restores every allocation from its state DB and re-attaches
@@ -203,13 +204,6 @@ class Agent:
             self._cluster = cluster
             self._periodic = periodic
             self._node = node
-        cluster.load()
-        client.start()
-        cluster.adopt(client.allocs())
-        cluster.start()
-        for job in cluster.state().jobs.values():
-            self._registered(job)
-        periodic.start()
         ctx = ApiContext(
             cluster=cluster,
             client=client,
@@ -231,6 +225,15 @@ class Agent:
         )
         with self._lock:
             self._http = http
+        # The address is bound above, before anything is restored: a port in use fails
+        # the start without touching the allocations.
+        cluster.load()
+        client.start()
+        cluster.adopt(client.allocs())
+        cluster.start()
+        for job in cluster.state().jobs.values():
+            self._registered(job)
+        periodic.start()
         http.start()
         write_agent_info(cfg.data_dir, http.address)
         log.info(

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from allocrunner.agent import Agent, AgentConfig
+from allocrunner.agent import Agent, AgentConfig, AgentError
 from allocrunner.testing import wait_for
 from tests.agent.helpers import (
     api,
@@ -404,3 +404,20 @@ def test_a_token_is_required_when_configured(tmp_path):
         assert api(agent.address, "GET", "/v1/jobs", token="s3cret")[0] == 200
     finally:
         agent.shutdown()
+
+
+def test_a_port_in_use_fails_the_start_and_frees_the_data_dir(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        agent = Agent(AgentConfig(data_dir=str(tmp_path / "d"), http_addr=f"127.0.0.1:{port}"))
+        with pytest.raises(AgentError, match=f"cannot listen on 127.0.0.1:{port}"):
+            agent.start()
+        agent.shutdown()
+    again = Agent(AgentConfig(data_dir=str(tmp_path / "d"), http_addr="127.0.0.1:0"))
+    again.start()  # the lock was released
+    try:
+        assert api(again.address, "GET", "/v1/agent/health")[0] == 200
+    finally:
+        again.shutdown()
