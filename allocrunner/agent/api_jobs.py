@@ -74,12 +74,20 @@ def _job_index(job_id: str, namespace: str) -> Any:
     return index_of
 
 
-def read_job(ctx: ApiContext, req: Request) -> Response:
+def _blocking_job(
+    ctx: ApiContext, req: Request, missing: str = "job not found"
+) -> tuple[ClusterState, Job, int]:
+    """The job the URL names, after the blocking wait on it; 404 `missing` if none."""
     job_id, namespace = req.args[0], _namespace(req)
     state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
     job = state.jobs.get(f"{namespace}/{job_id}")
     if job is None:
-        raise not_found("job not found")
+        raise not_found(missing)
+    return state, job, index
+
+
+def read_job(ctx: ApiContext, req: Request) -> Response:
+    state, job, index = _blocking_job(ctx, req)
     return json_response(job_json(state, job), index=index)
 
 
@@ -107,20 +115,12 @@ def job_evaluations(ctx: ApiContext, req: Request) -> Response:
 
 
 def job_summary(ctx: ApiContext, req: Request) -> Response:
-    job_id, namespace = req.args[0], _namespace(req)
-    state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
-    job = state.jobs.get(f"{namespace}/{job_id}")
-    if job is None:
-        raise not_found("job not found")
+    state, job, index = _blocking_job(ctx, req)
     return json_response(summary_json(state, job), index=index)
 
 
 def job_versions(ctx: ApiContext, req: Request) -> Response:
-    job_id, namespace = req.args[0], _namespace(req)
-    state, index = blocking.query(ctx, req, _job_index(job_id, namespace))
-    job = state.jobs.get(f"{namespace}/{job_id}")
-    if job is None:
-        raise not_found("job versions not found")
+    state, job, index = _blocking_job(ctx, req, "job versions not found")
     return json_response({"Versions": [job_json(state, job)], "Diffs": None}, index=index)
 
 

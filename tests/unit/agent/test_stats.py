@@ -107,9 +107,7 @@ def make_runner(config) -> Iterator[Callable[..., AllocRunner]]:
         assert ar.wait_destroyed(30), f"{ar} was not destroyed in time"
         assert ar.close(30), f"{ar} left threads running"
     for driver in drivers.values():
-        close = getattr(driver, "close", None)
-        if close is not None:
-            close()
+        driver.close()
 
 
 @pytest.fixture
