@@ -2,6 +2,8 @@
 lock-discipline violation, even one raised (and swallowed) in a background thread."""
 
 import os
+import sys
+from collections.abc import Iterator
 
 os.environ["ALLOCRUNNER_LOCKCHECK"] = "1"
 
@@ -24,3 +26,15 @@ def _lock_discipline_and_thread_leaks():
     problems += [f"leaked thread: {t.name}" for t in leaked]
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Make the interpreter switch threads as often as it can, so that races between
+    two bytecodes show up; the previous interval is restored afterwards."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

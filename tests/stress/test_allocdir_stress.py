@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ DURATION = 2.5
 MAX_ITERATIONS = 5_000
 PACE = 0.002
 
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 class Outcomes:

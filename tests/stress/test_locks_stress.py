@@ -4,10 +4,9 @@ interval, so that threads are preempted inside every critical section."""
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import attrs
 import pytest
@@ -29,14 +28,7 @@ pytestmark = pytest.mark.stress
 DURATION = 1.5  # seconds of hammering per test
 
 
-@pytest.fixture(autouse=True)
-def _tiny_switch_interval() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
+pytestmark = pytest.mark.usefixtures("fast_switching")
 
 
 @pytest.mark.parametrize("factory", [RWLock, CheckedRWLock], ids=["RWLock", "CheckedRWLock"])

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -43,15 +41,6 @@ OBSERVERS = 2
 
 POLICY = RestartPolicy(attempts=10_000, interval=3600.0, delay=0.005, mode="fail")
 
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def live_children() -> set[int]:

@@ -5,7 +5,6 @@ the way its token and the previous allocation allow, and the flags settle."""
 from __future__ import annotations
 
 import random
-import sys
 import time
 
 import pytest
@@ -13,16 +12,7 @@ import pytest
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.allocwatcher import GroupPrevAllocWatcher, LocalPrevAlloc, PrevAllocWaitCancelled
 from allocrunner.structs import CLIENT_PENDING, CLIENT_RUNNING
-
-from .helpers import TASKS, PrevRunner, prev_and_next, run_in_thread
-
-
-@pytest.fixture
-def fast_switching():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(old)
+from tests.unit.allocwatcher.helpers import TASKS, PrevRunner, prev_and_next, run_in_thread
 
 
 @pytest.mark.stress

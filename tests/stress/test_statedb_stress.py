@@ -4,7 +4,6 @@ with the interpreter switching threads as often as it can."""
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 
@@ -17,13 +16,6 @@ from allocrunner.testing import mock_alloc
 
 DURATION = 1.5
 
-
-@pytest.fixture
-def fast_switching():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(old)
 
 
 @pytest.mark.stress
