@@ -13,12 +13,18 @@ taking a `HookRequest` (Nomad's task-runner hook interfaces):
 - ``stop(req)``: the task will not run again (the run loop finished for good).
 - ``shutdown(req)``: the agent shuts down gracefully and leaves the task running.
 
-`run_phase` calls one phase on every hook that has it, in order and with no lock
-held, under an explicit error policy: prestart stops at the first failure (later
-hooks depend on earlier ones, and the restart policy decides what happens next);
-every other phase runs all hooks and raises every failure together. Each failure is
-a `HookError` naming the hook and chained (``raise … from``) to the original error,
+Each phase is a protocol (`Prestart`, `Poststart`, `PreKill`, `Exited`, `Update`,
+`Stop`, `Shutdown`). `run_phase` calls one phase on every hook that implements it, in
+order and with no lock held, through the shared phase runner (`allocrunner._hooks`)
+under an explicit error policy: prestart stops at the first failure (later hooks
+depend on earlier ones, and the restart policy decides what happens next); every
+other phase runs all hooks and raises every failure together. Each failure is a
+`HookError` naming the hook and chained (``raise … from``) to the original error,
 whose recoverability it keeps.
+
+Threads: phases run on the task runner's threads, one phase of a hook at a time.
+Locks: none here; phases are callouts. Owner: each TaskRunner builds its hooks
+(`default_hooks`) and calls `run_phase`.
 
 Built-ins, in order: `ValidateHook`, `TaskDirHook`, `LogsHook`, `DispatchPayloadHook`
 (in `dispatch_hook`, which builds on this module), `EnvHook`.
@@ -28,16 +34,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
+from allocrunner._hooks import NamedHook, Policy
+from allocrunner._hooks import run_phase as _run_hooks
 from allocrunner._locking import calls_out
 from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir, TaskDir
 from allocrunner.drivers._common import signal_number
 from allocrunner.drivers.base import ExitResult, TaskHandle
-from allocrunner.errors import DriverError, HookError, HookErrors, is_recoverable
+from allocrunner.errors import DriverError
 from allocrunner.state import HookState
 from allocrunner.structs import Allocation, Task, TaskEvent
 from allocrunner.structs.frozen import FrozenDict, frozen_map
@@ -52,24 +60,33 @@ __all__ = [
     "COLLECT_ALL",
     "PHASES",
     "STOP_AT_FIRST",
+    "BoundHook",
     "EnvHook",
+    "Exited",
     "HookEventError",
     "HookRequest",
     "LogsHook",
+    "Policy",
+    "Poststart",
+    "PreKill",
+    "Prestart",
     "PrestartResult",
+    "Shutdown",
+    "Stop",
     "TaskDirHook",
     "TaskHook",
+    "Update",
     "ValidateHook",
+    "bind_phase",
     "default_hooks",
     "run_phase",
 ]
 
 PHASES = ("prestart", "poststart", "pre_kill", "exited", "update", "stop", "shutdown")
-STOP_AT_FIRST: Literal["stop_at_first"] = "stop_at_first"
-COLLECT_ALL: Literal["collect_all"] = "collect_all"
-Policy = Literal["stop_at_first", "collect_all"]
+STOP_AT_FIRST = Policy.STOP_AT_FIRST
+COLLECT_ALL = Policy.COLLECT_ALL
 
-_LABELS = {"pre_kill": "pre-kill"}
+_LABELS: Mapping[str, str] = {"pre_kill": "pre-kill"}
 
 
 class TaskHook:
@@ -133,6 +150,88 @@ class HookEventError(Exception):
         self.recoverable = recoverable
 
 
+@runtime_checkable
+class Prestart(NamedHook, Protocol):
+    """Prepares every start; may hand back env and data (see `PrestartResult`)."""
+
+    def prestart(self, req: HookRequest) -> PrestartResult | None: ...
+
+
+@runtime_checkable
+class Poststart(NamedHook, Protocol):
+    """Runs after the task started."""
+
+    def poststart(self, req: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class PreKill(NamedHook, Protocol):
+    """Runs before the task is stopped (killed or restarted)."""
+
+    def pre_kill(self, req: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class Exited(NamedHook, Protocol):
+    """Runs after every exit of the task."""
+
+    def exited(self, req: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class Update(NamedHook, Protocol):
+    """Takes in an updated (non-terminal) allocation."""
+
+    def update(self, req: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class Stop(NamedHook, Protocol):
+    """Runs once the task will not run again."""
+
+    def stop(self, req: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class Shutdown(NamedHook, Protocol):
+    """Runs on a graceful agent shutdown (the task keeps running)."""
+
+    def shutdown(self, req: HookRequest) -> None: ...
+
+
+@attrs.frozen
+class BoundHook:
+    """Immutable. One hook with its method of one phase."""
+
+    hook: NamedHook
+    method: Callable[[HookRequest], object]
+
+    @property
+    def name(self) -> str:
+        return self.hook.name
+
+
+def bind_phase(hooks: Sequence[object], phase: str) -> list[BoundHook]:
+    """The hooks of `hooks` that implement `phase`, in order, each with its method;
+    ValueError for an unknown phase."""
+    match phase:
+        case "prestart":
+            return [BoundHook(h, h.prestart) for h in hooks if isinstance(h, Prestart)]
+        case "poststart":
+            return [BoundHook(h, h.poststart) for h in hooks if isinstance(h, Poststart)]
+        case "pre_kill":
+            return [BoundHook(h, h.pre_kill) for h in hooks if isinstance(h, PreKill)]
+        case "exited":
+            return [BoundHook(h, h.exited) for h in hooks if isinstance(h, Exited)]
+        case "update":
+            return [BoundHook(h, h.update) for h in hooks if isinstance(h, Update)]
+        case "stop":
+            return [BoundHook(h, h.stop) for h in hooks if isinstance(h, Stop)]
+        case "shutdown":
+            return [BoundHook(h, h.shutdown) for h in hooks if isinstance(h, Shutdown)]
+    raise ValueError(f"unknown task hook phase {phase!r} (phases: {', '.join(PHASES)})")
+
+
 @calls_out
 def run_phase(
     hooks: Sequence[Any],
@@ -141,32 +240,18 @@ def run_phase(
     *,
     policy: Policy,
 ) -> None:
-    """Run `phase` on every hook that defines it, through ``call(hook, method)``.
+    """Run `phase` on every hook that implements it, through ``call(hook, method)``.
 
     STOP_AT_FIRST raises the first failure as a HookError; COLLECT_ALL runs every hook
     and raises a HookErrors group of all failures. Either way each HookError is
     chained to the original error and keeps its recoverability.
     """
-    if phase not in PHASES:
-        raise ValueError(f"unknown task hook phase {phase!r} (phases: {', '.join(PHASES)})")
-    label = _LABELS.get(phase, phase)
-    errors: list[HookError] = []
-    for hook in hooks:
-        method = getattr(hook, phase, None)
-        if method is None:
-            continue
-        try:
-            call(hook, method)
-        except Exception as err:
-            wrapped = HookError(
-                hook.name, label, str(err) or type(err).__name__, recoverable=is_recoverable(err)
-            )
-            if policy == STOP_AT_FIRST:
-                raise wrapped from err
-            wrapped.__cause__ = err
-            errors.append(wrapped)
-    if errors:
-        raise HookErrors(f"{label} hooks failed", errors)
+    _run_hooks(
+        bind_phase(hooks, phase),
+        _LABELS.get(phase, phase),
+        lambda bound: call(bound.hook, bound.method),
+        policy=policy,
+    )
 
 
 def _validation_error(task: Task, message: str) -> HookEventError:
