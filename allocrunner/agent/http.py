@@ -18,7 +18,10 @@ or an iterator of chunks (sent with chunked transfer encoding, so a stream ends 
 the iterator does). They signal errors by raising `ApiError`; anything else is
 logged and answered with a 500, and the connection and the agent live on.
 
-Lock: ``HttpServer._lock`` guards the set of open sockets (a frozenset, replaced).
+Threads: ``http-accept`` runs the accept loop; each admitted connection gets an
+``http-conn`` thread from the server's `ThreadGroup`, which `HttpServer.shutdown`
+joins. Lock: ``HttpServer._lock`` guards the set of open sockets (a frozenset,
+replaced). Owner: the `Agent` builds the server in its start and shuts it down.
 """
 
 from __future__ import annotations
@@ -213,18 +216,24 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out as separate writes: with Nagle's algorithm the body would
     # wait for the client's delayed ACK of the headers (about 40 ms a response).
     disable_nagle_algorithm = True
-    timeout = READ_TIMEOUT
-    server: _Server
+    # No class-wide timeout: setup() applies the owning server's read timeout.
+    timeout = None
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def _server(self) -> _Server:
+        """The server that made this handler (always a `_Server`: it passes the class)."""
+        server = self.server
+        assert isinstance(server, _Server)
+        return server
+
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout
         super().setup()
+        self.connection.settimeout(self._server().read_timeout)
 
     def _dispatch(self) -> None:
-        self.server.owner._serve(self)
+        self._server().owner._serve(self)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _dispatch
 
@@ -256,7 +265,7 @@ class HttpServer:
         self._cancel = CancelToken()
         self._max_connections = max_connections
         self._lock = make_lock("HttpServer._lock")
-        self._sockets: frozenset[Any] = frozenset()
+        self._sockets: frozenset[socket.socket] = frozenset()
         self._threads = ThreadGroup("http")
         try:
             self._server = _Server(self, address, read_timeout)
@@ -309,14 +318,14 @@ class HttpServer:
 
     # --- connection accounting -----------------------------------------------------
 
-    def _admit(self, sock: Any) -> bool:
+    def _admit(self, sock: socket.socket) -> bool:
         with self._lock:
             if self._cancel.cancelled() or len(self._sockets) >= self._max_connections:
                 return False
             self._sockets = self._sockets | {sock}
             return True
 
-    def _forget(self, sock: Any) -> None:
+    def _forget(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets = self._sockets - {sock}
 
