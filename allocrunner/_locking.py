@@ -46,6 +46,16 @@ violation raises at once in the offending thread and is also recorded, so that a
 test notices a violation even when a background thread swallowed the exception.
 With check mode off `make_lock` returns a bare `threading.Lock`, field tags are
 inert class attributes and the decorators are the identity: production pays nothing.
+
+The reader-writer lock itself lives in `allocrunner._rwlock` (re-exported here); this
+module names, ranks and checks locks. `make_lock` returns a `Mutex`, `make_rwlock` an
+`RWLock` whose `read()` / `write()` sides are `LockSide` context managers.
+
+Threads: none of its own; the checks run in whichever thread takes a lock.
+Locks: ``_violations_lock``, a raw leaf mutex private to this module, guards the record
+of violations; the record of held locks is per thread (``_held``), so it needs none.
+Owner: every thread-safe class of the package builds its locks here; the test harness
+reads and clears the violations (`take_violations`).
 """
 
 from __future__ import annotations
@@ -53,13 +63,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from time import monotonic as _monotonic
-from time import sleep as _sleep
-from typing import Any, Literal, TypeVar
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypeVar, cast
 
+from allocrunner._rwlock import _GIL as _GIL
+from allocrunner._rwlock import _YIELD_SLEEP as _YIELD_SLEEP
+from allocrunner._rwlock import LockSide as LockSide
+from allocrunner._rwlock import RWLock as RWLock
+from allocrunner._rwlock import _ReadSide as _ReadSide
+from allocrunner._rwlock import _take_contended as _take_contended
+from allocrunner._rwlock import _WriteSide as _WriteSide
 from allocrunner.errors import (
     CalloutUnderLockError,
     LockDisciplineError,
@@ -95,18 +110,29 @@ LOCK_ORDER: tuple[str, ...] = (
 
 _RANKS: dict[str, int] = {name: rank for rank, name in enumerate(LOCK_ORDER)}
 
-# How long a reader sleeps while a writer is on its way to the RWLock mutex, or while
-# the mutex is held by a thread that the GIL switched out. A real sleep, not sleep(0):
-# a thread that only yields takes the GIL straight back and can keep the thread it
-# waits for from running.
-_YIELD_SLEEP = 50e-6
-
-# Without a GIL (free-threaded CPython) a thread holding the mutex is running, so
-# readers simply block on it.
-_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
-
 F = TypeVar("F", bound=Callable[..., Any])
 Mode = Literal["read", "write"]
+
+
+class Mutex(Protocol):
+    """What `make_lock` returns: a bare `threading.Lock`, or a `CheckedLock` in check
+    mode. Use it as ``with lock:``; `acquire` / `release` / `locked` as on a Lock."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1, /) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def locked(self) -> bool: ...
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
 
 
 def lock_rank(name: str) -> int:
@@ -138,288 +164,12 @@ def take_violations() -> list[LockDisciplineError]:
     return taken
 
 
-# --- the production reader-writer lock -------------------------------------------------
-
-
-def _take_contended(mutex: Any) -> None:
-    """Take an RWLock mutex that a reader found held.
-
-    Under the GIL the holder is a thread that was switched out right after taking it
-    (it holds it for a few bytecodes otherwise). A reader that blocked on the mutex
-    inside C would get it the moment it is released and then wait, holding it, for
-    the GIL, so one switched-out holder would turn every reader into a convoy. So a
-    reader sleeps a little and tries again, holding nothing while it waits."""
-    if not _GIL:
-        mutex.acquire()
-        return
-    while not mutex.acquire(False):
-        _sleep(_YIELD_SLEEP)
-
-
-class RWLock:
-    """Thread-safe. A writer-preferring reader-writer lock with Go `sync.RWMutex` semantics.
-
-    A waiting writer blocks new readers, so a steady stream of readers cannot starve
-    it; when a writer releases, the readers that queued behind it are admitted
-    together before the next writer, so writers cannot starve readers either. The
-    read side is not reentrant (a reader that re-reads while a writer waits would
-    deadlock, exactly as in Go).
-
-    All state lives under one small mutex. A plain mutex is not fair, and under the
-    GIL a thread that gets a lock can then wait a whole switch interval for the GIL
-    while holding it: readers that take the mutex in a tight loop could keep a writer
-    from it for many milliseconds. So a writer on its way to the mutex raises a hint
-    (``_intent``, read without the mutex) and readers that see it yield the GIL, holding
-    nothing, until the writer has registered; writers take turns at ``_intent_gate``,
-    which readers never touch. The hint is only a hint: correctness rests on the state
-    under the mutex, whatever a reader happened to read.
-    """
-
-    __slots__ = (
-        "_admit_gen",
-        "_intent",
-        "_intent_gate",
-        "_mutex",
-        "_read_side",
-        "_readers",
-        "_readers_ok",
-        "_readers_waiting",
-        "_write_side",
-        "_writer",
-        "_writer_ok",
-        "_writers_waiting",
-        "name",
-    )
-
-    def __init__(self, name: str = "RWLock") -> None:
-        self.name = name
-        self._mutex = threading.Lock()
-        self._readers_ok = threading.Condition(self._mutex)
-        self._writer_ok = threading.Condition(self._mutex)
-        self._readers = 0  # readers holding the lock (admitted ones included)
-        self._writer = False
-        self._writers_waiting = 0
-        self._readers_waiting = 0
-        self._admit_gen = 0  # bumped each time queued readers are admitted as a batch
-        self._intent = False  # hint: a writer is on its way to the mutex
-        self._intent_gate = threading.Lock()  # writers take turns raising the hint
-        self._read_side = _ReadSide(self)
-        self._write_side = _WriteSide(self)
-
-    def read(self) -> _ReadSide:
-        """Context manager for the read side: ``with lock.read(): ...``."""
-        return self._read_side
-
-    def write(self) -> _WriteSide:
-        """Context manager for the write side: ``with lock.write(): ...``."""
-        return self._write_side
-
-    def acquire_read(self, timeout: float | None = None) -> bool:
-        """Take the read side; False if `timeout` seconds passed first."""
-        if self._intent:
-            deadline = None if timeout is None else _monotonic() + timeout
-            if not self._yield_to_writer(deadline):
-                return False
-            if deadline is not None:
-                timeout = max(0.0, deadline - _monotonic())
-        mutex = self._mutex
-        if mutex.locked():
-            _take_contended(mutex)
-        else:
-            mutex.acquire()
-        if not self._writer and not self._writers_waiting:
-            self._readers += 1
-            mutex.release()
-            return True
-        try:
-            return self._wait_read_locked(timeout)
-        finally:
-            mutex.release()
-
-    def _yield_to_writer(self, deadline: float | None) -> bool:
-        """Let a writer on its way to the mutex get there first (it takes microseconds
-        unless the writer waits for the GIL, which yielding hands over). False if the
-        deadline passed first."""
-        while self._intent:
-            if deadline is not None and _monotonic() >= deadline:
-                return False
-            _sleep(_YIELD_SLEEP)
-        return True
-
-    def _wait_read_locked(self, timeout: float | None) -> bool:
-        self._readers_waiting += 1
-        gen = self._admit_gen
-        if timeout is None:
-            while self._admit_gen == gen:
-                self._readers_ok.wait()
-            return True
-        deadline = _monotonic() + timeout
-        while self._admit_gen == gen:
-            remaining = deadline - _monotonic()
-            if remaining <= 0:
-                self._readers_waiting -= 1
-                return False
-            self._readers_ok.wait(remaining)
-        return True
-
-    def release_read(self) -> None:
-        """Release the read side."""
-        mutex = self._mutex
-        if mutex.locked():
-            _take_contended(mutex)
-        else:
-            mutex.acquire()
-        readers = self._readers
-        if readers <= 0:
-            mutex.release()
-            raise RuntimeError(f"release_read of {self.name} without a reader")
-        self._readers = readers - 1
-        if readers == 1 and self._writers_waiting:
-            self._writer_ok.notify()
-        mutex.release()
-
-    def acquire_write(self, timeout: float | None = None) -> bool:
-        """Take the write side; False if `timeout` seconds passed first."""
-        mutex = self._mutex
-        if not mutex.locked():  # nobody in the way: no need to raise the hint
-            mutex.acquire()
-            if not self._writer and not self._readers:
-                self._writer = True
-                mutex.release()
-                return True
-            mutex.release()
-        deadline = None if timeout is None else _monotonic() + timeout
-        gate = self._intent_gate
-        if timeout is None:
-            with gate:  # no GIL switch can fall between taking the gate and the hint
-                self._intent = True
-                try:
-                    mutex.acquire()
-                finally:
-                    self._intent = False
-        else:
-            if not gate.acquire(True, max(timeout, 0.0)):
-                return False
-            try:
-                self._intent = True
-                mutex.acquire()
-            finally:
-                self._intent = False
-                gate.release()
-        try:
-            if not self._writer and not self._readers:
-                self._writer = True
-                return True
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                if deadline is None:
-                    self._writer_ok.wait()
-                    continue
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    self._writers_waiting -= 1
-                    if not self._writers_waiting and not self._writer:
-                        self._admit_readers_locked()
-                    return False
-                self._writer_ok.wait(remaining)
-            self._writers_waiting -= 1
-            self._writer = True
-            return True
-        finally:
-            mutex.release()
-
-    def release_write(self) -> None:
-        """Release the write side; queued readers go before the next writer."""
-        mutex = self._mutex
-        mutex.acquire()
-        try:
-            if not self._writer:
-                raise RuntimeError(f"release_write of {self.name} without a writer")
-            self._writer = False
-            if self._readers_waiting:
-                self._admit_readers_locked()
-            elif self._writers_waiting:
-                self._writer_ok.notify()
-        finally:
-            mutex.release()
-
-    def _admit_readers_locked(self) -> None:
-        if self._readers_waiting:
-            self._readers += self._readers_waiting
-            self._readers_waiting = 0
-            self._admit_gen += 1
-            self._readers_ok.notify_all()
-
-    def __repr__(self) -> str:
-        return f"<RWLock {self.name} readers={self._readers} writer={self._writer}>"
-
-
-class _ReadSide:
-    """The ``with lock.read():`` context manager; the uncontended path is inlined here
-    because it is the hot path of every reader."""
-
-    __slots__ = ("_mutex", "_rw")
-
-    def __init__(self, rw: RWLock) -> None:
-        self._rw = rw
-        self._mutex = rw._mutex
-
-    def __enter__(self) -> RWLock:
-        rw = self._rw
-        if rw._intent:
-            rw._yield_to_writer(None)
-        mutex = self._mutex
-        if mutex.locked():
-            _take_contended(mutex)
-        else:
-            mutex.acquire()
-        if rw._writer or rw._writers_waiting:
-            try:
-                rw._wait_read_locked(None)
-            finally:
-                mutex.release()
-        else:
-            rw._readers += 1
-            mutex.release()
-        return rw
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        rw = self._rw
-        mutex = self._mutex
-        if mutex.locked():
-            _take_contended(mutex)
-        else:
-            mutex.acquire()
-        readers = rw._readers
-        if readers <= 0:
-            mutex.release()
-            raise RuntimeError(f"release_read of {rw.name} without a reader")
-        rw._readers = readers - 1
-        if readers == 1 and rw._writers_waiting:
-            rw._writer_ok.notify()
-        mutex.release()
-
-
-class _WriteSide:
-    __slots__ = ("_rw",)
-
-    def __init__(self, rw: RWLock) -> None:
-        self._rw = rw
-
-    def __enter__(self) -> RWLock:
-        self._rw.acquire_write()
-        return self._rw
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._rw.release_write()
-
-
 # --- check mode: per-thread record of held locks ---------------------------------------
 
 
 class _Held(threading.local):
     def __init__(self) -> None:
-        self.stack: list[tuple[Any, Mode]] = []
+        self.stack: list[tuple[CheckedLock | CheckedRWLock, Mode]] = []
         self.peers: frozenset[int] = frozenset()
 
 
@@ -431,7 +181,7 @@ def held_locks() -> list[str]:
     return [f"{lock.name}({mode})" for lock, mode in _held.stack]
 
 
-def _check_order(lock: Any) -> None:
+def _check_order(lock: CheckedLock | CheckedRWLock) -> None:
     stack = _held.stack
     peers = _held.peers
     for other, _mode in stack:
@@ -461,11 +211,11 @@ def _check_order(lock: Any) -> None:
         )
 
 
-def _push(lock: Any, mode: Mode) -> None:
+def _push(lock: CheckedLock | CheckedRWLock, mode: Mode) -> None:
     _held.stack.append((lock, mode))
 
 
-def _pop(lock: Any, mode: Mode) -> None:
+def _pop(lock: CheckedLock | CheckedRWLock, mode: Mode) -> None:
     stack = _held.stack
     for i in range(len(stack) - 1, -1, -1):
         if stack[i][0] is lock and stack[i][1] == mode:
@@ -476,7 +226,7 @@ def _pop(lock: Any, mode: Mode) -> None:
     )
 
 
-def held_mode(lock: Any) -> Mode | None:
+def held_mode(lock: object) -> Mode | None:
     """How the calling thread holds `lock` ("write" for a plain lock), or None."""
     for other, mode in _held.stack:
         if other is lock:
@@ -544,8 +294,8 @@ class CheckedRWLock(RWLock):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.rank = lock_rank(name)
-        self._read_side = _CheckedSide(self, "read")  # type: ignore[assignment]
-        self._write_side = _CheckedSide(self, "write")  # type: ignore[assignment]
+        self._read_side = _CheckedSide(self, "read")
+        self._write_side = _CheckedSide(self, "write")
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         _check_order(self)
@@ -591,7 +341,7 @@ class _CheckedSide:
             self._rw.release_write()
 
 
-def make_lock(name: str) -> Any:
+def make_lock(name: str) -> Mutex:
     """A mutex named `name` (declared in LOCK_ORDER): bare `threading.Lock` unless checking."""
     if CHECK:
         return CheckedLock(name)
@@ -607,8 +357,14 @@ def make_rwlock(name: str) -> RWLock:
     return RWLock(name)
 
 
+def make_condition(lock: Mutex) -> threading.Condition:
+    """A condition variable over `lock` (from `make_lock`): ``wait`` releases it, and in
+    check mode the release and re-acquire are recorded like any other."""
+    return threading.Condition(lock)  # type: ignore[arg-type]  # any acquire/release lock works
+
+
 @contextlib.contextmanager
-def acquire_many(*locks: Any) -> Iterator[None]:
+def acquire_many(*locks: Mutex) -> Iterator[None]:
     """Hold several locks of one class together, taken in a fixed (id) order.
 
     Two locks of the same rank may only be nested through this helper, which makes
@@ -617,7 +373,7 @@ def acquire_many(*locks: Any) -> Iterator[None]:
     ordered = sorted(locks, key=id)
     previous_peers = _held.peers
     _held.peers = frozenset(id(lock) for lock in ordered)
-    taken: list[Any] = []
+    taken: list[Mutex] = []
     try:
         for lock in ordered:
             lock.acquire()
@@ -747,7 +503,7 @@ def requires(lock: str, *, write: bool = False) -> Callable[[F], F]:
                 )
             return fn(self, *args, **kwargs)
 
-        return checked  # type: ignore[return-value]
+        return cast(F, checked)
 
     return decorate
 
@@ -768,7 +524,7 @@ def calls_out(fn: F) -> F:
             )
         return fn(*args, **kwargs)
 
-    return checked  # type: ignore[return-value]
+    return cast(F, checked)
 
 
 def assert_no_locks_held(what: str) -> None:

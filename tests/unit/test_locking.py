@@ -30,6 +30,7 @@ from allocrunner._locking import (
     guarded,
     held_locks,
     immutable,
+    make_condition,
     make_lock,
     make_rwlock,
     requires,
@@ -379,7 +380,7 @@ def test_same_class_lock_held_outside_the_helper_is_not_a_peer() -> None:
 def test_condition_over_a_checked_lock() -> None:
     lock = make_lock("AllocBroadcaster._lock")
     assert isinstance(lock, CheckedLock)
-    cond = threading.Condition(lock)
+    cond = make_condition(lock)
     box: list[int] = []
     inside_wait = threading.Event()
     result: list[object] = []
@@ -408,7 +409,7 @@ def test_condition_over_a_checked_lock() -> None:
 def test_condition_wait_under_an_outer_lock_keeps_order_checks() -> None:
     outer = make_lock("AllocDir._lock")
     inner = make_lock("AllocBroadcaster._lock")
-    cond = threading.Condition(inner)
+    cond = make_condition(inner)
     with outer, cond:
         assert not cond.wait(0.01)
         assert held_locks() == ["AllocDir._lock(write)", "AllocBroadcaster._lock(write)"]
@@ -431,6 +432,14 @@ def test_checked_locks_in_check_mode() -> None:
     assert _locking.CHECK
     assert isinstance(make_lock("GCQueue._lock"), CheckedLock)
     assert isinstance(make_rwlock("AllocDir._lock"), CheckedRWLock)
+
+
+def test_the_rwlock_module_is_reexported_by_the_toolkit() -> None:
+    from allocrunner import _rwlock
+
+    for name in ("RWLock", "LockSide", "_ReadSide", "_WriteSide", "_take_contended"):
+        assert getattr(_locking, name) is getattr(_rwlock, name), name
+    assert issubclass(CheckedRWLock, _rwlock.RWLock)
 
 
 # --- check mode off ------------------------------------------------------------------------
@@ -479,6 +488,9 @@ CHECK_OFF_PROGRAM = textwrap.dedent(
         pass
     with rw.read():
         L.calls_out(helper)(h)    # callout under a lock: not checked
+    cond = L.make_condition(lock)
+    with cond:
+        assert not cond.wait(0.001)
     print("check-off ok")
     """
 )

@@ -1,0 +1,326 @@
+"""RWLock: the project's writer-preferring reader-writer lock (DESIGN.md §4, rule 8).
+
+What it is for: the lock `make_rwlock` returns when the lock check is off, with Go
+`sync.RWMutex` semantics (a waiting writer blocks new readers; the readers queued behind
+a writer go before the next writer). `allocrunner._locking.CheckedRWLock` adds the
+order and ownership checks on top of it, and `_locking` re-exports every name here.
+It is the project's own because the PyPI reader-writer locks are slower and cannot
+carry a name and a rank.
+
+Threads: none of its own; any thread may take either side.
+Locks: each RWLock is built from two raw mutexes that are its implementation, not
+declared locks, and are never held outside its own methods: ``_mutex`` guards its
+counters and flags (readers, writer, waiting counts, admission generation) and is the
+lock of its two conditions; ``_intent_gate`` makes writers take turns raising the
+``_intent`` hint. Nothing else is called while either is held.
+Owner: `allocrunner._locking.make_rwlock` creates the package's RWLocks (named and
+ranked); the benchmarks also build bare ones.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from time import monotonic as _monotonic
+from time import sleep as _sleep
+from types import TracebackType
+from typing import Protocol
+
+__all__ = ["LockSide", "RWLock"]
+
+# How long a reader sleeps while a writer is on its way to the RWLock mutex, or while
+# the mutex is held by a thread that the GIL switched out. A real sleep, not sleep(0):
+# a thread that only yields takes the GIL straight back and can keep the thread it
+# waits for from running.
+_YIELD_SLEEP = 50e-6
+
+# Without a GIL (free-threaded CPython) a thread holding the mutex is running, so
+# readers simply block on it.
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def _take_contended(mutex: threading.Lock) -> None:
+    """Take an RWLock mutex that a reader found held.
+
+    Under the GIL the holder is a thread that was switched out right after taking it
+    (it holds it for a few bytecodes otherwise). A reader that blocked on the mutex
+    inside C would get it the moment it is released and then wait, holding it, for
+    the GIL, so one switched-out holder would turn every reader into a convoy. So a
+    reader sleeps a little and tries again, holding nothing while it waits."""
+    if not _GIL:
+        mutex.acquire()
+        return
+    while not mutex.acquire(False):
+        _sleep(_YIELD_SLEEP)
+
+
+class LockSide(Protocol):
+    """One side of an RWLock as a context manager: ``with lock.read(): ...``."""
+
+    def __enter__(self) -> RWLock: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
+
+
+class RWLock:
+    """Thread-safe. A writer-preferring reader-writer lock with Go `sync.RWMutex` semantics.
+
+    A waiting writer blocks new readers, so a steady stream of readers cannot starve
+    it; when a writer releases, the readers that queued behind it are admitted
+    together before the next writer, so writers cannot starve readers either. The
+    read side is not reentrant (a reader that re-reads while a writer waits would
+    deadlock, exactly as in Go).
+
+    All state lives under one small mutex. A plain mutex is not fair, and under the
+    GIL a thread that gets a lock can then wait a whole switch interval for the GIL
+    while holding it: readers that take the mutex in a tight loop could keep a writer
+    from it for many milliseconds. So a writer on its way to the mutex raises a hint
+    (``_intent``, read without the mutex) and readers that see it yield the GIL, holding
+    nothing, until the writer has registered; writers take turns at ``_intent_gate``,
+    which readers never touch. The hint is only a hint: correctness rests on the state
+    under the mutex, whatever a reader happened to read.
+    """
+
+    __slots__ = (
+        "_admit_gen",
+        "_intent",
+        "_intent_gate",
+        "_mutex",
+        "_read_side",
+        "_readers",
+        "_readers_ok",
+        "_readers_waiting",
+        "_write_side",
+        "_writer",
+        "_writer_ok",
+        "_writers_waiting",
+        "name",
+    )
+
+    def __init__(self, name: str = "RWLock") -> None:
+        self.name = name
+        self._mutex = threading.Lock()
+        self._readers_ok = threading.Condition(self._mutex)
+        self._writer_ok = threading.Condition(self._mutex)
+        self._readers = 0  # readers holding the lock (admitted ones included)
+        self._writer = False
+        self._writers_waiting = 0
+        self._readers_waiting = 0
+        self._admit_gen = 0  # bumped each time queued readers are admitted as a batch
+        self._intent = False  # hint: a writer is on its way to the mutex
+        self._intent_gate = threading.Lock()  # writers take turns raising the hint
+        self._read_side: LockSide = _ReadSide(self)
+        self._write_side: LockSide = _WriteSide(self)
+
+    def read(self) -> LockSide:
+        """Context manager for the read side: ``with lock.read(): ...``."""
+        return self._read_side
+
+    def write(self) -> LockSide:
+        """Context manager for the write side: ``with lock.write(): ...``."""
+        return self._write_side
+
+    def acquire_read(self, timeout: float | None = None) -> bool:
+        """Take the read side; False if `timeout` seconds passed first."""
+        if self._intent:
+            deadline = None if timeout is None else _monotonic() + timeout
+            if not self._yield_to_writer(deadline):
+                return False
+            if deadline is not None:
+                timeout = max(0.0, deadline - _monotonic())
+        mutex = self._mutex
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
+        if not self._writer and not self._writers_waiting:
+            self._readers += 1
+            mutex.release()
+            return True
+        try:
+            return self._wait_read_locked(timeout)
+        finally:
+            mutex.release()
+
+    def _yield_to_writer(self, deadline: float | None) -> bool:
+        """Let a writer on its way to the mutex get there first (it takes microseconds
+        unless the writer waits for the GIL, which yielding hands over). False if the
+        deadline passed first."""
+        while self._intent:
+            if deadline is not None and _monotonic() >= deadline:
+                return False
+            _sleep(_YIELD_SLEEP)
+        return True
+
+    def _wait_read_locked(self, timeout: float | None) -> bool:
+        self._readers_waiting += 1
+        gen = self._admit_gen
+        if timeout is None:
+            while self._admit_gen == gen:
+                self._readers_ok.wait()
+            return True
+        deadline = _monotonic() + timeout
+        while self._admit_gen == gen:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                self._readers_waiting -= 1
+                return False
+            self._readers_ok.wait(remaining)
+        return True
+
+    def release_read(self) -> None:
+        """Release the read side."""
+        mutex = self._mutex
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
+        readers = self._readers
+        if readers <= 0:
+            mutex.release()
+            raise RuntimeError(f"release_read of {self.name} without a reader")
+        self._readers = readers - 1
+        if readers == 1 and self._writers_waiting:
+            self._writer_ok.notify()
+        mutex.release()
+
+    def acquire_write(self, timeout: float | None = None) -> bool:
+        """Take the write side; False if `timeout` seconds passed first."""
+        mutex = self._mutex
+        if not mutex.locked():  # nobody in the way: no need to raise the hint
+            mutex.acquire()
+            if not self._writer and not self._readers:
+                self._writer = True
+                mutex.release()
+                return True
+            mutex.release()
+        deadline = None if timeout is None else _monotonic() + timeout
+        gate = self._intent_gate
+        if timeout is None:
+            with gate:  # no GIL switch can fall between taking the gate and the hint
+                self._intent = True
+                try:
+                    mutex.acquire()
+                finally:
+                    self._intent = False
+        else:
+            if not gate.acquire(True, max(timeout, 0.0)):
+                return False
+            try:
+                self._intent = True
+                mutex.acquire()
+            finally:
+                self._intent = False
+                gate.release()
+        try:
+            if not self._writer and not self._readers:
+                self._writer = True
+                return True
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                if deadline is None:
+                    self._writer_ok.wait()
+                    continue
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    self._writers_waiting -= 1
+                    if not self._writers_waiting and not self._writer:
+                        self._admit_readers_locked()
+                    return False
+                self._writer_ok.wait(remaining)
+            self._writers_waiting -= 1
+            self._writer = True
+            return True
+        finally:
+            mutex.release()
+
+    def release_write(self) -> None:
+        """Release the write side; queued readers go before the next writer."""
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if not self._writer:
+                raise RuntimeError(f"release_write of {self.name} without a writer")
+            self._writer = False
+            if self._readers_waiting:
+                self._admit_readers_locked()
+            elif self._writers_waiting:
+                self._writer_ok.notify()
+        finally:
+            mutex.release()
+
+    def _admit_readers_locked(self) -> None:
+        if self._readers_waiting:
+            self._readers += self._readers_waiting
+            self._readers_waiting = 0
+            self._admit_gen += 1
+            self._readers_ok.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<RWLock {self.name} readers={self._readers} writer={self._writer}>"
+
+
+class _ReadSide:
+    """The ``with lock.read():`` context manager; the uncontended path is inlined here
+    because it is the hot path of every reader."""
+
+    __slots__ = ("_mutex", "_rw")
+
+    def __init__(self, rw: RWLock) -> None:
+        self._rw = rw
+        self._mutex = rw._mutex
+
+    def __enter__(self) -> RWLock:
+        rw = self._rw
+        if rw._intent:
+            rw._yield_to_writer(None)
+        mutex = self._mutex
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
+        if rw._writer or rw._writers_waiting:
+            try:
+                rw._wait_read_locked(None)
+            finally:
+                mutex.release()
+        else:
+            rw._readers += 1
+            mutex.release()
+        return rw
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        rw = self._rw
+        mutex = self._mutex
+        if mutex.locked():
+            _take_contended(mutex)
+        else:
+            mutex.acquire()
+        readers = rw._readers
+        if readers <= 0:
+            mutex.release()
+            raise RuntimeError(f"release_read of {rw.name} without a reader")
+        rw._readers = readers - 1
+        if readers == 1 and rw._writers_waiting:
+            rw._writer_ok.notify()
+        mutex.release()
+
+
+class _WriteSide:
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: RWLock) -> None:
+        self._rw = rw
+
+    def __enter__(self) -> RWLock:
+        self._rw.acquire_write()
+        return self._rw
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._rw.release_write()
