@@ -17,12 +17,17 @@ the driver handle used to re-attach). It mirrors Nomad's client state DB:
 
 Every public method of a StateDB is a callout: it may do file I/O, so callers must
 hold no declared lock when they call it.
+
+Threads: none; the local-state records here are immutable values. Locks: none here;
+each implementation guards its store with its own "StateDB._lock", the last lock of
+`LOCK_ORDER`. Owner: `Client` (or the embedder) opens a StateDB and passes it to every
+`AllocRunner`, which hands it to its task runners; they are its only writers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -38,21 +43,23 @@ __all__ = [
 ]
 
 
-def _expect(value: Any, kind: type, path: str) -> Any:
+T = TypeVar("T")
+
+
+def _expect(value: object, kind: type[T], path: str) -> T:
     """`value` if it is a `kind` (a bool is not an int here); else ValueError naming `path`."""
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{path}: expected {kind.__name__}, got {type(value).__name__}")
     return value
 
 
-def _str_map(value: Any, path: str) -> dict[str, str]:
+def _str_map(value: object, path: str) -> dict[str, str]:
     if value is None:
         return {}
-    _expect(value, Mapping, path)
     out: dict[str, str] = {}
-    for key, item in value.items():
-        _expect(key, str, f"{path} key")
-        out[key] = _expect(item, str, f"{path}[{key!r}]")
+    for key, item in _expect(value, Mapping, path).items():
+        name = _expect(key, str, f"{path} key")
+        out[name] = _expect(item, str, f"{path}[{name!r}]")
     return out
 
 
@@ -78,13 +85,15 @@ class HookState:
         }
 
     @classmethod
-    def from_json(cls, data: Any, path: str = "HookState") -> HookState:
+    def from_json(cls, data: object, path: str = "HookState") -> HookState:
         """Inverse of `to_json`; ValueError naming the field on bad input."""
-        _expect(data, Mapping, path)
+        fields = _expect(data, Mapping, path)
         return cls(
-            prestart_done=_expect(data.get("prestart_done", False), bool, f"{path}.prestart_done"),
-            data=_str_map(data.get("data"), f"{path}.data"),
-            env=_str_map(data.get("env"), f"{path}.env"),
+            prestart_done=_expect(
+                fields.get("prestart_done", False), bool, f"{path}.prestart_done"
+            ),
+            data=_str_map(fields.get("data"), f"{path}.data"),
+            env=_str_map(fields.get("env"), f"{path}.env"),
         )
 
 
@@ -96,24 +105,28 @@ def _hooks_converter(value: Mapping[str, HookState] | None) -> FrozenDict[str, H
     return FrozenDict(value)
 
 
+def _check_hooks(
+    _instance: object, _attribute: attrs.Attribute[Any], value: FrozenDict[str, HookState]
+) -> None:
+    for name, state in value.items():
+        if not isinstance(name, str) or not isinstance(state, HookState):
+            raise TypeError(
+                f"LocalState.hooks[{name!r}]: expected str -> HookState, "
+                f"got {type(name).__name__} -> {type(state).__name__}"
+            )
+
+
 @attrs.frozen
 class LocalState:
     """Immutable. A task's client-only state: hook progress, the driver handle to
     re-attach to after an agent restart, and whether its run loop completed (a task
     whose run completed is never run again on restore, Nomad #5883)."""
 
-    hooks: FrozenDict[str, HookState] = attrs.field(factory=FrozenDict, converter=_hooks_converter)
+    hooks: FrozenDict[str, HookState] = attrs.field(
+        factory=FrozenDict, converter=_hooks_converter, validator=_check_hooks
+    )
     task_handle: TaskHandle | None = None
     run_complete: bool = False
-
-    @hooks.validator
-    def _check_hooks(self, _attribute: Any, value: FrozenDict[str, HookState]) -> None:
-        for name, state in value.items():
-            if not isinstance(name, str) or not isinstance(state, HookState):
-                raise TypeError(
-                    f"LocalState.hooks[{name!r}]: expected str -> HookState, "
-                    f"got {type(name).__name__} -> {type(state).__name__}"
-                )
 
     def hook(self, name: str) -> HookState | None:
         """The state hook `name` recorded, or None."""
@@ -140,29 +153,28 @@ class LocalState:
         }
 
     @classmethod
-    def from_json(cls, data: Any, path: str = "LocalState") -> LocalState:
+    def from_json(cls, data: object, path: str = "LocalState") -> LocalState:
         """Inverse of `to_json`; ValueError naming the field on bad input."""
-        _expect(data, Mapping, path)
-        raw_hooks = data.get("hooks")
+        fields = _expect(data, Mapping, path)
+        raw_hooks = fields.get("hooks")
         if raw_hooks is None:
             raw_hooks = {}
-        _expect(raw_hooks, Mapping, f"{path}.hooks")
-        hooks = {}
-        for name, raw in raw_hooks.items():
-            _expect(name, str, f"{path}.hooks key")
+        hooks: dict[str, HookState] = {}
+        for key, raw in _expect(raw_hooks, Mapping, f"{path}.hooks").items():
+            name = _expect(key, str, f"{path}.hooks key")
             hooks[name] = HookState.from_json(raw, f"{path}.hooks[{name!r}]")
-        raw_handle = data.get("task_handle")
+        raw_handle = fields.get("task_handle")
         handle = None
         if raw_handle is not None:
-            _expect(raw_handle, Mapping, f"{path}.task_handle")
+            handle_fields = _expect(raw_handle, Mapping, f"{path}.task_handle")
             try:
-                handle = TaskHandle.from_json(dict(raw_handle))
+                handle = TaskHandle.from_json(dict(handle_fields))
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}.task_handle: {err}") from err
         return cls(
             hooks=hooks,
             task_handle=handle,
-            run_complete=_expect(data.get("run_complete", False), bool, f"{path}.run_complete"),
+            run_complete=_expect(fields.get("run_complete", False), bool, f"{path}.run_complete"),
         )
 
 

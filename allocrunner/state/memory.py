@@ -1,8 +1,14 @@
-"""MemDB: an in-memory StateDB for tests and for agents that need no persistence."""
+"""MemDB: an in-memory StateDB for tests and for agents that need no persistence.
+
+Threads: none of its own; any thread may call it. Locks: "StateDB._lock" guards the
+records (replaced copy-on-write), the ids of deleted allocations, the write counters
+and the closed flag; nothing is called under it but pure value operations. Owner: tests
+and embedders create it and pass it where a `StateDB` is expected.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import attrs
 
@@ -36,7 +42,7 @@ _EMPTY_RECORD = _AllocRecord()
 _EMPTY_TASK = _TaskRecord()
 
 
-def _same(old: Any, new: Any) -> bool:
+def _same(old: object, new: object) -> bool:
     return old is new or (old is not None and old == new)
 
 
@@ -81,18 +87,22 @@ class MemDB:
         self._records = records
 
     @requires("_lock")
-    def _put_task_locked(self, alloc_id: str, task: str, **change: Any) -> None:
+    def _put_task_locked(
+        self, alloc_id: str, task: str, change: Callable[[_TaskRecord], _TaskRecord]
+    ) -> None:
+        """Store `change(entry)` as the task's entry, unless it leaves the entry as is
+        (`change` replaces one immutable field: a pure step, safe under the lock)."""
         self._check_open_locked()
         if alloc_id in self._deleted:
             self._dropped += 1
             return
         record = self._records.get(alloc_id, _EMPTY_RECORD)
         entry = record.tasks.get(task, _EMPTY_TASK)
-        ((name, value),) = change.items()
-        if _same(getattr(entry, name), value):
+        updated = change(entry)
+        if _same(entry.local, updated.local) and _same(entry.state, updated.state):
             self._skipped += 1
             return
-        tasks = record.tasks.set(task, attrs.evolve(entry, **change))
+        tasks = record.tasks.set(task, updated)
         self._replace_locked(alloc_id, attrs.evolve(record, tasks=tasks))
         self._writes += 1
 
@@ -136,7 +146,7 @@ class MemDB:
         if not isinstance(state, TaskState):
             raise TypeError(f"put_task_state: expected TaskState, got {type(state).__name__}")
         with self._lock:
-            self._put_task_locked(alloc_id, task, state=state)
+            self._put_task_locked(alloc_id, task, lambda e: attrs.evolve(e, state=state))
 
     @calls_out
     def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
@@ -146,7 +156,7 @@ class MemDB:
                 f"put_task_local_state: expected LocalState, got {type(local).__name__}"
             )
         with self._lock:
-            self._put_task_locked(alloc_id, task, local=local)
+            self._put_task_locked(alloc_id, task, lambda e: attrs.evolve(e, local=local))
 
     @calls_out
     def task_runner_state(

@@ -1,4 +1,8 @@
-"""NoopDB: a StateDB that stores nothing (dev mode: nothing survives a restart)."""
+"""NoopDB: a StateDB that stores nothing (dev mode: nothing survives a restart).
+
+Threads: none. Locks: none (it has no state). Owner: embedders and tests create it
+and pass it where a `StateDB` is expected.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,12 @@ Concurrency. One connection is shared by every thread and used only under
 "StateDB._lock"; encoding and decoding run outside it. Several processes may open
 the same file (SQLite serialises them, waiting up to `busy_timeout` seconds), but
 the write de-duplication remembers only this instance's own writes.
+
+Threads: none of its own; any thread may call it. Locks: "StateDB._lock" guards the
+connection, the de-duplication record, the ids of deleted allocations and the write
+counters; the SQLite calls under it are the package's one documented lock-held I/O.
+Owner: `Client` opens one at `ClientConfig.state_db_path()` unless the embedder passes
+its own StateDB, and closes the one it opened at shutdown.
 """
 
 from __future__ import annotations
