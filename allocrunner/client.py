@@ -29,13 +29,15 @@ newer one is applied (the server's latest view of the node is what counts).
 
 Threads (owned, joined by `shutdown()`): ``client-updates`` and the collector's ``gc``
 (and its ``gc-destroy-<id8>`` workers); each runner owns its own.
+Locks: "Client._allocs_lock" guards the registry and the `run_allocs` turn (see the
+class); nothing is called with it held.
+Owner: the embedder, or the agent (`allocrunner.agent`), which is a thin layer over it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 import attrs
 
@@ -43,9 +45,12 @@ from allocrunner._locking import calls_out, guarded, immutable, make_lock, requi
 from allocrunner._sync import CancelToken, Kick, ThreadGroup, Waiter
 from allocrunner.allocwatcher import new_prev_watcher
 from allocrunner.config import ClientConfig
+from allocrunner.drivers import default_drivers
+from allocrunner.drivers.base import Driver
 from allocrunner.errors import AllocRunnerError
 from allocrunner.gc import AllocGarbageCollector
 from allocrunner.runner.alloc_runner import AllocRunner
+from allocrunner.state import SQLiteStateDB, StateDB
 from allocrunner.structs import CLIENT_FAILED, Allocation
 
 __all__ = ["Client"]
@@ -113,8 +118,8 @@ class Client:
         self,
         config: ClientConfig,
         *,
-        state_db: Any = None,
-        drivers: Mapping[str, Any] | None = None,
+        state_db: StateDB | None = None,
+        drivers: Mapping[str, Driver] | None = None,
         state_updater: Callable[[list[Allocation]], None] | None = None,
         update_interval: float = 0.2,
     ) -> None:
@@ -123,23 +128,11 @@ class Client:
         if update_interval < 0:
             raise ValueError(f"update_interval: must be >= 0, got {update_interval!r}")
         self._config = config
-        if state_db is None:
-            from allocrunner.state import SQLiteStateDB
-
-            state_db = SQLiteStateDB(config.state_db_path())
-            self._owns_db = True
-        else:
-            self._owns_db = False
-        self._db = state_db
-        if drivers is None:
-            from allocrunner.drivers import default_drivers
-
-            built = default_drivers()
-            self._owned_drivers = tuple(built.values())
-            self._drivers = dict(built)
-        else:
-            self._owned_drivers = ()
-            self._drivers = dict(drivers)
+        self._owns_db = state_db is None
+        self._db: StateDB = SQLiteStateDB(config.state_db_path()) if state_db is None else state_db
+        built = default_drivers() if drivers is None else {}
+        self._owned_drivers: tuple[Driver, ...] = tuple(built.values())
+        self._drivers: dict[str, Driver] = dict(built if drivers is None else drivers)
         self._state_updater = state_updater
         self._update_interval = update_interval
         self._gc = AllocGarbageCollector(config, num_allocs=self.num_allocs)
@@ -175,7 +168,8 @@ class Client:
         return self._gc
 
     @property
-    def state_db(self) -> Any:
+    def state_db(self) -> StateDB:
+        """The state DB the client restores from and its runners write to."""
         return self._db
 
     def runner(self, alloc_id: str) -> AllocRunner | None:
@@ -285,17 +279,18 @@ class Client:
             log.exception("allocation %s: deleting its state failed", alloc_id)
 
     def _new_runner(self, alloc: Allocation, prev_runner: AllocRunner | None = None) -> AllocRunner:
-        kwargs: dict[str, Any] = {}
+        """The runner factory: every runner shares the client's state DB and drivers."""
+        watcher, migrator = None, None
         if alloc.previous_allocation:
             watcher, migrator = new_prev_watcher(alloc, prev_runner=prev_runner)
-            kwargs = {"prev_watcher": watcher, "prev_migrator": migrator}
         return AllocRunner(
             alloc,
             self._config,
             state_db=self._db,
             drivers=self._drivers,
             state_updater=self._record_update,
-            **kwargs,
+            prev_watcher=watcher,
+            prev_migrator=migrator,
         )
 
     @calls_out

@@ -14,7 +14,13 @@ collector never waits on a runner while holding a lock (Nomad PR #2852): a runne
 teardown may report state that leads back to the collector.
 
 Threads (owned, joined by `stop()`): ``gc`` (the threshold loop) and one
-``gc-destroy-<id8>`` per destroy in flight that is not run on its caller's thread.
+``gc-destroy-<id8>`` per destroy in flight that is not run on its caller's thread;
+`collect_all` runs its ``gc-collect-all-<n>`` workers and joins them before returning.
+Locks: "GCQueue._lock" guards the queue's index of marked runners;
+"AllocGarbageCollector._lock" guards the started flag and the in-flight counters. No
+runner is called with either held.
+Owner: `Client` creates the collector, marks terminal allocations and stops it at
+shutdown; an embedder may run one on its own.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from functools import partial
+from typing import Protocol
 
 import attrs
 
@@ -50,15 +57,23 @@ REASON_MAX_ALLOCS = "number of allocations"
 
 
 class GCRunner(Protocol):
-    """What the collector needs of an allocation runner."""
+    """What the collector needs of an allocation runner (an `AllocRunner` is one)."""
 
-    def destroy(self) -> None: ...
+    def destroy(self) -> None:
+        """Start destroying the allocation; returns at once."""
+        ...
 
-    def wait_destroyed(self, timeout: float | None = None) -> bool: ...
+    def wait_destroyed(self, timeout: float | None = None) -> bool:
+        """True once the destroy finished; False if `timeout` seconds passed first."""
+        ...
 
-    def is_destroyed(self) -> bool: ...
+    def is_destroyed(self) -> bool:
+        """True once the destroy finished."""
+        ...
 
-    def close(self, timeout: float = ...) -> bool: ...
+    def close(self, timeout: float = ...) -> bool:
+        """Join the runner's threads; False if some were still alive after `timeout`."""
+        ...
 
 
 @attrs.frozen
@@ -89,7 +104,7 @@ class GCEntry:
     """Immutable. One allocation waiting for collection and when it was first marked."""
 
     alloc_id: str
-    runner: Any
+    runner: GCRunner
     marked_at: float
 
 
@@ -110,7 +125,7 @@ class GCQueue:
         self._lock = make_lock("GCQueue._lock")
         self._entries: dict[str, GCEntry] = {}
 
-    def push(self, alloc_id: str, runner: Any) -> bool:
+    def push(self, alloc_id: str, runner: GCRunner) -> bool:
         """Queue `runner` under `alloc_id`; False (and no change) if already queued."""
         if not isinstance(alloc_id, str) or not alloc_id:
             raise ValueError(f"alloc_id: expected a non-empty string, got {alloc_id!r}")
@@ -194,13 +209,9 @@ class AllocGarbageCollector:
         num_allocs: Callable[[], int] | None = None,
     ) -> None:
         self._config = config
-        if host_stats is None:
-            alloc_dir = config.alloc_dir
-
-            def host_stats() -> HostStats:
-                return statvfs_host_stats(alloc_dir)
-
-        self._host_stats = host_stats
+        self._host_stats: Callable[[], HostStats] = (
+            host_stats if host_stats is not None else partial(statvfs_host_stats, config.alloc_dir)
+        )
         self._num_allocs = num_allocs if num_allocs is not None else (lambda: 0)
         parallel = config.gc_parallel_destroys
         if parallel <= 0:
