@@ -19,22 +19,28 @@ Rules shared by every operation:
 - anything under a task's ``secrets/`` (any letter case) is refused with
   `SecretsAccessError`, also when reached through a symlink;
 - a missing path raises `PathNotFoundError`; other OS failures raise `AllocDirError`.
+
+`resolve` is that walk, in named steps (`_Walk`); each step states what it guarantees.
+Creating, removing and measuring whole directories lives in `fs_dirs` (re-exported).
+
+Threads and locks: none. Every function keeps its state in the call (a `Resolved` or a
+walk belongs to its caller), so any thread may call any of them at once. Owner:
+`AllocDir`, `TaskDir` and the migration stream (`tarstream`) call them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import itertools
 import os
-import shutil
 import stat
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import attrs
 
+from allocrunner.allocdir.fs_dirs import ensure_dir, remove_tree, tree_usage
 from allocrunner.errors import AllocDirError, PathEscapeError
 
 __all__ = [
@@ -48,12 +54,14 @@ __all__ = [
     "SecretsAccessError",
     "SymlinkLoopError",
     "clean_path",
+    "ensure_dir",
     "go_file_mode",
+    "remove_tree",
+    "tree_usage",
 ]
 
 _O_PATH: Final = os.O_PATH | os.O_CLOEXEC
 _O_NOFOLLOW_PATH: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_O_DIR_NOFOLLOW: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_SYMLINK_HOPS: Final = 40
 
 MODIFIED: Final = "modified"
@@ -130,40 +138,30 @@ def file_info(name: str, st: os.stat_result) -> FileInfo:
     )
 
 
+_GO_TYPE_LETTER: Final = {
+    stat.S_IFDIR: "d",
+    stat.S_IFLNK: "L",
+    stat.S_IFBLK: "D",
+    stat.S_IFCHR: "D",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "S",
+}
+_KNOWN_TYPES: Final = frozenset({stat.S_IFREG, *_GO_TYPE_LETTER})
+
+
 def go_file_mode(mode: int) -> str:
     """Render a POSIX ``st_mode`` the way Go's ``os.FileMode.String`` does."""
     fmt = stat.S_IFMT(mode)
-    flags = ""
-    if fmt == stat.S_IFDIR:
-        flags += "d"
-    if fmt == stat.S_IFLNK:
-        flags += "L"
-    if fmt in (stat.S_IFBLK, stat.S_IFCHR):
-        flags += "D"
-    if fmt == stat.S_IFIFO:
-        flags += "p"
-    if fmt == stat.S_IFSOCK:
-        flags += "S"
-    if mode & stat.S_ISUID:
-        flags += "u"
-    if mode & stat.S_ISGID:
-        flags += "g"
-    if fmt == stat.S_IFCHR:
-        flags += "c"
-    if mode & stat.S_ISVTX:
-        flags += "t"
-    if fmt not in (
-        stat.S_IFREG,
-        stat.S_IFDIR,
-        stat.S_IFLNK,
-        stat.S_IFBLK,
-        stat.S_IFCHR,
-        stat.S_IFIFO,
-        stat.S_IFSOCK,
-    ):
-        flags += "?"
+    flags = (  # in Go's order
+        _GO_TYPE_LETTER.get(fmt, ""),
+        "u" if mode & stat.S_ISUID else "",
+        "g" if mode & stat.S_ISGID else "",
+        "c" if fmt == stat.S_IFCHR else "",
+        "t" if mode & stat.S_ISVTX else "",
+        "" if fmt in _KNOWN_TYPES else "?",
+    )
     perms = "".join(ch if mode & (1 << (8 - i)) else "-" for i, ch in enumerate("rwxrwxrwx"))
-    return (flags or "-") + perms
+    return ("".join(flags) or "-") + perms
 
 
 # --- path checks -----------------------------------------------------------------------
@@ -267,96 +265,202 @@ def resolve(
     With `refuse_secrets` False the walk may pass through secrets dirs (used to check
     migrated symlinks for escapes only; nothing is read).
     Raises `PathEscapeError`, `SecretsAccessError`, `PathNotFoundError`, `AllocDirError`.
+    Every descriptor the walk opened is closed, except the one it returns.
     """
+    walk = _Walk(
+        root,
+        _open_root(root, display),
+        parts,
+        display=display,
+        follow_final=follow_final,
+        lexical_when_missing=lexical_when_missing,
+        refuse_secrets=refuse_secrets,
+    )
     try:
-        root_fd = os.open(root, _O_PATH | os.O_DIRECTORY)
+        return walk.run()
+    except AllocDirError:
+        raise
     except OSError as err:
         raise os_error(err, display, root) from err
-    dirs = [root_fd]  # descriptors of the directories walked into, root first
-    names: list[str] = []  # where dirs[-1] (then the final object) really is
-    pending = list(reversed(parts))
-    hops = 0
-    final_fd = -1
-    final_st: os.stat_result | None = None
+    finally:
+        walk.close()
+
+
+def _open_root(root: str, display: str) -> int:
+    """An ``O_PATH`` descriptor of the directory `root` (symlinks in `root` itself are
+    the caller's and are followed); any failure is raised as the alloc dir's error."""
     try:
-        while pending:
-            name = pending.pop()
+        return os.open(root, _O_PATH | os.O_DIRECTORY)
+    except OSError as err:
+        raise os_error(err, display, root) from err
+
+
+class _Walk:
+    """Not thread-safe; owned by one `resolve` call. One walk beneath a root descriptor.
+
+    Invariants between steps: `dirs` holds an open ``O_PATH`` descriptor of each
+    directory entered, the root first, and `names` where the last of them really is,
+    relative to the root (so ``len(dirs) == len(names) + 1``); `pending` holds the
+    components still to walk, the next one last. Symlink targets are pushed onto
+    `pending`, never handed to the kernel, so no step can leave the root unseen.
+    """
+
+    __slots__ = (
+        "_dirs",
+        "_display",
+        "_follow_final",
+        "_hops",
+        "_lexical_when_missing",
+        "_names",
+        "_pending",
+        "_refuse_secrets",
+        "_root",
+    )
+
+    def __init__(
+        self,
+        root: str,
+        root_fd: int,
+        parts: Sequence[str],
+        *,
+        display: str,
+        follow_final: bool,
+        lexical_when_missing: bool,
+        refuse_secrets: bool,
+    ) -> None:
+        self._root = root
+        self._display = display
+        self._follow_final = follow_final
+        self._lexical_when_missing = lexical_when_missing
+        self._refuse_secrets = refuse_secrets
+        self._dirs: list[int] = [root_fd]
+        self._names: list[str] = []
+        self._pending: list[str] = list(reversed(parts))
+        self._hops = itertools.count(1)  # how many symlinks this one makes
+
+    def close(self) -> None:
+        """Close every directory descriptor the walk still holds (the root included)."""
+        while self._dirs:
+            os.close(self._dirs.pop())
+
+    def run(self) -> Resolved:
+        """Take the pending components one by one until the walk ends: at a final object
+        (returned open), at a missing part (returned lexically when allowed) or at a
+        refusal (raised)."""
+        while self._pending:
+            name = self._pending.pop()
             if name in ("", "."):
                 continue
             if name == "..":
-                if len(dirs) == 1:
-                    raise PathEscapeError(f"path {display!r} escapes the alloc dir")
-                os.close(dirs.pop())
-                names.pop()
+                self._step_up()
                 continue
-            if refuse_secrets and len(names) == 1 and is_secret((names[0], name)):
-                # refused whether or not it exists, and before looking at it
-                raise SecretsAccessError(
-                    f"path {display!r} leads into a task's secrets directory"
-                    f" ({names[0] + '/' + name!r})"
-                )
-            try:
-                fd = os.open(name, _O_NOFOLLOW_PATH, dir_fd=dirs[-1])
-            except FileNotFoundError:
-                if not lexical_when_missing:
-                    raise
-                _lexical_rest(names, name, pending, display, refuse_secrets)
-                return Resolved(-1, None, tuple(names))
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                os.close(fd)
-                raise
-            if stat.S_ISLNK(st.st_mode) and (pending or follow_final):
-                os.close(fd)
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise SymlinkLoopError(f"path {display!r}: too many levels of symbolic links")
-                target = os.readlink(name, dir_fd=dirs[-1])
-                if target.startswith("/"):
-                    inside = _inside(root, target)
-                    if inside is None:
-                        link = "/".join([*names, name])
-                        raise PathEscapeError(
-                            f"path {display!r} escapes the alloc dir through symlink "
-                            f"{link!r} -> {target!r}"
-                        )
-                    while len(dirs) > 1:
-                        os.close(dirs.pop())
-                    names.clear()
-                    pending.extend(reversed(inside))
-                else:
-                    pending.extend(reversed(target.split("/")))
-                continue
-            names.append(name)
-            if pending:
-                if not stat.S_ISDIR(st.st_mode):
-                    os.close(fd)
-                    if lexical_when_missing:
-                        names.pop()
-                        _lexical_rest(names, name, pending, display, refuse_secrets)
-                        return Resolved(-1, None, tuple(names))
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
-                dirs.append(fd)
-            else:
-                final_fd, final_st = fd, st
-        if final_fd < 0:
-            final_fd = dirs.pop()
-            final_st = os.fstat(final_fd)
-        return Resolved(final_fd, final_st, tuple(names))
-    except PathEscapeError:
-        raise
-    except AllocDirError:
-        if final_fd >= 0:
-            os.close(final_fd)
-        raise
-    except OSError as err:
-        if final_fd >= 0:
-            os.close(final_fd)
-        raise os_error(err, display, root) from err
-    finally:
-        for fd in dirs:
+            done = self._step_into(name)
+            if done is not None:
+                return done
+        return self._final_dir()
+
+    def _step_up(self) -> None:
+        """Leave the current directory for its parent; never above the root."""
+        if len(self._dirs) == 1:
+            raise PathEscapeError(f"path {self._display!r} escapes the alloc dir")
+        os.close(self._dirs.pop())
+        self._names.pop()
+
+    def _step_into(self, name: str) -> Resolved | None:
+        """Take component `name` of the current directory: refuse a secrets dir before
+        looking at it, follow a symlink (unless it is final and not to be followed),
+        enter a directory, or end the walk. None means the walk goes on."""
+        self._refuse_secret(name)
+        fd = self._open_child(name)
+        if fd is None:
+            return self._lexical(name)
+        st = _fstat_or_close(fd)
+        if stat.S_ISLNK(st.st_mode) and (self._pending or self._follow_final):
             os.close(fd)
+            self._follow_link(name)
+            return None
+        return self._enter(name, fd, st)
+
+    def _refuse_secret(self, name: str) -> None:
+        """Raise `SecretsAccessError` when `name` is a task's secrets dir (any letter case),
+        whether or not it exists; a no-op when secrets are allowed."""
+        if self._refuse_secrets and len(self._names) == 1 and is_secret((self._names[0], name)):
+            raise SecretsAccessError(
+                f"path {self._display!r} leads into a task's secrets directory"
+                f" ({self._names[0] + '/' + name!r})"
+            )
+
+    def _open_child(self, name: str) -> int | None:
+        """An ``O_PATH`` descriptor of `name` itself (a symlink is not followed), or None
+        when it is missing and the walk may go on lexically."""
+        try:
+            return os.open(name, _O_NOFOLLOW_PATH, dir_fd=self._dirs[-1])
+        except FileNotFoundError:
+            if not self._lexical_when_missing:
+                raise
+            return None
+
+    def _follow_link(self, name: str) -> None:
+        """Queue the target of symlink `name` in its place: a relative target from the
+        current directory, an absolute one from the root, and only when it names a
+        place inside the root. Raises `SymlinkLoopError` past MAX_SYMLINK_HOPS links."""
+        if next(self._hops) > MAX_SYMLINK_HOPS:
+            raise SymlinkLoopError(f"path {self._display!r}: too many levels of symbolic links")
+        target = os.readlink(name, dir_fd=self._dirs[-1])
+        if not target.startswith("/"):
+            self._pending.extend(reversed(target.split("/")))
+            return
+        inside = _inside(self._root, target)
+        if inside is None:
+            link = "/".join([*self._names, name])
+            raise PathEscapeError(
+                f"path {self._display!r} escapes the alloc dir through symlink "
+                f"{link!r} -> {target!r}"
+            )
+        self._restart_at_root(inside)
+
+    def _restart_at_root(self, parts: list[str]) -> None:
+        """Go back to the root (closing every other directory) with `parts` to walk."""
+        while len(self._dirs) > 1:
+            os.close(self._dirs.pop())
+        self._names.clear()
+        self._pending.extend(reversed(parts))
+
+    def _enter(self, name: str, fd: int, st: os.stat_result) -> Resolved | None:
+        """Own `fd`, the object `name` (not a symlink to follow): the result when nothing
+        is pending, else the next directory; a non-directory with components after it
+        ends the walk lexically when allowed and fails with ENOTDIR otherwise."""
+        if not self._pending:
+            self._names.append(name)
+            return Resolved(fd, st, tuple(self._names))
+        if stat.S_ISDIR(st.st_mode):
+            self._names.append(name)
+            self._dirs.append(fd)
+            return None
+        os.close(fd)
+        if self._lexical_when_missing:
+            return self._lexical(name)
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+
+    def _lexical(self, missing: str) -> Resolved:
+        """The lexical result from `missing` on (still refusing escapes and, unless
+        allowed, secrets dirs); it has no descriptor."""
+        _lexical_rest(self._names, missing, self._pending, self._display, self._refuse_secrets)
+        return Resolved(-1, None, tuple(self._names))
+
+    def _final_dir(self) -> Resolved:
+        """The walk ended in a directory: hand its descriptor over to the result."""
+        fd = self._dirs.pop()
+        return Resolved(fd, _fstat_or_close(fd), tuple(self._names))
+
+
+def _fstat_or_close(fd: int) -> os.stat_result:
+    """The stat of `fd`; if that fails, `fd` is closed before the error is raised."""
+    try:
+        return os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
 
 
 def _lexical_rest(
@@ -402,136 +506,3 @@ def reopen(resolved: Resolved, display: str) -> int:
         return os.open(f"/proc/self/fd/{resolved.fd}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
         raise os_error(err, display, "") from err
-
-
-# --- directory creation and removal ----------------------------------------------------
-
-
-def ensure_dir(parent_fd: int, name: str, mode: int, display: str) -> int:
-    """Create directory `name` under `parent_fd` if missing and set exactly `mode`.
-
-    Never follows a symlink: an existing non-directory (or symlink) at `name` raises
-    `AllocDirError`. Returns a descriptor of the directory; the caller closes it.
-    """
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, mode, dir_fd=parent_fd)
-    try:
-        fd = os.open(name, _O_DIR_NOFOLLOW, dir_fd=parent_fd)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise AllocDirError(f"{display} exists and is not a directory") from err
-        raise
-    try:
-        os.fchmod(fd, mode)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def remove_tree(path: str) -> list[OSError]:
-    """Remove `path` and everything under it without following symlinks.
-
-    Best effort: keeps going past failures, retries once after making directories
-    writable (a task may have left read-only ones), and returns the failures that
-    remain. A path that is already gone is not a failure.
-    """
-    errors: list[OSError] = []
-    for attempt in range(3):
-        errors = _rmtree_once(path)
-        if not errors:
-            return []
-        if attempt == 0 and any(e.errno in (errno.EACCES, errno.EPERM) for e in errors):
-            _make_dirs_writable(path)
-    return errors
-
-
-def _rmtree_once(path: str) -> list[OSError]:
-    errors: list[OSError] = []
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return []
-    except OSError as err:
-        return [err]
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            errors.append(err)
-        return errors
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, FileNotFoundError):
-            return
-        if isinstance(exc, OSError):
-            errors.append(exc)
-        else:  # pragma: no cover - rmtree only reports OSErrors
-            raise exc
-
-    _rmtree(path, collect)
-    return errors
-
-
-def _rmtree(path: str, collect: Callable[[BaseException], None]) -> None:
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=lambda _fn, _p, exc: collect(exc))
-    else:
-        shutil.rmtree(path, onerror=lambda _fn, _p, info: collect(info[1]))
-
-
-def _make_dirs_writable(path: str) -> None:
-    try:
-        for _dirpath, _dirs, _files, dir_fd in os.fwalk(path, follow_symlinks=False):
-            try:
-                mode = os.fstat(dir_fd).st_mode
-                os.fchmod(dir_fd, stat.S_IMODE(mode) | stat.S_IRWXU)
-            except OSError:
-                continue
-    except OSError:
-        return
-
-
-def tree_usage(path: str) -> int:
-    """Bytes of disk used by `path` and everything under it (hard links counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def account(st: os.stat_result) -> int:
-        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                return 0
-            seen.add(key)
-        return st.st_blocks * 512
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    except OSError as err:
-        raise AllocDirError(f"disk usage of {path}: {err.strerror or err}") from err
-    if not stat.S_ISDIR(st.st_mode):
-        return account(st)
-    try:
-        for _dirpath, dirnames, filenames, dir_fd in os.fwalk(path, follow_symlinks=False):
-            with contextlib.suppress(OSError):
-                total += account(os.fstat(dir_fd))
-            for name in filenames:
-                try:
-                    total += account(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-                except OSError:
-                    continue  # vanished while we looked: it no longer uses space
-            # Symlinks to directories are listed in dirnames but never walked into.
-            for name in dirnames:
-                try:
-                    sub = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISLNK(sub.st_mode):
-                    total += account(sub)
-    except OSError as err:
-        raise AllocDirError(f"disk usage of {path}: {err.strerror or err}") from err
-    return total

@@ -1,0 +1,178 @@
+"""Directories of the alloc dir as whole objects: create one safely, remove a tree,
+measure its disk usage. None of these ever follows a symlink a task may have planted.
+
+Threads and locks: none. Every function keeps its state in the call, so any thread may
+call any of them at once; concurrent calls on one tree only race as the file system
+does (a removal keeps going past entries that vanish, usage counts what it still sees).
+Owner: `AllocDir` and `TaskDir` call them, through the `fs` module that re-exports them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from typing import Final
+
+from allocrunner.errors import AllocDirError
+
+__all__ = ["ensure_dir", "remove_tree", "tree_usage"]
+
+_O_DIR_NOFOLLOW: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def ensure_dir(parent_fd: int, name: str, mode: int, display: str) -> int:
+    """Create directory `name` under `parent_fd` if missing and set exactly `mode`.
+
+    Never follows a symlink: an existing non-directory (or symlink) at `name` raises
+    `AllocDirError`. Returns a descriptor of the directory; the caller closes it.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _O_DIR_NOFOLLOW, dir_fd=parent_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise AllocDirError(f"{display} exists and is not a directory") from err
+        raise
+    try:
+        os.fchmod(fd, mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_tree(path: str) -> list[OSError]:
+    """Remove `path` and everything under it without following symlinks.
+
+    Best effort: keeps going past failures, retries once after making directories
+    writable (a task may have left read-only ones), and returns the failures that
+    remain. A path that is already gone is not a failure.
+    """
+    errors: list[OSError] = []
+    for attempt in range(3):
+        errors = _rmtree_once(path)
+        if not errors:
+            return []
+        if attempt == 0 and any(e.errno in (errno.EACCES, errno.EPERM) for e in errors):
+            _make_dirs_writable(path)
+    return errors
+
+
+def _rmtree_once(path: str) -> list[OSError]:
+    errors: list[OSError] = []
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        return [err]
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            errors.append(err)
+        return errors
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, OSError):
+            errors.append(exc)
+        else:  # pragma: no cover - rmtree only reports OSErrors
+            raise exc
+
+    _rmtree(path, collect)
+    return errors
+
+
+def _rmtree(path: str, collect: Callable[[BaseException], None]) -> None:
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _fn, _p, exc: collect(exc))
+    else:
+        shutil.rmtree(path, onerror=lambda _fn, _p, info: collect(info[1]))
+
+
+def _make_dirs_writable(path: str) -> None:
+    try:
+        for _dirpath, _dirs, _files, dir_fd in os.fwalk(path, follow_symlinks=False):
+            try:
+                mode = os.fstat(dir_fd).st_mode
+                os.fchmod(dir_fd, stat.S_IMODE(mode) | stat.S_IRWXU)
+            except OSError:
+                continue
+    except OSError:
+        return
+
+
+def tree_usage(path: str) -> int:
+    """Bytes of disk used by `path` and everything under it (hard links counted once)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        raise _usage_error(path, err) from err
+    usage = _DiskUsage()
+    if not stat.S_ISDIR(st.st_mode):
+        return usage.of(st)
+    try:
+        return sum(
+            usage.of_walked_dir(dir_fd, dirnames, filenames)
+            for _dirpath, dirnames, filenames, dir_fd in os.fwalk(path, follow_symlinks=False)
+        )
+    except OSError as err:
+        raise _usage_error(path, err) from err
+
+
+def _usage_error(path: str, err: OSError) -> AllocDirError:
+    return AllocDirError(f"disk usage of {path}: {err.strerror or err}")
+
+
+class _DiskUsage:
+    """Not thread-safe; owned by one `tree_usage` call. Adds up disk blocks, counting an
+    inode with several hard links once."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[int, int]] = set()
+
+    def of(self, st: os.stat_result) -> int:
+        """Bytes used by the object of `st`; 0 for a hard-linked file already counted."""
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in self._seen:
+                return 0
+            self._seen.add(key)
+        return st.st_blocks * 512
+
+    def of_walked_dir(self, dir_fd: int, dirnames: list[str], filenames: list[str]) -> int:
+        """Bytes used by a directory `os.fwalk` yielded: itself, its files, and its
+        symlinks to directories (listed in `dirnames` but never walked into). Entries
+        that vanish while we look no longer use space and count nothing."""
+        total = 0
+        with contextlib.suppress(OSError):
+            total += self.of(os.fstat(dir_fd))
+        for name in filenames:
+            st = _lstat_at(dir_fd, name)
+            total += self.of(st) if st is not None else 0
+        for name in dirnames:
+            st = _lstat_at(dir_fd, name)
+            total += self.of(st) if st is not None and stat.S_ISLNK(st.st_mode) else 0
+        return total
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """The stat of `name` in `dir_fd` without following a symlink; None if it failed."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
