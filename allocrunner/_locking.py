@@ -105,6 +105,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "StatsSampler._lock",
     "HttpServer._lock",
     "PeriodicLauncher._lock",
+    "LogPump._lock",  # leaf: the pipes and pidfds a driver's log pump watches
     "StateDB._lock",
 )
 

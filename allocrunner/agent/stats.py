@@ -24,16 +24,22 @@ just exited (it is then left out, or counted with what was read before it went).
 
 from __future__ import annotations
 
-import errno
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner.agent.fingerprint import detect_cpu, unescape_mount_field
+from allocrunner.drivers._process import (
+    PidStat,
+    group_processes,
+    parse_pid_stat,
+    read_pid_stat,
+    read_proc,
+)
 from allocrunner.structs.frozen import FrozenDict
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "group_processes",
     "host_stats",
     "parse_pid_stat",
+    "read_pid_stat",
     "read_proc",
 ]
 
@@ -54,8 +61,6 @@ SAMPLE_MAX_AGE = 600.0
 """Seconds after which a sampler forgets a reading nobody replaced (a gone task)."""
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_GONE = (errno.ENOENT, errno.ESRCH, errno.ENOTDIR)
 
 
 class AllocRunnerLike(Protocol):
@@ -69,82 +74,8 @@ class AllocRunnerLike(Protocol):
 
 
 # --- reading /proc --------------------------------------------------------------------
-
-
-def read_proc(path: str) -> bytes | None:
-    """The bytes of a /proc file; None when it (or its process) no longer exists."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as err:
-        if err.errno in _GONE:
-            return None
-        raise
-
-
-@attrs.frozen
-class PidStat:
-    """Immutable. The fields of ``/proc/<pid>/stat`` used here (times in clock ticks)."""
-
-    pid: int
-    state: str
-    ppid: int
-    pgid: int
-    utime: int
-    stime: int
-    start_ticks: int
-    rss_bytes: int
-
-    @property
-    def alive(self) -> bool:
-        """False for a zombie or a dead process."""
-        return self.state not in ("Z", "X", "x")
-
-
-def parse_pid_stat(data: bytes) -> PidStat | None:
-    """Parse one ``/proc/<pid>/stat``; None for data that is cut short or malformed.
-
-    The command name is skipped up to its last ``)``, since it may hold spaces and
-    parentheses itself."""
-    try:
-        pid = int(data[: data.index(b" (")])
-        fields = data[data.rindex(b")") + 2 :].split()
-        return PidStat(
-            pid=pid,
-            state=fields[0].decode("ascii", "replace"),
-            ppid=int(fields[1]),
-            pgid=int(fields[2]),
-            utime=int(fields[11]),
-            stime=int(fields[12]),
-            start_ticks=int(fields[19]),
-            rss_bytes=max(0, int(fields[21])) * _PAGE,
-        )
-    except (ValueError, IndexError):
-        return None
-
-
-def read_pid_stat(pid: int) -> PidStat | None:
-    """The stat of process `pid`; None if it is gone."""
-    data = read_proc(f"/proc/{pid}/stat")
-    return parse_pid_stat(data) if data else None
-
-
-def group_processes(pgids: Iterable[int]) -> dict[int, list[PidStat]]:
-    """The live processes of each of the process groups `pgids`, from one scan of
-    /proc (processes that exit during the scan are left out)."""
-    wanted = set(pgids)
-    groups: dict[int, list[PidStat]] = {pgid: [] for pgid in wanted}
-    if not wanted:
-        return groups
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        stat = read_pid_stat(int(name))
-        if stat is not None and stat.pgid in wanted and stat.alive:
-            groups[stat.pgid].append(stat)
-    for members in groups.values():
-        members.sort(key=lambda s: s.pid)
-    return groups
+# /proc/<pid>/stat is parsed by `allocrunner.drivers._process` (PidStat, read_pid_stat,
+# group_processes), the one parser of the package; other /proc files are read here.
 
 
 def _swap_bytes(pid: int) -> int:

@@ -1,11 +1,19 @@
-"""Helpers shared by the drivers: signal names, driver-config checks, wall-clock stamps."""
+"""Helpers shared by the drivers: signal names, driver-config checks, task statuses and
+`_TaskTable`, the table of a driver's tasks.
+
+Threads and locks: the functions are pure. A `_TaskTable` has no lock of its own: it is
+guarded by its driver's ``Driver._lock`` (the same lock guards the driver's task
+records, so "is the old task still running?" and "replace it" are one step). Owner:
+`MockDriver` and `RawExecDriver` each create one table.
+"""
 
 from __future__ import annotations
 
 import signal as _signal
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
+from allocrunner._locking import guarded, immutable, requires
 from allocrunner.drivers.base import (
     TASK_STATE_EXITED,
     TASK_STATE_RUNNING,
@@ -14,7 +22,8 @@ from allocrunner.drivers.base import (
     TaskStatus,
 )
 from allocrunner.durations import parse_duration
-from allocrunner.errors import DriverError
+from allocrunner.errors import DriverError, TaskExitedError
+from allocrunner.structs.frozen import FrozenDict
 
 DEFAULT_KILL_SIGNAL = "SIGINT"
 """The signal a stop sends when the task names none (Nomad's default kill_signal)."""
@@ -120,3 +129,100 @@ def task_status(
         completed_at=completed_at,
         exit_result=result,
     )
+
+
+class TaskRecord(Protocol):
+    """What a `_TaskTable` needs of a driver's task record."""
+
+    def running_locked(self) -> bool:
+        """True while the task has not exited (called with the driver lock held)."""
+        ...
+
+
+R = TypeVar("R", bound=TaskRecord)
+
+
+class _TaskTable(Generic[R]):
+    """Thread-safe (under the driver's lock). The tasks a driver knows, by task id, and
+    whether the driver is closed.
+
+    Invariant: at most one running task per id (a task id is reused only once its
+    previous task has exited); once closed the table takes no task and every lookup
+    raises `DriverError`. The map is replaced copy-on-write, so a snapshot taken under
+    the lock stays valid after it is released. Every method requires ``lock``, the
+    driver's ``Driver._lock``, which also guards the records' own state.
+    """
+
+    _lock = immutable()
+    _driver = immutable()
+    # _lock guards: _tasks, _closed
+    _tasks = guarded("_lock")
+    _closed = guarded("_lock")
+
+    def __init__(self, driver: str, lock: Any) -> None:
+        self._lock = lock
+        self._driver = driver
+        self._tasks: FrozenDict[str, R] = FrozenDict()
+        self._closed = False
+
+    @requires("_lock")
+    def get_locked(self, task_id: str) -> R:
+        """The task `task_id`; DriverError if the driver is closed or the id unknown."""
+        self._check_open_locked()
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise DriverError(f"{self._driver}: unknown task {task_id!r}")
+        return task
+
+    @requires("_lock")
+    def get_live_locked(self, task_id: str) -> R:
+        """As `get_locked`, but an unknown id (a task that exited and was destroyed) and
+        a task that has exited raise TaskExitedError."""
+        if not self._closed and task_id not in self._tasks:
+            raise TaskExitedError(f"task {task_id!r} is not running")
+        task = self.get_locked(task_id)
+        if not task.running_locked():
+            raise TaskExitedError(f"task {task_id!r} is not running")
+        return task
+
+    @requires("_lock")
+    def contains_locked(self, task_id: str) -> bool:
+        """True if the driver is open and knows `task_id`."""
+        return not self._closed and task_id in self._tasks
+
+    @requires("_lock")
+    def check_addable_locked(self, task_id: str) -> None:
+        """DriverError if the driver is closed or a task `task_id` is still running."""
+        self._check_open_locked()
+        old = self._tasks.get(task_id)
+        if old is not None and old.running_locked():
+            raise DriverError(f"{self._driver}: task {task_id!r} is already running")
+
+    @requires("_lock")
+    def add_locked(self, task_id: str, task: R) -> None:
+        """Register `task` under `task_id`, replacing an exited one (see
+        `check_addable_locked` for the errors)."""
+        self.check_addable_locked(task_id)
+        self._tasks = self._tasks.set(task_id, task)
+
+    @requires("_lock")
+    def remove_locked(self, task_id: str, task: R) -> bool:
+        """Forget `task_id` if it is still `task`; True if it was."""
+        if self._tasks.get(task_id) is not task:
+            return False
+        self._tasks = FrozenDict((k, v) for k, v in self._tasks.items() if k != task_id)
+        return True
+
+    @requires("_lock")
+    def closed_locked(self) -> bool:
+        return self._closed
+
+    @requires("_lock")
+    def close_locked(self) -> None:
+        """Close the table for good; the records stay (running tasks keep running)."""
+        self._closed = True
+
+    @requires("_lock")
+    def _check_open_locked(self) -> None:
+        if self._closed:
+            raise DriverError(f"{self._driver} is closed")

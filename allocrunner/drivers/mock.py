@@ -52,6 +52,7 @@ from allocrunner._locking import calls_out, guarded, immutable, make_lock, requi
 from allocrunner._sync import CancelToken, Kick, ThreadGroup
 from allocrunner.drivers._common import (
     DEFAULT_KILL_SIGNAL,
+    _TaskTable,
     check_keys,
     get_bool,
     get_duration,
@@ -66,7 +67,7 @@ from allocrunner.drivers.base import (
     TaskHandle,
     TaskStatus,
 )
-from allocrunner.errors import DriverError, TaskExitedError
+from allocrunner.errors import DriverError
 
 NAME = "mock_driver"
 
@@ -198,6 +199,11 @@ class _MockTask:
         self._wake = CancelToken()
 
     @requires("_lock")
+    def running_locked(self) -> bool:
+        """Commits a due exit first, like `settle_locked`."""
+        return self.settle_locked(time.monotonic()) is None
+
+    @requires("_lock")
     def settle_locked(self, now: float) -> ExitResult | None:
         """Commit the exit if a deadline has passed; the result, or None while running."""
         if self._result is None:
@@ -293,11 +299,10 @@ class MockDriver:
     _timer_kick = immutable()
     _threads = immutable()
     _seq = immutable()
-    # _lock guards: _tasks, _repeats, _timer_started, _closed
-    _tasks = guarded("_lock")
+    _tasks = immutable()  # its map and closed flag are guarded by _lock
+    # _lock guards: _repeats, _timer_started (and the task table and each task's state)
     _repeats = guarded("_lock")
     _timer_started = guarded("_lock")
-    _closed = guarded("_lock")
 
     def __init__(self, *, recover_from_state: bool = False) -> None:
         self._lock = make_lock("Driver._lock")
@@ -306,10 +311,9 @@ class MockDriver:
         self._timer_kick = Kick()
         self._threads = ThreadGroup("mock_driver")
         self._seq = itertools.count()
-        self._tasks: dict[str, _MockTask] = {}
+        self._tasks: _TaskTable[_MockTask] = _TaskTable(NAME, self._lock)
         self._repeats: list[_Repeat] = []
         self._timer_started = False
-        self._closed = False
 
     # --- protocol -----------------------------------------------------------------
 
@@ -343,9 +347,7 @@ class MockDriver:
         )
         spawn = False
         with self._lock:
-            if self._closed:
-                raise DriverError(f"{NAME} is closed")
-            self._add_task_locked(task)
+            self._tasks.add_locked(config.id, task)
             if write_error is not None:
                 task.output_failed_locked(write_error)
             if repeating:
@@ -371,7 +373,7 @@ class MockDriver:
     def wait(self, task_id: str, cancel: CancelToken) -> ExitResult | None:
         """Block until the task exits (its result) or `cancel` is cancelled (None)."""
         with self._lock:
-            task = self._get_locked(task_id)
+            task = self._tasks.get_locked(task_id)
         return self._await(task, cancel)
 
     @calls_out
@@ -380,7 +382,7 @@ class MockDriver:
         and return once it has exited."""
         signal_number(signal or DEFAULT_KILL_SIGNAL)
         with self._lock:
-            task = self._get_locked(task_id)
+            task = self._tasks.get_locked(task_id)
             now = time.monotonic()
             if task.settle_locked(now) is None:
                 task.kill_locked(now + min(task.spec.kill_after, max(0.0, timeout)))
@@ -389,21 +391,19 @@ class MockDriver:
     def destroy(self, task_id: str, force: bool = False) -> None:
         """Forget the task; a running one is refused unless `force` (then killed)."""
         with self._lock:
-            task = self._get_locked(task_id)
+            task = self._tasks.get_locked(task_id)
             now = time.monotonic()
             if task.settle_locked(now) is None:
                 if not force:
                     raise DriverError(f"cannot destroy running task {task_id!r}")
                 task.kill_locked(now)
                 task.settle_locked(now)
-            tasks = dict(self._tasks)
-            del tasks[task_id]
-            self._tasks = tasks
+            self._tasks.remove_locked(task_id, task)
 
     def inspect(self, task_id: str) -> TaskStatus:
         """The task's current status."""
         with self._lock:
-            task = self._get_locked(task_id)
+            task = self._tasks.get_locked(task_id)
             task.settle_locked(time.monotonic())
             return task.status_locked()
 
@@ -411,18 +411,14 @@ class MockDriver:
         """Accept a signal for a running task, or fail with the scripted signal_error."""
         signal_number(signal)
         with self._lock:
-            if not self._closed and task_id not in self._tasks:  # exited and destroyed
-                raise TaskExitedError(f"task {task_id!r} is not running")
-            task = self._get_locked(task_id)
-            if task.settle_locked(time.monotonic()) is not None:
-                raise TaskExitedError(f"task {task_id!r} is not running")
+            task = self._tasks.get_live_locked(task_id)
         if task.spec.signal_error:
             raise DriverError(task.spec.signal_error)
 
     def stats(self, task_id: str) -> dict[str, float]:
         """A mock task uses no resources."""
         with self._lock:
-            self._get_locked(task_id)
+            self._tasks.get_locked(task_id)
         return {}
 
     def recover(self, handle: TaskHandle) -> None:
@@ -431,9 +427,9 @@ class MockDriver:
             raise DriverError(f"{NAME} cannot recover a {handle.driver!r} task")
         task_id = handle.task_id
         with self._lock:
-            if self._closed:
+            if self._tasks.closed_locked():
                 raise DriverError(f"{NAME} is closed")
-            if task_id in self._tasks:
+            if self._tasks.contains_locked(task_id):
                 return
         if not self._recover_from_state:
             raise DriverError(f"{NAME}: task {task_id!r} is unknown to this driver; not recovered")
@@ -445,7 +441,7 @@ class MockDriver:
     def close(self) -> None:
         """Stop the output timer and wake pending waits (they raise). Idempotent."""
         with self._lock:
-            self._closed = True
+            self._tasks.close_locked()
             self._closing.cancel(f"{NAME} closed")
             self._timer_kick.kick()
         self._threads.join(timeout=10.0)
@@ -457,25 +453,6 @@ class MockDriver:
         self.close()
 
     # --- internals -----------------------------------------------------------------
-
-    @requires("_lock")
-    def _get_locked(self, task_id: str) -> _MockTask:
-        if self._closed:
-            raise DriverError(f"{NAME} is closed")
-        task = self._tasks.get(task_id)
-        if task is None:
-            raise DriverError(f"{NAME}: unknown task {task_id!r}")
-        return task
-
-    @requires("_lock")
-    def _add_task_locked(self, task: _MockTask) -> None:
-        task_id = task.config.id
-        old = self._tasks.get(task_id)
-        if old is not None and old.settle_locked(time.monotonic()) is None:
-            raise DriverError(f"{NAME}: task {task_id!r} is already running")
-        tasks = dict(self._tasks)
-        tasks[task_id] = task
-        self._tasks = tasks
 
     @calls_out
     def _await(self, task: _MockTask, cancel: CancelToken | None) -> ExitResult | None:
@@ -513,16 +490,16 @@ class MockDriver:
             outputs_pending=0,
         )
         with self._lock:
-            if self._closed:
+            if self._tasks.closed_locked():
                 raise DriverError(f"{NAME} is closed")
-            if handle.task_id not in self._tasks:
-                self._add_task_locked(task)
+            if not self._tasks.contains_locked(handle.task_id):
+                self._tasks.add_locked(handle.task_id, task)
 
     def _output_loop(self) -> None:
         """Thread body: write repeated output when due."""
         while True:
             with self._lock:
-                if self._closed:
+                if self._tasks.closed_locked():
                     return
                 now = time.monotonic()
                 heap = self._repeats

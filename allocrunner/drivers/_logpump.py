@@ -1,0 +1,372 @@
+"""The log pump: one thread that copies processes' output pipes into log sinks and
+notices when the processes exit, so a task costs no thread of its own.
+
+A process is handed over as a `Watch`: its pipes (each with the `LogSink` its bytes go
+to) and how to see it exit, either a pidfd (readable once the process has exited) or,
+where there is none, a `poll_exit` function the pump calls every `poll_interval`
+seconds. When a process has exited the pump drains its pipes and only then calls its
+`on_exit`, so whoever waits for the exit finds everything the process wrote in the
+logs. A pipe is watched until it reaches end of file (whatever of the process group
+still holds it may write on) or until the watch is forgotten.
+
+The pump's thread is started by the first `add` and runs one epoll over every pipe
+and pidfd, plus a wake pipe. Descriptors are registered with the epoll by the thread
+that hands them over (the start path wakes no thread). The epoll and the wake pipe
+live as long as the pump object, so a registration or wake-up racing `close()` can
+never reach a recycled descriptor.
+
+Threads: the pump thread (named by the owner, e.g. ``raw_exec-io``) reads pipes,
+writes sinks and calls `on_exit` / `poll_exit` with no lock held; the sinks are
+confined to it. Any thread may call `add`, `forget` and `close`.
+
+Locks: ``LogPump._lock``, a leaf, guards what the pump watches (`_watched`, `_polled`),
+the queued forget requests (`_forgets`) and the `_started` / `_closed` flags. No other
+declared lock is taken under it, and no I/O or callback runs under it.
+
+Owner: a driver creates one pump (raw_exec does) and calls `close()` when it closes;
+running processes keep running and keep their pipes' other read ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._sync import CancelToken, ThreadGroup
+from allocrunner.drivers.base import TaskConfig
+from allocrunner.drivers.logs import MB, RotatingLogWriter
+from allocrunner.structs.frozen import FrozenDict
+
+_READ_SIZE = 65536
+_BOUNDED_READS = 16
+"""Reads per pipe per wake-up, so one chatty process cannot starve the others."""
+_UNBOUNDED_READS = 1 << 30
+
+
+class LogSink(Protocol):
+    """Where the bytes of one pipe go. Called only from the pump thread."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen
+class Exited:
+    """Immutable. A process has exited; its wait status when the poller reaped it."""
+
+    wait_status: int | None = None
+
+
+@attrs.frozen(eq=False)
+class Watch:
+    """Immutable. One process as the pump watches it.
+
+    `owner` is the key `forget` takes (e.g. the driver's record of the task). `pipes`
+    are (read end, sink) pairs; `pidfd` is a pidfd of the process, or None: then
+    `poll_exit` (if given) is polled and returns `Exited` once the process has
+    exited. `on_exit(wait_status)` is called once, on the pump thread, after the pipes
+    are drained."""
+
+    owner: object
+    pipes: tuple[tuple[int, LogSink], ...]
+    on_exit: Callable[[int | None], None]
+    pidfd: int | None = None
+    poll_exit: Callable[[], Exited | None] | None = None
+
+
+@attrs.frozen(eq=False)
+class _Pipe:
+    """Immutable. One watched output pipe and where its bytes go."""
+
+    watch: Watch
+    fd: int
+    sink: LogSink
+
+
+@attrs.frozen(eq=False)
+class _Forget:
+    """Immutable. A request to the pump thread to drop the watches of `owner`, then
+    cancel `done`."""
+
+    owner: object
+    done: CancelToken
+
+
+class RotatingLogSink:
+    """Not thread-safe; confined to the pump thread. One output stream of a task,
+    written to its rotated log files, which are opened on the first bytes."""
+
+    def __init__(self, config: TaskConfig, stream: str) -> None:
+        self._config = config
+        self._stream = stream
+        self._writer: RotatingLogWriter | None = None
+        self.write_errors = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._writer is None:
+                config = self._config
+                self._writer = RotatingLogWriter(
+                    config.logs_dir,
+                    config.name,
+                    self._stream,
+                    max_files=config.log_max_files,
+                    max_bytes=config.log_max_file_size_bytes or config.log_max_file_size_mb * MB,
+                )
+            self._writer.write(data)
+        except (OSError, ValueError):
+            self.write_errors += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+
+
+class LogPump:
+    """Thread-safe. Copies output pipes into sinks and reports exits (module docstring)."""
+
+    _lock = immutable()
+    _thread_name = immutable()
+    _poll_interval = immutable()
+    _closing = immutable()
+    _threads = immutable()
+    _epoll = immutable()
+    _wake_r = immutable()
+    _wake_w = immutable()
+    # _lock guards: _watched, _polled, _forgets, _started, _closed
+    _watched = guarded("_lock")
+    _polled = guarded("_lock")
+    _forgets = guarded("_lock")
+    _started = guarded("_lock")
+    _closed = guarded("_lock")
+
+    def __init__(self, thread_name: str, *, poll_interval: float) -> None:
+        self._lock = make_lock("LogPump._lock")
+        self._thread_name = thread_name
+        self._poll_interval = poll_interval
+        self._closing = CancelToken()
+        self._threads = ThreadGroup(thread_name)
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        weakref.finalize(self, _close_all, self._epoll, self._wake_r, self._wake_w)
+        # Descriptor -> what it watches: a _Pipe, or the Watch its pidfd belongs to.
+        # An entry exists before its descriptor is registered and is removed before
+        # the descriptor is unregistered and closed.
+        self._watched: FrozenDict[int, _Pipe | Watch] = FrozenDict()
+        self._polled: tuple[Watch, ...] = ()  # watches without a pidfd, polled
+        self._forgets: tuple[_Forget, ...] = ()
+        self._started = False
+        self._closed = False
+
+    def add(self, watch: Watch) -> bool:
+        """Watch a process from now on (starting the thread on first use). False if the
+        pump is closed: then the descriptors are still the caller's."""
+        entries: dict[int, _Pipe | Watch] = {fd: _Pipe(watch, fd, sink) for fd, sink in watch.pipes}
+        if watch.pidfd is not None:
+            entries[watch.pidfd] = watch
+        with self._lock:
+            if self._closed:
+                return False
+            self._watched = FrozenDict({**self._watched, **entries})
+            if watch.pidfd is None and watch.poll_exit is not None:
+                self._polled = (*self._polled, watch)
+            spawn = not self._started
+            self._started = True
+        for fd in entries:
+            # Only fails if close() raced us; then the pump thread closed the fds.
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.register(fd, select.EPOLLIN)
+        if spawn:
+            self._threads.spawn(self._thread_name, self._loop)
+        return True
+
+    @calls_out
+    def forget(self, owner: object) -> None:
+        """Stop watching the processes of `owner`: what their pipes hold is copied (a
+        bounded amount), then their pipes and pidfds are closed and no exit of theirs
+        is reported any more. Returns once done, or once the pump closes."""
+        done = CancelToken()
+        with self._lock:
+            queued = self._started and not self._closed
+            if queued:
+                self._forgets = (*self._forgets, _Forget(owner, done))
+        if not queued:
+            return
+        self._wake()
+        joined = CancelToken.any_of(done, self._closing)
+        try:
+            joined.wait()
+        finally:
+            joined.cancel("done")
+
+    @calls_out
+    def close(self) -> None:
+        """Stop the thread and close every descriptor it watches. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._closing.cancel("log pump closed")
+        self._wake()
+        self._threads.join(timeout=10.0)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
+
+    # --- the pump thread -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        """Thread body: copy pipes to sinks, notice exits, serve forget requests."""
+        try:
+            while True:
+                with self._lock:
+                    closed = self._closed
+                    forgets, self._forgets = self._forgets, ()
+                    polling = bool(self._polled)
+                for request in forgets:
+                    self._drop(request.owner)
+                    request.done.cancel("forgotten")
+                if closed:
+                    return
+                events = self._epoll.poll(self._poll_interval if polling else -1)
+                for fd, _ in events:
+                    self._dispatch(fd)
+                if polling:
+                    self._poll_exits()
+        finally:
+            self._shutdown()
+
+    def _dispatch(self, fd: int) -> None:
+        if fd == self._wake_r:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+            return
+        with self._lock:
+            entry = self._watched.get(fd)
+        if isinstance(entry, _Pipe):
+            self._copy(entry, _BOUNDED_READS)
+        elif isinstance(entry, Watch) and _readable(fd):
+            self._unwatch(fd)
+            os.close(fd)
+            self._exited(entry, None)
+
+    def _unwatch(self, *fds: int) -> None:
+        """Drop entries, then unregister their descriptors (the caller closes them)."""
+        with self._lock:
+            self._watched = FrozenDict(
+                (fd, entry) for fd, entry in self._watched.items() if fd not in fds
+            )
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _copy(self, pipe: _Pipe, reads: int) -> None:
+        """Copy what the pipe holds (at most `reads` reads) to its sink; close it at
+        end of file."""
+        for _ in range(reads):
+            try:
+                data = os.read(pipe.fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_pipe(pipe)
+                return
+            pipe.sink.write(data)
+
+    def _close_pipe(self, pipe: _Pipe) -> None:
+        with self._lock:
+            mine = self._watched.get(pipe.fd) is pipe
+        if not mine:
+            return
+        self._unwatch(pipe.fd)
+        os.close(pipe.fd)
+        pipe.sink.close()
+
+    def _entries_of(self, owner: object) -> list[tuple[int, _Pipe | Watch]]:
+        with self._lock:
+            return [
+                (fd, entry)
+                for fd, entry in self._watched.items()
+                if (entry.watch if isinstance(entry, _Pipe) else entry).owner is owner
+            ]
+
+    def _poll_exits(self) -> None:
+        with self._lock:
+            polled = self._polled
+        for watch in polled:
+            exited = watch.poll_exit() if watch.poll_exit is not None else None
+            if exited is None:
+                continue
+            self._stop_polling(watch.owner)
+            self._exited(watch, exited.wait_status)
+
+    def _stop_polling(self, owner: object) -> None:
+        with self._lock:
+            self._polled = tuple(w for w in self._polled if w.owner is not owner)
+
+    @calls_out
+    def _exited(self, watch: Watch, wait_status: int | None) -> None:
+        """The process has exited: drain its pipes, then tell its owner."""
+        for _, entry in self._entries_of(watch.owner):
+            if isinstance(entry, _Pipe):
+                self._copy(entry, _UNBOUNDED_READS)
+        watch.on_exit(wait_status)
+
+    def _drop(self, owner: object) -> None:
+        for fd, entry in self._entries_of(owner):
+            if isinstance(entry, _Pipe):
+                self._copy(entry, _BOUNDED_READS)
+                self._close_pipe(entry)
+            else:
+                self._unwatch(fd)
+                os.close(fd)
+        self._stop_polling(owner)
+
+    def _shutdown(self) -> None:
+        """Close every watched descriptor (the processes keep running); release the
+        forget requests still queued."""
+        with self._lock:
+            watched, self._watched = self._watched, FrozenDict()
+            self._polled = ()
+            forgets, self._forgets = self._forgets, ()
+        for fd, entry in watched.items():
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+            if isinstance(entry, _Pipe):
+                # Keep what is buffered, but never chase a process that writes on.
+                with contextlib.suppress(OSError):
+                    for _ in range(_BOUNDED_READS):
+                        data = os.read(fd, _READ_SIZE)
+                        if not data:
+                            break
+                        entry.sink.write(data)
+                entry.sink.close()
+            os.close(fd)
+        for request in forgets:
+            request.done.cancel("closed")
+
+
+def _readable(fd: int) -> bool:
+    """True if `fd` polls readable now (a pidfd: its process has exited)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _close_all(epoll: select.epoll, *fds: int) -> None:
+    epoll.close()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
