@@ -1,4 +1,13 @@
-"""Immutable value objects for jobs, allocations and task states, with Nomad's strings."""
+"""Immutable value objects for jobs, allocations and task states, with Nomad's strings.
+
+Everything here is a frozen attrs class, a `FrozenDict`, a constant or a pure function:
+a change makes a new object (`attrs.evolve`), so any of them can be shared between
+threads and published under a lock without copying.
+
+Threads and locks: none (data-only; never imports `_locking`). Owner: the whole
+package builds and reads these; the codec in `allocrunner.jobspec` turns them into
+Nomad's API JSON and back.
+"""
 
 from allocrunner.structs import status as _status
 from allocrunner.structs import task_state as _task_state
@@ -35,10 +44,8 @@ from allocrunner.structs.job import (
     default_restart_policy,
     effective_restart_policy,
 )
-from allocrunner.structs.status import *  # noqa: F403  (status constants)
-from allocrunner.structs.status import client_status_from_task_states
-from allocrunner.structs.task_state import *  # noqa: F403  (event constants)
-from allocrunner.structs.task_state import TaskEvent, TaskState, utcnow
+from allocrunner.structs.status import *  # noqa: F403  (statuses, client_status_from_task_states)
+from allocrunner.structs.task_state import *  # noqa: F403  (events, TaskEvent, TaskState, utcnow)
 
 __all__ = [
     "BATCH_RESTART_POLICY",
@@ -65,16 +72,13 @@ __all__ = [
     "Resources",
     "RestartPolicy",
     "Task",
-    "TaskEvent",
     "TaskGroup",
-    "TaskState",
     "UpdateStrategy",
-    "client_status_from_task_states",
     "default_restart_policy",
     "effective_restart_policy",
     "freeze",
     "new_allocation",
     "thaw",
-    "utcnow",
 ]
-__all__ += [n for n in _status.__all__ + _task_state.__all__ if n not in __all__]
+__all__ += _status.__all__  # status constants and client_status_from_task_states
+__all__ += _task_state.__all__  # event constants, TaskEvent, TaskState, utcnow

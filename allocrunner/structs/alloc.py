@@ -1,10 +1,18 @@
-"""Allocation and AllocState: the static server view and the dynamic client view."""
+"""Allocation and AllocState: the static server view and the dynamic client view.
+
+`Allocation` is what the server sends (plus the client fields it reports back);
+`AllocState` is the runtime state an alloc runner publishes; `new_allocation` places
+a job's group the way a scheduler would.
+
+Threads and locks: none; immutable values and pure functions. Owner: built by the
+codec, `new_allocation` and the agent's placement; held by the alloc runner, the
+client, the state DBs and the broadcaster.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import attrs
 
@@ -17,9 +25,6 @@ from allocrunner.structs.status import (
     is_server_terminal,
 )
 from allocrunner.structs.task_state import TaskState, _aware
-
-if TYPE_CHECKING:
-    pass
 
 
 @attrs.frozen

@@ -12,6 +12,10 @@ Matching is on wall-clock time in the config's zone, each wall-clock time at mos
 once: a time that does not exist (the hour skipped when clocks spring forward) is
 moved forward by the gap, as Go's `time.Date` does, and a time that occurs twice (the
 hour repeated when clocks fall back) fires at its first occurrence only.
+
+Threads and locks: none of its own; pure functions. `parse_cron` keeps an LRU cache of
+parsed specs (functools' cache is safe to call from any thread). Called by the codec
+(to validate a periodic block) and by the agent's periodic launcher.
 """
 
 from __future__ import annotations

@@ -1,22 +1,65 @@
-"""Immutable containers for the free-form parts of a job (driver config, env, meta)."""
+"""Immutable containers for the free-form parts of a job (driver config, env, meta).
+
+`FrozenDict` is the read-only, hashable mapping every value object uses for maps, and
+the one guarded fields hold when a thread-safe class keeps a map copy-on-write;
+`freeze`/`thaw` convert JSON-like data to and from deeply frozen form, and
+`frozen_map`/`frozen_tuple` are the attrs converters built on them.
+
+Threads and locks: none; pure values and functions, safe to share between threads.
+Owner: used by every value object in `allocrunner.structs`, by the codec, and by any
+class that publishes a map under a lock.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NoReturn, TypeVar, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
 
+# Binds a slot of a FrozenDict, whose own __setattr__ refuses.
+_bind = object.__setattr__
+
 
 class FrozenDict(Mapping[K, V]):
-    """Immutable. A hashable, read-only mapping; equal to any mapping with the same items."""
+    """Immutable. A hashable, read-only mapping; equal to any mapping with the same items.
+
+    Its attributes cannot be rebound either (AttributeError), so nothing reachable
+    from it changes once it is built; the hash is computed on first use and cached.
+    """
 
     __slots__ = ("_data", "_hash")
 
+    _data: dict[K, V]
+    _hash: int  # unset until the first hash() of this mapping
+
+    @overload
+    def __init__(self) -> None: ...
+    @overload
+    def __init__(self, items: Mapping[K, V], /) -> None: ...
+    @overload
+    def __init__(self, items: Iterable[tuple[K, V]], /) -> None: ...
+    @overload
+    def __init__(
+        self: FrozenDict[str, Any],
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ...,
+        /,
+        **kwargs: Any,
+    ) -> None: ...
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._data: dict[K, V] = dict(*args, **kwargs)
-        self._hash: int | None = None
+        """The same arguments as `dict(...)`."""
+        _bind(self, "_data", dict(*args, **kwargs))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"FrozenDict is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"FrozenDict is immutable: cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple[type[FrozenDict[K, V]], tuple[dict[K, V]]]:
+        """Pickle and copy through the constructor, never by setting attributes."""
+        return (type(self), (self._data,))
 
     def __getitem__(self, key: K) -> V:
         return self._data[key]
@@ -28,9 +71,13 @@ class FrozenDict(Mapping[K, V]):
         return len(self._data)
 
     def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(frozenset(self._data.items()))
-        return self._hash
+        try:
+            return self._hash
+        except AttributeError:
+            # Racing threads compute the same value, so caching it needs no lock.
+            value = hash(frozenset(self._data.items()))
+            _bind(self, "_hash", value)
+            return value
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FrozenDict):

@@ -1,4 +1,13 @@
-"""Nomad's status strings and the rule that derives an alloc's client status."""
+"""Nomad's status strings and the rule that derives an alloc's client status.
+
+The strings are Nomad's own: client status (what this node reports for an
+allocation), desired status (what the scheduler wants), task state, job type, restart
+mode and lifecycle hook. `client_status_from_task_states` is Nomad's rule for the
+client status an allocation's task states add up to.
+
+Threads and locks: none; constants and pure functions. Owner: the value objects, the
+alloc runner (which derives its client status here) and the agent's API.
+"""
 
 from __future__ import annotations
 
@@ -94,7 +103,38 @@ def is_server_terminal(desired_status: str) -> bool:
     return desired_status in DESIRED_TERMINAL
 
 
-__all__ = [n for n in dir() if n.isupper() and not n.startswith("_") and n != "TYPE_CHECKING"] + [
+__all__ = [
+    "CLIENT_COMPLETE",
+    "CLIENT_FAILED",
+    "CLIENT_LOST",
+    "CLIENT_PENDING",
+    "CLIENT_RUNNING",
+    "CLIENT_STATUSES",
+    "CLIENT_TERMINAL",
+    "DESC_COMPLETE",
+    "DESC_FAILED",
+    "DESC_PENDING",
+    "DESC_RUNNING",
+    "DESIRED_EVICT",
+    "DESIRED_RUN",
+    "DESIRED_STATUSES",
+    "DESIRED_STOP",
+    "DESIRED_TERMINAL",
+    "JOB_BATCH",
+    "JOB_SERVICE",
+    "JOB_SYSBATCH",
+    "JOB_SYSTEM",
+    "JOB_TYPES",
+    "LIFECYCLE_HOOKS",
+    "LIFECYCLE_POSTSTART",
+    "LIFECYCLE_POSTSTOP",
+    "LIFECYCLE_PRESTART",
+    "RESTART_MODE_DELAY",
+    "RESTART_MODE_FAIL",
+    "TASK_DEAD",
+    "TASK_PENDING",
+    "TASK_RUNNING",
+    "TASK_STATES",
     "client_status_from_task_states",
     "is_client_terminal",
     "is_server_terminal",

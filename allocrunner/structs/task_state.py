@@ -1,4 +1,13 @@
-"""TaskState and TaskEvent: the runtime record of one task, with Nomad's event strings."""
+"""TaskState and TaskEvent: the runtime record of one task, with Nomad's event strings.
+
+A `TaskState` is the frozen snapshot a task runner publishes: each change (a new
+event, a new state) makes a new one through `with_event` / `with_state`, which apply
+Nomad's bookkeeping (sticky `failed`, restart count, start and finish times, the
+newest `MAX_EVENTS` events). Every time is an aware UTC datetime.
+
+Threads and locks: none; immutable values and pure functions. Owner: built by the task
+runner and its hooks, stored by the state DBs, encoded by the codec.
+"""
 
 from __future__ import annotations
 
@@ -128,7 +137,36 @@ class TaskState:
         return attrs.evolve(self, **changes)
 
 
-__all__ = [n for n in dir() if n.isupper() and not n.startswith("_")] + [
+__all__ = [
+    "EVENT_ALLOC_UNHEALTHY",
+    "EVENT_ARTIFACT_DOWNLOAD_FAILED",
+    "EVENT_DISK_EXCEEDED",
+    "EVENT_DOWNLOADING_ARTIFACTS",
+    "EVENT_DRIVER_FAILURE",
+    "EVENT_DRIVER_MESSAGE",
+    "EVENT_FAILED_VALIDATION",
+    "EVENT_HOOK_FAILED",
+    "EVENT_HOOK_MESSAGE",
+    "EVENT_KILLED",
+    "EVENT_KILLING",
+    "EVENT_LEADER_DEAD",
+    "EVENT_MAIN_DEAD",
+    "EVENT_NOT_RESTARTING",
+    "EVENT_RECEIVED",
+    "EVENT_RECONNECTED",
+    "EVENT_RESTARTING",
+    "EVENT_RESTART_SIGNAL",
+    "EVENT_RESTORE_FAILED",
+    "EVENT_SETUP",
+    "EVENT_SETUP_FAILURE",
+    "EVENT_SIBLING_FAILED",
+    "EVENT_SIGNALING",
+    "EVENT_SKIPPING_SHUTDOWN_DELAY",
+    "EVENT_STARTED",
+    "EVENT_TERMINATED",
+    "EVENT_WAITING_SHUTDOWN_DELAY",
+    "MAX_EVENTS",
+    "MSG_BUILDING_TASK_DIR",
     "TaskEvent",
     "TaskState",
     "utcnow",
