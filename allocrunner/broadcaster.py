@@ -18,13 +18,23 @@ primed with the last value) with the channels replaced by one slot and a conditi
 The condition is hand-made from one-shot `Waiter`s that a send wakes after releasing
 the lock: with `threading.Condition` every woken listener would first queue up on the
 lock the sender still holds, and a hundred listeners would then wake one by one.
+
+`Broadcaster[T]` carries any immutable value; `AllocBroadcaster` is the one of
+allocations that each AllocRunner owns.
+
+Threads: none of its own; senders never block, listeners block in ``get`` on their own
+threads. Locks: "AllocBroadcaster._lock" (a leaf) guards the slot, its version, the
+closed flag, the blocked listeners and every listener's fields; waiters are woken after
+it is released. Owner: an `AllocRunner` creates its broadcaster and sends the client
+view on every state change; the agent's cluster owns one for its snapshots; anyone
+may listen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from time import monotonic
-from typing import Any
+from typing import Generic, TypeVar
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import Waiter
@@ -33,8 +43,10 @@ from allocrunner.structs import Allocation
 
 __all__ = ["AllocBroadcaster", "AllocListener", "Broadcaster"]
 
+T = TypeVar("T")
 
-class Broadcaster:
+
+class Broadcaster(Generic[T]):
     """Thread-safe. Sends immutable values to every listener; each keeps only the newest.
 
     `AllocBroadcaster` is this broadcaster restricted to allocations; the agent uses
@@ -55,12 +67,12 @@ class Broadcaster:
 
     def __init__(self) -> None:
         self._lock = make_lock("AllocBroadcaster._lock")
-        self._value: Allocation | None = None
+        self._value: T | None = None
         self._version = 0  # 0: nothing sent yet
         self._closed = False
         self._waiters: tuple[Waiter, ...] = ()
 
-    def send(self, alloc: Any) -> None:
+    def send(self, alloc: T) -> None:
         """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
         with self._lock:
             if self._closed:
@@ -81,11 +93,11 @@ class Broadcaster:
         for waiter in waiters:
             waiter.wake()
 
-    def listen(self) -> AllocListener:
+    def listen(self) -> AllocListener[T]:
         """A new listener, primed with the last value sent (if any)."""
         return AllocListener(self)
 
-    def last(self) -> Allocation | None:
+    def last(self) -> T | None:
         """The last value sent, or None if nothing was sent yet."""
         with self._lock:
             return self._value
@@ -107,7 +119,7 @@ class Broadcaster:
         return f"<AllocBroadcaster version={fields['_version']} closed={fields['_closed']}>"
 
 
-class AllocBroadcaster(Broadcaster):
+class AllocBroadcaster(Broadcaster[Allocation]):
     """Thread-safe. A `Broadcaster` of allocations: `send` refuses anything else."""
 
     def send(self, alloc: Allocation) -> None:
@@ -119,9 +131,9 @@ class AllocBroadcaster(Broadcaster):
         super().send(alloc)
 
 
-class AllocListener:
-    """Thread-safe. One consumer's view of an `AllocBroadcaster`: the newest value it has
-    not returned yet.
+class AllocListener(Generic[T]):
+    """Thread-safe. One consumer's view of a `Broadcaster` (an `AllocBroadcaster`'s
+    listener yields allocations): the newest value it has not returned yet.
 
     Normally one thread consumes it (``get`` or iteration); ``close`` may come from any
     thread and wakes a consumer blocked in ``get``. Use it as a context manager so it is
@@ -136,7 +148,7 @@ class AllocListener:
     _closed = guarded("_lock")
     _waiter = guarded("_lock")  # the Waiter of a get() blocked right now, else None
 
-    def __init__(self, broadcaster: Broadcaster) -> None:
+    def __init__(self, broadcaster: Broadcaster[T]) -> None:
         self._broadcaster = broadcaster
         self._lock = broadcaster._lock
         self._seen = 0
@@ -144,7 +156,7 @@ class AllocListener:
         self._waiter: Waiter | None = None
 
     @calls_out
-    def get(self, timeout: float | None = None) -> Allocation:
+    def get(self, timeout: float | None = None) -> T:
         """The next value not seen yet, waiting up to `timeout` seconds (None: forever).
 
         Raises TimeoutError when the time passes with nothing new, and
@@ -196,7 +208,7 @@ class AllocListener:
         if waiter is not None:
             waiter.wake()
 
-    def __iter__(self) -> Iterator[Allocation]:
+    def __iter__(self) -> Iterator[T]:
         """Each new value until the broadcaster (or this listener) is closed."""
         while True:
             try:
@@ -204,7 +216,7 @@ class AllocListener:
             except BroadcasterClosed:
                 return
 
-    def __enter__(self) -> AllocListener:
+    def __enter__(self) -> AllocListener[T]:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
