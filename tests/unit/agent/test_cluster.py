@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocrunner.agent import cluster as cluster_mod
+from allocrunner.agent import cluster_state
 from allocrunner.agent.cluster import Cluster
 from allocrunner.structs import Job, Task, TaskGroup
 
@@ -53,7 +53,7 @@ def test_indexes_only_grow(store):
 
 def test_old_evaluations_are_forgotten(store, monkeypatch):
     cluster, _ = store
-    monkeypatch.setattr(cluster_mod, "EVAL_LIMIT", 5)
+    monkeypatch.setattr(cluster_state, "EVAL_LIMIT", 5)
     for n in range(8):
         cluster.register(_job("same", stop=n % 2 == 1))
     evals = cluster.state().evals
@@ -65,7 +65,7 @@ def test_finished_children_beyond_the_limit_are_forgotten_with_their_allocations
     store, monkeypatch
 ):
     cluster, _ = store
-    monkeypatch.setattr(cluster_mod, "DEAD_CHILDREN_KEPT", 3)
+    monkeypatch.setattr(cluster_state, "DEAD_CHILDREN_KEPT", 3)
     cluster.register(_job("live-child", parent="p"))
     for n in range(6):
         cluster.register(_job(f"p/periodic-{n}", parent="p", stop=True))
