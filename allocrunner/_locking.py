@@ -17,14 +17,14 @@ Why each edge of the order exists:
   decide "destroyed?" and then read the runtime state (Nomad's PersistState order).
 - ``AllocRunner._state_lock`` → ``AllocRunner._alloc_lock``: building the client view
   of the allocation reads the runtime state and then the server allocation.
-- ``AllocRunner._alloc_lock`` → ``TaskRunner._alloc_lock`` → ``TaskRunner._state_lock``:
-  an alloc update is pushed down to each task runner; a task runner reads its alloc
-  before its own state.
+- ``AllocRunner._alloc_lock`` → ``TaskRunner._alloc_lock`` → ``TaskStateCell._lock`` →
+  ``TaskMailbox._lock``: an alloc update is pushed down to each task runner. A task
+  runner's own locks (its allocation; its published state and the persistence of it;
+  the requests left for its run thread) are never held together: their ranks only
+  keep them below the alloc runner's.
 - ``AllocGarbageCollector._lock`` sits between the registry and the runners: the
   collector may read a runner's flags (destroyed? terminal?) while holding its own
   index of runners, never the reverse.
-- ``TaskRunner._state_lock`` → ``TaskRunner._handle_lock``: a task runner may read or
-  record its driver handle while holding its state lock, never the reverse.
 - The remaining locks are leaves: each guards a small structure of its own and no
   other declared lock is taken under them: ``HealthHook._lock`` (health tracker
   state), ``TaskCoordinator._lock`` (lifecycle gates), ``PrevAllocWatcher._lock``
@@ -93,8 +93,8 @@ LOCK_ORDER: tuple[str, ...] = (
     "AllocRunner._state_lock",
     "AllocRunner._alloc_lock",
     "TaskRunner._alloc_lock",
-    "TaskRunner._state_lock",
-    "TaskRunner._handle_lock",
+    "TaskStateCell._lock",
+    "TaskMailbox._lock",
     "HealthHook._lock",
     "TaskCoordinator._lock",
     "PrevAllocWatcher._lock",

@@ -1,7 +1,10 @@
 """Small synchronisation primitives that replace Go's context and channel idioms.
 
 - `CancelToken`: a closed-once "done" signal with a reason (Go's context.Context);
-  `any_of` joins several into one.
+  `any_of` joins several into one. It asks for work to stop.
+- `Event`: a set-once event (a closed ``chan struct{}``): it reports that something
+  happened (a write finished, a request was handled, a run returned), with no reason
+  and no request to stop anything.
 - `Kick`: a coalescing notification (a capacity-1 ``chan struct{}``): extra kicks
   while one is pending are dropped.
 - `LatestValue`: a one-slot box where the newest value wins (a drain-and-replace
@@ -11,9 +14,10 @@
   waiters are woken after the waker has released its own lock (so that they do not
   all pile up on that lock as they wake, as `threading.Condition` waiters do).
 
-`cancel`, `kick`, `offer` and `Waiter.wake` are notify-only: O(1), never block for long and take
-only their own private leaf lock, so they may be called while holding a declared
-lock (DESIGN.md §4 rule 4). Every waiting method carries `@calls_out`.
+`cancel`, `Event.set`, `kick`, `offer` and `Waiter.wake` are notify-only: O(1), never
+block for long and take only their own private leaf lock, so they may be called while
+holding a declared lock (DESIGN.md §4 rule 4). Every waiting method carries
+`@calls_out`.
 """
 
 from __future__ import annotations
@@ -120,6 +124,42 @@ class CancelToken:
 
     def __repr__(self) -> str:
         return f"<CancelToken cancelled={self._reason!r}>"
+
+
+class Event:
+    """Thread-safe. Set at most once and never cleared; every waiter, present or
+    future, wakes once it is set.
+
+    Unlike a CancelToken it carries no reason and asks nothing to stop: it tells
+    waiters that something happened. `set` reports whether this call was the one that
+    set it, so of several racing callers exactly one sees True.
+    """
+
+    __slots__ = ("_flag", "_mutex")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._flag = threading.Event()
+
+    def set(self) -> bool:
+        """Set it and wake the waiters; True if this call set it, False if it was set."""
+        with self._mutex:
+            if self._flag.is_set():
+                return False
+            self._flag.set()
+        return True
+
+    def is_set(self) -> bool:
+        """True once set."""
+        return self._flag.is_set()
+
+    @calls_out
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set or `timeout` passes; True if set."""
+        return self._flag.wait(timeout)
+
+    def __repr__(self) -> str:
+        return f"<Event set={self._flag.is_set()}>"
 
 
 class Kick:

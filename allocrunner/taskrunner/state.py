@@ -1,0 +1,272 @@
+"""The published state of one task, and the single-writer protocol that persists it.
+
+`TaskStateCell` holds what a task runner publishes about its task: the `TaskState`
+the server sees and the client-only `LocalState` (hook progress, the driver handle,
+run complete), each with a version bumped on every change. A writer builds the new
+immutable snapshot outside the lock and swaps it in (trying again if another writer
+came first); a reader takes the current snapshot under the read side, so it costs
+nothing and can never change under the reader.
+
+Persistence runs with no lock held, one writer at a time: whoever finds nobody
+writing becomes the writer and writes the newest snapshot; a caller whose version is
+not yet written waits for the writer's round to end and looks again. So the database
+never ends older than the newest snapshot anyone asked to persist, and `publish`
+returns once its change is durable. `record` is the one exception: it changes the
+snapshot without writing, for callers that must not block, and the next write of any
+caller carries the change.
+
+Threads: any. Lock: ``TaskStateCell._lock`` (RW) guards `_current` (the snapshot and
+its versions), `_saved` (the versions known to be written) and `_round` (the write in
+progress); nothing is called, written or waited for under it. Owner: each TaskRunner
+creates one; its run loop, its kill / restart paths (`lifecycle`) and its public
+methods publish through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
+from allocrunner._sync import Event
+from allocrunner.drivers.base import TaskHandle
+from allocrunner.state import LocalState, StateDB
+from allocrunner.structs import TaskEvent, TaskState
+
+__all__ = ["KEEP", "TaskStateCell"]
+
+log = logging.getLogger("allocrunner.taskrunner")
+
+KEEP: Any = object()
+"""Passed as `handle` to `TaskStateCell.publish`: leave the driver handle as it is."""
+
+
+@attrs.frozen
+class _Snapshot:
+    """Immutable. One published version of the task's state."""
+
+    state: TaskState
+    local: LocalState
+    state_version: int = 0
+    local_version: int = 0
+
+    def versions(self) -> tuple[int, int]:
+        return (self.state_version, self.local_version)
+
+    def replaced(self, state: TaskState, local: LocalState) -> _Snapshot:
+        """This snapshot with `state` and `local`, bumping the version of each that is
+        a new object."""
+        return _Snapshot(
+            state,
+            local,
+            self.state_version + (state is not self.state),
+            self.local_version + (local is not self.local),
+        )
+
+    def bumped(self) -> _Snapshot:
+        """The same content under new versions, so that the next write rewrites both."""
+        return attrs.evolve(
+            self, state_version=self.state_version + 1, local_version=self.local_version + 1
+        )
+
+
+def _next_state(base: TaskState, state: str | None, event: TaskEvent | None) -> TaskState:
+    """`base` with `event` appended, then moved to `state` (either may be None)."""
+    new = base
+    if event is not None:
+        new = new.with_event(event)
+    if state is not None:
+        new = new.with_state(state)
+    return new
+
+
+def _covers(saved: tuple[int, int], want: tuple[int, int]) -> bool:
+    return saved[0] >= want[0] and saved[1] >= want[1]
+
+
+class TaskStateCell:
+    """Thread-safe. The task's published TaskState and LocalState and their persistence.
+
+    Invariant (under `_lock`): `_saved` never exceeds `_current`'s versions, and the
+    database holds, for each of the two entries, a version at least as new as
+    `_saved`; `_round` is not None exactly while one thread (the writer) writes, and
+    the writer sets it once its write is over.
+    """
+
+    _alloc_id = immutable()
+    _name = immutable()
+    _db = immutable()
+    _on_change = immutable()
+
+    _lock = immutable()
+    _current = guarded("_lock")
+    _saved = guarded("_lock")
+    _round = guarded("_lock")
+
+    def __init__(
+        self,
+        alloc_id: str,
+        task_name: str,
+        db: StateDB,
+        initial: TaskState,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._alloc_id = alloc_id
+        self._name = task_name
+        self._db = db
+        self._on_change = on_change
+        self._lock = make_rwlock("TaskStateCell._lock")
+        self._current = _Snapshot(initial, LocalState())
+        self._saved = (0, 0)
+        self._round: Event | None = None
+
+    # --- reading ------------------------------------------------------------------------
+
+    def state(self) -> TaskState:
+        with self._lock.read():
+            return self._current.state
+
+    def local(self) -> LocalState:
+        with self._lock.read():
+            return self._current.local
+
+    def handle(self) -> TaskHandle | None:
+        """The driver task attached now, if any."""
+        return self.local().task_handle
+
+    def snapshot(self) -> tuple[TaskState, LocalState]:
+        """Both halves of one published version."""
+        with self._lock.read():
+            current = self._current
+        return current.state, current.local
+
+    @calls_out
+    def stored(self) -> tuple[LocalState | None, TaskState | None]:
+        """What the database holds for this task (None for a missing entry)."""
+        return self._db.task_runner_state(self._alloc_id, self._name)
+
+    # --- changing ---------------------------------------------------------------------
+
+    @calls_out
+    def publish(
+        self,
+        *,
+        state: str | None = None,
+        event: TaskEvent | None = None,
+        handle: Any = KEEP,
+        notify: bool = True,
+    ) -> None:
+        """Append `event`, move to `state`, attach `handle` (None detaches; KEEP leaves
+        it), persist, and then notify unless `notify` is False. Nothing happens for no
+        change."""
+
+        def change(current: _Snapshot) -> _Snapshot:
+            local = current.local if handle is KEEP else current.local.with_task_handle(handle)
+            return current.replaced(_next_state(current.state, state, event), local)
+
+        versions = self._swap(change)
+        if versions is None:
+            return
+        self._persist(versions)
+        if notify:
+            self._on_change()
+
+    @calls_out
+    def record(self, event: TaskEvent) -> None:
+        """Append `event` and notify without writing; the next write carries it."""
+
+        def apply(current: _Snapshot) -> _Snapshot:
+            return current.replaced(current.state.with_event(event), current.local)
+
+        if self._swap(apply) is not None:
+            self._on_change()
+
+    @calls_out
+    def update_local(self, change: Callable[[LocalState], LocalState]) -> None:
+        """Replace the LocalState by `change(local)` and persist, unless it is equal."""
+
+        def apply(current: _Snapshot) -> _Snapshot:
+            new = change(current.local)
+            return current.replaced(current.state, current.local if new == current.local else new)
+
+        versions = self._swap(apply)
+        if versions is not None:
+            self._persist(versions)
+
+    def adopt(self, state: TaskState | None, local: LocalState | None) -> TaskState:
+        """Take over a restored `state` and `local` (None keeps the current one) without
+        writing them back; the current TaskState after that."""
+
+        def apply(current: _Snapshot) -> _Snapshot:
+            return current.replaced(
+                current.state if state is None else state,
+                current.local if local is None else local,
+            )
+
+        self._swap(apply)
+        return self.state()
+
+    @calls_out
+    def persist_all(self) -> None:
+        """Write both entries again, changed or not."""
+        versions = self._swap(lambda current: current.bumped())
+        assert versions is not None
+        self._persist(versions)
+
+    def _swap(self, change: Callable[[_Snapshot], _Snapshot]) -> tuple[int, int] | None:
+        """Publish `change(current)`: built outside the write side so that readers are
+        never held up by the building, swapped in only if nobody published meanwhile
+        (else built again). Its versions, or None when it changed nothing."""
+        while True:
+            with self._lock.read():
+                base = self._current
+            new = change(base)
+            if new.versions() == base.versions():
+                return None
+            with self._lock.write():
+                if self._current is base:
+                    self._current = new
+                    return new.versions()
+
+    # --- persistence --------------------------------------------------------------------
+
+    @calls_out
+    def _persist(self, want: tuple[int, int]) -> None:
+        """Return once the database holds at least versions `want` (state, local)."""
+        while True:
+            with self._lock.write():
+                if _covers(self._saved, want):
+                    return
+                busy = self._round
+                if busy is None:
+                    self._round = Event()
+                snapshot, saved = self._current, self._saved
+            if busy is None:
+                self._write(snapshot, saved)
+            else:
+                busy.wait()
+
+    @calls_out
+    def _write(self, snapshot: _Snapshot, saved: tuple[int, int]) -> None:
+        """The writer's round: write what is newer than `saved`, then end the round."""
+        try:
+            if snapshot.state_version > saved[0]:
+                self._db.put_task_state(self._alloc_id, self._name, snapshot.state)
+            if snapshot.local_version > saved[1]:
+                self._db.put_task_local_state(self._alloc_id, self._name, snapshot.local)
+        except Exception as err:
+            log.warning(
+                "task %s/%s: persisting task state failed: %s", self._alloc_id[:8], self._name, err
+            )
+        finally:
+            with self._lock.write():
+                self._saved = (
+                    max(self._saved[0], snapshot.state_version),
+                    max(self._saved[1], snapshot.local_version),
+                )
+                done, self._round = self._round, None
+            assert done is not None
+            done.set()
