@@ -16,8 +16,8 @@ from allocrunner.agent.api_allocs import alloc_bytes
 from allocrunner.agent.context import ApiContext
 from allocrunner.agent.encoded import json_list
 from allocrunner.agent.errors import not_found
-from allocrunner.agent.fingerprint import node_json, node_stub_json
 from allocrunner.agent.http import Request, Response, Router, json_response
+from allocrunner.agent.node_shapes import node_json, node_stub_json
 
 __all__ = ["add_routes"]
 

@@ -12,25 +12,27 @@ The node id is a UUID created on first start and kept in ``<data_dir>/client/nod
 (`load_node_id`), so a restarted agent is the same node. Nomad exposes it to tasks as
 ``node.unique.id``; there is no ``unique.id`` attribute.
 
-`node_json` and `node_stub_json` render a `NodeInfo` in the JSON shapes of Nomad's
-``/v1/node/:id`` and ``/v1/nodes``; `interpolation_vars` gives the ``node.*``,
-``attr.*`` and ``meta.*`` variables a task's config may reference.
+`interpolation_vars` gives the ``node.*``, ``attr.*`` and ``meta.*`` variables a task's
+config may reference. The host facts come from the probes in
+`allocrunner.agent.host_facts`, and `node_json` / `node_stub_json` (the JSON shapes of
+Nomad's ``/v1/node/:id`` and ``/v1/nodes``) live in `allocrunner.agent.node_shapes`;
+both are re-exported here.
 
 Where this differs from Nomad: ``os.version`` is ``VERSION_ID`` of os-release as is;
 ``unique.storage.bytesfree`` (dropped by Nomad 1.11) is still reported, while ``DiskMB``
 is the filesystem's total size as in current Nomad; a CPU whose frequency cannot be read
 is counted at `FALLBACK_CPU_MHZ` per core for ``cpu.totalcompute`` (``cpu.frequency``
 is then left out) rather than at zero, which would leave the node no CPU to schedule.
+
+Threads: none; `fingerprint` runs once on the agent's starting thread. Locks: none
+(`NodeInfo` is immutable, so every request thread may read it). Owner: the `Agent`
+fingerprints its node on start and puts the result in the API context.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import os
-import re
-import signal
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
@@ -39,8 +41,22 @@ from typing import Any
 
 import attrs
 
+from allocrunner.agent.host_facts import (
+    FALLBACK_CPU_MHZ,
+    CpuFacts,
+    StorageFacts,
+    detect_cpu,
+    go_arch,
+    host_id,
+    mem_total_bytes,
+    package_version,
+    read_os_release,
+    signal_names,
+    storage_facts,
+    unescape_mount_field,
+)
+from allocrunner.agent.node_shapes import computed_class, node_json, node_stub_json
 from allocrunner.config import ClientConfig
-from allocrunner.jobspec._kinds import format_rfc3339
 from allocrunner.structs.frozen import FrozenDict
 
 __all__ = [
@@ -50,6 +66,7 @@ __all__ = [
     "NodeInfo",
     "NodeResources",
     "StorageFacts",
+    "computed_class",
     "detect_cpu",
     "fingerprint",
     "go_arch",
@@ -66,30 +83,7 @@ __all__ = [
 NODE_ID_FILE = "node-id"
 """The node id's file, under ``<data_dir>/client``."""
 DEFAULT_DRIVERS: tuple[str, ...] = ("mock_driver", "raw_exec")
-FALLBACK_CPU_MHZ = 1000
-"""MHz per core assumed when the kernel reports no CPU frequency (e.g. some ARM VMs)."""
 MIB = 1024 * 1024
-# Nomad's default dynamic port range, reported in NodeResources.
-MIN_DYNAMIC_PORT = 20000
-MAX_DYNAMIC_PORT = 32000
-
-# Python's platform.machine() names (uname -m) to Go's GOARCH names, as Nomad reports them.
-_GO_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "i386": "386",
-    "i486": "386",
-    "i586": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "ppc64": "ppc64",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "mips64": "mips64",
-    "loongarch64": "loong64",
-}
 
 
 # --- the node id ----------------------------------------------------------------------
@@ -146,234 +140,6 @@ def _install_file(path: str, text: str, *, replace: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-# --- host facts -----------------------------------------------------------------------
-
-
-def go_arch(machine: str) -> str:
-    """Go's GOARCH name for a ``uname -m`` machine name (``x86_64`` → ``amd64``)."""
-    if machine in _GO_ARCH:
-        return _GO_ARCH[machine]
-    if machine.startswith("arm"):
-        return "arm"
-    return machine
-
-
-def read_os_release(path: str = "/etc/os-release") -> dict[str, str]:
-    """The KEY=value pairs of an os-release file (quotes removed); {} if it is absent."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return {}
-    values = {}
-    for line in lines:
-        key, sep, value = line.strip().partition("=")
-        if not sep or key.startswith("#"):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key] = value
-    return values
-
-
-@attrs.frozen
-class CpuFacts:
-    """Immutable. The CPU as Nomad's cpu fingerprinter sees it.
-
-    `mhz` is the speed of one core (0 when unknown); `cores` counts every online core,
-    `reservable` the ones this process may run on."""
-
-    model: str
-    mhz: int
-    cores: int
-    reservable: tuple[int, ...]
-
-    @property
-    def total_compute(self) -> int:
-        """MHz across all cores (``cpu.totalcompute``), `FALLBACK_CPU_MHZ` per core if
-        the frequency is unknown."""
-        return (self.mhz or FALLBACK_CPU_MHZ) * self.cores
-
-    @property
-    def usable_compute(self) -> int:
-        """MHz across the reservable cores (``cpu.usablecompute``)."""
-        return (self.mhz or FALLBACK_CPU_MHZ) * len(self.reservable)
-
-
-def detect_cpu() -> CpuFacts:
-    """The host's CPU model, per-core MHz and cores, from ``/proc`` and ``/sys``."""
-    info = _cpuinfo_fields()
-    cores = os.cpu_count() or 1
-    try:
-        reservable = tuple(sorted(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        reservable = tuple(range(cores))
-    mhz = _cpufreq_mhz() or _cpuinfo_mhz(info)
-    model = next((v for k, v in info if k in ("model name", "Model", "cpu model")), "")
-    return CpuFacts(model=model, mhz=mhz, cores=cores, reservable=reservable)
-
-
-def _cpuinfo_fields() -> list[tuple[str, str]]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return []
-    fields = []
-    for line in lines:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.append((key.strip(), value.strip()))
-    return fields
-
-
-def _cpufreq_mhz() -> int:
-    """The highest maximum frequency cpufreq reports for any core, in MHz; 0 if none."""
-    base = "/sys/devices/system/cpu"
-    best = 0
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return 0
-    for name in names:
-        if not (name.startswith("cpu") and name[3:].isdigit()):
-            continue
-        try:
-            with open(f"{base}/{name}/cpufreq/cpuinfo_max_freq", encoding="ascii") as fh:
-                best = max(best, int(fh.read().strip()) // 1000)
-        except (OSError, ValueError):
-            continue
-    return best
-
-
-def _cpuinfo_mhz(info: Iterable[tuple[str, str]]) -> int:
-    """The highest ``cpu MHz`` in /proc/cpuinfo; 0 if none."""
-    best = 0.0
-    for key, value in info:
-        if key == "cpu MHz":
-            with contextlib.suppress(ValueError):
-                best = max(best, float(value))
-    return int(best)
-
-
-def mem_total_bytes() -> int:
-    """``MemTotal`` of /proc/meminfo in bytes; 0 if it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-@attrs.frozen
-class StorageFacts:
-    """Immutable. The filesystem holding a path: its device, size and free bytes (the
-    ``df`` columns Nomad's storage fingerprinter reads)."""
-
-    volume: str
-    bytes_total: int
-    bytes_free: int
-
-
-def storage_facts(path: str | os.PathLike[str]) -> StorageFacts:
-    """The filesystem holding `path`, or its nearest existing ancestor when `path` does
-    not exist yet (nothing is created)."""
-    target = _existing_ancestor(os.path.abspath(os.fspath(path)))
-    st = os.statvfs(target)
-    return StorageFacts(
-        volume=mount_source(target),
-        bytes_total=st.f_blocks * st.f_frsize,
-        bytes_free=st.f_bavail * st.f_frsize,
-    )
-
-
-def _existing_ancestor(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
-def mount_source(path: str) -> str:
-    """The device (mount source) of the mount that holds `path`, from
-    /proc/self/mountinfo; "" if it cannot be told."""
-    real = os.path.realpath(path)
-    best_point, best_source = "", ""
-    try:
-        with open("/proc/self/mountinfo", "rb") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        left, sep, right = line.partition(b" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 2:
-            continue
-        point = unescape_mount_field(fields[4])
-        if _within(real, point) and len(point) >= len(best_point):
-            best_point, best_source = point, unescape_mount_field(tail[1])
-    return best_source
-
-
-def _within(path: str, mount_point: str) -> bool:
-    if mount_point == "/":
-        return True
-    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
-
-
-_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
-
-
-def unescape_mount_field(raw: bytes) -> str:
-    """A field of /proc/self/mountinfo or /proc/self/mounts with the kernel's octal
-    escapes (``\\040`` for a space) undone, decoded as UTF-8."""
-    return _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw).decode(
-        "utf-8", "replace"
-    )
-
-
-def _host_id() -> str:
-    """A stable id of the machine, as gopsutil finds it: the DMI product UUID, else the
-    machine-id, else this boot's id; "" if none is readable."""
-    for path in (
-        "/sys/class/dmi/id/product_uuid",
-        "/etc/machine-id",
-        "/proc/sys/kernel/random/boot_id",
-    ):
-        try:
-            with open(path, encoding="ascii", errors="replace") as fh:
-                text = fh.read().strip().lower()
-        except OSError:
-            continue
-        if len(text) == 32 and "-" not in text:
-            text = f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-        if text:
-            return text
-    return ""
-
-
-def _signal_names() -> str:
-    names = {
-        s.name
-        for s in signal.Signals
-        if s.name.startswith("SIG") and "_" not in s.name and not s.name.startswith("SIGRT")
-    }
-    return ",".join(sorted(names))
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("allocrunner")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 # --- the node -------------------------------------------------------------------------
@@ -447,7 +213,7 @@ def fingerprint(
         **_cpu_attributes(cpu, uname.machine),
         **_storage_attributes(storage),
         **{f"driver.{name}": "1" for name in driver_names},
-        "nomad.version": _package_version(),
+        "nomad.version": package_version(),
         "nomad.revision": "",
         "nomad.service_discovery": "false",
     }
@@ -485,13 +251,13 @@ def _host_attributes(uname: os.uname_result) -> dict[str, str]:
         "kernel.arch": uname.machine,
         "unique.hostname": uname.nodename,
         "os.name": release.get("ID", uname.sysname.lower()),
-        "os.signals": _signal_names(),
+        "os.signals": signal_names(),
     }
     if release.get("VERSION_ID"):
         attributes["os.version"] = release["VERSION_ID"]
-    host_id = _host_id()
-    if host_id:
-        attributes["unique.host_id"] = host_id
+    machine_id = host_id()
+    if machine_id:
+        attributes["unique.host_id"] = machine_id
     return attributes
 
 
@@ -516,165 +282,6 @@ def _storage_attributes(storage: StorageFacts) -> dict[str, str]:
         "unique.storage.bytestotal": str(storage.bytes_total),
         "unique.storage.bytesfree": str(storage.bytes_free),
     }
-
-
-# --- JSON -----------------------------------------------------------------------------
-
-
-def _drivers_json(node: NodeInfo) -> dict[str, Any]:
-    """Nomad's DriverInfo per detected driver (healthy, fingerprinted with the node)."""
-    updated = format_rfc3339(node.fingerprinted_at)
-    return {
-        name: {
-            "Attributes": {f"driver.{name}": "true"},
-            "Detected": True,
-            "Healthy": True,
-            "HealthDescription": "Healthy",
-            "UpdateTime": updated,
-        }
-        for name in node.drivers
-    }
-
-
-def _resources_json(node: NodeInfo) -> dict[str, Any]:
-    res = node.resources
-    return {
-        "Cpu": {
-            "CpuShares": res.cpu_mhz,
-            "TotalCpuCores": res.cores,
-            "ReservableCpuCores": list(res.reservable_cores),
-        },
-        "Memory": {"MemoryMB": res.memory_mb},
-        "Disk": {"DiskMB": res.disk_mb},
-        "Networks": [],
-        "NodeNetworks": [],
-        "Devices": [],
-        "MinDynamicPort": MIN_DYNAMIC_PORT,
-        "MaxDynamicPort": MAX_DYNAMIC_PORT,
-    }
-
-
-def _reserved_json() -> dict[str, Any]:
-    return {
-        "Cpu": {"CpuShares": 0, "ReservedCpuCores": []},
-        "Memory": {"MemoryMB": 0},
-        "Disk": {"DiskMB": 0},
-        "Networks": {"ReservedHostPorts": ""},
-    }
-
-
-def computed_class(node: NodeInfo) -> str:
-    """A hash of what makes nodes interchangeable for scheduling (datacenter, class,
-    pool, non-unique attributes and meta), in Nomad's ``v1:<number>`` form."""
-    parts = [node.datacenter, node.node_class, node.node_pool]
-    parts += [f"a:{k}={v}" for k, v in sorted(node.attributes.items()) if "unique." not in k]
-    parts += [f"m:{k}={v}" for k, v in sorted(node.meta.items()) if "unique." not in k]
-    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
-    return f"v1:{int.from_bytes(digest[:8], 'big')}"
-
-
-def node_json(
-    node: NodeInfo,
-    *,
-    create_index: int,
-    modify_index: int,
-    status: str = "ready",
-    status_description: str = "",
-) -> dict[str, Any]:
-    """`node` in the JSON shape of Nomad's ``GET /v1/node/:id`` (its secret id left out)."""
-    registered = format_rfc3339(node.fingerprinted_at)
-    return {
-        "ID": node.id,
-        "Name": node.name,
-        "Datacenter": node.datacenter,
-        "HTTPAddr": node.http_addr,
-        "TLSEnabled": False,
-        "Attributes": dict(node.attributes),
-        "NodeResources": _resources_json(node),
-        "ReservedResources": _reserved_json(),
-        "Links": {},
-        "Meta": dict(node.meta),
-        "NodeClass": node.node_class,
-        "NodePool": node.node_pool,
-        "ComputedClass": computed_class(node),
-        "CgroupParent": "",
-        "Drain": False,
-        "DrainStrategy": None,
-        "SchedulingEligibility": "eligible",
-        "Status": status,
-        "StatusDescription": status_description,
-        "StatusUpdatedAt": int(node.fingerprinted_at.timestamp()),
-        "Events": [
-            {
-                "Message": "Node registered",
-                "Subsystem": "Cluster",
-                "Details": None,
-                "Timestamp": registered,
-                "CreateIndex": create_index,
-            }
-        ],
-        "Drivers": _drivers_json(node),
-        "HostVolumes": {},
-        "HostNetworks": {},
-        "CSIControllerPlugins": None,
-        "CSINodePlugins": None,
-        "GCVolumesOnNodeGC": False,
-        "LastDrain": None,
-        "NodeMaxAllocs": 0,
-        "LastMissedHeartbeatIndex": 0,
-        "LastAllocUpdateIndex": 0,
-        "CreateIndex": create_index,
-        "ModifyIndex": modify_index,
-    }
-
-
-def node_stub_json(
-    node: NodeInfo,
-    *,
-    create_index: int,
-    modify_index: int,
-    status: str = "ready",
-    status_description: str = "",
-    resources: bool = False,
-    os_name: bool = False,
-) -> dict[str, Any]:
-    """`node` in the JSON shape of one entry of Nomad's ``GET /v1/nodes`` (NodeListStub).
-
-    `resources` and `os_name` add what the ``resources=true`` and ``os=true`` query
-    parameters add: NodeResources and ReservedResources, and ``Attributes`` holding
-    only ``os.name``."""
-    stub: dict[str, Any] = {
-        "Address": _host_of(node.http_addr),
-        "ID": node.id,
-        "Datacenter": node.datacenter,
-        "Name": node.name,
-        "NodeClass": node.node_class,
-        "NodePool": node.node_pool,
-        "Version": node.version,
-        "Drain": False,
-        "SchedulingEligibility": "eligible",
-        "Status": status,
-        "StatusDescription": status_description,
-        "Drivers": _drivers_json(node),
-        "HostVolumes": {},
-        "LastDrain": None,
-        "CreateIndex": create_index,
-        "ModifyIndex": modify_index,
-    }
-    if os_name:
-        stub["Attributes"] = {"os.name": node.attributes.get("os.name", "")}
-    if resources:
-        stub["NodeResources"] = _resources_json(node)
-        stub["ReservedResources"] = _reserved_json()
-    return stub
-
-
-def _host_of(addr: str) -> str:
-    """The host part of ``host:port`` (``[v6]:port`` too); "" when there is none."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        return ""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def interpolation_vars(node: NodeInfo) -> dict[str, str]:
