@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from allocrunner.agent.datadir import read_agent_info
+from allocrunner.drivers import _process
 from allocrunner.testing import wait_for
 
 START_TIMEOUT = 20.0
@@ -80,11 +81,7 @@ def holds(value: Any, what: str = "condition") -> Any:
 
 def pid_alive(pid: int) -> bool:
     """True when /proc shows `pid` alive (not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
+    return _process.pid_alive(pid)
 
 
 def recorded_pids(data_dir: Path, alloc_id: str) -> list[int]:

@@ -1,15 +1,22 @@
-"""Helpers shared by the driver tests: task configs, process-table checks."""
+"""Helpers shared by the driver tests: task configs, process-table checks (through the
+package's own /proc reader, `allocrunner.drivers._process`)."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from allocrunner.drivers import TaskConfig
+from allocrunner.drivers._process import (
+    all_processes,
+    children_of,
+    group_processes,
+    pid_alive,
+    read_pid_stat,
+)
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -48,62 +55,29 @@ def sh(script: str) -> dict[str, Any]:
 
 def proc_state(pid: int) -> str | None:
     """The /proc state letter of `pid`, or None if it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    found = read_pid_stat(pid)
+    return None if found is None else found.state
 
 
 def alive(pid: int) -> bool:
     """True if `pid` exists and is not a zombie."""
-    return proc_state(pid) not in (None, "Z", "X")
-
-
-def _stat_fields(pid: str) -> list[bytes] | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()
-
-
-def all_pids() -> Iterator[int]:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
+    return pid_alive(pid)
 
 
 def live_children() -> set[int]:
     """Pids of the live (non-zombie) children of this process."""
-    me = os.getpid()
-    found = set()
-    for pid in all_pids():
-        fields = _stat_fields(str(pid))
-        if fields and int(fields[1]) == me and fields[0] not in (b"Z", b"X"):
-            found.add(pid)
-    return found
+    return {s.pid for s in children_of(os.getpid())}
 
 
 def zombie_children() -> set[int]:
     """Pids of the unreaped children of this process."""
     me = os.getpid()
-    found = set()
-    for pid in all_pids():
-        fields = _stat_fields(str(pid))
-        if fields and int(fields[1]) == me and fields[0] == b"Z":
-            found.add(pid)
-    return found
+    return {s.pid for s in all_processes() if s.ppid == me and s.state == "Z"}
 
 
 def group_members(pgid: int) -> set[int]:
     """Live processes of process group `pgid`."""
-    found = set()
-    for pid in all_pids():
-        fields = _stat_fields(str(pid))
-        if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.add(pid)
-    return found
+    return {s.pid for s in group_processes([pgid])[pgid]}
 
 
 def kill_leftovers(before: set[int]) -> list[str]:

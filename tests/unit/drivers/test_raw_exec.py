@@ -15,6 +15,7 @@ import pytest
 
 from allocrunner._sync import CancelToken
 from allocrunner.drivers import ExitResult, RawExecDriver, TaskHandle
+from allocrunner.drivers._process import read_pid_stat
 from allocrunner.drivers.base import TASK_STATE_EXITED, TASK_STATE_RUNNING
 from allocrunner.drivers.logs import log_indices, read_logs
 from allocrunner.errors import DriverError
@@ -623,9 +624,9 @@ def test_handle_start_time_matches_proc(raw, tmp_path):
     config = task_config(tmp_path, sh("exec sleep 30"))
     handle = raw.start(config)
     low, high = handle.driver_state["start_ticks"]
-    stat = Path(f"/proc/{handle.driver_state['pid']}/stat").read_bytes()
-    ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    assert low <= ticks <= high and high - low <= 1
+    found = read_pid_stat(handle.driver_state["pid"])
+    assert found is not None
+    assert low <= found.start_ticks <= high and high - low <= 1
     raw.stop(config.id, 5.0)
 
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import os
 
+from allocrunner.drivers._process import pid_alive
 from allocrunner.structs import EVENT_LEADER_DEAD, new_allocation
 from allocrunner.testing import mock_job, mock_task, wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_leader_exit_stops_real_processes(make_runner):
@@ -50,7 +43,7 @@ def test_leader_exit_stops_real_processes(make_runner):
     wait_for(pids_written)
     shell_pid = int((follower_dir / "pid").read_text())
     child_pid = int((follower_dir / "child").read_text())
-    assert _alive(child_pid)
+    assert pid_alive(child_pid)
     assert ar.wait(20)
     state = ar.alloc_state()
     assert state.client_status == "complete"
@@ -61,7 +54,7 @@ def test_leader_exit_stops_real_processes(make_runner):
 
 
 def _assert_dead(*pids: int) -> None:
-    alive = [p for p in pids if _alive(p)]
+    alive = [p for p in pids if pid_alive(p)]
     assert not alive, f"processes still alive: {alive}"
 
 
