@@ -16,6 +16,11 @@ Exit codes: 0 every task succeeded, 1 a task failed (or the command failed), 2 b
 input or nothing placed, 130 interrupted. A traceback never reaches the user: every
 error is one `allocrunner: <message>` line on stderr, and a closed stdout ends the
 command quietly.
+
+Threads and locks: none of its own; a command runs on the calling thread (the main
+thread for the `allocrunner` script and `python -m allocrunner`). An embedded agent's
+threads belong to that agent (see `connect`). Owner: the console script and
+`allocrunner.__main__` call `main()`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Every alloc command takes an allocation id or a unique prefix of it (at least tw
 characters), resolved through `GET /v1/allocations?prefix=`; an unknown or ambiguous
 one is bad input (exit 2). `alloc status` prints the allocation the way Nomad does,
 with a "Recent Events" table per task, newest first; `-json` prints the API JSON.
+
+Threads and locks: none; each handler runs on the command's thread. Owner: `main`
+dispatches to these handlers through the parser `args.build_parser` builds.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Every failure is an `ApiError(status, message)`: the HTTP status and Nomad's pla
 error body, or status 0 when the agent could not be reached at all (a refused
 connection reads "no agent at ADDRESS"). Proxies from the environment are ignored:
 the agent is almost always on loopback, and a proxy there only breaks things.
+
+Threads and locks: none; an `ApiClient` holds no mutable state and each call opens
+its own connection, so threads may share one. Owner: `connect.open_session` creates
+one per command; the command modules call it.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["AgentUnreachable", "ApiClient", "ApiError", "Reply", "normalize_address"]
 
@@ -52,11 +57,18 @@ class AgentUnreachable(ApiError):
         super().__init__(0, message)
 
 
-class Reply(NamedTuple):
-    """A decoded JSON body and the response's X-Nomad-Index (0 when absent)."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Immutable. A decoded JSON body and the response's X-Nomad-Index (0 when absent).
+
+    It unpacks as the pair it is: `data, index = api.get(...)`.
+    """
 
     data: Any
     index: int
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.data, self.index))
 
 
 def normalize_address(address: str) -> str:
@@ -131,7 +143,7 @@ class ApiClient:
 
     def stream(
         self, path: str, params: Params | None = None, *, timeout: float | None = None
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """GET `path` and yield the body as it arrives, until the agent ends it.
 
         `timeout` bounds each wait for more data (None: wait forever, as a follow

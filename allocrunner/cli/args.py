@@ -5,6 +5,9 @@ Nomad's flags are Go flags, written with one dash or two (`-detach`, `--detach`,
 the flags that find the agent (`-address`, `-token`, `-data-dir`). Each parser's
 `handler` default names the function that runs it; the handlers live in the command
 modules and are attached by `build_parser`.
+
+Threads and locks: none; builds argparse parsers, once per command. Owner: `main`
+calls `build_parser` with the handlers of the command modules.
 """
 
 from __future__ import annotations

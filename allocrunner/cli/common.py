@@ -3,6 +3,9 @@
 Every command returns one of the exit codes below; `CliError` carries a message for
 the user and the exit code it implies, so a command can stop anywhere with a clear
 line on stderr instead of a traceback.
+
+Threads and locks: none; constants and an exception. Used by every command module
+and by `main`, which turns a `CliError` into its line and exit code.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ Commands that cannot work without an agent and are meant to work on a bare machi
 agent in this process when the data dir has none, on a loopback port, and shut it
 down when the command ends. Shutting down leaves tasks running, exactly as the
 standalone agent does; the next agent on the same data dir re-attaches them.
+
+Threads and locks: none of its own; a `Session` is owned by one command. An embedded
+agent runs its own threads (HTTP server, runners) in this process; the session that
+started it shuts it down when the command ends. Owner: each command handler opens one
+session with `open_session`.
 """
 
 from __future__ import annotations

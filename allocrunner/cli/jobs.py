@@ -7,6 +7,11 @@ all tasks succeeded, 1 a task failed, 2 bad input or nothing could be placed, 13
 interrupted. When the agent is embedded in this command, an interrupt (Ctrl-C or
 SIGTERM) first stops the job's allocations and waits for their tasks to die, so a
 demo never leaves tasks behind; a second interrupt gives up at once, quietly.
+
+Threads and locks: none; handlers run on the command's thread. Signal handlers are
+installed only on the main thread (elsewhere signals are left alone) and restored when
+the block ends. Owner: `main` dispatches to these handlers; `legacy_run` is the older
+`run`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ command when none runs (so they work on a data dir nobody serves):
 - `stop [ALLOC]`: stop the matching allocations (all by default) and wait until their
   tasks are dead. Stopping everything deregisters the jobs, so nothing replaces them.
 - `gc [ALLOC]`: remove finished allocations, their files and their state.
+
+Threads and locks: none; handlers run on the command's thread. Owner: `main`
+dispatches to these handlers.
 """
 
 from __future__ import annotations

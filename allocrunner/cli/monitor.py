@@ -12,6 +12,10 @@ An allocation is watched when this registration placed or changed it: its
 changes nothing (an unchanged batch job that already ran), the job's existing
 allocations are shown instead. The watch ends when every watched allocation is
 terminal (complete, failed or lost).
+
+Threads and locks: none; `JobWatch` and `EventPrinter` are owned by the command's
+thread. Owner: `jobs.watch_to_the_end` drives a `JobWatch` for `job run` and `run`;
+`job stop` and `alloc stop` wait with `wait_terminal`.
 """
 
 from __future__ import annotations

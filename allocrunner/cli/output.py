@@ -6,6 +6,9 @@ reader goes away (`allocrunner … | head -1`) the first failed write points the
 process's stdout at /dev/null, as Python's documentation recommends, and marks the
 output closed: later writes are dropped, and loops that only exist to print (a log
 follow, a monitor) see `closed` and end. No traceback ever comes of it.
+
+Threads and locks: none; an `Output` is owned by the command's thread. Owner: `main`
+creates one per command and hands it to the command's handler.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@
   `canonicalize_api_job(obj)` the same on parsed API JSON, merging partial blocks.
 
 Every malformed input raises `JobSpecError` whose `path` names the field.
+
+No threads, no locks; pure functions over immutable values (`load_job` reads a file:
+never call it with a lock held), called by the agent's HTTP API, the SQLite state DB,
+the command line and users.
 """
 
 from allocrunner.jobspec.codec import (

@@ -8,6 +8,9 @@ the rules for a field (type, range, null) live in exactly one place.
 Conventions (Nomad's): integers are JSON integers (a bool is not an integer, nor is
 2.0); durations are integer nanoseconds; `null` or an absent key means the field's
 default; unknown keys are ignored.
+
+No threads, no locks; immutable kinds with pure methods, used by `codec` (which
+builds its schema from them), `hcl` and `defaults`.
 """
 
 from __future__ import annotations

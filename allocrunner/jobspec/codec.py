@@ -8,6 +8,9 @@ key means the field's default; unknown keys are ignored. Anything else raises
 
 Decoding never applies Nomad's job defaults beyond the value objects' own (see
 `canonicalize_job`), so `decode_x(encode_x(v)) == v` for every value object `v`.
+
+No threads, no locks; pure functions over immutable schema tables, called by the
+agent's API, the SQLite state DB, `load_job` and users.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ disk, 10 log files of 10 MB, 100 MHz / 300 MB resources, namespace "default", re
 Merging needs to know which settings a file left out, so it happens on the parsed JSON
 (`canonicalize_api_job`) before decoding; `canonicalize_job` fills what is still unset
 on a Job built in code.
+
+No threads, no locks; pure functions, called by `load_job` / `parse_job`, the
+agent's job registration and users.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ error. `${NOMAD_*}` inside a string is kept as written, for the driver to interp
 python-hcl2 8 renders string literals with their quotes and escapes (`'"a\\tb"'`) and
 marks blocks with `__is_block__`; version 7 gives plain strings and no markers. Both
 are handled: which one is installed is probed once, on first use.
+
+No threads, no locks; pure functions (the probe is a thread-safe functools.cache),
+called by `parse_job` for `load_job` and the agent's `/v1/jobs/parse`.
 """
 
 from __future__ import annotations

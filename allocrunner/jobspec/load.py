@@ -1,4 +1,9 @@
-"""Job files: `load_job(path)` reads a Nomad job (HCL or API JSON) with defaults applied."""
+"""Job files: `load_job(path)` reads a Nomad job (HCL or API JSON) with defaults applied.
+
+No threads, no locks; `load_job` reads one file and is marked `@calls_out`, so it
+is never called with a lock held. Called by the command line, the agent's
+`/v1/jobs/parse` (through `parse_job`) and users.
+"""
 
 from __future__ import annotations
 
