@@ -22,19 +22,23 @@ A watch is a thread named ``health-<id8>`` with its own listener. An update canc
 the watch and starts a new one for the new allocation (clearing the health first when
 the deployment changed); postrun and shutdown stop it. Health is set once per watch, by
 design: a later failure does not revise a verdict already given.
+
+Locks: ``HealthHook._lock`` guards the hook's phase bookkeeping and the current watch
+(a leaf: nothing else is taken under it, and it is never held while calling out).
+Owner: the AllocRunner builds one HealthHook per allocation and runs its phases as
+an alloc hook; the verdict goes back through the callbacks it was built with.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from datetime import datetime
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_condition, make_lock
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.broadcaster import AllocListener
 from allocrunner.durations import format_duration
@@ -57,6 +61,7 @@ from allocrunner.structs import (
     TaskEvent,
     TaskGroup,
     TaskState,
+    UpdateStrategy,
 )
 
 __all__ = [
@@ -109,9 +114,14 @@ class HealthVerdict:
     reason: str = ""
 
 
-def _check_strategy(strategy: Any, path: str, allowed: tuple[str, ...]) -> None:
-    for field in ("min_healthy_time", "healthy_deadline"):
-        value = getattr(strategy, field)
+def _check_strategy(
+    strategy: UpdateStrategy | MigrateStrategy, path: str, allowed: tuple[str, ...]
+) -> None:
+    durations = {
+        "min_healthy_time": strategy.min_healthy_time,
+        "healthy_deadline": strategy.healthy_deadline,
+    }
+    for field, value in durations.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{path}.{field}: must be a non-negative number of seconds")
     if strategy.health_check not in allowed:
@@ -173,7 +183,7 @@ class HealthTracker:
         self.deadline = start + params.healthy_deadline
         self._tasks = tuple((t.name, task_stage(t)) for t in group.tasks)
         self._states: Mapping[str, TaskState] = {}
-        self._started: dict[str, Any] = {}  # task -> started_at of the run being timed
+        self._started: dict[str, datetime | None] = {}  # task -> started_at of the timed run
         self._running_since: dict[str, float] = {}
         self._ready_since: float | None = None
         self._healthy_at: float | None = None
@@ -339,7 +349,7 @@ class HealthHook:
         if poll_interval is not None and poll_interval <= 0:
             raise ValueError("HealthHook: poll_interval must be positive")
         self._lock = make_lock("HealthHook._lock")
-        self._idle = threading.Condition(self._lock)
+        self._idle = make_condition(self._lock)
         self._alloc = alloc
         self._ran_once = False
         self._stopped = False

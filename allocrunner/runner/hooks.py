@@ -1,27 +1,56 @@
-"""Alloc runner hooks and the one phase runner that calls them.
+"""Alloc runner hooks: one typed protocol per phase, the hooks sorted by phase, and
+the built-in hooks.
 
-A hook is a small object with a `name` and any of the phase methods below; the
-runner calls each phase through `run_phase`, with no lock held, and with an explicit
-error policy: `prerun` stops at the first failure (later hooks depend on earlier
-ones); every other phase runs all hooks and reports every failure together.
+A hook is a small object with a `name` and any of the phase methods below (Nomad's
+order of calls): ``prerun(cancel)`` → [``update(alloc)``]* → ``pre_kill()`` →
+``postrun()`` → ``destroy()``; or ``shutdown()`` on a graceful agent shutdown. Each
+phase is a protocol (`Prerun`, `Update`, `PreKill`, `Postrun`, `Destroy`,
+`Shutdown`); `AllocHooks.of` sorts an allocation's hooks by the protocols they
+implement once, when the runner is built, and its methods run one phase each through
+the shared phase runner (`allocrunner._hooks`): prerun stops at the first failure
+(later hooks depend on earlier ones); every other phase runs all hooks and raises
+every failure together (`HookErrors`).
 
-Phases (Nomad's order of calls): prerun(cancel) → [update(alloc)]* → pre_kill() →
-postrun() → destroy(); or shutdown() on a graceful agent shutdown.
+Threads: phases run on the alloc runner's threads (see `alloc_runner`), one phase of
+a hook at a time. Locks: none here; phases are callouts and run with no lock held.
+Owner: the AllocRunner builds the hooks and its `AllocHooks`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import attrs
+
+from allocrunner._hooks import NamedHook, Policy
+from allocrunner._hooks import run_phase as _run_hooks
 from allocrunner._locking import calls_out
 from allocrunner._sync import CancelToken
-from allocrunner.errors import HookError, HookErrors
+from allocrunner.allocdir import AllocDir
+from allocrunner.allocwatcher import PrevAllocMigrator, PrevAllocWatcher
+from allocrunner.structs import Allocation
+
+__all__ = [
+    "PHASE_LABELS",
+    "AllocDirHook",
+    "AllocHook",
+    "AllocHooks",
+    "Destroy",
+    "DiskMigrationHook",
+    "Postrun",
+    "PreKill",
+    "Prerun",
+    "Shutdown",
+    "Update",
+    "UpstreamAllocsHook",
+    "run_phase",
+]
 
 log = logging.getLogger("allocrunner.runner")
 
-PHASE_LABELS = {
+PHASE_LABELS: Mapping[str, str] = {
     "prerun": "pre-run",
     "update": "update",
     "pre_kill": "pre-kill",
@@ -31,41 +60,161 @@ PHASE_LABELS = {
 }
 
 
-class AllocHook:
-    """Not thread-safe on its own; the AllocRunner serialises each hook's phases."""
+@runtime_checkable
+class Prerun(NamedHook, Protocol):
+    """Sets the allocation up before its tasks run; `cancel` fires on stop/destroy."""
 
-    name: ClassVar[str] = "hook"
+    def prerun(self, cancel: CancelToken) -> None: ...
+
+
+@runtime_checkable
+class Update(NamedHook, Protocol):
+    """Takes in a new (non-terminal) version of the allocation."""
+
+    def update(self, alloc: Allocation) -> None: ...
+
+
+@runtime_checkable
+class PreKill(NamedHook, Protocol):
+    """Runs before the tasks are killed."""
+
+    def pre_kill(self) -> None: ...
+
+
+@runtime_checkable
+class Postrun(NamedHook, Protocol):
+    """Runs once every task has exited."""
+
+    def postrun(self) -> None: ...
+
+
+@runtime_checkable
+class Destroy(NamedHook, Protocol):
+    """Frees what the hook holds when the allocation is destroyed."""
+
+    def destroy(self) -> None: ...
+
+
+@runtime_checkable
+class Shutdown(NamedHook, Protocol):
+    """Stops the hook's work on a graceful agent shutdown (the tasks keep running)."""
+
+    def shutdown(self) -> None: ...
+
+
+_PHASES: tuple[type, ...] = (Prerun, Update, PreKill, Postrun, Destroy, Shutdown)
+
+
+@attrs.frozen
+class AllocHooks:
+    """Immutable. An allocation's hooks sorted by phase (each tuple in hook order);
+    each method runs one phase with no lock held."""
+
+    prerun_hooks: tuple[Prerun, ...] = ()
+    update_hooks: tuple[Update, ...] = ()
+    pre_kill_hooks: tuple[PreKill, ...] = ()
+    postrun_hooks: tuple[Postrun, ...] = ()
+    destroy_hooks: tuple[Destroy, ...] = ()
+    shutdown_hooks: tuple[Shutdown, ...] = ()
+
+    @classmethod
+    def of(cls, hooks: Iterable[NamedHook]) -> AllocHooks:
+        """Sort `hooks` by the phases they implement; TypeError for a hook with none."""
+        ordered = tuple(hooks)
+        for hook in ordered:
+            if not isinstance(hook, _PHASES):
+                raise TypeError(f"alloc hook {hook!r} implements no phase")
+        return cls(
+            prerun_hooks=tuple(h for h in ordered if isinstance(h, Prerun)),
+            update_hooks=tuple(h for h in ordered if isinstance(h, Update)),
+            pre_kill_hooks=tuple(h for h in ordered if isinstance(h, PreKill)),
+            postrun_hooks=tuple(h for h in ordered if isinstance(h, Postrun)),
+            destroy_hooks=tuple(h for h in ordered if isinstance(h, Destroy)),
+            shutdown_hooks=tuple(h for h in ordered if isinstance(h, Shutdown)),
+        )
+
+    @calls_out
+    def prerun(self, cancel: CancelToken) -> None:
+        """Stops at the first failure (a HookError)."""
+        _run_hooks(
+            self.prerun_hooks,
+            PHASE_LABELS["prerun"],
+            lambda hook: hook.prerun(cancel),
+            policy=Policy.STOP_AT_FIRST,
+        )
+
+    @calls_out
+    def update(self, alloc: Allocation) -> None:
+        _run_hooks(
+            self.update_hooks,
+            PHASE_LABELS["update"],
+            lambda hook: hook.update(alloc),
+            policy=Policy.COLLECT_ALL,
+        )
+
+    @calls_out
+    def pre_kill(self) -> None:
+        _run_hooks(
+            self.pre_kill_hooks,
+            PHASE_LABELS["pre_kill"],
+            lambda hook: hook.pre_kill(),
+            policy=Policy.COLLECT_ALL,
+        )
+
+    @calls_out
+    def postrun(self) -> None:
+        _run_hooks(
+            self.postrun_hooks,
+            PHASE_LABELS["postrun"],
+            lambda hook: hook.postrun(),
+            policy=Policy.COLLECT_ALL,
+        )
+
+    @calls_out
+    def destroy(self) -> None:
+        _run_hooks(
+            self.destroy_hooks,
+            PHASE_LABELS["destroy"],
+            lambda hook: hook.destroy(),
+            policy=Policy.COLLECT_ALL,
+        )
+
+    @calls_out
+    def shutdown(self) -> None:
+        _run_hooks(
+            self.shutdown_hooks,
+            PHASE_LABELS["shutdown"],
+            lambda hook: hook.shutdown(),
+            policy=Policy.COLLECT_ALL,
+        )
+
+
+_PHASE_RUNNERS: Mapping[str, Callable[..., None]] = {
+    "prerun": AllocHooks.prerun,
+    "update": AllocHooks.update,
+    "pre_kill": AllocHooks.pre_kill,
+    "postrun": AllocHooks.postrun,
+    "destroy": AllocHooks.destroy,
+    "shutdown": AllocHooks.shutdown,
+}
 
 
 @calls_out
-def run_phase(
-    hooks: Sequence[Any],
-    phase: str,
-    *args: Any,
-    policy: Literal["stop_first", "collect_all"] = "collect_all",
-) -> None:
-    """Call `phase(*args)` on every hook that has it, in order.
+def run_phase(hooks: Iterable[NamedHook], phase: str, *args: Any) -> None:
+    """Run one phase over hooks not sorted yet (`AllocHooks.of`), under its policy."""
+    runner = _PHASE_RUNNERS.get(phase)
+    if runner is None:
+        raise ValueError(f"unknown alloc hook phase {phase!r} (phases: {', '.join(PHASE_LABELS)})")
+    runner(AllocHooks.of(hooks), *args)
 
-    stop_first raises the first failure as a HookError; collect_all runs every hook
-    and raises a HookErrors group of all failures.
-    """
-    label = PHASE_LABELS.get(phase, phase)
-    errors: list[HookError] = []
-    for hook in hooks:
-        method = getattr(hook, phase, None)
-        if method is None:
-            continue
-        try:
-            method(*args)
-        except Exception as err:
-            wrapped = HookError(hook.name, label, str(err) or type(err).__name__)
-            wrapped.__cause__ = err
-            if policy == "stop_first":
-                raise wrapped from err
-            log.warning("%s", wrapped)
-            errors.append(wrapped)
-    if errors:
-        raise HookErrors(f"{label} hooks failed", errors)
+
+class AllocHook:
+    """Not thread-safe; owned by the AllocRunner, which serialises each hook's phases."""
+
+    name: ClassVar[str] = "hook"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
 
 
 class AllocDirHook(AllocHook):
@@ -73,12 +222,14 @@ class AllocDirHook(AllocHook):
 
     name = "alloc_dir"
 
-    def __init__(self, alloc_dir: Any) -> None:
+    def __init__(self, alloc_dir: AllocDir) -> None:
         self._alloc_dir = alloc_dir
 
+    @calls_out
     def prerun(self, cancel: CancelToken) -> None:
         self._alloc_dir.build()
 
+    @calls_out
     def destroy(self) -> None:
         self._alloc_dir.destroy()
 
@@ -88,9 +239,10 @@ class UpstreamAllocsHook(AllocHook):
 
     name = "await_previous_allocations"
 
-    def __init__(self, watcher: Any) -> None:
+    def __init__(self, watcher: PrevAllocWatcher) -> None:
         self._watcher = watcher
 
+    @calls_out
     def prerun(self, cancel: CancelToken) -> None:
         self._watcher.wait(cancel)
 
@@ -104,10 +256,11 @@ class DiskMigrationHook(AllocHook):
 
     name = "migrate_disk"
 
-    def __init__(self, migrator: Any, alloc_dir: Any) -> None:
+    def __init__(self, migrator: PrevAllocMigrator, alloc_dir: AllocDir) -> None:
         self._migrator = migrator
         self._alloc_dir = alloc_dir
 
+    @calls_out
     def prerun(self, cancel: CancelToken) -> None:
         try:
             self._migrator.migrate(cancel, self._alloc_dir)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from time import monotonic
 from types import MappingProxyType
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
+from allocrunner._locking import Mutex, calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken
 from allocrunner.errors import UnknownTaskError
 from allocrunner.structs import TASK_DEAD, TASK_PENDING, TASK_RUNNING, Task, TaskState
@@ -124,7 +124,7 @@ class Gate:
     _opened = guarded("_lock")  # cancelled while the gate is open; replaced on close
     stage = immutable()
 
-    def __init__(self, stage: str = "", *, lock: object | None = None) -> None:
+    def __init__(self, stage: str = "", *, lock: Mutex | None = None) -> None:
         self.stage = stage
         self._lock = lock if lock is not None else make_lock("TaskCoordinator._lock")
         self._open = False

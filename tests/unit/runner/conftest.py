@@ -10,6 +10,7 @@ import pytest
 
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import default_drivers
+from allocrunner.drivers.base import Driver
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.state import MemDB
 from allocrunner.structs import Allocation
@@ -21,13 +22,11 @@ def config(tmp_path) -> ClientConfig:
 
 
 @pytest.fixture
-def drivers() -> Iterator[dict[str, Any]]:
+def drivers() -> Iterator[dict[str, Driver]]:
     made = default_drivers()
     yield made
     for driver in made.values():
-        close = getattr(driver, "close", None)
-        if close is not None:
-            close()
+        driver.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import attrs
 import pytest
 
 from allocrunner.errors import AllocRunnerError, HookErrors
-from allocrunner.runner.hooks import run_phase
+from allocrunner.runner.hooks import AllocHooks
 from allocrunner.structs import (
     EVENT_KILLED,
     EVENT_RECEIVED,
@@ -147,7 +147,7 @@ class Hook:
 def test_postrun_runs_every_hook_and_reports_each_failure():
     hooks = [Hook("a"), Hook("x", fail=True), Hook("c"), Hook("y", fail=True)]
     with pytest.raises(HookErrors) as info:
-        run_phase(hooks, "postrun")
+        AllocHooks.of(hooks).postrun()
     assert all(h.ran for h in hooks)
     messages = [str(e) for e in info.value.exceptions]
     assert messages == ['post-run hook "x" failed: boom', 'post-run hook "y" failed: boom']
@@ -227,9 +227,7 @@ def test_destroy_after_shutdown_kills_the_tasks_left_running(make_runner, driver
     wait_for(gone)
 
 
-def test_restored_group_whose_leader_died_while_down_stops_cleanly(
-    make_runner, state_db, drivers
-):
+def test_restored_group_whose_leader_died_while_down_stops_cleanly(make_runner, state_db, drivers):
     job = mock_job(
         mock_task("leader", config={"run_for": "30s"}, leader=True),
         mock_task("follower", config={"run_for": "30s"}, kill_timeout=0.05),

@@ -1,0 +1,193 @@
+"""The alloc runner's state handler: where task states, alloc updates and health
+verdicts fan in, and the runtime state is published from.
+
+`StateHandler.run` is the body of the thread ``alloc-state-<id8>``. It sleeps on the
+runner's state kick, which task runners kick after every change of their state and
+the runner kicks after anything else that changes the state. Each pass:
+
+1. applies the alloc update pending in the one-slot mailbox (through the runner,
+   which runs the update hooks and pushes it down to the task runners);
+2. applies the sibling rules of the `TaskSet` (and kills the live tasks through the
+   runner when one fires), or releases task runners parked for a restart once every
+   task is dead;
+3. drives the lifecycle coordinator with the task states;
+4. publishes the new runtime state (`ClientState`) and, when it changed, calls the
+   state updater; the client view goes to the broadcaster either way.
+
+After `finish()` (every task has exited) the mailbox is closed, so later updates are
+dropped, as in Nomad, and the handler makes one last pass, so listeners always see
+the terminal state. Health verdicts of the health watcher come in through
+`set_health` / `clear_health`, are persisted and kick a pass.
+
+Threads: ``alloc-state-<id8>`` (the runner spawns it and joins it on teardown);
+`offer` and the health calls come from other threads. Locks: none of its own; the
+`ClientState` takes the runner's state lock, and nothing here holds a lock while
+calling out. Owner: the AllocRunner builds it and is its only caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from allocrunner._locking import calls_out, immutable
+from allocrunner._sync import Kick, LatestValue
+from allocrunner.broadcaster import AllocBroadcaster
+from allocrunner.errors import BroadcasterClosed
+from allocrunner.runner.client_state import ClientState, client_view
+from allocrunner.runner.lifecycle import TaskCoordinator
+from allocrunner.runner.persistence import AllocPersister
+from allocrunner.runner.task_set import TaskSet
+from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskEvent, TaskState, utcnow
+
+__all__ = ["StateHandler", "StateUpdater"]
+
+log = logging.getLogger("allocrunner.runner")
+
+StateUpdater = Callable[[Allocation], None]
+
+
+class StateHandler:
+    """Thread-safe. The state handler of one allocation (module docstring)."""
+
+    _alloc_id = immutable()
+    _kick = immutable()
+    _updates = immutable()
+    _tasks_done = immutable()
+    _finished = immutable()
+    _client_state = immutable()
+    _tasks = immutable()
+    _coordinator = immutable()
+    _broadcaster = immutable()
+    _state_updater = immutable()
+    _persister = immutable()
+    _current_alloc = immutable()
+    _apply_update = immutable()
+    _kill_tasks = immutable()
+
+    def __init__(
+        self,
+        alloc_id: str,
+        *,
+        kick: Kick,
+        client_state: ClientState,
+        tasks: TaskSet,
+        coordinator: TaskCoordinator,
+        broadcaster: AllocBroadcaster,
+        state_updater: StateUpdater | None,
+        persister: AllocPersister,
+        current_alloc: Callable[[], Allocation],
+        apply_update: Callable[[Allocation], None],
+        kill_tasks: Callable[[], None],
+    ) -> None:
+        self._alloc_id = alloc_id
+        self._kick = kick
+        self._updates: LatestValue[Allocation] = LatestValue()
+        self._tasks_done = threading.Event()
+        self._finished = threading.Event()
+        self._client_state = client_state
+        self._tasks = tasks
+        self._coordinator = coordinator
+        self._broadcaster = broadcaster
+        self._state_updater = state_updater
+        self._persister = persister
+        self._current_alloc = current_alloc
+        self._apply_update = apply_update
+        self._kill_tasks = kill_tasks
+
+    # --- the mailbox and the thread ----------------------------------------------------
+
+    def offer(self, alloc: Allocation) -> bool:
+        """Put `alloc` in the one-slot mailbox unless the pending update is newer or the
+        mailbox is closed; True if taken. Does not kick (the caller does)."""
+        return self._updates.offer(
+            alloc,
+            keep_pending=lambda pending, new: pending.alloc_modify_index > new.alloc_modify_index,
+        )
+
+    def finish(self) -> None:
+        """Every task has exited: make the last pass. Notify-only."""
+        self._tasks_done.set()
+        self._kick.kick()
+
+    @calls_out
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        """True once the last pass is over (only after `run` was started)."""
+        return self._finished.wait(timeout)
+
+    @calls_out
+    def run(self) -> None:
+        """The thread body: a pass on every kick; one last pass after `finish()`."""
+        try:
+            while True:
+                self._kick.wait()
+                done = self._tasks_done.is_set()
+                if done:
+                    self._updates.close()
+                update = self._updates.poll()
+                if update is not None:
+                    self._apply_update(update)
+                self._state_pass(done)
+                if done:
+                    return
+        finally:
+            self._finished.set()
+
+    @calls_out
+    def _state_pass(self, done: bool) -> None:
+        states = self._tasks.states()
+        live = self._tasks.live(states)
+        if live:
+            kill_event = self._tasks.kill_event(states)
+            if kill_event is not None and not done:
+                for tr in live:
+                    tr.emit_event(kill_event)
+                self._kill_tasks()
+                states = self._tasks.states()
+        else:
+            self._tasks.release_parked()
+        self._coordinator.task_state_updated(states)
+        self.publish(states)
+
+    @calls_out
+    def publish(self, states: Mapping[str, TaskState]) -> None:
+        """Publish the state computed from `states`; tell the updater if it changed,
+        and the broadcaster's listeners in any case."""
+        alloc = self._current_alloc()
+        state, changed = self._client_state.publish(alloc, states)
+        client = client_view(alloc, state)
+        if changed and self._state_updater is not None:
+            try:
+                self._state_updater(client)
+            except Exception:
+                log.exception("allocation %s: state updater failed", self._alloc_id)
+        with contextlib.suppress(BroadcasterClosed):
+            self._broadcaster.send(client)
+
+    # --- health verdicts ---------------------------------------------------------------
+
+    def has_health(self) -> bool:
+        return self._client_state.has_health()
+
+    @calls_out
+    def set_health(self, healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+        """The health watcher's one verdict (no lock held); an unhealthy verdict of a
+        running allocation records `events` on their tasks."""
+        status = AllocDeploymentStatus(healthy=healthy, timestamp=utcnow())
+        self._client_state.set_deployment_status(status)
+        self._persister.put_deployment_status(status)
+        if not healthy and not self._current_alloc().server_terminal():
+            for name, event in events.items():
+                tr = self._tasks.get(name)
+                if tr is not None:
+                    tr.append_event(event)
+        self._kick.kick()
+
+    @calls_out
+    def clear_health(self) -> None:
+        """Forget the verdict (the allocation joined another deployment)."""
+        self._client_state.set_deployment_status(None)
+        self._persister.put_deployment_status(None)
+        self._kick.kick()
