@@ -32,8 +32,9 @@ Why each edge of the order exists:
   ``AllocBroadcaster._lock`` (latest value and its version), ``Driver._lock`` (a
   driver's table of tasks), ``GCQueue._lock`` (the collector's queue),
   ``StatsSampler._lock`` (the previous CPU sample of each task, for percentages),
-  ``HttpServer._lock`` (the agent's open connections) and
-  ``PeriodicLauncher._lock`` (the periodic jobs being scheduled).
+  ``HttpServer._lock`` (the agent's open connections),
+  ``PeriodicLauncher._lock`` (the periodic jobs being scheduled) and
+  ``LogPump._lock`` (the pipes and pidfds a driver's log pump watches).
   ``StateDB._lock`` is last: the state databases are the one documented "lock-held
   I/O" site (each SQLite call runs under it, marked ``# lock-held I/O``), and nobody
   calls a database with any other lock held. An AllocRunner marks itself destroyed,
