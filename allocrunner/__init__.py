@@ -1,6 +1,8 @@
 """allocrunner: run Nomad allocations on one node, the way Nomad's client does.
 
 The public API is re-exported here; see README.md for a tour.
+
+Threads and locks: none (imports only). Owner: embedders import the public API from here.
 """
 
 from allocrunner._locking import LOCK_ORDER, RWLock, make_lock, make_rwlock

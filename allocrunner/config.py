@@ -1,4 +1,8 @@
-"""ClientConfig: the node-wide settings an AllocRunner, the GC and the Client share."""
+"""ClientConfig: the node-wide settings an AllocRunner, the GC and the Client share.
+
+Threads and locks: none; a ClientConfig is an immutable value. Owner: the embedder (or
+the agent) builds one and hands it to the `Client`, which passes it on.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ class ClientConfig:
     def for_data_dir(cls, data_dir: str | os.PathLike[str], **overrides: object) -> ClientConfig:
         """A config whose alloc dirs live under ``<data_dir>/alloc``."""
         root = Path(data_dir)
-        return cls(alloc_dir=root / "alloc", data_dir=root, **overrides)  # type: ignore[arg-type]
+        return attrs.evolve(cls(alloc_dir=root / "alloc", data_dir=root), **overrides)
 
     def state_db_path(self) -> Path:
         """The embedded state database file."""

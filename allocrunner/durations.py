@@ -1,4 +1,8 @@
-"""Go duration strings ("10ms", "1.5s", "1h30m") to seconds and back."""
+"""Go duration strings ("10ms", "1.5s", "1h30m") to seconds and back.
+
+Threads and locks: none (pure functions). Owner: the job codec, the drivers' config
+parsing and the CLI call it.
+"""
 
 from __future__ import annotations
 

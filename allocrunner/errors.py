@@ -2,9 +2,13 @@
 
 This module sits at the bottom of the import graph: it imports nothing from
 the package, so every other module can raise these errors.
+
+Threads and locks: none. Owner: every module raises these; embedders catch them.
 """
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 
 class AllocRunnerError(Exception):
@@ -107,6 +111,14 @@ class StateDBError(AllocRunnerError):
     """The state database could not be opened, read or written."""
 
 
+@runtime_checkable
+class Recoverable(Protocol):
+    """An error that says whether a retry may help (Nomad's structs.Recoverable):
+    `RecoverableError`, `DriverError`, `HookError` and hook errors of the task runner."""
+
+    recoverable: bool
+
+
 def is_recoverable(err: BaseException) -> bool:
     """True when the restart policy may retry after `err` (plain errors are not)."""
-    return bool(getattr(err, "recoverable", False))
+    return isinstance(err, Recoverable) and bool(err.recoverable)

@@ -6,6 +6,9 @@
 - `ThreadLeakCheck`: fails when a test leaves new threads running.
 - `lock_violations()`: violations of the lock discipline recorded in check mode.
 - Mock jobs and allocations built the way a scheduler would place them.
+
+Threads: none of its own; `wait_for` and `assert_stays` poll on the caller's thread.
+Locks: none. Owner: test code (this package's suite and embedders' tests).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from allocrunner import _locking
 from allocrunner.structs import (
@@ -37,8 +40,10 @@ __all__ = [
     "wait_for",
 ]
 
+T = TypeVar("T")
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
+
+def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.005) -> T:
     """Poll `check` until it returns without raising AssertionError; return its value.
 
     After `timeout` seconds the last AssertionError is raised again, prefixed with how
@@ -54,7 +59,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
         time.sleep(interval)
 
 
-def assert_stays(check: Callable[[], Any], duration: float, interval: float = 0.005) -> None:
+def assert_stays(check: Callable[[], object], duration: float, interval: float = 0.005) -> None:
     """Assert that `check` keeps passing (raises nothing) for `duration` seconds."""
     deadline = time.monotonic() + duration
     while True:

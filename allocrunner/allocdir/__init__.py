@@ -5,6 +5,9 @@
 extracts the migrated parts (``alloc/data`` and each task's ``local/``), and serves
 reads of the tree to outside callers without ever letting a path or a symlink lead
 out of it.
+
+Threads: none of its own. Locks: "AllocDir._lock" (see `alloc_dir`). Owner: each
+AllocRunner creates its AllocDir; migration and the agent's file API read it.
 """
 
 from allocrunner.allocdir.alloc_dir import POLL_INTERVAL, AllocDir

@@ -1,4 +1,11 @@
-"""AllocDir: the directory tree of one allocation, and the safe ways to touch it."""
+"""AllocDir: the directory tree of one allocation, and the safe ways to touch it.
+
+Threads: none of its own; callers' threads do the file work (`block_until_exists` and
+`change_events` poll on the caller's thread). Locks: "AllocDir._lock", an RWLock, guards
+the map of task dirs and the built flag; no file work runs under it. Owner: an
+AllocRunner creates and destroys its AllocDir; task runners, migration, the GC and the
+agent's file API use it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Final
+from typing import IO, BinaryIO, Final, Protocol, runtime_checkable
 
 from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
 from allocrunner._sync import CancelToken
@@ -46,9 +53,15 @@ def _check_name(value: object, field: str) -> str:
     return value
 
 
+@runtime_checkable
+class _Named(Protocol):
+    """A task object, accepted wherever a task name is."""
+
+    name: str
+
+
 def _task_name(task: object) -> str:
-    name = getattr(task, "name", task)
-    name = _check_name(name, "task name")
+    name = _check_name(task.name if isinstance(task, _Named) else task, "task name")
     if name == SHARED_DIR:
         raise ValueError(f"task name {name!r} collides with the shared alloc dir")
     return name

@@ -1,4 +1,8 @@
-"""TaskDir: one task's directories inside an alloc dir."""
+"""TaskDir: one task's directories inside an alloc dir.
+
+Threads and locks: none; a TaskDir is an immutable set of paths and `build()` is
+idempotent file work. Owner: `AllocDir.new_task_dir` makes them; task runners build them.
+"""
 
 from __future__ import annotations
 
