@@ -1,28 +1,43 @@
-"""Previous-allocation watchers and disk migrators (see `watcher`)."""
+"""Previous-allocation watchers and disk migrators.
 
-from allocrunner.allocwatcher.watcher import (
+The roles are the protocols `PrevAllocWatcher` and `PrevAllocMigrator` (`base`); the
+implementations are `NoopPrevAlloc` (`noop`), `LocalPrevAlloc` (`local`),
+`RemotePrevAlloc` (`remote`) and `GroupPrevAllocWatcher` (`group`); `new_prev_watcher`
+(`factory`) picks them for an allocation. Each module states its threads and locks.
+"""
+
+from allocrunner.allocwatcher.base import (
     POLL_INTERVAL,
-    GroupPrevAllocWatcher,
-    LocalPrevAlloc,
-    NoopPrevAlloc,
     PrevAllocMigrationError,
     PrevAllocMigrator,
     PrevAllocWaitCancelled,
     PrevAllocWatcher,
-    RemotePrevAlloc,
     UnknownAllocationError,
-    new_prev_watcher,
+)
+from allocrunner.allocwatcher.factory import PrevAllocRunner, new_prev_watcher
+from allocrunner.allocwatcher.group import GroupPrevAllocWatcher
+from allocrunner.allocwatcher.local import LocalPrevAlloc
+from allocrunner.allocwatcher.noop import NoopPrevAlloc
+from allocrunner.allocwatcher.remote import (
+    FetchAlloc,
+    FetchSnapshot,
+    RemoteOptions,
+    RemotePrevAlloc,
 )
 
 __all__ = [
     "POLL_INTERVAL",
+    "FetchAlloc",
+    "FetchSnapshot",
     "GroupPrevAllocWatcher",
     "LocalPrevAlloc",
     "NoopPrevAlloc",
     "PrevAllocMigrationError",
     "PrevAllocMigrator",
+    "PrevAllocRunner",
     "PrevAllocWaitCancelled",
     "PrevAllocWatcher",
+    "RemoteOptions",
     "RemotePrevAlloc",
     "UnknownAllocationError",
     "new_prev_watcher",

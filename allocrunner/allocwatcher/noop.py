@@ -1,0 +1,32 @@
+"""`NoopPrevAlloc`: the watcher and migrator of an allocation with nothing to wait for.
+
+Threads: none; every method returns at once on the caller's thread. Locks: none (the
+object is stateless). Owner: `new_prev_watcher` hands it out when there is no previous
+allocation (or it cannot be observed), and `AllocRunner` uses it when given no watcher.
+"""
+
+from __future__ import annotations
+
+from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir
+
+__all__ = ["NoopPrevAlloc"]
+
+
+class NoopPrevAlloc:
+    """Thread-safe. Nothing to wait for and nothing to migrate (stateless)."""
+
+    def wait(self, cancel: CancelToken) -> None:
+        """Return at once."""
+
+    def is_waiting(self) -> bool:
+        return False
+
+    def migrate(self, cancel: CancelToken, dest: AllocDir) -> None:
+        """Return at once."""
+
+    def is_migrating(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<NoopPrevAlloc>"
