@@ -27,8 +27,11 @@ Nomad's client does): close the cluster (parked blocking queries answer at once)
 stop serving (open streams end, request threads are joined), stop the periodic
 launcher, shut the client down (task state saved), remove ``agent.json``, unlock.
 
-Threads: ``http-accept`` and one per open connection (bounded), ``cluster-persist``,
-``periodic``, plus the client's. Lock: ``Agent._lock`` guards the phase only.
+Threads: ``http-accept`` and one ``http-conn`` per open connection (bounded),
+``cluster-persist``, ``periodic-launcher``, plus the client's. Lock: ``Agent._lock``
+guards the phase and the parts `start` builds (each set once, then only read). Owner:
+``allocrunner agent`` (`allocrunner.agent.command.main`), or the command line, which
+embeds an agent when none is running.
 """
 
 from __future__ import annotations
@@ -213,7 +216,8 @@ class Agent:
                 total_compute_mhz=node.resources.cpu_mhz, num_cores=node.resources.cores
             ),
             periodic=periodic,
-            agent_info={"host": host, "token_required": bool(cfg.token)},
+            http_host=host,
+            token_required=bool(cfg.token),
             started=time.time(),
         )
         http = HttpServer(

@@ -3,10 +3,16 @@
 ``GET /v1/allocations`` (stubs, ``prefix``), ``GET /v1/allocation/:id`` (the full
 allocation with its job), ``POST /v1/allocation/:id/stop``, ``GET /v1/evaluations``
 and ``GET /v1/evaluation/:id``; every read is a blocking query.
+
+Threads: the handlers run on the HTTP server's request threads; a blocking read parks
+its thread on the cluster's broadcaster. Locks: none; each answer is read from one
+immutable `ClusterState`. Owner: `build_router` adds the routes; `HttpServer` calls
+them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from allocrunner.agent import blocking
@@ -109,7 +115,7 @@ def list_allocs(ctx: ApiContext, req: Request) -> Response:
     return stubs_response(allocs, index, resources=resources)
 
 
-def _alloc_index(alloc_id: str) -> Any:
+def _alloc_index(alloc_id: str) -> Callable[[ClusterState], int]:
     def index_of(state: ClusterState) -> int:
         alloc = state.allocs.get(alloc_id)
         return alloc.modify_index if alloc is not None else state.alloc_index

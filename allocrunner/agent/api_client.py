@@ -4,6 +4,11 @@
 `AllocDir` (every path checked there: no escape, no ``secrets/``);
 ``/v1/client/allocation/:id/{stats,restart,signal,gc}``, ``/v1/client/stats`` and
 ``/v1/client/gc`` act on this node's runners.
+
+Threads: the handlers run on the HTTP server's request threads; a followed stream or
+log starts watcher threads through `allocrunner.agent.fsapi`, which end with the
+response. Locks: none here (the stats sampler has its own). Owner: `build_router`
+adds the routes; `HttpServer` calls them.
 """
 
 from __future__ import annotations

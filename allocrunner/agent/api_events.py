@@ -7,6 +7,10 @@ Topics ``Job``, ``Allocation`` and ``Evaluation`` are served, filtered by
 its filter keys, e.g. an allocation's job id) and by ``namespace``. ``index=N``
 replays the buffered events after N first. The stream is fed by the cluster's
 latest-only broadcaster: a burst of changes is sent as one read of the buffer.
+
+Threads: each subscriber's request thread runs its stream until the client leaves or
+the agent shuts down. Locks: none; each batch is read from one `ClusterState`.
+Owner: `build_router` adds the route; `HttpServer` calls it.
 """
 
 from __future__ import annotations

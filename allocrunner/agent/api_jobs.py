@@ -3,12 +3,18 @@
 ``/v1/jobs`` (list, register), ``/v1/jobs/parse``, ``/v1/job/:id`` (read, register,
 deregister), ``/v1/job/:id/{allocations,evaluations,summary,versions,dispatch}`` and
 ``/v1/job/:id/periodic/force``, in Nomad's JSON shapes and status codes.
+
+Threads: the handlers run on the HTTP server's request threads; a blocking read parks
+its thread on the cluster's broadcaster. Locks: none; reads come from one immutable
+`ClusterState` and writes go through the `Cluster`. Owner: `build_router` adds the
+routes; `HttpServer` calls them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +70,7 @@ def list_jobs(ctx: ApiContext, req: Request) -> Response:
     return json_response(jobs, index=index)
 
 
-def _job_index(job_id: str, namespace: str) -> Any:
+def _job_index(job_id: str, namespace: str) -> Callable[[ClusterState], int]:
     key = f"{namespace}/{job_id}"
 
     def index_of(state: ClusterState) -> int:

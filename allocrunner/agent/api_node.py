@@ -3,6 +3,10 @@
 ``/v1/agent/{self,health,members}``, ``/v1/status/{leader,peers}``, ``/v1/regions``,
 ``/v1/nodes``, ``/v1/node/:id`` and ``/v1/node/:id/allocations``. The node is this
 host, as fingerprinted at start; the agent is both its client and its server.
+
+Threads: the handlers run on the HTTP server's request threads. Locks: none; the node
+is an immutable `NodeInfo` and the allocations come from one `ClusterState`. Owner:
+`build_router` adds the routes; `HttpServer` calls them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def add_routes(router: Router, ctx: ApiContext) -> None:
 
 
 def _host(ctx: ApiContext) -> str:
-    return str(ctx.agent_info.get("host", "127.0.0.1"))
+    return ctx.http_host
 
 
 def _rpc_addr(ctx: ApiContext) -> str:
@@ -80,7 +84,7 @@ def agent_self(ctx: ApiContext, req: Request) -> Response:
         "Client": {"Enabled": True, "NodeClass": node.node_class, "Meta": dict(node.meta)},
         "Server": {"Enabled": True, "BootstrapExpect": 1},
         "Addresses": {"HTTP": _host(ctx)},
-        "ACL": {"Enabled": bool(ctx.agent_info.get("token_required"))},
+        "ACL": {"Enabled": ctx.token_required},
     }
     stats = {
         "client": {

@@ -4,6 +4,9 @@ A read with ``index`` waits until the thing it reads has changed past that index
 until ``wait`` passes (default 5 minutes, at most 10, as Nomad), and then answers
 with the current value. The wait parks on the cluster's latest-only broadcaster: a
 parked query costs no CPU and wakes at the first change that concerns it.
+
+Threads: the caller's request thread, parked in `Cluster.wait_for`. Locks: none.
+Owner: helpers for the API handlers.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@
   line; nothing else is touched.
 
 Flags take one dash or two (``-data-dir`` or ``--data-dir``), as Nomad's do.
+
+Threads: the main thread, which waits for a signal in ``select``; every other thread
+is the `Agent`'s. Locks: none (the signal handler only writes a byte to a pipe, so it
+takes no lock). Owner: ``allocrunner agent`` and ``python -m allocrunner.agent`` call
+`main`.
 """
 
 from __future__ import annotations

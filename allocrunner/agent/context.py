@@ -1,8 +1,13 @@
-"""What every API handler needs: the agent's collaborators, in one immutable record."""
+"""What every API handler needs: the agent's collaborators, in one immutable record.
+
+Threads: none; the handlers read it on every request thread. Locks: none (the record
+is immutable and each collaborator is thread-safe on its own). Owner: the `Agent`
+builds one in its start and hands it to every module's routes.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -25,5 +30,8 @@ class ApiContext:
     node: NodeInfo
     sampler: StatsSampler
     periodic: PeriodicLauncher
-    agent_info: dict[str, Any] = attrs.field(factory=dict)
+    http_host: str = "127.0.0.1"
+    """The host the HTTP API listens on (reported as the agent's address)."""
+    token_required: bool = False
+    """Whether the API asks for a token (reported as ACLs being enabled)."""
     started: float = 0.0

@@ -9,6 +9,10 @@ second agent can name the holder in its error.
 ``<data_dir>/agent.json`` (address, pid, start time) lets the command line find the
 agent. It is written atomically after the HTTP server listens and is trusted only
 while the lock is held by a live process (`find_agent`).
+
+Threads: none. Locks: no declared lock; the data-dir lock is the kernel's ``flock``,
+held by a `DataDirLock` from the agent's start to its shutdown. Owner: the `Agent`
+takes the lock and writes the record; the command line reads it (`find_agent`).
 """
 
 from __future__ import annotations

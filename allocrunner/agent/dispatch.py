@@ -10,6 +10,9 @@ dispatched periodic job launches on its schedule.
 
 Nomad stores the payload snappy-compressed on the server; here the child carries it
 as given (there is no server between the agent and the task runner).
+
+Threads: none; pure functions on the request thread. Locks: none. Owner: the
+dispatch endpoint in `allocrunner.agent.api_jobs`.
 """
 
 from __future__ import annotations

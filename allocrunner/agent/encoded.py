@@ -5,6 +5,10 @@ indexes only grow), so ``(id, modify_index)`` names one immutable version. A wok
 batch of blocking queries over the same snapshot then encodes each allocation once,
 and a list is the cached parts joined. `functools.lru_cache` bounds the memory and
 is safe to call from every request thread.
+
+Threads: any request thread. Locks: none declared; the cache's own internal lock is
+held only inside `functools.lru_cache` and calls nothing out. Owner: the API handlers
+that answer with allocations.
 """
 
 from __future__ import annotations

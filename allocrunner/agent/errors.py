@@ -3,6 +3,9 @@
 `ApiError` carries the HTTP status a handler wants the client to see; the server
 turns it into Nomad's plain-text error body (`<status> <message>` style bodies are
 not used: Nomad answers errors with the message alone and the status code).
+
+Threads: none. Locks: none. Owner: raised by the agent's modules; `HttpServer`
+answers an `ApiError` with its status.
 """
 
 from __future__ import annotations

@@ -198,9 +198,7 @@ class _Server(ThreadingHTTPServer):
                 )
             self.shutdown_request(request)
             return
-        self.owner._threads.spawn(
-            "http-conn", self.process_request_thread, request, client_address
-        )
+        self.owner._threads.spawn("http-conn", self.process_request_thread, request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         self.owner._forget(request)

@@ -12,6 +12,11 @@ thread that launches them (Nomad's periodic dispatcher, nomad/periodic.go).
 Unlike Nomad, which would fire every launch it missed (after a suspend or a clock
 jump) in a burst, the launcher fires the latest missed one once and schedules the
 next after the present.
+
+Threads: ``periodic-launcher``, started by `PeriodicLauncher.start` and joined by
+`PeriodicLauncher.stop`. Lock: ``PeriodicLauncher._lock`` guards the tracked jobs and
+the started flag; `launch` and `is_running` are called with it released. Owner: the
+`Agent`, which feeds it every registered job and stops it on shutdown.
 """
 
 from __future__ import annotations

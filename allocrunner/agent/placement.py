@@ -14,6 +14,10 @@ lock and tests can call them on their own.
   re-registering an unchanged batch job never runs it again. A service allocation
   that ended, or any allocation stopped with its job, leaves its slot free.
 - A count that goes down, or a group that disappears, stops the extra allocations.
+
+Threads: none. Locks: none (the callers in `allocrunner.agent.cluster_state` run
+under ``Cluster._lock``; nothing here blocks or calls out). Owner: the cluster's
+transitions.
 """
 
 from __future__ import annotations

@@ -20,6 +20,12 @@ the sum of its running tasks.
 
 Processes come and go while /proc is read: every read tolerates a process that has
 just exited (it is then left out, or counted with what was read before it went).
+
+Threads: none of its own; the functions run on the request thread that asks.
+Lock: ``StatsSampler._lock`` guards the sampler's readings (a frozen map, replaced);
+/proc is read with it released. Owner: the `Agent` creates the one `StatsSampler`
+and puts it in the API context; the client endpoints call `host_stats` and
+`alloc_stats`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -41,6 +47,10 @@ from allocrunner.drivers._process import (
     read_proc,
 )
 from allocrunner.structs.frozen import FrozenDict
+
+if TYPE_CHECKING:
+    from allocrunner.state.base import LocalState
+    from allocrunner.structs import Allocation
 
 __all__ = [
     "CPU_MEASURED",
@@ -63,14 +73,20 @@ SAMPLE_MAX_AGE = 600.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+class TaskRunnerLike(Protocol):
+    """What `alloc_stats` reads of a TaskRunner: its driver handle, in its local state."""
+
+    def local_state(self) -> LocalState: ...
+
+
 class AllocRunnerLike(Protocol):
     """What `alloc_stats` needs of an AllocRunner."""
 
-    def alloc(self) -> Any: ...
+    def alloc(self) -> Allocation: ...
 
     def task_names(self) -> list[str]: ...
 
-    def task_runner(self, name: str) -> Any: ...
+    def task_runner(self, name: str) -> TaskRunnerLike: ...
 
 
 # --- reading /proc --------------------------------------------------------------------
@@ -396,7 +412,7 @@ class _TaskGroup:
     start_high: int
 
 
-def _task_group(task_runner: Any) -> _TaskGroup | None:
+def _task_group(task_runner: TaskRunnerLike) -> _TaskGroup | None:
     """The process group of a running task; None if it is not running or its driver
     runs no process group."""
     handle = task_runner.local_state().task_handle
