@@ -1,4 +1,4 @@
-"""CancelToken, Kick, LatestValue and ThreadGroup: the Go context/channel replacements."""
+"""CancelToken, Event, Kick, LatestValue and ThreadGroup: the Go context/channel replacements."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from allocrunner import _locking
 from allocrunner._locking import make_lock
-from allocrunner._sync import CancelToken, Kick, LatestValue, ThreadGroup, Waiter
+from allocrunner._sync import CancelToken, Event, Kick, LatestValue, ThreadGroup, Waiter
 from allocrunner.errors import CalloutUnderLockError
 from allocrunner.testing import assert_stays, wait_for
 
@@ -134,6 +134,67 @@ def test_cancel_under_a_lock_is_allowed() -> None:
     with lock:
         token.cancel("notify-only")
     assert token.cancelled()
+
+
+# --- Event -------------------------------------------------------------------------------
+
+
+def test_event_is_set_once_and_stays_set() -> None:
+    event = Event()
+    assert not event.is_set()
+    assert not event.wait(0)
+    assert event.set()
+    assert not event.set()  # a second set changes nothing and says so
+    assert event.is_set()
+    assert event.wait(0) and event.wait(None)
+
+
+def test_event_wakes_every_waiter_present_and_future() -> None:
+    event = Event()
+    woke: list[bool] = []
+    group = ThreadGroup("event-waiters")
+    for i in range(3):
+        group.spawn(f"event-waiter-{i}", lambda: woke.append(event.wait(10)))
+    assert_stays(lambda: _assert_equal(woke, []), 0.05)
+    event.set()
+    assert group.join(10)
+    assert woke == [True, True, True]
+    assert event.wait(0)  # a waiter that comes later does not block
+
+
+def test_event_wait_times_out() -> None:
+    event = Event()
+    start = time.monotonic()
+    assert not event.wait(0.05)
+    assert time.monotonic() - start >= 0.05
+
+
+def test_concurrent_event_set_has_one_winner() -> None:
+    event = Event()
+    wins: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> None:
+        barrier.wait(10)
+        if event.set():
+            wins.append(i)
+
+    group = ThreadGroup("event-race")
+    for i in range(8):
+        group.spawn(f"event-set-{i}", race, i)
+    assert group.join(10)
+    assert len(wins) == 1 and event.is_set()
+
+
+def test_event_set_under_a_lock_is_allowed_but_waiting_is_not() -> None:
+    lock = make_lock("AllocBroadcaster._lock")
+    event = Event()
+    with lock:
+        event.set()
+        with pytest.raises(CalloutUnderLockError):
+            event.wait(0)
+    assert len(_locking.take_violations()) == 1
+    assert event.wait(0)
 
 
 # --- Kick --------------------------------------------------------------------------------

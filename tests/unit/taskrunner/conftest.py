@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from allocrunner._locking import held_locks
 from allocrunner._sync import ThreadGroup
 from allocrunner.allocdir import AllocDir
 from allocrunner.drivers.mock import MockDriver
 from allocrunner.drivers.raw_exec import RawExecDriver
-from allocrunner.state import MemDB
+from allocrunner.state import LocalState, MemDB
 from allocrunner.structs import Allocation, RestartPolicy, Task, TaskEvent, TaskState
 from allocrunner.taskrunner import TaskRunner
 from allocrunner.testing import mock_alloc, wait_for
@@ -42,6 +43,63 @@ def event_types(state: TaskState) -> list[str]:
 
 def events_of(tr: TaskRunner, kind: str) -> list[TaskEvent]:
     return [e for e in tr.task_state().events if e.type == kind]
+
+
+class RecordingDB(MemDB):
+    """Thread-safe. A MemDB that counts task writes, checks that no lock is held while
+    it is written, tracks how many writers are inside it at once, and can hold writers
+    at a gate."""
+
+    def __init__(self, alloc_id: str = "", task: str = "") -> None:
+        super().__init__()
+        self._task_key = (alloc_id, task)
+        self._mutex = threading.Lock()
+        self.state_writes = 0
+        self.local_writes = 0
+        self.inside = 0
+        self.most_inside = 0
+        self.locks_seen: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def _enter(self) -> None:
+        with self._mutex:
+            self.locks_seen += held_locks()
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            fail, self.fail_next = self.fail_next, False
+        self.gate.wait(10)
+        if fail:
+            with self._mutex:
+                self.inside -= 1
+            raise OSError("disk full")
+
+    def _leave(self) -> None:
+        with self._mutex:
+            self.inside -= 1
+
+    def put_task_state(self, alloc_id: str, task: str, state: TaskState) -> None:
+        self._enter()
+        try:
+            super().put_task_state(alloc_id, task, state)
+            with self._mutex:
+                self.state_writes += 1
+        finally:
+            self._leave()
+
+    def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
+        self._enter()
+        try:
+            super().put_task_local_state(alloc_id, task, local)
+            with self._mutex:
+                self.local_writes += 1
+        finally:
+            self._leave()
+
+    def stored(self) -> tuple[LocalState | None, TaskState | None]:
+        """The entries of the task named at construction."""
+        return self.task_runner_state(*self._task_key)
 
 
 class Kicks:

@@ -38,6 +38,7 @@ from allocrunner.structs.task_state import (
 from allocrunner.taskrunner import TaskHook
 from allocrunner.testing import assert_stays, mock_task, wait_for
 from tests.unit.taskrunner.conftest import (
+    RecordingDB,
     alloc_of,
     event_types,
     events_of,
@@ -497,6 +498,37 @@ def test_update_with_the_task_missing_kills_it(harness) -> None:
     killed = [e for e in st.events if e.type == EVENT_KILLED]
     assert killed[0].details["kill_reason"] == "update missing task"
     assert tr.wait(5)
+
+
+def _without_the_task(alloc):
+    other = TaskGroup(name=alloc.task_group, tasks=(mock_task("other"),))
+    return attrs.evolve(alloc, job=attrs.evolve(alloc.job, task_groups=(other,)))
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["running", "before-run"])
+def test_update_never_blocks_even_for_a_missing_task(harness, started) -> None:
+    alloc = alloc_of(mock_task(config={"run_for": "30s"}))
+    db = RecordingDB(alloc.id, "web")
+    tr = harness.runner(alloc, state_db=db, start=started)
+    if started:
+        wait_state(tr, "running")
+    db.gate.clear()  # from now on every write blocks: update() must not write
+    tr.update(attrs.evolve(alloc, alloc_modify_index=5))
+    tr.update(_without_the_task(alloc))
+    killed = events_of(tr, EVENT_KILLED)
+    assert killed and killed[0].details["kill_reason"] == "update missing task"
+    assert tr.task_state().failed
+    db.gate.set()
+    if not started:
+        assert not tr.wait(0)  # the run thread (or a kill) does the killing
+        harness.start(tr)
+    assert tr.wait(5)
+    st = tr.task_state()
+    assert st.state == "dead" and st.failed
+    if not started:
+        assert EVENT_STARTED not in event_types(st)  # killed before it ever started
+    _, stored = db.stored()
+    assert stored == st  # the event was written with the task's later changes
 
 
 def test_server_terminal_alloc_is_not_started(harness) -> None:
