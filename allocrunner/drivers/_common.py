@@ -131,20 +131,21 @@ def task_status(
     )
 
 
-class TaskRecord(Protocol):
-    """What a `_TaskTable` needs of a driver's task record."""
+class _TaskRecord(Protocol):
+    """What a `_TaskTable` needs of a driver's task record (its `_lock` is the driver's)."""
 
+    @requires("_lock")
     def running_locked(self) -> bool:
         """True while the task has not exited (called with the driver lock held)."""
         ...
 
 
-R = TypeVar("R", bound=TaskRecord)
+R = TypeVar("R", bound=_TaskRecord)
 
 
 class _TaskTable(Generic[R]):
-    """Thread-safe (under the driver's lock). The tasks a driver knows, by task id, and
-    whether the driver is closed.
+    """Thread-safe. The tasks a driver knows, by task id, and whether the driver is
+    closed; guarded by the driver's lock.
 
     Invariant: at most one running task per id (a task id is reused only once its
     previous task has exited); once closed the table takes no task and every lookup

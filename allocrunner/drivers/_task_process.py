@@ -1,4 +1,4 @@
-"""`TaskProcess`: raw_exec's record of one task, that is of one wrapper process (see
+"""`_TaskProcess`: raw_exec's record of one task, that is of one wrapper process (see
 `allocrunner.drivers._process`): who it is (pid, process group, start time against pid
 reuse, status file), how its exit is seen and what it exited with, and the handle
 state that lets another agent find it again (`driver_state`, `task_process_from_handle`).
@@ -36,7 +36,7 @@ from allocrunner.errors import DriverError
 _NAME = "raw_exec"
 
 
-class TaskProcess:
+class _TaskProcess:
     """Thread-safe. One raw_exec task; mutable fields are guarded by the driver's lock."""
 
     _lock = immutable()
@@ -185,7 +185,9 @@ class TaskProcess:
         }
 
 
-def task_process_from_handle(lock: Any, handle: TaskHandle, *, watched: bool = True) -> TaskProcess:
+def task_process_from_handle(
+    lock: Any, handle: TaskHandle, *, watched: bool = True
+) -> _TaskProcess:
     """The record a handle describes (the process is not looked at); DriverError
     naming the bad field of a malformed handle."""
     state = handle.driver_state
@@ -202,7 +204,7 @@ def task_process_from_handle(lock: Any, handle: TaskHandle, *, watched: bool = T
     if not isinstance(status_path, str) or not status_path:
         raise DriverError(f"{_NAME}: handle of task {handle.task_id!r} has no status_path")
     started_at = state.get("started_at", 0.0)
-    return TaskProcess(
+    return _TaskProcess(
         lock,
         handle.config,
         pid=ints["pid"],

@@ -96,7 +96,7 @@ from allocrunner.drivers._process import (
     spawn_wrapper,
     task_env,
 )
-from allocrunner.drivers._task_process import TaskProcess, task_process_from_handle
+from allocrunner.drivers._task_process import _TaskProcess, task_process_from_handle
 from allocrunner.drivers.base import (
     ExitResult,
     TaskConfig,
@@ -187,7 +187,7 @@ class RawExecDriver:
         if exit_watch not in ("pidfd", "poll"):
             raise ValueError(f"exit_watch must be 'pidfd' or 'poll', not {exit_watch!r}")
         self._lock = make_lock("Driver._lock")
-        self._tasks: _TaskTable[TaskProcess] = _TaskTable(NAME, self._lock)
+        self._tasks: _TaskTable[_TaskProcess] = _TaskTable(NAME, self._lock)
         self._closing = CancelToken()
         self._pump = LogPump("raw_exec-io", poll_interval=POLL_INTERVAL)
         self._exit_watch = exit_watch
@@ -231,7 +231,7 @@ class RawExecDriver:
         pidfd = None
         try:
             pidfd = None if self._exit_watch == "poll" else pidfd_open(pid)
-            proc = TaskProcess(
+            proc = _TaskProcess(
                 self._lock,
                 config,
                 pid=pid,
@@ -375,7 +375,7 @@ class RawExecDriver:
 
     def _hand_over(
         self,
-        proc: TaskProcess,
+        proc: _TaskProcess,
         pidfd: int | None,
         outputs: tuple[tuple[str, int], ...],
         exited: ExitResult | None = None,
@@ -406,7 +406,7 @@ class RawExecDriver:
                 self._tasks.remove_locked(task_id, proc)
             raise DriverError(f"{NAME} is closed")
 
-    def _reattach(self, proc: TaskProcess) -> bool:
+    def _reattach(self, proc: _TaskProcess) -> bool:
         """Watch the live wrapper of a recovered task again; False if it turned out to
         have exited (or its pid to be reused) meanwhile."""
         pidfd = None
@@ -425,7 +425,7 @@ class RawExecDriver:
 
     def _register_recovered(
         self,
-        proc: TaskProcess,
+        proc: _TaskProcess,
         exited: ExitResult | None,
         pidfd: int | None = None,
         outputs: tuple[tuple[str, int], ...] = (),
@@ -442,7 +442,7 @@ class RawExecDriver:
                 raise
 
     @calls_out
-    def _deliver(self, proc: TaskProcess, sig: int) -> None:
+    def _deliver(self, proc: _TaskProcess, sig: int) -> None:
         """Send `sig` to the task's group so that the command gets it exactly once.
 
         Until the command has been exec'd, a signal can only reach the wrapper (or the
@@ -466,7 +466,7 @@ class RawExecDriver:
                 return
 
     @calls_out
-    def _await_exit(self, proc: TaskProcess, timeout: float) -> bool:
+    def _await_exit(self, proc: _TaskProcess, timeout: float) -> bool:
         """True once the task has exited; False after `timeout`; raises if closed."""
         joined = CancelToken.any_of(proc.done, self._closing)
         try:
