@@ -121,25 +121,48 @@ def _prev_migrator(
     prev_id = alloc.previous_allocation
     if not prev_id:
         return None
-    group = alloc.group()
-    tasks = [t.name for t in group.tasks] if group is not None else []
-    disk = group.ephemeral_disk if group is not None else None
+    disk = _DiskPlan.of(alloc)
     if prev_runner is not None:
         view = _runner_view(prev_runner)
         if view.alloc.id != prev_id:
             raise ValueError(
                 f"prev_runner runs allocation {view.alloc.id}, but {alloc.id} replaces {prev_id}"
             )
-        sticky = disk is not None and disk.carries_data()
-        return LocalPrevAlloc(view.alloc, view.alloc_dir, view.listen, tasks, sticky=sticky)
+        return LocalPrevAlloc(
+            view.alloc, view.alloc_dir, view.listen, disk.tasks, sticky=disk.sticky
+        )
     if fetch_alloc is not None:
         return RemotePrevAlloc(
             prev_id,
             fetch_alloc,
             fetch_snapshot,
-            tasks=tasks,
-            migrate=disk is not None and disk.migrate,
+            tasks=disk.tasks,
+            migrate=disk.migrate,
             **remote_options,
         )
     log.debug("previous allocation %s is not observable: not waiting", prev_id)
     return None
+
+
+@attrs.frozen
+class _DiskPlan:
+    """Immutable. What moves from the previous allocation: the `local/` dirs of `tasks`
+    and `alloc/data`, from a local runner when `sticky`, from a remote one when
+    `migrate`."""
+
+    tasks: tuple[str, ...]
+    sticky: bool
+    migrate: bool
+
+    @classmethod
+    def of(cls, alloc: Allocation) -> _DiskPlan:
+        """The plan of `alloc`'s task group (nothing moves when it has none)."""
+        group = alloc.group()
+        if group is None:
+            return cls(tasks=(), sticky=False, migrate=False)
+        disk = group.ephemeral_disk
+        return cls(
+            tasks=tuple(t.name for t in group.tasks),
+            sticky=disk is not None and disk.carries_data(),
+            migrate=disk is not None and disk.migrate,
+        )

@@ -3,8 +3,8 @@ preempted) to be terminal.
 
 Threads: none of its own; `wait` runs each watcher's wait in turn on the caller's
 thread. Locks: the inherited `ActivityFlags._lock` (``PrevAllocWatcher._lock``) guards
-its own waiting / migrating counters only; it is never held while a member waits.
-Owner: `new_prev_watcher` builds it when preempted runners are given; the new
+its own waiting counter only (it never migrates); it is never held while a member
+waits. Owner: `new_prev_watcher` builds it when preempted runners are given; the new
 `AllocRunner` calls it.
 """
 
