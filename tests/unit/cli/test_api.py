@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -11,7 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from allocrunner.cli.api import AgentUnreachable, ApiClient, ApiError, normalize_address
+from allocrunner.cli.api import (
+    AgentUnreachable,
+    ApiClient,
+    ApiError,
+    Reply,
+    normalize_address,
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,6 +93,15 @@ def test_get_decodes_json_and_the_index(server):
     assert reply.data["Query"] == {"prefix": "ab"}
     data, index = reply  # a reply unpacks as (data, index)
     assert index == 42 and data["Token"] is None
+
+
+def test_a_reply_is_a_frozen_pair() -> None:
+    reply = Reply({"ID": "x"}, 7)
+    data, index = reply
+    assert (data, index) == ({"ID": "x"}, 7) == (reply.data, reply.index)
+    assert reply == Reply({"ID": "x"}, 7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        reply.index = 8  # type: ignore[misc]
 
 
 def test_blocking_query_sends_index_and_wait(server):

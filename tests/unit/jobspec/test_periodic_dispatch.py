@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec import decode_job, encode_job, parse_job
-from allocrunner.structs import Job, ParameterizedJobConfig, PeriodicConfig, Task
+from allocrunner.structs import Job, ParameterizedJobConfig, PeriodicConfig
 from allocrunner.testing import mock_job, mock_task
 
 
@@ -364,10 +364,3 @@ def test_hcl_periodic_on_a_service_job_is_refused() -> None:
     err = hcl_error_of(text)
     assert err.path == "Job.Periodic"
 
-
-def test_task_field_defaults_are_unchanged() -> None:
-    task = Task(name="t", driver="raw_exec")
-    assert task.dispatch_payload == ""
-    job = mock_job()
-    assert (job.periodic, job.parameterized, job.payload) == (None, None, b"")
-    assert (job.parent_id, job.dispatched, job.submit_time) == ("", False, 0)

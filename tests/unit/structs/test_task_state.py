@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -48,10 +49,11 @@ def test_an_event_is_stamped_now_by_default() -> None:
 
 @pytest.mark.parametrize("field", ["last_restart", "started_at", "finished_at"])
 def test_naive_times_are_refused(field: str) -> None:
+    naive: dict[str, Any] = {field: datetime(2024, 5, 1)}
     with pytest.raises(ValueError, match="timezone-aware"):
-        TaskState(**{field: datetime(2024, 5, 1)})
+        TaskState(**naive)
     with pytest.raises(ValueError, match="timezone-aware"):
-        attrs.evolve(TaskState(), **{field: datetime(2024, 5, 1)})
+        attrs.evolve(TaskState(), **naive)
 
 
 def test_a_naive_event_time_is_refused() -> None:
