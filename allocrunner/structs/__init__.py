@@ -4,9 +4,9 @@ Everything here is a frozen attrs class, a `FrozenDict`, a constant or a pure fu
 a change makes a new object (`attrs.evolve`), so any of them can be shared between
 threads and published under a lock without copying.
 
-Threads and locks: none (data-only; never imports `_locking`). Owner: the whole
-package builds and reads these; the codec in `allocrunner.jobspec` turns them into
-Nomad's API JSON and back.
+No threads, no locks (data-only; never imports `_locking`); immutable values and
+pure functions, built and read all over the package and turned into Nomad's API JSON
+and back by `allocrunner.jobspec`.
 """
 
 from allocrunner.structs import status as _status

@@ -4,9 +4,9 @@
 `AllocState` is the runtime state an alloc runner publishes; `new_allocation` places
 a job's group the way a scheduler would.
 
-Threads and locks: none; immutable values and pure functions. Owner: built by the
-codec, `new_allocation` and the agent's placement; held by the alloc runner, the
-client, the state DBs and the broadcaster.
+No threads, no locks; immutable values and pure functions, built by the codec,
+`new_allocation` and the agent's placement, held by the alloc runner, the client, the
+state DBs and the broadcaster.
 """
 
 from __future__ import annotations

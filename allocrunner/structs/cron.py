@@ -13,9 +13,9 @@ once: a time that does not exist (the hour skipped when clocks spring forward) i
 moved forward by the gap, as Go's `time.Date` does, and a time that occurs twice (the
 hour repeated when clocks fall back) fires at its first occurrence only.
 
-Threads and locks: none of its own; pure functions. `parse_cron` keeps an LRU cache of
-parsed specs (functools' cache is safe to call from any thread). Called by the codec
-(to validate a periodic block) and by the agent's periodic launcher.
+No threads, no locks; pure functions (`parse_cron` keeps a functools LRU cache,
+which is safe from any thread), called by the codec (to check a periodic block) and by
+the agent's periodic launcher.
 """
 
 from __future__ import annotations

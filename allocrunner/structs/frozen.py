@@ -5,9 +5,9 @@ the one guarded fields hold when a thread-safe class keeps a map copy-on-write;
 `freeze`/`thaw` convert JSON-like data to and from deeply frozen form, and
 `frozen_map`/`frozen_tuple` are the attrs converters built on them.
 
-Threads and locks: none; pure values and functions, safe to share between threads.
-Owner: used by every value object in `allocrunner.structs`, by the codec, and by any
-class that publishes a map under a lock.
+No threads, no locks; immutable values and pure functions, safe to share between
+threads. Used by every value object here, by the codec, and by any class that
+publishes a map under a lock.
 """
 
 from __future__ import annotations

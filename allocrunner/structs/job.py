@@ -3,9 +3,9 @@
 Durations are seconds as floats (nanoseconds only in JSON). Free-form maps (driver
 config, env, meta) are deep-frozen, so nothing reachable from a Job can change.
 
-Threads and locks: none; immutable values and pure functions. Owner: built by the
-codec and `load_job` (or in code, then `canonicalize_job`); read by the runners, the
-agent and the command line.
+No threads, no locks; immutable values and pure functions, built by the codec and
+`load_job` (or in code, then `canonicalize_job`), read by the runners, the agent and
+the command line.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ allocation), desired status (what the scheduler wants), task state, job type, re
 mode and lifecycle hook. `client_status_from_task_states` is Nomad's rule for the
 client status an allocation's task states add up to.
 
-Threads and locks: none; constants and pure functions. Owner: the value objects, the
+No threads, no locks; constants and pure functions, called by the value objects, the
 alloc runner (which derives its client status here) and the agent's API.
 """
 

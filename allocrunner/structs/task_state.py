@@ -5,8 +5,8 @@ event, a new state) makes a new one through `with_event` / `with_state`, which a
 Nomad's bookkeeping (sticky `failed`, restart count, start and finish times, the
 newest `MAX_EVENTS` events). Every time is an aware UTC datetime.
 
-Threads and locks: none; immutable values and pure functions. Owner: built by the task
-runner and its hooks, stored by the state DBs, encoded by the codec.
+No threads, no locks; immutable values and pure functions, built by the task runner
+and its hooks, stored by the state DBs, encoded by the codec.
 """
 
 from __future__ import annotations
