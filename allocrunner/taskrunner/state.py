@@ -16,8 +16,9 @@ snapshot without writing, for callers that must not block, and the next write of
 caller carries the change.
 
 Threads: any. Lock: ``TaskStateCell._lock`` (RW) guards `_current` (the snapshot and
-its versions), `_saved` (the versions known to be written) and `_round` (the write in
-progress); nothing is called, written or waited for under it. Owner: each TaskRunner
+its versions), `_saved` (the versions known to be written), `_writing` (a write is in
+progress) and `_round` (the event its waiters wait for); nothing is called, written or
+waited for under it. Owner: each TaskRunner
 creates one; its run loop, its kill / restart paths (`lifecycle`) and its public
 methods publish through it.
 """
@@ -92,8 +93,8 @@ class TaskStateCell:
 
     Invariant (under `_lock`): `_saved` never exceeds `_current`'s versions, and the
     database holds, for each of the two entries, a version at least as new as
-    `_saved`; `_round` is not None exactly while one thread (the writer) writes, and
-    the writer sets it once its write is over.
+    `_saved`; `_writing` is True exactly while one thread (the writer) writes; `_round`
+    is None unless a caller waits for that write, and the writer sets it when done.
     """
 
     _alloc_id = immutable()
@@ -104,6 +105,7 @@ class TaskStateCell:
     _lock = immutable()
     _current = guarded("_lock")
     _saved = guarded("_lock")
+    _writing = guarded("_lock")
     _round = guarded("_lock")
 
     def __init__(
@@ -121,6 +123,7 @@ class TaskStateCell:
         self._lock = make_rwlock("TaskStateCell._lock")
         self._current = _Snapshot(initial, LocalState())
         self._saved = (0, 0)
+        self._writing = False
         self._round: Event | None = None
 
     # --- reading ------------------------------------------------------------------------
@@ -240,14 +243,17 @@ class TaskStateCell:
             with self._lock.write():
                 if _covers(self._saved, want):
                     return
-                busy = self._round
-                if busy is None:
-                    self._round = Event()
-                snapshot, saved = self._current, self._saved
-            if busy is None:
+                lead = not self._writing
+                if lead:
+                    self._writing = True
+                elif self._round is None:
+                    self._round = Event()  # made by the first waiter: most rounds have none
+                snapshot, saved, round_done = self._current, self._saved, self._round
+            if lead:
                 self._write(snapshot, saved)
             else:
-                busy.wait()
+                assert round_done is not None
+                round_done.wait()
 
     @calls_out
     def _write(self, snapshot: _Snapshot, saved: tuple[int, int]) -> None:
@@ -267,6 +273,7 @@ class TaskStateCell:
                     max(self._saved[0], snapshot.state_version),
                     max(self._saved[1], snapshot.local_version),
                 )
+                self._writing = False
                 done, self._round = self._round, None
-            assert done is not None
-            done.set()
+            if done is not None:
+                done.set()
