@@ -1,6 +1,9 @@
 """Task runners: run one task of an allocation through a driver, from pending to dead.
 
-- `TaskRunner`: the run loop, kill / restart / signal / update, persistence, restore.
+- `TaskRunner` (runner.py): the run loop and the public facade, over its parts:
+  `TaskStateCell` (state.py: the published task state and its persistence) and
+  `TaskControl` / `TaskMailbox` (lifecycle.py: start, kill, restart, signal, and the
+  requests other threads leave for the run thread).
 - `RestartTracker`: Nomad's restart policy as a pure decision procedure.
 - Task hooks (`TaskHook`, `run_phase`, the built-ins) and the task environment.
 """

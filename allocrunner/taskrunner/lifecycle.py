@@ -25,6 +25,10 @@ before `run()` or after `shutdown()`, when there is no run thread). Lock:
 is parked, the pending restart and update, and the wake token; `TaskControl` has no
 lock (immutable fields and set-once events). Owner: each TaskRunner creates one of
 each and delegates its kill, restart, signal and update to them.
+
+The module is a little over the usual size: the mailbox and the requests it carries
+are one protocol (a request posted here ends with its `done` set, whoever drops or
+acts on it), and splitting them would scatter that promise over two files.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ Locks: ``TaskRunner._alloc_lock`` (RW) guards the allocation and the task defini
 the cell and the mailbox each have their own (see their modules). None is held while
 calling a hook, a driver, the state DB or a callback, and none is held with another.
 Owner: an AllocRunner creates one TaskRunner per task and runs it on its own thread.
+
+The module is longer than most because the run loop is one concern whose steps
+(prestart, start, wait, the restart decision, parking) share the run thread's
+confined state: the restart tracker, the task env and the requests it took.
 """
 
 from __future__ import annotations
