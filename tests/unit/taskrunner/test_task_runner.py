@@ -9,6 +9,7 @@ from datetime import timedelta
 import attrs
 import pytest
 
+from allocrunner._sync import ThreadGroup
 from allocrunner.errors import DriverError, TaskNotRunningError
 from allocrunner.runner.lifecycle import Gate
 from allocrunner.state import LocalState
@@ -316,6 +317,26 @@ def test_shutdown_delay_then_kill(harness) -> None:
     killed = st.events[-1]
     assert killed.type == EVENT_KILLED
     assert killed.time - waiting.time >= timedelta(seconds=0.05)
+
+
+def test_shutdown_during_the_shutdown_delay_leaves_the_stop_to_the_kill(
+    harness, mock_driver
+) -> None:
+    task = mock_task(config={"run_for": "30s"}, shutdown_delay=30.0)
+    tr = harness.runner(alloc_of(task))
+    wait_state(tr, "running")
+    handle = tr.local_state().task_handle
+    killed: list[bool] = []
+    group = ThreadGroup("test-killer")
+    group.spawn("test-killer", lambda: killed.append(tr.kill(killing(), timeout=10)))
+    wait_event(tr, "Waiting for shutdown delay")
+    assert tr.shutdown(timeout=5)  # the run thread returns at once, mid-delay
+    assert group.join(10)
+    assert killed == [True]  # the waiting kill then stops the task itself
+    st = tr.task_state()
+    assert st.state == "dead" and event_types(st)[-2:] == [EVENT_TERMINATED, EVENT_KILLED]
+    with pytest.raises(DriverError, match="unknown task"):
+        mock_driver.inspect(handle.task_id)  # stopped and destroyed
 
 
 def test_shutdown_delay_skipped_on_request(harness) -> None:
