@@ -45,6 +45,7 @@ from allocrunner._sync import CancelToken, Event
 from allocrunner.drivers.base import TASK_STATE_EXITED, Driver, ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import AllocRunnerError, DriverError, TaskNotRunningError
 from allocrunner.structs import Task, TaskEvent
+from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.status import TASK_DEAD, TASK_RUNNING
 from allocrunner.structs.task_state import (
     EVENT_DRIVER_FAILURE,
@@ -376,7 +377,7 @@ class TaskControl:
     ) -> None:
         self._alloc_id = alloc_id
         self._name = task_name
-        self._drivers = dict(drivers)
+        self._drivers = FrozenDict(drivers)
         self._cell = cell
         self._mailbox = mailbox
         self._task = task
