@@ -109,12 +109,18 @@ def test_a_process_named_with_paren_and_spaces_parses_like_the_os_sees_it(spawn,
     proc = start(spawn, str(link), "30")
     after = boot_ticks()
     wait_for(lambda: _assert_equal(Path(f"/proc/{proc.pid}/comm").read_text(), name + "\n"))
-    found = read_pid_stat(proc.pid)
-    assert found is not None
+    # The name changes at exec, before the new image has touched a page: wait until
+    # sleep is asleep, so its memory is mapped in.
+    found = wait_for(lambda: _asleep(read_pid_stat(proc.pid)))
     assert (found.pid, found.ppid, found.pgid) == (proc.pid, os.getpid(), proc.pid)
-    assert found.state in ("R", "S") and found.alive
+    assert found.alive
     assert before <= found.start_ticks <= after
     assert found.rss_bytes > 0
+
+
+def _asleep(found: PidStat | None) -> PidStat:
+    assert found is not None and found.state == "S", f"not asleep yet: {found!r}"
+    return found
 
 
 def _assert_equal(actual: object, expected: object) -> None:
