@@ -50,6 +50,7 @@ from typing import Any
 from allocrunner import _locking
 from allocrunner.agent import Agent, AgentConfig
 from allocrunner.allocdir import POLL_INTERVAL
+from allocrunner.drivers._process import pid_alive, read_pid_stat
 from benchmarks import Table, machine_note, percentile
 
 assert not _locking.CHECK, "benchmarks run with the lock check off"
@@ -286,14 +287,11 @@ def bench_read_latency(rounds: int = 20, budget: float = 8.0) -> list[Table]:
 # --- the agent subprocess ----------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name (state is [0])."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def _cpu_seconds(pid: int) -> float:
-    fields = _proc_stat(pid)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    found = read_pid_stat(pid)
+    if found is None:
+        raise ProcessLookupError(f"process {pid} is gone")
+    return (found.utime + found.stime) / CLK_TCK
 
 
 def _threads_of(pid: int) -> int:
@@ -304,10 +302,7 @@ def _threads_of(pid: int) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return _proc_stat(pid)[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return pid_alive(pid)
 
 
 class AgentProcess:

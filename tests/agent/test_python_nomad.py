@@ -29,6 +29,7 @@ import requests
 from nomad.api import exceptions
 
 from allocrunner.agent import Agent, AgentConfig
+from allocrunner.drivers._process import read_pid_stat
 from allocrunner.jobspec import encode_job, load_job
 from allocrunner.testing import wait_for
 
@@ -60,11 +61,8 @@ def task_processes(data_dir: Path, alloc_id: str | None = None) -> set[int]:
 
 
 def _pgid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
+    found = read_pid_stat(pid)
+    return found.pgid if found is not None else None
 
 
 def _kill_leftovers(data_dir: Path) -> set[int]:

@@ -23,6 +23,7 @@ import pytest
 
 from allocrunner._sync import ThreadGroup
 from allocrunner.allocdir import AllocDir
+from allocrunner.drivers._process import children_of
 from allocrunner.drivers.mock import MockDriver
 from allocrunner.drivers.raw_exec import RawExecDriver
 from allocrunner.errors import DriverError, TaskNotRunningError
@@ -44,19 +45,7 @@ POLICY = RestartPolicy(attempts=10_000, interval=3600.0, delay=0.005, mode="fail
 
 
 def live_children() -> set[int]:
-    me = str(os.getpid())
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[1].decode() == me and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+    return {child.pid for child in children_of(os.getpid())}
 
 
 class Failures:

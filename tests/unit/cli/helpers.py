@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 
 from allocrunner.cli import main
+from allocrunner.drivers._process import pid_alive
 from allocrunner.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -97,17 +98,9 @@ def kill_everything_under(data_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
     def gone() -> None:
-        assert not [p for p in processes_using(data_dir) if _alive(p)], "processes survive"
+        assert not [p for p in processes_using(data_dir) if pid_alive(p)], "processes survive"
 
     wait_for(gone, timeout=10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @attrs.define

@@ -13,6 +13,7 @@ import attrs
 import pytest
 
 from allocrunner.client import Client
+from allocrunner.drivers._process import pid_alive
 from allocrunner.errors import AllocRunnerError
 from allocrunner.state import MemDB, SQLiteStateDB
 from allocrunner.structs import EVENT_STARTED, EphemeralDisk, new_allocation
@@ -292,14 +293,6 @@ def test_a_failed_restore_is_reported_and_destroyed(make_client, upstream):
     wait_for(lambda: _equal(db.all_allocations(), []))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
-        return False
-
-
 def test_shutdown_leaves_real_processes_running_for_the_next_client(make_client):
     task = mock_task("web", driver="raw_exec", config={"command": "/bin/sleep", "args": ["30"]})
     alloc = new_allocation(mock_job(task), "web")
@@ -310,7 +303,7 @@ def test_shutdown_leaves_real_processes_running_for_the_next_client(make_client)
     local, _ = first.state_db.task_runner_state(alloc.id, "web")
     pid = local.task_handle.driver_state["pid"]
     assert first.shutdown()
-    assert _alive(pid), "shutdown killed the task"
+    assert pid_alive(pid), "shutdown killed the task"
     assert first.shutdown()
     first.run_allocs([alloc])  # ignored after shutdown
     assert first.runner(alloc.id).is_destroyed() is False
@@ -320,9 +313,9 @@ def test_shutdown_leaves_real_processes_running_for_the_next_client(make_client)
     try:
         wait_for(_task_state(second, alloc.id, "web", "running"))
         assert _started_count(second.runner(alloc.id), "web") == 1
-        assert _alive(pid)
+        assert pid_alive(pid)
         second.run_allocs([])
-        wait_for(lambda: _equal(_alive(pid), False), timeout=10)
+        wait_for(lambda: _equal(pid_alive(pid), False), timeout=10)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
