@@ -3,7 +3,9 @@
 The roles are the protocols `PrevAllocWatcher` and `PrevAllocMigrator` (`base`); the
 implementations are `NoopPrevAlloc` (`noop`), `LocalPrevAlloc` (`local`),
 `RemotePrevAlloc` (`remote`) and `GroupPrevAllocWatcher` (`group`); `new_prev_watcher`
-(`factory`) picks them for an allocation. Each module states its threads and locks.
+(`factory`) picks them for an allocation. Each module states its threads and locks;
+the package itself has neither. Owner: the AllocRunner that waits on or migrates from
+the previous allocation (built for it by the Client through `new_prev_watcher`).
 """
 
 from allocrunner.allocwatcher.base import (

@@ -2,7 +2,9 @@
 
 `default_drivers()` builds one instance of each, keyed by driver name. Drivers own
 threads (raw_exec's log pump and exit watcher, mock_driver's output timer), so whoever
-builds them calls `close()` on each when done.
+builds them calls `close()` on each when done. This module itself has no threads and
+no locks. Owner: the Client (or whoever builds an AllocRunner) creates the drivers and
+shares them between every task runner of the node.
 """
 
 from __future__ import annotations

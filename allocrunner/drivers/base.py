@@ -4,6 +4,9 @@ A driver is shared by every task runner of a node and is thread-safe. A task is
 named by `TaskConfig.id`. `start` returns a `TaskHandle`, which is plain data that
 the state DB persists; after an agent restart `recover(handle)` re-attaches to the
 task without starting it again, and `wait` still yields its real exit result.
+
+No threads, no locks here: protocols and frozen value types only. Owner: implemented by
+`mock`/`raw_exec`, called by the task runner (`taskrunner.lifecycle.TaskControl`).
 """
 
 from __future__ import annotations

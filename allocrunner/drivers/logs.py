@@ -7,6 +7,9 @@ file rotator does the same). At most `max_files` files are kept per stream; the
 oldest are deleted as new ones are opened. A writer opened on a directory that
 already holds files of its stream continues in the newest one, so a restarted or
 re-attached task appends to its existing logs instead of overwriting them.
+
+No threads and no locks of its own: a writer is owned and called by one thread (raw_exec's
+log pump, or mock_driver's timer under its driver lock).
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ raises `DriverError`, which lets tests simulate a task lost across an agent rest
 `MockDriver(recover_from_state=True)` instead rebuilds an unknown task from its handle
 the way Nomad's mock does, running for whatever is left of `run_for` by the wall
 clock (its output is not replayed).
+
+Locks: `Driver._lock` guards the task table, each task's state and the output timer's
+schedule.
+Owner: built by `default_drivers()` (or a test) and shared by every task runner.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Decoding never applies Nomad's job defaults beyond the value objects' own (see
 `canonicalize_job`), so `decode_x(encode_x(v)) == v` for every value object `v`.
 
 No threads, no locks; pure functions over immutable schema tables, called by the
-agent's API, the SQLite state DB, `load_job` and users.
+agent's API, the SQLite state DB, `load_job` and users. The module is one concern
+(the schema tables of one wire format, both directions), so it stays whole at about
+600 lines.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ runner reports:
 Each state opens a fixed set of stage gates and closes the others (`GATES_BY_STATE`);
 a task runner waits on its stage's gate before starting its task. A gate is a flag
 and a wake-up signal, not a thread: opening it wakes every waiter at once.
+
+Threads: none of its own; the AllocRunner's state-handler thread drives it and each task
+runner's run thread waits on its gate. Locks: the gates share the coordinator's lock,
+which guards the current state and every gate's flag. Owner: the AllocRunner.
 """
 
 from __future__ import annotations

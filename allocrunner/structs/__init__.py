@@ -5,8 +5,8 @@ a change makes a new object (`attrs.evolve`), so any of them can be shared betwe
 threads and published under a lock without copying.
 
 No threads, no locks (data-only; never imports `_locking`); immutable values and
-pure functions, built and read all over the package and turned into Nomad's API JSON
-and back by `allocrunner.jobspec`.
+pure functions, owned by no one: built and read all over the package and turned
+into Nomad's API JSON and back by `allocrunner.jobspec`.
 """
 
 from allocrunner.structs import status as _status

@@ -6,6 +6,9 @@
   requests other threads leave for the run thread).
 - `RestartTracker`: Nomad's restart policy as a pure decision procedure.
 - Task hooks (`TaskHook`, `run_phase`, the built-ins) and the task environment.
+
+The package itself starts no threads and declares no locks; each module states its
+own. Owner: the AllocRunner builds one TaskRunner per task of its group.
 """
 
 from allocrunner.taskrunner.env import (

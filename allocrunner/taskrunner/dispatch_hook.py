@@ -8,6 +8,9 @@ directories are created. Like Nomad, directories and the file are created with m
 keeps the file the task may have changed. A destination that leaves `local/` (through
 `..` or a symlink planted there) is refused; the codec already refuses such paths in
 the job, this guards the filesystem.
+
+No threads and no locks: the hook runs on its task runner's run thread, called by the
+prestart phase; owned by that TaskRunner.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ something unknown is left exactly as written, as Nomad does.
 
 Drivers without filesystem isolation (raw_exec) also hand the agent's own
 environment to the task, below everything else (`HOST_ENV_DRIVERS`).
+
+No threads, no locks: pure functions, called by the task runner on its run thread (the
+env hook and the driver config it interpolates).
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ task never.
 
 Time comes from an injected monotonic `clock` and jitter from an injected `rng`, so
 the whole procedure is deterministic under test.
+
+No locks and no threads of its own: a tracker is owned by its task runner and used only
+on that runner's run thread.
 """
 
 from __future__ import annotations
