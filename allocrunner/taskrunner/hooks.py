@@ -79,6 +79,7 @@ __all__ = [
     "ValidateHook",
     "bind_phase",
     "default_hooks",
+    "phase_label",
     "run_phase",
 ]
 
@@ -232,6 +233,11 @@ def bind_phase(hooks: Sequence[object], phase: str) -> list[BoundHook]:
     raise ValueError(f"unknown task hook phase {phase!r} (phases: {', '.join(PHASES)})")
 
 
+def phase_label(phase: str) -> str:
+    """How `phase` is named in errors and logs (e.g. "pre-kill")."""
+    return _LABELS.get(phase, phase)
+
+
 @calls_out
 def run_phase(
     hooks: Sequence[Any],
@@ -248,7 +254,7 @@ def run_phase(
     """
     _run_hooks(
         bind_phase(hooks, phase),
-        _LABELS.get(phase, phase),
+        phase_label(phase),
         lambda bound: call(bound.hook, bound.method),
         policy=policy,
     )

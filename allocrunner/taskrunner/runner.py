@@ -40,29 +40,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 from allocrunner._locking import calls_out, confined, guarded, immutable, make_rwlock
 from allocrunner._sync import CancelToken, Event
 from allocrunner.allocdir import AllocDir, TaskDir
-from allocrunner.drivers.base import Driver, ExitResult, TaskConfig, TaskHandle
+from allocrunner.drivers.base import Driver, ExitResult, TaskHandle
 from allocrunner.durations import format_duration
-from allocrunner.errors import (
-    AllocRunnerError,
-    DriverError,
-    HookError,
-    HookErrors,
-    UnknownTaskError,
-)
-from allocrunner.state import HookState, LocalState, StateDB
+from allocrunner.errors import AllocRunnerError, DriverError, UnknownTaskError
+from allocrunner.state import LocalState, StateDB
 from allocrunner.structs import Allocation, Task, TaskEvent, TaskState, effective_restart_policy
-from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.status import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 from allocrunner.structs.task_state import (
-    EVENT_HOOK_FAILED,
     EVENT_KILLED,
     EVENT_NOT_RESTARTING,
     EVENT_RECEIVED,
@@ -72,18 +63,8 @@ from allocrunner.structs.task_state import (
     EVENT_SKIPPING_SHUTDOWN_DELAY,
     EVENT_WAITING_SHUTDOWN_DELAY,
 )
-from allocrunner.taskrunner.env import HOST_ENV_DRIVERS, host_env, interpolate_config
-from allocrunner.taskrunner.hooks import (
-    COLLECT_ALL,
-    PHASES,
-    STOP_AT_FIRST,
-    HookEventError,
-    HookRequest,
-    PrestartResult,
-    TaskHook,
-    default_hooks,
-    run_phase,
-)
+from allocrunner.taskrunner.hook_phases import RUN_THREAD, TaskHookPhases
+from allocrunner.taskrunner.hooks import TaskHook, default_hooks
 from allocrunner.taskrunner.lifecycle import (
     KILL_BACKOFF_LIMIT,
     KILL_RETRIES,
@@ -118,13 +99,9 @@ __all__ = [
 
 log = logging.getLogger("allocrunner.taskrunner")
 
-RUN_THREAD = "task-run"
-
 MSG_RECEIVED = "Task received by client"
 MSG_RESTORE_FAILED = "failed to restore task; it will be started again"
 MSG_MISSING_TASK = "update missing task"
-
-_NO_RESULT = PrestartResult()
 
 
 class StartGate(Protocol):
@@ -156,7 +133,6 @@ class TaskRunner:
     _start_gate = immutable()
     _datacenter = immutable()
     _hooks = immutable()
-    _phases = immutable()
     _kill_token = immutable()
     _shutdown_token = immutable()
     _finished = immutable()
@@ -166,7 +142,6 @@ class TaskRunner:
     _control = immutable()
     # Run-thread state: only the thread in run() touches these.
     _tracker = confined(RUN_THREAD)
-    _env = confined(RUN_THREAD)
     _kill_error = confined(RUN_THREAD)
     _consumed = confined(RUN_THREAD)
 
@@ -214,10 +189,6 @@ class TaskRunner:
         self._task_dir: TaskDir = alloc_dir.new_task_dir(task_name)
         self._start_gate = start_gate
         self._datacenter = datacenter
-        self._hooks: tuple[TaskHook, ...] = (*default_hooks(), *extra_hooks)
-        self._phases = frozenset(
-            phase for hook in self._hooks for phase in PHASES if hasattr(hook, phase)
-        )
         self._kill_token = CancelToken()
         self._shutdown_token = CancelToken()
         self._finished = Event()  # run() returned, or never will
@@ -233,6 +204,17 @@ class TaskRunner:
             alloc.id, task_name, state_db, initial.with_event(received), on_state_change
         )
         self._mailbox = TaskMailbox(task_name)
+        self._hooks = TaskHookPhases(
+            repr(self),
+            (*default_hooks(), *extra_hooks),
+            cell=self._cell,
+            current=self._current,
+            alloc_dir=alloc_dir,
+            task_dir=self._task_dir,
+            datacenter=datacenter,
+            kill_token=self._kill_token,
+            shutdown_token=self._shutdown_token,
+        )
         self._control = TaskControl(
             alloc.id,
             task_name,
@@ -252,7 +234,6 @@ class TaskRunner:
             task.lifecycle,
             clock=clock,
         )
-        self._env: FrozenDict[str, str] = FrozenDict()
         self._kill_error = ""
         self._consumed: list[RestartRequest] = []
 
@@ -279,6 +260,11 @@ class TaskRunner:
         """The current task definition (from the latest allocation)."""
         with self._alloc_lock.read():
             return self._task
+
+    def _current(self) -> tuple[Allocation, Task]:
+        """The latest allocation and its definition of the task, read together."""
+        with self._alloc_lock.read():
+            return self._alloc, self._task
 
     def is_leader(self) -> bool:
         return self.task().leader
@@ -430,7 +416,7 @@ class TaskRunner:
         if not self._finished.wait(timeout):
             return False
         if self._shutdown_hooks_ran.set():
-            self._soft_phase("shutdown")
+            self._hooks.shutdown()
             self._cell.persist_all()
         return True
 
@@ -495,14 +481,14 @@ class TaskRunner:
             else:
                 self._control.clear_handle()
                 if self._cell.local().run_complete:
-                    self._soft_phase("stop")
+                    self._hooks.stop()
                     return
             with contextlib.suppress(_Done):
                 while not self.is_poststop():
                     self._park()
                     self._run_until_dead()
             self._cell.update_local(lambda local: local.with_run_complete(True))
-            self._soft_phase("stop")
+            self._hooks.stop()
 
     @calls_out
     def _run_until_dead(self) -> None:
@@ -530,24 +516,24 @@ class TaskRunner:
     def _run_once(self) -> None:
         """Prestart, start and wait for the exit; a failure to start goes to the tracker."""
         try:
-            self._prestart()
+            if not self._hooks.prestart():
+                raise self._stop_exit()
             self._raise_if_stopped()
-            with self._alloc_lock.read():
-                alloc, task = self._alloc, self._task
-            self._control.start(task, lambda: self._task_config(alloc, task))
+            alloc, task = self._current()
+            self._control.start(task, lambda: self._hooks.task_config(alloc, task))
         except _LoopExit:
             raise
         except Exception as err:
             log.info("task %s: failed to start: %s", self, err)
             self._tracker.set_start_error(err)
             return
-        self._soft_phase("poststart")
+        self._hooks.poststart()
         result = self._wait_task()
         if result is not None:
             self.emit_event(terminated_event(result))
             self._tracker.set_exit_result(result)
         self._control.clear_handle()
-        self._soft_phase("exited", result=result)
+        self._hooks.exited(result)
 
     def _raise_if_stopped(self, *, on_kill: bool = True) -> None:
         if self._shutdown_token.cancelled():
@@ -579,105 +565,10 @@ class TaskRunner:
         if not opened:
             raise _Done()
 
-    # --- prestart and the hook phases -------------------------------------------------
-
-    def _request(self, cancel: CancelToken, **fields: Any) -> HookRequest:
-        with self._alloc_lock.read():
-            alloc, task = self._alloc, self._task
-        return HookRequest(
-            alloc=alloc,
-            task=task,
-            alloc_dir=self._alloc_dir,
-            task_dir=self._task_dir,
-            cancel=cancel,
-            emit_event=self.emit_event,
-            datacenter=self._datacenter,
-            **fields,
-        )
-
-    @calls_out
-    def _prestart(self) -> None:
-        """Run the prestart hooks: skip the done ones (re-applying their env), record
-        what changed. A kill or shutdown meanwhile leaves the loop; a failure raises."""
-        task = self.task()
-        env: dict[str, str] = host_env() if task.driver in HOST_ENV_DRIVERS else {}
-        local = self._cell.local()
-        cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
-
-        def invoke(hook: TaskHook, method: Callable[[HookRequest], Any]) -> None:
-            previous = local.hook(hook.name)
-            if previous is not None and previous.prestart_done:
-                env.update(previous.env)
-                return
-            result = method(self._request(cancel, env=FrozenDict(env), previous=previous))
-            if result is None:
-                result = _NO_RESULT
-            env.update(result.env)
-            state = result.hook_state()
-            if state != (previous or HookState()):
-                self._cell.update_local(lambda current: current.with_hook(hook.name, state))
-            if cancel.cancelled():
-                raise self._stop_exit()
-
-        try:
-            run_phase(self._hooks, "prestart", invoke, policy=STOP_AT_FIRST)
-        except HookError as err:
-            if cancel.cancelled():
-                raise self._stop_exit() from err
-            self.emit_event(self._hook_error_event(err))
-            raise
-        finally:
-            cancel.cancel("prestart over")
-        self._env = FrozenDict(env)
-
-    @staticmethod
-    def _hook_error_event(err: HookError) -> TaskEvent:
-        cause = err.__cause__
-        if isinstance(cause, HookEventError):
-            return cause.event
-        text = f"{err.hook}: {cause if cause is not None else err}"
-        return TaskEvent(EVENT_HOOK_FAILED, message=text, display_message=text)
-
-    @calls_out
-    def _soft_phase(self, phase: str, **fields: Any) -> None:
-        """Run a phase whose failures are reported (event + log), never fatal."""
-        if phase not in self._phases:
-            return
-        cancel = self._kill_token if phase != "shutdown" else CancelToken()
-        fields.setdefault("handle", self._cell.handle())
-        req = self._request(cancel, env=self._env, **fields)
-        try:
-            run_phase(self._hooks, phase, lambda _hook, method: method(req), policy=COLLECT_ALL)
-        except HookErrors as group:
-            for err in group.exceptions:
-                log.warning("task %s: %s", self, err)
-                if isinstance(err, HookError):
-                    self.emit_event(self._hook_error_event(err))
-
     @calls_out
     def _run_update_hooks(self) -> None:
         self._mailbox.take_update()
-        if not self.alloc().terminal():
-            self._soft_phase("update")
-
-    def _task_config(self, alloc: Allocation, task: Task) -> TaskConfig:
-        td = self._task_dir
-        return TaskConfig(
-            id=f"{alloc.id}/{task.name}/{secrets.token_hex(4)}",
-            alloc_id=alloc.id,
-            name=task.name,
-            driver_config=interpolate_config(task.config, self._env),
-            env=self._env,
-            user=task.user,
-            task_dir=str(td.dir),
-            alloc_dir=str(td.shared_alloc_dir),
-            local_dir=str(td.local_dir),
-            secrets_dir=str(td.secrets_dir),
-            logs_dir=str(td.logs_dir),
-            log_max_files=task.logs.max_files,
-            log_max_file_size_mb=task.logs.max_file_size_mb,
-            resources=task.resources,
-        )
+        self._hooks.update()
 
     # --- waiting on the task ----------------------------------------------------------
 
@@ -728,7 +619,7 @@ class TaskRunner:
     def _restart_task(
         self, driver: Driver, handle: TaskHandle, req: RestartRequest
     ) -> ExitResult | None:
-        self._soft_phase("pre_kill", handle=handle)
+        self._hooks.pre_kill(handle)
         result = self._stop_task(driver, handle)
         self._tracker.set_restart_triggered(req.failure)
         if self._kill_token.cancelled():
@@ -738,7 +629,7 @@ class TaskRunner:
     @calls_out
     def _handle_kill(self, driver: Driver, handle: TaskHandle) -> ExitResult | None:
         """Kill the running task for good: pre-kill hooks, shutdown delay, stop."""
-        self._soft_phase("pre_kill", handle=handle)
+        self._hooks.pre_kill(handle)
         self._shutdown_delay()
         return self._stop_task(driver, handle)
 
@@ -779,7 +670,7 @@ class TaskRunner:
         outcome = self._control.kill_leftover(handle)
         if outcome.interrupted:
             raise _Shutdown()
-        self._soft_phase("exited", result=outcome.result)
+        self._hooks.exited(outcome.result)
 
     def _take_request(self, req: RestartRequest, target: str | None) -> bool:
         """Consume `req` if it is for `target` (it is completed after the decision)."""
@@ -797,8 +688,7 @@ class TaskRunner:
 
     @calls_out
     def _decide_restart(self) -> tuple[bool, float]:
-        with self._alloc_lock.read():
-            alloc, task = self._alloc, self._task
+        alloc, task = self._current()
         group = alloc.group()
         if alloc.job is not None and group is not None:
             self._tracker.set_policy(effective_restart_policy(alloc.job, group, task))

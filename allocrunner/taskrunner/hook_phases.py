@@ -1,0 +1,259 @@
+"""The hook phases of one task: when each runs, what it is told, what its failures mean.
+
+`TaskHookPhases` binds a task runner's hooks to their phases once, at construction
+(`hooks.bind_phase`), and runs them for the run loop:
+
+- prestart stops at the first failure. A hook recorded as done in the task's
+  LocalState is skipped and its env re-applied; what a hook hands back is merged
+  into the task env and, when it changed, recorded. A kill or a shutdown meanwhile
+  cuts the phase short. A failure is recorded as a task event and raised for the
+  restart policy.
+- the soft phases (poststart, pre-kill, exited, update, stop, shutdown) run every
+  hook; each failure is logged and recorded as a task event, never raised.
+
+A failure becomes the event its hook chose (`HookEventError`) or a generic
+`Task hook failed` event naming the hook. The env the last prestart built is the one
+the task starts with (`task_config`) and the one later phases are told.
+
+Threads: the task runner's run thread, which runs every phase but one, so hooks are
+serialised; the caller of `TaskRunner.shutdown()` runs the shutdown phase once the
+run thread has returned. Locks: none. The task's handle and hook progress are read
+from the `TaskStateCell`, the allocation and task through the runner's `current`
+callable (the runner's own lock, released before any hook is called). Owner: each
+TaskRunner creates one and is its only caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from allocrunner._hooks import run_phase
+from allocrunner._locking import calls_out, confined, immutable
+from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir, TaskDir
+from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
+from allocrunner.errors import HookError, HookErrors
+from allocrunner.state import HookState, LocalState
+from allocrunner.structs import Allocation, Task, TaskEvent
+from allocrunner.structs.frozen import FrozenDict
+from allocrunner.structs.task_state import EVENT_HOOK_FAILED
+from allocrunner.taskrunner.env import HOST_ENV_DRIVERS, host_env, interpolate_config
+from allocrunner.taskrunner.hooks import (
+    COLLECT_ALL,
+    PHASES,
+    STOP_AT_FIRST,
+    BoundHook,
+    HookEventError,
+    HookRequest,
+    PrestartResult,
+    bind_phase,
+    phase_label,
+)
+from allocrunner.taskrunner.state import TaskStateCell
+
+__all__ = ["RUN_THREAD", "TaskHookPhases", "hook_error_event"]
+
+log = logging.getLogger("allocrunner.taskrunner")
+
+RUN_THREAD = "task-run"
+"""The tag of the fields only a task runner's run thread touches."""
+
+_NO_RESULT = PrestartResult()
+
+
+class _Stopped(Exception):
+    """Raised between two prestart hooks once a kill or a shutdown came."""
+
+
+def hook_error_event(err: HookError) -> TaskEvent:
+    """The task event that records `err`: the one its hook chose, else a generic one."""
+    cause = err.__cause__
+    if isinstance(cause, HookEventError):
+        return cause.event
+    text = f"{err.hook}: {cause if cause is not None else err}"
+    return TaskEvent(EVENT_HOOK_FAILED, message=text, display_message=text)
+
+
+class TaskHookPhases:
+    """Runs the hook phases of one task (see the module docstring): not thread-safe,
+    called by its TaskRunner's run thread, and by `shutdown()` once that has returned."""
+
+    _label = immutable()
+    _bound = immutable()
+    _cell = immutable()
+    _current = immutable()
+    _alloc_dir = immutable()
+    _task_dir = immutable()
+    _datacenter = immutable()
+    _kill_token = immutable()
+    _shutdown_token = immutable()
+    _env = confined(RUN_THREAD)
+
+    def __init__(
+        self,
+        label: str,
+        hooks: Sequence[object],
+        *,
+        cell: TaskStateCell,
+        current: Callable[[], tuple[Allocation, Task]],
+        alloc_dir: AllocDir,
+        task_dir: TaskDir,
+        datacenter: str,
+        kill_token: CancelToken,
+        shutdown_token: CancelToken,
+    ) -> None:
+        self._label = label
+        self._bound: FrozenDict[str, tuple[BoundHook, ...]] = FrozenDict(
+            {phase: tuple(bind_phase(hooks, phase)) for phase in PHASES}
+        )
+        self._cell = cell
+        self._current = current
+        self._alloc_dir = alloc_dir
+        self._task_dir = task_dir
+        self._datacenter = datacenter
+        self._kill_token = kill_token
+        self._shutdown_token = shutdown_token
+        self._env: FrozenDict[str, str] = FrozenDict()
+
+    def __repr__(self) -> str:
+        return self._label
+
+    @property
+    def env(self) -> FrozenDict[str, str]:
+        """The task env built by the last prestart that completed."""
+        return self._env
+
+    # --- prestart ---------------------------------------------------------------------
+
+    @calls_out
+    def prestart(self) -> bool:
+        """Run the prestart hooks; False if a kill or a shutdown cut them short. A
+        failure is recorded as a task event and raised as a HookError."""
+        _alloc, task = self._current()
+        env: dict[str, str] = host_env() if task.driver in HOST_ENV_DRIVERS else {}
+        local = self._cell.local()
+        cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
+        try:
+            run_phase(
+                self._bound["prestart"],
+                phase_label("prestart"),
+                lambda bound: self._prestart_one(bound, local, env, cancel),
+                policy=STOP_AT_FIRST,
+            )
+        except HookError as err:
+            if cancel.cancelled():
+                return False
+            self.emit_event(hook_error_event(err))
+            raise
+        finally:
+            cancel.cancel("prestart over")
+        self._env = FrozenDict(env)
+        return True
+
+    def _prestart_one(
+        self, bound: BoundHook, local: LocalState, env: dict[str, str], cancel: CancelToken
+    ) -> None:
+        """Run one prestart hook (or re-apply the env of a done one) into `env`; `local`
+        is the hook progress as it was when the phase began."""
+        previous = local.hook(bound.name)
+        if previous is not None and previous.prestart_done:
+            env.update(previous.env)
+            return
+        request = self._request(cancel, env=FrozenDict(env), previous=previous)
+        result = cast("PrestartResult | None", bound.method(request))
+        if result is None:
+            result = _NO_RESULT
+        env.update(result.env)
+        state = result.hook_state()
+        if state != (previous or HookState()):
+            self._cell.update_local(lambda current: current.with_hook(bound.name, state))
+        if cancel.cancelled():
+            raise _Stopped()
+
+    # --- the soft phases --------------------------------------------------------------
+
+    @calls_out
+    def poststart(self) -> None:
+        self._run_soft("poststart")
+
+    @calls_out
+    def pre_kill(self, handle: TaskHandle) -> None:
+        self._run_soft("pre_kill", handle=handle)
+
+    @calls_out
+    def exited(self, result: ExitResult | None) -> None:
+        self._run_soft("exited", result=result)
+
+    @calls_out
+    def update(self) -> None:
+        """Tell the hooks of the updated allocation, unless it is terminal."""
+        alloc, _task = self._current()
+        if not alloc.terminal():
+            self._run_soft("update")
+
+    @calls_out
+    def stop(self) -> None:
+        self._run_soft("stop")
+
+    @calls_out
+    def shutdown(self) -> None:
+        """The agent shuts down; the hooks are told with a token that never fires."""
+        self._run_soft("shutdown", cancel=CancelToken())
+
+    @calls_out
+    def _run_soft(self, phase: str, *, cancel: CancelToken | None = None, **fields: Any) -> None:
+        """Run `phase` on every hook; failures are logged and recorded, never raised."""
+        hooks = self._bound[phase]
+        if not hooks:
+            return
+        fields.setdefault("handle", self._cell.handle())
+        req = self._request(cancel or self._kill_token, env=self._env, **fields)
+        try:
+            run_phase(hooks, phase_label(phase), lambda hook: hook.method(req), policy=COLLECT_ALL)
+        except HookErrors as group:
+            for err in group.exceptions:
+                log.warning("task %s: %s", self, err)
+                if isinstance(err, HookError):
+                    self.emit_event(hook_error_event(err))
+
+    # --- what the hooks and the driver are told ---------------------------------------
+
+    @calls_out
+    def emit_event(self, event: TaskEvent) -> None:
+        self._cell.publish(event=event)
+
+    def _request(self, cancel: CancelToken, **fields: Any) -> HookRequest:
+        alloc, task = self._current()
+        return HookRequest(
+            alloc=alloc,
+            task=task,
+            alloc_dir=self._alloc_dir,
+            task_dir=self._task_dir,
+            cancel=cancel,
+            emit_event=self.emit_event,
+            datacenter=self._datacenter,
+            **fields,
+        )
+
+    def task_config(self, alloc: Allocation, task: Task) -> TaskConfig:
+        """What the driver starts: `task` of `alloc` with the env prestart built."""
+        td = self._task_dir
+        return TaskConfig(
+            id=f"{alloc.id}/{task.name}/{secrets.token_hex(4)}",
+            alloc_id=alloc.id,
+            name=task.name,
+            driver_config=interpolate_config(task.config, self._env),
+            env=self._env,
+            user=task.user,
+            task_dir=str(td.dir),
+            alloc_dir=str(td.shared_alloc_dir),
+            local_dir=str(td.local_dir),
+            secrets_dir=str(td.secrets_dir),
+            logs_dir=str(td.logs_dir),
+            log_max_files=task.logs.max_files,
+            log_max_file_size_mb=task.logs.max_file_size_mb,
+            resources=task.resources,
+        )
