@@ -52,14 +52,12 @@ from allocrunner.taskrunner.hooks import (
     bind_phase,
     phase_label,
 )
+from allocrunner.taskrunner.lifecycle import RUN_THREAD
 from allocrunner.taskrunner.state import TaskStateCell
 
-__all__ = ["RUN_THREAD", "TaskHookPhases", "hook_error_event"]
+__all__ = ["TaskHookPhases", "hook_error_event"]
 
 log = logging.getLogger("allocrunner.taskrunner")
-
-RUN_THREAD = "task-run"
-"""The tag of the fields only a task runner's run thread touches."""
 
 _NO_RESULT = PrestartResult()
 

@@ -24,11 +24,13 @@ before `run()` or after `shutdown()`, when there is no run thread). Lock:
 ``TaskMailbox._lock`` guards the run phase, the run thread's identity and whether it
 is parked, the pending restart and update, and the wake token; `TaskControl` has no
 lock (immutable fields and set-once events). Owner: each TaskRunner creates one of
-each and delegates its kill, restart, signal and update to them.
+each and delegates its kill, restart, signal and update to them; its run loop
+(`run_loop.TaskRunLoop`) takes the requests and starts and stops the task through them.
 
-The module is a little over the usual size: the mailbox and the requests it carries
-are one protocol (a request posted here ends with its `done` set, whoever drops or
-acts on it), and splitting them would scatter that promise over two files.
+The module is a little over the usual size because it is one concern: the mailbox,
+the requests it carries and the control that posts and serves them are one protocol (a
+request posted here ends with its `done` set, whoever drops or acts on it), and
+splitting them would scatter that promise over several files.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "KILL_RETRIES",
     "MSG_KILLED",
     "MSG_STARTED",
+    "RUN_THREAD",
     "Inbox",
     "KillOutcome",
     "RestartRequest",
@@ -72,6 +75,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("allocrunner.taskrunner")
+
+RUN_THREAD = "task-run"
+"""The tag (`confined`) of the fields only a task runner's run thread touches."""
 
 KILL_RETRIES = 5
 """How many times a failed stop is tried in all (Nomad's killFailureLimit)."""

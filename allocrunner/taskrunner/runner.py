@@ -1,39 +1,30 @@
 """TaskRunner: runs one task of an allocation through its driver, from pending to dead.
 
-The run loop (Nomad's, client/allocrunner/taskrunner):
+This module holds the public facade; the parts it builds and wires live beside it:
 
-    wait for the start gate → prestart hooks → driver start → Started → poststart hooks
-    → wait for the exit → Terminated → exited hooks → restart policy
-    → Restarting: wait the delay, loop  |  Not Restarting / success / Killed: dead
-    → park until killed or force-restarted → run complete → stop hooks
-
-The loop leaves early in one way only: the place that notices raises `_Shutdown`
-(return from `run()` at once, leaving the task as it is) or `_Done` (the task will not
-start again: it goes dead); every other return means "carry on".
-
-This module holds the run loop and the public facade; the parts live beside it:
-`state.TaskStateCell` (the published TaskState / LocalState and their persistence) and
-`lifecycle` (`TaskControl`: start, kill, restart, signal of the driver task;
-`TaskMailbox`: the requests other threads leave for the run thread, and the phase of
-`run()`).
+- `state.TaskStateCell`: the published TaskState / LocalState and their persistence;
+- `lifecycle`: `TaskControl` (start, kill, restart, signal of the driver task) and
+  `TaskMailbox` (the requests other threads leave for the run thread, and the phase
+  of `run()`);
+- `hook_phases.TaskHookPhases`: the task hooks, bound to their phases once, and what
+  each phase is told and what its failures mean;
+- `run_loop.TaskRunLoop`: the run loop itself (start, wait, restart, park), with the
+  state only the run thread touches.
 
 Threads. `run()` is called on exactly one thread (the AllocRunner's
 ``task-<id8>-<name>``); that thread alone starts, stops, waits on and destroys the
-driver task while it runs, owns the RestartTracker and runs every hook phase, so hooks
-are serialised. Every other method is safe from any thread and never blocks on the
-task, except as documented: `kill`, `restart` and `force_restart` ask the run thread
-and wait for it to act; `update` stores the allocation and wakes the run thread, which
-runs the update hooks; `shutdown` makes the run thread return and leave the task
-running; `signal` and `latest_stats` call the thread-safe driver directly.
+driver task while it runs, owns the RestartTracker and runs every hook phase but
+shutdown, so hooks are serialised. Every other method is safe from any thread and
+never blocks on the task, except as documented: `kill`, `restart` and `force_restart`
+ask the run thread and wait for it to act; `update` stores the allocation and wakes
+the run thread, which runs the update hooks; `shutdown` makes the run thread return
+and leave the task running, then runs the shutdown hooks on the caller's thread;
+`signal` and `latest_stats` call the thread-safe driver directly.
 
 Locks: ``TaskRunner._alloc_lock`` (RW) guards the allocation and the task definition;
 the cell and the mailbox each have their own (see their modules). None is held while
 calling a hook, a driver, the state DB or a callback, and none is held with another.
 Owner: an AllocRunner creates one TaskRunner per task and runs it on its own thread.
-
-The module is longer than most because the run loop is one concern whose steps
-(prestart, start, wait, the restart decision, parking) share the run thread's
-confined state: the restart tracker, the task env and the requests it took.
 """
 
 from __future__ import annotations
@@ -42,48 +33,34 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn, Protocol
 
-from allocrunner._locking import calls_out, confined, guarded, immutable, make_rwlock
+from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
 from allocrunner._sync import CancelToken, Event
 from allocrunner.allocdir import AllocDir, TaskDir
-from allocrunner.drivers.base import Driver, ExitResult, TaskHandle
-from allocrunner.durations import format_duration
-from allocrunner.errors import AllocRunnerError, DriverError, UnknownTaskError
+from allocrunner.drivers.base import Driver
+from allocrunner.errors import AllocRunnerError, UnknownTaskError
 from allocrunner.state import LocalState, StateDB
 from allocrunner.structs import Allocation, Task, TaskEvent, TaskState, effective_restart_policy
 from allocrunner.structs.status import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 from allocrunner.structs.task_state import (
     EVENT_KILLED,
-    EVENT_NOT_RESTARTING,
     EVENT_RECEIVED,
-    EVENT_RESTARTING,
     EVENT_RESTORE_FAILED,
     EVENT_SETUP_FAILURE,
-    EVENT_SKIPPING_SHUTDOWN_DELAY,
-    EVENT_WAITING_SHUTDOWN_DELAY,
 )
-from allocrunner.taskrunner.hook_phases import RUN_THREAD, TaskHookPhases
+from allocrunner.taskrunner.hook_phases import TaskHookPhases
 from allocrunner.taskrunner.hooks import TaskHook, default_hooks
 from allocrunner.taskrunner.lifecycle import (
     KILL_BACKOFF_LIMIT,
     KILL_RETRIES,
     MSG_KILLED,
     MSG_STARTED,
-    RestartRequest,
     RunPhase,
     TaskControl,
     TaskMailbox,
-    killed_event,
-    terminated_event,
 )
-from allocrunner.taskrunner.restarts import (
-    KILLED,
-    NOT_RESTARTING,
-    RESTARTING,
-    TERMINATED,
-    RestartTracker,
-)
+from allocrunner.taskrunner.restarts import RestartTracker
+from allocrunner.taskrunner.run_loop import StartGate, TaskRunLoop
 from allocrunner.taskrunner.state import TaskStateCell
 
 __all__ = [
@@ -104,34 +81,13 @@ MSG_RESTORE_FAILED = "failed to restore task; it will be started again"
 MSG_MISSING_TASK = "update missing task"
 
 
-class StartGate(Protocol):
-    """A lifecycle gate: open once the task may start (see runner/lifecycle.py)."""
-
-    def wait_open(self, cancel: CancelToken, timeout: float | None = None) -> bool: ...
-
-
-class _LoopExit(Exception):
-    """Leaves the run loop early: raised where the loop notices, caught in `_run`."""
-
-
-class _Shutdown(_LoopExit):
-    """The agent shuts down: `run()` returns at once and leaves the task as it is."""
-
-
-class _Done(_LoopExit):
-    """The task will not start again: it goes dead (and parks, unless poststop)."""
-
-
 class TaskRunner:
     """Thread-safe. Runs one task of an allocation; `run()` is called on exactly one
     thread, owned by the AllocRunner. See the module docstring for the contract."""
 
     _alloc_id = immutable()
     _name = immutable()
-    _alloc_dir = immutable()
     _task_dir = immutable()
-    _start_gate = immutable()
-    _datacenter = immutable()
     _hooks = immutable()
     _kill_token = immutable()
     _shutdown_token = immutable()
@@ -140,10 +96,7 @@ class TaskRunner:
     _cell = immutable()
     _mailbox = immutable()
     _control = immutable()
-    # Run-thread state: only the thread in run() touches these.
-    _tracker = confined(RUN_THREAD)
-    _kill_error = confined(RUN_THREAD)
-    _consumed = confined(RUN_THREAD)
+    _loop = immutable()
 
     # _alloc_lock guards: _alloc, _task
     _alloc_lock = immutable()
@@ -185,10 +138,7 @@ class TaskRunner:
         assert alloc.job is not None  # alloc.group() found the group in it
         self._alloc_id = alloc.id
         self._name = task_name
-        self._alloc_dir = alloc_dir
         self._task_dir: TaskDir = alloc_dir.new_task_dir(task_name)
-        self._start_gate = start_gate
-        self._datacenter = datacenter
         self._kill_token = CancelToken()
         self._shutdown_token = CancelToken()
         self._finished = Event()  # run() returned, or never will
@@ -228,14 +178,24 @@ class TaskRunner:
             max_kill_timeout=float(max_kill_timeout),
             kill_retry_base=float(kill_retry_base),
         )
-        self._tracker = RestartTracker(
+        tracker = RestartTracker(
             effective_restart_policy(alloc.job, group, task),
             alloc.job.type,
             task.lifecycle,
             clock=clock,
         )
-        self._kill_error = ""
-        self._consumed: list[RestartRequest] = []
+        self._loop = TaskRunLoop(
+            repr(self),
+            tracker,
+            cell=self._cell,
+            mailbox=self._mailbox,
+            control=self._control,
+            hooks=self._hooks,
+            current=self._current,
+            start_gate=start_gate,
+            kill_token=self._kill_token,
+            shutdown_token=self._shutdown_token,
+        )
 
     # --- identity and views ---------------------------------------------------------
 
@@ -457,7 +417,7 @@ class TaskRunner:
             self._finished.wait()  # preempted: the killing thread finishes the runner
             return
         try:
-            self._run()
+            self._loop.run()
         except BaseException as err:
             log.exception("task %s: run loop failed", self)
             with contextlib.suppress(Exception):
@@ -469,313 +429,5 @@ class TaskRunner:
             raise
         finally:
             self._mailbox.close()
-            self._complete_requests()
+            self._loop.complete_requests()
             self._finished.set()
-
-    @calls_out
-    def _run(self) -> None:
-        """Run, park and run again until the task is dead for good; then stop hooks."""
-        with contextlib.suppress(_Shutdown):
-            if not self._cell.state().is_dead():
-                self._run_until_dead()
-            else:
-                self._control.clear_handle()
-                if self._cell.local().run_complete:
-                    self._hooks.stop()
-                    return
-            with contextlib.suppress(_Done):
-                while not self.is_poststop():
-                    self._park()
-                    self._run_until_dead()
-            self._cell.update_local(lambda local: local.with_run_complete(True))
-            self._hooks.stop()
-
-    @calls_out
-    def _run_until_dead(self) -> None:
-        with contextlib.suppress(_Done):
-            self._main()
-        self._kill_leftover()
-        self.update_state(TASK_DEAD)
-
-    @calls_out
-    def _main(self) -> NoReturn:
-        """The start / wait / restart loop, until the task will not start again."""
-        while True:
-            self._raise_if_stopped()
-            if self._should_shutdown():
-                raise _Done()
-            self._wait_gate()
-            self._run_once()
-            restart, delay = self._decide_restart()
-            self._complete_requests()
-            if not restart:
-                raise _Done()
-            self._sleep(delay, interrupt_on_kill=True)
-
-    @calls_out
-    def _run_once(self) -> None:
-        """Prestart, start and wait for the exit; a failure to start goes to the tracker."""
-        try:
-            if not self._hooks.prestart():
-                raise self._stop_exit()
-            self._raise_if_stopped()
-            alloc, task = self._current()
-            self._control.start(task, lambda: self._hooks.task_config(alloc, task))
-        except _LoopExit:
-            raise
-        except Exception as err:
-            log.info("task %s: failed to start: %s", self, err)
-            self._tracker.set_start_error(err)
-            return
-        self._hooks.poststart()
-        result = self._wait_task()
-        if result is not None:
-            self.emit_event(terminated_event(result))
-            self._tracker.set_exit_result(result)
-        self._control.clear_handle()
-        self._hooks.exited(result)
-
-    def _raise_if_stopped(self, *, on_kill: bool = True) -> None:
-        if self._shutdown_token.cancelled():
-            raise _Shutdown()
-        if on_kill and self._kill_token.cancelled():
-            raise _Done()
-
-    def _stop_exit(self) -> _LoopExit:
-        """Why a wait cut short by the kill or the shutdown token ended."""
-        return _Shutdown() if self._shutdown_token.cancelled() else _Done()
-
-    def _should_shutdown(self) -> bool:
-        """The allocation is terminal: a non-poststop task must not start again."""
-        alloc = self.alloc()
-        if alloc.client_terminal():
-            return True
-        return alloc.server_terminal() and not self.is_poststop()
-
-    @calls_out
-    def _wait_gate(self) -> None:
-        if self._start_gate is None:
-            return
-        cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
-        try:
-            opened = self._start_gate.wait_open(cancel)
-        finally:
-            cancel.cancel("done")
-        self._raise_if_stopped()
-        if not opened:
-            raise _Done()
-
-    @calls_out
-    def _run_update_hooks(self) -> None:
-        self._mailbox.take_update()
-        self._hooks.update()
-
-    # --- waiting on the task ----------------------------------------------------------
-
-    @calls_out
-    def _wait_task(self) -> ExitResult | None:
-        """Wait for the task to exit, serving kill, restart and update requests."""
-        handle = self._cell.handle()
-        assert handle is not None, "waiting on a task that has no handle"
-        driver = self._control.driver_of(handle)
-        while True:
-            inbox = self._mailbox.look()
-            self._raise_if_stopped(on_kill=False)
-            if self._kill_token.cancelled():
-                result = self._handle_kill(driver, handle)
-                self._tracker.set_killed()
-                return result
-            if inbox.restart is not None:
-                if self._take_request(inbox.restart, handle.task_id):
-                    return self._restart_task(driver, handle, inbox.restart)
-                continue
-            if inbox.update:
-                self._run_update_hooks()
-                continue
-            result = self._wait_exit(driver, handle.task_id, inbox.wake)
-            if result is not None:
-                self._note_late_restart(handle.task_id)
-                return result
-
-    @calls_out
-    def _wait_exit(self, driver: Driver, task_id: str, wake: CancelToken) -> ExitResult | None:
-        """The task's exit, or None once the kill, shutdown or `wake` token fires."""
-        cancel = CancelToken.any_of(self._kill_token, self._shutdown_token, wake)
-        try:
-            return driver.wait(task_id, cancel)
-        except DriverError as err:
-            log.warning("task %s: waiting on %s failed: %s", self, task_id, err)
-            return ExitResult(err=f"waiting on the task failed: {err}")
-        finally:
-            cancel.cancel("done")
-
-    def _note_late_restart(self, task_id: str) -> None:
-        """A restart asked for the instance just as it exited counts as its cause."""
-        req = self._mailbox.look().restart
-        if req is not None and self._take_request(req, task_id):
-            self._tracker.set_restart_triggered(req.failure)
-
-    @calls_out
-    def _restart_task(
-        self, driver: Driver, handle: TaskHandle, req: RestartRequest
-    ) -> ExitResult | None:
-        self._hooks.pre_kill(handle)
-        result = self._stop_task(driver, handle)
-        self._tracker.set_restart_triggered(req.failure)
-        if self._kill_token.cancelled():
-            self._tracker.set_killed()
-        return result
-
-    @calls_out
-    def _handle_kill(self, driver: Driver, handle: TaskHandle) -> ExitResult | None:
-        """Kill the running task for good: pre-kill hooks, shutdown delay, stop."""
-        self._hooks.pre_kill(handle)
-        self._shutdown_delay()
-        return self._stop_task(driver, handle)
-
-    @calls_out
-    def _shutdown_delay(self) -> None:
-        delay = self.task().shutdown_delay
-        if delay <= 0:
-            return
-        if self.alloc().desired_transition.no_shutdown_delay:
-            text = "Skipping shutdown_delay because the allocation asked to skip it"
-            self.emit_event(
-                TaskEvent(EVENT_SKIPPING_SHUTDOWN_DELAY, message=text, display_message=text)
-            )
-            return
-        text = f"Waiting for shutdown_delay of {format_duration(delay)} before killing the task."
-        self.update_state(
-            TASK_PENDING,
-            TaskEvent(EVENT_WAITING_SHUTDOWN_DELAY, message=text, display_message=text),
-        )
-        self._sleep(delay, interrupt_on_kill=False, skip_delay=True)
-
-    @calls_out
-    def _stop_task(self, driver: Driver, handle: TaskHandle) -> ExitResult | None:
-        """Stop the task and collect its exit; a shutdown meanwhile leaves the loop."""
-        outcome = self._control.kill_task(driver, handle, self._shutdown_token)
-        if outcome.interrupted:
-            raise _Shutdown()
-        self._kill_error = outcome.error
-        return outcome.result
-
-    @calls_out
-    def _kill_leftover(self) -> None:
-        """Kill a task still attached when the loop ended (a recovered task whose
-        allocation became terminal while the agent was down)."""
-        handle = self._cell.handle()
-        if handle is None:
-            return
-        outcome = self._control.kill_leftover(handle)
-        if outcome.interrupted:
-            raise _Shutdown()
-        self._hooks.exited(outcome.result)
-
-    def _take_request(self, req: RestartRequest, target: str | None) -> bool:
-        """Consume `req` if it is for `target` (it is completed after the decision)."""
-        if not self._mailbox.take_restart(req, target):
-            return False
-        self._consumed.append(req)
-        return True
-
-    def _complete_requests(self) -> None:
-        consumed, self._consumed = self._consumed, []
-        for req in consumed:
-            req.done.set()
-
-    # --- restart decision, delays, parking --------------------------------------------
-
-    @calls_out
-    def _decide_restart(self) -> tuple[bool, float]:
-        alloc, task = self._current()
-        group = alloc.group()
-        if alloc.job is not None and group is not None:
-            self._tracker.set_policy(effective_restart_policy(alloc.job, group, task))
-        state, delay, reason = self._tracker.get_state()
-        if state == KILLED:
-            self.emit_event(killed_event(self._kill_error))
-            return False, 0.0
-        if state == NOT_RESTARTING:
-            event = TaskEvent(
-                EVENT_NOT_RESTARTING,
-                message=reason,
-                display_message=reason,
-                fails_task=True,
-                details={"restart_reason": reason},
-            )
-            self.update_state(TASK_DEAD, event)
-            return False, 0.0
-        if state == TERMINATED:
-            return False, 0.0
-        if state == RESTARTING:
-            event = TaskEvent(
-                EVENT_RESTARTING,
-                message=reason,
-                display_message=f"Task restarting in {format_duration(delay)}",
-                details={"restart_delay": format_duration(delay), "restart_reason": reason},
-            )
-            self.update_state(TASK_PENDING, event)
-        return True, delay
-
-    @calls_out
-    def _sleep(self, delay: float, *, interrupt_on_kill: bool, skip_delay: bool = False) -> None:
-        """Wait `delay` seconds serving updates (cut short when the allocation asks to
-        skip the shutdown delay, with `skip_delay`)."""
-        deadline = time.monotonic() + delay
-        while True:
-            inbox = self._mailbox.look()
-            self._raise_if_stopped(on_kill=interrupt_on_kill)
-            if skip_delay and self.alloc().desired_transition.no_shutdown_delay:
-                return
-            if inbox.update:
-                self._run_update_hooks()
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            tokens = [self._shutdown_token, inbox.wake]
-            if interrupt_on_kill:
-                tokens.append(self._kill_token)
-            self._wait_any(tokens, remaining)
-
-    @calls_out
-    def _park(self) -> None:
-        """Dead, waiting to be killed or force-restarted (Nomad's ALLOC_RESTART);
-        returns when the task is to run again."""
-        self._mailbox.set_parked(True)
-        try:
-            while True:
-                inbox = self._mailbox.look()
-                self._raise_if_stopped()
-                if inbox.restart is not None:
-                    if self._take_request(inbox.restart, None) and self._restart_parked(
-                        inbox.restart
-                    ):
-                        return
-                    continue
-                if inbox.update:
-                    self._run_update_hooks()
-                    continue
-                self._wait_any([self._kill_token, self._shutdown_token, inbox.wake], None)
-        finally:
-            self._mailbox.set_parked(False)
-
-    @calls_out
-    def _restart_parked(self, req: RestartRequest) -> bool:
-        """Apply a force restart to the parked task; True once its delay has passed."""
-        self._tracker.set_restart_triggered(req.failure)
-        restart, delay = self._decide_restart()
-        self._complete_requests()
-        if restart:
-            self._sleep(delay, interrupt_on_kill=True)
-        return restart
-
-    @staticmethod
-    @calls_out
-    def _wait_any(tokens: list[CancelToken], timeout: float | None) -> None:
-        cancel = CancelToken.any_of(*tokens)
-        try:
-            cancel.wait(timeout)
-        finally:
-            cancel.cancel("done")
