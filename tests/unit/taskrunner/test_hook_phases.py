@@ -1,0 +1,279 @@
+"""TaskHookPhases on its own: hooks bound to their phases once, prestart's env and
+recorded progress, a prestart cut short, failures turned into task events, and what
+each soft phase is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir
+from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
+from allocrunner.errors import HookError
+from allocrunner.state import MemDB
+from allocrunner.structs import Allocation, Task, TaskEvent, TaskState
+from allocrunner.structs.status import DESIRED_STOP
+from allocrunner.structs.task_state import EVENT_HOOK_FAILED
+from allocrunner.taskrunner import HookEventError, HookRequest, PrestartResult, TaskHook
+from allocrunner.taskrunner.hook_phases import TaskHookPhases
+from allocrunner.taskrunner.state import TaskStateCell
+from allocrunner.testing import mock_task
+from tests.unit.taskrunner.conftest import alloc_of
+
+
+class Recorder(TaskHook):
+    """Not thread-safe. Records every phase call with its request; `fail` maps a phase
+    to the error to raise there; `prestart_result` is what prestart hands back."""
+
+    def __init__(
+        self,
+        name: str,
+        prestart_result: PrestartResult | None = None,
+        fail: dict[str, Exception] | None = None,
+    ) -> None:
+        self.name = name
+        self.prestart_result = prestart_result
+        self.fail = fail or {}
+        self.calls: list[tuple[str, HookRequest]] = []
+
+    def _call(self, phase: str, req: HookRequest) -> None:
+        self.calls.append((phase, req))
+        if phase in self.fail:
+            raise self.fail[phase]
+
+    def prestart(self, req: HookRequest) -> PrestartResult | None:
+        self._call("prestart", req)
+        return self.prestart_result
+
+    def poststart(self, req: HookRequest) -> None:
+        self._call("poststart", req)
+
+    def pre_kill(self, req: HookRequest) -> None:
+        self._call("pre_kill", req)
+
+    def exited(self, req: HookRequest) -> None:
+        self._call("exited", req)
+
+    def update(self, req: HookRequest) -> None:
+        self._call("update", req)
+
+    def stop(self, req: HookRequest) -> None:
+        self._call("stop", req)
+
+    def shutdown(self, req: HookRequest) -> None:
+        self._call("shutdown", req)
+
+
+class StopOnly(TaskHook):
+    name = "stop_only"
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stop(self, req: HookRequest) -> None:
+        self.stops += 1
+
+
+@attrs.define
+class Rig:
+    """One TaskHookPhases over a real cell, alloc dir and tokens."""
+
+    phases: TaskHookPhases
+    cell: TaskStateCell
+    kill: CancelToken
+    shutdown: CancelToken
+    alloc: list[Allocation]
+
+    def events(self, kind: str) -> list[TaskEvent]:
+        return [e for e in self.cell.state().events if e.type == kind]
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path):
+    def make(*hooks: object, task: Task | None = None) -> Rig:
+        task = task or mock_task()
+        alloc = alloc_of(task)
+        alloc_dir = AllocDir(tmp_path, alloc.id)
+        alloc_dir.build()
+        cell = TaskStateCell(alloc.id, task.name, MemDB(), TaskState(), lambda: None)
+        current = [alloc]
+        kill, shutdown = CancelToken(), CancelToken()
+
+        def now() -> tuple[Allocation, Task]:
+            group = current[0].group()
+            assert group is not None
+            found = group.task(task.name)
+            assert found is not None
+            return current[0], found
+
+        phases = TaskHookPhases(
+            "<test hooks>",
+            hooks,
+            cell=cell,
+            current=now,
+            alloc_dir=alloc_dir,
+            task_dir=alloc_dir.new_task_dir(task.name),
+            datacenter="dc7",
+            kill_token=kill,
+            shutdown_token=shutdown,
+        )
+        return Rig(phases, cell, kill, shutdown, current)
+
+    return make
+
+
+def handle() -> TaskHandle:
+    return TaskHandle(driver="mock_driver", config=TaskConfig(id="t1", alloc_id="a", name="web"))
+
+
+# --- binding ----------------------------------------------------------------------------
+
+
+def test_phases_are_bound_once_at_construction(make_rig) -> None:
+    hook = StopOnly()
+    rig = make_rig(hook)
+    hook.exited = lambda req: pytest.fail("a method added later is never bound")  # type: ignore[attr-defined]
+    rig.phases.exited(ExitResult(exit_code=0))
+    rig.phases.stop()
+    assert hook.stops == 1
+
+
+def test_hooks_run_in_order_and_see_the_task(make_rig) -> None:
+    first, second = Recorder("first"), Recorder("second")
+    rig = make_rig(first, second)
+    rig.phases.poststart()
+    assert [h.calls[0][0] for h in (first, second)] == ["poststart", "poststart"]
+    req = first.calls[0][1]
+    assert req.task.name == "web" and req.datacenter == "dc7"
+    assert req.alloc is rig.alloc[0]
+
+
+# --- prestart ---------------------------------------------------------------------------
+
+
+def test_prestart_merges_env_in_order_and_the_task_config_gets_it(make_rig) -> None:
+    one = Recorder("one", PrestartResult(env={"A": "1", "B": "1"}))
+    two = Recorder("two", PrestartResult(env={"B": "2"}))
+    rig = make_rig(one, two)
+    assert rig.phases.prestart()
+    assert dict(two.calls[0][1].env) == {"A": "1", "B": "1"}
+    assert dict(rig.phases.env) == {"A": "1", "B": "2"}
+    alloc, task = rig.alloc[0], mock_task(config={"run_for": "${B}s"})
+    config = rig.phases.task_config(alloc, task)
+    assert config.driver_config["run_for"] == "2s"
+    assert dict(config.env) == {"A": "1", "B": "2"}
+
+
+def test_a_done_prestart_hook_is_recorded_then_skipped_with_its_env(make_rig) -> None:
+    done = Recorder("done", PrestartResult(env={"D": "x"}, data={"k": "v"}, done=True))
+    rig = make_rig(done)
+    assert rig.phases.prestart()
+    recorded = rig.cell.local().hook("done")
+    assert recorded is not None and recorded.prestart_done and dict(recorded.data) == {"k": "v"}
+    assert rig.phases.prestart()
+    assert len(done.calls) == 1
+    assert dict(rig.phases.env) == {"D": "x"}
+
+
+class Killer(TaskHook):
+    """Kills the task from its prestart, as a failing health check might."""
+
+    name = "killer"
+
+    def __init__(self, rig: list[Rig]) -> None:
+        self.rig = rig
+
+    def prestart(self, req: HookRequest) -> None:
+        self.rig[0].kill.cancel("killed")
+
+
+def test_a_kill_during_prestart_cuts_it_short_without_an_event(make_rig) -> None:
+    holder: list[Rig] = []
+    done = Recorder("done", PrestartResult(done=True))
+    later = Recorder("later")
+    holder.append(make_rig(done, Killer(holder), later))
+    rig = holder[0]
+    assert not rig.phases.prestart()
+    assert later.calls == []
+    assert rig.events(EVENT_HOOK_FAILED) == []
+    recorded = rig.cell.local().hook("done")
+    assert recorded is not None and recorded.prestart_done
+
+
+def test_a_prestart_failure_is_recorded_and_raised(make_rig) -> None:
+    broken = Recorder("broken", fail={"prestart": RuntimeError("no disk")})
+    later = Recorder("later")
+    rig = make_rig(broken, later)
+    with pytest.raises(HookError) as info:
+        rig.phases.prestart()
+    assert info.value.hook == "broken"
+    assert later.calls == []
+    [event] = rig.events(EVENT_HOOK_FAILED)
+    assert event.message == "broken: no disk"
+
+
+def test_a_hook_event_error_records_the_hooks_own_event(make_rig) -> None:
+    own = TaskEvent("Failed Artifact Download", message="404")
+    broken = Recorder("broken", fail={"prestart": HookEventError("404", own)})
+    rig = make_rig(broken)
+    with pytest.raises(HookError):
+        rig.phases.prestart()
+    assert rig.events("Failed Artifact Download") == [own]
+    assert rig.events(EVENT_HOOK_FAILED) == []
+
+
+# --- the soft phases --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase", "call"),
+    [
+        ("poststart", lambda p: p.poststart()),
+        ("pre_kill", lambda p: p.pre_kill(handle())),
+        ("exited", lambda p: p.exited(None)),
+        ("update", lambda p: p.update()),
+        ("stop", lambda p: p.stop()),
+        ("shutdown", lambda p: p.shutdown()),
+    ],
+)
+def test_soft_phase_failures_become_events_and_every_hook_runs(
+    make_rig, phase: str, call: Any
+) -> None:
+    first = Recorder("first", fail={phase: RuntimeError("boom")})
+    second = Recorder("second", fail={phase: RuntimeError("bang")})
+    rig = make_rig(first, second)
+    call(rig.phases)
+    assert [c[0] for c in first.calls + second.calls] == [phase, phase]
+    assert [e.message for e in rig.events(EVENT_HOOK_FAILED)] == ["first: boom", "second: bang"]
+
+
+def test_soft_phases_are_told_the_handle_result_and_kill_token(make_rig) -> None:
+    hook = Recorder("hook")
+    rig = make_rig(hook)
+    rig.cell.publish(handle=handle(), notify=False)
+    rig.phases.poststart()
+    rig.phases.exited(ExitResult(exit_code=3))
+    poststart, exited = hook.calls[0][1], hook.calls[1][1]
+    assert poststart.handle == handle() and poststart.cancel is rig.kill
+    assert exited.result == ExitResult(exit_code=3)
+
+
+def test_shutdown_hooks_get_a_token_the_kill_does_not_fire(make_rig) -> None:
+    hook = Recorder("hook")
+    rig = make_rig(hook)
+    rig.kill.cancel("killed")
+    rig.phases.shutdown()
+    assert not hook.calls[0][1].cancel.cancelled()
+
+
+def test_update_hooks_skip_a_terminal_allocation(make_rig) -> None:
+    hook = Recorder("hook")
+    rig = make_rig(hook)
+    rig.phases.update()
+    rig.alloc[0] = attrs.evolve(rig.alloc[0], desired_status=DESIRED_STOP)
+    rig.phases.update()
+    assert [c[0] for c in hook.calls] == ["update"]
