@@ -20,7 +20,8 @@ serialised; the caller of `TaskRunner.shutdown()` runs the shutdown phase once t
 run thread has returned. Locks: none. The task's handle and hook progress are read
 from the `TaskStateCell`, the allocation and task through the runner's `current`
 callable (the runner's own lock, released before any hook is called). Owner: each
-TaskRunner creates one and is its only caller.
+TaskRunner creates one and runs its shutdown phase; the runner's `TaskRunLoop` runs
+every other phase.
 """
 
 from __future__ import annotations

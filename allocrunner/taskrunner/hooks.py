@@ -24,7 +24,8 @@ whose recoverability it keeps.
 
 Threads: phases run on the task runner's threads, one phase of a hook at a time.
 Locks: none here; phases are callouts. Owner: each TaskRunner builds its hooks
-(`default_hooks`) and calls `run_phase`.
+(`default_hooks`); its `TaskHookPhases` (hook_phases.py) binds them to their phases
+once (`bind_phase`) and runs each phase.
 
 Built-ins, in order: `ValidateHook`, `TaskDirHook`, `LogsHook`, `DispatchPayloadHook`
 (in `dispatch_hook`, which builds on this module), `EnvHook`.
