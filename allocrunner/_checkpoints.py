@@ -15,13 +15,14 @@ The checkpoints placed in the package (name, subject):
   is about to start its thread.
 - ``alloc.destroy.delete``: the destroy thread is about to delete the allocation's
   state (after the tasks stopped and the destroy hooks ran).
-- ``state.sibling_kill`` (task names of the live tasks, comma-separated): the state
-  handler found a sibling rule to apply and is about to record its event on the live
-  tasks of its snapshot.
+- ``state.sibling_kill``: the state handler found a sibling rule to apply and is about
+  to record its event on the live tasks of its snapshot.
 - ``state.final_pass``: the state handler is about to make its last pass.
 - ``state.await_final``: a thread is about to wait for the state handler's last pass.
 - ``tasks.kill_wave`` (``leader``, ``mains``, ``sidecars``): `TaskSet.kill_all` is
   about to kill one wave.
+- ``tasks.kill_one`` (task name): a kill of `TaskSet.kill_all` looked at the task
+  (to record Killing if it has not finished) and is about to kill it.
 - ``task.restart.post`` (task name): a restart picked the instance to restart and is
   about to leave its request for the run thread.
 

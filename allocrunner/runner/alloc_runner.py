@@ -47,6 +47,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
 from allocrunner._sync import CancelToken, Kick, ThreadGroup
 from allocrunner.allocdir import AllocDir
@@ -521,6 +522,7 @@ class AllocRunner:
             self._destroy_launched = True
             run_started = self._run_started
             shutdown_in_flight = self._shutdown_launched and not self._shutdown_event.is_set()
+        checkpoint("alloc.destroy.launch")
         self._prerun_cancel.cancel("allocation destroyed")
         self._threads.spawn(
             f"destroy-{_id8(self._id)}", self._do_destroy, run_started, shutdown_in_flight
@@ -538,6 +540,7 @@ class AllocRunner:
             self._handler.publish(self._tasks.states())
             self._run_done.set()
         self._soft_phase(self._hooks.destroy)
+        checkpoint("alloc.destroy.delete")
         self._persister.delete()
         self._broadcaster.close()
         self._close_owned_drivers()

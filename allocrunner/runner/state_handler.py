@@ -32,6 +32,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
+from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, immutable
 from allocrunner._sync import Kick, LatestValue
 from allocrunner.broadcaster import AllocBroadcaster
@@ -115,6 +116,7 @@ class StateHandler:
     @calls_out
     def wait_finished(self, timeout: float | None = None) -> bool:
         """True once the last pass is over (only after `run` was started)."""
+        checkpoint("state.await_final")
         return self._finished.wait(timeout)
 
     @calls_out
@@ -126,6 +128,7 @@ class StateHandler:
                 done = self._tasks_done.is_set()
                 if done:
                     self._updates.close()
+                    checkpoint("state.final_pass")
                 update = self._updates.poll()
                 if update is not None:
                     self._apply_update(update)
@@ -142,8 +145,10 @@ class StateHandler:
         if live:
             kill_event = self._tasks.kill_event(states)
             if kill_event is not None and not done:
+                checkpoint("state.sibling_kill")
                 for tr in live:
-                    tr.emit_event(kill_event)
+                    # Not recorded on a task the stop killed since the snapshot.
+                    tr.emit_kill_reason(kill_event)
                 self._kill_tasks()
                 states = self._tasks.states()
         else:

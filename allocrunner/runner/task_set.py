@@ -26,6 +26,7 @@ import contextlib
 import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, immutable
 from allocrunner._sync import ThreadGroup
 from allocrunner.durations import format_duration
@@ -211,7 +212,8 @@ class TaskSet:
         leaders = [tr for tr in runners if tr.is_leader()]
         mains = [tr for tr in runners if not tr.is_leader() and not tr.is_sidecar()]
         sidecars = [tr for tr in runners if not tr.is_leader() and tr.is_sidecar()]
-        for wave in (leaders, mains, sidecars):
+        for label, wave in (("leader", leaders), ("mains", mains), ("sidecars", sidecars)):
+            checkpoint("tasks.kill_wave", label)
             self._kill_together(wave)
 
     @calls_out
@@ -238,6 +240,7 @@ class TaskSet:
                 display_message=text,
                 details={"kill_timeout": format_duration(timeout)},
             )
+        checkpoint("tasks.kill_one", tr.name)
         with contextlib.suppress(TaskNotRunningError):
             tr.kill(event)
 

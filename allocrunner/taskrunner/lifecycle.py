@@ -42,11 +42,13 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, Event
 from allocrunner.drivers.base import TASK_STATE_EXITED, Driver, ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import AllocRunnerError, DriverError, TaskNotRunningError
-from allocrunner.structs import Task, TaskEvent
+from allocrunner.state import LocalState
+from allocrunner.structs import Task, TaskEvent, TaskState
 from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.status import TASK_DEAD, TASK_RUNNING
 from allocrunner.structs.task_state import (
@@ -123,6 +125,37 @@ def killed_event(kill_error: str = "") -> TaskEvent:
             EVENT_KILLED, message=text, display_message=text, details={"kill_error": kill_error}
         )
     return TaskEvent(EVENT_KILLED, message=MSG_KILLED, display_message=MSG_KILLED)
+
+
+def _killed(state: TaskState) -> bool:
+    """True once the task's Killed event is recorded: it was killed for good."""
+    return any(e.type == EVENT_KILLED for e in state.events)
+
+
+def _over(state: TaskState) -> bool:
+    """True once the task is dead or killed: it will not run again, and nothing but its
+    own end is recorded on it any more."""
+    return state.is_dead() or _killed(state)
+
+
+@attrs.frozen
+class _RestartTarget:
+    """Immutable. What a restart found: whether there is anything to restart, and the
+    running instance (None for a dead task parked for a restart)."""
+
+    restartable: bool
+    target: str | None = None
+
+
+def _restart_target(state: TaskState, local: LocalState, force: bool) -> _RestartTarget:
+    handle = local.task_handle
+    if _killed(state):
+        return _RestartTarget(False)
+    if state.state == TASK_RUNNING and handle is not None:
+        return _RestartTarget(True, handle.task_id)
+    if force and state.state == TASK_DEAD and not local.run_complete:
+        return _RestartTarget(True)
+    return _RestartTarget(False)
 
 
 def _failure_event(kind: str, text: str, detail: str) -> TaskEvent:
@@ -404,7 +437,7 @@ class TaskControl:
         """Record `event`, kill the task for good and wait (up to `timeout`) for `run()`
         to return; True if it did. A hook killing its own task does not wait."""
         if event is not None:
-            self._cell.publish(event=event)
+            self.note_kill_reason(event)
         self.cancel_kill("killed")
         if self._mailbox.on_run_thread():
             return False  # the run loop acts once the hook returns
@@ -412,6 +445,13 @@ class TaskControl:
         if finished and self._shutdown_token.cancelled():
             self._stop_left_running()
         return finished
+
+    @calls_out
+    def note_kill_reason(self, event: TaskEvent) -> bool:
+        """Record `event` (Killing, a sibling rule's reason) unless the task is over
+        (dead, or its Killed recorded): a reason decided on an older state must not
+        land after the task's last event. True if recorded."""
+        return self._cell.publish_if(event, lambda state, _local: not _over(state))
 
     @calls_out
     def cancel_kill(self, reason: str) -> None:
@@ -531,14 +571,18 @@ class TaskControl:
         if self._mailbox.phase() not in (RunPhase.NEW, RunPhase.RUNNING):
             raise TaskNotRunningError(f"task {self._name!r} is not running (run complete)")
         state, local = self._cell.snapshot()
-        handle = local.task_handle
-        if state.state == TASK_RUNNING and handle is not None:
-            target: str | None = handle.task_id
-        elif force and state.state == TASK_DEAD and not local.run_complete:
-            target = None
-        else:
+        found = _restart_target(state, local, force)
+        if not found.restartable:
             raise TaskNotRunningError(f"task {self._name!r} is not running ({state.state})")
-        self._cell.publish(event=event)
+        checkpoint("task.restart.post", self._name)
+        # The event is recorded only if the task is still what was found: a stop that
+        # came meanwhile leaves nothing to restart and nothing to record.
+        still = self._cell.publish_if(
+            event, lambda state, local: _restart_target(state, local, force) == found
+        )
+        if not still:
+            raise TaskNotRunningError(f"task {self._name!r} stopped before it could restart")
+        target = found.target
         req = self._mailbox.post_restart(target, failure)
         if target is not None and self._attached_id() != target:
             # The instance stopped while the request was being posted: the run thread
@@ -559,7 +603,11 @@ class TaskControl:
         handle = self._cell.handle()
         if handle is None:
             raise TaskNotRunningError(f"task {self._name!r} is not running")
-        self._cell.publish(event=event)
+        attached = self._cell.publish_if(
+            event, lambda state, local: local.task_handle == handle and not _over(state)
+        )
+        if not attached:
+            raise TaskNotRunningError(f"task {self._name!r} stopped before it could be signalled")
         try:
             self.driver_of(handle).signal(handle.task_id, sig)
         except DriverError as err:

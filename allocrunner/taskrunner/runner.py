@@ -275,6 +275,13 @@ class TaskRunner:
         self._cell.publish(event=event)
 
     @calls_out
+    def emit_kill_reason(self, event: TaskEvent) -> bool:
+        """Record why the task is about to be killed (a sibling rule's event) and notify,
+        unless it is already dead or killed: a reason seen in an older state must not
+        land after the task's last event. True if recorded."""
+        return self._control.note_kill_reason(event)
+
+    @calls_out
     def append_event(self, event: TaskEvent) -> None:
         """Append `event` and persist, without notifying."""
         self._cell.publish(event=event, notify=False)

@@ -178,6 +178,26 @@ class TaskStateCell:
             self._on_change()
 
     @calls_out
+    def publish_if(self, event: TaskEvent, when: Callable[[TaskState, LocalState], bool]) -> bool:
+        """Append `event`, persist and notify if `when(state, local)` holds for the
+        snapshot it is appended to; True if it was. The test and the append are one
+        step: a change published meanwhile by another thread is tested again, so a
+        caller that decided on an older snapshot cannot record on a newer one that no
+        longer qualifies (e.g. a kill reason after the task's Killed event)."""
+
+        def apply(current: _Snapshot) -> _Snapshot:
+            if not when(current.state, current.local):
+                return current
+            return current.replaced(current.state.with_event(event), current.local)
+
+        versions = self._swap(apply)
+        if versions is None:
+            return False
+        self._persist(versions)
+        self._on_change()
+        return True
+
+    @calls_out
     def record(self, event: TaskEvent) -> None:
         """Append `event` and notify without writing; the next write carries it."""
 

@@ -1,0 +1,228 @@
+"""Lifecycle races pinned with the checkpoint harness: each test holds one thread at a
+named point while another runs, so the interleaving that once failed (or could) is
+played every time, in the same order."""
+
+from __future__ import annotations
+
+import threading
+
+import attrs
+import pytest
+
+from allocrunner._checkpoints import Hold, armed, mark
+from allocrunner.errors import TaskNotRunningError
+from allocrunner.state import MemDB
+from allocrunner.structs import (
+    EVENT_KILLED,
+    EVENT_KILLING,
+    EVENT_LEADER_DEAD,
+    EVENT_RESTART_SIGNAL,
+    Allocation,
+    TaskEvent,
+    new_allocation,
+)
+from allocrunner.testing import lifecycle, mock_job, mock_task, wait_for
+
+BOUND = 10.0
+
+
+def stopped(alloc: Allocation) -> Allocation:
+    return attrs.evolve(
+        alloc, desired_status="stop", alloc_modify_index=alloc.alloc_modify_index + 1
+    )
+
+
+def leader_group() -> Allocation:
+    job = mock_job(
+        mock_task("leader", leader=True, kill_timeout=0.05),
+        mock_task("main1", kill_timeout=0.05),
+        mock_task("main2", kill_timeout=0.05),
+        mock_task("sidecar", kill_timeout=0.05, lifecycle=lifecycle("prestart", True)),
+    )
+    return new_allocation(job, "web")
+
+
+def start_all(make_runner, alloc: Allocation, **kwargs):
+    ar = make_runner(alloc, **kwargs)
+    ar.start()
+
+    def all_running() -> None:
+        states = ar.alloc_state().task_states
+        for name, ts in states.items():
+            assert ts.state == "running", f"{name} is {ts.state}"
+
+    wait_for(all_running, BOUND)
+    return ar
+
+
+def killed_for_good(ar, *names: str) -> None:
+    for name in names:
+        ts = ar.task_runner(name).task_state()
+        types = [e.type for e in ts.events]
+        assert ts.state == "dead" and types[-1] == EVENT_KILLED, (name, types)
+
+
+def test_a_sibling_rule_seen_in_a_stale_snapshot_records_nothing_on_killed_tasks(make_runner):
+    """A stop kills the leader, and the state handler sees the leader dead and the main
+    tasks live; before it records "Leader Task Dead" on them, the stop kills them. The
+    event must not land after their Killed event."""
+    alloc = leader_group()
+    ar = start_all(make_runner, alloc)
+    mains_wave = Hold("tasks.kill_wave", "mains")
+    sibling = Hold("state.sibling_kill")
+    with armed(mains_wave, sibling):
+        ar.update(stopped(alloc))
+        assert mains_wave.wait_arrived(BOUND), "the stop never got past the leader"
+        assert sibling.wait_arrived(BOUND), "the dead leader fired no sibling rule"
+        mains_wave.release()
+        wait_for(lambda: killed_for_good(ar, "main1", "main2", "sidecar"), BOUND)
+        sibling.release()
+        assert ar.wait(BOUND)
+    killed_for_good(ar, "leader", "main1", "main2", "sidecar")
+    for name, ts in ar.alloc_state().task_states.items():
+        assert ts.events[-1].type == EVENT_KILLED, (name, [e.type for e in ts.events])
+
+
+def test_a_second_kill_of_a_task_being_killed_records_no_killing_after_killed(make_runner):
+    """The stop's kill and the sibling rule's kill both go for main1; the second one
+    looked at main1 while it still ran. Its Killing event must not land after the first
+    kill's Killed."""
+    alloc = leader_group()
+    ar = start_all(make_runner, alloc)
+    mains_wave = Hold("tasks.kill_wave", "mains")
+    second_kill = Hold("tasks.kill_one", "main1")
+    with armed(mains_wave, second_kill):
+        ar.update(stopped(alloc))
+        assert mains_wave.wait_arrived(BOUND)
+        # The sibling rule's kill comes to main1 first and is held just before it.
+        assert second_kill.wait_arrived(BOUND), "the sibling rule did not kill main1"
+        mains_wave.release()
+        wait_for(lambda: killed_for_good(ar, "main1"), BOUND)
+        second_kill.release()
+        assert ar.wait(BOUND)
+    killed_for_good(ar, "leader", "main1", "main2", "sidecar")
+    types = [e.type for e in ar.alloc_state().task_states["main1"].events]
+    assert types.count(EVENT_KILLING) == 1, types
+    assert EVENT_LEADER_DEAD in types
+
+
+def test_a_restart_that_loses_the_race_with_a_stop_says_so_and_records_nothing(make_runner):
+    job = mock_job(mock_task("web", kill_timeout=0.05))
+    alloc = new_allocation(job, "web")
+    ar = start_all(make_runner, alloc)
+    posting = Hold("task.restart.post", "web")
+    outcome: list[BaseException | None] = []
+
+    def restart() -> None:
+        try:
+            ar.restart_task("web", TaskEvent(EVENT_RESTART_SIGNAL, message="race"))
+        except BaseException as err:  # reported below
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    with armed(posting):
+        thread = threading.Thread(target=restart, name="race-restart")
+        thread.start()
+        assert posting.wait_arrived(BOUND)
+        ar.update(stopped(alloc))
+        wait_for(lambda: killed_for_good(ar, "web"), BOUND)
+        posting.release()
+        thread.join(BOUND)
+        assert not thread.is_alive(), "the restart never returned"
+    assert len(outcome) == 1 and isinstance(outcome[0], TaskNotRunningError), outcome
+    assert ar.wait(BOUND)
+    killed_for_good(ar, "web")
+
+
+class _HeldWrites(MemDB):
+    """A MemDB whose next put_allocation blocks until released, recording the order of
+    the writes and deletes it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls: list[str] = []
+
+    def put_allocation(self, alloc: Allocation) -> None:
+        if self.hold.is_set() and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(BOUND), "the held write was never released"
+        self.calls.append("put")
+        super().put_allocation(alloc)
+
+    def delete_allocation(self, alloc_id: str) -> None:
+        self.calls.append("delete")
+        super().delete_allocation(alloc_id)
+
+
+def test_destroy_waits_for_a_write_in_flight_before_deleting_the_state(make_runner):
+    """A persist is inside the state DB when destroy gets to deleting the state: the
+    delete waits for it, so it cannot bring the allocation back afterwards."""
+    db = _HeldWrites()
+    job = mock_job(mock_task("web", config={"run_for": "10ms"}), job_type="batch")
+    alloc = new_allocation(job, "web")
+    ar = make_runner(alloc, state_db=db)
+    ar.start()
+    assert ar.wait(BOUND)
+    db.hold.set()
+    writer = threading.Thread(target=ar.persist_state, name="race-persist")
+    writer.start()
+    assert db.entered.wait(BOUND)
+    deleting = mark("alloc.destroy.delete")
+    with armed(deleting):
+        ar.destroy()
+        assert deleting.wait_passed(BOUND), "destroy never got to deleting the state"
+        db.release.set()
+        writer.join(BOUND)
+        assert ar.wait_destroyed(BOUND), "destroy did not finish once the write drained"
+    assert db.calls[-2:] == ["put", "delete"], db.calls
+    assert db.all_allocations() == []
+
+
+def test_destroy_racing_destroy_launches_one_destroy(make_runner):
+    """Two destroys at once: the second arrives while the first has decided to launch
+    and not yet started its thread. Exactly one destroy runs."""
+    db = _HeldWrites()
+    alloc = new_allocation(mock_job(mock_task("web")), "web")
+    ar = make_runner(alloc, state_db=db)
+    ar.start()
+    launch = Hold("alloc.destroy.launch")
+    with armed(launch):
+        first = threading.Thread(target=ar.destroy, name="race-destroy-1")
+        first.start()
+        assert launch.wait_arrived(BOUND)
+        second = threading.Thread(target=ar.destroy, name="race-destroy-2")
+        second.start()
+        second.join(BOUND)
+        launch.release()
+        first.join(BOUND)
+        assert ar.wait_destroyed(BOUND)
+        assert ar.close(BOUND)
+    assert db.calls.count("delete") == 1, db.calls
+
+
+@pytest.mark.parametrize("shutdown_first", [False, True])
+def test_wait_returns_only_after_the_last_state_pass(make_runner, shutdown_first):
+    """The state handler's last pass is held until run() waits for it: wait() must not
+    return before that pass is over, whichever way run() ends."""
+    run_for = "30s" if shutdown_first else "20ms"
+    job = mock_job(mock_task("web", config={"run_for": run_for}), job_type="batch")
+    alloc = new_allocation(job, "web")
+    waiting = mark("state.await_final")
+    last_pass = Hold("state.final_pass", after=waiting)
+    with armed(waiting, last_pass):
+        if shutdown_first:
+            ar = start_all(make_runner, alloc)
+            ar.shutdown()
+        else:
+            ar = make_runner(alloc)
+            ar.start()
+        assert ar.wait(BOUND)
+        assert last_pass.passed(), "wait() returned before the last state pass began"
+        assert not last_pass.timed_out()
+    state = ar.alloc_state()
+    tasks = {name: ar.task_runner(name).task_state() for name in ar.task_names()}
+    assert dict(state.task_states) == tasks
