@@ -77,8 +77,9 @@ def hook_error_event(err: HookError) -> TaskEvent:
 
 
 class TaskHookPhases:
-    """Runs the hook phases of one task (see the module docstring): not thread-safe,
-    called by its TaskRunner's run thread, and by `shutdown()` once that has returned."""
+    """Not thread-safe; owned by one TaskRunner. Runs the hook phases of its task (see
+    the module docstring) on the run thread, and the shutdown phase on the caller of
+    `shutdown()` once the run thread has returned."""
 
     _label = immutable()
     _bound = immutable()

@@ -86,8 +86,8 @@ class _Done(_LoopExit):
 
 
 class TaskRunLoop:
-    """Not thread-safe: confined to one TaskRunner's run thread (see the module
-    docstring)."""
+    """Not thread-safe; owned by one TaskRunner and used only by its run thread (see the
+    module docstring)."""
 
     _label = immutable()
     _cell = immutable()
