@@ -3,11 +3,14 @@ restart, prerun failures, postrun errors, no resurrection after destroy, health.
 
 from __future__ import annotations
 
+import threading
+
 import attrs
 import pytest
 
 from allocrunner.errors import AllocRunnerError, HookErrors
 from allocrunner.runner.hooks import AllocHooks
+from allocrunner.state import MemDB
 from allocrunner.structs import (
     EVENT_KILLED,
     EVENT_RECEIVED,
@@ -15,6 +18,7 @@ from allocrunner.structs import (
     EVENT_SETUP_FAILURE,
     EVENT_STARTED,
     EVENT_TERMINATED,
+    AllocDeploymentStatus,
     TaskEvent,
     UpdateStrategy,
     new_allocation,
@@ -168,6 +172,75 @@ def test_deployment_health_is_reported_healthy(make_runner):
         assert status is not None and status.healthy is True, status
 
     wait_for(healthy)
+
+
+class GatedDeploymentDB(MemDB):
+    """Thread-safe. A MemDB whose first write of a deployment health blocks until
+    `gate` opens (a state DB queued on its lock under load); it logs every deployment
+    status written, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log_mutex = threading.Lock()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self._written: list[AllocDeploymentStatus | None] = []
+
+    def put_deployment_status(self, alloc_id: str, status: AllocDeploymentStatus | None) -> None:
+        if status is not None and not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(60), "the gate was never opened"
+        super().put_deployment_status(alloc_id, status)
+        with self._log_mutex:
+            self._written.append(status)
+
+    def written(self) -> list[AllocDeploymentStatus | None]:
+        with self._log_mutex:
+            return list(self._written)
+
+
+def _sees_deployment(listener, deployment_id):
+    def check():
+        try:
+            view = listener.get(timeout=0.05)
+        except TimeoutError:
+            raise AssertionError(f"no view of deployment {deployment_id} yet") from None
+        assert view.deployment_id == deployment_id, view.deployment_id
+
+    return check
+
+
+def test_an_update_is_applied_while_a_health_verdict_waits_on_the_state_db(make_runner):
+    """The health watch's verdict is stuck on the state DB: the state thread still
+    applies an update at once, and the old deployment's verdict lands before the
+    health is cleared for the new deployment and watched again."""
+    db = GatedDeploymentDB()
+    strategy = UpdateStrategy(
+        health_check="task_states", min_healthy_time=0.05, healthy_deadline=10
+    )
+    job = mock_job(mock_task("web", config={"run_for": "30s"}), update=strategy)
+    alloc = attrs.evolve(new_allocation(job, "web"), deployment_id="deploy-1")
+    ar = make_runner(alloc, state_db=db)
+    ar.start()
+    try:
+        assert db.entered.wait(10), "no health verdict was written"
+        with ar.listen() as listener:
+            moved = attrs.evolve(
+                alloc, deployment_id="deploy-2", alloc_modify_index=alloc.alloc_modify_index + 1
+            )
+            ar.update(moved)
+            wait_for(_sees_deployment(listener, "deploy-2"), 5)
+    finally:
+        db.gate.set()
+
+    def healthy_again():
+        written = db.written()
+        assert [s is not None and s.healthy for s in written] == [True, False, True], written
+        assert written[1] is None, "the clear comes between the two verdicts"
+        status = ar.alloc_state().deployment_status
+        assert status == written[2], status
+
+    wait_for(healthy_again, 10)
 
 
 def test_restart_all_reruns_dead_prestart_tasks(make_runner):

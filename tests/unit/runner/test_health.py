@@ -315,8 +315,14 @@ def test_update_to_a_stopped_alloc_ends_the_watch(make_rig) -> None:
     rig.hook.prerun()
     rig.hook.update(attrs.evolve(rig.alloc, desired_status="stop", alloc_modify_index=2))
     assert not rig.hook.watching()
-    assert health_threads() == []
+    # update() does not wait for the old watch: its thread ends on its own.
+    wait_for(lambda: _assert_no_health_threads(), 5)
     assert rig.health.snapshot() == []
+
+
+def _assert_no_health_threads() -> None:
+    alive = health_threads()
+    assert alive == [], f"health threads still alive: {alive}"
 
 
 def test_update_of_another_alloc_is_refused(make_rig) -> None:
@@ -625,6 +631,186 @@ def test_bad_strategies_are_clear_errors() -> None:
         health_params(bad_migrate)
     with pytest.raises(ValueError, match="task_group 'nope'"):
         health_params(attrs.evolve(bad_time, task_group="nope"))
+
+
+# --- a verdict being written (the state DB is slow) -------------------------------------
+
+
+class GatedHealth(Health):
+    """Thread-safe. A `Health` whose first `set_health` blocks until `gate` opens (a
+    state DB queued on its lock), and which logs, in order, every listen, clear and
+    verdict written."""
+
+    def __init__(self, broadcaster: AllocBroadcaster) -> None:
+        super().__init__(broadcaster)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.log: list[str] = []
+
+    def _note(self, what: str) -> None:
+        with self._mutex:
+            self.log.append(what)
+
+    def listen(self) -> AllocListener:
+        self._note("listen")
+        return super().listen()
+
+    def set_health(self, healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+        first = not self.entered.is_set()
+        self._note("verdict-writing")
+        self.entered.set()
+        if first:
+            assert self.gate.wait(60), "the gate was never opened"
+        super().set_health(healthy, events)
+        self._note("verdict-written")
+
+    def clear_health(self) -> None:
+        super().clear_health()
+        self._note("clear")
+
+    def entries(self) -> list[str]:
+        with self._mutex:
+            return list(self.log)
+
+
+@pytest.fixture
+def gated(rigs: list[Rig]) -> Rig:
+    """A rig whose first verdict blocks in `set_health` until its gate opens."""
+    alloc = deployed(service_job())
+    broadcaster = AllocBroadcaster()
+    health = GatedHealth(broadcaster)
+    clock = FakeClock()
+    hook = HealthHook(
+        alloc,
+        listen=health.listen,
+        set_health=health.set_health,
+        has_health=health.has_health,
+        clear_health=health.clear_health,
+        clock=clock,
+    )
+    rig = Rig(alloc, hook, broadcaster, health, clock)
+    rigs.append(rig)
+    hook.prerun()
+    rig.send_and_wait(web=running())
+    rig.clock.advance(10)
+    assert health.entered.wait(5), "the watch gave no verdict"
+    return rig
+
+
+def _update_from_another_thread(
+    rig: Rig, alloc: Allocation
+) -> tuple[threading.Thread, threading.Event]:
+    returned = threading.Event()
+
+    def update() -> None:
+        rig.hook.update(alloc)
+        returned.set()
+
+    thread = threading.Thread(target=update, name="alloc-state-test")
+    thread.start()
+    return thread, returned
+
+
+def test_an_update_does_not_wait_for_a_verdict_being_written(gated: Rig) -> None:
+    """The alloc runner's state thread applies updates: it must not wait for a watch
+    whose verdict is queued on the state DB."""
+    health = gated.health
+    assert isinstance(health, GatedHealth)
+    new = attrs.evolve(gated.alloc, deployment_id="d2", alloc_modify_index=2)
+    thread, returned = _update_from_another_thread(gated, new)
+    try:
+        assert returned.wait(5), "update() waited for the verdict being written"
+    finally:
+        health.gate.set()
+        thread.join(60)
+    wait_for(lambda: _assert_log_ends(health, ["verdict-written", "clear", "listen"]), 5)
+    assert gated.hook.watching(), "the new deployment is watched"
+
+
+def test_a_verdict_being_written_lands_before_the_next_watch_starts(
+    gated: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long the write takes, the newer watch (and the clear of the old health)
+    comes after it, so a stale verdict never overwrites the newer deployment's health."""
+    import allocrunner.runner.health as health_module
+
+    monkeypatch.setattr(health_module, "JOIN_TIMEOUT", 0.05)  # no waiting is ever given up
+    health = gated.health
+    assert isinstance(health, GatedHealth)
+    new = attrs.evolve(gated.alloc, deployment_id="d2", alloc_modify_index=2)
+    thread, returned = _update_from_another_thread(gated, new)
+    try:
+        assert_stays(lambda: _assert_log_is(health, ["listen", "verdict-writing"]), 0.3)
+    finally:
+        health.gate.set()
+        thread.join(60)
+    assert returned.is_set()
+    want = ["listen", "verdict-writing", "verdict-written", "clear", "listen"]
+    wait_for(lambda: _assert_log_is(health, want), 5)
+    assert health.snapshot() == [], "the old deployment's verdict was cleared"
+    gated.send_and_wait(web=running())
+    gated.clock.advance(10)
+    wait_for(lambda: assert_verdicts(health, 1), 5)
+
+
+def _assert_log_is(health: GatedHealth, want: list[str]) -> None:
+    got = health.entries()
+    assert got == want, f"got {got}, want {want}"
+
+
+def _assert_log_ends(health: GatedHealth, tail: list[str]) -> None:
+    got = health.entries()
+    assert got[-len(tail) :] == tail, f"got {got}, want it to end with {tail}"
+
+
+class _DeafListener:
+    """Not thread-safe; owned by one watch. A listener that ignores `close` and hands
+    out one view only once its gate opens: a watch busy with a view when it is
+    superseded."""
+
+    def __init__(self, view: Allocation, gate: threading.Event) -> None:
+        self._view = view
+        self._gate = gate
+        self._sent = False
+
+    def get(self, timeout: float | None = None) -> Allocation:
+        if self._sent or not self._gate.wait(timeout):
+            raise TimeoutError("no view")
+        self._sent = True
+        return self._view
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_superseded_watch_never_writes_its_verdict(make_rig) -> None:
+    """A watch that reaches its verdict after an update replaced it writes nothing:
+    only the newest watch may set the health."""
+    rig = make_rig(deployed(service_job()))
+    gate = threading.Event()
+    failed_view = view(rig.alloc, web=dead(failed=True))
+    listeners = iter([_DeafListener(failed_view, gate)])
+
+    def listen() -> Any:
+        return next(listeners, None) or rig.health.listen()
+
+    hook = HealthHook(
+        rig.alloc,
+        listen=listen,
+        set_health=rig.health.set_health,
+        has_health=rig.health.has_health,
+        clock=rig.clock,
+    )
+    try:
+        hook.prerun()
+        hook.update(attrs.evolve(rig.alloc, alloc_modify_index=2))
+        gate.set()  # the old watch now sees a failed task: a verdict, but a stale one
+        assert_stays(lambda: assert_no_verdict(rig.health), 0.2)
+        assert hook.watching()
+    finally:
+        gate.set()
+        hook.postrun()
+    assert health_threads() == []
 
 
 # --- stress ----------------------------------------------------------------------------
