@@ -120,6 +120,7 @@ def test_close_is_idempotent(any_db):
     any_db.close()
 
 
+@pytest.mark.requires_lockcheck
 def test_calls_with_a_lock_held_are_refused(any_db):
     # Every StateDB method is a callout: holding a declared lock while calling one
     # would put file I/O under that lock.

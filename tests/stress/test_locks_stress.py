@@ -23,12 +23,9 @@ from allocrunner.broadcaster import AllocBroadcaster, AllocListener
 from allocrunner.errors import BroadcasterClosed
 from allocrunner.testing import mock_alloc
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.usefixtures("fast_switching")]
 
 DURATION = 1.5  # seconds of hammering per test
-
-
-pytestmark = pytest.mark.usefixtures("fast_switching")
 
 
 @pytest.mark.parametrize("factory", [RWLock, CheckedRWLock], ids=["RWLock", "CheckedRWLock"])

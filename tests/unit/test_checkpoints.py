@@ -108,6 +108,7 @@ def test_only_one_harness_at_a_time():
         pass
 
 
+@pytest.mark.requires_lockcheck
 def test_a_checkpoint_under_a_declared_lock_is_refused_in_check_mode():
     lock = make_lock("AllocRunner._destroyed_lock")
     with lock, pytest.raises(CalloutUnderLockError):

@@ -42,6 +42,10 @@ from allocrunner.errors import (
     LockOrderError,
 )
 
+# Every test here asserts what the checker catches or records, or which lock types check
+# mode hands out; the ones that need check mode off start a child process of their own.
+pytestmark = pytest.mark.requires_lockcheck
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -121,6 +121,7 @@ def test_concurrent_cancel_has_one_winner() -> None:
     assert len(wins) == 1 and token.reason == wins[0]
 
 
+@pytest.mark.requires_lockcheck
 def test_wait_under_a_lock_is_a_callout() -> None:
     lock = make_lock("AllocBroadcaster._lock")
     with lock, pytest.raises(CalloutUnderLockError):
@@ -186,6 +187,7 @@ def test_concurrent_event_set_has_one_winner() -> None:
     assert len(wins) == 1 and event.is_set()
 
 
+@pytest.mark.requires_lockcheck
 def test_event_set_under_a_lock_is_allowed_but_waiting_is_not() -> None:
     lock = make_lock("AllocBroadcaster._lock")
     event = Event()
@@ -222,6 +224,7 @@ def test_kick_wakes_a_waiter() -> None:
     assert got == [True] and not kick.pending()
 
 
+@pytest.mark.requires_lockcheck
 def test_kick_under_a_lock_is_allowed_but_waiting_is_not() -> None:
     lock = make_lock("AllocBroadcaster._lock")
     kick = Kick()
@@ -351,6 +354,7 @@ def test_thread_group_forgets_finished_threads() -> None:
     assert group.join(10)
 
 
+@pytest.mark.requires_lockcheck
 def test_thread_group_join_under_a_lock_is_a_callout() -> None:
     group = ThreadGroup("locked-join")
     lock = make_lock("AllocBroadcaster._lock")
@@ -393,6 +397,7 @@ def test_waiter_timeout() -> None:
     assert not waiter.wait(-1)
 
 
+@pytest.mark.requires_lockcheck
 def test_waiter_wake_under_a_lock_is_allowed_but_waiting_is_not() -> None:
     lock = make_lock("AllocBroadcaster._lock")
     waiter = Waiter()

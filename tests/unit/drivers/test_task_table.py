@@ -121,6 +121,7 @@ def test_a_closed_table_takes_nothing_and_finds_nothing(lock, table):
             table.add_locked("b", Record(lock))
 
 
+@pytest.mark.requires_lockcheck
 def test_every_method_requires_the_driver_lock(lock, table):
     with pytest.raises(LockNotHeldError):
         table.get_locked("a")

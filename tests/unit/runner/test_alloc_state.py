@@ -29,6 +29,7 @@ def lock_log(monkeypatch):
     return taken
 
 
+@pytest.mark.requires_lockcheck
 def test_alloc_state_takes_only_read_locks(make_runner, lock_log):
     ar = make_runner(mock_alloc(mock_task("web"), mock_task("db")))
     ar.start()
