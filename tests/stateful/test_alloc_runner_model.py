@@ -1,16 +1,21 @@
 """A hypothesis model of the AllocRunner lifecycle, driven while background threads
-read alloc_state() and listen: random updates (run, stop, stale), restarts, signals,
-destroy and shutdown. Invariants: nothing deadlocks (every wait is bounded), the client
-status always agrees with the task states, listeners never go back in time, destroy
-always completes and no thread is left behind."""
+read alloc_state(), listen and wait for run() to return: random updates (run, stop,
+stale), restarts, signals, persists, destroy and shutdown, alone or several at once
+from their own threads. Invariants: nothing deadlocks (every wait is bounded), the
+client status always agrees with the task states, listeners never go back in time,
+the final state is published before wait() returns, destroy completes exactly once,
+no write reaches the state DB after destroy deleted the allocation's state, and no
+thread is left behind. A stress variant plays 200 examples."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import threading
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -19,11 +24,15 @@ from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver
 from allocrunner.errors import AllocRunnerError, BroadcasterClosed, TaskNotRunningError
 from allocrunner.runner.alloc_runner import AllocRunner
-from allocrunner.state import MemDB
+from allocrunner.state import LocalState, MemDB
 from allocrunner.structs import (
     CLIENT_TERMINAL,
     EVENT_RESTART_SIGNAL,
+    Allocation,
+    AllocDeploymentStatus,
+    AllocState,
     TaskEvent,
+    TaskState,
     client_status_from_task_states,
     new_allocation,
 )
@@ -37,6 +46,44 @@ def consistent(state) -> None:
     assert state.client_status == (status or "pending"), (state.client_status, status)
 
 
+class RecordingDB(MemDB):
+    """A MemDB that records every write and delete it is asked for, in order, so the
+    model can tell what reached it after the allocation's state was deleted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls_lock = threading.Lock()
+        self.calls: list[tuple[str, str]] = []
+
+    def _note(self, what: str, alloc_id: str) -> None:
+        with self._calls_lock:
+            self.calls.append((what, alloc_id))
+
+    def put_allocation(self, alloc: Allocation) -> None:
+        self._note("put_allocation", alloc.id)
+        super().put_allocation(alloc)
+
+    def put_task_state(self, alloc_id: str, task: str, state: TaskState) -> None:
+        self._note("put_task_state", alloc_id)
+        super().put_task_state(alloc_id, task, state)
+
+    def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
+        self._note("put_task_local_state", alloc_id)
+        super().put_task_local_state(alloc_id, task, local)
+
+    def put_deployment_status(self, alloc_id: str, status: AllocDeploymentStatus | None) -> None:
+        self._note("put_deployment_status", alloc_id)
+        super().put_deployment_status(alloc_id, status)
+
+    def delete_allocation(self, alloc_id: str) -> None:
+        self._note("delete_allocation", alloc_id)
+        super().delete_allocation(alloc_id)
+
+    def recorded(self) -> list[str]:
+        with self._calls_lock:
+            return [what for what, _ in self.calls]
+
+
 class Observer:
     """Background readers: alloc_state() in a loop and one listener, checking as they go."""
 
@@ -45,9 +92,11 @@ class Observer:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.listener = ar.listen()
+        self.at_wait: tuple[AllocState, dict[str, TaskState]] | None = None
         self.threads = [
             threading.Thread(target=self._read, name="model-reader"),
             threading.Thread(target=self._listen, name="model-listener"),
+            threading.Thread(target=self._wait, name="model-waiter"),
         ]
         for t in self.threads:
             t.start()
@@ -57,6 +106,19 @@ class Observer:
             while not self.stop.is_set():
                 consistent(self.ar.alloc_state())
         except BaseException as err:  # reported by the model
+            self.errors.append(err)
+
+    def _wait(self) -> None:
+        """What a caller of wait() sees the moment it returns: the published state, and
+        then the task runners' own states."""
+        try:
+            while not self.stop.is_set():
+                if self.ar.wait(0.05):
+                    published = self.ar.alloc_state()
+                    tasks = {n: self.ar.task_runner(n).task_state() for n in self.ar.task_names()}
+                    self.at_wait = (published, tasks)
+                    return
+        except BaseException as err:
             self.errors.append(err)
 
     def _listen(self) -> None:
@@ -89,9 +151,17 @@ class Observer:
             raise self.errors[0]
 
 
+OPS = ("update", "stop", "stale", "restart", "signal", "read", "listen", "persist")
+
+
 class AllocRunnerModel(RuleBasedStateMachine):
+    switch_interval: float | None = None
+
     def __init__(self) -> None:
         super().__init__()
+        self.previous_switch = sys.getswitchinterval()
+        if self.switch_interval is not None:
+            sys.setswitchinterval(self.switch_interval)
         self.tmp = tempfile.TemporaryDirectory(prefix="ar-model-")
         self.driver = MockDriver()
         config = ClientConfig.for_data_dir(
@@ -104,12 +174,13 @@ class AllocRunnerModel(RuleBasedStateMachine):
         )
         self.alloc = new_allocation(job, "web")
         self.index = self.alloc.alloc_modify_index
+        self.db = RecordingDB()
         self.ar = AllocRunner(
-            self.alloc, config, state_db=MemDB(), drivers={"mock_driver": self.driver}
+            self.alloc, config, state_db=self.db, drivers={"mock_driver": self.driver}
         )
         self.observer = Observer(self.ar)
         self.started = False
-        self.ended = False
+        self.shutdown_asked = False
 
     @rule()
     def start(self) -> None:
@@ -136,42 +207,23 @@ class AllocRunnerModel(RuleBasedStateMachine):
             self.ar.signal_task(task, "SIGHUP")
 
     @rule(
-        ops=st.lists(
-            st.sampled_from(["update", "stop", "stale", "restart", "signal", "read", "listen"]),
-            min_size=2,
-            max_size=5,
-        )
+        ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5),
+        ending=st.sampled_from(["", "", "destroy", "shutdown", "both"]),
     )
-    def burst(self, ops: list[str]) -> None:
-        """Several operations at once, each from its own thread; all must finish."""
+    def burst(self, ops: list[str], ending: str) -> None:
+        """Several operations at once, each from its own thread, with destroy and/or
+        shutdown among them; all must finish."""
         self.index += 1
         index = self.index
         errors: list[BaseException] = []
+        if ending:
+            ops = [*ops, *(("destroy", "shutdown") if ending == "both" else (ending,))]
+        if "shutdown" in ops:
+            self.shutdown_asked = True
 
         def one(op: str) -> None:
             try:
-                if op in ("update", "stop", "stale"):
-                    bumped = index - 3 if op == "stale" else index
-                    desired = "stop" if op == "stop" else "run"
-                    self.ar.update(
-                        attrs.evolve(
-                            self.alloc, alloc_modify_index=max(1, bumped), desired_status=desired
-                        )
-                    )
-                elif op == "restart":
-                    with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
-                        self.ar.restart_task("main", TaskEvent(EVENT_RESTART_SIGNAL, message="x"))
-                elif op == "signal":
-                    with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
-                        self.ar.signal_task("", "SIGHUP")
-                elif op == "read":
-                    consistent(self.ar.alloc_state())
-                else:
-                    with (
-                        self.ar.listen() as listener,
-                        contextlib.suppress(TimeoutError, BroadcasterClosed),
-                    ):
-                        listener.get(timeout=0.01)
+                self._one(op, index)
             except BaseException as err:
                 errors.append(err)
 
@@ -184,15 +236,39 @@ class AllocRunnerModel(RuleBasedStateMachine):
         if errors:
             raise errors[0]
 
+    def _one(self, op: str, index: int) -> None:
+        if op in ("update", "stop", "stale"):
+            bumped = index - 3 if op == "stale" else index
+            desired = "stop" if op == "stop" else "run"
+            self.ar.update(
+                attrs.evolve(self.alloc, alloc_modify_index=max(1, bumped), desired_status=desired)
+            )
+        elif op == "restart":
+            with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
+                self.ar.restart_task("main", TaskEvent(EVENT_RESTART_SIGNAL, message="x"))
+        elif op == "signal":
+            with contextlib.suppress(TaskNotRunningError, AllocRunnerError):
+                self.ar.signal_task("", "SIGHUP")
+        elif op == "read":
+            consistent(self.ar.alloc_state())
+        elif op == "persist":
+            self.ar.persist_state()
+        elif op == "destroy":
+            self.ar.destroy()
+        elif op == "shutdown":
+            self.ar.shutdown()
+        else:
+            with self.ar.listen() as listener, contextlib.suppress(TimeoutError, BroadcasterClosed):
+                listener.get(timeout=0.01)
+
     @rule()
     def destroy(self) -> None:
         self.ar.destroy()
-        self.ended = True
 
     @rule()
     def shutdown(self) -> None:
+        self.shutdown_asked = True
         self.ar.shutdown()
-        self.ended = True
 
     @invariant()
     def state_is_consistent(self) -> None:
@@ -206,9 +282,34 @@ class AllocRunnerModel(RuleBasedStateMachine):
             assert self.ar.close(BOUND), "runner threads left behind"
             consistent(self.ar.alloc_state())
             self.observer.close()
+            self._check_final_state_was_published()
+            self._check_destroyed_once_and_for_good()
         finally:
+            sys.setswitchinterval(self.previous_switch)
             self.driver.close()
             self.tmp.cleanup()
+
+    def _check_final_state_was_published(self) -> None:
+        """When run() really ran (its first write reached the DB) and no shutdown left
+        the tasks running for a later destroy to kill, the state a caller reads as soon
+        as wait() returns is the tasks' final state."""
+        ran = "put_allocation" in self.db.recorded()
+        if not ran or self.shutdown_asked:
+            return
+        assert self.observer.at_wait is not None, "the waiter never saw run() return"
+        published, tasks = self.observer.at_wait
+        assert dict(published.task_states) == tasks, "wait() returned before the final state"
+
+    def _check_destroyed_once_and_for_good(self) -> None:
+        calls = self.db.recorded()
+        deletes = calls.count("delete_allocation")
+        assert deletes == 1, f"the allocation's state was deleted {deletes} times"
+        late = calls[calls.index("delete_allocation") + 1 :]
+        assert not late, f"written after destroy: {late}"
+        assert self.db.all_allocations() == []
+        for name in self.ar.task_names():
+            assert self.db.task_runner_state(self.alloc.id, name) == (None, None), name
+        assert self.db.deployment_status(self.alloc.id) is None
 
 
 AllocRunnerModel.TestCase.settings = settings(
@@ -218,3 +319,20 @@ AllocRunnerModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestAllocRunnerModel = AllocRunnerModel.TestCase
+
+
+class StressAllocRunnerModel(AllocRunnerModel):
+    """The same model, 200 examples, with the interpreter switching threads often."""
+
+    switch_interval = 1e-5
+
+
+StressAllocRunnerModel.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestAllocRunnerModelStress = pytest.mark.timeout(240)(
+    pytest.mark.stress(StressAllocRunnerModel.TestCase)
+)

@@ -90,10 +90,15 @@ def test_a_second_kill_of_a_task_being_killed_records_no_killing_after_killed(ma
     alloc = leader_group()
     ar = start_all(make_runner, alloc)
     mains_wave = Hold("tasks.kill_wave", "mains")
+    sibling = Hold("state.sibling_kill")
     second_kill = Hold("tasks.kill_one", "main1")
-    with armed(mains_wave, second_kill):
+    with armed(mains_wave, sibling, second_kill):
         ar.update(stopped(alloc))
-        assert mains_wave.wait_arrived(BOUND)
+        # The state handler is held before its own kill, so the stop is the one held
+        # before the main tasks' wave.
+        assert sibling.wait_arrived(BOUND), "the dead leader fired no sibling rule"
+        assert mains_wave.wait_arrived(BOUND), "the stop never got past the leader"
+        sibling.release()
         # The sibling rule's kill comes to main1 first and is held just before it.
         assert second_kill.wait_arrived(BOUND), "the sibling rule did not kill main1"
         mains_wave.release()
