@@ -49,7 +49,7 @@ from pathlib import Path
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
-from allocrunner._sync import CancelToken, Kick, ThreadGroup
+from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup
 from allocrunner.allocdir import AllocDir
 from allocrunner.allocwatcher import NoopPrevAlloc, PrevAllocMigrator, PrevAllocWatcher
 from allocrunner.broadcaster import AllocBroadcaster, AllocListener
@@ -145,6 +145,7 @@ class AllocRunner:
     _run_done = immutable()
     _destroyed_event = immutable()
     _shutdown_event = immutable()
+    _finish_destroy = immutable()  # set by restore(): run() destroys instead
 
     def __init__(
         self,
@@ -189,6 +190,7 @@ class AllocRunner:
         self._run_done = threading.Event()
         self._destroyed_event = threading.Event()
         self._shutdown_event = threading.Event()
+        self._finish_destroy = Event()
         self._broadcaster = AllocBroadcaster()
         self._coordinator = TaskCoordinator(group.tasks)
         self._tasks = TaskSet(
@@ -290,17 +292,47 @@ class AllocRunner:
 
     @calls_out
     def restore(self) -> None:
-        """Load the persisted state of every task before `run()` (agent restart)."""
-        if not Path(self._alloc_dir.path).is_dir():
-            raise FileNotFoundError(
-                f"allocation {self._id}: alloc dir {self._alloc_dir.path} does not exist"
-            )
+        """Load the persisted state of every task before `run()` (agent restart).
+
+        An allocation whose destroy was under way when the agent died is not run
+        again: its tasks are re-attached, so that the destroy can stop them, and
+        `run()` finishes that destroy and returns at once. A missing alloc dir is built
+        again when no task had started (nothing of the allocation was in it yet); when
+        a task had, the files it ran with are lost and FileNotFoundError is raised.
+        """
+        interrupted = self._persister.destroy_interrupted()
+        if not interrupted:
+            self._restore_alloc_dir()
         status = self._state_db.deployment_status(self._id)
         for tr in self._tasks:
             tr.restore()
         states = self._tasks.states()
         self._coordinator.restore(states)
         self._client_state.restore(self.alloc(), states, status)
+        if interrupted:
+            log.info("allocation %s: its destroy was interrupted; run() finishes it", self._id)
+            self._finish_destroy.set()
+
+    @calls_out
+    def _restore_alloc_dir(self) -> None:
+        if Path(self._alloc_dir.path).is_dir():
+            return
+        started = [tr.name for tr in self._tasks if self._task_started(tr.name)]
+        if started:
+            raise FileNotFoundError(
+                f"allocation {self._id}: alloc dir {self._alloc_dir.path} does not exist, "
+                f"and task(s) {', '.join(started)} ran in it"
+            )
+        log.info("allocation %s: no task had started; building its alloc dir again", self._id)
+        self._alloc_dir.build()
+
+    @calls_out
+    def _task_started(self, name: str) -> bool:
+        """Whether the saved state of task `name` shows it was ever started."""
+        local, state = self._state_db.task_runner_state(self._id, name)
+        if local is not None and local.task_handle is not None:
+            return True
+        return state is not None and state.started_at is not None
 
     # --- run --------------------------------------------------------------------------
 
@@ -312,8 +344,11 @@ class AllocRunner:
     def run(self) -> None:
         """Run the allocation: prerun hooks, tasks, postrun hooks. Blocks until done.
 
-        Returns at once if destroy() or shutdown() came first.
+        Returns at once if destroy() or shutdown() came first, or once it launched the
+        destroy `restore()` found interrupted.
         """
+        if self._finish_destroy.is_set():
+            self.destroy()
         with self._destroyed_lock:
             if self._run_started:
                 raise AllocRunnerError(f"allocation {self._id}: run() called twice")
@@ -530,6 +565,8 @@ class AllocRunner:
 
     @calls_out
     def _do_destroy(self, run_started: bool, shutdown_in_flight: bool) -> None:
+        # Durable first: an agent killed from here on finishes this destroy on restore.
+        self._persister.mark_destroying()
         if shutdown_in_flight:
             self._shutdown_event.wait()
         self._kill_tasks()

@@ -7,6 +7,10 @@ destroyed, waits for the writes in flight to drain and only then deletes its sta
 a write that comes after is dropped. Failed writes are logged, never raised: the
 allocation runs on without them.
 
+A destroy begins with `mark_destroying`, a durable mark in the state DB
+(`allocrunner.state.marks`) that `delete` removes with the rest; an agent killed in
+between finds the mark on restore and finishes the destroy.
+
 Threads: writes come from the alloc runner's threads (run, state handler, health
 watcher, API callers); `delete` from its ``destroy-<id8>`` thread. Locks: it uses the
 runner's ``AllocRunner._destroyed_lock``, which the runner lends it, for the destroyed
@@ -21,6 +25,7 @@ import threading
 
 from allocrunner._locking import Mutex, calls_out, guarded, immutable
 from allocrunner.state import StateDB
+from allocrunner.state.marks import destroy_interrupted, mark_destroying
 from allocrunner.structs import Allocation, AllocDeploymentStatus
 
 __all__ = ["AllocPersister"]
@@ -69,6 +74,23 @@ class AllocPersister:
             log.exception("allocation %s: persisting deployment status failed", self._alloc_id)
         finally:
             self._end()
+
+    @calls_out
+    def mark_destroying(self) -> None:
+        """Record, durably, that the destroy has begun (before anything is removed)."""
+        if not self._begin():
+            return
+        try:
+            mark_destroying(self._state_db, self._alloc_id)
+        except Exception:
+            log.exception("allocation %s: marking its destroy failed", self._alloc_id)
+        finally:
+            self._end()
+
+    @calls_out
+    def destroy_interrupted(self) -> bool:
+        """True if a destroy began before the agent restarted and never finished."""
+        return destroy_interrupted(self._state_db, self._alloc_id)
 
     @calls_out
     def delete(self) -> None:

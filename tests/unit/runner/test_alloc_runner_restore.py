@@ -3,14 +3,16 @@ restart, prerun failures, postrun errors, no resurrection after destroy, health.
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import attrs
 import pytest
 
-from allocrunner.errors import AllocRunnerError, HookErrors
+from allocrunner.errors import AllocRunnerError, DriverError, HookErrors
 from allocrunner.runner.hooks import AllocHooks
 from allocrunner.state import MemDB
+from allocrunner.state.marks import destroy_interrupted, mark_destroying
 from allocrunner.structs import (
     EVENT_KILLED,
     EVENT_RECEIVED,
@@ -20,6 +22,7 @@ from allocrunner.structs import (
     EVENT_TERMINATED,
     AllocDeploymentStatus,
     TaskEvent,
+    TaskState,
     UpdateStrategy,
     new_allocation,
 )
@@ -96,10 +99,93 @@ def test_restore_of_a_completed_batch_alloc_does_not_rerun_it(make_runner, state
     assert second.alloc_state().client_status == "complete"
 
 
-def test_restore_fails_when_the_alloc_dir_is_gone(make_runner):
-    ar = make_runner(mock_alloc())
-    with pytest.raises(FileNotFoundError, match="alloc dir"):
-        ar.restore()
+def test_restore_builds_the_alloc_dir_again_when_no_task_had_started(make_runner, state_db):
+    """The agent died before the alloc dir was built: nothing was lost, nothing fails."""
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    state_db.put_allocation(alloc)
+    state_db.put_task_state(alloc.id, "web", TaskState())
+    ar = make_runner(alloc)
+    assert not ar.alloc_dir.path.exists()
+    ar.restore()
+    assert ar.alloc_dir.data_dir.is_dir()
+    ar.start()
+    wait_for(lambda: _state(ar, "web", "running"))
+    assert ar.alloc_state().client_status == "running"
+
+
+def test_restore_fails_when_the_alloc_dir_a_task_ran_in_is_gone(make_runner, state_db):
+    """The files of a task that ran are lost with its alloc dir (ephemeral storage):
+    that allocation cannot be restored (Nomad's rule)."""
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    first = make_runner(alloc)
+    first.start()
+    wait_for(lambda: _state(first, "web", "running"))
+    first.shutdown()
+    assert first.wait_shutdown(10)
+    shutil.rmtree(first.alloc_dir.path)
+    second = make_runner(alloc)
+    with pytest.raises(FileNotFoundError, match=r"alloc dir .* task\(s\) web ran in it"):
+        second.restore()
+
+
+@pytest.mark.parametrize("dir_left", [True, False], ids=["dir-left", "dir-removed"])
+def test_restore_finishes_a_destroy_the_agent_began(make_runner, state_db, drivers, dir_left):
+    """The agent died during a destroy (the mark is saved): the next runner stops the
+    task it re-attached to, removes the alloc dir and deletes the state, instead of
+    running the allocation again or failing it."""
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    first = make_runner(alloc)
+    first.start()
+    wait_for(lambda: _state(first, "web", "running"))
+    handle = first.task_runner("web").local_state().task_handle
+    first.shutdown()
+    assert first.wait_shutdown(10)
+    mark_destroying(state_db, alloc.id)
+    if not dir_left:
+        shutil.rmtree(first.alloc_dir.path)
+
+    second = make_runner(alloc)
+    second.restore()
+    second.start()
+    assert second.wait(10)
+    assert second.wait_destroyed(10)
+    assert not second.alloc_dir.path.exists()
+    assert state_db.all_allocations() == []
+    assert not destroy_interrupted(state_db, alloc.id)
+    _assert_task_gone(drivers, handle.task_id)
+    ts = second.alloc_state().task_states["web"]
+    assert ts.state == "dead" and not ts.failed
+    assert [e.type for e in ts.events].count(EVENT_STARTED) == 1
+
+
+def _assert_task_gone(drivers, task_id):
+    try:
+        status = drivers["mock_driver"].inspect(task_id)
+    except DriverError:
+        return  # stopped and destroyed
+    assert status.state != "running", status
+
+
+def test_destroy_marks_the_alloc_before_removing_anything(make_runner, state_db, monkeypatch):
+    """The mark is saved before the alloc dir goes, and deleted with the state."""
+    from allocrunner.allocdir import AllocDir
+
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    ar = make_runner(alloc)
+    ar.start()
+    wait_for(lambda: _state(ar, "web", "running"))
+    marked_at_removal: list[bool] = []
+    remove = AllocDir.destroy
+
+    def destroy(self):
+        marked_at_removal.append(destroy_interrupted(state_db, alloc.id))
+        remove(self)
+
+    monkeypatch.setattr(AllocDir, "destroy", destroy)
+    ar.destroy()
+    assert ar.wait_destroyed(10)
+    assert marked_at_removal == [True]
+    assert not destroy_interrupted(state_db, alloc.id)
 
 
 def test_persist_after_destroy_does_not_resurrect(make_runner, state_db):
