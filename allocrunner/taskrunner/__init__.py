@@ -1,9 +1,10 @@
 """Task runners: run one task of an allocation through a driver, from pending to dead.
 
-- `TaskRunner` (runner.py): the run loop and the public facade, over its parts:
-  `TaskStateCell` (state.py: the published task state and its persistence) and
-  `TaskControl` / `TaskMailbox` (lifecycle.py: start, kill, restart, signal, and the
-  requests other threads leave for the run thread).
+- `TaskRunner` (runner.py): the public facade, over its parts: `TaskRunLoop`
+  (run_loop.py: the run loop, on the run thread), `TaskHookPhases` (hook_phases.py:
+  the task hook phases), `TaskStateCell` (state.py: the published task state and its
+  persistence) and `TaskControl` / `TaskMailbox` (lifecycle.py: start, kill, restart,
+  signal, and the requests other threads leave for the run thread).
 - `RestartTracker`: Nomad's restart policy as a pure decision procedure.
 - Task hooks (`TaskHook`, `run_phase`, the built-ins) and the task environment.
 
