@@ -273,6 +273,23 @@ def test_restore_across_a_restart(make_client, config):
     assert orphan.id not in {a.id for a in second.state_db.all_allocations()}
 
 
+def test_a_restarted_client_reports_each_restored_allocation_once(make_client, upstream):
+    """The last report before a crash may never have reached the server, and a restored
+    runner whose state does not change reports nothing: the client reports it once."""
+    db = MemDB()
+    first = make_client(state_db=db)
+    first.start()
+    alloc = new_allocation(_service(), "web")
+    first.run_allocs([alloc])
+    wait_for(_task_state(first, alloc.id, "web", "running"))
+    first.shutdown()
+
+    second = make_client(state_db=db, state_updater=upstream)
+    second.start()
+    wait_for(lambda: _equal(upstream.last_of(alloc.id).client_status, "running"))
+    assert_stays(lambda: _equal(len(upstream.views_of(alloc.id)), 1), 0.2)
+
+
 def test_a_failed_restore_is_reported_and_destroyed(make_client, upstream):
     db = MemDB()
     first = make_client(state_db=db)
