@@ -7,7 +7,8 @@ even wrapped). A test arms a set of `Hold`s (`armed(...)`): the first thread to 
 a held point stops there until the test releases it, or until another held point has
 been passed (`after=`), so the test decides which of two racing threads goes first
 and can pin an interleaving that once failed. A `mark` is a hold that never stops: it
-only records that some thread got there.
+only records that some thread got there. A `Stall` delays every thread that gets there
+a little, to widen a race window for a test that explores interleavings at random.
 
 The checkpoints placed in the package (name, subject):
 
@@ -41,7 +42,29 @@ from collections.abc import Iterator
 from allocrunner._locking import calls_out, immutable
 from allocrunner._sync import CancelToken
 
-__all__ = ["HOLD_BOUND", "Hold", "Interleaving", "armed", "checkpoint", "mark"]
+__all__ = [
+    "CHECKPOINTS",
+    "HOLD_BOUND",
+    "Hold",
+    "Interleaving",
+    "Point",
+    "Stall",
+    "armed",
+    "checkpoint",
+    "mark",
+]
+
+CHECKPOINTS: tuple[str, ...] = (
+    "alloc.destroy.launch",
+    "alloc.destroy.delete",
+    "state.sibling_kill",
+    "state.final_pass",
+    "state.await_final",
+    "tasks.kill_wave",
+    "tasks.kill_one",
+    "task.restart.post",
+)
+"""The names of the checkpoints placed in the package (described above)."""
 
 HOLD_BOUND = 30.0
 """The longest a thread stays held; past it the thread goes on and the hold says so."""
@@ -138,6 +161,41 @@ def mark(name: str, subject: str | None = None) -> Hold:
     return Hold(name, subject, pause=False)
 
 
+class Stall:
+    """Thread-safe. Every thread that reaches checkpoint `name` waits `seconds` there
+    (cut short when the harness is left): it widens the window of a race for a test
+    that explores interleavings at random rather than pinning one."""
+
+    name = immutable()
+    _seconds = immutable()
+    _released = immutable()
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self._seconds = seconds
+        self._released = CancelToken()
+
+    def matches(self, name: str, subject: str) -> bool:
+        return name == self.name
+
+    @calls_out
+    def reach(self) -> bool:
+        self._released.wait(self._seconds)
+        return True
+
+    def pauses(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        self._released.cancel("released")
+
+    def __repr__(self) -> str:
+        return f"<Stall {self.name} {self._seconds}s>"
+
+
+Point = Hold | Stall
+
+
 class Interleaving:
     """Immutable once armed. The holds of one test; a thread that reaches a point is
     held by the first pausing hold of it that it can claim (so two holds on one point
@@ -145,7 +203,7 @@ class Interleaving:
 
     _holds = immutable()
 
-    def __init__(self, holds: tuple[Hold, ...]) -> None:
+    def __init__(self, holds: tuple[Point, ...]) -> None:
         self._holds = holds
 
     @calls_out
@@ -163,7 +221,7 @@ _armed: Interleaving | None = None
 
 
 @contextlib.contextmanager
-def armed(*holds: Hold) -> Iterator[Interleaving]:
+def armed(*holds: Point) -> Iterator[Interleaving]:
     """Arm `holds` for the duration of the block; on leaving, every hold is released
     and the checkpoints are no-ops again. One harness at a time."""
     global _armed

@@ -1,6 +1,8 @@
 """Client under concurrent use: several threads apply desired sets, read the client
 views and collect, while allocations finish and the collector runs. Afterwards the
-registry must match the last set applied and every removed allocation be destroyed."""
+registry must match the last set applied, every removed allocation be destroyed, and
+no update be lost: for every allocation, the last view its runner reported is the last
+one the client sent upstream (compared view by view, not counted)."""
 
 from __future__ import annotations
 
@@ -16,24 +18,63 @@ from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver
 from allocrunner.state import MemDB
-from allocrunner.structs import new_allocation
+from allocrunner.structs import Allocation, new_allocation
 from allocrunner.testing import mock_job, mock_task, wait_for
 
 DURATION = 2.0
 
 
+class LastViews:
+    """Thread-safe. The last view of each allocation seen by one side: what the runners
+    reported to the client, or what the client sent upstream."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._views: dict[str, Allocation] = {}
+
+    def record(self, views: list[Allocation]) -> None:
+        with self._mutex:
+            for view in views:
+                self._views[view.id] = view
+
+    def snapshot(self) -> dict[str, Allocation]:
+        with self._mutex:
+            return dict(self._views)
+
+
+def spy_on_reports(monkeypatch: pytest.MonkeyPatch, reported: LastViews) -> None:
+    """Record every view a runner reports to its client, then let the client have it.
+    The client's own handling is not serialised by the spy."""
+    original = Client._record_update
+
+    def record_update(self: Client, view: Allocation) -> None:
+        reported.record([view])
+        original(self, view)
+
+    monkeypatch.setattr(Client, "_record_update", record_update)
+
+
+def check_no_update_lost(reported: LastViews, upstream: LastViews) -> None:
+    reports = reported.snapshot()
+    sent = upstream.snapshot()
+    assert reports, "no runner reported anything"
+    lost = sorted(i[:8] for i in reports if sent.get(i) != reports[i])
+    assert not lost, f"the last view of {len(lost)} allocation(s) never went upstream: {lost}"
+
+
 @pytest.mark.stress
-def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
+def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path, monkeypatch):
     config = ClientConfig.for_data_dir(
         tmp_path, max_kill_timeout=2.0, kill_retry_base=0.05, gc_interval=0.05, gc_max_allocs=4
     )
     driver = MockDriver()
-    sent: list[int] = []
+    reported, upstream = LastViews(), LastViews()
+    spy_on_reports(monkeypatch, reported)
     client = Client(
         config,
         state_db=MemDB(),
         drivers={"mock_driver": driver},
-        state_updater=lambda views: sent.append(len(views)),
+        state_updater=upstream.record,
         update_interval=0.01,
     )
     jobs = [
@@ -123,7 +164,7 @@ def test_run_allocs_allocs_and_collect_from_many_threads(tmp_path):
                 assert status in ("running", "complete"), f"{a.id} is {status}"
 
         wait_for(settled, timeout=20)
-        assert sent, "no upstream updates were sent"
+        wait_for(lambda: check_no_update_lost(reported, upstream), timeout=20)
     finally:
         sys.setswitchinterval(old)
         stop.set()

@@ -1,15 +1,18 @@
 """The interleaving harness: unarmed checkpoints do nothing, a hold stops the first
 thread that reaches its point until released (or until another hold was passed),
-marks only record, and leaving the harness releases everything."""
+marks only record, a stall delays every thread, and leaving the harness releases
+everything. The list of checkpoints matches the ones placed in the package."""
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
 
 from allocrunner import _checkpoints
-from allocrunner._checkpoints import Hold, armed, checkpoint, mark
+from allocrunner._checkpoints import CHECKPOINTS, Hold, Stall, armed, checkpoint, mark
 from allocrunner._locking import CalloutUnderLockError, make_lock
 
 
@@ -116,3 +119,24 @@ def test_a_checkpoint_under_a_declared_lock_is_refused_in_check_mode():
     from allocrunner import _locking
 
     _locking.take_violations()
+
+
+def test_a_stall_delays_every_thread_and_leaving_cuts_it_short():
+    stall = Stall("point", 60.0)
+    with armed(stall):
+        threads = [_spawn(lambda: checkpoint("point"), f"cp-stalled-{n}") for n in range(2)]
+        for t in threads:
+            t.join(0.05)
+            assert t.is_alive(), "a stalled thread went on before its time"
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_every_checkpoint_in_the_package_is_listed_and_every_listed_one_is_placed():
+    package = Path(_checkpoints.__file__).parent
+    placed: set[str] = set()
+    for path in package.rglob("*.py"):
+        if path.name != "_checkpoints.py":
+            placed.update(re.findall(r'checkpoint\("([\w.]+)"', path.read_text()))
+    assert placed == set(CHECKPOINTS)
