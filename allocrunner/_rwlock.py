@@ -11,8 +11,9 @@ Threads: none of its own; any thread may take either side.
 Locks: each RWLock is built from two raw mutexes that are its implementation, not
 declared locks, and are never held outside its own methods: ``_mutex`` guards its
 counters and flags (readers, writer, waiting counts, admission generation) and is the
-lock of its two conditions; ``_intent_gate`` makes writers take turns raising the
-``_intent`` hint. Nothing else is called while either is held.
+lock of its two conditions (`PrivateCondition`s, the one exemption of the blocking-wait
+check besides the `_sync` primitives'); ``_intent_gate`` makes writers take turns
+raising the ``_intent`` hint. Nothing else is called while either is held.
 Owner: `allocrunner._locking.make_rwlock` creates the package's RWLocks (named and
 ranked); the benchmarks also build bare ones.
 """
@@ -26,7 +27,7 @@ from time import sleep as _sleep
 from types import TracebackType
 from typing import Protocol
 
-__all__ = ["LockSide", "RWLock"]
+__all__ = ["LockSide", "PrivateCondition", "RWLock"]
 
 # How long a reader sleeps while a writer is on its way to the RWLock mutex, or while
 # the mutex is held by a thread that the GIL switched out. A real sleep, not sleep(0):
@@ -52,6 +53,17 @@ def _take_contended(mutex: threading.Lock) -> None:
         return
     while not mutex.acquire(False):
         _sleep(_YIELD_SLEEP)
+
+
+class PrivateCondition(threading.Condition):
+    """A condition over a primitive's own raw mutex (an RWLock's, a `_sync` primitive's).
+
+    Waiting on it is how that primitive blocks, so in check mode the blocking-wait check
+    (`allocrunner._blocking`) lets it wait while the caller holds declared locks: taking
+    an RWLock is ordered by the lock checker instead, and the `_sync` primitives' waiting
+    methods carry `@calls_out`. Nothing else may use it."""
+
+    lockcheck_exempt = True
 
 
 class LockSide(Protocol):
@@ -106,8 +118,8 @@ class RWLock:
     def __init__(self, name: str = "RWLock") -> None:
         self.name = name
         self._mutex = threading.Lock()
-        self._readers_ok = threading.Condition(self._mutex)
-        self._writer_ok = threading.Condition(self._mutex)
+        self._readers_ok = PrivateCondition(self._mutex)
+        self._writer_ok = PrivateCondition(self._mutex)
         self._readers = 0  # readers holding the lock (admitted ones included)
         self._writer = False
         self._writers_waiting = 0

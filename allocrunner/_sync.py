@@ -9,27 +9,39 @@
   while one is pending are dropped.
 - `LatestValue`: a one-slot box where the newest value wins (a drain-and-replace
   channel), with an optional rule to keep the pending value instead.
+- `Slots`: a counting semaphore (at most N holders at a time).
+- `Fifo`: a first-in, first-out queue that never blocks (hand-off of work or results).
 - `ThreadGroup`: named threads owned by one component and joined with a timeout.
 - `Waiter`: a one-shot wake-up for one blocked thread, for building a condition whose
   waiters are woken after the waker has released its own lock (so that they do not
   all pile up on that lock as they wake, as `threading.Condition` waiters do).
 
-`cancel`, `Event.set`, `kick`, `offer` and `Waiter.wake` are notify-only: O(1), never
-block for long and take only their own private leaf lock, so they may be called while
-holding a declared lock (DESIGN.md §4 rule 4). Every waiting method carries
-`@calls_out`.
+`cancel`, `Event.set`, `kick`, `offer`, `Waiter.wake`, `Slots.release` and `Fifo.put`
+are notify-only: O(1), never block for long and take only their own private leaf lock,
+so they may be called while holding a declared lock (DESIGN.md §4 rule 4). Every
+waiting method carries `@calls_out`.
+
+Threads: none of their own except the ones a `ThreadGroup` starts for its owner; any
+thread may use them. Locks: each primitive owns one private raw mutex (or a
+`PrivateCondition` over one, which the blocking-wait check exempts: it is how the
+primitive blocks), never a declared lock, and calls nothing while holding it. This
+module, `_locking` and `_rwlock` are the only places that build synchronisation
+objects by hand. Each class is marked `thread_safe`, so a tagged field may hold one.
+Owner: every component of the package builds the primitives it needs.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from allocrunner._locking import calls_out
+from allocrunner._locking import calls_out, thread_safe
+from allocrunner._rwlock import PrivateCondition
 
 T = TypeVar("T")
 
@@ -38,6 +50,7 @@ T = TypeVar("T")
 _PURGE_MIN = 16
 
 
+@thread_safe
 class CancelToken:
     """Thread-safe. Cancelled at most once; waiters wake and see the first reason.
 
@@ -126,6 +139,7 @@ class CancelToken:
         return f"<CancelToken cancelled={self._reason!r}>"
 
 
+@thread_safe
 class Event:
     """Thread-safe. Set at most once and never cleared; every waiter, present or
     future, wakes once it is set.
@@ -162,13 +176,14 @@ class Event:
         return f"<Event set={self._flag.is_set()}>"
 
 
+@thread_safe
 class Kick:
     """Thread-safe. A coalescing notification: many kicks before a wait count as one."""
 
     __slots__ = ("_cond", "_pending")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = PrivateCondition(threading.Lock())
         self._pending = False
 
     def kick(self) -> None:
@@ -195,13 +210,14 @@ class Kick:
 _EMPTY: Any = object()
 
 
+@thread_safe
 class LatestValue(Generic[T]):
     """Thread-safe. A one-slot box: `offer` replaces the pending value, `take` removes it."""
 
     __slots__ = ("_closed", "_cond", "_value")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = PrivateCondition(threading.Lock())
         self._value: Any = _EMPTY
         self._closed = False
 
@@ -255,6 +271,7 @@ class LatestValue(Generic[T]):
             self._cond.notify_all()
 
 
+@thread_safe
 class Waiter:
     """Thread-safe. A one-shot wake-up: one thread waits, any thread wakes it (once or
     more; extra wakes are harmless). A wake that comes before the wait is not lost."""
@@ -278,6 +295,73 @@ class Waiter:
         return self._gate.acquire(True, max(timeout, 0.0))
 
 
+@thread_safe
+class Slots:
+    """Thread-safe. A counting semaphore: at most `count` holders at a time (e.g. the
+    garbage collector's parallel destroys). `release` is notify-only."""
+
+    __slots__ = ("_cond", "_count", "_free")
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"Slots: count must be at least 1, got {count}")
+        self._cond = PrivateCondition(threading.Lock())
+        self._count = count
+        self._free = count
+
+    @calls_out
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a slot, waiting up to `timeout` seconds for one; False if none came."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free > 0, timeout):
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        """Give a slot back and wake one waiter. ValueError if none is taken."""
+        with self._cond:
+            if self._free >= self._count:
+                raise ValueError("Slots.release without a matching acquire")
+            self._free += 1
+            self._cond.notify()
+
+    def free(self) -> int:
+        """How many slots are free now."""
+        with self._cond:
+            return self._free
+
+
+@thread_safe
+class Fifo(Generic[T]):
+    """Thread-safe. A first-in, first-out queue that never blocks: `put` appends and
+    `take` removes the oldest item (None when empty). For work handed to a fixed set of
+    threads that all start before they take, and for results they leave behind."""
+
+    __slots__ = ("_items", "_mutex")
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._mutex = threading.Lock()
+        self._items: collections.deque[T] = collections.deque(items)
+
+    def put(self, item: T) -> None:
+        with self._mutex:
+            self._items.append(item)
+
+    def take(self) -> T | None:
+        """The oldest item, removed; None if there is none."""
+        with self._mutex:
+            return self._items.popleft() if self._items else None
+
+    def drain(self) -> list[T]:
+        """Every item, oldest first, removed."""
+        with self._mutex:
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+
+@thread_safe
 class ThreadGroup:
     """Thread-safe. Starts named threads and joins them together with a deadline.
 

@@ -55,7 +55,7 @@ from allocrunner.gc import AllocGarbageCollector
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.state import SQLiteStateDB, StateDB
 from allocrunner.state.marks import destroy_interrupted
-from allocrunner.structs import CLIENT_FAILED, Allocation
+from allocrunner.structs import CLIENT_FAILED, Allocation, FrozenDict
 
 __all__ = ["Client"]
 
@@ -136,7 +136,7 @@ class Client:
         self._db: StateDB = SQLiteStateDB(config.state_db_path()) if state_db is None else state_db
         built = default_drivers() if drivers is None else {}
         self._owned_drivers: tuple[Driver, ...] = tuple(built.values())
-        self._drivers: dict[str, Driver] = dict(built if drivers is None else drivers)
+        self._drivers: FrozenDict[str, Driver] = FrozenDict(built if drivers is None else drivers)
         self._state_updater = state_updater
         self._update_interval = update_interval
         self._gc = AllocGarbageCollector(config, num_allocs=self.num_allocs)
@@ -146,14 +146,14 @@ class Client:
         self._shutdown_done = CancelToken()
 
         self._allocs_lock = make_lock("Client._allocs_lock")
-        self._runners: dict[str, AllocRunner] = {}
-        self._indexes: dict[str, int] = {}
-        self._retired: dict[str, AllocRunner] = {}
+        self._runners: FrozenDict[str, AllocRunner] = FrozenDict()
+        self._indexes: FrozenDict[str, int] = FrozenDict()
+        self._retired: FrozenDict[str, AllocRunner] = FrozenDict()
         self._marked: frozenset[str] = frozenset()
-        self._pending: dict[str, Allocation] = {}
+        self._pending: FrozenDict[str, Allocation] = FrozenDict()
         self._phase = _NEW
         self._list_index = -1
-        self._tombstones: dict[str, None] = {}
+        self._tombstones: FrozenDict[str, None] = FrozenDict()
         self._desired: _Desired | None = None
         self._submitted = 0
         self._applied = 0
@@ -205,13 +205,14 @@ class Client:
                 raise AllocRunnerError(f"client cannot start: it is {self._phase}")
             self._phase = _STARTING
         restored, failed = self._restore()
+        indexes = FrozenDict({r.id: r.alloc().alloc_modify_index for r in restored})
         with self._allocs_lock:
             aborted = self._phase != _STARTING
             if not aborted:
                 self._phase = _RUNNING
-            self._runners = {r.id: r for r in restored}
-            self._indexes = {r.id: r.alloc().alloc_modify_index for r in restored}
-            self._retired = {r.id: r for r in failed}
+            self._runners = FrozenDict({r.id: r for r in restored})
+            self._indexes = indexes
+            self._retired = FrozenDict({r.id: r for r in failed})
             self._bury_locked(r.id for r in failed)
         if aborted:
             # shutdown() came first and saw none of these: leave them as it would.
@@ -466,17 +467,16 @@ class Client:
 
     def _remove(self, removed: dict[str, AllocRunner]) -> None:
         with self._allocs_lock:
-            retired = dict(self._retired)
+            retired = self._retired
         # Runners destroyed and closed by the collector need no more watching.
         gone = {i for i, r in retired.items() if r.is_destroyed()}
         with self._allocs_lock:
-            runners = {i: r for i, r in self._runners.items() if i not in removed}
+            runners = FrozenDict({i: r for i, r in self._runners.items() if i not in removed})
             self._runners = runners
-            self._indexes = {i: n for i, n in self._indexes.items() if i in runners}
-            self._marked = self._marked - removed.keys()
-            retired = {i: r for i, r in self._retired.items() if i not in gone}
-            retired.update(removed)
-            self._retired = retired
+            self._indexes = FrozenDict({i: n for i, n in self._indexes.items() if i in runners})
+            self._marked = self._marked - frozenset(removed)
+            kept = {i: r for i, r in self._retired.items() if i not in gone}
+            self._retired = FrozenDict({**kept, **removed})
             self._bury_locked(removed)
         for alloc_id, ar in removed.items():
             log.debug("allocation %s: removed by the server; collecting", alloc_id)
@@ -489,7 +489,7 @@ class Client:
         tombstones.update(dict.fromkeys(alloc_ids))
         while len(tombstones) > TOMBSTONES:
             del tombstones[next(iter(tombstones))]
-        self._tombstones = tombstones
+        self._tombstones = FrozenDict(tombstones)
 
     def _update(self, updates: list[Allocation]) -> None:
         targets: list[tuple[AllocRunner, Allocation]] = []
@@ -500,7 +500,7 @@ class Client:
                 if ar is not None and alloc.alloc_modify_index > indexes[alloc.id]:
                     indexes[alloc.id] = alloc.alloc_modify_index
                     targets.append((ar, alloc))
-            self._indexes = indexes
+            self._indexes = FrozenDict(indexes)
         for ar, alloc in targets:
             ar.update(alloc)
 
@@ -521,12 +521,8 @@ class Client:
             )
             return
         with self._allocs_lock:
-            runners = dict(self._runners)
-            runners[alloc.id] = ar
-            self._runners = runners
-            indexes = dict(self._indexes)
-            indexes[alloc.id] = alloc.alloc_modify_index
-            self._indexes = indexes
+            self._runners = self._runners.set(alloc.id, ar)
+            self._indexes = self._indexes.set(alloc.id, alloc.alloc_modify_index)
         ar.start()
 
     # --- explicit collection ------------------------------------------------------------
@@ -547,9 +543,7 @@ class Client:
     def _record_update(self, view: Allocation) -> None:
         """A runner's state callback: keep the newest view of its alloc and kick."""
         with self._allocs_lock:
-            pending = dict(self._pending)
-            pending[view.id] = view
-            self._pending = pending
+            self._pending = self._pending.set(view.id, view)
         self._update_kick.kick()
 
     @calls_out
@@ -558,7 +552,7 @@ class Client:
         while True:
             self._update_kick.wait()
             with self._allocs_lock:
-                batch, self._pending = self._pending, {}
+                batch, self._pending = self._pending, FrozenDict()
             if batch:
                 self._deliver(list(batch.values()))
             if self._updates_stop.cancelled():

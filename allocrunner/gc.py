@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -36,8 +34,9 @@ from typing import Protocol
 
 import attrs
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner._sync import CancelToken, Kick, ThreadGroup
+from allocrunner._sync import CancelToken, Fifo, Kick, Slots, ThreadGroup
 from allocrunner.config import ClientConfig
 
 __all__ = ["AllocGarbageCollector", "GCQueue", "HostStats", "statvfs_host_stats"]
@@ -114,16 +113,16 @@ class GCQueue:
 
     Marks are serialised by the queue's lock and a mark never moves an entry, so the
     order of first marks is the priority order: the index is an insertion-ordered
-    mapping replaced copy-on-write, whose first entry is always the oldest.
+    mapping, changed in place under the lock, whose first entry is always the oldest.
     """
 
     _lock = immutable()
-    # _lock guards: _entries
-    _entries = guarded("_lock")
+    # _lock guards _entries, a checked container changed in place
+    _entries = immutable()
 
     def __init__(self) -> None:
         self._lock = make_lock("GCQueue._lock")
-        self._entries: dict[str, GCEntry] = {}
+        self._entries: dict[str, GCEntry] = guarded_dict(self._lock)
 
     def push(self, alloc_id: str, runner: GCRunner) -> bool:
         """Queue `runner` under `alloc_id`; False (and no change) if already queued."""
@@ -132,9 +131,7 @@ class GCQueue:
         with self._lock:
             if alloc_id in self._entries:
                 return False
-            entries = dict(self._entries)
-            entries[alloc_id] = GCEntry(alloc_id, runner, time.monotonic())
-            self._entries = entries
+            self._entries[alloc_id] = GCEntry(alloc_id, runner, time.monotonic())
             return True
 
     def pop(self) -> GCEntry | None:
@@ -142,26 +139,18 @@ class GCQueue:
         with self._lock:
             if not self._entries:
                 return None
-            entries = dict(self._entries)
-            entry = entries.pop(next(iter(entries)))
-            self._entries = entries
-            return entry
+            return self._entries.pop(next(iter(self._entries)))
 
     def remove(self, alloc_id: str) -> GCEntry | None:
         """Remove and return the entry of `alloc_id`; None if it is not queued."""
         with self._lock:
-            if alloc_id not in self._entries:
-                return None
-            entries = dict(self._entries)
-            entry = entries.pop(alloc_id)
-            self._entries = entries
-            return entry
+            return self._entries.pop(alloc_id, None)
 
     def pop_all(self) -> list[GCEntry]:
         """Remove and return every entry, oldest first."""
         with self._lock:
             entries = list(self._entries.values())
-            self._entries = {}
+            self._entries.clear()
             return entries
 
     def ids(self) -> list[str]:
@@ -218,7 +207,7 @@ class AllocGarbageCollector:
             log.warning("gc_parallel_destroys is %d; using 1", parallel)
             parallel = 1
         self._parallel = parallel
-        self._slots = threading.BoundedSemaphore(parallel)
+        self._slots = Slots(parallel)
         self._queue = GCQueue()
         self._stopping = CancelToken()
         self._trigger = Kick()
@@ -280,23 +269,17 @@ class AllocGarbageCollector:
         """Destroy every queued allocation, `gc_parallel_destroys` at a time, and wait
         for them (or for `stop()`). Returns how many were taken from the queue."""
         entries = self._queue.pop_all()
-        todo: queue.SimpleQueue[GCEntry] = queue.SimpleQueue()
-        for entry in entries:
-            todo.put(entry)
+        todo: Fifo[GCEntry] = Fifo(entries)
 
         def work() -> None:
             while not self._stopping.cancelled():
-                try:
-                    entry = todo.get_nowait()
-                except queue.Empty:
+                entry = todo.take()
+                if entry is None:
                     return
                 self._destroy(entry, "collect all")
             # Stopping: the rest are launched, not waited for.
-            while True:
-                try:
-                    todo.get_nowait().runner.destroy()
-                except queue.Empty:
-                    return
+            for entry in todo.drain():
+                entry.runner.destroy()
 
         workers = ThreadGroup("gc-collect-all")
         for n in range(min(self._parallel, len(entries))):

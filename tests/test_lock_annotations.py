@@ -4,10 +4,12 @@ Every module is imported (so modules added later are covered without touching th
 file) and every class that tags its fields is checked: a guarded field names a lock
 field of the same class, and that lock field is itself tagged immutable (lock fields
 are never rebound). The source is parsed to check that every lock is created through
-`make_lock` / `make_rwlock` with a literal name declared in `LOCK_ORDER`, that each
-declared name is documented in `_locking`'s docstring, and that `_locked` helpers and
-`@requires` go together. Each check is a function that is also run on planted bad
-samples, so none of them can pass by finding nothing.
+`make_lock` / `make_rwlock` with a literal name declared in `LOCK_ORDER`, that no
+other synchronisation object is built by hand outside the toolkit, that each declared
+name is documented in `_locking`'s docstring, that `_locked` helpers and `@requires`
+go together, and that every field assigned outside ``__init__`` carries a tag. Each
+check is a function that is also run on planted bad samples, so none of them can pass
+by finding nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,19 @@ PACKAGE_DIR = Path(allocrunner.__file__).resolve().parent
 # on), and _sync whose primitives own one private leaf lock each (they take no other lock
 # under it).
 LOCK_BUILDERS = {"_locking.py", "_rwlock.py", "_sync.py"}
-RAW_LOCK_CALLS = {"Lock", "RLock", "RWLock", "CheckedLock", "CheckedRWLock"}
+# Every threading / queue constructor of something a thread can block on or hold.
+# threading.Event is not among them: it is a plain signal that holds nothing a caller
+# could keep (set() is notify-only), its waits are checked in check mode like any other
+# blocking call, and the package uses it as a resettable "done" signal in a few places
+# where `_sync.Event` (set once) does not fit.
+RAW_LOCK_CALLS = {
+    *("Lock", "RLock", "RWLock", "CheckedLock", "CheckedRWLock", "PrivateCondition"),
+    *("Condition", "Semaphore", "BoundedSemaphore", "Barrier", "Timer"),
+    *("Queue", "SimpleQueue", "LifoQueue", "PriorityQueue", "JoinableQueue"),
+}
+# Methods that build their object: a field they assign is its first binding.
+INIT_METHODS = {"__init__", "__new__", "__post_init__", "__attrs_post_init__"}
+TAG_CALLS = {"guarded", "immutable", "confined"}
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -102,16 +116,95 @@ def lock_name_problems(tree: ast.AST) -> list[str]:
 
 
 def raw_lock_problems(tree: ast.AST) -> list[str]:
-    """Locks built without the toolkit (so without a name, a rank or checks)."""
+    """Locks, conditions, semaphores, barriers and queues built without the toolkit (so
+    without a name, a rank or checks): use make_lock / make_rwlock / make_condition, or
+    a `_sync` primitive."""
     bad = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and _call_name(node) in RAW_LOCK_CALLS:
+            bad.append(f"line {node.lineno}: {_call_name(node)}()")
+    return bad
+
+
+def _tag_names(body: list[ast.stmt]) -> set[str]:
+    """Names a class body binds to a field tag (``_x = guarded("_lock")``)."""
+    names = set()
+    for node in body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if isinstance(value, ast.Call) and _call_name(value) in TAG_CALLS:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _assigned_attributes(method: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, int]:
+    """Attributes of the method's first argument (``self``) that it (or a function
+    nested in it) binds, augments or deletes, with the first line that does."""
+    if not method.args.args:
+        return {}
+    this = method.args.args[0].arg
+    found: dict[str, int] = {}
+    for node in ast.walk(method):
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign | ast.For | ast.AsyncFor):
+            targets = [node.target]
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            targets = [node.optional_vars]
+        else:
             continue
-        name = _call_name(node)
-        if name in RAW_LOCK_CALLS:
-            bad.append(f"line {node.lineno}: {name}()")
-        if name == "Condition" and not node.args and not node.keywords:
-            bad.append(f"line {node.lineno}: Condition() with a hidden lock of its own")
+        while targets:
+            target = targets.pop()
+            if isinstance(target, ast.Tuple | ast.List):
+                targets.extend(target.elts)
+            elif isinstance(target, ast.Starred):
+                targets.append(target.value)
+            elif (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == this
+            ):
+                found.setdefault(target.attr, target.lineno)
+    return found
+
+
+def _classes(body: list[ast.stmt], prefix: str = "") -> Iterator[tuple[str, ast.ClassDef]]:
+    """Every class in `body`, with its qualified name (classes inside functions too)."""
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            yield f"{prefix}{node.name}", node
+            yield from _classes(node.body, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield from _classes(node.body, f"{prefix}{node.name}.<locals>.")
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            children = [
+                child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)
+            ]
+            yield from _classes(children, prefix)
+
+
+def undeclared_field_problems(
+    tree: ast.Module, inherited: Callable[[str], Set[str]] = lambda _: frozenset()
+) -> list[str]:
+    """Fields assigned outside ``__init__`` that carry no tag. `inherited(qualname)`
+    gives the tagged fields a class gets from its bases (from the imported class)."""
+    bad = []
+    for qualname, cls in _classes(tree.body):
+        tagged = _tag_names(cls.body) | set(inherited(qualname))
+        for method in cls.body:
+            if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if method.name in INIT_METHODS or _decorator_names(method) & {
+                "staticmethod",
+                "classmethod",
+            }:
+                continue
+            for attr, line in sorted(_assigned_attributes(method).items()):
+                if attr not in tagged:
+                    bad.append(
+                        f"line {line}: {qualname}.{attr} is assigned in {method.name} "
+                        "but carries no tag (guarded, immutable or confined)"
+                    )
     return bad
 
 
@@ -194,6 +287,24 @@ def _tagged_classes() -> list[type]:
 
 TAGGED = _tagged_classes()
 
+
+MODULES_BY_NAME = {module.__name__: module for module in MODULES}
+
+
+def _runtime_tags(module_name: str) -> Callable[[str], Set[str]]:
+    """The tagged fields (bases included) of the class `qualname` of a package module."""
+
+    def tags(qualname: str) -> Set[str]:
+        obj: object = MODULES_BY_NAME.get(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return frozenset()
+        return set(field_tags(obj)) if isinstance(obj, type) else frozenset()
+
+    return tags
+
+
 SOURCES = {
     str(path.relative_to(PACKAGE_DIR.parent)): ast.parse(path.read_text(), filename=str(path))
     for path in sorted(PACKAGE_DIR.rglob("*.py"))
@@ -251,6 +362,21 @@ def test_locks_are_built_only_through_the_toolkit() -> None:
     assert _per_file(raw_lock_problems, skip=TOOLKIT) == []
 
 
+def test_every_field_assigned_outside_init_is_declared() -> None:
+    problems = [
+        f"{where} {problem}"
+        for where, tree in SOURCES.items()
+        if where not in TOOLKIT
+        for problem in undeclared_field_problems(tree, _runtime_tags(_module_name(where)))
+    ]
+    assert problems == []
+
+
+def _module_name(where: str) -> str:
+    name = where.removesuffix(".py").replace("/", ".")
+    return name.removesuffix(".__init__")
+
+
 def test_locked_helpers_carry_requires() -> None:
     assert _per_file(locked_helper_problems, skip=TOOLKIT - {"allocrunner/_sync.py"}) == []
 
@@ -283,6 +409,7 @@ def test_guard_check_flags_planted_mistakes() -> None:
 
 PLANTED_SOURCE = textwrap.dedent(
     """
+    import queue
     import threading
     from allocrunner._locking import make_lock, make_rwlock, requires
 
@@ -295,7 +422,11 @@ PLANTED_SOURCE = textwrap.dedent(
             self._c = make_rwlock(NAME)                      # not a literal
             self._d = threading.Lock()                       # raw lock
             self._e = threading.Condition()                  # hidden lock
-            self._f = threading.Condition(self._a)           # fine
+            self._f = threading.Condition(self._a)           # not make_condition
+            self._g = threading.Semaphore(2)                 # raw semaphore
+            self._h = queue.SimpleQueue()                    # raw queue
+            self._i = threading.Barrier(2)                   # raw barrier
+            self._j = threading.Event()                      # fine: a signal
 
         @requires("_a")
         def _fine_locked(self): ...
@@ -321,11 +452,75 @@ def test_source_checks_flag_planted_mistakes() -> None:
     names = " | ".join(lock_name_problems(tree))
     assert "'Nope._lock'" in names and "None" in names and "AllocDir" not in names
     raw = " | ".join(raw_lock_problems(tree))
-    assert "Lock()" in raw and "Condition() with a hidden lock" in raw
-    assert len(raw_lock_problems(tree)) == 2
+    for name in ("Lock()", "Condition()", "Semaphore()", "SimpleQueue()", "Barrier()"):
+        assert name in raw, raw
+    assert "Event()" not in raw
+    assert len(raw_lock_problems(tree)) == 6
     helpers = locked_helper_problems(tree)
     assert len(helpers) == 3, helpers
     joined = " | ".join(helpers)
     assert "_missing_locked lacks @requires" in joined
     assert "@requires on misnamed" in joined
     assert "public API public_locked" in joined
+
+
+PLANTED_FIELDS = textwrap.dedent(
+    """
+    from allocrunner._locking import confined, guarded, immutable
+
+    class Tracker:
+        _count = confined("task-run")
+        _lock = immutable()
+        _seen = guarded("_lock")
+
+        def __init__(self):
+            self._count = 0
+            self._lock = None
+            self._seen = ()
+            self._policy = "fine: bound in __init__ only"
+
+        def record(self):
+            self._count += 1                      # tagged
+            self._seen = (*self._seen, 1)         # tagged
+            self._failure = True                  # untagged
+            self._a, (self._b, *self._c) = 1, (2, 3)   # untagged, nested targets
+            del self._policy                      # untagged
+
+        def later(self):
+            def inner():
+                self._reason = "x"                # untagged, in a nested function
+            inner()
+
+        @classmethod
+        def build(cls):
+            cls.registry = {}                     # a class attribute: not a field
+
+    class Child(Tracker):
+        def bump(self):
+            self._count = 2                       # tagged in the base class
+            self._extra = 1                       # untagged
+
+    def factory():
+        class Local:
+            def set(self):
+                self._x = 1                       # untagged, class inside a function
+        return Local
+    """
+)
+
+
+def test_undeclared_field_check_flags_planted_mistakes() -> None:
+    tree = ast.parse(PLANTED_FIELDS)
+    inherited = {"Child": {"_count", "_lock", "_seen"}}
+    problems = undeclared_field_problems(tree, lambda name: inherited.get(name, frozenset()))
+    flagged = sorted(p.split(": ")[1].split(" is assigned")[0] for p in problems)
+    assert flagged == [
+        "Child._extra",
+        "Tracker._a",
+        "Tracker._b",
+        "Tracker._c",
+        "Tracker._failure",
+        "Tracker._policy",
+        "Tracker._reason",
+        "factory.<locals>.Local._x",
+    ], problems

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, thread_safe
 from allocrunner.agent import api_allocs, api_client, api_events, api_jobs, api_node
 from allocrunner.agent.cluster import Cluster
 from allocrunner.agent.context import ApiContext
@@ -335,8 +335,10 @@ def build_router(ctx: ApiContext) -> Router:
     return router
 
 
+@thread_safe
 class _QuietFileHandler(logging.FileHandler):
-    """A log file handler that never raises into the agent (a full disk loses lines)."""
+    """Thread-safe (logging's own lock). A log file handler that never raises into the
+    agent (a full disk loses lines)."""
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass

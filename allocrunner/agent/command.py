@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from allocrunner._locking import confined
 from allocrunner.agent.agent import DEFAULT_HTTP_ADDR, Agent, AgentConfig
 from allocrunner.agent.errors import AgentError, DataDirLockedError
 
@@ -126,12 +127,15 @@ def _silence_stdout() -> None:
 
 
 class _SignalPipe:
-    """Not thread-safe; the main thread's. Shutdown signals, delivered through a pipe.
+    """Not thread-safe; owned by the main thread. Shutdown signals, through a pipe.
 
     The handler only writes a byte (async-signal-safe: it takes no lock, so it cannot
     deadlock with whatever the main thread was doing when the signal came); the main
     thread waits for it in `select`. A second signal exits at once, quietly.
     """
+
+    # signal handlers run on the main thread, between two of its bytecodes
+    _count = confined("main", prefix="MainThread")
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()

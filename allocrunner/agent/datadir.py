@@ -26,6 +26,7 @@ from pathlib import Path
 
 import attrs
 
+from allocrunner._locking import confined
 from allocrunner.agent.errors import AgentError, DataDirLockedError
 
 __all__ = [
@@ -51,6 +52,8 @@ class DataDirLock:
     `acquire()` raises `DataDirLockedError` naming the holder's pid when another
     process holds it; it never waits. `release()` is idempotent.
     """
+
+    _fd = confined("agent main")
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir)

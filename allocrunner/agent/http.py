@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, thread_safe
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.agent.errors import AgentError, ApiError
 from allocrunner.structs import FrozenDict
@@ -124,11 +124,15 @@ def json_response(obj: Any, *, index: int | None = None, status: int = 200) -> R
 Handler = Callable[[Request], Response]
 
 
+Route = tuple[frozenset[str], "re.Pattern[str]", Handler]
+
+
 class Router:
-    """Not thread-safe while routes are added; read-only (and shareable) afterwards."""
+    """Not thread-safe; owned by the thread that builds the routes. `table()` is the
+    immutable routing table a server shares between its connection threads."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[frozenset[str], re.Pattern[str], Handler]] = []
+        self._routes: list[Route] = []
 
     def add(self, methods: str, pattern: str, handler: Handler) -> None:
         """`pattern` is a path with ``:name`` parts (one segment each) or ``*rest``."""
@@ -136,9 +140,25 @@ class Router:
         regex = re.sub(r"\*\w+", r"(.*)", regex)
         self._routes.append((frozenset(methods.split()), re.compile(f"^{regex}$"), handler))
 
+    def table(self) -> RouteTable:
+        """The routes added so far, frozen."""
+        return RouteTable(tuple(self._routes))
+
     def match(self, method: str, path: str) -> tuple[Handler, tuple[str, ...]]:
+        return self.table().match(method, path)
+
+
+@attrs.frozen
+class RouteTable:
+    """Immutable. Routes in the order they were added; the first match wins."""
+
+    routes: tuple[Route, ...]
+
+    def match(self, method: str, path: str) -> tuple[Handler, tuple[str, ...]]:
+        """The handler of `path` and its captured parts; ApiError 404, or 405 when
+        the path is known but not for `method`."""
         allowed = False
-        for methods, regex, handler in self._routes:
+        for methods, regex, handler in self.routes:
             found = regex.match(path)
             if found is None:
                 continue
@@ -174,7 +194,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@thread_safe
 class _Server(ThreadingHTTPServer):
+    """Thread-safe as the stdlib server is: its fields are set once, here."""
+
     # Connection threads are started and joined by the owner's ThreadGroup (daemons,
     # joined with a deadline), not by the stdlib's unbounded join in server_close.
     daemon_threads = True
@@ -258,7 +281,7 @@ class HttpServer:
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self._router = router
+        self._router = router.table()
         self._token = token
         self._cancel = CancelToken()
         self._max_connections = max_connections

@@ -25,6 +25,7 @@ from allocrunner.allocdir import fs, tarstream
 from allocrunner.allocdir.fs import FileChange, FileInfo
 from allocrunner.allocdir.task_dir import TaskDir
 from allocrunner.errors import AllocDirError, PathEscapeError
+from allocrunner.structs.frozen import FrozenDict
 
 __all__ = ["POLL_INTERVAL", "AllocDir"]
 
@@ -112,7 +113,7 @@ class AllocDir:
         self.logs_dir: Path = self.shared_dir / LOGS_DIR
         self.tmp_dir: Path = self.shared_dir / TMP_DIR
         self._lock = make_rwlock("AllocDir._lock")
-        self._task_dirs: dict[str, TaskDir] = {}
+        self._task_dirs: FrozenDict[str, TaskDir] = FrozenDict()
         self._built: bool = False
 
     def __repr__(self) -> str:
@@ -175,7 +176,7 @@ class AllocDir:
             existing = self._task_dirs.get(name)
             if existing is not None:
                 return existing
-            self._task_dirs = {**self._task_dirs, name: task_dir}
+            self._task_dirs = self._task_dirs.set(name, task_dir)
         return task_dir
 
     def task_dir(self, name: str) -> TaskDir | None:

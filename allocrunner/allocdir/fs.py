@@ -40,6 +40,7 @@ from typing import Final
 
 import attrs
 
+from allocrunner._locking import confined
 from allocrunner.allocdir.fs_dirs import ensure_dir, remove_tree, tree_usage
 from allocrunner.errors import AllocDirError, PathEscapeError
 
@@ -228,7 +229,7 @@ class Resolved:
     where it really is, relative to the root. Close it with `close()` (or ``with``).
     """
 
-    __slots__ = ("fd", "parts", "st")
+    fd = confined("caller")
 
     def __init__(self, fd: int, st: os.stat_result | None, parts: tuple[str, ...]) -> None:
         self.fd = fd

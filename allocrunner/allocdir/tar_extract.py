@@ -27,6 +27,7 @@ import stat
 import tarfile
 from typing import IO
 
+from allocrunner._locking import confined
 from allocrunner.allocdir import fs
 from allocrunner.allocdir.tar_format import ENCODING, MARKER_RE, MAX_MARKER_BYTES
 from allocrunner.allocdir.tar_reader import Entry, Reader, entries
@@ -64,6 +65,8 @@ def _root_of(parts: tuple[str, ...], name: str) -> tuple[str, ...]:
 
 class _Extraction:
     """Not thread-safe; owned by one `extract_stream` call. Writes beneath `dest`."""
+
+    _parent = confined("extracting")
 
     def __init__(self, dest: str) -> None:
         self.dest = dest

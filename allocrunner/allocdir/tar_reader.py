@@ -21,6 +21,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from allocrunner._locking import confined
 from allocrunner.allocdir.tar_format import (
     BLOCK,
     CHUNK,
@@ -45,6 +46,8 @@ class Reader:
     From an unbuffered pipe or file, bodies move with ``splice`` / ``copy_file_range``
     straight into the destination file, without passing through Python.
     """
+
+    _kernel_copy = confined("extracting")
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._in = fileobj

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Sequence
 from typing import IO
 
+from allocrunner._locking import confined
 from allocrunner.allocdir.tar_format import (
     BLOCK,
     CHUNK,
@@ -59,6 +60,8 @@ class _Writer:
     File bodies go through ``sendfile`` when the output has a descriptor (pipe, socket,
     file): the kernel copies them without passing through Python.
     """
+
+    _out_fd = confined("snapshotting")
 
     def __init__(self, fileobj: IO[bytes]) -> None:
         self._out = fileobj

@@ -7,12 +7,14 @@ allocation (or it cannot be observed), and `AllocRunner` uses it when given no w
 
 from __future__ import annotations
 
+from allocrunner._locking import thread_safe
 from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 
 __all__ = ["NoopPrevAlloc"]
 
 
+@thread_safe
 class NoopPrevAlloc:
     """Thread-safe. Nothing to wait for and nothing to migrate (stateless)."""
 

@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from allocrunner._locking import confined
 from allocrunner.cli.api import ApiClient, ApiError
 from allocrunner.cli.output import Output, clock, event_description
 
@@ -133,6 +134,10 @@ class JobWatch:
     `since` is the register's index: allocations modified at or after it are watched.
     Each `poll()` is one blocking round; `allocs()` are the latest full allocations.
     """
+
+    _index = confined("command main")
+    _watched = confined("command main")
+    _showing_old = confined("command main")
 
     def __init__(
         self, api: ApiClient, job_id: str, since: int, printer: EventPrinter | None

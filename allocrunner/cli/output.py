@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from allocrunner._locking import confined
+
 __all__ = [
     "Output",
     "event_description",
@@ -41,6 +43,8 @@ EMPTY = "<none>"
 
 class Output:
     """Not thread-safe; owned by the command's main thread. The command's stdout."""
+
+    closed = confined("command main")
 
     def __init__(self) -> None:
         self.closed = False

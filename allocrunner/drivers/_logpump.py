@@ -38,7 +38,7 @@ from typing import Protocol
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.drivers.base import TaskConfig
 from allocrunner.drivers.logs import MB, RotatingLogWriter
@@ -101,8 +101,11 @@ class _Forget:
 
 
 class RotatingLogSink:
-    """Not thread-safe; confined to the pump thread. One output stream of a task,
+    """Not thread-safe; owned by the pump thread. One output stream of a task,
     written to its rotated log files, which are opened on the first bytes."""
+
+    _writer = confined("log pump")
+    write_errors = confined("log pump")
 
     def __init__(self, config: TaskConfig, stream: str) -> None:
         self._config = config

@@ -18,6 +18,8 @@ import contextlib
 import os
 import re
 
+from allocrunner._locking import confined
+
 MB = 1024 * 1024
 
 
@@ -74,6 +76,11 @@ class RotatingLogWriter:
     Appends a stream's bytes to its numbered log files, rotating by size and keeping
     at most `max_files` of them (see the module docstring).
     """
+
+    _kept = confined("log writer")
+    _index = confined("log writer")
+    _fd = confined("log writer")
+    _size = confined("log writer")
 
     def __init__(
         self, logs_dir: str, task: str, stream: str, *, max_files: int, max_bytes: int

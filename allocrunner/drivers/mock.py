@@ -316,7 +316,7 @@ class MockDriver:
         self._threads = ThreadGroup("mock_driver")
         self._seq = itertools.count()
         self._tasks: _TaskTable[_MockTask] = _TaskTable(NAME, self._lock)
-        self._repeats: list[_Repeat] = []
+        self._repeats: tuple[_Repeat, ...] = ()  # a heap, replaced copy-on-write
         self._timer_started = False
 
     # --- protocol -----------------------------------------------------------------
@@ -361,7 +361,7 @@ class MockDriver:
                         started_mono + output.interval, next(self._seq), task, output, output.repeat
                     )
                     heapq.heappush(heap, entry)
-                self._repeats = heap
+                self._repeats = tuple(heap)
                 spawn = not self._timer_started
                 self._timer_started = True
                 self._timer_kick.kick()
@@ -506,14 +506,13 @@ class MockDriver:
                 if self._tasks.closed_locked():
                     return
                 now = time.monotonic()
-                heap = self._repeats
                 due: list[_Repeat] = []
-                if heap and heap[0].when <= now:
-                    heap = list(heap)
+                if self._repeats and self._repeats[0].when <= now:
+                    heap = list(self._repeats)
                     while heap and heap[0].when <= now:
                         due.append(heapq.heappop(heap))
-                    self._repeats = heap
-                timeout = heap[0].when - now if heap else None
+                    self._repeats = tuple(heap)
+                timeout = self._repeats[0].when - now if self._repeats else None
             if not due:
                 self._timer_kick.wait(timeout)
                 continue
@@ -536,7 +535,7 @@ class MockDriver:
                 )
                 heap = list(self._repeats)
                 heapq.heappush(heap, nxt)
-                self._repeats = heap
+                self._repeats = tuple(heap)
             else:
                 if error is not None:
                     task.output_failed_locked(error)

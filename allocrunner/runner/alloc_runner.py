@@ -82,6 +82,7 @@ from allocrunner.structs import (
     AllocState,
     TaskEvent,
 )
+from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.status import CLIENT_TERMINAL
 from allocrunner.taskrunner import TaskRunner
 
@@ -171,7 +172,7 @@ class AllocRunner:
         # drivers passed in belong to the caller, who shares them between runners.
         owned = default_drivers() if drivers is None else {}
         self._owned_drivers: tuple[Driver, ...] = tuple(owned.values())
-        self._drivers: Mapping[str, Driver] = dict(drivers) if drivers is not None else owned
+        self._drivers: Mapping[str, Driver] = FrozenDict(drivers if drivers is not None else owned)
         self._alloc_dir = AllocDir(config.alloc_dir, alloc.id)
 
         self._alloc_lock = make_rwlock("AllocRunner._alloc_lock")

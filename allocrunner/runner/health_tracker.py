@@ -14,6 +14,7 @@ from datetime import datetime
 
 import attrs
 
+from allocrunner._locking import confined
 from allocrunner.durations import format_duration
 from allocrunner.runner.lifecycle import (
     STAGE_POSTSTART_EPHEMERAL,
@@ -150,6 +151,12 @@ class HealthTracker:
     saw a task running with its current `started_at`, so a restart (a new start time,
     or a pass through pending) starts the count again.
     """
+
+    _states = confined("health watch")
+    _started = confined("health watch")
+    _running_since = confined("health watch")
+    _ready_since = confined("health watch")
+    _healthy_at = confined("health watch")
 
     def __init__(self, group: TaskGroup, params: HealthParams, start: float) -> None:
         self.params = params

@@ -23,12 +23,11 @@ them. Owner: the AllocRunner builds it and is its only caller.
 from __future__ import annotations
 
 import contextlib
-import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, immutable
-from allocrunner._sync import ThreadGroup
+from allocrunner._sync import Fifo, ThreadGroup
 from allocrunner.durations import format_duration
 from allocrunner.errors import AllocRunnerError, TaskNotRunningError, UnknownTaskError
 from allocrunner.structs import (
@@ -266,7 +265,7 @@ class TaskSet:
         """Run `action` on every task runner at once (a thread each) and wait for all;
         a task that is not running is skipped; the other failures are raised
         together, in task order, as one exception group."""
-        outcomes: queue.SimpleQueue[tuple[str, Exception]] = queue.SimpleQueue()
+        outcomes: Fifo[tuple[str, Exception]] = Fifo()
 
         def attempt(tr: TaskRunner) -> None:
             try:
@@ -280,10 +279,7 @@ class TaskSet:
         for tr in self._runners.values():
             group.spawn(f"each-{self._alloc_id[:8]}-{tr.name}", attempt, tr)
         group.join()
-        failed: dict[str, Exception] = {}
-        while not outcomes.empty():
-            name, err = outcomes.get_nowait()
-            failed[name] = err
+        failed = dict(outcomes.drain())
         if failed:
             ordered = [(name, failed[name]) for name in self._runners if name in failed]
             raise task_errors(what, ordered)

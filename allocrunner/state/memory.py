@@ -1,9 +1,10 @@
 """MemDB: an in-memory StateDB for tests and for agents that need no persistence.
 
 Threads: none of its own; any thread may call it. Locks: "StateDB._lock" guards the
-records (replaced copy-on-write), the ids of deleted allocations, the write counters
-and the closed flag; nothing is called under it but pure value operations. Owner: tests
-and embedders create it and pass it where a `StateDB` is expected.
+records (a checked container changed in place under it), the ids of deleted
+allocations, the write counters and the closed flag; nothing is called under it but
+pure value operations. Owner: tests and embedders create it and pass it where a
+`StateDB` is expected.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import attrs
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner.errors import StateDBError
 from allocrunner.state.base import LocalState, WriteStats
@@ -54,9 +56,10 @@ class MemDB:
     de-duplication, so both implementations satisfy one contract.
     """
 
-    # _lock guards: _records, _deleted, _writes, _skipped, _dropped, _closed
+    # _lock guards: _records (a checked container, changed in place), _deleted, _writes,
+    # _skipped, _dropped, _closed
     _lock = immutable()
-    _records = guarded("_lock")
+    _records = immutable()
     _deleted = guarded("_lock")
     _writes = guarded("_lock")
     _skipped = guarded("_lock")
@@ -65,7 +68,7 @@ class MemDB:
 
     def __init__(self) -> None:
         self._lock = make_lock("StateDB._lock")
-        self._records: dict[str, _AllocRecord] = {}
+        self._records: dict[str, _AllocRecord] = guarded_dict(self._lock)
         self._deleted: frozenset[str] = frozenset()
         self._writes = self._skipped = self._dropped = 0
         self._closed = False
@@ -79,12 +82,10 @@ class MemDB:
 
     @requires("_lock")
     def _replace_locked(self, alloc_id: str, record: _AllocRecord | None) -> None:
-        records = dict(self._records)
         if record is None:
-            records.pop(alloc_id, None)
+            self._records.pop(alloc_id, None)
         else:
-            records[alloc_id] = record
-        self._records = records
+            self._records[alloc_id] = record
 
     @requires("_lock")
     def _put_task_locked(
@@ -129,8 +130,7 @@ class MemDB:
         """Every stored allocation (task-only entries without an allocation are not listed)."""
         with self._lock:
             self._check_open_locked()
-            records = self._records
-        return [r.alloc for r in records.values() if r.alloc is not None]
+            return [r.alloc for r in self._records.values() if r.alloc is not None]
 
     @calls_out
     def delete_allocation(self, alloc_id: str) -> None:

@@ -6,13 +6,14 @@ and pass it where a `StateDB` is expected.
 
 from __future__ import annotations
 
-from allocrunner._locking import calls_out
+from allocrunner._locking import calls_out, thread_safe
 from allocrunner.state.base import LocalState, WriteStats
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskState
 
 __all__ = ["NoopDB"]
 
 
+@thread_safe
 class NoopDB:
     """Thread-safe. Accepts every write and forgets it; every read finds nothing.
 

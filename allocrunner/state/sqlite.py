@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner.errors import JobSpecError, StateDBError
 from allocrunner.jobspec import (
@@ -108,10 +109,11 @@ class SQLiteStateDB:
     database (corrupt, or another program's), or was written by a newer version.
     """
 
-    # _lock guards: _conn, _last, _deleted, _writes, _skipped, _dropped
+    # _lock guards: _conn, _last (a checked container, changed in place), _deleted,
+    # _writes, _skipped, _dropped
     _lock = immutable()
     _conn = guarded("_lock")
-    _last = guarded("_lock")
+    _last = immutable()
     _deleted = guarded("_lock")
     _writes = guarded("_lock")
     _skipped = guarded("_lock")
@@ -129,7 +131,7 @@ class SQLiteStateDB:
         self._lock = make_lock("StateDB._lock")
         self._path = Path(path)
         # per allocation: key -> (last value written, digest of its encoding)
-        self._last: dict[str, FrozenDict[_Key, tuple[object, bytes]]] = {}
+        self._last: dict[str, FrozenDict[_Key, tuple[object, bytes]]] = guarded_dict(self._lock)
         self._deleted: frozenset[str] = frozenset()
         self._writes = self._skipped = self._dropped = 0
         try:
@@ -230,10 +232,7 @@ class SQLiteStateDB:
 
     @requires("_lock")
     def _forget_alloc_locked(self, alloc_id: str) -> None:
-        if alloc_id in self._last:
-            last = dict(self._last)
-            del last[alloc_id]
-            self._last = last
+        self._last.pop(alloc_id, None)
 
     @requires("_lock")
     def _unchanged_locked(self, alloc_id: str, key: _Key, value: object) -> bool:
@@ -261,9 +260,7 @@ class SQLiteStateDB:
             "INSERT OR REPLACE INTO entries (alloc_id, task, kind, value) VALUES (?, ?, ?, ?)",
             (alloc_id, *key, text),
         )
-        entries = dict(self._last)
-        entries[alloc_id] = (mine or FrozenDict()).set(key, (value, digest))
-        self._last = entries
+        self._last[alloc_id] = (mine or FrozenDict()).set(key, (value, digest))
         self._writes += 1
 
     @requires("_lock")
@@ -277,9 +274,7 @@ class SQLiteStateDB:
             (alloc_id, *key),
         )
         if mine is not None and key in mine:
-            entries = dict(self._last)
-            entries[alloc_id] = FrozenDict({k: v for k, v in mine.items() if k != key})
-            self._last = entries
+            self._last[alloc_id] = FrozenDict({k: v for k, v in mine.items() if k != key})
         if cursor.rowcount:
             self._writes += 1
         else:

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from allocrunner._locking import confined, immutable
 from allocrunner.drivers.base import ExitResult
 from allocrunner.durations import format_duration
 from allocrunner.errors import is_recoverable
@@ -139,6 +140,20 @@ class RestartTracker:
     run; `get_state()` consumes that outcome. The window starts when the tracker is
     made and is not persisted: an agent restart opens a new one, as in Nomad.
     """
+
+    _on_success = immutable()
+    _clock = immutable()
+    _rng = immutable()
+    # the run thread's alone (the owner's RUN_THREAD)
+    _policy = confined("task-run")
+    _start_time = confined("task-run")
+    _count = confined("task-run")
+    _reason = confined("task-run")
+    _start_err = confined("task-run")
+    _exit_result = confined("task-run")
+    _killed = confined("task-run")
+    _restart_triggered = confined("task-run")
+    _failure = confined("task-run")
 
     def __init__(
         self,

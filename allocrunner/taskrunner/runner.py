@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
+from allocrunner._locking import calls_out, guarded, hand_over, immutable, make_rwlock
 from allocrunner._sync import CancelToken, Event
 from allocrunner.allocdir import AllocDir, TaskDir
 from allocrunner.drivers.base import Driver
@@ -437,4 +437,5 @@ class TaskRunner:
         finally:
             self._mailbox.close()
             self._loop.complete_requests()
+            hand_over(self._hooks)  # the shutdown hooks run on the caller of shutdown()
             self._finished.set()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import select
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +27,11 @@ from allocrunner._locking import (
     LOCK_ORDER,
     CheckedLock,
     CheckedRWLock,
+    ConfinedFieldError,
+    MutableFieldValueError,
     acquire_many,
     calls_out,
+    confined,
     field_tags,
     guarded,
     held_locks,
@@ -41,12 +47,15 @@ from allocrunner.errors import (
     LockNotHeldError,
     LockOrderError,
 )
+from allocrunner.structs.frozen import FrozenDict
 
 # Every test here asserts what the checker catches or records, or which lock types check
 # mode hands out; the ones that need check mode off start a child process of their own.
 pytestmark = pytest.mark.requires_lockcheck
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The one nesting of declared locks the package does (NESTED_LOCKS).
+OUTER, INNER = "Cluster._lock", "AllocBroadcaster._lock"
 
 
 # --- tiny classes that model real ones --------------------------------------------------
@@ -60,22 +69,22 @@ class StateHolder:
 
     def __init__(self) -> None:
         self._state_lock = make_rwlock("AllocRunner._state_lock")
-        self._task_states: dict[str, str] = {"web": "pending"}
+        self._task_states: FrozenDict[str, str] = FrozenDict(web="pending")
 
-    def alloc_state(self) -> dict[str, str]:
+    def alloc_state(self) -> FrozenDict[str, str]:
         with self._state_lock.read():
             return self._task_states
 
     def set_state(self, task: str, state: str) -> None:
         with self._state_lock.write():
-            self._task_states = {**self._task_states, task: state}
+            self._task_states = self._task_states.set(task, state)
 
-    def peek_unlocked(self) -> dict[str, str]:
+    def peek_unlocked(self) -> FrozenDict[str, str]:
         return self._task_states
 
     @requires("_state_lock", write=True)
     def _bump_locked(self) -> None:
-        self._task_states = {**self._task_states, "bumped": "yes"}
+        self._task_states = self._task_states.set("bumped", "yes")
 
     def bump(self) -> None:
         with self._state_lock.write():
@@ -90,9 +99,9 @@ class AllocRunner2018(StateHolder):
     """Thread-safe. Models Nomad's 2018 AllocState() bug: it refreshed the task states
     from the task runners while holding only the read side of the state lock."""
 
-    def alloc_state(self) -> dict[str, str]:
+    def alloc_state(self) -> FrozenDict[str, str]:
         with self._state_lock.read():
-            self._task_states = {**self._task_states, "web": "running"}
+            self._task_states = self._task_states.set("web", "running")
             return self._task_states
 
 
@@ -144,7 +153,7 @@ def plant_read_without_lock() -> None:
 
 def plant_write_without_lock() -> None:
     holder = StateHolder()
-    holder._task_states = {}
+    holder._task_states = FrozenDict()
 
 
 def plant_callout_under_lock() -> None:
@@ -183,6 +192,137 @@ def plant_same_class_nesting() -> None:
     b = make_lock("AllocDir._lock")
     with a, b:
         pass
+
+
+def plant_unlisted_nesting() -> None:
+    outer = make_rwlock("AllocRunner._state_lock")  # in rank order, but not a listed edge
+    inner = make_lock("AllocRunner._alloc_lock")
+    with outer.read(), inner:
+        pass
+
+
+class Registry:
+    """Thread-safe. A map of names behind a lock, as the Client keeps its runners."""
+
+    _lock = immutable()
+    _names = guarded("_lock")
+
+    def __init__(self) -> None:
+        self._lock = make_lock("Client._allocs_lock")
+        self._names: FrozenDict[str, int] = FrozenDict()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._names = self._names.set(name, len(self._names))
+
+
+def plant_mutable_guarded_value() -> None:
+    registry = Registry()
+    with registry._lock:
+        registry._names = {"web": 1}  # type: ignore[assignment]  # the planted mistake
+
+
+class Drivers:
+    """Thread-safe. Its drivers are bound once; a dict could still change under readers."""
+
+    _drivers = immutable()
+
+    def __init__(self) -> None:
+        self._drivers = {"mock": object()}
+
+
+def plant_mutable_immutable_value() -> None:
+    Drivers()
+
+
+class Tracker:
+    """Not thread-safe; owned by one run thread, as a task's restart tracker is."""
+
+    _count = confined("task-run")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._reset()  # construction may touch its own fields, from any helper
+
+    def _reset(self) -> None:
+        self._count = 0
+
+    def bump(self) -> None:
+        self._count += 1
+
+
+def plant_confined_from_another_thread() -> None:
+    tracker = Tracker()
+    touched, release = threading.Event(), threading.Event()
+
+    def run() -> None:
+        tracker.bump()
+        touched.set()
+        release.wait(10)
+
+    owner = threading.Thread(target=run, name="task-run-owner")
+    owner.start()
+    try:
+        touched.wait(10)
+        tracker.bump()  # the owner is running: this thread may not touch it
+    finally:
+        release.set()
+        owner.join(10)
+
+
+def plant_sleep_under_lock() -> None:
+    with make_lock("AllocBroadcaster._lock"):
+        time.sleep(0.001)
+
+
+def plant_event_wait_under_read_lock() -> None:
+    done = threading.Event()
+    with make_rwlock("AllocDir._lock").read():
+        done.wait(0.001)
+
+
+def plant_join_under_lock() -> None:
+    worker = threading.Thread(target=lambda: None, name="joined-worker")
+    worker.start()
+    with make_lock("GCQueue._lock"):
+        worker.join()
+
+
+def plant_condition_wait_under_another_lock() -> None:
+    outer = make_lock("Cluster._lock")
+    cond = make_condition(make_lock("AllocBroadcaster._lock"))
+    with outer, cond:  # a listed edge: the nesting is fine, the wait is not
+        cond.wait(0.001)
+
+
+def plant_queue_get_under_lock() -> None:
+    box: queue.Queue[int] = queue.Queue()
+    with make_lock("StatsSampler._lock"), contextlib.suppress(queue.Empty):
+        box.get(timeout=0.001)
+
+
+def plant_process_wait_under_lock() -> None:
+    proc = subprocess.Popen(["true"])
+    try:
+        with make_lock("Driver._lock"):
+            proc.wait()
+    finally:
+        proc.wait()
+
+
+def plant_select_under_lock() -> None:
+    read, write = os.pipe()
+    try:
+        with make_lock("LogPump._lock"):
+            select.select([read], [], [], 0.001)
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def plant_epoll_under_lock() -> None:
+    with select.epoll() as poller, make_lock("LogPump._lock"):
+        poller.poll(0.001)
 
 
 PLANTED: dict[str, tuple[Callable[[], None], type[LockDisciplineError], tuple[str, ...]]] = {
@@ -225,6 +365,46 @@ PLANTED: dict[str, tuple[Callable[[], None], type[LockDisciplineError], tuple[st
     ),
     "rebind-immutable": (plant_rebind_immutable, LockNotHeldError, ("immutable", "_lock")),
     "same-class-nesting": (plant_same_class_nesting, LockOrderError, ("acquire_many",)),
+    "unlisted-nesting": (
+        plant_unlisted_nesting,
+        LockOrderError,
+        ("never nested", "AllocRunner._state_lock -> AllocRunner._alloc_lock"),
+    ),
+    "mutable-guarded-value": (
+        plant_mutable_guarded_value,
+        MutableFieldValueError,
+        ("Registry._names", "dict"),
+    ),
+    "mutable-immutable-value": (
+        plant_mutable_immutable_value,
+        MutableFieldValueError,
+        ("Drivers._drivers", "dict"),
+    ),
+    "confined-foreign-thread": (
+        plant_confined_from_another_thread,
+        ConfinedFieldError,
+        ("Tracker._count", "task-run-owner"),
+    ),
+    "sleep-under-lock": (plant_sleep_under_lock, CalloutUnderLockError, ("time.sleep",)),
+    "event-wait-under-read-lock": (
+        plant_event_wait_under_read_lock,
+        CalloutUnderLockError,
+        ("Event.wait", "AllocDir._lock(read)"),
+    ),
+    "join-under-lock": (plant_join_under_lock, CalloutUnderLockError, ("Thread.join",)),
+    "condition-wait-under-another-lock": (
+        plant_condition_wait_under_another_lock,
+        CalloutUnderLockError,
+        ("Condition.wait", "Cluster._lock"),
+    ),
+    "queue-get-under-lock": (plant_queue_get_under_lock, CalloutUnderLockError, ("Queue.get",)),
+    "process-wait-under-lock": (
+        plant_process_wait_under_lock,
+        CalloutUnderLockError,
+        ("Popen.wait", "Driver._lock"),
+    ),
+    "select-under-lock": (plant_select_under_lock, CalloutUnderLockError, ("select.select",)),
+    "epoll-under-lock": (plant_epoll_under_lock, CalloutUnderLockError, ("epoll.poll",)),
 }
 
 
@@ -287,11 +467,13 @@ def test_guarded_fields_under_their_lock_are_fine() -> None:
     assert counter.value() == 1
 
 
-def test_lock_order_in_rank_order_is_fine() -> None:
-    outer = make_rwlock("AllocRunner._state_lock")
-    inner = make_lock("AllocRunner._alloc_lock")
-    with outer.read(), inner:
-        assert held_locks() == ["AllocRunner._state_lock(read)", "AllocRunner._alloc_lock(write)"]
+def test_a_listed_nesting_in_rank_order_is_fine() -> None:
+    assert (OUTER, INNER) in _locking.NESTED_LOCKS
+    outer = make_lock(OUTER)
+    inner = make_lock(INNER)
+    with outer, inner:
+        assert held_locks() == [f"{OUTER}(write)", f"{INNER}(write)"]
+    assert (OUTER, INNER) in _locking.observed_nestings()
     assert held_locks() == []
 
 
@@ -310,7 +492,8 @@ def test_field_tags_describe_the_class() -> None:
 
 
 def test_release_by_a_thread_that_does_not_hold_the_lock() -> None:
-    lock = make_lock("GCQueue._lock")
+    # built by hand, so that this thread may wait for the other while holding it
+    lock = CheckedLock("GCQueue._lock")
     errors: list[BaseException] = []
     with lock:
 
@@ -410,13 +593,12 @@ def test_condition_over_a_checked_lock() -> None:
         cond.notify()
 
 
-def test_condition_wait_under_an_outer_lock_keeps_order_checks() -> None:
-    outer = make_lock("AllocDir._lock")
-    inner = make_lock("AllocBroadcaster._lock")
-    cond = make_condition(inner)
+def test_condition_wait_re_acquires_in_order_under_a_hand_built_outer_lock() -> None:
+    outer = CheckedLock(OUTER)  # built by hand: order-checked, not wait-checked
+    cond = make_condition(make_lock(INNER))
     with outer, cond:
         assert not cond.wait(0.01)
-        assert held_locks() == ["AllocDir._lock(write)", "AllocBroadcaster._lock(write)"]
+        assert held_locks() == [f"{OUTER}(write)", f"{INNER}(write)"]
 
 
 @pytest.mark.parametrize("factory", [make_lock, make_rwlock, CheckedLock, CheckedRWLock])
@@ -495,6 +677,24 @@ CHECK_OFF_PROGRAM = textwrap.dedent(
     cond = L.make_condition(lock)
     with cond:
         assert not cond.wait(0.001)
+    h._x = {"a": 1}               # a mutable value: not checked
+    L.hand_over(h)                # nothing to hand over
+    import select, subprocess, sys, time
+    from allocrunner import _guarded
+
+    assert type(_guarded.guarded_dict(lock)) is dict
+    assert type(_guarded.guarded_list(rw)) is list
+    # nothing is wrapped: the blocking calls are the standard library's own
+    assert "allocrunner._blocking" not in sys.modules
+    assert "allocrunner._shareable" not in sys.modules
+    assert type(time.sleep).__name__ == "builtin_function_or_method"
+    assert threading.Event.wait.__module__ == "threading"
+    assert threading.Condition.wait.__module__ == "threading"
+    assert subprocess.Popen.wait.__module__ == "subprocess"
+    assert type(select.select).__name__ == "builtin_function_or_method"
+    assert type(select.epoll) is type
+    with lock:
+        time.sleep(0.001)         # a wait under a lock: not checked
     print("check-off ok")
     """
 )
@@ -546,3 +746,277 @@ def test_violation_record_is_thread_safe() -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert len(_locking.take_violations()) == 200
     assert counter.value() == 0
+
+
+# --- what a tagged field may hold ----------------------------------------------------------
+
+
+class Plain:
+    """A package-less class: its objects are the caller's to vouch for."""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        3,
+        2.5,
+        "text",
+        b"bytes",
+        (1, ("nested", frozenset({2}))),
+        FrozenDict(a=(1, 2)),
+        LOCK_ORDER,
+        make_lock("GCQueue._lock"),
+        make_rwlock("AllocDir._lock"),
+        threading.Event(),
+        print,
+        Plain(),
+        Registry(),  # declares its protection: it tags its fields
+        Tracker(),
+    ],
+    ids=repr,
+)
+def test_immutable_and_declared_values_are_accepted(value: object) -> None:
+    from allocrunner._shareable import why_mutable
+
+    assert why_mutable(value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({}, "dict"),
+        ([], "list"),
+        (set(), "set"),
+        (bytearray(), "bytearray"),
+        ((1, [2]), "list|inside a tuple"),
+        (FrozenDict(a=[1]), "list|inside a FrozenDict"),
+        (FrozenDict(a=FrozenDict(b=bytearray())), "bytearray"),
+    ],
+    ids=repr,
+)
+def test_mutable_values_are_refused(value: object, words: str) -> None:
+    from allocrunner._shareable import why_mutable
+
+    reason = why_mutable(value)
+    assert reason is not None
+    for word in words.split("|"):
+        assert word in reason
+
+
+def test_a_package_class_must_declare_its_protection() -> None:
+    from allocrunner._shareable import why_mutable
+    from allocrunner.agent.http import Router
+
+    assert "Router neither is immutable nor declares" in (why_mutable(Router()) or "")
+    assert why_mutable(Router().table()) is None  # a frozen attrs value
+
+
+# --- checked containers ---------------------------------------------------------------------
+
+
+def test_guarded_dict_checks_its_lock_on_every_access() -> None:
+    from allocrunner._guarded import GuardedDict, guarded_dict
+
+    lock = make_rwlock("AllocDir._lock")
+    entries = guarded_dict(lock)
+    assert isinstance(entries, GuardedDict)
+    with lock.write():
+        entries["a"] = 1
+        entries.update(b=2)
+    with lock.read():
+        assert dict(entries) == {"a": 1, "b": 2} and len(entries) == 2 and "a" in entries
+        with pytest.raises(LockNotHeldError, match=r"write side of AllocDir\._lock"):
+            entries["c"] = 3  # the 2018 bug, in place: a write under the read side
+    with pytest.raises(LockNotHeldError, match="reading a GuardedDict"):
+        entries.get("a")
+    with pytest.raises(LockNotHeldError, match=r"changing a GuardedDict \(pop\)"):
+        entries.pop("a")
+    assert len(_locking.take_violations()) == 3
+
+
+def test_guarded_list_checks_its_lock_on_every_access() -> None:
+    from allocrunner._guarded import guarded_list
+
+    lock = make_lock("GCQueue._lock")
+    items = guarded_list(lock)
+    with lock:
+        items.append(1)
+        items += [2]
+        assert list(items) == [1, 2] and items[0] == 1
+    for change in (lambda: items.append(3), lambda: items.sort(), lambda: items[0]):
+        with pytest.raises(LockNotHeldError):
+            change()
+    assert len(_locking.take_violations()) == 3
+
+
+def test_a_tagged_field_accepts_a_checked_container() -> None:
+    from allocrunner._guarded import guarded_dict
+
+    class Table:
+        """Thread-safe. A map changed in place under its lock."""
+
+        _lock = immutable()
+        _rows = immutable()
+
+        def __init__(self) -> None:
+            self._lock = make_lock("StateDB._lock")
+            self._rows: dict[str, int] = guarded_dict(self._lock)
+
+    table = Table()
+    with table._lock:
+        table._rows["x"] = 1
+        assert table._rows == {"x": 1}
+
+
+# --- confined fields ------------------------------------------------------------------------
+
+
+def test_a_confined_field_belongs_to_the_first_thread_other_than_its_builder() -> None:
+    tracker = Tracker()  # built here, and touched here as it is prepared: free
+    tracker.bump()
+    touched, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        tracker.bump()
+        touched.set()
+        release.wait(10)
+
+    def second() -> None:
+        try:
+            tracker.bump()
+        except ConfinedFieldError as err:
+            errors.append(err)
+
+    owner = threading.Thread(target=first, name="first-user")
+    owner.start()
+    try:
+        assert touched.wait(10)
+        other = threading.Thread(target=second, name="second-user")
+        other.start()
+        other.join(10)
+        with pytest.raises(ConfinedFieldError):  # the builder is locked out now too
+            tracker.bump()
+    finally:
+        release.set()
+        owner.join(10)
+    assert len(errors) == 1 and "'first-user' owns it" in str(errors[0])
+    assert len(_locking.take_violations()) == 2
+
+
+def test_a_confined_field_with_a_prefix_admits_every_thread_so_named() -> None:
+    class Pipe:
+        """Not thread-safe; owned by the main thread."""
+
+        _count = confined("main", prefix="Main")
+
+        def __init__(self) -> None:
+            self._count = 0
+
+    pipe = Pipe()
+    pipe._count += 1
+    errors: list[BaseException] = []
+
+    def touch() -> None:
+        try:
+            pipe._count += 1
+        except ConfinedFieldError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=touch, name="worker")
+    thread.start()
+    thread.join(10)
+    assert len(errors) == 1 and "named Main" in str(errors[0])
+    assert len(_locking.take_violations()) == 1
+
+
+def test_hand_over_passes_confined_fields_to_the_next_thread() -> None:
+    tracker = Tracker()
+    done = threading.Event()
+
+    def run() -> None:
+        tracker.bump()
+        _locking.hand_over(tracker)  # as a run thread does just before it reports done
+        done.set()
+
+    thread = threading.Thread(target=run, name="run-thread")
+    thread.start()
+    assert done.wait(10)
+    thread.join(10)
+    tracker.bump()  # the shutdown caller takes over
+    assert tracker._count == 2
+
+
+def test_a_builder_prepares_hands_to_a_worker_and_takes_back_after_it_ended() -> None:
+    tracker = Tracker()
+    tracker.bump()
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> None:
+        tracker.bump()
+        started.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=work, name="only-worker")
+    worker.start()
+    assert started.wait(10)
+    with pytest.raises(ConfinedFieldError, match="'only-worker' owns it"):
+        tracker.bump()  # the worker is alive: it could be touching it right now
+    release.set()
+    worker.join(10)
+    tracker.bump()  # it has ended: nobody can race this thread any more
+    assert tracker._count == 3
+    assert len(_locking.take_violations()) == 1
+
+
+# --- blocking waits -------------------------------------------------------------------------
+
+
+def test_calls_that_cannot_block_are_not_waits() -> None:
+    event = threading.Event()
+    box: queue.Queue[int] = queue.Queue()
+    with make_lock("AllocBroadcaster._lock"):
+        time.sleep(0)
+        assert not event.wait(0)
+        with contextlib.suppress(queue.Empty):
+            box.get(block=False)
+        box.put(1, block=False)
+        select.select([], [], [], 0)
+
+
+def test_a_condition_waits_with_its_own_lock_held() -> None:
+    cond = make_condition(make_lock("HealthHook._lock"))
+    with cond:
+        assert not cond.wait(0.001)  # wait releases this very lock
+
+
+def test_the_primitives_private_conditions_are_exempt() -> None:
+    from allocrunner._rwlock import PrivateCondition
+
+    private = PrivateCondition(threading.Lock())  # how an RWLock or a Kick blocks
+    plain = threading.Condition(threading.Lock())
+    with make_lock("GCQueue._lock"):
+        with private:
+            assert not private.wait(0.001)
+        with plain, pytest.raises(CalloutUnderLockError, match=r"Condition\.wait"):
+            plain.wait(0.001)
+    assert len(_locking.take_violations()) == 1
+
+
+def test_hand_built_locks_and_marked_tests_may_wait() -> None:
+    with CheckedLock("GCQueue._lock"):
+        time.sleep(0.001)
+    with make_lock("GCQueue._lock"), _locking.waits_allowed_here():
+        time.sleep(0.001)
+    with make_lock("GCQueue._lock"), pytest.raises(CalloutUnderLockError):
+        time.sleep(0.001)
+    assert len(_locking.take_violations()) == 1
+
+
+def test_nestings_are_recorded_even_when_refused() -> None:
+    with contextlib.suppress(LockOrderError):
+        plant_unlisted_nesting()
+    assert len(_locking.take_violations()) == 1
+    assert ("AllocRunner._state_lock", "AllocRunner._alloc_lock") in _locking.observed_nestings()
