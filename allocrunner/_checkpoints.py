@@ -26,6 +26,9 @@ The checkpoints placed in the package (name, subject):
   (to record Killing if it has not finished) and is about to kill it.
 - ``task.restart.post`` (task name): a restart picked the instance to restart and is
   about to leave its request for the run thread.
+- ``task.reap`` (task name): the first kill after a shutdown is about to stop the task
+  the shutdown left running; ``task.reap.wait`` (task name): a later kill is about to
+  wait for it.
 
 Threads: `checkpoint` runs on any thread; a held thread waits on the hold's own
 `_sync` tokens, never while holding a declared lock (check mode raises if it is
@@ -63,6 +66,8 @@ CHECKPOINTS: tuple[str, ...] = (
     "tasks.kill_wave",
     "tasks.kill_one",
     "task.restart.post",
+    "task.reap",
+    "task.reap.wait",
 )
 """The names of the checkpoints placed in the package (described above)."""
 

@@ -396,6 +396,7 @@ class TaskControl:
     _shutdown_token = immutable()
     _finished = immutable()
     _reaped = immutable()
+    _reap_done = immutable()
     _max_kill_timeout = immutable()
     _kill_retry_base = immutable()
 
@@ -424,6 +425,7 @@ class TaskControl:
         self._shutdown_token = shutdown_token
         self._finished = finished
         self._reaped = Event()  # set by the one kill that stops a task left running
+        self._reap_done = Event()  # set once that kill has stopped and recorded it
         self._max_kill_timeout = max_kill_timeout
         self._kill_retry_base = kill_retry_base
 
@@ -486,12 +488,20 @@ class TaskControl:
     @calls_out
     def _stop_left_running(self) -> None:
         """A kill after `shutdown()`: the run thread has returned and left the task
-        running, so this thread stops it (once, however many kills race here)."""
-        handle = self._cell.handle()
-        if handle is None or not self._reaped.set():
+        running, so the first kill to come here stops it; any other waits until it has,
+        so that no kill returns while the task is still being stopped and recorded."""
+        if not self._reaped.set():
+            checkpoint("task.reap.wait", self._name)
+            self._reap_done.wait()
             return
-        self._kill_and_record(handle, CancelToken())
-        self._go_dead()
+        try:
+            handle = self._cell.handle()
+            if handle is not None:
+                checkpoint("task.reap", self._name)
+                self._kill_and_record(handle, CancelToken())
+                self._go_dead()
+        finally:
+            self._reap_done.set()
 
     @calls_out
     def kill_leftover(self, handle: TaskHandle) -> KillOutcome:

@@ -7,7 +7,8 @@ depends on luck.
 - a run() that returns before the state handler's last pass;
 - a Client that forwards an update below one it already forwarded;
 - a sibling rule or a kill that records its reason on a task already killed;
-- a destroy that deletes the state while a write is still in flight.
+- a destroy that deletes the state while a write is still in flight;
+- a kill after a shutdown that returns while another kill still stops the task.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from allocrunner._checkpoints import checkpoint
+from allocrunner._sync import CancelToken
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver
@@ -196,4 +198,27 @@ def test_deleting_the_state_under_a_write_in_flight_is_caught(make_runner):
         AllocPersister,
         "delete",
         _delete_without_draining,
+    )
+
+
+# --- a later kill returns while the first one still stops the task left running --------
+
+
+def _reap_without_waiting(self: TaskControl) -> None:
+    handle = self._cell.handle()
+    if handle is None or not self._reaped.set():
+        return
+    checkpoint("task.reap", self._name)
+    self._kill_and_record(handle, CancelToken())
+    self._go_dead()
+
+
+def test_a_kill_returning_before_the_task_left_running_is_stopped_is_caught(make_runner):
+    _fails(
+        lambda: races.test_a_kill_after_shutdown_returns_only_once_the_task_left_running_is_stopped(
+            make_runner
+        ),
+        TaskControl,
+        "_stop_left_running",
+        _reap_without_waiting,
     )

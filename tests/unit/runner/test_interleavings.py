@@ -19,6 +19,7 @@ from allocrunner.structs import (
     EVENT_RESTART_SIGNAL,
     Allocation,
     TaskEvent,
+    TaskState,
     new_allocation,
 )
 from allocrunner.testing import lifecycle, mock_job, mock_task, wait_for
@@ -151,6 +152,10 @@ class _HeldWrites(MemDB):
         self.release = threading.Event()
         self.calls: list[str] = []
 
+    def put_task_state(self, alloc_id: str, task: str, state: TaskState) -> None:
+        self.calls.append("put_task_state")
+        super().put_task_state(alloc_id, task, state)
+
     def put_allocation(self, alloc: Allocation) -> None:
         if self.hold.is_set() and not self.entered.is_set():
             self.entered.set()
@@ -231,3 +236,29 @@ def test_wait_returns_only_after_the_last_state_pass(make_runner, shutdown_first
     state = ar.alloc_state()
     tasks = {name: ar.task_runner(name).task_state() for name in ar.task_names()}
     assert dict(state.task_states) == tasks
+
+
+def test_a_kill_after_shutdown_returns_only_once_the_task_left_running_is_stopped(
+    make_runner,
+):
+    """After a shutdown left the task running, a stop's kill is stopping it when the
+    destroy's kill comes: the destroy must wait for that stop to end before it deletes
+    the state, or the stop's last writes land after the delete."""
+    db = _HeldWrites()
+    alloc = new_allocation(mock_job(mock_task("web", kill_timeout=0.05)), "web")
+    ar = start_all(make_runner, alloc, state_db=db)
+    ar.shutdown()
+    assert ar.wait_shutdown(BOUND)
+    waiting = mark("task.reap.wait", "web")
+    reaping = Hold("task.reap", "web", after=waiting)
+    with armed(waiting, reaping):
+        stop = threading.Thread(target=ar.task_runner("web").kill, name="race-stop-kill")
+        stop.start()
+        assert reaping.wait_arrived(BOUND), "the first kill did not stop the task"
+        ar.destroy()
+        assert ar.wait_destroyed(BOUND), "destroy did not finish"
+        assert reaping.passed(), "destroy finished while the task was still being stopped"
+        stop.join(BOUND)
+    late = db.calls[db.calls.index("delete") + 1 :]
+    assert not late, f"written after destroy: {late}"
+    killed_for_good(ar, "web")
