@@ -16,12 +16,14 @@ other than `own`:
 A call that cannot block is not a wait: a zero timeout or delay, or ``block=False``.
 `Condition.wait` releases its own lock while it waits, so that lock (`own`) may be held
 (a condition from `make_condition`); any other declared lock may not. The exemptions,
-all explicit: a condition whose class sets ``lockcheck_exempt`` (the private condition
-of an RWLock or of a `_sync` primitive over its own raw mutex: it is how that primitive
-blocks, and the primitive's waiting methods carry `@calls_out` or take a declared lock
-in rank order); and code that bound one of these functions before this module ran
-(``from time import sleep``; `_rwlock` does so for its yield to a writer).
-With check mode off nothing here is imported: production pays nothing.
+all explicit: a condition whose class sets ``lockcheck_exempt`` (`_rwlock`'s
+`PrivateCondition`, over the raw mutex of an RWLock or a `_sync` primitive: it is how
+that primitive blocks, and the primitive's waiting methods carry `@calls_out` or take
+a declared lock in rank order); a lock built by hand rather than by `make_lock` /
+`make_rwlock` (only the lock primitives' own tests do that); a test inside
+`_locking.waits_allowed_here()`; and code that bound one of these functions before
+this module ran (``from time import sleep``: `_rwlock` does so for its yield to a
+writer). With check mode off nothing here is imported: production pays nothing.
 
 Threads: any; the wrappers run in the calling thread. Locks: none. Owner:
 `allocrunner._locking` (check mode only).
