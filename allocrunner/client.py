@@ -20,11 +20,9 @@ Rules it keeps, from Nomad's history:
   are never reused, so a later view that still lists it is stale, and a second runner
   would share the alloc dir and state the first one is destroying.
 - Restore is per allocation and best effort (Nomad #2560, #16638): an allocation saved
-  with no task state is dropped (the server will send it again); one whose destroy was
-  under way is restored so that its runner finishes the destroy (it stays tracked, as a
-  collected allocation would); one whose restore fails is marked failed and destroyed.
-  An agent killed before an allocation's dir was built leaves no reason to fail it: its
-  runner builds the dir again (see `AllocRunner.restore`).
+  with no task state is dropped (the server will send it again), unless its destroy was
+  under way (its runner finishes it); one whose restore fails is marked failed and
+  destroyed. Each restored allocation reports its state once (the last report may be lost).
 
 `run_allocs` calls from several threads are applied one at a time, newest desired set
 first: a caller whose set was superseded by a newer one while it waited returns once the
@@ -218,9 +216,7 @@ class Client:
             # shutdown() came first and saw none of these: leave them as it would.
             self._shutdown_runners(restored, failed, SHUTDOWN_TIMEOUT)
             return
-        # A runner reports only changes of its state, and the last report before the agent
-        # died may have been lost: each restored allocation reports its state once,
-        # before its runner starts (so that nothing it reports later is overwritten).
+        # Before the runners start, so that nothing they report later is overwritten.
         for ar in restored:
             self._record_update(ar.client_alloc())
         for ar in restored:
@@ -246,7 +242,7 @@ class Client:
             log.exception("restoring allocations: reading the state DB failed")
             return restored, failed
         for alloc in stored:
-            if not self._has_task_state(alloc) and not self._destroy_interrupted(alloc.id):
+            if not self._has_task_state(alloc) and not destroy_interrupted(self._db, alloc.id):
                 log.warning(
                     "allocation %s: saved without any task state; dropped until the "
                     "server sends it again",
@@ -270,15 +266,6 @@ class Client:
                 continue
             restored.append(ar)
         return restored, failed
-
-    @calls_out
-    def _destroy_interrupted(self, alloc_id: str) -> bool:
-        """A destroy began before the restart: the runner's restore finishes it."""
-        try:
-            return destroy_interrupted(self._db, alloc_id)
-        except Exception:
-            log.exception("allocation %s: reading its destroy mark failed", alloc_id)
-            return False
 
     def _has_task_state(self, alloc: Allocation) -> bool:
         group = alloc.group()

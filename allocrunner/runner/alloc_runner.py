@@ -11,8 +11,10 @@ the task runners and what is done to all of them at once (sibling rules, kill or
 per-task actions) in a `TaskSet` (`task_set`); the state handler, where task states,
 updates and health verdicts fan in, in `state_handler`; the published state in a
 `ClientState` (`client_state`); state DB writes fenced against destroy in an
-`AllocPersister` (`persistence`); the alloc hooks, sorted by phase once at
-construction, in an `AllocHooks` (`hooks`).
+`AllocPersister` (`persistence`); what a restore makes of a crash in `recovery`; the
+alloc hooks, sorted by phase once at construction, in an `AllocHooks` (`hooks`). What
+is left here is one concern, the orchestration of one allocation's lifecycle, so it
+stays one module although it runs a little past 600 lines.
 
 Threads of a running allocation (named, owned by `_threads`, joined on teardown):
 
@@ -45,7 +47,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
@@ -73,6 +74,7 @@ from allocrunner.runner.hooks import (
 )
 from allocrunner.runner.lifecycle import TaskCoordinator
 from allocrunner.runner.persistence import AllocPersister
+from allocrunner.runner.recovery import prepare_restore
 from allocrunner.runner.state_handler import StateHandler, StateUpdater
 from allocrunner.runner.task_set import TaskSet, task_group_of
 from allocrunner.state import NoopDB, StateDB
@@ -293,47 +295,20 @@ class AllocRunner:
 
     @calls_out
     def restore(self) -> None:
-        """Load the persisted state of every task before `run()` (agent restart).
-
-        An allocation whose destroy was under way when the agent died is not run
-        again: its tasks are re-attached, so that the destroy can stop them, and
-        `run()` finishes that destroy and returns at once. A missing alloc dir is built
-        again when no task had started (nothing of the allocation was in it yet); when
-        a task had, the files it ran with are lost and FileNotFoundError is raised.
-        """
-        interrupted = self._persister.destroy_interrupted()
-        if not interrupted:
-            self._restore_alloc_dir()
+        """Load the persisted state of every task before `run()` (agent restart). A crash
+        never fails the allocation (`recovery`): an interrupted destroy is finished by
+        `run()`, and a missing alloc dir is built again when no task had started."""
+        interrupted = prepare_restore(
+            self._state_db, self._id, self._alloc_dir, self._tasks.names()
+        )
         status = self._state_db.deployment_status(self._id)
         for tr in self._tasks:
-            tr.restore()
+            tr.restore()  # re-attached, so that a destroy can stop them
         states = self._tasks.states()
         self._coordinator.restore(states)
         self._client_state.restore(self.alloc(), states, status)
         if interrupted:
-            log.info("allocation %s: its destroy was interrupted; run() finishes it", self._id)
             self._finish_destroy.set()
-
-    @calls_out
-    def _restore_alloc_dir(self) -> None:
-        if Path(self._alloc_dir.path).is_dir():
-            return
-        started = [tr.name for tr in self._tasks if self._task_started(tr.name)]
-        if started:
-            raise FileNotFoundError(
-                f"allocation {self._id}: alloc dir {self._alloc_dir.path} does not exist, "
-                f"and task(s) {', '.join(started)} ran in it"
-            )
-        log.info("allocation %s: no task had started; building its alloc dir again", self._id)
-        self._alloc_dir.build()
-
-    @calls_out
-    def _task_started(self, name: str) -> bool:
-        """Whether the saved state of task `name` shows it was ever started."""
-        local, state = self._state_db.task_runner_state(self._id, name)
-        if local is not None and local.task_handle is not None:
-            return True
-        return state is not None and state.started_at is not None
 
     # --- run --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ allocation runs on without them.
 
 A destroy begins with `mark_destroying`, a durable mark in the state DB
 (`allocrunner.state.marks`) that `delete` removes with the rest; an agent killed in
-between finds the mark on restore and finishes the destroy.
+between finds the mark on restore and finishes the destroy (`recovery`).
 
 Threads: writes come from the alloc runner's threads (run, state handler, health
 watcher, API callers); `delete` from its ``destroy-<id8>`` thread. Locks: it uses the
@@ -25,7 +25,7 @@ import threading
 
 from allocrunner._locking import Mutex, calls_out, guarded, immutable
 from allocrunner.state import StateDB
-from allocrunner.state.marks import destroy_interrupted, mark_destroying
+from allocrunner.state.marks import mark_destroying
 from allocrunner.structs import Allocation, AllocDeploymentStatus
 
 __all__ = ["AllocPersister"]
@@ -86,11 +86,6 @@ class AllocPersister:
             log.exception("allocation %s: marking its destroy failed", self._alloc_id)
         finally:
             self._end()
-
-    @calls_out
-    def destroy_interrupted(self) -> bool:
-        """True if a destroy began before the agent restarted and never finished."""
-        return destroy_interrupted(self._state_db, self._alloc_id)
 
     @calls_out
     def delete(self) -> None:
