@@ -296,7 +296,7 @@ def test_last_and_repr() -> None:
 
 @pytest.mark.requires_lockcheck
 def test_send_is_allowed_under_a_lock_but_get_is_a_callout() -> None:
-    outer = make_lock("AllocRunner._alloc_lock")
+    outer = make_lock("Cluster._lock")  # the one declared nesting: Cluster -> broadcaster
     b = AllocBroadcaster()
     listener = b.listen()
     with outer:

@@ -49,7 +49,8 @@ def test_alloc_state_works_while_another_reader_holds_the_lock(make_runner):
     release = threading.Event()
 
     def reader():
-        with ar._state_lock.read():
+        # Holding the read side across a wait is the point of this test.
+        with ar._state_lock.read(), _locking.waits_allowed_here():
             holding.set()
             release.wait(10)
 
