@@ -487,9 +487,11 @@ class TaskControl:
 
     @calls_out
     def _stop_left_running(self) -> None:
-        """A kill after `shutdown()`: the run thread has returned and left the task
-        running, so the first kill to come here stops it; any other waits until it has,
-        so that no kill returns while the task is still being stopped and recorded."""
+        """A kill after `shutdown()`: the run thread has returned and left the task as
+        it was, so the first kill to come here stops it (if it runs) and records it
+        dead (if it is not: a task that had not started never will); any other kill
+        waits until it has, so that no kill returns while the task is still being
+        stopped and recorded."""
         if not self._reaped.set():
             checkpoint("task.reap.wait", self._name)
             self._reap_done.wait()
@@ -499,6 +501,7 @@ class TaskControl:
             if handle is not None:
                 checkpoint("task.reap", self._name)
                 self._kill_and_record(handle, CancelToken())
+            if not self._cell.state().is_dead():
                 self._go_dead()
         finally:
             self._reap_done.set()

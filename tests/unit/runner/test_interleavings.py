@@ -56,6 +56,11 @@ def start_all(make_runner, alloc: Allocation, **kwargs):
     return ar
 
 
+def task_is(ar, name: str, want: str) -> None:
+    got = ar.task_runner(name).task_state().state
+    assert got == want, f"{name} is {got}, want {want}"
+
+
 def killed_for_good(ar, *names: str) -> None:
     for name in names:
         ts = ar.task_runner(name).task_state()
@@ -262,3 +267,22 @@ def test_a_kill_after_shutdown_returns_only_once_the_task_left_running_is_stoppe
     late = db.calls[db.calls.index("delete") + 1 :]
     assert not late, f"written after destroy: {late}"
     killed_for_good(ar, "web")
+
+
+def test_a_destroy_after_shutdown_leaves_no_task_pending(make_runner):
+    """A shutdown came while the main task still waited for its prestart task: the
+    destroy that follows kills both, and the one that never started goes dead too."""
+    job = mock_job(
+        mock_task("init", config={"run_for": "30s"}, lifecycle=lifecycle("prestart")),
+        mock_task("web"),
+    )
+    ar = make_runner(new_allocation(job, "web"))
+    ar.start()
+    wait_for(lambda: task_is(ar, "init", "running"), BOUND)
+    ar.shutdown()
+    assert ar.wait_shutdown(BOUND)
+    ar.destroy()
+    assert ar.wait_destroyed(BOUND)
+    for name in ("init", "web"):
+        ts = ar.task_runner(name).task_state()
+        assert ts.state == "dead", (name, ts.state, [e.type for e in ts.events])
