@@ -202,9 +202,9 @@ Point = Hold | Stall
 
 
 class Interleaving:
-    """Immutable once armed. The holds of one test; a thread that reaches a point is
-    held by the first pausing hold of it that it can claim (so two holds on one point
-    stop its first two threads, in order), and is recorded by its marks."""
+    """Thread-safe. Immutable once armed: the holds of one test. A thread that reaches a
+    point is held by the first pausing hold of it that it can claim (so two holds on
+    one point stop its first two threads, in order), and is recorded by its marks."""
 
     _holds = immutable()
 
