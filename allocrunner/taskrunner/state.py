@@ -277,12 +277,17 @@ class TaskStateCell:
 
     @calls_out
     def _write(self, snapshot: _Snapshot, saved: tuple[int, int]) -> None:
-        """The writer's round: write what is newer than `saved`, then end the round."""
+        """The writer's round: write what is newer than `saved`, then end the round.
+
+        The local state (which holds the driver handle) is written first: a crash
+        between the two writes then leaves a handle beside an older task state, which a
+        restore re-attaches to, never a "running" task state without the handle of
+        its process, which a restore would start a second time."""
         try:
-            if snapshot.state_version > saved[0]:
-                self._db.put_task_state(self._alloc_id, self._name, snapshot.state)
             if snapshot.local_version > saved[1]:
                 self._db.put_task_local_state(self._alloc_id, self._name, snapshot.local)
+            if snapshot.state_version > saved[0]:
+                self._db.put_task_state(self._alloc_id, self._name, snapshot.state)
         except Exception as err:
             log.warning(
                 "task %s/%s: persisting task state failed: %s", self._alloc_id[:8], self._name, err

@@ -66,6 +66,10 @@ def _has_handle(_db: SQLiteStateDB, _alloc_id: str, _task: str, local: LocalStat
     return local.task_handle is not None
 
 
+def _is_running(_db: SQLiteStateDB, _alloc_id: str, _task: str, state: TaskState) -> bool:
+    return state.state == "running"
+
+
 def _task_state_then_stop(db: SQLiteStateDB, alloc: Allocation) -> Callable[..., None]:
     """At the alloc dir's build: the first task state is saved, then the process dies."""
     build = AllocDir.build
@@ -87,6 +91,8 @@ def install_step(step: str, db: SQLiteStateDB, alloc: Allocation) -> None:
         _before(alloc_dir_module.fs, "ensure_dir", step)
     elif step == "task-running":
         _after(SQLiteStateDB, "put_task_local_state", step, _has_handle)
+    elif step == "running-state-saved":
+        _after(SQLiteStateDB, "put_task_state", step, _is_running)
     elif step == "kill-enter":
         _before(TaskSet, "kill_all", step)
     elif step == "destroy-enter":

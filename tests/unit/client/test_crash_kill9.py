@@ -148,7 +148,9 @@ def _assert_gone(client: Client, life: FirstLife) -> None:
     assert client.state_db.all_allocations() == [], "its state is still saved"
 
 
-@pytest.mark.parametrize("step", ["build-enter", "build-dir-made", "task-running"])
+@pytest.mark.parametrize(
+    "step", ["build-enter", "build-dir-made", "task-running", "running-state-saved"]
+)
 def test_kill9_while_building_loses_no_task_and_runs_none_twice(
     tmp_path: Path, marker: str, step: str, second_life: Client, upstream: Upstream
 ) -> None:
