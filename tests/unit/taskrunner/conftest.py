@@ -207,15 +207,6 @@ def wait_event(tr: TaskRunner, kind: str, count: int = 1, timeout: float = 10.0)
     return wait_for(check, timeout)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return fields[0] not in (b"Z", b"X")
-
-
 def kill_quietly(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

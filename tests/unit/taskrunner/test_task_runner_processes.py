@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from allocrunner.drivers._process import children_of, pid_alive
 from allocrunner.drivers.raw_exec import RawExecDriver
 from allocrunner.structs import LogConfig, RestartPolicy, TaskEvent
 from allocrunner.structs.task_state import (
@@ -28,26 +29,13 @@ from tests.unit.taskrunner.conftest import (
     alloc_of,
     event_types,
     kill_quietly,
-    pid_alive,
     wait_state,
 )
 
 
 def live_children() -> set[int]:
     """Live (non-zombie) child processes of this test process."""
-    me = str(os.getpid())
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[1].decode() == me and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+    return {child.pid for child in children_of(os.getpid())}
 
 
 @pytest.fixture(autouse=True)
