@@ -1,6 +1,6 @@
 """Processes of raw_exec tasks: the ``/bin/sh`` wrapper that runs a task's command, the
-checks and lookups before its spawn, the spawn itself and its exit statuses, and the
-one reader of ``/proc/<pid>/stat`` in the package.
+checks and lookups before its spawn, the spawn itself and its start handshake, its exit
+statuses, and the one reader of ``/proc/<pid>/stat`` in the package.
 
 The wrapper (`WRAPPER`) runs the command in the foreground in a new session, so a task
 is one process group whose id is the wrapper's pid. It traps every terminating signal
@@ -13,12 +13,26 @@ stderr pipes (closed for the command), so a task's pipes always have a reader, a
 agent that restarts can open new read ends through ``/proc/<pid>/fd/1`` and ``/2``
 (`open_output_pipes`).
 
+Signals at the start. The wrapper is spawned with ``posix_spawn`` (a vfork, like
+``Popen`` without ``preexec_fn``) that resets every catchable signal to its default
+action and clears the signal mask, so a task never inherits what the agent ignores or
+blocks (an agent under ``nohup`` or started as a background job of a script ignores
+SIGHUP, SIGINT and SIGQUIT, and a shell cannot trap or reset a signal that was ignored
+when it started). The command runs in a subshell of the wrapper, which has shed the
+wrapper's traps; that subshell writes one byte on the handshake pipe (`READY_FD`) just
+before it execs the command, and the driver's start waits for that byte
+(`await_command_start`). From that moment any signal sent to the group acts on the
+command with its default action (or its own handlers once it has set them); none can
+be swallowed by a shell handler in the fork between the wrapper and the command. (The
+C library's spawn leaves its own internal signals, 32 and 33 with glibc, ignored; no
+program can use them and the C library of the command takes them over.)
+
 ``/proc/<pid>/stat`` is parsed in one place (`parse_pid_stat`): the command name is
 skipped up to its last ``)``, since it may hold spaces and parentheses itself. On top
 of it: `read_pid_stat`, `pid_alive`, `children_of`, `group_processes`, `group_usage`.
 
 Threads: none of its own; every function runs on its caller's thread. Locks: none; the
-functions read /proc, fork, wait and signal, so callers hold no lock when they call
+functions read /proc, spawn, wait and signal, so callers hold no lock when they call
 them. Owner: `allocrunner.drivers.raw_exec` (spawn, watch, recover) and
 `allocrunner.agent.stats` (per-process usage); tests use the /proc helpers too.
 """
@@ -27,13 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import pwd
+import select
 import shutil
 import signal as _signal
 import stat
-import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -69,22 +84,35 @@ _NOT_TRAPPED = {
 }
 _TRAPPED = sorted(int(s) for s in _signal.valid_signals() if s not in _NOT_TRAPPED)
 
-# The wrapper notes any terminating signal in `g` instead of dying of it. A signal
-# that reached it before the command started is applied to the command by not
-# starting it at all and exiting as if the command had been killed by it; a signal
-# that comes while the command runs reaches the command through the group.
-# Arguments: the status file, then the command and its args. The wrapper opens read
-# ends of its own stdout and stderr pipes on fds 3 and 4 (closed for the command). It
-# creates (or empties) the status file while starting, off the agent's start path, so
-# that the exit only writes one line into an existing file; the line carries the
-# wrapper's pid, so a stale file of an earlier run of the task is never taken for this
-# run's.
+# Catchable signals, all reset to their default action for the wrapper at its spawn.
+_DEFAULT_SIGNALS = tuple(
+    sorted(int(s) for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
+)
+
+READY_FD = 5
+"""The wrapper's descriptor for the write end of the start handshake pipe."""
+_TARGET_FDS = (0, 1, 2, READY_FD)
+
+# The wrapper notes any terminating signal in `g` instead of dying of it; a signal that
+# reached it before the command started is applied to the command by not starting it
+# at all (then no handshake byte is written). Arguments: the task dir, the status file,
+# then the command and its args. It enters the task dir (keeping the task's OLDPWD, or
+# none, rather than the agent's directory) and opens read ends of its own stdout and
+# stderr pipes on fds 3 and 4 (closed for the command). It creates (or empties) the
+# status file before it starts the command, so that the exit only writes one line into
+# an existing file; the line carries the wrapper's pid, so a stale file of an earlier
+# run of the task is never taken for this run's. The command runs in a
+# subshell: the subshell has shed the traps, writes the handshake byte on fd 5 and
+# execs the command without fds 3, 4 and 5.
 WRAPPER = (
     "".join(f"trap 'g={n}' {n}\n" for n in _TRAPPED)
-    + "s=$1; shift\n"
+    + 'if [ -n "${OLDPWD+x}" ]; then s=$OLDPWD; cd -P -- "$1" || exit 125; OLDPWD=$s\n'
+    + 'else cd -P -- "$1" || exit 125; unset OLDPWD; fi\n'
+    + "s=$2; shift 2\n"
     + ': >"$s"\n'
     + "command exec 3</proc/self/fd/1 4</proc/self/fd/2\n"
-    + 'if [ -n "$g" ]; then c=$((128+g)); else "$@" 3<&- 4<&-; c=$?; fi\n'
+    + 'if [ -n "$g" ]; then c=$((128+g)); else\n'
+    + '(echo >&5; exec "$@" 3<&- 4<&- 5>&-); c=$?; fi\n'
     + 'echo "$c $$" 1<>"$s"\n'
     + 'exit "$c"\n'
 )
@@ -203,29 +231,6 @@ def group_usage(pgid: int) -> dict[str, float]:
 def boot_ticks() -> int:
     """Clock ticks since boot, on the clock /proc/<pid>/stat start times use."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_TICK
-
-
-def command_started(pid: int) -> bool | None:
-    """Whether wrapper `pid` has a child that exec'd the command (a fork of the
-    wrapper that has not exec'd yet still shows the wrapper's command line); None if
-    the wrapper is gone."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
-            children = fh.read().split()
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            own = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    if not own:
-        return None  # a zombie: the wrapper has exited
-    for child in children:
-        try:
-            with open(f"/proc/{int(child)}/cmdline", "rb") as fh:
-                if fh.read() != own:
-                    return True
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return False
 
 
 # --- exit statuses -------------------------------------------------------------------
@@ -359,14 +364,15 @@ def task_env(config: TaskConfig) -> dict[str, str]:
 
 
 def make_pipes() -> dict[str, int]:
-    """A pipe per output stream, both ends close-on-exec (the spawn hands the write
-    ends over as stdout and stderr), the read ends non-blocking for the log pump.
-    Keys: ``stdout_r``, ``stdout_w``, ``stderr_r``, ``stderr_w``."""
+    """A pipe per output stream and one for the start handshake, both ends
+    close-on-exec (the spawn hands the write ends over as stdout, stderr and
+    `READY_FD`), the read ends non-blocking. Keys: ``stdout_r``, ``stdout_w``,
+    ``stderr_r``, ``stderr_w``, ``ready_r``, ``ready_w``."""
     pipes: dict[str, int] = {}
     try:
-        for stream in STREAMS:
+        for name in (*STREAMS, "ready"):
             read, write = os.pipe2(os.O_CLOEXEC)
-            pipes[f"{stream}_r"], pipes[f"{stream}_w"] = read, write
+            pipes[f"{name}_r"], pipes[f"{name}_w"] = read, write
             os.set_blocking(read, False)
     except OSError as err:
         close_fds(*pipes.values())
@@ -402,24 +408,72 @@ def spawn_wrapper(
     pipes: dict[str, int],
     stdin: int,
 ) -> int:
-    """Start the wrapper running `command`; its pid. Like any Popen it inherits no other
-    descriptor of the agent and gets default SIGPIPE/SIGXFSZ dispositions."""
+    """Start the wrapper running `command` in directory `cwd`; its pid. It gets `stdin`,
+    the write ends of `pipes` as stdout, stderr and `READY_FD`, no other descriptor of
+    the agent, every catchable signal at its default action and an empty signal mask.
+    Wait for its handshake with `await_command_start` before signalling it."""
+    sources = {0: stdin, 1: pipes["stdout_w"], 2: pipes["stderr_w"], READY_FD: pipes["ready_w"]}
+    lifted: dict[int, int] = {}
     try:
-        child = subprocess.Popen(
-            ["/bin/sh", "-c", WRAPPER, WRAPPER_ARGV0, status_path, command, *args],
-            stdin=stdin,
-            stdout=pipes["stdout_w"],
-            stderr=pipes["stderr_w"],
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        for target, fd in sources.items():
+            lifted[target] = _lifted_above_targets(fd)
+        keep = set(sources.values()) | set(lifted.values())
+        actions: list[tuple[int, ...]] = [
+            (os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(keep)
+        ]
+        actions += [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in lifted.items()]
+        return os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", "-c", WRAPPER, WRAPPER_ARGV0, cwd, status_path, command, *args],
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_DEFAULT_SIGNALS,
         )
     except OSError as err:
         raise DriverError(f"{_NAME}: cannot start {command!r}: {err}") from err
-    # From here on the driver reaps the wrapper with os.waitpid (or another agent does
-    # after a restart); the Popen object is dropped and must not warn about it.
-    child.returncode = 0
-    return child.pid
+    finally:
+        close_fds(*(fd for target, fd in lifted.items() if fd != sources[target]))
+
+
+def _lifted_above_targets(fd: int) -> int:
+    """`fd`, or a close-on-exec duplicate of it if its number is one the spawn assigns
+    (a spawn that assigns the numbers in turn would overwrite it before using it)."""
+    if fd not in _TARGET_FDS:
+        return fd
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(_TARGET_FDS) + 1)
+
+
+def _inheritable_fds(keep: set[int]) -> list[int]:
+    """The agent's descriptors above stderr that a spawn would pass on (those not
+    close-on-exec), apart from `keep`; the spawn closes them in the child."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            continue  # closed meanwhile (such as the listing's own descriptor)
+    return found
+
+
+def await_command_start(ready: int, timeout: float) -> bool:
+    """Wait for a spawned wrapper's handshake on the read end `ready`: True once its
+    subshell is about to exec the command (a signal sent to the group from now on acts
+    on the command), False if the wrapper exited without starting it. DriverError if
+    neither happens within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(ready, select.POLLIN)
+    if not poller.poll(max(0, int(timeout * 1000))):
+        raise DriverError(f"{_NAME}: the wrapper did not start the command within {timeout}s")
+    try:
+        return os.read(ready, 1) == b"\n"
+    except BlockingIOError:
+        return False
 
 
 def pidfd_open(pid: int) -> int | None:
@@ -436,12 +490,12 @@ def pidfd_open(pid: int) -> int | None:
         raise
 
 
-def kill_group_and_reap(pgid: int) -> None:
+def kill_group_and_reap(pgid: int) -> int | None:
     """SIGKILL group `pgid` and reap its leader (a wrapper that failed to be handed
-    over)."""
+    over); the leader's wait status, or None if it is not a child of this process."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, _signal.SIGKILL)
-    reap_blocking(pgid)
+    return reap_blocking(pgid)
 
 
 def close_fds(*fds: int | None) -> None:

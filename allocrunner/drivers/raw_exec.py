@@ -33,10 +33,14 @@ How a task runs:
   and is reported as killed by SIGKILL.
 - Stop sends the kill signal (default SIGINT) to the whole group, waits up to the
   timeout, then SIGKILLs the group; grandchildren die with it, and so does whatever
-  of the group outlives the task. A signal sent while the wrapper is still starting
-  the command is never lost: the wrapper notes it and exits as if the command had
-  been killed by it, or, if it came too late for that, it is sent again once the
-  command runs.
+  of the group outlives the task.
+- Signals are never lost at the start, nor inherited from the agent: the wrapper is
+  spawned with every signal at its default action and none blocked (an agent under
+  ``nohup`` ignores SIGHUP, one started as a background job SIGINT and SIGQUIT), and
+  `start()` returns only once the wrapper's handshake says the command is being
+  exec'd by a process that no longer traps anything, so a stop or a signal sent
+  right after `start()` acts on the command itself (see
+  `allocrunner.drivers._process`).
 
 Logs: the wrapper's stdout and stderr are pipes. One driver-wide `LogPump` thread
 copies them into ``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with rotation
@@ -80,10 +84,10 @@ from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
 from allocrunner.drivers._process import (
     STATUS_FILE,
     STREAMS,
+    await_command_start,
     boot_ticks,
     check_task_dirs,
     close_fds,
-    command_started,
     exit_result_from_status,
     group_usage,
     kill_group_and_reap,
@@ -93,6 +97,7 @@ from allocrunner.drivers._process import (
     read_pid_stat,
     remove_status,
     resolve_command,
+    result_from_wait,
     spawn_wrapper,
     task_env,
 )
@@ -127,9 +132,9 @@ _KNOWN_KEYS = frozenset(
 
 KILL_GRACE = 10.0
 """Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
-START_SETTLE = 10.0
-"""Seconds a signal sent while the wrapper is starting its command waits for the
-command to run, to be sent again if the wrapper could not apply it."""
+START_SETTLE = 30.0
+"""Seconds `start()` waits for the wrapper's handshake (its command about to be
+exec'd) before it kills the wrapper and fails."""
 POLL_INTERVAL = 0.05
 """Seconds between liveness checks of a task watched without a pidfd."""
 
@@ -202,7 +207,8 @@ class RawExecDriver:
 
     @calls_out
     def start(self, config: TaskConfig) -> TaskHandle:
-        """Start the process; return once it runs (DriverError if it cannot)."""
+        """Start the process; return once its command is being exec'd, so that a
+        signal sent from now on reaches it (DriverError if it cannot start)."""
         spec = parse_raw_exec_config(config.driver_config)
         task_dir = check_task_dirs(config)
         env = task_env(config)
@@ -222,12 +228,13 @@ class RawExecDriver:
             )
             ticks_after = boot_ticks()
         except BaseException:
-            close_fds(pipes["stdout_r"], pipes["stderr_r"])
+            close_fds(pipes["stdout_r"], pipes["stderr_r"], pipes["ready_r"])
             raise
         finally:
             # The wrapper holds the write ends now; the pump must see EOF when it ends.
-            close_fds(pipes["stdout_w"], pipes["stderr_w"])
+            close_fds(pipes["stdout_w"], pipes["stderr_w"], pipes["ready_w"])
         outputs = tuple((stream, pipes[f"{stream}_r"]) for stream in STREAMS)
+        self._await_command(pid, pipes["ready_r"], outputs, command)
         pidfd = None
         try:
             pidfd = None if self._exit_watch == "poll" else pidfd_open(pid)
@@ -278,7 +285,7 @@ class RawExecDriver:
             proc = self._tasks.get_locked(task_id)
             if proc.result_locked() is not None:
                 return
-        self._deliver(proc, sig)
+        proc.signal_group(sig)
         if not self._await_exit(proc, max(0.0, timeout)):
             with self._lock:
                 if proc.result_locked() is None:
@@ -326,7 +333,7 @@ class RawExecDriver:
         sig = signal_number(signal)
         with self._lock:
             proc = self._tasks.get_live_locked(task_id)
-        self._deliver(proc, sig)
+        proc.signal_group(sig)
 
     @calls_out
     def stats(self, task_id: str) -> dict[str, float]:
@@ -441,29 +448,32 @@ class RawExecDriver:
             if not recovered_meanwhile:
                 raise
 
-    @calls_out
-    def _deliver(self, proc: _TaskProcess, sig: int) -> None:
-        """Send `sig` to the task's group so that the command gets it exactly once.
-
-        Until the command has been exec'd, a signal can only reach the wrapper (or the
-        command's not-yet-exec'd fork, which forgets it). The wrapper then either exits
-        as if the command had been killed, or, if the signal came too late for that,
-        has started the command anyway: in that case the signal is sent again once the
-        command runs."""
-        started = command_started(proc.pid)
-        proc.signal_group(sig)
-        if started is not False:
+    @staticmethod
+    def _await_command(
+        pid: int, ready: int, outputs: tuple[tuple[str, int], ...], command: str
+    ) -> None:
+        """Wait for the handshake of wrapper `pid` (its command about to be exec'd).
+        Closes `ready`. If the wrapper exited first or took too long: kill its group,
+        reap it, close `outputs` and raise DriverError."""
+        try:
+            started = await_command_start(ready, START_SETTLE)
+        except BaseException:
+            close_fds(*(fd for _, fd in outputs))
+            kill_group_and_reap(pid)
+            raise
+        finally:
+            close_fds(ready)
+        if started:
             return
-        deadline = time.monotonic() + START_SETTLE
-        while not proc.done.cancelled() and time.monotonic() < deadline:
-            started = command_started(proc.pid)
-            if started is None:
-                return
-            if started:
-                proc.signal_group(sig)
-                return
-            if self._closing.wait(0.0005):
-                return
+        close_fds(*(fd for _, fd in outputs))
+        wait_status = kill_group_and_reap(pid)
+        ended = (
+            "" if wait_status is None else f", exit code {result_from_wait(wait_status).exit_code}"
+        )
+        raise DriverError(
+            f"{NAME}: cannot start {command!r}: its wrapper exited before starting it"
+            f"{ended}; see the task's stderr log"
+        )
 
     @calls_out
     def _await_exit(self, proc: _TaskProcess, timeout: float) -> bool:
