@@ -164,15 +164,16 @@ def _at_build_done(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 
 def _at_task_running(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
-    """The task runs, and the handle to re-attach to it is saved."""
-    put = FreezableDB.put_task_local_state
+    """The task runs: the handle to re-attach to it is saved, then its running state.
+    (A crash between those two writes is `test_crash_kill9`'s "task-running" step.)"""
+    put = FreezableDB.put_task_state
 
-    def crashing(self: FreezableDB, alloc_id: str, task: str, local: LocalState) -> None:
-        put(self, alloc_id, task, local)
-        if local.task_handle is not None:
+    def crashing(self: FreezableDB, alloc_id: str, task: str, state: TaskState) -> None:
+        put(self, alloc_id, task, state)
+        if state.state == "running":
             crash.point()
 
-    monkeypatch.setattr(FreezableDB, "put_task_local_state", crashing)
+    monkeypatch.setattr(FreezableDB, "put_task_state", crashing)
 
 
 def _at_destroy_enter(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
