@@ -142,9 +142,10 @@ def test_tasks_of_an_agent_that_ignores_and_blocks_signals_get_them(tmp_path):
 def test_start_returns_once_the_command_takes_signals_by_default(raw, tmp_path):
     """When start() returns the wrapper has forked the command and the fork catches no
     terminating signal any more (it only awaits its exec): a signal sent now acts on it,
-    never on a shell handler that would forget it."""
+    never on a shell handler that would forget it. (The command is sleep itself, which
+    sets no handler of its own, so the fork may be seen before or after its exec.)"""
     for _ in range(20):
-        config = task_config(tmp_path, sh("exec sleep 30"))
+        config = task_config(tmp_path, {"command": "/bin/sleep", "args": ["30"]})
         pid = raw.start(config).driver_state["pid"]
         try:
             children = children_of(pid)
