@@ -38,12 +38,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from allocrunner._locking import calls_out, thread_safe
 from allocrunner._rwlock import PrivateCondition
 
 T = TypeVar("T")
+
+
+def _nothing() -> None:
+    """The withdrawal of a callback that already ran."""
 
 # A parent drops the entries of dead children once it holds this many (or twice the
 # number alive at the last purge), so its table stays proportional to live children.
@@ -59,7 +64,16 @@ class CancelToken:
     every component that came and went.
     """
 
-    __slots__ = ("__weakref__", "_children", "_event", "_mutex", "_parents", "_purge_at", "_reason")
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_children",
+        "_event",
+        "_mutex",
+        "_parents",
+        "_purge_at",
+        "_reason",
+    )
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
@@ -68,6 +82,7 @@ class CancelToken:
         self._children: dict[int, weakref.ref[CancelToken]] = {}
         self._purge_at = _PURGE_MIN
         self._parents: tuple[CancelToken, ...] = ()
+        self._callbacks: tuple[Callable[[], object], ...] = ()
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Cancel with `reason`; True if this call did it, False if already cancelled."""
@@ -79,7 +94,10 @@ class CancelToken:
             self._children = {}
             parents = self._parents
             self._parents = ()
+            callbacks, self._callbacks = self._callbacks, ()
         self._event.set()
+        for callback in callbacks:
+            callback()
         for parent in parents:
             parent._forget(self)
         for child in children:
@@ -101,6 +119,22 @@ class CancelToken:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until cancelled or `timeout` passes; True if cancelled."""
         return self._event.wait(timeout)
+
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback` once, on the cancelling thread, when this token is cancelled
+        (at once, on this thread, if it already is). Returns a function that withdraws
+        the callback; waiters on file descriptors use it to wake a self-pipe instead of
+        polling the token. The callback must be quick and must not raise."""
+        with self._mutex:
+            if self._reason is None:
+                self._callbacks = (*self._callbacks, callback)
+                return partial(self._withdraw, callback)
+        callback()
+        return _nothing
+
+    def _withdraw(self, callback: Callable[[], object]) -> None:
+        with self._mutex:
+            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
 
     def child(self) -> CancelToken:
         """A new token cancelled with this one (and cancellable on its own)."""
