@@ -4,27 +4,34 @@
   `any_of` joins several into one. It asks for work to stop.
 - `Event`: a set-once event (a closed ``chan struct{}``): it reports that something
   happened (a write finished, a request was handled, a run returned), with no reason
-  and no request to stop anything.
+  and no request to stop anything; `on_set` and `wait(cancel=...)` compose it with a
+  token (wake on whichever comes first) without polling.
 - `Kick`: a coalescing notification (a capacity-1 ``chan struct{}``): extra kicks
   while one is pending are dropped.
 - `LatestValue`: a one-slot box where the newest value wins (a drain-and-replace
   channel), with an optional rule to keep the pending value instead.
 - `Slots`: a counting semaphore (at most N holders at a time).
 - `Fifo`: a first-in, first-out queue that never blocks (hand-off of work or results).
+- `WorkQueue`: a first-in, first-out queue whose `take` blocks until work comes or the
+  queue is closed (the feed of a fixed pool of worker threads).
 - `ThreadGroup`: named threads owned by one component and joined with a timeout.
 - `Waiter`: a one-shot wake-up for one blocked thread, for building a condition whose
   waiters are woken after the waker has released its own lock (so that they do not
   all pile up on that lock as they wake, as `threading.Condition` waiters do).
 
-`cancel`, `Event.set`, `kick`, `offer`, `Waiter.wake`, `Slots.release` and `Fifo.put`
-are notify-only: O(1), never block for long and take only their own private leaf lock,
-so they may be called while holding a declared lock (DESIGN.md §4 rule 4). Every
-waiting method carries `@calls_out`.
+`cancel`, `Event.set`, `kick`, `offer`, `Waiter.wake`, `Slots.release`, `Fifo.put`,
+`WorkQueue.put` and `WorkQueue.close` are notify-only: O(1) (`close` O(items left)),
+never block for long and take only their own private leaf lock, so they may be called
+while holding a declared lock (DESIGN.md §4 rule 4). Every waiting method carries
+`@calls_out`.
 
 Threads: none of their own except the ones a `ThreadGroup` starts for its owner; any
 thread may use them. Locks: each primitive owns one private raw mutex (or a
 `PrivateCondition` over one, which the blocking-wait check exempts: it is how the
-primitive blocks), never a declared lock, and calls nothing while holding it. This
+primitive blocks), never a declared lock, and calls nothing while holding it (except
+`ThreadGroup.spawn`, which starts the thread under its mutex; see there). The
+callbacks of `CancelToken.on_cancel` and `Event.on_set` run after that mutex is
+released, on the thread that cancels or sets. This
 module, `_locking` and `_rwlock` are the only places that build synchronisation
 objects by hand. Each class is marked `thread_safe`, so a tagged field may hold one.
 Owner: every component of the package builds the primitives it needs.
@@ -180,31 +187,63 @@ class Event:
 
     Unlike a CancelToken it carries no reason and asks nothing to stop: it tells
     waiters that something happened. `set` reports whether this call was the one that
-    set it, so of several racing callers exactly one sees True.
+    set it, so of several racing callers exactly one sees True. `on_set` lets a waiter
+    compose it with other wake-ups (a `Waiter` woken by an event or a token).
     """
 
-    __slots__ = ("_flag", "_mutex")
+    __slots__ = ("_callbacks", "_flag", "_mutex")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._flag = threading.Event()
+        self._callbacks: tuple[Callable[[], object], ...] = ()
 
     def set(self) -> bool:
-        """Set it and wake the waiters; True if this call set it, False if it was set."""
+        """Set it, wake the waiters and run the `on_set` callbacks (on this thread, after
+        the private lock is released); True if this call set it, False if it was set."""
         with self._mutex:
             if self._flag.is_set():
                 return False
             self._flag.set()
+            callbacks, self._callbacks = self._callbacks, ()
+        for callback in callbacks:
+            callback()
         return True
 
     def is_set(self) -> bool:
         """True once set."""
         return self._flag.is_set()
 
+    def on_set(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback` once, on the setting thread, when this event is set (at once,
+        on this thread, if it already is). Returns a function that withdraws it. The
+        callback must be quick, must not block and must not raise: `set` is notify-only
+        and may be called under a declared lock."""
+        with self._mutex:
+            if not self._flag.is_set():
+                self._callbacks = (*self._callbacks, callback)
+                return partial(self._withdraw, callback)
+        callback()
+        return _nothing
+
+    def _withdraw(self, callback: Callable[[], object]) -> None:
+        with self._mutex:
+            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
     @calls_out
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until set or `timeout` passes; True if set."""
-        return self._flag.wait(timeout)
+    def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> bool:
+        """Block until set, `cancel` is cancelled or `timeout` passes; True if set."""
+        if cancel is None or self._flag.is_set():
+            return self._flag.wait(timeout)
+        waiter = Waiter()
+        withdraw_set = self.on_set(waiter.wake)
+        withdraw_cancel = cancel.on_cancel(waiter.wake)
+        try:
+            waiter.wait(timeout)
+        finally:
+            withdraw_cancel()
+            withdraw_set()
+        return self._flag.is_set()
 
     def __repr__(self) -> str:
         return f"<Event set={self._flag.is_set()}>"
@@ -396,27 +435,89 @@ class Fifo(Generic[T]):
 
 
 @thread_safe
+class WorkQueue(Generic[T]):
+    """Thread-safe. A first-in, first-out queue of work for a fixed pool of threads:
+    `take` blocks, with no timeout, until an item comes or the queue is closed. `put`
+    is notify-only; `close` refuses further items, wakes every taker and hands back what
+    was left, so that the owner decides what becomes of it."""
+
+    __slots__ = ("_closed", "_cond", "_items")
+
+    def __init__(self) -> None:
+        self._cond = PrivateCondition(threading.Lock())
+        self._items: collections.deque[T] = collections.deque()
+        self._closed = False
+
+    def put(self, item: T) -> bool:
+        """Append `item` and wake one taker; False (item not queued) once closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    @calls_out
+    def take(self) -> T | None:
+        """Wait for the oldest item and remove it; None once the queue is closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._closed)
+            if self._closed:
+                return None
+            return self._items.popleft()
+
+    def close(self) -> list[T]:
+        """Refuse further items, wake every taker and return the items left, oldest
+        first. Idempotent (a second call returns [])."""
+        with self._cond:
+            self._closed = True
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return items
+
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+@thread_safe
 class ThreadGroup:
     """Thread-safe. Starts named threads and joins them together with a deadline.
 
     Threads are daemons so that a bug can never keep the interpreter alive, but every
     owner joins its group on shutdown; the test harness fails on any thread left alive.
+    A spawn costs amortised O(1): the record of threads forgets the dead ones only once
+    it has grown past twice the number alive at the last purge, so it stays proportional
+    to the threads alive, however many short-lived ones a long-lived group starts.
     """
 
-    __slots__ = ("_mutex", "_threads", "name")
+    __slots__ = ("_mutex", "_purge_at", "_threads", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._mutex = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        # Insertion-ordered; only started threads are recorded, so a purge (which drops
+        # the threads that are not alive) never drops one that has yet to start.
+        self._threads: dict[threading.Thread, None] = {}
+        self._purge_at = _PURGE_MIN
 
     def spawn(self, name: str, target: Callable[..., object], *args: Any) -> threading.Thread:
         """Start `target(*args)` on a new thread called `name`."""
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         with self._mutex:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+            # Started under the group's private mutex so that `join` and `alive` never see
+            # a thread that is recorded but not started; start() only waits for the new
+            # thread to begin, and the new thread never takes this mutex.
+            thread.start()
+            if len(self._threads) >= self._purge_at:
+                self._threads = {t: None for t in self._threads if t.is_alive()}
+                self._purge_at = max(_PURGE_MIN, 2 * len(self._threads))
+            self._threads[thread] = None
         return thread
 
     @calls_out
