@@ -26,12 +26,17 @@ Rules it keeps, from Nomad's history:
 
 `run_allocs` calls from several threads are applied one at a time, newest desired set
 first: a caller whose set was superseded by a newer one while it waited returns once the
-newer one is applied (the server's latest view of the node is what counts).
+newer one is applied (the server's latest view of the node is what counts). Applying a
+set never waits on a runner: new allocations are queued in the registry, in order, and
+the ``client-starter`` thread builds their runners and starts them; the runner's own
+``alloc-<id8>`` thread then writes the allocation to the state DB and runs it. The views
+(`runner`, `runners`, `allocs`) wait for the queued runners they would show to be built,
+so a caller sees every allocation of the sets it applied.
 
-Threads (owned, joined by `shutdown()`): ``client-updates`` and the collector's ``gc``
-(and its ``gc-destroy-<id8>`` workers); each runner owns its own.
-Locks: "Client._allocs_lock" guards the registry and the `run_allocs` turn (see the
-class); nothing is called with it held.
+Threads (owned, joined by `shutdown()`): ``client-starter``, ``client-updates`` and the
+collector's ``gc`` (and its ``gc-destroy-<id8>`` workers); each runner owns its own.
+Locks: "Client._allocs_lock" guards the registry (the queued allocations included) and
+the `run_allocs` turn (see the class); nothing is called with it held.
 Owner: the embedder, or the agent (`allocrunner.agent`), which is a thin layer over it.
 """
 
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 import attrs
 
@@ -58,6 +64,8 @@ from allocrunner.structs import CLIENT_FAILED, Allocation, FrozenDict
 __all__ = ["Client"]
 
 log = logging.getLogger("allocrunner.client")
+
+T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 30.0
 # How many removed alloc ids are remembered to ignore stale views that list them again.
@@ -98,11 +106,15 @@ class Client:
     _update_kick = immutable()
     _updates_stop = immutable()
     _shutdown_done = immutable()
+    _start_kick = immutable()
+    _starter = immutable()
     _allocs_lock = immutable()
     # _allocs_lock guards the registry: _runners, _indexes, _retired, _marked, _pending,
-    # _phase, _list_index, _tombstones, and the run_allocs turn: _desired, _submitted, _applied,
-    # _applying, _waiters
+    # _phase, _list_index, _tombstones, _queued, _built, and the run_allocs turn: _desired,
+    # _submitted, _applied, _applying, _waiters
     _runners = guarded("_allocs_lock")
+    _queued = guarded("_allocs_lock")  # id -> latest Allocation whose runner is not built yet
+    _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
     _indexes = guarded("_allocs_lock")
     _retired = guarded("_allocs_lock")
     _marked = guarded("_allocs_lock")
@@ -142,6 +154,8 @@ class Client:
         self._update_kick = Kick()
         self._updates_stop = CancelToken()
         self._shutdown_done = CancelToken()
+        self._start_kick = Kick()
+        self._starter = ThreadGroup("client-starter")
 
         self._allocs_lock = make_lock("Client._allocs_lock")
         self._runners: FrozenDict[str, AllocRunner] = FrozenDict()
@@ -152,6 +166,8 @@ class Client:
         self._phase = _NEW
         self._list_index = -1
         self._tombstones: FrozenDict[str, None] = FrozenDict()
+        self._queued: FrozenDict[str, Allocation] = FrozenDict()
+        self._built = CancelToken()
         self._desired: _Desired | None = None
         self._submitted = 0
         self._applied = 0
@@ -174,23 +190,45 @@ class Client:
         """The state DB the client restores from and its runners write to."""
         return self._db
 
+    @calls_out
     def runner(self, alloc_id: str) -> AllocRunner | None:
-        """The tracked runner of `alloc_id`, or None."""
-        with self._allocs_lock:
-            return self._runners.get(alloc_id)
+        """The tracked runner of `alloc_id`, or None; waits while it is queued, not built."""
+        while True:
+            with self._allocs_lock:
+                ar = self._runners.get(alloc_id)
+                built = self._built
+                queued = alloc_id in self._queued
+            if ar is not None or not queued:
+                return ar
+            built.wait()
 
+    @calls_out
     def runners(self) -> list[AllocRunner]:
-        """Every tracked runner (destroyed ones included until the server removes them)."""
+        """Every tracked runner (destroyed ones included until the server removes them);
+        waits until the runners of the allocations queued so far are built."""
         with self._allocs_lock:
-            return list(self._runners.values())
+            queued = frozenset(self._queued)
+        while True:
+            with self._allocs_lock:
+                runners = list(self._runners.values())
+                built = self._built
+                waiting = not queued.isdisjoint(self._queued)
+            if not waiting:
+                return runners
+            built.wait()
 
+    @calls_out
     def allocs(self) -> list[Allocation]:
         """The client view (client status, task states filled) of every tracked alloc."""
         return [r.client_alloc() for r in self.runners()]
 
     def num_allocs(self) -> int:
-        """How many tracked allocations are not destroyed."""
-        return sum(1 for r in self.runners() if not r.is_destroyed())
+        """How many tracked allocations are not destroyed (queued ones included);
+        never waits."""
+        with self._allocs_lock:
+            queued = len(self._queued)
+            runners = list(self._runners.values())
+        return queued + sum(1 for r in runners if not r.is_destroyed())
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -223,6 +261,7 @@ class Client:
             ar.start()
         self._gc.start()
         self._threads.spawn("client-updates", self._send_updates)
+        self._starter.spawn("client-starter", self._start_queued)
         # Allocations that had finished before the restart report no new state, so
         # they are marked for collection here (Nomad's client does the same on restore).
         finished = [ar for ar in restored if ar.client_alloc().client_terminal()]
@@ -313,7 +352,10 @@ class Client:
             return self._shutdown_done.wait(timeout)
         if waiter is not None:
             waiter.wait(timeout)
-        ok = self._gc.stop(timeout)
+        self._start_kick.kick()
+        ok = self._starter.join(timeout)
+        self._drop_queued()
+        ok = self._gc.stop(timeout) and ok
         with self._allocs_lock:
             tracked = list(self._runners.values())
             retired = list(self._retired.values())
@@ -367,8 +409,17 @@ class Client:
         the tracked runner of its previous allocation); known ids with a higher
         `alloc_modify_index` are updated; tracked ids missing from the set are untracked
         and collected in the background. `index` (the server's index of this view)
-        makes a set not newer than the last one applied be ignored. Returns once this
-        set, or a newer one, has been applied; ignored after `shutdown()`.
+        makes a set not newer than the last one applied be ignored. Ignored after
+        `shutdown()`; AllocRunnerError before `start()`.
+
+        Returns once this set, or a newer one, has been applied, which never waits on a
+        runner: the set is diffed against the registry, updates are handed to the
+        runners' mailboxes, removed allocations are untracked, and new ones are queued
+        in the registry (tracked from now on). The ``client-starter`` thread builds
+        their runners in order (a replacement after its previous allocation) and starts
+        them; each runner's own thread writes its allocation to the state DB first. An
+        agent killed before that write loses the allocation, which the server sends
+        again.
         """
         desired = self._check_allocs(allocs)
         with self._allocs_lock:
@@ -432,27 +483,30 @@ class Client:
                     return
                 self._list_index = job.index
             runners = self._runners
+            known = frozenset(runners) | frozenset(self._queued)
             indexes = self._indexes
             buried = [i for i in (a.id for a in job.allocs) if i in self._tombstones]
         if buried:
             log.debug("ignoring removed allocations listed again: %s", ", ".join(buried))
         desired = {a.id: a for a in job.allocs}
-        removed = {i: r for i, r in runners.items() if i not in desired}
+        removed = {i: runners.get(i) for i in known if i not in desired}
         updates = [
-            a for i, a in desired.items() if i in runners and a.alloc_modify_index > indexes[i]
+            a for i, a in desired.items() if i in known and a.alloc_modify_index > indexes[i]
         ]
-        adds = _order_adds([a for i, a in desired.items() if i not in runners and i not in buried])
+        adds = _order_adds([a for i, a in desired.items() if i not in known and i not in buried])
 
         if removed:
             self._remove(removed)
         if updates:
             self._update(updates)
-        for alloc in adds:
-            self._add(alloc)
+        if adds:
+            self._queue(adds)
         if updates or adds:
             self._gc.trigger()
 
-    def _remove(self, removed: dict[str, AllocRunner]) -> None:
+    def _remove(self, removed: dict[str, AllocRunner | None]) -> None:
+        """Untrack `removed` (a queued allocation has no runner yet: it is dropped)."""
+        built = {i: r for i, r in removed.items() if r is not None}
         with self._allocs_lock:
             retired = self._retired
         # Runners destroyed and closed by the collector need no more watching.
@@ -460,12 +514,18 @@ class Client:
         with self._allocs_lock:
             runners = FrozenDict({i: r for i, r in self._runners.items() if i not in removed})
             self._runners = runners
-            self._indexes = FrozenDict({i: n for i, n in self._indexes.items() if i in runners})
+            queued = FrozenDict({i: a for i, a in self._queued.items() if i not in removed})
+            if len(queued) != len(self._queued):
+                self._queued = queued
+                self._signal_built_locked()
+            self._indexes = FrozenDict(
+                {i: n for i, n in self._indexes.items() if i in runners or i in queued}
+            )
             self._marked = self._marked - frozenset(removed)
             kept = {i: r for i, r in self._retired.items() if i not in gone}
-            self._retired = FrozenDict({**kept, **removed})
+            self._retired = FrozenDict({**kept, **built})
             self._bury_locked(removed)
-        for alloc_id, ar in removed.items():
+        for alloc_id, ar in built.items():
             log.debug("allocation %s: removed by the server; collecting", alloc_id)
             self._gc.mark_for_collection(alloc_id, ar)
             self._gc.collect_async(alloc_id)
@@ -482,35 +542,95 @@ class Client:
         targets: list[tuple[AllocRunner, Allocation]] = []
         with self._allocs_lock:
             indexes = dict(self._indexes)
+            queued = self._queued
             for alloc in updates:
+                known = alloc.id in queued or alloc.id in self._runners
+                if not known or alloc.alloc_modify_index <= indexes[alloc.id]:
+                    continue
+                indexes[alloc.id] = alloc.alloc_modify_index
                 ar = self._runners.get(alloc.id)
-                if ar is not None and alloc.alloc_modify_index > indexes[alloc.id]:
-                    indexes[alloc.id] = alloc.alloc_modify_index
+                if ar is not None:
                     targets.append((ar, alloc))
+                else:
+                    # Not built yet: it will be built from this newer version.
+                    queued = queued.set(alloc.id, alloc)
+            self._queued = queued
             self._indexes = FrozenDict(indexes)
         for ar, alloc in targets:
             ar.update(alloc)
 
+    def _queue(self, adds: list[Allocation]) -> None:
+        """Track `adds` (in order) and wake the starter, which builds their runners."""
+        with self._allocs_lock:
+            if self._phase != _RUNNING:
+                return
+            self._queued = FrozenDict({**self._queued, **{a.id: a for a in adds}})
+            self._indexes = FrozenDict(
+                {**self._indexes, **{a.id: a.alloc_modify_index for a in adds}}
+            )
+        self._start_kick.kick()
+
+    @requires("_allocs_lock")
+    def _signal_built_locked(self) -> None:
+        """Wake the views waiting for queued runners (notify-only)."""
+        self._built.cancel("queue changed")
+        self._built = CancelToken()
+
     @calls_out
-    def _add(self, alloc: Allocation) -> None:
-        prev = self.runner(alloc.previous_allocation) if alloc.previous_allocation else None
-        try:
-            self._db.put_allocation(alloc)
-        except Exception:
-            log.exception("allocation %s: persisting failed", alloc.id)
+    def _start_queued(self) -> None:
+        """The ``client-starter`` thread: build and start the queued runners, in order,
+        until the client shuts down."""
+        while True:
+            with self._allocs_lock:
+                if self._phase != _RUNNING:
+                    return
+                alloc = next(iter(self._queued.values()), None)
+                prev = None
+                if alloc is not None and alloc.previous_allocation:
+                    prev = self._runners.get(alloc.previous_allocation)
+            if alloc is None:
+                self._start_kick.wait()
+                continue
+            self._build(alloc, prev)
+
+    @calls_out
+    def _build(self, alloc: Allocation, prev: AllocRunner | None) -> None:
+        """Build the runner of the queued `alloc` and start it, unless the allocation
+        was removed (or the client shut down) meanwhile; a newer version queued while it
+        was built is handed to it as an update."""
         try:
             ar = self._new_runner(alloc, prev)
         except Exception as err:
             log.error("allocation %s: cannot be run: %s", alloc.id, err)
+            with self._allocs_lock:
+                if alloc.id in self._queued:
+                    self._queued = _without(self._queued, alloc.id)
+                    self._indexes = _without(self._indexes, alloc.id)
+                    self._signal_built_locked()
             self._forget(alloc.id)
             self._record_update(
                 attrs.evolve(alloc, client_status=CLIENT_FAILED, client_description=str(err))
             )
             return
         with self._allocs_lock:
-            self._runners = self._runners.set(alloc.id, ar)
-            self._indexes = self._indexes.set(alloc.id, alloc.alloc_modify_index)
+            latest = self._queued.get(alloc.id)
+            keep = latest is not None and self._phase == _RUNNING
+            if keep:
+                self._runners = self._runners.set(alloc.id, ar)
+                self._queued = _without(self._queued, alloc.id)
+                self._signal_built_locked()
+        if not keep or latest is None:
+            return
+        if latest.alloc_modify_index > alloc.alloc_modify_index:
+            ar.update(latest)
         ar.start()
+
+    def _drop_queued(self) -> None:
+        """Shutting down: forget the allocations whose runners were never built (the
+        server sends them again after the restart)."""
+        with self._allocs_lock:
+            self._queued = FrozenDict()
+            self._signal_built_locked()
 
     # --- explicit collection ------------------------------------------------------------
 
@@ -572,6 +692,11 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self._config.data_dir}>"
+
+
+def _without(mapping: FrozenDict[str, T], key: str) -> FrozenDict[str, T]:
+    """A copy of `mapping` without `key` (order kept)."""
+    return FrozenDict({k: v for k, v in mapping.items() if k != key})
 
 
 def _order_adds(adds: list[Allocation]) -> list[Allocation]:

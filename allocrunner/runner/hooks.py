@@ -31,6 +31,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 from allocrunner.allocwatcher import PrevAllocMigrator, PrevAllocWatcher
 from allocrunner.structs import Allocation
+from allocrunner.taskrunner.hooks import implements
 
 __all__ = [
     "PHASE_LABELS",
@@ -122,15 +123,15 @@ class AllocHooks:
         """Sort `hooks` by the phases they implement; TypeError for a hook with none."""
         ordered = tuple(hooks)
         for hook in ordered:
-            if not isinstance(hook, _PHASES):
+            if not any(implements(hook, phase) for phase in _PHASES):
                 raise TypeError(f"alloc hook {hook!r} implements no phase")
         return cls(
-            prerun_hooks=tuple(h for h in ordered if isinstance(h, Prerun)),
-            update_hooks=tuple(h for h in ordered if isinstance(h, Update)),
-            pre_kill_hooks=tuple(h for h in ordered if isinstance(h, PreKill)),
-            postrun_hooks=tuple(h for h in ordered if isinstance(h, Postrun)),
-            destroy_hooks=tuple(h for h in ordered if isinstance(h, Destroy)),
-            shutdown_hooks=tuple(h for h in ordered if isinstance(h, Shutdown)),
+            prerun_hooks=tuple(h for h in ordered if implements(h, Prerun)),
+            update_hooks=tuple(h for h in ordered if implements(h, Update)),
+            pre_kill_hooks=tuple(h for h in ordered if implements(h, PreKill)),
+            postrun_hooks=tuple(h for h in ordered if implements(h, Postrun)),
+            destroy_hooks=tuple(h for h in ordered if implements(h, Destroy)),
+            shutdown_hooks=tuple(h for h in ordered if implements(h, Shutdown)),
         )
 
     @calls_out

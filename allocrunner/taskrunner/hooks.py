@@ -213,24 +213,41 @@ class BoundHook:
         return self.hook.name
 
 
+# (hook class, phase protocol) -> whether the class implements it. A runtime protocol
+# check costs a walk over the protocol's members; hooks define their phase methods on
+# the class, so one check per class is enough. Written without a lock: a dict item
+# assignment is atomic, and two threads that race compute the same answer.
+_IMPLEMENTS: dict[tuple[type, type], bool] = {}
+
+
+def implements(hook: object, phase: type) -> bool:
+    """`isinstance(hook, phase)` for a runtime phase protocol, decided once per class."""
+    key = (type(hook), phase)
+    known = _IMPLEMENTS.get(key)
+    if known is None:
+        known = isinstance(hook, phase)
+        _IMPLEMENTS[key] = known
+    return known
+
+
 def bind_phase(hooks: Sequence[object], phase: str) -> list[BoundHook]:
     """The hooks of `hooks` that implement `phase`, in order, each with its method;
     ValueError for an unknown phase."""
     match phase:
         case "prestart":
-            return [BoundHook(h, h.prestart) for h in hooks if isinstance(h, Prestart)]
+            return [BoundHook(h, h.prestart) for h in hooks if implements(h, Prestart)]
         case "poststart":
-            return [BoundHook(h, h.poststart) for h in hooks if isinstance(h, Poststart)]
+            return [BoundHook(h, h.poststart) for h in hooks if implements(h, Poststart)]
         case "pre_kill":
-            return [BoundHook(h, h.pre_kill) for h in hooks if isinstance(h, PreKill)]
+            return [BoundHook(h, h.pre_kill) for h in hooks if implements(h, PreKill)]
         case "exited":
-            return [BoundHook(h, h.exited) for h in hooks if isinstance(h, Exited)]
+            return [BoundHook(h, h.exited) for h in hooks if implements(h, Exited)]
         case "update":
-            return [BoundHook(h, h.update) for h in hooks if isinstance(h, Update)]
+            return [BoundHook(h, h.update) for h in hooks if implements(h, Update)]
         case "stop":
-            return [BoundHook(h, h.stop) for h in hooks if isinstance(h, Stop)]
+            return [BoundHook(h, h.stop) for h in hooks if implements(h, Stop)]
         case "shutdown":
-            return [BoundHook(h, h.shutdown) for h in hooks if isinstance(h, Shutdown)]
+            return [BoundHook(h, h.shutdown) for h in hooks if implements(h, Shutdown)]
     raise ValueError(f"unknown task hook phase {phase!r} (phases: {', '.join(PHASES)})")
 
 

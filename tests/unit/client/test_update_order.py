@@ -65,6 +65,7 @@ def views_in_any_order(client: Client, spy: UpdateSpy) -> None:
     """One thread sends views of one allocation with indexes going up and down."""
     alloc = _at(_long_running(0), 10)
     client.run_allocs([alloc])
+    assert client.runner(alloc.id) is not None  # built: every update is forwarded
     for index in (12, 11, 5, 12, 13, 10, 14, 13):
         client.run_allocs([_at(alloc, index)])
     assert spy.indexes(alloc.id) == [12, 13, 14]
@@ -75,6 +76,7 @@ def views_from_many_threads(client: Client, spy: UpdateSpy) -> None:
     """Four threads send desired sets of three allocations with random indexes."""
     allocs = [_at(_long_running(n), 10) for n in range(3)]
     client.run_allocs(allocs)
+    assert len(client.runners()) == len(allocs)
     errors: list[BaseException] = []
 
     def sender(seed: int) -> None:
@@ -97,6 +99,22 @@ def views_from_many_threads(client: Client, spy: UpdateSpy) -> None:
 
 
 SCENARIOS: list[Callable[[Client, UpdateSpy], None]] = [views_in_any_order, views_from_many_threads]
+
+
+def test_updates_of_an_allocation_not_built_yet_are_folded_into_its_build(
+    make_client, monkeypatch
+) -> None:
+    """The runner is built from the newest view queued, so it never sees an older one."""
+    spy = UpdateSpy(monkeypatch)
+    client = make_client(state_db=MemDB())
+    client.start()
+    alloc = _at(_long_running(0), 10)
+    for index in (10, 12, 11, 14, 13):
+        client.run_allocs([_at(alloc, index)])
+    ar = client.runner(alloc.id)
+    assert ar is not None
+    assert ar.alloc().alloc_modify_index == 14 or spy.indexes(alloc.id)[-1:] == [14]
+    spy.check_never_lower()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
