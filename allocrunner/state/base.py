@@ -14,6 +14,9 @@ the driver handle used to re-attach). It mirrors Nomad's client state DB:
 - A write whose encoded value equals the last one written for the same key is
   skipped (Nomad's boltdd de-duplication). The implementations here also offer
   `stats() -> WriteStats`, counting what was written, skipped and dropped.
+- A write may return before it is durable (SQLiteStateDB commits on its own thread,
+  in groups); `flush()` returns once everything written before it is, and
+  `delete_allocation` and `close()` flush. A read sees every write made before it.
 
 Every public method of a StateDB is a callout: it may do file I/O, so callers must
 hold no declared lock when they call it.
@@ -40,6 +43,7 @@ __all__ = [
     "LocalState",
     "StateDB",
     "WriteStats",
+    "flush_state_db",
 ]
 
 
@@ -182,13 +186,21 @@ class LocalState:
 class WriteStats:
     """Immutable. Counters of a state DB's writes since it was opened.
 
-    `writes` reached the store; `skipped` were identical to the last value written for
-    their key (de-duplicated); `dropped` targeted an allocation already deleted.
+    `writes` were accepted for the store; `skipped` were identical to the last value
+    written for their key (de-duplicated); `dropped` targeted an allocation already
+    deleted. A store that commits in groups (SQLiteStateDB) also counts `commits`
+    (transactions), `coalesced` (accepted writes superseded by a later write of the
+    same key in the same transaction, so never written to the file) and `failed`
+    (accepted writes lost to a failed transaction); these three follow its writer
+    thread, so read them after `flush()` for settled figures.
     """
 
     writes: int = 0
     skipped: int = 0
     dropped: int = 0
+    commits: int = 0
+    coalesced: int = 0
+    failed: int = 0
 
 
 @runtime_checkable
@@ -234,6 +246,20 @@ class StateDB(Protocol):
         """The stored deployment status, or None."""
         ...
 
-    def close(self) -> None:
-        """Release the store. Idempotent."""
+    def flush(self) -> None:
+        """Return once every write made before the call is durable (StateDBError if a
+        write failed)."""
         ...
+
+    def close(self) -> None:
+        """Flush and release the store. Idempotent."""
+        ...
+
+
+def flush_state_db(db: StateDB) -> None:
+    """`db.flush()`, for a caller that must know its writes are durable before it goes
+    on. A StateDB written before `flush` joined the protocol writes synchronously, so
+    one without the method needs nothing."""
+    flush = getattr(db, "flush", None)
+    if flush is not None:
+        flush()

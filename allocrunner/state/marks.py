@@ -18,7 +18,7 @@ Owner: the AllocRunner's persister writes the mark; `AllocRunner.restore` and
 
 from __future__ import annotations
 
-from allocrunner.state.base import HookState, LocalState, StateDB
+from allocrunner.state.base import HookState, LocalState, StateDB, flush_state_db
 
 __all__ = ["DESTROYING_TASK", "destroy_interrupted", "mark_destroying"]
 
@@ -29,8 +29,10 @@ _MARK = LocalState(hooks={"destroy": HookState(prestart_done=True)})
 
 
 def mark_destroying(db: StateDB, alloc_id: str) -> None:
-    """Record that the destroy of `alloc_id` has begun (a callout: may do I/O)."""
+    """Record, durably, that the destroy of `alloc_id` has begun (a callout: it writes
+    and flushes, so the mark is on disk before anything is removed)."""
     db.put_task_local_state(alloc_id, DESTROYING_TASK, _MARK)
+    flush_state_db(db)
 
 
 def destroy_interrupted(db: StateDB, alloc_id: str) -> bool:

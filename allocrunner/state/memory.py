@@ -203,6 +203,13 @@ class MemDB:
             return WriteStats(self._writes, self._skipped, self._dropped)
 
     @calls_out
+    def flush(self) -> None:
+        """Nothing to wait for: every write is in place when it returns. StateDBError
+        once closed, like the other methods."""
+        with self._lock:
+            self._check_open_locked()
+
+    @calls_out
     def close(self) -> None:
         """Refuse further use. Idempotent."""
         with self._lock:

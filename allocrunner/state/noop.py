@@ -62,6 +62,10 @@ class NoopDB:
         return WriteStats()
 
     @calls_out
+    def flush(self) -> None:
+        """Nothing to wait for."""
+
+    @calls_out
     def close(self) -> None:
         """Nothing to release."""
 

@@ -11,22 +11,37 @@ row per key, the way Nomad's bolt buckets do::
 Values are JSON text: allocations and task states in Nomad's API shape (the
 `allocrunner.jobspec` codec), local state through `LocalState.to_json`.
 
-Durability. The database runs in WAL mode with ``synchronous=NORMAL``: every write
-is its own transaction and survives a crash of the process; a power loss may roll
-back the last few writes but never corrupts the file. Losing the newest writes on a
-power loss is harmless here because a reboot also ends the tasks they describe.
-Pass ``durable=True`` for ``synchronous=FULL`` (an fsync per write).
+Writes. A caller encodes its value on its own thread and queues the record
+(`sqlite_writer.WriteQueue`); the ``statedb-writer`` thread commits everything queued
+in one transaction (group commit), the last write of each key winning. So a put
+costs its caller the encoding and a few steps under a short lock, never a wait for
+the file. `flush()` returns once everything queued before it is committed;
+`delete_allocation` returns once the delete is, and so does a `put_task_local_state`
+that records a new driver handle (the record whose loss would make a restore start
+the task a second time). `close()` commits what is queued, then closes.
 
-Concurrency. One connection is shared by every thread and used only under
-"StateDB._lock"; encoding and decoding run outside it. Several processes may open
-the same file (SQLite serialises them, waiting up to `busy_timeout` seconds), but
-the write de-duplication remembers only this instance's own writes.
+Reads. Each read borrows a pooled read-only connection (`sqlite_file.ReadPool`) and
+reads the last committed WAL snapshot, so it never waits for the writer's
+transaction. A read sees its caller's own writes: it first waits until the writes
+queued for the allocation it reads (for `all_allocations`, every write queued) are
+committed; reads of allocations with nothing queued do not wait.
 
-Threads: none of its own; any thread may call it. Locks: "StateDB._lock" guards the
-connection, the de-duplication record, the ids of deleted allocations and the write
-counters; the SQLite calls under it are the package's one documented lock-held I/O.
-Owner: `Client` opens one at `ClientConfig.state_db_path()` unless the embedder passes
-its own StateDB, and closes the one it opened at shutdown.
+Durability. WAL with ``synchronous=NORMAL``: a committed transaction survives a crash
+of the process; a power loss may roll back the last few but never corrupts the file.
+Batches commit in queue order, so after a ``kill -9`` the file holds a prefix of the
+writes, including everything a `flush()` acknowledged. ``durable=True`` selects
+``synchronous=FULL`` (an fsync per transaction). A failed transaction is logged and
+counted, and from then on every write, `flush()` and the first `close()` raise
+StateDBError naming the file (a later commit would leave a gap, not a prefix).
+
+Several processes may open the same file (SQLite serialises their writes, waiting up
+to `busy_timeout` seconds), but the write de-duplication and the tombstones of
+deleted allocations cover this instance's own writes only.
+
+Threads: callers on any thread; ``statedb-writer`` (started by the first write, joined
+by `close`). Locks: the write queue's "StateDB._lock" (see `sqlite_writer`); no I/O
+runs under it. Owner: `Client` opens one at `ClientConfig.state_db_path()` unless the
+embedder passes its own StateDB, and closes the one it opened at shutdown.
 """
 
 from __future__ import annotations
@@ -37,12 +52,10 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from allocrunner._guarded import guarded_dict
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
+from allocrunner._locking import calls_out, immutable
 from allocrunner.errors import JobSpecError, StateDBError
 from allocrunner.jobspec import (
     decode_alloc_state,
@@ -53,33 +66,21 @@ from allocrunner.jobspec import (
     encode_task_state,
 )
 from allocrunner.state.base import LocalState, WriteStats
+from allocrunner.state.sqlite_file import SCHEMA_VERSION, ReadPool, open_writer
+from allocrunner.state.sqlite_writer import NOT_QUEUED, Enqueued, Key, WriteQueue
 from allocrunner.structs import Allocation, AllocDeploymentStatus, AllocState, TaskState
-from allocrunner.structs.frozen import FrozenDict
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateDB"]
 
 log = logging.getLogger("allocrunner.state")
 
-SCHEMA_VERSION = 1
-"""The layout this build writes; a file with a higher version is refused."""
+T = TypeVar("T")
 
 _ALLOC = "alloc"
 _DEPLOY = "deploy_status"
 _TASK_STATE = "task_state"
 _LOCAL_STATE = "local_state"
 _NO_TASK = ""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    alloc_id TEXT NOT NULL,
-    task     TEXT NOT NULL,
-    kind     TEXT NOT NULL,
-    value    TEXT NOT NULL,
-    PRIMARY KEY (alloc_id, task, kind)
-) WITHOUT ROWID
-"""
-
-_Key = tuple[str, str]  # (task, kind) within one allocation
 
 
 def _digest(text: str) -> bytes:
@@ -102,6 +103,13 @@ def _decode_deployment(obj: Any) -> AllocDeploymentStatus:
     return status
 
 
+def _new_handle(local: LocalState, previous: object | None) -> bool:
+    """True when `local` records a driver handle the previous local state did not."""
+    if local.task_handle is None:
+        return False
+    return not isinstance(previous, LocalState) or previous.task_handle != local.task_handle
+
+
 class SQLiteStateDB:
     """Thread-safe. A StateDB in one SQLite file at `path` (parent dirs are created).
 
@@ -109,16 +117,9 @@ class SQLiteStateDB:
     database (corrupt, or another program's), or was written by a newer version.
     """
 
-    # _lock guards: _conn, _last (a checked container, changed in place), _deleted,
-    # _writes, _skipped, _dropped
-    _lock = immutable()
-    _conn = guarded("_lock")
-    _last = immutable()
-    _deleted = guarded("_lock")
-    _writes = guarded("_lock")
-    _skipped = guarded("_lock")
-    _dropped = guarded("_lock")
     _path = immutable()
+    _queue = immutable()
+    _readers = immutable()
 
     @calls_out
     def __init__(
@@ -128,196 +129,41 @@ class SQLiteStateDB:
         durable: bool = False,
         busy_timeout: float = 5.0,
     ) -> None:
-        self._lock = make_lock("StateDB._lock")
         self._path = Path(path)
-        # per allocation: key -> (last value written, digest of its encoding)
-        self._last: dict[str, FrozenDict[_Key, tuple[object, bytes]]] = guarded_dict(self._lock)
-        self._deleted: frozenset[str] = frozenset()
-        self._writes = self._skipped = self._dropped = 0
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StateDBError(
-                f"state db {self._path}: cannot create its directory: {err}"
-            ) from err
-        if self._path.is_dir():
-            raise StateDBError(f"state db {self._path}: is a directory, not a database file")
-        try:
-            conn = sqlite3.connect(
-                self._path,
-                timeout=busy_timeout,
-                isolation_level=None,  # autocommit: each statement is one transaction
-                check_same_thread=False,  # shared by threads, always under _lock
-            )
-        except sqlite3.Error as err:
-            raise StateDBError(f"state db {self._path}: cannot open: {err}") from err
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("state db %s: WAL mode unavailable, using %s", self._path, mode)
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._init_schema(conn)
-        except StateDBError:
-            conn.close()
-            raise
-        except sqlite3.Error as err:
-            conn.close()
-            raise StateDBError(
-                f"state db {self._path}: not a usable state database: {err}"
-            ) from err
-        self._conn: sqlite3.Connection | None = conn
-
-    def _init_schema(self, conn: sqlite3.Connection) -> None:
-        """Create the tables of a new file, or check the version of an existing one."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            tables = {
-                row[0]
-                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if "meta" not in tables:
-                if tables:
-                    raise StateDBError(
-                        f"state db {self._path}: not an allocrunner state database "
-                        f"(has tables {', '.join(sorted(tables))} but no meta table)"
-                    )
-                conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                conn.execute(_SCHEMA)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("version", str(SCHEMA_VERSION)),
-                        ("created", datetime.now(UTC).isoformat()),
-                    ],
-                )
-            else:
-                self._check_version(conn)
-                conn.execute(_SCHEMA)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _check_version(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        if row is None:
-            raise StateDBError(f"state db {self._path}: meta table has no schema version")
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError):
-            raise StateDBError(
-                f"state db {self._path}: unreadable schema version {row[0]!r}"
-            ) from None
-        if version > SCHEMA_VERSION:
-            raise StateDBError(
-                f"state db {self._path}: schema version {version} was written by a newer "
-                f"allocrunner (this one reads up to {SCHEMA_VERSION}); refusing to downgrade it"
-            )
-        if version < 1:
-            raise StateDBError(f"state db {self._path}: invalid schema version {version}")
+        conn = open_writer(self._path, durable=durable, busy_timeout=busy_timeout)
+        self._queue = WriteQueue(self._path, conn, join_timeout=max(30.0, 4 * busy_timeout))
+        self._readers = ReadPool(self._path, busy_timeout)
 
     @property
     def path(self) -> Path:
         """The database file."""
         return self._path
 
-    # --- helpers (lock held) -------------------------------------------------------------
+    # --- helpers -------------------------------------------------------------------------
 
-    @requires("_lock")
-    def _conn_locked(self) -> sqlite3.Connection:
-        conn = self._conn
-        if conn is None:
-            raise StateDBError(f"state db {self._path} is closed")
-        return conn
-
-    @requires("_lock")
-    def _forget_alloc_locked(self, alloc_id: str) -> None:
-        self._last.pop(alloc_id, None)
-
-    @requires("_lock")
-    def _unchanged_locked(self, alloc_id: str, key: _Key, value: object) -> bool:
-        """True when `value` equals the last value this instance wrote for the key
-        (values are immutable and their comparison is pure, so it may run here)."""
-        mine = self._last.get(alloc_id)
-        last = None if mine is None else mine.get(key)
-        return last is not None and (last[0] is value or last[0] == value)
-
-    @requires("_lock")
-    def _put_locked(
-        self, alloc_id: str, key: _Key, value: object, text: str, digest: bytes
-    ) -> None:
-        """Write one entry unless its encoding equals the last one written for its key."""
-        conn = self._conn_locked()
-        mine = self._last.get(alloc_id)
-        last = None if mine is None else mine.get(key)
-        if last is not None and last[1] == digest:
-            self._skipped += 1
-            return
-        # lock-held I/O: the shared connection must not interleave statements of
-        # different threads, and the de-dup record must match what the file holds.
-        self._execute_locked(
-            conn,
-            "INSERT OR REPLACE INTO entries (alloc_id, task, kind, value) VALUES (?, ?, ?, ?)",
-            (alloc_id, *key, text),
-        )
-        self._last[alloc_id] = (mine or FrozenDict()).set(key, (value, digest))
-        self._writes += 1
-
-    @requires("_lock")
-    def _delete_key_locked(self, alloc_id: str, key: _Key) -> None:
-        conn = self._conn_locked()
-        mine = self._last.get(alloc_id)
-        # lock-held I/O: see _put_locked.
-        cursor = self._execute_locked(
-            conn,
-            "DELETE FROM entries WHERE alloc_id = ? AND task = ? AND kind = ?",
-            (alloc_id, *key),
-        )
-        if mine is not None and key in mine:
-            self._last[alloc_id] = FrozenDict({k: v for k, v in mine.items() if k != key})
-        if cursor.rowcount:
-            self._writes += 1
-        else:
-            self._skipped += 1
-
-    @requires("_lock")
-    def _execute_locked(
-        self, conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()
-    ) -> sqlite3.Cursor:
-        try:
-            return conn.execute(sql, params)
-        except sqlite3.Error as err:
-            raise StateDBError(f"state db {self._path}: {err}") from err
-
+    @calls_out
     def _put(
         self,
         alloc_id: str,
-        key: _Key,
+        key: Key,
         value: object,
         encode: Callable[[], Any],
         *,
         revive: bool = False,
-    ) -> None:
-        """Store `value` under (alloc_id, key). An equal value skips the encoding too;
+    ) -> Enqueued:
+        """Queue `value` under (alloc_id, key). An equal value skips the encoding too;
         an entry of a deleted allocation is dropped unless `revive` (put_allocation)."""
-        with self._lock:
-            self._conn_locked()
-            if alloc_id in self._deleted and not revive:
-                self._dropped += 1
-                return
-            if self._unchanged_locked(alloc_id, key, value):
-                self._skipped += 1
-                return
+        if self._queue.skip_or_drop(alloc_id, key, value, revive=revive):
+            return NOT_QUEUED
         text = _dumps(encode())
-        digest = _digest(text)
-        with self._lock:
-            self._conn_locked()
-            if alloc_id in self._deleted:
-                if not revive:
-                    self._dropped += 1
-                    return
-                self._deleted = self._deleted - {alloc_id}
-            self._put_locked(alloc_id, key, value, text, digest)
+        return self._queue.put(alloc_id, key, value, text, _digest(text), revive=revive)
+
+    @calls_out
+    def _read(self, alloc_id: str | None, query: Callable[[sqlite3.Connection], T]) -> T:
+        """`query` on a read connection, once this caller's writes to `alloc_id` (to
+        every allocation when None) are committed."""
+        self._queue.settle(alloc_id)
+        return self._readers.read(query)
 
     # --- StateDB -----------------------------------------------------------------------
 
@@ -333,14 +179,13 @@ class SQLiteStateDB:
     @calls_out
     def all_allocations(self) -> list[Allocation]:
         """Every stored allocation; one that cannot be decoded is logged and skipped."""
-        with self._lock:
-            conn = self._conn_locked()
-            # lock-held I/O: see _put_locked.
-            rows = self._execute_locked(
-                conn,
+        rows = self._read(
+            None,
+            lambda conn: conn.execute(
                 "SELECT alloc_id, value FROM entries WHERE task = ? AND kind = ? ORDER BY alloc_id",
                 (_NO_TASK, _ALLOC),
-            ).fetchall()
+            ).fetchall(),
+        )
         allocs: list[Allocation] = []
         for alloc_id, text in rows:
             try:
@@ -356,14 +201,9 @@ class SQLiteStateDB:
 
     @calls_out
     def delete_allocation(self, alloc_id: str) -> None:
-        """Remove the allocation and its entries; later task writes for it are dropped."""
-        with self._lock:
-            conn = self._conn_locked()
-            # lock-held I/O: see _put_locked; the delete and the tombstone must be atomic
-            # with respect to task writes, or a late write could land after the delete.
-            self._execute_locked(conn, "DELETE FROM entries WHERE alloc_id = ?", (alloc_id,))
-            self._forget_alloc_locked(alloc_id)
-            self._deleted = self._deleted | {alloc_id}
+        """Remove the allocation and its entries; returns once that (and every write
+        queued before it) is committed. Later task writes for it are dropped."""
+        self._queue.delete_alloc(alloc_id)
 
     @calls_out
     def put_task_state(self, alloc_id: str, task: str, state: TaskState) -> None:
@@ -375,13 +215,17 @@ class SQLiteStateDB:
 
     @calls_out
     def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
-        """Store the client-only state of one task."""
+        """Store the client-only state of one task. One that records a new driver
+        handle returns once committed: a restore must never miss the handle of a
+        process that was started (it would start the task a second time)."""
         if not isinstance(local, LocalState):
             raise TypeError(
                 f"put_task_local_state: expected LocalState, got {type(local).__name__}"
             )
         _check_task_name(task)
-        self._put(alloc_id, (task, _LOCAL_STATE), local, local.to_json)
+        queued = self._put(alloc_id, (task, _LOCAL_STATE), local, local.to_json)
+        if queued.seq and _new_handle(local, queued.previous):
+            self._queue.wait_for(queued.seq)
 
     @calls_out
     def task_runner_state(
@@ -390,15 +234,14 @@ class SQLiteStateDB:
         """The task's (local state, task state); each None when absent. An entry that
         cannot be decoded raises StateDBError naming it (restoring a task from a
         guess could run it twice)."""
-        with self._lock:
-            conn = self._conn_locked()
-            # lock-held I/O: see _put_locked.
-            rows = self._execute_locked(
-                conn,
+        rows = self._read(
+            alloc_id,
+            lambda conn: conn.execute(
                 "SELECT kind, value FROM entries WHERE alloc_id = ? AND task = ? "
                 "AND kind IN (?, ?)",
                 (alloc_id, task, _LOCAL_STATE, _TASK_STATE),
-            ).fetchall()
+            ).fetchall(),
+        )
         local: LocalState | None = None
         state: TaskState | None = None
         for kind, text in rows:
@@ -418,12 +261,7 @@ class SQLiteStateDB:
     def put_deployment_status(self, alloc_id: str, status: AllocDeploymentStatus | None) -> None:
         """Store the deployment status; None removes it."""
         if status is None:
-            with self._lock:
-                self._conn_locked()
-                if alloc_id in self._deleted:
-                    self._dropped += 1
-                    return
-                self._delete_key_locked(alloc_id, (_NO_TASK, _DEPLOY))
+            self._queue.delete_key(alloc_id, (_NO_TASK, _DEPLOY))
             return
         if not isinstance(status, AllocDeploymentStatus):
             raise TypeError(
@@ -435,14 +273,13 @@ class SQLiteStateDB:
     @calls_out
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:
         """The stored deployment status, or None."""
-        with self._lock:
-            conn = self._conn_locked()
-            # lock-held I/O: see _put_locked.
-            row = self._execute_locked(
-                conn,
+        row = self._read(
+            alloc_id,
+            lambda conn: conn.execute(
                 "SELECT value FROM entries WHERE alloc_id = ? AND task = ? AND kind = ?",
                 (alloc_id, _NO_TASK, _DEPLOY),
-            ).fetchone()
+            ).fetchone(),
+        )
         if row is None:
             return None
         try:
@@ -454,20 +291,25 @@ class SQLiteStateDB:
             ) from err
 
     def stats(self) -> WriteStats:
-        """Counters of the writes since this instance opened the file."""
-        with self._lock:
-            return WriteStats(self._writes, self._skipped, self._dropped)
+        """Counters of the writes since this instance opened the file (`commits`,
+        `coalesced` and `failed` as far as the writer thread got)."""
+        return self._queue.stats()
+
+    @calls_out
+    def flush(self) -> None:
+        """Return once every write queued before the call is committed; StateDBError
+        naming the file if a write failed (or once closed)."""
+        self._queue.flush()
 
     @calls_out
     def close(self) -> None:
-        """Close the file. Idempotent; later calls of other methods raise StateDBError."""
-        with self._lock:
-            conn = self._conn
-            self._conn = None
-            if conn is not None:
-                # lock-held I/O: closing under the lock keeps a concurrent writer from
-                # using a connection that is being closed.
-                conn.close()
+        """Commit what is queued, stop the writer, close the file. Idempotent; later
+        calls of other methods raise StateDBError. The first call raises StateDBError
+        if a write failed (the file is closed all the same)."""
+        try:
+            self._queue.close()
+        finally:
+            self._readers.close()
 
     def __repr__(self) -> str:
         return f"<SQLiteStateDB {self._path}>"

@@ -95,6 +95,7 @@ def test_undecodable_allocation_is_skipped_and_logged(path, caplog):
     db = SQLiteStateDB(path)
     db.put_allocation(good)
     db.put_allocation(bad)
+    db.flush()  # on disk before the file is damaged under it
     _corrupt(path, bad.id, "", "alloc")
     with caplog.at_level(logging.ERROR, logger="allocrunner.state"):
         assert db.all_allocations() == [good]
@@ -107,6 +108,7 @@ def test_undecodable_task_state_raises_naming_it(path):
     db = SQLiteStateDB(path)
     db.put_task_state(alloc.id, "web", TaskState())
     db.put_task_local_state(alloc.id, "web", LocalState())
+    db.flush()  # on disk before the file is damaged under it
     _corrupt(path, alloc.id, "web", "local_state")
     with pytest.raises(StateDBError, match=f"local_state of task 'web' in allocation {alloc.id}"):
         db.task_runner_state(alloc.id, "web")
@@ -152,12 +154,24 @@ def test_file_shared_with_another_process(path):
     again.close()
 
 
-def test_write_errors_name_the_file(path):
+def test_write_errors_name_the_file(path, caplog):
+    """A write fails on the writer thread: it is logged and counted, and the next
+    flush, every later write and the first close raise StateDBError naming the file."""
     db = SQLiteStateDB(path)
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("DROP TABLE entries")
     conn.close()
+    with caplog.at_level(logging.ERROR, logger="allocrunner.state"):
+        db.put_task_state("a", "web", TaskState())  # queued: the failure comes later
+        with pytest.raises(StateDBError, match=str(path)):
+            db.flush()
+    assert str(path) in caplog.text
+    assert db.stats().failed == 1
     with pytest.raises(StateDBError, match=str(path)):
-        db.put_task_state("a", "web", TaskState())
-    db.close()
+        db.put_task_state("a", "web", TaskState(restarts=1))
+    with pytest.raises(StateDBError, match=str(path)):
+        db.delete_allocation("a")
+    with pytest.raises(StateDBError, match=str(path)):
+        db.close()
+    db.close()  # idempotent: the failure was reported once
