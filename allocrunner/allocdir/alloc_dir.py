@@ -1,7 +1,8 @@
 """AllocDir: the directory tree of one allocation, and the safe ways to touch it.
 
 Threads: none of its own; callers' threads do the file work (`block_until_exists` and
-`change_events` poll on the caller's thread). Locks: "AllocDir._lock", an RWLock, guards
+`change_events` wait on the caller's thread, on inotify where Linux has it and by
+polling elsewhere: `allocdir.inotify`). Locks: "AllocDir._lock", an RWLock, guards
 the map of task dirs and the built flag; no file work runs under it. Owner: an
 AllocRunner creates and destroys its AllocDir; task runners, migration, the GC and the
 agent's file API use it.
@@ -19,9 +20,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO, Final, Protocol, runtime_checkable
 
+import attrs
+
 from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
 from allocrunner._sync import CancelToken
-from allocrunner.allocdir import fs, tarstream
+from allocrunner.allocdir import fs, inotify, tarstream
 from allocrunner.allocdir.fs import FileChange, FileInfo
 from allocrunner.allocdir.task_dir import TaskDir
 from allocrunner.errors import AllocDirError, PathEscapeError
@@ -40,7 +43,8 @@ LOCAL_DIR_MODE: Final = 0o777
 TASK_DIR_MODE: Final = 0o777
 
 POLL_INTERVAL: Final = 0.05
-"""Seconds between polls in `block_until_exists` and `change_events`."""
+"""Seconds between polls in `block_until_exists` and `change_events` where inotify is
+unavailable (see `allocdir.inotify`); with inotify they wait on events alone."""
 
 
 def _check_name(value: object, field: str) -> str:
@@ -385,25 +389,29 @@ class AllocDir:
         """Wait until `path` exists: True once it does, False if `cancel` fires first.
 
         An escaping path raises `PathEscapeError` at once (or as soon as a symlink on
-        the way makes it escape).
+        the way makes it escape). Woken by inotify on every directory on the way (see
+        `_watch`), so a path that appears by creation, by a rename or with the
+        directories above it is seen at once.
         """
         parts = fs.clean_path(path)
         display = os.fspath(path)
         fs.check_not_secret(parts, display)
-        while True:
-            try:
-                fs.resolve(str(self.path), parts, display=display).close()
-                return True
-            except fs.PathNotFoundError:
-                pass
-            if cancel.wait(POLL_INTERVAL):
-                return False
+        with self._watch(parts, display, cancel, watch_target=False) as watch:
+            while True:
+                watch.arm()
+                try:
+                    fs.resolve(str(self.path), parts, display=display).close()
+                    return True
+                except fs.PathNotFoundError:
+                    pass
+                if not watch.wait():
+                    return False
 
     @calls_out
     def change_events(
         self, path: str | os.PathLike[str], offset: int, cancel: CancelToken
     ) -> Iterator[FileChange]:
-        """Poll file `path` for changes after `offset` bytes until `cancel` fires.
+        """Follow file `path` for changes after `offset` bytes until `cancel` fires.
 
         Yields `FileChange` ``modified`` (grew past what was known, or rewritten),
         ``truncated`` (shrank) and finally ``deleted`` (removed or replaced) after
@@ -417,37 +425,80 @@ class AllocDir:
         with fs.resolve(str(self.path), parts, display=display) as resolved:
             st = resolved.st
         assert st is not None
-        return self._poll_changes(parts, display, st, offset, cancel)
+        return self._follow_changes(parts, display, _FileMark.of(st, offset), cancel)
 
-    def _poll_changes(
-        self,
-        parts: tuple[str, ...],
-        display: str,
-        first: os.stat_result,
-        offset: int,
-        cancel: CancelToken,
+    def _follow_changes(
+        self, parts: tuple[str, ...], display: str, mark: _FileMark, cancel: CancelToken
     ) -> Iterator[FileChange]:
-        identity = (first.st_dev, first.st_ino)
-        known = offset
-        mtime = first.st_mtime_ns
-        while not cancel.wait(POLL_INTERVAL):
-            try:
-                with fs.resolve(str(self.path), parts, display=display) as resolved:
-                    st = resolved.st
-            except fs.PathNotFoundError:
-                yield FileChange(kind=fs.DELETED, size=0, offset=known)
-                return
-            assert st is not None
-            if (st.st_dev, st.st_ino) != identity:
-                yield FileChange(kind=fs.DELETED, size=0, offset=known)
-                return
-            size = st.st_size
-            if size < known:
-                yield FileChange(kind=fs.TRUNCATED, size=size, offset=known)
-            elif size > known or st.st_mtime_ns != mtime:
-                yield FileChange(kind=fs.MODIFIED, size=size, offset=known)
-            known = size
-            mtime = st.st_mtime_ns
+        """Check the file after each wake-up of its watch and report what changed."""
+        with self._watch(parts, display, cancel, watch_target=True) as watch:
+            while not cancel.cancelled():
+                watch.arm()
+                change, mark = self._check_file(parts, display, mark)
+                if change is not None:
+                    yield change
+                    if change.kind == fs.DELETED:
+                        return
+                if not watch.wait():
+                    return
+
+    def _check_file(
+        self, parts: tuple[str, ...], display: str, mark: _FileMark
+    ) -> tuple[FileChange | None, _FileMark]:
+        """What changed in the file since `mark`, and the new mark."""
+        try:
+            with fs.resolve(str(self.path), parts, display=display) as resolved:
+                st = resolved.st
+        except fs.PathNotFoundError:
+            return FileChange(kind=fs.DELETED, size=0, offset=mark.size), mark
+        assert st is not None
+        if (st.st_dev, st.st_ino) != mark.identity:
+            return FileChange(kind=fs.DELETED, size=0, offset=mark.size), mark
+        change = None
+        if st.st_size < mark.size:
+            change = FileChange(kind=fs.TRUNCATED, size=st.st_size, offset=mark.size)
+        elif st.st_size > mark.size or st.st_mtime_ns != mark.mtime_ns:
+            change = FileChange(kind=fs.MODIFIED, size=st.st_size, offset=mark.size)
+        return change, _FileMark.of(st, st.st_size)
+
+    def _watch(
+        self, parts: tuple[str, ...], display: str, cancel: CancelToken, *, watch_target: bool
+    ) -> inotify.PathWatch:
+        """A watch over every existing directory on the way to `parts` (and, with
+        `watch_target`, over the object itself), each opened by the same escape-safe
+        walk as every other fs call: nothing outside the alloc dir is ever watched.
+        While the alloc dir itself is missing there is nothing to watch and the wait
+        polls every `POLL_INTERVAL`, as it does wherever inotify is unavailable."""
+
+        def walk() -> Iterator[inotify.WatchTarget]:
+            for depth in range(len(parts) + (1 if watch_target else 0)):
+                try:
+                    resolved = fs.resolve(str(self.path), parts[:depth], display=display)
+                except fs.PathNotFoundError:
+                    return
+                with resolved:
+                    assert resolved.st is not None
+                    if depth == len(parts):
+                        yield resolved.fd, inotify.TARGET_EVENTS, False
+                    elif not stat.S_ISDIR(resolved.st.st_mode):
+                        return
+                    else:
+                        yield resolved.fd, inotify.DIR_EVENTS, True
+
+        return inotify.PathWatch(cancel, walk, POLL_INTERVAL)
+
+
+@attrs.frozen
+class _FileMark:
+    """Immutable. What `change_events` knows of the file: which one, its size, its mtime."""
+
+    identity: tuple[int, int]
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result, size: int) -> _FileMark:
+        return cls((st.st_dev, st.st_ino), size, st.st_mtime_ns)
 
 
 class _Moved:
