@@ -8,17 +8,20 @@ the number of live allocations (`keep_usage_below_threshold`, run on the owned `
 thread every `gc_interval` seconds and whenever `trigger()` is called).
 
 Two rules from Nomad's history shape it. Collection never blocks alloc placement
-(Nomad #25123): destroys run on the collector's own worker threads, at most
-`gc_parallel_destroys` at a time, and the caller of `trigger` never waits. And the
-collector never waits on a runner while holding a lock (Nomad PR #2852): a runner's
-teardown may report state that leads back to the collector.
+(Nomad #25123): destroys run on the collector's own pool of `gc_parallel_destroys`
+worker threads, which bounds how many run at once, and the caller of `trigger` never
+waits. And the collector never waits on a runner while holding a lock (Nomad PR #2852):
+a runner's teardown may report state that leads back to the collector.
 
-Threads (owned, joined by `stop()`): ``gc`` (the threshold loop) and one
-``gc-destroy-<id8>`` per destroy in flight that is not run on its caller's thread;
-`collect_all` runs its ``gc-collect-all-<n>`` workers and joins them before returning.
+Threads (owned by one `ThreadGroup`, joined by `stop()`): ``gc`` (the threshold loop,
+started by `start()`) and the destroy pool ``gc-destroy-<n>``, n < `gc_parallel_destroys`,
+all started on first use (by `start()` or the first destroy asked for), never one per
+allocation. Every destroy, whoever asks for it, is a `_DestroyJob` on the pool's
+`WorkQueue`; a worker destroys the runner, waits (no timeout, no polling) until it is
+destroyed or the collector stops, then closes it and reports the job done.
 Locks: "GCQueue._lock" guards the queue's index of marked runners;
-"AllocGarbageCollector._lock" guards the started flag and the in-flight counters. No
-runner is called with either held.
+"AllocGarbageCollector._lock" guards the started flags and the in-flight counters. No
+runner is called and no thread started with either held.
 Owner: `Client` creates the collector, marks terminal allocations and stops it at
 shutdown; an embedder may run one on its own.
 """
@@ -30,21 +33,19 @@ import os
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
 from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner._sync import CancelToken, Fifo, Kick, Slots, ThreadGroup
+from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup, Waiter, WorkQueue
 from allocrunner.config import ClientConfig
 
 __all__ = ["AllocGarbageCollector", "GCQueue", "HostStats", "statvfs_host_stats"]
 
 log = logging.getLogger("allocrunner.gc")
 
-# How often a waiting destroy worker or the threshold loop re-checks for stop().
-_POLL = 0.05
 # How long stop() waits for the collector's threads by default.
 STOP_TIMEOUT = 10.0
 # How long a destroy worker waits for a runner's threads once it is destroyed.
@@ -53,6 +54,11 @@ _CLOSE_TIMEOUT = 30.0
 REASON_DISK = "disk usage"
 REASON_INODES = "inode usage"
 REASON_MAX_ALLOCS = "number of allocations"
+
+# What a threshold round does when it has no entry to destroy.
+_Step = Literal["wait", "stop"]
+_WAIT: _Step = "wait"
+_STOP: _Step = "stop"
 
 
 class GCRunner(Protocol):
@@ -72,6 +78,18 @@ class GCRunner(Protocol):
 
     def close(self, timeout: float = ...) -> bool:
         """Join the runner's threads; False if some were still alive after `timeout`."""
+        ...
+
+
+@runtime_checkable
+class DestroyNotifier(Protocol):
+    """What a runner offers so that a wait for its destroy can also wake on the
+    collector's stop: a callback when the destroy finishes. A runner without it is
+    waited on with an untimed `wait_destroyed()`, which `stop()` cannot cut short."""
+
+    def on_destroyed(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback` once when the destroy finishes (at once if it has); returns
+        a function that withdraws it. The callback is quick and never raises."""
         ...
 
 
@@ -167,6 +185,18 @@ class GCQueue:
             return len(self._entries)
 
 
+@attrs.frozen
+class _DestroyJob:
+    """Immutable. One destroy handed to the pool: `done` is set once a worker finished
+    with it (destroyed and closed, or the wait abandoned at stop), and `notify`, if any,
+    is kicked then too (the threshold loop's wake-up)."""
+
+    entry: GCEntry
+    reason: str
+    done: Event = attrs.field(factory=Event)
+    notify: Kick | None = None
+
+
 class AllocGarbageCollector:
     """Thread-safe. Destroys marked allocations on request or when the node is over
     its disk, inode or allocation-count limits, a bounded number at a time.
@@ -179,14 +209,16 @@ class AllocGarbageCollector:
     _host_stats = immutable()
     _num_allocs = immutable()
     _queue = immutable()
-    _slots = immutable()
+    _work = immutable()
+    _pool_spawned = immutable()
     _parallel = immutable()
     _stopping = immutable()
     _trigger = immutable()
     _threads = immutable()
     _lock = immutable()
-    # _lock guards: _started, _in_flight, _max_in_flight
+    # _lock guards: _started, _pool_started, _in_flight, _max_in_flight
     _started = guarded("_lock")
+    _pool_started = guarded("_lock")
     _in_flight = guarded("_lock")
     _max_in_flight = guarded("_lock")
 
@@ -207,13 +239,16 @@ class AllocGarbageCollector:
             log.warning("gc_parallel_destroys is %d; using 1", parallel)
             parallel = 1
         self._parallel = parallel
-        self._slots = Slots(parallel)
         self._queue = GCQueue()
+        self._work: WorkQueue[_DestroyJob] = WorkQueue()
+        # Set once the pool's threads are all started (or never will be).
+        self._pool_spawned = Event()
         self._stopping = CancelToken()
         self._trigger = Kick()
         self._threads = ThreadGroup("gc")
         self._lock = make_lock("AllocGarbageCollector._lock")
         self._started = False
+        self._pool_started = False
         self._in_flight = 0
         self._max_in_flight = 0
 
@@ -245,23 +280,27 @@ class AllocGarbageCollector:
     def collect(self, alloc_id: str) -> bool:
         """Destroy a queued allocation now and wait until it is destroyed.
 
-        False if it is not queued ("already garbage collected", or never marked).
-        After `stop()` the destroy is launched but not waited for.
+        The destroy runs on the pool like any other, so it counts against
+        `gc_parallel_destroys` and may wait for a worker. False if it is not queued
+        ("already garbage collected", or never marked). After `stop()` the destroy is
+        launched but not waited for.
         """
         entry = self._queue.remove(alloc_id)
         if entry is None:
             log.debug("allocation %s: already garbage collected", alloc_id)
             return False
-        self._destroy(entry, "collect")
+        job = self._submit(entry, "collect")
+        if job is not None:
+            job.done.wait(cancel=self._stopping)
         return True
 
     def collect_async(self, alloc_id: str) -> bool:
-        """Like `collect`, on a worker thread of the collector; never blocks."""
+        """Like `collect`, without waiting: the pool destroys it; never blocks."""
         entry = self._queue.remove(alloc_id)
         if entry is None:
             log.debug("allocation %s: already garbage collected", alloc_id)
             return False
-        self._spawn_destroy(entry, "collect", None)
+        self._submit(entry, "collect")
         return True
 
     @calls_out
@@ -269,25 +308,10 @@ class AllocGarbageCollector:
         """Destroy every queued allocation, `gc_parallel_destroys` at a time, and wait
         for them (or for `stop()`). Returns how many were taken from the queue."""
         entries = self._queue.pop_all()
-        todo: Fifo[GCEntry] = Fifo(entries)
-
-        def work() -> None:
-            while not self._stopping.cancelled():
-                entry = todo.take()
-                if entry is None:
-                    return
-                self._destroy(entry, "collect all")
-            # Stopping: the rest are launched, not waited for.
-            for entry in todo.drain():
-                entry.runner.destroy()
-
-        workers = ThreadGroup("gc-collect-all")
-        for n in range(min(self._parallel, len(entries))):
-            workers.spawn(f"gc-collect-all-{n}", work)
-        while not workers.join(_POLL):
-            if self._stopping.cancelled():
-                workers.join(STOP_TIMEOUT)
-                break
+        jobs = [self._submit(entry, "collect all") for entry in entries]
+        for job in jobs:
+            if job is not None and not job.done.wait(cancel=self._stopping):
+                break  # stopping: the jobs still queued are launched by stop()
         return len(entries)
 
     # --- threshold loop -----------------------------------------------------------------
@@ -312,47 +336,63 @@ class AllocGarbageCollector:
         """Destroy the oldest marked allocations while the node is over a limit.
 
         Each round reads the host stats and the live allocation count afresh. Destroys
-        run on worker threads, at most `gc_parallel_destroys` at once; destroys already
-        in flight are subtracted from the live count, and while one is in flight a disk
-        or inode reason is re-checked only after it completes (until then its space is
-        not yet free). Returns how many allocations were destroyed or launched.
+        run on the pool, at most `gc_parallel_destroys` of this pass's at once; destroys
+        already in flight are subtracted from the live count, and while one is in flight
+        a disk or inode reason is re-checked only after it completes (until then its
+        space is not yet free). Between rounds the pass sleeps until one of its destroys
+        completes or the collector stops. Returns how many allocations were destroyed or
+        launched.
         """
-        in_flight: dict[str, GCEntry] = {}
-        done = Kick()
+        in_flight: dict[str, _DestroyJob] = {}
+        completed = Kick()
+        withdraw = self._stopping.on_cancel(completed.kick)
         collected = 0
-        while not self._stopping.cancelled():
-            finished = [i for i, e in in_flight.items() if e.runner.is_destroyed()]
-            for alloc_id in finished:
-                del in_flight[alloc_id]
-            # In flight first, then the live count: a destroy that completes between
-            # the two reads makes the count low, never high, so nothing extra is taken.
-            busy = sum(1 for e in in_flight.values() if not e.runner.is_destroyed())
-            try:
-                reason = self._over_threshold(self._num_allocs() - busy)
-            except Exception:
-                log.exception("garbage collection aborted: reading host stats failed")
-                break
-            if reason is None or (reason != REASON_MAX_ALLOCS and in_flight):
-                if not in_flight:
+        try:
+            while not self._stopping.cancelled():
+                in_flight = {i: job for i, job in in_flight.items() if not job.done.is_set()}
+                # In flight first, then the live count: a destroy that completes between
+                # the two reads makes the count low, never high, so nothing extra is taken.
+                busy = sum(1 for job in in_flight.values() if not job.entry.runner.is_destroyed())
+                try:
+                    reason = self._over_threshold(self._num_allocs() - busy)
+                except Exception:
+                    log.exception("garbage collection aborted: reading host stats failed")
                     break
-                done.wait(_POLL)
-                continue
-            if len(in_flight) >= self._parallel or not self._acquire_slot():
-                done.wait(_POLL)
-                continue
-            entry = self._queue.pop()
-            if entry is None:
-                self._slots.release()
-                if in_flight:
-                    done.wait(_POLL)
+                step = self._next_step(reason, in_flight)
+                if step == _WAIT:
+                    completed.wait()
                     continue
-                self._log_nothing_to_collect(reason)
-                break
-            log.info("garbage collecting allocation %s: %s over threshold", entry.alloc_id, reason)
-            in_flight[entry.alloc_id] = entry
-            self._spawn_destroy(entry, reason, done, have_slot=True)
-            collected += 1
+                if not isinstance(step, GCEntry) or reason is None:
+                    break  # _STOP
+                log.info(
+                    "garbage collecting allocation %s: %s over threshold", step.alloc_id, reason
+                )
+                job = self._submit(step, reason, completed)
+                if job is None:
+                    break
+                in_flight[step.alloc_id] = job
+                collected += 1
+        finally:
+            withdraw()
         return collected
+
+    def _next_step(
+        self, reason: str | None, in_flight: dict[str, _DestroyJob]
+    ) -> GCEntry | _Step:
+        """The next entry to destroy, or whether to wait for a destroy in flight or end
+        the pass. Pops the entry it returns."""
+        if reason is None or (reason != REASON_MAX_ALLOCS and in_flight):
+            # Under the limits, or a disk/inode reason whose space is not yet freed.
+            return _WAIT if in_flight else _STOP
+        if len(in_flight) >= self._parallel:
+            return _WAIT
+        entry = self._queue.pop()
+        if entry is not None:
+            return entry
+        if in_flight:
+            return _WAIT
+        self._log_nothing_to_collect(reason)
+        return _STOP
 
     def _log_nothing_to_collect(self, reason: str) -> None:
         live = self._num_allocs()
@@ -365,54 +405,84 @@ class AllocGarbageCollector:
             reason,
         )
 
-    # --- destroying ---------------------------------------------------------------------
+    # --- the destroy pool ---------------------------------------------------------------
 
-    @calls_out
-    def _acquire_slot(self) -> bool:
-        """Take one of the parallel-destroy slots; False once stopping."""
-        while not self._stopping.cancelled():
-            if self._slots.acquire(timeout=_POLL):
-                with self._lock:
-                    self._in_flight += 1
-                    self._max_in_flight = max(self._max_in_flight, self._in_flight)
-                return True
-        return False
+    def _submit(
+        self, entry: GCEntry, reason: str, notify: Kick | None = None
+    ) -> _DestroyJob | None:
+        """Hand `entry` to the pool; None once stopped (then its destroy is launched
+        here and not waited for)."""
+        self._ensure_pool()
+        job = _DestroyJob(entry, reason, notify=notify)
+        if self._work.put(job):
+            return job
+        self._launch(entry)
+        return None
 
-    def _release_slot(self) -> None:
+    def _ensure_pool(self) -> None:
+        """Start the pool's workers unless they are started (or the collector stopped)."""
         with self._lock:
-            self._in_flight -= 1
-        self._slots.release()
-
-    def _spawn_destroy(
-        self, entry: GCEntry, reason: str, done: Kick | None, *, have_slot: bool = False
-    ) -> None:
-        def work() -> None:
-            try:
-                self._destroy(entry, reason, have_slot=have_slot)
-            finally:
-                if done is not None:
-                    done.kick()
-
-        self._threads.spawn(f"gc-destroy-{entry.alloc_id[:8]}", work)
+            if self._pool_started:
+                return
+            self._pool_started = True
+        try:
+            for n in range(self._parallel):
+                self._threads.spawn(f"gc-destroy-{n}", self._work_loop)
+        finally:
+            self._pool_spawned.set()
 
     @calls_out
-    def _destroy(self, entry: GCEntry, reason: str, *, have_slot: bool = False) -> None:
-        """Destroy one runner within a parallel-destroy slot and wait for it (or stop)."""
+    def _work_loop(self) -> None:
+        while (job := self._work.take()) is not None:
+            try:
+                self._destroy(job.entry, job.reason)
+            except Exception:
+                log.exception("allocation %s: destroy failed", job.entry.alloc_id)
+            finally:
+                job.done.set()
+                if job.notify is not None:
+                    job.notify.kick()
+
+    @calls_out
+    def _destroy(self, entry: GCEntry, reason: str) -> None:
+        """Destroy one runner, wait until it is destroyed (or the collector stops) and
+        close it; counted in flight while waited on."""
         runner = entry.runner
-        if not have_slot and not self._acquire_slot():
-            # Stopping: launch the destroy (it returns at once) but do not wait.
-            runner.destroy()
-            return
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
         try:
             log.debug("allocation %s: destroying (%s)", entry.alloc_id, reason)
             runner.destroy()
-            while not runner.wait_destroyed(_POLL):
-                if self._stopping.cancelled():
-                    return
+            destroyed = self._await_destroyed(runner)
         finally:
-            self._release_slot()
-        if not runner.close(_CLOSE_TIMEOUT):
+            with self._lock:
+                self._in_flight -= 1
+        if destroyed and not runner.close(_CLOSE_TIMEOUT):
             log.warning("allocation %s: runner threads still alive after destroy", entry.alloc_id)
+
+    @calls_out
+    def _await_destroyed(self, runner: GCRunner) -> bool:
+        """Block until `runner` is destroyed or the collector stops; True if destroyed."""
+        if not isinstance(runner, DestroyNotifier):
+            return runner.wait_destroyed()
+        waiter = Waiter()
+        withdraw_stop = self._stopping.on_cancel(waiter.wake)
+        withdraw_done = runner.on_destroyed(waiter.wake)
+        try:
+            waiter.wait()
+        finally:
+            withdraw_done()
+            withdraw_stop()
+        return runner.is_destroyed()
+
+    @calls_out
+    def _launch(self, entry: GCEntry) -> None:
+        """Start a destroy that nobody will wait for (the collector is stopping)."""
+        try:
+            entry.runner.destroy()
+        except Exception:
+            log.exception("allocation %s: destroy failed", entry.alloc_id)
 
     def max_parallel_destroys_seen(self) -> int:
         """The most destroys that were ever in flight at once (for tests and metrics)."""
@@ -422,14 +492,15 @@ class AllocGarbageCollector:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the ``gc`` thread: a threshold pass every `gc_interval` seconds and on
-        every `trigger()`."""
+        """Start the ``gc`` thread (a threshold pass every `gc_interval` seconds and on
+        every `trigger()`) and the destroy pool."""
         with self._lock:
             if self._started:
                 raise RuntimeError("garbage collector already started")
             self._started = True
         if self._stopping.cancelled():
             return
+        self._ensure_pool()
         self._threads.spawn("gc", self._run)
 
     @calls_out
@@ -446,11 +517,25 @@ class AllocGarbageCollector:
 
     @calls_out
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """Stop the ``gc`` thread and abandon waits on destroys in flight (the destroys
-        themselves go on). Idempotent; True if every collector thread ended in time."""
+        """Stop the ``gc`` thread and the pool, and abandon waits on destroys in flight
+        (the destroys themselves go on; those still queued are launched, not waited
+        for). Idempotent; True if every collector thread ended in time."""
+        deadline = time.monotonic() + timeout
         self._stopping.cancel("garbage collector stopped")
         self._trigger.kick()
-        return self._threads.join(timeout)
+        for job in self._work.close():
+            self._launch(job.entry)
+            job.done.set()
+            if job.notify is not None:
+                job.notify.kick()
+        with self._lock:
+            spawning = self._pool_started
+            self._pool_started = True  # no pool from now on
+        if not spawning:
+            self._pool_spawned.set()
+        # A first use racing this stop may still be starting the pool: join it whole.
+        self._pool_spawned.wait(max(0.0, deadline - time.monotonic()))
+        return self._threads.join(max(0.0, deadline - time.monotonic()))
 
     def stopped(self) -> bool:
         return self._stopping.cancelled()

@@ -4,11 +4,11 @@ and count how many are in flight at once."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from allocrunner._sync import ThreadGroup
+from allocrunner._sync import Event, ThreadGroup
 
 
 class Teardowns:
@@ -34,7 +34,8 @@ class Teardowns:
 class FakeRunner:
     """Thread-safe. Stands in for an AllocRunner: `destroy()` returns at once and the
     teardown finishes `teardown` seconds later on a thread of its own (never, when
-    `teardown` is None, until `finish()`)."""
+    `teardown` is None, until `finish()`). It offers `on_destroyed`, so the collector
+    can wait for it and for its own stop at once; `LegacyFakeRunner` does not."""
 
     def __init__(self, alloc_id: str, teardowns: Teardowns, teardown: float | None = 0.02):
         self.id = alloc_id
@@ -44,7 +45,7 @@ class FakeRunner:
         self._launched = False
         self.destroy_calls = 0
         self._finish = threading.Event()
-        self._destroyed = threading.Event()
+        self._destroyed = Event()
         self._threads = ThreadGroup(f"fake-{alloc_id}")
 
     def destroy(self) -> None:
@@ -75,8 +76,17 @@ class FakeRunner:
     def wait_destroyed(self, timeout: float | None = None) -> bool:
         return self._destroyed.wait(timeout)
 
+    def on_destroyed(self, callback: Callable[[], object]) -> Callable[[], None]:
+        return self._destroyed.on_set(callback)
+
     def close(self, timeout: float = 30.0) -> bool:
         return self._threads.join(timeout)
+
+
+class LegacyFakeRunner(FakeRunner):
+    """A runner without `on_destroyed`: waited on with `wait_destroyed()` alone."""
+
+    on_destroyed = None  # type: ignore[assignment]
 
 
 @pytest.fixture
