@@ -26,8 +26,14 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
   one last pass after the tasks exit, so listeners always see the terminal state.
 - ``task-<id8>-<name>``: one per task runner but the first.
 - ``health-<id8>``: the health watcher of a service or system job (HealthHook).
-- transient: ``destroy-<id8>``, ``shutdown-<id8>``, ``stop-<id8>`` (kills on a stop
-  update), and the TaskSet's ``kill-<id8>-<name>`` / ``each-<id8>-<name>``.
+- transient: ``destroy-<id8>`` and ``shutdown-<id8>``.
+
+No thread is started to stop or kill tasks: a stop update, a sibling rule or a destroy
+asks the state handler, whose passes run the pre-kill hooks once and ask each task's
+run thread, wave by wave, to kill its task (`task_set.KillSequence`); only the tasks
+no run thread watches (a destroy before `run()`, or after a shutdown) are killed on
+the destroy thread. Restarting or shutting down every task posts each request first
+and then waits for each, on the caller's thread.
 
 Locks (ranks in LOCK_ORDER), all created here: ``_destroyed_lock`` guards the
 destroy/shutdown/run flags, and is lent to the `AllocPersister` (`persistence`) for
@@ -213,7 +219,7 @@ class AllocRunner:
             persister=self._persister,
             current_alloc=self.alloc,
             apply_update=self._apply_update,
-            kill_tasks=self._kill_tasks,
+            pre_kill=lambda: self._soft_phase(self._hooks.pre_kill),
         )
         health = HealthHook(
             alloc,
@@ -467,15 +473,17 @@ class AllocRunner:
         for tr in self._tasks:
             tr.update(alloc)
         if stopping:
-            # Killed on a thread of its own so the state handler keeps publishing the
-            # Killing / Killed events while the tasks stop.
-            self._threads.spawn(f"stop-{_id8(self._id)}", self._kill_tasks)
+            # This is the state handler's thread: its pass drives the kill (the tasks'
+            # run threads kill them, wave by wave) and keeps publishing meanwhile.
+            self._handler.request_kill()
 
     # --- killing, restarts and signals -------------------------------------------------
 
     @calls_out
     def _kill_tasks(self) -> None:
-        """Pre-kill hooks, then kill every live task (leader, mains, sidecars)."""
+        """Pre-kill hooks, then kill every live task (leader, mains, sidecars) and wait
+        for them, on the caller's thread: for a destroy whose state handler is not
+        there (never ran) or has not killed them (a shutdown came first)."""
         self._soft_phase(self._hooks.pre_kill)
         self._tasks.kill_all()
 
@@ -489,7 +497,7 @@ class AllocRunner:
         """Restart every running task; tasks that are not running are skipped. The
         failures of the others are raised together (`TaskErrors`)."""
         self._refuse_if_terminal("restart")
-        self._tasks.each_concurrently("restart", lambda tr: tr.restart(event, failure=False))
+        self._tasks.each_concurrently("restart", lambda tr: tr.request_restart(event))
 
     def restart_all(self, event: TaskEvent) -> None:
         """Restart every task, re-running dead prestart/poststart tasks in lifecycle
@@ -498,7 +506,7 @@ class AllocRunner:
         self._coordinator.restart()
         try:
             self._tasks.each_concurrently(
-                "restart", lambda tr: tr.force_restart(event, failure=False)
+                "restart", lambda tr: tr.request_restart(event, force=True)
             )
         finally:
             self._state_kick.kick()
@@ -545,11 +553,16 @@ class AllocRunner:
         self._persister.mark_destroying()
         if shutdown_in_flight:
             self._shutdown_event.wait()
-        self._kill_tasks()
-        self._state_kick.kick()
         if run_started:
+            # The state handler kills the tasks (pre-kill hooks first) and returns
+            # once they are all done, before run() does: so no pre-kill hook or task
+            # event comes after the destroy hooks below.
+            self._handler.request_kill()
             self._run_done.wait()
+            if not self._handler.kill_begun():
+                self._kill_tasks()  # tasks a shutdown left running
         else:
+            self._kill_tasks()
             self._handler.publish(self._tasks.states())
             self._run_done.set()
         self._soft_phase(self._hooks.destroy)
@@ -580,7 +593,7 @@ class AllocRunner:
 
     @calls_out
     def _do_shutdown(self, run_started: bool) -> None:
-        self._tasks.each_concurrently("shutdown", lambda tr: tr.shutdown())
+        self._tasks.each_concurrently("shutdown", lambda tr: tr.request_shutdown())
         if run_started:
             self._run_done.wait()
             self._soft_phase(self._hooks.shutdown)

@@ -6,12 +6,19 @@ runner's state kick, which task runners kick after every change of their state a
 the runner kicks after anything else that changes the state. Each pass:
 
 1. applies the alloc update pending in the one-slot mailbox (through the runner,
-   which runs the update hooks and pushes it down to the task runners);
-2. applies the sibling rules of the `TaskSet` (and kills the live tasks through the
-   runner when one fires), or releases task runners parked for a restart once every
-   task is dead;
-3. drives the lifecycle coordinator with the task states;
-4. publishes the new runtime state (`ClientState`) and, when it changed, calls the
+   which runs the update hooks, pushes it down to the task runners and, for a stop,
+   asks for the tasks to be killed: `request_kill`);
+2. drives the kill of the tasks once one was asked for (by a stop, a destroy or a
+   sibling rule): the alloc's pre-kill hooks run once, then a `KillSequence` asks the
+   run thread of each task, wave by wave (leader, main tasks, sidecars), to kill it,
+   moving to the next wave once the current one is dead; nothing here waits for a
+   task, and no thread is started for it: each task's run thread kills its task;
+3. applies the sibling rules of the `TaskSet` (recording their event on the live
+   tasks once, and asking for the kill), or releases task runners parked for a
+   restart once every task is dead;
+4. drives the lifecycle coordinator with the task states (poststop tasks start once
+   every other task is dead);
+5. publishes the new runtime state (`ClientState`) and, when it changed, calls the
    state updater; the client view goes to the broadcaster either way.
 
 After `finish()` (every task has exited) the mailbox is closed, so later updates are
@@ -20,7 +27,8 @@ the terminal state. Health verdicts of the health watcher come in through
 `set_health` / `clear_health`, are persisted and kick a pass.
 
 Threads: ``alloc-state-<id8>`` (the runner spawns it and joins it on teardown);
-`offer` and the health calls come from other threads. Locks: none of its own; the
+`offer`, `request_kill` and the health calls come from other threads; the kill
+sequence and the sibling flag are confined to the handler thread. Locks: none of its own; the
 `ClientState` takes the runner's state lock, and nothing here holds a lock while
 calling out. Owner: the AllocRunner builds it and is its only caller.
 """
@@ -33,14 +41,14 @@ import threading
 from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
-from allocrunner._locking import calls_out, immutable
-from allocrunner._sync import Kick, LatestValue
+from allocrunner._locking import calls_out, confined, immutable
+from allocrunner._sync import Event, Kick, LatestValue
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.errors import BroadcasterClosed
 from allocrunner.runner.client_state import ClientState, client_view
 from allocrunner.runner.lifecycle import TaskCoordinator
 from allocrunner.runner.persistence import AllocPersister
-from allocrunner.runner.task_set import TaskSet
+from allocrunner.runner.task_set import KillSequence, TaskSet
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskEvent, TaskState, utcnow
 
 __all__ = ["StateHandler", "StateUpdater"]
@@ -66,7 +74,11 @@ class StateHandler:
     _persister = immutable()
     _current_alloc = immutable()
     _apply_update = immutable()
-    _kill_tasks = immutable()
+    _pre_kill = immutable()
+    _kill_asked = immutable()  # set once a kill of the tasks was asked for
+    _kill_begun = immutable()  # set once this handler began killing the tasks
+    _kill = immutable()
+    _sibling_fired = confined("alloc-state", prefix="alloc-state-")
 
     def __init__(
         self,
@@ -81,7 +93,7 @@ class StateHandler:
         persister: AllocPersister,
         current_alloc: Callable[[], Allocation],
         apply_update: Callable[[Allocation], None],
-        kill_tasks: Callable[[], None],
+        pre_kill: Callable[[], None],
     ) -> None:
         self._alloc_id = alloc_id
         self._kick = kick
@@ -96,7 +108,11 @@ class StateHandler:
         self._persister = persister
         self._current_alloc = current_alloc
         self._apply_update = apply_update
-        self._kill_tasks = kill_tasks
+        self._pre_kill = pre_kill
+        self._kill_asked = Event()
+        self._kill_begun = Event()
+        self._kill = KillSequence(tasks)
+        self._sibling_fired = False
 
     # --- the mailbox and the thread ----------------------------------------------------
 
@@ -107,6 +123,15 @@ class StateHandler:
             alloc,
             keep_pending=lambda pending, new: pending.alloc_modify_index > new.alloc_modify_index,
         )
+
+    def request_kill(self) -> None:
+        """Ask for every task to be killed, in order, by the next pass. Notify-only."""
+        self._kill_asked.set()
+        self._kick.kick()
+
+    def kill_begun(self) -> bool:
+        """True once a pass began killing the tasks (and ran the pre-kill hooks)."""
+        return self._kill_begun.is_set()
 
     def finish(self) -> None:
         """Every task has exited: make the last pass. Notify-only."""
@@ -141,20 +166,34 @@ class StateHandler:
     @calls_out
     def _state_pass(self, done: bool) -> None:
         states = self._tasks.states()
+        if not done:
+            self._drive_kill(states)
         live = self._tasks.live(states)
         if live:
             kill_event = self._tasks.kill_event(states)
-            if kill_event is not None and not done:
+            if kill_event is not None and not done and not self._sibling_fired:
+                self._sibling_fired = True
                 checkpoint("state.sibling_kill")
                 for tr in live:
-                    # Not recorded on a task the stop killed since the snapshot.
+                    # Not recorded on a task killed since the snapshot.
                     tr.emit_kill_reason(kill_event)
-                self._kill_tasks()
-                states = self._tasks.states()
+                self._kill_asked.set()
+                self._drive_kill(states)
         else:
             self._tasks.release_parked()
         self._coordinator.task_state_updated(states)
         self.publish(states)
+
+    @calls_out
+    def _drive_kill(self, states: Mapping[str, TaskState]) -> None:
+        """Once a kill was asked for: run the pre-kill hooks (once) and move the kill
+        sequence on (`states` is this pass's snapshot)."""
+        if not self._kill_asked.is_set():
+            return
+        if not self._kill.begun():
+            self._kill_begun.set()
+            self._pre_kill()
+        self._kill.begin(states)
 
     @calls_out
     def publish(self, states: Mapping[str, TaskState]) -> None:

@@ -26,8 +26,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from allocrunner._checkpoints import checkpoint
-from allocrunner._locking import calls_out, immutable
-from allocrunner._sync import Fifo, ThreadGroup
+from allocrunner._locking import calls_out, confined, immutable
 from allocrunner.durations import format_duration
 from allocrunner.errors import AllocRunnerError, TaskNotRunningError, UnknownTaskError
 from allocrunner.structs import (
@@ -43,9 +42,11 @@ from allocrunner.structs import (
 )
 from allocrunner.taskrunner import TaskRunner
 
-__all__ = ["TaskErrors", "TaskSet", "task_errors", "task_group_of"]
+__all__ = ["KillSequence", "TaskErrors", "TaskSet", "task_errors", "task_group_of"]
 
 TaskAction = Callable[[TaskRunner], object]
+# Leaves a request with a task runner; returns what waits for it to be served, if any.
+PostAction = Callable[[TaskRunner], object]
 
 
 class TaskErrors(AllocRunnerError, ExceptionGroup[Exception]):
@@ -203,32 +204,37 @@ class TaskSet:
 
     # --- killing ----------------------------------------------------------------------
 
+    def kill_waves(self) -> list[tuple[str, tuple[TaskRunner, ...]]]:
+        """The kill order, as labelled waves: the leader, then the main tasks, then the
+        sidecars; empty waves and poststop tasks (they run after) are left out."""
+        runners = [tr for tr in self._runners.values() if not tr.is_poststop()]
+        waves = (
+            ("leader", tuple(tr for tr in runners if tr.is_leader())),
+            ("mains", tuple(tr for tr in runners if not tr.is_leader() and not tr.is_sidecar())),
+            ("sidecars", tuple(tr for tr in runners if not tr.is_leader() and tr.is_sidecar())),
+        )
+        return [(label, wave) for label, wave in waves if wave]
+
     @calls_out
     def kill_all(self) -> None:
-        """Kill every live task: the leader first, then main tasks together, then
-        sidecars together; poststop tasks are left alone (they run after)."""
-        runners = [tr for tr in self._runners.values() if not tr.is_poststop()]
-        leaders = [tr for tr in runners if tr.is_leader()]
-        mains = [tr for tr in runners if not tr.is_leader() and not tr.is_sidecar()]
-        sidecars = [tr for tr in runners if not tr.is_leader() and tr.is_sidecar()]
-        for label, wave in (("leader", leaders), ("mains", mains), ("sidecars", sidecars)):
+        """Kill every live task and wait for each: the leader first, then main tasks
+        together, then sidecars together; poststop tasks are left alone (they run
+        after). No thread of its own: each wave's kills are asked of the tasks' run
+        threads at once, then waited for on the caller's thread. The run threads do the
+        killing; only a task without one (never run, or left running by a shutdown) is
+        stopped here."""
+        for label, wave in self.kill_waves():
             checkpoint("tasks.kill_wave", label)
-            self._kill_together(wave)
+            for tr in wave:
+                self.request_kill(tr)
+            for tr in wave:
+                with contextlib.suppress(TaskNotRunningError):
+                    tr.kill(None)
 
     @calls_out
-    def _kill_together(self, runners: list[TaskRunner]) -> None:
-        if not runners:
-            return
-        if len(runners) == 1:
-            self._kill_one(runners[0])
-            return
-        group = ThreadGroup(f"kill-{self._alloc_id[:8]}")
-        for tr in runners:
-            group.spawn(f"kill-{self._alloc_id[:8]}-{tr.name}", self._kill_one, tr)
-        group.join()
-
-    @calls_out
-    def _kill_one(self, tr: TaskRunner) -> None:
+    def request_kill(self, tr: TaskRunner) -> None:
+        """Record Killing (unless the task has finished) and ask its run thread to kill
+        it; does not wait (but a task without a run thread is stopped here and now)."""
         event = None
         if tr.task_state().finished_at is None:
             timeout = min(tr.task().kill_timeout, self._max_kill_timeout)
@@ -241,7 +247,7 @@ class TaskSet:
             )
         checkpoint("tasks.kill_one", tr.name)
         with contextlib.suppress(TaskNotRunningError):
-            tr.kill(event)
+            tr.kill(event, timeout=0)
 
     # --- actions on every task --------------------------------------------------------
 
@@ -261,25 +267,81 @@ class TaskSet:
             raise task_errors(what, failures)
 
     @calls_out
-    def each_concurrently(self, what: str, action: TaskAction) -> None:
-        """Run `action` on every task runner at once (a thread each) and wait for all;
-        a task that is not running is skipped; the other failures are raised
-        together, in task order, as one exception group."""
-        outcomes: Fifo[tuple[str, Exception]] = Fifo()
-
-        def attempt(tr: TaskRunner) -> None:
+    def each_concurrently(self, what: str, post: PostAction) -> None:
+        """Act on every task at once, with no thread of its own: `post` leaves the
+        request with each task runner without waiting and may return what waits for it
+        to be served; once every task has its request, each of those waits runs in
+        turn. A task that is not running is skipped; the other failures (of the post or
+        of the wait) are raised together, in task order, as one exception group."""
+        failed: dict[str, Exception] = {}
+        waits: list[tuple[str, Callable[[], object]]] = []
+        for name, tr in self._runners.items():
             try:
-                action(tr)
+                wait = post(tr)
             except TaskNotRunningError:
-                pass
+                continue
             except Exception as err:
-                outcomes.put((tr.name, err))
-
-        group = ThreadGroup(f"each-{self._alloc_id[:8]}")
-        for tr in self._runners.values():
-            group.spawn(f"each-{self._alloc_id[:8]}-{tr.name}", attempt, tr)
-        group.join()
-        failed = dict(outcomes.drain())
+                failed[name] = err
+                continue
+            if callable(wait):
+                waits.append((name, wait))
+        for name, wait in waits:
+            try:
+                wait()
+            except TaskNotRunningError:
+                continue
+            except Exception as err:
+                failed[name] = err
         if failed:
             ordered = [(name, failed[name]) for name in self._runners if name in failed]
             raise task_errors(what, ordered)
+
+
+class KillSequence:
+    """Thread-confined to the state handler. Kills the tasks of one allocation in
+    order (`TaskSet.kill_waves`) without a thread or a blocking wait of its own: `begin`
+    asks the first wave's run threads to kill their tasks, and `advance`, called on
+    every pass of the state handler (which task state changes kick), asks the next
+    wave once every task of the current one is dead."""
+
+    _tasks = immutable()
+    _waves = confined("alloc-state", prefix="alloc-state-")
+    _next = confined("alloc-state", prefix="alloc-state-")
+    _asked = confined("alloc-state", prefix="alloc-state-")
+
+    def __init__(self, tasks: TaskSet) -> None:
+        self._tasks = tasks
+        self._waves: tuple[tuple[str, tuple[TaskRunner, ...]], ...] | None = None
+        self._next = 0
+        self._asked = False
+
+    def begun(self) -> bool:
+        return self._waves is not None
+
+    @calls_out
+    def begin(self, states: Mapping[str, TaskState]) -> None:
+        """Start the sequence (once; later calls do nothing but `advance`)."""
+        if self._waves is None:
+            self._waves = tuple(self._tasks.kill_waves())
+        self.advance(states)
+
+    @calls_out
+    def advance(self, states: Mapping[str, TaskState]) -> None:
+        """Ask the current wave to die, and move on to the next while the current one
+        is dead in `states` (a task dead there is dead for good: it was asked to die).
+        A wave still alive is checked again on a later pass: the death of a task
+        changes its state, which kicks the state handler."""
+        waves = self._waves
+        if waves is None:
+            return
+        while self._next < len(waves):
+            label, wave = waves[self._next]
+            if not self._asked:
+                checkpoint("tasks.kill_wave", label)
+                for tr in wave:
+                    self._tasks.request_kill(tr)
+                self._asked = True
+            if not all(states[tr.name].is_dead() for tr in wave):
+                return
+            self._next += 1
+            self._asked = False

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 import attrs
 
@@ -218,9 +218,10 @@ class BoundHook:
 # the class, so one check per class is enough. Written without a lock: a dict item
 # assignment is atomic, and two threads that race compute the same answer.
 _IMPLEMENTS: dict[tuple[type, type], bool] = {}
+_P = TypeVar("_P")
 
 
-def implements(hook: object, phase: type) -> bool:
+def implements(hook: object, phase: type[_P]) -> TypeGuard[_P]:
     """`isinstance(hook, phase)` for a runtime phase protocol, decided once per class."""
     key = (type(hook), phase)
     known = _IMPLEMENTS.get(key)

@@ -581,6 +581,14 @@ class TaskControl:
         policy to start it again (at once and uncounted, unless `failure`); with
         `force`, a dead parked task runs again too. Waits until the run thread acted.
         TaskNotRunningError when there is nothing to restart."""
+        done = self.post_restart(event, failure, force)
+        if done is not None:
+            done.wait()
+
+    @calls_out
+    def post_restart(self, event: TaskEvent, failure: bool, force: bool) -> Event | None:
+        """`restart` without the wait: the event set once the run thread acted, or None
+        when there is nothing to wait for (asked by a hook on the run thread)."""
         if self._mailbox.phase() not in (RunPhase.NEW, RunPhase.RUNNING):
             raise TaskNotRunningError(f"task {self._name!r} is not running (run complete)")
         state, local = self._cell.snapshot()
@@ -602,8 +610,8 @@ class TaskControl:
             # may not look for it any more, and nothing is left to restart.
             self._mailbox.withdraw(req)
         if self._mailbox.on_run_thread():
-            return  # asked by a hook: the run loop acts once the hook returns
-        req.done.wait()
+            return None  # asked by a hook: the run loop acts once the hook returns
+        return req.done
 
     def _attached_id(self) -> str | None:
         handle = self._cell.handle()

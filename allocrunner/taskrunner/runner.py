@@ -81,6 +81,10 @@ MSG_RESTORE_FAILED = "failed to restore task; it will be started again"
 MSG_MISSING_TASK = "update missing task"
 
 
+def _nothing() -> None:
+    """A wait that is over at once."""
+
+
 class TaskRunner:
     """Thread-safe. Runs one task of an allocation; `run()` is called on exactly one
     thread, owned by the AllocRunner. See the module docstring for the contract."""
@@ -332,6 +336,16 @@ class TaskRunner:
         self._control.restart(event, failure, force=True)
 
     @calls_out
+    def request_restart(
+        self, event: TaskEvent, failure: bool = False, *, force: bool = False
+    ) -> Callable[[], object]:
+        """`restart` (or, with `force`, `force_restart`) without the wait: the request is
+        left for the run thread and what is returned waits until it acted. Lets one
+        thread restart several tasks at once."""
+        done = self._control.post_restart(event, failure, force)
+        return _nothing if done is None else done.wait
+
+    @calls_out
     def signal(self, event: TaskEvent, sig: str) -> None:
         """Record `event` and deliver `sig` to the running task. TaskNotRunningError
         without a task; driver errors (e.g. an unknown signal) propagate."""
@@ -386,6 +400,14 @@ class TaskRunner:
             self._hooks.shutdown()
             self._cell.persist_all()
         return True
+
+    @calls_out
+    def request_shutdown(self) -> Callable[[], bool]:
+        """`shutdown` without the wait: `run()` is told to return, and what is returned
+        waits for it and runs the shutdown hooks. Lets one thread shut several tasks
+        down at once."""
+        self.shutdown(timeout=0)
+        return self.shutdown
 
     # --- restore ----------------------------------------------------------------------
 

@@ -69,52 +69,47 @@ def killed_for_good(ar, *names: str) -> None:
 
 
 def test_a_sibling_rule_seen_in_a_stale_snapshot_records_nothing_on_killed_tasks(make_runner):
-    """A stop kills the leader, and the state handler sees the leader dead and the main
-    tasks live; before it records "Leader Task Dead" on them, the stop kills them. The
-    event must not land after their Killed event."""
+    """A stop kills the leader; the state handler's next pass sees it dead, asks the
+    main tasks to die (the next wave) and, in the same snapshot, sees the main tasks
+    live and the leader dead: a sibling rule. Before it records "Leader Task Dead" on
+    them, their run threads kill them. The event must not land after their Killed."""
     alloc = leader_group()
     ar = start_all(make_runner, alloc)
-    mains_wave = Hold("tasks.kill_wave", "mains")
+    mains_wave = mark("tasks.kill_wave", "mains")
     sibling = Hold("state.sibling_kill")
     with armed(mains_wave, sibling):
         ar.update(stopped(alloc))
-        assert mains_wave.wait_arrived(BOUND), "the stop never got past the leader"
         assert sibling.wait_arrived(BOUND), "the dead leader fired no sibling rule"
-        mains_wave.release()
-        wait_for(lambda: killed_for_good(ar, "main1", "main2", "sidecar"), BOUND)
+        assert mains_wave.wait_arrived(0), "the main tasks were not asked to die first"
+        wait_for(lambda: killed_for_good(ar, "main1", "main2"), BOUND)
         sibling.release()
         assert ar.wait(BOUND)
     killed_for_good(ar, "leader", "main1", "main2", "sidecar")
     for name, ts in ar.alloc_state().task_states.items():
         assert ts.events[-1].type == EVENT_KILLED, (name, [e.type for e in ts.events])
+    for name in ("main1", "main2"):
+        types = [e.type for e in ar.alloc_state().task_states[name].events]
+        assert EVENT_LEADER_DEAD not in types, (name, types)
 
 
 def test_a_second_kill_of_a_task_being_killed_records_no_killing_after_killed(make_runner):
-    """The stop's kill and the sibling rule's kill both go for main1; the second one
-    looked at main1 while it still ran. Its Killing event must not land after the first
-    kill's Killed."""
+    """The stop's wave of main tasks looked at main1 while it ran (so it means to record
+    Killing); before it asks, a direct kill of main1 kills it. The stop's Killing event
+    must not land after that kill's Killed."""
     alloc = leader_group()
     ar = start_all(make_runner, alloc)
-    mains_wave = Hold("tasks.kill_wave", "mains")
-    sibling = Hold("state.sibling_kill")
-    second_kill = Hold("tasks.kill_one", "main1")
-    with armed(mains_wave, sibling, second_kill):
+    stop_kill = Hold("tasks.kill_one", "main1")
+    with armed(stop_kill):
         ar.update(stopped(alloc))
-        # The state handler is held before its own kill, so the stop is the one held
-        # before the main tasks' wave.
-        assert sibling.wait_arrived(BOUND), "the dead leader fired no sibling rule"
-        assert mains_wave.wait_arrived(BOUND), "the stop never got past the leader"
-        sibling.release()
-        # The sibling rule's kill comes to main1 first and is held just before it.
-        assert second_kill.wait_arrived(BOUND), "the sibling rule did not kill main1"
-        mains_wave.release()
-        wait_for(lambda: killed_for_good(ar, "main1"), BOUND)
-        second_kill.release()
+        assert stop_kill.wait_arrived(BOUND), "the stop did not come to main1"
+        assert ar.task_runner("main1").kill(timeout=BOUND)
+        killed_for_good(ar, "main1")
+        stop_kill.release()
         assert ar.wait(BOUND)
     killed_for_good(ar, "leader", "main1", "main2", "sidecar")
     types = [e.type for e in ar.alloc_state().task_states["main1"].events]
-    assert types.count(EVENT_KILLING) == 1, types
-    assert EVENT_LEADER_DEAD in types
+    assert EVENT_KILLING not in types, types
+    assert types[-1] == EVENT_KILLED, types
 
 
 def test_a_restart_that_loses_the_race_with_a_stop_says_so_and_records_nothing(make_runner):
