@@ -1,7 +1,10 @@
-"""`_TaskProcess`: raw_exec's record of one task, that is of one wrapper process (see
-`allocrunner.drivers._process`): who it is (pid, process group, start time against pid
-reuse, status file), how its exit is seen and what it exited with, and the handle
-state that lets another agent find it again (`driver_state`, `task_process_from_handle`).
+"""`_TaskProcess`: raw_exec's record of one task: who its process is (pid, process
+group, start time against pid reuse, status file, the spawner dir that started it, see
+`allocrunner.drivers.spawner`), how its exit is seen and what it exited with, and the
+handle state that lets another agent find it again (`driver_state`,
+`task_process_from_handle`). A handle without a spawner dir names a task of the older
+``/bin/sh`` wrapper design (`allocrunner.drivers._process`): its pid is the wrapper's,
+which records the status itself; such tasks are still recovered.
 
 Threads: the driver's callers (start, wait, stop, recover, …) and the log pump's
 thread, which calls `poll_exit` and `on_exit`. Locks: none of its own; the result
@@ -47,6 +50,7 @@ class _TaskProcess:
     status_path = immutable()
     started_at = immutable()
     is_child = immutable()
+    spawner_dir = immutable()
     watched = immutable()
     done = immutable()
     # _lock guards: _result, _completed_at, _sigkilled
@@ -65,6 +69,7 @@ class _TaskProcess:
         status_path: str,
         started_at: float,
         is_child: bool,
+        spawner_dir: str | None = None,
         watched: bool = True,
     ) -> None:
         self._lock = lock
@@ -77,6 +82,8 @@ class _TaskProcess:
         self.status_path = status_path
         self.started_at = started_at
         self.is_child = is_child
+        # The state dir of the spawner that started the task (None: a wrapper task).
+        self.spawner_dir = spawner_dir
         # False for a task found already exited at recovery: its group id may have
         # been reused since, so it is never signalled.
         self.watched = watched
@@ -86,11 +93,11 @@ class _TaskProcess:
         self._sigkilled = False
 
     def started_at_ticks(self, ticks: int) -> bool:
-        """True if a process started at `ticks` is this task's wrapper (not a reuse)."""
+        """True if a process started at `ticks` is this task's process (not a reuse)."""
         return self.start_ticks[0] <= ticks <= self.start_ticks[1]
 
     def wrapper_alive(self) -> bool:
-        """True if the wrapper (not a process that reused its pid) runs, not a zombie."""
+        """True if the task's process (not one that reused its pid) runs, not a zombie."""
         found = read_pid_stat(self.pid)
         return found is not None and self.started_at_ticks(found.start_ticks) and found.alive
 
@@ -136,9 +143,10 @@ class _TaskProcess:
         return None if self.wrapper_alive() else Exited(None)
 
     def on_exit(self, wait_status: int | None) -> None:
-        """On the pump thread, once the wrapper has exited and its pipes are drained:
-        reap it if it is a child of this process, and publish the result."""
-        if wait_status is None:
+        """On the pump thread, once the process has exited (or its spawner reported the
+        exit) and its pipes are drained: reap it if it is a child of this process, and
+        publish the result."""
+        if wait_status is None and self.is_child:
             wait_status = reap_blocking(self.pid)
         if wait_status is not None:
             result = result_from_wait(wait_status)
@@ -150,17 +158,23 @@ class _TaskProcess:
                 if self._sigkilled:
                     result = signalled(_signal.SIGKILL)
                 else:
-                    result = ExitResult(
-                        err=f"process {self.pid} exited without recording an exit status"
-                    )
+                    result = ExitResult(err=self._unknown_exit())
             self.finish_locked(result)
+
+    def _unknown_exit(self) -> str:
+        if self.spawner_dir is None:
+            return f"process {self.pid} exited without recording an exit status"
+        return (
+            f"process {self.pid} exited and its exit status is unknown: the spawner "
+            f"that started it died before it exited"
+        )
 
     def exited_result(self) -> ExitResult:
         """The result of a recorded task whose process is no longer running: its wait
         status if it is a zombie child of ours, else its status file; DriverError if
         it left neither."""
         found = read_pid_stat(self.pid)
-        if found is not None and self.started_at_ticks(found.start_ticks):
+        if found is not None and self.started_at_ticks(found.start_ticks) and self.is_child:
             wait_status = reap_now(self.pid)
             if wait_status is not None:
                 return result_from_wait(wait_status)
@@ -173,7 +187,7 @@ class _TaskProcess:
 
     def driver_state(self) -> dict[str, Any]:
         """The handle's driver_state: what a later `task_process_from_handle` needs."""
-        return {
+        state: dict[str, Any] = {
             "pid": self.pid,
             "pgid": self.pgid,
             "start_ticks": list(self.start_ticks),
@@ -183,6 +197,9 @@ class _TaskProcess:
             "stdout_log": f"{self.config.name}.stdout",
             "stderr_log": f"{self.config.name}.stderr",
         }
+        if self.spawner_dir is not None:
+            state["spawner_dir"] = self.spawner_dir
+        return state
 
 
 def task_process_from_handle(
@@ -204,6 +221,9 @@ def task_process_from_handle(
     if not isinstance(status_path, str) or not status_path:
         raise DriverError(f"{_NAME}: handle of task {handle.task_id!r} has no status_path")
     started_at = state.get("started_at", 0.0)
+    spawner_dir = state.get("spawner_dir")
+    if spawner_dir is not None and (not isinstance(spawner_dir, str) or not spawner_dir):
+        raise DriverError(f"{_NAME}: handle of task {handle.task_id!r} has a bad spawner_dir")
     return _TaskProcess(
         lock,
         handle.config,
@@ -213,6 +233,7 @@ def task_process_from_handle(
         status_path=status_path,
         started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
         is_child=False,
+        spawner_dir=spawner_dir,
         watched=watched,
     )
 

@@ -11,59 +11,59 @@ and ``oom_score_adj`` are accepted and ignored; other keys are validation errors
 
 How a task runs:
 
-- The command runs under a small ``/bin/sh`` wrapper in a new session, so the task is
-  one process group (``pgid`` = wrapper pid); see `allocrunner.drivers._process`. A
-  stop or a signal sent to the group reaches the command with its default action
-  while the wrapper survives, records the command's exit status in
-  ``<task_dir>/.allocrunner-exit-status`` and exits with it. A status above 128 is
-  read as "killed by signal status-128" and reported as exit code = status, signal =
-  status-128, as Nomad reports signalled tasks (a command that itself exits with such
-  a code is indistinguishable). The status is one newline-terminated line naming the
-  wrapper's pid too, read only once the wrapper has exited or when it parses
-  completely, so a half-written or stale status is never taken for this run's.
+- Tasks are started by the spawner of the driver's state dir (`state_dir`, by default
+  a per-user dir in the temp dir; see `allocrunner.drivers.spawner`), one long-lived
+  process launched on first use that serves every driver of that dir. It
+  ``posix_spawn``s the command itself in a new process group (``pgid`` = pid), with
+  every catchable signal at its default action and none blocked (whatever the agent
+  ignores, e.g. under ``nohup``, or blocks), stdin on /dev/null and no other
+  descriptor. `start()` returns once the command has been exec'd, so a stop or a
+  signal sent right after it acts on the command.
+- The spawner reaps its tasks and records each exit status in
+  ``<task_dir>/.allocrunner-exit-status`` (one line, status then pid, written to a
+  temporary file and renamed) before it tells any agent, through a per-task
+  exit-notify pipe. A status above 128 is read as "killed by signal status-128" and
+  reported as exit code = status, signal = status-128, as Nomad reports signalled
+  tasks (a command that itself exits with such a code is indistinguishable).
 - The handle's ``driver_state`` holds the pid, pgid, the process start time from
-  ``/proc/<pid>/stat`` (against pid reuse), the status-file path and the log location.
-  `recover()` in another driver instance (an agent restart) attaches to the live
-  wrapper if its pid still has the recorded start time, reads the status file if the
-  task has exited, and otherwise raises `DriverError`.
-- Exits are watched with a pidfd per task (or, with ``exit_watch="poll"`` or where
-  pidfds are missing, by polling). When the agent is the wrapper's parent it reaps
-  it (its wait status is authoritative, and no zombie is left); otherwise the status
-  file is. A wrapper that was SIGKILLed by a stop's escalation leaves no status file
-  and is reported as killed by SIGKILL.
+  ``/proc/<pid>/stat`` (against pid reuse), the status-file path, the spawner dir and
+  the log location. `recover()` in another driver instance (an agent restart) asks
+  the spawner to attach it to the live task, else reads the status file, else raises
+  `DriverError`. A `start()` of a task the spawner still runs (an agent that died
+  while starting it) adopts that process rather than starting it twice.
+- If the spawner dies (kill -9), its tasks run on, orphaned: a task found alive with
+  its recorded start time is then watched with a pidfd (or, with
+  ``exit_watch="poll"`` or where pidfds are missing, by polling /proc), and its exit
+  is reported as an `ExitResult` whose ``err`` says the status is unknown (or as
+  killed by SIGKILL if a stop escalated to it). The next start launches a new
+  spawner.
+- Handles of the older wrapper design (no spawner dir: the pid is a ``/bin/sh``
+  wrapper that records the status itself) are recovered as before.
 - Stop sends the kill signal (default SIGINT) to the whole group, waits up to the
-  timeout, then SIGKILLs the group; grandchildren die with it, and so does whatever
-  of the group outlives the task.
-- Signals are never lost at the start, nor inherited from the agent: the wrapper is
-  spawned with every signal at its default action and none blocked (an agent under
-  ``nohup`` ignores SIGHUP, one started as a background job SIGINT and SIGQUIT), and
-  `start()` returns only once the wrapper's handshake says the command is being
-  exec'd by a process that no longer traps anything, so a stop or a signal sent
-  right after `start()` acts on the command itself (see
-  `allocrunner.drivers._process`).
+  timeout for the spawner's exit notice, then SIGKILLs the group; grandchildren die
+  with it, and so does whatever of the group outlives the task. Nothing polls:
+  stopping many tasks signals them all and each is published as it is reaped.
 
-Logs: the wrapper's stdout and stderr are pipes. One driver-wide `LogPump` thread
-copies them into ``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with rotation
-(`logs.RotatingLogWriter`; `TaskConfig.log_max_file_size_bytes`, when set, overrides
-the size in MB, which lets tests rotate small files) and watches the pidfds, so a task
-costs no thread of its own. Before a task's exit is published its pipes are drained,
-so when `wait` returns the logs hold everything the process wrote. Pipes keep the
-start path free of file-system metadata work, yet stay re-openable after an agent
-restart: `recover()` opens the wrapper's ``/proc/<pid>/fd/1`` and ``/2`` read-only,
-which yields new read ends of the same pipes. The wrapper keeps a read end of each
-pipe open itself, so while the agent is down a writing task is never killed by
-SIGPIPE: once the pipe buffer (64 KiB) is full it blocks until the agent is back and
-drains it, and nothing it wrote is lost. Like ``Popen(close_fds=True)``, the task
-inherits no other descriptor of the agent.
+Logs: a task's stdout and stderr are pipes created by the driver. One driver-wide
+`LogPump` thread copies them into ``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with
+rotation (`logs.RotatingLogWriter`; `TaskConfig.log_max_file_size_bytes`, when set,
+overrides the size in MB, which lets tests rotate small files) and watches the
+exit-notify pipes, so a task costs no thread of its own. Before a task's exit is
+published its pipes are drained, so when `wait` returns the logs hold everything the
+process wrote. The spawner keeps a read end of each pipe, so while no agent is alive a
+writing task is never killed by SIGPIPE: once the pipe buffer (64 KiB) is full it
+blocks until an agent attaches again (the spawner sends it new read ends) and drains
+it, and nothing it wrote is lost.
 
-`close()` stops the pump and leaves running tasks running (an agent shutdown); a task
-that exits while no driver watches it records its status for `recover()`.
+`close()` stops the pump and closes the driver's spawner connections, leaving running
+tasks running (an agent shutdown); a spawner with no task and no agent exits.
 
 Threads: callers' threads (start, wait, stop, …) and the pump thread ``raw_exec-io``,
-which publishes exits. Locks: ``Driver._lock`` guards the task table (`_TaskTable`)
-and each task's result; the pump's own ``LogPump._lock`` guards what it watches; the
-two are never nested. Owner: built by `default_drivers()` (or a test) and shared by
-every TaskRunner of a node; whoever built it calls `close()`.
+which publishes exits. Locks: ``Driver._lock`` guards the task table (`_TaskTable`),
+each task's result and the map of spawner clients; the pump's own ``LogPump._lock``
+guards what it watches; the two are never nested. Spawner requests hold no lock.
+Owner: built by `default_drivers()` (or a test) and shared by every TaskRunner of a
+node; whoever built it calls `close()`.
 """
 
 from __future__ import annotations
@@ -71,34 +71,28 @@ from __future__ import annotations
 import os
 import signal as _signal
 import time
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from allocrunner._locking import calls_out, immutable, make_lock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken
 from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, _TaskTable, check_keys, signal_number
 from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
 from allocrunner.drivers._process import (
     STATUS_FILE,
     STREAMS,
-    await_command_start,
-    boot_ticks,
     check_task_dirs,
     close_fds,
     exit_result_from_status,
     group_usage,
-    kill_group_and_reap,
-    make_pipes,
     open_output_pipes,
     pidfd_open,
     read_pid_stat,
+    read_status,
     remove_status,
     resolve_command,
-    result_from_wait,
-    spawn_wrapper,
     task_env,
 )
 from allocrunner.drivers._task_process import _TaskProcess, task_process_from_handle
@@ -109,7 +103,14 @@ from allocrunner.drivers.base import (
     TaskStatus,
 )
 from allocrunner.drivers.logs import ensure_log_file
+from allocrunner.drivers.spawner_client import (
+    Reply,
+    SpawnerClient,
+    default_state_dir,
+    ensure_state_dir,
+)
 from allocrunner.errors import DriverError
+from allocrunner.structs.frozen import FrozenDict
 
 __all__ = [
     "KILL_GRACE",
@@ -133,8 +134,7 @@ _KNOWN_KEYS = frozenset(
 KILL_GRACE = 10.0
 """Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
 START_SETTLE = 30.0
-"""Seconds `start()` waits for the wrapper's handshake (its command about to be
-exec'd) before it kills the wrapper and fails."""
+"""Seconds a new spawner may take to listen before `start()` fails."""
 POLL_INTERVAL = 0.05
 """Seconds between liveness checks of a task watched without a pidfd."""
 
@@ -175,8 +175,9 @@ def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
 class RawExecDriver:
     """Thread-safe. The `raw_exec` driver (see the module docstring).
 
-    Call `close()` when done: it joins the pump thread; running tasks keep running and
-    can be recovered by another instance.
+    `state_dir` is the spawner's dir (default: a per-user dir in the temp dir). Call
+    `close()` when done: it joins the pump thread; running tasks keep running and can
+    be recovered by another instance.
     """
 
     name = NAME
@@ -185,10 +186,12 @@ class RawExecDriver:
     _tasks = immutable()
     _closing = immutable()
     _pump = immutable()
-    _devnull = immutable()
     _exit_watch = immutable()
+    _state_dir = immutable()
+    # _lock guards: _clients
+    _clients = guarded("_lock")
 
-    def __init__(self, *, exit_watch: str = "pidfd") -> None:
+    def __init__(self, *, exit_watch: str = "pidfd", state_dir: str | None = None) -> None:
         if exit_watch not in ("pidfd", "poll"):
             raise ValueError(f"exit_watch must be 'pidfd' or 'poll', not {exit_watch!r}")
         self._lock = make_lock("Driver._lock")
@@ -196,8 +199,13 @@ class RawExecDriver:
         self._closing = CancelToken()
         self._pump = LogPump("raw_exec-io", poll_interval=POLL_INTERVAL)
         self._exit_watch = exit_watch
-        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # tasks' stdin
-        weakref.finalize(self, close_fds, self._devnull)
+        self._state_dir = os.path.abspath(state_dir or default_state_dir())
+        self._clients: FrozenDict[str, SpawnerClient] = FrozenDict()
+
+    @property
+    def state_dir(self) -> str:
+        """The dir of the spawner that starts this driver's tasks."""
+        return self._state_dir
 
     # --- protocol -----------------------------------------------------------------
 
@@ -207,7 +215,7 @@ class RawExecDriver:
 
     @calls_out
     def start(self, config: TaskConfig) -> TaskHandle:
-        """Start the process; return once its command is being exec'd, so that a
+        """Start the process; return once its command has been exec'd, so that a
         signal sent from now on reaches it (DriverError if it cannot start)."""
         spec = parse_raw_exec_config(config.driver_config)
         task_dir = check_task_dirs(config)
@@ -218,40 +226,43 @@ class RawExecDriver:
         status_path = os.path.join(task_dir, STATUS_FILE)
         for stream in STREAMS:
             ensure_log_file(config.logs_dir, config.name, stream)
-        pipes = make_pipes()
+        client = self._client(self._state_dir, create=True)
+        pipes = _make_pipes()
+        out_r, out_w, err_r, err_w, note_r, note_w = pipes
         try:
-            # The fork happens in between: its start time lies in this range, which
-            # spares reading /proc/<pid>/stat on the start path.
-            ticks_before = boot_ticks()
-            pid = spawn_wrapper(
-                command, spec.args, env, task_dir, status_path, pipes, self._devnull
-            )
-            ticks_after = boot_ticks()
-        except BaseException:
-            close_fds(pipes["stdout_r"], pipes["stderr_r"], pipes["ready_r"])
-            raise
-        finally:
-            # The wrapper holds the write ends now; the pump must see EOF when it ends.
-            close_fds(pipes["stdout_w"], pipes["stderr_w"], pipes["ready_w"])
-        outputs = tuple((stream, pipes[f"{stream}_r"]) for stream in STREAMS)
-        self._await_command(pid, pipes["ready_r"], outputs, command)
-        pidfd = None
-        try:
-            pidfd = None if self._exit_watch == "poll" else pidfd_open(pid)
-            proc = _TaskProcess(
-                self._lock,
-                config,
-                pid=pid,
-                pgid=pid,
-                start_ticks=(ticks_before, ticks_after),
+            reply = client.start(
+                command=command,
+                argv=[command, *spec.args],
+                env=env,
+                cwd=task_dir,
                 status_path=status_path,
-                started_at=time.time(),
-                is_child=True,
+                fds=(out_r, out_w, err_r, err_w, note_w),
             )
-            self._hand_over(proc, pidfd, outputs)
         except BaseException:
-            close_fds(pidfd, *(fd for _, fd in outputs))
-            kill_group_and_reap(pid)
+            close_fds(*pipes)
+            raise
+        close_fds(out_w, err_w, note_w)
+        adopted = bool(reply.fields.get("adopted"))
+        outputs = self._outputs_of(reply, (out_r, err_r), adopted)
+        pid = int(reply.fields["pid"])
+        low, high = (int(t) for t in reply.fields["ticks"])
+        proc = _TaskProcess(
+            self._lock,
+            config,
+            pid=pid,
+            pgid=pid,
+            start_ticks=(low, high),
+            status_path=status_path,
+            started_at=time.time(),
+            is_child=False,
+            spawner_dir=client.directory,
+        )
+        try:
+            self._hand_over(proc, note_r, outputs)
+        except BaseException:
+            close_fds(note_r, *(fd for _, fd in outputs))
+            if not adopted:
+                proc.signal_group(_signal.SIGKILL)
             raise
         return TaskHandle(driver=NAME, config=config, driver_state=proc.driver_state())
 
@@ -355,6 +366,8 @@ class RawExecDriver:
             if self._tasks.contains_locked(handle.task_id):
                 return
         proc = task_process_from_handle(self._lock, handle)
+        if proc.spawner_dir is not None and self._attach(proc):
+            return
         if proc.wrapper_alive() and self._reattach(proc):
             return
         exited = proc.exited_result()
@@ -366,11 +379,15 @@ class RawExecDriver:
 
     @calls_out
     def close(self) -> None:
-        """Stop the pump thread (running tasks keep running). Idempotent."""
+        """Stop the pump thread and close the spawner connections (running tasks keep
+        running). Idempotent."""
         with self._lock:
             self._tasks.close_locked()
             self._closing.cancel(f"{NAME} closed")
+            clients = self._clients
         self._pump.close()
+        for client in clients.values():
+            client.close()
 
     def __enter__(self) -> RawExecDriver:
         return self
@@ -380,16 +397,50 @@ class RawExecDriver:
 
     # --- internals -----------------------------------------------------------------
 
+    def _client(self, directory: str, *, create: bool) -> SpawnerClient:
+        """The client of the spawner of `directory` (made private first if `create`)."""
+        with self._lock:
+            if self._tasks.closed_locked():
+                raise DriverError(f"{NAME} is closed")
+            client = self._clients.get(directory)
+        if client is not None:
+            return client
+        if create:
+            ensure_state_dir(directory)
+        fresh = SpawnerClient(directory)
+        with self._lock:
+            closed = self._tasks.closed_locked()
+            client = self._clients.get(directory)
+            if client is None and not closed:
+                self._clients = self._clients.set(directory, fresh)
+                client = fresh
+        if client is None:
+            raise DriverError(f"{NAME} is closed")
+        return client
+
+    @staticmethod
+    def _outputs_of(
+        reply: Reply, own: tuple[int, int], adopted: bool
+    ) -> tuple[tuple[str, int], ...]:
+        """The read ends to pump: ours, or for an adopted task the spawner's copies."""
+        if not adopted:
+            close_fds(*reply.fds)
+            return tuple(zip(STREAMS, own, strict=True))
+        close_fds(*own)
+        return tuple(zip(STREAMS, reply.fds, strict=False))
+
     def _hand_over(
         self,
         proc: _TaskProcess,
-        pidfd: int | None,
+        exit_fd: int | None,
         outputs: tuple[tuple[str, int], ...],
         exited: ExitResult | None = None,
     ) -> None:
         """Register the task and give its descriptors to the pump. DriverError (the
         descriptors still the caller's) if the driver is closed or the task already
-        runs. A task handed over `exited` has nothing to watch.
+        runs. A task handed over `exited` has nothing to watch. `exit_fd` turns
+        readable once the task has exited (its exit-notify pipe, or a pidfd); without
+        one the task is polled.
 
         The table learns of the task before the pump does; no `destroy` can forget it
         in between, since a destroy waits for a running task's exit, which only the
@@ -401,21 +452,83 @@ class RawExecDriver:
                 proc.finish_locked(exited)
         if exited is not None:
             return
+        on_exit = proc.on_exit if proc.spawner_dir is None else self._notice_handler(proc)
         watch = Watch(
             owner=proc,
             pipes=tuple((fd, RotatingLogSink(proc.config, stream)) for stream, fd in outputs),
-            on_exit=proc.on_exit,
-            pidfd=pidfd,
-            poll_exit=proc.poll_exit if pidfd is None else None,
+            on_exit=on_exit,
+            pidfd=exit_fd,
+            poll_exit=proc.poll_exit if exit_fd is None else None,
         )
         if not self._pump.add(watch):
             with self._lock:
                 self._tasks.remove_locked(task_id, proc)
             raise DriverError(f"{NAME} is closed")
 
+    def _notice_handler(self, proc: _TaskProcess) -> Callable[[int | None], None]:
+        def on_notice(wait_status: int | None) -> None:
+            self._exit_noticed(proc, wait_status)
+
+        return on_notice
+
+    def _exit_noticed(self, proc: _TaskProcess, wait_status: int | None) -> None:
+        """On the pump thread: the task's exit-notify pipe became readable. Without a
+        recorded status the spawner died: a task still running is watched on its own."""
+        orphaned = read_status(proc.status_path, proc.pid) is None and proc.wrapper_alive()
+        if orphaned and self._watch_orphan(proc):
+            return
+        proc.on_exit(wait_status)
+
+    def _watch_orphan(self, proc: _TaskProcess) -> bool:
+        """Watch a task whose spawner died by pidfd (or polling); False if it turned out
+        to have exited meanwhile."""
+        pidfd = None
+        if self._exit_watch == "pidfd":
+            try:
+                pidfd = pidfd_open(proc.pid)
+            except ProcessLookupError:
+                return False
+        if not proc.wrapper_alive():
+            close_fds(pidfd)
+            return False
+        watch = Watch(
+            owner=proc,
+            pipes=(),
+            on_exit=proc.on_exit,
+            pidfd=pidfd,
+            poll_exit=proc.poll_exit if pidfd is None else None,
+        )
+        if not self._pump.add(watch):
+            close_fds(pidfd)  # closing: waiters are released by the driver's close
+        return True
+
+    def _attach(self, proc: _TaskProcess) -> bool:
+        """Ask the task's spawner to attach this driver to it; False if the spawner does
+        not run it (it exited, or its spawner is gone)."""
+        assert proc.spawner_dir is not None
+        note_r, note_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            reply = self._client(proc.spawner_dir, create=False).attach(
+                proc.pid, proc.start_ticks, note_w
+            )
+        except DriverError:
+            reply = None
+        except BaseException:
+            close_fds(note_r)
+            raise
+        finally:
+            close_fds(note_w)
+        if reply is None or reply.fields.get("state") != "running":
+            close_fds(note_r, *(reply.fds if reply is not None else ()))
+            return False
+        outputs = tuple(zip(STREAMS, reply.fds, strict=False))
+        self._register_recovered(proc, None, note_r, outputs)
+        return True
+
     def _reattach(self, proc: _TaskProcess) -> bool:
-        """Watch the live wrapper of a recovered task again; False if it turned out to
-        have exited (or its pid to be reused) meanwhile."""
+        """Watch a live recovered process the spawner does not know (a wrapper, or a
+        task whose spawner died) again; False if it turned out to have exited (or its
+        pid to be reused) meanwhile."""
         pidfd = None
         if self._exit_watch == "pidfd":
             try:
@@ -434,46 +547,19 @@ class RawExecDriver:
         self,
         proc: _TaskProcess,
         exited: ExitResult | None,
-        pidfd: int | None = None,
+        exit_fd: int | None = None,
         outputs: tuple[tuple[str, int], ...] = (),
     ) -> None:
         """Hand over a recovered task; a concurrent recover() of the same task having
         registered it first is not an error."""
         try:
-            self._hand_over(proc, pidfd, outputs, exited)
+            self._hand_over(proc, exit_fd, outputs, exited)
         except DriverError:
-            close_fds(pidfd, *(fd for _, fd in outputs))
+            close_fds(exit_fd, *(fd for _, fd in outputs))
             with self._lock:
                 recovered_meanwhile = self._tasks.contains_locked(proc.config.id)
             if not recovered_meanwhile:
                 raise
-
-    @staticmethod
-    def _await_command(
-        pid: int, ready: int, outputs: tuple[tuple[str, int], ...], command: str
-    ) -> None:
-        """Wait for the handshake of wrapper `pid` (its command about to be exec'd).
-        Closes `ready`. If the wrapper exited first or took too long: kill its group,
-        reap it, close `outputs` and raise DriverError."""
-        try:
-            started = await_command_start(ready, START_SETTLE)
-        except BaseException:
-            close_fds(*(fd for _, fd in outputs))
-            kill_group_and_reap(pid)
-            raise
-        finally:
-            close_fds(ready)
-        if started:
-            return
-        close_fds(*(fd for _, fd in outputs))
-        wait_status = kill_group_and_reap(pid)
-        ended = (
-            "" if wait_status is None else f", exit code {result_from_wait(wait_status).exit_code}"
-        )
-        raise DriverError(
-            f"{NAME}: cannot start {command!r}: its wrapper exited before starting it"
-            f"{ended}; see the task's stderr log"
-        )
 
     @calls_out
     def _await_exit(self, proc: _TaskProcess, timeout: float) -> bool:
@@ -488,3 +574,19 @@ class RawExecDriver:
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
         return False
+
+
+def _make_pipes() -> tuple[int, int, int, int, int, int]:
+    """stdout, stderr and exit-notify pipes (read end, write end each), close-on-exec,
+    the read ends non-blocking."""
+    made: list[int] = []
+    try:
+        for _ in range(3):
+            read, write = os.pipe2(os.O_CLOEXEC)
+            made += [read, write]
+            os.set_blocking(read, False)
+    except OSError as err:
+        close_fds(*made)
+        raise DriverError(f"{NAME}: cannot create pipes: {err}") from err
+    out_r, out_w, err_r, err_w, note_r, note_w = made
+    return out_r, out_w, err_r, err_w, note_r, note_w

@@ -20,6 +20,7 @@ from allocrunner.drivers.base import TASK_STATE_EXITED, TASK_STATE_RUNNING
 from allocrunner.drivers.logs import log_indices, read_logs
 from allocrunner.errors import DriverError
 from allocrunner.testing import assert_stays, wait_for
+from tests.unit.drivers.raw_exec_support import assert_spawner_retires
 from tests.unit.drivers.support import (
     PATH,
     alive,
@@ -31,6 +32,23 @@ from tests.unit.drivers.support import (
 )
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+def spawner_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spawner"
+
+
+def driver_in(tmp_path: Path, **kwargs) -> RawExecDriver:
+    """A driver (another agent) using the test's spawner dir."""
+    return RawExecDriver(state_dir=str(spawner_dir(tmp_path)), **kwargs)
+
+
+@pytest.fixture
+def raw(no_leftover_processes, tmp_path):
+    driver = driver_in(tmp_path)
+    yield driver
+    driver.close()
+    assert_spawner_retires(spawner_dir(tmp_path))
 
 
 def logs(config, stream: str = "stdout") -> str:
@@ -349,7 +367,7 @@ _START_ELSEWHERE = """
 import json, sys
 from allocrunner.drivers import RawExecDriver, TaskConfig
 config = TaskConfig.from_json(json.loads(sys.argv[1]))
-driver = RawExecDriver()
+driver = RawExecDriver(state_dir=sys.argv[2])
 handle = driver.start(config)
 driver.close()
 print(json.dumps(handle.to_json()))
@@ -360,7 +378,13 @@ def start_in_other_agent(config) -> TaskHandle:
     """Start a task from another Python process that then exits (an agent that died):
     the task is no child of this process."""
     out = subprocess.run(
-        [sys.executable, "-c", _START_ELSEWHERE, json.dumps(config.to_json())],
+        [
+            sys.executable,
+            "-c",
+            _START_ELSEWHERE,
+            json.dumps(config.to_json()),
+            str(spawner_dir(Path(config.task_dir).parent)),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -417,14 +441,23 @@ def test_recover_escalation_to_sigkill_without_being_parent(raw, tmp_path):
     assert raw.inspect(config.id).exit_result == ExitResult(exit_code=137, signal=9)
 
 
-def test_recover_task_killed_while_agent_was_down_fails(raw, tmp_path):
+def test_recover_task_killed_while_agent_was_down_reports_the_kill(raw, tmp_path):
     config = task_config(tmp_path, gated("exit 0"))
     handle = start_in_other_agent(config)
     os.killpg(handle.driver_state["pgid"], signal.SIGKILL)
     pid = handle.driver_state["pid"]
-    wait_for(lambda: _assert(not alive(pid), f"pid {pid} still alive"), 10)
-    with pytest.raises(DriverError, match="no exit status"):
-        raw.recover(handle)
+    wait_for(lambda: _assert(proc_state(pid) is None, f"pid {pid} not reaped"), 10)
+    raw.recover(handle)
+    assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=137, signal=9)
+
+
+def test_recover_task_gone_without_a_status_fails(raw, tmp_path):
+    config = task_config(tmp_path, sh("exit 0"))
+    handle = raw.start(config)
+    raw.wait(config.id, CancelToken())
+    Path(handle.driver_state["status_path"]).unlink()
+    with driver_in(tmp_path) as other, pytest.raises(DriverError, match="no exit status"):
+        other.recover(handle)
 
 
 def test_output_written_while_agent_was_down_is_kept(raw, tmp_path):
@@ -445,7 +478,7 @@ def test_output_written_while_agent_was_down_is_kept(raw, tmp_path):
 
 def test_recover_by_second_instance_in_same_process(raw, tmp_path):
     config = task_config(tmp_path, gated("exit 4"))
-    with RawExecDriver() as first:
+    with driver_in(tmp_path) as first:
         handle = first.start(config)
     raw.recover(handle)
     (Path(config.task_dir) / "go").touch()
@@ -455,7 +488,7 @@ def test_recover_by_second_instance_in_same_process(raw, tmp_path):
 
 def test_recover_after_exit_in_same_process_reaps(raw, tmp_path):
     config = task_config(tmp_path, sh("exit 6"))
-    with RawExecDriver() as first:
+    with driver_in(tmp_path) as first:
         handle = first.start(config)
         # close before the exit is noticed is not guaranteed; wait for the file
     status_file = Path(handle.driver_state["status_path"])
@@ -469,7 +502,7 @@ def test_recover_after_destroy_fails(raw, tmp_path):
     config = task_config(tmp_path, sh("exec sleep 30"))
     handle = raw.start(config)
     raw.destroy(config.id, force=True)
-    with RawExecDriver() as other, pytest.raises(DriverError):
+    with driver_in(tmp_path) as other, pytest.raises(DriverError):
         other.recover(handle)
 
 
@@ -482,7 +515,7 @@ def test_recover_rejects_reused_pid(raw, tmp_path):
     state = dict(handle.driver_state)
     state["pid"] = state["pgid"] = os.getpid()
     forged = TaskHandle(driver="raw_exec", config=handle.config, driver_state=state)
-    with RawExecDriver() as other, pytest.raises(DriverError, match="no exit status"):
+    with driver_in(tmp_path) as other, pytest.raises(DriverError, match="no exit status"):
         other.recover(forged)
 
 
@@ -496,7 +529,7 @@ def test_recover_rejects_bad_handle(raw, tmp_path, key):
 
 
 def test_close_leaves_tasks_running_and_waiters_get_an_error(tmp_path, no_leftover_processes):
-    driver = RawExecDriver()
+    driver = driver_in(tmp_path)
     config = task_config(tmp_path, sh("exec sleep 30"))
     handle = driver.start(config)
     driver.close()
@@ -504,7 +537,7 @@ def test_close_leaves_tasks_running_and_waiters_get_an_error(tmp_path, no_leftov
     assert alive(handle.driver_state["pid"])
     with pytest.raises(DriverError, match="closed"):
         driver.wait(config.id, CancelToken())
-    with RawExecDriver() as other:
+    with driver_in(tmp_path) as other:
         other.recover(handle)
         other.stop(config.id, 5.0)
 
@@ -513,10 +546,11 @@ def test_close_leaves_tasks_running_and_waiters_get_an_error(tmp_path, no_leftov
 
 
 @pytest.fixture
-def polled(no_leftover_processes):
-    driver = RawExecDriver(exit_watch="poll")
+def polled(no_leftover_processes, tmp_path):
+    driver = driver_in(tmp_path, exit_watch="poll")
     yield driver
     driver.close()
+    assert_spawner_retires(spawner_dir(tmp_path))
 
 
 def test_poll_mode_exit_and_stop(polled, tmp_path):

@@ -1,0 +1,438 @@
+"""The raw_exec spawner: one long-lived process per state dir that starts raw_exec tasks,
+reaps them and records each exit status in the task's status file, so an exit code
+survives agent restarts without a wrapper process per task.
+
+Run as ``python -m allocrunner.drivers.spawner <dir>`` or, faster to boot because it
+imports nothing but the standard library, ``python -I -S <this file> <dir>``. The
+launcher takes ``<dir>/spawner.lock`` (an flock held for the spawner's whole life; the
+file holds its pid), binds ``<dir>/spawner.sock`` (SOCK_SEQPACKET; only peers of its
+own uid are served), forks the daemon (new session, stdin/stdout on /dev/null, stderr
+appended to ``<dir>/spawner.log``) and exits 0 once the socket accepts connections.
+
+Requests and replies are one JSON message each, descriptors passed with SCM_RIGHTS:
+
+- ``start`` (path, argv, env, cwd, status_path; fds: stdout read/write ends, stderr
+  read/write ends, the write end of an exit-notify pipe). The task is spawned with
+  ``posix_spawn``: its own process group, every catchable signal at its default
+  action, an empty signal mask, stdin on /dev/null and no other descriptor (every
+  descriptor of the spawner is close-on-exec). ``posix_spawn`` returns after the exec
+  (glibc's vfork reports exec failures), so the reply (pid, and the range of clock
+  ticks since boot its start time lies in) means the command runs. A live task with the same status path is adopted
+  instead: an agent that died during a start never gets its task started twice.
+- ``attach`` (pid, start-ticks range; fd: an exit-notify write end): ``running`` with new
+  read ends of the task's output pipes, or ``unknown`` (not a live task of this
+  spawner: its exit, if recorded, is in its status file).
+- ``ping``: the spawner's pid.
+
+The spawner keeps each task's output read ends, so a task never gets SIGPIPE while no
+agent reads. On SIGCHLD (a wakeup fd, no timed polling) it reaps every exited child,
+writes ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) to a temporary
+file renamed over the status file, and only then writes one byte to, and closes, each
+exit-notify pipe of the task. It exits once it has no task and no connected agent and
+no agent is connecting (``start.lock``, which agents hold while they connect or launch).
+
+Threads: one (an epoll loop). Locks: none in-process; the two flocks above order it
+against other processes. Owner: launched by `allocrunner.drivers.spawner_client` on
+first use; nothing in the agent process imports it except to find its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+SOCKET_NAME = "spawner.sock"
+LOCK_NAME = "spawner.lock"
+START_LOCK_NAME = "start.lock"
+LOG_NAME = "spawner.log"
+MAX_MESSAGE = 1 << 20
+"""The largest request (environment included), in bytes."""
+MAX_FDS = 8
+IDLE_CHECK = 1.0
+"""Seconds between idle checks while an agent holds the start lock."""
+
+_DEFAULT_SIGNALS = tuple(
+    sorted(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+)
+_CREDS = struct.Struct("3i")
+
+
+def socket_path(directory: str) -> str:
+    """The spawner socket of `directory`, reachable even when the path is too long for
+    a unix socket address (through a /proc/self/fd link the caller keeps open)."""
+    return os.path.join(directory, SOCKET_NAME)
+
+
+def short_path(path: str) -> tuple[str, int | None]:
+    """A name for `path` short enough for a socket address, and a descriptor of its
+    directory to close afterwards (None if `path` itself is short enough)."""
+    if len(os.fsencode(path)) < 100:
+        return path, None
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}", dir_fd
+
+
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Clock ticks since boot, the clock of the start times in /proc/<pid>/stat."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // _NS_PER_TICK
+
+
+def write_status(path: str, status: int, pid: int) -> None:
+    """Record `status` of task `pid` at `path` atomically (temporary file, rename)."""
+    tmp = f"{path}.{pid}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"{status} {pid}\n".encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def status_of(wait_status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _Task:
+    """One running task: its identity and the descriptors the spawner keeps for it."""
+
+    def __init__(
+        self, pid: int, ticks: tuple[int, int], status_path: str, outputs: list[int]
+    ) -> None:
+        self.pid = pid
+        self.ticks = ticks
+        self.status_path = status_path
+        self.outputs = outputs
+        self.notifies: list[int] = []
+
+
+class Spawner:
+    """Not thread-safe: one thread runs `serve`. See the module docstring."""
+
+    def __init__(self, directory: str, listener: socket.socket) -> None:
+        self.directory = directory
+        self.listener = listener
+        self.tasks: dict[int, _Task] = {}
+        self.by_status_path: dict[str, int] = {}
+        self.clients: dict[int, socket.socket] = {}
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.buffer = bytearray(MAX_MESSAGE)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.epoll = select.epoll()
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.listener.setblocking(False)
+        self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+        self.epoll.register(self.wake_r, select.EPOLLIN)
+        while True:
+            for fd, _ in self.epoll.poll(IDLE_CHECK):
+                if fd == self.listener.fileno():
+                    self.accept()
+                elif fd == self.wake_r:
+                    self.reap()
+                else:
+                    self.serve_client(fd)
+            if self.idle() and self.try_retire():
+                return
+
+    # --- clients ---------------------------------------------------------------------
+
+    def accept(self) -> bool:
+        """Accept every pending connection; True if there was one."""
+        accepted = False
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return accepted
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+            if _CREDS.unpack(creds)[1] != os.getuid():
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.clients[conn.fileno()] = conn
+            self.epoll.register(conn.fileno(), select.EPOLLIN)
+            accepted = True
+
+    def serve_client(self, fd: int) -> None:
+        conn = self.clients.get(fd)
+        if conn is None:
+            return
+        try:
+            size, ancdata, _, _ = conn.recvmsg_into(
+                [self.buffer], socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            size, ancdata = 0, []
+        fds = _received_fds(ancdata)
+        if size == 0:
+            _close(*fds)
+            self.drop_client(fd)
+            return
+        try:
+            request = json.loads(bytes(self.buffer[:size]))
+            reply, out_fds = self.handle(request, fds)
+        except Exception as err:  # a bad request must not take the spawner down
+            _close(*fds)
+            reply, out_fds = {"ok": False, "error": f"bad request: {err}"}, []
+        try:
+            conn.sendmsg(
+                [json.dumps(reply).encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(out_fds)}i", *out_fds))]
+                if out_fds
+                else [],
+            )
+        except OSError:
+            self.drop_client(fd)
+        finally:
+            _close(*out_fds)
+
+    def drop_client(self, fd: int) -> None:
+        conn = self.clients.pop(fd, None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+            conn.close()
+
+    def handle(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """Serve one request; the reply and the descriptors to send (closed after)."""
+        op = request.get("op")
+        if op == "start":
+            return self.start(request, fds)
+        if op == "attach":
+            return self.attach(request, fds)
+        _close(*fds)
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid(), "tasks": sorted(self.tasks)}, []
+        return {"ok": False, "error": f"unknown op {op!r}"}, []
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def start(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        out_r, out_w, err_r, err_w, notify_w = fds
+        status_path = request["status_path"]
+        running = self.by_status_path.get(status_path)
+        if running is not None:
+            _close(out_r, out_w, err_r, err_w)
+            return self.adopt(self.tasks[running], notify_w, adopted=True)
+        try:
+            # The child's start time lies in this range: no need to read /proc.
+            before = boot_ticks()
+            pid = self.spawn(request, out_w, err_w)
+            ticks = (before, boot_ticks())
+        except OSError as err:
+            _close(*fds)
+            return {"ok": False, "error": os.strerror(err.errno or 0) or str(err)}, []
+        finally:
+            _close(out_w, err_w)
+        task = _Task(pid, ticks, status_path, [out_r, err_r])
+        task.notifies.append(notify_w)
+        self.tasks[pid] = task
+        self.by_status_path[status_path] = pid
+        return {"ok": True, "pid": pid, "ticks": task.ticks, "adopted": False}, []
+
+    def spawn(self, request: dict[str, Any], out_w: int, err_w: int) -> int:
+        """posix_spawn the command in its cwd; OSError if it cannot be exec'd."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(request["status_path"])
+        path: str = request["path"]
+        argv: list[str] = request["argv"]
+        actions = [
+            (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+        ]
+        os.chdir(request["cwd"])
+        try:
+            try:
+                return self._posix_spawn(path, argv, request["env"], actions)
+            except OSError as err:
+                if err.errno != errno.ENOEXEC:
+                    raise
+                # A script without a "#!" line runs under the shell, as execvp does.
+                return self._posix_spawn(
+                    "/bin/sh", ["/bin/sh", path, *argv[1:]], request["env"], actions
+                )
+        finally:
+            os.chdir("/")
+
+    @staticmethod
+    def _posix_spawn(
+        path: str, argv: list[str], env: dict[str, str], actions: list[tuple[int, ...]]
+    ) -> int:
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=actions,
+            setpgroup=0,
+            setsigmask=(),
+            setsigdef=_DEFAULT_SIGNALS,
+        )
+
+    def attach(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        (notify_w,) = fds
+        task = self.tasks.get(int(request["pid"]))
+        if task is None or list(task.ticks) != request["ticks"]:
+            _close(notify_w)
+            return {"ok": True, "state": "unknown"}, []
+        return self.adopt(task, notify_w, adopted=False)
+
+    def adopt(
+        self, task: _Task, notify_w: int, *, adopted: bool
+    ) -> tuple[dict[str, Any], list[int]]:
+        task.notifies.append(notify_w)
+        reply = {"ok": True, "state": "running", "pid": task.pid, "ticks": task.ticks}
+        if adopted:
+            reply["adopted"] = True
+        return reply, [os.dup(fd) for fd in task.outputs]
+
+    def reap(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.record_exit(pid, wait_status)
+
+    def record_exit(self, pid: int, wait_status: int) -> None:
+        task = self.tasks.pop(pid, None)
+        if task is None:
+            return
+        if self.by_status_path.get(task.status_path) == pid:
+            del self.by_status_path[task.status_path]
+        status = status_of(wait_status)
+        try:
+            write_status(task.status_path, status, pid)
+        except OSError as err:
+            print(f"spawner: cannot record exit {status} of {pid}: {err}", file=sys.stderr)
+        for fd in task.notifies:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"x")
+        _close(*task.notifies, *task.outputs)
+
+    # --- lifetime --------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        return not self.tasks and not self.clients
+
+    def try_retire(self) -> bool:
+        """Stop serving if still idle and no agent is connecting: True to exit."""
+        lock_path = os.path.join(self.directory, START_LOCK_NAME)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if self.accept() or self.tasks:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path(self.directory))
+            self.listener.close()
+            return True
+        finally:
+            os.close(fd)
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+    return fds
+
+
+def launch(directory: str) -> int:
+    """Take the dir's lock, listen, fork the daemon; 0 once it serves (the launcher's
+    exit code), 3 if another spawner holds the lock."""
+    lock_fd = os.open(
+        os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+    )
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        # A retiring spawner still holds it for a moment; a serving one would have
+        # been reached by the agent that launched us, which holds the start lock.
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    path = socket_path(directory)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    address, dir_fd = short_path(path)
+    try:
+        listener.bind(address)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    listener.listen(128)
+    if os.fork() != 0:
+        os._exit(0)
+    os.setsid()
+    _reset_signals()
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+    _detach_stdio(directory)
+    Spawner(directory, listener).serve()
+    return 0
+
+
+def _reset_signals() -> None:
+    """Whatever the agent that launched it blocks or ignores: block nothing (SIGCHLD
+    must arrive), and outlive hang-ups and interrupts, as a daemon does."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _detach_stdio(directory: str) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    log = os.open(os.path.join(directory, LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(log, 2)
+    _close(devnull, log)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: spawner.py <state dir>", file=sys.stderr)
+        return 2
+    return launch(os.path.abspath(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
