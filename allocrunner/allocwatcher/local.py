@@ -9,8 +9,11 @@ Threads: none of its own; `wait` and `migrate` run on the caller's thread (the n
 allocation's runner), `is_waiting` / `is_migrating` may be asked from any thread.
 Locks: the inherited `ActivityFlags._lock` (``PrevAllocWatcher._lock``) guards the
 waiting / migrating counters only; no lock is held while waiting on the listener or
-moving data. Owner: `new_prev_watcher` builds it from the previous runner (for the
-previous allocation and for each preempted one); the new `AllocRunner` calls it.
+moving data. `wait` blocks in the listener's ``get`` with no timeout: the cancel token's
+callback closes the listener, which wakes it. Closing takes ``AllocBroadcaster._lock``
+(a leaf), so the token must not be cancelled while a declared lock is held.
+Owner: `new_prev_watcher` builds it from the previous runner (for the previous
+allocation and for each preempted one); the new `AllocRunner` calls it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 from allocrunner.allocwatcher.base import (
     LOGGER_NAME,
-    POLL_INTERVAL,
     ActivityFlags,
     PrevAllocMigrationError,
     check_cancel,
@@ -98,20 +100,24 @@ class LocalPrevAlloc(ActivityFlags):
                 self._follow(listener, cancel)
 
     def _follow(self, listener: AllocListener[Allocation], cancel: CancelToken) -> None:
-        """Return at the first terminal view or when the broadcaster closes; checks
-        `cancel` at least every POLL_INTERVAL seconds."""
+        """Return at the first terminal view or when the broadcaster closes; raise
+        `PrevAllocWaitCancelled` once `cancel` fires, which closes the listener and so
+        wakes the blocked ``get`` (no timed wake-ups)."""
         prev_id = self._prev_alloc.id
-        while True:
-            check_cancel(cancel, prev_id)
-            try:
-                alloc = listener.get(timeout=POLL_INTERVAL)
-            except TimeoutError:
-                continue
-            except BroadcasterClosed:
-                return
-            if alloc.client_terminal():
-                log.debug("previous allocation %s is %s", prev_id, alloc.client_status)
-                return
+        withdraw = cancel.on_cancel(listener.close)
+        try:
+            while True:
+                check_cancel(cancel, prev_id)
+                try:
+                    alloc = listener.get()
+                except BroadcasterClosed:
+                    check_cancel(cancel, prev_id)
+                    return
+                if alloc.client_terminal():
+                    log.debug("previous allocation %s is %s", prev_id, alloc.client_status)
+                    return
+        finally:
+            withdraw()
 
     @calls_out
     def migrate(self, cancel: CancelToken, dest: AllocDir) -> None:
