@@ -428,7 +428,13 @@ class WriteQueue:
         conn.executemany(
             "DELETE FROM entries WHERE alloc_id = ? AND task = ? AND kind = ?", plan.deleted_keys
         )
-        conn.execute("COMMIT")
+        self._commit()
+
+    @calls_out
+    def _commit(self) -> None:
+        """End the batch's transaction (its own step, so a test can hold the writer with
+        a transaction open)."""
+        self._conn.execute("COMMIT")
 
     @calls_out
     def _rollback(self) -> None:
