@@ -1,0 +1,854 @@
+"""Scale benchmark: a node running many allocations, against floors and peers measured in
+the same run.
+
+Figures (each printed with its ratio and its goal, PASS or MISS):
+
+- Per-allocation cost of start, stop and destroy at N=1000 against N=100: a `Client` with
+  single-task mock_driver allocations. Start is `run_allocs` until every alloc's client
+  status is running (the call itself may return earlier), stop is a desired-stop update
+  until every alloc is complete, destroy is `collect_all` until every runner is
+  destroyed. Goal: at most 1.3x each.
+- How long `run_allocs` of 1,000 new allocations takes to return (goal: 0.5 s), beside
+  the bare-thread floor below.
+- Start-all at N=1000 against a bare-thread floor: one plain thread per allocation that
+  makes a directory and sets an Event (goal: at most 8x).
+- `put_task_state` of a changed value against encode + a raw sqlite insert, interleaved
+  (goal: at most 1.5x).
+- raw_exec start until the command is exec'd against a bare `Popen`: the command
+  (``tee FIFO``) opens a FIFO the benchmark polls, so both end at the same event.
+- raw_exec stop until reaped against `Popen` SIGINT + wait (goal: at most 1.5x each).
+- Stopping 100 raw_exec tasks on one driver against a real supervisord's
+  ``stopAllProcesses(wait=True)`` over XML-RPC on a unix socket (goal: at most 1.0x;
+  reported unavailable, with the reason, when supervisord cannot run).
+- RSS per running mock allocation at N=1000 (VmRSS delta / N) beside the floor's
+  (goal: 60 KB), and idle CPU with N allocations running: process CPU time over wall
+  time across a window (30 s by default; goal: 0.1 %).
+
+``BENCH_QUICK=1`` shrinks everything for a smoke test; ``BENCH_SCALE_IDLE_S`` sets the
+idle window. Threads: the benchmark's own (floor threads, stop workers), plus whatever
+the Clients and drivers it builds own; every Client, driver, process (supervisord
+included) and temp dir is closed in ``finally`` blocks. Locks: none of its own; it runs
+with the lock check off. Owner: ``python -m benchmarks scale``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["ALLOCRUNNER_LOCKCHECK"] = "0"  # before anything imports allocrunner
+
+import dataclasses
+import gc
+import http.client
+import json
+import select
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from allocrunner import _locking
+from allocrunner._sync import CancelToken
+from allocrunner.client import Client
+from allocrunner.config import ClientConfig
+from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig
+from allocrunner.jobspec import encode_task_state
+from allocrunner.state import SQLiteStateDB
+from allocrunner.structs import Allocation, TaskEvent, TaskState, new_allocation
+from allocrunner.testing import mock_job, mock_task
+from benchmarks import format_value, interleaved_ns_per_op
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Immutable. Sizes of one run (full or quick)."""
+
+    n_big: int
+    n_small: int
+    rounds: int
+    idle_s: float
+    exec_samples: int
+    stop_all_tasks: int
+    stop_all_rounds: int
+    statedb_ops: int
+
+
+def params() -> Params:
+    idle = float(os.environ.get("BENCH_SCALE_IDLE_S", "1" if QUICK else "30"))
+    if QUICK:
+        return Params(40, 10, 1, idle, 5, 10, 1, 300)
+    return Params(1000, 100, 2, idle, 40, 100, 3, 3000)
+
+
+# --- figures --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Immutable. One printed line: measured vs baseline, ratio, goal, verdict."""
+
+    name: str
+    measured: float | None
+    baseline: float | None
+    baseline_name: str
+    unit: str
+    goal: str
+    ok: bool | None
+    unavailable: str = ""
+
+    def ratio(self) -> float | None:
+        if self.measured is None or not self.baseline:
+            return None
+        return self.measured / self.baseline
+
+
+def ratio_figure(
+    name: str, measured: float, baseline: float, baseline_name: str, unit: str, limit: float
+) -> Figure:
+    """A figure whose goal is its ratio to the baseline: at most `limit`x."""
+    ok = baseline > 0 and measured / baseline <= limit
+    return Figure(name, measured, baseline, baseline_name, unit, f"<= {limit:g}x", ok)
+
+
+def unavailable(name: str, goal: str, reason: str) -> Figure:
+    return Figure(name, None, None, "", "", goal, None, reason)
+
+
+def print_figures(figures: list[Figure]) -> None:
+    """One line per figure: name, measured, vs baseline (what), ratio, goal, PASS/MISS."""
+    name_w = max(len(f.name) for f in figures)
+    bases = [f"{format_value(f.baseline, f.unit)} ({f.baseline_name})" for f in figures]
+    base_w = max(len(text) for text in bases)
+    print("\n== scale: every figure against a floor or peer measured in this run")
+    for f, base in zip(figures, bases, strict=True):
+        if f.unavailable:
+            print(f"  {f.name:<{name_w}}  unavailable: {f.unavailable}  goal {f.goal}")
+            continue
+        ratio = f.ratio()
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"  {f.name:<{name_w}}  {format_value(f.measured, f.unit):>10}  vs {base:<{base_w}}"
+            f"  ratio {ratio_text:>7}  goal {f.goal:<8}  {'PASS' if f.ok else 'MISS'}"
+        )
+
+
+# --- process figures ------------------------------------------------------------------
+
+
+def vm_rss_kb() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def cpu_seconds() -> float:
+    """Process CPU time (user + system, every thread) at nanosecond resolution; os.times()
+    counts 10 ms ticks, too coarse for a 0.1 % goal."""
+    return time.process_time()
+
+
+@dataclass(frozen=True)
+class FloorRun:
+    """Immutable. The bare-thread floor: start-all time and RSS per thread."""
+
+    start_all_s: float
+    rss_kb_per_alloc: float
+
+
+def bare_thread_floor(n: int, root: Path) -> FloorRun:
+    """One plain thread per allocation that makes a directory and sets an Event."""
+    release = threading.Event()
+    started = [threading.Event() for _ in range(n)]
+
+    def alloc(i: int) -> None:
+        try:
+            (root / f"alloc{i}").mkdir()
+        finally:
+            started[i].set()
+        release.wait()
+
+    root.mkdir(parents=True)
+    gc.collect()
+    rss_before = vm_rss_kb()
+    threads = [threading.Thread(target=alloc, args=(i,), daemon=True) for i in range(n)]
+    t0 = time.perf_counter()
+    try:
+        for thread in threads:
+            thread.start()
+        for event in started:
+            event.wait()
+        elapsed = time.perf_counter() - t0
+        rss = (vm_rss_kb() - rss_before) / n
+    finally:
+        release.set()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+        shutil.rmtree(root, ignore_errors=True)
+    return FloorRun(elapsed, rss)
+
+
+# --- the Client cycle -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CycleRun:
+    """Immutable. One Client cycle of n allocations."""
+
+    n: int
+    run_allocs_s: float
+    start_s: float
+    stop_s: float
+    destroy_s: float
+    rss_kb_per_alloc: float
+    idle_cpu_percent: float | None
+
+
+def scale_config(data_dir: Path) -> ClientConfig:
+    """Product defaults, except that the collector never acts on its own: destroy is
+    measured through `collect_all` only."""
+    return ClientConfig.for_data_dir(
+        data_dir,
+        gc_interval=3600.0,
+        gc_max_allocs=1_000_000,
+        gc_disk_usage_threshold=100.0,
+        gc_inode_usage_threshold=100.0,
+    )
+
+
+def wait_all(client: Client, ids: list[str], done: Callable[[Allocation], bool], what: str) -> None:
+    """Poll until `done(view)` holds for every alloc, checking only the ones not yet done."""
+    deadline = time.monotonic() + (120.0 if QUICK else 600.0)
+    remaining = list(ids)
+    while remaining:
+        ar = client.runner(remaining[-1])
+        if ar is not None and done(ar.client_alloc()):
+            remaining.pop()
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(remaining)} of {len(ids)} allocations never {what}")
+        time.sleep(0.002)
+
+
+def _running(view: Allocation) -> bool:
+    return view.client_status == "running"
+
+
+def _terminal(view: Allocation) -> bool:
+    return view.client_terminal()
+
+
+def _stopped(alloc: Allocation) -> Allocation:
+    return attrs.evolve(
+        alloc, desired_status="stop", alloc_modify_index=alloc.alloc_modify_index + 1
+    )
+
+
+def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
+    """Start, stop and destroy n single-task mock allocations on a fresh Client."""
+    job = mock_job(mock_task("t", config={"run_for": "24h"}))
+    allocs = [new_allocation(job, "web", index=i) for i in range(n)]
+    ids = [a.id for a in allocs]
+    driver = MockDriver()
+    client = Client(scale_config(root), drivers={"mock_driver": driver})
+    try:
+        client.start()
+        gc.collect()
+        rss_before = vm_rss_kb()
+        t0 = time.perf_counter()
+        client.run_allocs(allocs)
+        returned = time.perf_counter() - t0
+        wait_all(client, ids, _running, "ran")
+        start_s = time.perf_counter() - t0
+        rss = (vm_rss_kb() - rss_before) / n
+        idle = idle_cpu_percent(idle_s) if idle_s > 0 else None
+
+        t0 = time.perf_counter()
+        client.run_allocs([_stopped(a) for a in allocs])
+        wait_all(client, ids, _terminal, "completed")
+        stop_s = time.perf_counter() - t0
+
+        wait_for_marks(client, ids)
+        t0 = time.perf_counter()
+        client.collect_all()
+        wait_all_destroyed(client, ids)
+        destroy_s = time.perf_counter() - t0
+        client.run_allocs([])
+    finally:
+        client.shutdown()
+        driver.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle)
+
+
+def idle_cpu_percent(window_s: float) -> float:
+    """Process CPU time over wall time across `window_s`, after a short settle."""
+    time.sleep(min(1.0, window_s / 5))
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    time.sleep(window_s)
+    return 100.0 * (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+
+
+def wait_for_marks(client: Client, ids: list[str]) -> None:
+    """Untimed: the terminal views reach the collector through the update thread."""
+    deadline = time.monotonic() + 60.0
+    remaining = list(ids)
+    while remaining:
+        if client.gc.is_marked(remaining[-1]):
+            remaining.pop()
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"{len(remaining)} terminal allocations never marked")
+        else:
+            time.sleep(0.002)
+
+
+def wait_all_destroyed(client: Client, ids: list[str]) -> None:
+    for alloc_id in ids:
+        ar = client.runner(alloc_id)
+        if ar is not None and not ar.wait_destroyed(600.0):
+            raise TimeoutError(f"allocation {alloc_id} never destroyed")
+
+
+# --- raw_exec vs Popen ------------------------------------------------------------------
+
+
+def task_config(root: Path, name: str, command: list[str]) -> TaskConfig:
+    task_dir = root / name
+    logs_dir = root / "logs"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(exist_ok=True)
+    return TaskConfig(
+        id=f"scale/{name}",
+        alloc_id="scale",
+        name=name,
+        driver_config={"command": command[0], "args": command[1:]},
+        env={"PATH": "/usr/bin:/bin"},
+        task_dir=str(task_dir),
+        logs_dir=str(logs_dir),
+    )
+
+
+@contextmanager
+def fifo_reader(path: Path) -> Iterator[int]:
+    """A FIFO's read end, open before its writer: POLLHUP once a writer came and went."""
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def wait_writer_gone(fd: int, timeout: float = 10.0) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    if not poller.poll(timeout * 1000):
+        raise TimeoutError("the command never opened its FIFO")
+
+
+def exec_samples(driver: RawExecDriver, root: Path, n: int) -> tuple[list[float], list[float]]:
+    """Start → command exec'd: raw_exec and bare Popen interleaved sample by sample."""
+    ours: list[float] = []
+    bare: list[float] = []
+    for i in range(n):
+        fifo = root / f"exec{i}.fifo"
+        config = task_config(root, f"exec{i}", ["/usr/bin/tee", str(fifo)])
+        with fifo_reader(fifo) as fd:
+            t0 = time.perf_counter()
+            driver.start(config)
+            wait_writer_gone(fd)
+            ours.append(time.perf_counter() - t0)
+        driver.wait(config.id, CancelToken())
+        driver.destroy(config.id)
+        with fifo_reader(fifo) as fd:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ["/usr/bin/tee", str(fifo)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            wait_writer_gone(fd)
+            bare.append(time.perf_counter() - t0)
+        proc.wait()
+    return ours, bare
+
+
+def stop_samples(driver: RawExecDriver, root: Path, n: int) -> tuple[list[float], list[float]]:
+    """Stop → reaped: raw_exec stop + wait and Popen SIGINT + wait, interleaved."""
+    ours: list[float] = []
+    bare: list[float] = []
+    for i in range(n):
+        config = task_config(root, f"stop{i}", ["/bin/sleep", "3600"])
+        driver.start(config)
+        proc = subprocess.Popen(["/bin/sleep", "3600"], start_new_session=True)
+        try:
+            t0 = time.perf_counter()
+            driver.stop(config.id, 5.0)
+            driver.wait(config.id, CancelToken())
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            bare.append(time.perf_counter() - t0)
+        finally:
+            proc.kill()
+            proc.wait()
+            driver.destroy(config.id, force=True)
+    return ours, bare
+
+
+EXEC_FIGURE = "raw_exec start -> exec'd (median)"
+REAP_FIGURE = "raw_exec stop -> reaped (median)"
+
+
+def raw_exec_figures(root: Path, samples: int) -> list[Figure]:
+    driver = RawExecDriver()
+    try:
+        exec_samples(driver, root / "warm", 2)
+        ours, bare = exec_samples(driver, root / "exec", samples)
+        kill, popen_kill = stop_samples(driver, root / "stop", samples)
+    finally:
+        driver.close()
+    return [
+        ratio_figure(
+            EXEC_FIGURE,
+            statistics.median(ours),
+            statistics.median(bare),
+            "Popen",
+            "s",
+            1.5,
+        ),
+        ratio_figure(
+            REAP_FIGURE,
+            statistics.median(kill),
+            statistics.median(popen_kill),
+            "Popen kill+wait",
+            "s",
+            1.5,
+        ),
+    ]
+
+
+# --- state DB -----------------------------------------------------------------------------
+
+RAW_INSERT = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)"
+
+
+def changing_task_states(n: int) -> list[TaskState]:
+    """n task states, each different from the one before (so no write is de-duplicated)."""
+    base = TaskState().with_state("running")
+    for i in range(5):
+        base = base.with_event(TaskEvent("Started", message=f"event {i}"))
+    return [attrs.evolve(base, restarts=i) for i in range(n)]
+
+
+def encode(state: TaskState) -> str:
+    return json.dumps(encode_task_state(state), separators=(",", ":"))
+
+
+def raw_sqlite(path: Path) -> sqlite3.Connection:
+    """A bare table with SQLiteStateDB's file settings (WAL, synchronous=NORMAL)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE entries (alloc_id TEXT, task TEXT, kind TEXT, value TEXT, "
+        "PRIMARY KEY (alloc_id, task, kind)) WITHOUT ROWID"
+    )
+    return conn
+
+
+STATEDB_FIGURE = "put_task_state (changed) vs encode + raw insert"
+
+
+def put_task_state_figure(root: Path, ops: int) -> Figure:
+    """SQLiteStateDB.put_task_state of a changed value vs encode + a raw insert, rounds
+    interleaved (`benchmarks.interleaved_ns_per_op`)."""
+    root.mkdir(parents=True)
+    states = changing_task_states(ops)
+    encoded = [encode(s) for s in states]
+    conn = raw_sqlite(root / "raw.db")
+    db = SQLiteStateDB(root / "state.db")
+
+    def raw(n: int) -> None:
+        for i in range(n):
+            conn.execute(RAW_INSERT, ("alloc", "web", "task_state", encoded[i]))
+
+    def encode_only(n: int) -> None:
+        for i in range(n):
+            encode(states[i])
+
+    flush: Callable[[], None] = getattr(db, "flush", lambda: None)
+
+    def put(n: int) -> None:
+        for i in range(n):
+            db.put_task_state("alloc", "web", states[i])
+        flush()  # a store that queues its writes has done them only once flushed
+
+    try:
+        best = interleaved_ns_per_op({"raw": raw, "encode": encode_only, "put": put}, ops, rounds=5)
+    finally:
+        conn.close()
+        db.close()
+    return ratio_figure(
+        STATEDB_FIGURE,
+        best["put"],
+        best["encode"] + best["raw"],
+        "encode+sqlite",
+        "ns",
+        1.5,
+    )
+
+
+# --- stop-all vs supervisord --------------------------------------------------------------
+
+SUPERVISED_SLEEP = ("/bin/sleep", "3599.5")  # an unusual argument marks our programs
+
+SUPERVISORD_CONFIG = """\
+[unix_http_server]
+file={root}/supervisor.sock
+
+[supervisord]
+nodaemon=true
+logfile={root}/supervisord.log
+pidfile={root}/supervisord.pid
+childlogdir={root}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[program:sleep]
+command={command}
+process_name=%(program_name)s_%(process_num)03d
+numprocs={n}
+autostart=true
+autorestart=false
+startsecs=0
+startretries=0
+stopsignal=INT
+stopwaitsecs=5
+redirect_stderr=true
+"""
+
+
+RPC_ERRORS = (OSError, xmlrpc.client.Error, http.client.HTTPException)
+
+
+class SupervisorUnavailable(Exception):
+    """supervisord cannot run here; the message says why."""
+
+
+class SupervisordPeer:
+    """Not thread-safe; owned by the stop-all figure. A real supervisord running n
+    `sleep` programs from a generated config in `root`, driven over XML-RPC on a unix
+    socket. Leaving the `with` block shuts it down and kills any program it left."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self._root = root
+        self._n = n
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._new_proxy: Callable[[], Any] = lambda: None
+        self._pids: set[int] = set()
+
+    def __enter__(self) -> SupervisordPeer:
+        try:
+            from supervisor.xmlrpc import SupervisorTransport
+        except ImportError as err:
+            raise SupervisorUnavailable(f"supervisor is not installed ({err})") from err
+        self._root.mkdir(parents=True)
+        conf = self._root / "supervisord.conf"
+        command = " ".join(SUPERVISED_SLEEP)
+        conf.write_text(SUPERVISORD_CONFIG.format(root=self._root, command=command, n=self._n))
+        sock = f"unix://{self._root}/supervisor.sock"
+        self._new_proxy = lambda: xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, sock)
+        )
+        with open(self._root / "stdout", "wb") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+            self._wait_all_running()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def stop_all(self) -> float:
+        """Seconds `stopAllProcesses(wait=True)` takes; every program is stopped after."""
+        rpc = self._new_proxy()
+        t0 = time.perf_counter()
+        self._call(lambda: rpc.supervisor.stopAllProcesses(True))
+        elapsed = time.perf_counter() - t0
+        states = {p["statename"] for p in self._call(rpc.supervisor.getAllProcessInfo)}
+        if "RUNNING" in states or "STOPPING" in states:
+            raise SupervisorUnavailable(f"stopAllProcesses returned with programs {states}")
+        return elapsed
+
+    def start_all(self) -> None:
+        rpc = self._new_proxy()
+        self._call(lambda: rpc.supervisor.startAllProcesses(True))
+        self._wait_all_running()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except RPC_ERRORS as err:
+            raise SupervisorUnavailable(f"XML-RPC to supervisord failed: {err!r}") from err
+
+    def _check_alive(self) -> None:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            tail = (self._root / "stdout").read_text(errors="replace").strip()[-300:]
+            raise SupervisorUnavailable(f"supervisord exited ({self._proc.returncode}): {tail}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30.0
+        while True:
+            self._check_alive()
+            try:
+                if self._new_proxy().supervisor.getState()["statename"] == "RUNNING":
+                    return
+            except RPC_ERRORS as err:
+                if time.monotonic() > deadline:
+                    raise SupervisorUnavailable(f"supervisord never answered: {err!r}") from err
+            time.sleep(0.05)
+
+    def _wait_all_running(self) -> None:
+        deadline = time.monotonic() + 60.0
+        while True:
+            self._check_alive()
+            info = self._call(self._new_proxy().supervisor.getAllProcessInfo)
+            self._pids.update(p["pid"] for p in info if p["pid"])
+            running = sum(1 for p in info if p["statename"] == "RUNNING")
+            if running == self._n:
+                return
+            if time.monotonic() > deadline:
+                raise SupervisorUnavailable(f"only {running} of {self._n} programs started")
+            time.sleep(0.05)
+
+    def _close(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                self._new_proxy().supervisor.shutdown()
+            except RPC_ERRORS:
+                proc.terminate()
+            try:
+                proc.wait(20.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in self._pids:
+            kill_if_ours(pid)
+
+
+def kill_if_ours(pid: int) -> None:
+    """SIGKILL `pid` if it is still one of the supervised sleeps (never a reused pid)."""
+    want = ("\0".join(SUPERVISED_SLEEP) + "\0").encode()
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if cmdline.read() != want:
+                return
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        return
+
+
+def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
+    """Start n sleep tasks, then stop them all at once (one waiting thread each, started
+    beforehand); seconds until every one is reaped."""
+    configs = [task_config(root, f"r{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+    go = threading.Event()
+    left = [n]
+    left_lock = threading.Lock()
+    all_reaped = threading.Event()
+
+    def stop_one(config: TaskConfig) -> None:
+        go.wait()
+        driver.stop(config.id, 5.0)
+        driver.wait(config.id, CancelToken())
+        with left_lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            all_reaped.set()
+
+    started: list[TaskConfig] = []
+    workers = [threading.Thread(target=stop_one, args=(c,), daemon=True) for c in configs]
+    try:
+        for config in configs:
+            driver.start(config)
+            started.append(config)
+        for worker in workers:
+            worker.start()
+        t0 = time.perf_counter()
+        go.set()
+        if not all_reaped.wait(60.0):
+            raise TimeoutError("raw_exec tasks not reaped within 60 s")
+        return time.perf_counter() - t0
+    finally:
+        go.set()
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join(30.0)
+        for config in started:
+            driver.destroy(config.id, force=True)
+
+
+def stop_all_name(n: int) -> str:
+    return f"stop {n} raw_exec tasks vs supervisord stopAll"
+
+
+def stop_all_figure(root: Path, n: int, rounds: int) -> Figure:
+    name = stop_all_name(n)
+    goal = "<= 1x"
+    ours: list[float] = []
+    peer_times: list[float] = []
+    driver = RawExecDriver()
+    try:
+        with SupervisordPeer(root / "supervisord", n) as peer:
+            for r in range(rounds):
+                if r:
+                    peer.start_all()
+                peer_times.append(peer.stop_all())
+                ours.append(raw_exec_stop_all(driver, root / "raw", n, r))
+    except SupervisorUnavailable as err:
+        return unavailable(name, goal, str(err))
+    finally:
+        driver.close()
+    return ratio_figure(name, min(ours), min(peer_times), "supervisord", "s", 1.0)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def client_names(p: Params) -> list[str]:
+    versus = f"vs N={p.n_small}"
+    return [
+        f"start per alloc, N={p.n_big} {versus}",
+        f"stop per alloc, N={p.n_big} {versus}",
+        f"destroy per alloc, N={p.n_big} {versus}",
+        f"run_allocs({p.n_big} new) returns",
+        f"start-all N={p.n_big} vs bare threads",
+        f"RSS per running alloc, N={p.n_big}",
+        f"idle CPU, {p.n_big} allocs, {p.idle_s:g} s",
+    ]
+
+
+CLIENT_GOALS = ["<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"]
+
+
+def client_figures(p: Params, root: Path) -> list[Figure]:
+    client_cycle(p.n_small, root / "warm", 0.0)
+    floors: list[FloorRun] = []
+    small: list[CycleRun] = []
+    big: list[CycleRun] = []
+    for r in range(p.rounds):
+        floors.append(bare_thread_floor(p.n_big, root / f"floor{r}"))
+        small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
+        big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
+    names = client_names(p)
+    figures: list[Figure] = []
+    for name, phase in zip(names, ("start", "stop", "destroy"), strict=False):
+        per_big = min(getattr(c, f"{phase}_s") for c in big) / p.n_big
+        per_small = min(getattr(c, f"{phase}_s") for c in small) / p.n_small
+        figures.append(ratio_figure(name, per_big, per_small, f"N={p.n_small}", "s", 1.3))
+    floor_start = min(f.start_all_s for f in floors)
+    returned = min(c.run_allocs_s for c in big)
+    figures.append(
+        Figure(
+            names[3], returned, floor_start, "bare threads", "s", CLIENT_GOALS[3], returned <= 0.5
+        )
+    )
+    start_all = min(c.start_s for c in big)
+    figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
+    rss = big[0].rss_kb_per_alloc
+    floor_rss = statistics.median(f.rss_kb_per_alloc for f in floors)
+    figures.append(
+        Figure(names[5], rss, floor_rss, "bare thread", "KB", CLIENT_GOALS[5], rss <= 60)
+    )
+    idle = big[0].idle_cpu_percent
+    if idle is None:
+        figures.append(unavailable(names[6], CLIENT_GOALS[6], "the idle window is 0 s"))
+    else:
+        figures.append(Figure(names[6], idle, 0.1, "goal", "%CPU", CLIENT_GOALS[6], idle <= 0.1))
+    return figures
+
+
+def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -> list[Figure]:
+    """The figures `measure` returns; if it raises, each figure is printed unavailable
+    with the error (and its traceback goes to stderr), and the next section runs."""
+    try:
+        return measure()
+    except Exception as err:
+        traceback.print_exc()
+        return [unavailable(name, goal, f"{type(err).__name__}: {err}") for name, goal in specs]
+
+
+def main(idle_s: float | None = None) -> None:
+    """Run every figure and print them; `idle_s` overrides the idle window (30 s)."""
+    assert not _locking.CHECK, "benchmarks run with the lock check off"
+    p = params()
+    if idle_s is not None:
+        p = dataclasses.replace(p, idle_s=idle_s)
+    print(
+        f"scale: N={p.n_big} vs {p.n_small}, idle window {p.idle_s:g} s"
+        f"{' (BENCH_QUICK)' if QUICK else ''}",
+        flush=True,
+    )
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        figures = section(
+            list(zip(client_names(p), CLIENT_GOALS, strict=True)),
+            lambda: client_figures(p, root / "client"),
+        )
+        figures += section(
+            [(STATEDB_FIGURE, "<= 1.5x")],
+            lambda: [put_task_state_figure(root / "statedb", p.statedb_ops)],
+        )
+        figures += section(
+            [(EXEC_FIGURE, "<= 1.5x"), (REAP_FIGURE, "<= 1.5x")],
+            lambda: raw_exec_figures(root / "raw_exec", p.exec_samples),
+        )
+        figures += section(
+            [(stop_all_name(p.stop_all_tasks), "<= 1x")],
+            lambda: [stop_all_figure(root / "stop_all", p.stop_all_tasks, p.stop_all_rounds)],
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print_figures(figures)
+
+
+if __name__ == "__main__":
+    main()

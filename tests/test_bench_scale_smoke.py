@@ -1,0 +1,63 @@
+"""Smoke test of the scale benchmark: ``python -m benchmarks scale`` in quick mode runs
+to the end in a subprocess (lock check off, small N, a 1 s idle window) and prints every
+figure with a ratio and a PASS/MISS verdict. Speed itself is never asserted.
+
+Threads and locks: none (the benchmark runs in its own process). Owner: pytest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FIGURES = [
+    r"start per alloc, N=\d+ vs N=\d+",
+    r"stop per alloc, N=\d+ vs N=\d+",
+    r"destroy per alloc, N=\d+ vs N=\d+",
+    r"run_allocs\(\d+ new\) returns",
+    r"start-all N=\d+ vs bare threads",
+    r"RSS per running alloc, N=\d+",
+    r"idle CPU, \d+ allocs, [\d.]+ s",
+    r"put_task_state \(changed\) vs encode \+ raw insert",
+    r"raw_exec start -> exec'd \(median\)",
+    r"raw_exec stop -> reaped \(median\)",
+    r"stop \d+ raw_exec tasks vs supervisord stopAll",
+]
+SUPERVISORD_FIGURE = FIGURES[-1]
+WITH_RATIO = r"\s+.*\s+ratio\s+\d+\.\d\dx\s+goal\s+<=\s+\S+(?: \S+)?\s+(PASS|MISS)$"
+
+
+def figure_lines(output: str, pattern: str) -> list[str]:
+    return [line for line in output.splitlines() if re.match(rf"\s+{pattern}\s", line)]
+
+
+@pytest.mark.timeout(120)
+def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
+    env = dict(os.environ, ALLOCRUNNER_LOCKCHECK="0", BENCH_QUICK="1", BENCH_SCALE_IDLE_S="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "scale"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    report = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, report
+    supervisor_installed = importlib.util.find_spec("supervisor") is not None
+    for pattern in FIGURES:
+        lines = figure_lines(done.stdout, pattern)
+        assert len(lines) == 1, f"figure {pattern!r} printed {len(lines)} times\n{report}"
+        if pattern == SUPERVISORD_FIGURE and not supervisor_installed:
+            assert "unavailable: supervisor is not installed" in lines[0], report
+            continue
+        assert re.match(rf"\s+{pattern}{WITH_RATIO}", lines[0]), f"no ratio: {lines[0]}"
