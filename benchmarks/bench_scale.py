@@ -37,9 +37,11 @@ import os
 
 os.environ["ALLOCRUNNER_LOCKCHECK"] = "0"  # before anything imports allocrunner
 
+import contextlib
 import dataclasses
 import gc
 import http.client
+import inspect
 import json
 import select
 import shutil
@@ -54,7 +56,6 @@ import time
 import traceback
 import xmlrpc.client
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig
+from allocrunner.errors import DriverError
 from allocrunner.jobspec import encode_task_state
 from allocrunner.state import SQLiteStateDB
 from allocrunner.structs import Allocation, TaskEvent, TaskState, new_allocation
@@ -346,7 +348,7 @@ def task_config(root: Path, name: str, command: list[str]) -> TaskConfig:
     )
 
 
-@contextmanager
+@contextlib.contextmanager
 def fifo_reader(path: Path) -> Iterator[int]:
     """A FIFO's read end, open before its writer: POLLHUP once a writer came and went."""
     os.mkfifo(path)
@@ -365,56 +367,86 @@ def wait_writer_gone(fd: int, timeout: float = 10.0) -> None:
         raise TimeoutError("the command never opened its FIFO")
 
 
-def exec_samples(driver: RawExecDriver, root: Path, n: int) -> tuple[list[float], list[float]]:
+class Leftovers:
+    """Not thread-safe; owned by one figure. The tasks and processes it started: on
+    `close()` each still running is killed and reaped, each task destroyed."""
+
+    def __init__(self, driver: RawExecDriver) -> None:
+        self._driver = driver
+        self._tasks: list[str] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, config: TaskConfig) -> None:
+        self._tasks.append(config.id)
+        self._driver.start(config)
+
+    def popen(self, command: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        self._procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for task_id in self._tasks:
+            with contextlib.suppress(DriverError):  # destroyed already
+                self._driver.destroy(task_id, force=True)
+
+
+def exec_samples(run: Leftovers, root: Path, n: int) -> tuple[list[float], list[float]]:
     """Start → command exec'd: raw_exec and bare Popen interleaved sample by sample."""
     ours: list[float] = []
     bare: list[float] = []
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         fifo = root / f"exec{i}.fifo"
-        config = task_config(root, f"exec{i}", ["/usr/bin/tee", str(fifo)])
+        command = ["/usr/bin/tee", str(fifo)]
         with fifo_reader(fifo) as fd:
+            config = task_config(root, f"exec{i}", command)
             t0 = time.perf_counter()
-            driver.start(config)
+            run.start(config)
             wait_writer_gone(fd)
             ours.append(time.perf_counter() - t0)
-        driver.wait(config.id, CancelToken())
-        driver.destroy(config.id)
         with fifo_reader(fifo) as fd:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                ["/usr/bin/tee", str(fifo)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            proc = run.popen(command)
             wait_writer_gone(fd)
             bare.append(time.perf_counter() - t0)
         proc.wait()
     return ours, bare
 
 
-def stop_samples(driver: RawExecDriver, root: Path, n: int) -> tuple[list[float], list[float]]:
+def stop_samples(
+    driver: RawExecDriver, run: Leftovers, root: Path, n: int
+) -> tuple[list[float], list[float]]:
     """Stop → reaped: raw_exec stop + wait and Popen SIGINT + wait, interleaved."""
     ours: list[float] = []
     bare: list[float] = []
     for i in range(n):
         config = task_config(root, f"stop{i}", ["/bin/sleep", "3600"])
-        driver.start(config)
-        proc = subprocess.Popen(["/bin/sleep", "3600"], start_new_session=True)
-        try:
-            t0 = time.perf_counter()
-            driver.stop(config.id, 5.0)
-            driver.wait(config.id, CancelToken())
-            ours.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            proc.send_signal(signal.SIGINT)
-            proc.wait()
-            bare.append(time.perf_counter() - t0)
-        finally:
-            proc.kill()
-            proc.wait()
-            driver.destroy(config.id, force=True)
+        run.start(config)
+        proc = run.popen(["/bin/sleep", "3600"])
+        t0 = time.perf_counter()
+        driver.stop(config.id, 5.0)
+        driver.wait(config.id, CancelToken())
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        bare.append(time.perf_counter() - t0)
     return ours, bare
+
+
+def new_raw_exec(root: Path) -> RawExecDriver:
+    """A raw_exec driver whose helper state (if the driver keeps any) lives under `root`."""
+    if "state_dir" in inspect.signature(RawExecDriver).parameters:
+        root.mkdir(parents=True, exist_ok=True)
+        return RawExecDriver(state_dir=str(root))  # type: ignore[call-arg]
+    return RawExecDriver()
 
 
 EXEC_FIGURE = "raw_exec start -> exec'd (median)"
@@ -422,12 +454,14 @@ REAP_FIGURE = "raw_exec stop -> reaped (median)"
 
 
 def raw_exec_figures(root: Path, samples: int) -> list[Figure]:
-    driver = RawExecDriver()
+    driver = new_raw_exec(root / "state")
+    run = Leftovers(driver)
     try:
-        exec_samples(driver, root / "warm", 2)
-        ours, bare = exec_samples(driver, root / "exec", samples)
-        kill, popen_kill = stop_samples(driver, root / "stop", samples)
+        exec_samples(run, root / "warm", 2)
+        ours, bare = exec_samples(run, root / "exec", samples)
+        kill, popen_kill = stop_samples(driver, run, root / "stop", samples)
     finally:
+        run.close()
         driver.close()
     return [
         ratio_figure(
@@ -704,12 +738,11 @@ def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) 
         if last:
             all_reaped.set()
 
-    started: list[TaskConfig] = []
+    run = Leftovers(driver)
     workers = [threading.Thread(target=stop_one, args=(c,), daemon=True) for c in configs]
     try:
         for config in configs:
-            driver.start(config)
-            started.append(config)
+            run.start(config)
         for worker in workers:
             worker.start()
         t0 = time.perf_counter()
@@ -722,8 +755,7 @@ def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) 
         for worker in workers:
             if worker.ident is not None:
                 worker.join(30.0)
-        for config in started:
-            driver.destroy(config.id, force=True)
+        run.close()
 
 
 def stop_all_name(n: int) -> str:
@@ -735,7 +767,7 @@ def stop_all_figure(root: Path, n: int, rounds: int) -> Figure:
     goal = "<= 1x"
     ours: list[float] = []
     peer_times: list[float] = []
-    driver = RawExecDriver()
+    driver = new_raw_exec(root / "state")
     try:
         with SupervisordPeer(root / "supervisord", n) as peer:
             for r in range(rounds):
