@@ -17,8 +17,8 @@ write, wait and the first `close` raise StateDBError naming the file.
 
 Threads: callers on any thread; ``statedb-writer``, started by the first queued record
 and joined by `close`, owns the write connection. Locks: "StateDB._lock" guards the
-queued records (a checked list), the de-dup record (a checked dict: per allocation,
-key -> last value and digest queued), the pending sequence per allocation (a checked
+queued records (a checked list), the de-dup record (a checked dict: (alloc, task,
+kind) -> last value and digest queued), the pending sequence per allocation (a checked
 dict), the tombstones, the sequence numbers, the flush waiters, the counters, the
 failure and the started / closed / exited flags. It is held for bookkeeping only:
 no I/O, wait or callout runs under it (kicks and wakes are notify-only). Owner:
@@ -38,7 +38,6 @@ from allocrunner._locking import calls_out, guarded, immutable, make_lock, requi
 from allocrunner._sync import Event, Kick, ThreadGroup, Waiter
 from allocrunner.errors import StateDBError
 from allocrunner.state.base import WriteStats
-from allocrunner.structs.frozen import FrozenDict
 
 __all__ = ["WRITER_THREAD", "Enqueued", "Key", "Plan", "Record", "WriteQueue", "plan_batch"]
 
@@ -167,7 +166,7 @@ class WriteQueue:
         self._exited_event = Event()
         self._threads = ThreadGroup("statedb")
         self._records: list[Record] = guarded_list(self._lock)
-        self._last: dict[str, FrozenDict[Key, _Last]] = guarded_dict(self._lock)
+        self._last: dict[tuple[str, str, str], _Last] = guarded_dict(self._lock)
         self._pending: dict[str, int] = guarded_dict(self._lock)
         self._deleted: frozenset[str] = frozenset()
         self._enqueued = self._committed = 0
@@ -214,8 +213,7 @@ class WriteQueue:
             if alloc_id in self._deleted and not revive:
                 self._dropped += 1
                 return True
-            mine = self._last.get(alloc_id)
-            last = None if mine is None else mine.get(key)
+            last = self._last.get((alloc_id, *key))
             if last is not None and (last.value is value or last.value == value):
                 self._skipped += 1
                 return True
@@ -235,14 +233,13 @@ class WriteQueue:
                     self._dropped += 1
                     return NOT_QUEUED
                 self._deleted = self._deleted - {alloc_id}
-            mine = self._last.get(alloc_id)
-            last = None if mine is None else mine.get(key)
+            last = self._last.get((alloc_id, *key))
             previous = None if last is None else last.value
             if last is not None and last.digest == digest:
                 self._skipped += 1
                 return Enqueued(0, previous)
             seq = self._append_locked(PUT, alloc_id, key, text)
-            self._last[alloc_id] = (mine or FrozenDict()).set(key, _Last(value, digest))
+            self._last[(alloc_id, *key)] = _Last(value, digest)
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
@@ -257,12 +254,11 @@ class WriteQueue:
             if alloc_id in self._deleted:
                 self._dropped += 1
                 return
-            mine = self._last.get(alloc_id)
-            if mine is not None and mine.get(key) is _ABSENT:
+            if self._last.get((alloc_id, *key)) is _ABSENT:
                 self._skipped += 1
                 return
             seq = self._append_locked(DELETE_KEY, alloc_id, key)
-            self._last[alloc_id] = (mine or FrozenDict()).set(key, _ABSENT)
+            self._last[(alloc_id, *key)] = _ABSENT
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
@@ -275,7 +271,8 @@ class WriteQueue:
         with self._lock:
             self._check_usable_locked()
             self._deleted = self._deleted | {alloc_id}
-            self._last.pop(alloc_id, None)
+            for entry in [entry for entry in self._last if entry[0] == alloc_id]:
+                del self._last[entry]  # deletes are rare: a scan beats an index here
             seq = self._append_locked(DELETE_ALLOC, alloc_id)
             start = self._claim_start_locked()
         self._after_append(start, seq, 0)
