@@ -1,39 +1,21 @@
-"""Processes of raw_exec tasks: the ``/bin/sh`` wrapper that runs a task's command, the
-checks and lookups before its spawn, the spawn itself and its start handshake, its exit
-statuses, and the one reader of ``/proc/<pid>/stat`` in the package.
+"""Processes of raw_exec tasks: the checks and lookups before a spawn, exit statuses and
+status files, pipes and pidfds of running tasks, and the one reader of
+``/proc/<pid>/stat`` in the package.
 
-The wrapper (`WRAPPER`) runs the command in the foreground in a new session, so a task
-is one process group whose id is the wrapper's pid. It traps every terminating signal
-(the traps are reset for the command), so a signal sent to the group reaches the
-command with its default action while the wrapper survives. It records the command's
-exit status, followed by its own pid, as one line in the status file (`STATUS_FILE`
-in the task dir) and exits with it; a status above 128 means "killed by signal
-status-128" (`exit_result_from_status`). It also holds read ends of its own stdout and
-stderr pipes (closed for the command), so a task's pipes always have a reader, and an
-agent that restarts can open new read ends through ``/proc/<pid>/fd/1`` and ``/2``
-(`open_output_pipes`).
-
-Signals at the start. The wrapper is spawned with ``posix_spawn`` (a vfork, like
-``Popen`` without ``preexec_fn``) that resets every catchable signal to its default
-action and clears the signal mask, so a task never inherits what the agent ignores or
-blocks (an agent under ``nohup`` or started as a background job of a script ignores
-SIGHUP, SIGINT and SIGQUIT, and a shell cannot trap or reset a signal that was ignored
-when it started). The command runs in a subshell of the wrapper, which has shed the
-wrapper's traps; that subshell writes one byte on the handshake pipe (`READY_FD`) just
-before it execs the command, and the driver's start waits for that byte
-(`await_command_start`). From that moment any signal sent to the group acts on the
-command with its default action (or its own handlers once it has set them); none can
-be swallowed by a shell handler in the fork between the wrapper and the command. (The
-C library's spawn leaves its own internal signals, 32 and 33 with glibc, ignored; no
-program can use them and the C library of the command takes them over.)
+Tasks are spawned by `allocrunner.drivers.spawner`; it records each exit status as one
+line, the status then the task's pid, in the task dir's `STATUS_FILE` (status above
+128: "killed by signal status-128", `exit_result_from_status`). Tasks of the older
+design ran under a ``/bin/sh`` wrapper that wrote the same line with its own pid and
+held read ends of its output pipes; such a task is still recovered (`read_status`,
+`open_output_pipes`).
 
 ``/proc/<pid>/stat`` is parsed in one place (`parse_pid_stat`): the command name is
 skipped up to its last ``)``, since it may hold spaces and parentheses itself. On top
 of it: `read_pid_stat`, `pid_alive`, `children_of`, `group_processes`, `group_usage`.
 
 Threads: none of its own; every function runs on its caller's thread. Locks: none; the
-functions read /proc, spawn, wait and signal, so callers hold no lock when they call
-them. Owner: `allocrunner.drivers.raw_exec` (spawn, watch, recover) and
+functions read /proc, wait and signal, so callers hold no lock when they call them.
+Owner: `allocrunner.drivers.raw_exec` (checks, watch, recover) and
 `allocrunner.agent.stats` (per-process usage); tests use the /proc helpers too.
 """
 
@@ -41,11 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import pwd
-import select
 import shutil
 import signal as _signal
 import stat
@@ -58,7 +38,7 @@ from allocrunner.drivers.base import ExitResult, TaskConfig
 from allocrunner.errors import DriverError
 
 STATUS_FILE = ".allocrunner-exit-status"
-"""Where, in the task dir, the wrapper records the command's exit status."""
+"""Where, in the task dir, a task's exit status is recorded (by the spawner)."""
 STREAMS = ("stdout", "stderr")
 """The output streams of a task, in the order of their descriptors (1, 2)."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,54 +49,6 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _NS_PER_TICK = 1_000_000_000 // CLOCK_TICKS
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENOTDIR)
 _VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals())
-
-# Signals whose default action does not terminate: left alone by the wrapper.
-_NOT_TRAPPED = {
-    _signal.SIGKILL,
-    _signal.SIGSTOP,
-    _signal.SIGCHLD,
-    _signal.SIGCONT,
-    _signal.SIGTSTP,
-    _signal.SIGTTIN,
-    _signal.SIGTTOU,
-    _signal.SIGWINCH,
-    _signal.SIGURG,
-}
-_TRAPPED = sorted(int(s) for s in _signal.valid_signals() if s not in _NOT_TRAPPED)
-
-# Catchable signals, all reset to their default action for the wrapper at its spawn.
-_DEFAULT_SIGNALS = tuple(
-    sorted(int(s) for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
-)
-
-READY_FD = 5
-"""The wrapper's descriptor for the write end of the start handshake pipe."""
-_TARGET_FDS = (0, 1, 2, READY_FD)
-
-# The wrapper notes any terminating signal in `g` instead of dying of it; a signal that
-# reached it before the command started is applied to the command by not starting it
-# at all (then no handshake byte is written). Arguments: the task dir, the status file,
-# then the command and its args. It enters the task dir (keeping the task's OLDPWD, or
-# none, rather than the agent's directory) and opens read ends of its own stdout and
-# stderr pipes on fds 3 and 4 (closed for the command). It creates (or empties) the
-# status file before it starts the command, so that the exit only writes one line into
-# an existing file; the line carries the wrapper's pid, so a stale file of an earlier
-# run of the task is never taken for this run's. The command runs in a
-# subshell: the subshell has shed the traps, writes the handshake byte on fd 5 and
-# execs the command without fds 3, 4 and 5.
-WRAPPER = (
-    "".join(f"trap 'g={n}' {n}\n" for n in _TRAPPED)
-    + 'if [ -n "${OLDPWD+x}" ]; then s=$OLDPWD; cd -P -- "$1" || exit 125; OLDPWD=$s\n'
-    + 'else cd -P -- "$1" || exit 125; unset OLDPWD; fi\n'
-    + "s=$2; shift 2\n"
-    + ': >"$s"\n'
-    + "command exec 3</proc/self/fd/1 4</proc/self/fd/2\n"
-    + 'if [ -n "$g" ]; then c=$((128+g)); else\n'
-    + '(echo >&5; exec "$@" 3<&- 4<&- 5>&-); c=$?; fi\n'
-    + 'echo "$c $$" 1<>"$s"\n'
-    + 'exit "$c"\n'
-)
-WRAPPER_ARGV0 = "allocrunner-raw_exec"
 
 
 # --- /proc ---------------------------------------------------------------------------
@@ -249,14 +181,14 @@ def signalled(sig: int) -> ExitResult:
 
 
 def result_from_wait(wait_status: int) -> ExitResult:
-    """The result for a wait status of the wrapper."""
+    """The result for a wait status of a task's process."""
     if os.WIFSIGNALED(wait_status):
         return signalled(os.WTERMSIG(wait_status))
     return exit_result_from_status(os.waitstatus_to_exitcode(wait_status))
 
 
 def read_status(path: str, pid: int) -> int | None:
-    """The exit status wrapper `pid` recorded, or None if absent, incomplete or left
+    """The exit status recorded for process `pid`, or None if absent, incomplete or left
     by another run."""
     try:
         with open(path, "rb") as fh:
@@ -330,7 +262,7 @@ def agent_user() -> str:
 
 
 def check_task_dirs(config: TaskConfig) -> str:
-    """The absolute task dir; DriverError for a config a wrapper cannot run (another
+    """The absolute task dir; DriverError for a config no task can run with (another
     user, missing task or logs dir, log limits below 1)."""
     if config.user and config.user != agent_user():
         raise DriverError(
@@ -363,27 +295,11 @@ def task_env(config: TaskConfig) -> dict[str, str]:
 # --- spawning and signalling ---------------------------------------------------------
 
 
-def make_pipes() -> dict[str, int]:
-    """A pipe per output stream and one for the start handshake, both ends
-    close-on-exec (the spawn hands the write ends over as stdout, stderr and
-    `READY_FD`), the read ends non-blocking. Keys: ``stdout_r``, ``stdout_w``,
-    ``stderr_r``, ``stderr_w``, ``ready_r``, ``ready_w``."""
-    pipes: dict[str, int] = {}
-    try:
-        for name in (*STREAMS, "ready"):
-            read, write = os.pipe2(os.O_CLOEXEC)
-            pipes[f"{name}_r"], pipes[f"{name}_w"] = read, write
-            os.set_blocking(read, False)
-    except OSError as err:
-        close_fds(*pipes.values())
-        raise DriverError(f"{_NAME}: cannot create output pipes: {err}") from err
-    return pipes
-
-
 def open_output_pipes(pid: int) -> tuple[tuple[str, int], ...]:
-    """New read ends (stream name, fd) of the output pipes of wrapper `pid`. Opening a
+    """New read ends (stream name, fd) of the output pipes of process `pid`. Opening a
     pipe through ``/proc/<pid>/fd/<n>`` opens the pipe itself, in the mode asked for,
-    so the wrapper's stdout and stderr (fds 1 and 2) lead to its output pipes."""
+    so its stdout and stderr (fds 1 and 2) lead to its output pipes (when they still
+    are pipes)."""
     opened_pipes = []
     for fd_number, stream in enumerate(STREAMS, start=1):
         try:
@@ -399,83 +315,6 @@ def open_output_pipes(pid: int) -> tuple[tuple[str, int], ...]:
     return tuple(opened_pipes)
 
 
-def spawn_wrapper(
-    command: str,
-    args: tuple[str, ...],
-    env: dict[str, str],
-    cwd: str,
-    status_path: str,
-    pipes: dict[str, int],
-    stdin: int,
-) -> int:
-    """Start the wrapper running `command` in directory `cwd`; its pid. It gets `stdin`,
-    the write ends of `pipes` as stdout, stderr and `READY_FD`, no other descriptor of
-    the agent, every catchable signal at its default action and an empty signal mask.
-    Wait for its handshake with `await_command_start` before signalling it."""
-    sources = {0: stdin, 1: pipes["stdout_w"], 2: pipes["stderr_w"], READY_FD: pipes["ready_w"]}
-    lifted: dict[int, int] = {}
-    try:
-        for target, fd in sources.items():
-            lifted[target] = _lifted_above_targets(fd)
-        keep = set(sources.values()) | set(lifted.values())
-        actions: list[tuple[int, ...]] = [
-            (os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(keep)
-        ]
-        actions += [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in lifted.items()]
-        return os.posix_spawn(
-            "/bin/sh",
-            ["/bin/sh", "-c", WRAPPER, WRAPPER_ARGV0, cwd, status_path, command, *args],
-            env,
-            file_actions=actions,
-            setsid=True,
-            setsigmask=(),
-            setsigdef=_DEFAULT_SIGNALS,
-        )
-    except OSError as err:
-        raise DriverError(f"{_NAME}: cannot start {command!r}: {err}") from err
-    finally:
-        close_fds(*(fd for target, fd in lifted.items() if fd != sources[target]))
-
-
-def _lifted_above_targets(fd: int) -> int:
-    """`fd`, or a close-on-exec duplicate of it if its number is one the spawn assigns
-    (a spawn that assigns the numbers in turn would overwrite it before using it)."""
-    if fd not in _TARGET_FDS:
-        return fd
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(_TARGET_FDS) + 1)
-
-
-def _inheritable_fds(keep: set[int]) -> list[int]:
-    """The agent's descriptors above stderr that a spawn would pass on (those not
-    close-on-exec), apart from `keep`; the spawn closes them in the child."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2 or fd in keep:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                found.append(fd)
-        except OSError:
-            continue  # closed meanwhile (such as the listing's own descriptor)
-    return found
-
-
-def await_command_start(ready: int, timeout: float) -> bool:
-    """Wait for a spawned wrapper's handshake on the read end `ready`: True once its
-    subshell is about to exec the command (a signal sent to the group from now on acts
-    on the command), False if the wrapper exited without starting it. DriverError if
-    neither happens within `timeout` seconds."""
-    poller = select.poll()
-    poller.register(ready, select.POLLIN)
-    if not poller.poll(max(0, int(timeout * 1000))):
-        raise DriverError(f"{_NAME}: the wrapper did not start the command within {timeout}s")
-    try:
-        return os.read(ready, 1) == b"\n"
-    except BlockingIOError:
-        return False
-
-
 def pidfd_open(pid: int) -> int | None:
     """A pidfd for `pid`; None where pidfds are not supported. ProcessLookupError if
     `pid` is gone."""
@@ -488,14 +327,6 @@ def pidfd_open(pid: int) -> int | None:
         if err.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
             return None
         raise
-
-
-def kill_group_and_reap(pgid: int) -> int | None:
-    """SIGKILL group `pgid` and reap its leader (a wrapper that failed to be handed
-    over); the leader's wait status, or None if it is not a child of this process."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, _signal.SIGKILL)
-    return reap_blocking(pgid)
 
 
 def close_fds(*fds: int | None) -> None:

@@ -4,10 +4,11 @@ survives agent restarts without a wrapper process per task.
 
 Run as ``python -m allocrunner.drivers.spawner <dir>`` or, faster to boot because it
 imports nothing but the standard library, ``python -I -S <this file> <dir>``. The
-launcher takes ``<dir>/spawner.lock`` (an flock held for the spawner's whole life; the
-file holds its pid), binds ``<dir>/spawner.sock`` (SOCK_SEQPACKET; only peers of its
-own uid are served), forks the daemon (new session, stdin/stdout on /dev/null, stderr
-appended to ``<dir>/spawner.log``) and exits 0 once the socket accepts connections.
+launcher takes ``<dir>/spawner.1.lock`` (1 is `PROTOCOL`; an flock held for the
+spawner's whole life; the file holds its pid), binds ``<dir>/spawner.1.sock``
+(SOCK_SEQPACKET; only peers of its own uid are served), forks the daemon (new session,
+stdin/stdout on /dev/null, stderr appended to ``<dir>/spawner.log``) and exits 0 once
+the socket accepts connections.
 
 Requests and replies are one JSON message each, descriptors passed with SCM_RIGHTS:
 
@@ -17,8 +18,9 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
   action, an empty signal mask, stdin on /dev/null and no other descriptor (every
   descriptor of the spawner is close-on-exec). ``posix_spawn`` returns after the exec
   (glibc's vfork reports exec failures), so the reply (pid, and the range of clock
-  ticks since boot its start time lies in) means the command runs. A live task with the same status path is adopted
-  instead: an agent that died during a start never gets its task started twice.
+  ticks since boot its start time lies in) means the command runs. A live task with
+  the same status path is adopted instead: an agent that died during a start never
+  gets its task started twice.
 - ``attach`` (pid, start-ticks range; fd: an exit-notify write end): ``running`` with new
   read ends of the task's output pipes, or ``unknown`` (not a live task of this
   spawner: its exit, if recorded, is in its status file).
@@ -29,7 +31,8 @@ agent reads. On SIGCHLD (a wakeup fd, no timed polling) it reaps every exited ch
 writes ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) to a temporary
 file renamed over the status file, and only then writes one byte to, and closes, each
 exit-notify pipe of the task. It exits once it has no task and no connected agent and
-no agent is connecting (``start.lock``, which agents hold while they connect or launch).
+no agent is connecting (``start.1.lock``, which agents hold while they connect or
+launch).
 
 Threads: one (an epoll loop). Locks: none in-process; the two flocks above order it
 against other processes. Owner: launched by `allocrunner.drivers.spawner_client` on
@@ -51,9 +54,12 @@ import sys
 import time
 from typing import Any
 
-SOCKET_NAME = "spawner.sock"
-LOCK_NAME = "spawner.lock"
-START_LOCK_NAME = "start.lock"
+PROTOCOL = 1
+"""The request protocol's version; it names the socket and the lock, so a spawner left
+running by an older agent keeps its own tasks and never gets requests it cannot read."""
+SOCKET_NAME = f"spawner.{PROTOCOL}.sock"
+LOCK_NAME = f"spawner.{PROTOCOL}.lock"
+START_LOCK_NAME = f"start.{PROTOCOL}.lock"
 LOG_NAME = "spawner.log"
 MAX_MESSAGE = 1 << 20
 """The largest request (environment included), in bytes."""
@@ -68,8 +74,7 @@ _CREDS = struct.Struct("3i")
 
 
 def socket_path(directory: str) -> str:
-    """The spawner socket of `directory`, reachable even when the path is too long for
-    a unix socket address (through a /proc/self/fd link the caller keeps open)."""
+    """The spawner socket of `directory` (see `short_path` to bind or connect it)."""
     return os.path.join(directory, SOCKET_NAME)
 
 

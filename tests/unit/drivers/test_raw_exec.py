@@ -287,9 +287,14 @@ def test_destroy_force_kills_and_removes_state(raw, tmp_path):
 def test_stats_of_running_task(raw, tmp_path):
     config = task_config(tmp_path, sh("exec sleep 30"))
     raw.start(config)
-    stats = raw.stats(config.id)
-    assert stats["processes"] >= 1
-    assert stats["memory_rss_bytes"] > 0
+    assert raw.stats(config.id)["processes"] >= 1
+
+    def mapped() -> None:
+        # start() returns once the exec is past its point of no return; the new
+        # program's memory may be mapped a moment later.
+        assert raw.stats(config.id)["memory_rss_bytes"] > 0
+
+    wait_for(mapped, timeout=5)
     raw.stop(config.id, 5.0)
     assert raw.stats(config.id) == {}
 

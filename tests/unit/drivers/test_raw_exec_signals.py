@@ -6,7 +6,7 @@ it is never lost."""
 
 from __future__ import annotations
 
-import fcntl
+import functools
 import json
 import os
 import signal
@@ -17,19 +17,22 @@ from pathlib import Path
 import pytest
 
 from allocrunner._sync import CancelToken
-from allocrunner.drivers import ExitResult, _process, raw_exec
-from allocrunner.drivers._process import children_of, read_proc
+from allocrunner.drivers import ExitResult, RawExecDriver
+from allocrunner.drivers._process import read_proc
 from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
-from tests.unit.drivers.support import PATH, live_children, sh, task_config
+from allocrunner.testing import wait_for
+from tests.unit.drivers.raw_exec_support import assert_spawner_retires
+from tests.unit.drivers.support import PATH, sh, task_config
 
 REPO = Path(__file__).resolve().parents[3]
 USABLE_SIGNALS = sum(1 << (int(sig) - 1) for sig in signal.valid_signals())
 
 # The agent: a child python process that ignores SIGHUP, SIGINT and SIGQUIT and blocks
-# SIGTERM and SIGUSR1 before it builds its driver, runs three tasks and prints what it
-# saw as JSON. It waits for nothing longer than 10 s, so a lost signal shows as a slow
-# stop or a missing trap line, not as a hang.
+# SIGTERM and SIGUSR1 before it builds its driver (which launches the spawner, in a
+# fresh dir), runs three tasks and prints what it saw as JSON. It waits for nothing
+# longer than 10 s, so a lost signal shows as a slow stop or a missing trap line, not
+# as a hang.
 AGENT = r"""
 import json, signal, sys, time
 from pathlib import Path
@@ -42,11 +45,11 @@ from allocrunner.drivers import RawExecDriver
 from allocrunner.drivers.logs import read_logs
 from allocrunner.testing import wait_for
 from tests.unit.drivers.support import sh, task_config
-from tests.unit.drivers.test_raw_exec_signals import command_of, signal_masks
+from tests.unit.drivers.test_raw_exec_signals import signal_masks
 
 root = Path(sys.argv[1])
 seen = {}
-raw = RawExecDriver()
+raw = RawExecDriver(state_dir=str(root / "spawner"))
 started = []
 
 
@@ -66,7 +69,7 @@ def stop(config, signal_name):
 
 try:
     config, pid = start("sleeper", "exec sleep 30")
-    seen["masks"] = signal_masks(wait_for(lambda: command_of(pid, b"sleep")))
+    seen["masks"] = signal_masks(pid)
     seen["stop_sigint"] = stop(config, "SIGINT")
 
     config, _ = start("term", "exec sleep 30")
@@ -96,15 +99,6 @@ print(json.dumps(seen))
 """
 
 
-def command_of(wrapper_pid: int, name: bytes) -> int:
-    """The pid of the wrapper's child once it has exec'd the command `name`."""
-    for child in children_of(wrapper_pid):
-        cmdline = read_proc(f"/proc/{child.pid}/cmdline") or b""
-        if cmdline.split(b"\0")[0].endswith(name):
-            return child.pid
-    raise AssertionError(f"wrapper {wrapper_pid} has not started {name!r} yet")
-
-
 def signal_masks(pid: int) -> dict[str, str]:
     """The ignored, blocked and caught signal masks of process `pid`."""
     status = (read_proc(f"/proc/{pid}/status") or b"").decode()
@@ -127,6 +121,7 @@ def test_tasks_of_an_agent_that_ignores_and_blocks_signals_get_them(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert_spawner_retires(tmp_path / "spawner")
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # The C library's own signals (32 and 33 with glibc, not signals a program can use)
     # are its business: its spawn leaves them ignored, and its start-up takes them over.
@@ -139,42 +134,58 @@ def test_tasks_of_an_agent_that_ignores_and_blocks_signals_get_them(tmp_path):
     assert seen["hup_trapped"], seen
 
 
-def test_start_returns_once_the_command_takes_signals_by_default(raw, tmp_path):
-    """When start() returns the wrapper has forked the command and the fork catches no
-    terminating signal any more (it only awaits its exec): a signal sent now acts on it,
-    never on a shell handler that would forget it. (The command is sleep itself, which
-    sets no handler of its own, so the fork may be seen before or after its exec.)"""
+@pytest.fixture
+def raw(no_leftover_processes, tmp_path):
+    driver = RawExecDriver(state_dir=str(tmp_path / "spawner"))
+    yield driver
+    driver.close()
+    assert_spawner_retires(tmp_path / "spawner")
+
+
+def test_start_returns_once_the_command_has_been_execd(raw, tmp_path):
+    """When start() returns, the task's pid is the command itself, exec'd with every
+    signal at its default action and none blocked: a signal sent now acts on it."""
     for _ in range(20):
         config = task_config(tmp_path, {"command": "/bin/sleep", "args": ["30"]})
         pid = raw.start(config).driver_state["pid"]
         try:
-            children = children_of(pid)
-            assert len(children) == 1, f"wrapper {pid} has not forked the command yet"
-            caught = int(signal_masks(children[0].pid)["SigCgt"], 16)
-            assert caught & ~(1 << (17 - 1)) == 0, f"the command's fork catches {caught:#x}"
+            # The exec is past its point of no return (the kernel may still be setting
+            # up the new program's memory, so its command line is waited for).
+            masks = signal_masks(pid)
+            assert int(masks["SigCgt"], 16) == 0, masks
+            assert int(masks["SigBlk"], 16) == 0, masks
+            assert int(masks["SigIgn"], 16) & USABLE_SIGNALS == 0, masks
+            wait_for(functools.partial(_execd, pid, [b"/bin/sleep", b"30"]), timeout=5)
         finally:
             raw.stop(config.id, 5.0)
         assert raw.inspect(config.id).exit_result == ExitResult(exit_code=130, signal=2)
         raw.destroy(config.id)
 
 
-def test_a_wrapper_that_exits_before_the_command_fails_the_start(raw, tmp_path, monkeypatch):
-    monkeypatch.setattr(_process, "WRAPPER", "echo cannot >&2; exit 7")
-    config = task_config(tmp_path, sh("exit 0"))
-    with pytest.raises(DriverError, match="exited before starting it, exit code 7"):
+def _execd(pid: int, argv: list[bytes]) -> None:
+    cmdline = read_proc(f"/proc/{pid}/cmdline") or b""
+    assert cmdline.split(b"\0")[: len(argv)] == argv, cmdline
+
+
+def test_a_command_that_cannot_be_execd_fails_the_start(raw, tmp_path):
+    config = task_config(tmp_path, {"command": "./broken"})
+    script = Path(config.task_dir) / "broken"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    with pytest.raises(DriverError, match="cannot start"):
         raw.start(config)
     with pytest.raises(DriverError, match="unknown task"):
         raw.inspect(config.id)
 
 
-def test_a_wrapper_that_never_starts_the_command_is_killed(raw, tmp_path, monkeypatch):
-    monkeypatch.setattr(_process, "WRAPPER", "exec sleep 30")
-    monkeypatch.setattr(raw_exec, "START_SETTLE", 0.2)
-    config = task_config(tmp_path, sh("exit 0"))
-    before = live_children()
-    with pytest.raises(DriverError, match=r"did not start the command within 0\.2s"):
-        raw.start(config)
-    assert live_children() <= before
+def test_a_script_without_interpreter_line_runs_under_the_shell(raw, tmp_path):
+    config = task_config(tmp_path, {"command": "./plain", "args": ["a b"]})
+    script = Path(config.task_dir) / "plain"
+    script.write_text('echo "got $1"; exit 3\n')
+    script.chmod(0o755)
+    raw.start(config)
+    assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=3)
+    assert read_logs(config.logs_dir, config.name, "stdout") == b"got a b\n"
 
 
 @pytest.mark.parametrize("oldpwd", [None, "/somewhere/else"])
@@ -185,17 +196,3 @@ def test_the_task_sees_its_own_oldpwd_not_the_agents(raw, tmp_path, oldpwd):
     assert raw.wait(config.id, CancelToken()) == ExitResult()
     out = read_logs(config.logs_dir, config.name, "stdout").decode()
     assert out == f"{oldpwd or 'unset'} {os.path.realpath(config.task_dir)}\n"
-
-
-def test_spawn_descriptors_on_numbers_it_assigns_are_moved_out_of_the_way():
-    moved = _process._lifted_above_targets(0)
-    try:
-        assert moved > max(_process._TARGET_FDS)
-        assert not os.get_inheritable(moved)
-    finally:
-        os.close(moved)
-    high = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, max(_process._TARGET_FDS) + 1)
-    try:
-        assert _process._lifted_above_targets(high) == high
-    finally:
-        os.close(high)
