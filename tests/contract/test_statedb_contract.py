@@ -362,6 +362,24 @@ def test_concurrent_delete_and_task_writes_never_resurrect(db):
         assert db.task_runner_state(alloc.id, "web") == (None, None)
 
 
+def test_flush_makes_every_earlier_write_visible_and_raises_once_closed(db):
+    alloc = allocation()
+    db.put_allocation(alloc)
+    db.put_task_state(alloc.id, "web", task_state(1))
+    db.flush()
+    db.flush()  # nothing queued: returns at once
+    assert db.all_allocations() == [alloc]
+    assert db.task_runner_state(alloc.id, "web") == (None, task_state(1))
+    db.close()
+    with pytest.raises(StateDBError, match="closed"):
+        db.flush()
+
+
+def test_flush_after_writes_returns(any_db):
+    any_db.put_task_state("a", "web", task_state())
+    any_db.flush()
+
+
 def test_use_after_close_raises(db):
     db.put_allocation(allocation())
     db.close()
@@ -403,6 +421,23 @@ def test_noop_keeps_nothing():
 
 
 # --- persistence (SQLite) --------------------------------------------------------------
+
+
+def test_sqlite_close_makes_queued_writes_durable(tmp_path):
+    # writes are committed by a writer thread; close() commits what is still queued
+    path = tmp_path / "data" / "client" / "state.db"
+    db = SQLiteStateDB(path)
+    alloc = allocation()
+    db.put_allocation(alloc)
+    for n in range(30):
+        db.put_task_state(alloc.id, "web", task_state(n))
+    db.close()
+    again = SQLiteStateDB(path)
+    try:
+        assert again.all_allocations() == [alloc]
+        assert again.task_runner_state(alloc.id, "web") == (None, task_state(29))
+    finally:
+        again.close()
 
 
 def test_sqlite_reopen_keeps_everything(tmp_path):
