@@ -489,7 +489,7 @@ class Client:
         if buried:
             log.debug("ignoring removed allocations listed again: %s", ", ".join(buried))
         desired = {a.id: a for a in job.allocs}
-        removed = {i: runners.get(i) for i in known if i not in desired}
+        removed = frozenset(i for i in known if i not in desired)
         updates = [
             a for i, a in desired.items() if i in known and a.alloc_modify_index > indexes[i]
         ]
@@ -504,14 +504,16 @@ class Client:
         if updates or adds:
             self._gc.trigger()
 
-    def _remove(self, removed: dict[str, AllocRunner | None]) -> None:
-        """Untrack `removed` (a queued allocation has no runner yet: it is dropped)."""
-        built = {i: r for i, r in removed.items() if r is not None}
+    def _remove(self, removed: frozenset[str]) -> None:
+        """Untrack `removed` (an allocation still queued has no runner: it is dropped)."""
         with self._allocs_lock:
             retired = self._retired
         # Runners destroyed and closed by the collector need no more watching.
         gone = {i for i, r in retired.items() if r.is_destroyed()}
         with self._allocs_lock:
+            # Read here, not from the caller's snapshot: the starter may have built a
+            # queued one since.
+            built = {i: r for i, r in self._runners.items() if i in removed}
             runners = FrozenDict({i: r for i, r in self._runners.items() if i not in removed})
             self._runners = runners
             queued = FrozenDict({i: a for i, a in self._queued.items() if i not in removed})
@@ -612,17 +614,22 @@ class Client:
                 attrs.evolve(alloc, client_status=CLIENT_FAILED, client_description=str(err))
             )
             return
-        with self._allocs_lock:
-            latest = self._queued.get(alloc.id)
-            keep = latest is not None and self._phase == _RUNNING
-            if keep:
-                self._runners = self._runners.set(alloc.id, ar)
-                self._queued = _without(self._queued, alloc.id)
-                self._signal_built_locked()
-        if not keep or latest is None:
-            return
-        if latest.alloc_modify_index > alloc.alloc_modify_index:
+        given = alloc
+        while True:
+            with self._allocs_lock:
+                latest = self._queued.get(alloc.id)
+                if latest is None or self._phase != _RUNNING:
+                    return  # removed, or shutting down: the runner never ran
+                registered = latest.alloc_modify_index <= given.alloc_modify_index
+                if registered:
+                    self._runners = self._runners.set(alloc.id, ar)
+                    self._queued = _without(self._queued, alloc.id)
+                    self._signal_built_locked()
+            if registered:
+                break
+            # Given before it is registered, so no later update can overtake it.
             ar.update(latest)
+            given = latest
         ar.start()
 
     def _drop_queued(self) -> None:

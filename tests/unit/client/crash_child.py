@@ -94,7 +94,7 @@ def install_step(step: str, db: SQLiteStateDB, alloc: Allocation) -> None:
     elif step == "running-state-saved":
         _after(SQLiteStateDB, "put_task_state", step, _is_running)
     elif step == "kill-enter":
-        _before(TaskSet, "kill_all", step)
+        _before(TaskSet, "kill_waves", step)  # where every kill of the tasks begins
     elif step == "destroy-enter":
         _before(AllocDir, "destroy", step)
     elif step == "destroy-dir-gone":

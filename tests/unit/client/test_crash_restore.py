@@ -32,7 +32,7 @@ from allocrunner.structs import (
     TaskState,
     new_allocation,
 )
-from allocrunner.taskrunner.runner import MSG_RECEIVED
+from allocrunner.taskrunner.runner import MSG_RECEIVED, TaskRunner
 from allocrunner.testing import mock_job, mock_task, wait_for
 
 from .conftest import Upstream
@@ -223,13 +223,13 @@ def _at_state_delete(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 def _at_kill_all(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
     """The destroy began: the tasks are about to be stopped."""
-    kill_all = TaskSet.kill_all
+    kill_waves = TaskSet.kill_waves  # where every kill of the tasks begins
 
-    def crashing(self: TaskSet) -> None:
+    def crashing(self: TaskSet) -> list[tuple[str, tuple[TaskRunner, ...]]]:
         crash.point()
-        kill_all(self)
+        return kill_waves(self)
 
-    monkeypatch.setattr(TaskSet, "kill_all", crashing)
+    monkeypatch.setattr(TaskSet, "kill_waves", crashing)
 
 
 Step = Callable[[pytest.MonkeyPatch, Crash], None]
