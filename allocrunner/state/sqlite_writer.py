@@ -317,7 +317,10 @@ class WriteQueue:
     @calls_out
     def wait_for(self, seq: int) -> None:
         """Return once record `seq` is committed; StateDBError if it never will be."""
+        if seq <= 0:
+            return
         while True:
+            waiter = Waiter()
             with self._lock:
                 if self._committed >= seq:
                     return
@@ -325,10 +328,6 @@ class WriteQueue:
                     raise StateDBError(self._failure)
                 if self._exited:
                     raise StateDBError(f"state db {self._path}: its writer has stopped")
-            waiter = Waiter()
-            with self._lock:
-                if self._committed >= seq:
-                    return
                 self._waiters = (*self._waiters, (seq, waiter))
             waiter.wait()
 
