@@ -40,7 +40,7 @@ MOCK_TASKS = 20_000
 
 def _config(root: Path, i: int, driver_config: dict) -> TaskConfig:
     task_dir = root / f"task{i}"
-    logs_dir = root / "logs"
+    logs_dir = task_dir / "logs"  # one alloc dir per task, as for one-task allocs
     task_dir.mkdir(exist_ok=True)
     logs_dir.mkdir(exist_ok=True)
     return TaskConfig(
@@ -135,7 +135,7 @@ def main() -> None:
     assert not _locking.CHECK, "benchmarks run with the lock check off"
     with tempfile.TemporaryDirectory(prefix="bench-drivers-") as tmp:
         root = Path(tmp)
-        driver = RawExecDriver()
+        driver = RawExecDriver(state_dir=str(root / "spawner"))
         try:
             # Warm up (imports, page cache, the driver's I/O thread), then measure.
             _round(driver, root, 0, {k: [] for k in ("start", "popen_start", "kill", "popen_kill")})

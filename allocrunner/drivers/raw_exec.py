@@ -68,6 +68,8 @@ node; whoever built it calls `close()`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal as _signal
 import time
@@ -224,8 +226,6 @@ class RawExecDriver:
         with self._lock:
             self._tasks.check_addable_locked(config.id)
         status_path = os.path.join(task_dir, STATUS_FILE)
-        for stream in STREAMS:
-            ensure_log_file(config.logs_dir, config.name, stream)
         client = self._client(self._state_dir, create=True)
         pipes = _make_pipes()
         out_r, out_w, err_r, err_w, note_r, note_w = pipes
@@ -237,6 +237,7 @@ class RawExecDriver:
                 cwd=task_dir,
                 status_path=status_path,
                 fds=(out_r, out_w, err_r, err_w, note_w),
+                meanwhile=functools.partial(_ensure_log_files, config),
             )
         except BaseException:
             close_fds(*pipes)
@@ -574,6 +575,14 @@ class RawExecDriver:
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
         return False
+
+
+def _ensure_log_files(config: TaskConfig) -> None:
+    """Create file 0 of each stream that has none yet, so a reader finds an empty log
+    (done while the spawner starts the task; best effort)."""
+    with contextlib.suppress(OSError):
+        for stream in STREAMS:
+            ensure_log_file(config.logs_dir, config.name, stream)
 
 
 def _make_pipes() -> tuple[int, int, int, int, int, int]:

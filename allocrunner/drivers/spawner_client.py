@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -92,9 +93,11 @@ class SpawnerClient:
         cwd: str,
         status_path: str,
         fds: tuple[int, int, int, int, int],
+        meanwhile: Callable[[], object] = lambda: None,
     ) -> Reply:
         """Start a task (launching the spawner if needed); `fds` are the stdout and
-        stderr read and write ends and the exit-notify write end."""
+        stderr read and write ends and the exit-notify write end. `meanwhile`, which
+        must not raise, runs while the spawner works, between request and reply."""
         message = {
             "op": "start",
             "path": command,
@@ -103,7 +106,7 @@ class SpawnerClient:
             "cwd": cwd,
             "status_path": status_path,
         }
-        reply = self._request(message, fds, launch=True)
+        reply = self._request(message, fds, launch=True, meanwhile=meanwhile)
         if reply is None:
             raise DriverError(f"{_NAME}: no spawner serves {self.directory!r}")
         if not reply.fields.get("ok"):
@@ -130,7 +133,12 @@ class SpawnerClient:
     # --- internals -------------------------------------------------------------------
 
     def _request(
-        self, message: dict[str, Any], fds: tuple[int, ...], *, launch: bool
+        self,
+        message: dict[str, Any],
+        fds: tuple[int, ...],
+        *,
+        launch: bool,
+        meanwhile: Callable[[], object] = lambda: None,
     ) -> Reply | None:
         data = json.dumps(message).encode()
         conn = self._pool.take()
@@ -144,6 +152,7 @@ class SpawnerClient:
             if not _send(conn, data, fds):
                 conn.close()
                 raise DriverError(f"{_NAME}: the spawner of {self.directory!r} went away")
+        meanwhile()
         try:
             reply = _receive(conn)
         except BaseException:
