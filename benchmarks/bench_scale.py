@@ -244,26 +244,23 @@ def scale_config(data_dir: Path) -> ClientConfig:
     )
 
 
-def wait_all(client: Client, ids: list[str], done: Callable[[Allocation], bool], what: str) -> None:
-    """Poll until `done(view)` holds for every alloc, checking only the ones not yet done."""
+RUNNING = frozenset({"running"})
+TERMINAL = frozenset({"complete", "failed", "lost"})
+
+
+def wait_all(client: Client, ids: list[str], statuses: frozenset[str], what: str) -> None:
+    """Poll each alloc's `alloc_state()` until its client status is one of `statuses`,
+    checking only the ones not there yet (run_allocs may return before they run)."""
     deadline = time.monotonic() + (120.0 if QUICK else 600.0)
     remaining = list(ids)
     while remaining:
         ar = client.runner(remaining[-1])
-        if ar is not None and done(ar.client_alloc()):
+        if ar is not None and ar.alloc_state().client_status in statuses:
             remaining.pop()
             continue
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(remaining)} of {len(ids)} allocations never {what}")
         time.sleep(0.002)
-
-
-def _running(view: Allocation) -> bool:
-    return view.client_status == "running"
-
-
-def _terminal(view: Allocation) -> bool:
-    return view.client_terminal()
 
 
 def _stopped(alloc: Allocation) -> Allocation:
@@ -286,7 +283,7 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         t0 = time.perf_counter()
         client.run_allocs(allocs)
         returned = time.perf_counter() - t0
-        wait_all(client, ids, _running, "ran")
+        wait_all(client, ids, RUNNING, "ran")
         start_s = time.perf_counter() - t0
         rss = (vm_rss_kb() - rss_before) / n
         idle = None
@@ -297,7 +294,7 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
 
         t0 = time.perf_counter()
         client.run_allocs([_stopped(a) for a in allocs])
-        wait_all(client, ids, _terminal, "completed")
+        wait_all(client, ids, TERMINAL, "completed")
         stop_s = time.perf_counter() - t0
 
         wait_for_marks(client, ids)
