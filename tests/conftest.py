@@ -12,6 +12,7 @@ Threads: none of its own. Locks: none. Owner: pytest loads it for every test run
 """
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,13 @@ if CHECK_WANTED:
     assert _locking.CHECK, "lock check mode must be on in tests"
 else:
     assert not _locking.CHECK, f"{LOCKCHECK_SWITCH}=0 must run the tests on production locks"
+
+# A suite started as a background job of a script inherits SIGINT ignored, and an
+# ignored signal stays ignored across exec, so every CLI and agent the tests start
+# would ignore the Ctrl-C they send it (the CLI keeps an inherited ignore, as a
+# background job must). The tests speak for a foreground terminal: SIGINT interrupts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 STATEFUL_DIR = Path(__file__).parent / "stateful"
 
