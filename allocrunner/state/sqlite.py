@@ -273,17 +273,18 @@ class SQLiteStateDB:
     @calls_out
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:
         """The stored deployment status, or None."""
-        row = self._read(
+        rows = self._read(
             alloc_id,
+            # fetchall: a statement left unfinished would pin its connection's snapshot
             lambda conn: conn.execute(
                 "SELECT value FROM entries WHERE alloc_id = ? AND task = ? AND kind = ?",
                 (alloc_id, _NO_TASK, _DEPLOY),
-            ).fetchone(),
+            ).fetchall(),
         )
-        if row is None:
+        if not rows:
             return None
         try:
-            return _decode_deployment(json.loads(row[0]))
+            return _decode_deployment(json.loads(rows[0][0]))
         except (ValueError, TypeError, JobSpecError) as err:
             raise StateDBError(
                 f"state db {self._path}: deployment status of allocation {alloc_id} "
