@@ -70,16 +70,20 @@ class Watch:
     """Immutable. One process as the pump watches it.
 
     `owner` is the key `forget` takes (e.g. the driver's record of the task). `pipes`
-    are (read end, sink) pairs; `pidfd` is a pidfd of the process, or None: then
-    `poll_exit` (if given) is polled and returns `Exited` once the process has
-    exited. `on_exit(wait_status)` is called once, on the pump thread, after the pipes
-    are drained."""
+    are (read end, sink) pairs; `pidfd` is a descriptor that turns readable once the
+    process has exited (a pidfd, or the read end of a pipe whose writer reports the
+    exit), or None: then `poll_exit` (if given) is polled and returns `Exited` once
+    the process has exited. With `status_pipe`, `pidfd` is a non-blocking pipe on
+    which the exit arrives as the wait status in decimal (nothing, at end of file, if
+    the writer died first). `on_exit(wait_status)` is called once, on the pump thread,
+    after the pipes are drained."""
 
     owner: object
     pipes: tuple[tuple[int, LogSink], ...]
     on_exit: Callable[[int | None], None]
     pidfd: int | None = None
     poll_exit: Callable[[], Exited | None] | None = None
+    status_pipe: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -258,10 +262,11 @@ class LogPump:
             entry = self._watched.get(fd)
         if isinstance(entry, _Pipe):
             self._copy(entry, _BOUNDED_READS)
-        elif isinstance(entry, Watch) and _readable(fd):
+        elif isinstance(entry, Watch) and (entry.status_pipe or _readable(fd)):
+            wait_status = _read_status(fd) if entry.status_pipe else None
             self._unwatch(fd)
             os.close(fd)
-            self._exited(entry, None)
+            self._exited(entry, wait_status)
 
     def _unwatch(self, *fds: int) -> None:
         """Drop entries, then unregister their descriptors (the caller closes them)."""
@@ -359,6 +364,18 @@ class LogPump:
             os.close(fd)
         for request in forgets:
             request.done.cancel("closed")
+
+
+def _read_status(fd: int) -> int | None:
+    """The wait status a status pipe carries; None if it has none (yet)."""
+    try:
+        data = os.read(fd, 64)
+    except OSError:
+        return None
+    try:
+        return int(data)
+    except ValueError:
+        return None
 
 
 def _readable(fd: int) -> bool:

@@ -104,7 +104,7 @@ from allocrunner.drivers.base import (
     TaskHandle,
     TaskStatus,
 )
-from allocrunner.drivers.logs import ensure_log_file
+from allocrunner.drivers.logs import ensure_log_file, log_path
 from allocrunner.drivers.spawner_client import (
     Reply,
     SpawnerClient,
@@ -259,7 +259,7 @@ class RawExecDriver:
             spawner_dir=client.directory,
         )
         try:
-            self._hand_over(proc, note_r, outputs)
+            self._hand_over(proc, note_r, outputs, notified=True)
         except BaseException:
             close_fds(note_r, *(fd for _, fd in outputs))
             if not adopted:
@@ -436,12 +436,15 @@ class RawExecDriver:
         exit_fd: int | None,
         outputs: tuple[tuple[str, int], ...],
         exited: ExitResult | None = None,
+        *,
+        notified: bool = False,
     ) -> None:
         """Register the task and give its descriptors to the pump. DriverError (the
         descriptors still the caller's) if the driver is closed or the task already
         runs. A task handed over `exited` has nothing to watch. `exit_fd` turns
-        readable once the task has exited (its exit-notify pipe, or a pidfd); without
-        one the task is polled.
+        readable once the task has exited: its exit-notify pipe (`notified`: the
+        spawner writes the wait status on it) or a pidfd; without one the task is
+        polled.
 
         The table learns of the task before the pump does; no `destroy` can forget it
         in between, since a destroy waits for a running task's exit, which only the
@@ -460,6 +463,7 @@ class RawExecDriver:
             on_exit=on_exit,
             pidfd=exit_fd,
             poll_exit=proc.poll_exit if exit_fd is None else None,
+            status_pipe=notified,
         )
         if not self._pump.add(watch):
             with self._lock:
@@ -474,8 +478,13 @@ class RawExecDriver:
 
     def _exit_noticed(self, proc: _TaskProcess, wait_status: int | None) -> None:
         """On the pump thread: the task's exit-notify pipe became readable. Without a
-        recorded status the spawner died: a task still running is watched on its own."""
-        orphaned = read_status(proc.status_path, proc.pid) is None and proc.wrapper_alive()
+        wait status or a recorded one the spawner died: a task still running is then
+        watched on its own."""
+        orphaned = (
+            wait_status is None
+            and read_status(proc.status_path, proc.pid) is None
+            and proc.wrapper_alive()
+        )
         if orphaned and self._watch_orphan(proc):
             return
         proc.on_exit(wait_status)
@@ -508,6 +517,7 @@ class RawExecDriver:
         not run it (it exited, or its spawner is gone)."""
         assert proc.spawner_dir is not None
         note_r, note_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(note_r, False)
         try:
             reply = self._client(proc.spawner_dir, create=False).attach(
                 proc.pid, proc.start_ticks, note_w
@@ -523,7 +533,7 @@ class RawExecDriver:
             close_fds(note_r, *(reply.fds if reply is not None else ()))
             return False
         outputs = tuple(zip(STREAMS, reply.fds, strict=False))
-        self._register_recovered(proc, None, note_r, outputs)
+        self._register_recovered(proc, None, note_r, outputs, notified=True)
         return True
 
     def _reattach(self, proc: _TaskProcess) -> bool:
@@ -550,11 +560,13 @@ class RawExecDriver:
         exited: ExitResult | None,
         exit_fd: int | None = None,
         outputs: tuple[tuple[str, int], ...] = (),
+        *,
+        notified: bool = False,
     ) -> None:
         """Hand over a recovered task; a concurrent recover() of the same task having
         registered it first is not an error."""
         try:
-            self._hand_over(proc, exit_fd, outputs, exited)
+            self._hand_over(proc, exit_fd, outputs, exited, notified=notified)
         except DriverError:
             close_fds(exit_fd, *(fd for _, fd in outputs))
             with self._lock:
@@ -578,11 +590,13 @@ class RawExecDriver:
 
 
 def _ensure_log_files(config: TaskConfig) -> None:
-    """Create file 0 of each stream that has none yet, so a reader finds an empty log
-    (done while the spawner starts the task; best effort)."""
+    """Create file 0 of each stream that has no file yet, so a reader finds an empty log
+    (done while the spawner starts the task; best effort). A stream whose file 0
+    exists needs no directory listing."""
     with contextlib.suppress(OSError):
         for stream in STREAMS:
-            ensure_log_file(config.logs_dir, config.name, stream)
+            if not os.path.exists(log_path(config.logs_dir, config.name, stream, 0)):
+                ensure_log_file(config.logs_dir, config.name, stream)
 
 
 def _make_pipes() -> tuple[int, int, int, int, int, int]:

@@ -17,8 +17,9 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
   ``posix_spawn``: its own process group, every catchable signal at its default
   action, an empty signal mask, stdin on /dev/null and no other descriptor (every
   descriptor of the spawner is close-on-exec). ``posix_spawn`` returns after the exec
-  (glibc's vfork reports exec failures), so the reply (pid, and the range of clock
-  ticks since boot its start time lies in) means the command runs. A live task with
+  (glibc's vfork reports exec failures), so the reply (pid, the range of clock ticks
+  since boot its start time lies in, and the monotonic time of the exec for
+  benchmarks) means the command runs. A live task with
   the same status path is adopted instead: an agent that died during a start never
   gets its task started twice.
 - ``attach`` (pid, start-ticks range; fd: an exit-notify write end): ``running`` with new
@@ -29,11 +30,12 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
 The spawner keeps each task's output read ends, so a task never gets SIGPIPE while no
 agent reads. On SIGCHLD (a wakeup fd, no timed polling) it reaps every exited child,
 records ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) in the task's
-status file, and only then writes one byte to, and closes, each exit-notify pipe of the
-task. The status file is created empty right after the start's reply and kept open, so
-the exit costs one write of the whole line (a reader takes only a complete line naming
-the pid: it sees all of it or nothing, as with a renamed file, without the file
-creation, about as slow as a whole Popen kill + wait, on the stop path).
+status file, and only then writes the wait status (in decimal) to, and closes, each
+exit-notify pipe of the task. The status file is created empty right after the
+start's reply and kept open, so the exit costs one write of the whole line (a reader
+takes only a complete line naming the pid: it sees all of it or nothing, as with a
+renamed file, without the file creation, about as slow as a whole Popen kill + wait,
+on the stop path).
 
 It exits once it has no task and no connected agent and no agent is connecting
 (``start.1.lock``, which agents hold while they connect or launch).
@@ -283,6 +285,7 @@ class Spawner:
             # The child's start time lies in this range: no need to read /proc.
             before = boot_ticks()
             pid = self.spawn(request, out_w, err_w)
+            execd_ns = time.monotonic_ns()
             ticks = (before, boot_ticks())
         except OSError as err:
             _close(*fds)
@@ -296,7 +299,8 @@ class Spawner:
         # After the reply (and before any exit is recorded), off the start's path: the
         # status file (stale from an earlier run of the task, or new) is left empty.
         self.after_reply.append(task.open_status)
-        return {"ok": True, "pid": pid, "ticks": task.ticks, "adopted": False}, []
+        reply = {"ok": True, "pid": pid, "ticks": task.ticks, "execd_ns": execd_ns}
+        return reply, []
 
     def spawn(self, request: dict[str, Any], out_w: int, err_w: int) -> int:
         """posix_spawn the command in its cwd; OSError if it cannot be exec'd."""
@@ -376,9 +380,10 @@ class Spawner:
             record_status(task.status_fd, task.status_path, status, pid)
         except OSError as err:
             print(f"spawner: cannot record exit {status} of {pid}: {err}", file=sys.stderr)
+        notice = str(wait_status).encode()
         for fd in task.notifies:
             with contextlib.suppress(OSError):
-                os.write(fd, b"x")
+                os.write(fd, notice)
         _close(*task.notifies, *task.outputs, *([task.status_fd] if task.status_fd else []))
 
     # --- lifetime --------------------------------------------------------------------
