@@ -45,6 +45,7 @@ ENV_ADDR = "NOMAD_ADDR"
 ENV_TOKEN = "NOMAD_TOKEN"
 ENV_DATA_DIR = "ALLOCRUNNER_DATA_DIR"
 LOCKED_GRACE = 10.0  # seconds to wait for a just-started agent to publish its address
+LOCKED_BACKOFF = (0.01, 0.2)  # first and longest pause between looks at a locked data dir
 EMBEDDED_HTTP_ADDR = "127.0.0.1:0"
 
 
@@ -135,8 +136,17 @@ def open_session(
 @contextlib.contextmanager
 def _embedded_agent(data_dir: Path, token: str | None) -> Iterator[Session]:
     """An agent started here on `data_dir`; or, when another process holds the dir,
-    that agent once it publishes its address (or this one, once that one has gone)."""
+    that agent once it publishes its address (or this one, once that one has gone).
+
+    Waiting on the other process is the one timed wait of the command line, and it is
+    bounded: it happens once, at start, for at most `LOCKED_GRACE` seconds, with a
+    doubling pause. It is not turned into an event wait because the two things it
+    waits for live in another process: the address record (a file an inotify watch
+    could see) and the release of the ``flock`` (no event a waiter can select on; its
+    descriptor's close looks the same as this command's own failed attempt to lock).
+    """
     deadline = time.monotonic() + LOCKED_GRACE
+    pause, longest = LOCKED_BACKOFF
     while True:
         agent = _start_agent(data_dir)
         if agent is not None:
@@ -145,9 +155,11 @@ def _embedded_agent(data_dir: Path, token: str | None) -> Iterator[Session]:
         if found:
             yield Session(ApiClient(found, token), data_dir=data_dir)
             return
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise CliError(f"data dir {data_dir} is locked by an agent that publishes no address")
-        time.sleep(0.05)
+        time.sleep(min(pause, remaining))
+        pause = min(2 * pause, longest)
     try:
         yield Session(ApiClient(agent.address, token), agent=agent, data_dir=data_dir)
     finally:
