@@ -18,10 +18,12 @@ or an iterator of chunks (sent with chunked transfer encoding, so a stream ends 
 the iterator does). They signal errors by raising `ApiError`; anything else is
 logged and answered with a 500, and the connection and the agent live on.
 
-Threads: ``http-accept`` runs the accept loop; each admitted connection gets an
-``http-conn`` thread from the server's `ThreadGroup`, which `HttpServer.shutdown`
-joins. Lock: ``HttpServer._lock`` guards the set of open sockets (a frozenset,
-replaced). Owner: the `Agent` builds the server in its start and shuts it down.
+Threads: ``http-accept`` runs the accept loop, asleep in ``select`` on the listening
+socket and a wake-up socket pair (no timeout: an idle agent never wakes; `shutdown`
+writes to the pair, joins the thread, and only then closes the sockets); each admitted
+connection gets an ``http-conn`` thread from the server's `ThreadGroup`, which
+`HttpServer.shutdown` joins. Lock: ``HttpServer._lock`` guards the set of open sockets
+(a frozenset, replaced). Owner: the `Agent` builds the server in its start and shuts it down.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import logging
 import re
 import select
+import selectors
 import socket
 import sys
 import threading
@@ -212,6 +215,35 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__(address, _Handler)
 
+    def serve_until_woken(self, wake: socket.socket) -> None:
+        """Accept connections until `wake` becomes readable. The thread sleeps in
+        ``select`` with no timeout, so an idle server never wakes (the stdlib's
+        ``serve_forever`` wakes every `poll_interval` to look for its shutdown flag)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                ready = [key.fileobj for key, _ in selector.select()]
+                if wake in ready:
+                    return
+                if ready:
+                    self._accept_one()
+
+    def _accept_one(self) -> None:
+        """Accept the connection waiting on the listening socket and hand it on."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:  # the peer gave up before the accept
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.owner._admit(request):
             with contextlib.suppress(OSError):
@@ -269,6 +301,8 @@ class HttpServer:
     _max_connections = immutable()
     _thread = immutable()
     _threads = immutable()
+    _wake_reader = immutable()
+    _wake_writer = immutable()
     _lock = immutable()
     _sockets = guarded("_lock")
 
@@ -294,8 +328,9 @@ class HttpServer:
             raise AgentError(
                 f"cannot listen on {address[0]}:{address[1]}: {err.strerror or err}"
             ) from err
+        self._wake_reader, self._wake_writer = socket.socketpair()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name="http-accept"
+            target=self._server.serve_until_woken, args=(self._wake_reader,), name="http-accept"
         )
 
     @property
@@ -320,7 +355,8 @@ class HttpServer:
         deadline = time.monotonic() + timeout
         self._cancel.cancel("agent shutting down")
         if self._thread.is_alive():
-            self._server.shutdown()
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
             self._thread.join(timeout)
         with self._lock:
             sockets = self._sockets
@@ -328,6 +364,8 @@ class HttpServer:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._server.server_close()
+        self._wake_writer.close()
+        self._wake_reader.close()
         if self._threads.join(max(0.0, deadline - time.monotonic())):
             return True
         frames = sys._current_frames()
