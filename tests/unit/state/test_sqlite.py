@@ -120,6 +120,7 @@ def test_file_shared_with_another_process(path):
     alloc = mock_alloc()
     db = SQLiteStateDB(path)
     db.put_allocation(alloc)
+    db.flush()  # another process sees what is committed
     script = textwrap.dedent(
         f"""
         import sys
@@ -128,6 +129,7 @@ def test_file_shared_with_another_process(path):
         db = SQLiteStateDB({str(path)!r})
         ids = [a.id for a in db.all_allocations()]
         db.put_task_state({alloc.id!r}, "web", TaskState(restarts=3))
+        db.flush()
         print(",".join(ids), flush=True)
         sys.stdin.readline()  # keep the file open until told to exit
         db.close()
