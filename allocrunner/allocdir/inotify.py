@@ -373,7 +373,7 @@ class PathWatch:
             self._fall_back()
             return
         self._watches = watches
-        self._stale = False
+        self._stale = not watches  # nothing to watch yet: walk again next round
 
     @calls_out
     def wait(self) -> bool:

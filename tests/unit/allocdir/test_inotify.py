@@ -278,14 +278,23 @@ def test_falls_back_to_polling_when_watches_run_out(
     assert _open_fds() == before
 
 
-def test_polls_while_the_alloc_dir_itself_is_missing(tmp_path: Path) -> None:
+def test_polls_while_the_alloc_dir_itself_is_missing_then_watches(
+    tmp_path: Path, no_timed_waits: list
+) -> None:
     alloc_dir = AllocDir(tmp_path / "allocs", "later")
     cancel = CancelToken()
     waiter = _block(alloc_dir, "alloc/logs/out", cancel)
     try:
         assert_stays(waiter.still_waiting, 0.1)
+        assert no_timed_waits, "nothing to watch: it polls"
         alloc_dir.build()
-        assert_stays(waiter.still_waiting, 0.1)
+        seen = [len(no_timed_waits)]
+
+        def no_more_polls() -> None:
+            before, seen[0] = seen[0], len(no_timed_waits)
+            assert seen[0] == before, "still polling"
+
+        wait_for(lambda: assert_stays(no_more_polls, 0.2))
         (alloc_dir.logs_dir / "out").write_text("x")
         assert wait_for(waiter.done) is True
     finally:
