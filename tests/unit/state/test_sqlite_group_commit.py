@@ -12,7 +12,7 @@ import pytest
 from allocrunner._sync import Event, ThreadGroup
 from allocrunner.drivers.base import TaskConfig, TaskHandle
 from allocrunner.errors import StateDBError
-from allocrunner.state import LocalState, SQLiteStateDB
+from allocrunner.state import LocalState, SQLiteStateDB, sqlite_writer
 from allocrunner.state.sqlite_writer import (
     DELETE_ALLOC,
     DELETE_KEY,
@@ -295,3 +295,34 @@ def test_concurrent_closes_all_return_closed(path):
         assert fresh.task_runner_state("a", "web") == (None, TaskState(restarts=99))
     finally:
         fresh.close()
+
+
+def test_a_writer_far_behind_makes_puts_wait(db, path, monkeypatch):
+    # With the file locked by another connection nothing commits: once more than
+    # MAX_PENDING records are queued, a put waits for the writer instead of queueing.
+    monkeypatch.setattr(sqlite_writer, "MAX_PENDING", 5)
+    done = Event()
+
+    def write() -> None:
+        for n in range(20):
+            db.put_task_state("a", f"task-{n}", TaskState(restarts=n))
+        done.set()
+
+    blocker = sqlite3.connect(path, isolation_level=None)
+    group = ThreadGroup("statedb-backpressure")
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        group.spawn("writer", write)
+        wait_for(lambda: _assert_queued_at_least(db, 6), 10)
+        assert_stays(lambda: _equal(done.is_set(), False), 0.3)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert group.join(timeout=30)
+    assert done.is_set()
+    db.flush()
+    assert len(_rows(path, "a")) == 20
+
+
+def _assert_queued_at_least(db: SQLiteStateDB, n: int) -> None:
+    assert db.stats().writes >= n
