@@ -1,6 +1,6 @@
-"""Processes of raw_exec tasks: the checks and lookups before a spawn, exit statuses and
-status files, pipes and pidfds of running tasks, and the one reader of
-``/proc/<pid>/stat`` in the package.
+"""Processes of raw_exec tasks: the checks and lookups before a spawn (and the pipes and
+log files it needs), exit statuses and status files, pipes and pidfds of running
+tasks, and the one reader of ``/proc/<pid>/stat`` in the package.
 
 Tasks are spawned by `allocrunner.drivers.spawner`; it records each exit status as one
 line, the status then the task's pid, in the task dir's `STATUS_FILE` (status above
@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import attrs
 
 from allocrunner.drivers.base import ExitResult, TaskConfig
+from allocrunner.drivers.logs import ensure_log_file, log_path
 from allocrunner.errors import DriverError
 
 STATUS_FILE = ".allocrunner-exit-status"
@@ -293,6 +294,32 @@ def task_env(config: TaskConfig) -> dict[str, str]:
 
 
 # --- spawning and signalling ---------------------------------------------------------
+
+
+def ensure_log_files(config: TaskConfig) -> None:
+    """Create file 0 of each stream that has no file yet, so a reader finds an empty log
+    (done while the spawner starts the task; best effort). A stream whose file 0
+    exists needs no directory listing."""
+    with contextlib.suppress(OSError):
+        for stream in STREAMS:
+            if not os.path.exists(log_path(config.logs_dir, config.name, stream, 0)):
+                ensure_log_file(config.logs_dir, config.name, stream)
+
+
+def make_task_pipes() -> tuple[int, int, int, int, int, int]:
+    """stdout, stderr and exit-notify pipes (read end, write end each), close-on-exec,
+    the read ends non-blocking."""
+    made: list[int] = []
+    try:
+        for _ in range(3):
+            read, write = os.pipe2(os.O_CLOEXEC)
+            made += [read, write]
+            os.set_blocking(read, False)
+    except OSError as err:
+        close_fds(*made)
+        raise DriverError(f"{_NAME}: cannot create pipes: {err}") from err
+    out_r, out_w, err_r, err_w, note_r, note_w = made
+    return out_r, out_w, err_r, err_w, note_r, note_w
 
 
 def open_output_pipes(pid: int) -> tuple[tuple[str, int], ...]:

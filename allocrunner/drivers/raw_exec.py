@@ -68,7 +68,6 @@ node; whoever built it calls `close()`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal as _signal
@@ -87,8 +86,10 @@ from allocrunner.drivers._process import (
     STREAMS,
     check_task_dirs,
     close_fds,
+    ensure_log_files,
     exit_result_from_status,
     group_usage,
+    make_task_pipes,
     open_output_pipes,
     pidfd_open,
     read_pid_stat,
@@ -104,7 +105,6 @@ from allocrunner.drivers.base import (
     TaskHandle,
     TaskStatus,
 )
-from allocrunner.drivers.logs import ensure_log_file, log_path
 from allocrunner.drivers.spawner_client import (
     Reply,
     SpawnerClient,
@@ -227,7 +227,7 @@ class RawExecDriver:
             self._tasks.check_addable_locked(config.id)
         status_path = os.path.join(task_dir, STATUS_FILE)
         client = self._client(self._state_dir, create=True)
-        pipes = _make_pipes()
+        pipes = make_task_pipes()
         out_r, out_w, err_r, err_w, note_r, note_w = pipes
         try:
             reply = client.start(
@@ -237,7 +237,7 @@ class RawExecDriver:
                 cwd=task_dir,
                 status_path=status_path,
                 fds=(out_r, out_w, err_r, err_w, note_w),
-                meanwhile=functools.partial(_ensure_log_files, config),
+                meanwhile=functools.partial(ensure_log_files, config),
             )
         except BaseException:
             close_fds(*pipes)
@@ -587,29 +587,3 @@ class RawExecDriver:
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
         return False
-
-
-def _ensure_log_files(config: TaskConfig) -> None:
-    """Create file 0 of each stream that has no file yet, so a reader finds an empty log
-    (done while the spawner starts the task; best effort). A stream whose file 0
-    exists needs no directory listing."""
-    with contextlib.suppress(OSError):
-        for stream in STREAMS:
-            if not os.path.exists(log_path(config.logs_dir, config.name, stream, 0)):
-                ensure_log_file(config.logs_dir, config.name, stream)
-
-
-def _make_pipes() -> tuple[int, int, int, int, int, int]:
-    """stdout, stderr and exit-notify pipes (read end, write end each), close-on-exec,
-    the read ends non-blocking."""
-    made: list[int] = []
-    try:
-        for _ in range(3):
-            read, write = os.pipe2(os.O_CLOEXEC)
-            made += [read, write]
-            os.set_blocking(read, False)
-    except OSError as err:
-        close_fds(*made)
-        raise DriverError(f"{NAME}: cannot create pipes: {err}") from err
-    out_r, out_w, err_r, err_w, note_r, note_w = made
-    return out_r, out_w, err_r, err_w, note_r, note_w

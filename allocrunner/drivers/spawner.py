@@ -149,13 +149,15 @@ class _Task:
         self.status_path = status_path
         self.outputs = outputs
         self.notifies: list[int] = []
-        self.status_fd: int | None = None
+        self.status_file: list[int] = []  # the open status file, once created
 
     def open_status(self) -> None:
         """Create (or empty) the status file and keep it open for the exit's write."""
         try:
-            self.status_fd = os.open(
-                self.status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+            self.status_file.append(
+                os.open(
+                    self.status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+                )
             )
         except OSError as err:
             print(f"spawner: cannot create {self.status_path}: {err}", file=sys.stderr)
@@ -249,7 +251,8 @@ class Spawner:
             self.run_after_reply()
 
     def run_after_reply(self) -> None:
-        work, self.after_reply = self.after_reply, []
+        work = list(self.after_reply)
+        self.after_reply.clear()
         for job in work:
             job()
 
@@ -377,14 +380,15 @@ class Spawner:
             del self.by_status_path[task.status_path]
         status = status_of(wait_status)
         try:
-            record_status(task.status_fd, task.status_path, status, pid)
+            status_fd = task.status_file[0] if task.status_file else None
+            record_status(status_fd, task.status_path, status, pid)
         except OSError as err:
             print(f"spawner: cannot record exit {status} of {pid}: {err}", file=sys.stderr)
         notice = str(wait_status).encode()
         for fd in task.notifies:
             with contextlib.suppress(OSError):
                 os.write(fd, notice)
-        _close(*task.notifies, *task.outputs, *([task.status_fd] if task.status_fd else []))
+        _close(*task.notifies, *task.outputs, *task.status_file)
 
     # --- lifetime --------------------------------------------------------------------
 
