@@ -38,6 +38,11 @@ collector's ``gc`` (and its ``gc-destroy-<id8>`` workers); each runner owns its 
 Locks: "Client._allocs_lock" guards the registry (the queued allocations included) and
 the `run_allocs` turn (see the class); nothing is called with it held.
 Owner: the embedder, or the agent (`allocrunner.agent`), which is a thin layer over it.
+
+The module runs past 600 lines because it is one concern: the registry of runners and
+every path that changes it (restore, apply a set, build the queued runners, collect,
+report upstream) share one lock and one set of invariants, which are easier to check
+when they sit together.
 """
 
 from __future__ import annotations

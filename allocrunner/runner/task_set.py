@@ -6,18 +6,23 @@ knows the group rules that concern several tasks at once:
 - the sibling rules (`kill_event`): a failed task kills the others (`Sibling Task
   Failed`), a dead leader kills the others (`Leader Task Dead`), and once only
   sidecars are left they are killed (`Main Tasks Dead`); poststop tasks are left out;
-- the kill order (`kill_all`): the leader first, then the main tasks together, then
-  the sidecars together; poststop tasks are left alone (they run after);
+- the kill order (`kill_waves`): the leader first, then the main tasks together,
+  then the sidecars together; poststop tasks are left alone (they run after). The
+  state handler walks it with a `KillSequence`, which asks each wave's run threads
+  and moves on when the wave is dead; `kill_all` walks it on the caller's thread,
+  waiting for each wave, for the tasks no run thread watches;
 - per-task actions on every task (`each`, `each_concurrently`): a task that is not
   running is skipped, and every other failure is kept, so several failures come out
   together as one exception group (`TaskErrors` when they are all library errors).
 
-Threads: its methods run on the caller's thread (the alloc runner's state handler,
-its stop/destroy/shutdown threads, API callers). `kill_all` and `each_concurrently`
-start one transient thread per task (``kill-<id8>-<name>``, ``each-<id8>-<name>``)
-and join them before returning. Locks: none of its own; the set never changes after
+Threads: none of its own, and it starts none: a task is killed, restarted or shut
+down by its own run thread, and the methods here only ask it (`request_kill`) or, on
+the caller's thread (the state handler, the destroy or shutdown thread, API callers),
+ask every task first and then wait for each. A `KillSequence` is confined to the
+state handler's thread. Locks: none of its own; the set never changes after
 construction and task runners are thread-safe, so no lock is held while calling
-them. Owner: the AllocRunner builds it and is its only caller.
+them. Owner: the AllocRunner builds it (and, through its state handler, the
+sequence) and is its only caller.
 """
 
 from __future__ import annotations
@@ -298,7 +303,8 @@ class TaskSet:
 
 
 class KillSequence:
-    """Thread-confined to the state handler. Kills the tasks of one allocation in
+    """Not thread-safe; owned by the state handler's thread (``alloc-state-<id8>``),
+    to which its fields are confined. Kills the tasks of one allocation in
     order (`TaskSet.kill_waves`) without a thread or a blocking wait of its own: `begin`
     asks the first wave's run threads to kill their tasks, and `advance`, called on
     every pass of the state handler (which task state changes kick), asks the next
