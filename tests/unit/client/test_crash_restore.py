@@ -234,7 +234,33 @@ def _at_kill_all(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 Step = Callable[[pytest.MonkeyPatch, Crash], None]
 
+def _at_first_write(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
+    """`run_allocs` returned; the runner is about to write its allocation (nothing of
+    it is in the state DB: the server sends it again)."""
+    put = FreezableDB.put_allocation
+
+    def crashing(self: FreezableDB, alloc: Allocation) -> None:
+        crash.point()
+        put(self, alloc)
+
+    monkeypatch.setattr(FreezableDB, "put_allocation", crashing)
+
+
+def _at_alloc_saved(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
+    """The allocation is saved, with no task state yet (the restore drops it until the
+    server sends it again)."""
+    put = FreezableDB.put_allocation
+
+    def crashing(self: FreezableDB, alloc: Allocation) -> None:
+        put(self, alloc)
+        crash.point()
+
+    monkeypatch.setattr(FreezableDB, "put_allocation", crashing)
+
+
 BUILD_STEPS: dict[str, Step] = {
+    "first-write": _at_first_write,
+    "alloc-saved": _at_alloc_saved,
     "build-enter": _at_build_enter,
     "build-dir-made": _at_build_dir_made,
     "build-done": _at_build_done,

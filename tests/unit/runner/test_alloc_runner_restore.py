@@ -427,3 +427,17 @@ def test_update_priority_against_the_acknowledged_state(make_runner):
         task_states={"web": attrs.evolve(client.task_states["web"], restarts=1)},
     )
     assert ar.update_priority(changed) == "typical"
+
+
+def test_restore_of_an_alloc_saved_without_any_task_state_runs_it_once(make_runner, state_db):
+    """The agent died after the runner's first write, before any task state: nothing
+    had started, so the restore builds the alloc dir and the tasks start once."""
+    alloc = mock_alloc(mock_task("web", config={"run_for": "30s"}))
+    state_db.put_allocation(alloc)
+    ar = make_runner(alloc)
+    ar.restore()
+    ar.start()
+    wait_for(lambda: _state(ar, "web", "running"))
+    events = ar.alloc_state().task_states["web"].events
+    assert [e.type for e in events].count(EVENT_STARTED) == 1, events
+    assert ar.alloc_dir.data_dir.is_dir()
