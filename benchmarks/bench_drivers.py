@@ -35,7 +35,6 @@ from allocrunner import _locking
 from allocrunner._sync import CancelToken
 from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig
 from allocrunner.drivers.spawner_client import Reply, SpawnerClient
-from benchmarks import machine_note
 
 COMMAND = ["/bin/sleep", "30"]
 BATCH = 20
@@ -172,7 +171,6 @@ def main() -> None:
     mock_ours, mock_bare = _mock_overhead()
 
     n = BATCH * BATCHES
-    print(machine_note())
     print(f"drivers: raw_exec vs bare subprocess.Popen of {' '.join(COMMAND)}, {n} samples each")
     for label, ours, bare, goal in (
         ("start->exec'd ", out["start"], out["popen_start"], "  (goal <= 1.5x)"),
