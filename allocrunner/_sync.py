@@ -57,6 +57,7 @@ T = TypeVar("T")
 def _nothing() -> None:
     """The withdrawal of a callback that already ran."""
 
+
 # A parent drops the entries of dead children once it holds this many (or twice the
 # number alive at the last purge), so its table stays proportional to live children.
 _PURGE_MIN = 16

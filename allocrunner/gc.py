@@ -42,7 +42,14 @@ from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup, Waiter, WorkQueue
 from allocrunner.config import ClientConfig
 
-__all__ = ["AllocGarbageCollector", "GCQueue", "HostStats", "statvfs_host_stats"]
+__all__ = [
+    "AllocGarbageCollector",
+    "DestroyNotifier",
+    "GCQueue",
+    "GCRunner",
+    "HostStats",
+    "statvfs_host_stats",
+]
 
 log = logging.getLogger("allocrunner.gc")
 
@@ -195,6 +202,13 @@ class _DestroyJob:
     reason: str
     done: Event = attrs.field(factory=Event)
     notify: Kick | None = None
+
+
+def _report_done(job: _DestroyJob) -> None:
+    """Tell whoever waits on `job` that the pool is finished with it."""
+    job.done.set()
+    if job.notify is not None:
+        job.notify.kick()
 
 
 class AllocGarbageCollector:
@@ -376,9 +390,7 @@ class AllocGarbageCollector:
             withdraw()
         return collected
 
-    def _next_step(
-        self, reason: str | None, in_flight: dict[str, _DestroyJob]
-    ) -> GCEntry | _Step:
+    def _next_step(self, reason: str | None, in_flight: dict[str, _DestroyJob]) -> GCEntry | _Step:
         """The next entry to destroy, or whether to wait for a destroy in flight or end
         the pass. Pops the entry it returns."""
         if reason is None or (reason != REASON_MAX_ALLOCS and in_flight):
@@ -439,9 +451,7 @@ class AllocGarbageCollector:
             except Exception:
                 log.exception("allocation %s: destroy failed", job.entry.alloc_id)
             finally:
-                job.done.set()
-                if job.notify is not None:
-                    job.notify.kick()
+                _report_done(job)
 
     @calls_out
     def _destroy(self, entry: GCEntry, reason: str) -> None:
@@ -501,6 +511,8 @@ class AllocGarbageCollector:
         if self._stopping.cancelled():
             return
         self._ensure_pool()
+        # Were stop() to slip in here, the loop would still end at once: stop's kick
+        # stays pending and the loop checks the token after every wake.
         self._threads.spawn("gc", self._run)
 
     @calls_out
@@ -525,9 +537,7 @@ class AllocGarbageCollector:
         self._trigger.kick()
         for job in self._work.close():
             self._launch(job.entry)
-            job.done.set()
-            if job.notify is not None:
-                job.notify.kick()
+            _report_done(job)
         with self._lock:
             spawning = self._pool_started
             self._pool_started = True  # no pool from now on

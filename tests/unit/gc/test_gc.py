@@ -422,7 +422,6 @@ def test_collect_all_destroys_real_runners(tmp_path, collectors):
         driver.close()
 
 
-
 def test_mark_is_mark_for_collection(tmp_path, fakes, teardowns, collectors):
     gc = AllocGarbageCollector(_config(tmp_path), host_stats=_stats())
     collectors.append(gc)

@@ -182,9 +182,7 @@ def test_collect_waits_for_a_pool_slot(tmp_path, fakes, teardowns, collectors):
     assert gc.max_parallel_destroys_seen() == 1
 
 
-def test_a_runner_without_on_destroyed_is_still_collected(
-    tmp_path, fakes, teardowns, collectors
-):
+def test_a_runner_without_on_destroyed_is_still_collected(tmp_path, fakes, teardowns, collectors):
     gc = _gc(tmp_path, gc_parallel_destroys=2)
     collectors.append(gc)
     runners = _make(fakes, teardowns, 5, teardown=0.01, cls=LegacyFakeRunner)
