@@ -221,3 +221,30 @@ def test_wrapper_handle_with_a_recorded_status_is_recovered(raw, tmp_path):
     state = {**state, "status_path": str(Path(other.task_dir) / "missing")}
     with pytest.raises(DriverError, match="no exit status"):
         raw.recover(TaskHandle(driver="raw_exec", config=other, driver_state=state))
+
+
+def test_many_tasks_stopped_together_are_each_reaped(raw, tmp_path):
+    configs = [task_config(tmp_path, sh("exec sleep 30"), name=f"s{i}") for i in range(40)]
+    pids = [raw.start(config).driver_state["pid"] for config in configs]
+    assert sorted(task_pids_of_spawner(raw_state_dir(raw))) == sorted(pids)
+    errors: list[BaseException] = []
+
+    def stop(config) -> None:
+        try:
+            raw.stop(config.id, 10.0)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=stop, args=(c,), name="stopper") for c in configs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for config, pid in zip(configs, pids, strict=True):
+        assert raw.inspect(config.id).exit_result == ExitResult(exit_code=130, signal=2)
+        assert proc_state(pid) is None
+
+
+def raw_state_dir(driver: RawExecDriver) -> Path:
+    return Path(driver.state_dir)
