@@ -52,8 +52,8 @@ def test_an_untagged_restart_tracker_is_flagged() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "flagged"),
     [
-        ("Slots(parallel)", "threading.BoundedSemaphore(parallel)", "BoundedSemaphore()"),
-        ("Fifo(entries)", "queue.Queue()", "Queue()"),
+        ("Waiter()", "threading.BoundedSemaphore(1)", "BoundedSemaphore()"),
+        ("WorkQueue()", "queue.Queue()", "Queue()"),
         ("GCQueue()", "threading.Condition(threading.Lock())", "Condition()"),
     ],
 )
