@@ -28,7 +28,8 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
 - ``ping``: the spawner's pid.
 
 The spawner keeps each task's output read ends, so a task never gets SIGPIPE while no
-agent reads. On SIGCHLD (a wakeup fd, no timed polling) it reaps every exited child,
+agent reads. When a task's pidfd turns readable (or, without pidfds, on SIGCHLD through
+a wakeup fd; never by timed polling) it reaps the exited child,
 records ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) in the task's
 status file, and only then writes the wait status (in decimal) to, and closes, each
 exit-notify pipe of the task. The status file is created empty right after the
@@ -173,14 +174,17 @@ class Spawner:
         self.by_status_path: dict[str, int] = {}
         self.clients: dict[int, socket.socket] = {}
         self.after_reply: list[Callable[[], None]] = []
+        self.pidfds: dict[int, int] = {}  # pidfd -> pid of the task it watches
+        self.use_pidfds = _pidfds_work()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.buffer = bytearray(MAX_MESSAGE)
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.epoll = select.epoll()
 
     def serve(self) -> None:
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        if not self.use_pidfds:
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+            signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), select.EPOLLIN)
         self.epoll.register(self.wake_r, select.EPOLLIN)
@@ -190,6 +194,8 @@ class Spawner:
                     self.accept()
                 elif fd == self.wake_r:
                     self.reap()
+                elif fd in self.pidfds:
+                    self.reap_pidfd(fd)
                 else:
                     self.serve_client(fd)
             if self.idle() and self.try_retire():
@@ -302,6 +308,8 @@ class Spawner:
         # After the reply (and before any exit is recorded), off the start's path: the
         # status file (stale from an earlier run of the task, or new) is left empty.
         self.after_reply.append(task.open_status)
+        if self.use_pidfds:
+            self.after_reply.append(lambda: self.watch_exit(pid))
         reply = {"ok": True, "pid": pid, "ticks": task.ticks, "execd_ns": execd_ns}
         return reply, []
 
@@ -359,6 +367,28 @@ class Spawner:
             reply["adopted"] = True
         return reply, [os.dup(fd) for fd in task.outputs]
 
+    def watch_exit(self, pid: int) -> None:
+        """Watch task `pid` with a pidfd (readable once it has exited, zombie or not)."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as err:
+            print(f"spawner: cannot watch {pid}: {err}; reaping it later", file=sys.stderr)
+            return
+        self.pidfds[fd] = pid
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def reap_pidfd(self, fd: int) -> None:
+        pid = self.pidfds.pop(fd)
+        self.epoll.unregister(fd)
+        os.close(fd)
+        try:
+            reaped, wait_status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if reaped == pid:
+            self.record_exit(pid, wait_status)
+        self.reap()  # any task whose pidfd could not be opened
+
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_r, 4096):
@@ -412,6 +442,18 @@ class Spawner:
             return True
         finally:
             os.close(fd)
+
+
+def _pidfds_work() -> bool:
+    """True if this kernel and Python offer pidfds (then no SIGCHLD handler is needed)."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return False
+    try:
+        os.close(opener(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
