@@ -635,7 +635,12 @@ class Client:
             # Given before it is registered, so no later update can overtake it.
             ar.update(latest)
             given = latest
-        ar.start()
+        try:
+            ar.start()
+        except Exception:  # e.g. no thread can be started: the starter goes on
+            log.exception("allocation %s: its runner could not be started", alloc.id)
+            ar.set_client_status(CLIENT_FAILED)
+            self._record_update(ar.client_alloc())
 
     def _drop_queued(self) -> None:
         """Shutting down: forget the allocations whose runners were never built (the
