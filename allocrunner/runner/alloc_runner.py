@@ -197,7 +197,7 @@ class AllocRunner:
         self._tasks_exited = Kick()
         self._prerun_cancel = CancelToken()
         self._run_done = threading.Event()
-        self._destroyed_event = threading.Event()
+        self._destroyed_event = Event()
         self._shutdown_event = threading.Event()
         self._finish_destroy = Event()
         self._broadcaster = AllocBroadcaster()
@@ -579,6 +579,12 @@ class AllocRunner:
     def wait_destroyed(self, timeout: float | None = None) -> bool:
         """True once destroy has finished."""
         return self._destroyed_event.wait(timeout)
+
+    def on_destroyed(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback` once destroy has finished (at once if it has), on the
+        destroying thread; returns a function that withdraws it. The garbage collector
+        waits on this and on its own stop together, without polling."""
+        return self._destroyed_event.on_set(callback)
 
     def shutdown(self) -> None:
         """Graceful agent shutdown: stop watching the tasks but leave them running, with

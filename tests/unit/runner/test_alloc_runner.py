@@ -283,6 +283,23 @@ def test_destroy_running_alloc(make_runner, state_db):
     assert state_db.task_runner_state(alloc.id, "web") == (None, None)
 
 
+def test_on_destroyed_calls_back_once_destroy_has_finished(make_runner):
+    ar = make_runner(mock_alloc(mock_task("web")))
+    seen: list[bool] = []
+    ar.on_destroyed(lambda: seen.append(ar.is_destroyed()))
+    withdrawn: list[int] = []
+    ar.on_destroyed(lambda: withdrawn.append(1))()  # withdrawn at once: never called
+    ar.start()
+    wait_for(lambda: _assert_state(ar, "web", "running"))
+    assert seen == []
+    ar.destroy()
+    assert ar.wait_destroyed(10)
+    assert seen == [True] and withdrawn == []
+    late: list[int] = []
+    ar.on_destroyed(lambda: late.append(1))
+    assert late == [1], "a callback added after the destroy runs at once"
+
+
 def test_destroy_before_run_returns_without_hanging(make_runner):
     ar = make_runner(mock_alloc(mock_task("web")))
     ar.destroy()
