@@ -20,10 +20,11 @@ The checkpoints placed in the package (name, subject):
   to record its event on the live tasks of its snapshot.
 - ``state.final_pass``: the state handler is about to make its last pass.
 - ``state.await_final``: a thread is about to wait for the state handler's last pass.
-- ``tasks.kill_wave`` (``leader``, ``mains``, ``sidecars``): `TaskSet.kill_all` is
-  about to kill one wave.
-- ``tasks.kill_one`` (task name): a kill of `TaskSet.kill_all` looked at the task
-  (to record Killing if it has not finished) and is about to kill it.
+- ``tasks.kill_wave`` (``leader``, ``mains``, ``sidecars``): a kill of the tasks
+  (`KillSequence` on the state handler's thread, or `TaskSet.kill_all` on a destroy)
+  is about to ask one wave to die.
+- ``tasks.kill_one`` (task name): that kill looked at the task (to record Killing if
+  it has not finished) and is about to ask it to die.
 - ``task.restart.post`` (task name): a restart picked the instance to restart and is
   about to leave its request for the run thread.
 - ``task.reap`` (task name): the first kill after a shutdown is about to stop the task

@@ -43,8 +43,9 @@ state databases):
 - ``HttpServer._lock``: the agent's open connections.
 - ``PeriodicLauncher._lock``: the periodic jobs being scheduled.
 - ``LogPump._lock``: the pipes and pidfds a driver's log pump watches.
-- ``StateDB._lock``: a state database; the one documented "lock-held I/O" site (each
-  SQLite call runs under it, marked ``# lock-held I/O``), taken with no other lock.
+- ``StateDB._lock``: a state database's queue of writes, its de-duplication record and
+  counters; held for bookkeeping only (the SQLite calls run on its writer thread and
+  its readers with no lock held), taken with no other lock.
 
 Check mode (``ALLOCRUNNER_LOCKCHECK=1``, read once at import) replaces every lock by a
 checked one and turns the field tags and decorators below into checks:

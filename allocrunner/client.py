@@ -34,7 +34,7 @@ the ``client-starter`` thread builds their runners and starts them; the runner's
 so a caller sees every allocation of the sets it applied.
 
 Threads (owned, joined by `shutdown()`): ``client-starter``, ``client-updates`` and the
-collector's ``gc`` (and its ``gc-destroy-<id8>`` workers); each runner owns its own.
+collector's ``gc`` (and its fixed pool of ``gc-destroy-<n>`` workers); each runner owns its own.
 Locks: "Client._allocs_lock" guards the registry (the queued allocations included) and
 the `run_allocs` turn (see the class); nothing is called with it held.
 Owner: the embedder, or the agent (`allocrunner.agent`), which is a thin layer over it.
@@ -59,7 +59,7 @@ from allocrunner.allocwatcher import new_prev_watcher
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import default_drivers
 from allocrunner.drivers.base import Driver
-from allocrunner.errors import AllocRunnerError
+from allocrunner.errors import AllocRunnerError, StateDBError
 from allocrunner.gc import AllocGarbageCollector
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.state import SQLiteStateDB, StateDB
@@ -149,7 +149,7 @@ class Client:
         self._config = config
         self._owns_db = state_db is None
         self._db: StateDB = SQLiteStateDB(config.state_db_path()) if state_db is None else state_db
-        built = default_drivers() if drivers is None else {}
+        built = default_drivers(str(config.raw_exec_state_dir())) if drivers is None else {}
         self._owned_drivers: tuple[Driver, ...] = tuple(built.values())
         self._drivers: FrozenDict[str, Driver] = FrozenDict(built if drivers is None else drivers)
         self._state_updater = state_updater
@@ -371,7 +371,11 @@ class Client:
         for driver in self._owned_drivers:
             driver.close()
         if self._owns_db:
-            self._db.close()
+            try:
+                self._db.close()
+            except StateDBError:
+                log.exception("state database: writes were lost before shutdown")
+                ok = False
         self._shutdown_done.cancel("shut down")
         return ok
 

@@ -51,3 +51,8 @@ class ClientConfig:
     def state_db_path(self) -> Path:
         """The embedded state database file."""
         return Path(self.data_dir) / "client" / "state.db"
+
+    def raw_exec_state_dir(self) -> Path:
+        """Where the raw_exec driver built for this node keeps its spawner and the
+        exit records of its tasks."""
+        return Path(self.data_dir) / "client" / "raw_exec"

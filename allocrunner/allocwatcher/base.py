@@ -8,10 +8,11 @@ ephemeral disk it inherits that allocation's `alloc/data` and each task's `local
 - `PrevAllocWatcher.wait(cancel)` returns once the previous allocation is terminal
   (or gone); `PrevAllocMigrator.migrate(cancel, dest)` moves its data into `dest`.
 
-Every blocking wait observes its `CancelToken` within `POLL_INTERVAL` seconds and
-then raises `PrevAllocWaitCancelled`, so an allocation runner being shut down or
-destroyed is never stuck behind a previous allocation that will never finish
-(Nomad #18129).
+Every blocking wait wakes when its `CancelToken` is cancelled (the local watcher at
+once, through the token's callback; the remote one within its poll of the other
+node, `POLL_INTERVAL` at the least) and then raises `PrevAllocWaitCancelled`, so an
+allocation runner being shut down or destroyed is never stuck behind a previous
+allocation that will never finish (Nomad #18129).
 
 Threads: none of its own. `wait` and `migrate` run on the caller's thread (the
 allocation runner's hooks); `is_waiting` / `is_migrating` may be asked from any thread.

@@ -40,7 +40,11 @@ __all__ = [
 ]
 
 
-def default_drivers() -> dict[str, Driver]:
-    """One fresh instance of every built-in driver, keyed by its name."""
-    drivers: list[Driver] = [MockDriver(), RawExecDriver()]
+def default_drivers(raw_exec_state_dir: str | None = None) -> dict[str, Driver]:
+    """One fresh instance of every built-in driver, keyed by its name.
+
+    `raw_exec_state_dir` is where raw_exec's spawner lives (its lock, socket and the
+    tasks' exit records); a `Client` or `AllocRunner` passes one under its data dir, so
+    each node's tasks are kept by that node's own spawner."""
+    drivers: list[Driver] = [MockDriver(), RawExecDriver(state_dir=raw_exec_state_dir)]
     return {driver.name: driver for driver in drivers}

@@ -178,7 +178,7 @@ class AllocRunner:
         )
         # Drivers built here are owned (and closed on destroy or shutdown) by this runner;
         # drivers passed in belong to the caller, who shares them between runners.
-        owned = default_drivers() if drivers is None else {}
+        owned = default_drivers(str(config.raw_exec_state_dir())) if drivers is None else {}
         self._owned_drivers: tuple[Driver, ...] = tuple(owned.values())
         self._drivers: Mapping[str, Driver] = FrozenDict(drivers if drivers is not None else owned)
         self._alloc_dir = AllocDir(config.alloc_dir, alloc.id)

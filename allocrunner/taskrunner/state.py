@@ -11,7 +11,9 @@ Persistence runs with no lock held, one writer at a time: whoever finds nobody
 writing becomes the writer and writes the newest snapshot; a caller whose version is
 not yet written waits for the writer's round to end and looks again. So the database
 never ends older than the newest snapshot anyone asked to persist, and `publish`
-returns once its change is durable. `record` is the one exception: it changes the
+returns once its change is handed to the StateDB (an `SQLiteStateDB` commits it on
+its writer thread, in order; a new driver handle, whose loss would start a task
+twice, is committed before the write returns). `record` is the one exception: it changes the
 snapshot without writing, for callers that must not block, and the next write of any
 caller carries the change.
 
