@@ -63,6 +63,42 @@ def _nothing() -> None:
 _PURGE_MIN = 16
 
 
+class _Latch:
+    """A one-shot flag that sleepers can wait on, built from one bare lock.
+
+    Held from birth; `open` releases it once, and each waiter acquires and at once
+    releases it, so every waiter, present or future, passes. It costs one lock where a
+    `threading.Event` costs a Condition, a lock and a deque (about ten times the
+    memory), which matters because every allocation owns a dozen of them. Not
+    thread-safe on its own: its owner calls `open` at most once, under its own mutex.
+    """
+
+    __slots__ = ("_gate", "_open")
+
+    def __init__(self) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._open = False
+
+    def open(self) -> None:
+        self._open = True
+        self._gate.release()
+
+    def is_open(self) -> bool:
+        return self._open
+
+    def wait(self, timeout: float | None) -> bool:
+        if self._open:
+            return True
+        if timeout is None:
+            passed = self._gate.acquire()
+        else:
+            passed = self._gate.acquire(True, max(0.0, timeout))
+        if passed:
+            self._gate.release()
+        return self._open
+
+
 @thread_safe
 class CancelToken:
     """Thread-safe. Cancelled at most once; waiters wake and see the first reason.
@@ -85,7 +121,7 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._event = threading.Event()
+        self._event = _Latch()
         self._reason: str | None = None
         self._children: dict[int, weakref.ref[CancelToken]] = {}
         self._purge_at = _PURGE_MIN
@@ -103,7 +139,7 @@ class CancelToken:
             parents = self._parents
             self._parents = ()
             callbacks, self._callbacks = self._callbacks, ()
-        self._event.set()
+        self._event.open()
         for callback in callbacks:
             callback()
         for parent in parents:
@@ -115,7 +151,7 @@ class CancelToken:
 
     def cancelled(self) -> bool:
         """True once cancelled."""
-        return self._event.is_set()
+        return self._event.is_open()
 
     @property
     def reason(self) -> str | None:
@@ -196,16 +232,16 @@ class Event:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._flag = threading.Event()
+        self._flag = _Latch()
         self._callbacks: tuple[Callable[[], object], ...] = ()
 
     def set(self) -> bool:
         """Set it, wake the waiters and run the `on_set` callbacks (on this thread, after
         the private lock is released); True if this call set it, False if it was set."""
         with self._mutex:
-            if self._flag.is_set():
+            if self._flag.is_open():
                 return False
-            self._flag.set()
+            self._flag.open()
             callbacks, self._callbacks = self._callbacks, ()
         for callback in callbacks:
             callback()
@@ -213,7 +249,7 @@ class Event:
 
     def is_set(self) -> bool:
         """True once set."""
-        return self._flag.is_set()
+        return self._flag.is_open()
 
     def on_set(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call `callback` once, on the setting thread, when this event is set (at once,
@@ -221,7 +257,7 @@ class Event:
         callback must be quick, must not block and must not raise: `set` is notify-only
         and may be called under a declared lock."""
         with self._mutex:
-            if not self._flag.is_set():
+            if not self._flag.is_open():
                 self._callbacks = (*self._callbacks, callback)
                 return partial(self._withdraw, callback)
         callback()
@@ -234,7 +270,7 @@ class Event:
     @calls_out
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> bool:
         """Block until set, `cancel` is cancelled or `timeout` passes; True if set."""
-        if cancel is None or self._flag.is_set():
+        if cancel is None or self._flag.is_open():
             return self._flag.wait(timeout)
         waiter = Waiter()
         withdraw_set = self.on_set(waiter.wake)
@@ -244,10 +280,10 @@ class Event:
         finally:
             withdraw_cancel()
             withdraw_set()
-        return self._flag.is_set()
+        return self._flag.is_open()
 
     def __repr__(self) -> str:
-        return f"<Event set={self._flag.is_set()}>"
+        return f"<Event set={self._flag.is_open()}>"
 
 
 @thread_safe

@@ -51,7 +51,6 @@ any thread.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
@@ -196,9 +195,9 @@ class AllocRunner:
         self._state_kick = Kick()
         self._tasks_exited = Kick()
         self._prerun_cancel = CancelToken()
-        self._run_done = threading.Event()
+        self._run_done = Event()
         self._destroyed_event = Event()
-        self._shutdown_event = threading.Event()
+        self._shutdown_event = Event()
         self._finish_destroy = Event()
         self._broadcaster = AllocBroadcaster()
         self._coordinator = TaskCoordinator(group.tasks)

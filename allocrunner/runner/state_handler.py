@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
@@ -98,8 +97,8 @@ class StateHandler:
         self._alloc_id = alloc_id
         self._kick = kick
         self._updates: LatestValue[Allocation] = LatestValue()
-        self._tasks_done = threading.Event()
-        self._finished = threading.Event()
+        self._tasks_done = Event()
+        self._finished = Event()
         self._client_state = client_state
         self._tasks = tasks
         self._coordinator = coordinator
