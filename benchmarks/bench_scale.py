@@ -290,11 +290,13 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         idle = None
         if idle_s > 0:
             t_settle = time.perf_counter()
+            wait_all_health_known(client, ids)
             settle_state_writes(client)
             print(
-                f"  note: N={n}: state DB writes went on for "
-                f"{time.perf_counter() - t_settle:.1f} s after every alloc read running; "
-                "the idle window starts after them",
+                f"  note: N={n}: deployment health was known and state DB writes had "
+                f"settled {time.perf_counter() - t_settle:.1f} s after every alloc read "
+                "running (a service's health needs min_healthy_time, 10 s); the idle "
+                "window starts then",
                 flush=True,
             )
             idle = idle_cpu_percent(idle_s)
@@ -315,6 +317,22 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         driver.close()
         shutil.rmtree(root, ignore_errors=True)
     return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle)
+
+
+def wait_all_health_known(client: Client, ids: list[str]) -> None:
+    """Until every alloc's deployment health is set: before then its health watch is
+    still working, which is not idle."""
+    deadline = time.monotonic() + 120.0
+    remaining = list(ids)
+    while remaining:
+        ar = client.runner(remaining[-1])
+        status = None if ar is None else ar.alloc_state().deployment_status
+        if status is not None and status.healthy is not None:
+            remaining.pop()
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"{len(remaining)} allocations never reported their health")
+        else:
+            time.sleep(0.05)
 
 
 def settle_state_writes(client: Client, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
