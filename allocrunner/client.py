@@ -53,6 +53,7 @@ from typing import TypeVar
 
 import attrs
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, Kick, ThreadGroup, Waiter
 from allocrunner.allocwatcher import new_prev_watcher
@@ -123,7 +124,7 @@ class Client:
     _indexes = guarded("_allocs_lock")
     _retired = guarded("_allocs_lock")
     _marked = guarded("_allocs_lock")
-    _pending = guarded("_allocs_lock")
+    _pending = immutable()  # a checked container, changed in place under _allocs_lock
     _phase = guarded("_allocs_lock")
     _list_index = guarded("_allocs_lock")
     _tombstones = guarded("_allocs_lock")
@@ -167,7 +168,9 @@ class Client:
         self._indexes: FrozenDict[str, int] = FrozenDict()
         self._retired: FrozenDict[str, AllocRunner] = FrozenDict()
         self._marked: frozenset[str] = frozenset()
-        self._pending: FrozenDict[str, Allocation] = FrozenDict()
+        # Changed in place (one view per alloc, newest wins): a copy per update would
+        # make a stop of N allocations cost O(N^2).
+        self._pending: dict[str, Allocation] = guarded_dict(self._allocs_lock)
         self._phase = _NEW
         self._list_index = -1
         self._tombstones: FrozenDict[str, None] = FrozenDict()
@@ -671,7 +674,7 @@ class Client:
     def _record_update(self, view: Allocation) -> None:
         """A runner's state callback: keep the newest view of its alloc and kick."""
         with self._allocs_lock:
-            self._pending = self._pending.set(view.id, view)
+            self._pending[view.id] = view
         self._update_kick.kick()
 
     @calls_out
@@ -680,9 +683,10 @@ class Client:
         while True:
             self._update_kick.wait()
             with self._allocs_lock:
-                batch, self._pending = self._pending, FrozenDict()
+                batch = list(self._pending.values())
+                self._pending.clear()
             if batch:
-                self._deliver(list(batch.values()))
+                self._deliver(batch)
             if self._updates_stop.cancelled():
                 with self._allocs_lock:
                     drained = not self._pending

@@ -25,7 +25,7 @@ from allocrunner.allocdir import AllocDir, TaskDir
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver
-from allocrunner.errors import LockNotHeldError
+from allocrunner.errors import LockDisciplineError, LockNotHeldError
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.state import MemDB
 from allocrunner.structs import Allocation, RestartPolicy, TaskEvent
@@ -45,11 +45,19 @@ def only_violation() -> BaseException:
 
 
 def leaky_record_update(self: Client, view: Allocation) -> None:
-    """The lost-update shape: a plain dict as the pending map, changed after the lock is
-    released, so two runners reporting at once can each drop the other's view."""
+    """The lost-update shape: the pending map changed after the lock is released, so
+    two runners reporting at once can each drop the other's view."""
+    pending = self._pending
+    pending[view.id] = view  # the planted mistake: no lock held
+    self._update_kick.kick()
+
+
+def copying_record_update(self: Client, view: Allocation) -> None:
+    """The same race through a private copy: a plain dict swapped in under the lock and
+    filled after it (what a copy-on-write field must never hold)."""
     with self._allocs_lock:
         pending = dict(self._pending)
-        self._pending = pending  # type: ignore[assignment]  # the planted mistake
+        self._pending = pending  # type: ignore[misc]  # the planted mistake
     pending[view.id] = view
     self._update_kick.kick()
 
@@ -67,9 +75,18 @@ def test_a_pending_map_changed_outside_the_lock_is_refused(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Client, "_record_update", leaky_record_update)
-    with pytest.raises(MutableFieldValueError, match=r"Client\._pending.*dict"):
+    with pytest.raises(LockNotHeldError, match=r"without holding Client\._allocs_lock"):
         client._record_update(mock_alloc())
-    assert isinstance(only_violation(), MutableFieldValueError)
+    assert isinstance(only_violation(), LockNotHeldError)
+
+
+def test_a_pending_map_swapped_for_a_plain_copy_is_refused(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Client, "_record_update", copying_record_update)
+    with pytest.raises(LockDisciplineError, match=r"Client\._pending"):
+        client._record_update(mock_alloc())
+    assert isinstance(only_violation(), LockDisciplineError)
 
 
 def test_the_real_record_update_keeps_every_view(client: Client) -> None:
