@@ -99,8 +99,39 @@ class _Latch:
         return self._open
 
 
+class _FiresOnce:
+    """The shared half of `CancelToken` and `Event`: a private mutex, and callbacks
+    that are kept until the primitive fires once and are then run by the firing thread.
+    Subclasses say, under the mutex, whether it has fired."""
+
+    __slots__ = ("_callbacks", "_mutex")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._callbacks: tuple[Callable[[], object], ...] = ()
+
+    def _fired_under_mutex(self) -> bool:
+        raise NotImplementedError
+
+    def _take_callbacks_under_mutex(self) -> tuple[Callable[[], object], ...]:
+        callbacks, self._callbacks = self._callbacks, ()
+        return callbacks
+
+    def _add_callback(self, callback: Callable[[], object]) -> Callable[[], None]:
+        with self._mutex:
+            if not self._fired_under_mutex():
+                self._callbacks = (*self._callbacks, callback)
+                return partial(self._withdraw, callback)
+        callback()
+        return _nothing
+
+    def _withdraw(self, callback: Callable[[], object]) -> None:
+        with self._mutex:
+            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+
+
 @thread_safe
-class CancelToken:
+class CancelToken(_FiresOnce):
     """Thread-safe. Cancelled at most once; waiters wake and see the first reason.
 
     A token remembers its derived tokens (`child`, `any_of`) only weakly, so a
@@ -110,23 +141,20 @@ class CancelToken:
 
     __slots__ = (
         "__weakref__",
-        "_callbacks",
         "_children",
         "_event",
-        "_mutex",
         "_parents",
         "_purge_at",
         "_reason",
     )
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
+        super().__init__()
         self._event = _Latch()
         self._reason: str | None = None
         self._children: dict[int, weakref.ref[CancelToken]] = {}
         self._purge_at = _PURGE_MIN
         self._parents: tuple[CancelToken, ...] = ()
-        self._callbacks: tuple[Callable[[], object], ...] = ()
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Cancel with `reason`; True if this call did it, False if already cancelled."""
@@ -138,7 +166,7 @@ class CancelToken:
             self._children = {}
             parents = self._parents
             self._parents = ()
-            callbacks, self._callbacks = self._callbacks, ()
+            callbacks = self._take_callbacks_under_mutex()
         self._event.open()
         for callback in callbacks:
             callback()
@@ -169,16 +197,10 @@ class CancelToken:
         (at once, on this thread, if it already is). Returns a function that withdraws
         the callback; waiters on file descriptors use it to wake a self-pipe instead of
         polling the token. The callback must be quick and must not raise."""
-        with self._mutex:
-            if self._reason is None:
-                self._callbacks = (*self._callbacks, callback)
-                return partial(self._withdraw, callback)
-        callback()
-        return _nothing
+        return self._add_callback(callback)
 
-    def _withdraw(self, callback: Callable[[], object]) -> None:
-        with self._mutex:
-            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+    def _fired_under_mutex(self) -> bool:
+        return self._reason is not None
 
     def child(self) -> CancelToken:
         """A new token cancelled with this one (and cancellable on its own)."""
@@ -218,7 +240,7 @@ class CancelToken:
 
 
 @thread_safe
-class Event:
+class Event(_FiresOnce):
     """Thread-safe. Set at most once and never cleared; every waiter, present or
     future, wakes once it is set.
 
@@ -228,12 +250,11 @@ class Event:
     compose it with other wake-ups (a `Waiter` woken by an event or a token).
     """
 
-    __slots__ = ("_callbacks", "_flag", "_mutex")
+    __slots__ = ("_flag",)
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
+        super().__init__()
         self._flag = _Latch()
-        self._callbacks: tuple[Callable[[], object], ...] = ()
 
     def set(self) -> bool:
         """Set it, wake the waiters and run the `on_set` callbacks (on this thread, after
@@ -242,7 +263,7 @@ class Event:
             if self._flag.is_open():
                 return False
             self._flag.open()
-            callbacks, self._callbacks = self._callbacks, ()
+            callbacks = self._take_callbacks_under_mutex()
         for callback in callbacks:
             callback()
         return True
@@ -256,16 +277,10 @@ class Event:
         on this thread, if it already is). Returns a function that withdraws it. The
         callback must be quick, must not block and must not raise: `set` is notify-only
         and may be called under a declared lock."""
-        with self._mutex:
-            if not self._flag.is_open():
-                self._callbacks = (*self._callbacks, callback)
-                return partial(self._withdraw, callback)
-        callback()
-        return _nothing
+        return self._add_callback(callback)
 
-    def _withdraw(self, callback: Callable[[], object]) -> None:
-        with self._mutex:
-            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+    def _fired_under_mutex(self) -> bool:
+        return self._flag.is_open()
 
     @calls_out
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> bool:
