@@ -142,6 +142,10 @@ class _SignalPipe:
         os.set_blocking(self._write, False)
         self._count = 0
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SHUTDOWN_SIGNALS}
+        # A signal the kernel hands to another thread interrupts no select of the main
+        # thread, and the Python handler waits for the main thread to run: the C-level
+        # handler's wake-up byte is what ends the wait, whichever thread took the signal.
+        self._previous_wakeup = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._count += 1
@@ -155,9 +159,12 @@ class _SignalPipe:
         while True:
             readable, _, _ = select.select([self._read], [], [])
             if readable:
-                return os.read(self._read, 1)[0]
+                signum = os.read(self._read, 1)[0]
+                if signum in SHUTDOWN_SIGNALS:
+                    return signum
 
     def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_wakeup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         os.close(self._read)
