@@ -489,15 +489,18 @@ class RawExecDriver:
             return
         proc.on_exit(wait_status)
 
+    def _exit_pidfd(self, pid: int) -> int | None:
+        """A pidfd for `pid` when exits are watched by pidfd, None when they are polled;
+        ProcessLookupError once the process is gone."""
+        return pidfd_open(pid) if self._exit_watch == "pidfd" else None
+
     def _watch_orphan(self, proc: _TaskProcess) -> bool:
         """Watch a task whose spawner died by pidfd (or polling); False if it turned out
         to have exited meanwhile."""
-        pidfd = None
-        if self._exit_watch == "pidfd":
-            try:
-                pidfd = pidfd_open(proc.pid)
-            except ProcessLookupError:
-                return False
+        try:
+            pidfd = self._exit_pidfd(proc.pid)
+        except ProcessLookupError:
+            return False
         if not proc.wrapper_alive():
             close_fds(pidfd)
             return False
@@ -540,12 +543,10 @@ class RawExecDriver:
         """Watch a live recovered process the spawner does not know (a wrapper, or a
         task whose spawner died) again; False if it turned out to have exited (or its
         pid to be reused) meanwhile."""
-        pidfd = None
-        if self._exit_watch == "pidfd":
-            try:
-                pidfd = pidfd_open(proc.pid)
-            except ProcessLookupError:
-                return False
+        try:
+            pidfd = self._exit_pidfd(proc.pid)
+        except ProcessLookupError:
+            return False
         outputs = open_output_pipes(proc.pid)
         again = read_pid_stat(proc.pid)
         if again is None or not proc.started_at_ticks(again.start_ticks):
