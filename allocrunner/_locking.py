@@ -43,6 +43,7 @@ state databases):
 - ``HttpServer._lock``: the agent's open connections.
 - ``PeriodicLauncher._lock``: the periodic jobs being scheduled.
 - ``LogPump._lock``: the pipes and pidfds a driver's log pump watches.
+- ``PortAllocator._lock``: the node's table of reserved host ports (held, pending).
 - ``StateDB._lock``: a state database's queue of writes, its de-duplication record and
   counters; held for bookkeeping only (the SQLite calls run on its writer thread and
   its readers with no lock held), taken with no other lock.
@@ -149,6 +150,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "HttpServer._lock",
     "PeriodicLauncher._lock",
     "LogPump._lock",  # leaf: the pipes and pidfds a driver's log pump watches
+    "PortAllocator._lock",  # leaf: the node's reserved host ports
     "StateDB._lock",
 )
 
