@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from time import monotonic as _monotonic
 from time import sleep as _sleep
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+_allocate_lock = threading.Lock
 
 __all__ = ["LockSide", "PrivateCondition", "RWLock"]
 
@@ -55,15 +59,93 @@ def _take_contended(mutex: threading.Lock) -> None:
         _sleep(_YIELD_SLEEP)
 
 
-class PrivateCondition(threading.Condition):
+class PrivateCondition:
     """A condition over a primitive's own raw mutex (an RWLock's, a `_sync` primitive's).
 
     Waiting on it is how that primitive blocks, so in check mode the blocking-wait check
     (`allocrunner._blocking`) lets it wait while the caller holds declared locks: taking
     an RWLock is ordered by the lock checker instead, and the `_sync` primitives' waiting
-    methods carry `@calls_out`. Nothing else may use it."""
+    methods carry `@calls_out`. Nothing else may use it.
+
+    It is not a `threading.Condition`, whose bound methods and waiter deque cost about
+    1.2 KB each: every allocation owns a dozen of these (two per RWLock, one per `Kick`
+    and `LatestValue`), and most are never waited on. This one is two slots, and its
+    waiter list is made by the first wait. Semantics are `threading.Condition`'s over a
+    plain lock: the caller holds the mutex around `wait`, `wait_for` and `notify*`; a
+    waiter is woken in arrival order; a waiter whose timeout ends while it is being
+    notified counts the notification and returns True, so no notification is lost.
+    """
+
+    __slots__ = ("_mutex", "_waiters")
 
     lockcheck_exempt = True
+
+    def __init__(self, mutex: threading.Lock) -> None:
+        self._mutex = mutex
+        self._waiters: list[threading.Lock] | None = None
+
+    def __enter__(self) -> bool:
+        return self._mutex.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._mutex.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the mutex, sleep until notified or `timeout` passes, take it back.
+        True if notified."""
+        waiter = _allocate_lock()
+        waiter.acquire()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        self._mutex.release()
+        woken = False
+        try:
+            if timeout is None:
+                woken = waiter.acquire()
+            elif timeout > 0:
+                woken = waiter.acquire(True, timeout)
+            else:
+                woken = waiter.acquire(False)
+        finally:
+            self._mutex.acquire()
+            if not woken:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # a notify took it off the list as the wait ended
+                    woken = True
+        return woken
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """Wait until `predicate()` is true or `timeout` passes; the predicate's last
+        value."""
+        deadline = None if timeout is None else _monotonic() + timeout
+        result = predicate()
+        while not result:
+            if deadline is None:
+                self.wait()
+            else:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                self.wait(remaining)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to `n` waiters, longest-waiting first."""
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiters.pop(0).release()
+            n -= 1
+
+    def notify_all(self) -> None:
+        """Wake every waiter."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                waiter.release()
 
 
 class LockSide(Protocol):

@@ -21,9 +21,9 @@ AllocRunner builds it and is its only caller.
 from __future__ import annotations
 
 import logging
-import threading
 
 from allocrunner._locking import Mutex, calls_out, guarded, immutable
+from allocrunner._sync import Waiter
 from allocrunner.state import StateDB
 from allocrunner.state.marks import mark_destroying
 from allocrunner.structs import Allocation, AllocDeploymentStatus
@@ -36,11 +36,11 @@ log = logging.getLogger("allocrunner.runner")
 class AllocPersister:
     """Thread-safe. Writes one allocation's state unless it was destroyed."""
 
-    # _lock guards: _destroyed, _in_flight
+    # _lock guards: _destroyed, _in_flight, _drain_waiter
     _lock = immutable()
     _destroyed = guarded("_lock")
     _in_flight = guarded("_lock")
-    _drained = immutable()
+    _drain_waiter = guarded("_lock")  # made by `delete` only when writes are in flight
     _alloc_id = immutable()
     _state_db = immutable()
 
@@ -48,8 +48,7 @@ class AllocPersister:
         self._lock = lock
         self._destroyed = False
         self._in_flight = 0
-        self._drained = threading.Event()
-        self._drained.set()
+        self._drain_waiter: Waiter | None = None
         self._alloc_id = alloc_id
         self._state_db = state_db
 
@@ -92,7 +91,10 @@ class AllocPersister:
         """Refuse every later write, wait for those in flight, delete the state."""
         with self._lock:
             self._destroyed = True
-        self._drained.wait()
+            waiter = Waiter() if self._in_flight else None
+            self._drain_waiter = waiter
+        if waiter is not None:
+            waiter.wait()
         try:
             self._state_db.delete_allocation(self._alloc_id)
         except Exception:
@@ -104,11 +106,13 @@ class AllocPersister:
             if self._destroyed:
                 return False
             self._in_flight += 1
-            self._drained.clear()
             return True
 
     def _end(self) -> None:
         with self._lock:
             self._in_flight -= 1
+            waiter = None
             if self._in_flight == 0:
-                self._drained.set()
+                waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None:
+            waiter.wake()

@@ -95,6 +95,9 @@ REASON_SUCCESSFUL_EXIT = "Restart unnecessary as task terminated successfully"
 
 JITTER = 0.25
 """The largest extra fraction of the delay added to a restart within policy."""
+# The jitter's source when the caller gives none: one for every tracker, as a
+# Mersenne Twister's state is 2.5 KB (its draws are atomic under the GIL).
+_JITTER_RNG = random.Random()
 
 
 class RestartDecision(NamedTuple):
@@ -167,7 +170,7 @@ class RestartTracker:
         self._policy = _check_policy(policy)
         self._on_success = restarts_on_success(job_type, lifecycle)
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _JITTER_RNG
         self._start_time = clock()
         self._count = 0
         self._reason = ""
