@@ -118,8 +118,10 @@ class Client:
     # _allocs_lock guards the registry: _runners, _indexes, _retired, _marked, _pending,
     # _phase, _list_index, _tombstones, _queued, _built, and the run_allocs turn: _desired,
     # _submitted, _applied, _applying, _waiters
-    _runners = guarded("_allocs_lock")
-    _queued = guarded("_allocs_lock")  # id -> latest Allocation whose runner is not built yet
+    # Checked containers, changed in place under _allocs_lock (a copy per change would
+    # make starting or removing N allocations O(N^2)); never handed out.
+    _runners = immutable()
+    _queued = immutable()  # id -> latest Allocation whose runner is not built yet
     _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
     _indexes = guarded("_allocs_lock")
     _retired = guarded("_allocs_lock")
@@ -164,7 +166,7 @@ class Client:
         self._starter = ThreadGroup("client-starter")
 
         self._allocs_lock = make_lock("Client._allocs_lock")
-        self._runners: FrozenDict[str, AllocRunner] = FrozenDict()
+        self._runners: dict[str, AllocRunner] = guarded_dict(self._allocs_lock)
         self._indexes: FrozenDict[str, int] = FrozenDict()
         self._retired: FrozenDict[str, AllocRunner] = FrozenDict()
         self._marked: frozenset[str] = frozenset()
@@ -174,7 +176,7 @@ class Client:
         self._phase = _NEW
         self._list_index = -1
         self._tombstones: FrozenDict[str, None] = FrozenDict()
-        self._queued: FrozenDict[str, Allocation] = FrozenDict()
+        self._queued: dict[str, Allocation] = guarded_dict(self._allocs_lock)
         self._built = CancelToken()
         self._desired: _Desired | None = None
         self._submitted = 0
@@ -254,7 +256,7 @@ class Client:
             aborted = self._phase != _STARTING
             if not aborted:
                 self._phase = _RUNNING
-            self._runners = FrozenDict({r.id: r for r in restored})
+            self._runners.update((r.id, r) for r in restored)
             self._indexes = indexes
             self._retired = FrozenDict({r.id: r for r in failed})
             self._bury_locked(r.id for r in failed)
@@ -494,8 +496,7 @@ class Client:
                     log.debug("ignoring stale allocation set %d", job.index)
                     return
                 self._list_index = job.index
-            runners = self._runners
-            known = frozenset(runners) | frozenset(self._queued)
+            known = frozenset(self._runners) | frozenset(self._queued)
             indexes = self._indexes
             buried = [i for i in (a.id for a in job.allocs) if i in self._tombstones]
         if buried:
@@ -525,15 +526,12 @@ class Client:
         with self._allocs_lock:
             # Read here, not from the caller's snapshot: the starter may have built a
             # queued one since.
-            built = {i: r for i, r in self._runners.items() if i in removed}
-            runners = FrozenDict({i: r for i, r in self._runners.items() if i not in removed})
-            self._runners = runners
-            queued = FrozenDict({i: a for i, a in self._queued.items() if i not in removed})
-            if len(queued) != len(self._queued):
-                self._queued = queued
+            built = {i: self._runners.pop(i) for i in removed if i in self._runners}
+            dropped = [i for i in removed if self._queued.pop(i, None) is not None]
+            if dropped:
                 self._signal_built_locked()
             self._indexes = FrozenDict(
-                {i: n for i, n in self._indexes.items() if i in runners or i in queued}
+                {i: n for i, n in self._indexes.items() if i not in removed}
             )
             self._marked = self._marked - frozenset(removed)
             kept = {i: r for i, r in self._retired.items() if i not in gone}
@@ -556,9 +554,8 @@ class Client:
         targets: list[tuple[AllocRunner, Allocation]] = []
         with self._allocs_lock:
             indexes = dict(self._indexes)
-            queued = self._queued
             for alloc in updates:
-                known = alloc.id in queued or alloc.id in self._runners
+                known = alloc.id in self._queued or alloc.id in self._runners
                 if not known or alloc.alloc_modify_index <= indexes[alloc.id]:
                     continue
                 indexes[alloc.id] = alloc.alloc_modify_index
@@ -567,8 +564,7 @@ class Client:
                     targets.append((ar, alloc))
                 else:
                     # Not built yet: it will be built from this newer version.
-                    queued = queued.set(alloc.id, alloc)
-            self._queued = queued
+                    self._queued[alloc.id] = alloc
             self._indexes = FrozenDict(indexes)
         for ar, alloc in targets:
             ar.update(alloc)
@@ -578,7 +574,7 @@ class Client:
         with self._allocs_lock:
             if self._phase != _RUNNING:
                 return
-            self._queued = FrozenDict({**self._queued, **{a.id: a for a in adds}})
+            self._queued.update((a.id, a) for a in adds)
             self._indexes = FrozenDict(
                 {**self._indexes, **{a.id: a.alloc_modify_index for a in adds}}
             )
@@ -617,8 +613,7 @@ class Client:
         except Exception as err:
             log.error("allocation %s: cannot be run: %s", alloc.id, err)
             with self._allocs_lock:
-                if alloc.id in self._queued:
-                    self._queued = _without(self._queued, alloc.id)
+                if self._queued.pop(alloc.id, None) is not None:
                     self._indexes = _without(self._indexes, alloc.id)
                     self._signal_built_locked()
             self._forget(alloc.id)
@@ -634,8 +629,8 @@ class Client:
                     return  # removed, or shutting down: the runner never ran
                 registered = latest.alloc_modify_index <= given.alloc_modify_index
                 if registered:
-                    self._runners = self._runners.set(alloc.id, ar)
-                    self._queued = _without(self._queued, alloc.id)
+                    self._runners[alloc.id] = ar
+                    del self._queued[alloc.id]
                     self._signal_built_locked()
             if registered:
                 break
@@ -653,7 +648,7 @@ class Client:
         """Shutting down: forget the allocations whose runners were never built (the
         server sends them again after the restart)."""
         with self._allocs_lock:
-            self._queued = FrozenDict()
+            self._queued.clear()
             self._signal_built_locked()
 
     # --- explicit collection ------------------------------------------------------------
