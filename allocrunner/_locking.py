@@ -33,6 +33,7 @@ state databases):
 - ``TaskStateCell._lock``: a task's published state and the persistence of it.
 - ``TaskMailbox._lock``: the requests left for a task's run thread and its phase.
 - ``HealthHook._lock``: the health hook's watch and its phase.
+- ``HealthWatches._lock``: the health watch service's live watches, timers and ready set.
 - ``TaskCoordinator._lock``: the lifecycle gates of an allocation's tasks.
 - ``PrevAllocWatcher._lock``: the waiting / migrating flags of a previous-alloc watch.
 - ``AllocDir._lock``: an alloc dir's built flag and task dirs (an RWLock).
@@ -140,6 +141,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "TaskStateCell._lock",
     "TaskMailbox._lock",
     "HealthHook._lock",
+    "HealthWatches._lock",  # leaf: the live health watches, their timers, the ready set
     "TaskCoordinator._lock",
     "PrevAllocWatcher._lock",
     "AllocDir._lock",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from time import monotonic
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import Waiter
@@ -44,6 +44,13 @@ from allocrunner.structs import Allocation
 __all__ = ["AllocBroadcaster", "AllocListener", "Broadcaster"]
 
 T = TypeVar("T")
+
+
+class Wakeable(Protocol):
+    """Anything a send can wake: a blocked `get`'s `Waiter`, or a consumer that is
+    woken rather than blocked (`AllocListener.wake_on_new`). `wake` must not block."""
+
+    def wake(self) -> None: ...
 
 
 class Broadcaster(Generic[T]):
@@ -63,14 +70,14 @@ class Broadcaster(Generic[T]):
     _value = guarded("_lock")
     _version = guarded("_lock")
     _closed = guarded("_lock")
-    _waiters = guarded("_lock")  # tuple of Waiter: listeners blocked in get(); replaced
+    _waiters = guarded("_lock")  # tuple of Wakeable: blocked get()s and armed wakers; replaced
 
     def __init__(self) -> None:
         self._lock = make_lock("AllocBroadcaster._lock")
         self._value: T | None = None
         self._version = 0  # 0: nothing sent yet
         self._closed = False
-        self._waiters: tuple[Waiter, ...] = ()
+        self._waiters: tuple[Wakeable, ...] = ()
 
     def send(self, alloc: T) -> None:
         """Publish `alloc` as the newest value. Raises `BroadcasterClosed` after close()."""
@@ -187,6 +194,18 @@ class AllocListener(Generic[T]):
                 self._waiter = waiter
                 b._waiters = (*b._waiters, waiter)
             woken = waiter.wait(remaining)
+
+    def wake_on_new(self, waker: Wakeable) -> None:
+        """Have `waker` woken once, when a value this listener has not seen is sent or
+        the broadcaster closes; at once if one is already there. For a consumer that is
+        stepped rather than blocked in ``get``. Notify-only."""
+        b = self._broadcaster
+        with self._lock:
+            now = self._closed or b._closed or b._version != self._seen
+            if not now and waker not in b._waiters:
+                b._waiters = (*b._waiters, waker)
+        if now:
+            waker.wake()
 
     def pending(self) -> bool:
         """True if a value not seen yet is waiting (``get`` would return at once)."""

@@ -20,10 +20,12 @@ Service checks are not consulted: "checks" and "task_states" both mean task stat
 These rules, and the tracker that applies them to a watch's views, are in
 `health_tracker` (re-exported here); this module runs the watches.
 
-A watch is a thread named ``health-<id8>`` with its own listener. An update stops the
-watch and starts a new one for the new allocation (clearing the health first when the
-deployment changed); postrun and shutdown stop it. Health is set once per watch, by
-design: a later failure does not revise a verdict already given.
+A watch has its own listener and is stepped, with every other allocation's, on the one
+``health-watches`` thread of `health_watches` (a thread per watch would cost every new
+service allocation a thread for its first ten seconds). An update stops the watch and
+starts a new one for the new allocation (clearing the health first when the deployment
+changed); postrun and shutdown stop it. Health is set once per watch, by design: a
+later failure does not revise a verdict already given.
 
 An update never waits for the old watch (the alloc runner's state thread applies
 updates, and a verdict may be queued on a slow state DB): each replacement makes a new
@@ -32,11 +34,12 @@ a verdict, clearing the health and starting a watch are done by one thread at a 
 (the hook's *server*, see `HealthHook`), so a verdict being written lands before the
 next watch starts and a stale one is never written after it.
 
-Threads: the ``health-<id8>`` watch threads (owned by the hook's ThreadGroup, joined by
-postrun, shutdown and destroy); the phases run on the alloc runner's threads.
-Locks: ``HealthHook._lock`` guards the hook's phase bookkeeping, the generation, the
-current watch, the request left for the server and who the server is (a leaf: nothing
-else is taken under it, and it is never held while calling out).
+Threads: the phases run on the alloc runner's threads; the watches are stepped, and
+their verdicts written, on ``health-watches`` (postrun, shutdown and destroy wait for
+this hook's watches to end). Locks: ``HealthHook._lock`` guards the hook's phase
+bookkeeping, the generation, the current watch, the live watch count, the request left
+for the server and who the server is (a leaf: nothing else is taken under it, and it
+is never held while calling out).
 Owner: the AllocRunner builds one HealthHook per allocation and runs its phases as
 an alloc hook; the verdict goes back through the callbacks it was built with.
 """
@@ -50,9 +53,8 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
-from allocrunner._sync import CancelToken, ThreadGroup, Waiter
+from allocrunner._sync import CancelToken, Waiter
 from allocrunner.broadcaster import AllocListener
-from allocrunner.errors import BroadcasterClosed
 from allocrunner.runner.health_tracker import (
     HEALTH_CHECK_CHECKS,
     HEALTH_CHECK_MANUAL,
@@ -69,6 +71,7 @@ from allocrunner.runner.health_tracker import (
     HealthVerdict,
     health_params,
 )
+from allocrunner.runner.health_watches import WATCHES, HealthWatches, Watch
 from allocrunner.structs import Allocation, TaskEvent
 
 __all__ = [
@@ -95,24 +98,6 @@ log = logging.getLogger("allocrunner.runner.health")
 # readings, so the watcher re-reads the clock at least this often (seconds).
 FOREIGN_CLOCK_POLL = 0.01
 JOIN_TIMEOUT = 30.0
-
-
-@attrs.frozen(eq=False)
-class _Watch:
-    """Immutable (its token and listener are thread-safe). One running watch; only the
-    watch of the current `generation` may set the health."""
-
-    alloc: Allocation
-    params: HealthParams
-    start: float
-    cancel: CancelToken
-    listener: AllocListener
-    generation: int
-
-    def stop(self) -> None:
-        """Ask the watch to end; wakes it if it is waiting for a view. Notify-only."""
-        self.cancel.cancel("health watch stopped")
-        self.listener.close()
 
 
 @attrs.frozen
@@ -147,14 +132,16 @@ class HealthHook:
 
     name = "alloc_health_watcher"
 
-    # _lock guards: _alloc, _ran_once, _stopped, _generation, _watch, _pending,
-    # _serving, _idle_waiters, _views_seen
+    # _lock guards: _alloc, _ran_once, _stopped, _generation, _watch, _live, _pending,
+    # _serving, _idle_waiters, _ended_waiters, _views_seen
     _lock = immutable()
     _alloc = guarded("_lock")
     _ran_once = guarded("_lock")  # prerun or update ran (a later prerun is a no-op)
     _stopped = guarded("_lock")  # postrun/shutdown/destroy ran: never watch again
     _generation = guarded("_lock")  # bumped by every phase that replaces the watch
     _watch = guarded("_lock")  # the watch of the current generation, until it ends
+    _live = guarded("_lock")  # watches added to the service and not ended yet
+    _ended_waiters = guarded("_lock")  # woken when _live drops to 0
     _pending = guarded("_lock")  # a request left for the server
     _serving = guarded("_lock")  # a thread is the server
     _idle_waiters = guarded("_lock")  # woken when the server role is given back
@@ -167,7 +154,7 @@ class HealthHook:
     _clear_health = immutable()
     _clock = immutable()
     _poll = immutable()
-    _threads = immutable()
+    _watches = immutable()
 
     def __init__(
         self,
@@ -179,6 +166,7 @@ class HealthHook:
         clock: Callable[[], float] = time.monotonic,
         clear_health: Callable[[], None] | None = None,
         poll_interval: float | None = None,
+        watches: HealthWatches | None = None,
     ) -> None:
         if not isinstance(alloc, Allocation):
             raise TypeError(f"HealthHook: alloc must be an Allocation, got {type(alloc).__name__}")
@@ -190,7 +178,9 @@ class HealthHook:
         self._ran_once = False
         self._stopped = False
         self._generation = 0
-        self._watch: _Watch | None = None
+        self._watch: Watch | None = None
+        self._live = 0
+        self._ended_waiters: tuple[Waiter, ...] = ()
         self._pending: _Request | None = None
         self._serving = False
         self._idle_waiters: tuple[Waiter, ...] = ()
@@ -205,7 +195,7 @@ class HealthHook:
         if poll_interval is None and clock is not time.monotonic:
             poll_interval = FOREIGN_CLOCK_POLL
         self._poll = poll_interval
-        self._threads = ThreadGroup(f"health-{alloc.id[:8]}")
+        self._watches = watches if watches is not None else WATCHES
 
     # --- hook phases ------------------------------------------------------------------
 
@@ -256,7 +246,8 @@ class HealthHook:
 
     @calls_out
     def postrun(self) -> None:
-        """Stop watching for good; wait for the server and the watch threads."""
+        """Stop watching for good; wait for the server and for this hook's watches to
+        end."""
         with self._lock:
             self._stopped = True
             superseded = self._supersede_locked()
@@ -264,7 +255,7 @@ class HealthHook:
             superseded.stop()
         deadline = time.monotonic() + JOIN_TIMEOUT
         idle = self._wait_idle(deadline)
-        if not idle or not self._threads.join(max(0.0, deadline - time.monotonic())):
+        if not idle or not self._wait_watches_ended(deadline):
             log.warning(
                 "allocation %s: health watch did not stop within %ss", self._alloc_id, JOIN_TIMEOUT
             )
@@ -286,6 +277,12 @@ class HealthHook:
         with self._lock:
             return self._watch is not None or self._pending is not None
 
+    def live_watches(self) -> int:
+        """How many of this hook's watches have not ended yet (stopped ones included
+        until the service has ended them)."""
+        with self._lock:
+            return self._live
+
     def views_seen(self) -> int:
         """How many client views the watches of this hook have taken in so far."""
         with self._lock:
@@ -294,7 +291,7 @@ class HealthHook:
     # --- generations and the server role ------------------------------------------------
 
     @requires("_lock")
-    def _supersede_locked(self) -> _Watch | None:
+    def _supersede_locked(self) -> Watch | None:
         """Make a new generation; the current watch (returned, to be stopped by the
         caller once the lock is released) is no longer current."""
         self._generation += 1
@@ -314,7 +311,7 @@ class HealthHook:
         return True
 
     @calls_out
-    def _serve(self, finished: _Watch | None = None) -> None:
+    def _serve(self, finished: Watch | None = None) -> None:
         """As the server: serve the requests pending, then give the role back (and
         forget `finished`, the watch whose thread this is, in the same step)."""
         waiters: tuple[Waiter, ...] = ()
@@ -335,7 +332,7 @@ class HealthHook:
                 waiter.wake()
 
     @requires("_lock")
-    def _release_locked(self, finished: _Watch | None) -> tuple[Waiter, ...]:
+    def _release_locked(self, finished: Watch | None) -> tuple[Waiter, ...]:
         self._serving = False
         if finished is not None and self._watch is finished:
             self._watch = None
@@ -351,6 +348,18 @@ class HealthHook:
                     return True
                 waiter = Waiter()
                 self._idle_waiters = (*self._idle_waiters, waiter)
+            if not waiter.wait(max(0.0, deadline - time.monotonic())):
+                return False
+
+    @calls_out
+    def _wait_watches_ended(self, deadline: float) -> bool:
+        """Wait until every watch of this hook has ended; False if `deadline` passed."""
+        while True:
+            with self._lock:
+                if self._live == 0:
+                    return True
+                waiter = Waiter()
+                self._ended_waiters = (*self._ended_waiters, waiter)
             if not waiter.wait(max(0.0, deadline - time.monotonic())):
                 return False
 
@@ -374,43 +383,55 @@ class HealthHook:
     def _start_watch(self, request: _Request) -> None:
         alloc = request.alloc
         params = health_params(alloc)
-        if params is None or alloc.server_terminal() or self._has_health():
+        group = alloc.group()
+        if params is None or group is None or alloc.server_terminal() or self._has_health():
             return
-        start = self._clock()
-        listener = self._listen()
-        watch = _Watch(alloc, params, start, CancelToken(), listener, request.generation)
+        watch = Watch(
+            alloc=alloc,
+            group=group,
+            params=params,
+            start=self._clock(),
+            listener=self._listen(),
+            generation=request.generation,
+            clock=self._clock,
+            poll=self._poll,
+            finish=self._watch_ended,
+            on_view=self._count_view,
+            service=self._watches,
+        )
         with self._lock:
             current = self._generation == request.generation
             if current:
                 self._watch = watch
+                self._live += 1
         if not current:
-            listener.close()
+            watch.listener.close()
             return
         try:
-            self._threads.spawn(f"health-{self._alloc_id[:8]}", self._run_watch, watch)
+            self._watches.add(watch)
         except BaseException:
-            with self._lock:
-                if self._watch is watch:
-                    self._watch = None
-            listener.close()
+            self._forget(watch)
+            watch.listener.close()
             raise
 
-    # --- the watch thread -------------------------------------------------------------
+    # --- on the health-watches thread ------------------------------------------------------
+
+    def _count_view(self) -> None:
+        with self._lock:
+            self._views_seen += 1
 
     @calls_out
-    def _run_watch(self, watch: _Watch) -> None:
-        """Body of a watch thread: track until a verdict; write it if the watch is still
-        current, as the server, then serve what was requested meanwhile."""
-        verdict: HealthVerdict | None = None
+    def _watch_ended(self, watch: Watch, verdict: HealthVerdict | None) -> None:
+        """The service ended `watch` (its listener closed): write its verdict if it is
+        still current, as the server, then serve what was requested meanwhile."""
         try:
-            verdict = self._track(watch)
-        except Exception:
-            log.exception("allocation %s: health watch failed", self._alloc_id)
+            if verdict is not None:
+                self._write_verdict(watch, verdict)
         finally:
-            watch.listener.close()
-        if verdict is None:
-            self._end_watch(watch)
-            return
+            self._forget(watch)
+
+    @calls_out
+    def _write_verdict(self, watch: Watch, verdict: HealthVerdict) -> None:
         log.debug(
             "allocation %s: %s (%s)",
             self._alloc_id,
@@ -427,14 +448,12 @@ class HealthHook:
             self._serve(finished=watch)
 
     @calls_out
-    def _claim_for(self, watch: _Watch) -> bool:
-        """Become the server to write `watch`'s verdict: True once it is, False (and the
-        watch forgotten) as soon as the watch is no longer current."""
+    def _claim_for(self, watch: Watch) -> bool:
+        """Become the server to write `watch`'s verdict: True once it is, False as soon
+        as the watch is no longer current."""
         while True:
             with self._lock:
                 if self._generation != watch.generation:
-                    if self._watch is watch:
-                        self._watch = None
                     return False
                 if self._claim_locked():
                     return True
@@ -442,41 +461,17 @@ class HealthHook:
                 self._idle_waiters = (*self._idle_waiters, waiter)
             waiter.wait()
 
-    def _end_watch(self, watch: _Watch) -> None:
-        """The watch ended without a verdict to write."""
+    def _forget(self, watch: Watch) -> None:
+        """`watch` ended: it is no longer the current one, nor live."""
         with self._lock:
             if self._watch is watch:
                 self._watch = None
-
-    @calls_out
-    def _track(self, watch: _Watch) -> HealthVerdict | None:
-        group = watch.alloc.group()
-        assert group is not None  # checked by health_params
-        tracker = HealthTracker(group, watch.params, watch.start)
-        clock = self._clock
-        poll = self._poll
-        while not watch.cancel.cancelled():
-            now = clock()
-            verdict = tracker.due(now)
-            if verdict is not None:
-                return verdict
-            timeout = max(0.0, tracker.next_wakeup() - now)
-            if poll is not None:
-                timeout = min(timeout, poll)
-            try:
-                view = watch.listener.get(timeout=timeout)
-            except TimeoutError:
-                continue
-            except BroadcasterClosed:
-                return None
-            outcome = tracker.observe(view, clock())
-            with self._lock:
-                self._views_seen += 1
-            if outcome is STOPPED:
-                return None
-            if isinstance(outcome, HealthVerdict):
-                return outcome
-        return None
+            self._live -= 1
+            waiters: tuple[Waiter, ...] = ()
+            if self._live == 0:
+                waiters, self._ended_waiters = self._ended_waiters, ()
+        for waiter in waiters:
+            waiter.wake()
 
     def __repr__(self) -> str:
         return f"<HealthHook alloc={self._alloc_id[:8]}>"

@@ -18,6 +18,7 @@ import pytest
 
 from allocrunner import _locking
 from allocrunner._locking import make_lock
+from allocrunner._sync import Waiter
 from allocrunner.errors import CalloutUnderLockError
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.state import MemDB
@@ -35,7 +36,10 @@ def delete_waiting_under_the_lock(self: AllocPersister) -> None:
     in flight needs this lock to count itself out, so with one in flight it never ends."""
     with self._lock:
         self._destroyed = True
-        self._drained.wait()
+        waiter = Waiter() if self._in_flight else None
+        self._drain_waiter = waiter
+        if waiter is not None:
+            waiter.wait()
     self._state_db.delete_allocation(self._alloc_id)
 
 
@@ -66,7 +70,7 @@ def test_a_destroy_that_waits_for_writes_under_their_lock_raises_instead_of_dead
     try:
         assert db.entered.wait(10)
         started = time.monotonic()
-        with pytest.raises(CalloutUnderLockError, match=r"Event\.wait.*_destroyed_lock"):
+        with pytest.raises(CalloutUnderLockError, match=r"Waiter\.wait.*_destroyed_lock"):
             persister.delete()
         assert time.monotonic() - started < 5, "the check must fire before the wait"
     finally:

@@ -29,6 +29,7 @@ from allocrunner.runner.health import (
     HealthParams,
     health_params,
 )
+from allocrunner.runner.health_watches import THREAD_NAME as THREAD
 from allocrunner.structs import (
     EVENT_ALLOC_UNHEALTHY,
     TASK_DEAD,
@@ -165,7 +166,10 @@ def assert_not_watching(hook: HealthHook) -> None:
 
 
 def health_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("health-")]
+    """Threads named as a per-watch thread would be: the watches share one thread."""
+    return [
+        t for t in threading.enumerate() if t.name.startswith("health-") and t.name != THREAD
+    ]
 
 
 T0 = utcnow()
@@ -231,10 +235,11 @@ def test_prerun_then_postrun(make_rig) -> None:
     rig = make_rig(deployed(service_job()))
     rig.hook.prerun()
     assert rig.hook.watching()
-    assert [t.name for t in health_threads()] == [f"health-{rig.alloc.id[:8]}"]
+    assert rig.hook.live_watches() == 1
+    assert health_threads() == [], "a watch costs no thread of its own"
     rig.hook.postrun()
     assert not rig.hook.watching()
-    assert health_threads() == []
+    assert rig.hook.live_watches() == 0
     assert rig.health.snapshot() == []
     with pytest.raises(BroadcasterClosed):  # the watch closed its listener
         rig.health.listeners[0].get(timeout=0)
@@ -281,7 +286,7 @@ def test_prerun_concurrent_updates_then_postrun(make_rig) -> None:
             listener.get(timeout=0)
     assert rig.hook.watching()
     rig.hook.postrun()
-    assert health_threads() == []
+    assert rig.hook.live_watches() == 0
     assert rig.health.snapshot() == [] and rig.health.clears == 0
 
 
@@ -291,9 +296,9 @@ def test_update_before_prerun_starts_the_watch_and_prerun_is_then_a_noop(make_ri
     assert rig.hook.watching()
     rig.hook.prerun()
     assert rig.health.listen_count() == 1
-    assert len(health_threads()) == 1
+    assert rig.hook.live_watches() == 1
     rig.hook.postrun()
-    assert health_threads() == []
+    assert rig.hook.live_watches() == 0
 
 
 def test_deployment_change_clears_health_and_watches_again(make_rig) -> None:
@@ -315,14 +320,14 @@ def test_update_to_a_stopped_alloc_ends_the_watch(make_rig) -> None:
     rig.hook.prerun()
     rig.hook.update(attrs.evolve(rig.alloc, desired_status="stop", alloc_modify_index=2))
     assert not rig.hook.watching()
-    # update() does not wait for the old watch: its thread ends on its own.
-    wait_for(lambda: _assert_no_health_threads(), 5)
+    # update() does not wait for the old watch: the service ends it on its own.
+    wait_for(lambda: _assert_no_live_watches(rig.hook), 5)
     assert rig.health.snapshot() == []
 
 
-def _assert_no_health_threads() -> None:
-    alive = health_threads()
-    assert alive == [], f"health threads still alive: {alive}"
+def _assert_no_live_watches(hook: HealthHook) -> None:
+    live = hook.live_watches()
+    assert live == 0, f"{live} health watches still live"
 
 
 def test_update_of_another_alloc_is_refused(make_rig) -> None:
@@ -579,7 +584,7 @@ def test_batch_jobs_are_not_watched(make_rig, job_type: str) -> None:
     rig.hook.prerun()
     rig.hook.update(attrs.evolve(rig.alloc, deployment_id="d2", alloc_modify_index=2))
     assert rig.health.listen_count() == 0 and rig.health.clears == 0
-    assert health_threads() == []
+    assert rig.hook.live_watches() == 0
     rig.hook.postrun()
 
 
@@ -765,8 +770,8 @@ def _assert_log_ends(health: GatedHealth, tail: list[str]) -> None:
 
 class _DeafListener:
     """Not thread-safe; owned by one watch. A listener that ignores `close` and hands
-    out one view only once its gate opens: a watch busy with a view when it is
-    superseded."""
+    out one view only once its gate opens, its `get` waiting for it whatever the
+    timeout: a watch busy with a view when it is superseded."""
 
     def __init__(self, view: Allocation, gate: threading.Event) -> None:
         self._view = view
@@ -774,10 +779,13 @@ class _DeafListener:
         self._sent = False
 
     def get(self, timeout: float | None = None) -> Allocation:
-        if self._sent or not self._gate.wait(timeout):
+        if self._sent or not self._gate.wait(10):
             raise TimeoutError("no view")
         self._sent = True
         return self._view
+
+    def wake_on_new(self, waker: object) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -810,7 +818,7 @@ def test_a_superseded_watch_never_writes_its_verdict(make_rig) -> None:
     finally:
         gate.set()
         hook.postrun()
-    assert health_threads() == []
+    assert hook.live_watches() == 0
 
 
 # --- stress ----------------------------------------------------------------------------
@@ -819,7 +827,7 @@ def test_a_superseded_watch_never_writes_its_verdict(make_rig) -> None:
 @pytest.mark.stress
 def test_stress_phases_from_many_threads_never_leak_or_double_report(make_rig) -> None:
     """Updates, shutdowns and broadcasts race from several threads while the clock moves;
-    in the end no watch thread is left and no watch reported twice."""
+    in the end no watch is left and no watch reported twice."""
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
@@ -867,7 +875,8 @@ def test_stress_phases_from_many_threads_never_leak_or_double_report(make_rig) -
             assert errors == []
             rig.hook.postrun()
             assert not rig.hook.watching()
-            assert [t for t in threading.enumerate() if t.name.startswith("health-")] == []
+            assert rig.hook.live_watches() == 0
+            assert health_threads() == []
             # One verdict at most per watch: every verdict was followed by a clear or
             # was the last one (has_health stops further watches).
             assert len(rig.health.snapshot()) <= 1

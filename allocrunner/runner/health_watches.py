@@ -1,0 +1,276 @@
+"""One thread for every allocation's health watch, instead of a thread per watch.
+
+A health watch follows one allocation's client views until a verdict (see `health`):
+it reacts to new views and to two timers (`min_healthy_time`, `healthy_deadline`), and
+does nothing in between. A thread per watch would cost every new service allocation a
+thread start and a stack for its first ten seconds or more; here every watch is a
+small record that `HealthWatches` steps on its one thread, ``health-watches``, when
+the watch's broadcaster sends a view, when its timer is due, or when it is stopped.
+
+A step (on that thread only) drains the views the watch has not seen into its
+`HealthTracker`, then either ends the watch with what it found (a verdict, or none
+when the allocation stopped, the listener closed or the watch was cancelled) or
+re-arms it: the listener wakes the watch on the next send (`AllocListener.wake_on_new`)
+and a timer entry wakes it when the tracker's next deadline comes. Ending a watch
+hands it to its `finish` callback (the hook writes the verdict); a step never blocks
+on anything but that callback.
+
+The thread starts with the first watch and ends when none is left, so an idle agent
+(and a test) has no such thread; the next watch starts a new one.
+
+Threads: ``health-watches`` (started on demand by `add`; it ends on its own when the
+last watch ends). Locks: ``HealthWatches._lock`` (a leaf) guards the set of live
+watches, the ones ready to step, the timer heap and the running flag; nothing is
+called while it is held. Owner: `HealthHook` adds its watches to the process's one
+service, `WATCHES`; a test may build its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from allocrunner._guarded import guarded_dict, guarded_list
+from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock, requires
+from allocrunner._sync import CancelToken, Kick, ThreadGroup
+from allocrunner.broadcaster import AllocListener
+from allocrunner.errors import BroadcasterClosed
+from allocrunner.runner.health_tracker import STOPPED, HealthTracker, HealthVerdict
+from allocrunner.structs import TaskGroup
+
+__all__ = ["WATCHES", "HealthWatches", "Watch"]
+
+log = logging.getLogger("allocrunner.runner.health")
+
+THREAD_NAME = "health-watches"
+
+
+class _Finish(Protocol):
+    def __call__(self, watch: Watch, verdict: HealthVerdict | None) -> None: ...
+
+
+class Watch:
+    """Thread-safe. One health watch: what it tracks, how it is woken (`wake`,
+    notify-only, from any thread) and stopped (`stop`, from any thread); its tracker
+    and timer are confined to the service thread (`step`, `end`, `rearm`)."""
+
+    _group = immutable()
+    _start = immutable()
+    params = immutable()
+    cancel = immutable()
+    listener = immutable()
+    generation = immutable()
+    alloc = immutable()
+    _clock = immutable()
+    _poll = immutable()
+    _finish = immutable()
+    _on_view = immutable()
+    _service = immutable()
+    _tracker = confined(THREAD_NAME)
+    _due = confined(THREAD_NAME)  # monotonic time of its live timer entry, or None
+
+    def __init__(
+        self,
+        *,
+        alloc: object,
+        group: TaskGroup,
+        params: object,
+        start: float,
+        listener: AllocListener,
+        generation: int,
+        clock: Callable[[], float],
+        poll: float | None,
+        finish: _Finish,
+        on_view: Callable[[], None],
+        service: HealthWatches | None = None,
+    ) -> None:
+        self.alloc = alloc
+        self._group = group
+        self.params = params
+        self._start = start
+        self.cancel = CancelToken()
+        self.listener = listener
+        self.generation = generation
+        self._clock = clock
+        self._poll = poll
+        self._finish = finish
+        self._on_view = on_view
+        self._service = service if service is not None else WATCHES
+        self._tracker: HealthTracker | None = None
+        self._due: float | None = None
+
+    def wake(self) -> None:
+        """Have the service step this watch soon. Notify-only."""
+        self._service.ready(self)
+
+    def stop(self) -> None:
+        """Ask the watch to end (with no verdict); its `finish` runs on the service
+        thread. Notify-only."""
+        self.cancel.cancel("health watch stopped")
+        self.listener.close()
+        self.wake()
+
+    # --- on the service thread ----------------------------------------------------------
+
+    def step(self) -> tuple[bool, HealthVerdict | None, float | None]:
+        """Take in what is new: (ended, verdict, next timer in monotonic seconds)."""
+        if self.cancel.cancelled():
+            return True, None, None
+        if self._tracker is None:
+            self._tracker = HealthTracker(self._group, self.params, self._start)  # type: ignore[arg-type]
+        tracker = self._tracker
+        verdict = tracker.due(self._clock())
+        if verdict is not None:
+            return True, verdict, None
+        while True:
+            try:
+                view = self.listener.get(timeout=0)
+            except TimeoutError:
+                break
+            except BroadcasterClosed:
+                return True, None, None
+            outcome = tracker.observe(view, self._clock())
+            self._on_view()
+            if outcome is STOPPED:
+                return True, None, None
+            if isinstance(outcome, HealthVerdict):
+                return True, outcome, None
+        if self.cancel.cancelled():
+            return True, None, None
+        self.listener.wake_on_new(self)
+        wait = max(0.0, tracker.next_wakeup() - self._clock())
+        if self._poll is not None:
+            wait = min(wait, self._poll)
+        return False, None, time.monotonic() + wait
+
+    def end(self, verdict: HealthVerdict | None) -> None:
+        self.listener.close()
+        self._finish(self, verdict)
+
+    def rearm(self, due: float) -> bool:
+        """Whether a timer entry for `due` is needed: not when an earlier one is live
+        (its step re-arms the watch for whatever is due then)."""
+        if self._due is not None and self._due <= due:
+            return False
+        self._due = due
+        return True
+
+    def timer_fired(self, due: float) -> None:
+        if self._due == due:
+            self._due = None
+
+
+class HealthWatches:
+    """Thread-safe. Steps every added `Watch` on one thread (module docstring)."""
+
+    # _lock guards: _watches, _ready, _timers, _running
+    _lock = immutable()
+    _watches = immutable()  # checked map, changed in place: the live watches
+    _ready = immutable()  # checked map, changed in place: watches to step next
+    _timers = immutable()  # checked list, a heap of (due, seq, watch), changed in place
+    _running = guarded("_lock")
+    _kick = immutable()
+    _seq = immutable()
+    _threads = immutable()
+
+    def __init__(self) -> None:
+        self._lock = make_lock("HealthWatches._lock")
+        self._watches: dict[Watch, None] = guarded_dict(self._lock)
+        self._ready: dict[Watch, None] = guarded_dict(self._lock)
+        self._timers: list[tuple[float, int, Watch]] = guarded_list(self._lock)
+        self._running = False
+        self._kick = Kick()
+        self._seq = itertools.count()
+        self._threads = ThreadGroup(THREAD_NAME)
+
+    def add(self, watch: Watch) -> None:
+        """Run `watch` from now on; its first step comes at once."""
+        with self._lock:
+            self._watches[watch] = None
+            self._ready[watch] = None
+            start = not self._running
+            self._running = True
+        if start:
+            try:
+                self._threads.spawn(THREAD_NAME, self._run)
+            except BaseException:
+                with self._lock:
+                    self._running = False
+                    del self._watches[watch]
+                    self._ready.pop(watch, None)
+                raise
+        else:
+            self._kick.kick()
+
+    def ready(self, watch: Watch) -> None:
+        """Step `watch` soon (if it is still live). Notify-only."""
+        with self._lock:
+            if watch not in self._watches:
+                return
+            self._ready[watch] = None
+        self._kick.kick()
+
+    def count(self) -> int:
+        """How many watches are live."""
+        with self._lock:
+            return len(self._watches)
+
+    @calls_out
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._take_due_locked(time.monotonic())
+                timeout = None
+                if not batch:
+                    if not self._watches:
+                        self._running = False
+                        return
+                    if self._timers:
+                        timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            if not batch:
+                self._kick.wait(timeout)
+                continue
+            for watch in batch:
+                self._step(watch)
+
+    @requires("_lock")
+    def _take_due_locked(self, now: float) -> list[Watch]:
+        batch = dict(self._ready)
+        self._ready.clear()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, watch = heapq.heappop(timers)
+            if watch in self._watches:
+                watch.timer_fired(due)
+                batch[watch] = None
+        return list(batch)
+
+    @calls_out
+    def _step(self, watch: Watch) -> None:
+        try:
+            ended, verdict, due = watch.step()
+        except Exception:
+            log.exception("health watch of %s failed", getattr(watch.alloc, "id", "?"))
+            ended, verdict, due = True, None, None
+        if not ended:
+            assert due is not None
+            if watch.rearm(due):
+                with self._lock:
+                    if watch in self._watches:
+                        heapq.heappush(self._timers, (due, next(self._seq), watch))
+            return
+        with self._lock:
+            self._watches.pop(watch, None)
+            self._ready.pop(watch, None)
+        try:
+            watch.end(verdict)
+        except Exception:
+            log.exception("ending the health watch of %s failed", getattr(watch.alloc, "id", "?"))
+
+
+WATCHES = HealthWatches()
+"""The process's one health watch service."""

@@ -1,0 +1,174 @@
+"""The health watch service: every allocation's watch runs on one thread, which starts
+with the first watch and ends with the last; views and timers wake the right watch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import attrs
+import pytest
+
+from allocrunner.broadcaster import AllocBroadcaster
+from allocrunner.runner.health import HealthHook
+from allocrunner.runner.health_watches import THREAD_NAME, HealthWatches
+from allocrunner.structs import (
+    TASK_DEAD,
+    TASK_RUNNING,
+    Allocation,
+    TaskEvent,
+    TaskState,
+    UpdateStrategy,
+    new_allocation,
+    utcnow,
+)
+from allocrunner.testing import mock_job, mock_task, wait_for
+
+
+class Verdicts:
+    """Thread-safe. The verdicts written, per allocation."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._given: dict[str, list[bool]] = {}
+
+    def setter(self, alloc_id: str):
+        def set_health(healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+            with self._mutex:
+                self._given.setdefault(alloc_id, []).append(healthy)
+
+        return set_health
+
+    def of(self, alloc_id: str) -> list[bool]:
+        with self._mutex:
+            return list(self._given.get(alloc_id, []))
+
+    def has(self, alloc_id: str) -> bool:
+        return bool(self.of(alloc_id))
+
+
+def service_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+
+def deployed(min_healthy: float, deadline: float = 30.0) -> Allocation:
+    job = mock_job(
+        mock_task("web"),
+        update=UpdateStrategy(min_healthy_time=min_healthy, healthy_deadline=deadline),
+    )
+    return attrs.evolve(new_allocation(job, "web"), deployment_id="d1")
+
+
+def running_view(alloc: Allocation) -> Allocation:
+    state = TaskState(state=TASK_RUNNING, started_at=utcnow())
+    return attrs.evolve(alloc, client_status="running", task_states={"web": state})
+
+
+def failed_view(alloc: Allocation) -> Allocation:
+    now = utcnow()
+    state = TaskState(state=TASK_DEAD, failed=True, started_at=now, finished_at=now)
+    return attrs.evolve(alloc, client_status="failed", task_states={"web": state})
+
+
+class Rig:
+    """Not thread-safe; owned by one test. Hooks watched by one private service."""
+
+    def __init__(self) -> None:
+        self.service = HealthWatches()
+        self.verdicts = Verdicts()
+        self.hooks: list[tuple[Allocation, HealthHook, AllocBroadcaster]] = []
+
+    def watch(self, alloc: Allocation) -> tuple[HealthHook, AllocBroadcaster]:
+        broadcaster = AllocBroadcaster()
+        hook = HealthHook(
+            alloc,
+            listen=broadcaster.listen,
+            set_health=self.verdicts.setter(alloc.id),
+            has_health=lambda alloc_id=alloc.id: self.verdicts.has(alloc_id),
+            watches=self.service,
+        )
+        self.hooks.append((alloc, hook, broadcaster))
+        hook.prerun()
+        return hook, broadcaster
+
+    def close(self) -> None:
+        for _, hook, broadcaster in self.hooks:
+            hook.postrun()
+            broadcaster.close()
+
+
+@pytest.fixture
+def rig():
+    made = Rig()
+    yield made
+    made.close()
+    wait_for(lambda: _assert_no_service_thread(), 5)
+
+
+def _assert_no_service_thread() -> None:
+    assert service_threads() == [], "the watch thread outlived its last watch"
+
+
+def test_many_watches_share_one_thread_and_each_gets_its_own_verdict(rig: Rig) -> None:
+    allocs = [deployed(0.05 + 0.01 * (i % 5)) for i in range(40)]
+    hooks = [rig.watch(alloc) for alloc in allocs]
+    assert len(service_threads()) == 1
+    assert rig.service.count() == 40
+    for alloc, (_, broadcaster) in zip(allocs, hooks, strict=True):
+        if allocs.index(alloc) % 4 == 0:
+            broadcaster.send(failed_view(alloc))
+        else:
+            broadcaster.send(running_view(alloc))
+
+    def all_decided() -> None:
+        for i, alloc in enumerate(allocs):
+            assert rig.verdicts.of(alloc.id) == [i % 4 != 0], (i, rig.verdicts.of(alloc.id))
+
+    wait_for(all_decided, 10)
+    wait_for(lambda: _assert_count(rig.service, 0), 5)
+    wait_for(lambda: _assert_no_service_thread(), 5)
+
+
+def _assert_count(service: HealthWatches, want: int) -> None:
+    assert service.count() == want, f"{service.count()} watches live, want {want}"
+
+
+def test_the_deadline_timer_gives_unhealthy_with_no_view_at_all(rig: Rig) -> None:
+    alloc = deployed(10.0, deadline=0.1)
+    rig.watch(alloc)
+    wait_for(lambda: _assert_verdicts(rig.verdicts, alloc.id, [False]), 5)
+
+
+def _assert_verdicts(verdicts: Verdicts, alloc_id: str, want: list[bool]) -> None:
+    assert verdicts.of(alloc_id) == want
+
+
+def test_a_later_timer_does_not_hide_an_earlier_one(rig: Rig) -> None:
+    """Watches armed in the order late, early: the early one is decided first."""
+    late = deployed(5.0)
+    early = deployed(0.05)
+    for alloc in (late, early):
+        _, broadcaster = rig.watch(alloc)
+        broadcaster.send(running_view(alloc))
+    wait_for(lambda: _assert_verdicts(rig.verdicts, early.id, [True]), 5)
+    assert rig.verdicts.of(late.id) == []
+
+
+def test_the_thread_restarts_for_a_watch_added_as_it_ends(rig: Rig) -> None:
+    """Watches come and go one at a time, so the thread keeps ending: every watch is
+    still stepped to its verdict."""
+    for _ in range(30):
+        alloc = deployed(0.0)
+        _, broadcaster = rig.watch(alloc)
+        broadcaster.send(running_view(alloc))
+        wait_for(lambda alloc=alloc: _assert_verdicts(rig.verdicts, alloc.id, [True]), 5)
+    assert len(service_threads()) <= 1
+
+
+def test_stopping_a_hook_ends_its_watch_on_the_service_thread(rig: Rig) -> None:
+    alloc = deployed(10.0)
+    hook, _ = rig.watch(alloc)
+    assert hook.live_watches() == 1
+    hook.postrun()  # waits for the service to end the watch
+    assert hook.live_watches() == 0
+    assert rig.verdicts.of(alloc.id) == []
