@@ -100,15 +100,37 @@ class _Latch:
 
 
 class _FiresOnce:
-    """The shared half of `CancelToken` and `Event`: a private mutex, and callbacks
-    that are kept until the primitive fires once and are then run by the firing thread.
-    Subclasses say, under the mutex, whether it has fired."""
+    """The shared half of `CancelToken` and `Event`: a private mutex, callbacks that are
+    kept until the primitive fires once and are then run by the firing thread, and the
+    flag waiters wait on. The flag's `_Latch` is made by the first thread that has to
+    wait: most tokens and events are only ever tested, never waited on, and every
+    allocation owns a score of them. Subclasses say, under the mutex, whether it has
+    fired."""
 
-    __slots__ = ("_callbacks", "_mutex")
+    __slots__ = ("_callbacks", "_latch", "_mutex", "_open")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._callbacks: tuple[Callable[[], object], ...] = ()
+        self._latch: _Latch | None = None
+        self._open = False  # read without the mutex: it only ever turns True
+
+    def _open_under_mutex(self) -> None:
+        """Mark it fired and release every waiter, present or future (once)."""
+        self._open = True
+        if self._latch is not None:
+            self._latch.open()
+
+    def _wait_open(self, timeout: float | None) -> bool:
+        if self._open:
+            return True
+        with self._mutex:
+            if self._open:
+                return True
+            latch = self._latch
+            if latch is None:
+                latch = self._latch = _Latch()
+        return latch.wait(timeout)
 
     def _fired_under_mutex(self) -> bool:
         raise NotImplementedError
@@ -142,7 +164,6 @@ class CancelToken(_FiresOnce):
     __slots__ = (
         "__weakref__",
         "_children",
-        "_event",
         "_parents",
         "_purge_at",
         "_reason",
@@ -150,7 +171,6 @@ class CancelToken(_FiresOnce):
 
     def __init__(self) -> None:
         super().__init__()
-        self._event = _Latch()
         self._reason: str | None = None
         self._children: dict[int, weakref.ref[CancelToken]] = {}
         self._purge_at = _PURGE_MIN
@@ -167,7 +187,7 @@ class CancelToken(_FiresOnce):
             parents = self._parents
             self._parents = ()
             callbacks = self._take_callbacks_under_mutex()
-        self._event.open()
+            self._open_under_mutex()
         for callback in callbacks:
             callback()
         for parent in parents:
@@ -179,7 +199,7 @@ class CancelToken(_FiresOnce):
 
     def cancelled(self) -> bool:
         """True once cancelled."""
-        return self._event.is_open()
+        return self._open
 
     @property
     def reason(self) -> str | None:
@@ -190,7 +210,7 @@ class CancelToken(_FiresOnce):
     @calls_out
     def wait(self, timeout: float | None = None) -> bool:
         """Block until cancelled or `timeout` passes; True if cancelled."""
-        return self._event.wait(timeout)
+        return self._wait_open(timeout)
 
     def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call `callback` once, on the cancelling thread, when this token is cancelled
@@ -250,19 +270,15 @@ class Event(_FiresOnce):
     compose it with other wake-ups (a `Waiter` woken by an event or a token).
     """
 
-    __slots__ = ("_flag",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._flag = _Latch()
+    __slots__ = ()
 
     def set(self) -> bool:
         """Set it, wake the waiters and run the `on_set` callbacks (on this thread, after
         the private lock is released); True if this call set it, False if it was set."""
         with self._mutex:
-            if self._flag.is_open():
+            if self._open:
                 return False
-            self._flag.open()
+            self._open_under_mutex()
             callbacks = self._take_callbacks_under_mutex()
         for callback in callbacks:
             callback()
@@ -270,7 +286,7 @@ class Event(_FiresOnce):
 
     def is_set(self) -> bool:
         """True once set."""
-        return self._flag.is_open()
+        return self._open
 
     def on_set(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call `callback` once, on the setting thread, when this event is set (at once,
@@ -280,13 +296,13 @@ class Event(_FiresOnce):
         return self._add_callback(callback)
 
     def _fired_under_mutex(self) -> bool:
-        return self._flag.is_open()
+        return self._open
 
     @calls_out
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> bool:
         """Block until set, `cancel` is cancelled or `timeout` passes; True if set."""
-        if cancel is None or self._flag.is_open():
-            return self._flag.wait(timeout)
+        if cancel is None or self._open:
+            return self._wait_open(timeout)
         waiter = Waiter()
         withdraw_set = self.on_set(waiter.wake)
         withdraw_cancel = cancel.on_cancel(waiter.wake)
@@ -295,10 +311,10 @@ class Event(_FiresOnce):
         finally:
             withdraw_cancel()
             withdraw_set()
-        return self._flag.is_open()
+        return self._open
 
     def __repr__(self) -> str:
-        return f"<Event set={self._flag.is_open()}>"
+        return f"<Event set={self._open}>"
 
 
 @thread_safe
