@@ -19,7 +19,9 @@ Threads: the pump thread (named by the owner, e.g. ``raw_exec-io``) reads pipes,
 writes sinks and calls `on_exit` / `poll_exit` with no lock held; the sinks are
 confined to it. Any thread may call `add`, `forget` and `close`.
 
-Locks: ``LogPump._lock``, a leaf, guards what the pump watches (`_watched`, `_polled`),
+Locks: ``LogPump._lock``, a leaf, guards what the pump watches (`_watched` and its
+index by owner `_by_owner`, checked maps changed in place, so that a hundred exits at
+once cost linear time; `_polled`),
 the queued forget requests (`_forgets`) and the `_started` / `_closed` flags. No other
 declared lock is taken under it, and no I/O or callback runs under it.
 
@@ -38,11 +40,11 @@ from typing import Protocol
 
 import attrs
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.drivers.base import TaskConfig
 from allocrunner.drivers.logs import MB, RotatingLogWriter
-from allocrunner.structs.frozen import FrozenDict
 
 _READ_SIZE = 65536
 _BOUNDED_READS = 16
@@ -149,8 +151,9 @@ class LogPump:
     _epoll = immutable()
     _wake_r = immutable()
     _wake_w = immutable()
-    # _lock guards: _watched, _polled, _forgets, _started, _closed
-    _watched = guarded("_lock")
+    # _lock guards: _watched, _by_owner, _polled, _forgets, _started, _closed
+    _watched = immutable()  # checked map, changed in place under _lock
+    _by_owner = immutable()  # checked map, changed in place under _lock
     _polled = guarded("_lock")
     _forgets = guarded("_lock")
     _started = guarded("_lock")
@@ -169,7 +172,9 @@ class LogPump:
         # Descriptor -> what it watches: a _Pipe, or the Watch its pidfd belongs to.
         # An entry exists before its descriptor is registered and is removed before
         # the descriptor is unregistered and closed.
-        self._watched: FrozenDict[int, _Pipe | Watch] = FrozenDict()
+        self._watched: dict[int, _Pipe | Watch] = guarded_dict(self._lock)
+        # id(owner) -> its entries (fd -> entry); an owner is alive while it has any.
+        self._by_owner: dict[int, dict[int, _Pipe | Watch]] = guarded_dict(self._lock)
         self._polled: tuple[Watch, ...] = ()  # watches without a pidfd, polled
         self._forgets: tuple[_Forget, ...] = ()
         self._started = False
@@ -184,7 +189,8 @@ class LogPump:
         with self._lock:
             if self._closed:
                 return False
-            self._watched = FrozenDict({**self._watched, **entries})
+            self._watched.update(entries)
+            self._by_owner.setdefault(id(watch.owner), {}).update(entries)
             if watch.pidfd is None and watch.poll_exit is not None:
                 self._polled = (*self._polled, watch)
             spawn = not self._started
@@ -271,9 +277,16 @@ class LogPump:
     def _unwatch(self, *fds: int) -> None:
         """Drop entries, then unregister their descriptors (the caller closes them)."""
         with self._lock:
-            self._watched = FrozenDict(
-                (fd, entry) for fd, entry in self._watched.items() if fd not in fds
-            )
+            for fd in fds:
+                entry = self._watched.pop(fd, None)
+                if entry is None:
+                    continue
+                key = id(_owner_of(entry))
+                owned = self._by_owner.get(key)
+                if owned is not None:
+                    owned.pop(fd, None)
+                    if not owned:
+                        del self._by_owner[key]
         for fd in fds:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -304,11 +317,7 @@ class LogPump:
 
     def _entries_of(self, owner: object) -> list[tuple[int, _Pipe | Watch]]:
         with self._lock:
-            return [
-                (fd, entry)
-                for fd, entry in self._watched.items()
-                if (entry.watch if isinstance(entry, _Pipe) else entry).owner is owner
-            ]
+            return list(self._by_owner.get(id(owner), {}).items())
 
     def _poll_exits(self) -> None:
         with self._lock:
@@ -346,7 +355,9 @@ class LogPump:
         """Close every watched descriptor (the processes keep running); release the
         forget requests still queued."""
         with self._lock:
-            watched, self._watched = self._watched, FrozenDict()
+            watched = dict(self._watched)
+            self._watched.clear()
+            self._by_owner.clear()
             self._polled = ()
             forgets, self._forgets = self._forgets, ()
         for fd, entry in watched.items():
@@ -364,6 +375,10 @@ class LogPump:
             os.close(fd)
         for request in forgets:
             request.done.cancel("closed")
+
+
+def _owner_of(entry: _Pipe | Watch) -> object:
+    return entry.watch.owner if isinstance(entry, _Pipe) else entry.owner
 
 
 def _read_status(fd: int) -> int | None:
