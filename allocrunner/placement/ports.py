@@ -253,7 +253,7 @@ class PortAllocator:
                 raise
             return tuple(chosen)
 
-    @requires("PortAllocator._lock")
+    @requires("_lock")
     def _check_static_locked(self, ask: PortAsk) -> None:
         holder = self._holders.get(ask.value)
         if holder is not None or ask.value in self._reserved:
@@ -264,7 +264,7 @@ class PortAllocator:
                 port=ask.value,
             )
 
-    @requires("PortAllocator._lock")
+    @requires("_lock")
     def _pick_locked(self, busy: frozenset[int]) -> int:
         def taken(port: int) -> bool:
             return port in self._holders or port in self._reserved or port in busy
