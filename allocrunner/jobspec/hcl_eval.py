@@ -338,8 +338,22 @@ class _Evaluator:
                 break
             end = step.meta.end_pos
             used += 1
-        text = self.text[root.meta.start_pos : end]
-        return self.apply("${" + text + "}", steps[used:])
+        return self.apply(self.bracketed(root.meta.start_pos, end), steps[used:])
+
+    def bracketed(self, start: int, end: int) -> str:
+        """The reference's text in `${...}`: the enclosing interpolation's own text,
+        spaces kept, when the reference starts it; otherwise wrapped in one."""
+        text = self.text
+        before = start
+        while before > 0 and text[before - 1] == " ":
+            before -= 1
+        if not text.startswith("${", before - 2) or before < 2:
+            return "${" + text[start:end] + "}"
+        after = end
+        while after < len(text) and text[after] == " ":
+            after += 1
+        tail = text[end:after] if after < len(text) and text[after] == "}" else ""
+        return text[before - 2 : end] + tail + "}"
 
     def apply(self, value: Any, steps: list[Tree]) -> Any:
         for i, step in enumerate(steps):

@@ -362,9 +362,8 @@ def _range(*args: Any) -> list[Any]:
     if not 1 <= len(args) <= 3:
         raise FunctionError("range takes one to three arguments")
     nums = [num(a) for a in args]
-    start, limit, step = (0, nums[0], 1) if len(nums) == 1 else (nums[0], nums[1], 1)
-    if len(nums) == 3:
-        step = nums[2]
+    start, limit = (0, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    step = nums[2] if len(nums) == 3 else (1 if limit >= start else -1)
     if step == 0:
         raise FunctionError("step must not be zero")
     if (limit - start) / step > MAX_ITEMS:

@@ -254,11 +254,8 @@ def _formatdate(spec: Any, timestamp: Any) -> str:
     i = 0
     while i < len(fmt):
         if fmt[i] == "'":
-            end = fmt.find("'", i + 1)
-            if end < 0:
-                raise FunctionError("unterminated literal in date format")
-            out.append(fmt[i + 1 : end] if end > i + 1 else "'")
-            i = end + 1
+            literal, i = _quoted_literal(fmt, i)
+            out.append(literal)
             continue
         for token, render in _DATE_TOKENS:
             if fmt.startswith(token, i):
@@ -271,6 +268,24 @@ def _formatdate(spec: Any, timestamp: Any) -> str:
             out.append(fmt[i])
             i += 1
     return "".join(out)
+
+
+def _quoted_literal(fmt: str, start: int) -> tuple[str, int]:
+    """A `'...'` literal of a date format (`''` is a quote) and the index after it."""
+    if fmt.startswith("''", start):
+        return "'", start + 2
+    out: list[str] = []
+    i = start + 1
+    while i < len(fmt):
+        if fmt[i] == "'":
+            if fmt.startswith("''", i):
+                out.append("'")
+                i += 2
+                continue
+            return "".join(out), i + 1
+        out.append(fmt[i])
+        i += 1
+    raise FunctionError("unterminated literal in date format")
 
 
 def _rfc3339(t: dt.datetime) -> str:
