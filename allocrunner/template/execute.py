@@ -13,7 +13,8 @@ Owner: `execute` is called by the package API (`render`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -89,12 +90,12 @@ class _Exec:
         return "".join(self.out)
 
     def _walk_tree(self, tree: Tree, dot: Any) -> None:
+        if self.depth >= MAX_TEMPLATE_DEPTH:
+            raise self.errorf(f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})")
         saved = (self.vars, self.tree, self.node)
         self.vars, self.tree, self.node = [["$", dot]], tree, None
         self.depth += 1
         try:
-            if self.depth > MAX_TEMPLATE_DEPTH:
-                raise self.errorf(f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})")
             self.walk(dot, tree.root)
         finally:
             self.depth -= 1
@@ -325,7 +326,7 @@ class _Exec:
         if member is _NO_FINAL:
             raise self.errorf(f"can't evaluate field {name} in type {type_name(receiver)}")
         if callable(member) and not isinstance(member, type):
-            method = GoFunc(name, member, (), "any")
+            method = method_signature(name, member)
             return self.eval_call(dot, method, node, args, final)
         if has_args:
             raise self.errorf(f"{name} has arguments but cannot be invoked as function")
@@ -422,6 +423,18 @@ class _Exec:
         if typ in _LITERAL_KIND:
             raise self.errorf(f"expected {_LITERAL_KIND[typ]}; found {node}")
         raise self.errorf(f"can't handle {node} for arg of type {typ}")
+
+
+def method_signature(name: str, method: Callable[..., Any]) -> GoFunc:
+    """A bound method as a template function: its positional parameters take any value."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return GoFunc(name, method, (), "any")
+    fixed = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty)
+    optional = any(p.kind == p.VAR_POSITIONAL or p.default is not p.empty for p in params)
+    return GoFunc(name, method, ("any",) * fixed, "any" if optional else None)
 
 
 def _message(err: Exception) -> str:

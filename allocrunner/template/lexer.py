@@ -14,6 +14,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from allocrunner.template.gofmt import go_quote
+
 TEXT = "text"
 LEFT = "left delimiter"
 RIGHT = "right delimiter"
@@ -283,9 +285,9 @@ class _Lexer:
             while pos < len(text) and text[pos] in "0123456789_":
                 pos += 1
         if pos < len(text) and (text[pos].isalnum() or text[pos] == "_"):
-            raise self.fail(self.pos, f"bad number syntax: {text[self.pos : pos + 1]!r}")
+            raise self.fail(self.pos, f"bad number syntax: {go_quote(text[self.pos : pos + 1])}")
         if pos == self.pos + (1 if text[self.pos] in "+-" else 0):
-            raise self.fail(self.pos, f"bad number syntax: {text[self.pos : pos + 1]!r}")
+            raise self.fail(self.pos, f"bad number syntax: {go_quote(text[self.pos : pos + 1])}")
         self.emit(NUMBER, self.pos, pos)
         self.pos = pos
 

@@ -40,10 +40,23 @@ def _parse_float(text: str) -> float | None:
         return None
 
 
+def _looks_float(text: str) -> bool:
+    body = text.lstrip("+-").lower()
+    if body.startswith("0x"):
+        return "p" in body
+    return any(c in body for c in ".e")
+
+
 def parse_number(text: str) -> tuple[int | None, float | None]:
     """Return (int value, float value) of a Go number constant; ValueError if neither."""
     int_value = _parse_int(text)
+    if int_value is not None and not -(2**63) <= int_value < 2**64:
+        int_value = None
     float_value = float(int_value) if int_value is not None else _parse_float(text)
+    if int_value is None and float_value is not None and not _looks_float(text):
+        raise ValueError(f'integer overflow: "{text}"')
+    if int_value is None and float_value is None:
+        raise ValueError(f'illegal number syntax: "{text}"')
     if (
         int_value is None
         and float_value is not None
@@ -51,8 +64,6 @@ def parse_number(text: str) -> tuple[int | None, float | None]:
         and abs(float_value) < 2**63
     ):
         int_value = int(float_value)
-    if int_value is None and float_value is None:
-        raise ValueError(f'illegal number syntax: "{text}"')
     return int_value, float_value
 
 

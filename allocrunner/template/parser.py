@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from allocrunner.template import lexer as lx
 from allocrunner.template import nodes as nd
 from allocrunner.template.errors import TemplateError
+from allocrunner.template.gofmt import go_quote
 from allocrunner.template.literals import parse_number, unquote_char, unquote_string
 
 COMMAND_START = frozenset(
@@ -144,7 +145,7 @@ class _Parser:
         if existing is not None and not nd.is_empty_tree(existing.root):
             if nd.is_empty_tree(root):
                 return
-            raise self.error(f"template: multiple definition of template {name!r}")
+            raise self.error(f'template: multiple definition of template "{name}"')
         self.trees[name] = Tree(name, root, self.text, self.name)
 
     def _definition(self) -> None:
@@ -323,7 +324,7 @@ class _Parser:
 
     def _use_var(self, name: str) -> None:
         if name.split(".")[0] not in self.vars:
-            raise self.error(f"undefined variable {name.split('.')[0]!r}".replace("'", '"'))
+            raise self.error(f"undefined variable {go_quote(name.split('.')[0])}")
 
     def _check_pipeline(self, pipe: nd.Pipeline, context: str) -> None:
         if not pipe.cmds:
@@ -364,7 +365,7 @@ class _Parser:
         if isinstance(term, nd.Variable):
             return nd.Variable(term.pos, term.names + tuple(names))
         if isinstance(term, NON_EXECUTABLE):
-            raise self.error(f"unexpected . after term {str(term)!r}".replace("'", '"'))
+            raise self.error(f"unexpected . after term {go_quote(str(term))}")
         return nd.Chain(term.pos, term, tuple(names))
 
     def _term(self) -> nd.Operand | None:
