@@ -113,5 +113,5 @@ def test_deep_nesting_is_a_template_error() -> None:
 
 def test_error_in_defined_template_names_it() -> None:
     text = '{{define "inner"}}\n{{ .Foo.Bar }}{{end}}{{template "inner" 3}}'
-    with pytest.raises(TemplateError, match='template:2:3: executing "inner" at <.Foo.Bar>'):
+    with pytest.raises(TemplateError, match=r'template:2:3: executing "inner" at <\.Foo\.Bar>'):
         render(text, env={})

@@ -172,7 +172,8 @@ CASES: list[tuple[str, str, str]] = [
     ("string ordering", "{{lt \"a\" \"b\"}} {{gt \"b\" \"a\"}}", "true true"),
     ("float ordering", "{{lt 1.5 2.5}}", "true"),
     ("html", '{{html "<a href=\\"x\\">&\'"}}', "&lt;a href=&#34;x&#34;&gt;&amp;&#39;"),
-    ("js", "{{js \"it's <b>\\\"q\\\" a=b\\n\"}}", "it\\'s \\u003Cb\\u003E\\\"q\\\" a\\u003Db\\u000A"),
+    ("js", "{{js \"it's <b>\\\"q\\\" a=b\\n\"}}",
+     "it\\'s \\u003Cb\\u003E\\\"q\\\" a\\u003Db\\u000A"),
     ("urlquery", '{{urlquery "a b&c=d/é"}}', "a+b%26c%3Dd%2F%C3%A9"),
     ("html of several args", "{{html 1 2}}", "1 2"),
 ]
@@ -186,7 +187,8 @@ def test_go_output(template: str, expected: str) -> None:
 
 def test_custom_delimiters() -> None:
     text = "<< .S >> {{ not an action }} <<- .I ->> [[x]]"
-    assert render(text, env={}, data=DATA, left="<<", right=">>") == "xyz {{ not an action }}17[[x]]"
+    expected = "xyz {{ not an action }}17[[x]]"
+    assert render(text, env={}, data=DATA, left="<<", right=">>") == expected
 
 
 def test_custom_delimiters_with_comments_and_escapes() -> None:
