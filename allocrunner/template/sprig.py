@@ -185,7 +185,7 @@ def _round(value: Any, places: int, *half: Any) -> float:
     threshold = to_float(half[0]) if half else 0.5
     pow10 = 10 ** to_int(places)
     digit = pow10 * to_float(value)
-    _, frac = math.modf(digit)
+    frac, _ = math.modf(digit)
     rounded = math.ceil(digit) if frac >= threshold else math.floor(digit)
     return rounded / pow10
 
