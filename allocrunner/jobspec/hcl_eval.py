@@ -221,7 +221,7 @@ class _Evaluator:
                     raise EvalError("cannot include a null value in a string template")
                 out.append(_template_string(value))
             elif isinstance(part, IfPart):
-                cond = _as_bool(self.sub(part.cond, names), "%{if} condition")
+                cond = _as_bool(self.sub(part.cond, names), "the %{if} condition")
                 out.extend(self.render(part.then if cond else part.otherwise, names))
             elif isinstance(part, ForPart):
                 collection = self.sub(part.collection, names)
@@ -234,7 +234,7 @@ class _Evaluator:
 
     def conditional(self, node: Tree) -> Any:
         cond, then, otherwise = _trees(node)
-        if _as_bool(self.value(cond), "condition"):
+        if _as_bool(self.value(cond), "the condition of ? :"):
             return self.value(then)
         return self.value(otherwise)
 
@@ -244,17 +244,21 @@ class _Evaluator:
         op = str(op_node.children[0])
         left = self.value(left_node)
         if op == "&&":
-            return _as_bool(left, "&&") and _as_bool(self.value(right_node), "&&")
+            return _as_bool(left, "operand of &&") and _as_bool(
+                self.value(right_node), "operand of &&"
+            )
         if op == "||":
-            return _as_bool(left, "||") or _as_bool(self.value(right_node), "||")
+            return _as_bool(left, "operand of ||") or _as_bool(
+                self.value(right_node), "operand of ||"
+            )
         return _binary(op, left, self.value(right_node))
 
     def unary_op(self, node: Tree) -> Any:
         op, operand = _kids(node)
         value = self.value(operand)
         if str(op) == "!":
-            return not _as_bool(value, "!")
-        return normalize_number(-_as_number(value, "-"))
+            return not _as_bool(value, "operand of !")
+        return normalize_number(-_as_number(value, "operand of -"))
 
     # --- calls ----------------------------------------------------------------------
 
@@ -383,7 +387,9 @@ class _Evaluator:
         for key, item in _iterate(collection):
             scope = self.scope.with_names(_bind(names, key, item))
             inner = _Evaluator(scope, self.text)
-            if cond is not None and not _as_bool(inner.value(_trees(cond)[0]), "for if"):
+            if cond is not None and not _as_bool(
+                inner.value(_trees(cond)[0]), "the for expression's if"
+            ):
                 continue
             out.append(inner.value(body))
         return out
@@ -396,7 +402,9 @@ class _Evaluator:
         out: dict[str, Any] = {}
         for key, item in _iterate(collection):
             inner = _Evaluator(self.scope.with_names(_bind(names, key, item)), self.text)
-            if cond is not None and not _as_bool(inner.value(_trees(cond)[0]), "for if"):
+            if cond is not None and not _as_bool(
+                inner.value(_trees(cond)[0]), "the for expression's if"
+            ):
                 continue
             out_key = inner.value(key_node)
             if out_key is None:
@@ -572,7 +580,7 @@ def _binary(op: str, left: Any, right: Any) -> Any:
         return values_equal(left, right)
     if op == "!=":
         return not values_equal(left, right)
-    a, b = _as_number(left, op), _as_number(right, op)
+    a, b = _as_number(left, f"operand of {op}"), _as_number(right, f"operand of {op}")
     if op == "<":
         return a < b
     if op == ">":

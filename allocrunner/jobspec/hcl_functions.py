@@ -32,7 +32,8 @@ from allocrunner.jobspec.hcl_types import (
 
 __all__ = ["MAX_ITEMS", "FunctionError", "core_functions", "num", "seq", "text"]
 
-MAX_ITEMS = 1_000_000  # range(), chunklist() and similar never build more than this
+MAX_ITEMS = 100_000  # range() and setproduct() never build more elements than this
+MAX_INDENT = 10_000  # indent() never pads a line with more spaces than this
 
 
 class FunctionError(ValueError):
@@ -101,7 +102,10 @@ def _chomp(s: Any) -> str:
 
 
 def _indent(spaces: Any, s: Any) -> str:
-    pad = " " * whole(spaces)
+    count = whole(spaces)
+    if not 0 <= count <= MAX_INDENT:
+        raise FunctionError(f"spaces must be between 0 and {MAX_INDENT}")
+    pad = " " * count
     return text(s).replace("\n", "\n" + pad)
 
 
