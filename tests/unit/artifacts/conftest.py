@@ -124,6 +124,9 @@ def make_tar(members: list[Member], compression: str = "gz") -> bytes:
                 info.type = tarfile.SYMTYPE
                 info.linkname = member.link
                 archive.addfile(info)
+            elif member.kind == "fifo":
+                info.type = tarfile.FIFOTYPE
+                archive.addfile(info)
             elif member.kind == "hardlink":
                 info.type = tarfile.LNKTYPE
                 info.linkname = member.link
