@@ -31,6 +31,7 @@ import ssl
 import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import IO, Any
@@ -106,6 +107,24 @@ def _shutdown_all(sockets: Fifo[socket.socket]) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http and https only (urllib would also follow ftp)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise DownloadError(f"redirect to {scheme}: is not followed: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _opener(
     sockets: Fifo[socket.socket], cancel: CancelToken | None
 ) -> urllib.request.OpenerDirector:
@@ -136,7 +155,9 @@ def _opener(
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
             return self.do_open(_HTTPS, req, context=context)
 
-    return urllib.request.build_opener(_HTTPHandler(), _HTTPSHandler(context=context))
+    return urllib.request.build_opener(
+        _HTTPHandler(), _HTTPSHandler(context=context), _HTTPOnlyRedirects()
+    )
 
 
 @calls_out

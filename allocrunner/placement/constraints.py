@@ -461,7 +461,7 @@ def alloc_metric(
 ) -> dict[str, object]:
     """Nomad's AllocMetric JSON for one evaluated node that was filtered by a
     constraint (`filtered`), ran out of a resource (`exhausted`), or neither."""
-    available = {datacenter: 0 if (filtered or exhausted) else 1} if datacenter else {}
+    available = {datacenter: 1} if datacenter else {}  # ready nodes, before filtering
     return {
         "NodesEvaluated": 1,
         "NodesFiltered": 1 if filtered else 0,

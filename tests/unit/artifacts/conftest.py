@@ -24,6 +24,7 @@ class Served:
     body: bytes = b""
     status: int = 200
     stall: threading.Event | None = None  # set by the test to let the body finish
+    location: str = ""  # a redirect's target
 
 
 class ArtifactServer:
@@ -43,6 +44,8 @@ class ArtifactServer:
                     self.send_error(404)
                     return
                 self.send_response(served.status)
+                if served.location:
+                    self.send_header("Location", served.location)
                 self.send_header("Content-Length", str(len(served.body)))
                 self.end_headers()
                 if served.stall is None:

@@ -300,3 +300,17 @@ def test_a_cancelled_token_fetches_nothing(server: ArtifactServer, task_dir: Pat
             ArtifactSpec(source=server.url("/x")), task_dir, allow_local=False, cancel=cancel
         )
     assert server.requests == []
+
+
+def test_redirects_are_followed_to_http_only(server: ArtifactServer, task_dir: Path) -> None:
+    server.routes["/v2/tool"] = Served(BODY)
+    server.routes["/latest/tool"] = Served(status=302, location=server.url("/v2/tool"))
+    fetch_artifact(ArtifactSpec(source=server.url("/latest/tool")), task_dir, allow_local=False)
+    assert (task_dir / "local" / "tool").read_bytes() == BODY
+    server.routes["/ftp/tool"] = Served(status=302, location="ftp://127.0.0.1/tool")
+    with pytest.raises(ArtifactError, match="redirect to ftp: is not followed"):
+        fetch_artifact(ArtifactSpec(source=server.url("/ftp/tool")), task_dir, allow_local=False)
+    server.routes["/file/tool"] = Served(status=302, location="file:///etc/passwd")
+    with pytest.raises(ArtifactError, match="bad response code: 302"):  # urllib refuses it
+        fetch_artifact(ArtifactSpec(source=server.url("/file/tool")), task_dir, allow_local=False)
+    assert sorted(p.name for p in (task_dir / "local").iterdir()) == ["tool"]

@@ -365,7 +365,7 @@ def test_alloc_metric_of_a_filtered_and_an_exhausted_node() -> None:
     assert metric["NodesFiltered"] == 1
     assert metric["ConstraintFiltered"] == {"${attr.kernel.name} = windows": 1}
     assert metric["ClassFiltered"] == {"gpu": 1}
-    assert metric["NodesAvailable"] == {"dc1": 0}
+    assert metric["NodesAvailable"] == {"dc1": 1}
     assert metric["DimensionExhausted"] is None
     metric = alloc_metric(exhausted="memory")
     assert metric["NodesFiltered"] == 0
