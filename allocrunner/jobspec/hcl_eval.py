@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from lark import Token, Tree
 
+from allocrunner.jobspec.hcl_access import EvalError, bind, get_attr, index, iterate
 from allocrunner.jobspec.hcl_template import (
     Expr,
     ForPart,
@@ -38,6 +39,7 @@ from allocrunner.jobspec.hcl_types import (
     ConversionError,
     convert,
     describe_value,
+    nfc,
     normalize_number,
     parse_number,
     parse_type,
@@ -47,10 +49,6 @@ from allocrunner.jobspec.hcl_types import (
 __all__ = ["EvalError", "Function", "Scope", "evaluate", "values_equal"]
 
 Function = Callable[..., Any]
-
-
-class EvalError(Exception):
-    """An expression cannot be evaluated; the message says why."""
 
 
 @attrs.frozen
@@ -192,17 +190,17 @@ class _Evaluator:
                 flat.append(Interp(Expr(_trees(inner)[0], self.text)))
             else:
                 flat.append(directive_from_tree(inner, self.text))
-        return self.template(flat)
+        return nfc(self.template(flat))
 
     def template_string(self, node: Tree) -> Any:
         raw = str(node.children[0])
         return unescape(raw[2:-2])
 
     def heredoc_template(self, node: Tree) -> Any:
-        return self.template(heredoc_parts(str(node.children[0]), trim=False))
+        return nfc(self.template(heredoc_parts(str(node.children[0]), trim=False)))
 
     def heredoc_template_trim(self, node: Tree) -> Any:
-        return self.template(heredoc_parts(str(node.children[0]), trim=True))
+        return nfc(self.template(heredoc_parts(str(node.children[0]), trim=True)))
 
     def template(self, flat: list[Part]) -> Any:
         parts = nest_parts(flat)
@@ -225,8 +223,8 @@ class _Evaluator:
                 out.extend(self.render(part.then if cond else part.otherwise, names))
             elif isinstance(part, ForPart):
                 collection = self.sub(part.collection, names)
-                for key, item in _iterate(collection):
-                    bound = _bind(part.names, key, item)
+                for key, item in iterate(collection):
+                    bound = bind(part.names, key, item)
                     out.extend(self.render(part.body, {**(names or {}), **bound}))
         return out
 
@@ -363,19 +361,23 @@ class _Evaluator:
         for i, step in enumerate(steps):
             if step.data in ("attr_splat", "full_splat"):
                 inner = _trees(step)
+                rest = steps[i + 1 :]
+                if step.data == "attr_splat":  # `.*` takes attribute steps only
+                    cut = next((j for j, t in enumerate(inner) if t.data != "get_attr"), len(inner))
+                    inner, rest = inner[:cut], inner[cut:] + rest
                 items = [] if value is None else value if isinstance(value, list) else [value]
                 value = [self.apply(item, inner) for item in items]
-                return self.apply(value, steps[i + 1 :])
+                return self.apply(value, rest)
             value = self.step(value, step)
         return value
 
     def step(self, value: Any, step: Tree) -> Any:
         if step.data == "get_attr":
             name = str(_trees(step)[0].children[0])
-            return _get_attr(value, name)
+            return get_attr(value, name)
         if step.data == "short_index":
-            return _index(value, int(str(_kids(step)[1])))
-        return _index(value, self.value(_trees(step)[0]))
+            return index(value, int(str(_kids(step)[1])))
+        return index(value, self.value(_trees(step)[0]))
 
     # --- for expressions ------------------------------------------------------------
 
@@ -384,8 +386,8 @@ class _Evaluator:
         body = rest[0]
         cond = rest[1] if len(rest) > 1 else None
         out: list[Any] = []
-        for key, item in _iterate(collection):
-            scope = self.scope.with_names(_bind(names, key, item))
+        for key, item in iterate(collection):
+            scope = self.scope.with_names(bind(names, key, item))
             inner = _Evaluator(scope, self.text)
             if cond is not None and not _as_bool(
                 inner.value(_trees(cond)[0]), "the for expression's if"
@@ -400,8 +402,8 @@ class _Evaluator:
         cond = rest[2] if len(rest) > 2 else None
         grouping = any(isinstance(c, Token) and c.type == "ELLIPSIS" for c in node.children)
         out: dict[str, Any] = {}
-        for key, item in _iterate(collection):
-            inner = _Evaluator(self.scope.with_names(_bind(names, key, item)), self.text)
+        for key, item in iterate(collection):
+            inner = _Evaluator(self.scope.with_names(bind(names, key, item)), self.text)
             if cond is not None and not _as_bool(
                 inner.value(_trees(cond)[0]), "the for expression's if"
             ):
@@ -496,55 +498,6 @@ def _static_step(step: Tree) -> bool:
         isinstance(p.children[0], Token) and p.children[0].type == "STRING_CHARS"
         for p in _trees(key)
     )
-
-
-def _get_attr(value: Any, name: str) -> Any:
-    if isinstance(value, dict):
-        if name not in value:
-            raise EvalError(f'this object does not have an attribute named "{name}"')
-        return value[name]
-    if value is None:
-        raise EvalError(f'cannot access attribute "{name}" of a null value')
-    raise EvalError(f'cannot access attribute "{name}" of a {describe_value(value)} value')
-
-
-def _index(value: Any, key: Any) -> Any:
-    if isinstance(value, list):
-        if isinstance(key, str):
-            key = parse_number(key)
-        if not _is_number(key) or key != int(key):
-            raise EvalError(f"list index must be a whole number, got {describe_value(key)}")
-        if not 0 <= int(key) < len(value):
-            raise EvalError(f"the given key does not identify an element in this collection: {key}")
-        return value[int(key)]
-    if isinstance(value, dict):
-        if key is None or isinstance(key, (list, dict)):
-            raise EvalError(f"map key must be a string, got {describe_value(key)}")
-        name = to_string(key)
-        if name not in value:
-            raise EvalError(
-                f'the given key does not identify an element in this collection: "{name}"'
-            )
-        return value[name]
-    if value is None:
-        raise EvalError("cannot index a null value")
-    raise EvalError(f"cannot index a {describe_value(value)} value")
-
-
-def _iterate(collection: Any) -> list[tuple[Any, Any]]:
-    if isinstance(collection, list):
-        return list(enumerate(collection))
-    if isinstance(collection, dict):
-        return [(k, collection[k]) for k in sorted(collection)]
-    raise EvalError(
-        f"a for expression needs a list, set, map or object, got {describe_value(collection)}"
-    )
-
-
-def _bind(names: tuple[str, ...], key: Any, item: Any) -> dict[str, Any]:
-    if len(names) == 1:
-        return {names[0]: item}
-    return {names[0]: key, names[1]: item}
 
 
 def _as_bool(value: Any, what: str) -> bool:

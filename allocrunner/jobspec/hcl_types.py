@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -36,6 +38,7 @@ __all__ = [
     "TupleType",
     "convert",
     "describe_value",
+    "nfc",
     "normalize_number",
     "parse_number",
     "parse_type",
@@ -173,8 +176,21 @@ def to_string(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         value = normalize_number(value)
-        return str(value) if isinstance(value, int) else repr(value)
+        if isinstance(value, int):
+            return str(value)
+        return format(Decimal(repr(value)), "f")  # cty writes no exponent: 1e-07 is 0.0000001
     raise ConversionError(f"string required, got {describe_value(value)}")
+
+
+def nfc(value: Any) -> Any:
+    """`value` with every string in Unicode NFC form, as cty keeps strings."""
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, list):
+        return [nfc(v) for v in value]
+    if isinstance(value, dict):
+        return {nfc(k): nfc(v) for k, v in value.items()}
+    return value
 
 
 def set_of(items: list[Any]) -> list[Any]:
@@ -351,7 +367,7 @@ def _object_type(arg: Any) -> ObjectType:
         if not (isinstance(elem, Tree) and elem.data == "object_elem"):
             continue
         key = _strip(elem.children[0].children[0])
-        if isinstance(key, Tree) and key.data == "identifier":
+        if isinstance(key, Tree) and key.data in ("identifier", "keyword", "literal_value"):
             name = str(key.children[0])
         else:
             raise ConversionError("object type attribute names must be identifiers")

@@ -41,6 +41,7 @@ from allocrunner.jobspec.hcl_types import (
     ConversionError,
     HType,
     convert,
+    nfc,
     parse_type,
 )
 
@@ -175,6 +176,7 @@ def _looks_like_sentence(text: str) -> bool:
 
 
 def _converted(value: Any, var_type: HType | None, path: str, where: str) -> Any:
+    value = nfc(value)
     if var_type is None:
         return value
     try:

@@ -65,6 +65,7 @@ CASES: list[tuple[str, Any]] = [
     ("var.objs[*].name", ["a", "b"]),
     ("var.objs.*.port", [80, 81]),
     ("var.obj[*].name", ["solo"]),
+    ("var.objs.*.name[1]", "b"),
     ("var.nothing[*]", []),
     # for expressions
     ("[for x in var.list : x * 2]", [2, 4, 6]),
@@ -77,6 +78,9 @@ CASES: list[tuple[str, Any]] = [
     # templates
     ('"${local.greeting}, world"', "hi, world"),
     ('"n=${var.n + 1}"', "n=4"),
+    ('"${0.0000001} ${1e20} ${1.5}"', "0.0000001 100000000000000000000 1.5"),
+    ('"e\u0301" == "\u00e9"', True),
+    ('length("e\u0301")', 1),
     ('"${var.n}"', 3),
     ('"${var.list}"', [1, 2, 3]),
     ('"$${literal} %%{literal}"', "${literal} %{literal}"),
@@ -124,6 +128,7 @@ ERRORS: list[tuple[str, str]] = [
     ('"${var.list}x"', "cannot include"),
     ('"${null}x"', "null"),
     ("var.n.field", "cannot access attribute"),
+    ("var.objs[*].name[1]", "cannot index a string"),
     ("undefined_function(1)", "undefined_function"),
 ]
 

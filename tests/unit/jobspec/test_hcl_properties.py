@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec import parse_job
 from allocrunner.jobspec.hcl_functions_ext import all_functions
+from allocrunner.jobspec.hcl_types import nfc
 from tests.unit.jobspec.hcl_helpers import job_file
 
 # --- values of a type ---------------------------------------------------------------
 
 TEXT = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"), max_size=12
-)
+).map(nfc)  # cty keeps strings in NFC form
 INTS = st.integers(min_value=-(2**62), max_value=2**62)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
 NUMBERS = st.one_of(INTS, FLOATS)
