@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from typing import IO
 
@@ -125,6 +126,8 @@ def _fetch(
     source = parse_source(spec)
     local_dir = _check_local(source, allow_local)
     tree = _installs_a_tree(spec.mode, source, local_dir)
+    if source.subdir and not tree:
+        raise _Refused("a //subdir needs an archive or a local directory as its source")
     if tree and source.checksum is not None and source.archive is None:
         raise _Refused("checksum cannot be specified for directory download")
     dest = resolve_destination(default_destination(spec), task_dir, root)
@@ -141,6 +144,8 @@ def _fetch(
         staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=os.path.join(dest.root, *dir_parts))
         try:
             staged = _stage(source, staging, tree, local_dir, spec, cancel, config)
+            if source.subdir:
+                staged = _subdir(staged, source.subdir)
             if tree:
                 staged_fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
@@ -181,6 +186,20 @@ def _installs_a_tree(mode: str, source: Source, local_dir: bool) -> bool:
     if source.url_path.endswith("/"):
         raise _Refused("directory downloads over http are not supported; fetch an archive")
     return False
+
+
+def _subdir(tree: str, subdir: tuple[str, ...]) -> str:
+    """The staged subdirectory to install; it must be a real directory in the tree."""
+    path = tree
+    for part in subdir:
+        path = os.path.join(path, part)
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        if not is_dir:
+            raise _Refused(f"subdirectory {'/'.join(subdir)} is not a directory of the source")
+    return path
 
 
 def _file_name(mode: str, source: Source) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ v1.6.0, go-getter v1.7.0); this module reads it the same way:
   never unpack), ``checksum`` (``<type>:<hex>`` with md5, sha1, sha256 or sha512, or a
   bare hex value whose length picks the type) and, in ``any`` mode, ``filename``;
 - an archive kind not given is found from the URL path's longest matching suffix;
+- a ``//`` after the host (or in a local path) splits off a subdirectory: only that
+  part of the unpacked archive (or local directory) is installed;
 - a destination left out is ``local/`` (``local/<base name of the source>`` in file
   mode), as Nomad's API canonicalises it.
 
@@ -207,6 +209,7 @@ class Source:
     checksum: Checksum | None = None
     filename: str = ""  # the ?filename= of any mode
     url_path: str = ""  # the path part, which names the file in any mode
+    subdir: tuple[str, ...] = ()  # go-getter's "//sub/dir": install only that part
 
 
 def _query_with_options(query: str, options: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -255,11 +258,29 @@ def _scheme_of(source: str) -> tuple[str, str]:
     return urllib.parse.urlsplit(source).scheme.lower(), source
 
 
+def split_subdir(source: str) -> tuple[str, tuple[str, ...]]:
+    """go-getter's ``<source>//<subdir>``: the source without it (query kept) and the
+    subdirectory's components; ValueError when the subdirectory climbs out."""
+    stop = source.find("?")
+    stop = len(source) if stop < 0 else stop
+    scheme_end = source.find("://", 0, stop)
+    offset = scheme_end + 3 if scheme_end >= 0 else 0
+    at = source.find("//", offset, stop)
+    if at < 0:
+        return source, ()
+    subdir, _, query = source[at + 2 :].partition("?")
+    if ".." in subdir.replace("\\", "/").split("/"):
+        raise ValueError("subdirectory component contain path traversal out of the repository")
+    base = source[:at] + (f"?{query}" if query else "")
+    return base, tuple(p for p in subdir.split("/") if p not in ("", "."))
+
+
 def parse_source(spec: ArtifactSpec) -> Source:
     """Read `spec`'s source and options; ValueError naming the problem."""
     getter, rest = _scheme_of(spec.source)
     if getter not in ("http", "https", "file"):
         raise ValueError(f"download not supported for scheme '{getter}'")
+    rest, subdir = split_subdir(rest)
     parts = urllib.parse.urlsplit(rest) if "://" in rest else None
     if getter == "file":
         path = parts.path if parts is not None else rest.split("?", 1)[0]
@@ -279,9 +300,10 @@ def parse_source(spec: ArtifactSpec) -> Source:
     archive = _archive_kind(archive_value, path)
     checksum = parse_checksum(checksum_value) if checksum_value else None
     if getter == "file":
-        return Source("file", "", urllib.parse.unquote(path), archive, checksum, filename, path)
+        local = urllib.parse.unquote(path)
+        return Source("file", "", local, archive, checksum, filename, path, subdir)
     assert parts is not None
     url = urllib.parse.urlunsplit(
         (parts.scheme, parts.netloc, parts.path, urllib.parse.urlencode(pairs), "")
     )
-    return Source(parts.scheme, url, "", archive, checksum, filename, path)
+    return Source(parts.scheme, url, "", archive, checksum, filename, path, subdir)

@@ -314,3 +314,18 @@ def test_redirects_are_followed_to_http_only(server: ArtifactServer, task_dir: P
     with pytest.raises(ArtifactError, match="bad response code: 302"):  # urllib refuses it
         fetch_artifact(ArtifactSpec(source=server.url("/file/tool")), task_dir, allow_local=False)
     assert sorted(p.name for p in (task_dir / "local").iterdir()) == ["tool"]
+
+
+def test_a_subdir_of_an_archive_is_installed_alone(server: ArtifactServer, task_dir: Path) -> None:
+    archive = make_tar([Member("repo/README", b"r"), Member("repo/dist/app", b"app")])
+    server.routes["/repo.tar.gz"] = Served(archive)
+    spec = ArtifactSpec(source=server.url("/repo.tar.gz//repo/dist"), destination="local/app")
+    fetch_artifact(spec, task_dir, allow_local=False)
+    assert sorted(p.name for p in (task_dir / "local" / "app").iterdir()) == ["app"]
+    assert server.requests[0][0] == "/repo.tar.gz"
+    spec = ArtifactSpec(source=server.url("/repo.tar.gz//repo/missing"))
+    with pytest.raises(ArtifactError, match="subdirectory repo/missing is not a directory"):
+        fetch_artifact(spec, task_dir, allow_local=False)
+    spec = ArtifactSpec(source=server.url("/repo.tar.gz//../etc"))
+    with pytest.raises(ArtifactError, match="path traversal"):
+        fetch_artifact(spec, task_dir, allow_local=False)
