@@ -182,6 +182,10 @@ def download_http(
         with _opener(sockets, cancel).open(request, timeout=socket_timeout) as response:
             if response.status not in (200, 206):
                 raise DownloadError(f"bad response code: {response.status}")
+            if response.length is not None and response.length > max_bytes:
+                raise TooLarge(
+                    f"download of {response.length} bytes exceeds the limit of {max_bytes} bytes"
+                )
             size = copy_stream(
                 response.read1,
                 out,

@@ -15,6 +15,8 @@ NetworkIndex is a node's (nomad/structs/network.go at v1.6.0):
   is left. Since processes outside Nomad also bind ports, every chosen port must also
   bind on the host right now: TCP on 0.0.0.0 and 127.0.0.1 and UDP on 0.0.0.0. A
   dynamic port that does not is replaced by another pick.
+- The node has one host network, ``default``: an ask for another one cannot be placed
+  (``no addresses available for <name> network``).
 - `reserve` is all-or-nothing: either every ask of the allocation gets a port, or
   none is held afterwards. `release` frees them; `adopt` restores the ports of an
   allocation read back from the state database after a restart (no bind test: its
@@ -158,6 +160,10 @@ def _check_asks(asks: Sequence[PortAsk]) -> None:
             )
         if ask.static:
             statics[ask.value] = ask.label
+        if ask.host_network not in ("", "default"):
+            raise PortPlacementError(
+                f"no addresses available for {ask.host_network} network", label=ask.label
+            )
         if ask.to < -1 or ask.to > MAX_PORT:
             raise PortPlacementError(
                 f"Port {ask.label!r} cannot be mapped to {ask.to}", label=ask.label

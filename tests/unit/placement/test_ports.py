@@ -126,6 +126,7 @@ def test_node_reserved_ports_are_never_given() -> None:
         allocator.release("a1")
 
 
+@pytest.mark.usefixtures("fast_switching")
 def test_fifty_threads_reserve_distinct_free_ports() -> None:
     allocator = PortAllocator()
     results: dict[int, list[AllocatedPort]] = {}
@@ -156,6 +157,7 @@ def test_fifty_threads_reserve_distinct_free_ports() -> None:
     assert allocator.held() == frozenset()
 
 
+@pytest.mark.usefixtures("fast_switching")
 def test_concurrent_static_asks_for_one_port_give_it_once() -> None:
     allocator = PortAllocator()
     port = _free_port()
@@ -221,6 +223,7 @@ def test_reserving_twice_for_one_alloc_is_refused() -> None:
         ),
         ([PortAsk("a", to=-2)], "cannot be mapped to -2"),
         ([PortAsk("")], "needs a label"),
+        ([PortAsk("a", host_network="public")], "no addresses available for public network"),
     ],
 )
 def test_bad_asks_are_refused_before_anything_is_held(asks: list[PortAsk], message: str) -> None:
