@@ -97,5 +97,12 @@ def render(
                 "the Nomad API, which this client does not offer"
             )
     moment = now if now is not None else datetime.now().astimezone()
-    return execute(trees, name, data, funcs=FUNCTIONS, env=env, now=moment,
-                   missing_key_error=error_on_missing_key)
+    return execute(
+        trees,
+        name,
+        data,
+        funcs=FUNCTIONS,
+        env=env,
+        now=moment,
+        missing_key_error=error_on_missing_key,
+    )

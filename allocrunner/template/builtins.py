@@ -15,7 +15,14 @@ from urllib.parse import quote_plus
 
 from allocrunner.template.gofmt import sprint, sprintf, sprintln
 from allocrunner.template.registry import FuncError, GoFunc, table
-from allocrunner.template.values import LoopChannel, is_int, is_list, truth, type_name
+from allocrunner.template.values import (
+    LoopChannel,
+    format_value,
+    is_int,
+    is_list,
+    truth,
+    type_name,
+)
 
 Thunk = Callable[[], Any]
 
@@ -66,7 +73,9 @@ def _index_one(item: Any, key: Any) -> Any:
 
 
 def _index(item: Any, *keys: Any) -> Any:
-    for key in keys:
+    for step, key in enumerate(keys):
+        if item is None and step > 0:
+            raise FuncError("index of nil pointer")
         item = _index_one(item, key)
     return item
 
@@ -132,8 +141,8 @@ def _eq(arg1: Any, *others: Any) -> bool:
             if k1 != "invalid" and k2 != "invalid":
                 raise FuncError("incompatible types for comparison")
             continue
-        if k1 == "other" and (is_list(arg1) or isinstance(arg1, Mapping)):
-            raise FuncError(f"non-comparable type {type_name(arg1)}")
+        if k1 == "other" and (is_list(arg) or isinstance(arg, Mapping)):
+            raise FuncError(f"non-comparable type {format_value(arg)}: {type_name(arg)}")
         if arg1 == arg:
             return True
     return False
@@ -168,14 +177,22 @@ def _ge(arg1: Any, arg2: Any) -> bool:
 
 
 def _escape_input(args: tuple[Any, ...]) -> str:
+    """Go's evalArgs: one string as is, else Sprint with nil printed as `<no value>`."""
     if len(args) == 1 and isinstance(args[0], str):
         return args[0]
-    return sprint(*args)
+    return sprint(*("<no value>" if a is None else a for a in args))
 
 
 _HTML = {'"': "&#34;", "'": "&#39;", "&": "&amp;", "<": "&lt;", ">": "&gt;", "\0": "\ufffd"}
-_JS = {"\\": "\\\\", "'": "\\'", '"': '\\"', "<": "\\u003C", ">": "\\u003E", "&": "\\u0026",
-       "=": "\\u003D"}
+_JS = {
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "<": "\\u003C",
+    ">": "\\u003E",
+    "&": "\\u0026",
+    "=": "\\u003D",
+}
 
 
 def html_escape(text: str) -> str:

@@ -17,8 +17,16 @@ from __future__ import annotations
 from allocrunner.template.errors import DotenvError
 
 _WHITESPACE = " \t\r\n\v\f"
-_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
-                 "r": "\r", "t": "\t"}
+_JSON_ESCAPES = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
 
 
 class _LineError(Exception):
@@ -114,7 +122,7 @@ def _double_quoted(raw: str, i: int) -> tuple[str, int]:
             char, i = _unicode_escape(raw, i)
             out.append(char)
         else:
-            raise _LineError(f"invalid escape sequence \"{esc}\"")
+            raise _LineError(f'invalid escape sequence "{esc}"')
 
 
 def _hex4(raw: str, i: int) -> int:

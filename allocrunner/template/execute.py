@@ -34,6 +34,7 @@ from allocrunner.template.values import (
 
 MAX_TEMPLATE_DEPTH = 100
 _NO_FINAL: Any = object()
+_ABSENT: Any = object()  # Go's invalid reflect.Value: what an absent map key yields
 _NILABLE = ("any", "[]string", "[]any", "map")
 _VALUE_TYPES = (str, bytes, int, float, bool, list, tuple, dict, LoopChannel, type(None))
 _LITERAL_KIND = {"bool": "bool", "string": "string", "int": "integer", "float64": "float"}
@@ -50,8 +51,14 @@ class _Continue(Exception):
 class _Exec:
     """The state of one execution: output, variable stack, current tree and node."""
 
-    def __init__(self, trees: Mapping[str, Tree], funcs: Mapping[str, GoFunc],
-                 missing_key_error: bool, env: Mapping[str, str], now: datetime) -> None:
+    def __init__(
+        self,
+        trees: Mapping[str, Tree],
+        funcs: Mapping[str, GoFunc],
+        missing_key_error: bool,
+        env: Mapping[str, str],
+        now: datetime,
+    ) -> None:
         self.trees = trees
         self.funcs = funcs
         self.missing_key_error = missing_key_error
@@ -60,6 +67,7 @@ class _Exec:
         self.tree: Tree | None = None
         self.node: Any = None
         self.depth = 0
+        self.dot_is_interface = False
         self.context = RenderContext(env, now, Scratch(), self.execute_named)
 
     # --- errors ---------------------------------------------------------------------
@@ -76,7 +84,7 @@ class _Exec:
         newline = before.rfind("\n")
         col = pos if newline < 0 else pos - newline - 1
         return TemplateError(
-            f"template: {tree.parse_name}:{line}:{col}: executing \"{tree.name}\" at "
+            f'template: {tree.parse_name}:{line}:{col}: executing "{tree.name}" at '
             f"<{node}>: {message}"
         )
 
@@ -92,14 +100,15 @@ class _Exec:
     def _walk_tree(self, tree: Tree, dot: Any) -> None:
         if self.depth >= MAX_TEMPLATE_DEPTH:
             raise self.errorf(f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})")
-        saved = (self.vars, self.tree, self.node)
+        saved = (self.vars, self.tree, self.node, self.dot_is_interface)
         self.vars, self.tree, self.node = [["$", dot]], tree, None
+        self.dot_is_interface = False
         self.depth += 1
         try:
             self.walk(dot, tree.root)
         finally:
             self.depth -= 1
-            self.vars, self.tree, self.node = saved
+            self.vars, self.tree, self.node, self.dot_is_interface = saved
 
     def execute_named(self, name: str, data: Any) -> str:
         tree = self.trees.get(name)
@@ -150,12 +159,22 @@ class _Exec:
                 self.walk_range(dot, node)
                 return
             value = self.eval_pipeline(dot, node.pipe)
-            if truth(value):
-                self.walk(value if node.kind == "with" else dot, node.body)
+            if truth(value) and node.kind == "with":
+                self.walk_with_dot(value, node.body, from_interface=False)
+            elif truth(value):
+                self.walk(dot, node.body)
             elif node.else_list is not None:
                 self.walk(dot, node.else_list)
         finally:
             del self.vars[mark:]
+
+    def walk_with_dot(self, dot: Any, body: nd.ListNode, from_interface: bool) -> None:
+        """Walk a body whose dot is a new value (`with`, or one `range` element)."""
+        saved, self.dot_is_interface = self.dot_is_interface, from_interface
+        try:
+            self.walk(dot, body)
+        finally:
+            self.dot_is_interface = saved
 
     def walk_range(self, dot: Any, node: nd.Branch) -> None:
         pipe = node.pipe
@@ -173,7 +192,7 @@ class _Exec:
             self.set_range_vars(pipe, key, elem)
             mark = len(self.vars)
             try:
-                self.walk(elem, node.body)
+                self.walk_with_dot(elem, node.body, not isinstance(value, LoopChannel))
             except _Continue:
                 pass
             except _Break:
@@ -190,8 +209,9 @@ class _Exec:
             return [(k, value[k]) for k in sorted_keys(value)]
         if isinstance(value, LoopChannel):
             if len(node.pipe.decl) > 1:
-                raise self.errorf(f"can't use {format_value(value)} to iterate over more "
-                                  "than one variable")
+                raise self.errorf(
+                    f"can't use {format_value(value)} to iterate over more than one variable"
+                )
             return [(v, v) for v in value.values]
         raise self.errorf(f"range can't iterate over {format_value(value)}")
 
@@ -253,17 +273,20 @@ class _Exec:
         args = cmd.args[1:]
         self.node = cmd
         if isinstance(first, nd.Field):
-            return self.eval_field_chain(dot, dot, first, first.names, args, final)
+            return self.eval_field_chain(
+                dot, dot, first, first.names, args, final, self.dot_is_interface
+            )
         if isinstance(first, nd.Chain):
             return self.eval_chain(dot, first, args, final)
         if isinstance(first, nd.Identifier):
-            return self.eval_function(dot, first, args, final)
+            return self.eval_function(dot, first, cmd, args, final)
         if isinstance(first, nd.Variable):
             return self.eval_variable(dot, first, args, final)
-        self.not_a_function(cmd.args, final)
         if isinstance(first, nd.Pipeline):
+            self.not_a_function(cmd.args, final)
             return self.eval_pipeline(dot, first)
         self.node = first
+        self.not_a_function(cmd.args, final)
         if isinstance(first, nd.Nil):
             raise self.errorf("nil is not a command")
         return self.literal_value(dot, first)
@@ -280,12 +303,13 @@ class _Exec:
         raise self.errorf(f"can't evaluate command {node}")
 
     def not_a_function(self, args: tuple[nd.Operand, ...], final: Any) -> None:
-        head = str(args[0]) if args else ""
         if len(args) > 1 or final is not _NO_FINAL:
+            head = str(args[0]) if args else ""
             raise self.errorf(f"can't give argument to non-function {head}")
 
-    def eval_variable(self, dot: Any, node: nd.Variable, args: tuple[nd.Operand, ...],
-                      final: Any) -> Any:
+    def eval_variable(
+        self, dot: Any, node: nd.Variable, args: tuple[nd.Operand, ...], final: Any
+    ) -> Any:
         self.node = node
         value = self.var_value(node.names[0])
         if len(node.names) == 1:
@@ -293,25 +317,50 @@ class _Exec:
             return value
         return self.eval_field_chain(dot, value, node, node.names[1:], args, final)
 
-    def eval_chain(self, dot: Any, node: nd.Chain, args: tuple[nd.Operand, ...],
-                   final: Any) -> Any:
+    def eval_chain(self, dot: Any, node: nd.Chain, args: tuple[nd.Operand, ...], final: Any) -> Any:
         receiver = self.eval_arg(dot, "any", node.node)
         return self.eval_field_chain(dot, receiver, node, node.names, args, final)
 
-    def eval_field_chain(self, dot: Any, receiver: Any, node: Any, names: tuple[str, ...],
-                         args: tuple[nd.Operand, ...], final: Any) -> Any:
+    def eval_field_chain(
+        self,
+        dot: Any,
+        receiver: Any,
+        node: Any,
+        names: tuple[str, ...],
+        args: tuple[nd.Operand, ...],
+        final: Any,
+        from_interface: bool = False,
+    ) -> Any:
+        """Follow `.a.b.c` from receiver. A value read out of a map has Go's static type
+        `interface {}` (it shapes error messages, and a nil one is a nil pointer); a key
+        that is absent yields the invalid value, which prints as `<no value>`."""
         for name in names[:-1]:
-            receiver = self.eval_field(dot, name, node, (), _NO_FINAL, receiver)
-        return self.eval_field(dot, names[-1], node, args, final, receiver)
+            receiver, from_interface = (
+                self.eval_field(dot, name, node, (), _NO_FINAL, receiver, from_interface),
+                isinstance(receiver, Mapping),
+            )
+        value = self.eval_field(dot, names[-1], node, args, final, receiver, from_interface)
+        return None if value is _ABSENT else value
 
-    def eval_field(self, dot: Any, name: str, node: Any, args: tuple[nd.Operand, ...],
-                   final: Any, receiver: Any) -> Any:
+    def eval_field(
+        self,
+        dot: Any,
+        name: str,
+        node: Any,
+        args: tuple[nd.Operand, ...],
+        final: Any,
+        receiver: Any,
+        from_interface: bool,
+    ) -> Any:
         self.node = node
         has_args = bool(args) or final is not _NO_FINAL
-        if receiver is None:
+        if receiver is None and from_interface:
+            raise self.errorf(f"nil pointer evaluating interface {{}}.{name}")
+        if receiver is None or receiver is _ABSENT:
             if self.missing_key_error:
                 raise self.errorf(f'nil data; no entry for key "{name}"')
-            return None
+            return _ABSENT
+        type_text = "interface {}" if from_interface else type_name(receiver)
         if isinstance(receiver, Mapping):
             if has_args:
                 raise self.errorf(f"{name} is not a method but has arguments")
@@ -319,38 +368,40 @@ class _Exec:
                 return receiver[name]
             if self.missing_key_error:
                 raise self.errorf(f'map has no entry for key "{name}"')
-            return None
+            return _ABSENT
         if isinstance(receiver, _VALUE_TYPES) or name.startswith("_"):
-            raise self.errorf(f"can't evaluate field {name} in type {type_name(receiver)}")
-        member = getattr(receiver, name, _NO_FINAL)
-        if member is _NO_FINAL:
-            raise self.errorf(f"can't evaluate field {name} in type {type_name(receiver)}")
+            raise self.errorf(f"can't evaluate field {name} in type {type_text}")
+        member = getattr(receiver, name, _ABSENT)
+        if member is _ABSENT:
+            raise self.errorf(f"can't evaluate field {name} in type {type_text}")
         if callable(member) and not isinstance(member, type):
-            method = method_signature(name, member)
-            return self.eval_call(dot, method, node, args, final)
+            return self.eval_call(dot, method_signature(name, member), node, node, args, final)
         if has_args:
             raise self.errorf(f"{name} has arguments but cannot be invoked as function")
         return member
 
     # --- calls ----------------------------------------------------------------------
 
-    def eval_function(self, dot: Any, node: nd.Identifier, args: tuple[nd.Operand, ...],
-                      final: Any) -> Any:
+    def eval_function(
+        self, dot: Any, node: nd.Identifier, cmd: Any, args: tuple[nd.Operand, ...], final: Any
+    ) -> Any:
         self.node = node
         fn = self.funcs.get(node.name)
         if fn is None:
             raise self.errorf(f'"{node.name}" is not a defined function')
-        return self.eval_call(dot, fn, node, args, final)
+        return self.eval_call(dot, fn, node, cmd, args, final)
 
-    def eval_call(self, dot: Any, fn: GoFunc, node: Any, args: tuple[nd.Operand, ...],
-                  final: Any) -> Any:
-        count = len(args) + (0 if final is _NO_FINAL else 1)
+    def eval_call(
+        self, dot: Any, fn: GoFunc, node: Any, cmd: Any, args: tuple[nd.Operand, ...], final: Any
+    ) -> Any:
+        """Call fn; argument-count errors point at the name, call errors at the command."""
         try:
-            fn.check_count(count)
+            fn.check_count(len(args), final is not _NO_FINAL)
         except ArgError as err:
             self.node = node
             raise self.errorf(str(err)) from None
         argv = self.call_args(dot, fn, args, final)
+        node = cmd
         self.node = node
         try:
             if fn.contextual:
@@ -364,8 +415,9 @@ class _Exec:
             self.node = node
             raise self.errorf(f"error calling {fn.name}: {_message(err)}") from None
 
-    def call_args(self, dot: Any, fn: GoFunc, args: tuple[nd.Operand, ...],
-                  final: Any) -> list[Any]:
+    def call_args(
+        self, dot: Any, fn: GoFunc, args: tuple[nd.Operand, ...], final: Any
+    ) -> list[Any]:
         argv: list[Any] = []
         for i, arg in enumerate(args):
             typ = fn.param_type(i)
@@ -398,13 +450,17 @@ class _Exec:
             raise self.errorf(f"cannot assign nil to {typ}")
         if isinstance(node, nd.Field):
             return self.checked(
-                self.eval_field_chain(dot, dot, node, node.names, (), _NO_FINAL), typ)
+                self.eval_field_chain(
+                    dot, dot, node, node.names, (), _NO_FINAL, self.dot_is_interface
+                ),
+                typ,
+            )
         if isinstance(node, nd.Variable):
             return self.checked(self.eval_variable(dot, node, (), _NO_FINAL), typ)
         if isinstance(node, nd.Pipeline):
             return self.checked(self.eval_pipeline(dot, node), typ)
         if isinstance(node, nd.Identifier):
-            return self.checked(self.eval_function(dot, node, (), _NO_FINAL), typ)
+            return self.checked(self.eval_function(dot, node, node, (), _NO_FINAL), typ)
         if isinstance(node, nd.Chain):
             return self.checked(self.eval_chain(dot, node, (), _NO_FINAL), typ)
         return self.literal_arg(typ, node)
@@ -431,8 +487,11 @@ def method_signature(name: str, method: Callable[..., Any]) -> GoFunc:
         params = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):
         return GoFunc(name, method, (), "any")
-    fixed = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                and p.default is p.empty)
+    fixed = sum(
+        1
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
     optional = any(p.kind == p.VAR_POSITIONAL or p.default is not p.empty for p in params)
     return GoFunc(name, method, ("any",) * fixed, "any" if optional else None)
 
@@ -443,8 +502,16 @@ def _message(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def execute(trees: Mapping[str, Tree], name: str, data: Any, *, funcs: Mapping[str, GoFunc],
-            env: Mapping[str, str], now: datetime, missing_key_error: bool = False) -> str:
+def execute(
+    trees: Mapping[str, Tree],
+    name: str,
+    data: Any,
+    *,
+    funcs: Mapping[str, GoFunc],
+    env: Mapping[str, str],
+    now: datetime,
+    missing_key_error: bool = False,
+) -> str:
     """Execute the template `name` from `trees` with `data` as dot; return the output."""
     runner = _Exec(trees, funcs, missing_key_error, env, now)
     try:

@@ -28,18 +28,58 @@ from allocrunner.template.gotime import RFC3339, format_time
 from allocrunner.template.registry import FuncError, GoFunc, table
 from allocrunner.template.values import LoopChannel, format_value, is_int, is_list, type_name
 
-CONSUL_VAULT_FUNCTIONS = frozenset({
-    "caLeaf", "caRoots", "connect", "datacenters", "exportedServices", "importedServices",
-    "key", "keyExists", "keyOrDefault", "ls", "node", "nodes", "partitions", "peerings",
-    "pkiCert", "safeLs", "safeTree", "secret", "secrets", "service", "services", "tree",
-    "nomadService", "nomadServices", "nomadVar", "nomadVarExists", "nomadVarList",
-    "nomadVarListSafe",
-})
+CONSUL_VAULT_FUNCTIONS = frozenset(
+    {
+        "caLeaf",
+        "caRoots",
+        "connect",
+        "datacenters",
+        "exportedServices",
+        "importedServices",
+        "key",
+        "keyExists",
+        "keyOrDefault",
+        "ls",
+        "node",
+        "nodes",
+        "partitions",
+        "peerings",
+        "pkiCert",
+        "safeLs",
+        "safeTree",
+        "secret",
+        "secrets",
+        "service",
+        "services",
+        "tree",
+        "nomadService",
+        "nomadServices",
+        "nomadVar",
+        "nomadVarExists",
+        "nomadVarList",
+        "nomadVarListSafe",
+    }
+)
 DISABLED_FUNCTIONS = frozenset({"plugin", "writeToFile"})
-UNSUPPORTED_FUNCTIONS = frozenset({
-    "file", "sockaddr", "parseYAML", "toYAML", "toTOML", "explode", "explodeMap", "byKey",
-    "byTag", "byPort", "byMeta", "spew_dump", "spew_printf", "spew_sdump", "spew_sprintf",
-})
+UNSUPPORTED_FUNCTIONS = frozenset(
+    {
+        "file",
+        "sockaddr",
+        "parseYAML",
+        "toYAML",
+        "toTOML",
+        "explode",
+        "explodeMap",
+        "byKey",
+        "byTag",
+        "byPort",
+        "byMeta",
+        "spew_dump",
+        "spew_printf",
+        "spew_sdump",
+        "spew_sprintf",
+    }
+)
 
 
 # --- environment and time --------------------------------------------------------------
@@ -76,8 +116,9 @@ def timestamp(now: datetime, layout: str | None) -> str:
 
 def _execute_template(ctx: RenderContext, name: str, *data: Any) -> str:
     if len(data) > 1:
-        raise FuncError("executeTemplate: wrong number of arguments, expected 1 or 2"
-                        f", but got {len(data) + 1}")
+        raise FuncError(
+            f"executeTemplate: wrong number of arguments, expected 1 or 2, but got {len(data) + 1}"
+        )
     return ctx.execute_template(name, data[0] if data else None)
 
 
@@ -233,8 +274,9 @@ def _hmac_sha256_hex(message: str, key: str) -> str:
 def _number(label: str, value: Any, allow_float: bool = True) -> int | float:
     if is_int(value) or (allow_float and isinstance(value, float)):
         return value
-    raise FuncError(f"{label}: unknown type for {go_quote(format_value(value))} "
-                    f"({type_name(value)})")
+    raise FuncError(
+        f"{label}: unknown type for {go_quote(format_value(value))} ({type_name(value)})"
+    )
 
 
 def go_div(a: int, b: int) -> int:
@@ -288,9 +330,7 @@ def _maximum(b: Any, a: Any) -> Any:
 
 def _loop(*bounds: Any) -> LoopChannel:
     if len(bounds) not in (1, 2):
-        raise FuncError(
-            f"loop: wrong number of arguments, expected 1 or 2, but got {len(bounds)}"
-        )
+        raise FuncError(f"loop: wrong number of arguments, expected 1 or 2, but got {len(bounds)}")
     ints = [_loop_int(b) for b in bounds]
     start, stop = (0, ints[0]) if len(ints) == 1 else (ints[0], ints[1])
     return LoopChannel(start, stop)
@@ -336,8 +376,11 @@ HELPERS: dict[str, GoFunc] = table(
     GoFunc("toJSON", lambda v: _json_call("toJSON", v), ("any",)),
     GoFunc("toJSONPretty", lambda v: _json_call("toJSONPretty", v, "  "), ("any",)),
     GoFunc("toUnescapedJSON", lambda v: _json_call("toUnescapedJSON", v, "", False), ("any",)),
-    GoFunc("toUnescapedJSONPretty",
-           lambda v: _json_call("toUnescapedJSONPretty", v, "  ", False), ("any",)),
+    GoFunc(
+        "toUnescapedJSONPretty",
+        lambda v: _json_call("toUnescapedJSONPretty", v, "  ", False),
+        ("any",),
+    ),
     GoFunc("parseJSON", _parse_json, ("string",)),
     GoFunc("parseBool", _wrap_parse("parseBool", strconv.parse_bool, False), ("string",)),
     GoFunc("parseInt", _wrap_parse("parseInt", strconv.parse_int, 0), ("string",)),
@@ -354,8 +397,11 @@ HELPERS: dict[str, GoFunc] = table(
     GoFunc("splitToMap", _split_to_map, ("string", "string", "string")),
     GoFunc("join", lambda sep, items: sep.join(items), ("string", "[]string")),
     GoFunc("replaceAll", lambda f, t, s: s.replace(f, t), ("string", "string", "string")),
-    GoFunc("regexReplaceAll", lambda r, t, s: goregex.replace_all(r, t, s),
-           ("string", "string", "string")),
+    GoFunc(
+        "regexReplaceAll",
+        lambda r, t, s: goregex.replace_all(r, t, s),
+        ("string", "string", "string"),
+    ),
     GoFunc("regexMatch", _regex_match, ("string", "string")),
     GoFunc("contains", lambda v, haystack: contains_value(haystack, v), ("any", "any")),
     GoFunc("in", contains_value, ("any", "any")),
@@ -365,8 +411,7 @@ HELPERS: dict[str, GoFunc] = table(
     GoFunc("containsNotAll", _contains_some(False, True), ("[]any", "any")),
     GoFunc("base64Encode", lambda s: base64.b64encode(s.encode()).decode(), ("string",)),
     GoFunc("base64Decode", lambda s: _b64decode("base64Decode", s, False), ("string",)),
-    GoFunc("base64URLEncode", lambda s: base64.urlsafe_b64encode(s.encode()).decode(),
-           ("string",)),
+    GoFunc("base64URLEncode", lambda s: base64.urlsafe_b64encode(s.encode()).decode(), ("string",)),
     GoFunc("base64URLDecode", lambda s: _b64decode("base64URLDecode", s, True), ("string",)),
     GoFunc("sha256Hex", lambda s: hashlib.sha256(s.encode()).hexdigest(), ("string",)),
     GoFunc("md5sum", lambda s: hashlib.md5(s.encode()).hexdigest(), ("string",)),
@@ -382,8 +427,12 @@ HELPERS: dict[str, GoFunc] = table(
     GoFunc("indent", _indent, ("int", "string")),
     GoFunc("mergeMap", lambda d, s: merge_maps(d, s, False), ("map", "map")),
     GoFunc("mergeMapWithOverride", lambda d, s: merge_maps(d, s, True), ("map", "map")),
-    *(GoFunc(name, _refuse("function is disabled"), (), "any")
-      for name in sorted(DISABLED_FUNCTIONS)),
-    *(GoFunc(name, _refuse("function is not supported by this client"), (), "any")
-      for name in sorted(UNSUPPORTED_FUNCTIONS)),
+    *(
+        GoFunc(name, _refuse("function is disabled"), (), "any")
+        for name in sorted(DISABLED_FUNCTIONS)
+    ),
+    *(
+        GoFunc(name, _refuse("function is not supported by this client"), (), "any")
+        for name in sorted(UNSUPPORTED_FUNCTIONS)
+    ),
 )

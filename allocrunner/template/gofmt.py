@@ -54,8 +54,16 @@ def go_quote_rune(code: int) -> str:
     return "'" + _quote_char(chr(code), "'") + "'"
 
 
-_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-            "\v": "\\v", "\\": "\\\\"}
+_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+}
 
 
 def _quote_char(c: str, quote: str) -> str:
@@ -94,7 +102,7 @@ class _Spec:
             return body + " " * fill
         if self.zero and numeric:
             sign = body[0] if body[:1] in ("-", "+", " ") else ""
-            return sign + "0" * fill + body[len(sign):]
+            return sign + "0" * fill + body[len(sign) :]
         return " " * fill + body
 
 
@@ -151,9 +159,20 @@ def _format_float(spec: _Spec, value: float) -> str:
     elif verb in ("e", "E", "f", "F"):
         prec = 6 if spec.prec is None else spec.prec
         body = format(magnitude, f".{prec}{verb.lower() if verb == 'F' else verb}")
+    elif verb in ("x", "X") and spec.prec is None:
+        body = _hex_float(magnitude, upper=verb == "X")
     else:
         return bad_verb(verb, value)
     return spec.pad(_sign(spec, negative) + body, numeric=True)
+
+
+def _hex_float(value: float, upper: bool) -> str:
+    """Go's %x of a float64: shortest hex mantissa, binary exponent of two digits."""
+    mantissa, _, exponent = value.hex().partition("p")
+    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    exp = int(exponent)
+    text = f"{mantissa}p{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return text.upper().replace("0X", "0X") if upper else text
 
 
 def _python_g(value: float, prec: int, verb: str) -> str:
@@ -172,7 +191,7 @@ def _format_string(spec: _Spec, value: str) -> str:
         sep = " " if spec.space else ""
         prefix = ("0" + verb) if spec.sharp else ""
         hexes = [prefix + format(b, "02" + ("x" if verb == "x" else "X")) for b in data]
-        body = sep.join(hexes) if sep else (prefix + "".join(h[len(prefix):] for h in hexes))
+        body = sep.join(hexes) if sep else (prefix + "".join(h[len(prefix) :] for h in hexes))
         return spec.pad(body)
     return bad_verb(verb, value)
 

@@ -83,14 +83,14 @@ def encode(value: Any, *, indent: str = "", escape_html: bool = True, level: int
     if isinstance(value, Mapping):
         pairs = sorted((_key(k), v) for k, v in value.items())
         items = [
-            encode_string(k, escape_html) + (": " if indent else ":")
+            encode_string(k, escape_html)
+            + (": " if indent else ":")
             + encode(v, indent=indent, escape_html=escape_html, level=level + 1)
             for k, v in pairs
         ]
         return _wrap("{", "}", items, indent, level)
     if is_list(value):
-        items = [encode(v, indent=indent, escape_html=escape_html, level=level + 1)
-                 for v in value]
+        items = [encode(v, indent=indent, escape_html=escape_html, level=level + 1) for v in value]
         return _wrap("[", "]", items, indent, level)
     fields = struct_fields(value)
     if fields is not None:

@@ -52,16 +52,27 @@ def _fraction(moment: datetime, token: str) -> str:
 def _token(moment: datetime, token: str) -> str:
     hour12 = moment.hour % 12 or 12
     simple = {
-        "January": moment.strftime("%B"), "Jan": moment.strftime("%b"),
-        "Monday": moment.strftime("%A"), "Mon": moment.strftime("%a"),
-        "2006": f"{moment.year:04d}", "06": f"{moment.year % 100:02d}",
-        "01": f"{moment.month:02d}", "1": str(moment.month),
-        "02": f"{moment.day:02d}", "2": str(moment.day), "_2": f"{moment.day:2d}",
+        "January": moment.strftime("%B"),
+        "Jan": moment.strftime("%b"),
+        "Monday": moment.strftime("%A"),
+        "Mon": moment.strftime("%a"),
+        "2006": f"{moment.year:04d}",
+        "06": f"{moment.year % 100:02d}",
+        "01": f"{moment.month:02d}",
+        "1": str(moment.month),
+        "02": f"{moment.day:02d}",
+        "2": str(moment.day),
+        "_2": f"{moment.day:2d}",
         "002": f"{moment.timetuple().tm_yday:03d}",
-        "15": f"{moment.hour:02d}", "03": f"{hour12:02d}", "3": str(hour12),
-        "04": f"{moment.minute:02d}", "4": str(moment.minute),
-        "05": f"{moment.second:02d}", "5": str(moment.second),
-        "PM": "PM" if moment.hour >= 12 else "AM", "pm": "pm" if moment.hour >= 12 else "am",
+        "15": f"{moment.hour:02d}",
+        "03": f"{hour12:02d}",
+        "3": str(hour12),
+        "04": f"{moment.minute:02d}",
+        "4": str(moment.minute),
+        "05": f"{moment.second:02d}",
+        "5": str(moment.second),
+        "PM": "PM" if moment.hour >= 12 else "AM",
+        "pm": "pm" if moment.hour >= 12 else "am",
     }
     if token in simple:
         return simple[token]

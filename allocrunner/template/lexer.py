@@ -38,6 +38,7 @@ ASSIGN = "="
 DECLARE = ":="
 COMMA = "char"
 EOF = "EOF"
+ERROR = "error"
 
 KEYWORDS = frozenset(
     {"block", "break", "continue", "define", "else", "end", "if", "range", "template", "with"}
@@ -89,6 +90,15 @@ class _Lexer:
     # --- text -----------------------------------------------------------------------
 
     def run(self) -> list[Token]:
+        """Tokenize the whole text; a lexical error becomes a final ERROR token, so the
+        parser reports any earlier syntax error first, as Go's streaming lexer does."""
+        try:
+            return self._run()
+        except LexError as err:
+            self.tokens.append(Token(ERROR, err.message, self.pos, err.line))
+            return self.tokens
+
+    def _run(self) -> list[Token]:
         text, trim_next = self.text, False
         while True:
             start = self.pos
@@ -202,9 +212,9 @@ class _Lexer:
             self._single(LPAREN)
         elif c == ")":
             self.paren_depth -= 1
-            if self.paren_depth < 0:
-                raise self.fail(self.pos, "unexpected right paren")
             self._single(RPAREN)
+            if self.paren_depth < 0:
+                raise self.fail(self.pos - 1, f"unexpected right paren {_rune(c)}")
         elif c.isascii() and c.isprintable():
             self._single(COMMA)
         else:
@@ -267,27 +277,39 @@ class _Lexer:
         self.emit(kind, self.pos, end)
         self.pos = end
 
+    def _accept(self, pos: int, chars: str) -> int:
+        return pos + 1 if pos < len(self.text) and self.text[pos] in chars else pos
+
+    def _accept_run(self, pos: int, chars: str) -> int:
+        while pos < len(self.text) and self.text[pos] in chars:
+            pos += 1
+        return pos
+
     def _lex_number(self) -> None:
-        text, pos = self.text, self.pos
-        if text[pos] in "+-":
+        """Go's scanNumber: sign, base prefix, digits, one fraction, exponent; the parser
+        judges the result."""
+        pos = self._accept(self.pos, "+-")
+        digits = "0123456789_"
+        if self.text.startswith("0", pos):
             pos += 1
-        allowed = "0123456789_"
-        if text.startswith(("0x", "0X"), pos):
-            allowed, pos = "0123456789abcdefABCDEF_", pos + 2
-        elif text.startswith(("0o", "0O", "0b", "0B"), pos):
-            pos += 2
-        while pos < len(text) and (text[pos] in allowed or text[pos] == "."):
-            pos += 1
-        if pos < len(text) and text[pos] in ("pP" if "f" in allowed else "eE"):
-            pos += 1
-            if pos < len(text) and text[pos] in "+-":
-                pos += 1
-            while pos < len(text) and text[pos] in "0123456789_":
-                pos += 1
-        if pos < len(text) and (text[pos].isalnum() or text[pos] == "_"):
-            raise self.fail(self.pos, f"bad number syntax: {go_quote(text[self.pos : pos + 1])}")
-        if pos == self.pos + (1 if text[self.pos] in "+-" else 0):
-            raise self.fail(self.pos, f"bad number syntax: {go_quote(text[self.pos : pos + 1])}")
+            prefix = self.text[pos : pos + 1]
+            if prefix and prefix in "xX":
+                digits, pos = "0123456789abcdefABCDEF_", pos + 1
+            elif prefix and prefix in "oO":
+                digits, pos = "01234567_", pos + 1
+            elif prefix and prefix in "bB":
+                digits, pos = "01_", pos + 1
+        pos = self._accept_run(pos, digits)
+        if self._accept(pos, ".") != pos:
+            pos = self._accept_run(pos + 1, digits)
+        exponent = {11: "eE", 23: "pP"}.get(len(digits), "")
+        if exponent and self._accept(pos, exponent) != pos:
+            pos = self._accept_run(self._accept(pos + 1, "+-"), "0123456789_")
+        pos = self._accept(pos, "i")
+        if pos < len(self.text) and (self.text[pos].isalnum() or self.text[pos] == "_"):
+            raise self.fail(
+                self.pos, f"bad number syntax: {go_quote(self.text[self.pos : pos + 1])}"
+            )
         self.emit(NUMBER, self.pos, pos)
         self.pos = pos
 

@@ -15,8 +15,7 @@ import re
 _OCTAL_LEGACY = re.compile(r"[+-]?0[0-7_]+")
 _DECIMAL_FLOAT = re.compile(r"[+-]?(\d[\d_]*)?(\.[\d_]*)?([eE][+-]?\d[\d_]*)?")
 _HEX_FLOAT = re.compile(r"[+-]?0[xX][0-9a-fA-F_]*(\.[0-9a-fA-F_]*)?[pP][+-]?\d+")
-_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-           "\\": "\\"}
+_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
 
 
 def _parse_int(text: str) -> int | None:

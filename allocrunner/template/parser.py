@@ -22,8 +22,19 @@ from allocrunner.template.gofmt import go_quote
 from allocrunner.template.literals import parse_number, unquote_char, unquote_string
 
 COMMAND_START = frozenset(
-    {lx.BOOL, lx.CHAR, lx.DOT, lx.FIELD, lx.IDENT, lx.NUMBER, lx.NIL, lx.RAW_STRING,
-     lx.STRING, lx.VARIABLE, lx.LPAREN}
+    {
+        lx.BOOL,
+        lx.CHAR,
+        lx.DOT,
+        lx.FIELD,
+        lx.IDENT,
+        lx.NUMBER,
+        lx.NIL,
+        lx.RAW_STRING,
+        lx.STRING,
+        lx.VARIABLE,
+        lx.LPAREN,
+    }
 )
 NON_EXECUTABLE = (nd.Bool, nd.Dot, nd.Nil, nd.Number, nd.String)
 
@@ -74,6 +85,7 @@ class _Parser:
             raise TemplateError(f"template: {name}:{err.line}: {err.message}") from None
         self.index = 0
         self.last: lx.Token = self.tokens[0]
+        self.action_line = 0
         self.vars: list[str] = ["$"]
         self.range_depth = 0
         self.trees: dict[str, Tree] = {}
@@ -85,7 +97,17 @@ class _Parser:
         if self.index < len(self.tokens) - 1:
             self.index += 1
         self.last = tok
+        if tok.kind == lx.ERROR:
+            raise self._lex_error(tok)
         return tok
+
+    def _lex_error(self, tok: lx.Token) -> TemplateError:
+        extra = ""
+        if self.action_line and self.action_line != tok.line:
+            extra = f" in action started at {self.name}:{self.action_line}"
+            if tok.value.endswith(" action"):
+                extra = extra[len(" in action") :]
+        return self.error(tok.value + extra)
 
     def backup(self) -> None:
         self.index -= 1
@@ -162,10 +184,13 @@ class _Parser:
         self._add(name, body)
 
     def _template_name(self, context: str) -> str:
+        return self._template_name_token(context)[0]
+
+    def _template_name_token(self, context: str) -> tuple[str, int]:
         tok = self.next_non_space()
         if tok.kind not in (lx.STRING, lx.RAW_STRING):
             raise self.unexpected(tok, context)
-        return self._unquote(tok)
+        return self._unquote(tok), tok.pos
 
     def _item_list(self) -> tuple[nd.ListNode, _Marker]:
         start = self.peek().pos
@@ -182,7 +207,11 @@ class _Parser:
         if tok.kind == lx.TEXT:
             return nd.Text(tok.pos, tok.value)
         if tok.kind == lx.LEFT:
-            return self._action()
+            self.action_line = tok.line
+            try:
+                return self._action()
+            finally:
+                self.action_line = 0
         raise self.unexpected(tok, "input")
 
     # --- actions --------------------------------------------------------------------
@@ -254,16 +283,16 @@ class _Parser:
 
     def _template_call(self, tok: lx.Token) -> nd.TemplateCall:
         context = "template clause"
-        name = self._template_name(context)
+        name, pos = self._template_name_token(context)
         pipe: nd.Pipeline | None = None
         if self.next_non_space().kind != lx.RIGHT:
             self.backup()
             pipe = self._pipeline(context, lx.RIGHT)
-        return nd.TemplateCall(tok.pos, tok.line, name, pipe)
+        return nd.TemplateCall(pos, tok.line, name, pipe)
 
     def _block(self, tok: lx.Token) -> nd.TemplateCall:
         context = "block clause"
-        name = self._template_name(context)
+        name, pos = self._template_name_token(context)
         pipe = self._pipeline(context, lx.RIGHT)
         saved_vars, self.vars = self.vars, ["$"]
         body, end = self._item_list()
@@ -271,7 +300,7 @@ class _Parser:
         if not isinstance(end, _End):
             raise self.error(f"unexpected {end} in {context}")
         self._add(name, body)
-        return nd.TemplateCall(tok.pos, tok.line, name, pipe)
+        return nd.TemplateCall(pos, tok.line, name, pipe)
 
     # --- pipelines ------------------------------------------------------------------
 
@@ -292,35 +321,34 @@ class _Parser:
         return pipe
 
     def _declarations(self, context: str) -> tuple[list[str], bool]:
-        save = self.index
-        first = self.next_non_space()
-        if first.kind != lx.VARIABLE:
-            self.index = save
-            return [], False
-        after = self.next_non_space()
-        if after.kind in (lx.DECLARE, lx.ASSIGN):
-            return self._declare([first.value], after.kind == lx.ASSIGN), after.kind == lx.ASSIGN
-        if after.kind == lx.COMMA and after.value == ",":
-            if context != "range":
+        """Go's declaration prefix: `$x :=`, `$x =`, and in range `$i, $v :=`."""
+        decl: list[str] = []
+        while True:
+            save = self.index
+            first = self.next_non_space()
+            if first.kind != lx.VARIABLE:
+                self.index = save
+                return decl, False
+            after = self.next_non_space()
+            if after.kind in (lx.DECLARE, lx.ASSIGN):
+                decl.append(first.value)
+                self._declare(first.value)
+                return decl, after.kind == lx.ASSIGN
+            if after.kind == lx.COMMA and after.value == ",":
+                decl.append(first.value)
+                self._declare(first.value)
+                if context == "range" and len(decl) < 2:
+                    if self.peek_non_space().kind in (lx.VARIABLE, lx.RIGHT, lx.RPAREN):
+                        continue
+                    raise self.error("range can only initialize variables")
                 raise self.error(f"too many declarations in {context}")
-            second = self.next_non_space()
-            op = self.next_non_space()
-            if second.kind != lx.VARIABLE or op.kind not in (lx.DECLARE, lx.ASSIGN):
-                raise self.error("range can only initialize variables")
-            names = [first.value, second.value]
-            return self._declare(names, op.kind == lx.ASSIGN), op.kind == lx.ASSIGN
-        self.index = save
-        return [], False
+            self.index = save
+            return decl, False
 
-    def _declare(self, names: list[str], is_assign: bool) -> list[str]:
-        for name in names:
-            if is_assign:
-                self._use_var(name)
-            elif "." in name:
-                raise self.error(f"cannot declare {name}")
-            else:
-                self.vars.append(name)
-        return names
+    def _declare(self, name: str) -> None:
+        if "." in name:
+            raise self.error(f"cannot declare {name}")
+        self.vars.append(name)
 
     def _use_var(self, name: str) -> None:
         if name.split(".")[0] not in self.vars:
@@ -357,16 +385,17 @@ class _Parser:
         term = self._term()
         if term is None or self.peek().kind != lx.FIELD:
             return term
+        pos = self.peek().pos
         names: list[str] = []
         while self.peek().kind == lx.FIELD:
             names.append(self.next().value[1:])
         if isinstance(term, nd.Field):
-            return nd.Field(term.pos, term.names + tuple(names))
+            return nd.Field(pos, term.names + tuple(names))
         if isinstance(term, nd.Variable):
-            return nd.Variable(term.pos, term.names + tuple(names))
+            return nd.Variable(pos, term.names + tuple(names))
         if isinstance(term, NON_EXECUTABLE):
             raise self.error(f"unexpected . after term {go_quote(str(term))}")
-        return nd.Chain(term.pos, term, tuple(names))
+        return nd.Chain(pos, term, tuple(names))
 
     def _term(self) -> nd.Operand | None:
         tok = self.next_non_space()

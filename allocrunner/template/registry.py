@@ -55,13 +55,15 @@ class GoFunc:
             return self.params[index]
         return self.variadic or "any"
 
-    def check_count(self, count: int) -> None:
+    def check_count(self, explicit: int, piped: bool) -> None:
+        """Go's count check: `explicit` written arguments plus the piped value, if any."""
         fixed = len(self.params)
+        count = explicit + (1 if piped else 0)
         if self.variadic is None and count != fixed:
             raise ArgError(f"wrong number of args for {self.name}: want {fixed} got {count}")
         if self.variadic is not None and count < fixed:
             raise ArgError(
-                f"wrong number of args for {self.name}: want at least {fixed} got {count}"
+                f"wrong number of args for {self.name}: want at least {fixed} got {explicit}"
             )
 
 

@@ -103,7 +103,7 @@ def _trunc(count: int, text: str) -> str:
     if count >= 0 and len(text) > count:
         return text[:count]
     if count < 0 and len(text) + count > 0:
-        return text[len(text) + count:]
+        return text[len(text) + count :]
     return text
 
 
@@ -304,10 +304,14 @@ _FUNCS: tuple[GoFunc, ...] = (
     GoFunc("has", lambda needle, v: needle in _list(v), ("any", "any")),
     GoFunc("compact", lambda v: [x for x in _list(v) if not empty(x)], ("any",)),
     GoFunc("sortAlpha", lambda v: sorted(strval(x) for x in _list(v)), ("any",)),
-    GoFunc("join", lambda sep, v: sep.join(strval(x) for x in _list(v) if x is not None),
-           ("string", "any")),
-    GoFunc("splitList", lambda sep, s: list(s) if sep == "" else s.split(sep),
-           ("string", "string")),
+    GoFunc(
+        "join",
+        lambda sep, v: sep.join(strval(x) for x in _list(v) if x is not None),
+        ("string", "any"),
+    ),
+    GoFunc(
+        "splitList", lambda sep, s: list(s) if sep == "" else s.split(sep), ("string", "string")
+    ),
     GoFunc("split", _split, ("string", "string")),
     GoFunc("until", lambda n: _until_step(0, n, 1 if n >= 0 else -1), ("int",)),
     GoFunc("untilStep", _until_step, ("int", "int", "int")),
@@ -319,8 +323,7 @@ _FUNCS: tuple[GoFunc, ...] = (
     GoFunc("keys", _keys, ("map",), "map"),
     GoFunc("values", lambda d: list(d.values()), ("map",)),
     GoFunc("pick", lambda d, *ks: {k: d[k] for k in ks if k in d}, ("map",), "string"),
-    GoFunc("omit", lambda d, *ks: {k: v for k, v in d.items() if k not in ks}, ("map",),
-           "string"),
+    GoFunc("omit", lambda d, *ks: {k: v for k, v in d.items() if k not in ks}, ("map",), "string"),
     GoFunc("add", lambda *v: sum(to_int(x) for x in v), (), "any"),
     GoFunc("add1", lambda v: to_int(v) + 1, ("any",)),
     GoFunc("sub", lambda a, b: to_int(a) - to_int(b), ("any", "any")),
@@ -343,18 +346,23 @@ _FUNCS: tuple[GoFunc, ...] = (
     GoFunc("toPrettyJson", lambda v: _to_json(v, "  "), ("any",)),
     GoFunc("toRawJson", lambda v: _to_json(v, "", False), ("any",)),
     GoFunc("fromJson", _from_json, ("string",)),
-    GoFunc("regexMatch", lambda r, s: goregex.compile_go(r).search(s) is not None,
-           ("string", "string")),
+    GoFunc(
+        "regexMatch", lambda r, s: goregex.compile_go(r).search(s) is not None, ("string", "string")
+    ),
     GoFunc("regexFind", _regex_find, ("string", "string")),
     GoFunc("regexFindAll", _regex_find_all, ("string", "string", "int")),
-    GoFunc("regexReplaceAll", lambda r, s, t: goregex.replace_all(r, t, s),
-           ("string", "string", "string")),
-    GoFunc("regexReplaceAllLiteral",
-           lambda r, s, t: goregex.compile_go(r).sub(lambda _m: t, s),
-           ("string", "string", "string")),
+    GoFunc(
+        "regexReplaceAll",
+        lambda r, s, t: goregex.replace_all(r, t, s),
+        ("string", "string", "string"),
+    ),
+    GoFunc(
+        "regexReplaceAllLiteral",
+        lambda r, s, t: goregex.compile_go(r).sub(lambda _m: t, s),
+        ("string", "string", "string"),
+    ),
     GoFunc("regexSplit", _regex_split, ("string", "string", "int")),
-    GoFunc("regexQuoteMeta", lambda s: re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", s),
-           ("string",)),
+    GoFunc("regexQuoteMeta", lambda s: re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", s), ("string",)),
     GoFunc("kindOf", kind_of, ("any",)),
     GoFunc("kindIs", lambda kind, v: kind_of(v) == kind, ("string", "any")),
     GoFunc("typeOf", type_name, ("any",)),

@@ -72,6 +72,7 @@ def truth(value: Any) -> bool:
 
 def sorted_keys(mapping: Mapping[Any, Any]) -> list[Any]:
     """Map keys in Go's fmt/range order: numbers numerically, strings bytewise."""
+
     def key(k: Any) -> tuple[int, Any]:
         if isinstance(k, bool):
             return (0, int(k))

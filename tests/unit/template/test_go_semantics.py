@@ -176,6 +176,8 @@ CASES: list[tuple[str, str, str]] = [
      "it\\'s \\u003Cb\\u003E\\\"q\\\" a\\u003Db\\u000A"),
     ("urlquery", '{{urlquery "a b&c=d/é"}}', "a+b%26c%3Dd%2F%C3%A9"),
     ("html of several args", "{{html 1 2}}", "1 2"),
+    ("html of nil", "{{html .Nil}}", "&lt;no value&gt;"),
+    ("printf hex float", '{{printf "%x" 3.5}}', "0x1.cp+01"),
 ]
 
 
