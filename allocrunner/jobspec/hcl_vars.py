@@ -57,6 +57,7 @@ class ValueSources:
 
     env: Mapping[str, str] = attrs.field(factory=dict)
     var_files: tuple[str, ...] = ()
+    var_content: str = ""  # var-file text in hand (Nomad's API `Variables`), after the files
     cli: tuple[tuple[str, Any], ...] = ()
 
 
@@ -227,6 +228,11 @@ def _var_file_values(path: str) -> list[tuple[str, Any]]:
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or str(err)
         raise JobSpecError(path, f"cannot read var file: {reason}") from None
+    return _var_text_values(text, path)
+
+
+def _var_text_values(text: str, path: str) -> list[tuple[str, Any]]:
+    """The assignments of var-file text (HCL, or JSON when it starts with `{`)."""
     if text.lstrip(" ").startswith("{"):
         try:
             data = json.loads(text)
@@ -271,6 +277,9 @@ def resolve_variables(
         for name, raw in _var_file_values(var_file):
             where = f"from var file {var_file}"
             _set(values, decls, name, raw, where, text=False)
+    if sources.var_content:
+        for name, raw in _var_text_values(sources.var_content, "<variables>"):
+            _set(values, decls, name, raw, "from the given variables", text=False)
     for name, raw in sources.cli:
         _set(values, decls, name, raw, "from -var", text=isinstance(raw, str))
     out: dict[str, Any] = {}

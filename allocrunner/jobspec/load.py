@@ -115,12 +115,14 @@ def parse_job(
     var_files: Sequence[str | os.PathLike[str]] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    var_content: str = "",
 ) -> Job:
     """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file.
 
     HCL file functions (`file`, `fileexists`, …) read relative to `base_dir`; without
     one they are disabled, as in Nomad's HTTP API. `env` holds `NOMAD_VAR_*` values
-    (none by default).
+    (none by default); `var_content` is var-file text in hand (the `Variables` of
+    Nomad's `/v1/jobs/parse`), applied after `var_files` and before `variables`.
     """
     return parse_job_with_warnings(
         text,
@@ -130,6 +132,7 @@ def parse_job(
         var_files=var_files,
         base_dir=base_dir,
         env=env,
+        var_content=var_content,
     )[0]
 
 
@@ -142,6 +145,7 @@ def parse_job_with_warnings(
     var_files: Sequence[str | os.PathLike[str]] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    var_content: str = "",
 ) -> tuple[Job, list[str]]:
     """`parse_job`, and the warnings about the job (each starts with the field path)."""
     if fmt == "json":
@@ -154,6 +158,7 @@ def parse_job_with_warnings(
             sources = ValueSources(
                 env=dict(env_from(env or {})),
                 var_files=tuple(os.fspath(p) for p in var_files or ()),
+                var_content=var_content,
                 cli=cli_pairs(variables),
             )
             options = EvalOptions(sources, None if base_dir is None else os.fspath(base_dir))

@@ -330,3 +330,15 @@ def test_json_jobs_ignore_variables(tmp_path: Path) -> None:
     )
     job, warnings = parse_job_with_warnings(text, "json", variables={"x": "1"})
     assert job.id == "j" and warnings == []
+
+
+def test_var_content_sits_between_var_files_and_cli_values(tmp_path: Path) -> None:
+    var_file = write(tmp_path, 'image = "file"\ncount = 2\n', "v.hcl")
+    content = 'image = "content"\ncount = 3\n'
+    job = parse_job(TYPED_JOB, "hcl", var_files=[var_file], var_content=content)
+    assert job.task_groups[0].count == 3
+    assert job.task_groups[0].tasks[0].env["IMAGE"] == "content"
+    job = parse_job(TYPED_JOB, "hcl", var_content=content, variables=["count=4"])
+    assert job.task_groups[0].count == 4
+    with pytest.raises(JobSpecError, match="undefined variable"):
+        parse_job(TYPED_JOB, "hcl", var_content='image = "x"\nother = 1\n')
