@@ -15,8 +15,10 @@ checkers answer it (scheduler/feasible.go, scheduler/propertyset.go at v1.6.0):
   compare the values (so a missing left side differs from any non-empty literal);
   ``<``, ``<=``, ``>``, ``>=`` need both found and compare as 64-bit integers when both
   parse as such, else as floats when both do, else lexically; ``regexp`` searches the
-  left side; ``set_contains`` / ``set_contains_all`` and ``set_contains_any`` split
-  both sides on commas and trim spaces; ``version`` and ``semver`` see
+  left side (with Python's `re`, whose syntax agrees with Go's RE2 on common
+  patterns; one that does not compile is never satisfied); ``set_contains`` /
+  ``set_contains_all`` and ``set_contains_any`` split both sides on commas and trim
+  spaces; ``version`` and ``semver`` see
   `allocrunner.placement.versions`; ``is_set`` / ``is_not_set`` look only at whether
   the left side was found; an unknown operator is never satisfied.
 - ``distinct_hosts`` (job or group level; on when its right side is empty, a true
@@ -27,8 +29,8 @@ checkers answer it (scheduler/feasible.go, scheduler/propertyset.go at v1.6.0):
   job or group sharing the node's value of the property for ``distinct_property`` (all
   of them do: they are on this node), and none when the node lacks the property.
 
-`check_placement` runs the checks in the order of Nomad's stack (job constraints, then
-group and task constraints, then distinct_hosts, then distinct_property) and returns
+`check_placement` runs the checks in the order of Nomad's stack (job constraints, the
+task drivers, group and task constraints, distinct_hosts, distinct_property) and returns
 the first failure, whose `reason` is the key Nomad counts it under in
 ``AllocMetric.ConstraintFiltered``: the constraint's ``"<ltarget> <operand>
 <rtarget>"``, or ``"distinct_hosts"``, or the distinct_property sentence. `alloc_metric`
@@ -56,6 +58,7 @@ from allocrunner.placement.versions import parse_go_int, semver_check, version_c
 __all__ = [
     "DISTINCT_HOSTS",
     "DISTINCT_PROPERTY",
+    "MISSING_DRIVERS",
     "OPERANDS",
     "Capacity",
     "Constraint",
@@ -66,6 +69,7 @@ __all__ = [
     "check_constraint",
     "check_constraints",
     "check_distinct",
+    "check_drivers",
     "check_placement",
     "check_resources",
     "constraint_from_json",
@@ -377,20 +381,36 @@ def check_distinct(
     return None
 
 
+MISSING_DRIVERS = "missing drivers"
+
+
+def check_drivers(drivers: Iterable[str], node_vars: Mapping[str, str]) -> ConstraintFailure | None:
+    """``missing drivers`` unless the node's ``attr.driver.<name>`` of every driver is a
+    true boolean (Nomad's DriverChecker on a fingerprinted node)."""
+    for driver in drivers:
+        if node_vars.get(f"attr.driver.{driver}") not in _GO_TRUE:
+            return ConstraintFailure(MISSING_DRIVERS)
+    return None
+
+
 def check_placement(
     *,
     job_id: str,
     group: str,
     node_vars: Mapping[str, str],
     job_constraints: Sequence[ConstraintLike] = (),
+    drivers: Iterable[str] = (),
     group_constraints: Sequence[ConstraintLike] = (),
     task_constraints: Sequence[ConstraintLike] = (),
     live: Iterable[PlacedAlloc] = (),
 ) -> ConstraintFailure | None:
     """Whether one more allocation of `job_id`'s `group` may be placed on this node:
-    None, or the first failure in the order of Nomad's feasibility stack.
-    `task_constraints` are those of every task of the group, in task order."""
+    None, or the first failure in the order of Nomad's feasibility stack (job
+    constraints, the group's task drivers, group and task constraints, distinct_hosts,
+    distinct_property). `task_constraints` are those of every task of the group."""
     failure = check_constraints(job_constraints, node_vars)
+    if failure is None:
+        failure = check_drivers(drivers, node_vars)
     if failure is None:
         failure = check_constraints((*group_constraints, *task_constraints), node_vars)
     if failure is None:

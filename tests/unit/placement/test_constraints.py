@@ -13,6 +13,7 @@ from allocrunner.placement import (
     alloc_metric,
     check_constraint,
     check_constraints,
+    check_drivers,
     check_placement,
     check_resources,
     constraint_from_json,
@@ -372,3 +373,24 @@ def test_alloc_metric_of_a_filtered_and_an_exhausted_node() -> None:
     assert metric["NodesExhausted"] == 1
     assert metric["DimensionExhausted"] == {"memory": 1}
     assert metric["ConstraintFiltered"] is None
+
+
+def test_task_drivers_are_checked_after_job_constraints() -> None:
+    assert check_placement(job_id="j", group="g", node_vars=NODE, drivers=["raw_exec"]) is None
+    failure = check_placement(
+        job_id="j",
+        group="g",
+        node_vars=NODE,
+        drivers=["raw_exec", "docker"],
+        group_constraints=[Constraint("${attr.kernel.name}", "darwin")],
+    )
+    assert failure == ConstraintFailure("missing drivers")
+    failure = check_placement(
+        job_id="j",
+        group="g",
+        node_vars=NODE,
+        job_constraints=[Constraint("${attr.kernel.name}", "darwin")],
+        drivers=["docker"],
+    )
+    assert failure is not None and failure.reason == "${attr.kernel.name} = darwin"
+    assert check_drivers(["raw_exec"], {**NODE, "attr.driver.raw_exec": "false"}) is not None
