@@ -60,7 +60,7 @@ from allocrunner.jobspec.codec import (
     UPDATE_STRATEGY,
 )
 from allocrunner.jobspec.hcl_body import BLOCK_MARK, EvalOptions, evaluate_file
-from allocrunner.jobspec.hcl_types import ConversionError, parse_number
+from allocrunner.jobspec.hcl_types import ConversionError, parse_number, to_string
 
 __all__ = ["EvalOptions", "HCLExpression", "hcl_to_api"]
 
@@ -416,8 +416,8 @@ class _Converter:
                 raise JobSpecError(path, str(err)) from None
         elif isinstance(kind, Int):
             value = _hcl_number(raw, path)
-        elif isinstance(kind, Bool) and isinstance(raw, str) and raw in ("true", "false"):
-            value = raw == "true"  # HCL converts "true"/"false" for a bool field
+        elif isinstance(kind, Bool) and isinstance(raw, str) and raw in ("true", "false", "1", "0"):
+            value = raw in ("true", "1")  # HCL converts these strings for a bool field
         kind.decode(value, path)  # checks type and range, naming the HCL path
         return value
 
@@ -472,15 +472,12 @@ def _reject_expressions(value: Any, path: str) -> None:
 def _to_string(value: Any, path: str) -> str:
     """An env/meta value as HCL converts it to a string (numbers and bools allowed)."""
     _reject_expressions(value, path)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else repr(value)
-    raise JobSpecError(path, f"expected a string, got {describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JobSpecError(path, f"expected a string, got {describe(value)}")
+    try:
+        return to_string(value)
+    except ConversionError:
+        raise JobSpecError(path, f"expected a string, got {describe(value)}") from None
 
 
 def _free(value: Any, path: str, depth: int = 0) -> Any:

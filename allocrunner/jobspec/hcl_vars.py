@@ -84,6 +84,8 @@ def cli_pairs(variables: Mapping[str, Any] | Iterable[str] | None) -> tuple[tupl
     """`-var` values as (name, value) pairs, from a mapping or `k=v` strings."""
     if variables is None:
         return ()
+    if isinstance(variables, str):
+        variables = [variables]
     if isinstance(variables, Mapping):
         return tuple((str(k), v) for k, v in variables.items())
     pairs: list[tuple[str, Any]] = []
