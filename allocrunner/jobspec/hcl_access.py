@@ -3,7 +3,8 @@
 `get_attr(value, name)` and `index(value, key)` follow HCL's rules (a list index may be
 a numeric string; a map key converts to a string); `iterate(collection)` yields
 (key, value) pairs the way `for` sees them (list index order, map keys sorted);
-`bind(names, key, value)` makes the iterator names of one step. Errors are EvalError.
+`bind(names, key, value)` makes the iterator names of one step. Errors are EvalError;
+FunctionError is what a function raises for arguments it cannot take.
 
 No threads, no locks; pure functions. Called by the evaluator (hcl_eval).
 """
@@ -14,11 +15,15 @@ from typing import Any
 
 from allocrunner.jobspec.hcl_types import describe_value, parse_number, to_string
 
-__all__ = ["EvalError", "bind", "get_attr", "index", "iterate"]
+__all__ = ["EvalError", "FunctionError", "bind", "get_attr", "index", "iterate"]
 
 
 class EvalError(Exception):
     """An expression cannot be evaluated; the message says why."""
+
+
+class FunctionError(ValueError):
+    """A function was called with arguments it cannot take; the message says why."""
 
 
 def _is_number(value: Any) -> bool:

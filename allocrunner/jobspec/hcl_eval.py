@@ -23,7 +23,14 @@ from typing import Any
 import attrs
 from lark import Token, Tree
 
-from allocrunner.jobspec.hcl_access import EvalError, bind, get_attr, index, iterate
+from allocrunner.jobspec.hcl_access import (
+    EvalError,
+    FunctionError,
+    bind,
+    get_attr,
+    index,
+    iterate,
+)
 from allocrunner.jobspec.hcl_template import (
     Expr,
     ForPart,
@@ -284,7 +291,7 @@ class _Evaluator:
             args = args[:-1] + list(args[-1])
         try:
             return function(*args)
-        except (EvalError, ConversionError) as err:
+        except (EvalError, ConversionError, FunctionError) as err:
             raise EvalError(f"{name}(): {err}") from None
         except RecursionError:
             raise EvalError(f"{name}(): value nested too deeply") from None

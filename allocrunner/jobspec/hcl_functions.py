@@ -4,7 +4,7 @@
 in these families to a Python callable taking evaluated values; `regex` and `regexall`
 (cty stdlib, as Terraform has them) are added. Arguments are converted the way cty
 converts them to a parameter's type (`upper(5)` is "5"); a wrong argument raises
-`FunctionError`, which the evaluator reports with the function's name.
+`FunctionError` (hcl_access), which the evaluator reports with the function's name.
 The encoding, filesystem, date, hash and type functions are in hcl_functions_ext.
 
 No threads, no locks; pure functions. Called by the evaluator through the scope that
@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
+from allocrunner.jobspec.hcl_access import FunctionError
 from allocrunner.jobspec.hcl_eval import values_equal
 from allocrunner.jobspec.hcl_format import format_value
 from allocrunner.jobspec.hcl_types import (
@@ -34,10 +35,6 @@ __all__ = ["MAX_ITEMS", "FunctionError", "core_functions", "num", "seq", "text"]
 
 MAX_ITEMS = 100_000  # range() and setproduct() never build more elements than this
 MAX_INDENT = 10_000  # indent() never pads a line with more spaces than this
-
-
-class FunctionError(ValueError):
-    """A function was called with arguments it cannot take; the message says why."""
 
 
 def text(value: Any) -> str:

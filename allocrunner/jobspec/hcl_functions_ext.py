@@ -24,6 +24,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import math
 import os
 import uuid
 from collections.abc import Callable
@@ -63,9 +64,13 @@ def jsonencode(value: Any) -> str:
 
 def _jsondecode(s: Any) -> Any:
     try:
-        return _numbers(json.loads(text(s)))
-    except (json.JSONDecodeError, RecursionError) as err:
+        return _numbers(json.loads(text(s), parse_constant=_no_constant))
+    except (ValueError, RecursionError) as err:
         raise FunctionError(f"invalid JSON: {err}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _numbers(value: Any) -> Any:
@@ -111,6 +116,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FunctionError(f"{value} is not a number HCL can hold")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)

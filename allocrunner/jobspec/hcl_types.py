@@ -183,14 +183,18 @@ def to_string(value: Any) -> str:
 
 
 def nfc(value: Any) -> Any:
-    """`value` with every string in Unicode NFC form, as cty keeps strings."""
+    """`value` as cty holds it: strings in Unicode NFC form, integral numbers as int."""
     if isinstance(value, str):
         return unicodedata.normalize("NFC", value)
-    if isinstance(value, list):
+    if isinstance(value, float):
+        return normalize_number(value)
+    if isinstance(value, (list, tuple)):
         return [nfc(v) for v in value]
     if isinstance(value, dict):
-        return {nfc(k): nfc(v) for k, v in value.items()}
-    return value
+        return {to_string(nfc(k)): nfc(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    raise ConversionError(f"unsupported value of Python type {type(value).__name__}")
 
 
 def set_of(items: list[Any]) -> list[Any]:

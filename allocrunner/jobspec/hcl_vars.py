@@ -179,14 +179,15 @@ def _looks_like_sentence(text: str) -> bool:
 
 
 def _converted(value: Any, var_type: HType | None, path: str, where: str) -> Any:
-    value = nfc(value)
-    if var_type is None:
-        return value
     try:
+        value = nfc(value)
+        if var_type is None:
+            return value
         return convert(value, var_type)
     except ConversionError as err:
+        constraint = "any" if var_type is None else var_type.name()
         raise JobSpecError(
-            path, f"{where} is not compatible with the type constraint {var_type.name()}: {err}"
+            path, f"{where} is not compatible with the type constraint {constraint}: {err}"
         ) from None
 
 
@@ -233,12 +234,16 @@ def _var_file_values(path: str) -> list[tuple[str, Any]]:
     return _var_text_values(text, path)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _var_text_values(text: str, path: str) -> list[tuple[str, Any]]:
     """The assignments of var-file text (HCL, or JSON when it starts with `{`)."""
     if text.lstrip(" ").startswith("{"):
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as err:
+            data = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as err:
             raise JobSpecError(path, f"invalid JSON var file: {err}") from None
         if not isinstance(data, dict):
             raise JobSpecError(path, "a JSON var file holds one object")
