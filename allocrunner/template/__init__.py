@@ -33,7 +33,7 @@ from allocrunner.template.functions import (
 )
 from allocrunner.template.parser import Tree, parse
 from allocrunner.template.registry import GoFunc
-from allocrunner.template.sprig import SPRIG
+from allocrunner.template.sprig import SPRIG, UNSUPPORTED_SPRIG_FUNCTIONS
 
 __all__ = [
     "CONSUL_VAULT_FUNCTIONS",
@@ -73,7 +73,7 @@ def unsupported_functions(text: str, left: str = "{{", right: str = "}}") -> set
     """Names of functions the template calls that this client refuses to run (disabled
     by Nomad's default denylist, or needing facilities this client does not offer)."""
     trees = _parse(text, DEFAULT_NAME, left, right)
-    refused = DISABLED_FUNCTIONS | UNSUPPORTED_FUNCTIONS
+    refused = DISABLED_FUNCTIONS | UNSUPPORTED_FUNCTIONS | UNSUPPORTED_SPRIG_FUNCTIONS
     return {name for name, _ in function_calls(trees) if name in refused}
 
 

@@ -24,7 +24,7 @@ from allocrunner.template.values import (
     type_name,
 )
 
-_SPEC = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?(.?)", re.DOTALL)
+_SPEC = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?(?:\[(\d+)\])?(.?)", re.DOTALL)
 
 
 def sprint(*args: Any) -> str:
@@ -42,9 +42,9 @@ def sprintln(*args: Any) -> str:
     return " ".join(format_value(a) for a in args) + "\n"
 
 
-def go_quote(text: str) -> str:
-    """strconv.Quote: a double-quoted Go string literal with Go escapes."""
-    return '"' + "".join(_quote_char(c, '"') for c in text) + '"'
+def go_quote(text: str, ascii_only: bool = False) -> str:
+    """strconv.Quote (QuoteToASCII when ascii_only): a double-quoted Go string literal."""
+    return '"' + "".join(_quote_char(c, '"', ascii_only) for c in text) + '"'
 
 
 def go_quote_rune(code: int) -> str:
@@ -66,12 +66,12 @@ _ESCAPES = {
 }
 
 
-def _quote_char(c: str, quote: str) -> str:
+def _quote_char(c: str, quote: str, ascii_only: bool = False) -> str:
     if c == quote:
         return "\\" + c
     if c in _ESCAPES:
         return _ESCAPES[c]
-    if c.isprintable() or c == " ":
+    if (c.isprintable() or c == " ") and not (ascii_only and ord(c) >= 0x80):
         return c
     code = ord(c)
     if code < 0x80:
@@ -100,8 +100,8 @@ class _Spec:
         fill = self.width - len(body)
         if self.minus:
             return body + " " * fill
-        if self.zero and numeric:
-            sign = body[0] if body[:1] in ("-", "+", " ") else ""
+        if self.zero:
+            sign = body[0] if numeric and body[:1] in ("-", "+", " ") else ""
             return sign + "0" * fill + body[len(sign) :]
         return " " * fill + body
 
@@ -137,7 +137,8 @@ def _format_int(spec: _Spec, value: int) -> str:
     elif verb == "q":
         return spec.pad(go_quote_rune(value))
     elif verb == "U":
-        return spec.pad(f"U+{value:04X}")
+        shown = f" '{chr(value)}'" if spec.sharp and 0 <= value <= 0x10FFFF else ""
+        return spec.pad(f"U+{value:04X}{shown}")
     else:
         return bad_verb(verb, value)
     if spec.prec is not None:
@@ -152,7 +153,9 @@ def _format_float(spec: _Spec, value: float) -> str:
         return spec.pad(special)
     negative = value < 0 or (value == 0 and str(value).startswith("-"))
     magnitude = abs(value)
-    if verb in ("v", "g", "G") and spec.prec is None:
+    if verb == "v" and spec.prec is not None:
+        body = _python_g(magnitude, spec.prec or 1, "g")
+    elif verb in ("v", "g", "G") and spec.prec is None:
         body = format_float_g(magnitude, upper=verb == "G")
     elif verb in ("g", "G"):
         body = _python_g(magnitude, spec.prec or 1, verb)
@@ -185,7 +188,10 @@ def _format_string(spec: _Spec, value: str) -> str:
         body = value if spec.prec is None else value[: spec.prec]
         return spec.pad(body)
     if verb == "q":
-        return spec.pad(go_quote(value if spec.prec is None else value[: spec.prec]))
+        text = value if spec.prec is None else value[: spec.prec]
+        if spec.sharp and "`" not in text and all(c.isprintable() or c == "\t" for c in text):
+            return spec.pad("`" + text + "`")
+        return spec.pad(go_quote(text, ascii_only=spec.plus))
     if verb in ("x", "X"):
         data = value.encode()
         sep = " " if spec.space else ""
@@ -238,8 +244,10 @@ def sprintf(fmt: str, *args: Any) -> str:
         out.append(fmt[pos:pct])
         match = _SPEC.match(fmt, pct)
         assert match is not None
-        flags, width_text, prec_text, verb = match.groups()
+        flags, width_text, prec_text, arg_index, verb = match.groups()
         pos = match.end()
+        if arg_index is not None:
+            argi = int(arg_index) - 1
         if verb == "%":
             out.append("%")
             continue
@@ -248,8 +256,16 @@ def sprintf(fmt: str, *args: Any) -> str:
             break
         width, argi = _star(width_text, args, argi)
         prec, argi = _star(prec_text, args, argi)
-        if argi >= len(args):
+        if argi >= len(args) or argi < 0:
             out.append(f"%!{verb}(MISSING)")
+            continue
+        if verb == "T":
+            out.append(
+                _Spec(flags, width, prec, verb).pad(
+                    "<nil>" if args[argi] is None else type_name(args[argi])
+                )
+            )
+            argi += 1
             continue
         out.append(format_one(_Spec(flags, width, prec, verb), args[argi]))
         argi += 1

@@ -10,8 +10,9 @@ untilStep), dicts (dict get set unset hasKey keys values pick omit), math (add a
 sub mul div mod max min floor ceil round), encodings (b64enc b64dec b32enc b32dec
 sha1sum sha256sum adler32sum toJson toPrettyJson toRawJson fromJson), regex
 (regexMatch regexFind regexFindAll regexReplaceAll regexReplaceAllLiteral regexSplit
-regexQuoteMeta) and reflection (kindOf kindIs typeOf). Sprig's lenient conversions
-apply: a bad number becomes 0 and a bad base64 string decodes to the error text.
+regexQuoteMeta) and reflection (kindOf kindIs typeOf); `sprig_extras` adds the rest.
+Sprig's lenient conversions apply: a bad number becomes 0 and a bad base64 string
+decodes to the error text.
 
 Threads: none. Locks: none. Owner: `SPRIG` is read by the package API's function table.
 """
@@ -25,50 +26,15 @@ import math
 import re
 import zlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from allocrunner.template import gojson, goregex
+from allocrunner.template.gocast import strval, to_float, to_int
 from allocrunner.template.gofmt import go_quote, sprintf
 from allocrunner.template.registry import FuncError, GoFunc
-from allocrunner.template.values import format_value, is_list, truth, type_name
-
-
-def strval(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return format_value(value)
-
-
-def to_int(value: Any) -> int:
-    """cast.ToInt64: numbers truncate, strings parse (else 0), bools are 0/1, nil is 0."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return 0 if math.isnan(value) or math.isinf(value) else int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip(), 0)
-        except ValueError:
-            try:
-                return int(float(value))
-            except ValueError:
-                return 0
-    return 0
-
-
-def to_float(value: Any) -> float:
-    if isinstance(value, bool | int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return 0.0
-    return 0.0
+from allocrunner.template.sprig_extras import EXTRA_FUNCS, UNSUPPORTED_SPRIG, contains_deep
+from allocrunner.template.values import is_list, truth, type_name
 
 
 def _list(value: Any) -> list[Any]:
@@ -153,7 +119,7 @@ def _keys(*maps: Mapping[str, Any]) -> list[str]:
 def _uniq(items: Any) -> list[Any]:
     out: list[Any] = []
     for item in _list(items):
-        if item not in out:
+        if not contains_deep(out, item):
             out.append(item)
     return out
 
@@ -300,8 +266,13 @@ _FUNCS: tuple[GoFunc, ...] = (
     GoFunc("concat", lambda *lists: [x for item in lists for x in _list(item)], (), "any"),
     GoFunc("reverse", lambda v: _list(v)[::-1], ("any",)),
     GoFunc("uniq", _uniq, ("any",)),
-    GoFunc("without", lambda v, *drop: [x for x in _list(v) if x not in drop], ("any",), "any"),
-    GoFunc("has", lambda needle, v: needle in _list(v), ("any", "any")),
+    GoFunc(
+        "without",
+        lambda v, *drop: [x for x in _list(v) if not contains_deep(drop, x)],
+        ("any",),
+        "any",
+    ),
+    GoFunc("has", lambda needle, v: contains_deep(_list(v), needle), ("any", "any")),
     GoFunc("compact", lambda v: [x for x in _list(v) if not empty(x)], ("any",)),
     GoFunc("sortAlpha", lambda v: sorted(strval(x) for x in _list(v)), ("any",)),
     GoFunc(
@@ -368,6 +339,34 @@ _FUNCS: tuple[GoFunc, ...] = (
     GoFunc("typeOf", type_name, ("any",)),
 )
 
-SPRIG: dict[str, GoFunc] = {
-    "sprig_" + f.name: GoFunc("sprig_" + f.name, f.impl, f.params, f.variadic) for f in _FUNCS
-}
+_MUST_ALIASES = (
+    "first",
+    "last",
+    "rest",
+    "initial",
+    "append",
+    "push",
+    "prepend",
+    "reverse",
+    "uniq",
+    "without",
+    "has",
+    "compact",
+)
+
+
+def _refused(*_args: Any) -> Any:
+    raise FuncError("function is not supported by this client")
+
+
+def _table() -> dict[str, GoFunc]:
+    funcs = {f.name: f for f in (*_FUNCS, *EXTRA_FUNCS)}
+    for name in _MUST_ALIASES:
+        funcs["must" + name[0].upper() + name[1:]] = funcs[name]
+    for name in UNSUPPORTED_SPRIG:
+        funcs[name] = GoFunc(name, _refused, (), "any")
+    return {"sprig_" + name: replace(f, name="sprig_" + name) for name, f in funcs.items()}
+
+
+SPRIG: dict[str, GoFunc] = _table()
+UNSUPPORTED_SPRIG_FUNCTIONS = frozenset("sprig_" + name for name in UNSUPPORTED_SPRIG)

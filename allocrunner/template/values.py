@@ -8,6 +8,8 @@ object = a struct whose exported fields are its public attributes.
 shortest digits: `1e+06`, `0.1`, `3`); `truth` is text/template's truth rule;
 `type_name` gives the Go type name used in error messages.
 
+datetimes print as Go's Time.String does.
+
 Threads: none. Locks: none. Owner: used by `gofmt`, `execute`, `builtins`, `functions`.
 """
 
@@ -16,8 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from allocrunner.template.gotime import format_time
 
 
 class LoopChannel:
@@ -160,6 +165,8 @@ def format_value(value: Any) -> str:
         return "map[" + " ".join(items) + "]"
     if isinstance(value, bytes):
         return "[" + " ".join(str(b) for b in value) + "]"
+    if isinstance(value, datetime):
+        return format_time(value, "2006-01-02 15:04:05.999999999 -0700 MST")
     fields = struct_fields(value)
     if fields is not None:
         return "{" + " ".join(format_value(v) for _, v in fields) + "}"

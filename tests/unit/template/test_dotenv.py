@@ -28,17 +28,23 @@ LINES: list[tuple[str, str, str]] = [
     ("FOO='' # empty", "FOO", ""),
     ("FOO=normal'single ' ", "FOO", "normalsingle "),
     ('FOO= "double\\\\" normal # "EOL"', "FOO", "double\\ normal"),
-    ("export FOO =  'single\\n' \\\\normal\\t \"double\\\"\\n \" # comment", "FOO",
-     "single\\n \\\\normal\\t double\"\n "),
-    ("U1=\U0001F525", "U1", "\U0001F525"),
+    (
+        'export FOO =  \'single\\n\' \\\\normal\\t "double\\"\\n " # comment',
+        "FOO",
+        'single\\n \\\\normal\\t double"\n ',
+    ),
+    ("U1=\U0001f525", "U1", "\U0001f525"),
     ('U3="\\u2318"', "U3", "\u2318"),
-    ('U3="\\uD83D\\uDE01"', "U3", "\U0001F601"),
+    ('U3="\\uD83D\\uDE01"', "U3", "\U0001f601"),
     ("_=x' ' ", "_", "x "),
     ("FOO.BAR=x", "FOO.BAR", "x"),
     ("FOO/BAR=x", "FOO/BAR", "x"),
     ('w="\\r\\n"', "w", "\r\n"),
-    ('SOME_KEY = normal unquoted \\text \'plus single quoted\\\' "\\"double quoted " # EOL',
-     "SOME_KEY", 'normal unquoted \\text plus single quoted\\ "double quoted '),
+    (
+        'SOME_KEY = normal unquoted \\text \'plus single quoted\\\' "\\"double quoted " # EOL',
+        "SOME_KEY",
+        'normal unquoted \\text plus single quoted\\ "double quoted ',
+    ),
 ]
 
 
@@ -76,8 +82,10 @@ def test_bad_line(line: str, message: str) -> None:
 
 
 def test_file_with_comments_blank_lines_and_duplicates() -> None:
-    text = "# Start of file\n\nFIRST=key and value pair\n_=_   # ok\n" \
-           "FIRST=\"overwrite # original\"  #...\n"
+    text = (
+        "# Start of file\n\nFIRST=key and value pair\n_=_   # ok\n"
+        'FIRST="overwrite # original"  #...\n'
+    )
     assert parse_dotenv(text) == {"FIRST": "overwrite # original", "_": "_"}
 
 

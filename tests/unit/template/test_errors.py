@@ -45,42 +45,56 @@ PARSE_ERRORS: list[tuple[str, str]] = [
 ]
 
 EXEC_ERRORS: list[tuple[str, str]] = [
-    ("{{ .S.Foo }}",
-     'template: template:1:5: executing "template" at <.S.Foo>: '
-     "can't evaluate field Foo in type interface {}"),
-    ("line1\nline2 {{ .I.Foo }}",
-     'template: template:2:11: executing "template" at <.I.Foo>: '
-     "can't evaluate field Foo in type interface {}"),
+    (
+        "{{ .S.Foo }}",
+        'template: template:1:5: executing "template" at <.S.Foo>: '
+        "can't evaluate field Foo in type interface {}",
+    ),
+    (
+        "line1\nline2 {{ .I.Foo }}",
+        'template: template:2:11: executing "template" at <.I.Foo>: '
+        "can't evaluate field Foo in type interface {}",
+    ),
     ("{{ .L.Foo }}", "can't evaluate field Foo in type interface {}"),
-    ("{{ $x := 1 }}{{ $x.Foo }}", "template:1:18: executing \"template\" at <$x.Foo>: "
-     "can't evaluate field Foo in type int"),
+    (
+        "{{ $x := 1 }}{{ $x.Foo }}",
+        'template:1:18: executing "template" at <$x.Foo>: can\'t evaluate field Foo in type int',
+    ),
     ("{{ .Nil.Foo }}", "nil pointer evaluating interface {}.Foo"),
     ("{{ range .Mixed }}{{ .Foo }}{{ end }}", "can't evaluate field Foo in type interface {}"),
     ("{{ $x = 1 }}", "undefined variable: $x"),
-    ("{{len 1 2}}",
-     'template: template:1:2: executing "template" at <len>: wrong number of args for len: '
-     "want 1 got 2"),
+    (
+        "{{len 1 2}}",
+        'template: template:1:2: executing "template" at <len>: wrong number of args for len: '
+        "want 1 got 2",
+    ),
     ("{{ printf }}", "wrong number of args for printf: want at least 1 got 0"),
     ("{{ toUpper .I }}", "wrong type for value; expected string; got int"),
-    ("{{ indent \"x\" \"y\" }}", 'expected integer; found "x"'),
-    ("{{ index .L 5 }}",
-     'template:1:3: executing "template" at <index .L 5>: error calling index: '
-     "index out of range: 5"),
+    ('{{ indent "x" "y" }}', 'expected integer; found "x"'),
+    (
+        "{{ index .L 5 }}",
+        'template:1:3: executing "template" at <index .L 5>: error calling index: '
+        "index out of range: 5",
+    ),
     ('{{ index .M "zz" "b" }}', "error calling index: index of nil pointer"),
     ("{{ index 1 1 }}", "error calling index: can't index item of type int"),
     ("{{ lt true false }}", "error calling lt: invalid type for comparison"),
-    ("{{ eq 1 \"a\" }}", "error calling eq: incompatible types for comparison"),
+    ('{{ eq 1 "a" }}', "error calling eq: incompatible types for comparison"),
     ("{{ eq 1 1.0 }}", "error calling eq: incompatible types for comparison"),
     ("{{ eq .L .L }}", "error calling eq: non-comparable type [a b c]: []interface {}"),
     ("{{ nil }}", "nil is not a command"),
-    ("{{ 3 4 }}", 'at <3>: can\'t give argument to non-function 3'),
-    ("{{ (1) 2 }}", 'at <(1) 2>: can\'t give argument to non-function 1'),
+    ("{{ 3 4 }}", "at <3>: can't give argument to non-function 3"),
+    ("{{ (1) 2 }}", "at <(1) 2>: can't give argument to non-function 1"),
     ('{{ "x" | .S }}', "S is not a method but has arguments"),
     ("{{ range 5 }}{{end}}", "range can't iterate over 5"),
-    ('{{template "nope"}}',
-     'template:1:11: executing "template" at <{{template "nope"}}>: template "nope" not defined'),
-    ('{{define "r"}}{{template "r"}}{{end}}{{template "r"}}',
-     "exceeded maximum template depth (100)"),
+    (
+        '{{template "nope"}}',
+        'template:1:11: executing "template" at <{{template "nope"}}>: template "nope" not defined',
+    ),
+    (
+        '{{define "r"}}{{template "r"}}{{end}}{{template "r"}}',
+        "exceeded maximum template depth (100)",
+    ),
     ("{{ .P.Scale }}", "wrong number of args for Scale: want 1 got 0"),
     ("{{ .P.Nope }}", "can't evaluate field Nope in type interface {}"),
     ("{{ with .P }}{{ .Nope }}{{ end }}", "can't evaluate field Nope in type Point"),
@@ -89,8 +103,7 @@ EXEC_ERRORS: list[tuple[str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("template", "message"), PARSE_ERRORS,
-                         ids=[t for t, _ in PARSE_ERRORS])
+@pytest.mark.parametrize(("template", "message"), PARSE_ERRORS, ids=[t for t, _ in PARSE_ERRORS])
 def test_parse_error(template: str, message: str) -> None:
     with pytest.raises(TemplateError) as caught:
         render(template, env={}, data=DATA)

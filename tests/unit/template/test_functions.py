@@ -10,11 +10,20 @@ import pytest
 from allocrunner.template import TemplateError, render
 
 NOW = datetime(2026, 12, 3, 18, 4, 5, 123456, tzinfo=UTC)
-ENV = {"NOMAD_TASK_DIR": "/local", "node.datacenter": "dc1", "EMPTY": "",
-       "NOMAD_META_mykey": "some_value"}
+ENV = {
+    "NOMAD_TASK_DIR": "/local",
+    "node.datacenter": "dc1",
+    "EMPTY": "",
+    "NOMAD_META_mykey": "some_value",
+}
 DATA: dict[str, Any] = {
-    "tags": ["web", "db"], "want": ["web"], "other": ["x", "db"], "none": ["q"],
-    "ints": [1, 2, 3], "m1": {"a": 1, "n": {"x": 1}}, "m2": {"a": 2, "b": 3, "n": {"y": 2}},
+    "tags": ["web", "db"],
+    "want": ["web"],
+    "other": ["x", "db"],
+    "none": ["q"],
+    "ints": [1, 2, 3],
+    "m1": {"a": 1, "n": {"x": 1}},
+    "m2": {"a": 2, "b": 3, "n": {"y": 2}},
 }
 
 
@@ -91,8 +100,10 @@ CASES: list[tuple[str, str]] = [
     ('{{ base64URLEncode "??>" }} {{ base64URLDecode "Pz8-" }}', "Pz8- ??>"),
     ('{{ sha256Hex "abc" }}', "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
     ('{{ md5sum "abc" }}', "900150983cd24fb0d6963f7d28e17f72"),
-    ('{{ hmacSHA256Hex "msg" "key" }}',
-     "2d93cbc1be167bcb1637a4a23cbff01a7878f0c50ee833954ea5221bb1b8c628"),
+    (
+        '{{ hmacSHA256Hex "msg" "key" }}',
+        "2d93cbc1be167bcb1637a4a23cbff01a7878f0c50ee833954ea5221bb1b8c628",
+    ),
     # arithmetic: the piped value is the left operand
     ("{{ add 1 2 }} {{ 10 | subtract 3 }} {{ multiply 4 2.5 }}", "3 7 10"),
     ("{{ 7 | divide 2 }} {{ -7 | divide 2 }} {{ 7.0 | divide 2 }}", "3 -3 3.5"),
@@ -105,11 +116,16 @@ CASES: list[tuple[str, str]] = [
     ('{{ range loop "2" }}x{{end}}', "xx"),
     ("{{ range loop 0 }}x{{else}}none{{end}}", "none"),
     # scratch and executeTemplate
-    ('{{ scratch.Set "k" "v" }}{{ scratch.Get "k" }} {{ scratch.Key "k" }} {{ scratch.Key "z" }}',
-     "v true false"),
+    (
+        '{{ scratch.Set "k" "v" }}{{ scratch.Get "k" }} '
+        '{{ scratch.Key "k" }} {{ scratch.Key "z" }}',
+        "v true false",
+    ),
     ('{{ scratch.SetX "k" 1 }}{{ scratch.SetX "k" 2 }}{{ scratch.Get "k" }}', "1"),
-    ('{{ scratch.MapSet "m" "b" 2 }}{{ scratch.MapSet "m" "a" 1 }}{{ scratch.MapValues "m" }}',
-     "[1 2]"),
+    (
+        '{{ scratch.MapSet "m" "b" 2 }}{{ scratch.MapSet "m" "a" 1 }}{{ scratch.MapValues "m" }}',
+        "[1 2]",
+    ),
     ('{{ define "x" }}[{{ . }}]{{ end }}{{ executeTemplate "x" 5 }}', "[5]"),
     # maps
     ("{{ mergeMap .m1 .m2 }}", "map[a:1 b:3 n:map[x:1 y:2]]"),
@@ -136,7 +152,7 @@ FAILURES: list[tuple[str, str]] = [
     ("{{ divide 0 1 }}", "integer divide by zero"),
     ('{{ add "a" 1 }}', "add: unknown type"),
     ("{{ modulo 1.5 3 }}", "modulo: unknown type"),
-    ('{{ loop 1 2 3 }}', "loop: wrong number of arguments"),
+    ("{{ loop 1 2 3 }}", "loop: wrong number of arguments"),
     ('{{ executeTemplate "nope" }}', 'template "nope" not defined'),
     ('{{ toJSON (parseFloat "NaN") }}', "toJSON: json: unsupported value"),
     ('{{ plugin "x" }}', "error calling plugin: function is disabled"),

@@ -48,7 +48,7 @@ CASES: list[tuple[str, str, str]] = [
     ("trim left only", "a \n {{- 3}} b", "a3 b"),
     ("trim right only", "a {{3 -}} \n\t b", "a 3b"),
     ("minus without space is a number", "{{-3}}", "-3"),
-    ("trim with newline", "x\n{{- \"y\" -}}\nz", "xyz"),
+    ("trim with newline", 'x\n{{- "y" -}}\nz', "xyz"),
     ("comment", "a{{/* a comment */}}b", "ab"),
     ("trimmed comment", "a {{- /* c */ -}} b", "ab"),
     ("multi-line comment", "a{{/*\nline\n*/}}b", "ab"),
@@ -121,59 +121,73 @@ CASES: list[tuple[str, str, str]] = [
     ("range continue", "{{range .Ints}}{{if eq . 2}}{{continue}}{{end}}{{.}}{{end}}", "13"),
     ("range $ is root", "{{range .L}}{{$.I}}{{end}}", "171717"),
     ("range assign", "{{$v := 0}}{{range $v = .Ints}}{{end}}{{$v}}", "3"),
-    ("nested range", "{{range .Ints}}{{$o := .}}{{range $.L}}{{$o}}{{.}}{{end}};{{end}}",
-     "1a1b1c;2a2b2c;3a3b3c;"),
+    (
+        "nested range",
+        "{{range .Ints}}{{$o := .}}{{range $.L}}{{$o}}{{.}}{{end}};{{end}}",
+        "1a1b1c;2a2b2c;3a3b3c;",
+    ),
     # define / template / block
     ("define and call", '{{define "t"}}[{{.}}]{{end}}{{template "t" .S}}', "[xyz]"),
     ("template without data", '{{define "t"}}{{.}}{{end}}{{template "t"}}', "<no value>"),
-    ("template does not inherit variables",
-     '{{define "t"}}{{$}}{{end}}{{$x := 1}}{{template "t" 5}}', "5"),
+    (
+        "template does not inherit variables",
+        '{{define "t"}}{{$}}{{end}}{{$x := 1}}{{template "t" 5}}',
+        "5",
+    ),
     ("block default", '{{block "b" .I}}<{{.}}>{{end}}', "<17>"),
     ("define overrides empty", '{{define "t"}}{{end}}{{define "t"}}x{{end}}{{template "t"}}', "x"),
-    ("recursive template",
-     '{{define "r"}}{{if .}}{{index . 0}}{{template "r" (slice . 1)}}{{end}}{{end}}'
-     '{{template "r" .L}}', "abc"),
+    (
+        "recursive template",
+        '{{define "r"}}{{if .}}{{index . 0}}{{template "r" (slice . 1)}}{{end}}{{end}}'
+        '{{template "r" .L}}',
+        "abc",
+    ),
     # pipelines and parentheses
     ("pipeline last argument", '{{"x" | printf "%s-%s" "a"}}', "a-x"),
     ("pipeline chain", '{{.S | printf "%q" | len}}', "5"),
-    ("parenthesized", "{{printf \"%d\" (len .L)}}", "3"),
+    ("parenthesized", '{{printf "%d" (len .L)}}', "3"),
     ("field of parenthesized", "{{(.Nested.a).b.c}}", "deep"),
-    ("index of parenthesized", "{{(index .Nested \"a\").b.c}}", "deep"),
+    ("index of parenthesized", '{{(index .Nested "a").b.c}}', "deep"),
     ("declare in parens", "{{($x := 3)}}{{$x}}", "33"),
     # builtins
     ("and returns operand", "{{and 1 0 2}} {{and 1 2}}", "0 2"),
-    ("or returns operand", "{{or 0 \"\" 3}} {{or 0 \"\"}}", "3 "),
+    ("or returns operand", '{{or 0 "" 3}} {{or 0 ""}}', "3 "),
     ("and short-circuits", "{{and false (index .L 99)}}", "false"),
     ("or short-circuits", "{{or true (index .L 99)}}", "true"),
     ("not", "{{not 0}} {{not .S}}", "true false"),
-    ("len", "{{len .L}} {{len .M}} {{len .S}} {{len \"é\"}}", "3 3 3 2"),
+    ("len", '{{len .L}} {{len .M}} {{len .S}} {{len "é"}}', "3 3 3 2"),
     ("index list", "{{index .L 1}}", "b"),
-    ("index map", "{{index .M \"two\"}}", "2"),
-    ("index missing map key", "{{index .M \"nine\"}}", "<no value>"),
-    ("index nested", "{{index .Nested \"a\" \"b\" \"c\"}}", "deep"),
+    ("index map", '{{index .M "two"}}', "2"),
+    ("index missing map key", '{{index .M "nine"}}', "<no value>"),
+    ("index nested", '{{index .Nested "a" "b" "c"}}', "deep"),
     ("index string gives a byte", "{{index .S 0}}", "120"),
     ("slice list", "{{slice .L 1}} {{slice .L 0 2}} {{slice .L}}", "[b c] [a b] [a b c]"),
     ("slice string", "{{slice .S 1 2}}", "y"),
-    ("print", "{{print 1 2 \"a\" 3 \"b\" \"c\"}}", "1 2a3bc"),
-    ("println", "{{println 1 \"a\"}}", "1 a\n"),
+    ("print", '{{print 1 2 "a" 3 "b" "c"}}', "1 2a3bc"),
+    ("println", '{{println 1 "a"}}', "1 a\n"),
     ("printf verbs", '{{printf "%d %s %v %q %t %%" 3 "s" .L "q" true}}', '3 s [a b c] "q" true %'),
-    ("printf float", '{{printf "%.2f %f %e %g" 3.14159 1.5 1234.5 0.5}}',
-     "3.14 1.500000 1.234500e+03 0.5"),
-    ("printf width", '{{printf "[%5d][%-4s][%05.1f][%x][%X]" 42 "ab" 3.14159 255 "hi"}}',
-     "[   42][ab  ][003.1][ff][6869]"),
+    (
+        "printf float",
+        '{{printf "%.2f %f %e %g" 3.14159 1.5 1234.5 0.5}}',
+        "3.14 1.500000 1.234500e+03 0.5",
+    ),
+    (
+        "printf width",
+        '{{printf "[%5d][%-4s][%05.1f][%x][%X]" 42 "ab" 3.14159 255 "hi"}}',
+        "[   42][ab  ][003.1][ff][6869]",
+    ),
     ("printf wrong type", '{{printf "%d" "x"}}', "%!d(string=x)"),
     ("printf missing", '{{printf "%d %d" 1}}', "1 %!d(MISSING)"),
     ("printf extra", '{{printf "%d" 1 2}}', "1%!(EXTRA int=2)"),
-    ("eq", "{{eq 1 1}} {{eq \"a\" \"b\"}} {{eq .S \"xyz\"}}", "true false true"),
+    ("eq", '{{eq 1 1}} {{eq "a" "b"}} {{eq .S "xyz"}}', "true false true"),
     ("eq several", "{{eq .I 1 2 17}} {{eq .I 1 2}}", "true false"),
     ("eq nil", "{{eq .Nil .Missing}}", "true"),
-    ("ne", "{{ne 1 2}} {{ne \"a\" \"a\"}}", "true false"),
+    ("ne", '{{ne 1 2}} {{ne "a" "a"}}', "true false"),
     ("ordering", "{{lt 1 2}} {{le 2 2}} {{gt 1 2}} {{ge 2 3}}", "true true false false"),
-    ("string ordering", "{{lt \"a\" \"b\"}} {{gt \"b\" \"a\"}}", "true true"),
+    ("string ordering", '{{lt "a" "b"}} {{gt "b" "a"}}', "true true"),
     ("float ordering", "{{lt 1.5 2.5}}", "true"),
     ("html", '{{html "<a href=\\"x\\">&\'"}}', "&lt;a href=&#34;x&#34;&gt;&amp;&#39;"),
-    ("js", "{{js \"it's <b>\\\"q\\\" a=b\\n\"}}",
-     "it\\'s \\u003Cb\\u003E\\\"q\\\" a\\u003Db\\u000A"),
+    ("js", '{{js "it\'s <b>\\"q\\" a=b\\n"}}', 'it\\\'s \\u003Cb\\u003E\\"q\\" a\\u003Db\\u000A'),
     ("urlquery", '{{urlquery "a b&c=d/é"}}', "a+b%26c%3Dd%2F%C3%A9"),
     ("html of several args", "{{html 1 2}}", "1 2"),
     ("html of nil", "{{html .Nil}}", "&lt;no value&gt;"),
@@ -181,8 +195,9 @@ CASES: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("template", "expected"), [(t, e) for _, t, e in CASES],
-                         ids=[name for name, _, _ in CASES])
+@pytest.mark.parametrize(
+    ("template", "expected"), [(t, e) for _, t, e in CASES], ids=[name for name, _, _ in CASES]
+)
 def test_go_output(template: str, expected: str) -> None:
     assert render(template, env={}, data=DATA) == expected
 
@@ -216,4 +231,4 @@ def test_nil_data_prints_no_value() -> None:
 
 
 def test_actions_may_span_lines() -> None:
-    assert render("{{ printf\n \"%d\"\n 3 }}", env={}) == "3"
+    assert render('{{ printf\n "%d"\n 3 }}', env={}) == "3"

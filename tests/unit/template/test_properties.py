@@ -40,8 +40,9 @@ def test_delimiter_escape_from_the_docs() -> None:
     assert render('{{"{{"}} .Foo {{"}}"}}', env={}) == "{{ .Foo }}"
 
 
-@given(st.dictionaries(st.text(alphabet="abcxyz", min_size=1, max_size=4), st.integers(),
-                       max_size=5))
+@given(
+    st.dictionaries(st.text(alphabet="abcxyz", min_size=1, max_size=4), st.integers(), max_size=5)
+)
 def test_range_over_a_map_visits_sorted_keys(mapping: dict[str, int]) -> None:
     out = render("{{range $k, $v := .}}{{$k}}={{$v}};{{end}}", env={}, data=mapping)
     assert out == "".join(f"{k}={mapping[k]};" for k in sorted(mapping))

@@ -29,7 +29,14 @@ def test_finds_functions_everywhere() -> None:
 {{ tree "x" | len }}
 """
     assert consul_or_vault_functions(text, "{{", "}}") == {
-        "key", "keyOrDefault", "service", "secret", "nomadService", "nomadVar", "ls", "tree",
+        "key",
+        "keyOrDefault",
+        "service",
+        "secret",
+        "nomadService",
+        "nomadVar",
+        "ls",
+        "tree",
     }
 
 
@@ -48,7 +55,7 @@ def test_detection_raises_on_syntax_errors() -> None:
 
 
 def test_render_refuses_before_writing_anything() -> None:
-    text = "{{ if false }}{{ key \"never-run\" }}{{ end }}"
+    text = '{{ if false }}{{ key "never-run" }}{{ end }}'
     with pytest.raises(TemplateError, match='function "key" needs Consul, Vault or the Nomad API'):
         render(text, env={})
 
