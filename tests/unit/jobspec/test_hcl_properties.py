@@ -293,3 +293,51 @@ def test_random_expressions_raise_only_jobspec_errors(
         parse_job(text, "hcl", variables=[f"{k}={v}" for k, v in cli])
     except JobSpecError as err:
         assert err.message
+
+
+HCL_PIECES = st.sampled_from(
+    [
+        'job "j" {',
+        "}",
+        "{",
+        'group "g" {',
+        'task "t" {',
+        'driver = "d"',
+        "count = ",
+        "${",
+        "%{",
+        '"',
+        "<<EOT\n",
+        "EOT\n",
+        "\n",
+        "var.",
+        "local.",
+        "locals {",
+        'variable "v" {',
+        "[",
+        "]",
+        "(",
+        ")",
+        "for x in",
+        ":",
+        "=>",
+        "...",
+        "?",
+        "#",
+        "/*",
+        "*/",
+        "upper(",
+        ",",
+        "1",
+        "-",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(HCL_PIECES, max_size=30))
+def test_random_text_raises_only_jobspec_errors(pieces: list[str]) -> None:
+    try:
+        parse_job(" ".join(pieces), "hcl")
+    except JobSpecError as err:
+        assert err.message
