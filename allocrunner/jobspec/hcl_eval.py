@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from lark import Token, Tree
 
+from allocrunner.errors import JobSpecError
 from allocrunner.jobspec.hcl_access import (
     EvalError,
     FunctionError,
@@ -239,9 +240,26 @@ class _Evaluator:
 
     def conditional(self, node: Tree) -> Any:
         cond, then, otherwise = _trees(node)
-        if _as_bool(self.value(cond), "the condition of ? :"):
-            return self.value(then)
-        return self.value(otherwise)
+        chosen, other = then, otherwise
+        if not _as_bool(self.value(cond), "the condition of ? :"):
+            chosen, other = otherwise, then
+        value = self.value(chosen)
+        if value is None or isinstance(value, (list, dict)):
+            return value
+        return self.unify(value, other)
+
+    def unify(self, value: Any, other_node: Any) -> Any:
+        """A primitive result as a string when the other branch is another primitive
+        type, as HCL unifies the two results' types (`true ? 1 : "x"` is "1")."""
+        try:
+            other = self.value(other_node)
+        except (EvalError, ConversionError, JobSpecError):
+            return value  # HCL reports only the chosen branch's errors
+        if other is None or isinstance(other, (list, dict)):
+            return value
+        if _kind(value) != _kind(other):
+            return to_string(value)
+        return value
 
     def binary_op(self, node: Tree) -> Any:
         left_node, term = _trees(node)[:2]
@@ -505,6 +523,13 @@ def _static_step(step: Tree) -> bool:
         isinstance(p.children[0], Token) and p.children[0].type == "STRING_CHARS"
         for p in _trees(key)
     )
+
+
+def _kind(value: Any) -> str:
+    """The type name of a primitive value: string, number or bool."""
+    if isinstance(value, bool):
+        return "bool"
+    return "string" if isinstance(value, str) else "number"
 
 
 def _as_bool(value: Any, what: str) -> bool:

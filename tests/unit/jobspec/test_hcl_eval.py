@@ -53,6 +53,12 @@ CASES: list[tuple[str, Any]] = [
     ("false || !false", True),
     ('var.n > 2 ? "big" : "small"', "big"),
     ("var.nothing == null", True),
+    ('true ? 1 : "x"', "1"),
+    ("false ? 1 : true", "true"),
+    ("true ? 1 : 2", 1),
+    ('var.n > 5 ? var.missing : "fallback"', "fallback"),
+    ('var.n > 1 ? "ok" : var.missing', "ok"),
+    ('true ? [1] : "x"', [1]),
     # references
     ("var.n", 3),
     ("var.list[1]", 2),
