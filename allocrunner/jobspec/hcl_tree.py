@@ -46,6 +46,8 @@ class Block:
 
 def parse_file(text: str) -> Tree:
     """The parse tree of one HCL file; JobSpecError("", ...) for a syntax error."""
+    if not hasattr(hcl2, "parses_to_tree"):
+        raise JobSpecError("", "HCL2 job files need python-hcl2 8 or later")
     try:
         return hcl2.parses_to_tree(text)
     except RecursionError:
