@@ -58,23 +58,32 @@ def _len(item: Any) -> int:
 
 
 def _index_one(item: Any, key: Any) -> Any:
-    if item is None:
-        raise FuncError("index of untyped nil")
     if isinstance(item, Mapping):
+        if key is None:
+            raise FuncError("value is nil; should be of type string")
+        if not isinstance(key, str) and all(isinstance(k, str) for k in item):
+            raise FuncError(f"value has type {type_name(key)}; should be string")
         return item.get(key)
     if is_list(item) or isinstance(item, str):
+        if key is None:
+            raise FuncError("cannot index slice/array with nil")
         if not is_int(key):
             raise FuncError(f"cannot index slice/array with type {type_name(key)}")
         seq: Any = item.encode() if isinstance(item, str) else item
-        if key < 0 or key >= len(seq):
+        if key < 0 or key > len(seq):
             raise FuncError(f"index out of range: {key}")
+        if key == len(seq):
+            kind = "string" if isinstance(item, str) else "slice"
+            raise FuncError(f"reflect: {kind} index out of range")
         return seq[key]
     raise FuncError(f"can't index item of type {type_name(item)}")
 
 
 def _index(item: Any, *keys: Any) -> Any:
-    for step, key in enumerate(keys):
-        if item is None and step > 0:
+    if item is None:
+        raise FuncError("index of untyped nil")
+    for key in keys:
+        if item is None:
             raise FuncError("index of nil pointer")
         item = _index_one(item, key)
     return item
@@ -104,6 +113,8 @@ def _slice(item: Any, *indexes: Any) -> Any:
 def _slice_bounds(cap: int, indexes: tuple[Any, ...]) -> tuple[int, int]:
     bounds = [0, cap]
     for i, index in enumerate(indexes):
+        if index is None:
+            raise FuncError("cannot index slice/array with nil")
         if not is_int(index):
             raise FuncError(f"cannot index slice/array with type {type_name(index)}")
         if index < 0 or index > cap:
@@ -141,11 +152,25 @@ def _eq(arg1: Any, *others: Any) -> bool:
             if k1 != "invalid" and k2 != "invalid":
                 raise FuncError("incompatible types for comparison")
             continue
-        if k1 == "other" and (is_list(arg) or isinstance(arg, Mapping)):
-            raise FuncError(f"non-comparable type {format_value(arg)}: {type_name(arg)}")
+        if k1 == "other":
+            _check_comparable(arg1, arg)
         if arg1 == arg:
             return True
     return False
+
+
+def _container_kind(value: Any) -> str:
+    return "slice" if is_list(value) else "map" if isinstance(value, Mapping) else "struct"
+
+
+def _check_comparable(arg1: Any, arg: Any) -> None:
+    if _container_kind(arg1) != _container_kind(arg):
+        raise FuncError(
+            f"non-comparable types {sprintf('%s', arg1)}: {type_name(arg1)}, "
+            f"{type_name(arg)}: {format_value(arg)}"
+        )
+    if is_list(arg) or isinstance(arg, Mapping):
+        raise FuncError(f"non-comparable type {sprintf('%s', arg)}: {type_name(arg)}")
 
 
 def _ne(arg1: Any, arg2: Any) -> bool:
@@ -154,10 +179,12 @@ def _ne(arg1: Any, arg2: Any) -> bool:
 
 def _lt(arg1: Any, arg2: Any) -> bool:
     k1, k2 = _kind(arg1), _kind(arg2)
-    if k1 in ("bool", "invalid", "other") or k2 in ("bool", "invalid", "other"):
+    if k1 in ("invalid", "other") or k2 in ("invalid", "other"):
         raise FuncError("invalid type for comparison")
     if k1 != k2:
         raise FuncError("incompatible types for comparison")
+    if k1 == "bool":
+        raise FuncError("invalid type for comparison")
     return bool(arg1 < arg2)
 
 

@@ -401,8 +401,6 @@ class _Exec:
             self.node = node
             raise self.errorf(str(err)) from None
         argv = self.call_args(dot, fn, args, final)
-        node = cmd
-        self.node = node
         try:
             if fn.contextual:
                 return fn.impl(self.context, *argv)
@@ -412,7 +410,7 @@ class _Exec:
         except RecursionError:
             raise
         except Exception as err:  # a function's failure becomes the template's error
-            self.node = node
+            self.node = cmd
             raise self.errorf(f"error calling {fn.name}: {_message(err)}") from None
 
     def call_args(

@@ -206,9 +206,14 @@ def _format_container(spec: _Spec, value: Any) -> str:
     if spec.verb not in "vsdxXqfeEgGotb":
         return bad_verb(spec.verb, value)
     if isinstance(value, Mapping):
-        parts = [f"{format_one(spec, k)}:{format_one(spec, value[k])}" for k in sorted_keys(value)]
+        parts = [f"{_element(spec, k)}:{_element(spec, value[k])}" for k in sorted_keys(value)]
         return "map[" + " ".join(parts) + "]"
-    return "[" + " ".join(format_one(spec, v) for v in value) + "]"
+    return "[" + " ".join(_element(spec, v) for v in value) + "]"
+
+
+def _element(spec: _Spec, value: Any) -> str:
+    """A value inside a slice or map: a nil element prints `<nil>` whatever the verb."""
+    return "<nil>" if value is None else format_one(spec, value)
 
 
 def format_one(spec: _Spec, value: Any) -> str:

@@ -286,9 +286,19 @@ class _Lexer:
         return pos
 
     def _lex_number(self) -> None:
+        """A number; a sign right after one starts Go's complex-constant form (`1+2i`)."""
+        pos = self._scan_number(self.pos)
+        if pos < len(self.text) and self.text[pos] in "+-":
+            pos = self._scan_number(pos)
+            if self.text[pos - 1] != "i":
+                raise self.fail(self.pos, f"bad number syntax: {go_quote(self.text[self.pos:pos])}")
+        self.emit(NUMBER, self.pos, pos)
+        self.pos = pos
+
+    def _scan_number(self, start: int) -> int:
         """Go's scanNumber: sign, base prefix, digits, one fraction, exponent; the parser
         judges the result."""
-        pos = self._accept(self.pos, "+-")
+        pos = self._accept(start, "+-")
         digits = "0123456789_"
         if self.text.startswith("0", pos):
             pos += 1
@@ -310,8 +320,7 @@ class _Lexer:
             raise self.fail(
                 self.pos, f"bad number syntax: {go_quote(self.text[self.pos : pos + 1])}"
             )
-        self.emit(NUMBER, self.pos, pos)
-        self.pos = pos
+        return pos
 
     def _lex_quote(self) -> None:
         self._lex_delimited('"', STRING, "unterminated quoted string")

@@ -157,8 +157,11 @@ class _Parser:
 
     def _is_define(self) -> bool:
         save = self.index
-        self.next()
-        tok = self.next_non_space()
+        self.action_line = self.next().line
+        try:
+            tok = self.next_non_space()
+        finally:
+            self.action_line = 0
         self.index = save
         return tok.kind == lx.KEYWORD and tok.value == "define"
 
