@@ -173,6 +173,16 @@ def to_title(text: str) -> str:
     return "".join(out)
 
 
+def go_upper(text: str) -> str:
+    """strings.ToUpper: rune by rune, so a letter without a one-rune upper case stays."""
+    return "".join(upper if len(upper := c.upper()) == 1 else c for c in text)
+
+
+def go_lower(text: str) -> str:
+    """strings.ToLower: rune by rune, as go_upper."""
+    return "".join(lower if len(lower := c.lower()) == 1 else c for c in text)
+
+
 def go_split(sep: str, text: str) -> list[str]:
     """strings.Split: an empty separator splits after each character."""
     return list(text) if sep == "" else text.split(sep)
@@ -386,8 +396,8 @@ HELPERS: dict[str, GoFunc] = table(
     GoFunc("parseInt", _wrap_parse("parseInt", strconv.parse_int, 0), ("string",)),
     GoFunc("parseUint", _wrap_parse("parseUint", strconv.parse_uint, 0), ("string",)),
     GoFunc("parseFloat", _wrap_parse("parseFloat", strconv.parse_float, 0.0), ("string",)),
-    GoFunc("toLower", str.lower, ("string",)),
-    GoFunc("toUpper", str.upper, ("string",)),
+    GoFunc("toLower", go_lower, ("string",)),
+    GoFunc("toUpper", go_upper, ("string",)),
     GoFunc("toTitle", to_title, ("string",)),
     GoFunc("trimSpace", str.strip, ("string",)),
     GoFunc("trim", lambda cutset, s: go_trim(s, cutset), ("string", "string")),

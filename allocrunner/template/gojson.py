@@ -108,9 +108,29 @@ def _wrap(open_: str, close: str, items: list[str], indent: str, level: int) -> 
 
 
 def decode(text: str) -> Any:
-    """Decode JSON as Go does into interface{}: numbers become float64."""
-    return json.loads(text, parse_int=float, parse_constant=_reject_constant)
+    """Decode JSON as Go does into interface{}: numbers become float64 (one out of range
+    is an error), errors use encoding/json's wording."""
+    try:
+        return json.loads(
+            text, parse_int=_go_number, parse_float=_go_number, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as err:
+        if err.pos >= len(text.rstrip()):
+            raise ValueError("unexpected end of JSON input") from None
+        raise ValueError(f"invalid character {_quote_char(text[err.pos])} at offset "
+                         f"{err.pos + 1} of JSON input") from None
+
+
+def _go_number(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise JSONError(f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+def _quote_char(c: str) -> str:
+    return "'\\''" if c == "'" else f"'{c}'"
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
+    raise JSONError(f"invalid character '{name[0]}' looking for beginning of value")

@@ -47,13 +47,42 @@ def _translate(pattern: str) -> str:
     return _POSIX_CLASS.sub(posix, pattern.replace("\\z", "\\Z"))
 
 
+_UNICODE_CLASSES = {"L": "[^\\W\\d_]", "N": "\\d", "Nd": "\\d"}
+_UNICODE_CLASS = re.compile(r"\\([pP])(?:\{(\w+)\}|(\w))")
+_GO_MESSAGES = (
+    ("missing ), unterminated subpattern", "missing closing )"),
+    ("unbalanced parenthesis", "unexpected )"),
+    ("unterminated character set", "missing closing ]"),
+    ("nothing to repeat", "missing argument to repetition operator"),
+    ("multiple repeat", "invalid nested repetition operator"),
+    ("bad escape", "invalid escape sequence"),
+)
+
+
+def _unicode_classes(pattern: str) -> str:
+    """`\\pL`, `\\p{L}`, `\\pN`, `\\p{Nd}` (and `\\P` negations) outside brackets."""
+    def expand(match: re.Match[str]) -> str:
+        negate, name = match.group(1) == "P", match.group(2) or match.group(3)
+        if name not in _UNICODE_CLASSES:
+            raise re.error(f"invalid character class range: \\p{{{name}}}")
+        body = _UNICODE_CLASSES[name]
+        return f"(?:(?!{body}).)" if negate else body
+
+    return _UNICODE_CLASS.sub(expand, pattern)
+
+
 @functools.lru_cache(maxsize=256)
 def compile_go(pattern: str) -> re.Pattern[str]:
     """Compile a Go regular expression; ValueError with Go's wording when invalid."""
     try:
-        return re.compile(_translate(pattern))
+        return re.compile(_unicode_classes(_translate(pattern)))
     except re.error as err:
-        raise ValueError(f"error parsing regexp: {err.msg}: `{pattern}`") from None
+        message = str(err.msg)
+        for python_words, go_words in _GO_MESSAGES:
+            if message.startswith(python_words):
+                message = go_words
+                break
+        raise ValueError(f"error parsing regexp: {message}: `{pattern}`") from None
 
 
 def expand_go(match: re.Match[str], template: str) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 RFC3339 = "2006-01-02T15:04:05Z07:00"
 
 _TOKENS = re.compile(
-    r"January|Jan|Monday|Mon|MST|2006|002|_2|01|02|03|04|05|06|15|"
+    r"January|Jan|Monday|Mon|MST|2006|__2|002|_2|01|02|03|04|05|06|15|"
     r"Z07:00:00|-07:00:00|Z07:00|-07:00|Z0700|-0700|Z07|-07|"
     r"PM|pm|[.,](?:0+|9+)(?![0-9])|1|2|3|4|5"
 )
@@ -64,6 +64,7 @@ def _token(moment: datetime, token: str) -> str:
         "2": str(moment.day),
         "_2": f"{moment.day:2d}",
         "002": f"{moment.timetuple().tm_yday:03d}",
+        "__2": f"{moment.timetuple().tm_yday:3d}",
         "15": f"{moment.hour:02d}",
         "03": f"{hour12:02d}",
         "3": str(hour12),

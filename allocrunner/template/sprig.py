@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from allocrunner.template import gojson, goregex
+from allocrunner.template.functions import go_lower, go_upper
 from allocrunner.template.gocast import strval, to_float, to_int
 from allocrunner.template.gofmt import go_quote, sprintf
 from allocrunner.template.registry import FuncError, GoFunc
@@ -223,8 +224,8 @@ def _fail(message: str) -> str:
 
 
 _FUNCS: tuple[GoFunc, ...] = (
-    GoFunc("upper", lambda s: strval(s).upper(), ("any",)),
-    GoFunc("lower", lambda s: strval(s).lower(), ("any",)),
+    GoFunc("upper", lambda s: go_upper(strval(s)), ("any",)),
+    GoFunc("lower", lambda s: go_lower(strval(s)), ("any",)),
     GoFunc("title", lambda s: _title(strval(s)), ("any",)),
     GoFunc("trim", lambda s: strval(s).strip(), ("any",)),
     GoFunc("trimAll", lambda c, s: strval(s).strip(c) if c else strval(s), ("string", "any")),

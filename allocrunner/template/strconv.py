@@ -10,7 +10,8 @@ import re
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _UINT = re.compile(r"[0-9]+")
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DIGITS = r"[0-9](?:_?[0-9])*"
+_FLOAT = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
 _SPECIAL = re.compile(r"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 _HEX_FLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+")
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
@@ -49,7 +50,7 @@ def parse_uint(text: str) -> int:
 
 def parse_float(text: str) -> float:
     if _FLOAT.fullmatch(text) or _SPECIAL.fullmatch(text):
-        value = float(text)
+        value = float(text.replace("_", ""))
     elif _HEX_FLOAT.fullmatch(text):
         sign = -1.0 if text.startswith("-") else 1.0
         value = sign * float.fromhex(text.lstrip("+-"))
