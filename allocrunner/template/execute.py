@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from allocrunner._locking import confined
 from allocrunner.template import nodes as nd
 from allocrunner.template.context import RenderContext, Scratch
 from allocrunner.template.errors import TemplateError
@@ -49,7 +50,15 @@ class _Continue(Exception):
 
 
 class _Exec:
-    """The state of one execution: output, variable stack, current tree and node."""
+    """Not thread-safe; owned by the thread that renders. The state of one execution:
+    output, variable stack, current tree and node."""
+
+    out = confined("template render")
+    vars = confined("template render")
+    tree = confined("template render")
+    node = confined("template render")
+    depth = confined("template render")
+    dot_is_interface = confined("template render")
 
     def __init__(
         self,

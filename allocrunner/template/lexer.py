@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from allocrunner._locking import confined
 from allocrunner.template.gofmt import go_quote
 
 TEXT = "text"
@@ -67,7 +68,11 @@ class LexError(Exception):
 
 
 class _Lexer:
-    """State of one lexing pass over one template text."""
+    """Not thread-safe; owned by the thread that renders. State of one lexing pass over
+    one template text."""
+
+    pos = confined("template render")
+    paren_depth = confined("template render")
 
     def __init__(self, text: str, left: str, right: str) -> None:
         self.text = text

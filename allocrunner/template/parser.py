@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from allocrunner._locking import confined
 from allocrunner.template import lexer as lx
 from allocrunner.template import nodes as nd
 from allocrunner.template.errors import TemplateError
@@ -71,7 +72,14 @@ class Tree:
 
 
 class _Parser:
-    """State of one parse: the token stream, variable scope and range depth."""
+    """Not thread-safe; owned by the thread that renders. State of one parse: the token
+    stream, variable scope and range depth."""
+
+    index = confined("template render")
+    last = confined("template render")
+    action_line = confined("template render")
+    vars = confined("template render")
+    range_depth = confined("template render")
 
     def __init__(
         self, text: str, name: str, left: str, right: str, known: Callable[[str], bool]
