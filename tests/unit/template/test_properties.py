@@ -51,3 +51,22 @@ def test_range_over_a_map_visits_sorted_keys(mapping: dict[str, int]) -> None:
 @given(st.integers(min_value=-(2**62), max_value=2**62))
 def test_integer_literals_print_as_written(n: int) -> None:
     assert render("{{" + str(n) + "}}", env={}) == str(n)
+
+
+def test_concurrent_renders_do_not_share_state() -> None:
+    """Rendering is a pure function: parallel renders with their own data and scratch
+    never see each other's values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    text = (
+        '{{ scratch.Set "me" .id }}{{ range loop 20 }}{{ $.id }}{{ end }}'
+        '|{{ scratch.Get "me" }}|{{ env "WHO" }}'
+    )
+
+    def job(n: int) -> tuple[int, str]:
+        return n, render(text, env={"WHO": f"w{n}"}, data={"id": n})
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(job, range(40)))
+    for n, out in results:
+        assert out == str(n) * 20 + f"|{n}|w{n}"
