@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from allocrunner.template.analysis import function_calls
 from allocrunner.template.builtins import BUILTINS
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_NAME = "template"
+MissingKey = Literal["default", "zero", "error"]
 FUNCTIONS: Mapping[str, GoFunc] = {**SPRIG, **HELPERS, **BUILTINS}
 
 
@@ -87,8 +88,14 @@ def render(
     name: str = DEFAULT_NAME,
     error_on_missing_key: bool = False,
     now: datetime | None = None,
+    missing_key: MissingKey | None = None,
 ) -> str:
-    """Render a template; `env` is the task environment that `env "X"` reads."""
+    """Render a template; `env` is the task environment that `env "X"` reads.
+
+    A map key that is absent behaves as Nomad's templates do: the zero value (printed
+    `<no value>`, and a further field of it is an error), or an error when
+    `error_on_missing_key` is set. `missing_key` overrides with Go's own option names
+    ("default" is text/template's out-of-the-box behaviour)."""
     trees = _parse(text, name, left or "{{", right or "}}")
     for function, line in function_calls(trees):
         if function in CONSUL_VAULT_FUNCTIONS:
@@ -104,5 +111,5 @@ def render(
         funcs=FUNCTIONS,
         env=env,
         now=moment,
-        missing_key_error=error_on_missing_key,
+        missing_key=missing_key or ("error" if error_on_missing_key else "zero"),
     )

@@ -1,11 +1,11 @@
 """The executor: walks parsed template trees against data and writes the output.
 
 Follows Go's text/template evaluation rules: dot and `$`, variables scoped to the
-enclosing control structure, field chains over maps (missing key -> `<no value>`, or an
-error with `error_on_missing_key`), struct-like objects and their methods, function
-calls with Go-style argument checking (piped value as last argument), short-circuit
-`and`/`or`, `if`/`with`/`range` with `else`, `break`/`continue`, `template` calls with a
-depth limit. Errors read `template: NAME:LINE:COL: executing "NAME" at <node>: msg`.
+enclosing control structure, field chains over maps (an absent key follows Go's
+`missingkey` option: default, zero (Nomad's) or error), struct-like objects and their
+methods, function calls with Go-style argument checking (piped value as last argument),
+short-circuit `and`/`or`, `if`/`with`/`range` with `else`, `break`/`continue`, `template`
+calls with a depth limit. Errors read `template: NAME:LINE:COL: executing "NAME" at <node>: msg`.
 
 Threads: none; one `_Exec` serves one render call and is then dropped. Locks: none.
 Owner: `execute` is called by the package API (`render`).
@@ -64,13 +64,13 @@ class _Exec:
         self,
         trees: Mapping[str, Tree],
         funcs: Mapping[str, GoFunc],
-        missing_key_error: bool,
+        missing_key: str,
         env: Mapping[str, str],
         now: datetime,
     ) -> None:
         self.trees = trees
         self.funcs = funcs
-        self.missing_key_error = missing_key_error
+        self.missing_key = missing_key
         self.out: list[str] = []
         self.vars: list[list[Any]] = []
         self.tree: Tree | None = None
@@ -366,7 +366,7 @@ class _Exec:
         if receiver is None and from_interface:
             raise self.errorf(f"nil pointer evaluating interface {{}}.{name}")
         if receiver is None or receiver is _ABSENT:
-            if self.missing_key_error:
+            if self.missing_key == "error":
                 raise self.errorf(f'nil data; no entry for key "{name}"')
             return _ABSENT
         type_text = "interface {}" if from_interface else type_name(receiver)
@@ -375,9 +375,10 @@ class _Exec:
                 raise self.errorf(f"{name} is not a method but has arguments")
             if name in receiver:
                 return receiver[name]
-            if self.missing_key_error:
+            if self.missing_key == "error":
                 raise self.errorf(f'map has no entry for key "{name}"')
-            return _ABSENT
+            # "zero": the map's zero value, a nil interface{}; "default": no value at all
+            return None if self.missing_key == "zero" else _ABSENT
         if isinstance(receiver, _VALUE_TYPES) or name.startswith("_"):
             raise self.errorf(f"can't evaluate field {name} in type {type_text}")
         member = getattr(receiver, name, _ABSENT)
@@ -517,10 +518,11 @@ def execute(
     funcs: Mapping[str, GoFunc],
     env: Mapping[str, str],
     now: datetime,
-    missing_key_error: bool = False,
+    missing_key: str = "default",
 ) -> str:
-    """Execute the template `name` from `trees` with `data` as dot; return the output."""
-    runner = _Exec(trees, funcs, missing_key_error, env, now)
+    """Execute the template `name` from `trees` with `data` as dot; return the output.
+    `missing_key` is Go's missingkey option: "default", "zero" or "error"."""
+    runner = _Exec(trees, funcs, missing_key, env, now)
     try:
         return runner.run(name, data)
     except RecursionError:

@@ -199,7 +199,7 @@ CASES: list[tuple[str, str, str]] = [
     ("template", "expected"), [(t, e) for _, t, e in CASES], ids=[name for name, _, _ in CASES]
 )
 def test_go_output(template: str, expected: str) -> None:
-    assert render(template, env={}, data=DATA) == expected
+    assert render(template, env={}, data=DATA, missing_key="default") == expected
 
 
 def test_custom_delimiters() -> None:
@@ -223,6 +223,19 @@ def test_missing_key_error_option() -> None:
     assert render("{{.S}}", env={}, data=DATA, error_on_missing_key=True) == "xyz"
     with pytest.raises(TemplateError, match='map has no entry for key "Missing"'):
         render("{{.Missing}}", env={}, data=DATA, error_on_missing_key=True)
+
+
+def test_nomad_missing_keys_are_zero_values() -> None:
+    """Nomad executes with missingkey=zero: an absent key is a nil interface{}, which
+    prints `<no value>` but has no fields."""
+    from allocrunner.template import TemplateError
+
+    assert render("{{.Missing}}|{{.Nested.a.zz}}", env={}, data=DATA) == "<no value>|<no value>"
+    with pytest.raises(TemplateError, match=r"nil pointer evaluating interface \{\}\.Deeper"):
+        render("{{.Missing.Deeper}}", env={}, data=DATA)
+    assert render("{{.Missing.Deeper}}", env={}, data=DATA, missing_key="default") == (
+        "<no value>"
+    )
 
 
 def test_nil_data_prints_no_value() -> None:
