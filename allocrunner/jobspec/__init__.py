@@ -4,8 +4,11 @@
   `decode_alloc_state` / `encode_alloc_state`, `decode_task_state` /
   `encode_task_state`, `decode_task_event` / `encode_task_event`: Nomad's API JSON
   (PascalCase keys, durations in nanoseconds) to value objects and back, exactly.
-- `load_job(path)`: a `.json` (API JSON) or HCL (`.hcl`, `.nomad`, `.nomad.hcl`) job
-  file, with Nomad's defaults applied; `parse_job(text, fmt)` for text in hand.
+- `load_job(path, variables=None, var_files=None)`: a `.json` (API JSON) or HCL2
+  (`.hcl`, `.nomad`, `.nomad.hcl`) job file, its variables, locals and functions
+  evaluated as Nomad's jobspec2 does, with Nomad's defaults applied; `parse_job(text,
+  fmt)` for text in hand; `load_job_with_warnings` / `parse_job_with_warnings` also
+  return the warnings.
 - `canonicalize_job(job)`: Nomad's defaults for a Job built in code;
   `canonicalize_api_job(obj)` the same on parsed API JSON, merging partial blocks.
 
@@ -30,7 +33,12 @@ from allocrunner.jobspec.codec import (
 )
 from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
 from allocrunner.jobspec.hcl import hcl_to_api
-from allocrunner.jobspec.load import load_job, parse_job
+from allocrunner.jobspec.load import (
+    load_job,
+    load_job_with_warnings,
+    parse_job,
+    parse_job_with_warnings,
+)
 
 __all__ = [
     "canonicalize_api_job",
@@ -47,5 +55,7 @@ __all__ = [
     "encode_task_state",
     "hcl_to_api",
     "load_job",
+    "load_job_with_warnings",
     "parse_job",
+    "parse_job_with_warnings",
 ]

@@ -198,7 +198,7 @@ RESOURCES = Struct(
     [
         Field("cpu", "CPU", _UINT),
         Field("memory_mb", "MemoryMB", _UINT),
-        Field("memory_max_mb", "MemoryMaxMB", _UINT),
+        Field("memory_max_mb", "MemoryMaxMB", Int(lo=-1)),  # -1: no limit
         Field("disk_mb", "DiskMB", _UINT),
     ],
 )

@@ -1,10 +1,12 @@
 """Nomad HCL job files (the jobspec syntax) to Nomad API JSON.
 
-`hcl_to_api(text)` parses with python-hcl2 and converts the `job "<id>" { … }` block to
-the same API JSON a `.json` job file holds, holding only what the file sets (so
+`hcl_to_api(text, options=...)` evaluates the file's HCL2 (variables, locals, functions:
+hcl_body and the hcl_* modules) and converts the `job "<id>" { … }` block to the same API
+JSON a `.json` job file holds, holding only what the file sets (so
 `canonicalize_api_job` can merge partial blocks over Nomad's defaults). Every value is
 checked where it is read, and errors name the field the way the file spells it:
-`job.group[web].task[api].kill_timeout`.
+`job.group[web].task[api].kill_timeout`. Number and bool fields take strings the way
+HCL converts them (`cpu = "500"`).
 
 Supported: job (`type`, `datacenters`, `region`, `namespace`, `name`, `priority`,
 `meta`, `update`, `migrate`, `periodic`, `parameterized`), group (`count`, `restart`,
@@ -13,34 +15,27 @@ Supported: job (`type`, `datacenters`, `region`, `namespace`, `name`, `priority`
 `shutdown_delay`, `restart`, `resources`, `logs`, `dispatch_payload`). Nomad blocks a
 local runner has no use for (`constraint`, `service`, `network`, `artifact`,
 `template`, …) are accepted and ignored; anything
-else is an error, so a misspelt setting is never silently dropped. Expressions
-(variables, functions, arithmetic) are not evaluated: a value that needs one is an
-error. `${NOMAD_*}` inside a string is kept as written, for the driver to interpolate.
+else is an error, so a misspelt setting is never silently dropped. References the
+client resolves at run time (`${NOMAD_*}`, `${attr.*}`, `${node.*}`, `${meta.*}`,
+`${env["X"]}`) are kept as written.
 
-python-hcl2 8 renders string literals with their quotes and escapes (`'"a\\tb"'`) and
-marks blocks with `__is_block__`; version 7 gives plain strings and no markers. Both
-are handled: which one is installed is probed once, on first use.
-
-No threads, no locks; pure functions (the probe is a thread-safe functools.cache),
+No threads, no locks; pure functions (file functions and var files read files),
 called by `parse_job` for `load_job` and the agent's `/v1/jobs/parse`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import string
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import hcl2
 
 from allocrunner.durations import parse_duration
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec._kinds import (
     MAX_DEPTH,
+    Bool,
     Duration,
     FreeMap,
     Int,
@@ -64,18 +59,17 @@ from allocrunner.jobspec.codec import (
     TASK_GROUP,
     UPDATE_STRATEGY,
 )
+from allocrunner.jobspec.hcl_body import BLOCK_MARK, EvalOptions, evaluate_file
+from allocrunner.jobspec.hcl_types import ConversionError, parse_number, to_string
 
-__all__ = ["HCLExpression", "hcl_to_api"]
+__all__ = ["EvalOptions", "HCLExpression", "hcl_to_api"]
 
-_BLOCK = "__is_block__"
-_METADATA_KEYS = frozenset(
-    {"__comments__", "__inline_comments__", "__start_line__", "__end_line__"}
-)
-_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+_BLOCK = BLOCK_MARK
 
 
 class HCLExpression:
-    """Immutable. An HCL expression python-hcl2 left unevaluated (its source text)."""
+    """Immutable. An HCL expression's source text (kept for callers of earlier versions;
+    expressions are evaluated now, so the converter never meets one)."""
 
     __slots__ = ("text",)
 
@@ -273,139 +267,30 @@ _JOB = _Spec(
 )
 
 
-# --- parsing and python-hcl2 version differences -------------------------------------
-
-
-@functools.cache
-def _quotes_strings() -> bool:
-    """Whether the installed python-hcl2 keeps string literals' quotes (version 8+)."""
-    return _raw_loads('probe = "x"\n').get("probe") == '"x"'
-
-
-@functools.cache
-def _options() -> Any:
-    """python-hcl2 8's serialization options: no comments, heredocs as plain strings,
-    numbers as numbers. None on versions without them."""
-    try:
-        from hcl2.utils import SerializationOptions
-    except ImportError:
-        return None
-    wanted = {
-        "with_comments": False,
-        "with_meta": False,
-        "preserve_heredocs": False,
-        "preserve_scientific_notation": False,
-        "explicit_blocks": True,
-    }
-    if dataclasses.is_dataclass(SerializationOptions):
-        names = {f.name for f in dataclasses.fields(SerializationOptions)}
-        wanted = {k: v for k, v in wanted.items() if k in names}
-    try:
-        return SerializationOptions(**wanted)
-    except TypeError:
-        return None
-
-
-def _raw_loads(text: str) -> dict[str, Any]:
-    options = _options()
-    if options is None:
-        return hcl2.loads(text)
-    return hcl2.loads(text, serialization_options=options)
-
-
-def _syntax_error(err: Exception) -> str:
-    line = getattr(err, "line", None)
-    column = getattr(err, "column", None)
-    where = f" at line {line}, column {column}" if isinstance(line, int) and line > 0 else ""
-    token = getattr(err, "token", None)
-    char = getattr(err, "char", None)
-    if token is not None and getattr(token, "type", "") == "$END":
-        detail = "unexpected end of file"
-    elif token is not None:
-        detail = f"unexpected {str(token)!r}"
-    elif char is not None:
-        detail = f"unexpected character {char!r}"
-    else:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"HCL syntax error{where}: {detail}"
-
-
-def _unescape(text: str) -> str:
-    """An HCL quoted string's content with its escapes (\\n, \\", \\uXXXX, $${, %%{)
-    resolved."""
-    if "\\" not in text and "$${" not in text and "%%{" not in text:
-        return text
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:
-            nxt = text[i + 1]
-            if nxt in _SIMPLE_ESCAPES:
-                out.append(_SIMPLE_ESCAPES[nxt])
-                i += 2
-                continue
-            if nxt in "uU":
-                width = 4 if nxt == "u" else 8
-                digits = text[i + 2 : i + 2 + width]
-                if len(digits) == width and all(d in string.hexdigits for d in digits):
-                    code = int(digits, 16)
-                    if code <= 0x10FFFF and not 0xD800 <= code < 0xE000:
-                        out.append(chr(code))
-                        i += 2 + width
-                        continue
-        elif text.startswith(("$${", "%%{"), i):
-            out.append(text[i + 1 : i + 3])
-            i += 3
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _normalize(value: Any, quoted: bool) -> Any:
-    """python-hcl2 output with string literals unquoted, unevaluated expressions as
-    HCLExpression, and comment metadata dropped. Block markers are kept."""
-    if isinstance(value, str):
-        if not quoted:
-            return value
-        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            return _unescape(value[1:-1])
-        return HCLExpression(value)
-    if isinstance(value, dict):
-        return {
-            _normalize_key(k, quoted): _normalize(v, quoted)
-            for k, v in value.items()
-            if k not in _METADATA_KEYS
-        }
-    if isinstance(value, list):
-        return [_normalize(v, quoted) for v in value]
-    return value
-
-
-def _normalize_key(key: Any, quoted: bool) -> Any:
-    if quoted and isinstance(key, str) and len(key) >= 2 and key[0] == '"' and key[-1] == '"':
-        return _unescape(key[1:-1])
-    return key
-
-
 # --- conversion --------------------------------------------------------------------
 
 
-def hcl_to_api(text: str) -> dict[str, Any]:
+def hcl_to_api(
+    text: str,
+    *,
+    options: EvalOptions | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
     """The API JSON job (without the `{"Job": …}` wrapper) of a Nomad HCL job file.
+
+    `options` gives variable values and the directory file functions read from (none:
+    defaults only, file functions disabled); `warnings`, when given, receives notes
+    about the file, each starting with the field path.
 
     JobSpecError: path "" for a syntax error (the message gives line and column),
     otherwise the field's path as the file spells it (`job.group[web].count`).
     """
+    notes: list[str] = [] if warnings is None else warnings
     try:
-        raw = _raw_loads(text)
+        raw = evaluate_file(text, options or EvalOptions(), notes)
     except RecursionError:
         raise JobSpecError("", "HCL nested too deeply") from None
-    except Exception as err:  # python-hcl2 raises lark's errors and others
-        raise JobSpecError("", _syntax_error(err)) from None
-    quoted = _quotes_strings()
-    return _Converter(strict_blocks=quoted).job(_normalize(raw, quoted))
+    return _Converter(strict_blocks=True).job(raw)
 
 
 class _Converter:
@@ -529,8 +414,10 @@ class _Converter:
                 value = round(parse_duration(raw) * 1e9)
             except (ValueError, OverflowError) as err:
                 raise JobSpecError(path, str(err)) from None
-        elif isinstance(kind, Int) and isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
+        elif isinstance(kind, Int):
+            value = _hcl_number(raw, path)
+        elif isinstance(kind, Bool) and isinstance(raw, str) and raw in ("true", "false", "1", "0"):
+            value = raw in ("true", "1")  # HCL converts these strings for a bool field
         kind.decode(value, path)  # checks type and range, naming the HCL path
         return value
 
@@ -555,6 +442,19 @@ class _Converter:
         return value
 
 
+def _hcl_number(raw: Any, path: str) -> Any:
+    """A number field's value as HCL converts it: "500" is 500, 2.0 is 2."""
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = parse_number(raw)
+        except ConversionError:
+            raise JobSpecError(path, f"expected an integer, got string {raw!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
 def _reject_expressions(value: Any, path: str) -> None:
     if isinstance(value, HCLExpression):
         raise JobSpecError(
@@ -572,15 +472,12 @@ def _reject_expressions(value: Any, path: str) -> None:
 def _to_string(value: Any, path: str) -> str:
     """An env/meta value as HCL converts it to a string (numbers and bools allowed)."""
     _reject_expressions(value, path)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return str(int(value)) if value.is_integer() else repr(value)
-    raise JobSpecError(path, f"expected a string, got {describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JobSpecError(path, f"expected a string, got {describe(value)}")
+    try:
+        return to_string(value)
+    except ConversionError:
+        raise JobSpecError(path, f"expected a string, got {describe(value)}") from None
 
 
 def _free(value: Any, path: str, depth: int = 0) -> Any:

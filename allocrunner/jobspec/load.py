@@ -1,5 +1,12 @@
 """Job files: `load_job(path)` reads a Nomad job (HCL or API JSON) with defaults applied.
 
+HCL2 files are evaluated with input variables as Nomad's CLI gives them: `variables`
+(the `-var NAME=VALUE` values, a mapping or `NAME=VALUE` strings, later wins),
+`var_files` (the `-var-file` paths, in order) and the `NOMAD_VAR_<name>` environment
+variables (`env`; `load_job` reads the process's environment when it is None,
+`parse_job` none). `load_job_with_warnings` / `parse_job_with_warnings` also return the
+warnings, each starting with the field path.
+
 No threads, no locks; `load_job` reads one file and is marked `@calls_out`, so it
 is never called with a lock held. Called by the command line, the agent's
 `/v1/jobs/parse` (through `parse_job`) and users.
@@ -9,34 +16,66 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from allocrunner._locking import calls_out
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec.codec import decode_job
 from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
-from allocrunner.jobspec.hcl import hcl_to_api
+from allocrunner.jobspec.hcl import EvalOptions, hcl_to_api
+from allocrunner.jobspec.hcl_vars import ValueSources, cli_pairs, env_from
 from allocrunner.structs import Job
 
-__all__ = ["HCL_SUFFIXES", "JSON_SUFFIXES", "load_job", "parse_job"]
+__all__ = [
+    "HCL_SUFFIXES",
+    "JSON_SUFFIXES",
+    "Variables",
+    "load_job",
+    "load_job_with_warnings",
+    "parse_job",
+    "parse_job_with_warnings",
+]
+
+Variables = Mapping[str, Any] | Iterable[str]
 
 JSON_SUFFIXES = (".json",)
 HCL_SUFFIXES = (".hcl", ".nomad")  # ".nomad.hcl" ends in ".hcl"
 
 
 @calls_out
-def load_job(path: str | os.PathLike[str]) -> Job:
+def load_job(
+    path: str | os.PathLike[str],
+    variables: Variables | None = None,
+    var_files: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Job:
     """The job in a Nomad job file, with Nomad's defaults applied.
 
     `.json`: API JSON, with or without the top-level `{"Job": …}` wrapper. `.hcl`,
-    `.nomad`, `.nomad.hcl`: Nomad's HCL jobspec. The job must have at least one group,
-    each group at least one task and at most one leader. Any problem raises
-    JobSpecError: for the file as a whole (missing, unreadable, wrong extension,
-    syntax) its path is the file name; for a field, the field's path as the file spells
-    it (`job.group[web].task[api].kill_timeout`, `Job.TaskGroups[0].Tasks[0].Driver`)
-    and the message names the file.
+    `.nomad`, `.nomad.hcl`: Nomad's HCL2 jobspec, evaluated with `variables` (`-var`),
+    `var_files` (`-var-file`) and the `NOMAD_VAR_*` variables of `env` (default: the
+    process environment); file functions read relative to the job file's directory.
+    The job must have at least one group, each group at least one task and at most one
+    leader. Any problem raises JobSpecError: for the file as a whole (missing,
+    unreadable, wrong extension, syntax) its path is the file name; for a field, the
+    field's path as the file spells it (`job.group[web].task[api].kill_timeout`,
+    `Job.TaskGroups[0].Tasks[0].Driver`, `variable[region]`) and the message names the
+    file.
     """
+    return load_job_with_warnings(path, variables, var_files, env=env)[0]
+
+
+@calls_out
+def load_job_with_warnings(
+    path: str | os.PathLike[str],
+    variables: Variables | None = None,
+    var_files: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Job, list[str]]:
+    """`load_job`, and the warnings about the file (each starts with the field path)."""
     source = os.fspath(path)
     name = os.path.basename(source).lower()
     if name.endswith(JSON_SUFFIXES):
@@ -56,20 +95,78 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise JobSpecError(source, f"job file is not UTF-8 text: {err.reason}") from None
     except OSError as err:
         raise JobSpecError(source, f"cannot read job file: {err.strerror or err}") from None
-    return parse_job(text, fmt, source=source)
+    return parse_job_with_warnings(
+        text,
+        fmt,
+        source=source,
+        variables=variables,
+        var_files=var_files,
+        base_dir=os.path.dirname(os.path.abspath(source)),
+        env=env_from(env),
+    )
 
 
-def parse_job(text: str, fmt: str, *, source: str = "<job>") -> Job:
-    """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file."""
+def parse_job(
+    text: str,
+    fmt: str,
+    *,
+    source: str = "<job>",
+    variables: Variables | None = None,
+    var_files: Sequence[str | os.PathLike[str]] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    var_content: str = "",
+) -> Job:
+    """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file.
+
+    HCL file functions (`file`, `fileexists`, …) read relative to `base_dir`; without
+    one they are disabled, as in Nomad's HTTP API. `env` holds `NOMAD_VAR_*` values
+    (none by default); `var_content` is var-file text in hand (the `Variables` of
+    Nomad's `/v1/jobs/parse`), applied after `var_files` and before `variables`.
+    """
+    return parse_job_with_warnings(
+        text,
+        fmt,
+        source=source,
+        variables=variables,
+        var_files=var_files,
+        base_dir=base_dir,
+        env=env,
+        var_content=var_content,
+    )[0]
+
+
+def parse_job_with_warnings(
+    text: str,
+    fmt: str,
+    *,
+    source: str = "<job>",
+    variables: Variables | None = None,
+    var_files: Sequence[str | os.PathLike[str]] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    var_content: str = "",
+) -> tuple[Job, list[str]]:
+    """`parse_job`, and the warnings about the job (each starts with the field path)."""
     if fmt == "json":
         obj = _parse_json(text, source)
-        return _finish(obj, source, lambda i, g: f"Job.TaskGroups[{i}]", "Tasks", "Job")
+        job = _finish(obj, source, lambda i, g: f"Job.TaskGroups[{i}]", "Tasks", "Job")
+        return job, []
     if fmt == "hcl":
+        warnings: list[str] = []
         try:
-            obj = hcl_to_api(text)
+            sources = ValueSources(
+                env=dict(env_from(env or {})),
+                var_files=tuple(os.fspath(p) for p in var_files or ()),
+                var_content=var_content,
+                cli=cli_pairs(variables),
+            )
+            options = EvalOptions(sources, None if base_dir is None else os.fspath(base_dir))
+            obj = hcl_to_api(text, options=options, warnings=warnings)
         except JobSpecError as err:
             raise _in_file(err, source) from None
-        return _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+        job = _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+        return job, warnings
     raise ValueError(f"unknown job file format {fmt!r}: expected 'json' or 'hcl'")
 
 

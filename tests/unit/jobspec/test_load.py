@@ -482,7 +482,7 @@ HCL_CASES: list[tuple[str, str, str]] = [
     ("logs-negative", job_hcl(task_body="logs { max_files = -1 }"), f"{T}.logs.max_files"),
     ("logs-enabled-string", job_hcl(task_body='logs { enabled = "no" }'), f"{T}.logs.enabled"),
     ("config-string", job_hcl(config='config = "x"'), f"{T}.config"),
-    ("config-expression", job_hcl(config="config { n = 1 + 2 }"), f"{T}.config[n]"),
+    ("config-expression", job_hcl(config="config { n = nosuch(1) }"), f"{T}.config[n]"),
     (
         "group-no-label",
         'job "x" {\n group {\n task "t" { driver = "d" }\n }\n}',
@@ -510,7 +510,7 @@ HCL_CASES: list[tuple[str, str, str]] = [
     ("group-without-tasks", 'job "x" {\n group "web" {\n count = 1\n }\n}', "job.group[web]"),
     ("no-job-label", "job {\n}", "job"),
     ("two-jobs", job_hcl() + job_hcl().replace('"shop"', '"other"'), "job"),
-    ("variable-block", 'variable "n" {\n default = 1\n}\n' + job_hcl(), "variable"),
+    ("variable-unset", 'variable "n" {\n type = number\n}\n' + job_hcl(), "variable[n]"),
 ]
 
 
