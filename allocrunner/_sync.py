@@ -34,6 +34,9 @@ callbacks of `CancelToken.on_cancel` and `Event.on_set` run after that mutex is
 released, on the thread that cancels or sets. This
 module, `_locking` and `_rwlock` are the only places that build synchronisation
 objects by hand. Each class is marked `thread_safe`, so a tagged field may hold one.
+It is longer than most modules but a single concern: the primitives share the latch,
+the fire-once base and the rule that waking never blocks, and splitting them would
+spread that rule over several files.
 Owner: every component of the package builds the primitives it needs.
 """
 

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from allocrunner._locking import confined
 from allocrunner.jobspec.hcl_types import ConversionError, parse_number, to_string
 
 __all__ = ["format_value"]
@@ -25,6 +26,9 @@ _VERB = re.compile(r"%([-+# 0]*)(?:\[(\d+)\])?(\d+|\*)?(?:\.(\d+|\*)?)?(?:\[(\d+
 
 class _Args:
     """Not thread-safe; owned by one format call. The arguments and the next one."""
+
+    args = confined("format call")
+    next = confined("format call")
 
     def __init__(self, args: list[Any]) -> None:
         self.args = args
