@@ -47,6 +47,9 @@ __all__ = ["WATCHES", "HealthWatches", "Watch"]
 log = logging.getLogger("allocrunner.runner.health")
 
 THREAD_NAME = "health-watches"
+# The heap is purged of ended watches' entries once it holds this many (or twice the
+# number kept at the last purge).
+_PURGE_MIN = 64
 
 
 class _Finish(Protocol):
@@ -167,12 +170,13 @@ class Watch:
 class HealthWatches:
     """Thread-safe. Steps every added `Watch` on one thread (module docstring)."""
 
-    # _lock guards: _watches, _ready, _timers, _running
+    # _lock guards: _watches, _ready, _timers, _running, _purge_at
     _lock = immutable()
     _watches = immutable()  # checked map, changed in place: the live watches
     _ready = immutable()  # checked map, changed in place: watches to step next
     _timers = immutable()  # checked list, a heap of (due, seq, watch), changed in place
     _running = guarded("_lock")
+    _purge_at = guarded("_lock")  # heap size at which entries of ended watches are dropped
     _kick = immutable()
     _seq = immutable()
     _threads = immutable()
@@ -183,6 +187,7 @@ class HealthWatches:
         self._ready: dict[Watch, None] = guarded_dict(self._lock)
         self._timers: list[tuple[float, int, Watch]] = guarded_list(self._lock)
         self._running = False
+        self._purge_at = _PURGE_MIN
         self._kick = Kick()
         self._seq = itertools.count()
         self._threads = ThreadGroup(THREAD_NAME)
@@ -227,6 +232,7 @@ class HealthWatches:
                 timeout = None
                 if not batch:
                     if not self._watches:
+                        self._timers.clear()  # entries of ended watches only
                         self._running = False
                         return
                     if self._timers:
@@ -236,6 +242,19 @@ class HealthWatches:
                 continue
             for watch in batch:
                 self._step(watch)
+
+    @requires("_lock")
+    def _purge_locked(self) -> None:
+        """Drop the timer entries of ended watches once they outnumber the live ones
+        (an entry holds its watch, and so its hook and runner, until it is due):
+        amortised O(1) per ended watch, and the heap stays proportional to the watches
+        alive."""
+        if len(self._timers) < self._purge_at:
+            return
+        kept = [entry for entry in self._timers if entry[2] in self._watches]
+        heapq.heapify(kept)
+        self._timers[:] = kept
+        self._purge_at = max(_PURGE_MIN, 2 * len(kept))
 
     @requires("_lock")
     def _take_due_locked(self, now: float) -> list[Watch]:
@@ -266,6 +285,7 @@ class HealthWatches:
         with self._lock:
             self._watches.pop(watch, None)
             self._ready.pop(watch, None)
+            self._purge_locked()
         try:
             watch.end(verdict)
         except Exception:

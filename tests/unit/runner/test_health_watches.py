@@ -3,7 +3,9 @@ with the first watch and ends with the last; views and timers wake the right wat
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Mapping
 
 import attrs
@@ -11,7 +13,7 @@ import pytest
 
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.runner.health import HealthHook
-from allocrunner.runner.health_watches import THREAD_NAME, HealthWatches
+from allocrunner.runner.health_watches import _PURGE_MIN, THREAD_NAME, HealthWatches
 from allocrunner.structs import (
     TASK_DEAD,
     TASK_RUNNING,
@@ -129,6 +131,10 @@ def test_many_watches_share_one_thread_and_each_gets_its_own_verdict(rig: Rig) -
     wait_for(lambda: _assert_no_service_thread(), 5)
 
 
+def _assert_views_seen(hook: HealthHook, want: int) -> None:
+    assert hook.views_seen() >= want, f"the watch took in {hook.views_seen()} views"
+
+
 def _assert_count(service: HealthWatches, want: int) -> None:
     assert service.count() == want, f"{service.count()} watches live, want {want}"
 
@@ -172,3 +178,32 @@ def test_stopping_a_hook_ends_its_watch_on_the_service_thread(rig: Rig) -> None:
     hook.postrun()  # waits for the service to end the watch
     assert hook.live_watches() == 0
     assert rig.verdicts.of(alloc.id) == []
+
+
+def test_an_ended_watch_is_not_kept_alive_by_its_timer(rig: Rig) -> None:
+    """A watch's timer entry (its deadline, minutes away) must not keep the watch, its
+    hook and so its allocation's runner alive once the watch has ended: while others
+    are watched only a bounded number of such entries remain, none once all ended."""
+    keeper = deployed(600.0, deadline=600.0)
+    rig.watch(keeper)  # keeps the service thread alive
+    hooks = []
+    for _ in range(300):
+        alloc = deployed(300.0, deadline=600.0)
+        hook, broadcaster = rig.watch(alloc)
+        broadcaster.send(running_view(alloc))
+        # Stepped with the view: its timer is armed for min_healthy_time, 300 s away.
+        wait_for(lambda hook=hook: _assert_views_seen(hook, 1), 5)
+        hook.postrun()  # ends the watch long before its timer
+        hooks.append(weakref.ref(hook))
+        del hook, broadcaster
+    assert rig.service.count() == 1
+    rig.hooks[1:] = []
+    gc.collect()
+    alive = [ref for ref in hooks if ref() is not None]
+    assert len(alive) <= _PURGE_MIN, f"{len(alive)} hooks of ended watches still referenced"
+    rig.close()
+    rig.hooks.clear()
+    wait_for(lambda: _assert_no_service_thread(), 5)
+    gc.collect()
+    alive = [ref for ref in hooks if ref() is not None]
+    assert alive == [], f"{len(alive)} hooks of ended watches still referenced"
