@@ -341,15 +341,21 @@ def _thaw(value: Any) -> Any:
 
 
 class Field:
-    """Immutable. One field of a struct: attrs attribute name, JSON key, kind."""
+    """Immutable. One field of a struct: attrs attribute name, JSON key, kind.
 
-    __slots__ = ("attr", "key", "kind", "required")
+    `omit_empty` leaves the key out of the JSON when the value is Go's zero value (0,
+    "", false, empty), as Go's `omitempty` does."""
 
-    def __init__(self, attr: str, key: str, kind: Kind, *, required: bool = False):
+    __slots__ = ("attr", "key", "kind", "omit_empty", "required")
+
+    def __init__(
+        self, attr: str, key: str, kind: Kind, *, required: bool = False, omit_empty: bool = False
+    ):
         self.attr = attr
         self.key = key
         self.kind = kind
         self.required = required
+        self.omit_empty = omit_empty
 
 
 class Struct(Kind):
@@ -402,7 +408,13 @@ class Struct(Kind):
     def encode(self, value: Any) -> Any:
         if value is None:
             return None
-        return {f.key: f.kind.encode(getattr(value, f.attr)) for f in self.fields}
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            item = getattr(value, f.attr)
+            if f.omit_empty and not item:
+                continue
+            out[f.key] = f.kind.encode(item)
+        return out
 
 
 class ListOf(Kind):

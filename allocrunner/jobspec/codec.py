@@ -45,6 +45,13 @@ from allocrunner.jobspec._kinds import (
     UnixNanoTime,
     describe,
 )
+from allocrunner.jobspec.codec_blocks import (
+    CONSTRAINTS,
+    NETWORKS,
+    TASK_ARTIFACT,
+    TEMPLATE,
+    check_port_labels,
+)
 from allocrunner.structs import (
     Allocation,
     AllocDeploymentStatus,
@@ -135,8 +142,10 @@ _RESERVED_TASK_NAMES = frozenset({"alloc", ".", ".."})
 
 
 def _check_group(kwargs: dict[str, Any], path: str) -> None:
-    """Unique task names, each usable as the name of the task's directory."""
+    """Unique task names, each usable as the name of the task's directory; unique port
+    labels."""
     _check_unique_tasks(kwargs, path)
+    check_port_labels(kwargs.get("networks", ()), f"{path}.Networks")
     for i, task in enumerate(kwargs.get("tasks", ())):
         name = task.name
         if name in _RESERVED_TASK_NAMES or "/" in name or "\0" in name:
@@ -200,6 +209,7 @@ RESOURCES = Struct(
         Field("memory_mb", "MemoryMB", _UINT),
         Field("memory_max_mb", "MemoryMaxMB", Int(lo=-1)),  # -1: no limit
         Field("disk_mb", "DiskMB", _UINT),
+        Field("cores", "Cores", _UINT, omit_empty=True),
     ],
 )
 
@@ -396,6 +406,9 @@ TASK = Struct(
         Field("resources", "Resources", RESOURCES),
         Field("logs", "LogConfig", LOG_CONFIG),
         Field("dispatch_payload", "DispatchPayload", _DispatchPayload()),
+        Field("constraints", "Constraints", CONSTRAINTS),
+        Field("templates", "Templates", ListOf(TEMPLATE)),
+        Field("artifacts", "Artifacts", ListOf(TASK_ARTIFACT)),
     ],
 )
 
@@ -411,6 +424,9 @@ TASK_GROUP = Struct(
         Field("meta", "Meta", _STRMAP),
         Field("shutdown_delay", "ShutdownDelay", _DURATION),
         Field("tasks", "Tasks", ListOf(TASK)),
+        Field("constraints", "Constraints", CONSTRAINTS),
+        Field("networks", "Networks", NETWORKS),
+        Field("max_run_duration", "MaxRunDuration", _DURATION),
     ],
     check=_check_group,
 )
@@ -439,6 +455,7 @@ JOB = Struct(
         Field("parent_id", "ParentID", _STR),
         Field("dispatched", "Dispatched", _BOOL),
         Field("submit_time", "SubmitTime", _INT64),
+        Field("constraints", "Constraints", CONSTRAINTS),
     ],
     check=_check_job,
 )

@@ -130,6 +130,9 @@ def _canonicalize_task(task: Any, group_restart: Any) -> Any:
     if not isinstance(task, Mapping):
         return task
     t = dict(task)
+    resources = t.get("Resources")
+    if isinstance(resources, Mapping) and resources.get("Cores") and resources.get("CPU") is None:
+        t["Resources"] = {**resources, "CPU": 0}  # reserved cores replace the CPU share
     restart = t.get("RestartPolicy")
     if restart is None:
         t["RestartPolicy"] = group_restart

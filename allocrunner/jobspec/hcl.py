@@ -8,16 +8,15 @@ checked where it is read, and errors name the field the way the file spells it:
 `job.group[web].task[api].kill_timeout`. Number and bool fields take strings the way
 HCL converts them (`cpu = "500"`).
 
-Supported: job (`type`, `datacenters`, `region`, `namespace`, `name`, `priority`,
-`meta`, `update`, `migrate`, `periodic`, `parameterized`), group (`count`, `restart`,
-`ephemeral_disk`, `update`, `migrate`, `meta`, `shutdown_delay`), task (`driver`,
-`config`, `env`, `meta`, `user`, `leader`, `lifecycle`, `kill_timeout`, `kill_signal`,
-`shutdown_delay`, `restart`, `resources`, `logs`, `dispatch_payload`). Nomad blocks a
-local runner has no use for (`constraint`, `service`, `network`, `artifact`,
-`template`, …) are accepted and ignored; anything
-else is an error, so a misspelt setting is never silently dropped. References the
-client resolves at run time (`${NOMAD_*}`, `${attr.*}`, `${node.*}`, `${meta.*}`,
-`${env["X"]}`) are kept as written.
+The blocks and settings read are `hcl_specs`' tables: job, group (with `network` and
+its `port`s, `constraint`, `max_run_duration`), task (with `template`, `artifact`,
+`constraint`, `resources`, `logs`, `lifecycle`, `dispatch_payload`), and the rest.
+Valid Nomad settings this node does not act on (`service`, `vault`, `affinity`,
+`update.canary`, … — `unhonoured.UNHONOURED`) are converted to nothing and each gives
+one warning starting with its path; anything else is an error, so a misspelt setting
+is never silently dropped. References the client resolves at run time
+(`${NOMAD_*}`, `${attr.*}`, `${node.*}`, `${meta.*}`, `${env["X"]}`) are kept as
+written.
 
 No threads, no locks; pure functions (file functions and var files read files),
 called by `parse_job` for `load_job` and the agent's `/v1/jobs/parse`.
@@ -26,10 +25,7 @@ called by `parse_job` for `load_job` and the agent's `/v1/jobs/parse`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
-
-import attrs
 
 from allocrunner.durations import parse_duration
 from allocrunner.errors import JobSpecError
@@ -40,27 +36,14 @@ from allocrunner.jobspec._kinds import (
     FreeMap,
     Int,
     Kind,
+    Str,
     StrMap,
-    Struct,
     describe,
 )
-from allocrunner.jobspec.codec import (
-    DISPATCH_PAYLOAD_CONFIG,
-    EPHEMERAL_DISK,
-    JOB,
-    LIFECYCLE,
-    LOG_CONFIG,
-    MIGRATE_STRATEGY,
-    PARAMETERIZED_JOB,
-    PERIODIC,
-    RESOURCES,
-    RESTART_POLICY,
-    TASK,
-    TASK_GROUP,
-    UPDATE_STRATEGY,
-)
 from allocrunner.jobspec.hcl_body import BLOCK_MARK, EvalOptions, evaluate_file
+from allocrunner.jobspec.hcl_specs import JOB_SPEC, Spec
 from allocrunner.jobspec.hcl_types import ConversionError, parse_number, to_string
+from allocrunner.jobspec.unhonoured import UNHONOURED, warning
 
 __all__ = ["EvalOptions", "HCLExpression", "hcl_to_api"]
 
@@ -86,187 +69,6 @@ class HCLExpression:
         return hash(self.text)
 
 
-@attrs.frozen
-class _Spec:
-    """Immutable. The HCL block shape of one API struct: which names go where."""
-
-    struct: Struct
-    attributes: Mapping[str, str] = attrs.field(factory=dict)  # hcl name -> JSON key
-    maps: Mapping[str, str] = attrs.field(factory=dict)  # block-or-map -> JSON key
-    blocks: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # single blocks
-    repeated: Mapping[str, tuple[str, _Spec]] = attrs.field(factory=dict)  # labelled, many
-    negated: Mapping[str, str] = attrs.field(factory=dict)  # bool set as its negation
-    ignored: frozenset[str] = frozenset()
-    required: frozenset[str] = frozenset()
-    label_key: str = ""
-
-
-_RESTART = _Spec(
-    RESTART_POLICY,
-    attributes={
-        "attempts": "Attempts",
-        "interval": "Interval",
-        "delay": "Delay",
-        "mode": "Mode",
-        "render_templates": "RenderTemplates",
-    },
-)
-_EPHEMERAL_DISK = _Spec(
-    EPHEMERAL_DISK, attributes={"size": "SizeMB", "sticky": "Sticky", "migrate": "Migrate"}
-)
-_HEALTH_ATTRS = {
-    "max_parallel": "MaxParallel",
-    "health_check": "HealthCheck",
-    "min_healthy_time": "MinHealthyTime",
-    "healthy_deadline": "HealthyDeadline",
-}
-_UPDATE = _Spec(
-    UPDATE_STRATEGY,
-    attributes={**_HEALTH_ATTRS, "auto_revert": "AutoRevert", "canary": "Canary"},
-    ignored=frozenset({"stagger", "progress_deadline", "auto_promote"}),
-)
-_MIGRATE = _Spec(MIGRATE_STRATEGY, attributes=_HEALTH_ATTRS)
-_RESOURCES = _Spec(
-    RESOURCES,
-    attributes={"cpu": "CPU", "memory": "MemoryMB", "memory_max": "MemoryMaxMB", "disk": "DiskMB"},
-    ignored=frozenset({"cores", "network", "device", "numa", "secrets", "iops"}),
-)
-_LOGS = _Spec(
-    LOG_CONFIG,
-    attributes={"max_files": "MaxFiles", "max_file_size": "MaxFileSizeMB", "disabled": "Disabled"},
-    negated={"enabled": "Disabled"},  # the pre-1.6 spelling
-)
-_LIFECYCLE = _Spec(
-    LIFECYCLE, attributes={"hook": "Hook", "sidecar": "Sidecar"}, required=frozenset({"hook"})
-)
-_DISPATCH_PAYLOAD = _Spec(DISPATCH_PAYLOAD_CONFIG, attributes={"file": "File"})
-_PERIODIC = _Spec(
-    PERIODIC,
-    attributes={
-        "enabled": "Enabled",
-        "cron": "Spec",
-        "crons": "Specs",
-        "prohibit_overlap": "ProhibitOverlap",
-        "time_zone": "TimeZone",
-    },
-)
-_PARAMETERIZED = _Spec(
-    PARAMETERIZED_JOB,
-    attributes={
-        "payload": "Payload",
-        "meta_required": "MetaRequired",
-        "meta_optional": "MetaOptional",
-    },
-)
-_TASK = _Spec(
-    TASK,
-    attributes={
-        "driver": "Driver",
-        "user": "User",
-        "leader": "Leader",
-        "kill_timeout": "KillTimeout",
-        "kill_signal": "KillSignal",
-        "shutdown_delay": "ShutdownDelay",
-    },
-    maps={"config": "Config", "env": "Env", "meta": "Meta"},
-    blocks={
-        "lifecycle": ("Lifecycle", _LIFECYCLE),
-        "restart": ("RestartPolicy", _RESTART),
-        "resources": ("Resources", _RESOURCES),
-        "logs": ("LogConfig", _LOGS),
-        "dispatch_payload": ("DispatchPayload", _DISPATCH_PAYLOAD),
-    },
-    ignored=frozenset(
-        {
-            "constraint",
-            "affinity",
-            "service",
-            "artifact",
-            "vault",
-            "consul",
-            "template",
-            "volume_mount",
-            "csi_plugin",
-            "kind",
-            "scaling",
-            "secret",
-            "identity",
-            "action",
-            "schedule",
-        }
-    ),
-    required=frozenset({"driver"}),
-    label_key="Name",
-)
-_GROUP = _Spec(
-    TASK_GROUP,
-    attributes={"count": "Count", "shutdown_delay": "ShutdownDelay"},
-    maps={"meta": "Meta"},
-    blocks={
-        "restart": ("RestartPolicy", _RESTART),
-        "ephemeral_disk": ("EphemeralDisk", _EPHEMERAL_DISK),
-        "update": ("Update", _UPDATE),
-        "migrate": ("Migrate", _MIGRATE),
-    },
-    repeated={"task": ("Tasks", _TASK)},
-    ignored=frozenset(
-        {
-            "constraint",
-            "affinity",
-            "spread",
-            "volume",
-            "network",
-            "service",
-            "reschedule",
-            "disconnect",
-            "scaling",
-            "consul",
-            "max_run_duration",
-            "stop_after_client_disconnect",
-            "max_client_disconnect",
-            "prevent_reschedule_on_lost",
-        }
-    ),
-    label_key="Name",
-)
-_JOB = _Spec(
-    JOB,
-    attributes={
-        "region": "Region",
-        "namespace": "Namespace",
-        "name": "Name",
-        "type": "Type",
-        "priority": "Priority",
-        "datacenters": "Datacenters",
-    },
-    maps={"meta": "Meta"},
-    blocks={
-        "update": ("Update", _UPDATE),
-        "migrate": ("Migrate", _MIGRATE),
-        "periodic": ("Periodic", _PERIODIC),
-        "parameterized": ("ParameterizedJob", _PARAMETERIZED),
-    },
-    repeated={"group": ("TaskGroups", _GROUP)},
-    ignored=frozenset(
-        {
-            "all_at_once",
-            "node_pool",
-            "constraint",
-            "affinity",
-            "spread",
-            "multiregion",
-            "reschedule",
-            "vault",
-            "consul",
-            "ui",
-            "vault_token",
-            "consul_token",
-        }
-    ),
-    label_key="ID",
-)
-
-
 # --- conversion --------------------------------------------------------------------
 
 
@@ -290,15 +92,16 @@ def hcl_to_api(
         raw = evaluate_file(text, options or EvalOptions(), notes)
     except RecursionError:
         raise JobSpecError("", "HCL nested too deeply") from None
-    return _Converter(strict_blocks=True).job(raw)
+    return _Converter(strict_blocks=True, warnings=notes).job(raw)
 
 
 class _Converter:
-    """Not thread-safe; owned by one `hcl_to_api` call. Walks blocks by their _Spec."""
+    """Not thread-safe; owned by one `hcl_to_api` call. Walks blocks by their Spec."""
 
-    def __init__(self, *, strict_blocks: bool) -> None:
+    def __init__(self, *, strict_blocks: bool, warnings: list[str] | None = None) -> None:
         # python-hcl2 8 marks blocks, so a block and a map attribute can be told apart.
         self.strict_blocks = strict_blocks
+        self.warnings: list[str] = [] if warnings is None else warnings
 
     def job(self, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
@@ -314,7 +117,7 @@ class _Converter:
         if not isinstance(jobs, list) or len(jobs) != 1:
             raise JobSpecError("job", "a job file holds exactly one job block")
         (label,), body = self._unwrap(jobs[0], 1, "job", "job")
-        out = self._body(body, _JOB, "job")
+        out = self._body(body, JOB_SPEC, "job")
         out["ID"] = label
         return out
 
@@ -337,13 +140,20 @@ class _Converter:
             raise JobSpecError(path, msg)
         return labels, {k: v for k, v in cur.items() if k != _BLOCK}
 
-    def _body(self, body: dict[str, Any], spec: _Spec, path: str) -> dict[str, Any]:
+    def _body(self, body: dict[str, Any], spec: Spec, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        raw_values: dict[str, Any] = {}
         for name, raw in body.items():
             p = f"{path}.{name}"
-            if name in spec.ignored:
-                continue
-            if name in spec.attributes:
+            reason = spec.warns(name)
+            if reason is not None:
+                self._warn_unhonoured(name, raw, p, reason)
+                if name not in spec.kept_but_warned:
+                    continue
+            if name in spec.raw:
+                if raw is not None:
+                    raw_values[name] = raw
+            elif name in spec.attributes:
                 if raw is None:
                     continue
                 key = spec.attributes[name]
@@ -359,22 +169,42 @@ class _Converter:
             elif name in spec.repeated:
                 key, sub = spec.repeated[name]
                 out[key] = self._labelled_blocks(raw, sub, path, name)
+            elif name in spec.lists:
+                key, sub = spec.lists[name]
+                out[key] = self._block_list(raw, sub, p, name)
             elif name in spec.negated:
                 if raw is None:
                     continue
                 key = spec.negated[name]
                 out.setdefault(key, not self._attr(raw, spec.struct.field(key).kind, p))
             else:
-                known = sorted(
-                    {*spec.attributes, *spec.maps, *spec.blocks, *spec.repeated, *spec.negated}
-                )
-                raise JobSpecError(p, f"unsupported setting {name!r} (known: {', '.join(known)})")
+                raise JobSpecError(p, f"unsupported setting {name!r} (known: {_known(spec)})")
+        if spec.post is not None:
+            spec.post(raw_values, out, path)
         for name in sorted(spec.required):
             if spec.attributes[name] not in out:
                 raise JobSpecError(f"{path}.{name}", "missing required setting")
         return out
 
-    def _single_block(self, raw: Any, spec: _Spec, path: str, name: str) -> dict[str, Any]:
+    def _warn_unhonoured(self, name: str, raw: Any, path: str, reason: str) -> None:
+        """One warning for the setting; a service's checks get theirs too."""
+        if raw is None:
+            return
+        self.warnings.append(warning(path, reason))
+        if name == "service" and _has_block(raw, "check"):
+            self.warnings.append(warning(f"{path}.check", UNHONOURED["service"]["check"][1]))
+
+    def _block_list(self, raw: Any, spec: Spec, path: str, name: str) -> list[dict[str, Any]]:
+        """Unlabelled blocks that may repeat (`constraint`, `template`): `path[i]` each."""
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise JobSpecError(path, f"expected {name} {{…}} blocks, got {describe(raw)}")
+        out: list[dict[str, Any]] = []
+        for i, item in enumerate(raw):
+            _, body = self._unwrap(item, 0, f"{path}[{i}]", name)
+            out.append(self._body(body, spec, f"{path}[{i}]"))
+        return out
+
+    def _single_block(self, raw: Any, spec: Spec, path: str, name: str) -> dict[str, Any]:
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
             raise JobSpecError(path, f"expected a {name} {{…}} block, got {describe(raw)}")
         if len(raw) != 1:
@@ -383,7 +213,7 @@ class _Converter:
         return self._body(body, spec, path)
 
     def _labelled_blocks(
-        self, raw: Any, spec: _Spec, parent: str, name: str
+        self, raw: Any, spec: Spec, parent: str, name: str
     ) -> list[dict[str, Any]]:
         if not isinstance(raw, list):
             raise JobSpecError(
@@ -418,6 +248,8 @@ class _Converter:
             value = _hcl_number(raw, path)
         elif isinstance(kind, Bool) and isinstance(raw, str) and raw in ("true", "false", "1", "0"):
             value = raw in ("true", "1")  # HCL converts these strings for a bool field
+        elif isinstance(kind, Str) and isinstance(raw, bool | int | float):
+            value = _to_string(raw, path)  # and numbers and bools for a string field
         kind.decode(value, path)  # checks type and range, naming the HCL path
         return value
 
@@ -440,6 +272,32 @@ class _Converter:
             value = _free(body, path)
         kind.decode(value, path)
         return value
+
+
+def _known(spec: Spec) -> str:
+    names = {
+        *spec.attributes,
+        *spec.maps,
+        *spec.blocks,
+        *spec.repeated,
+        *spec.lists,
+        *spec.negated,
+        *spec.raw,
+        *UNHONOURED.get(spec.unhonoured, {}),
+    }
+    return ", ".join(sorted(names))
+
+
+def _has_block(raw: Any, name: str) -> bool:
+    """Whether any occurrence of a block (a list of bodies, maybe labelled) holds `name`."""
+    items = raw if isinstance(raw, list) else [raw]
+    for item in items:
+        body = item
+        while isinstance(body, dict) and BLOCK_MARK not in body and len(body) == 1:
+            (body,) = body.values()  # labels
+        if isinstance(body, dict) and body.get(name) is not None:
+            return True
+    return False
 
 
 def _hcl_number(raw: Any, path: str) -> Any:

@@ -5,7 +5,11 @@ HCL2 files are evaluated with input variables as Nomad's CLI gives them: `variab
 `var_files` (the `-var-file` paths, in order) and the `NOMAD_VAR_<name>` environment
 variables (`env`; `load_job` reads the process's environment when it is None,
 `parse_job` none). `load_job_with_warnings` / `parse_job_with_warnings` also return the
-warnings, each starting with the field path.
+warnings, each starting with the field path: one for every valid Nomad setting this
+node does not act on (`unhonoured`). A job this node would run differently from what
+it says (a driver it lacks, a Consul template, a git artifact: `runnable`) is refused
+with JobSpecError; `drivers` names the drivers the caller has (default: the built-in
+`mock_driver` and `raw_exec`).
 
 No threads, no locks; `load_job` reads one file and is marked `@calls_out`, so it
 is never called with a lock held. Called by the command line, the agent's
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from allocrunner._locking import calls_out
@@ -25,6 +29,8 @@ from allocrunner.jobspec.codec import decode_job
 from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
 from allocrunner.jobspec.hcl import EvalOptions, hcl_to_api
 from allocrunner.jobspec.hcl_vars import ValueSources, cli_pairs, env_from
+from allocrunner.jobspec.runnable import PathStyle, check_runnable
+from allocrunner.jobspec.unhonoured import json_warnings
 from allocrunner.structs import Job
 
 __all__ = [
@@ -50,6 +56,7 @@ def load_job(
     var_files: Sequence[str | os.PathLike[str]] | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    drivers: Collection[str] | None = None,
 ) -> Job:
     """The job in a Nomad job file, with Nomad's defaults applied.
 
@@ -64,7 +71,7 @@ def load_job(
     `Job.TaskGroups[0].Tasks[0].Driver`, `variable[region]`) and the message names the
     file.
     """
-    return load_job_with_warnings(path, variables, var_files, env=env)[0]
+    return load_job_with_warnings(path, variables, var_files, env=env, drivers=drivers)[0]
 
 
 @calls_out
@@ -74,6 +81,7 @@ def load_job_with_warnings(
     var_files: Sequence[str | os.PathLike[str]] | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    drivers: Collection[str] | None = None,
 ) -> tuple[Job, list[str]]:
     """`load_job`, and the warnings about the file (each starts with the field path)."""
     source = os.fspath(path)
@@ -103,6 +111,7 @@ def load_job_with_warnings(
         var_files=var_files,
         base_dir=os.path.dirname(os.path.abspath(source)),
         env=env_from(env),
+        drivers=drivers,
     )
 
 
@@ -116,6 +125,7 @@ def parse_job(
     base_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     var_content: str = "",
+    drivers: Collection[str] | None = None,
 ) -> Job:
     """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file.
 
@@ -133,6 +143,7 @@ def parse_job(
         base_dir=base_dir,
         env=env,
         var_content=var_content,
+        drivers=drivers,
     )[0]
 
 
@@ -146,12 +157,14 @@ def parse_job_with_warnings(
     base_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     var_content: str = "",
+    drivers: Collection[str] | None = None,
 ) -> tuple[Job, list[str]]:
     """`parse_job`, and the warnings about the job (each starts with the field path)."""
     if fmt == "json":
         obj = _parse_json(text, source)
         job = _finish(obj, source, lambda i, g: f"Job.TaskGroups[{i}]", "Tasks", "Job")
-        return job, []
+        _check_runnable(job, "json", drivers, source)
+        return job, json_warnings(obj)
     if fmt == "hcl":
         warnings: list[str] = []
         try:
@@ -166,6 +179,7 @@ def parse_job_with_warnings(
         except JobSpecError as err:
             raise _in_file(err, source) from None
         job = _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+        _check_runnable(job, "hcl", drivers, source)
         return job, warnings
     raise ValueError(f"unknown job file format {fmt!r}: expected 'json' or 'hcl'")
 
@@ -213,6 +227,15 @@ def _finish(
                 f"only one task may be the leader, got {', '.join(leaders)} (in {source})",
             )
     return job
+
+
+def _check_runnable(
+    job: Job, style: PathStyle, drivers: Collection[str] | None, source: str
+) -> None:
+    try:
+        check_runnable(job, style=style, drivers=drivers)
+    except JobSpecError as err:
+        raise _in_file(err, source) from None
 
 
 def _in_file(err: JobSpecError, source: str) -> JobSpecError:

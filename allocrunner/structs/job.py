@@ -1,7 +1,13 @@
 """Immutable job value objects: Job → TaskGroup → Task, with Nomad's defaults.
 
 Durations are seconds as floats (nanoseconds only in JSON). Free-form maps (driver
-config, env, meta) are deep-frozen, so nothing reachable from a Job can change.
+config, env, meta) are deep-frozen, so nothing reachable from a Job can change. Field
+names are Nomad's API names in snake_case (`Template.dest_path` is `DestPath`).
+
+Beside the scheduling fields, a job carries the blocks the runtime acts on:
+`Constraint` (job, group, task), a group's `NetworkResource` with its `Port`s, a
+task's `Template`s and `TaskArtifact`s, and a group's `max_run_duration` (not in Nomad
+1.6: this project's extension, under the name later Nomad versions use).
 
 No threads, no locks; immutable values and pure functions, built by the codec and
 `load_job` (or in code, then `canonicalize_job`), read by the runners, the agent and
@@ -31,6 +37,15 @@ DEFAULT_LOG_MAX_FILES = 10
 DEFAULT_LOG_MAX_FILE_SIZE_MB = 10
 DEFAULT_MIN_HEALTHY_TIME = 10.0
 DEFAULT_HEALTHY_DEADLINE = 300.0
+DEFAULT_TEMPLATE_SPLAY = 5.0
+DEFAULT_TEMPLATE_PERMS = "0644"
+DEFAULT_TEMPLATE_CHANGE_MODE = "restart"
+DEFAULT_TEMPLATE_SIGNAL = "SIGHUP"
+TEMPLATE_CHANGE_MODES = ("noop", "restart", "signal", "script")
+ARTIFACT_MODES = ("any", "file", "dir")
+DEFAULT_ARTIFACT_MODE = "any"
+NETWORK_MODE_HOST = "host"
+DEFAULT_HOST_NETWORK = "default"
 
 PERIODIC_SPEC_CRON = "cron"
 DISPATCH_PAYLOAD_OPTIONAL = "optional"
@@ -95,8 +110,9 @@ class Resources:
 
     cpu: int = DEFAULT_CPU
     memory_mb: int = DEFAULT_MEMORY_MB
-    memory_max_mb: int = 0
+    memory_max_mb: int = 0  # -1: no limit
     disk_mb: int = 0
+    cores: int = 0
 
 
 @attrs.frozen
@@ -128,6 +144,97 @@ class MigrateStrategy:
     min_healthy_time: float = DEFAULT_MIN_HEALTHY_TIME
     healthy_deadline: float = DEFAULT_HEALTHY_DEADLINE
     max_parallel: int = 1
+
+
+@attrs.frozen
+class Constraint:
+    """Immutable. One `constraint` block: `<ltarget> <operand> <rtarget>` must hold on
+    the node (Nomad's Constraint; `attribute`, `operator`, `value` in HCL)."""
+
+    ltarget: str = ""
+    rtarget: str = ""
+    operand: str = "="
+
+    def __str__(self) -> str:
+        return f"{self.ltarget} {self.operand} {self.rtarget}"
+
+
+@attrs.frozen
+class Port:
+    """Immutable. One port of a group network: static when `value` > 0; `to` is the
+    port inside the task's network (-1: the same as the host port)."""
+
+    label: str
+    value: int = 0
+    to: int = 0
+    host_network: str = DEFAULT_HOST_NETWORK
+
+
+@attrs.frozen
+class NetworkResource:
+    """Immutable. A group's `network` block: its mode and the ports it asks for
+    (`reserved_ports` static, `dynamic_ports` picked by the node)."""
+
+    mode: str = NETWORK_MODE_HOST
+    reserved_ports: tuple[Port, ...] = attrs.field(default=(), converter=frozen_tuple)
+    dynamic_ports: tuple[Port, ...] = attrs.field(default=(), converter=frozen_tuple)
+
+    def ports(self) -> tuple[Port, ...]:
+        """Every port asked for: the static ones, then the dynamic ones."""
+        return self.reserved_ports + self.dynamic_ports
+
+
+@attrs.frozen
+class Template:
+    """Immutable. One `template` block of a task (Nomad's Template): the text
+    (`embedded_tmpl`, HCL `data`) or a file (`source_path`) rendered to `dest_path`
+    (relative to the task dir), and what happens when the rendering changes."""
+
+    source_path: str = ""
+    dest_path: str = ""
+    embedded_tmpl: str = ""
+    change_mode: str = DEFAULT_TEMPLATE_CHANGE_MODE
+    change_signal: str = ""
+    splay: float = DEFAULT_TEMPLATE_SPLAY
+    perms: str = DEFAULT_TEMPLATE_PERMS
+    left_delim: str = "{{"
+    right_delim: str = "}}"
+    envvars: bool = False
+    err_missing_key: bool = False
+
+    @property
+    def data(self) -> str:
+        """The HCL name of `embedded_tmpl`."""
+        return self.embedded_tmpl
+
+    @property
+    def destination(self) -> str:
+        """The HCL name of `dest_path`."""
+        return self.dest_path
+
+    def mode_bits(self) -> int:
+        """`perms` as permission bits (0o644)."""
+        return int(self.perms or DEFAULT_TEMPLATE_PERMS, 8)
+
+
+@attrs.frozen
+class TaskArtifact:
+    """Immutable. One `artifact` block of a task (Nomad's TaskArtifact): what to fetch
+    (`getter_source`) and where to put it (`relative_dest`, relative to the task dir)."""
+
+    getter_source: str
+    getter_options: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    getter_headers: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    getter_mode: str = DEFAULT_ARTIFACT_MODE
+    relative_dest: str = "local/"
+
+
+def default_artifact_dest(source: str, mode: str) -> str:
+    """The destination Nomad gives an artifact that names none: `local/`, or
+    `local/<base name of the source>` in file mode."""
+    if mode == "file":
+        return "local/" + source.rstrip("/").rsplit("/", 1)[-1]
+    return "local/"
 
 
 def _specs(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -180,6 +287,9 @@ class Task:
     resources: Resources = attrs.field(factory=Resources)
     logs: LogConfig = attrs.field(factory=LogConfig)
     dispatch_payload: str = ""  # file under the task's local/ that gets the payload
+    constraints: tuple[Constraint, ...] = attrs.field(default=(), converter=frozen_tuple)
+    templates: tuple[Template, ...] = attrs.field(default=(), converter=frozen_tuple)
+    artifacts: tuple[TaskArtifact, ...] = attrs.field(default=(), converter=frozen_tuple)
 
     def is_prestart(self) -> bool:
         return self.lifecycle is not None and self.lifecycle.hook == "prestart"
@@ -210,6 +320,9 @@ class TaskGroup:
     migrate: MigrateStrategy | None = None
     meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
     shutdown_delay: float = 0.0
+    constraints: tuple[Constraint, ...] = attrs.field(default=(), converter=frozen_tuple)
+    networks: tuple[NetworkResource, ...] = attrs.field(default=(), converter=frozen_tuple)
+    max_run_duration: float = 0.0  # 0: no limit
 
     def task(self, name: str) -> Task | None:
         """The task called `name`, or None."""
@@ -244,6 +357,7 @@ class Job:
     parent_id: str = ""
     dispatched: bool = False
     submit_time: int = 0  # Unix nanoseconds
+    constraints: tuple[Constraint, ...] = attrs.field(default=(), converter=frozen_tuple)
 
     def is_periodic(self) -> bool:
         """The job has a periodic block (enabled or not)."""

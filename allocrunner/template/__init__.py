@@ -39,6 +39,7 @@ __all__ = [
     "CONSUL_VAULT_FUNCTIONS",
     "FUNCTIONS",
     "DotenvError",
+    "MissingKey",
     "TemplateError",
     "consul_or_vault_functions",
     "parse_dotenv",

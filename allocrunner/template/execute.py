@@ -242,6 +242,7 @@ class _Exec:
         if tree is None:
             raise self.errorf(f'template "{node.name}" not defined')
         new_dot = self.eval_pipeline(dot, node.pipe) if node.pipe is not None else None
+        self.node = node
         self._walk_tree(tree, new_dot)
 
     # --- variables ------------------------------------------------------------------

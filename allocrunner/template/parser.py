@@ -78,6 +78,7 @@ class _Parser:
     index = confined("template render")
     last = confined("template render")
     action_line = confined("template render")
+    probe = confined("template render")
     vars = confined("template render")
     range_depth = confined("template render")
 
@@ -94,6 +95,9 @@ class _Parser:
         self.index = 0
         self.last: lx.Token = self.tokens[0]
         self.action_line = 0
+        # A variable that opens a pipeline is probed for `:=`; Go then reports an
+        # undefined one at the line of the token after it: (variable offset, that line).
+        self.probe: tuple[int, int] = (-1, 0)
         self.vars: list[str] = ["$"]
         self.range_depth = 0
         self.trees: dict[str, Tree] = {}
@@ -341,6 +345,7 @@ class _Parser:
                 self.index = save
                 return decl, False
             after = self.next_non_space()
+            self.probe = (first.pos, after.line)
             if after.kind in (lx.DECLARE, lx.ASSIGN):
                 decl.append(first.value)
                 self._declare(first.value)
@@ -361,9 +366,13 @@ class _Parser:
             raise self.error(f"cannot declare {name}")
         self.vars.append(name)
 
-    def _use_var(self, name: str) -> None:
-        if name.split(".")[0] not in self.vars:
-            raise self.error(f"undefined variable {go_quote(name.split('.')[0])}")
+    def _use_var(self, tok: lx.Token) -> None:
+        name = tok.value.split(".")[0]
+        if name not in self.vars:
+            line = self.probe[1] if self.probe[0] == tok.pos else tok.line
+            raise TemplateError(
+                f"template: {self.name}:{line}: undefined variable {go_quote(name)}"
+            )
 
     def _check_pipeline(self, pipe: nd.Pipeline, context: str) -> None:
         if not pipe.cmds:
@@ -420,7 +429,7 @@ class _Parser:
         if kind == lx.NIL:
             return nd.Nil(tok.pos)
         if kind == lx.VARIABLE:
-            self._use_var(tok.value)
+            self._use_var(tok)
             return nd.Variable(tok.pos, (tok.value,))
         if kind == lx.FIELD:
             return nd.Field(tok.pos, (tok.value[1:],))

@@ -277,7 +277,7 @@ def test_null_and_absent_mean_the_default() -> None:
 
 def test_unknown_keys_are_ignored_and_the_job_wrapper_accepted() -> None:
     doc = encode_job(sample_job())
-    noisy = {**doc, "Constraints": [{"LTarget": "x"}], "Periodic": None, "Whatever": 1}
+    noisy = {**doc, "Affinities": [{"LTarget": "x"}], "Periodic": None, "Whatever": 1}
     assert decode_job(noisy) == sample_job()
     assert decode_job({"Job": doc}) == sample_job()
 

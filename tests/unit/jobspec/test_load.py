@@ -19,6 +19,7 @@ from allocrunner.jobspec import (
     hcl_to_api,
     load_job,
     parse_job,
+    parse_job_with_warnings,
 )
 from allocrunner.jobspec.hcl import _Converter
 from allocrunner.structs import (
@@ -238,7 +239,7 @@ job "j" {
 
 
 def test_nomad_job_output_with_nulls_gets_defaults() -> None:
-    job = load_job(DATA / "nomad-example-short.json")
+    job = load_job(DATA / "nomad-example-short.json", drivers={"docker"})
     assert job.type == "service"
     (group,) = job.task_groups
     assert group.count == 1
@@ -350,13 +351,20 @@ EOT
     assert task.meta == {"owner": "me"}
 
 
-def test_nomad_blocks_a_local_runner_does_not_use_are_ignored() -> None:
+def test_nomad_blocks_a_local_runner_does_not_use_are_ignored_with_a_warning() -> None:
     text = job_hcl(
         job_body='all_at_once = false\nconstraint { attribute = "${attr.kernel.name}" }',
         group_body='network { port "http" {} }\nservice { name = "web" }',
-        task_body='service { name = "api" }\nartifact { source = "x" }\ntemplate { data = "y" }',
+        task_body='service { name = "api" }\nartifact { source = "x" }\n'
+        'template {\n data = "y"\n destination = "local/y"\n }',
     )
-    assert hcl(text).task_groups[0].tasks[0].driver == "raw_exec"
+    job, warnings = parse_job_with_warnings(text, "hcl")
+    assert job.task_groups[0].tasks[0].driver == "raw_exec"
+    assert [w.split(":")[0] for w in warnings] == [
+        "job.all_at_once",
+        "job.group[web].service",
+        "job.group[web].task[api].service",
+    ]
 
 
 def test_logs_enabled_false_disables_logs() -> None:

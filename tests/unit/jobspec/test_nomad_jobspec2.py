@@ -118,7 +118,7 @@ def test_dynamic_groups() -> None:
 )
 def test_job_with_functions_and_lookups(env: str, dcs: tuple[str, ...], count: int) -> None:
     text = (CASES / "job-with-functions-and-lookups.hcl").read_text()
-    job = parse_job(text, "hcl", source="example.hcl", variables=[f"env={env}"])
+    job = parse_job(text, "hcl", source="example.hcl", variables=[f"env={env}"], drivers={"docker"})
     assert job.id == job.name == "job-webserver"
     assert job.datacenters == dcs
     (group,) = job.task_groups
@@ -129,7 +129,7 @@ def test_job_with_functions_and_lookups(env: str, dcs: tuple[str, ...], count: i
 
 
 def test_task_envs() -> None:
-    job = parse_job((CASES / "task-envs.hcl").read_text(), "hcl")
+    job = parse_job((CASES / "task-envs.hcl").read_text(), "hcl", drivers={"docker"})
     envs = {g.name: dict(g.tasks[0].env) for g in job.task_groups}
     assert envs == {
         "block": {"key": "value"},
@@ -156,10 +156,10 @@ def test_invalid_task_envs(name: str, message: str) -> None:
 
 def test_meta_as_block_or_attribute() -> None:
     text = (CASES / "meta-alternatives.hcl").read_text()
-    as_block = parse_job(text, "hcl")
+    as_block = parse_job(text, "hcl", drivers={"config"})
     as_attr_text = text.replace("meta {", "meta = {")
     assert as_attr_text.count("meta = {") == 3
-    assert parse_job(as_attr_text, "hcl") == as_block
+    assert parse_job(as_attr_text, "hcl", drivers={"config"}) == as_block
     assert as_block.meta == {"source": "job"}
     assert as_block.task_groups[0].meta == {"source": "group"}
     assert as_block.task_groups[0].tasks[0].meta == {"source": "task"}
@@ -188,7 +188,10 @@ def test_undefined_variable_unquoted() -> None:
 def test_connect_example(tmp_path: Path) -> None:
     path = tmp_path / "connect-example.nomad.hcl"
     shutil.copy(FIXTURES / "test-fixtures" / "connect-example.hcl", path)
-    job = load_job(path)
-    (task,) = job.task_groups[0].tasks
-    assert task.env == {"COUNTING_SERVICE_URL": "http://${NOMAD_UPSTREAM_ADDR_database}"}
-    assert task.config == {"image": "hashicorp/website:v1", "auth_soft_fail": True}
+    with pytest.raises(JobSpecError, match="network mode 'bridge'") as info:
+        load_job(path, drivers={"docker"})  # Connect needs a bridge network
+    assert info.value.path == "job.group[web].network[0].mode"
+    job = hcl_to_api(path.read_text())
+    (task,) = job["TaskGroups"][0]["Tasks"]
+    assert task["Env"] == {"COUNTING_SERVICE_URL": "http://${NOMAD_UPSTREAM_ADDR_database}"}
+    assert task["Config"] == {"image": "hashicorp/website:v1", "auth_soft_fail": True}

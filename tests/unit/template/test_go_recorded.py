@@ -1,5 +1,6 @@
 """Randomly composed templates (trim markers, custom delimiters, comments, pipelines,
-control structures, malformed actions) whose output or error message was recorded from
+control structures, define/template/block, break/continue, variables, malformed
+actions, each missingkey mode) whose output or error message was recorded from
 Go's own text/template: every one must render byte for byte the same here."""
 
 from __future__ import annotations

@@ -1,0 +1,185 @@
+"""Refuse a job this node would run differently from what it says.
+
+A warning is enough for a block that only Nomad's servers or other nodes act on; a
+block that changes what a task sees or does and that this node cannot honour is an
+error instead, so a job never starts with a silently different meaning:
+
+- a task driver this node does not have (the built-in `mock_driver` and `raw_exec`,
+  unless the caller names its own drivers);
+- a template whose text calls Consul, Vault or Nomad-API functions (`key`, `secret`,
+  `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), or whose text
+  does not parse;
+- an artifact fetched by a getter other than http, https or a local file (git, s3,
+  gcs, hg, …);
+- a group network whose mode is not host networking;
+- raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
+  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string).
+
+Errors are `JobSpecError` naming the block by its path, as the job file spells it
+(`job.group[web].task[api].template[0].data`) or as API JSON does
+(`Job.TaskGroups[0].Tasks[0].Templates[0].EmbeddedTmpl`).
+
+No threads, no locks; pure functions over an immutable Job, called by `load` (job
+files) and the agent's job registration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Literal
+
+import attrs
+
+from allocrunner.errors import JobSpecError
+from allocrunner.structs import Job, Task, TaskGroup
+from allocrunner.structs.job import NETWORK_MODE_HOST, Template
+
+__all__ = ["ARTIFACT_GETTERS", "PathStyle", "builtin_drivers", "check_runnable", "getter_of"]
+
+PathStyle = Literal["hcl", "json"]
+
+#: The artifact getters this node runs (`allocrunner.artifacts`).
+ARTIFACT_GETTERS = frozenset({"http", "https", "file"})
+_FORCED = re.compile(r"^([A-Za-z0-9]+)::")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# go-getter's detectors: host names that mean a getter without a scheme.
+_DETECTED = (
+    ("github.com/", "git"),
+    ("gitlab.com/", "git"),
+    ("bitbucket.org/", "git"),
+    ("git@", "git"),
+)
+_DETECTED_HOSTS = ((".amazonaws.com", "s3"), ("googleapis.com", "gcs"))
+
+
+def builtin_drivers() -> frozenset[str]:
+    """The names of the drivers `default_drivers()` builds."""
+    from allocrunner.drivers.mock import NAME as MOCK_NAME
+    from allocrunner.drivers.raw_exec import NAME as RAW_EXEC_NAME
+
+    return frozenset({MOCK_NAME, RAW_EXEC_NAME})
+
+
+@attrs.frozen
+class _Paths:
+    """Immutable. How one path style names the parts of a job."""
+
+    style: PathStyle
+
+    def group(self, index: int, group: TaskGroup) -> str:
+        if self.style == "hcl":
+            return f"job.group[{group.name}]"
+        return f"Job.TaskGroups[{index}]"
+
+    def task(self, group_path: str, index: int, task: Task) -> str:
+        if self.style == "hcl":
+            return f"{group_path}.task[{task.name}]"
+        return f"{group_path}.Tasks[{index}]"
+
+    def item(self, parent: str, hcl: str, json: str, index: int) -> str:
+        return f"{parent}.{hcl}[{index}]" if self.style == "hcl" else f"{parent}.{json}[{index}]"
+
+    def field(self, parent: str, hcl: str, json: str) -> str:
+        return f"{parent}.{hcl if self.style == 'hcl' else json}"
+
+
+def check_runnable(
+    job: Job, *, style: PathStyle = "json", drivers: Collection[str] | None = None
+) -> None:
+    """Raise JobSpecError naming the first block of `job` this node cannot honour.
+
+    `drivers`: the driver names the node has (default: `builtin_drivers()`)."""
+    known = builtin_drivers() if drivers is None else frozenset(drivers)
+    paths = _Paths(style)
+    for g, group in enumerate(job.task_groups):
+        group_path = paths.group(g, group)
+        for n, network in enumerate(group.networks):
+            if network.mode not in ("", NETWORK_MODE_HOST):
+                where = paths.field(
+                    paths.item(group_path, "network", "Networks", n), "mode", "Mode"
+                )
+                raise JobSpecError(
+                    where, f"network mode {network.mode!r} is not supported: only host networking"
+                )
+        for t, task in enumerate(group.tasks):
+            _check_task(task, paths.task(group_path, t, task), paths, known)
+
+
+def _check_task(task: Task, path: str, paths: _Paths, drivers: frozenset[str]) -> None:
+    if task.driver not in drivers:
+        raise JobSpecError(
+            paths.field(path, "driver", "Driver"),
+            f"driver {task.driver!r} is not available on this node"
+            f" (available: {', '.join(sorted(drivers))})",
+        )
+    if task.driver == "raw_exec":
+        _check_raw_exec_config(task.config, paths.field(path, "config", "Config"))
+    for i, template in enumerate(task.templates):
+        _check_template(template, paths.item(path, "template", "Templates", i), paths)
+    for i, artifact in enumerate(task.artifacts):
+        getter = getter_of(artifact.getter_source)
+        if getter not in ARTIFACT_GETTERS:
+            where = paths.field(
+                paths.item(path, "artifact", "Artifacts", i), "source", "GetterSource"
+            )
+            raise JobSpecError(
+                where,
+                f"artifact getter {getter!r} is not supported on this node"
+                " (only http, https and local files)",
+            )
+
+
+def _check_template(template: Template, path: str, paths: _Paths) -> None:
+    """Consul, Vault and Nomad-API functions cannot be served; text must parse."""
+    text = template.embedded_tmpl
+    if not text:
+        return  # a source file is read at run time, and checked then
+    where = paths.field(path, "data", "EmbeddedTmpl")
+    from allocrunner.template import TemplateError, consul_or_vault_functions
+
+    try:
+        used = consul_or_vault_functions(
+            text, template.left_delim or "{{", template.right_delim or "}}"
+        )
+    except TemplateError as err:
+        raise JobSpecError(where, f"template does not parse: {err}") from None
+    if used:
+        raise JobSpecError(
+            where,
+            "template calls functions that need Consul, Vault or the Nomad API, which this"
+            f" node does not offer: {', '.join(sorted(used))}",
+        )
+
+
+def _check_raw_exec_config(config: Mapping[str, object], path: str) -> None:
+    adj = config.get("oom_score_adj")
+    if adj is not None and (not isinstance(adj, int) or isinstance(adj, bool) or adj < 0):
+        raise JobSpecError(f"{path}.oom_score_adj", f"expected a non-negative integer, got {adj!r}")
+    v1 = config.get("cgroup_v1_override")
+    if v1 is not None and not (
+        isinstance(v1, Mapping) and all(isinstance(v, str) for v in v1.values())
+    ):
+        raise JobSpecError(f"{path}.cgroup_v1_override", "expected a map of strings")
+    v2 = config.get("cgroup_v2_override")
+    if v2 is not None and not isinstance(v2, str):
+        raise JobSpecError(f"{path}.cgroup_v2_override", f"expected a string, got {v2!r}")
+
+
+def getter_of(source: str) -> str:
+    """The go-getter an artifact source selects: a forced `getter::` prefix, a URL
+    scheme, a detected host (github.com: git, *.amazonaws.com: s3, …), else `file`."""
+    forced = _FORCED.match(source)
+    if forced:
+        return forced.group(1).lower()
+    scheme = _SCHEME.match(source)
+    if scheme:
+        return scheme.group(1).lower()
+    for prefix, getter in _DETECTED:
+        if source.startswith(prefix):
+            return getter
+    host = source.split("/", 1)[0]
+    for suffix, getter in _DETECTED_HOSTS:
+        if "." in host and host.endswith(suffix) and not source.startswith((".", "/")):
+            return getter
+    return "file"
