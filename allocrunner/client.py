@@ -47,6 +47,7 @@ when they sit together.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
@@ -124,7 +125,7 @@ class Client:
     _queued = immutable()  # id -> latest Allocation whose runner is not built yet
     _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
     _indexes = guarded("_allocs_lock")
-    _retired = guarded("_allocs_lock")
+    _retired = immutable()  # checked map changed in place: removed runners not destroyed yet
     _marked = guarded("_allocs_lock")
     _pending = immutable()  # a checked container, changed in place under _allocs_lock
     _phase = guarded("_allocs_lock")
@@ -168,7 +169,7 @@ class Client:
         self._allocs_lock = make_lock("Client._allocs_lock")
         self._runners: dict[str, AllocRunner] = guarded_dict(self._allocs_lock)
         self._indexes: FrozenDict[str, int] = FrozenDict()
-        self._retired: FrozenDict[str, AllocRunner] = FrozenDict()
+        self._retired: dict[str, AllocRunner] = guarded_dict(self._allocs_lock)
         self._marked: frozenset[str] = frozenset()
         # Changed in place (one view per alloc, newest wins): a copy per update would
         # make a stop of N allocations cost O(N^2).
@@ -258,8 +259,9 @@ class Client:
                 self._phase = _RUNNING
             self._runners.update((r.id, r) for r in restored)
             self._indexes = indexes
-            self._retired = FrozenDict({r.id: r for r in failed})
+            self._retired.update((r.id, r) for r in failed)
             self._bury_locked(r.id for r in failed)
+        self._forget_once_destroyed(failed)
         if aborted:
             # shutdown() came first and saw none of these: leave them as it would.
             self._shutdown_runners(restored, failed, SHUTDOWN_TIMEOUT)
@@ -520,10 +522,6 @@ class Client:
     def _remove(self, removed: frozenset[str]) -> None:
         """Untrack `removed` (an allocation still queued has no runner: it is dropped)."""
         with self._allocs_lock:
-            retired = self._retired
-        # Runners destroyed and closed by the collector need no more watching.
-        gone = {i for i, r in retired.items() if r.is_destroyed()}
-        with self._allocs_lock:
             # Read here, not from the caller's snapshot: the starter may have built a
             # queued one since.
             built = {i: self._runners.pop(i) for i in removed if i in self._runners}
@@ -534,13 +532,26 @@ class Client:
                 {i: n for i, n in self._indexes.items() if i not in removed}
             )
             self._marked = self._marked - frozenset(removed)
-            kept = {i: r for i, r in self._retired.items() if i not in gone}
-            self._retired = FrozenDict({**kept, **built})
+            self._retired.update(built)
             self._bury_locked(removed)
+        self._forget_once_destroyed(built.values())
         for alloc_id, ar in built.items():
             log.debug("allocation %s: removed by the server; collecting", alloc_id)
             self._gc.mark_for_collection(alloc_id, ar)
             self._gc.collect_async(alloc_id)
+
+    def _forget_once_destroyed(self, retired: Iterable[AllocRunner]) -> None:
+        """A retired runner needs no more watching once destroyed: it leaves the
+        registry then (not at the next removal), so a removed batch does not stay in
+        memory until the server removes another."""
+        for ar in retired:
+            ar.on_destroyed(functools.partial(self._forget_retired, ar))
+
+    def _forget_retired(self, ar: AllocRunner) -> None:
+        """`ar` was destroyed (on the destroying thread, no lock held). Notify-only."""
+        with self._allocs_lock:
+            if self._retired.get(ar.id) is ar:
+                del self._retired[ar.id]
 
     @requires("_allocs_lock")
     def _bury_locked(self, alloc_ids: Iterable[str]) -> None:
