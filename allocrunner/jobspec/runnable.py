@@ -26,7 +26,7 @@ files) and the agent's job registration.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Literal
 
 import attrs
@@ -35,7 +35,14 @@ from allocrunner.errors import JobSpecError
 from allocrunner.structs import Job, Task, TaskGroup
 from allocrunner.structs.job import NETWORK_MODE_HOST, Template
 
-__all__ = ["ARTIFACT_GETTERS", "PathStyle", "builtin_drivers", "check_runnable", "getter_of"]
+__all__ = [
+    "ANY_DRIVER",
+    "ARTIFACT_GETTERS",
+    "PathStyle",
+    "builtin_drivers",
+    "check_runnable",
+    "getter_of",
+]
 
 PathStyle = Literal["hcl", "json"]
 
@@ -51,6 +58,26 @@ _DETECTED = (
     ("git@", "git"),
 )
 _DETECTED_HOSTS = ((".amazonaws.com", "s3"), ("googleapis.com", "gcs"))
+
+
+class _AnyDriver(Collection[str]):
+    """Immutable. The driver names of a caller that checks drivers itself: all of them."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "ANY_DRIVER"
+
+
+#: Pass as `drivers` to leave drivers unchecked (the agent's placement checks them).
+ANY_DRIVER: Collection[str] = _AnyDriver()
 
 
 def builtin_drivers() -> frozenset[str]:
@@ -90,7 +117,7 @@ def check_runnable(
     """Raise JobSpecError naming the first block of `job` this node cannot honour.
 
     `drivers`: the driver names the node has (default: `builtin_drivers()`)."""
-    known = builtin_drivers() if drivers is None else frozenset(drivers)
+    known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
@@ -106,7 +133,7 @@ def check_runnable(
             _check_task(task, paths.task(group_path, t, task), paths, known)
 
 
-def _check_task(task: Task, path: str, paths: _Paths, drivers: frozenset[str]) -> None:
+def _check_task(task: Task, path: str, paths: _Paths, drivers: Collection[str]) -> None:
     if task.driver not in drivers:
         raise JobSpecError(
             paths.field(path, "driver", "Driver"),
