@@ -7,8 +7,9 @@ error instead, so a job never starts with a silently different meaning:
 - a task driver this node does not have (the built-in `mock_driver` and `raw_exec`,
   unless the caller names its own drivers);
 - a template whose text calls Consul, Vault or Nomad-API functions (`key`, `secret`,
-  `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), or whose text
-  does not parse;
+  `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), calls a
+  function this node refuses to run (`plugin`, `writeToFile`, …:
+  `unsupported_functions`), or does not parse;
 - an artifact fetched by a getter other than http, https or a local file (git, s3,
   gcs, hg, …);
 - a group network whose mode is not host networking;
@@ -163,12 +164,16 @@ def _check_template(template: Template, path: str, paths: _Paths) -> None:
     if not text:
         return  # a source file is read at run time, and checked then
     where = paths.field(path, "data", "EmbeddedTmpl")
-    from allocrunner.template import TemplateError, consul_or_vault_functions
+    from allocrunner.template import (
+        TemplateError,
+        consul_or_vault_functions,
+        unsupported_functions,
+    )
 
+    left, right = template.left_delim or "{{", template.right_delim or "}}"
     try:
-        used = consul_or_vault_functions(
-            text, template.left_delim or "{{", template.right_delim or "}}"
-        )
+        used = consul_or_vault_functions(text, left, right)
+        refused = unsupported_functions(text, left, right)
     except TemplateError as err:
         raise JobSpecError(where, f"template does not parse: {err}") from None
     if used:
@@ -176,6 +181,12 @@ def _check_template(template: Template, path: str, paths: _Paths) -> None:
             where,
             "template calls functions that need Consul, Vault or the Nomad API, which this"
             f" node does not offer: {', '.join(sorted(used))}",
+        )
+    if refused:
+        raise JobSpecError(
+            where,
+            "template calls functions this node does not run (disabled by Nomad's default"
+            f" function denylist, or not supported here): {', '.join(sorted(refused))}",
         )
 
 

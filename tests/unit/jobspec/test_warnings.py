@@ -286,3 +286,28 @@ def test_raw_exec_settings_are_type_checked(config: str, key: str) -> None:
     with pytest.raises(JobSpecError) as info:
         parse_job_with_warnings(text, "hcl")
     assert info.value.path == f"{T}.config.{key}"
+
+
+def test_a_template_calling_a_refused_function_is_refused() -> None:
+    body = 'template {\ndata = "{{ plugin \\"x\\" }}"\ndestination = "local/x"\n}'
+    with pytest.raises(JobSpecError, match="plugin") as info:
+        warnings_of(task=body)
+    assert info.value.path == f"{T}.template[0].data"
+
+
+def test_constraint_operators_are_the_ones_placement_evaluates() -> None:
+    from allocrunner.jobspec.codec_blocks import CONSTRAINT_OPERANDS
+    from allocrunner.placement.constraints import OPERANDS
+
+    assert frozenset(CONSTRAINT_OPERANDS) == OPERANDS
+
+
+def test_parsed_constraints_are_what_placement_checks() -> None:
+    from allocrunner.placement.constraints import check_constraints
+
+    job, _ = parse_job_with_warnings(
+        hcl_job(job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}'), "hcl"
+    )
+    assert check_constraints(job.constraints, {"attr.kernel.name": "linux"}) is None
+    failure = check_constraints(job.constraints, {"attr.kernel.name": "darwin"})
+    assert failure is not None and failure.reason == "${attr.kernel.name} = linux"
