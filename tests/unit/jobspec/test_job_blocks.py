@@ -283,7 +283,7 @@ def test_hcl_constraints_at_every_level_keep_their_order() -> None:
 def test_hcl_bad_constraint_names_the_block() -> None:
     with pytest.raises(JobSpecError) as info:
         parse(task='constraint {\nattribute = "a"\noperator = "~"\n}')
-    assert info.value.path == "Job.TaskGroups[0].Tasks[0].Constraints[0].Operand"
+    assert info.value.path == f"{T}.constraint[0].operator"
     with pytest.raises(JobSpecError) as info:
         parse(task='constraint {\nattribute = "a"\nis_set = "x"\n}')
     assert info.value.path == f"{T}.constraint[0].is_set"
@@ -327,8 +327,15 @@ def test_hcl_template_errors_name_the_hcl_block() -> None:
     with pytest.raises(JobSpecError) as info:
         parse(task='template {\ndata = "x"\ndestination = "local/x"\nsplay = "soon"\n}')
     assert info.value.path == f"{T}.template[0].splay"
-    with pytest.raises(JobSpecError, match="needs a destination"):
+    with pytest.raises(JobSpecError, match="needs a destination") as info:
         parse(task='template {\ndata = "x"\n}')
+    assert info.value.path == f"{T}.template[0].destination"
+    with pytest.raises(JobSpecError, match="escapes") as info:
+        parse(task='template {\ndata = "x"\ndestination = "../../x"\n}')
+    assert info.value.path == f"{T}.template[0].destination"
+    with pytest.raises(JobSpecError, match="source path or embedded") as info:
+        parse(task='template {\ndestination = "local/x"\n}')
+    assert info.value.path == f"{T}.template[0]"
 
 
 def test_logs_disabled_and_raw_exec_settings_are_kept() -> None:
@@ -353,3 +360,12 @@ def test_every_change_mode_reads_from_hcl(mode: str) -> None:
     (template,) = parse(task=body).task_groups[0].tasks[0].templates
     assert template.change_mode == mode
     assert template.change_signal == ("SIGHUP" if mode == "signal" else "")
+
+
+def test_hcl_port_errors_name_the_port_block() -> None:
+    with pytest.raises(JobSpecError) as info:
+        parse(group='network {\nport "http" {\nstatic = 70000\n}\n}')
+    assert info.value.path == "job.group[web].network[0].port[http].static"
+    with pytest.raises(JobSpecError, match="used twice") as info:
+        parse(group='network {\nport "a" {}\n}\nnetwork {\nport "a" {}\n}')
+    assert info.value.path == "job.group[web].network[1]"
