@@ -116,3 +116,14 @@ def test_an_unknown_driver_is_refused_with_exit_2(tmp_path: Path, data_dir: Path
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, (out, err)
     assert "job.group[g].task[t].driver" in err and "'docker'" in err
+
+
+def test_a_setting_the_agent_also_sees_is_warned_about_once(tmp_path: Path, data_dir: Path) -> None:
+    job = tmp_path / "canary.nomad.hcl"
+    job.write_text(WARNED_JOB.replace('type = "batch"', 'type = "batch"\n  update { canary = 1 }'))
+    proc = cli_process("job", "run", "-detach", "--data-dir", str(data_dir), str(job))
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, (out, err)
+    assert "3 warnings:" in out
+    assert out.count("canary") == 1, out
+    assert "* job.update.canary: not honoured on this node (no deployments); ignored" in out
