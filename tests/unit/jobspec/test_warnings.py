@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocrunner import load_job_with_warnings, parse_job_with_warnings
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec import format_warnings, json_warnings
 from allocrunner.jobspec.runnable import ANY_DRIVER, getter_of
+from tests.unit.jobspec.test_errors import fuzz_docs
 
 G = "job.group[web]"
 T = "job.group[web].task[api]"
@@ -311,3 +314,31 @@ def test_parsed_constraints_are_what_placement_checks() -> None:
     assert check_constraints(job.constraints, {"attr.kernel.name": "linux"}) is None
     failure = check_constraints(job.constraints, {"attr.kernel.name": "darwin"})
     assert failure is not None and failure.reason == "${attr.kernel.name} = linux"
+
+
+@settings(max_examples=60, deadline=None)
+@given(fuzz_docs)
+def test_json_warnings_never_fail_on_any_json(doc: object) -> None:
+    for item in json_warnings(doc) + json_warnings({"TaskGroups": [doc, {"Tasks": [doc]}]}):
+        assert ": not honoured on this node (" in item
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dest=st.sampled_from(("local/x", "../alloc/x", "../../x", "", "/local/x", "a/../../..")),
+    perms=st.sampled_from(("", "644", "0755", "999", "-1", "7777", "17777")),
+    mode=st.sampled_from(("noop", "restart", "signal", "script", "bounce")),
+)
+def test_template_errors_always_name_the_template_block(dest: str, perms: str, mode: str) -> None:
+    lines = ['data = "x"', f'change_mode = "{mode}"']
+    lines += [f'destination = "{dest}"'] if dest else []
+    lines += [f'perms = "{perms}"'] if perms else []
+    body = "template {\n" + "\n".join(lines) + "\n}"
+    try:
+        (template,) = (
+            parse_job_with_warnings(hcl_job(task=body), "hcl")[0].task_groups[0].tasks[0].templates
+        )
+    except JobSpecError as err:
+        assert err.path.startswith(f"{T}.template[0]"), err
+    else:
+        assert template.change_mode == mode and template.dest_path == dest
