@@ -8,9 +8,9 @@ A registered job's settings this node does not act on come back in the reply's
 ``Warnings`` (Nomad's multierror text, "" when none); a job this node would run
 differently from what it says (a Consul template, a git artifact, a bridge network)
 is refused with 400. An unknown driver is not refused here (nor by the parse): as in
-Nomad, the job registers and its placement fails with ``missing drivers``. ``/v1/jobs/parse`` takes
-``Variables`` (var-file text) and, beyond Nomad, adds ``Warnings`` to the parsed job
-when there are any.
+Nomad, the job registers and its placement fails with ``missing drivers``.
+``/v1/jobs/parse`` takes ``Variables`` (var-file text) and, beyond Nomad, adds
+``Warnings`` to the parsed job when there are any.
 
 Threads: the handlers run on the HTTP server's request threads; a blocking read parks
 its thread on the cluster's broadcaster. Locks: none; reads come from one immutable
