@@ -65,6 +65,9 @@ from allocrunner.jobspec import (
     encode_task_event,
     encode_task_state,
     load_job,
+    load_job_with_warnings,
+    parse_job,
+    parse_job_with_warnings,
 )
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.runner.health import HealthHook
@@ -91,6 +94,7 @@ from allocrunner.structs import (
     client_status_from_task_states,
     new_allocation,
 )
+from allocrunner.structs.job import Constraint, NetworkResource, Port, TaskArtifact, Template
 from allocrunner.taskrunner import RestartTracker, TaskRunner
 
 __all__ = [
@@ -110,6 +114,7 @@ __all__ = [
     "CancelToken",
     "Client",
     "ClientConfig",
+    "Constraint",
     "DesiredTransition",
     "Driver",
     "DriverError",
@@ -139,9 +144,11 @@ __all__ = [
     "MemDB",
     "MigrateStrategy",
     "MockDriver",
+    "NetworkResource",
     "NoopDB",
     "NoopPrevAlloc",
     "PathEscapeError",
+    "Port",
     "PrevAllocMigrationError",
     "PrevAllocMigrator",
     "PrevAllocWaitCancelled",
@@ -157,6 +164,7 @@ __all__ = [
     "StateDB",
     "StateDBError",
     "Task",
+    "TaskArtifact",
     "TaskConfig",
     "TaskCoordinator",
     "TaskDir",
@@ -167,6 +175,7 @@ __all__ = [
     "TaskNotRunningError",
     "TaskRunner",
     "TaskState",
+    "Template",
     "ThreadGroup",
     "UnknownTaskError",
     "UpdateStrategy",
@@ -185,9 +194,12 @@ __all__ = [
     "encode_task_state",
     "format_duration",
     "load_job",
+    "load_job_with_warnings",
     "make_lock",
     "make_rwlock",
     "new_allocation",
     "new_prev_watcher",
     "parse_duration",
+    "parse_job",
+    "parse_job_with_warnings",
 ]

@@ -4,6 +4,14 @@
 deregister), ``/v1/job/:id/{allocations,evaluations,summary,versions,dispatch}`` and
 ``/v1/job/:id/periodic/force``, in Nomad's JSON shapes and status codes.
 
+A registered job's settings this node does not act on come back in the reply's
+``Warnings`` (Nomad's multierror text, "" when none); a job this node would run
+differently from what it says (a Consul template, a git artifact, a bridge network)
+is refused with 400. An unknown driver is not refused here (nor by the parse): as in
+Nomad, the job registers and its placement fails with ``missing drivers``.
+``/v1/jobs/parse`` takes ``Variables`` (var-file text) and, beyond Nomad, adds
+``Warnings`` to the parsed job when there are any.
+
 Threads: the handlers run on the HTTP server's request threads; a blocking read parks
 its thread on the cluster's broadcaster. Locks: none; reads come from one immutable
 `ClusterState` and writes go through the `Cluster`. Owner: `build_router` adds the
@@ -26,7 +34,15 @@ from allocrunner.agent.dispatch import dispatch_job
 from allocrunner.agent.errors import ApiError, bad_request, not_found
 from allocrunner.agent.http import Request, Response, Router, json_response
 from allocrunner.errors import JobSpecError
-from allocrunner.jobspec import canonicalize_api_job, decode_job, encode_job, parse_job
+from allocrunner.jobspec import (
+    canonicalize_api_job,
+    decode_job,
+    encode_job,
+    format_warnings,
+    json_warnings,
+    parse_job_with_warnings,
+)
+from allocrunner.jobspec.runnable import ANY_DRIVER, check_runnable
 from allocrunner.structs import CLIENT_STATUSES, Job
 from allocrunner.structs.status import JOB_TYPES
 
@@ -217,6 +233,11 @@ def job_stub(state: ClusterState, job: Job) -> dict[str, Any]:
 
 def decode_api_job(obj: Any, path_id: str | None) -> Job:
     """A register body's job: canonicalized and decoded, errors naming the field."""
+    return decode_api_job_with_warnings(obj, path_id)[0]
+
+
+def decode_api_job_with_warnings(obj: Any, path_id: str | None) -> tuple[Job, list[str]]:
+    """`decode_api_job`, and the warnings about the settings this node ignores."""
     if not isinstance(obj, dict):
         raise bad_request("request body: expected a JSON object")
     raw = obj.get("Job")
@@ -232,12 +253,16 @@ def decode_api_job(obj: Any, path_id: str | None) -> Job:
         raise bad_request(f"Job.Type: invalid job type {job.type!r}")
     if not job.task_groups:
         raise bad_request("Job.TaskGroups: a job needs at least one task group")
-    return job
+    try:
+        check_runnable(job, style="json", drivers=ANY_DRIVER)
+    except JobSpecError as err:
+        raise bad_request(str(err)) from None
+    return job, json_warnings(raw)
 
 
 def register(ctx: ApiContext, req: Request, path_id: str | None) -> Response:
     body = req.json()
-    job = decode_api_job(body, path_id)
+    job, warnings = decode_api_job_with_warnings(body, path_id)
     if body.get("EnforceIndex"):
         expected = body.get("JobModifyIndex", 0)
         current = ctx.cluster.state().jobs.get(f"{job.namespace}/{job.id}")
@@ -247,13 +272,13 @@ def register(ctx: ApiContext, req: Request, path_id: str | None) -> Response:
                 f"Enforcing job modify index {expected}: job "
                 + ("does not exist" if current is None else f"exists with modify index {actual}")
             )
-    result = ctx.cluster.register(job)
+    result = ctx.cluster.register(job, warnings=warnings)
     return json_response(
         {
             "EvalID": result.eval_id,
             "EvalCreateIndex": result.index,
             "JobModifyIndex": result.job_modify_index,
-            "Warnings": "\n".join(result.warnings),
+            "Warnings": format_warnings(result.warnings),
             "Index": result.index,
             "KnownLeader": True,
             "LastContact": 0,
@@ -266,11 +291,21 @@ def parse(ctx: ApiContext, req: Request) -> Response:
     body = req.json()
     if not isinstance(body, dict) or not isinstance(body.get("JobHCL"), str):
         raise bad_request("JobHCL: missing or not a string")
+    if not body["JobHCL"]:
+        raise bad_request("Job spec is empty")
+    variables = body.get("Variables") or ""
+    if not isinstance(variables, str):
+        raise bad_request("Variables: expected var-file text (a string)")
     try:
-        job = parse_job(body["JobHCL"], "hcl", source="JobHCL")
+        job, warnings = parse_job_with_warnings(
+            body["JobHCL"], "hcl", source="JobHCL", var_content=variables, drivers=ANY_DRIVER
+        )
     except JobSpecError as err:
         raise bad_request(str(err)) from None
-    return json_response(encode_job(job))
+    out = encode_job(job)
+    if warnings:
+        out["Warnings"] = format_warnings(warnings)
+    return json_response(out)
 
 
 def deregister(ctx: ApiContext, req: Request) -> Response:

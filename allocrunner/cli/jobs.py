@@ -1,7 +1,9 @@
 """`job run|status|stop|dispatch`: jobs through the agent's API, in Nomad's shapes.
 
 `job run` parses the job file here (so a bad file is reported before any agent is
-involved), registers it with `PUT /v1/jobs`, and unless `-detach` watches the
+involved), registers it with `PUT /v1/jobs`, prints the warnings (the file's settings
+this node ignores, and the agent's) under Nomad's `Job Warnings:` header on stdout,
+and unless `-detach` watches the
 allocations it placed until every one is terminal. The exit code is the outcome: 0
 all tasks succeeded, 1 a task failed, 2 bad input or nothing could be placed, 130
 interrupted. When the agent is embedded in this command, an interrupt (Ctrl-C or
@@ -19,11 +21,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import inspect
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -59,49 +59,32 @@ from allocrunner.cli.output import (
     short_id,
 )
 from allocrunner.errors import JobSpecError
+from allocrunner.jobspec import encode_job, format_warnings, json_warnings, load_job_with_warnings
+from allocrunner.structs import Job
 
 __all__ = ["job_dispatch", "job_run", "job_status", "job_stop", "legacy_run", "load_job_file"]
 
 
-def load_job_file(path: str, variables: list[tuple[str, str]], var_files: list[str]) -> Any:
-    """The job in `path`, with `-var`/`-var-file` when `load_job` can evaluate them.
-
-    Warnings raised while loading are returned as text with the job."""
-    from allocrunner.jobspec import load_job
-
-    params = inspect.signature(load_job).parameters
-    kwargs: dict[str, Any] = {}
-    if variables:
-        if "variables" not in params:
-            raise bad_input("-var is not supported: this job loader takes no variables")
-        kwargs["variables"] = dict(variables)
-    if var_files:
-        if "var_files" not in params:
-            raise bad_input("-var-file is not supported: this job loader takes no variable files")
-        kwargs["var_files"] = tuple(var_files)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            job = load_job(path, **kwargs)
-        except JobSpecError as err:
-            raise bad_input(str(err)) from None
-    return job, [str(w.message) for w in caught]
+def load_job_file(
+    path: str, variables: list[tuple[str, str]], var_files: list[str]
+) -> tuple[Job, list[str]]:
+    """The job in `path`, evaluated with `-var` and `-var-file`, and its warnings (one
+    per setting this node ignores, each starting with its field path). A bad file is
+    bad input (exit 2)."""
+    try:
+        return load_job_with_warnings(
+            path, variables=[f"{k}={v}" for k, v in variables], var_files=tuple(var_files)
+        )
+    except JobSpecError as err:
+        raise bad_input(str(err)) from None
 
 
-def _encode(job: Any) -> dict[str, Any]:
-    from allocrunner.jobspec import encode_job
-
-    return encode_job(job)
-
-
-def _print_warnings(out: Output, warnings_text: list[str]) -> None:
-    if not warnings_text:
+def _print_warnings(out: Output, warnings: list[str]) -> None:
+    """Nomad's `Job Warnings:` block on stdout: the multierror text, then a blank line."""
+    if not warnings:
         return
     out.line("Job Warnings:")
-    out.line(f"{len(warnings_text)} warning(s):")
-    out.line()
-    for text in warnings_text:
-        out.line(f"* {text}")
+    out.line(format_warnings(warnings))
     out.line()
 
 
@@ -124,9 +107,15 @@ def _since(reply: Mapping[str, Any]) -> int:
     return 0
 
 
-def _server_warnings(reply: Mapping[str, Any]) -> list[str]:
-    text = reply.get("Warnings") or ""
-    return [line.lstrip("* ").strip() for line in str(text).splitlines() if line.strip("* ")]
+def _server_warnings(reply: Mapping[str, Any], sent: Mapping[str, Any]) -> list[str]:
+    """The reply's warnings (Nomad's multierror text, or plain lines), less those the
+    agent derives from the job JSON we sent: the file's own warnings already say so."""
+    text = str(reply.get("Warnings") or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    bullets = [line[2:].strip() for line in lines if line.startswith("* ")]
+    found = bullets if bullets else lines
+    echoed = set(json_warnings(sent))
+    return [w for w in found if w not in echoed]
 
 
 def job_run(args: argparse.Namespace, out: Output) -> int:
@@ -140,10 +129,10 @@ def legacy_run(args: argparse.Namespace, out: Output) -> int:
 
 def _run(args: argparse.Namespace, out: Output, *, temporary: bool) -> int:
     job, load_warnings = load_job_file(args.jobfile, args.var, args.var_file)
-    job_json = _encode(job)
+    job_json = encode_job(job)
     with open_session(args, out, embed=True, temporary=temporary) as session:
         reply = _register(session.api, job_json)
-        _print_warnings(out, load_warnings + _server_warnings(reply))
+        _print_warnings(out, load_warnings + _server_warnings(reply, job_json))
         eval_id = str(reply.get("EvalID") or "")
         if args.detach or job_json.get("Periodic") or job_json.get("ParameterizedJob"):
             out.line("Job registration successful")

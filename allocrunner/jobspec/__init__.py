@@ -8,7 +8,9 @@
   (`.hcl`, `.nomad`, `.nomad.hcl`) job file, its variables, locals and functions
   evaluated as Nomad's jobspec2 does, with Nomad's defaults applied; `parse_job(text,
   fmt)` for text in hand; `load_job_with_warnings` / `parse_job_with_warnings` also
-  return the warnings.
+  return the warnings: one per valid Nomad setting this node does not act on, each
+  starting with its field path (`format_warnings` joins them as Nomad's API does);
+  a job this node would run differently from what it says is refused.
 - `canonicalize_job(job)`: Nomad's defaults for a Job built in code;
   `canonicalize_api_job(obj)` the same on parsed API JSON, merging partial blocks.
 
@@ -39,6 +41,7 @@ from allocrunner.jobspec.load import (
     parse_job,
     parse_job_with_warnings,
 )
+from allocrunner.jobspec.unhonoured import format_warnings, json_warnings
 
 __all__ = [
     "canonicalize_api_job",
@@ -53,7 +56,9 @@ __all__ = [
     "encode_job",
     "encode_task_event",
     "encode_task_state",
+    "format_warnings",
     "hcl_to_api",
+    "json_warnings",
     "load_job",
     "load_job_with_warnings",
     "parse_job",

@@ -28,6 +28,7 @@ from allocrunner.errors import JobSpecError
 from allocrunner.jobspec.codec import decode_job
 from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
 from allocrunner.jobspec.hcl import EvalOptions, hcl_to_api
+from allocrunner.jobspec.hcl_paths import hcl_path
 from allocrunner.jobspec.hcl_vars import ValueSources, cli_pairs, env_from
 from allocrunner.jobspec.runnable import PathStyle, check_runnable
 from allocrunner.jobspec.unhonoured import json_warnings
@@ -178,7 +179,10 @@ def parse_job_with_warnings(
             obj = hcl_to_api(text, options=options, warnings=warnings)
         except JobSpecError as err:
             raise _in_file(err, source) from None
-        job = _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+        try:
+            job = _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
+        except JobSpecError as err:
+            raise JobSpecError(hcl_path(err.path, obj), err.message) from None
         _check_runnable(job, "hcl", drivers, source)
         return job, warnings
     raise ValueError(f"unknown job file format {fmt!r}: expected 'json' or 'hcl'")

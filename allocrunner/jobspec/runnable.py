@@ -7,8 +7,9 @@ error instead, so a job never starts with a silently different meaning:
 - a task driver this node does not have (the built-in `mock_driver` and `raw_exec`,
   unless the caller names its own drivers);
 - a template whose text calls Consul, Vault or Nomad-API functions (`key`, `secret`,
-  `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), or whose text
-  does not parse;
+  `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), calls a
+  function this node refuses to run (`plugin`, `writeToFile`, …:
+  `unsupported_functions`), or does not parse;
 - an artifact fetched by a getter other than http, https or a local file (git, s3,
   gcs, hg, …);
 - a group network whose mode is not host networking;
@@ -26,7 +27,7 @@ files) and the agent's job registration.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Literal
 
 import attrs
@@ -35,7 +36,14 @@ from allocrunner.errors import JobSpecError
 from allocrunner.structs import Job, Task, TaskGroup
 from allocrunner.structs.job import NETWORK_MODE_HOST, Template
 
-__all__ = ["ARTIFACT_GETTERS", "PathStyle", "builtin_drivers", "check_runnable", "getter_of"]
+__all__ = [
+    "ANY_DRIVER",
+    "ARTIFACT_GETTERS",
+    "PathStyle",
+    "builtin_drivers",
+    "check_runnable",
+    "getter_of",
+]
 
 PathStyle = Literal["hcl", "json"]
 
@@ -51,6 +59,26 @@ _DETECTED = (
     ("git@", "git"),
 )
 _DETECTED_HOSTS = ((".amazonaws.com", "s3"), ("googleapis.com", "gcs"))
+
+
+class _AnyDriver(Collection[str]):
+    """Immutable. The driver names of a caller that checks drivers itself: all of them."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "ANY_DRIVER"
+
+
+#: Pass as `drivers` to leave drivers unchecked (the agent's placement checks them).
+ANY_DRIVER: Collection[str] = _AnyDriver()
 
 
 def builtin_drivers() -> frozenset[str]:
@@ -90,7 +118,7 @@ def check_runnable(
     """Raise JobSpecError naming the first block of `job` this node cannot honour.
 
     `drivers`: the driver names the node has (default: `builtin_drivers()`)."""
-    known = builtin_drivers() if drivers is None else frozenset(drivers)
+    known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
@@ -106,7 +134,7 @@ def check_runnable(
             _check_task(task, paths.task(group_path, t, task), paths, known)
 
 
-def _check_task(task: Task, path: str, paths: _Paths, drivers: frozenset[str]) -> None:
+def _check_task(task: Task, path: str, paths: _Paths, drivers: Collection[str]) -> None:
     if task.driver not in drivers:
         raise JobSpecError(
             paths.field(path, "driver", "Driver"),
@@ -136,12 +164,16 @@ def _check_template(template: Template, path: str, paths: _Paths) -> None:
     if not text:
         return  # a source file is read at run time, and checked then
     where = paths.field(path, "data", "EmbeddedTmpl")
-    from allocrunner.template import TemplateError, consul_or_vault_functions
+    from allocrunner.template import (
+        TemplateError,
+        consul_or_vault_functions,
+        unsupported_functions,
+    )
 
+    left, right = template.left_delim or "{{", template.right_delim or "}}"
     try:
-        used = consul_or_vault_functions(
-            text, template.left_delim or "{{", template.right_delim or "}}"
-        )
+        used = consul_or_vault_functions(text, left, right)
+        refused = unsupported_functions(text, left, right)
     except TemplateError as err:
         raise JobSpecError(where, f"template does not parse: {err}") from None
     if used:
@@ -149,6 +181,12 @@ def _check_template(template: Template, path: str, paths: _Paths) -> None:
             where,
             "template calls functions that need Consul, Vault or the Nomad API, which this"
             f" node does not offer: {', '.join(sorted(used))}",
+        )
+    if refused:
+        raise JobSpecError(
+            where,
+            "template calls functions this node does not run (disabled by Nomad's default"
+            f" function denylist, or not supported here): {', '.join(sorted(refused))}",
         )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["UNHONOURED", "json_warnings", "warning"]
+__all__ = ["UNHONOURED", "format_warnings", "json_warnings", "warning"]
 
 _NO_CONSUL = "no Consul or Nomad service discovery"
 _ONE_NODE = "one node: no other node to choose"
@@ -140,6 +140,16 @@ _QUIET_JSON: Mapping[str, tuple[Any, ...]] = {
 def warning(path: str, reason: str) -> str:
     """The warning for the setting at `path`."""
     return f"{path}: not honoured on this node ({reason}); ignored"
+
+
+def format_warnings(warnings: list[str] | tuple[str, ...]) -> str:
+    """Warnings as one text, the way Nomad's API and CLI join them (helper/warning.go's
+    multierror format): "" for none, else `1 warning:` / `N warnings:`, a blank line,
+    then `* <warning>` for each."""
+    if not warnings:
+        return ""
+    head = "1 warning:\n" if len(warnings) == 1 else f"{len(warnings)} warnings:\n"
+    return head + "".join(f"\n* {w.strip()}" for w in warnings)
 
 
 def _set_in_json(key: str, value: Any) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import attrs
 from hypothesis import strategies as st
 
 from allocrunner.jobspec._kinds import EPOCH, GO_ZERO_TIME
 from allocrunner.jobspec.codec import CLIENT_STATUSES_IN, HEALTH_CHECKS
+from allocrunner.jobspec.codec_blocks import CONSTRAINT_OPERANDS
 from allocrunner.structs import (
     Allocation,
     AllocDeploymentStatus,
@@ -30,6 +32,14 @@ from allocrunner.structs import (
     TaskGroup,
     TaskState,
     UpdateStrategy,
+)
+from allocrunner.structs.job import (
+    ARTIFACT_MODES,
+    Constraint,
+    NetworkResource,
+    Port,
+    TaskArtifact,
+    Template,
 )
 from allocrunner.structs.status import (
     DESIRED_STATUSES,
@@ -85,7 +95,61 @@ lifecycles = st.builds(
 ephemeral_disks = st.builds(
     EphemeralDisk, size_mb=UINT, sticky=st.booleans(), migrate=st.booleans()
 )
-resources = st.builds(Resources, cpu=UINT, memory_mb=UINT, memory_max_mb=UINT, disk_mb=UINT)
+resources = st.builds(
+    Resources, cpu=UINT, memory_mb=UINT, memory_max_mb=UINT, disk_mb=UINT, cores=SMALL
+)
+constraints = st.builds(
+    Constraint, ltarget=texts, rtarget=texts, operand=st.sampled_from(CONSTRAINT_OPERANDS)
+)
+# Destinations that stay inside the allocation dir.
+destinations = st.builds(
+    lambda parts, top: "/".join((top, *parts)),
+    st.lists(names.filter(lambda n: n not in (".", "..")), min_size=1, max_size=3),
+    st.sampled_from(("local", "secrets", "../alloc", "/local")),
+)
+_signal_templates = st.builds(
+    Template,
+    embedded_tmpl=st.text(min_size=1, max_size=24),
+    dest_path=destinations,
+    change_mode=st.just("signal"),
+    change_signal=st.sampled_from(("SIGHUP", "SIGUSR1")),
+    envvars=st.just(False),
+)
+_other_templates = st.builds(
+    Template,
+    source_path=texts,
+    dest_path=destinations,
+    embedded_tmpl=st.text(min_size=1, max_size=24),
+    change_mode=st.sampled_from(("noop", "restart")),
+    splay=durations,
+    perms=st.integers(0, 0o7777).map(lambda n: f"0{n:o}"),
+    left_delim=st.sampled_from(("{{", "[[", "<%")),
+    right_delim=st.sampled_from(("}}", "]]", "%>")),
+    envvars=st.booleans(),
+    err_missing_key=st.booleans(),
+)
+templates = _signal_templates | _other_templates
+artifacts = st.builds(
+    TaskArtifact,
+    getter_source=st.text(min_size=1, max_size=24),
+    getter_options=str_maps,
+    getter_headers=str_maps,
+    getter_mode=st.sampled_from(ARTIFACT_MODES),
+    relative_dest=destinations,
+)
+ports = st.builds(
+    Port,
+    label=names,
+    value=st.integers(1, 65535),
+    to=st.integers(-1, 65535),
+    host_network=st.sampled_from(("default", "public")),
+)
+networks = st.builds(
+    NetworkResource,
+    mode=st.sampled_from(("host", "bridge", "")),
+    reserved_ports=st.lists(ports, max_size=2, unique_by=lambda p: p.label),
+    dynamic_ports=st.lists(ports.map(lambda p: attrs.evolve(p, value=0)), max_size=2),
+).filter(lambda n: len({p.label for p in n.ports()}) == len(n.ports()))
 log_configs = st.builds(LogConfig, max_files=UINT, max_file_size_mb=UINT, disabled=st.booleans())
 update_strategies = st.builds(
     UpdateStrategy,
@@ -120,6 +184,9 @@ tasks = st.builds(
     restart_policy=st.none() | restart_policies,
     resources=resources,
     logs=log_configs,
+    constraints=st.lists(constraints, max_size=2),
+    templates=st.lists(templates, max_size=2),
+    artifacts=st.lists(artifacts, max_size=2),
 )
 task_groups = st.builds(
     TaskGroup,
@@ -132,6 +199,9 @@ task_groups = st.builds(
     migrate=st.none() | migrate_strategies,
     meta=str_maps,
     shutdown_delay=durations,
+    constraints=st.lists(constraints, max_size=2),
+    networks=st.lists(networks, max_size=1),
+    max_run_duration=durations,
 )
 jobs = st.builds(
     Job,
@@ -150,6 +220,7 @@ jobs = st.builds(
     create_index=UINT64,
     modify_index=UINT64,
     job_modify_index=UINT64,
+    constraints=st.lists(constraints, max_size=2),
 )
 
 task_events = st.builds(

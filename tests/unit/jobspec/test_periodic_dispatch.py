@@ -362,5 +362,4 @@ def test_hcl_errors_name_the_setting(body: str, task_body: str, path: str) -> No
 def test_hcl_periodic_on_a_service_job_is_refused() -> None:
     text = hcl_job('periodic {\n cron = "@daily"\n }').replace('"batch"', '"service"')
     err = hcl_error_of(text)
-    assert err.path == "Job.Periodic"
-
+    assert err.path == "job.periodic"  # as the job file spells it
