@@ -42,7 +42,7 @@ from allocrunner.jobspec import (
     json_warnings,
     parse_job_with_warnings,
 )
-from allocrunner.jobspec.runnable import ANY_DRIVER, check_runnable
+from allocrunner.jobspec.runnable import ANY_DRIVER, check_runnable, runtime_warnings
 from allocrunner.structs import CLIENT_STATUSES, Job
 from allocrunner.structs.status import JOB_TYPES
 
@@ -257,7 +257,7 @@ def decode_api_job_with_warnings(obj: Any, path_id: str | None) -> tuple[Job, li
         check_runnable(job, style="json", drivers=ANY_DRIVER)
     except JobSpecError as err:
         raise bad_request(str(err)) from None
-    return job, json_warnings(raw)
+    return job, json_warnings(raw) + runtime_warnings(job, style="json")
 
 
 def register(ctx: ApiContext, req: Request, path_id: str | None) -> Response:

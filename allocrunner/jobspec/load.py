@@ -30,7 +30,7 @@ from allocrunner.jobspec.defaults import canonicalize_api_job, canonicalize_job
 from allocrunner.jobspec.hcl import EvalOptions, hcl_to_api
 from allocrunner.jobspec.hcl_paths import hcl_path
 from allocrunner.jobspec.hcl_vars import ValueSources, cli_pairs, env_from
-from allocrunner.jobspec.runnable import PathStyle, check_runnable
+from allocrunner.jobspec.runnable import PathStyle, check_runnable, runtime_warnings
 from allocrunner.jobspec.unhonoured import json_warnings
 from allocrunner.structs import Job
 
@@ -58,6 +58,7 @@ def load_job(
     *,
     env: Mapping[str, str] | None = None,
     drivers: Collection[str] | None = None,
+    runtime_check: bool = True,
 ) -> Job:
     """The job in a Nomad job file, with Nomad's defaults applied.
 
@@ -72,7 +73,9 @@ def load_job(
     `Job.TaskGroups[0].Tasks[0].Driver`, `variable[region]`) and the message names the
     file.
     """
-    return load_job_with_warnings(path, variables, var_files, env=env, drivers=drivers)[0]
+    return load_job_with_warnings(
+        path, variables, var_files, env=env, drivers=drivers, runtime_check=runtime_check
+    )[0]
 
 
 @calls_out
@@ -83,6 +86,7 @@ def load_job_with_warnings(
     *,
     env: Mapping[str, str] | None = None,
     drivers: Collection[str] | None = None,
+    runtime_check: bool = True,
 ) -> tuple[Job, list[str]]:
     """`load_job`, and the warnings about the file (each starts with the field path)."""
     source = os.fspath(path)
@@ -113,6 +117,7 @@ def load_job_with_warnings(
         base_dir=os.path.dirname(os.path.abspath(source)),
         env=env_from(env),
         drivers=drivers,
+        runtime_check=runtime_check,
     )
 
 
@@ -127,6 +132,7 @@ def parse_job(
     env: Mapping[str, str] | None = None,
     var_content: str = "",
     drivers: Collection[str] | None = None,
+    runtime_check: bool = True,
 ) -> Job:
     """The job in `text` (`fmt` "json" or "hcl"), as `load_job` reads a file.
 
@@ -145,6 +151,7 @@ def parse_job(
         env=env,
         var_content=var_content,
         drivers=drivers,
+        runtime_check=runtime_check,
     )[0]
 
 
@@ -159,13 +166,17 @@ def parse_job_with_warnings(
     env: Mapping[str, str] | None = None,
     var_content: str = "",
     drivers: Collection[str] | None = None,
+    runtime_check: bool = True,
 ) -> tuple[Job, list[str]]:
-    """`parse_job`, and the warnings about the job (each starts with the field path)."""
+    """`parse_job`, and the warnings about the job (each starts with the field path).
+
+    With `runtime_check=False` the job model alone is checked: blocks the task runner
+    does not act on yet (`check_runnable`) are not refused."""
     if fmt == "json":
         obj = _parse_json(text, source)
         job = _finish(obj, source, lambda i, g: f"Job.TaskGroups[{i}]", "Tasks", "Job")
-        _check_runnable(job, "json", drivers, source)
-        return job, json_warnings(obj)
+        _check_runnable(job, "json", drivers, source, runtime_check)
+        return job, json_warnings(obj) + runtime_warnings(job, style="json")
     if fmt == "hcl":
         warnings: list[str] = []
         try:
@@ -183,8 +194,8 @@ def parse_job_with_warnings(
             job = _finish(obj, source, lambda i, g: f"job.group[{g}]", "task", "job")
         except JobSpecError as err:
             raise JobSpecError(hcl_path(err.path, obj), err.message) from None
-        _check_runnable(job, "hcl", drivers, source)
-        return job, warnings
+        _check_runnable(job, "hcl", drivers, source, runtime_check)
+        return job, warnings + runtime_warnings(job, style="hcl")
     raise ValueError(f"unknown job file format {fmt!r}: expected 'json' or 'hcl'")
 
 
@@ -234,10 +245,10 @@ def _finish(
 
 
 def _check_runnable(
-    job: Job, style: PathStyle, drivers: Collection[str] | None, source: str
+    job: Job, style: PathStyle, drivers: Collection[str] | None, source: str, runtime: bool
 ) -> None:
     try:
-        check_runnable(job, style=style, drivers=drivers)
+        check_runnable(job, style=style, drivers=drivers, runtime=runtime)
     except JobSpecError as err:
         raise _in_file(err, source) from None
 

@@ -14,7 +14,15 @@ error instead, so a job never starts with a silently different meaning:
   gcs, hg, …);
 - a group network whose mode is not host networking;
 - raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
-  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string).
+  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string);
+- what the job model carries but the task runner does not act on yet, each of which
+  would change what a task sees or does: a `template` (the file would be missing), an
+  `artifact` (likewise), a group network `port` (no `NOMAD_PORT_*` would be set) and a
+  group `max_run_duration` (the tasks would run on past it).
+
+`runtime_warnings` lists what the job model carries and this node does not check, but
+which changes nothing a task sees: each `constraint` (the node runs the job whatever
+it says).
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -43,7 +51,10 @@ __all__ = [
     "builtin_drivers",
     "check_runnable",
     "getter_of",
+    "runtime_warnings",
 ]
+
+_NOT_YET = "not honoured by this node's task runner yet"
 
 PathStyle = Literal["hcl", "json"]
 
@@ -113,28 +124,47 @@ class _Paths:
 
 
 def check_runnable(
-    job: Job, *, style: PathStyle = "json", drivers: Collection[str] | None = None
+    job: Job,
+    *,
+    style: PathStyle = "json",
+    drivers: Collection[str] | None = None,
+    runtime: bool = True,
 ) -> None:
     """Raise JobSpecError naming the first block of `job` this node cannot honour.
 
-    `drivers`: the driver names the node has (default: `builtin_drivers()`)."""
+    `drivers`: the driver names the node has (default: `builtin_drivers()`).
+    `runtime=False` skips the refusals of what the task runner does not act on yet
+    (templates, artifacts, ports, max_run_duration): for checking the job model alone."""
     known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
+        if runtime and group.max_run_duration:
+            raise JobSpecError(
+                paths.field(group_path, "max_run_duration", "MaxRunDuration"),
+                f"{_NOT_YET}: the tasks would not be stopped when it passes",
+            )
         for n, network in enumerate(group.networks):
+            network_path = paths.item(group_path, "network", "Networks", n)
             if network.mode not in ("", NETWORK_MODE_HOST):
-                where = paths.field(
-                    paths.item(group_path, "network", "Networks", n), "mode", "Mode"
-                )
                 raise JobSpecError(
-                    where, f"network mode {network.mode!r} is not supported: only host networking"
+                    paths.field(network_path, "mode", "Mode"),
+                    f"network mode {network.mode!r} is not supported: only host networking",
+                )
+            if runtime and network.ports():
+                label = network.ports()[0].label
+                raise JobSpecError(
+                    f"{network_path}.port[{label}]" if paths.style == "hcl" else network_path,
+                    f"{_NOT_YET}: no port would be reserved and NOMAD_PORT_{label} would not"
+                    " be set",
                 )
         for t, task in enumerate(group.tasks):
-            _check_task(task, paths.task(group_path, t, task), paths, known)
+            _check_task(task, paths.task(group_path, t, task), paths, known, runtime)
 
 
-def _check_task(task: Task, path: str, paths: _Paths, drivers: Collection[str]) -> None:
+def _check_task(
+    task: Task, path: str, paths: _Paths, drivers: Collection[str], runtime: bool
+) -> None:
     if task.driver not in drivers:
         raise JobSpecError(
             paths.field(path, "driver", "Driver"),
@@ -146,16 +176,53 @@ def _check_task(task: Task, path: str, paths: _Paths, drivers: Collection[str]) 
     for i, template in enumerate(task.templates):
         _check_template(template, paths.item(path, "template", "Templates", i), paths)
     for i, artifact in enumerate(task.artifacts):
-        getter = getter_of(artifact.getter_source)
-        if getter not in ARTIFACT_GETTERS:
-            where = paths.field(
-                paths.item(path, "artifact", "Artifacts", i), "source", "GetterSource"
+        where = paths.item(path, "artifact", "Artifacts", i)
+        _check_artifact_getter(artifact.getter_source, where, paths)
+    if runtime and task.templates:
+        raise JobSpecError(
+            paths.item(path, "template", "Templates", 0),
+            f"{_NOT_YET}: {task.templates[0].dest_path or 'its destination'} would not be"
+            " rendered",
+        )
+    if runtime and task.artifacts:
+        raise JobSpecError(
+            paths.item(path, "artifact", "Artifacts", 0),
+            f"{_NOT_YET}: {task.artifacts[0].getter_source} would not be fetched",
+        )
+
+
+def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:
+    """One warning per constraint, which this node does not check (it runs the job
+    whatever the constraint says); each starts with the constraint's path."""
+    paths = _Paths(style)
+    root = "job" if style == "hcl" else "Job"
+    found: list[str] = []
+
+    def add(parent: str, count: int) -> None:
+        for i in range(count):
+            where = paths.item(parent, "constraint", "Constraints", i)
+            found.append(
+                f"{where}: not checked on this node (the job is placed here whatever it says);"
+                " ignored"
             )
-            raise JobSpecError(
-                where,
-                f"artifact getter {getter!r} is not supported on this node"
-                " (only http, https and local files)",
-            )
+
+    add(root, len(job.constraints))
+    for g, group in enumerate(job.task_groups):
+        group_path = paths.group(g, group)
+        add(group_path, len(group.constraints))
+        for t, task in enumerate(group.tasks):
+            add(paths.task(group_path, t, task), len(task.constraints))
+    return found
+
+
+def _check_artifact_getter(source: str, path: str, paths: _Paths) -> None:
+    getter = getter_of(source)
+    if getter not in ARTIFACT_GETTERS:
+        raise JobSpecError(
+            paths.field(path, "source", "GetterSource"),
+            f"artifact getter {getter!r} is not supported on this node"
+            " (only http, https and local files)",
+        )
 
 
 def _check_template(template: Template, path: str, paths: _Paths) -> None:

@@ -38,7 +38,10 @@ job "shop" {{
 
 
 def warnings_of(**bodies: str) -> list[str]:
-    return parse_job_with_warnings(hcl_job(**bodies), "hcl")[1]
+    """The warnings of a job file with these blocks, the job model alone checked (what
+    the task runner does not act on yet is refused by default: see the tests at the
+    end)."""
+    return parse_job_with_warnings(hcl_job(**bodies), "hcl", runtime_check=False)[1]
 
 
 UNHONOURED_CASES = [
@@ -103,18 +106,15 @@ def test_a_service_with_checks_warns_for_the_checks_too() -> None:
 
 
 def test_honoured_blocks_give_no_warning() -> None:
-    assert (
-        warnings_of(
-            job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}',
-            group="restart {\nattempts = 1\n}\nmigrate {\nmax_parallel = 1\n}\n"
-            'update {\nhealth_check = "task_states"\nmax_parallel = 2\n}\n'
-            'network {\nport "http" {}\n}\nmax_run_duration = "1h"',
-            task='template {\ndata = "x"\ndestination = "local/x"\n}\n'
-            'artifact {\nsource = "https://example.com/a"\n}\n'
-            "resources {\ncores = 1\nmemory_max = 600\n}\nlogs {\ndisabled = true\n}",
-        )
-        == []
-    )
+    assert warnings_of(
+        job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}',
+        group="restart {\nattempts = 1\n}\nmigrate {\nmax_parallel = 1\n}\n"
+        'update {\nhealth_check = "task_states"\nmax_parallel = 2\n}\n'
+        'network {\nport "http" {}\n}\nmax_run_duration = "1h"',
+        task='template {\ndata = "x"\ndestination = "local/x"\n}\n'
+        'artifact {\nsource = "https://example.com/a"\n}\n'
+        "resources {\ncores = 1\nmemory_max = 600\n}\nlogs {\ndisabled = true\n}",
+    ) == [f"job.constraint[0]: {CONSTRAINT_WARNING}"]
 
 
 def test_warnings_come_from_job_files_too(tmp_path: Path) -> None:
@@ -342,3 +342,60 @@ def test_template_errors_always_name_the_template_block(dest: str, perms: str, m
         assert err.path.startswith(f"{T}.template[0]"), err
     else:
         assert template.change_mode == mode and template.dest_path == dest
+
+
+# --- what the task runner does not act on yet -----------------------------------------------
+
+CONSTRAINT_WARNING = "not checked on this node (the job is placed here whatever it says); ignored"
+NOT_YET = "not honoured by this node's task runner yet"
+
+
+@pytest.mark.parametrize(
+    ("blocks", "path", "what"),
+    [
+        (
+            {"task": 'template {\ndata = "x"\ndestination = "local/x"\n}'},
+            f"{T}.template[0]",
+            "local/x would not be rendered",
+        ),
+        (
+            {"task": 'artifact {\nsource = "https://example.com/a"\n}'},
+            f"{T}.artifact[0]",
+            "https://example.com/a would not be fetched",
+        ),
+        (
+            {"group": 'network {\nport "http" {}\n}'},
+            f"{G}.network[0].port[http]",
+            "NOMAD_PORT_http would not be set",
+        ),
+        (
+            {"group": 'network {\nport "db" {\nstatic = 5432\n}\n}'},
+            f"{G}.network[0].port[db]",
+            "no port would be reserved",
+        ),
+        ({"group": 'max_run_duration = "5s"'}, f"{G}.max_run_duration", "would not be stopped"),
+    ],
+)
+def test_what_the_task_runner_does_not_act_on_yet_is_refused(
+    blocks: dict[str, str], path: str, what: str
+) -> None:
+    """Each would change what the task sees or does, so a job with it never starts with
+    a silently different meaning; the job model alone accepts it."""
+    text = hcl_job(**blocks)
+    with pytest.raises(JobSpecError, match=NOT_YET) as info:
+        parse_job_with_warnings(text, "hcl")
+    assert info.value.path == path
+    assert what in info.value.message
+    parse_job_with_warnings(text, "hcl", runtime_check=False)
+
+
+def test_each_constraint_is_warned_about_at_every_level() -> None:
+    constraint = 'constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}'
+    _, warnings = parse_job_with_warnings(
+        hcl_job(job=constraint, group=constraint, task=constraint), "hcl"
+    )
+    assert warnings == [
+        f"job.constraint[0]: {CONSTRAINT_WARNING}",
+        f"{G}.constraint[0]: {CONSTRAINT_WARNING}",
+        f"{T}.constraint[0]: {CONSTRAINT_WARNING}",
+    ]
