@@ -20,9 +20,10 @@ error instead, so a job never starts with a silently different meaning:
   `artifact` (likewise), a group network `port` (no `NOMAD_PORT_*` would be set) and a
   group `max_run_duration` (the tasks would run on past it).
 
-`runtime_warnings` lists what the job model carries and this node does not check, but
+`runtime_warnings` lists what the job model carries and this node does not act on, but
 which changes nothing a task sees: each `constraint` (the node runs the job whatever
-it says).
+it says), `logs { disabled = true }` (the output is still collected) and raw_exec's
+`oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override` (not applied).
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -192,8 +193,9 @@ def _check_task(
 
 
 def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:
-    """One warning per constraint, which this node does not check (it runs the job
-    whatever the constraint says); each starts with the constraint's path."""
+    """One warning per setting the job model carries and this node does not act on
+    though it changes nothing the task sees (module docstring); each starts with the
+    setting's path."""
     paths = _Paths(style)
     root = "job" if style == "hcl" else "Job"
     found: list[str] = []
@@ -211,8 +213,29 @@ def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:
         group_path = paths.group(g, group)
         add(group_path, len(group.constraints))
         for t, task in enumerate(group.tasks):
-            add(paths.task(group_path, t, task), len(task.constraints))
+            task_path = paths.task(group_path, t, task)
+            add(task_path, len(task.constraints))
+            found.extend(_task_setting_warnings(task, task_path, paths))
     return found
+
+
+def _task_setting_warnings(task: Task, path: str, paths: _Paths) -> list[str]:
+    found: list[str] = []
+    if task.logs.disabled:
+        where = paths.field(paths.field(path, "logs", "LogConfig"), "disabled", "Disabled")
+        found.append(
+            f"{where}: not honoured on this node (the task's output is still collected);"
+            " ignored"
+        )
+    if task.driver == "raw_exec":
+        config = paths.field(path, "config", "Config")
+        for key in _RAW_EXEC_NOT_APPLIED:
+            if key in task.config:
+                found.append(f"{config}.{key}: not applied on this node; ignored")
+    return found
+
+
+_RAW_EXEC_NOT_APPLIED = ("oom_score_adj", "cgroup_v1_override", "cgroup_v2_override")
 
 
 def _check_artifact_getter(source: str, path: str, paths: _Paths) -> None:

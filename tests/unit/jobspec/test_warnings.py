@@ -399,3 +399,22 @@ def test_each_constraint_is_warned_about_at_every_level() -> None:
         f"{G}.constraint[0]: {CONSTRAINT_WARNING}",
         f"{T}.constraint[0]: {CONSTRAINT_WARNING}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ("logs {\ndisabled = true\n}", f"{T}.logs.disabled"),
+        ('config {\ncommand = "/bin/true"\noom_score_adj = 0\n}', f"{T}.config.oom_score_adj"),
+        (
+            'config {\ncommand = "/bin/true"\ncgroup_v2_override = "custom.slice"\n}',
+            f"{T}.config.cgroup_v2_override",
+        ),
+    ],
+)
+def test_task_settings_not_acted_on_are_warned_about(extra: str, path: str) -> None:
+    text = hcl_job(task=extra)
+    if extra.startswith("config"):
+        text = text.replace('config { command = "/bin/true" }', "")
+    _, warnings = parse_job_with_warnings(text, "hcl")
+    assert [w.split(": ")[0] for w in warnings] == [path]
