@@ -106,6 +106,8 @@ def test_a_service_with_checks_warns_for_the_checks_too() -> None:
 
 
 def test_honoured_blocks_give_no_warning() -> None:
+    """None but the settings the task runner does not act on yet (the constraint's and
+    the disabled logs', tested below)."""
     assert warnings_of(
         job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}',
         group="restart {\nattempts = 1\n}\nmigrate {\nmax_parallel = 1\n}\n"
@@ -114,7 +116,11 @@ def test_honoured_blocks_give_no_warning() -> None:
         task='template {\ndata = "x"\ndestination = "local/x"\n}\n'
         'artifact {\nsource = "https://example.com/a"\n}\n'
         "resources {\ncores = 1\nmemory_max = 600\n}\nlogs {\ndisabled = true\n}",
-    ) == [f"job.constraint[0]: {CONSTRAINT_WARNING}"]
+    ) == [
+        f"job.constraint[0]: {CONSTRAINT_WARNING}",
+        f"{T}.logs.disabled: not honoured on this node (the task's output is still"
+        " collected); ignored",
+    ]
 
 
 def test_warnings_come_from_job_files_too(tmp_path: Path) -> None:
