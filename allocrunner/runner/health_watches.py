@@ -19,7 +19,8 @@ The thread starts with the first watch and ends when none is left, so an idle ag
 (and a test) has no such thread; the next watch starts a new one.
 
 Threads: ``health-watches`` (started on demand by `add`; it ends on its own when the
-last watch ends). Locks: ``HealthWatches._lock`` (a leaf) guards the set of live
+last watch ends, and a `Client`'s shutdown waits for that with `join_if_idle`).
+Locks: ``HealthWatches._lock`` (a leaf) guards the set of live
 watches, the ones ready to step, the timer heap and the running flag; nothing is
 called while it is held. Owner: `HealthHook` adds its watches to the process's one
 service, `WATCHES`; a test may build its own.
@@ -223,6 +224,16 @@ class HealthWatches:
         """How many watches are live."""
         with self._lock:
             return len(self._watches)
+
+    @calls_out
+    def join_if_idle(self, timeout: float) -> bool:
+        """With no watch live, wait (at most `timeout` seconds) for the thread to end, as
+        an owner's shutdown does for its threads; True if it ended (or none ran). False
+        at once while a watch is live: the thread is someone else's to wait for."""
+        with self._lock:
+            if self._watches:
+                return False
+        return self._threads.join(timeout)
 
     @calls_out
     def _run(self) -> None:

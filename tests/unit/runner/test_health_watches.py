@@ -207,3 +207,12 @@ def test_an_ended_watch_is_not_kept_alive_by_its_timer(rig: Rig) -> None:
     gc.collect()
     alive = [ref for ref in hooks if ref() is not None]
     assert alive == [], f"{len(alive)} hooks of ended watches still referenced"
+
+
+def test_join_if_idle_waits_for_the_thread_only_when_no_watch_is_live(rig: Rig) -> None:
+    alloc = deployed(600.0)
+    hook, _ = rig.watch(alloc)
+    assert rig.service.join_if_idle(0.01) is False  # a watch is live: not ours to wait
+    hook.postrun()
+    assert rig.service.join_if_idle(5.0) is True
+    assert service_threads() == []
