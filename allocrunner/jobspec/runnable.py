@@ -16,14 +16,16 @@ error instead, so a job never starts with a silently different meaning:
 - raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
   `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string);
 - what the job model carries but the task runner does not act on yet, each of which
-  would change what a task sees or does: a `template` (the file would be missing), an
-  `artifact` (likewise), a group network `port` (no `NOMAD_PORT_*` would be set) and a
-  group `max_run_duration` (the tasks would run on past it).
+  would change what a task sees or does: an `artifact` (the file would be missing), a
+  group network `port` (no `NOMAD_PORT_*` would be set) and a group `max_run_duration`
+  (the tasks would run on past it). Templates are rendered (`taskrunner.template_hook`).
 
 `runtime_warnings` lists what the job model carries and this node does not act on, but
 which changes nothing a task sees: each `constraint` (the node runs the job whatever
-it says), `logs { disabled = true }` (the output is still collected) and raw_exec's
-`oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override` (not applied).
+it says), `logs { disabled = true }` (the output is still collected), raw_exec's
+`oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override` (not applied), and the
+`change_mode` of a template read from a `source` file (the file is rendered at every
+start, not watched while the task runs).
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -179,12 +181,6 @@ def _check_task(
     for i, artifact in enumerate(task.artifacts):
         where = paths.item(path, "artifact", "Artifacts", i)
         _check_artifact_getter(artifact.getter_source, where, paths)
-    if runtime and task.templates:
-        raise JobSpecError(
-            paths.item(path, "template", "Templates", 0),
-            f"{_NOT_YET}: {task.templates[0].dest_path or 'its destination'} would not be"
-            " rendered",
-        )
     if runtime and task.artifacts:
         raise JobSpecError(
             paths.item(path, "artifact", "Artifacts", 0),
@@ -227,6 +223,15 @@ def _task_setting_warnings(task: Task, path: str, paths: _Paths) -> list[str]:
             f"{where}: not honoured on this node (the task's output is still collected);"
             " ignored"
         )
+    for i, template in enumerate(task.templates):
+        if template.source_path and template.change_mode in ("restart", "signal"):
+            where = paths.field(
+                paths.item(path, "template", "Templates", i), "change_mode", "ChangeMode"
+            )
+            found.append(
+                f"{where}: not honoured on this node (the source file is rendered at every"
+                " start, not watched); ignored"
+            )
     if task.driver == "raw_exec":
         config = paths.field(path, "config", "Config")
         for key in _RAW_EXEC_NOT_APPLIED:

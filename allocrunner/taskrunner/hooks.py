@@ -393,6 +393,15 @@ class EnvHook(TaskHook):
 
 def default_hooks() -> list[TaskHook]:
     """Fresh instances of the built-in hooks, in Nomad's order."""
-    from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook  # imports this module
+    # Both import this module.
+    from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook
+    from allocrunner.taskrunner.template_hook import TemplateHook
 
-    return [ValidateHook(), TaskDirHook(), LogsHook(), DispatchPayloadHook(), EnvHook()]
+    return [
+        ValidateHook(),
+        TaskDirHook(),
+        LogsHook(),
+        DispatchPayloadHook(),
+        EnvHook(),
+        TemplateHook(),
+    ]

@@ -360,11 +360,6 @@ NOT_YET = "not honoured by this node's task runner yet"
     ("blocks", "path", "what"),
     [
         (
-            {"task": 'template {\ndata = "x"\ndestination = "local/x"\n}'},
-            f"{T}.template[0]",
-            "local/x would not be rendered",
-        ),
-        (
             {"task": 'artifact {\nsource = "https://example.com/a"\n}'},
             f"{T}.artifact[0]",
             "https://example.com/a would not be fetched",
@@ -424,3 +419,22 @@ def test_task_settings_not_acted_on_are_warned_about(extra: str, path: str) -> N
         text = text.replace('config { command = "/bin/true" }', "")
     _, warnings = parse_job_with_warnings(text, "hcl")
     assert [w.split(": ")[0] for w in warnings] == [path]
+
+
+def test_a_template_is_accepted_and_a_watched_source_is_warned_about() -> None:
+    job, warnings = parse_job_with_warnings(
+        hcl_job(task='template {\ndata = "x"\ndestination = "local/x"\n}'), "hcl"
+    )
+    assert job.task_groups[0].tasks[0].templates[0].dest_path == "local/x"
+    assert warnings == []
+    _, warnings = parse_job_with_warnings(
+        hcl_job(task='template {\nsource = "in.tpl"\ndestination = "local/x"\n}'), "hcl"
+    )
+    assert [w.split(": ")[0] for w in warnings] == [f"{T}.template[0].change_mode"]
+    _, warnings = parse_job_with_warnings(
+        hcl_job(
+            task='template {\nsource = "in.tpl"\ndestination = "local/x"\nchange_mode = "noop"\n}'
+        ),
+        "hcl",
+    )
+    assert warnings == []
