@@ -16,9 +16,10 @@ error instead, so a job never starts with a silently different meaning:
 - raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
   `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string);
 - what the job model carries but the task runner does not act on yet, each of which
-  would change what a task sees or does: an `artifact` (the file would be missing), a
-  group network `port` (no `NOMAD_PORT_*` would be set) and a group `max_run_duration`
-  (the tasks would run on past it). Templates are rendered (`taskrunner.template_hook`).
+  would change what a task sees or does: a group network `port` (no `NOMAD_PORT_*`
+  would be set) and a group `max_run_duration` (the tasks would run on past it).
+  Templates and artifacts are acted on (`taskrunner.template_hook`,
+  `taskrunner.artifact_hook`).
 
 `runtime_warnings` lists what the job model carries and this node does not act on, but
 which changes nothing a task sees: each `constraint` (the node runs the job whatever
@@ -181,11 +182,6 @@ def _check_task(
     for i, artifact in enumerate(task.artifacts):
         where = paths.item(path, "artifact", "Artifacts", i)
         _check_artifact_getter(artifact.getter_source, where, paths)
-    if runtime and task.artifacts:
-        raise JobSpecError(
-            paths.item(path, "artifact", "Artifacts", 0),
-            f"{_NOT_YET}: {task.artifacts[0].getter_source} would not be fetched",
-        )
 
 
 def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:

@@ -393,7 +393,8 @@ class EnvHook(TaskHook):
 
 def default_hooks() -> list[TaskHook]:
     """Fresh instances of the built-in hooks, in Nomad's order."""
-    # Both import this module.
+    # These import this module.
+    from allocrunner.taskrunner.artifact_hook import ArtifactHook
     from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook
     from allocrunner.taskrunner.template_hook import TemplateHook
 
@@ -403,5 +404,6 @@ def default_hooks() -> list[TaskHook]:
         LogsHook(),
         DispatchPayloadHook(),
         EnvHook(),
+        ArtifactHook(),
         TemplateHook(),
     ]

@@ -228,10 +228,14 @@ def test_stop_with_custom_signal(raw, tmp_path):
 
 
 def test_stop_reaches_grandchildren(raw, tmp_path):
-    config = task_config(tmp_path, sh("sleep 300 & echo $! > child.pid; sleep 300 & wait"))
+    # `ready` is written once both background sleeps are forked, so the group then has
+    # its three members (the shell and two sleeps).
+    script = "sleep 300 & echo $! > child.pid; sleep 300 & echo forked > ready; wait"
+    config = task_config(tmp_path, sh(script))
     handle = raw.start(config)
     pid_file = Path(config.task_dir) / "child.pid"
-    wait_for(lambda: _assert(pid_file.exists() and pid_file.read_text().strip(), "no pid"), 5)
+    ready = Path(config.task_dir) / "ready"
+    wait_for(lambda: _assert(ready.exists() and ready.read_text().strip(), "not ready"), 5)
     grandchild = int(pid_file.read_text())
     pgid = handle.driver_state["pgid"]
     assert alive(grandchild)

@@ -360,11 +360,6 @@ NOT_YET = "not honoured by this node's task runner yet"
     ("blocks", "path", "what"),
     [
         (
-            {"task": 'artifact {\nsource = "https://example.com/a"\n}'},
-            f"{T}.artifact[0]",
-            "https://example.com/a would not be fetched",
-        ),
-        (
             {"group": 'network {\nport "http" {}\n}'},
             f"{G}.network[0].port[http]",
             "NOMAD_PORT_http would not be set",
