@@ -7,8 +7,9 @@ deregister), ``/v1/job/:id/{allocations,evaluations,summary,versions,dispatch}``
 A registered job's settings this node does not act on come back in the reply's
 ``Warnings`` (Nomad's multierror text, "" when none); a job this node would run
 differently from what it says (a Consul template, a git artifact, a bridge network)
-is refused with 400. An unknown driver is not refused here (nor by the parse): as in
-Nomad, the job registers and its placement fails with ``missing drivers``.
+is refused with 400. An unknown driver is not refused here (nor by the parse), as in
+Nomad, where the job registers and its placement then fails with ``missing drivers``;
+here the allocation is placed and its task fails with a driver error.
 ``/v1/jobs/parse`` takes ``Variables`` (var-file text) and, beyond Nomad, adds
 ``Warnings`` to the parsed job when there are any.
 
