@@ -3,13 +3,15 @@ task starts (Nomad's client/allocrunner/taskrunner/template_hook.go, for the tem
 that need no Consul, Vault or Nomad API: the job loader refuses the others).
 
 Each template's text is its `data`, or the file its `source` names (relative to the
-task directory, read at every start). It is rendered with `allocrunner.template` over
-the task environment built so far (so `{{ env "NOMAD_TASK_NAME" }}` works), with the
-block's delimiters and `error_on_missing_key`, and written to `destination` (relative
-to the task directory) with `perms`, through a temporary file renamed into place, so
-the task never sees half a file. A destination that leaves the allocation directory
-(through `..` or a symlink planted there) is refused. With `env = true` the rendered
-text is read as a dotenv file and its variables join the task environment.
+task directory, read at every start; like the destination it must stay inside the
+allocation directory, as Nomad's file sandbox has it). It is rendered with
+`allocrunner.template` over the task environment built so far (so
+`{{ env "NOMAD_TASK_NAME" }}` works), with the block's delimiters and
+`error_on_missing_key`, and written to `destination` (relative to the task directory)
+with `perms`, through a temporary file renamed into place, so the task never sees half
+a file. A destination that leaves the allocation directory (through `..` or a symlink
+planted there) is refused. With `env = true` the rendered text is read as a dotenv
+file and its variables join the task environment.
 
 Templates here have no dynamic sources, so nothing re-renders them while the task
 runs: they are rendered afresh at every start. A failure (a render error, an
@@ -79,7 +81,7 @@ def render_template(
 
     text = template.embedded_tmpl
     if not text and template.source_path:
-        text = _read_source(task_dir, template.source_path)
+        text = _read_source(task_dir, alloc_dir, template.source_path)
     try:
         rendered = render(
             text,
@@ -94,8 +96,11 @@ def render_template(
     return rendered
 
 
-def _read_source(task_dir: Path, source: str) -> str:
-    path = task_dir / source
+def _read_source(task_dir: Path, alloc_dir: Path, source: str) -> str:
+    root = Path(os.path.realpath(alloc_dir))
+    path = Path(os.path.realpath(task_dir / source))
+    if root not in path.parents:
+        raise TemplateRenderError(f"source {source!r} is outside the allocation directory")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -111,6 +116,10 @@ def _write(task_dir: Path, alloc_dir: Path, destination: str, text: str, perms: 
         raise TemplateRenderError(f"perms {perms!r} is not an octal mode") from None
     root = Path(os.path.realpath(alloc_dir))
     target = task_dir / destination
+    # `..` is caught before any directory is made; a planted symlink after.
+    lexical = Path(os.path.normpath(Path(os.path.realpath(task_dir)) / destination))
+    if root not in lexical.parents:
+        raise TemplateRenderError(f"destination {destination!r} escapes the allocation directory")
     try:
         os.makedirs(target.parent, mode=DIR_MODE, exist_ok=True)
     except OSError as err:

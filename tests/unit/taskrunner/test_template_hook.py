@@ -85,6 +85,8 @@ def test_custom_delimiters_and_a_source_file(harness) -> None:
         (Template(embedded_tmpl="{{ if }}", dest_path="local/x"), "missing value for if"),
         (Template(source_path="local/none.tpl", dest_path="local/x"), "cannot read source"),
         (Template(embedded_tmpl="x", dest_path="../../../etc/x"), "escapes the allocation"),
+        (Template(source_path="/etc/hostname", dest_path="local/x"), "outside the allocation"),
+        (Template(source_path="../../../../etc/hostname", dest_path="local/x"), "outside the"),
     ],
 )
 def test_a_template_that_cannot_be_rendered_fails_the_task(harness, template, why) -> None:
@@ -96,3 +98,12 @@ def test_a_template_that_cannot_be_rendered_fails_the_task(harness, template, wh
     event = next(e for e in st.events if e.type == EVENT_TEMPLATE)
     assert event.display_message.startswith("Failed Template Rendering: template[0]: ")
     assert why in event.display_message
+
+
+def test_an_escaping_destination_makes_no_directory_outside(harness, tmp_path) -> None:
+    outside = tmp_path / "made-by-the-hook"
+    depth = "../" * 12
+    template = Template(embedded_tmpl="x", dest_path=f"{depth}{outside}/x")
+    tr = harness.runner(mock_alloc(job=batch(sh_task("true", template))))
+    assert wait_state(tr, "dead").failed
+    assert not outside.exists()
