@@ -4,7 +4,8 @@
 a numeric string; a map key converts to a string); `iterate(collection)` yields
 (key, value) pairs the way `for` sees them (list index order, map keys sorted);
 `bind(names, key, value)` makes the iterator names of one step. Errors are EvalError;
-FunctionError is what a function raises for arguments it cannot take.
+FunctionError is what a function raises for arguments it cannot take, and `num` reads
+a function's numeric argument (the function library and `format` share it).
 
 No threads, no locks; pure functions. Called by the evaluator (hcl_eval).
 """
@@ -13,9 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from allocrunner.jobspec.hcl_types import describe_value, parse_number, to_string
+from allocrunner.jobspec.hcl_types import (
+    ConversionError,
+    describe_value,
+    parse_number,
+    to_string,
+)
 
-__all__ = ["EvalError", "FunctionError", "bind", "get_attr", "index", "iterate"]
+__all__ = ["EvalError", "FunctionError", "bind", "get_attr", "index", "iterate", "num"]
 
 
 class EvalError(Exception):
@@ -24,6 +30,20 @@ class EvalError(Exception):
 
 class FunctionError(ValueError):
     """A function was called with arguments it cannot take; the message says why."""
+
+
+def num(value: Any) -> int | float:
+    """An argument as a number (numeric strings convert)."""
+    if isinstance(value, bool) or value is None:
+        raise FunctionError(f"number required, got {describe_value(value)}")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_number(value)
+        except ConversionError as err:
+            raise FunctionError(str(err)) from None
+    raise FunctionError(f"number required, got {describe_value(value)}")
 
 
 def _is_number(value: Any) -> bool:

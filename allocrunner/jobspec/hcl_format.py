@@ -16,7 +16,8 @@ import re
 from typing import Any
 
 from allocrunner._locking import confined
-from allocrunner.jobspec.hcl_types import ConversionError, parse_number, to_string
+from allocrunner.jobspec.hcl_access import num
+from allocrunner.jobspec.hcl_types import to_string
 
 __all__ = ["format_value"]
 
@@ -73,7 +74,7 @@ def format_value(spec: str, args: list[Any]) -> str:
 def _star(field: str | None, state: _Args) -> int | None:
     if field is None:
         return None
-    value = int(_number(state.take(None))) if field == "*" else int(field)
+    value = int(num(state.take(None))) if field == "*" else int(field)
     if value > MAX_WIDTH:
         raise ValueError(f"width or precision {value} is too large")
     return value
@@ -89,19 +90,6 @@ def _pad(text: str, flags: str, width: int | None) -> str:
     if "0" in flags:
         return text.rjust(width, "0")
     return text.rjust(width)
-
-
-def _number(value: Any) -> int | float:
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"a number is required, got {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return parse_number(value)
-        except ConversionError as err:
-            raise ValueError(str(err)) from None
-    raise ValueError("a number is required")
 
 
 def _sign(flags: str, negative: bool) -> str:
@@ -130,7 +118,7 @@ def _one(verb: str, flags: str, precision: int | None, value: Any) -> str:
         if not isinstance(value, bool):
             raise ValueError(f"%t needs a bool, got {value!r}")
         return "true" if value else "false"
-    number = _number(value)
+    number = num(value)
     if verb in "dboxX":
         if number != int(number):
             raise ValueError(f"%{verb} needs a whole number, got {number}")

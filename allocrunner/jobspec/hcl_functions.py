@@ -19,14 +19,13 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from allocrunner.jobspec.hcl_access import FunctionError
+from allocrunner.jobspec.hcl_access import FunctionError, num
 from allocrunner.jobspec.hcl_eval import values_equal
 from allocrunner.jobspec.hcl_format import format_value
 from allocrunner.jobspec.hcl_types import (
     ConversionError,
     describe_value,
     normalize_number,
-    parse_number,
     set_of,
     to_string,
 )
@@ -45,20 +44,6 @@ def text(value: Any) -> str:
         return to_string(value)
     except ConversionError as err:
         raise FunctionError(str(err)) from None
-
-
-def num(value: Any) -> int | float:
-    """An argument as a number (numeric strings convert)."""
-    if isinstance(value, bool) or value is None:
-        raise FunctionError(f"number required, got {describe_value(value)}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return parse_number(value)
-        except ConversionError as err:
-            raise FunctionError(str(err)) from None
-    raise FunctionError(f"number required, got {describe_value(value)}")
 
 
 def whole(value: Any) -> int:
