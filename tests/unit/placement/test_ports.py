@@ -65,12 +65,35 @@ def test_a_static_port_held_by_a_real_socket_is_refused(bound_port: int) -> None
     assert allocator.ports_of("a1") == ()
 
 
-def test_a_dynamic_port_busy_on_the_host_is_picked_again(bound_port: int) -> None:
-    allocator = PortAllocator(min_dynamic_port=bound_port, max_dynamic_port=bound_port + 1)
-    if not port_is_free(bound_port + 1):
-        pytest.skip("the neighbouring port is busy on this host")
+@pytest.fixture
+def busy_port_with_free_neighbour() -> Iterator[int]:
+    """A TCP port held by a listening socket on 127.0.0.1 whose next port is free: the
+    kernel hands out ports until one has a free neighbour (all are held meanwhile, so
+    none repeats)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+            port = sock.getsockname()[1]
+            if port < 65535 and port_is_free(port + 1):
+                yield port
+                return
+        raise AssertionError("no port with a free neighbour in 100 tries")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_dynamic_port_busy_on_the_host_is_picked_again(
+    busy_port_with_free_neighbour: int,
+) -> None:
+    busy = busy_port_with_free_neighbour
+    allocator = PortAllocator(min_dynamic_port=busy, max_dynamic_port=busy + 1)
     [port] = allocator.reserve("a1", [PortAsk("db")])
-    assert port.value == bound_port + 1
+    assert port.value == busy + 1
 
 
 def test_a_static_port_of_another_alloc_is_refused_until_released() -> None:
