@@ -49,6 +49,7 @@ import attrs
 from allocrunner._guarded import guarded_dict
 from allocrunner._locking import calls_out, immutable, make_lock, requires
 from allocrunner.errors import AllocRunnerError, JobSpecError
+from allocrunner.structs.alloc import AllocatedPort
 
 __all__ = [
     "DEFAULT_MAX_DYNAMIC_PORT",
@@ -95,16 +96,6 @@ class PortAsk:
     @property
     def static(self) -> bool:
         return self.value > 0
-
-
-@attrs.frozen
-class AllocatedPort:
-    """Immutable. A port given to an allocation (Nomad's AllocatedPortMapping)."""
-
-    label: str
-    value: int
-    to: int = 0
-    host_ip: str = ""
 
 
 # --- the host --------------------------------------------------------------------------

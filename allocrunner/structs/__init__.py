@@ -12,6 +12,7 @@ into Nomad's API JSON and back by `allocrunner.jobspec`.
 from allocrunner.structs import status as _status
 from allocrunner.structs import task_state as _task_state
 from allocrunner.structs.alloc import (
+    AllocatedPort,
     Allocation,
     AllocDeploymentStatus,
     AllocState,
@@ -59,6 +60,7 @@ __all__ = [
     "SERVICE_RESTART_POLICY",
     "AllocDeploymentStatus",
     "AllocState",
+    "AllocatedPort",
     "Allocation",
     "DesiredTransition",
     "EphemeralDisk",

@@ -47,6 +47,18 @@ class AllocDeploymentStatus:
 
 
 @attrs.frozen
+class AllocatedPort:
+    """Immutable. A host port given to an allocation (Nomad's AllocatedPortMapping):
+    `value` on the host, `to` inside the task's network (0: the same), `host_ip` the
+    address it is bound on."""
+
+    label: str
+    value: int
+    to: int = 0
+    host_ip: str = ""
+
+
+@attrs.frozen
 class DesiredTransition:
     """Immutable. Transitions the scheduler asks of an allocation."""
 
@@ -86,6 +98,9 @@ class Allocation:
     client_description: str = ""
     task_states: FrozenDict[str, TaskState] = attrs.field(factory=FrozenDict, converter=frozen_map)
     deployment_status: AllocDeploymentStatus | None = None
+    # The placement's ports (``AllocatedResources.Shared.Ports``), given by the server
+    # (here: the agent's placement) and read by the task environment.
+    allocated_ports: tuple[AllocatedPort, ...] = attrs.field(default=(), converter=tuple)
 
     def group(self) -> TaskGroup | None:
         """This allocation's task group from its job, or None."""
