@@ -47,9 +47,13 @@ def task_processes(data_dir: Path) -> set[int]:
     marker = f"{data_dir}/alloc/".encode()
     found = set()
     for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid() and marker in _environ(pid):
-            if pid_alive(int(pid)):
-                found.add(int(pid))
+        if (
+            pid.isdigit()
+            and int(pid) != os.getpid()
+            and marker in _environ(pid)
+            and pid_alive(int(pid))
+        ):
+            found.add(int(pid))
     return found
 
 

@@ -72,4 +72,4 @@ def test_failed_sibling(node: Node) -> None:
     ]
     failure = alloc["TaskStates"]["failure"]
     assert failure["Failed"] is True
-    assert [e for e in failure["Events"] if e["Type"] == "Terminated"][0]["ExitCode"] == 99
+    assert next(e for e in failure["Events"] if e["Type"] == "Terminated")["ExitCode"] == 99
