@@ -22,7 +22,6 @@ Every warning starts with the field path it is about.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
