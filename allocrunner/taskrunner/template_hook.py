@@ -32,6 +32,7 @@ from allocrunner._locking import calls_out
 from allocrunner.structs import TaskEvent
 from allocrunner.structs.job import Template
 from allocrunner.taskrunner.hooks import HookEventError, HookRequest, PrestartResult, TaskHook
+from allocrunner.taskrunner.template_watch import TemplateLifecycle
 
 __all__ = ["EVENT_TEMPLATE", "TemplateHook", "render_template"]
 
@@ -49,6 +50,9 @@ class TemplateHook(TaskHook):
     """Renders the task's templates at every start (module docstring)."""
 
     name = "template"
+
+    def __init__(self, *, lifecycle: TemplateLifecycle | None = None) -> None:
+        self._lifecycle = lifecycle
 
     @calls_out
     def prestart(self, req: HookRequest) -> PrestartResult:
