@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol, TypeGuard, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 import attrs
 
@@ -56,6 +56,9 @@ from allocrunner.structs.task_state import (
     MSG_BUILDING_TASK_DIR,
 )
 from allocrunner.taskrunner.env import nomad_env, task_env
+
+if TYPE_CHECKING:
+    from allocrunner.taskrunner.template_watch import TemplateLifecycle
 
 __all__ = [
     "COLLECT_ALL",
@@ -391,8 +394,12 @@ class EnvHook(TaskHook):
         return PrestartResult(env=env)
 
 
-def default_hooks() -> list[TaskHook]:
-    """Fresh instances of the built-in hooks, in Nomad's order."""
+def default_hooks(
+    lifecycle: TemplateLifecycle | None = None, *, artifact_allow_local: bool = False
+) -> list[TaskHook]:
+    """Fresh instances of the built-in hooks, in Nomad's order. With `lifecycle` (the
+    task runner) the template hook re-renders source templates while the task runs and
+    applies their change_mode; `artifact_allow_local` lets artifacts be local files."""
     # These import this module.
     from allocrunner.taskrunner.artifact_hook import ArtifactHook
     from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook
@@ -404,6 +411,6 @@ def default_hooks() -> list[TaskHook]:
         LogsHook(),
         DispatchPayloadHook(),
         EnvHook(),
-        ArtifactHook(),
-        TemplateHook(),
+        ArtifactHook(allow_local=artifact_allow_local),
+        TemplateHook(lifecycle=lifecycle),
     ]
