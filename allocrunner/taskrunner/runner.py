@@ -122,6 +122,7 @@ class TaskRunner:
         kill_retry_base: float = 5.0,
         datacenter: str = "dc1",
         extra_hooks: Sequence[TaskHook] = (),
+        artifact_allow_local: bool = False,
     ) -> None:
         group = alloc.group()
         if group is None:
@@ -160,7 +161,7 @@ class TaskRunner:
         self._mailbox = TaskMailbox(task_name)
         self._hooks = TaskHookPhases(
             repr(self),
-            (*default_hooks(), *extra_hooks),
+            (*default_hooks(self, artifact_allow_local=artifact_allow_local), *extra_hooks),
             cell=self._cell,
             current=self._current,
             alloc_dir=alloc_dir,
