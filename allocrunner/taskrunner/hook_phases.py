@@ -13,7 +13,10 @@
 
 A failure becomes the event its hook chose (`HookEventError`) or a generic
 `Task hook failed` event naming the hook. The env the last prestart built is the one
-the task starts with (`task_config`) and the one later phases are told.
+the task starts with (`task_config`) and the one later phases are told. Hooks are told
+it over the node's interpolation variables (``node.*``, ``attr.*``, ``meta.*``), and
+the driver config is interpolated against the same overlay; the variables never join
+the env the task gets.
 
 Threads: the task runner's run thread, which runs every phase but one, so hooks are
 serialised; the caller of `TaskRunner.shutdown()` runs the shutdown phase once the
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from allocrunner._hooks import run_phase
@@ -41,7 +44,12 @@ from allocrunner.state import HookState, LocalState
 from allocrunner.structs import Allocation, Task, TaskEvent
 from allocrunner.structs.frozen import FrozenDict
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
-from allocrunner.taskrunner.env import HOST_ENV_DRIVERS, host_env, interpolate_config
+from allocrunner.taskrunner.env import (
+    HOST_ENV_DRIVERS,
+    host_env,
+    interpolate_config,
+    interpolation_scope,
+)
 from allocrunner.taskrunner.hooks import (
     COLLECT_ALL,
     PHASES,
@@ -88,6 +96,7 @@ class TaskHookPhases:
     _alloc_dir = immutable()
     _task_dir = immutable()
     _datacenter = immutable()
+    _node_vars = immutable()
     _kill_token = immutable()
     _shutdown_token = immutable()
     _env = confined(RUN_THREAD)
@@ -104,6 +113,7 @@ class TaskHookPhases:
         datacenter: str,
         kill_token: CancelToken,
         shutdown_token: CancelToken,
+        node_vars: Mapping[str, str] | None = None,
     ) -> None:
         self._label = label
         self._bound: FrozenDict[str, tuple[BoundHook, ...]] = FrozenDict(
@@ -114,6 +124,7 @@ class TaskHookPhases:
         self._alloc_dir = alloc_dir
         self._task_dir = task_dir
         self._datacenter = datacenter
+        self._node_vars: FrozenDict[str, str] = FrozenDict(node_vars or {})
         self._kill_token = kill_token
         self._shutdown_token = shutdown_token
         self._env: FrozenDict[str, str] = FrozenDict()
@@ -162,7 +173,7 @@ class TaskHookPhases:
         if previous is not None and previous.prestart_done:
             env.update(previous.env)
             return
-        request = self._request(cancel, env=FrozenDict(env), previous=previous)
+        request = self._request(cancel, env=env, previous=previous)
         result = cast("PrestartResult | None", bound.method(request))
         if result is None:
             result = _NO_RESULT
@@ -227,6 +238,7 @@ class TaskHookPhases:
 
     def _request(self, cancel: CancelToken, **fields: Any) -> HookRequest:
         alloc, task = self._current()
+        env = interpolation_scope(fields.pop("env", {}), self._node_vars)
         return HookRequest(
             alloc=alloc,
             task=task,
@@ -234,7 +246,9 @@ class TaskHookPhases:
             task_dir=self._task_dir,
             cancel=cancel,
             emit_event=self.emit_event,
+            env=env,
             datacenter=self._datacenter,
+            node_vars=self._node_vars,
             **fields,
         )
 
@@ -245,7 +259,9 @@ class TaskHookPhases:
             id=f"{alloc.id}/{task.name}/{secrets.token_hex(4)}",
             alloc_id=alloc.id,
             name=task.name,
-            driver_config=interpolate_config(task.config, self._env),
+            driver_config=interpolate_config(
+                task.config, interpolation_scope(self._env, self._node_vars)
+            ),
             env=self._env,
             user=task.user,
             task_dir=str(td.dir),

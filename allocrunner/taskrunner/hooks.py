@@ -110,9 +110,13 @@ class TaskHook:
 class HookRequest:
     """Immutable. What a hook phase is told about the task.
 
-    `env` is the task environment built so far (prestart) or the one the task runs
-    with (later phases). `cancel` fires when the work should stop early (the task is
-    killed, or, in prestart, the agent shuts down). `emit_event` records a task event.
+    `env` is what a hook may interpolate or render with: the task environment built
+    so far (prestart) or the one the task runs with (later phases), over the node's
+    interpolation variables `node_vars` (``node.unique.id``, ``attr.<key>``,
+    ``meta.<key>``, …; `env.interpolation_scope`). Only the env a prestart hook hands
+    back joins the task's environment, so node variables never reach the process.
+    `cancel` fires when the work should stop early (the task is killed, or, in
+    prestart, the agent shuts down). `emit_event` records a task event.
     """
 
     alloc: Allocation
@@ -126,6 +130,7 @@ class HookRequest:
     handle: TaskHandle | None = None
     result: ExitResult | None = None
     datacenter: str = ""
+    node_vars: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
 
 
 @attrs.frozen
@@ -371,9 +376,10 @@ class LogsHook(TaskHook):
 
 
 class EnvHook(TaskHook):
-    """Builds the task environment: Nomad's NOMAD_* variables, NOMAD_META_*, then the
-    task's own ``env`` (interpolated). Rebuilt at every start, so an updated job's
-    env applies to the next start."""
+    """Builds the task environment: Nomad's NOMAD_* variables (the allocation's port
+    variables among them), NOMAD_META_*, then the task's own ``env``, interpolated
+    against them and the node variables (which are not exported). Rebuilt at every
+    start, so an updated job's env applies to the next start."""
 
     name = "env"
 
@@ -386,6 +392,7 @@ class EnvHook(TaskHook):
             local_dir=str(td.local_dir),
             secrets_dir=str(td.secrets_dir),
             datacenter=req.datacenter,
+            node_vars=req.node_vars,
         )
         try:
             env.update(task_env(req.task, {**req.env, **env}))

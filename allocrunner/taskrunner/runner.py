@@ -87,7 +87,11 @@ def _nothing() -> None:
 
 class TaskRunner:
     """Thread-safe. Runs one task of an allocation; `run()` is called on exactly one
-    thread, owned by the AllocRunner. See the module docstring for the contract."""
+    thread, owned by the AllocRunner. See the module docstring for the contract.
+
+    `node_vars` are the node's interpolation variables (`ClientConfig.task_node_vars`:
+    ``node.unique.id``, ``attr.<key>``, ``meta.<key>``, …), fixed for the runner's life;
+    the task's config may reference them, its environment never holds them."""
 
     _alloc_id = immutable()
     _name = immutable()
@@ -123,6 +127,7 @@ class TaskRunner:
         datacenter: str = "dc1",
         extra_hooks: Sequence[TaskHook] = (),
         artifact_allow_local: bool = False,
+        node_vars: Mapping[str, str] | None = None,
     ) -> None:
         group = alloc.group()
         if group is None:
@@ -169,6 +174,7 @@ class TaskRunner:
             datacenter=datacenter,
             kill_token=self._kill_token,
             shutdown_token=self._shutdown_token,
+            node_vars=node_vars,
         )
         self._control = TaskControl(
             alloc.id,
