@@ -17,9 +17,9 @@ error instead, so a job never starts with a silently different meaning:
   `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string);
 - what the job model carries but the task runner does not act on yet, each of which
   would change what a task sees or does: a group network `port` (no `NOMAD_PORT_*`
-  would be set) and a group `max_run_duration` (the tasks would run on past it).
-  Templates and artifacts are acted on (`taskrunner.template_hook`,
-  `taskrunner.artifact_hook`).
+  would be set). Templates, artifacts and a group's `max_run_duration` are acted on
+  (`taskrunner.template_hook`, `taskrunner.artifact_hook`,
+  `runner.max_run_duration_hook`).
 
 `runtime_warnings` lists what the job model carries and this node does not act on, but
 which changes nothing a task sees: each `constraint` (the node runs the job whatever
@@ -138,16 +138,11 @@ def check_runnable(
 
     `drivers`: the driver names the node has (default: `builtin_drivers()`).
     `runtime=False` skips the refusals of what the task runner does not act on yet
-    (templates, artifacts, ports, max_run_duration): for checking the job model alone."""
+    (ports): for checking the job model alone."""
     known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
-        if runtime and group.max_run_duration:
-            raise JobSpecError(
-                paths.field(group_path, "max_run_duration", "MaxRunDuration"),
-                f"{_NOT_YET}: the tasks would not be stopped when it passes",
-            )
         for n, network in enumerate(group.networks):
             network_path = paths.item(group_path, "network", "Networks", n)
             if network.mode not in ("", NETWORK_MODE_HOST):
