@@ -28,12 +28,15 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
 - ``health-<id8>``: the health watcher of a service or system job (HealthHook).
 - transient: ``destroy-<id8>`` and ``shutdown-<id8>``.
 
-No thread is started to stop or kill tasks: a stop update, a sibling rule or a destroy
-asks the state handler, whose passes run the pre-kill hooks once and ask each task's
-run thread, wave by wave, to kill its task (`task_set.KillSequence`); only the tasks
-no run thread watches (a destroy before `run()`, or after a shutdown) are killed on
-the destroy thread. Restarting or shutting down every task posts each request first
-and then waits for each, on the caller's thread.
+No thread is started to stop or kill tasks, nor for a timer: a stop update, a sibling
+rule, a destroy or the group's max_run_duration (`max_run_duration_hook`, a deadline
+the state handler waits on) asks the state handler, whose passes run the pre-kill
+hooks once and ask each task's run thread, wave by wave, to kill its task
+(`task_set.KillSequence`); only the tasks no run thread watches (a destroy before
+`run()`, or after a shutdown) are killed on the destroy thread. The group's
+shutdown_delay (`shutdown_delay_hook`) holds that kill on the state handler, which
+keeps publishing meanwhile. Restarting or shutting down every task posts each request
+first and then waits for each, on the caller's thread.
 
 Locks (ranks in LOCK_ORDER), all created here: ``_destroyed_lock`` guards the
 destroy/shutdown/run flags, and is lent to the `AllocPersister` (`persistence`) for
@@ -78,8 +81,11 @@ from allocrunner.runner.hooks import (
     UpstreamAllocsHook,
 )
 from allocrunner.runner.lifecycle import TaskCoordinator
+from allocrunner.runner.max_run_duration_hook import DESCRIPTION as RUN_DEADLINE_PASSED
+from allocrunner.runner.max_run_duration_hook import MaxRunDurationHook
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.runner.recovery import prepare_restore
+from allocrunner.runner.shutdown_delay_hook import GroupShutdownDelayHook
 from allocrunner.runner.state_handler import StateHandler, StateUpdater
 from allocrunner.runner.task_set import TaskSet, task_group_of
 from allocrunner.state import NoopDB, StateDB
@@ -145,6 +151,8 @@ class AllocRunner:
     _coordinator = immutable()
     _broadcaster = immutable()
     _hooks = immutable()
+    _run_deadline = immutable()
+    _shutdown_delay = immutable()
     _threads = immutable()
     _state_kick = immutable()
     _handler = immutable()
@@ -207,6 +215,14 @@ class AllocRunner:
             max_kill_timeout=config.max_kill_timeout,
         )
         self._client_state = ClientState(self._state_lock, alloc, self._tasks.states())
+        self._run_deadline = MaxRunDurationHook(
+            alloc,
+            state_db=self._state_db,
+            persister=self._persister,
+            on_exceeded=self._on_run_deadline,
+            kick=self._state_kick.kick,
+        )
+        self._shutdown_delay = GroupShutdownDelayHook(self.alloc, kick=self._state_kick.kick)
         self._handler = StateHandler(
             alloc.id,
             kick=self._state_kick,
@@ -219,6 +235,9 @@ class AllocRunner:
             current_alloc=self.alloc,
             apply_update=self._apply_update,
             pre_kill=lambda: self._soft_phase(self._hooks.pre_kill),
+            wake_at=self._run_deadline.due,
+            fire_due=self._run_deadline.fire,
+            kill_hold=self._shutdown_delay.hold_until,
         )
         health = HealthHook(
             alloc,
@@ -229,10 +248,12 @@ class AllocRunner:
         )
         self._hooks = AllocHooks.of(
             (
+                self._run_deadline,  # first: the deadline runs while the prerun waits
                 AllocDirHook(self._alloc_dir),
                 UpstreamAllocsHook(self._prev_watcher),
                 DiskMigrationHook(self._prev_migrator, self._alloc_dir),
                 health,
+                self._shutdown_delay,
             )
         )
 
@@ -307,6 +328,8 @@ class AllocRunner:
             self._state_db, self._id, self._alloc_dir, self._tasks.names()
         )
         status = self._state_db.deployment_status(self._id)
+        if self._run_deadline.restore():
+            self._client_state.set_timed_out(RUN_DEADLINE_PASSED)
         for tr in self._tasks:
             tr.restore()  # re-attached, so that a destroy can stop them
         states = self._tasks.states()
@@ -479,6 +502,22 @@ class AllocRunner:
     # --- killing, restarts and signals -------------------------------------------------
 
     @calls_out
+    def _on_run_deadline(self) -> bool:
+        """The group's max_run_duration passed (on the state handler's thread): the
+        allocation will end complete with Nomad's description; its poststop tasks are
+        killed first, so they never start, then every task as a stop kills them. False
+        (nothing done) during an agent shutdown."""
+        if self._is_shutting_down():
+            return False
+        self._client_state.set_timed_out(RUN_DEADLINE_PASSED)
+        self._prerun_cancel.cancel(RUN_DEADLINE_PASSED)
+        for tr in self._tasks:
+            if tr.is_poststop():
+                self._tasks.request_kill(tr, RUN_DEADLINE_PASSED)
+        self._handler.request_kill(RUN_DEADLINE_PASSED)
+        return True
+
+    @calls_out
     def _kill_tasks(self) -> None:
         """Pre-kill hooks, then kill every live task (leader, mains, sidecars) and wait
         for them, on the caller's thread: for a destroy whose state handler is not
@@ -548,6 +587,7 @@ class AllocRunner:
 
     @calls_out
     def _do_destroy(self, run_started: bool, shutdown_in_flight: bool) -> None:
+        self._shutdown_delay.cancel("allocation destroyed")
         # Durable first: an agent killed from here on finishes this destroy on restore.
         self._persister.mark_destroying()
         if shutdown_in_flight:
@@ -598,6 +638,7 @@ class AllocRunner:
 
     @calls_out
     def _do_shutdown(self, run_started: bool) -> None:
+        self._shutdown_delay.agent_shutdown()
         self._tasks.each_concurrently("shutdown", lambda tr: tr.request_shutdown())
         if run_started:
             self._run_done.wait()

@@ -1,8 +1,8 @@
 """The client side of an allocation: its runtime state, computed from its task states.
 
 - `ClientState`: the runtime state as last published, and what it is computed from
-  (a forced client status, the deployment status, the state the server
-  acknowledged).
+  (a forced client status, a timeout override, the deployment status, the state the
+  server acknowledged).
 - `compute_state`: Nomad's clientAlloc: the runtime `AllocState` (client status and
   description, deployment status, task states) from the task states, a forced
   status and the deployment status.
@@ -29,6 +29,7 @@ import attrs
 
 from allocrunner._locking import RWLock, guarded, immutable
 from allocrunner.structs import (
+    CLIENT_COMPLETE,
     CLIENT_FAILED,
     CLIENT_PENDING,
     Allocation,
@@ -73,16 +74,22 @@ def compute_state(
     forced: str,
     deployment: AllocDeploymentStatus | None,
     previous: AllocState | None = None,
+    timed_out: str = "",
 ) -> AllocState:
     """The client status from task states (a forced status wins); a terminal
     allocation stamps FinishedAt on every task, and a failed one in a deployment with
     no verdict yet is marked unhealthy. Stamps made for the `previous` state are
-    kept, so an unchanged state computes an equal value."""
+    kept, so an unchanged state computes an equal value. `timed_out` (the description
+    of a group whose max_run_duration passed) makes a terminal allocation complete
+    with that description, however its killed tasks exited; while a task is live
+    the status stays what the tasks say."""
     status, description = client_status_from_task_states(states)
     if forced:
         status, description = forced, description or forced
     if not status:
         status, description = CLIENT_PENDING, ""
+    if timed_out and status in CLIENT_TERMINAL:
+        status, description = CLIENT_COMPLETE, timed_out
     task_states = dict(states)
     if status in CLIENT_TERMINAL:
         now = utcnow()
@@ -143,16 +150,18 @@ class ClientState:
     """Thread-safe. The runtime state of one allocation as last published, with what it
     is computed from; guarded by the runner's state lock (module docstring)."""
 
-    # _lock guards: _state, _forced_status, _deployment_status, _acknowledged
+    # _lock guards: _state, _forced_status, _timed_out, _deployment_status, _acknowledged
     _lock = immutable()
     _state = guarded("_lock")
     _forced_status = guarded("_lock")
+    _timed_out = guarded("_lock")  # the max_run_duration description once it passed
     _deployment_status = guarded("_lock")
     _acknowledged = guarded("_lock")
 
     def __init__(self, lock: RWLock, alloc: Allocation, states: Mapping[str, TaskState]) -> None:
         self._lock = lock
         self._forced_status = ""
+        self._timed_out = ""
         self._deployment_status = alloc.deployment_status
         self._acknowledged: AllocState | None = None
         self._state = compute_state(alloc, states, "", alloc.deployment_status)
@@ -170,7 +179,12 @@ class ClientState:
         with self._lock.write():
             previous = self._state
             state = compute_state(
-                alloc, states, self._forced_status, self._deployment_status, previous
+                alloc,
+                states,
+                self._forced_status,
+                self._deployment_status,
+                previous,
+                self._timed_out,
             )
             self._state = state
             # A verdict computed here (failed in a deployment → unhealthy) is kept.
@@ -188,7 +202,12 @@ class ClientState:
             if deployment is not None:
                 self._deployment_status = deployment
             self._state = compute_state(
-                alloc, states, self._forced_status, self._deployment_status, self._state
+                alloc,
+                states,
+                self._forced_status,
+                self._deployment_status,
+                self._state,
+                self._timed_out,
             )
 
     def has_health(self) -> bool:
@@ -206,6 +225,12 @@ class ClientState:
         """Force the client status (e.g. failed after a failed restore)."""
         with self._lock.write():
             self._forced_status = status
+
+    def set_timed_out(self, description: str) -> None:
+        """The group's max_run_duration passed: once no task is live the allocation is
+        complete with `description` (the next publish shows it)."""
+        with self._lock.write():
+            self._timed_out = description
 
     def acknowledge(self, state: AllocState) -> None:
         """Record the state the server has acknowledged (drives `priority`)."""

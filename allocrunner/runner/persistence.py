@@ -24,7 +24,7 @@ import logging
 
 from allocrunner._locking import Mutex, calls_out, guarded, immutable
 from allocrunner._sync import Waiter
-from allocrunner.state import StateDB
+from allocrunner.state import LocalState, StateDB
 from allocrunner.state.marks import mark_destroying
 from allocrunner.structs import Allocation, AllocDeploymentStatus
 
@@ -71,6 +71,19 @@ class AllocPersister:
             self._state_db.put_deployment_status(self._alloc_id, status)
         except Exception:
             log.exception("allocation %s: persisting deployment status failed", self._alloc_id)
+        finally:
+            self._end()
+
+    @calls_out
+    def put_local_state(self, name: str, local: LocalState) -> None:
+        """Write client-only state under `name` (a task's, or a reserved name an alloc
+        hook keeps its own state under; deleted with the allocation)."""
+        if not self._begin():
+            return
+        try:
+            self._state_db.put_task_local_state(self._alloc_id, name, local)
+        except Exception:
+            log.exception("allocation %s: persisting %s failed", self._alloc_id, name)
         finally:
             self._end()
 

@@ -3,13 +3,19 @@ verdicts fan in, and the runtime state is published from.
 
 `StateHandler.run` is the body of the thread ``alloc-state-<id8>``. It sleeps on the
 runner's state kick, which task runners kick after every change of their state and
-the runner kicks after anything else that changes the state. Each pass:
+the runner kicks after anything else that changes the state, and no longer than
+until the next deadline an alloc hook keeps (`wake_at`: max_run_duration) or the end
+of a hold on the kill (`kill_hold`: the group shutdown_delay), so timers cost no
+thread. Each pass:
 
 1. applies the alloc update pending in the one-slot mailbox (through the runner,
    which runs the update hooks, pushes it down to the task runners and, for a stop,
    asks for the tasks to be killed: `request_kill`);
-2. drives the kill of the tasks once one was asked for (by a stop, a destroy or a
-   sibling rule): the alloc's pre-kill hooks run once, then a `KillSequence` asks the
+   then lets the due deadlines fire (`fire_due`; the max_run_duration one asks for
+   the kill);
+2. drives the kill of the tasks once one was asked for (by a stop, a destroy, a
+   sibling rule or max_run_duration): the alloc's pre-kill hooks run once, the kill
+   waits while `kill_hold` says so (publishing meanwhile), then a `KillSequence` asks the
    run thread of each task, wave by wave (leader, main tasks, sidecars), to kill it,
    moving to the next wave once the current one is dead; nothing here waits for a
    task, and no thread is started for it: each task's run thread kills its task;
@@ -28,15 +34,17 @@ the terminal state. Health verdicts of the health watcher come in through
 
 Threads: ``alloc-state-<id8>`` (the runner spawns it and joins it on teardown);
 `offer`, `request_kill` and the health calls come from other threads; the kill
-sequence and the sibling flag are confined to the handler thread. Locks: none of its own; the
-`ClientState` takes the runner's state lock, and nothing here holds a lock while
-calling out. Owner: the AllocRunner builds it and is its only caller.
+sequence and the sibling and pre-kill flags are confined to the handler thread.
+Locks: none of its own; the `ClientState` takes the runner's state lock, and nothing
+here holds a lock while calling out. Owner: the AllocRunner builds it and is its only caller.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
@@ -57,6 +65,14 @@ log = logging.getLogger("allocrunner.runner")
 StateUpdater = Callable[[Allocation], None]
 
 
+def _never() -> float | None:
+    return None
+
+
+def _nothing_due(now: float) -> None:
+    del now
+
+
 class StateHandler:
     """Thread-safe. The state handler of one allocation (module docstring)."""
 
@@ -75,9 +91,14 @@ class StateHandler:
     _apply_update = immutable()
     _pre_kill = immutable()
     _kill_asked = immutable()  # set once a kill of the tasks was asked for
+    _kill_reason = immutable()  # LatestValue[str]: the Killing display message, if any
     _kill_begun = immutable()  # set once this handler began killing the tasks
     _kill = immutable()
+    _wake_at = immutable()
+    _fire_due = immutable()
+    _kill_hold = immutable()
     _sibling_fired = confined("alloc-state", prefix="alloc-state-")
+    _pre_kill_ran = confined("alloc-state", prefix="alloc-state-")
 
     def __init__(
         self,
@@ -93,6 +114,9 @@ class StateHandler:
         current_alloc: Callable[[], Allocation],
         apply_update: Callable[[Allocation], None],
         pre_kill: Callable[[], None],
+        wake_at: Callable[[], float | None] = _never,
+        fire_due: Callable[[float], None] = _nothing_due,
+        kill_hold: Callable[[], float | None] = _never,
     ) -> None:
         self._alloc_id = alloc_id
         self._kick = kick
@@ -109,9 +133,14 @@ class StateHandler:
         self._apply_update = apply_update
         self._pre_kill = pre_kill
         self._kill_asked = Event()
+        self._kill_reason: LatestValue[str] = LatestValue()
         self._kill_begun = Event()
         self._kill = KillSequence(tasks)
+        self._wake_at = wake_at
+        self._fire_due = fire_due
+        self._kill_hold = kill_hold
         self._sibling_fired = False
+        self._pre_kill_ran = False
 
     # --- the mailbox and the thread ----------------------------------------------------
 
@@ -123,13 +152,17 @@ class StateHandler:
             keep_pending=lambda pending, new: pending.alloc_modify_index > new.alloc_modify_index,
         )
 
-    def request_kill(self) -> None:
-        """Ask for every task to be killed, in order, by the next pass. Notify-only."""
+    def request_kill(self, display_message: str = "") -> None:
+        """Ask for every task to be killed, in order, by the next pass; the Killing
+        events carry `display_message` if the kill had not begun. Notify-only."""
+        if display_message:
+            self._kill_reason.offer(display_message)
         self._kill_asked.set()
         self._kick.kick()
 
     def kill_begun(self) -> bool:
-        """True once a pass began killing the tasks (and ran the pre-kill hooks)."""
+        """True once a pass began killing the tasks (after the pre-kill hooks and any
+        hold they asked for)."""
         return self._kill_begun.is_set()
 
     def finish(self) -> None:
@@ -148,7 +181,7 @@ class StateHandler:
         """The thread body: a pass on every kick; one last pass after `finish()`."""
         try:
             while True:
-                self._kick.wait()
+                self._kick.wait(self._until_due())
                 done = self._tasks_done.is_set()
                 if done:
                     self._updates.close()
@@ -156,11 +189,23 @@ class StateHandler:
                 update = self._updates.poll()
                 if update is not None:
                     self._apply_update(update)
+                if not done:
+                    self._fire_due(time.monotonic())
                 self._state_pass(done)
                 if done:
                     return
         finally:
             self._finished.set()
+
+    def _until_due(self) -> float | None:
+        """Seconds until the next deadline or the end of the kill's hold (None: none)."""
+        times = [self._wake_at()]
+        if self._pre_kill_ran and not self._kill.begun():
+            times.append(self._kill_hold())
+        due = min((t for t in times if t is not None), default=None)
+        if due is None or math.isinf(due):
+            return None
+        return max(0.0, due - time.monotonic())
 
     @calls_out
     def _state_pass(self, done: bool) -> None:
@@ -189,10 +234,15 @@ class StateHandler:
         sequence on (`states` is this pass's snapshot)."""
         if not self._kill_asked.is_set():
             return
-        if not self._kill.begun():
-            self._kill_begun.set()
+        if not self._pre_kill_ran:
+            self._pre_kill_ran = True
             self._pre_kill()
-        self._kill.begin(states)
+        if not self._kill.begun():
+            hold = self._kill_hold()
+            if hold is not None and hold > time.monotonic():
+                return  # the wait on the kick ends when the hold does
+            self._kill_begun.set()
+        self._kill.begin(states, self._kill_reason.peek() or "")
 
     @calls_out
     def publish(self, states: Mapping[str, TaskState]) -> None:

@@ -237,9 +237,10 @@ class TaskSet:
                     tr.kill(None)
 
     @calls_out
-    def request_kill(self, tr: TaskRunner) -> None:
+    def request_kill(self, tr: TaskRunner, display_message: str = "") -> None:
         """Record Killing (unless the task has finished) and ask its run thread to kill
-        it; does not wait (but a task without a run thread is stopped here and now)."""
+        it; does not wait (but a task without a run thread is stopped here and now).
+        `display_message` replaces the event's display message (why it is killed)."""
         event = None
         if tr.task_state().finished_at is None:
             timeout = min(tr.task().kill_timeout, self._max_kill_timeout)
@@ -247,7 +248,7 @@ class TaskSet:
             event = TaskEvent(
                 EVENT_KILLING,
                 message=text,
-                display_message=text,
+                display_message=display_message or text,
                 details={"kill_timeout": format_duration(timeout)},
             )
         checkpoint("tasks.kill_one", tr.name)
@@ -314,21 +315,25 @@ class KillSequence:
     _waves = confined("alloc-state", prefix="alloc-state-")
     _next = confined("alloc-state", prefix="alloc-state-")
     _asked = confined("alloc-state", prefix="alloc-state-")
+    _display = confined("alloc-state", prefix="alloc-state-")
 
     def __init__(self, tasks: TaskSet) -> None:
         self._tasks = tasks
         self._waves: tuple[tuple[str, tuple[TaskRunner, ...]], ...] | None = None
         self._next = 0
         self._asked = False
+        self._display = ""
 
     def begun(self) -> bool:
         return self._waves is not None
 
     @calls_out
-    def begin(self, states: Mapping[str, TaskState]) -> None:
-        """Start the sequence (once; later calls do nothing but `advance`)."""
+    def begin(self, states: Mapping[str, TaskState], display_message: str = "") -> None:
+        """Start the sequence (once; later calls do nothing but `advance`); the Killing
+        events carry `display_message` when it is given."""
         if self._waves is None:
             self._waves = tuple(self._tasks.kill_waves())
+            self._display = display_message
         self.advance(states)
 
     @calls_out
@@ -345,7 +350,7 @@ class KillSequence:
             if not self._asked:
                 checkpoint("tasks.kill_wave", label)
                 for tr in wave:
-                    self._tasks.request_kill(tr)
+                    self._tasks.request_kill(tr, self._display)
                 self._asked = True
             if not all(states[tr.name].is_dead() for tr in wave):
                 return
