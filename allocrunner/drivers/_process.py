@@ -322,6 +322,17 @@ def make_task_pipes() -> tuple[int, int, int, int, int, int]:
     return out_r, out_w, err_r, err_w, note_r, note_w
 
 
+def make_notify_pipe() -> tuple[int, int]:
+    """An exit-notify pipe (read end, write end), close-on-exec, the read end
+    non-blocking: all a task whose logs are disabled needs."""
+    try:
+        read, write = os.pipe2(os.O_CLOEXEC)
+    except OSError as err:
+        raise DriverError(f"{_NAME}: cannot create pipes: {err}") from err
+    os.set_blocking(read, False)
+    return read, write
+
+
 def open_output_pipes(pid: int) -> tuple[tuple[str, int], ...]:
     """New read ends (stream name, fd) of the output pipes of process `pid`. Opening a
     pipe through ``/proc/<pid>/fd/<n>`` opens the pipe itself, in the mode asked for,

@@ -45,6 +45,9 @@ class TaskConfig:
     # When above 0, the log file size limit in bytes, overriding log_max_file_size_mb
     # (small limits let tests exercise rotation).
     log_max_file_size_bytes: int = 0
+    # The task's `logs { disabled = true }`: its stdout and stderr go to /dev/null and
+    # no log file is written (Nomad's logmon hook, which then runs no logmon).
+    logs_disabled: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data, for persisting inside a TaskHandle."""

@@ -18,7 +18,8 @@ duration strings such as "10ms", "1.5s", "2m"):
   for ``stderr_``): the string is written to ``<logs_dir>/<task>.stdout.0`` at start,
   then again `stdout_repeat` times, one `stdout_repeat_duration` apart. As in Nomad, a
   task whose output is still repeating does not exit before the repeats are done
-  (unless it is stopped, which cancels them).
+  (unless it is stopped, which cancels them). With ``TaskConfig.logs_disabled`` nothing
+  is written.
 
 Nomad's other mock keys (``plugin_exit_after``, ``driver_ip``, ``driver_advertise``,
 ``driver_port_map``, ``exec_command``) are accepted and ignored; any other key is a
@@ -545,7 +546,7 @@ class MockDriver:
 @calls_out
 def _write_output(config: TaskConfig, output: MockOutput) -> str | None:
     """Append one copy of the output to the task's log file; the error text, if any."""
-    if not config.logs_dir:
+    if not config.logs_dir or config.logs_disabled:
         return None
     path = os.path.join(config.logs_dir, f"{config.name}.{output.stream}.0")
     try:

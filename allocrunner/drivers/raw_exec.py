@@ -69,6 +69,7 @@ node; whoever built it calls `close()`.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal as _signal
 import time
@@ -78,7 +79,8 @@ from typing import Any
 import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner._sync import CancelToken
+from allocrunner._sync import CancelToken, Event
+from allocrunner.drivers._cgroups import CGROUP_ROOT, CgroupPlan, host_mode, plan_cgroup
 from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, _TaskTable, check_keys, signal_number
 from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
 from allocrunner.drivers._process import (
@@ -89,6 +91,7 @@ from allocrunner.drivers._process import (
     ensure_log_files,
     exit_result_from_status,
     group_usage,
+    make_notify_pipe,
     make_task_pipes,
     open_output_pipes,
     pidfd_open,
@@ -133,6 +136,11 @@ _KNOWN_KEYS = frozenset(
     {"command", "args", "cgroup_v1_override", "cgroup_v2_override", "oom_score_adj"}
 )
 
+OOM_SCORE_ADJ_MAX = 1000
+"""The largest oom_score_adj the kernel takes."""
+
+_log = logging.getLogger("allocrunner.drivers.raw_exec")
+
 KILL_GRACE = 10.0
 """Seconds a stop waits for the group to vanish after SIGKILL before giving up."""
 START_SETTLE = 30.0
@@ -147,11 +155,32 @@ class RawExecSpec:
 
     command: str
     args: tuple[str, ...] = ()
+    oom_score_adj: int | None = None
+    cgroup_v1_override: FrozenDict[str, str] = attrs.field(
+        factory=FrozenDict, converter=FrozenDict
+    )
+    cgroup_v2_override: str = ""
 
 
 def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
     """Parse a raw_exec config; DriverError naming the key for a bad value."""
     check_keys(NAME, config, _KNOWN_KEYS)
+    spec = RawExecSpec(
+        command=_parse_command(config),
+        args=_parse_args(config),
+        oom_score_adj=_parse_oom_score_adj(config),
+        cgroup_v1_override=_parse_v1_override(config),
+        cgroup_v2_override=_parse_v2_override(config),
+    )
+    if spec.cgroup_v1_override and spec.cgroup_v2_override:
+        raise DriverError(
+            f"invalid {NAME} config: only one of cgroup_v1_override and cgroup_v2_override"
+            " may be set"
+        )
+    return spec
+
+
+def _parse_command(config: Mapping[str, Any]) -> str:
     command = config.get("command")
     if command is None or command == "":
         raise DriverError(f"invalid {NAME} config: missing command (the 'command' key is required)")
@@ -159,6 +188,10 @@ def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
         raise DriverError(
             f"invalid {NAME} config: command must be a string, not {type(command).__name__}"
         )
+    return command
+
+
+def _parse_args(config: Mapping[str, Any]) -> tuple[str, ...]:
     args = config.get("args", ())
     if args is None:
         args = ()
@@ -171,7 +204,60 @@ def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
             raise DriverError(
                 f"invalid {NAME} config: args[{i}] must be a string, not {type(arg).__name__}"
             )
-    return RawExecSpec(command=command, args=tuple(args))
+    return tuple(args)
+
+
+def _parse_oom_score_adj(config: Mapping[str, Any]) -> int | None:
+    value = config.get("oom_score_adj")
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DriverError(
+            f"invalid {NAME} config: oom_score_adj must be an integer, not {type(value).__name__}"
+        )
+    if not 0 <= value <= OOM_SCORE_ADJ_MAX:
+        raise DriverError(
+            f"invalid {NAME} config: oom_score_adj must be between 0 and {OOM_SCORE_ADJ_MAX},"
+            f" not {value}"
+        )
+    return value
+
+
+def _parse_v1_override(config: Mapping[str, Any]) -> dict[str, str]:
+    """The controller -> path map (a list of maps, as HCL blocks decode, is merged)."""
+    value = config.get("cgroup_v1_override")
+    if value is None:
+        return {}
+    maps = list(value) if isinstance(value, list | tuple) else [value]
+    merged: dict[str, str] = {}
+    for item in maps:
+        if not isinstance(item, Mapping):
+            raise DriverError(
+                f"invalid {NAME} config: cgroup_v1_override must be a map of controller"
+                f" names to paths, not {type(value).__name__}"
+            )
+        for controller, path in item.items():
+            if not isinstance(controller, str) or not isinstance(path, str) or not path:
+                raise DriverError(
+                    f"invalid {NAME} config: cgroup_v1_override[{controller!r}] must be a"
+                    f" non-empty string path, not {path!r}"
+                )
+            merged[controller] = path
+    return merged
+
+
+def _parse_v2_override(config: Mapping[str, Any]) -> str:
+    value = config.get("cgroup_v2_override")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DriverError(
+            f"invalid {NAME} config: cgroup_v2_override must be a string, not"
+            f" {type(value).__name__}"
+        )
+    return value
 
 
 class RawExecDriver:
@@ -190,10 +276,19 @@ class RawExecDriver:
     _pump = immutable()
     _exit_watch = immutable()
     _state_dir = immutable()
+    _cgroup_root = immutable()
+    _cgroup_mode = immutable()
+    _warned_no_cgroup = immutable()
     # _lock guards: _clients
     _clients = guarded("_lock")
 
-    def __init__(self, *, exit_watch: str = "pidfd", state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        exit_watch: str = "pidfd",
+        state_dir: str | None = None,
+        cgroup_root: str = CGROUP_ROOT,
+    ) -> None:
         if exit_watch not in ("pidfd", "poll"):
             raise ValueError(f"exit_watch must be 'pidfd' or 'poll', not {exit_watch!r}")
         self._lock = make_lock("Driver._lock")
@@ -203,6 +298,9 @@ class RawExecDriver:
         self._exit_watch = exit_watch
         self._state_dir = os.path.abspath(state_dir or default_state_dir())
         self._clients: FrozenDict[str, SpawnerClient] = FrozenDict()
+        self._cgroup_root = os.path.abspath(cgroup_root)
+        self._cgroup_mode = host_mode(self._cgroup_root)
+        self._warned_no_cgroup = Event()
 
     @property
     def state_dir(self) -> str:
@@ -227,8 +325,21 @@ class RawExecDriver:
             self._tasks.check_addable_locked(config.id)
         status_path = os.path.join(task_dir, STATUS_FILE)
         client = self._client(self._state_dir, create=True)
-        pipes = make_task_pipes()
-        out_r, out_w, err_r, err_w, note_r, note_w = pipes
+        plan, warning = self._cgroup_plan(config, spec)
+        options: dict[str, Any] = {
+            "oom_score_adj": 0 if spec.oom_score_adj is None else spec.oom_score_adj,
+            "oom_score_adj_required": spec.oom_score_adj is not None,
+            "cgroup": None if plan is None else plan.to_json(),
+        }
+        if config.logs_disabled:
+            options["output"] = "null"
+            note_r, note_w = make_notify_pipe()
+            pipes: tuple[int, ...] = (note_r, note_w)
+            sent, own = (note_w,), ()
+        else:
+            pipes = make_task_pipes()
+            out_r, out_w, err_r, err_w, note_r, note_w = pipes
+            sent, own = (out_r, out_w, err_r, err_w, note_w), (out_r, err_r)
         try:
             reply = client.start(
                 command=command,
@@ -236,15 +347,21 @@ class RawExecDriver:
                 env=env,
                 cwd=task_dir,
                 status_path=status_path,
-                fds=(out_r, out_w, err_r, err_w, note_w),
-                meanwhile=functools.partial(ensure_log_files, config),
+                fds=sent,
+                options=options,
+                meanwhile=(
+                    _nothing
+                    if config.logs_disabled
+                    else functools.partial(ensure_log_files, config)
+                ),
             )
         except BaseException:
             close_fds(*pipes)
             raise
-        close_fds(out_w, err_w, note_w)
+        close_fds(*(fd for fd in sent if fd not in own))
+        _warn_about_start(config, [warning, *reply.fields.get("warnings", ())])
         adopted = bool(reply.fields.get("adopted"))
-        outputs = self._outputs_of(reply, (out_r, err_r), adopted)
+        outputs = self._outputs_of(reply, own, adopted)
         pid = int(reply.fields["pid"])
         low, high = (int(t) for t in reply.fields["ticks"])
         proc = _TaskProcess(
@@ -419,9 +536,27 @@ class RawExecDriver:
             raise DriverError(f"{NAME} is closed")
         return client
 
+    def _cgroup_plan(self, config: TaskConfig, spec: RawExecSpec) -> tuple[CgroupPlan | None, str]:
+        """The task's cgroup plan and the warning to give for this start: one about an
+        override that cannot be applied, or, once per driver, that tasks get no cgroup
+        of their own on this host."""
+        plan, warning = plan_cgroup(
+            root=self._cgroup_root,
+            mode=self._cgroup_mode,
+            alloc_id=config.alloc_id,
+            task_name=config.name,
+            resources=config.resources,
+            v1_override=spec.cgroup_v1_override,
+            v2_override=spec.cgroup_v2_override,
+        )
+        overridden = bool(spec.cgroup_v1_override or spec.cgroup_v2_override)
+        if warning and not overridden and not self._warned_no_cgroup.set():
+            warning = ""
+        return plan, warning
+
     @staticmethod
     def _outputs_of(
-        reply: Reply, own: tuple[int, int], adopted: bool
+        reply: Reply, own: tuple[int, ...], adopted: bool
     ) -> tuple[tuple[str, int], ...]:
         """The read ends to pump: ours, or for an adopted task the spawner's copies."""
         if not adopted:
@@ -588,3 +723,16 @@ class RawExecDriver:
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
         return False
+
+
+def _nothing() -> None:
+    return None
+
+
+def _warn_about_start(config: TaskConfig, warnings: list[str]) -> None:
+    """Log what of a task's config this start could not apply, as one line."""
+    found = [w for w in warnings if w]
+    if found:
+        _log.warning(
+            "%s: task %r of alloc %s: %s", NAME, config.name, config.alloc_id, "; ".join(found)
+        )

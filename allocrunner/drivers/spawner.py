@@ -60,10 +60,10 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 """The request protocol's version; it names the socket and the lock, so a spawner left
 running by an older agent keeps its own tasks and never gets requests it cannot read."""
 SOCKET_NAME = f"spawner.{PROTOCOL}.sock"
@@ -139,16 +139,179 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
+class _StartRefused(Exception):
+    """A start the spawner must refuse (its message is the reply's error)."""
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+
+
+@contextlib.contextmanager
+def _oom_score_adj(target: int | None, required: bool, warnings: list[str]) -> Iterator[None]:
+    """While the body spawns, this process has oom_score_adj `target` (None: leave it), so
+    the child inherits it; then its own value again. A value that cannot be set refuses
+    the start if `required`, else adds a warning."""
+    own = None
+    if target is not None:
+        with open(_OOM_SCORE_ADJ, "rb") as fh:
+            own = int(fh.read())
+    problem = ""
+    if own is not None and own != target:
+        try:
+            _write(_OOM_SCORE_ADJ, str(target))
+        except OSError as err:
+            problem = f"oom_score_adj {target} cannot be set: {os.strerror(err.errno or 0)}"
+            own = None
+    if problem and required:
+        raise _StartRefused(problem)
+    if problem:
+        warnings.append(f"{problem} (the task keeps the agent's value)")
+    try:
+        yield
+    finally:
+        if own is not None and own != target:
+            try:
+                _write(_OOM_SCORE_ADJ, str(own))
+            except OSError as err:
+                print(f"spawner: cannot restore oom_score_adj {own}: {err}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _in_cgroup(plan: dict[str, Any] | None, warnings: list[str]) -> Iterator[str]:
+    """While the body spawns, this process is in the cgroups of `plan` (made first if it
+    says so), so the child starts in them; then it is back in its own. Yields the cgroup
+    made for the task ("" for none). If any step fails, nothing of the plan is kept (the
+    made cgroup is removed, every join undone) and the body runs in no cgroup of its
+    own, with a warning."""
+    created, returns = "", []
+    if plan:
+        try:
+            created = _make_cgroup(plan, warnings)
+            returns = _join(plan["joins"])
+        except OSError as err:
+            if created:
+                remove_cgroup(created)
+            created = ""
+            warnings.append(f"the task runs in no cgroup of its own: {err}")
+    spawned = False
+    try:
+        yield created
+        spawned = True
+    finally:
+        _leave(returns)
+        if created and not spawned:
+            remove_cgroup(created)
+
+
+def _make_cgroup(plan: dict[str, Any], warnings: list[str]) -> str:
+    """Make the plan's cgroup (and its parent), with its memory limit; its path ("" if
+    the plan makes none). A cgroup left by a killed spawner is reused."""
+    path: str = plan.get("create") or ""
+    if not path:
+        return ""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(parent)
+        with contextlib.suppress(OSError):
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+memory")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
+    limit: str = plan.get("memory_max") or ""
+    if not limit:
+        return path
+    memory_max = os.path.join(path, "memory.max")
+    if not os.path.exists(memory_max):
+        warnings.append(f"memory limit not applied: no memory controller in {parent}")
+        return path
+    try:
+        _write(memory_max, limit)
+    except OSError:
+        remove_cgroup(path)
+        raise
+    return path
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup per controller ("" for the unified hierarchy)."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup", encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3:
+                for key in parts[1].split(","):
+                    own[key] = parts[2]
+    return own
+
+
+def _join(joins: list[list[str]]) -> list[str]:
+    """Move this process into each target cgroup; the cgroups to return to. On a failure
+    every join done is undone and the OSError raised."""
+    own = _own_cgroups()
+    returns: list[str] = []
+    try:
+        for mount, key, target in joins:
+            if key not in own:
+                raise OSError(errno.ENOENT, f"no {key or 'unified'} cgroup of the spawner")
+            back = os.path.join(mount, own[key].lstrip("/"))
+            _write(os.path.join(target, "cgroup.procs"), str(os.getpid()))
+            returns.append(back)
+    except OSError:
+        _leave(returns)
+        raise
+    return returns
+
+
+def _leave(returns: list[str]) -> None:
+    for back in reversed(returns):
+        try:
+            _write(os.path.join(back, "cgroup.procs"), str(os.getpid()))
+        except OSError as err:
+            print(f"spawner: cannot return to cgroup {back}: {err}", file=sys.stderr)
+
+
+def remove_cgroup(path: str, *, kill: bool = False) -> bool:
+    """Remove a cgroup made for a task; False while it still has members (with `kill`,
+    they are killed first where the kernel offers ``cgroup.kill``)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as err:
+        if err.errno != errno.EBUSY:
+            print(f"spawner: cannot remove cgroup {path}: {err}", file=sys.stderr)
+            return True
+        if kill:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(path, "cgroup.kill"), "1")
+        return False
+    return True
+
+
 class _Task:
     """One running task: its identity and the descriptors the spawner keeps for it."""
 
     def __init__(
-        self, pid: int, ticks: tuple[int, int], status_path: str, outputs: list[int]
+        self,
+        pid: int,
+        ticks: tuple[int, int],
+        status_path: str,
+        outputs: list[int],
+        cgroup: str = "",
     ) -> None:
         self.pid = pid
         self.ticks = ticks
         self.status_path = status_path
         self.outputs = outputs
+        self.cgroup = cgroup  # the cgroup made for the task, removed once it is reaped
         self.notifies: list[int] = []
         self.status_file: list[int] = []  # the open status file, once created
 
@@ -175,6 +338,7 @@ class Spawner:
         self.clients: dict[int, socket.socket] = {}
         self.after_reply: list[Callable[[], None]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of the task it watches
+        self.lingering: list[str] = []  # made cgroups whose removal waits for members
         self.use_pidfds = _pidfds_work()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.buffer = bytearray(MAX_MESSAGE)
@@ -198,6 +362,8 @@ class Spawner:
                     self.reap_pidfd(fd)
                 else:
                     self.serve_client(fd)
+            if self.lingering:
+                self.lingering = [path for path in self.lingering if not remove_cgroup(path)]
             if self.idle() and self.try_retire():
                 return
 
@@ -284,24 +450,41 @@ class Spawner:
     # --- tasks -----------------------------------------------------------------------
 
     def start(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
-        out_r, out_w, err_r, err_w, notify_w = fds
+        if request.get("output") == "null":
+            (notify_w,) = fds
+            outputs, writers = [], (self.devnull, self.devnull)
+        else:
+            out_r, out_w, err_r, err_w, notify_w = fds
+            outputs, writers = [out_r, err_r], (out_w, err_w)
         status_path = request["status_path"]
         running = self.by_status_path.get(status_path)
         if running is not None:
-            _close(out_r, out_w, err_r, err_w)
+            _close(*(fd for fd in fds if fd != notify_w))
             return self.adopt(self.tasks[running], notify_w, adopted=True)
+        warnings: list[str] = []
         try:
-            # The child's start time lies in this range: no need to read /proc.
-            before = boot_ticks()
-            pid = self.spawn(request, out_w, err_w)
-            execd_ns = time.monotonic_ns()
-            ticks = (before, boot_ticks())
+            with (
+                _in_cgroup(request.get("cgroup"), warnings) as cgroup,
+                _oom_score_adj(
+                    request.get("oom_score_adj"),
+                    bool(request.get("oom_score_adj_required")),
+                    warnings,
+                ),
+            ):
+                # The child's start time lies in this range: no need to read /proc.
+                before = boot_ticks()
+                pid = self.spawn(request, *writers)
+                execd_ns = time.monotonic_ns()
+                ticks = (before, boot_ticks())
         except OSError as err:
             _close(*fds)
             return {"ok": False, "error": os.strerror(err.errno or 0) or str(err)}, []
+        except _StartRefused as err:
+            _close(*fds)
+            return {"ok": False, "error": str(err)}, []
         finally:
-            _close(out_w, err_w)
-        task = _Task(pid, ticks, status_path, [out_r, err_r])
+            _close(*(fd for fd in writers if fd != self.devnull))
+        task = _Task(pid, ticks, status_path, outputs, cgroup)
         task.notifies.append(notify_w)
         self.tasks[pid] = task
         self.by_status_path[status_path] = pid
@@ -311,6 +494,8 @@ class Spawner:
         if self.use_pidfds:
             self.after_reply.append(lambda: self.watch_exit(pid))
         reply = {"ok": True, "pid": pid, "ticks": task.ticks, "execd_ns": execd_ns}
+        if warnings:
+            reply["warnings"] = warnings
         return reply, []
 
     def spawn(self, request: dict[str, Any], out_w: int, err_w: int) -> int:
@@ -419,6 +604,8 @@ class Spawner:
             with contextlib.suppress(OSError):
                 os.write(fd, notice)
         _close(*task.notifies, *task.outputs, *task.status_file)
+        if task.cgroup and not remove_cgroup(task.cgroup, kill=True):
+            self.lingering.append(task.cgroup)
 
     # --- lifetime --------------------------------------------------------------------
 
@@ -436,6 +623,9 @@ class Spawner:
                 return False
             if self.accept() or self.tasks:
                 return False
+            for path in self.lingering:
+                if not remove_cgroup(path):
+                    print(f"spawner: leaving cgroup {path} (still has members)", file=sys.stderr)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path(self.directory))
             self.listener.close()

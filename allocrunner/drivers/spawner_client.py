@@ -26,7 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -92,13 +92,17 @@ class SpawnerClient:
         env: dict[str, str],
         cwd: str,
         status_path: str,
-        fds: tuple[int, int, int, int, int],
+        fds: tuple[int, ...],
+        options: Mapping[str, Any] | None = None,
         meanwhile: Callable[[], object] = lambda: None,
     ) -> Reply:
         """Start a task (launching the spawner if needed); `fds` are the stdout and
-        stderr read and write ends and the exit-notify write end. `meanwhile`, which
+        stderr read and write ends and the exit-notify write end (only the last when
+        `options` has ``output: "null"``). `options` are further fields of the request
+        (``oom_score_adj``, ``cgroup``, ``output``: see the spawner). `meanwhile`, which
         must not raise, runs while the spawner works, between request and reply."""
         message = {
+            **(options or {}),
             "op": "start",
             "path": command,
             "argv": argv,
