@@ -50,7 +50,7 @@ from allocrunner.agent.cluster import Cluster
 from allocrunner.agent.context import ApiContext
 from allocrunner.agent.datadir import DataDirLock, remove_agent_info, write_agent_info
 from allocrunner.agent.errors import AgentError
-from allocrunner.agent.fingerprint import NodeInfo, fingerprint, load_node_id
+from allocrunner.agent.fingerprint import NodeInfo, fingerprint, load_node_id, with_node_vars
 from allocrunner.agent.http import (
     MAX_CONNECTIONS,
     READ_TIMEOUT,
@@ -185,9 +185,15 @@ class Agent:
             node_id=node_id,
             region=cfg.region,
             datacenter=cfg.datacenter,
+            node_class=cfg.node_class,
+            node_pool=cfg.node_pool,
+            meta=cfg.meta,
             gc_interval=cfg.gc_interval,
             gc_max_allocs=cfg.gc_max_allocs,
         )
+        # Tasks see the node as fingerprinted (${node.unique.id}, ${attr.*}, ${meta.*}).
+        node = fingerprint(config, http_addr=f"{host}:{port}")
+        config = with_node_vars(config, node)
         client = Client(
             config, state_updater=self._on_client_update, update_interval=cfg.update_interval
         )
@@ -195,13 +201,6 @@ class Agent:
             cfg.data_dir, node_id, self._run_allocs, self._tracked, on_register=self._registered
         )
         periodic = PeriodicLauncher(self._launch_periodic, self._children_running)
-        node = fingerprint(
-            config,
-            meta=cfg.meta,
-            node_class=cfg.node_class,
-            node_pool=cfg.node_pool,
-            http_addr=f"{host}:{port}",
-        )
         with self._lock:
             self._client = client
             self._cluster = cluster

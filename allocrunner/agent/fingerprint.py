@@ -13,10 +13,11 @@ The node id is a UUID created on first start and kept in ``<data_dir>/client/nod
 ``node.unique.id``; there is no ``unique.id`` attribute.
 
 `interpolation_vars` gives the ``node.*``, ``attr.*`` and ``meta.*`` variables a task's
-config may reference. The host facts come from the probes in
-`allocrunner.agent.host_facts`, and `node_json` / `node_stub_json` (the JSON shapes of
-Nomad's ``/v1/node/:id`` and ``/v1/nodes``) live in `allocrunner.agent.node_shapes`;
-both are re-exported here.
+config may reference, and `with_node_vars` puts them in a `ClientConfig`, which hands
+them to every task runner (an embedder without the agent may do the same). The host
+facts come from the probes in `allocrunner.agent.host_facts`, and `node_json` /
+`node_stub_json` (the JSON shapes of Nomad's ``/v1/node/:id`` and ``/v1/nodes``) live in
+`allocrunner.agent.node_shapes`; both are re-exported here.
 
 Where this differs from Nomad: ``os.version`` is ``VERSION_ID`` of os-release as is;
 ``unique.storage.bytesfree`` (dropped by Nomad 1.11) is still reported, while ``DiskMB``
@@ -78,6 +79,7 @@ __all__ = [
     "read_os_release",
     "storage_facts",
     "unescape_mount_field",
+    "with_node_vars",
 ]
 
 NODE_ID_FILE = "node-id"
@@ -191,15 +193,16 @@ def fingerprint(
     config: ClientConfig,
     *,
     meta: Mapping[str, str] | None = None,
-    node_class: str = "",
-    node_pool: str = "default",
+    node_class: str | None = None,
+    node_pool: str | None = None,
     http_addr: str = "",
     drivers: Iterable[str] = DEFAULT_DRIVERS,
 ) -> NodeInfo:
     """Fingerprint this host as the node `config` describes.
 
     The id is `config.node_id` if set, else `load_node_id(config.data_dir)` (which may
-    create it). `http_addr` (``host:port``) is the address the agent serves on, reported
+    create it). `meta`, `node_class` and `node_pool` default to the config's.
+    `http_addr` (``host:port``) is the address the agent serves on, reported
     as ``HTTPAddr`` and ``unique.advertise.address``; `drivers` are the detected task
     drivers, each reported as ``driver.<name>`` = ``"1"``."""
     node_id = config.node_id or load_node_id(config.data_dir)
@@ -233,10 +236,10 @@ def fingerprint(
         name=uname.nodename,
         datacenter=config.datacenter,
         region=config.region,
-        node_class=node_class,
-        node_pool=node_pool,
+        node_class=config.node_class if node_class is None else node_class,
+        node_pool=config.node_pool if node_pool is None else node_pool,
         attributes=attributes,
-        meta=meta or {},
+        meta=config.meta if meta is None else meta,
         resources=resources,
         drivers=driver_names,
         http_addr=http_addr,
@@ -304,3 +307,16 @@ def interpolation_vars(node: NodeInfo) -> dict[str, str]:
         env[f"meta.{key}"] = value
         env[f"node.meta.{key}"] = value
     return env
+
+
+def with_node_vars(config: ClientConfig, node: NodeInfo) -> ClientConfig:
+    """`config` telling its tasks about `node`: its id, meta, class and pool, and its
+    interpolation variables (`interpolation_vars`) as `ClientConfig.node_vars`."""
+    return attrs.evolve(
+        config,
+        node_id=node.id,
+        node_class=node.node_class,
+        node_pool=node.node_pool,
+        meta=node.meta,
+        node_vars=interpolation_vars(node),
+    )
