@@ -14,19 +14,18 @@ error instead, so a job never starts with a silently different meaning:
   gcs, hg, …);
 - a group network whose mode is not host networking;
 - raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
-  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string);
-- what the job model carries but the task runner does not act on yet, each of which
-  would change what a task sees or does: a group network `port` (no `NOMAD_PORT_*`
-  would be set). Templates, artifacts and a group's `max_run_duration` are acted on
-  (`taskrunner.template_hook`, `taskrunner.artifact_hook`,
-  `runner.max_run_duration_hook`).
+  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string).
+
+Templates, artifacts and a group's `max_run_duration` are acted on
+(`taskrunner.template_hook`, `taskrunner.artifact_hook`, `runner.max_run_duration_hook`);
+group network ports are reserved, and constraints checked, when the agent places the
+allocation (`allocrunner.agent.placement`).
 
 `runtime_warnings` lists what the job model carries and this node does not act on, but
-which changes nothing a task sees: each `constraint` (the node runs the job whatever
-it says), `logs { disabled = true }` (the output is still collected), raw_exec's
-`oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override` (not applied), and the
-`change_mode` of a template read from a `source` file (the file is rendered at every
-start, not watched while the task runs).
+which changes nothing a task sees: `logs { disabled = true }` (the output is still
+collected), raw_exec's `oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override`
+(not applied), and the `change_mode` of a template read from a `source` file (the file
+is rendered at every start, not watched while the task runs).
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -138,7 +137,7 @@ def check_runnable(
 
     `drivers`: the driver names the node has (default: `builtin_drivers()`).
     `runtime=False` skips the refusals of what the task runner does not act on yet
-    (ports): for checking the job model alone."""
+    (none today): for checking the job model alone."""
     known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
@@ -149,13 +148,6 @@ def check_runnable(
                 raise JobSpecError(
                     paths.field(network_path, "mode", "Mode"),
                     f"network mode {network.mode!r} is not supported: only host networking",
-                )
-            if runtime and network.ports():
-                label = network.ports()[0].label
-                raise JobSpecError(
-                    f"{network_path}.port[{label}]" if paths.style == "hcl" else network_path,
-                    f"{_NOT_YET}: no port would be reserved and NOMAD_PORT_{label} would not"
-                    " be set",
                 )
         for t, task in enumerate(group.tasks):
             _check_task(task, paths.task(group_path, t, task), paths, known, runtime)
@@ -184,24 +176,11 @@ def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:
     though it changes nothing the task sees (module docstring); each starts with the
     setting's path."""
     paths = _Paths(style)
-    root = "job" if style == "hcl" else "Job"
     found: list[str] = []
-
-    def add(parent: str, count: int) -> None:
-        for i in range(count):
-            where = paths.item(parent, "constraint", "Constraints", i)
-            found.append(
-                f"{where}: not checked on this node (the job is placed here whatever it says);"
-                " ignored"
-            )
-
-    add(root, len(job.constraints))
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
-        add(group_path, len(group.constraints))
         for t, task in enumerate(group.tasks):
             task_path = paths.task(group_path, t, task)
-            add(task_path, len(task.constraints))
             found.extend(_task_setting_warnings(task, task_path, paths))
     return found
 
