@@ -561,7 +561,7 @@ class RawExecDriver:
         """The read ends to pump: ours, or for an adopted task the spawner's copies."""
         if not adopted:
             close_fds(*reply.fds)
-            return tuple(zip(STREAMS, own, strict=True))
+            return tuple(zip(STREAMS, own, strict=False))
         close_fds(*own)
         return tuple(zip(STREAMS, reply.fds, strict=False))
 
