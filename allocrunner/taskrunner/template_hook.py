@@ -1,6 +1,7 @@
 """The template hook: renders a task's `template` blocks into its directory before the
-task starts (Nomad's client/allocrunner/taskrunner/template_hook.go, for the templates
-that need no Consul, Vault or Nomad API: the job loader refuses the others).
+task starts, and re-renders the ones read from a `source` file while it runs (Nomad's
+client/allocrunner/taskrunner/template_hook.go, for the templates that need no Consul,
+Vault or Nomad API: the job loader refuses the others).
 
 Each template's text is its `data`, or the file its `source` names (relative to the
 task directory, read at every start; like the destination it must stay inside the
@@ -11,30 +12,53 @@ allocation directory, as Nomad's file sandbox has it). It is rendered with
 with `perms`, through a temporary file renamed into place, so the task never sees half
 a file. A destination that leaves the allocation directory (through `..` or a symlink
 planted there) is refused. With `env = true` the rendered text is read as a dotenv
-file and its variables join the task environment.
-
-Templates here have no dynamic sources, so nothing re-renders them while the task
-runs: they are rendered afresh at every start. A failure (a render error, an
+file and its variables join the task environment. A failure (a render error, an
 unreadable source, a bad destination) is the task event "Template" with "Failed
-Template Rendering: …", and fails the task, as in Nomad.
+Template Rendering: …", and fails the task, as in Nomad. `change_mode = "script"`
+needs a driver that can run commands in the task, which this node's drivers cannot:
+the job decoder refuses it, and so does this hook for a hand-built block.
 
-No threads and no locks: the hook runs on its task runner's run thread, called by the
-prestart phase after the env hook; owned by that TaskRunner.
+Templates with `data` never change while the task runs (their text and env are
+fixed). Templates read from a `source` file are watched from the moment the task has
+started (poststart) by a `template_watch.TemplateWatcher`: a change to a source
+re-renders it and applies its `change_mode` (noop, restart, signal, with `splay`; see
+that module). The watcher is stopped before the task is stopped (pre-kill), after it
+exited, when it will not run again (stop) and on agent shutdown; the next start
+renders everything afresh and starts a new one. A hook built without a lifecycle (the
+task runner's restart and signal path: `default_hooks(lifecycle)`) watches nothing.
+
+Threads: the hook runs on its task runner's run thread (every phase but shutdown,
+which the caller of `TaskRunner.shutdown` runs after the run thread returned); the
+watcher has its own thread (at most one per task, only for a task with source
+templates). Locks: none. What prestart rendered is confined to the run thread; the
+running watcher sits in a `LatestValue` slot, so the shutdown caller can stop it.
+Owner: the TaskRunner (`default_hooks`), whose prestart phase calls it after the env
+and artifact hooks.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from allocrunner._locking import calls_out
+from allocrunner._locking import calls_out, confined, immutable
+from allocrunner._sync import LatestValue
 from allocrunner.structs import TaskEvent
 from allocrunner.structs.job import Template
 from allocrunner.taskrunner.hooks import HookEventError, HookRequest, PrestartResult, TaskHook
-from allocrunner.taskrunner.template_watch import TemplateLifecycle
+from allocrunner.taskrunner.lifecycle import RUN_THREAD
+from allocrunner.taskrunner.template_watch import (
+    RenderFailed,
+    TemplateLifecycle,
+    TemplateWatcher,
+    WatchedTemplate,
+    source_parts,
+)
 
-__all__ = ["EVENT_TEMPLATE", "TemplateHook", "render_template"]
+__all__ = ["EVENT_TEMPLATE", "TemplateHook", "render_template", "render_text"]
 
 EVENT_TEMPLATE = "Template"
 """The task event of a template that failed to render (Nomad's event type)."""
@@ -46,33 +70,124 @@ class TemplateRenderError(Exception):
     """A template could not be rendered or written; the message says which and why."""
 
 
+class SourceMissingError(TemplateRenderError):
+    """A template's source file does not exist (now)."""
+
+
 class TemplateHook(TaskHook):
-    """Renders the task's templates at every start (module docstring)."""
+    """Renders the task's templates at every start and watches the source templates
+    while it runs (module docstring)."""
 
     name = "template"
 
+    _lifecycle = immutable()
+    _watcher = immutable()
+    _watched = confined(RUN_THREAD)
+
     def __init__(self, *, lifecycle: TemplateLifecycle | None = None) -> None:
         self._lifecycle = lifecycle
+        self._watcher: LatestValue[TemplateWatcher] = LatestValue()
+        self._watched: tuple[WatchedTemplate, ...] = ()
 
     @calls_out
     def prestart(self, req: HookRequest) -> PrestartResult:
+        self._stop_watcher()
         env: dict[str, str] = {}
         task_env = dict(req.env)
+        task_dir, alloc_dir = req.task_dir.dir, req.task_dir.dir.parent
+        watched: list[WatchedTemplate] = []
         for index, template in enumerate(req.task.templates):
+            if template.change_mode == "script":
+                raise _failure(index, 'change_mode "script" is not supported on this node')
             try:
                 rendered = render_template(
-                    template,
-                    task_dir=req.task_dir.dir,
-                    alloc_dir=req.task_dir.dir.parent,
-                    env={**task_env, **env},
+                    template, task_dir=task_dir, alloc_dir=alloc_dir, env={**task_env, **env}
                 )
             except TemplateRenderError as err:
-                message = f"{FAILED}: template[{index}]: {err}"
-                event = TaskEvent(EVENT_TEMPLATE, message=message, display_message=message)
-                raise HookEventError(message, event, recoverable=False) from None
+                raise _failure(index, str(err)) from None
             if template.envvars:
                 env.update(_dotenv(rendered, index))
+            source = _watched_source(template, task_dir, alloc_dir)
+            if source is not None:
+                watched.append(WatchedTemplate(index, template, source, rendered))
+        self._watched = tuple(watched)
         return PrestartResult(env=env)
+
+    @calls_out
+    def poststart(self, req: HookRequest) -> None:
+        watched, self._watched = self._watched, ()
+        if not watched or self._lifecycle is None:
+            return
+        task_dir, alloc_dir = req.task_dir.dir, req.task_dir.dir.parent
+        watcher = TemplateWatcher(
+            f"tmpl-{req.alloc.id[:8]}-{req.task.name}",
+            watched,
+            alloc_dir=alloc_dir,
+            env=req.env,
+            lifecycle=self._lifecycle,
+            render=functools.partial(_render_again, task_dir, alloc_dir),
+            write=functools.partial(_write_again, task_dir, alloc_dir),
+            kill_token=req.cancel,
+        )
+        self._stop_watcher()
+        self._watcher.offer(watcher)
+        watcher.start()
+
+    @calls_out
+    def pre_kill(self, req: HookRequest) -> None:
+        self._stop_watcher()
+
+    @calls_out
+    def exited(self, req: HookRequest) -> None:
+        self._stop_watcher()
+
+    @calls_out
+    def stop(self, req: HookRequest) -> None:
+        self._stop_watcher()
+
+    @calls_out
+    def shutdown(self, req: HookRequest) -> None:
+        self._stop_watcher()
+
+    @calls_out
+    def _stop_watcher(self) -> None:
+        watcher = self._watcher.poll()
+        if watcher is not None:
+            watcher.stop()
+
+
+def _failure(index: int, why: str) -> HookEventError:
+    message = f"{FAILED}: template[{index}]: {why}"
+    event = TaskEvent(EVENT_TEMPLATE, message=message, display_message=message)
+    return HookEventError(message, event, recoverable=False)
+
+
+def _watched_source(template: Template, task_dir: Path, alloc_dir: Path) -> tuple[str, ...] | None:
+    """Where a template read from a source file reads it (relative to the alloc dir);
+    None for a template with `data`."""
+    if template.embedded_tmpl or not template.source_path:
+        return None
+    return source_parts(task_dir, alloc_dir, template.source_path)
+
+
+@calls_out
+def _render_again(
+    task_dir: Path, alloc_dir: Path, template: Template, env: Mapping[str, str]
+) -> str | None:
+    try:
+        return render_text(template, task_dir=task_dir, alloc_dir=alloc_dir, env=dict(env))
+    except SourceMissingError:
+        return None
+    except TemplateRenderError as err:
+        raise RenderFailed(str(err)) from None
+
+
+@calls_out
+def _write_again(task_dir: Path, alloc_dir: Path, template: Template, text: str) -> None:
+    try:
+        _write(task_dir, alloc_dir, template.dest_path, text, template.perms)
+    except TemplateRenderError as err:
+        raise RenderFailed(str(err)) from None
 
 
 @calls_out
@@ -81,13 +196,22 @@ def render_template(
 ) -> str:
     """Render `template` for a task whose directory is `task_dir` and write it to its
     destination; the rendered text. TemplateRenderError on any failure."""
+    rendered = render_text(template, task_dir=task_dir, alloc_dir=alloc_dir, env=env)
+    _write(task_dir, alloc_dir, template.dest_path, rendered, template.perms)
+    return rendered
+
+
+@calls_out
+def render_text(template: Template, *, task_dir: Path, alloc_dir: Path, env: dict[str, str]) -> str:
+    """What `template` renders to now, written nowhere. TemplateRenderError on any
+    failure (SourceMissingError when its source file does not exist)."""
     from allocrunner.template import TemplateError, render
 
     text = template.embedded_tmpl
     if not text and template.source_path:
         text = _read_source(task_dir, alloc_dir, template.source_path)
     try:
-        rendered = render(
+        return render(
             text,
             env=env,
             left=template.left_delim or "{{",
@@ -96,8 +220,6 @@ def render_template(
         )
     except TemplateError as err:
         raise TemplateRenderError(str(err)) from None
-    _write(task_dir, alloc_dir, template.dest_path, rendered, template.perms)
-    return rendered
 
 
 def _read_source(task_dir: Path, alloc_dir: Path, source: str) -> str:
@@ -107,6 +229,8 @@ def _read_source(task_dir: Path, alloc_dir: Path, source: str) -> str:
         raise TemplateRenderError(f"source {source!r} is outside the allocation directory")
     try:
         return path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise SourceMissingError(f"cannot read source {source!r}: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise TemplateRenderError(f"cannot read source {source!r}: {err}") from None
 
@@ -153,7 +277,4 @@ def _dotenv(text: str, index: int) -> dict[str, str]:
     try:
         return parse_dotenv(text)
     except TemplateError as err:
-        message = f"{FAILED}: template[{index}]: env file: {err}"
-        event = TaskEvent(EVENT_TEMPLATE, message=message, display_message=message)
-        raise HookEventError(message, event, recoverable=False) from None
-
+        raise _failure(index, f"env file: {err}") from None
