@@ -13,8 +13,8 @@ Of the 82, with Nomad's HCL2 evaluation:
   for what this node never does (a git artifact, bridge networking, a template reading
   Consul or the Nomad API) and are refused naming that block;
 - as this node would run them (the default check, drivers mock_driver and raw_exec):
-  the 68 less the 3 using a driver it lacks (exec, docker) and the 7 using group
-  ports: 58.
+  the 68 less the 3 using a driver it lacks (exec, docker): 65, the 7 with group
+  network ports among them.
 
 Every warning starts with the field path it is about.
 """
@@ -106,20 +106,7 @@ OTHER_DRIVER = {
     "oversubscription/testdata/exec.nomad": "job.group[group].task[task].driver",
 }
 
-#: Files with a group network port (NOMAD_PORT_*).
-USES_PORTS = {
-    "clientstate/input/alloc_zombie.nomad",
-    "consul/input/alloc_restart.hcl",
-    "metrics/input/helloworld.nomad",
-    "overlap/testdata/overlap.nomad",
-    "servicediscovery/input/checks_happy.nomad",
-    "servicediscovery/input/checks_sad.nomad",
-    "servicediscovery/input/checks_task_restart_main.nomad",
-}
-
-RUNS_HERE = sorted(
-    set(JOB_FILES) - set(NEEDS_VARIABLE) - set(NEVER_RUNS) - set(OTHER_DRIVER) - USES_PORTS
-)
+RUNS_HERE = sorted(set(JOB_FILES) - set(NEEDS_VARIABLE) - set(NEVER_RUNS) - set(OTHER_DRIVER))
 
 # A field path as the job file spells it: job, then .name or .name[label] steps.
 WARNING = re.compile(r"^job(\.[a-z_]+(\[[^\]]+\])?)*: \S")
@@ -144,7 +131,7 @@ def test_the_fixture_set_is_nomads_v1_6_raw_exec_e2e_files() -> None:
             "# Copyright (c) HashiCorp, Inc.\n# SPDX-License-Identifier: MPL-2.0"
         )
         assert re.search(r'driver\s*=\s*"raw_exec"', text), relative
-    assert len(RUNS_HERE) == 58
+    assert len(RUNS_HERE) == 65
     assert NEWEST_COUNT - V16_COUNT == 16  # e2e files added after v1.6 (not copied)
 
 
