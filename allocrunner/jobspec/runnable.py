@@ -24,8 +24,7 @@ allocation (`allocrunner.agent.placement`).
 `runtime_warnings` lists what the job model carries and this node does not act on, but
 which changes nothing a task sees: `logs { disabled = true }` (the output is still
 collected), raw_exec's `oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override`
-(not applied), and the `change_mode` of a template read from a `source` file (the file
-is rendered at every start, not watched while the task runs).
+(not applied).
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -193,15 +192,6 @@ def _task_setting_warnings(task: Task, path: str, paths: _Paths) -> list[str]:
             f"{where}: not honoured on this node (the task's output is still collected);"
             " ignored"
         )
-    for i, template in enumerate(task.templates):
-        if template.source_path and template.change_mode in ("restart", "signal"):
-            where = paths.field(
-                paths.item(path, "template", "Templates", i), "change_mode", "ChangeMode"
-            )
-            found.append(
-                f"{where}: not honoured on this node (the source file is rendered at every"
-                " start, not watched); ignored"
-            )
     if task.driver == "raw_exec":
         config = paths.field(path, "config", "Config")
         for key in _RAW_EXEC_NOT_APPLIED:
