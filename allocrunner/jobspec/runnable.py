@@ -13,8 +13,9 @@ error instead, so a job never starts with a silently different meaning:
 - an artifact fetched by a getter other than http, https or a local file (git, s3,
   gcs, hg, …);
 - a group network whose mode is not host networking;
-- raw_exec settings of the wrong type (`oom_score_adj` a non-negative integer,
-  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string).
+- raw_exec settings of the wrong type (`oom_score_adj` an integer from 0 to 1000,
+  `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string); both
+  overrides at once fail the task's start, as in Nomad (the driver refuses them).
 
 Templates, artifacts and a group's `max_run_duration` are acted on
 (`taskrunner.template_hook`, `taskrunner.artifact_hook`, `runner.max_run_duration_hook`);
@@ -22,9 +23,11 @@ group network ports are reserved, and constraints checked, when the agent places
 allocation (`allocrunner.agent.placement`).
 
 `runtime_warnings` lists what the job model carries and this node does not act on, but
-which changes nothing a task sees: `logs { disabled = true }` (the output is still
-collected), raw_exec's `oom_score_adj`, `cgroup_v1_override` and `cgroup_v2_override`
-(not applied).
+which changes nothing a task sees: a raw_exec cgroup override of a cgroup version this
+node does not have (`cgroup_v2_override` without a cgroup v2 hierarchy at
+/sys/fs/cgroup, `cgroup_v1_override` without cgroup v1 controllers there: the task runs
+in no cgroup of its own, `allocrunner.drivers._cgroups`). raw_exec's `oom_score_adj` and a task's `logs { disabled = true }`
+are honoured by the driver.
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
@@ -186,21 +189,29 @@ def runtime_warnings(job: Job, *, style: PathStyle = "json") -> list[str]:
 
 def _task_setting_warnings(task: Task, path: str, paths: _Paths) -> list[str]:
     found: list[str] = []
-    if task.logs.disabled:
-        where = paths.field(paths.field(path, "logs", "LogConfig"), "disabled", "Disabled")
-        found.append(
-            f"{where}: not honoured on this node (the task's output is still collected);"
-            " ignored"
-        )
     if task.driver == "raw_exec":
-        config = paths.field(path, "config", "Config")
-        for key in _RAW_EXEC_NOT_APPLIED:
-            if key in task.config:
-                found.append(f"{config}.{key}: not applied on this node; ignored")
+        found.extend(_cgroup_override_warnings(task.config, paths.field(path, "config", "Config")))
     return found
 
 
-_RAW_EXEC_NOT_APPLIED = ("oom_score_adj", "cgroup_v1_override", "cgroup_v2_override")
+def _cgroup_override_warnings(config: Mapping[str, object], path: str) -> list[str]:
+    """A warning for a cgroup override of a version this node's cgroups are not."""
+    from allocrunner.drivers._cgroups import CGROUP_ROOT, host_mode
+
+    wanted = [(key, version) for key, version in _OVERRIDES if config.get(key)]
+    if not wanted:
+        return []
+    mode = host_mode()
+    have = f"cgroup {mode}" if mode else "no cgroups"
+    return [
+        f"{path}.{key}: this node has {have} at {CGROUP_ROOT}, not cgroup {version} (the task"
+        " runs in no cgroup of its own); ignored"
+        for key, version in wanted
+        if mode != version
+    ]
+
+
+_OVERRIDES = (("cgroup_v1_override", "v1"), ("cgroup_v2_override", "v2"))
 
 
 def _check_artifact_getter(source: str, path: str, paths: _Paths) -> None:
@@ -247,8 +258,12 @@ def _check_template(template: Template, path: str, paths: _Paths) -> None:
 
 def _check_raw_exec_config(config: Mapping[str, object], path: str) -> None:
     adj = config.get("oom_score_adj")
-    if adj is not None and (not isinstance(adj, int) or isinstance(adj, bool) or adj < 0):
-        raise JobSpecError(f"{path}.oom_score_adj", f"expected a non-negative integer, got {adj!r}")
+    if adj is not None and (
+        not isinstance(adj, int) or isinstance(adj, bool) or not 0 <= adj <= 1000
+    ):
+        raise JobSpecError(
+            f"{path}.oom_score_adj", f"expected an integer from 0 to 1000, got {adj!r}"
+        )
     v1 = config.get("cgroup_v1_override")
     if v1 is not None and not (
         isinstance(v1, Mapping) and all(isinstance(v, str) for v in v1.values())
