@@ -275,9 +275,7 @@ def test_task_gets_a_cgroup_of_its_own_removed_after_it_exits(
                 assert cgroup_of(pid, "") == f"/nomad.slice/{scope.name}"
                 assert scope.is_dir()
                 spawner = spawner_pid(state_dir(tmp_path))
-                assert spawner is not None and cgroup_of(spawner, "") == cgroup_of(
-                    os.getpid(), ""
-                )
+                assert spawner is not None and cgroup_of(spawner, "") == cgroup_of(os.getpid(), "")
             finally:
                 stop(driver, config)
 
@@ -337,9 +335,7 @@ def test_task_with_disabled_logs_has_dev_null_outputs_and_is_recovered(
 
 
 def test_mock_driver_writes_no_output_when_logs_are_disabled(tmp_path: Path) -> None:
-    config = task_config(
-        tmp_path, {"run_for": "1ms", "stdout_string": "hello"}, logs_disabled=True
-    )
+    config = task_config(tmp_path, {"run_for": "1ms", "stdout_string": "hello"}, logs_disabled=True)
     with MockDriver() as driver:
         driver.start(config)
         result = driver.wait(config.id, CancelToken())
