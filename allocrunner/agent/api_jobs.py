@@ -8,8 +8,10 @@ A registered job's settings this node does not act on come back in the reply's
 ``Warnings`` (Nomad's multierror text, "" when none); a job this node would run
 differently from what it says (a Consul template, a git artifact, a bridge network)
 is refused with 400. An unknown driver is not refused here (nor by the parse), as in
-Nomad, where the job registers and its placement then fails with ``missing drivers``;
-here the allocation is placed and its task fails with a driver error.
+Nomad: the job registers and its placement then fails with ``missing drivers``. A
+register hands the cluster this node's fingerprint, which placement checks the job's
+constraints and resources against; what could not be placed shows in the
+evaluation's ``FailedTGAllocs`` and in the summary's ``Queued``.
 ``/v1/jobs/parse`` takes ``Variables`` (var-file text) and, beyond Nomad, adds
 ``Warnings`` to the parsed job when there are any.
 
@@ -161,9 +163,10 @@ def job_json(state: ClusterState, job: Job) -> dict[str, Any]:
 
 
 def summary_json(state: ClusterState, job: Job) -> dict[str, Any]:
+    queued = state.queued.get(f"{job.namespace}/{job.id}") or {}
     groups: dict[str, dict[str, int]] = {
         g.name: {
-            "Queued": 0,
+            "Queued": queued.get(g.name, 0),
             "Complete": 0,
             "Failed": 0,
             "Running": 0,
@@ -273,7 +276,7 @@ def register(ctx: ApiContext, req: Request, path_id: str | None) -> Response:
                 f"Enforcing job modify index {expected}: job "
                 + ("does not exist" if current is None else f"exists with modify index {actual}")
             )
-    result = ctx.cluster.register(job, warnings=warnings)
+    result = ctx.cluster.register(job, warnings=warnings, node=ctx.node)
     return json_response(
         {
             "EvalID": result.eval_id,
@@ -346,7 +349,7 @@ def dispatch(ctx: ApiContext, req: Request) -> Response:
     child = dispatch_job(
         parent, meta=meta, payload=payload, now=datetime.now(UTC), id_prefix_template=template
     )
-    result = ctx.cluster.register(child)
+    result = ctx.cluster.register(child, node=ctx.node)
     return json_response(
         {
             "DispatchedJobID": child.id,

@@ -7,8 +7,13 @@ each table's last change (what ``X-Nomad-Index`` answers for a list). Every writ
 next snapshot and the event-stream entries it emits, all at the next index.
 
 - `register_job` versions the job and, when it runs at once, places it
-  (`placement.place_job`) and links each replacement to the allocation it replaces;
-  a stopped job's allocations are stopped.
+  (`placement.place_job`: constraints, drivers, distinct_*, ports, resources) and
+  links each replacement to the allocation it replaces; a stopped job's allocations
+  are stopped. Groups it cannot place get no allocation: its evaluation carries
+  Nomad's ``FailedTGAllocs`` and ``QueuedAllocations`` and names a ``blocked``
+  evaluation made for them (``BlockedEval``); the job summary's ``Queued`` reads
+  `ClusterState.queued`. A later evaluation of the job cancels its older blocked
+  ones; freed capacity does not retry them on its own.
 - `deregister_job` stops a job's allocations (and with ``purge`` forgets the job and
   them).
 - `stop_allocation` stops one allocation; a live service job gets a replacement.
@@ -29,6 +34,7 @@ the API handlers.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -76,13 +82,24 @@ TOPIC_JOB = "Job"
 TOPIC_ALLOC = "Allocation"
 TOPIC_EVAL = "Evaluation"
 
+# Nomad's evaluation statuses and trigger of a blocked evaluation (nomad/structs).
+EVAL_BLOCKED = "blocked"
+EVAL_CANCELED = "canceled"
+EVAL_TRIGGER_QUEUED = "queued-allocs"
+BLOCKED_DESCRIPTION = "created to place remaining allocations"
+
 
 # --- the data ------------------------------------------------------------------------
 
 
 @attrs.frozen
 class Evaluation:
-    """Immutable. An evaluation, as Nomad's API shows it (they complete at once here)."""
+    """Immutable. An evaluation, as Nomad's API shows it (they complete at once here).
+
+    An evaluation that could not place every allocation carries the groups' failures
+    (`failed`, Nomad's FailedTGAllocs), the count left per group (`queued`) and the id
+    of the blocked evaluation made for the rest (`blocked_eval`); that one has status
+    ``blocked`` and names this one as `previous_eval`."""
 
     id: str
     job_id: str
@@ -92,6 +109,14 @@ class Evaluation:
     triggered_by: str
     create_index: int
     status: str = "complete"
+    status_description: str = ""
+    modify_index: int = 0
+    job_modify_index: int = 0
+    failed: FrozenDict[str, placement.GroupFailure] = attrs.field(factory=FrozenDict)
+    queued: FrozenDict[str, int] = attrs.field(factory=FrozenDict)
+    blocked_eval: str = ""
+    previous_eval: str = ""
+    create_time: int = 0
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -101,10 +126,31 @@ class Evaluation:
             "Type": self.type,
             "TriggeredBy": self.triggered_by,
             "JobID": self.job_id,
+            "JobModifyIndex": self.job_modify_index,
+            "NodeID": "",
+            "NodeModifyIndex": 0,
+            "DeploymentID": "",
             "Status": self.status,
-            "StatusDescription": "",
+            "StatusDescription": self.status_description,
+            "Wait": 0,
+            "WaitUntil": None,
+            "NextEval": "",
+            "PreviousEval": self.previous_eval,
+            "BlockedEval": self.blocked_eval,
+            "RelatedEvals": None,
+            "FailedTGAllocs": (
+                {g: f.metric_json() for g, f in self.failed.items()} if self.failed else None
+            ),
+            "ClassEligibility": None,
+            "EscapedComputedClass": False,
+            "QuotaLimitReached": "",
+            "AnnotatePlan": False,
+            "QueuedAllocations": dict(self.queued),
+            "SnapshotIndex": self.create_index,
             "CreateIndex": self.create_index,
-            "ModifyIndex": self.create_index,
+            "ModifyIndex": self.modify_index or self.create_index,
+            "CreateTime": self.create_time,
+            "ModifyTime": self.create_time,
         }
 
 
@@ -134,6 +180,8 @@ class ClusterState:
     evals: FrozenDict[str, Evaluation] = attrs.field(factory=FrozenDict)
     eval_index: int = 1
     events: tuple[ClusterEvent, ...] = ()
+    # job key -> {group: allocations left unplaced by the job's latest evaluation}
+    queued: FrozenDict[str, FrozenDict[str, int]] = attrs.field(factory=FrozenDict)
 
     def job_allocs(self, job_id: str, namespace: str = "default") -> tuple[Allocation, ...]:
         return tuple(
@@ -172,10 +220,13 @@ class RegisterResult:
 
 @attrs.frozen
 class Change:
-    """Immutable. One write's outcome: the next snapshot and the events it emits."""
+    """Immutable. One write's outcome: the next snapshot, the events it emits and, for
+    a write that places allocations, what it placed (the cluster reads the allocations
+    to create, and those stopped, from a dry run before it reserves their ports)."""
 
     state: ClusterState
     events: tuple[ClusterEvent, ...] = ()
+    placed: placement.Placement = attrs.field(factory=placement.Placement)
 
 
 def job_key(namespace: str, job_id: str) -> str:
@@ -210,16 +261,25 @@ def check_placeable(job: Job) -> None:
 
 
 def register_job(
-    state: ClusterState, job: Job, *, node_id: str, eval_id: str
+    state: ClusterState,
+    job: Job,
+    *,
+    node_id: str,
+    eval_id: str,
+    node: placement.NodeView | None = None,
+    grants: placement.PortGrants | None = None,
 ) -> tuple[Change, Job]:
     """Register (or update) `job` and place it when it runs at once (`check_placeable`
-    it first); the change and the job as stored (versioned, with its indexes)."""
+    it first); the change and the job as stored (versioned, with its indexes). `node`
+    and `grants`: see `placement.place_job`. Groups that cannot be placed get no
+    allocation; the evaluation says why (and a blocked evaluation is made for them)."""
     index = state.index + 1
     key = job_key(job.namespace, job.id)
     job = _versioned(job, state.jobs.get(key), index)
     runs_now = runs_at_once(job)
     allocs = dict(state.allocs)
     events: list[ClusterEvent] = [_event(TOPIC_JOB, "JobRegistered", job, index)]
+    placed = placement.Placement()
     if runs_now:
         placed = placement.place_job(
             job,
@@ -227,6 +287,9 @@ def register_job(
             index=index,
             node_id=node_id,
             eval_id=eval_id,
+            node_allocs=tuple(state.allocs.values()),
+            node=node,
+            grants=grants,
         )
         for alloc in (*placed.changed, *placed.created):
             allocs[alloc.id] = alloc
@@ -238,8 +301,8 @@ def register_job(
         ):
             allocs[alloc.id] = alloc
             events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
-    evaluation = _evaluation(eval_id, job, "job-register", index)
-    events.append(_event(TOPIC_EVAL, "EvaluationUpdated", evaluation, index))
+    evals = _evaluations(state, eval_id, job, "job-register", index, placed)
+    events.extend(_event(TOPIC_EVAL, "EvaluationUpdated", e, index) for e in evals.values())
     registered = attrs.evolve(
         state,
         index=index,
@@ -248,10 +311,12 @@ def register_job(
         job_submit=state.job_submit.set(key, time.time_ns()),
         allocs=FrozenDict(allocs),
         alloc_index=index if runs_now or job.stop else state.alloc_index,
-        evals=state.evals.set(eval_id, evaluation),
+        evals=_merged(state.evals, evals),
         eval_index=index,
+        queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
-    return Change(_forget_old(registered, job.parent_id, job.namespace), tuple(events)), job
+    change = Change(_forget_old(registered, job.parent_id, job.namespace), tuple(events), placed)
+    return change, job
 
 
 def deregister_job(
@@ -278,7 +343,7 @@ def deregister_job(
         jobs = FrozenDict({k: v for k, v in state.jobs.items() if k != key})
     else:
         jobs = state.jobs.set(key, stopped)
-    evaluation = _evaluation(eval_id, job, "job-deregister", index)
+    evals = _evaluations(state, eval_id, job, "job-deregister", index, placement.Placement())
     deregistered = attrs.evolve(
         state,
         index=index,
@@ -286,15 +351,25 @@ def deregister_job(
         job_index=index,
         allocs=FrozenDict(allocs),
         alloc_index=index,
-        evals=state.evals.set(eval_id, evaluation),
+        evals=_merged(state.evals, evals),
         eval_index=index,
+        queued=FrozenDict({k: v for k, v in state.queued.items() if k != key}),
     )
     return Change(deregistered, tuple(events)), stopped
 
 
-def stop_allocation(state: ClusterState, alloc_id: str, *, node_id: str, eval_id: str) -> Change:
+def stop_allocation(
+    state: ClusterState,
+    alloc_id: str,
+    *,
+    node_id: str,
+    eval_id: str,
+    node: placement.NodeView | None = None,
+    grants: placement.PortGrants | None = None,
+) -> Change:
     """Stop one allocation; a live allocation of a service job that still runs gets a
-    replacement (Nomad's alloc stop). 404 for an unknown allocation."""
+    replacement (Nomad's alloc stop), placed as `register_job` places. 404 for an
+    unknown allocation."""
     alloc = state.allocs.get(alloc_id)
     if alloc is None:
         raise not_found("alloc not found")
@@ -305,6 +380,7 @@ def stop_allocation(state: ClusterState, alloc_id: str, *, node_id: str, eval_id
         allocs[stopped.id] = stopped
         events.append(_event(TOPIC_ALLOC, "AllocationUpdateDesiredStatus", stopped, index))
     job = state.jobs.get(job_key(alloc.namespace, alloc.job_id))
+    placed = placement.Placement()
     if (
         job is not None
         and not job.stop
@@ -317,22 +393,29 @@ def stop_allocation(state: ClusterState, alloc_id: str, *, node_id: str, eval_id
             index=index,
             node_id=node_id,
             eval_id=eval_id,
+            node_allocs=tuple(allocs.values()),
+            node=node,
+            grants=grants,
         )
         created = [attrs.evolve(a, previous_allocation=alloc.id) for a in placed.created]
+        placed = attrs.evolve(placed, created=tuple(created))
         for new in created:
             allocs[new.id] = new
         for changed in _link_previous(allocs, created, index):
             events.append(_event(TOPIC_ALLOC, "PlanResult", changed, index))
-    evaluation = _evaluation(eval_id, job or alloc.job or Job(id=alloc.job_id), "alloc-stop", index)
+    evaluated = job or alloc.job or Job(id=alloc.job_id)
+    evals = _evaluations(state, eval_id, evaluated, "alloc-stop", index, placed)
+    key = job_key(evaluated.namespace, evaluated.id)
     stopped_state = attrs.evolve(
         state,
         index=index,
         allocs=FrozenDict(allocs),
         alloc_index=index,
-        evals=state.evals.set(eval_id, evaluation),
+        evals=_merged(state.evals, evals),
         eval_index=index,
+        queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
-    return Change(stopped_state, tuple(events))
+    return Change(stopped_state, tuple(events), placed)
 
 
 def merge_client_views(state: ClusterState, views: Iterable[Allocation]) -> Change | None:
@@ -481,7 +564,58 @@ def _evaluation(eval_id: str, job: Job, trigger: str, index: int) -> Evaluation:
         priority=job.priority,
         triggered_by=trigger,
         create_index=index,
+        job_modify_index=job.job_modify_index,
+        create_time=time.time_ns(),
     )
+
+
+def _evaluations(
+    state: ClusterState,
+    eval_id: str,
+    job: Job,
+    trigger: str,
+    index: int,
+    placed: placement.Placement,
+) -> dict[str, Evaluation]:
+    """The evaluations a write adds or changes: its own (complete); when groups could
+    not be placed, the blocked one made for them (Nomad's CreateBlockedEval); and the
+    job's earlier blocked evaluations, which a newer evaluation of the job supersedes
+    (status ``canceled``, Nomad's spelling)."""
+    out: dict[str, Evaluation] = {}
+    for old in state.evals.values():
+        if old.status == EVAL_BLOCKED and (old.job_id, old.namespace) == (job.id, job.namespace):
+            out[old.id] = attrs.evolve(
+                old,
+                status=EVAL_CANCELED,
+                status_description=f"evaluation {eval_id!r} superseded it",
+                modify_index=index,
+            )
+    evaluation = _evaluation(eval_id, job, trigger, index)
+    if placed.failed:
+        blocked = attrs.evolve(
+            _evaluation(str(uuid.uuid4()), job, EVAL_TRIGGER_QUEUED, index),
+            status=EVAL_BLOCKED,
+            status_description=BLOCKED_DESCRIPTION,
+            previous_eval=eval_id,
+            failed=placed.failed,
+        )
+        evaluation = attrs.evolve(
+            evaluation,
+            failed=placed.failed,
+            queued=FrozenDict(placed.queued()),
+            blocked_eval=blocked.id,
+        )
+        out[blocked.id] = blocked
+    out[eval_id] = evaluation
+    return out
+
+
+def _merged(
+    evals: FrozenDict[str, Evaluation], new: Mapping[str, Evaluation]
+) -> FrozenDict[str, Evaluation]:
+    merged = dict(evals)
+    merged.update(new)
+    return FrozenDict(merged)
 
 
 def _event(

@@ -1,5 +1,11 @@
 """Allocations encoded to API JSON once per version, not once per request.
 
+Every answer with an allocation passes through here, so this is also where its host
+ports are written into ``AllocatedResources.Shared``: ``Ports`` (label, host port,
+``To``, host IP) and ``Networks`` (the group's host-mode network with the ports it
+got, static ones under ``ReservedPorts`` and dynamic ones under ``DynamicPorts``), as
+Nomad's AllocatedSharedResources carries them (`with_ports`).
+
 Every change to a stored allocation gives it a new modify index (the cluster's
 indexes only grow), so ``(id, modify_index)`` names one immutable version. A woken
 batch of blocking queries over the same snapshot then encodes each allocation once,
@@ -18,9 +24,10 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from allocrunner.placement import ports_json
 from allocrunner.structs import Allocation
 
-__all__ = ["json_list", "versioned"]
+__all__ = ["json_list", "networks_json", "versioned", "with_ports"]
 
 CACHE_SIZE = 8192
 
@@ -46,7 +53,7 @@ def versioned(encode: Callable[[Allocation], Any], flavour: str) -> Callable[[Al
 
     @functools.lru_cache(maxsize=CACHE_SIZE)
     def cached(version: _Version) -> bytes:
-        return json.dumps(encode(version.alloc)).encode()
+        return json.dumps(with_ports(encode(version.alloc), version.alloc)).encode()
 
     def encoded(alloc: Allocation) -> bytes:
         return cached(_Version(alloc, flavour))
@@ -57,3 +64,49 @@ def versioned(encode: Callable[[Allocation], Any], flavour: str) -> Callable[[Al
 def json_list(parts: Iterable[bytes]) -> bytes:
     """A JSON array of already encoded values."""
     return b"[" + b",".join(parts) + b"]"
+
+
+def networks_json(alloc: Allocation) -> list[dict[str, Any]] | None:
+    """``AllocatedResources.Shared.Networks``: one host-mode network holding the ports
+    the allocation got (None when it got none)."""
+    if not alloc.allocated_ports:
+        return None
+    group = alloc.group()
+    static = {
+        p.label for n in (group.networks if group is not None else ()) for p in n.reserved_ports
+    }
+    host_ip = next((p.host_ip for p in alloc.allocated_ports if p.host_ip), "")
+
+    def port(p: Any) -> dict[str, Any]:
+        return {"Label": p.label, "Value": p.value, "To": p.to, "HostNetwork": "default"}
+
+    return [
+        {
+            "Mode": "host",
+            "Device": "",
+            "CIDR": "",
+            "IP": host_ip,
+            "Hostname": "",
+            "MBits": 0,
+            "DNS": None,
+            "ReservedPorts": [port(p) for p in alloc.allocated_ports if p.label in static] or None,
+            "DynamicPorts": [port(p) for p in alloc.allocated_ports if p.label not in static]
+            or None,
+        }
+    ]
+
+
+def with_ports(out: Any, alloc: Allocation) -> Any:
+    """`out` (an allocation's JSON) with its ports in ``AllocatedResources.Shared``
+    when it carries ``AllocatedResources``."""
+    if not isinstance(out, dict):
+        return out
+    resources = out.get("AllocatedResources")
+    if not isinstance(resources, dict):
+        return out
+    shared = resources.get("Shared")
+    shared = dict(shared) if isinstance(shared, dict) else {}
+    shared["Ports"] = ports_json(alloc.allocated_ports) if alloc.allocated_ports else None
+    shared["Networks"] = networks_json(alloc)
+    out["AllocatedResources"] = {**resources, "Shared": shared}
+    return out

@@ -15,6 +15,19 @@ lock and tests can call them on their own.
   that ended, or any allocation stopped with its job, leaves its slot free.
 - A count that goes down, or a group that disappears, stops the extra allocations.
 
+Feasibility (Nomad's generic scheduler at v1.6.0: scheduler/feasible.go, rank.go,
+generic_sched.go). The stops a plan makes are decided first; then each new allocation
+is checked, when the node is known (`NodeView`), in the order of Nomad's stack: job
+constraints, task drivers, group and task constraints, distinct_hosts and
+distinct_property (`allocrunner.placement.check_placement`), then the network ports
+(`PortGrants`, decided by the cluster outside its lock), then cpu, memory and disk
+(`check_resources`: the group's tasks summed, on top of every live allocation on the
+node, live meaning not `TerminalStatus`, less those this plan stops). A slot that
+fails gets no allocation and is counted in its group's `GroupFailure` (the first
+failure's reason, as Nomad keeps the first metric and coalesces the rest); when it was
+the replacement of a destructive update the old allocation is not stopped after all,
+as Nomad takes the stop back when the placement fails.
+
 Threads: none. Locks: none (the callers in `allocrunner.agent.cluster_state` run
 under ``Cluster._lock``; nothing here blocks or calls out). Owner: the cluster's
 transitions.
@@ -24,32 +37,128 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from allocrunner.placement import (
+    AllocatedPort,
+    Capacity,
+    ConstraintFailure,
+    PlacedAlloc,
+    PortAsk,
+    alloc_metric,
+    check_placement,
+    check_resources,
+)
 from allocrunner.structs import (
     CLIENT_COMPLETE,
     DESIRED_RUN,
     DESIRED_STOP,
     Allocation,
+    FrozenDict,
     Job,
     TaskGroup,
 )
 from allocrunner.structs.status import JOB_BATCH, JOB_SYSBATCH, JOB_SYSTEM
 
-__all__ = ["MAX_ALLOCS_PER_JOB", "Placement", "group_count", "place_job", "stop_allocs"]
+if TYPE_CHECKING:
+    from allocrunner.agent.fingerprint import NodeInfo
+
+__all__ = [
+    "MAX_ALLOCS_PER_JOB",
+    "GroupFailure",
+    "NodeView",
+    "Placement",
+    "PortGrants",
+    "group_count",
+    "group_port_asks",
+    "node_view",
+    "place_job",
+    "stop_allocs",
+]
 
 # More than this many allocations of one job cannot be placed on a single node; the
 # register is refused with a clear error instead of building them for minutes.
 MAX_ALLOCS_PER_JOB = 5000
 
+_DISTINCT = ("distinct_hosts", "distinct_property")
+
+Slot = tuple[str, int]
+
+
+@attrs.frozen
+class NodeView:
+    """Immutable. What feasibility reads of the node: its constraint targets
+    (``node.*``, ``attr.*``, ``meta.*``) and what it offers."""
+
+    node_vars: FrozenDict[str, str]
+    capacity: Capacity
+    datacenter: str = ""
+    node_class: str = ""
+
+
+def node_view(node: NodeInfo) -> NodeView:
+    """The `NodeView` of a fingerprinted node."""
+    from allocrunner.agent.fingerprint import interpolation_vars
+
+    res = node.resources
+    return NodeView(
+        node_vars=FrozenDict(interpolation_vars(node)),
+        capacity=Capacity(res.cpu_mhz, res.memory_mb, res.disk_mb),
+        datacenter=node.datacenter,
+        node_class=node.node_class,
+    )
+
+
+@attrs.frozen
+class GroupFailure:
+    """Immutable. Why a group's allocations could not be placed: the first failure
+    (a constraint that filtered the node, or an exhausted dimension) and how many
+    allocations failed. `metric_json` is Nomad's AllocMetric of it."""
+
+    filtered: ConstraintFailure | None = None
+    exhausted: str | None = None
+    count: int = 1
+    datacenter: str = ""
+    node_class: str = ""
+
+    def metric_json(self) -> dict[str, Any]:
+        out = alloc_metric(
+            filtered=self.filtered,
+            exhausted=self.exhausted,
+            node_class=self.node_class,
+            datacenter=self.datacenter,
+        )
+        out["CoalescedFailures"] = self.count - 1
+        return out
+
+
+@attrs.frozen
+class PortGrants:
+    """Immutable. The host ports the cluster reserved for a plan, outside its lock:
+    the id each new slot got in the dry run, the ports granted to each of them and,
+    for those refused, the AllocMetric dimension (``network: reserved port collision
+    http=8080``)."""
+
+    ids: FrozenDict[Slot, str] = attrs.field(factory=FrozenDict)
+    ports: FrozenDict[str, tuple[AllocatedPort, ...]] = attrs.field(factory=FrozenDict)
+    refused: FrozenDict[str, str] = attrs.field(factory=FrozenDict)
+
 
 @attrs.frozen
 class Placement:
-    """Immutable. The allocations a register creates and the ones it changes."""
+    """Immutable. The allocations a register creates and the ones it changes, and the
+    groups it could not place (with how many allocations each lacks)."""
 
     created: tuple[Allocation, ...] = ()
     changed: tuple[Allocation, ...] = ()
+    failed: FrozenDict[str, GroupFailure] = attrs.field(factory=FrozenDict)
+
+    def queued(self) -> dict[str, int]:
+        """Allocations left unplaced, per group (Nomad's QueuedAllocations)."""
+        return {name: f.count for name, f in self.failed.items()}
 
 
 def group_count(job: Job, group: TaskGroup) -> int:
@@ -61,6 +170,29 @@ def group_count(job: Job, group: TaskGroup) -> int:
 
 def total_count(job: Job) -> int:
     return sum(group_count(job, g) for g in job.task_groups)
+
+
+def group_port_asks(group: TaskGroup | None) -> tuple[PortAsk, ...]:
+    """The host ports a group's networks ask for: the static ones, then the dynamic."""
+    if group is None:
+        return ()
+    return tuple(
+        PortAsk(label=p.label, value=p.value, to=p.to, host_network=p.host_network)
+        for network in group.networks
+        for p in network.ports()
+    )
+
+
+def group_resources(group: TaskGroup | None) -> Capacity:
+    """What one allocation of `group` takes: its tasks' cpu and memory summed, and its
+    ephemeral disk."""
+    if group is None:
+        return Capacity()
+    return Capacity(
+        cpu_mhz=sum(t.resources.cpu for t in group.tasks),
+        memory_mb=sum(t.resources.memory_mb for t in group.tasks),
+        disk_mb=group.ephemeral_disk.size_mb,
+    )
 
 
 def _now_ns() -> int:
@@ -87,11 +219,11 @@ def stop_allocs(
 
 
 def _new_alloc(
-    job: Job, group: str, i: int, *, index: int, node_id: str, eval_id: str, previous: str
+    job: Job, group: str, i: int, *, index: int, node_id: str, eval_id: str, previous: str, id_: str
 ) -> Allocation:
     now = _now_ns()
     return Allocation(
-        id=str(uuid.uuid4()),
+        id=id_,
         name=f"{job.id}.{group}[{i}]",
         namespace=job.namespace,
         node_id=node_id,
@@ -109,6 +241,94 @@ def _new_alloc(
     )
 
 
+@attrs.frozen
+class _Want:
+    """Immutable. One new allocation a plan wants: its slot and what it replaces."""
+
+    group: TaskGroup
+    index: int
+    previous: str = ""
+    replaces: Allocation | None = None
+
+
+class _Node:
+    """Not thread-safe; lives for one `place_job` call. The running account of the
+    node: live allocations (for distinct_*), resources in use, failures so far."""
+
+    def __init__(self, view: NodeView | None, live: Iterable[Allocation]) -> None:
+        self.view = view
+        self.live = list(live)
+        self.in_use = Capacity()
+        for alloc in self.live:
+            self.in_use = self.in_use + group_resources(alloc.group())
+        self.failed: dict[str, GroupFailure] = {}
+        self._constraints: dict[str, ConstraintFailure | None] = {}
+
+    def add(self, alloc: Allocation) -> None:
+        self.live.append(alloc)
+        self.in_use = self.in_use + group_resources(alloc.group())
+
+    def fail(self, group: str, filtered: ConstraintFailure | None, exhausted: str | None) -> None:
+        known = self.failed.get(group)
+        if known is not None:
+            self.failed[group] = attrs.evolve(known, count=known.count + 1)
+            return
+        view = self.view
+        self.failed[group] = GroupFailure(
+            filtered=filtered,
+            exhausted=exhausted,
+            datacenter=view.datacenter if view is not None else "",
+            node_class=view.node_class if view is not None else "",
+        )
+
+    def constraint_failure(self, job: Job, group: TaskGroup) -> ConstraintFailure | None:
+        """The first constraint (or distinct_*) failure of one more `group` here."""
+        view = self.view
+        if view is None:
+            return None
+        distinct = any(c.operand in _DISTINCT for c in (*job.constraints, *group.constraints))
+        if not distinct and group.name in self._constraints:
+            return self._constraints[group.name]
+        live = (
+            [PlacedAlloc(a.job_id, a.task_group) for a in self.live if a.job_id == job.id]
+            if distinct
+            else []
+        )
+        failure = check_placement(
+            job_id=job.id,
+            group=group.name,
+            node_vars=view.node_vars,
+            job_constraints=job.constraints,
+            drivers=sorted({t.driver for t in group.tasks}),
+            group_constraints=group.constraints,
+            task_constraints=[c for t in group.tasks for c in t.constraints],
+            live=live,
+        )
+        if not distinct:
+            self._constraints[group.name] = failure
+        return failure
+
+    def exhausted(self, group: TaskGroup) -> str | None:
+        if self.view is None:
+            return None
+        return check_resources(group_resources(group), node=self.view.capacity, in_use=self.in_use)
+
+
+def _ports_for(
+    alloc_id: str, group: TaskGroup, grants: PortGrants | None
+) -> tuple[tuple[AllocatedPort, ...], str | None]:
+    """The ports granted to a new allocation, or the network dimension it fails on."""
+    if grants is None or not group_port_asks(group):
+        return (), None
+    refused = grants.refused.get(alloc_id)
+    if refused is not None:
+        return (), refused
+    granted = grants.ports.get(alloc_id)
+    if granted is None:
+        return (), "network: no ports were reserved"
+    return granted, None
+
+
 def place_job(
     job: Job,
     existing: tuple[Allocation, ...],
@@ -116,19 +336,71 @@ def place_job(
     index: int,
     node_id: str,
     eval_id: str,
+    node_allocs: Iterable[Allocation] = (),
+    node: NodeView | None = None,
+    grants: PortGrants | None = None,
 ) -> Placement:
-    """Allocations to create and to change so that `job` runs as registered.
+    """Allocations to create and to change so that `job` runs as registered, and the
+    groups that could not be placed (module docstring).
 
-    `existing` are the job's allocations known so far (any status). `job` is the new
-    version; each existing allocation carries the version it was placed with.
-    """
-    created: list[Allocation] = []
+    `existing` are the job's allocations known so far (any status); `node_allocs`
+    every allocation on the node (any job, any status). `job` is the new version; each
+    existing allocation carries the version it was placed with. Without `node`,
+    nothing is checked; without `grants` (a dry run), ports are neither given nor
+    checked."""
     changed: list[Allocation] = []
-    by_slot: dict[tuple[str, int], Allocation] = {}
+    wants, stops = _plan_slots(job, existing, index, eval_id, changed)
+    stopping = {a.id for a in stops}
+    account = _Node(node, (a for a in node_allocs if not a.terminal() and a.id not in stopping))
+    created: list[Allocation] = []
+    kept_running: set[str] = set()
+    ids = grants.ids if grants is not None else FrozenDict[Slot, str]()
+    for want in wants:
+        group = want.group
+        alloc_id = ids.get((group.name, want.index)) or str(uuid.uuid4())
+        filtered = account.constraint_failure(job, group)
+        ports, exhausted = _ports_for(alloc_id, group, grants)
+        if filtered is None and exhausted is None:
+            exhausted = account.exhausted(group)
+        if filtered is not None or exhausted is not None:
+            account.fail(group.name, filtered, exhausted)
+            if want.replaces is not None:
+                kept_running.add(want.replaces.id)
+                account.add(want.replaces)
+            continue
+        alloc = _new_alloc(
+            job,
+            group.name,
+            want.index,
+            index=index,
+            node_id=node_id,
+            eval_id=eval_id,
+            previous=want.previous,
+            id_=alloc_id,
+        )
+        alloc = attrs.evolve(alloc, allocated_ports=ports)
+        account.add(alloc)
+        created.append(alloc)
+    changed.extend(a for a in stops if a.id not in kept_running)
+    return Placement(
+        created=tuple(created), changed=tuple(changed), failed=FrozenDict(account.failed)
+    )
+
+
+def _plan_slots(
+    job: Job,
+    existing: tuple[Allocation, ...],
+    index: int,
+    eval_id: str,
+    changed: list[Allocation],
+) -> tuple[list[_Want], list[Allocation]]:
+    """The new allocations `job` wants, slot by slot, and the allocations it stops;
+    in-place updates are appended to `changed`."""
+    by_slot: dict[Slot, Allocation] = {}
     for alloc in sorted(existing, key=lambda a: a.create_index):
         if alloc.desired_status == DESIRED_RUN:
             by_slot[(alloc.task_group, alloc.index())] = alloc
-    done: dict[tuple[str, int], Allocation] = {}
+    done: Mapping[Slot, Allocation] = {}
     if job.type in (JOB_BATCH, JOB_SYSBATCH):
         done = {
             (a.task_group, a.index()): a
@@ -138,7 +410,9 @@ def place_job(
             and (a.task_group, a.index()) not in by_slot
         }
     now = _now_ns()
-    wanted: set[tuple[str, int]] = set()
+    wants: list[_Want] = []
+    stops: list[Allocation] = []
+    wanted: set[Slot] = set()
     for group in job.task_groups:
         for i in range(group_count(job, group)):
             slot = (group.name, i)
@@ -148,33 +422,12 @@ def place_job(
                 finished = done.get(slot)
                 if finished is not None and not _group_changed(finished, job, group):
                     continue
-                created.append(
-                    _new_alloc(
-                        job,
-                        group.name,
-                        i,
-                        index=index,
-                        node_id=node_id,
-                        eval_id=eval_id,
-                        previous=finished.id if finished is not None else "",
-                    )
-                )
-                continue
-            if _group_changed(live, job, group):
-                changed.extend(
+                wants.append(_Want(group, i, previous=finished.id if finished else ""))
+            elif _group_changed(live, job, group):
+                stops.extend(
                     stop_allocs((live,), index, "alloc is being updated due to job update")
                 )
-                created.append(
-                    _new_alloc(
-                        job,
-                        group.name,
-                        i,
-                        index=index,
-                        node_id=node_id,
-                        eval_id=eval_id,
-                        previous=live.id,
-                    )
-                )
+                wants.append(_Want(group, i, previous=live.id, replaces=live))
             elif live.job != job:
                 changed.append(
                     attrs.evolve(
@@ -187,8 +440,8 @@ def place_job(
                     )
                 )
     extra = tuple(a for slot, a in by_slot.items() if slot not in wanted)
-    changed.extend(stop_allocs(extra, index, "alloc not needed due to job update"))
-    return Placement(created=tuple(created), changed=tuple(changed))
+    stops.extend(stop_allocs(extra, index, "alloc not needed due to job update"))
+    return wants, stops
 
 
 def _group_changed(alloc: Allocation, job: Job, group: TaskGroup) -> bool:

@@ -46,6 +46,7 @@ from allocrunner.jobspec._kinds import (
     describe,
 )
 from allocrunner.jobspec.codec_blocks import (
+    ALLOCATED_PORTS,
     CONSTRAINTS,
     NETWORKS,
     TASK_ARTIFACT,
@@ -536,6 +537,7 @@ ALLOCATION = Struct(
         Field("client_description", "ClientDescription", _STR),
         Field("task_states", "TaskStates", _TASK_STATES),
         Field("deployment_status", "DeploymentStatus", DEPLOYMENT_STATUS),
+        Field("allocated_ports", "AllocatedResources", ALLOCATED_PORTS, omit_empty=True),
     ],
 )
 

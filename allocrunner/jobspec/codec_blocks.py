@@ -1,6 +1,8 @@
 """Nomad's API JSON of the task and group blocks a job carries beside its scheduling
 fields: `Constraints`, a group's `Networks` (`ReservedPorts`, `DynamicPorts`), a task's
-`Templates` and `Artifacts`.
+`Templates` and `Artifacts`; and an allocation's ports, the ``Shared.Ports`` of its
+``AllocatedResources`` (`ALLOCATED_PORTS`: only that part is read or written here; the
+rest of ``AllocatedResources`` is derived from the job by the agent's API).
 
 Each value is checked as Nomad's API canonicalises and validates it (api/tasks.go,
 api/constraint.go, nomad/structs Template.Validate at v1.6.0): a template needs text or
@@ -18,6 +20,7 @@ schema from them) and `hcl` (which reads the same fields from a job file).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from typing import Any
 
 from allocrunner.errors import JobSpecError
@@ -26,11 +29,14 @@ from allocrunner.jobspec._kinds import (
     Duration,
     Field,
     Int,
+    Kind,
     ListOf,
     Str,
     StrMap,
     Struct,
+    describe,
 )
+from allocrunner.structs.alloc import AllocatedPort
 from allocrunner.structs.job import (
     ARTIFACT_MODES,
     DEFAULT_TEMPLATE_SIGNAL,
@@ -44,6 +50,8 @@ from allocrunner.structs.job import (
 )
 
 __all__ = [
+    "ALLOCATED_PORT",
+    "ALLOCATED_PORTS",
     "CONSTRAINT",
     "CONSTRAINTS",
     "CONSTRAINT_OPERANDS",
@@ -132,6 +140,45 @@ NETWORK_RESOURCE = Struct(
     check=_check_network,
 )
 NETWORKS = ListOf(NETWORK_RESOURCE)
+
+
+ALLOCATED_PORT = Struct(
+    AllocatedPort,
+    [
+        Field("label", "Label", Str(nonempty=True), required=True),
+        Field("value", "Value", Int(hi=MAX_PORT), required=True),
+        Field("to", "To", Int(lo=-1, hi=MAX_PORT)),
+        Field("host_ip", "HostIP", _STR),
+    ],
+)
+_PORT_LIST = ListOf(ALLOCATED_PORT)
+
+
+class _AllocatedPorts(Kind):
+    """Immutable. An allocation's ports as Nomad's ``AllocatedResources`` JSON carries
+    them (``{"Shared": {"Ports": [...]}}``); other keys are left to the agent's API."""
+
+    __slots__ = ()
+    null = ()
+
+    def decode(self, value: Any, path: str) -> tuple[AllocatedPort, ...]:
+        if not isinstance(value, Mapping):
+            raise JobSpecError(path, f"expected an object, got {describe(value)}")
+        shared = value.get("Shared")
+        if shared is None:
+            return ()
+        if not isinstance(shared, Mapping):
+            raise JobSpecError(f"{path}.Shared", f"expected an object, got {describe(shared)}")
+        ports = shared.get("Ports")
+        if ports is None:
+            return ()
+        return _PORT_LIST.decode(ports, f"{path}.Shared.Ports")
+
+    def encode(self, value: tuple[AllocatedPort, ...]) -> dict[str, Any]:
+        return {"Shared": {"Ports": _PORT_LIST.encode(value)}}
+
+
+ALLOCATED_PORTS = _AllocatedPorts()
 
 
 def check_port_labels(networks: tuple[NetworkResource, ...], path: str) -> None:

@@ -32,8 +32,9 @@ no other lock) guards the table of ports (port -> holder: an allocation id, or t
 pending mark of a reservation under way) and the table of allocations (id -> its
 ports); both are checked dicts changed in place under it. The bind tests run with no
 lock held: candidates are chosen and marked pending under the lock, tested outside
-it, then committed or unmarked under it again. Owner: the client builds one allocator
-per node and hands it to the runners' network hook.
+it, then committed or unmarked under it again. Owner: the agent's cluster
+(`allocrunner.agent.cluster.Cluster`) builds one allocator per node and reserves the
+ports of each allocation it places.
 """
 
 from __future__ import annotations
@@ -343,6 +344,11 @@ class PortAllocator:
         """The ports `alloc_id` holds (empty when none)."""
         with self._lock:
             return self._allocs.get(alloc_id, ())
+
+    def holders(self) -> frozenset[str]:
+        """The allocations that hold ports (reservations under way not included)."""
+        with self._lock:
+            return frozenset(self._allocs)
 
     def held(self) -> frozenset[int]:
         """Every port held by an allocation or pending in a reservation."""
