@@ -153,9 +153,16 @@ def test_signal_reaches_the_task(harness) -> None:
 
 
 def test_signals_of_templates_changed_together_are_sent_once(harness) -> None:
-    hup = dict(change_mode="signal", change_signal="SIGHUP", splay=0.0)
-    first = Template(source_path=SOURCE, dest_path="local/a.txt", **hup)
-    second = Template(source_path=SOURCE, dest_path="local/b.txt", **hup)
+    first, second = (
+        Template(
+            source_path=SOURCE,
+            dest_path=f"local/{name}.txt",
+            change_mode="signal",
+            change_signal="SIGHUP",
+            splay=0.0,
+        )
+        for name in ("a", "b")
+    )
     tr, source = start_task(harness, first, second)
     pid_of(tr)
     source.write_text("changed")
