@@ -3,9 +3,11 @@ first starts (Nomad's client/allocrunner/taskrunner/artifact_hook.go).
 
 Each block's source, destination, options and headers are interpolated with the task
 environment built so far, then `allocrunner.artifacts.fetch_artifact` downloads it
-(http or https, with headers; a local file only where the client allows it: not by
-default), verifies its checksum, unpacks archives with escape checks and installs it
-beneath the task directory, confined to the allocation directory, as Nomad does.
+(http or https, with headers), verifies its checksum, unpacks archives with escape
+checks and installs it beneath the task directory, confined to the allocation
+directory, as Nomad does. A local file or directory (an absolute path, or `file://`)
+is fetched only where the client allows it: `allow_local`, which the task runner
+passes on from its `artifact_allow_local` (the client's setting); not by default.
 
 Before the first fetch the task gets the event "Downloading Artifacts". A failure is
 the event "Failed Artifact Download" with Nomad's message (`failed to download
@@ -21,7 +23,7 @@ downloaded file); a kill cancels a download in progress. Owned by that TaskRunne
 
 from __future__ import annotations
 
-from allocrunner._locking import calls_out
+from allocrunner._locking import calls_out, immutable
 from allocrunner.artifacts import ArtifactError, ArtifactSpec, fetch_artifact
 from allocrunner.structs import TaskEvent
 from allocrunner.structs.job import TaskArtifact
@@ -39,6 +41,8 @@ class ArtifactHook(TaskHook):
     """Fetches the task's artifacts before its first start (module docstring)."""
 
     name = "artifacts"
+
+    _allow_local = immutable()
 
     def __init__(self, *, allow_local: bool = False) -> None:
         self._allow_local = allow_local
