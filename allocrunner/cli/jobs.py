@@ -3,12 +3,15 @@
 `job run` parses the job file here (so a bad file is reported before any agent is
 involved), registers it with `PUT /v1/jobs`, prints the warnings (the file's settings
 this node ignores, and the agent's) under Nomad's `Job Warnings:` header on stdout,
-and unless `-detach` watches the
-allocations it placed until every one is terminal. The exit code is the outcome: 0
-all tasks succeeded, 1 a task failed, 2 bad input or nothing could be placed, 130
-interrupted. When the agent is embedded in this command, an interrupt (Ctrl-C or
-SIGTERM) first stops the job's allocations and waits for their tasks to die, so a
-demo never leaves tasks behind; a second interrupt gives up at once, quietly.
+and unless `-detach` watches the allocations it placed until every one is terminal.
+When the register's evaluation
+could not place every allocation, Nomad's placement-failure block is printed first
+(`monitor.print_placement_failures`) and the exit code is 2 (at once when nothing was
+placed). The exit code is the outcome: 0 all tasks succeeded, 1 a task failed, 2 bad
+input or not every allocation could be placed, 130 interrupted. When the agent is
+embedded in this command, an interrupt (Ctrl-C or SIGTERM) first stops the job's
+allocations and waits for their tasks to die, so a demo never leaves tasks behind; a
+second interrupt gives up at once, quietly.
 
 Threads and locks: none; handlers run on the command's thread. Signal handlers are
 installed only on the main thread (elsewhere signals are left alone) and restored when
@@ -44,6 +47,8 @@ from allocrunner.cli.monitor import (
     JobWatch,
     alloc_failed,
     is_terminal,
+    placement_failed,
+    print_placement_failures,
     print_summaries,
     quote,
     wait_terminal,
@@ -140,7 +145,29 @@ def _run(args: argparse.Namespace, out: Output, *, temporary: bool) -> int:
                 out.line(f"Evaluation ID: {eval_id}")
             return EXIT_OK
         out.line(f'==> {now_text()}: Monitoring evaluation "{short_id(eval_id)}"')
-        return watch_to_the_end(session, str(job_json.get("ID", job.id)), _since(reply), out)
+        failed = _report_placement(session.api, eval_id, out)
+        if failed is not None and not failed:
+            return EXIT_BAD_INPUT
+        code = watch_to_the_end(session, str(job_json.get("ID", job.id)), _since(reply), out)
+        return EXIT_BAD_INPUT if failed else code
+
+
+def _report_placement(api: ApiClient, eval_id: str, out: Output) -> list[str] | None:
+    """Print the evaluation's placement failures, if any: None when it placed every
+    allocation, else the ids of the allocations it did place (maybe none)."""
+    if not eval_id:
+        return None
+    try:
+        evaluation, _ = api.get(f"/v1/evaluation/{quote(eval_id)}")
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+    if not isinstance(evaluation, Mapping) or not placement_failed(evaluation):
+        return None
+    print_placement_failures(evaluation, out)
+    placed, _ = api.get(f"/v1/evaluation/{quote(eval_id)}/allocations")
+    return [str(a.get("ID", "")) for a in placed or [] if isinstance(a, Mapping)]
 
 
 class _Interrupt(KeyboardInterrupt):

@@ -7,6 +7,22 @@ first:
 
     12:00:01.250 hello-batch.greet[0] count: Terminated - Exit Code: 0
 
+Before the watch, the register's evaluation is read (`GET /v1/evaluation/:id`). When
+it could not place every allocation, its ``FailedTGAllocs`` are printed as Nomad's
+monitor prints them (`print_placement_failures`):
+
+    ==> <time>: Evaluation "1f2e3d4c" finished with status "complete" but failed to
+    place all allocations:
+        <time>: Task Group "g" (failed to place 1 allocation):
+          * Constraint "${attr.kernel.name} = windows": 1 nodes excluded by filter
+        <time>: Evaluation "5a6b7c8d" waiting for additional capacity to place
+    remainder
+
+(each message on one line).
+
+and the command exits 2 (at once when nothing was placed, else once the placed
+allocations are done).
+
 An allocation is watched when this registration placed or changed it: its
 `ModifyIndex` is at least the index the register answered with. When a register
 changes nothing (an unchanged batch job that already ran), the job's existing
@@ -27,13 +43,16 @@ from typing import Any
 
 from allocrunner._locking import confined
 from allocrunner.cli.api import ApiClient, ApiError
-from allocrunner.cli.output import Output, clock, event_description
+from allocrunner.cli.output import Output, clock, event_description, now_text, short_id
 
 __all__ = [
     "EventPrinter",
     "JobWatch",
     "alloc_failed",
+    "format_alloc_metric",
     "is_terminal",
+    "placement_failed",
+    "print_placement_failures",
     "print_summaries",
     "summary_line",
     "task_names",
@@ -240,3 +259,69 @@ def wait_terminal(api: ApiClient, alloc_ids: list[str], out: Output) -> None:
         pending = still
         if pending:
             _, index = api.get("/v1/allocations", index=max(index, 1), wait=2.0)
+
+
+# --- placement failures ----------------------------------------------------------------
+
+
+def _counts(metric: Mapping[str, Any], key: str) -> list[tuple[str, int]]:
+    value = metric.get(key)
+    if not isinstance(value, Mapping):
+        return []
+    return sorted((str(k), v) for k, v in value.items() if isinstance(v, int))
+
+
+def format_alloc_metric(metric: Mapping[str, Any], prefix: str = "  ") -> list[str]:
+    """The lines Nomad's CLI writes for one AllocMetric (nodes evaluated and available,
+    class and constraint filters, exhausted resources, class and dimension, quota)."""
+    lines: list[str] = []
+    if not metric.get("NodesEvaluated"):
+        lines.append(f"{prefix}* No nodes were eligible for evaluation")
+    for dc, available in _counts(metric, "NodesAvailable"):
+        if available == 0:
+            lines.append(f'{prefix}* No nodes are available in datacenter "{dc}"')
+    for name, count in _counts(metric, "ClassFiltered"):
+        lines.append(f'{prefix}* Class "{name}": {count} nodes excluded by filter')
+    for name, count in _counts(metric, "ConstraintFiltered"):
+        lines.append(f'{prefix}* Constraint "{name}": {count} nodes excluded by filter')
+    exhausted = metric.get("NodesExhausted")
+    if isinstance(exhausted, int) and exhausted > 0:
+        lines.append(f"{prefix}* Resources exhausted on {exhausted} nodes")
+    for name, count in _counts(metric, "ClassExhausted"):
+        lines.append(f'{prefix}* Class "{name}" exhausted on {count} nodes')
+    for name, count in _counts(metric, "DimensionExhausted"):
+        lines.append(f'{prefix}* Dimension "{name}" exhausted on {count} nodes')
+    for name in metric.get("QuotaExhausted") or ():
+        lines.append(f'{prefix}* Quota limit hit "{name}"')
+    return lines
+
+
+def placement_failed(evaluation: Mapping[str, Any]) -> bool:
+    """Whether the evaluation could not place every allocation."""
+    return bool(evaluation.get("FailedTGAllocs"))
+
+
+def print_placement_failures(evaluation: Mapping[str, Any], out: Output) -> None:
+    """Nomad's "failed to place all allocations" block for `evaluation`: a header, then
+    per group the count and its metric, then the blocked evaluation."""
+    failed = evaluation.get("FailedTGAllocs")
+    if not isinstance(failed, Mapping) or not failed:
+        return
+    out.line(
+        f'==> {now_text()}: Evaluation "{short_id(str(evaluation.get("ID", "")))}" finished'
+        f' with status "{evaluation.get("Status", "")}" but failed to place all allocations:'
+    )
+    for group in sorted(failed):
+        metric = failed[group] if isinstance(failed[group], Mapping) else {}
+        coalesced = metric.get("CoalescedFailures")
+        count = (coalesced if isinstance(coalesced, int) else 0) + 1
+        noun = "allocation" if count == 1 else "allocations"
+        out.line(f'    {now_text()}: Task Group "{group}" (failed to place {count} {noun}):')
+        for line in format_alloc_metric(metric):
+            out.line(f"    {line}")
+    blocked = str(evaluation.get("BlockedEval") or "")
+    if blocked:
+        out.line(
+            f'    {now_text()}: Evaluation "{short_id(blocked)}" waiting for additional'
+            " capacity to place remainder"
+        )
