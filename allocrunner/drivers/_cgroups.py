@@ -122,9 +122,7 @@ def plan_cgroup(
         return CgroupPlan(joins=((root, "", target),)), ""
     if v1_override:
         if mode != "v1":
-            return None, (
-                f"cgroup_v1_override not applied: {_no_mode(root, 'v1', mode)}"
-            )
+            return None, f"cgroup_v1_override not applied: {_no_mode(root, 'v1', mode)}"
         joins: list[tuple[str, str, str]] = []
         for controller, path in sorted(v1_override.items()):
             mount = os.path.join(root, controller)

@@ -6,8 +6,30 @@ dir, or a name looked up in the task dir's ``local/``, the task dir, then the ta
 env's ``PATH``) and ``args`` (a list of strings). Both arrive already interpolated.
 ``TaskConfig.env`` is the complete environment of the process and its working
 directory is the task dir. Tasks run as the agent's user (a different
-``TaskConfig.user`` is refused). Nomad's ``cgroup_v1_override``, ``cgroup_v2_override``
-and ``oom_score_adj`` are accepted and ignored; other keys are validation errors.
+``TaskConfig.user`` is refused). ``oom_score_adj``, ``cgroup_v1_override`` and
+``cgroup_v2_override`` are Nomad's (`allocrunner.drivers._raw_exec_config`); other keys
+are validation errors.
+
+Isolation, as Nomad's raw_exec gives it (the agent itself is never changed):
+
+- oom_score_adj: every task starts with the configured value, else 0, never with the
+  agent's (an agent run with -1000 or 500 does not pass it on). The spawner sets its own
+  value around the spawn and restores it, so the child inherits it from its first
+  instruction. A configured value the kernel refuses fails the start; the default 0
+  refused (an unprivileged agent whose value a privileged parent raised) leaves the task
+  the agent's value, with a warning.
+- cgroups (`allocrunner.drivers._cgroups` plans, the spawner acts): on a host with a
+  writable cgroup v2 hierarchy each task gets ``nomad.slice/<alloc>.<task>.scope`` with
+  ``memory.max`` from its resources, removed once it is reaped; an override is joined
+  instead (never created or removed). The spawner joins the cgroup around the spawn, as
+  Nomad's executor does, so the task is in it before it runs, and never in a half-made
+  one: if a step fails, the task runs in no cgroup of its own.
+- Warnings go to the ``allocrunner.drivers.raw_exec`` logger, one line per start that
+  could not apply what the task asked for (an override that cannot be joined, an unset
+  memory limit, an oom_score_adj left as inherited), and once per driver that tasks get
+  no cgroup of their own on this host (cgroup v1, as Nomad's raw_exec on v1 makes only
+  a freezer cgroup, or no permission). Nomad fails a task whose override is missing;
+  here the task runs, with the warning.
 
 How a task runs:
 
@@ -44,7 +66,10 @@ How a task runs:
   with it, and so does whatever of the group outlives the task. Nothing polls:
   stopping many tasks signals them all and each is published as it is reaped.
 
-Logs: a task's stdout and stderr are pipes created by the driver. One driver-wide
+Logs: with ``TaskConfig.logs_disabled`` (a task's ``logs { disabled = true }``) the
+task's stdout and stderr are /dev/null, as Nomad's logmon hook makes them: no pipe, no
+log file, nothing pumped but the exit; a reader of its logs finds none. Otherwise a
+task's stdout and stderr are pipes created by the driver. One driver-wide
 `LogPump` thread copies them into ``<logs_dir>/<task>.stdout.N`` / ``.stderr.N`` with
 rotation (`logs.RotatingLogWriter`; `TaskConfig.log_max_file_size_bytes`, when set,
 overrides the size in MB, which lets tests rotate small files) and watches the
@@ -61,7 +86,8 @@ tasks running (an agent shutdown); a spawner with no task and no agent exits.
 Threads: callers' threads (start, wait, stop, …) and the pump thread ``raw_exec-io``,
 which publishes exits. Locks: ``Driver._lock`` guards the task table (`_TaskTable`),
 each task's result and the map of spawner clients; the pump's own ``LogPump._lock``
-guards what it watches; the two are never nested. Spawner requests hold no lock.
+guards what it watches; the two are never nested. Spawner requests hold no lock. The
+once-per-driver cgroup warning is an `_sync.Event` (whoever sets it logs).
 Owner: built by `default_drivers()` (or a test) and shared by every TaskRunner of a
 node; whoever built it calls `close()`.
 """
@@ -73,15 +99,13 @@ import logging
 import os
 import signal as _signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-
-import attrs
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import CancelToken, Event
 from allocrunner.drivers._cgroups import CGROUP_ROOT, CgroupPlan, host_mode, plan_cgroup
-from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, _TaskTable, check_keys, signal_number
+from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, _TaskTable, signal_number
 from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
 from allocrunner.drivers._process import (
     STATUS_FILE,
@@ -100,6 +124,11 @@ from allocrunner.drivers._process import (
     remove_status,
     resolve_command,
     task_env,
+)
+from allocrunner.drivers._raw_exec_config import (
+    OOM_SCORE_ADJ_MAX,
+    RawExecSpec,
+    parse_raw_exec_config,
 )
 from allocrunner.drivers._task_process import _TaskProcess, task_process_from_handle
 from allocrunner.drivers.base import (
@@ -120,6 +149,7 @@ from allocrunner.structs.frozen import FrozenDict
 __all__ = [
     "KILL_GRACE",
     "NAME",
+    "OOM_SCORE_ADJ_MAX",
     "POLL_INTERVAL",
     "START_SETTLE",
     "STATUS_FILE",
@@ -132,13 +162,6 @@ __all__ = [
 
 NAME = "raw_exec"
 
-_KNOWN_KEYS = frozenset(
-    {"command", "args", "cgroup_v1_override", "cgroup_v2_override", "oom_score_adj"}
-)
-
-OOM_SCORE_ADJ_MAX = 1000
-"""The largest oom_score_adj the kernel takes."""
-
 _log = logging.getLogger("allocrunner.drivers.raw_exec")
 
 KILL_GRACE = 10.0
@@ -149,123 +172,13 @@ POLL_INTERVAL = 0.05
 """Seconds between liveness checks of a task watched without a pidfd."""
 
 
-@attrs.frozen
-class RawExecSpec:
-    """Immutable. A raw_exec driver config, parsed and checked."""
-
-    command: str
-    args: tuple[str, ...] = ()
-    oom_score_adj: int | None = None
-    cgroup_v1_override: FrozenDict[str, str] = attrs.field(
-        factory=FrozenDict, converter=FrozenDict
-    )
-    cgroup_v2_override: str = ""
-
-
-def parse_raw_exec_config(config: Mapping[str, Any]) -> RawExecSpec:
-    """Parse a raw_exec config; DriverError naming the key for a bad value."""
-    check_keys(NAME, config, _KNOWN_KEYS)
-    spec = RawExecSpec(
-        command=_parse_command(config),
-        args=_parse_args(config),
-        oom_score_adj=_parse_oom_score_adj(config),
-        cgroup_v1_override=_parse_v1_override(config),
-        cgroup_v2_override=_parse_v2_override(config),
-    )
-    if spec.cgroup_v1_override and spec.cgroup_v2_override:
-        raise DriverError(
-            f"invalid {NAME} config: only one of cgroup_v1_override and cgroup_v2_override"
-            " may be set"
-        )
-    return spec
-
-
-def _parse_command(config: Mapping[str, Any]) -> str:
-    command = config.get("command")
-    if command is None or command == "":
-        raise DriverError(f"invalid {NAME} config: missing command (the 'command' key is required)")
-    if not isinstance(command, str):
-        raise DriverError(
-            f"invalid {NAME} config: command must be a string, not {type(command).__name__}"
-        )
-    return command
-
-
-def _parse_args(config: Mapping[str, Any]) -> tuple[str, ...]:
-    args = config.get("args", ())
-    if args is None:
-        args = ()
-    if isinstance(args, str) or not isinstance(args, list | tuple):
-        raise DriverError(
-            f"invalid {NAME} config: args must be a list of strings, not {type(args).__name__}"
-        )
-    for i, arg in enumerate(args):
-        if not isinstance(arg, str):
-            raise DriverError(
-                f"invalid {NAME} config: args[{i}] must be a string, not {type(arg).__name__}"
-            )
-    return tuple(args)
-
-
-def _parse_oom_score_adj(config: Mapping[str, Any]) -> int | None:
-    value = config.get("oom_score_adj")
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DriverError(
-            f"invalid {NAME} config: oom_score_adj must be an integer, not {type(value).__name__}"
-        )
-    if not 0 <= value <= OOM_SCORE_ADJ_MAX:
-        raise DriverError(
-            f"invalid {NAME} config: oom_score_adj must be between 0 and {OOM_SCORE_ADJ_MAX},"
-            f" not {value}"
-        )
-    return value
-
-
-def _parse_v1_override(config: Mapping[str, Any]) -> dict[str, str]:
-    """The controller -> path map (a list of maps, as HCL blocks decode, is merged)."""
-    value = config.get("cgroup_v1_override")
-    if value is None:
-        return {}
-    maps = list(value) if isinstance(value, list | tuple) else [value]
-    merged: dict[str, str] = {}
-    for item in maps:
-        if not isinstance(item, Mapping):
-            raise DriverError(
-                f"invalid {NAME} config: cgroup_v1_override must be a map of controller"
-                f" names to paths, not {type(value).__name__}"
-            )
-        for controller, path in item.items():
-            if not isinstance(controller, str) or not isinstance(path, str) or not path:
-                raise DriverError(
-                    f"invalid {NAME} config: cgroup_v1_override[{controller!r}] must be a"
-                    f" non-empty string path, not {path!r}"
-                )
-            merged[controller] = path
-    return merged
-
-
-def _parse_v2_override(config: Mapping[str, Any]) -> str:
-    value = config.get("cgroup_v2_override")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DriverError(
-            f"invalid {NAME} config: cgroup_v2_override must be a string, not"
-            f" {type(value).__name__}"
-        )
-    return value
-
-
 class RawExecDriver:
     """Thread-safe. The `raw_exec` driver (see the module docstring).
 
-    `state_dir` is the spawner's dir (default: a per-user dir in the temp dir). Call
-    `close()` when done: it joins the pump thread; running tasks keep running and can
-    be recovered by another instance.
+    `state_dir` is the spawner's dir (default: a per-user dir in the temp dir).
+    `cgroup_root` is where the cgroup hierarchy is mounted (default /sys/fs/cgroup; its
+    mode is read once, here). Call `close()` when done: it joins the pump thread;
+    running tasks keep running and can be recovered by another instance.
     """
 
     name = NAME

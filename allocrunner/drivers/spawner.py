@@ -3,9 +3,11 @@ reaps them and records each exit status in the task's status file, so an exit co
 survives agent restarts without a wrapper process per task.
 
 Run as ``python -m allocrunner.drivers.spawner <dir>`` or, faster to boot because it
-imports nothing but the standard library, ``python -I -S <this file> <dir>``. The
-launcher takes ``<dir>/spawner.1.lock`` (1 is `PROTOCOL`; an flock held for the
-spawner's whole life; the file holds its pid), binds ``<dir>/spawner.1.sock``
+imports nothing but the standard library, ``python -I -S <this file> <dir>``; run
+isolated, it cannot import a sibling module, which is why everything the spawner process
+does (serving, spawning, reaping, the oom_score_adj and cgroup of a spawn) is in this
+one file. The launcher takes ``<dir>/spawner.2.lock`` (2 is `PROTOCOL`; an flock held
+for the spawner's whole life; the file holds its pid), binds ``<dir>/spawner.2.sock``
 (SOCK_SEQPACKET; only peers of its own uid are served), forks the daemon (new session,
 stdin/stdout on /dev/null, stderr appended to ``<dir>/spawner.log``) and exits 0 once
 the socket accepts connections.
@@ -13,7 +15,10 @@ the socket accepts connections.
 Requests and replies are one JSON message each, descriptors passed with SCM_RIGHTS:
 
 - ``start`` (path, argv, env, cwd, status_path; fds: stdout read/write ends, stderr
-  read/write ends, the write end of an exit-notify pipe). The task is spawned with
+  read/write ends, the write end of an exit-notify pipe; with ``output: "null"`` only
+  the last, and the task's stdout and stderr are /dev/null; optional
+  ``oom_score_adj`` with ``oom_score_adj_required``, and ``cgroup``, the plan of
+  `allocrunner.drivers._cgroups.CgroupPlan`). The task is spawned with
   ``posix_spawn``: its own process group, every catchable signal at its default
   action, an empty signal mask, stdin on /dev/null and no other descriptor (every
   descriptor of the spawner is close-on-exec). ``posix_spawn`` returns after the exec
@@ -21,7 +26,21 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
   since boot its start time lies in, and the monotonic time of the exec for
   benchmarks) means the command runs. A live task with
   the same status path is adopted instead: an agent that died during a start never
-  gets its task started twice.
+  gets its task started twice. What could not be applied is in the reply's
+  ``warnings``.
+
+Around each spawn the spawner itself takes what the task must start with, as Nomad's
+executor does, and gives it up right after: it makes the task's cgroup (and its
+``memory.max``) and moves into it (or into the override's cgroups, one per v1
+controller), sets its oom_score_adj to the task's, spawns (the child inherits both),
+then restores its own oom_score_adj and moves back into the cgroups it came from. Being
+single-threaded, nothing else runs meanwhile. If a cgroup step fails, every join is
+undone and a cgroup it made removed before the spawn, which then happens in no cgroup of
+the task's own (a warning); an oom_score_adj the kernel refuses fails the start if the
+task configured it, else it is a warning. A cgroup made for a task is removed once the
+task is reaped; while members of it live on (leftovers of the task's group, killed with
+``cgroup.kill`` where the kernel has it) its removal is retried at every loop turn, and
+given up (logged) when the spawner retires.
 - ``attach`` (pid, start-ticks range; fd: an exit-notify write end): ``running`` with new
   read ends of the task's output pipes, or ``unknown`` (not a live task of this
   spawner: its exit, if recorded, is in its status file).
@@ -39,7 +58,13 @@ renamed file, without the file creation, about as slow as a whole Popen kill + w
 on the stop path).
 
 It exits once it has no task and no connected agent and no agent is connecting
-(``start.1.lock``, which agents hold while they connect or launch).
+(``start.2.lock``, which agents hold while they connect or launch).
+
+Crash cases: a spawner killed inside a spawn's bracket takes its temporary cgroup
+membership and oom_score_adj with it; a cgroup it made stays, empty, and is reused by the
+next start of the same task. A spawner killed while tasks run leaves them in their
+cgroups; those cgroups are not removed by anyone (empty cgroups cost nothing; an
+operator may rmdir them). An agent killed at any point changes nothing here.
 
 Threads: one (an epoll loop). Locks: none in-process; the two flocks above order it
 against other processes. Owner: launched by `allocrunner.drivers.spawner_client` on
