@@ -4,6 +4,8 @@
   nothing is placed; the evaluation names the constraint that filtered the node in
   ``FailedTGAllocs`` and a blocked evaluation waits for the rest, the job summary
   counts the allocation queued, and `job run` exits 2 as Nomad's does;
+- a constraint on `${node.unique.id}` given by `-var` (as Nomad's e2eutil jobs pin a
+  node) naming another node places nothing;
 - group network ports (servicediscovery/input/checks_happy.nomad): the task serves HTTP
   on the dynamic port the allocation was given, through ``${NOMAD_PORT_http}``, where
   Nomad's http check finds it.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,3 +65,37 @@ def test_the_task_serves_on_the_dynamic_port_it_was_given(node: Node) -> None:
             raise AssertionError(f"nothing serves port {port} yet: {err}") from None
 
     assert wait_for(serves, 20) == 200
+
+
+NODE_JOB = """
+variable "nodeID" {
+  type = string
+}
+
+job "where" {
+  type = "batch"
+  group "group" {
+    constraint {
+      attribute = "${node.unique.id}"
+      value     = "${var.nodeID}"
+    }
+    task "task" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/echo"
+        args    = ["${node.unique.id}", "${node.datacenter}", "${attr.kernel.name}"]
+      }
+    }
+  }
+}
+"""
+
+
+def test_a_job_pinned_to_another_node_is_not_placed(node: Node, tmp_path: Path) -> None:
+    job = tmp_path / "where.nomad.hcl"
+    job.write_text(NODE_JOB)
+    code, _, _ = node.cli("job", "run", "-var=nodeID=elsewhere", str(job))
+    assert code == 2
+    [register] = [e for e in node.n.job.get_evaluations("where") if e["Status"] == "complete"]
+    failed = register["FailedTGAllocs"]["group"]
+    assert failed["ConstraintFiltered"] == {"${node.unique.id} = elsewhere": 1}
