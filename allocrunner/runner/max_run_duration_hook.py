@@ -83,6 +83,7 @@ class MaxRunDurationHook(AllocHook):
     _deadline = immutable()  # LatestValue[float]: monotonic deadline while armed
     _fired = immutable()  # set once the deadline was met (or given up on a shutdown)
     _exceeded = immutable()  # set once the deadline passed with tasks live (persisted)
+    _stored = immutable()  # set once the anchor is in the state DB
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class MaxRunDurationHook(AllocHook):
         self._deadline: LatestValue[float] = LatestValue()
         self._fired = Event()
         self._exceeded = Event()
+        self._stored = Event()
         if alloc.create_time > 0:
             self._anchor.offer(alloc.create_time)
 
@@ -119,6 +121,7 @@ class MaxRunDurationHook(AllocHook):
         stored = local.hook(self.name) if local is not None else None
         if stored is None:
             return False
+        self._stored.set()
         anchor = stored.data.get(_ANCHOR, "")
         if self._anchor.peek() is None and anchor.isdigit():
             self._anchor.offer(int(anchor))
@@ -128,10 +131,10 @@ class MaxRunDurationHook(AllocHook):
 
     @calls_out
     def prerun(self, cancel: CancelToken) -> None:
-        """Arm the deadline (the anchor is fixed, and stored, the first time)."""
+        """Arm the deadline (the anchor is fixed the first time; it is stored once a
+        deadline counts from it, so a group without one costs no write)."""
         if self._anchor.peek() is None:
             self._anchor.offer(self._wall_ns())
-            self._store()
         self._arm(self._alloc)
 
     @calls_out
@@ -167,12 +170,15 @@ class MaxRunDurationHook(AllocHook):
 
     # --- internals ---------------------------------------------------------------------
 
+    @calls_out
     def _arm(self, alloc: Allocation) -> None:
         anchor = self._anchor.peek()
         deadline = None if anchor is None else deadline_ns(alloc, anchor)
         if deadline is None:
             self._deadline.poll()
             return
+        if self._stored.set():
+            self._store()
         remaining = (deadline - self._wall_ns()) / _NS
         self._deadline.offer(self._monotonic() + remaining)
         self._kick()  # the state handler's next wait ends at the new deadline
