@@ -376,11 +376,12 @@ def stop_allocation(
     index = state.index + 1
     allocs = dict(state.allocs)
     events = []
-    for stopped in placement.stop_allocs((alloc,), index, "alloc was stopped by a user"):
+    stops = placement.stop_allocs((alloc,), index, "alloc was stopped by a user")
+    for stopped in stops:
         allocs[stopped.id] = stopped
         events.append(_event(TOPIC_ALLOC, "AllocationUpdateDesiredStatus", stopped, index))
     job = state.jobs.get(job_key(alloc.namespace, alloc.job_id))
-    placed = placement.Placement()
+    placed = placement.Placement(changed=stops)
     if (
         job is not None
         and not job.stop
@@ -398,7 +399,7 @@ def stop_allocation(
             grants=grants,
         )
         created = [attrs.evolve(a, previous_allocation=alloc.id) for a in placed.created]
-        placed = attrs.evolve(placed, created=tuple(created))
+        placed = attrs.evolve(placed, created=tuple(created), changed=(*stops, *placed.changed))
         for new in created:
             allocs[new.id] = new
         for changed in _link_previous(allocs, created, index):
