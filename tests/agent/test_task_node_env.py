@@ -1,6 +1,7 @@
 """The agent hands its fingerprinted node to the client it builds: the variables a
 task may interpolate (``${node.unique.id}``, ``${attr.*}``, the agent's node
-``${meta.*}``, class and datacenter) are the node's, and the id stays across restarts."""
+``${meta.*}``, class and datacenter) are the node's, and the id stays across restarts;
+the ports placement gives an allocation reach its task as ``NOMAD_*_<label>``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from allocrunner.agent import Agent, AgentConfig
-from tests.agent.helpers import api
+from allocrunner.testing import wait_for
+from tests.agent.helpers import api, job_allocs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,3 +79,60 @@ def test_node_id_given_to_tasks_survives_an_agent_restart(data_dir) -> None:
         assert after == before == node_id_of(second)
     finally:
         second.shutdown()
+
+
+def port_job(job_id: str) -> dict:
+    """A batch job with a dynamic port "http" whose task writes its args and env."""
+    script = (
+        'printf "%s\\n" "$@" > "$NOMAD_ALLOC_DIR/data/args"; env -0 > "$NOMAD_ALLOC_DIR/data/env"'
+    )
+    return {
+        "Job": {
+            "ID": job_id,
+            "Type": "batch",
+            "Datacenters": ["dc9"],
+            "TaskGroups": [
+                {
+                    "Name": "g",
+                    "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
+                    "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
+                    "Tasks": [
+                        {
+                            "Name": "t",
+                            "Driver": "raw_exec",
+                            "Config": {
+                                "command": "/bin/sh",
+                                "args": ["-c", script, "t", "${NOMAD_PORT_http}"],
+                            },
+                            "Env": {"WEB": "${NOMAD_ADDR_http}"},
+                        }
+                    ],
+                }
+            ],
+        }
+    }
+
+
+def test_allocated_ports_reach_the_task_args_and_env(agent, data_dir) -> None:
+    status, body, _ = api(agent.address, "PUT", "/v1/jobs", port_job("ports"))
+    assert status == 200, body
+
+    def complete() -> dict:
+        allocs = job_allocs(agent.address, "ports")
+        assert len(allocs) == 1, allocs
+        assert allocs[0]["ClientStatus"] == "complete", allocs[0]["ClientStatus"]
+        return allocs[0]
+
+    alloc_id = wait_for(complete, 30)["ID"]
+    status, alloc, _ = api(agent.address, "GET", f"/v1/allocation/{alloc_id}")
+    assert status == 200, alloc
+    [port] = alloc["AllocatedResources"]["Shared"]["Ports"]
+    value, host_ip = str(port["Value"]), port["HostIP"] or "127.0.0.1"
+    data = data_dir / "alloc" / alloc_id / "alloc" / "data"
+    assert (data / "args").read_text().splitlines() == [value]
+    environ = dict(
+        item.split("=", 1) for item in (data / "env").read_text().split("\0") if "=" in item
+    )
+    assert environ["NOMAD_PORT_http"] == environ["NOMAD_HOST_PORT_http"] == value
+    assert environ["NOMAD_IP_http"] == host_ip
+    assert environ["WEB"] == environ["NOMAD_ADDR_http"] == f"{host_ip}:{value}"
