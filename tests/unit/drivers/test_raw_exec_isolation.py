@@ -21,7 +21,7 @@ from allocrunner.drivers.raw_exec import parse_raw_exec_config
 from allocrunner.errors import DriverError
 from allocrunner.testing import wait_for
 from tests.unit.drivers.raw_exec_support import assert_spawner_retires, spawner_pid
-from tests.unit.drivers.support import sh, task_config
+from tests.unit.drivers.support import proc_state, sh, task_config
 
 V1_ROOT = "/sys/fs/cgroup"
 V2_ROOT = "/sys/fs/cgroup/unified"
@@ -288,6 +288,34 @@ def test_task_gets_a_cgroup_of_its_own_removed_after_it_exits(
             slice_dir.rmdir()
     if not (slice_dir / "memory.max").exists():
         assert any("memory limit not applied" in w for w in warnings_of(caplog))
+
+
+@needs_v2
+def test_leftovers_in_a_tasks_cgroup_are_killed_and_the_cgroup_removed(
+    no_leftover_processes: None, tmp_path: Path
+) -> None:
+    slice_dir = Path(V2_ROOT, "nomad.slice")
+    alloc_id = f"alloc-{secrets.token_hex(4)}"
+    scope = slice_dir / f"{alloc_id}.web.scope"
+    pid_file = tmp_path / "leftover.pid"
+    script = f"setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {pid_file}; exit 0"
+    try:
+        scope.parent.mkdir(exist_ok=True)
+        scope.mkdir()  # left by a spawner killed during a start: reused
+        with driver_in(tmp_path, cgroup_root=V2_ROOT) as driver:
+            config = task_config(tmp_path, sh(script))
+            config = TaskConfig.from_json({**config.to_json(), "alloc_id": alloc_id})
+            run(driver, config)
+            leftover = int(pid_file.read_text())
+
+            def cleaned_up() -> None:
+                assert proc_state(leftover) in (None, "Z"), "the leftover still runs"
+                assert not scope.exists()
+
+            wait_for(cleaned_up, timeout=5)
+    finally:
+        with contextlib.suppress(OSError):
+            slice_dir.rmdir()
 
 
 @needs_v2
