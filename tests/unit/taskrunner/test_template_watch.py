@@ -207,5 +207,28 @@ def test_the_watcher_stops_on_agent_shutdown(harness) -> None:
         kill_quietly(pid)
 
 
+def test_after_an_agent_restart_the_sources_are_watched_again(harness) -> None:
+    template = Template(
+        source_path=SOURCE,
+        dest_path="local/out.txt",
+        change_mode="signal",
+        change_signal="SIGHUP",
+        splay=0.0,
+    )
+    first, source = start_task(harness, template)
+    pid = pid_of(first)
+    assert first.shutdown(timeout=20)
+    assert watch_threads() == []
+    alloc = first.alloc()
+    second = harness.runner(alloc, start=False, alloc_dir=harness.alloc_dir(alloc))
+    second.restore()
+    harness.start(second)
+    wait_for(lambda: _assert(len(watch_threads()) == 1, watch_threads()))
+    source.write_text("after the restart")
+    wait_for(lambda: _assert(signals_seen(second) == ["hup"], signals_seen(second)))
+    assert dest_text(second) == "after the restart"
+    assert pid_of(second) == pid and len(events_of(second, EVENT_STARTED)) == 1
+
+
 def _assert(condition: bool, message: object = "") -> None:
     assert condition, message
