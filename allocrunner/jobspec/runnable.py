@@ -15,7 +15,9 @@ error instead, so a job never starts with a silently different meaning:
 - a group network whose mode is not host networking;
 - raw_exec settings of the wrong type (`oom_score_adj` an integer from 0 to 1000,
   `cgroup_v1_override` a map of strings, `cgroup_v2_override` a string); both
-  overrides at once fail the task's start, as in Nomad (the driver refuses them).
+  overrides at once fail the task's start, as in Nomad (the driver refuses them);
+- a group `max_run_duration` Nomad's servers refuse: below zero, or in a job that is
+  neither batch nor sysbatch.
 
 Templates, artifacts and a group's `max_run_duration` are acted on
 (`taskrunner.template_hook`, `taskrunner.artifact_hook`, `runner.max_run_duration_hook`);
@@ -46,7 +48,7 @@ from typing import Literal
 import attrs
 
 from allocrunner.errors import JobSpecError
-from allocrunner.structs import Job, Task, TaskGroup
+from allocrunner.structs import JOB_BATCH, JOB_SYSBATCH, Job, Task, TaskGroup
 from allocrunner.structs.job import NETWORK_MODE_HOST, Template
 
 __all__ = [
@@ -128,6 +130,18 @@ class _Paths:
         return f"{parent}.{hcl if self.style == 'hcl' else json}"
 
 
+def _check_max_run_duration(job: Job, group: TaskGroup, path: str) -> None:
+    """Nomad's validation of a group's max_run_duration: above zero, and only in a batch
+    or sysbatch job (it stops an allocation that is still running)."""
+    if group.max_run_duration < 0:
+        raise JobSpecError(path, "max_run_duration must be greater than zero")
+    if job.type not in (JOB_BATCH, JOB_SYSBATCH):
+        raise JobSpecError(
+            path,
+            f"job type {job.type!r} does not allow max_run_duration (batch and sysbatch only)",
+        )
+
+
 def check_runnable(
     job: Job,
     *,
@@ -139,11 +153,16 @@ def check_runnable(
 
     `drivers`: the driver names the node has (default: `builtin_drivers()`).
     `runtime=False` skips the refusals of what the task runner does not act on yet
-    (none today): for checking the job model alone."""
+    (none today) and of a max_run_duration Nomad's servers refuse: for checking the
+    job model alone."""
     known = builtin_drivers() if drivers is None else drivers
     paths = _Paths(style)
     for g, group in enumerate(job.task_groups):
         group_path = paths.group(g, group)
+        if runtime and group.max_run_duration:
+            _check_max_run_duration(
+                job, group, paths.field(group_path, "max_run_duration", "MaxRunDuration")
+            )
         for n, network in enumerate(group.networks):
             network_path = paths.item(group_path, "network", "Networks", n)
             if network.mode not in ("", NETWORK_MODE_HOST):
