@@ -28,8 +28,8 @@ allocation (`allocrunner.agent.placement`).
 which changes nothing a task sees: a raw_exec cgroup override of a cgroup version this
 node does not have (`cgroup_v2_override` without a cgroup v2 hierarchy at
 /sys/fs/cgroup, `cgroup_v1_override` without cgroup v1 controllers there: the task runs
-in no cgroup of its own, `allocrunner.drivers._cgroups`). raw_exec's `oom_score_adj` and a task's `logs { disabled = true }`
-are honoured by the driver.
+in no cgroup of its own, `allocrunner.drivers._cgroups`). raw_exec's `oom_score_adj`
+and a task's `logs { disabled = true }` are honoured by the driver.
 
 Errors are `JobSpecError` naming the block by its path, as the job file spells it
 (`job.group[web].task[api].template[0].data`) or as API JSON does
