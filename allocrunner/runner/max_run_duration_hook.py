@@ -5,6 +5,8 @@ the deadline is the allocation's CreateTime plus the group's max_run_duration, s
 neither a task restart nor an agent restart moves it; an allocation that carries no
 CreateTime (one built by a library user) counts from the first time this node began
 running it (its prerun). An update that changes max_run_duration moves the deadline.
+Only batch and sysbatch jobs have one (Nomad's servers refuse it elsewhere, and its
+clients ignore it there).
 When it passes, the alloc runner (`on_exceeded`) kills the tasks as a stop does,
 poststop tasks first so that they never start, with a Killing event whose display
 message is `DESCRIPTION` on each, and the allocation ends complete with
@@ -40,7 +42,7 @@ from allocrunner._sync import CancelToken, Event, LatestValue
 from allocrunner.runner.hooks import AllocHook
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.state import HookState, LocalState, StateDB
-from allocrunner.structs import Allocation
+from allocrunner.structs import JOB_BATCH, JOB_SYSBATCH, Allocation
 
 __all__ = ["DESCRIPTION", "STORE_NAME", "MaxRunDurationHook", "deadline_ns"]
 
@@ -60,9 +62,11 @@ _NS = 1_000_000_000
 
 def deadline_ns(alloc: Allocation, anchor_ns: int) -> int | None:
     """The wall-clock deadline (Unix ns) of `alloc` counted from `anchor_ns`, or None
-    when its group has no max_run_duration."""
+    when its group has no max_run_duration (or its job is neither batch nor sysbatch)."""
     group = alloc.group()
     if group is None or group.max_run_duration <= 0:
+        return None
+    if alloc.job is None or alloc.job.type not in (JOB_BATCH, JOB_SYSBATCH):
         return None
     return anchor_ns + round(group.max_run_duration * _NS)
 

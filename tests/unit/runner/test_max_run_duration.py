@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import attrs
+import pytest
 
 from allocrunner.drivers._process import pid_alive
 from allocrunner.runner.max_run_duration_hook import DESCRIPTION, STORE_NAME
@@ -65,13 +66,27 @@ def test_a_group_that_finishes_first_keeps_its_own_description(make_runner):
     assert not _killing(state, "web")
 
 
+@pytest.mark.parametrize("kind", ["service", "system"])
+def test_only_batch_and_sysbatch_jobs_have_a_deadline(make_runner, kind):
+    """As Nomad's clients: the limit of another job type (which its servers refuse)
+    stops nothing; the task here ends on its own, later than the limit."""
+    task = mock_task("web", config={"run_for": "300ms"})
+    ar = make_runner(mock_alloc(task, job_type=kind, max_run_duration=0.01))
+    ar.start()
+    assert ar.wait(20)
+    state = ar.alloc_state()
+    assert state.client_description != DESCRIPTION
+    assert not _killing(state, "web")
+
+
 def test_task_restarts_do_not_move_the_deadline(make_runner):
     """The deadline follows the allocation, not a task: a task that keeps failing and
     restarting is still stopped, and a killed task that exits non-zero does not make
     the allocation failed."""
     policy = RestartPolicy(attempts=1000, interval=HOUR, delay=0.02, mode="delay")
     task = mock_task("web", config={"run_for": "50ms", "exit_code": 3})
-    ar = make_runner(mock_alloc(task, restart_policy=policy, max_run_duration=0.5))
+    alloc = mock_alloc(task, job_type="batch", restart_policy=policy, max_run_duration=0.5)
+    ar = make_runner(alloc)
     ar.start()
     wait_for(lambda: _assert_restarted(ar))
     assert ar.wait(20)
@@ -83,7 +98,9 @@ def _assert_restarted(ar) -> None:
 
 
 def test_an_update_moves_the_deadline(make_runner):
-    alloc = mock_alloc(mock_task("web", config={"run_for": "60s"}), max_run_duration=HOUR)
+    alloc = mock_alloc(
+        mock_task("web", config={"run_for": "60s"}), job_type="batch", max_run_duration=HOUR
+    )
     ar = make_runner(alloc)
     ar.start()
     wait_for(lambda: _running(ar))
@@ -156,7 +173,9 @@ def _stored_anchor(state_db, alloc_id: str) -> int:
 
 
 def test_restored_runner_past_its_deadline_stops_at_once(make_runner, state_db):
-    alloc = mock_alloc(mock_task("web", config={"run_for": "60s"}), max_run_duration=HOUR)
+    alloc = mock_alloc(
+        mock_task("web", config={"run_for": "60s"}), job_type="batch", max_run_duration=HOUR
+    )
     first = make_runner(alloc)
     first.start()
     wait_for(lambda: _running(first))
@@ -174,7 +193,9 @@ def test_restored_runner_past_its_deadline_stops_at_once(make_runner, state_db):
 
 
 def test_restored_runner_keeps_counting_from_the_original_start(make_runner, state_db):
-    alloc = mock_alloc(mock_task("web", config={"run_for": "60s"}), max_run_duration=HOUR)
+    alloc = mock_alloc(
+        mock_task("web", config={"run_for": "60s"}), job_type="batch", max_run_duration=HOUR
+    )
     first = make_runner(alloc)
     first.start()
     wait_for(lambda: _running(first))
@@ -194,7 +215,9 @@ def test_restored_runner_keeps_counting_from_the_original_start(make_runner, sta
 def test_create_time_is_the_anchor(make_runner, state_db):
     """Nomad counts from the allocation's CreateTime: one created two hours ago with a
     one-hour limit is stopped as soon as it runs."""
-    job = mock_job(mock_task("web", config={"run_for": "60s"}), max_run_duration=HOUR)
+    job = mock_job(
+        mock_task("web", config={"run_for": "60s"}), job_type="batch", max_run_duration=HOUR
+    )
     created = time.time_ns() - int(2 * HOUR * 1e9)
     alloc = attrs.evolve(new_allocation(job, "web"), create_time=created)
     ar = make_runner(alloc)
@@ -208,7 +231,9 @@ def test_create_time_is_the_anchor(make_runner, state_db):
 
 
 def test_a_restored_timed_out_allocation_keeps_its_description(make_runner, state_db):
-    alloc = mock_alloc(mock_task("web", config={"run_for": "60s"}), max_run_duration=0.2)
+    alloc = mock_alloc(
+        mock_task("web", config={"run_for": "60s"}), job_type="batch", max_run_duration=0.2
+    )
     first = make_runner(alloc)
     first.start()
     assert first.wait(20)
