@@ -24,6 +24,10 @@ Where this differs from Nomad: ``os.version`` is ``VERSION_ID`` of os-release as
 is the filesystem's total size as in current Nomad; a CPU whose frequency cannot be read
 is counted at `FALLBACK_CPU_MHZ` per core for ``cpu.totalcompute`` (``cpu.frequency``
 is then left out) rather than at zero, which would leave the node no CPU to schedule.
+``unique.network.ip-address`` is the address the node hands its ports out on
+(`DEFAULT_NETWORK_IP`, loopback, as a Nomad ``-dev`` agent fingerprints ``lo``), not
+the first address of the default route's interface, so it agrees with the tasks'
+``NOMAD_IP_<label>``.
 
 Threads: none; `fingerprint` runs once on the agent's starting thread. Locks: none
 (`NodeInfo` is immutable, so every request thread may read it). Owner: the `Agent`
@@ -62,6 +66,7 @@ from allocrunner.structs.frozen import FrozenDict
 
 __all__ = [
     "DEFAULT_DRIVERS",
+    "DEFAULT_NETWORK_IP",
     "FALLBACK_CPU_MHZ",
     "CpuFacts",
     "NodeInfo",
@@ -85,6 +90,8 @@ __all__ = [
 NODE_ID_FILE = "node-id"
 """The node id's file, under ``<data_dir>/client``."""
 DEFAULT_DRIVERS: tuple[str, ...] = ("mock_driver", "raw_exec")
+DEFAULT_NETWORK_IP = "127.0.0.1"
+"""The node's ``unique.network.ip-address``: where the port allocator binds by default."""
 MIB = 1024 * 1024
 
 
@@ -197,6 +204,7 @@ def fingerprint(
     node_pool: str | None = None,
     http_addr: str = "",
     drivers: Iterable[str] = DEFAULT_DRIVERS,
+    network_ip: str = DEFAULT_NETWORK_IP,
 ) -> NodeInfo:
     """Fingerprint this host as the node `config` describes.
 
@@ -204,7 +212,8 @@ def fingerprint(
     create it). `meta`, `node_class` and `node_pool` default to the config's.
     `http_addr` (``host:port``) is the address the agent serves on, reported
     as ``HTTPAddr`` and ``unique.advertise.address``; `drivers` are the detected task
-    drivers, each reported as ``driver.<name>`` = ``"1"``."""
+    drivers, each reported as ``driver.<name>`` = ``"1"``; `network_ip` the address its
+    ports are given on, reported as ``unique.network.ip-address`` ("" leaves it out)."""
     node_id = config.node_id or load_node_id(config.data_dir)
     uname = os.uname()
     cpu = detect_cpu()
@@ -224,6 +233,8 @@ def fingerprint(
         attributes["memory.totalbytes"] = str(memory)
     if http_addr:
         attributes["unique.advertise.address"] = http_addr
+    if network_ip:
+        attributes["unique.network.ip-address"] = network_ip
     resources = NodeResources(
         cpu_mhz=cpu.total_compute,
         cores=cpu.cores,

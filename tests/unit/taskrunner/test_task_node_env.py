@@ -85,6 +85,8 @@ def test_fingerprinted_config_carries_the_node(tmp_path) -> None:
     assert scope["attr.cpu.arch"] == GO_ARCH.get(platform.machine(), platform.machine())
     assert scope["meta.rack"] == "r7"
     assert scope["node.meta.rack"] == "r7"
+    # The node's address is where its ports are given: loopback, as a -dev agent's.
+    assert scope["attr.unique.network.ip-address"] == "127.0.0.1"
 
 
 def test_node_meta_wins_over_task_meta_and_task_meta_fills_the_rest() -> None:
