@@ -369,3 +369,9 @@ def test_mock_driver_writes_no_output_when_logs_are_disabled(tmp_path: Path) -> 
         result = driver.wait(config.id, CancelToken())
     assert result is not None and result.exit_code == 0
     assert os.listdir(config.logs_dir) == []
+
+
+def test_a_handle_saved_before_logs_could_be_disabled_loads_with_logs_on(tmp_path: Path) -> None:
+    data = task_config(tmp_path, sh("exit 0")).to_json()
+    del data["logs_disabled"]
+    assert TaskConfig.from_json(data).logs_disabled is False
