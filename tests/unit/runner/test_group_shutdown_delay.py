@@ -39,6 +39,10 @@ class KillingSeen:
             return self.at
 
 
+def _threads_of(alloc: Allocation) -> list[str]:
+    return [t.name for t in threading.enumerate() if alloc.id[:8] in t.name]
+
+
 def _stopped(alloc: Allocation, **transition: bool) -> Allocation:
     return attrs.evolve(
         alloc,
@@ -87,6 +91,7 @@ def test_the_kill_waits_at_least_the_delay(make_runner):
     view = _wait_stop_published(ar)
     assert view.task_states["web"].state == "running"
     assert not [e for e in view.task_states["web"].events if e.type == EVENT_KILLING]
+    assert len(_threads_of(alloc)) <= 2, _threads_of(alloc)  # the wait has no thread
     assert ar.wait(20)
     assert seen.first() - stopped_at >= delay
     assert ar.alloc_state().client_status == "complete"
