@@ -10,13 +10,12 @@ thread. Each pass:
 
 1. applies the alloc update pending in the one-slot mailbox (through the runner,
    which runs the update hooks, pushes it down to the task runners and, for a stop,
-   asks for the tasks to be killed: `request_kill`);
-   then lets the due deadlines fire (`fire_due`; the max_run_duration one asks for
-   the kill);
+   asks for the tasks to be killed: `request_kill`), then lets the due deadlines
+   fire (`fire_due`; the max_run_duration one asks for the kill);
 2. drives the kill of the tasks once one was asked for (by a stop, a destroy, a
    sibling rule or max_run_duration): the alloc's pre-kill hooks run once, the kill
-   waits while `kill_hold` says so (publishing meanwhile), then a `KillSequence` asks the
-   run thread of each task, wave by wave (leader, main tasks, sidecars), to kill it,
+   waits while `kill_hold` says so (publishing meanwhile), then a `KillSequence`
+   asks the run thread of each task, wave by wave (leader, main tasks, sidecars), to kill it,
    moving to the next wave once the current one is dead; nothing here waits for a
    task, and no thread is started for it: each task's run thread kills its task;
 3. applies the sibling rules of the `TaskSet` (recording their event on the live
@@ -36,7 +35,8 @@ Threads: ``alloc-state-<id8>`` (the runner spawns it and joins it on teardown);
 `offer`, `request_kill` and the health calls come from other threads; the kill
 sequence and the sibling and pre-kill flags are confined to the handler thread.
 Locks: none of its own; the `ClientState` takes the runner's state lock, and nothing
-here holds a lock while calling out. Owner: the AllocRunner builds it and is its only caller.
+here holds a lock while calling out. Owner: the AllocRunner builds it and is its only
+caller.
 """
 
 from __future__ import annotations
