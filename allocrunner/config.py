@@ -78,6 +78,14 @@ class ClientConfig:
     node_vars: FrozenDict[str, str] = attrs.field(
         factory=FrozenDict, converter=_str_map("node_vars")
     )
+    # Whether an artifact may come from a local file or directory (an absolute path or
+    # ``file://``); off by default, as a job must not read the node's files.
+    artifact_allow_local: bool = False
+    # `task_node_vars`, built once: every task runner of the node shares the one map.
+    _task_node_vars: FrozenDict[str, str] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_task_node_vars", self._build_task_node_vars())
 
     @classmethod
     def for_data_dir(cls, data_dir: str | os.PathLike[str], **overrides: object) -> ClientConfig:
@@ -86,6 +94,11 @@ class ClientConfig:
         return attrs.evolve(cls(alloc_dir=root / "alloc", data_dir=root), **overrides)
 
     def task_node_vars(self) -> FrozenDict[str, str]:
+        """The node variables a task may interpolate (`_build_task_node_vars`), one
+        shared map for every task of the node."""
+        return self._task_node_vars
+
+    def _build_task_node_vars(self) -> FrozenDict[str, str]:
         """The node variables a task may interpolate: what this config knows of the
         node (``node.datacenter``, ``node.region``, ``node.class``, ``node.pool``,
         ``node.unique.id`` when `node_id` is set, ``meta.<k>`` and ``node.meta.<k>``),

@@ -94,6 +94,7 @@ class AgentConfig:
     update_interval: float = 0.02
     gc_interval: float = 60.0
     gc_max_allocs: int = 50
+    artifact_allow_local: bool = False
 
 
 class Agent:
@@ -190,6 +191,7 @@ class Agent:
             meta=cfg.meta,
             gc_interval=cfg.gc_interval,
             gc_max_allocs=cfg.gc_max_allocs,
+            artifact_allow_local=cfg.artifact_allow_local,
         )
         # Tasks see the node as fingerprinted (${node.unique.id}, ${attr.*}, ${meta.*}).
         node = fingerprint(config, http_addr=f"{host}:{port}")

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="node metadata"
     )
+    parser.add_argument(
+        "--artifact-allow-local",
+        action="store_true",
+        help="let artifacts come from local files (absolute paths, file://); off by default",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARN", "ERROR"))
     return parser
 
@@ -194,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         region=args.region,
         node_class=args.node_class,
         meta=meta,
+        artifact_allow_local=args.artifact_allow_local,
     )
     terminal = _TerminalHandler(sys.stderr)
     terminal.setFormatter(_NoTraceback("    %(asctime)s [%(levelname)s] %(message)s"))

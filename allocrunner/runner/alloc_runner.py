@@ -268,6 +268,8 @@ class AllocRunner:
             start_gate=self._coordinator.gate(name),
             max_kill_timeout=self._config.max_kill_timeout,
             kill_retry_base=self._config.kill_retry_base,
+            node_vars=self._config.task_node_vars(),
+            artifact_allow_local=self._config.artifact_allow_local,
         )
 
     # --- identity and views -----------------------------------------------------------
