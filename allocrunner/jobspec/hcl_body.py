@@ -36,6 +36,9 @@ __all__ = ["BLOCK_MARK", "EvalOptions", "evaluate_file"]
 BLOCK_MARK = "__is_block__"
 _TOP_LEVEL = frozenset({"job", "variable", "variables", "locals"})
 _MAP_BLOCKS = frozenset({"config", "env", "meta"})  # their attributes are map entries
+# Unlabelled blocks that may repeat (hcl_specs' `lists`): errors name each by its index,
+# `template[1].data`, as the conversion and the job checks do.
+_LIST_BLOCKS = frozenset({"artifact", "constraint", "network", "template"})
 
 
 @attrs.frozen
@@ -105,16 +108,24 @@ def _body(
             for block_type, expanded in _dynamic(item, scope, path):
                 _add_block(out, blocks, block_type, expanded, path)
             continue
-        label_path = "".join(f"[{label}]" for label in item.labels)
         inner = _body(
             item.body,
             item.text,
             scope,
-            f"{path}.{item.type}{label_path}",
+            f"{path}.{item.type}{_block_suffix(item, out)}",
             entries=item.type in _MAP_BLOCKS and not item.labels,
         )
         _add_block(out, blocks, item.type, _nest(item.labels, inner), path)
     return out
+
+
+def _block_suffix(item: Block, out: Mapping[str, Any]) -> str:
+    """What follows a block's type in its path: its labels, or for an unlabelled block
+    that may repeat its index among the blocks of its type so far."""
+    if not item.labels and item.type in _LIST_BLOCKS:
+        earlier = out.get(item.type)
+        return f"[{len(earlier) if isinstance(earlier, list) else 0}]"
+    return "".join(f"[{label}]" for label in item.labels)
 
 
 def _add_block(
