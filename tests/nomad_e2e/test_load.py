@@ -26,7 +26,7 @@ import re
 import pytest
 
 from allocrunner.errors import JobSpecError
-from allocrunner.jobspec import load_job_with_warnings
+from allocrunner.jobspec import load_job_with_warnings, parse_job_with_warnings
 from allocrunner.jobspec.runnable import ANY_DRIVER
 from tests.nomad_e2e.helpers import E2E
 
@@ -191,3 +191,12 @@ def test_var_files_fill_every_variable() -> None:
     )
     assert job.task_groups[0].tasks[0].config["args"] == ("X my var file x value, Y 700, Z true",)
     _assert_paths(warnings)
+
+
+def test_an_error_in_a_repeated_block_names_its_index() -> None:
+    text = (E2E / "isolation/input/raw_exec.hcl").read_text()
+    second = 'template {\n  data = "${1 + "a"}"\n  destination = "local/b"\n}\n'
+    text = text.replace("      resources {", second + "      resources {", 1)
+    with pytest.raises(JobSpecError) as caught:
+        parse_job_with_warnings(text, "hcl")
+    assert caught.value.path == "job.group[group].task[bash].template[1].data"
