@@ -41,6 +41,7 @@ from allocrunner.jobspec.hcl_template import (
     directive_from_tree,
     heredoc_parts,
     nest_parts,
+    restore_escapes,
     unescape,
 )
 from allocrunner.jobspec.hcl_types import (
@@ -193,7 +194,7 @@ class _Evaluator:
                 if inner.type in ("ESCAPED_INTERPOLATION", "ESCAPED_DIRECTIVE"):
                     flat.append(str(inner)[1:])
                 else:
-                    flat.append(unescape(str(inner)))
+                    flat.append(restore_escapes(unescape(str(inner))))
             elif inner.data == "interpolation":
                 flat.append(Interp(Expr(_trees(inner)[0], self.text)))
             else:
@@ -202,7 +203,7 @@ class _Evaluator:
 
     def template_string(self, node: Tree) -> Any:
         raw = str(node.children[0])
-        return unescape(raw[2:-2])
+        return restore_escapes(unescape(raw[2:-2]))
 
     def heredoc_template(self, node: Tree) -> Any:
         return nfc(self.template(heredoc_parts(str(node.children[0]), trim=False)))

@@ -32,8 +32,36 @@ __all__ = [
     "heredoc_parts",
     "nest_parts",
     "parse_expression",
+    "restore_escapes",
+    "shield_escapes",
     "unescape",
 ]
+
+# python-hcl2's grammar takes ``$${`` and ``%%{`` (a literal ``${`` / ``%{``) only when
+# a ``}`` closes them later in the string, where HCL takes them anywhere. Before parsing,
+# each is replaced by three private-use characters (same length, so the positions in
+# error messages stay right), and the template's literal text gets ``${`` / ``%{`` back.
+_STANDINS = (("$${", "\ue000" * 3, "${"), ("%%{", "\ue001" * 3, "%{"))
+
+
+def shield_escapes(text: str) -> str:
+    """`text` with ``$${`` and ``%%{`` replaced by their stand-ins (unchanged if it
+    holds a stand-in character already, which then cannot be told apart)."""
+    if "\ue000" in text or "\ue001" in text:
+        return text
+    for escape, standin, _ in _STANDINS:
+        text = text.replace(escape, standin)
+    return text
+
+
+def restore_escapes(text: str) -> str:
+    """Literal template text with each stand-in back as the ``${`` / ``%{`` it means."""
+    if "\ue000" not in text and "\ue001" not in text:
+        return text
+    for _, standin, literal in _STANDINS:
+        text = text.replace(standin, literal)
+    return text
+
 
 _SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 
@@ -115,7 +143,7 @@ def unescape(text: str) -> str:
 
 def parse_expression(text: str) -> Expr:
     """One HCL expression parsed on its own (a heredoc's `${...}`, a `-var` value)."""
-    source = f"x = {text}\n"
+    source = f"x = {shield_escapes(text)}\n"
     try:
         tree = hcl2.parses_to_tree(source)
     except RecursionError:
@@ -176,7 +204,7 @@ def split_template(text: str) -> list[Part]:
         i += 1
     if literal:
         parts.append("".join(literal))
-    return parts
+    return [restore_escapes(p) if isinstance(p, str) else p for p in parts]
 
 
 def _closing_brace(text: str, start: int) -> int:

@@ -19,7 +19,7 @@ import hcl2
 from lark import Token, Tree
 
 from allocrunner.errors import JobSpecError
-from allocrunner.jobspec.hcl_template import Expr, unescape
+from allocrunner.jobspec.hcl_template import Expr, shield_escapes, unescape
 
 __all__ = ["Attribute", "Block", "body_items", "parse_file", "references"]
 
@@ -49,7 +49,7 @@ def parse_file(text: str) -> Tree:
     if not hasattr(hcl2, "parses_to_tree"):
         raise JobSpecError("", "HCL2 job files need python-hcl2 8 or later")
     try:
-        return hcl2.parses_to_tree(text)
+        return hcl2.parses_to_tree(shield_escapes(text))
     except RecursionError:
         raise JobSpecError("", "HCL nested too deeply") from None
     except Exception as err:  # python-hcl2 raises lark's errors and others
