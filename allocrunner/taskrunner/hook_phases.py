@@ -271,5 +271,6 @@ class TaskHookPhases:
             logs_dir=str(td.logs_dir),
             log_max_files=task.logs.max_files,
             log_max_file_size_mb=task.logs.max_file_size_mb,
+            logs_disabled=task.logs.disabled,
             resources=task.resources,
         )
