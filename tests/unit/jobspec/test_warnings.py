@@ -38,9 +38,8 @@ job "shop" {{
 
 
 def warnings_of(**bodies: str) -> list[str]:
-    """The warnings of a job file with these blocks, the job model alone checked (what
-    the task runner does not act on yet is refused by default: see the tests at the
-    end)."""
+    """The warnings of a job file with these blocks, the job model alone checked (the
+    runtime checks, such as the driver's settings, are left out)."""
     return parse_job_with_warnings(hcl_job(**bodies), "hcl", runtime_check=False)[1]
 
 
@@ -106,21 +105,20 @@ def test_a_service_with_checks_warns_for_the_checks_too() -> None:
 
 
 def test_honoured_blocks_give_no_warning() -> None:
-    """None but the settings the task runner does not act on yet (the constraint's and
-    the disabled logs', tested below)."""
-    assert warnings_of(
-        job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}',
-        group="restart {\nattempts = 1\n}\nmigrate {\nmax_parallel = 1\n}\n"
-        'update {\nhealth_check = "task_states"\nmax_parallel = 2\n}\n'
-        'network {\nport "http" {}\n}\nmax_run_duration = "1h"',
-        task='template {\ndata = "x"\ndestination = "local/x"\n}\n'
-        'artifact {\nsource = "https://example.com/a"\n}\n'
-        "resources {\ncores = 1\nmemory_max = 600\n}\nlogs {\ndisabled = true\n}",
-    ) == [
-        f"job.constraint[0]: {CONSTRAINT_WARNING}",
-        f"{T}.logs.disabled: not honoured on this node (the task's output is still"
-        " collected); ignored",
-    ]
+    """Constraints, ports, max_run_duration, templates, artifacts and disabled logs
+    are all acted on here, so none of them is warned about."""
+    assert (
+        warnings_of(
+            job='constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}',
+            group="restart {\nattempts = 1\n}\nmigrate {\nmax_parallel = 1\n}\n"
+            'update {\nhealth_check = "task_states"\nmax_parallel = 2\n}\n'
+            'network {\nport "http" {}\n}\nmax_run_duration = "1h"',
+            task='template {\ndata = "x"\ndestination = "local/x"\n}\n'
+            'artifact {\nsource = "https://example.com/a"\n}\n'
+            "resources {\ncores = 1\nmemory_max = 600\n}\nlogs {\ndisabled = true\n}",
+        )
+        == []
+    )
 
 
 def test_warnings_come_from_job_files_too(tmp_path: Path) -> None:
@@ -350,70 +348,54 @@ def test_template_errors_always_name_the_template_block(dest: str, perms: str, m
         assert template.change_mode == mode and template.dest_path == dest
 
 
-# --- what the task runner does not act on yet -----------------------------------------------
-
-CONSTRAINT_WARNING = "not checked on this node (the job is placed here whatever it says); ignored"
-NOT_YET = "not honoured by this node's task runner yet"
+# --- what the runtime acts on ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("blocks", "path", "what"),
+    ("blocks", "check"),
     [
-        (
-            {"group": 'network {\nport "http" {}\n}'},
-            f"{G}.network[0].port[http]",
-            "NOMAD_PORT_http would not be set",
-        ),
-        (
-            {"group": 'network {\nport "db" {\nstatic = 5432\n}\n}'},
-            f"{G}.network[0].port[db]",
-            "no port would be reserved",
-        ),
-        ({"group": 'max_run_duration = "5s"'}, f"{G}.max_run_duration", "would not be stopped"),
+        ({"group": 'network {\nport "http" {}\n}'}, "ports"),
+        ({"group": 'network {\nport "db" {\nstatic = 5432\n}\n}'}, "ports"),
+        ({"job": 'type = "batch"', "group": 'max_run_duration = "5s"'}, "max_run_duration"),
     ],
 )
-def test_what_the_task_runner_does_not_act_on_yet_is_refused(
-    blocks: dict[str, str], path: str, what: str
-) -> None:
-    """Each would change what the task sees or does, so a job with it never starts with
-    a silently different meaning; the job model alone accepts it."""
-    text = hcl_job(**blocks)
-    with pytest.raises(JobSpecError, match=NOT_YET) as info:
-        parse_job_with_warnings(text, "hcl")
-    assert info.value.path == path
-    assert what in info.value.message
-    parse_job_with_warnings(text, "hcl", runtime_check=False)
+def test_ports_and_max_run_duration_load_without_a_word(blocks: dict[str, str], check: str) -> None:
+    """The agent reserves the ports at placement and the alloc runner enforces the
+    deadline, so neither is refused nor warned about any more."""
+    job, warnings = parse_job_with_warnings(hcl_job(**blocks), "hcl")
+    assert warnings == []
+    group = job.task_groups[0]
+    if check == "ports":
+        assert group.networks and group.networks[0].ports
+    else:
+        assert group.max_run_duration == 5.0
 
 
-def test_each_constraint_is_warned_about_at_every_level() -> None:
+def test_constraints_at_every_level_load_without_a_warning() -> None:
+    """The agent checks them when it places the allocation."""
     constraint = 'constraint {\nattribute = "${attr.kernel.name}"\nvalue = "linux"\n}'
-    _, warnings = parse_job_with_warnings(
+    job, warnings = parse_job_with_warnings(
         hcl_job(job=constraint, group=constraint, task=constraint), "hcl"
     )
-    assert warnings == [
-        f"job.constraint[0]: {CONSTRAINT_WARNING}",
-        f"{G}.constraint[0]: {CONSTRAINT_WARNING}",
-        f"{T}.constraint[0]: {CONSTRAINT_WARNING}",
-    ]
+    assert warnings == []
+    assert len(job.constraints) == 1
+    assert len(job.task_groups[0].constraints) == 1
+    assert len(job.task_groups[0].tasks[0].constraints) == 1
 
 
 @pytest.mark.parametrize(
-    ("extra", "path"),
+    "extra",
     [
-        ("logs {\ndisabled = true\n}", f"{T}.logs.disabled"),
-        ('config {\ncommand = "/bin/true"\noom_score_adj = 0\n}', f"{T}.config.oom_score_adj"),
-        (
-            'config {\ncommand = "/bin/true"\ncgroup_v2_override = "custom.slice"\n}',
-            f"{T}.config.cgroup_v2_override",
-        ),
+        "logs {\ndisabled = true\n}",
+        'config {\ncommand = "/bin/true"\noom_score_adj = 0\n}',
     ],
 )
-def test_task_settings_not_acted_on_are_warned_about(extra: str, path: str) -> None:
+def test_task_settings_the_driver_applies_are_not_warned_about(extra: str) -> None:
     text = hcl_job(task=extra)
     if extra.startswith("config"):
         text = text.replace('config { command = "/bin/true" }', "")
     _, warnings = parse_job_with_warnings(text, "hcl")
-    assert [w.split(": ")[0] for w in warnings] == [path]
+    assert warnings == []
 
 
 def test_a_template_is_accepted_and_its_change_mode_is_not_warned_about() -> None:
