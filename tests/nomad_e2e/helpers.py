@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nomad
+from nomad.api import exceptions
 
 from allocrunner.agent import Agent
 from allocrunner.drivers._process import pid_alive, read_pid_stat
@@ -126,7 +127,7 @@ class Node:
 
         def purged() -> None:
             for job in self.n.jobs.get_jobs():
-                with contextlib.suppress(nomad.api.exceptions.URLNotFoundNomadException):
+                with contextlib.suppress(exceptions.URLNotFoundNomadException):
                     self.n.job.deregister_job(job["ID"], purge=True)
             assert not self.n.jobs.get_jobs(), "jobs left after purge"
 

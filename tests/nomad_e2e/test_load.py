@@ -28,6 +28,7 @@ import pytest
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec import load_job_with_warnings, parse_job_with_warnings
 from allocrunner.jobspec.runnable import ANY_DRIVER
+from allocrunner.structs import Job
 from tests.nomad_e2e.helpers import E2E
 
 VAR_FILES = {
@@ -112,7 +113,7 @@ RUNS_HERE = sorted(set(JOB_FILES) - set(NEEDS_VARIABLE) - set(NEVER_RUNS) - set(
 WARNING = re.compile(r"^job(\.[a-z_]+(\[[^\]]+\])?)*: \S")
 
 
-def _model(relative: str, variables: list[str] | None = None) -> tuple[object, list[str]]:
+def _model(relative: str, variables: list[str] | None = None) -> tuple[Job, list[str]]:
     return load_job_with_warnings(
         E2E / relative, variables, env={}, drivers=ANY_DRIVER, runtime_check=False
     )
