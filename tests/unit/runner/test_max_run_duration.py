@@ -14,8 +14,15 @@ import pytest
 from allocrunner.drivers._process import pid_alive
 from allocrunner.runner.max_run_duration_hook import DESCRIPTION, STORE_NAME
 from allocrunner.state import HookState, LocalState
-from allocrunner.structs import EVENT_KILLING, RestartPolicy, new_allocation
+from allocrunner.structs import (
+    EVENT_KILLING,
+    EVENT_WAITING_SHUTDOWN_DELAY,
+    RestartPolicy,
+    new_allocation,
+)
 from allocrunner.testing import assert_stays, lifecycle, mock_alloc, mock_job, mock_task, wait_for
+
+from .test_group_shutdown_delay import KillingSeen
 
 HOUR = 3600.0
 
@@ -258,3 +265,19 @@ def test_a_restored_timed_out_allocation_keeps_its_description(make_runner, stat
     second.start()
     assert second.wait(20)
     _assert_timed_out(second)
+
+
+def test_the_stop_honours_both_shutdown_delays(make_runner):
+    """The deadline stops the tasks as a stop does: the group's shutdown_delay before
+    the Killing events, then each task's own delay."""
+    seen = KillingSeen()
+    task = mock_task("web", config={"run_for": "60s"}, shutdown_delay=0.1)
+    alloc = mock_alloc(task, job_type="batch", max_run_duration=0.2, shutdown_delay=0.3)
+    ar = make_runner(alloc, state_updater=seen)
+    started = time.monotonic()
+    ar.start()
+    assert ar.wait(20)
+    _assert_timed_out(ar)
+    assert seen.first() - started >= 0.2 + 0.3
+    types = [e.type for e in ar.alloc_state().task_states["web"].events]
+    assert types.index(EVENT_KILLING) < types.index(EVENT_WAITING_SHUTDOWN_DELAY), types
