@@ -6,7 +6,8 @@ Run as ``python -m allocrunner.drivers.spawner <dir>`` or, faster to boot becaus
 imports nothing but the standard library, ``python -I -S <this file> <dir>``; run
 isolated, it cannot import a sibling module, which is why everything the spawner process
 does (serving, spawning, reaping, the oom_score_adj and cgroup of a spawn) is in this
-one file. The launcher takes ``<dir>/spawner.2.lock`` (2 is `PROTOCOL`; an flock held
+one file: a single concern, the spawner process, longer than most modules for that
+reason. The launcher takes ``<dir>/spawner.2.lock`` (2 is `PROTOCOL`; an flock held
 for the spawner's whole life; the file holds its pid), binds ``<dir>/spawner.2.sock``
 (SOCK_SEQPACKET; only peers of its own uid are served), forks the daemon (new session,
 stdin/stdout on /dev/null, stderr appended to ``<dir>/spawner.log``) and exits 0 once

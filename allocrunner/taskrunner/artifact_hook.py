@@ -38,7 +38,8 @@ __all__ = ["ArtifactHook"]
 
 
 class ArtifactHook(TaskHook):
-    """Fetches the task's artifacts before its first start (module docstring)."""
+    """Thread-safe. Fetches the task's artifacts before its first start (module
+    docstring); its one setting never changes."""
 
     name = "artifacts"
 

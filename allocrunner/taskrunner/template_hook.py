@@ -75,8 +75,9 @@ class SourceMissingError(TemplateRenderError):
 
 
 class TemplateHook(TaskHook):
-    """Renders the task's templates at every start and watches the source templates
-    while it runs (module docstring)."""
+    """Not thread-safe; owned by the task's run thread, which renders the templates at
+    every start and starts and stops the watcher of the source templates while the task
+    runs (module docstring); other threads only read the watcher's latest value."""
 
     name = "template"
 
