@@ -34,7 +34,6 @@ the API handlers.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,6 +41,7 @@ import attrs
 
 from allocrunner.agent import placement
 from allocrunner.agent.errors import bad_request, not_found
+from allocrunner.agent.evaluations import Evaluation, merged, write_evaluations
 from allocrunner.jobspec import encode_allocation, encode_job
 from allocrunner.structs import DESIRED_RUN, Allocation, FrozenDict, Job
 from allocrunner.structs.status import JOB_BATCH, JOB_SYSBATCH
@@ -82,76 +82,8 @@ TOPIC_JOB = "Job"
 TOPIC_ALLOC = "Allocation"
 TOPIC_EVAL = "Evaluation"
 
-# Nomad's evaluation statuses and trigger of a blocked evaluation (nomad/structs).
-EVAL_BLOCKED = "blocked"
-EVAL_CANCELED = "canceled"
-EVAL_TRIGGER_QUEUED = "queued-allocs"
-BLOCKED_DESCRIPTION = "created to place remaining allocations"
-
 
 # --- the data ------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Evaluation:
-    """Immutable. An evaluation, as Nomad's API shows it (they complete at once here).
-
-    An evaluation that could not place every allocation carries the groups' failures
-    (`failed`, Nomad's FailedTGAllocs), the count left per group (`queued`) and the id
-    of the blocked evaluation made for the rest (`blocked_eval`); that one has status
-    ``blocked`` and names this one as `previous_eval`."""
-
-    id: str
-    job_id: str
-    namespace: str
-    type: str
-    priority: int
-    triggered_by: str
-    create_index: int
-    status: str = "complete"
-    status_description: str = ""
-    modify_index: int = 0
-    job_modify_index: int = 0
-    failed: FrozenDict[str, placement.GroupFailure] = attrs.field(factory=FrozenDict)
-    queued: FrozenDict[str, int] = attrs.field(factory=FrozenDict)
-    blocked_eval: str = ""
-    previous_eval: str = ""
-    create_time: int = 0
-
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "ID": self.id,
-            "Namespace": self.namespace,
-            "Priority": self.priority,
-            "Type": self.type,
-            "TriggeredBy": self.triggered_by,
-            "JobID": self.job_id,
-            "JobModifyIndex": self.job_modify_index,
-            "NodeID": "",
-            "NodeModifyIndex": 0,
-            "DeploymentID": "",
-            "Status": self.status,
-            "StatusDescription": self.status_description,
-            "Wait": 0,
-            "WaitUntil": None,
-            "NextEval": "",
-            "PreviousEval": self.previous_eval,
-            "BlockedEval": self.blocked_eval,
-            "RelatedEvals": None,
-            "FailedTGAllocs": (
-                {g: f.metric_json() for g, f in self.failed.items()} if self.failed else None
-            ),
-            "ClassEligibility": None,
-            "EscapedComputedClass": False,
-            "QuotaLimitReached": "",
-            "AnnotatePlan": False,
-            "QueuedAllocations": dict(self.queued),
-            "SnapshotIndex": self.create_index,
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index or self.create_index,
-            "CreateTime": self.create_time,
-            "ModifyTime": self.create_time,
-        }
 
 
 @attrs.frozen
@@ -301,7 +233,7 @@ def register_job(
         ):
             allocs[alloc.id] = alloc
             events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
-    evals = _evaluations(state, eval_id, job, "job-register", index, placed)
+    evals = write_evaluations(state.evals, eval_id, job, "job-register", index, placed)
     events.extend(_event(TOPIC_EVAL, "EvaluationUpdated", e, index) for e in evals.values())
     registered = attrs.evolve(
         state,
@@ -311,7 +243,7 @@ def register_job(
         job_submit=state.job_submit.set(key, time.time_ns()),
         allocs=FrozenDict(allocs),
         alloc_index=index if runs_now or job.stop else state.alloc_index,
-        evals=_merged(state.evals, evals),
+        evals=merged(state.evals, evals),
         eval_index=index,
         queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
@@ -343,7 +275,9 @@ def deregister_job(
         jobs = FrozenDict({k: v for k, v in state.jobs.items() if k != key})
     else:
         jobs = state.jobs.set(key, stopped)
-    evals = _evaluations(state, eval_id, job, "job-deregister", index, placement.Placement())
+    evals = write_evaluations(
+        state.evals, eval_id, job, "job-deregister", index, placement.Placement()
+    )
     deregistered = attrs.evolve(
         state,
         index=index,
@@ -351,7 +285,7 @@ def deregister_job(
         job_index=index,
         allocs=FrozenDict(allocs),
         alloc_index=index,
-        evals=_merged(state.evals, evals),
+        evals=merged(state.evals, evals),
         eval_index=index,
         queued=FrozenDict({k: v for k, v in state.queued.items() if k != key}),
     )
@@ -405,14 +339,14 @@ def stop_allocation(
         for changed in _link_previous(allocs, created, index):
             events.append(_event(TOPIC_ALLOC, "PlanResult", changed, index))
     evaluated = job or alloc.job or Job(id=alloc.job_id)
-    evals = _evaluations(state, eval_id, evaluated, "alloc-stop", index, placed)
+    evals = write_evaluations(state.evals, eval_id, evaluated, "alloc-stop", index, placed)
     key = job_key(evaluated.namespace, evaluated.id)
     stopped_state = attrs.evolve(
         state,
         index=index,
         allocs=FrozenDict(allocs),
         alloc_index=index,
-        evals=_merged(state.evals, evals),
+        evals=merged(state.evals, evals),
         eval_index=index,
         queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
@@ -554,69 +488,6 @@ def _merge_client(stored: Allocation, view: Allocation, index: int) -> Allocatio
         modify_index=index,
         modify_time=time.time_ns(),
     )
-
-
-def _evaluation(eval_id: str, job: Job, trigger: str, index: int) -> Evaluation:
-    return Evaluation(
-        id=eval_id,
-        job_id=job.id,
-        namespace=job.namespace,
-        type=job.type,
-        priority=job.priority,
-        triggered_by=trigger,
-        create_index=index,
-        job_modify_index=job.job_modify_index,
-        create_time=time.time_ns(),
-    )
-
-
-def _evaluations(
-    state: ClusterState,
-    eval_id: str,
-    job: Job,
-    trigger: str,
-    index: int,
-    placed: placement.Placement,
-) -> dict[str, Evaluation]:
-    """The evaluations a write adds or changes: its own (complete); when groups could
-    not be placed, the blocked one made for them (Nomad's CreateBlockedEval); and the
-    job's earlier blocked evaluations, which a newer evaluation of the job supersedes
-    (status ``canceled``, Nomad's spelling)."""
-    out: dict[str, Evaluation] = {}
-    for old in state.evals.values():
-        if old.status == EVAL_BLOCKED and (old.job_id, old.namespace) == (job.id, job.namespace):
-            out[old.id] = attrs.evolve(
-                old,
-                status=EVAL_CANCELED,
-                status_description=f"evaluation {eval_id!r} superseded it",
-                modify_index=index,
-            )
-    evaluation = _evaluation(eval_id, job, trigger, index)
-    if placed.failed:
-        blocked = attrs.evolve(
-            _evaluation(str(uuid.uuid4()), job, EVAL_TRIGGER_QUEUED, index),
-            status=EVAL_BLOCKED,
-            status_description=BLOCKED_DESCRIPTION,
-            previous_eval=eval_id,
-            failed=placed.failed,
-        )
-        evaluation = attrs.evolve(
-            evaluation,
-            failed=placed.failed,
-            queued=FrozenDict(placed.queued()),
-            blocked_eval=blocked.id,
-        )
-        out[blocked.id] = blocked
-    out[eval_id] = evaluation
-    return out
-
-
-def _merged(
-    evals: FrozenDict[str, Evaluation], new: Mapping[str, Evaluation]
-) -> FrozenDict[str, Evaluation]:
-    merged = dict(evals)
-    merged.update(new)
-    return FrozenDict(merged)
 
 
 def _event(

@@ -98,11 +98,16 @@ def networks_json(alloc: Allocation) -> list[dict[str, Any]] | None:
 
 def with_ports(out: Any, alloc: Allocation) -> Any:
     """`out` (an allocation's JSON) with its ports in ``AllocatedResources.Shared``
-    when it carries ``AllocatedResources``."""
+    when the answer carries ``AllocatedResources`` (the API's, with ``Tasks``); the
+    ports-only object of the allocation codec is left out of answers that do not (a
+    list stub without ``resources=true``, as Nomad's)."""
     if not isinstance(out, dict):
         return out
     resources = out.get("AllocatedResources")
     if not isinstance(resources, dict):
+        return out
+    if "Tasks" not in resources:
+        out["AllocatedResources"] = None
         return out
     shared = resources.get("Shared")
     shared = dict(shared) if isinstance(shared, dict) else {}

@@ -251,35 +251,40 @@ class _Want:
     replaces: Allocation | None = None
 
 
-class _Node:
-    """Not thread-safe; lives for one `place_job` call. The running account of the
-    node: live allocations (for distinct_*), resources in use, failures so far."""
+@attrs.frozen
+class _Account:
+    """Immutable. The running account of the node during one `place_job`: resources in
+    use by live allocations, the job's live allocations (for distinct_*), and the
+    failures so far; each step makes a new account."""
 
-    def __init__(self, view: NodeView | None, live: Iterable[Allocation]) -> None:
-        self.view = view
-        self.live = list(live)
-        self.in_use = Capacity()
-        for alloc in self.live:
-            self.in_use = self.in_use + group_resources(alloc.group())
-        self.failed: dict[str, GroupFailure] = {}
-        self._constraints: dict[str, ConstraintFailure | None] = {}
+    view: NodeView | None
+    in_use: Capacity = attrs.field(factory=Capacity)
+    job_live: tuple[PlacedAlloc, ...] = ()
+    failed: FrozenDict[str, GroupFailure] = attrs.field(factory=FrozenDict)
 
-    def add(self, alloc: Allocation) -> None:
-        self.live.append(alloc)
-        self.in_use = self.in_use + group_resources(alloc.group())
+    def with_alloc(self, alloc: Allocation, job_id: str) -> _Account:
+        job_live = self.job_live
+        if alloc.job_id == job_id:
+            job_live = (*job_live, PlacedAlloc(alloc.job_id, alloc.task_group))
+        return attrs.evolve(
+            self, in_use=self.in_use + group_resources(alloc.group()), job_live=job_live
+        )
 
-    def fail(self, group: str, filtered: ConstraintFailure | None, exhausted: str | None) -> None:
+    def with_failure(
+        self, group: str, filtered: ConstraintFailure | None, exhausted: str | None
+    ) -> _Account:
         known = self.failed.get(group)
         if known is not None:
-            self.failed[group] = attrs.evolve(known, count=known.count + 1)
-            return
-        view = self.view
-        self.failed[group] = GroupFailure(
-            filtered=filtered,
-            exhausted=exhausted,
-            datacenter=view.datacenter if view is not None else "",
-            node_class=view.node_class if view is not None else "",
-        )
+            failure = attrs.evolve(known, count=known.count + 1)
+        else:
+            view = self.view
+            failure = GroupFailure(
+                filtered=filtered,
+                exhausted=exhausted,
+                datacenter=view.datacenter if view is not None else "",
+                node_class=view.node_class if view is not None else "",
+            )
+        return attrs.evolve(self, failed=self.failed.set(group, failure))
 
     def constraint_failure(self, job: Job, group: TaskGroup) -> ConstraintFailure | None:
         """The first constraint (or distinct_*) failure of one more `group` here."""
@@ -287,14 +292,7 @@ class _Node:
         if view is None:
             return None
         distinct = any(c.operand in _DISTINCT for c in (*job.constraints, *group.constraints))
-        if not distinct and group.name in self._constraints:
-            return self._constraints[group.name]
-        live = (
-            [PlacedAlloc(a.job_id, a.task_group) for a in self.live if a.job_id == job.id]
-            if distinct
-            else []
-        )
-        failure = check_placement(
+        return check_placement(
             job_id=job.id,
             group=group.name,
             node_vars=view.node_vars,
@@ -302,16 +300,23 @@ class _Node:
             drivers=sorted({t.driver for t in group.tasks}),
             group_constraints=group.constraints,
             task_constraints=[c for t in group.tasks for c in t.constraints],
-            live=live,
+            live=self.job_live if distinct else (),
         )
-        if not distinct:
-            self._constraints[group.name] = failure
-        return failure
 
     def exhausted(self, group: TaskGroup) -> str | None:
         if self.view is None:
             return None
         return check_resources(group_resources(group), node=self.view.capacity, in_use=self.in_use)
+
+
+def _opening_account(view: NodeView | None, job_id: str, live: Iterable[Allocation]) -> _Account:
+    in_use = Capacity()
+    job_live: list[PlacedAlloc] = []
+    for alloc in live:
+        in_use = in_use + group_resources(alloc.group())
+        if alloc.job_id == job_id:
+            job_live.append(PlacedAlloc(alloc.job_id, alloc.task_group))
+    return _Account(view, in_use, tuple(job_live))
 
 
 def _ports_for(
@@ -351,7 +356,8 @@ def place_job(
     changed: list[Allocation] = []
     wants, stops = _plan_slots(job, existing, index, eval_id, changed)
     stopping = {a.id for a in stops}
-    account = _Node(node, (a for a in node_allocs if not a.terminal() and a.id not in stopping))
+    live = (a for a in node_allocs if not a.terminal() and a.id not in stopping)
+    account = _opening_account(node, job.id, live)
     created: list[Allocation] = []
     kept_running: set[str] = set()
     ids = grants.ids if grants is not None else FrozenDict[Slot, str]()
@@ -363,10 +369,10 @@ def place_job(
         if filtered is None and exhausted is None:
             exhausted = account.exhausted(group)
         if filtered is not None or exhausted is not None:
-            account.fail(group.name, filtered, exhausted)
+            account = account.with_failure(group.name, filtered, exhausted)
             if want.replaces is not None:
                 kept_running.add(want.replaces.id)
-                account.add(want.replaces)
+                account = account.with_alloc(want.replaces, job.id)
             continue
         alloc = _new_alloc(
             job,
@@ -379,12 +385,10 @@ def place_job(
             id_=alloc_id,
         )
         alloc = attrs.evolve(alloc, allocated_ports=ports)
-        account.add(alloc)
+        account = account.with_alloc(alloc, job.id)
         created.append(alloc)
     changed.extend(a for a in stops if a.id not in kept_running)
-    return Placement(
-        created=tuple(created), changed=tuple(changed), failed=FrozenDict(account.failed)
-    )
+    return Placement(created=tuple(created), changed=tuple(changed), failed=account.failed)
 
 
 def _plan_slots(
