@@ -46,6 +46,7 @@ from allocrunner.cli.monitor import (
     EventPrinter,
     JobWatch,
     alloc_failed,
+    format_alloc_metric,
     is_terminal,
     placement_failed,
     print_placement_failures,
@@ -281,7 +282,9 @@ _SUMMARY_COLUMNS = (
 )
 
 
-def _summary_rows(job: Mapping[str, Any], allocs: list[Mapping[str, Any]]) -> list[list[Any]]:
+def _summary_rows(
+    job: Mapping[str, Any], allocs: list[Mapping[str, Any]], queued: Mapping[str, int]
+) -> list[list[Any]]:
     rows: list[list[Any]] = [["Task Group", *(name for name, _ in _SUMMARY_COLUMNS)]]
     for group in job.get("TaskGroups") or ():
         mine = [a for a in allocs if a.get("TaskGroup") == group.get("Name")]
@@ -289,8 +292,43 @@ def _summary_rows(job: Mapping[str, Any], allocs: list[Mapping[str, Any]]) -> li
             sum(1 for a in mine if a.get("ClientStatus") in statuses)
             for _, statuses in _SUMMARY_COLUMNS
         ]
+        counts[0] = queued.get(str(group.get("Name")), 0)
         rows.append([group.get("Name"), *counts])
     return rows
+
+
+def _queued(api: ApiClient, job_id: str) -> dict[str, int]:
+    """Allocations left unplaced per group (the job summary's Queued)."""
+    try:
+        summary, _ = api.get(f"/v1/job/{quote(job_id)}/summary")
+    except ApiError:
+        return {}
+    groups = (summary or {}).get("Summary") or {}
+    return {
+        str(name): counts.get("Queued", 0)
+        for name, counts in groups.items()
+        if isinstance(counts, Mapping) and isinstance(counts.get("Queued", 0), int)
+    }
+
+
+def _placement_failure_lines(api: ApiClient, job_id: str) -> list[str]:
+    """Nomad's "Placement Failure" section of `job status`: while the job has a blocked
+    evaluation, the failures of its latest evaluation that has some, group by group."""
+    evals, _ = api.get(f"/v1/job/{quote(job_id)}/evaluations")
+    evals = [e for e in evals or [] if isinstance(e, Mapping)]
+    failing = [e for e in evals if e.get("FailedTGAllocs")]
+    if not failing or not any(e.get("Status") == "blocked" for e in evals):
+        return []
+    latest = max(failing, key=lambda e: e.get("CreateIndex", 0))
+    failed = latest["FailedTGAllocs"]
+    lines = ["", "Placement Failure"]
+    for i, group in enumerate(sorted(failed)):
+        lines.append(f'Task Group "{group}":')
+        metric = failed[group] if isinstance(failed[group], Mapping) else {}
+        lines.extend(format_alloc_metric(metric))
+        if i != len(failed) - 1:
+            lines.append("")
+    return lines
 
 
 def alloc_rows(allocs: list[Mapping[str, Any]]) -> list[list[Any]]:
@@ -345,7 +383,9 @@ def job_status(args: argparse.Namespace, out: Output) -> int:
         out.line(format_kv(_job_info(job)))
         out.line()
         out.line("Summary")
-        out.line(format_table(_summary_rows(job, allocs)))
+        out.line(format_table(_summary_rows(job, allocs, _queued(api, job["ID"]))))
+        for line in _placement_failure_lines(api, job["ID"]):
+            out.line(line)
         out.line()
         out.line("Allocations")
         out.line(format_table(alloc_rows(allocs)) if allocs else "No allocations placed")

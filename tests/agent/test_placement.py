@@ -404,3 +404,17 @@ def test_legacy_run_prints_the_placement_failure_and_exits_2(tmp_path: Path) -> 
     _assert_failure_block(done.stdout)
     with contextlib.suppress(FileNotFoundError):
         assert not any((data_dir / "alloc").iterdir())
+
+
+def test_job_status_shows_queued_and_the_placement_failure(env: Env, tmp_path: Path) -> None:
+    env.register(_job("win", count=2, constraints=[WINDOWS]))
+    done = _cli("job", "status", "-address", env.address, "win", cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    summary = lines.index("Summary")
+    assert lines[summary + 2].split() == ["g", "2", "0", "0", "0", "0", "0"]
+    failure = lines.index("Placement Failure")
+    assert lines[failure + 1 : failure + 3] == [
+        'Task Group "g":',
+        '  * Constraint "${attr.kernel.name} = windows": 1 nodes excluded by filter',
+    ]
