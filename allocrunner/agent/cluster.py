@@ -40,8 +40,14 @@ the whole cluster, so the `Cluster` is that store:
   ones it does not hold adopted (after a restart they come back from the saved
   state and the client's restored allocations, which carry them).
 
-Threads: ``cluster-persist`` (the saver's); every other method runs on its caller's
-thread (HTTP request threads, the periodic launcher, the client's update thread).
+- A group that cannot be placed leaves a blocked evaluation. Whenever capacity is
+  freed (an allocation reported finished, an allocation or job stopped) the
+  ``cluster-unblock`` thread processes each blocked evaluation again, as Nomad's
+  blocked-evals tracker unblocks them, and hands what it placed to the client.
+
+Threads: ``cluster-persist`` (the saver's) and ``cluster-unblock`` (started by
+`start`, joined by `close`); every other method runs on its caller's thread (HTTP
+request threads, the periodic launcher, the client's update thread).
 Lock: ``Cluster._lock`` guards `_state`, `_closed` and `_node`; it is never held
 while calling the client, the disk, the port allocator or a listener (the
 broadcaster's send and the saver's kick are notify-only). ``PortAllocator._lock`` is
@@ -64,7 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
-from allocrunner._sync import CancelToken, Slots
+from allocrunner._sync import CancelToken, Kick, Slots, ThreadGroup
 from allocrunner.agent import placement
 from allocrunner.agent.cluster_persist import StateSaver, state_path
 from allocrunner.agent.cluster_state import (
@@ -80,12 +86,14 @@ from allocrunner.agent.cluster_state import (
     Evaluation,
     RegisterResult,
     adopt_restored,
+    blocked_evals,
     check_placeable,
     deregister_job,
     encode_event_payload,
     job_key,
     merge_client_views,
     register_job,
+    retry_blocked,
     runs_at_once,
     stop_allocation,
     with_events,
@@ -136,6 +144,9 @@ class Cluster:
     _launch_hooks = immutable()
     _ports = immutable()
     _planner = immutable()
+    _retry = immutable()
+    _stop = immutable()
+    _threads = immutable()
     _lock = immutable()
     # _lock guards _state, _closed and _node
     _state = guarded("_lock")
@@ -161,6 +172,9 @@ class Cluster:
         self._launch_hooks = (on_register,) if on_register is not None else ()
         self._ports = ports if ports is not None else PortAllocator(bind_test=self._port_free)
         self._planner = Slots(1)
+        self._retry = Kick()
+        self._stop = CancelToken()
+        self._threads = ThreadGroup("cluster")
         self._lock = make_lock("Cluster._lock")
         self._state = ClusterState()
         self._closed = False
@@ -256,8 +270,10 @@ class Cluster:
             self._sync_ports()
 
     def start(self) -> None:
-        """Start the persisting thread and hand the desired set to the client."""
+        """Start the persisting and retrying threads and hand the desired set to the
+        client."""
         self._saver.start()
+        self._threads.spawn("cluster-unblock", self._retry_loop)
         self._push()
 
     @calls_out
@@ -266,7 +282,11 @@ class Cluster:
         with self._lock:
             self._closed = True
         self._broadcaster.close()
-        return self._saver.close(timeout)
+        self._stop.cancel("cluster closed")
+        self._retry.kick()
+        deadline = time.monotonic() + timeout
+        retried = self._threads.join(timeout)
+        return self._saver.close(max(0.0, deadline - time.monotonic())) and retried
 
     # --- jobs -----------------------------------------------------------------------
 
@@ -317,6 +337,7 @@ class Cluster:
         with self._planning():
             self._sync_ports()
         self._after_change()
+        self._capacity_freed()
         for hook in self._launch_hooks:
             hook(stopped)
         return eval_id
@@ -341,6 +362,7 @@ class Cluster:
 
         change = self._place(transition)
         self._after_change()
+        self._capacity_freed()
         return eval_id, change.state.index
 
     def client_updated(self, views: list[Allocation]) -> None:
@@ -353,10 +375,12 @@ class Cluster:
             if change is None:
                 return
             self._publish_locked(change)
-        for view in views:
-            if view.client_terminal():
-                self._ports.release(view.id)
+        ended = [view for view in views if view.client_terminal()]
+        for view in ended:
+            self._ports.release(view.id)
         self._saver.kick()
+        if ended:
+            self._capacity_freed()
 
     # --- internals ------------------------------------------------------------------
 
@@ -387,7 +411,8 @@ class Cluster:
                 with self._lock:
                     self._check_open_locked()
                     change = transition(self._state, grants)
-                    self._publish_locked(change)
+                    if change.state is not self._state:
+                        self._publish_locked(change)
             finally:
                 self._sync_ports()
         return change
@@ -444,6 +469,38 @@ class Cluster:
             and any(p.value == port for p in a.allocated_ports)
             for a in self.state().allocs.values()
         )
+
+    def _capacity_freed(self) -> None:
+        """Allocations ended or were stopped: wake the retry of blocked evaluations, if
+        there are any (notify-only)."""
+        if blocked_evals(self.state()):
+            self._retry.kick()
+
+    @calls_out
+    def _retry_loop(self) -> None:
+        """The ``cluster-unblock`` thread: after each capacity change, process every
+        blocked evaluation once more (oldest first), until the cluster closes."""
+        while True:
+            self._retry.wait()
+            for blocked_id in blocked_evals(self.state()):
+                if self._stop.cancelled():
+                    return
+                try:
+                    self._retry_blocked(blocked_id)
+                except ApiError:
+                    return  # closed meanwhile
+            if self._stop.cancelled():
+                return
+
+    @calls_out
+    def _retry_blocked(self, blocked_id: str) -> None:
+        def transition(state: ClusterState, grants: placement.PortGrants | None) -> Change:
+            return retry_blocked(
+                state, blocked_id, node_id=self._node_id, node=self._node_view(), grants=grants
+            )
+
+        self._place(transition)
+        self._after_change()
 
     @requires("_lock")
     def _check_open_locked(self) -> None:

@@ -13,10 +13,12 @@ next snapshot and the event-stream entries it emits, all at the next index.
   Nomad's ``FailedTGAllocs`` and ``QueuedAllocations`` and names a ``blocked``
   evaluation made for them (``BlockedEval``); the job summary's ``Queued`` reads
   `ClusterState.queued`. A later evaluation of the job cancels its older blocked
-  ones; freed capacity does not retry them on its own.
+  ones; freed capacity retries them (`retry_blocked`).
 - `deregister_job` stops a job's allocations (and with ``purge`` forgets the job and
   them).
 - `stop_allocation` stops one allocation; a live service job gets a replacement.
+- `retry_blocked` processes a blocked evaluation once capacity was freed: it places
+  what the job still lacks and completes (or names a new blocked evaluation).
 - `merge_client_views` takes the client's state reports into the stored allocations.
 - `adopt_restored` adds what the client restored that the snapshot does not know.
 
@@ -41,7 +43,13 @@ import attrs
 
 from allocrunner.agent import placement
 from allocrunner.agent.errors import bad_request, not_found
-from allocrunner.agent.evaluations import Evaluation, merged, write_evaluations
+from allocrunner.agent.evaluations import (
+    EVAL_BLOCKED,
+    EVAL_CANCELED,
+    Evaluation,
+    merged,
+    write_evaluations,
+)
 from allocrunner.jobspec import encode_allocation, encode_job
 from allocrunner.structs import DESIRED_RUN, Allocation, FrozenDict, Job
 from allocrunner.structs.status import JOB_BATCH, JOB_SYSBATCH
@@ -59,12 +67,14 @@ __all__ = [
     "Evaluation",
     "RegisterResult",
     "adopt_restored",
+    "blocked_evals",
     "check_placeable",
     "deregister_job",
     "encode_event_payload",
     "job_key",
     "merge_client_views",
     "register_job",
+    "retry_blocked",
     "runs_at_once",
     "stop_allocation",
     "with_events",
@@ -351,6 +361,74 @@ def stop_allocation(
         queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
     return Change(stopped_state, tuple(events), placed)
+
+
+def blocked_evals(state: ClusterState) -> tuple[str, ...]:
+    """The ids of the blocked evaluations, oldest first."""
+    blocked = [e for e in state.evals.values() if e.status == EVAL_BLOCKED]
+    return tuple(e.id for e in sorted(blocked, key=lambda e: e.create_index))
+
+
+def retry_blocked(
+    state: ClusterState,
+    blocked_id: str,
+    *,
+    node_id: str,
+    node: placement.NodeView | None = None,
+    grants: placement.PortGrants | None = None,
+) -> Change:
+    """Process a blocked evaluation once capacity was freed (Nomad unblocks it): place
+    what its job still lacks, as `register_job` places. The blocked evaluation
+    completes; when something still does not fit it names a new blocked one. A job
+    gone or stopped cancels it. `state` unchanged when it is not blocked any more."""
+    blocked = state.evals.get(blocked_id)
+    if blocked is None or blocked.status != EVAL_BLOCKED:
+        return Change(state)
+    index = state.index + 1
+    job = state.jobs.get(job_key(blocked.namespace, blocked.job_id))
+    allocs = dict(state.allocs)
+    events: list[ClusterEvent] = []
+    placed = placement.Placement()
+    if job is not None and runs_at_once(job):
+        placed = placement.place_job(
+            job,
+            state.job_allocs(job.id, job.namespace),
+            index=index,
+            node_id=node_id,
+            eval_id=blocked_id,
+            node_allocs=tuple(state.allocs.values()),
+            node=node,
+            grants=grants,
+        )
+        for alloc in (*placed.changed, *placed.created):
+            allocs[alloc.id] = alloc
+        for alloc in _link_previous(allocs, placed.created, index):
+            events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
+    evaluated = job or Job(id=blocked.job_id, namespace=blocked.namespace)
+    evals = write_evaluations(
+        state.evals, blocked_id, evaluated, blocked.triggered_by, index, placed
+    )
+    done = attrs.evolve(
+        evals[blocked_id],
+        status=EVAL_CANCELED if job is None or not runs_at_once(job) else "complete",
+        previous_eval=blocked.previous_eval,
+        create_index=blocked.create_index,
+        create_time=blocked.create_time,
+        modify_index=index,
+    )
+    evals[blocked_id] = done
+    events.extend(_event(TOPIC_EVAL, "EvaluationUpdated", e, index) for e in evals.values())
+    key = job_key(evaluated.namespace, evaluated.id)
+    retried = attrs.evolve(
+        state,
+        index=index,
+        allocs=FrozenDict(allocs),
+        alloc_index=index if placed.created or placed.changed else state.alloc_index,
+        evals=merged(state.evals, evals),
+        eval_index=index,
+        queued=state.queued.set(key, FrozenDict(placed.queued())),
+    )
+    return Change(retried, tuple(events), placed)
 
 
 def merge_client_views(state: ClusterState, views: Iterable[Allocation]) -> Change | None:

@@ -7,8 +7,9 @@ Every write to the cluster is evaluated at once, so an evaluation is born
 (``QueuedAllocations``) and the id of a second evaluation made for them
 (``BlockedEval``): status ``blocked``, triggered by ``queued-allocs``, naming the first
 as ``PreviousEval``. A later evaluation of the same job supersedes the job's blocked
-ones (status ``canceled``, Nomad's spelling). Capacity freed later does not retry a
-blocked evaluation on its own here; the next register of the job does.
+ones (status ``canceled``, Nomad's spelling). When capacity is freed (an allocation
+ends or is stopped) the cluster processes each blocked evaluation again, as Nomad
+unblocks them: it completes, and names a new blocked one if some still do not fit.
 
 Threads: none. Locks: none; pure values and functions, called by the cluster's
 transitions under ``Cluster._lock`` and read by the API handlers. Owner:

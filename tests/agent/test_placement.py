@@ -200,6 +200,31 @@ def test_memory_counts_the_live_allocations_of_the_node(env: Env) -> None:
     assert evaluation["QueuedAllocations"] == {"g": 2}
 
 
+def test_freed_capacity_places_what_was_queued(env: Env) -> None:
+    """Nomad unblocks a blocked evaluation when capacity is freed: a batch job whose
+    allocations fit one at a time runs them all, one after the other."""
+    memory = env.n.nodes.get_nodes(resources=True)[0]["NodeResources"]["Memory"]["MemoryMB"]
+    task = {**_task(memory=memory // 2 + 1), "Config": {"run_for": "100ms"}}
+    body = _job("serial", count=3, task=task)
+    body["Job"]["Type"] = "batch"
+    first = env.evaluation(env.register(body)["EvalID"])
+    assert first["QueuedAllocations"] == {"g": 2}
+
+    def all_complete() -> None:
+        allocs = env.n.job.get_allocations("serial")
+        assert sorted(a["Name"] for a in allocs if a["ClientStatus"] == "complete") == [
+            "serial.g[0]",
+            "serial.g[1]",
+            "serial.g[2]",
+        ], allocs
+
+    wait_for(all_complete, timeout=30)
+    evals = env.n.job.get_evaluations("serial")
+    assert not [e for e in evals if e["Status"] == "blocked"]
+    assert env.evaluation(first["BlockedEval"])["Status"] == "complete"
+    assert env.n.job.get_summary("serial")["Summary"]["g"]["Queued"] == 0
+
+
 # --- ports ---------------------------------------------------------------------------
 
 
