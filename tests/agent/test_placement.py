@@ -318,6 +318,69 @@ def test_allocated_ports_are_in_the_allocations_json(env: Env) -> None:
     assert job["TaskGroups"][0]["Networks"][0]["DynamicPorts"][0]["Label"] == "db"
 
 
+def test_concurrent_registers_for_one_static_port_place_exactly_one(env: Env) -> None:
+    port = _free_port()
+    replies: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def register(n: int) -> None:
+        try:
+            replies.append(env.register(_job(f"race{n}", static={"http": port})))
+        except BaseException as err:  # reported below, on the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    failed = [r for r in replies if env.evaluation(r["EvalID"])["FailedTGAllocs"]]
+    assert len(failed) == 7
+    placed = [a for n in range(8) for a in env.live_allocs(f"race{n}")]
+    assert len(placed) == 1
+    assert env.ports_of(placed[0]["ID"]) == {"http": port}
+
+
+BIND_AND_LINGER = """
+import os, signal, socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("0.0.0.0", int(os.environ["NOMAD_PORT_http"])))
+sock.listen()
+signal.signal(signal.SIGTERM, lambda *_: None)
+with open(os.path.join(os.environ["NOMAD_ALLOC_DIR"], "data", "pids"), "a") as fh:
+    fh.write(str(os.getpid()) + chr(10))
+time.sleep(300)
+"""
+
+
+def test_a_destructive_update_gives_the_port_of_the_stopping_allocation(env: Env) -> None:
+    """Nomad frees a port for placement once its allocation is told to stop, though its
+    task may still hold it: the replacement gets the same static port."""
+    port = _free_port()
+    task = {
+        "Name": "t",
+        "Driver": "raw_exec",
+        "Config": {"command": sys.executable, "args": ["-c", BIND_AND_LINGER]},
+        "KillTimeout": 2_000_000_000,
+        "Resources": {"CPUShares": 10, "MemoryMB": 10},
+    }
+    env.register(_job("web", static={"http": port}, task=task))
+    [old] = env.live_allocs("web")
+    wait_for(lambda: holds(recorded_pids(env.data_dir, old["ID"]), "task pid"), timeout=15)
+    assert not port_is_free(port)
+    changed = {**task, "Env": {"VERSION": "2"}}
+    reply = env.register(_job("web", static={"http": port}, task=changed))
+    assert env.evaluation(reply["EvalID"])["FailedTGAllocs"] is None
+    [new] = env.live_allocs("web")
+    assert new["ID"] != old["ID"] and new["PreviousAllocation"] == old["ID"]
+    assert env.ports_of(new["ID"]) == {"http": port}
+    pids = recorded_pids(env.data_dir, old["ID"])
+    env.n.job.deregister_job("web", purge=True)
+    wait_for(lambda: holds([p for p in pids if pid_alive(p)] == [], "old task gone"), 20)
+
+
 def test_ports_survive_an_agent_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "agent"
     port = _free_port()
