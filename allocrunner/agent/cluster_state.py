@@ -364,8 +364,9 @@ def stop_allocation(
 
 
 def blocked_evals(state: ClusterState) -> tuple[str, ...]:
-    """The ids of the blocked evaluations, oldest first."""
-    blocked = [e for e in state.evals.values() if e.status == EVAL_BLOCKED]
+    """The ids of the blocked evaluations that freed capacity may unblock, oldest
+    first."""
+    blocked = [e for e in state.evals.values() if e.waits_for_capacity()]
     return tuple(e.id for e in sorted(blocked, key=lambda e: e.create_index))
 
 

@@ -8,8 +8,9 @@ Every write to the cluster is evaluated at once, so an evaluation is born
 (``BlockedEval``): status ``blocked``, triggered by ``queued-allocs``, naming the first
 as ``PreviousEval``. A later evaluation of the same job supersedes the job's blocked
 ones (status ``canceled``, Nomad's spelling). When capacity is freed (an allocation
-ends or is stopped) the cluster processes each blocked evaluation again, as Nomad
-unblocks them: it completes, and names a new blocked one if some still do not fit.
+ends or is stopped) the cluster processes again each blocked evaluation that waits
+for capacity (`Evaluation.waits_for_capacity`), as Nomad unblocks them: it completes,
+and names a new blocked one if some still do not fit.
 
 Threads: none. Locks: none; pure values and functions, called by the cluster's
 transitions under ``Cluster._lock`` and read by the API handlers. Owner:
@@ -71,6 +72,18 @@ class Evaluation:
     blocked_eval: str = ""
     previous_eval: str = ""
     create_time: int = 0
+
+    def waits_for_capacity(self) -> bool:
+        """Whether freed capacity may let this blocked evaluation place more: some group
+        ran out of a resource or port, or was filtered by distinct_hosts /
+        distinct_property (which count allocations). A group filtered by the node's own
+        attributes waits for the job to change instead, as Nomad's blocked evaluations
+        skip a node class they were not eligible on."""
+        return self.status == EVAL_BLOCKED and any(
+            f.exhausted is not None
+            or (f.filtered is not None and f.filtered.reason.startswith("distinct_"))
+            for f in self.failed.values()
+        )
 
     def to_api(self) -> dict[str, Any]:
         return {

@@ -121,3 +121,23 @@ def test_without_a_node_nothing_is_checked() -> None:
     job = _job(driver="docker", memory=10**9)
     placed = place_job(job, (), index=1, node_id="n", eval_id="e")
     assert len(placed.created) == 1 and not placed.failed
+
+
+def test_only_blocked_evaluations_short_of_capacity_are_retried() -> None:
+    from allocrunner.agent import cluster_state
+    from allocrunner.agent.cluster_state import ClusterState, blocked_evals, register_job
+
+    windows = Constraint("${attr.kernel.name}", "windows", "=")
+    state = ClusterState()
+    for job in (_job("win", group_constraints=(windows,)), _job("big", memory=5000)):
+        change, _ = register_job(state, job, node_id="n", eval_id=f"eval-{job.id}", node=NODE)
+        state = cluster_state.with_events(change)
+    blocked = {state.evals[i].job_id for i in blocked_evals(state)}
+    assert blocked == {"big"}
+    statuses = sorted((e.job_id, e.status) for e in state.evals.values())
+    assert statuses == [
+        ("big", "blocked"),
+        ("big", "complete"),
+        ("win", "blocked"),
+        ("win", "complete"),
+    ]
