@@ -381,7 +381,10 @@ def test_a_destructive_update_gives_the_port_of_the_stopping_allocation(env: Env
     wait_for(lambda: holds([p for p in pids if pid_alive(p)] == [], "old task gone"), 20)
 
 
-def test_ports_survive_an_agent_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lose_cluster_state", [False, True])
+def test_ports_survive_an_agent_restart(tmp_path: Path, lose_cluster_state: bool) -> None:
+    """From the saved cluster state, or (when that is lost) from the allocations the
+    client restores out of its state database."""
     data_dir = tmp_path / "agent"
     port = _free_port()
     script = 'echo $$ >> "$NOMAD_ALLOC_DIR/data/pids"; exec sleep 300'
@@ -404,6 +407,8 @@ def test_ports_survive_an_agent_restart(tmp_path: Path) -> None:
         pids = recorded_pids(data_dir, alloc.id)
         before = alloc.allocated_ports
         agent.shutdown()
+        if lose_cluster_state:
+            (data_dir / "server" / "state.json").unlink()
         agent = _start(data_dir)
         restored = agent.cluster.state().allocs[alloc.id]
         assert restored.allocated_ports == before
