@@ -1,7 +1,9 @@
 """Saving the one-node cluster's state to disk, and reading it back on start.
 
-The cluster's jobs and allocations are kept in ``<data_dir>/server/state.json``
-(Nomad's API JSON, with the index). `StateSaver` writes the newest snapshot on its
+The cluster's jobs, allocations and evaluations are kept in
+``<data_dir>/server/state.json`` (Nomad's API JSON, with the index, and the count of
+allocations each job still lacks), so a blocked evaluation and the summary's
+``Queued`` outlive a restart. `StateSaver` writes the newest snapshot on its
 own thread whenever it is kicked, so a burst of changes costs one write, and flushes
 on `StateSaver.close`. A write goes to a temporary file that is synced and then
 renamed over the old one, so a crash leaves the old state or the new, never half of
@@ -27,6 +29,7 @@ from pathlib import Path
 from allocrunner._locking import calls_out, immutable
 from allocrunner._sync import CancelToken, Kick, ThreadGroup
 from allocrunner.agent.cluster_state import ClusterState, job_key
+from allocrunner.agent.evaluations import evaluation_from_api
 from allocrunner.errors import JobSpecError
 from allocrunner.jobspec import decode_allocation, decode_job, encode_allocation, encode_job
 from allocrunner.structs import FrozenDict
@@ -102,6 +105,8 @@ def write_state(path: Path, state: ClusterState) -> None:
         "Index": state.index,
         "Jobs": [encode_job(j) for j in state.jobs.values()],
         "Allocations": [encode_allocation(a) for a in state.allocs.values()],
+        "Evaluations": [e.to_api() for e in state.evals.values()],
+        "Queued": {k: dict(v) for k, v in state.queued.items() if v},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -132,8 +137,16 @@ def read_state(path: Path) -> ClusterState:
         for obj in data.get("Allocations") or ():
             alloc = decode_allocation(obj)
             allocs[alloc.id] = alloc
+        evals = {}
+        for obj in data.get("Evaluations") or ():
+            evaluation = evaluation_from_api(obj)
+            evals[evaluation.id] = evaluation
+        queued = {
+            str(k): FrozenDict({str(g): int(n) for g, n in v.items()})
+            for k, v in (data.get("Queued") or {}).items()
+        }
         index = int(data.get("Index") or 1)
-    except (JobSpecError, ValueError, TypeError) as err:
+    except (JobSpecError, ValueError, TypeError, KeyError, AttributeError) as err:
         log.error("cluster state %s invalid (%s); rebuilding from the client", path, err)
         return ClusterState()
     return ClusterState(
@@ -142,5 +155,7 @@ def read_state(path: Path) -> ClusterState:
         job_index=index,
         allocs=FrozenDict(allocs),
         alloc_index=index,
+        evals=FrozenDict(evals),
         eval_index=index,
+        queued=FrozenDict(queued),
     )

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from allocrunner.agent import placement
+from allocrunner.placement import ConstraintFailure
 from allocrunner.structs import FrozenDict, Job
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "EVAL_CANCELED",
     "EVAL_TRIGGER_QUEUED",
     "Evaluation",
+    "evaluation_from_api",
     "merged",
     "new_evaluation",
     "write_evaluations",
@@ -182,3 +184,56 @@ def merged(
     merged = dict(evals)
     merged.update(new)
     return FrozenDict(merged)
+
+
+def _first_key(value: Any) -> str | None:
+    if isinstance(value, Mapping) and value:
+        return str(next(iter(value)))
+    return None
+
+
+def _failure_from_api(metric: Any) -> placement.GroupFailure:
+    """A `GroupFailure` back from its AllocMetric JSON (`GroupFailure.metric_json`)."""
+    if not isinstance(metric, Mapping):
+        raise ValueError("an AllocMetric must be an object")
+    reason = _first_key(metric.get("ConstraintFiltered"))
+    coalesced = metric.get("CoalescedFailures") or 0
+    if not isinstance(coalesced, int):
+        raise ValueError("CoalescedFailures must be an integer")
+    node_class = _first_key(metric.get("ClassFiltered")) or _first_key(metric.get("ClassExhausted"))
+    return placement.GroupFailure(
+        filtered=ConstraintFailure(reason) if reason is not None else None,
+        exhausted=_first_key(metric.get("DimensionExhausted")),
+        count=coalesced + 1,
+        datacenter=_first_key(metric.get("NodesAvailable")) or "",
+        node_class=node_class or "",
+    )
+
+
+def evaluation_from_api(obj: Any) -> Evaluation:
+    """An `Evaluation` back from its `Evaluation.to_api` JSON (the saved cluster
+    state); ValueError or TypeError when it is not one."""
+    if not isinstance(obj, Mapping):
+        raise ValueError("an evaluation must be an object")
+    failed = obj.get("FailedTGAllocs") or {}
+    queued = obj.get("QueuedAllocations") or {}
+    if not isinstance(failed, Mapping) or not isinstance(queued, Mapping):
+        raise ValueError("FailedTGAllocs and QueuedAllocations must be objects")
+    return Evaluation(
+        id=str(obj["ID"]),
+        job_id=str(obj["JobID"]),
+        namespace=str(obj.get("Namespace") or "default"),
+        type=str(obj.get("Type") or ""),
+        priority=int(obj.get("Priority") or 0),
+        triggered_by=str(obj.get("TriggeredBy") or ""),
+        create_index=int(obj.get("CreateIndex") or 0),
+        status=str(obj.get("Status") or "complete"),
+        status_description=str(obj.get("StatusDescription") or ""),
+        modify_index=int(obj.get("ModifyIndex") or 0),
+        job_modify_index=int(obj.get("JobModifyIndex") or 0),
+        failed=FrozenDict({str(g): _failure_from_api(m) for g, m in failed.items()}),
+        queued=FrozenDict({str(g): int(n) for g, n in queued.items()}),
+        blocked_eval=str(obj.get("BlockedEval") or ""),
+        previous_eval=str(obj.get("PreviousEval") or ""),
+        create_time=int(obj.get("CreateTime") or 0),
+    )

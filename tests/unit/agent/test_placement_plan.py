@@ -141,3 +141,22 @@ def test_only_blocked_evaluations_short_of_capacity_are_retried() -> None:
         ("win", "blocked"),
         ("win", "complete"),
     ]
+
+
+def test_failures_and_queued_counts_outlive_a_restart(tmp_path) -> None:
+    from allocrunner.agent.cluster_persist import read_state, write_state
+    from allocrunner.agent.cluster_state import ClusterState, register_job, with_events
+
+    change, _ = register_job(ClusterState(), _job("big", count=2, memory=600), **_REGISTER)
+    state = with_events(change)
+    write_state(tmp_path / "state.json", state)
+    restored = read_state(tmp_path / "state.json")
+    assert restored.queued == {"default/big": {"g": 1}}
+    assert {e.id: e.to_api() for e in restored.evals.values()} == {
+        e.id: e.to_api() for e in state.evals.values()
+    }
+    [blocked] = [e for e in restored.evals.values() if e.status == "blocked"]
+    assert blocked.waits_for_capacity()
+
+
+_REGISTER = {"node_id": "n", "eval_id": "e1", "node": NODE}
