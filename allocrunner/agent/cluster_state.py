@@ -429,7 +429,7 @@ def retry_blocked(
         eval_index=index,
         queued=state.queued.set(key, FrozenDict(placed.queued())),
     )
-    return Change(retried, tuple(events), placed)
+    return Change(_forget_old(retried, "", evaluated.namespace), tuple(events), placed)
 
 
 def merge_client_views(state: ClusterState, views: Iterable[Allocation]) -> Change | None:
