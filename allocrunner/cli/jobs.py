@@ -4,8 +4,8 @@
 involved), registers it with `PUT /v1/jobs`, prints the warnings (the file's settings
 this node ignores, and the agent's) under Nomad's `Job Warnings:` header on stdout,
 and unless `-detach` watches the allocations it placed until every one is terminal.
-When the register's evaluation
-could not place every allocation, Nomad's placement-failure block is printed first
+When the evaluation of the register (or of a `job dispatch`) could not place every
+allocation, Nomad's placement-failure block is printed first
 (`monitor.print_placement_failures`) and the exit code is 2 (at once when nothing was
 placed). The exit code is the outcome: 0 all tasks succeeded, 1 a task failed, 2 bad
 input or not every allocation could be placed, 130 interrupted. When the agent is
@@ -440,5 +440,8 @@ def job_dispatch(args: argparse.Namespace, out: Output) -> int:
         if args.detach or not eval_id or not dispatched:
             return EXIT_OK
         out.line()
-        since = _since(reply)
-        return watch_to_the_end(session, dispatched, since, out)
+        failed = _report_placement(session.api, eval_id, out)
+        if failed is not None and not failed:
+            return EXIT_BAD_INPUT
+        code = watch_to_the_end(session, dispatched, _since(reply), out)
+        return EXIT_BAD_INPUT if failed else code

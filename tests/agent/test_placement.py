@@ -511,3 +511,13 @@ def test_job_status_shows_queued_and_the_placement_failure(env: Env, tmp_path: P
         'Task Group "g":',
         '  * Constraint "${attr.kernel.name} = windows": 1 nodes excluded by filter',
     ]
+
+
+def test_job_dispatch_reports_a_child_that_cannot_be_placed(env: Env, tmp_path: Path) -> None:
+    body = _job("param", constraints=[WINDOWS])
+    body["Job"]["Type"] = "batch"
+    body["Job"]["ParameterizedJob"] = {"Payload": "optional"}
+    env.register(body)
+    done = _cli("job", "dispatch", "-address", env.address, "param", cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    _assert_failure_block(done.stdout)
