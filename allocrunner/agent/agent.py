@@ -200,7 +200,12 @@ class Agent:
             config, state_updater=self._on_client_update, update_interval=cfg.update_interval
         )
         cluster = Cluster(
-            cfg.data_dir, node_id, self._run_allocs, self._tracked, on_register=self._registered
+            cfg.data_dir,
+            node_id,
+            self._run_allocs,
+            self._tracked,
+            on_register=self._registered,
+            node=node,
         )
         periodic = PeriodicLauncher(self._launch_periodic, self._children_running)
         with self._lock:

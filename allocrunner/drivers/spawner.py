@@ -389,7 +389,7 @@ class Spawner:
                 else:
                     self.serve_client(fd)
             if self.lingering:
-                self.lingering = [path for path in self.lingering if not remove_cgroup(path)]
+                self.lingering[:] = [p for p in self.lingering if not remove_cgroup(p)]
             if self.idle() and self.try_retire():
                 return
 
