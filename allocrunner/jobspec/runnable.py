@@ -10,7 +10,7 @@ error instead, so a job never starts with a silently different meaning:
   `nomadService`, …: `allocrunner.template.consul_or_vault_functions`), calls a
   function this node refuses to run (`plugin`, `writeToFile`, …:
   `unsupported_functions`), or does not parse;
-- an artifact fetched by a getter other than http, https or a local file (git, s3,
+- an artifact fetched by a getter other than http, https, git or a local file (s3,
   gcs, hg, …);
 - a group network whose mode is not host networking;
 - raw_exec settings of the wrong type (`oom_score_adj` an integer from 0 to 1000,
@@ -66,7 +66,7 @@ _NOT_YET = "not honoured by this node's task runner yet"
 PathStyle = Literal["hcl", "json"]
 
 #: The artifact getters this node runs (`allocrunner.artifacts`).
-ARTIFACT_GETTERS = frozenset({"http", "https", "file"})
+ARTIFACT_GETTERS = frozenset({"http", "https", "git", "file"})
 _FORCED = re.compile(r"^([A-Za-z0-9]+)::")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # go-getter's detectors: host names that mean a getter without a scheme.
@@ -239,7 +239,7 @@ def _check_artifact_getter(source: str, path: str, paths: _Paths) -> None:
         raise JobSpecError(
             paths.field(path, "source", "GetterSource"),
             f"artifact getter {getter!r} is not supported on this node"
-            " (only http, https and local files)",
+            " (only http, https, git and local files)",
         )
 
 
