@@ -4,6 +4,8 @@
   client's settings (`ArtifactConfig`), the errors, and go-getter's reading of a
   source URL.
 - `allocrunner.artifacts.download`: HTTP(S) and local copies, cancellable.
+- `allocrunner.artifacts.git_source` and `allocrunner.artifacts.git`: go-getter's git
+  sources, cloned with the system git (cancellable, time-bounded).
 - `allocrunner.artifacts.unpack`: tar / zip / gz / bz2 / xz with escape checks.
 - `allocrunner.artifacts.install`: destination resolution and the final renames.
 - `allocrunner.artifacts.fetch`: `fetch_artifact`, which runs them in order.

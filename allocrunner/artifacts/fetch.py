@@ -7,8 +7,12 @@ go-getter v1.7.0 semantics):
 1. read the source: options become query parameters, ``archive``, ``checksum`` and
    ``filename`` are taken out (`allocrunner.artifacts.spec`); ``http``/``https`` are
    fetched with urllib and the block's headers; a local path (absolute, or
-   ``file://``) only when the client allows local sources; any other getter (git,
-   s3, gcs, hg) is refused;
+   ``file://``) only when the client allows local sources; a git source
+   (``git::<url>``, ``github.com/<owner>/<repo>``, ``git@<host>:<path>``:
+   `allocrunner.artifacts.git_source`) is cloned with the system git
+   (`allocrunner.artifacts.git`) into the staging directory and installed as a tree
+   (its symlinks checked as an archive's; mode file is refused); any other getter
+   (s3, gcs, hg) is refused;
 2. resolve the destination beneath the task dir (or the given confinement root),
    refusing one that escapes it (`allocrunner.artifacts.install`);
 3. download into a private staging directory made inside the destination directory
@@ -53,6 +57,8 @@ from allocrunner.artifacts.download import (
     download_http,
     new_digest,
 )
+from allocrunner.artifacts.git import check_links, clone
+from allocrunner.artifacts.git_source import is_git_source, parse_git_source
 from allocrunner.artifacts.install import (
     InstallError,
     install_file,
@@ -123,6 +129,9 @@ def _fetch(
 ) -> None:
     if spec.mode not in MODES:
         raise _Refused(f"invalid artifact mode {spec.mode!r}; must be one of: any, file, dir")
+    if is_git_source(spec.source):
+        _fetch_git(spec, task_dir, root, allow_local=allow_local, cancel=cancel, config=config)
+        return
     source = parse_source(spec)
     local_dir = _check_local(source, allow_local)
     tree = _installs_a_tree(spec.mode, source, local_dir)
@@ -147,17 +156,61 @@ def _fetch(
             if source.subdir:
                 staged = _subdir(staged, source.subdir)
             if tree:
-                staged_fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    merge_tree(staged_fd, dir_fd, display)
-                finally:
-                    os.close(staged_fd)
+                _install_tree(staged, dir_fd, display)
             else:
                 install_file(staged, dir_fd, leaf, display)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:
         os.close(dir_fd)
+
+
+def _fetch_git(
+    spec: ArtifactSpec,
+    task_dir: str,
+    root: str,
+    *,
+    allow_local: bool,
+    cancel: CancelToken | None,
+    config: ArtifactConfig,
+) -> None:
+    """Clone a git source into staging, then install its tree (or subdir) as a
+    directory; git's checkout is a tree, so mode file is refused."""
+    if spec.mode == MODE_FILE:
+        raise _Refused("mode file is not supported for a git source; use mode dir")
+    source = parse_git_source(spec)
+    if source.scheme == "file" and not allow_local:
+        raise _Refused("local artifact sources are not allowed on this client (use http or https)")
+    dest = resolve_destination(default_destination(spec), task_dir, root)
+    display = posixpath.join(*dest.parts) if dest.parts else "."
+    dir_fd = open_dir(dest.root, dest.parts)
+    try:
+        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=dest.path)
+        try:
+            tree = os.path.join(staging, "tree")
+            clone(
+                source,
+                tree,
+                work_dir=staging,
+                cancel=cancel,
+                timeout=config.git_timeout,
+                allow_local=allow_local,
+            )
+            staged = _subdir(tree, source.subdir) if source.subdir else tree
+            check_links(staged)
+            _install_tree(staged, dir_fd, display)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        os.close(dir_fd)
+
+
+def _install_tree(staged: str, dir_fd: int, display: str) -> None:
+    staged_fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        merge_tree(staged_fd, dir_fd, display)
+    finally:
+        os.close(staged_fd)
 
 
 def _check_local(source: Source, allow_local: bool) -> bool:

@@ -97,6 +97,7 @@ class ArtifactConfig:
     http_max_bytes: int = 100 * GB
     decompression_file_count_limit: int = 4096
     decompression_size_limit: int = 100 * GB
+    git_timeout: float = 1800.0  # seconds for all the git commands of one clone
 
 
 @attrs.frozen
