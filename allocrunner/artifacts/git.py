@@ -205,9 +205,7 @@ def _exited(pid: int) -> bool:
     return info is not None
 
 
-def _poll_wait(
-    proc: subprocess.Popen[bytes], cancel: CancelToken | None, deadline: float
-) -> bool:
+def _poll_wait(proc: subprocess.Popen[bytes], cancel: CancelToken | None, deadline: float) -> bool:
     token = cancel if cancel is not None else CancelToken()
     while not _exited(proc.pid):
         left = deadline - time.monotonic()
