@@ -1,4 +1,5 @@
-"""Local sources (allowed or refused), unsupported getters, the block's JSON."""
+"""Local sources (allowed or refused), unsupported getters (git: test_git.py), the
+block's JSON."""
 
 from __future__ import annotations
 
@@ -74,9 +75,6 @@ def test_a_relative_or_missing_local_path(task_dir: Path, source_dir: Path) -> N
 @pytest.mark.parametrize(
     ("source", "scheme"),
     [
-        ("git::https://github.com/hashicorp/nomad.git", "git"),
-        ("git@github.com:hashicorp/nomad.git", "git"),
-        ("github.com/hashicorp/nomad", "git"),
         ("s3::https://bucket.s3.amazonaws.com/x", "s3"),
         ("gcs::https://www.googleapis.com/storage/v1/b/x", "gcs"),
         ("ftp://example.com/x", "ftp"),

@@ -239,9 +239,6 @@ def test_json_jobs_are_refused_with_json_paths() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "git::https://github.com/org/repo",
-        "github.com/org/repo",
-        "git@github.com:org/repo.git",
         "s3::https://s3.amazonaws.com/bucket/key",
         "bucket.s3.amazonaws.com/key",
         "gcs::https://www.googleapis.com/storage/v1/b/o",
@@ -249,7 +246,7 @@ def test_json_jobs_are_refused_with_json_paths() -> None:
         "ftp://example.com/file",
     ],
 )
-def test_artifact_getters_other_than_http_and_files_are_refused(source: str) -> None:
+def test_artifact_getters_other_than_http_git_and_files_are_refused(source: str) -> None:
     body = f'artifact {{\nsource = "{source}"\n}}'
     with pytest.raises(JobSpecError, match="getter") as info:
         warnings_of(task=body)
@@ -264,9 +261,12 @@ def test_artifact_getters_other_than_http_and_files_are_refused(source: str) -> 
         ("/srv/files/a.tgz", "file"),
         ("local/a.tgz", "file"),
         ("file:///srv/a", "file"),
+        ("git::https://github.com/org/repo", "git"),
+        ("github.com/org/repo", "git"),
+        ("git@github.com:org/repo.git", "git"),
     ],
 )
-def test_http_and_local_artifacts_are_accepted(source: str, getter: str) -> None:
+def test_http_git_and_local_artifacts_are_accepted(source: str, getter: str) -> None:
     assert getter_of(source) == getter
     assert warnings_of(task=f'artifact {{\nsource = "{source}"\n}}') == []
 
