@@ -8,13 +8,13 @@ tree (main, 2026-08-21) has 98 such e2e files; it is not copied (BUSL).
 
 Of the 82, with Nomad's HCL2 evaluation:
 
-- job model (`runtime_check=False`, any driver): 68 load; 4 need a variable that has no
-  default (JobSpecError naming `variable[NAME]`; each then loads once given); 10 ask
-  for what this node never does (a git artifact, bridge networking, a template reading
-  Consul or the Nomad API) and are refused naming that block;
+- job model (`runtime_check=False`, any driver): 70 load; 4 need a variable that has no
+  default (JobSpecError naming `variable[NAME]`; each then loads once given); 8 ask for
+  what this node never does (bridge networking, a template reading Consul or the Nomad
+  API) and are refused naming that block;
 - as this node would run them (the default check, drivers mock_driver and raw_exec):
-  the 68 less the 3 using a driver it lacks (exec, docker): 65, the 7 with group
-  network ports among them.
+  the 70 less the 4 using a driver it lacks (exec, docker): 66, the 7 with group
+  network ports and the git artifacts among them.
 
 Every warning starts with the field path it is about.
 """
@@ -56,20 +56,11 @@ NEEDS_VARIABLE = {
     ),
 }
 
-_GIT = "artifact getter 'git' is not supported"
 _BRIDGE = "network mode 'bridge' is not supported"
 _CONSUL = "template calls functions that need Consul, Vault or the Nomad API"
 
 #: What this node never does: the file, the field path refused and the reason.
 NEVER_RUNS = {
-    "artifact/input/artifact_darwin.nomad": (
-        "job.group[rawexec].task[rawexec_git_custom].artifact[0].source",
-        _GIT,
-    ),
-    "artifact/input/artifact_linux.nomad": (
-        "job.group[rawexec].task[rawexec_git_custom].artifact[0].source",
-        _GIT,
-    ),
     "consul/input/checks_group.nomad": ("job.group[group_check].network[0].mode", _BRIDGE),
     "consul/input/checks_group_restart.nomad": (
         "job.group[group_check_restart].network[0].mode",
@@ -100,6 +91,7 @@ NEVER_RUNS = {
 
 #: Drivers this node does not have: the file and the task's driver path.
 OTHER_DRIVER = {
+    "artifact/input/artifact_linux.nomad": "job.group[exec].task[exec_file_default].driver",
     "consultemplate/input/template_shared_alloc.nomad": (
         "job.group[template-paths].task[docker].driver"
     ),
@@ -132,7 +124,7 @@ def test_the_fixture_set_is_nomads_v1_6_raw_exec_e2e_files() -> None:
             "# Copyright (c) HashiCorp, Inc.\n# SPDX-License-Identifier: MPL-2.0"
         )
         assert re.search(r'driver\s*=\s*"raw_exec"', text), relative
-    assert len(RUNS_HERE) == 65
+    assert len(RUNS_HERE) == 66
     assert NEWEST_COUNT - V16_COUNT == 16  # e2e files added after v1.6 (not copied)
 
 
