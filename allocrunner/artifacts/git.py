@@ -4,15 +4,17 @@
 
 1. ``git`` must be on the PATH (``git must be available and on the PATH``);
 2. an ``sshkey`` is written to a 0600 file beside the checkout (inside the staging
-   directory, removed with it) and passed as ``GIT_SSH_COMMAND=<ssh> -i <file>``;
+   directory, removed with it) and passed as ``GIT_SSH_COMMAND=ssh -i <file>``;
 3. ``git clone``: with a depth, ``--depth N`` and, when a ref is given,
    ``--branch <ref>`` (so a shallow clone needs a branch or tag; a commit-looking ref
    gets a note saying so); then ``git checkout <ref>`` when a ref is given; then
    ``git submodule update --init --recursive`` (with the same depth).
 
 Every git runs in a new session (its own process group, no controlling terminal),
-with stdin on /dev/null, ``GIT_TERMINAL_PROMPT=0`` and ``GIT_ALLOW_PROTOCOL`` naming
-only the transports this client accepts (so a submodule cannot reach for others).
+with stdin on /dev/null and Nomad's minimal getter environment (the agent's PATH and
+HOME, TMPDIR in the staging directory; no other variable of the agent's, so no stray
+``GIT_DIR``), plus ``GIT_TERMINAL_PROMPT=0`` and ``GIT_ALLOW_PROTOCOL`` naming only
+the transports this client accepts (so a submodule cannot reach for others).
 Its output goes to a file in the staging directory; a failure is
 `DownloadError` (``git clone exited with 128: <git's last lines>``). All the commands
 of one clone share one deadline, the client's ``git_timeout`` (Nomad's default, 30
@@ -53,6 +55,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO
 
+import attrs
+
 from allocrunner._locking import calls_out
 from allocrunner._sync import CancelToken
 from allocrunner.allocdir import fs
@@ -66,6 +70,7 @@ __all__ = ["check_links", "clone"]
 
 _COMMIT_LIKE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _OUTPUT_TAIL = 2048
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _FALLBACK_POLL = 0.05  # seconds between checks where pidfds are missing
 
 
@@ -81,7 +86,7 @@ def clone(
 ) -> None:
     """Clone `source` into the new directory `dest` and check out its ref; `work_dir`
     (the private staging directory) holds the key file and git's output."""
-    git = shutil.which("git")
+    git = shutil.which("git", path=os.environ.get("PATH") or _DEFAULT_PATH)
     if git is None:
         raise DownloadError("git must be available and on the PATH")
     check_cancel(cancel)
@@ -111,37 +116,41 @@ def clone(
 
 
 def _environment(source: GitSource, work_dir: str, allow_local: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["GIT_ALLOW_PROTOCOL"] = "https:http:ssh:git" + (":file" if allow_local else "")
+    """Nomad's minimal getter environment (PATH, HOME, TMPDIR: nothing else of the
+    agent's reaches git), no prompts, the transports allowed, and the key."""
+    env = {
+        "PATH": os.environ.get("PATH") or _DEFAULT_PATH,
+        "TMPDIR": work_dir,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": "https:http:ssh:git" + (":file" if allow_local else ""),
+    }
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
     if source.ssh_key:
         key_file = os.path.join(work_dir, "ssh-key")
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(source.ssh_key)
-        ssh = env.get("GIT_SSH_COMMAND") or "ssh"
-        env["GIT_SSH_COMMAND"] = f"{ssh} -i {shlex.quote(key_file)}"
+        env["GIT_SSH_COMMAND"] = f"ssh -i {shlex.quote(key_file)}"
     return env
 
 
+@attrs.frozen
 class _GitRun:
-    """Not thread-safe; owned by one clone. Runs git commands under one deadline."""
+    """Immutable. Runs the git commands of one clone under one deadline."""
 
-    def __init__(
-        self, git: str, work_dir: str, cancel: CancelToken | None, deadline: float
-    ) -> None:
-        self._git = git
-        self._work_dir = work_dir
-        self._cancel = cancel
-        self._deadline = deadline
+    git: str
+    work_dir: str
+    cancel: CancelToken | None
+    deadline: float  # time.monotonic()
 
     @calls_out
     def __call__(self, args: Sequence[str], *, cwd: str, env: Mapping[str, str]) -> None:
         what = f"git {args[0]}"
-        log = os.path.join(self._work_dir, "git-output")
+        log = os.path.join(self.work_dir, "git-output")
         with open(log, "w+b") as output:
             proc = subprocess.Popen(
-                [self._git, *args],
+                [self.git, *args],
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -150,10 +159,10 @@ class _GitRun:
                 start_new_session=True,
             )
             try:
-                ended = _wait(proc, self._cancel, self._deadline)
+                ended = _wait(proc, self.cancel, self.deadline)
             finally:
                 _end_group(proc)
-            check_cancel(self._cancel)
+            check_cancel(self.cancel)
             if not ended:
                 raise DownloadError(f"{what} timed out")
             if proc.returncode != 0:

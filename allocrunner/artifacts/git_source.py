@@ -8,7 +8,8 @@ v1.6 vendors them) when it is:
 - ``github.com/<owner>/<repo>[/<subdir>]`` (also gitlab.com and bitbucket.org): the
   repository over https, ``.git`` added to its path, anything after the repository
   becoming the subdirectory;
-- scp-like ``git@<host>:<path>``: ``ssh://git@<host>/<path>``;
+- scp-like ``git@<host>:<path>``: ``ssh://git@<host>/<path>`` (another ``git@``
+  source is refused, as the job loader sees it as git too);
 - a ``git://`` URL.
 
 The block's options become query parameters (an option replaces a parameter of the
@@ -72,7 +73,7 @@ def is_git_source(source: str) -> bool:
         return forced.group(1).lower() == "git"
     if source.lower().startswith("git://"):
         return True
-    return source.startswith(_HOSTED) or _SCP.match(source.split("?", 1)[0]) is not None
+    return source.startswith((*_HOSTED, "git@"))
 
 
 def _hosted(base: str) -> tuple[str, tuple[str, ...]] | None:

@@ -249,3 +249,18 @@ def test_the_environment_git_runs_with(
     assert not Path(clone[5]).exists()
     assert [line.split(" ")[0] for line in lines[3:]] == ["submodule"]
     _no_staging_left(task_dir)
+
+
+def test_the_agents_git_variables_do_not_reach_git(
+    task_dir: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path / "elsewhere"))
+    dest = _fetch(task_dir, f"git::file://{repo}", ref="v1")
+    assert (dest / "version.txt").read_text() == "one"
+
+
+def test_a_git_at_source_that_is_not_scp_like_is_refused(task_dir: Path) -> None:
+    with pytest.raises(ArtifactError, match="must be an https, http, ssh") as err:
+        fetch_artifact(ArtifactSpec(source="git@host/path"), task_dir, allow_local=True)
+    assert not err.value.recoverable
