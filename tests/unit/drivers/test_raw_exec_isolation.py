@@ -103,7 +103,7 @@ def cgroup_of(pid: int, key: str) -> str:
 CAT_OOM = {"command": "cat", "args": ["/proc/self/oom_score_adj"]}
 
 
-@pytest.mark.parametrize("agent_value", [-1000, 500])
+@pytest.mark.parametrize("agent_value", [1000, 500])
 def test_task_starts_with_oom_score_adj_0_whatever_the_agent_has(
     no_leftover_processes: None, tmp_path: Path, agent_value: int
 ) -> None:
@@ -119,7 +119,7 @@ def test_task_starts_with_oom_score_adj_0_whatever_the_agent_has(
             stop(driver, config)
 
 
-@pytest.mark.parametrize("agent_value", [-1000, 200])
+@pytest.mark.parametrize("agent_value", [1000, 200])
 def test_task_starts_with_its_configured_oom_score_adj(
     no_leftover_processes: None, tmp_path: Path, agent_value: int
 ) -> None:
