@@ -3,7 +3,9 @@ first starts (Nomad's client/allocrunner/taskrunner/artifact_hook.go).
 
 Each block's source, destination, options and headers are interpolated with the task
 environment built so far, then `allocrunner.artifacts.fetch_artifact` downloads it
-(http or https, with headers), verifies its checksum, unpacks archives with escape
+(http or https, with headers; or a git repository, cloned with the system git:
+``git::<url>``, ``github.com/<owner>/<repo>``, ``git@<host>:<path>``, with ``ref``,
+``depth``, ``sshkey`` and ``//subdir``), verifies its checksum, unpacks archives with escape
 checks and installs it beneath the task directory, confined to the allocation
 directory, as Nomad does. A local file or directory (an absolute path, or `file://`)
 is fetched only where the client allows it: `allow_local`, which the task runner
