@@ -59,6 +59,7 @@ __all__ = [
     "InotifyEvent",
     "PathWatch",
     "WatchTarget",
+    "open_with_wake",
     "parse_events",
 ]
 
@@ -342,15 +343,9 @@ class PathWatch:
         self._open()
 
     def _open(self) -> None:
-        inotify = Inotify.open()
-        if inotify is None:
-            return
-        try:
-            self._wake = CancelWake(self._cancel)
-        except OSError:
-            inotify.close()
-            return
-        self._inotify = inotify
+        opened = open_with_wake(self._cancel)
+        if opened is not None:
+            self._inotify, self._wake = opened
 
     def polling(self) -> bool:
         """True once this watch sleeps on a timer (no inotify, or it ran out)."""
@@ -407,3 +402,17 @@ class PathWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_with_wake(cancel: CancelToken) -> tuple[Inotify, CancelWake] | None:
+    """An inotify instance and a wake-up for `cancel`, or None where either cannot be
+    had (no inotify: the caller polls instead)."""
+    inotify = Inotify.open()
+    if inotify is None:
+        return None
+    try:
+        wake = CancelWake(cancel)
+    except OSError:
+        inotify.close()
+        return None
+    return inotify, wake

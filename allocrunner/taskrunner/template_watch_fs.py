@@ -49,6 +49,7 @@ from allocrunner.allocdir.inotify import (
     CancelWake,
     Inotify,
     InotifyEvent,
+    open_with_wake,
     wait_readable,
 )
 from allocrunner.errors import AllocRunnerError
@@ -106,15 +107,9 @@ class SourceWatch:
             self._signatures = self._stat_all()
 
     def _open(self) -> None:
-        inotify = Inotify.open()
-        if inotify is None:
-            return
-        try:
-            self._wake = CancelWake(self._cancel)
-        except OSError:
-            inotify.close()
-            return
-        self._inotify = inotify
+        opened = open_with_wake(self._cancel)
+        if opened is not None:
+            self._inotify, self._wake = opened
 
     def polling(self) -> bool:
         """True once this watch polls (no inotify, or it ran out of watches)."""
