@@ -59,12 +59,10 @@ import attrs
 
 from allocrunner._locking import calls_out
 from allocrunner._sync import CancelToken
-from allocrunner.allocdir import fs
 from allocrunner.allocdir.inotify import CancelWake
 from allocrunner.artifacts.download import Cancelled, DownloadError, check_cancel
 from allocrunner.artifacts.git_source import GitSource
-from allocrunner.artifacts.unpack import UnpackError
-from allocrunner.errors import AllocDirError, PathEscapeError
+from allocrunner.artifacts.unpack import UnpackError, check_link_inside
 
 __all__ = ["check_links", "clone"]
 
@@ -253,17 +251,4 @@ def _check_link(tree: str, name: str) -> None:
     target = os.readlink(os.path.join(tree, name))
     if os.path.isabs(target):
         raise UnpackError(f"symlink {name} -> {target} is absolute")
-    try:
-        fs.resolve(
-            tree,
-            tuple(name.split("/")),
-            display=name,
-            lexical_when_missing=True,
-            refuse_secrets=False,
-        ).close()
-    except PathEscapeError:
-        raise UnpackError(f"symlink {name} -> {target} escapes the destination") from None
-    except fs.SymlinkLoopError:
-        return  # a loop resolves nowhere, so it cannot lead out either
-    except AllocDirError as err:
-        raise UnpackError(f"symlink {name} -> {target}: {err}") from None
+    check_link_inside(tree, tuple(name.split("/")), target, name)

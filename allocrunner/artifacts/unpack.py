@@ -212,30 +212,30 @@ class _Tree:
             self.clear(parts, name)
             os.symlink(target, self.path(parts))
         for parts, target, name in self.links:
-            self._check_link(parts, target, name)
+            check_link_inside(self.root, parts, target, name)
         modes = {p: 0o755 for p in self.implicit}
         modes.update(self.dirs)
         for parts in sorted(modes, key=len, reverse=True):
             os.chmod(self.path(parts), modes[parts])
 
-    def _check_link(self, parts: tuple[str, ...], target: str, name: str) -> None:
-        try:
-            fs.resolve(
-                self.root,
-                parts,
-                display=name,
-                lexical_when_missing=True,
-                refuse_secrets=False,
-            ).close()
-        except PathEscapeError:
-            raise UnpackError(f"symlink {name} -> {target} escapes the destination") from None
-        except fs.SymlinkLoopError:
-            return  # a loop resolves nowhere, so it cannot lead out either
-        except AllocDirError as err:
-            raise UnpackError(f"symlink {name} -> {target}: {err}") from None
 
-
-# --- tar and zip -----------------------------------------------------------------------
+def check_link_inside(root: str, parts: tuple[str, ...], target: str, name: str) -> None:
+    """Refuse the symlink at `parts` under `root` (shown as `name`, pointing at
+    `target`) if it resolves outside `root`; a loop leads nowhere, so it passes."""
+    try:
+        fs.resolve(
+            root,
+            parts,
+            display=name,
+            lexical_when_missing=True,
+            refuse_secrets=False,
+        ).close()
+    except PathEscapeError:
+        raise UnpackError(f"symlink {name} -> {target} escapes the destination") from None
+    except fs.SymlinkLoopError:
+        return  # a loop resolves nowhere, so it cannot lead out either
+    except AllocDirError as err:
+        raise UnpackError(f"symlink {name} -> {target}: {err}") from None
 
 
 def _unpack_tar(path: str, kind: str, tree: _Tree) -> None:
