@@ -44,6 +44,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
+
 from allocrunner._locking import calls_out, confined, immutable
 from allocrunner._sync import LatestValue
 from allocrunner.structs import TaskEvent
@@ -173,12 +175,26 @@ def _watched_source(template: Template, task_dir: Path, alloc_dir: Path) -> tupl
 
 @calls_out
 def _render_again(
-    task_dir: Path, alloc_dir: Path, template: Template, env: Mapping[str, str]
+    task_dir: Path,
+    alloc_dir: Path,
+    template: Template,
+    env: Mapping[str, str],
+    sources: dict[str, str | None],
 ) -> str | None:
+    """`template` rendered again from the pass's snapshot of its source (read into
+    `sources` on first use); None while the source is missing."""
+    key = template.source_path
     try:
-        return render_text(template, task_dir=task_dir, alloc_dir=alloc_dir, env=dict(env))
-    except SourceMissingError:
-        return None
+        if key not in sources:
+            try:
+                sources[key] = _read_source(task_dir, alloc_dir, key)
+            except SourceMissingError:
+                sources[key] = None
+        text = sources[key]
+        if text is None:
+            return None
+        snapshot = attrs.evolve(template, embedded_tmpl=text, source_path="")
+        return render_text(snapshot, task_dir=task_dir, alloc_dir=alloc_dir, env=dict(env))
     except TemplateRenderError as err:
         raise RenderFailed(str(err)) from None
 

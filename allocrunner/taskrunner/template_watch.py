@@ -108,9 +108,11 @@ class RenderFailed(Exception):
     """A template could not be rendered or written; the message says which and why."""
 
 
-Render = Callable[[Template, Mapping[str, str]], str | None]
+Render = Callable[[Template, Mapping[str, str], dict[str, str | None]], str | None]
 """Renders a template over an env: the text, None when its source is missing now;
-RenderFailed otherwise."""
+RenderFailed otherwise. The dict is the pass's snapshot of the sources (path -> text,
+None when missing): each source is read once per pass, so templates sharing a source
+render the same version of it even while it is being rewritten."""
 Write = Callable[[Template, str], None]
 """Writes a rendered text to a template's destination; RenderFailed on failure."""
 
@@ -260,9 +262,10 @@ class TemplateWatcher:
         """Render every source again and write what changed; None once the task was
         killed because a template failed."""
         changed: list[Template] = []
+        sources: dict[str, str | None] = {}
         for w in self._watched:
             try:
-                text = self._render(w.template, self._env)
+                text = self._render(w.template, self._env, sources)
                 if text is None or text == self._last[w.index]:
                     continue
                 self._write(w.template, text)

@@ -69,7 +69,9 @@ class Renders:
         self._lock = threading.Lock()
         self.count = 0
 
-    def __call__(self, template: Template, env: Mapping[str, str]) -> str | None:
+    def __call__(
+        self, template: Template, env: Mapping[str, str], sources: dict[str, str | None]
+    ) -> str | None:
         with self._lock:
             self.count += 1
         path = self.root / template.source_path
