@@ -440,14 +440,16 @@ class Cluster:
 
     @calls_out
     def _sync_ports(self) -> None:
-        """Make the port table agree with the state: release what terminal or unknown
-        allocations hold, adopt the ports of live ones it does not hold. Called with the
-        planner turn held, so no reservation is under way."""
+        """Make the port table agree with the state: release what unknown allocations
+        or ones whose client status is terminal hold (one stopped but still shutting
+        down keeps its ports, as Nomad's scheduler counts it), adopt the ports of live
+        ones it does not hold. Called with the planner turn held, so no reservation is
+        under way."""
         state = self.state()
         held = self._ports.holders()
         for alloc_id in held:
             alloc = state.allocs.get(alloc_id)
-            if alloc is None or alloc.terminal():
+            if alloc is None or alloc.client_terminal():
                 self._ports.release(alloc_id)
         for alloc in state.allocs.values():
             if alloc.allocated_ports and not alloc.terminal() and alloc.id not in held:

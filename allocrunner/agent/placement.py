@@ -356,7 +356,10 @@ def place_job(
     changed: list[Allocation] = []
     wants, stops = _plan_slots(job, existing, index, eval_id, changed)
     stopping = {a.id for a in stops}
-    live = (a for a in node_allocs if not a.terminal() and a.id not in stopping)
+    # Nomad's ProposedAllocs (v1.6): an allocation counts until its client status is
+    # terminal, unless this very plan stops it; one stopped earlier and still shutting
+    # down (a shutdown_delay, a kill_timeout) keeps its resources and ports.
+    live = (a for a in node_allocs if not a.client_terminal() and a.id not in stopping)
     account = _opening_account(node, job.id, live)
     created: list[Allocation] = []
     kept_running: set[str] = set()

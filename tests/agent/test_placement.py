@@ -283,7 +283,13 @@ def test_ports_are_released_on_stop_and_given_again(env: Env) -> None:
         f"network: reserved port collision http={port}": 1
     }
     env.n.job.deregister_job("first")
-    assert env.agent.cluster.ports.ports_of(first["ID"]) == ()
+
+    def released() -> None:
+        # Held while the stopped allocation shuts down (Nomad's scheduler counts it
+        # until its client status is terminal), then freed.
+        assert env.agent.cluster.ports.ports_of(first["ID"]) == ()
+
+    wait_for(released, 30)
     again = env.evaluation(env.register(_job("second", static={"http": port}))["EvalID"])
     assert again["FailedTGAllocs"] is None
     [second] = env.live_allocs("second")

@@ -74,10 +74,16 @@ def test_memory_is_counted_across_the_group_and_the_live_allocations() -> None:
     assert other.failed["g"].exhausted == "memory"
 
 
-def test_terminal_allocations_free_their_resources() -> None:
+def test_allocations_free_their_resources_once_their_client_status_is_terminal() -> None:
+    """As Nomad's ProposedAllocs (v1.6): a stopped allocation still shutting down
+    keeps its resources; one whose client status is terminal frees them."""
     placed = _place(_job(count=3, memory=300))
-    stopped = [attrs.evolve(a, desired_status="stop") for a in placed.created]
-    assert not _place(_job("other", memory=900), node_allocs=stopped).failed
+    stopping = [attrs.evolve(a, desired_status="stop") for a in placed.created]
+    assert _place(_job("other", memory=900), node_allocs=stopping).failed["g"].exhausted == (
+        "memory"
+    )
+    ended = [attrs.evolve(a, client_status="complete") for a in stopping]
+    assert not _place(_job("other", memory=900), node_allocs=ended).failed
 
 
 def test_distinct_hosts_admits_one_allocation_of_the_job() -> None:
