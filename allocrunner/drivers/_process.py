@@ -262,14 +262,26 @@ def agent_user() -> str:
         return str(os.getuid())
 
 
-def check_task_dirs(config: TaskConfig) -> str:
-    """The absolute task dir; DriverError for a config no task can run with (another
-    user, missing task or logs dir, log limits below 1)."""
-    if config.user and config.user != agent_user():
+def check_task_user(user: str) -> None:
+    """DriverError unless a task may run as `user`: switching users needs an agent
+    running as root (Nomad's executor fails the same way), and the user must exist."""
+    if os.geteuid() != 0:
         raise DriverError(
-            f"{_NAME}: task user {config.user!r} is not supported: tasks run as the "
-            f"agent's user {agent_user()!r}"
+            f"{_NAME}: task user {user!r}: running a task as another user needs the agent "
+            f"to run as root; it runs as {agent_user()!r}"
         )
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        if not user.isdigit():
+            raise DriverError(f"{_NAME}: task user {user!r} does not exist") from None
+
+
+def check_task_dirs(config: TaskConfig) -> str:
+    """The absolute task dir; DriverError for a config no task can run with (a user
+    it may not run as, missing task or logs dir, log limits below 1)."""
+    if config.user and config.user != agent_user():
+        check_task_user(config.user)
     if not config.task_dir:
         raise DriverError(f"{_NAME}: task {config.name!r} has no task_dir")
     if not os.path.isdir(config.task_dir):

@@ -115,6 +115,7 @@ from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
 from allocrunner.drivers._process import (
     STATUS_FILE,
     STREAMS,
+    agent_user,
     check_task_dirs,
     close_fds,
     ensure_log_files,
@@ -249,6 +250,8 @@ class RawExecDriver:
             "oom_score_adj_required": spec.oom_score_adj is not None,
             "cgroup": None if plan is None else plan.to_json(),
         }
+        if config.user and config.user != agent_user():
+            options["user"] = config.user
         if config.logs_disabled:
             options["output"] = "null"
             note_r, note_w = make_notify_pipe()

@@ -7,8 +7,8 @@ imports nothing but the standard library, ``python -I -S <this file> <dir>``; ru
 isolated, it cannot import a sibling module, which is why everything the spawner process
 does (serving, spawning, reaping, the oom_score_adj and cgroup of a spawn) is in this
 one file: a single concern, the spawner process, longer than most modules for that
-reason. The launcher takes ``<dir>/spawner.2.lock`` (2 is `PROTOCOL`; an flock held
-for the spawner's whole life; the file holds its pid), binds ``<dir>/spawner.2.sock``
+reason. The launcher takes ``<dir>/spawner.3.lock`` (3 is `PROTOCOL`; an flock held
+for the spawner's whole life; the file holds its pid), binds ``<dir>/spawner.3.sock``
 (SOCK_SEQPACKET; only peers of its own uid are served), forks the daemon (new session,
 stdin/stdout on /dev/null, stderr appended to ``<dir>/spawner.log``) and exits 0 once
 the socket accepts connections.
@@ -19,8 +19,11 @@ Requests and replies are one JSON message each, descriptors passed with SCM_RIGH
   read/write ends, the write end of an exit-notify pipe; with ``output: "null"`` only
   the last, and the task's stdout and stderr are /dev/null; optional
   ``oom_score_adj`` with ``oom_score_adj_required``, and ``cgroup``, the plan of
-  `allocrunner.drivers._cgroups.CgroupPlan`). The task is spawned with
-  ``posix_spawn``: its own process group, every catchable signal at its default
+  `allocrunner.drivers._cgroups.CgroupPlan`; optional ``user``: the task runs as
+  that user, with its group and supplementary groups, as Nomad's executor sets them).
+  The task is spawned with ``posix_spawn`` (with a ``user``, which posix_spawn cannot
+  set, by fork and exec: the spawner is single-threaded, and a pipe closed by the exec
+  reports its success or its errno): its own process group, every catchable signal at its default
   action, an empty signal mask, stdin on /dev/null and no other descriptor (every
   descriptor of the spawner is close-on-exec). ``posix_spawn`` returns after the exec
   (glibc's vfork reports exec failures), so the reply (pid, the range of clock ticks
@@ -89,7 +92,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-PROTOCOL = 2
+PROTOCOL = 3
 """The request protocol's version; it names the socket and the lock, so a spawner left
 running by an older agent keeps its own tasks and never gets requests it cannot read."""
 SOCKET_NAME = f"spawner.{PROTOCOL}.sock"
@@ -353,6 +356,72 @@ class _Task:
             print(f"spawner: cannot create {self.status_path}: {err}", file=sys.stderr)
 
 
+def _credentials(user: str) -> tuple[int, int, list[int]]:
+    """The uid, gid and supplementary groups of `user` (a name, or a numeric uid);
+    OSError naming it when there is no such user."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        if not user.isdigit():
+            raise OSError(errno.EINVAL, f"no such user {user!r}") from None
+        try:
+            entry = pwd.getpwuid(int(user))
+        except KeyError:
+            return int(user), int(user), []
+    return entry.pw_uid, entry.pw_gid, os.getgrouplist(entry.pw_name, entry.pw_gid)
+
+
+def _fork_exec(
+    path: str,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    stdio: tuple[int, int, int],
+    creds: tuple[int, int, list[int]],
+) -> int:
+    """Start the command as another user, set up as `posix_spawn` sets up the others
+    (own process group, default signals, empty mask, stdin/out/err); the pid once it
+    has exec'd, OSError with the child's errno if it could not."""
+    report_r, report_w = os.pipe()  # both close-on-exec
+    pid = os.fork()
+    if pid == 0:  # the child: no Python-level cleanup, only syscalls, then exec or _exit
+        try:
+            os.setpgid(0, 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            for number in _DEFAULT_SIGNALS:
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(number, signal.SIG_DFL)
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            os.chdir(cwd)
+            uid, gid, groups = creds
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                os.execve(path, argv, env)
+            except OSError as err:
+                if err.errno != errno.ENOEXEC:
+                    raise
+                os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)
+        except OSError as err:
+            os.write(report_w, str(err.errno or errno.EPERM).encode())
+        finally:
+            os._exit(127)
+    os.close(report_w)
+    try:
+        report = os.read(report_r, 32)
+    finally:
+        os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)
+        code = int(report)
+        raise OSError(code, os.strerror(code))
+    return pid
+
+
 class Spawner:
     """Not thread-safe: one thread runs `serve`. See the module docstring."""
 
@@ -528,6 +597,11 @@ class Spawner:
         """posix_spawn the command in its cwd; OSError if it cannot be exec'd."""
         path: str = request["path"]
         argv: list[str] = request["argv"]
+        if request.get("user"):
+            creds = _credentials(str(request["user"]))
+            return _fork_exec(
+                path, argv, request["env"], request["cwd"], (self.devnull, out_w, err_w), creds
+            )
         actions = [
             (os.POSIX_SPAWN_DUP2, self.devnull, 0),
             (os.POSIX_SPAWN_DUP2, out_w, 1),
