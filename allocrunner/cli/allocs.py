@@ -5,14 +5,19 @@ characters), resolved through `GET /v1/allocations?prefix=`; an unknown or ambig
 one is bad input (exit 2). `alloc status` prints the allocation the way Nomad does,
 with a "Recent Events" table per task, newest first; `-json` prints the API JSON.
 
-Threads and locks: none; each handler runs on the command's thread. Owner: `main`
-dispatches to these handlers through the parser `args.build_parser` builds.
+Threads: each handler runs on the command's thread; `alloc logs -f` without
+-stdout or -stderr also follows stderr on a daemon thread (`_follow_both`). Locks:
+none. Owner: `main` dispatches to these handlers through the parser
+`args.build_parser` builds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -226,9 +231,14 @@ def alloc_logs(args: argparse.Namespace, out: Output) -> int:
         tail = DEFAULT_TAIL_LINES if args.lines is None else args.lines
         if tail < 0:
             raise bad_input("-n must be zero or more")
+    if args.stdout and args.stderr:
+        raise bad_input("-stdout and -stderr cannot be used together")
     with open_session(args, out) as session:
         alloc = resolve_alloc(session.api, args.alloc)
         task = resolve_task(alloc, args.task)
+        if args.follow and not (args.stdout or args.stderr or tail is not None):
+            _follow_both(session.api, out, alloc["ID"], task)
+            return EXIT_OK
         stream_logs(
             session.api,
             out,
@@ -239,6 +249,46 @@ def alloc_logs(args: argparse.Namespace, out: Output) -> int:
             tail_lines=tail,
         )
     return EXIT_OK
+
+
+def _follow_both(api: ApiClient, out: Output, alloc_id: str, task: str) -> None:
+    """Nomad's `alloc logs -f` with neither -stdout nor -stderr: stdout is followed on
+    this thread into stdout, and stderr at the same time on a `logs-stderr` thread into
+    stderr; it returns once both logs ended (the task is dead and read to the end). The
+    thread is a daemon, so an interrupted command never waits for it."""
+    failures: list[BaseException] = []
+
+    def copy_stderr() -> None:
+        path = f"/v1/client/fs/logs/{quote(alloc_id)}"
+        query = {"task": task, "type": "stderr", "plain": True, "follow": True}
+        try:
+            chunks = api.stream(path, query, timeout=None)
+            try:
+                for chunk in chunks:
+                    _write_stderr(chunk)
+            finally:
+                chunks.close()
+        except Exception as err:  # reported by the main thread
+            failures.append(err)
+
+    errors = threading.Thread(target=copy_stderr, name="logs-stderr", daemon=True)
+    errors.start()
+    stream_logs(api, out, alloc_id, task, follow=True)
+    errors.join()
+    if failures:
+        raise failures[0]
+
+
+def _write_stderr(data: bytes) -> None:
+    """Log bytes to the command's stderr as they are; a closed stderr drops them."""
+    buffer = getattr(sys.stderr, "buffer", None)
+    with contextlib.suppress(OSError, ValueError):
+        if buffer is None:
+            sys.stderr.write(data.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+        else:
+            buffer.write(data)
+            buffer.flush()
 
 
 def _fs_rows(entries: list[Mapping[str, Any]]) -> list[list[Any]]:

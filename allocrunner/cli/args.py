@@ -137,6 +137,7 @@ def _add_alloc(b: _Builder, top: Any) -> None:
     logs = b.command(sub, "logs", "alloc_logs", "print a task's stdout or stderr")
     _alloc_target(logs, "the task (optional when the group has one task)")
     flag(logs, "f", action="store_true", dest="follow", help="follow the log")
+    flag(logs, "stdout", action="store_true", help="stdout only (with -f: not stderr too)")
     flag(logs, "stderr", action="store_true", help="stderr instead of stdout")
     flag(logs, "tail", action="store_true", help="only the end of the log")
     flag(logs, "n", type=int, default=None, metavar="N", dest="lines", help="lines with -tail")
