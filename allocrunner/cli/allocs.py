@@ -158,6 +158,26 @@ def task_report(alloc: Alloc, task: str, state: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _addresses(alloc: Alloc) -> str:
+    """Nomad's "Allocation Addresses" block: one row per allocated port ("" when the
+    allocation has no network with ports)."""
+    shared = (alloc.get("AllocatedResources") or {}).get("Shared") or {}
+    networks = shared.get("Networks") or []
+    ports = shared.get("Ports") or []
+    if not networks or not ports:
+        return ""
+    rows: list[list[Any]] = [["Label", "Dynamic", "Address"]]
+    for port in ports:
+        address = f"{port.get('HostIP', '')}:{port.get('Value')}"
+        if (port.get("To") or 0) > 0:
+            address += f" -> {port['To']}"
+        # Nomad marks every allocated port "yes" here, static ones included.
+        rows.append([f"*{port.get('Label', '')}", "yes", address])
+    mode = networks[0].get("Mode") or ""
+    title = f'Allocation Addresses (mode = "{mode}"):' if mode else "Allocation Addresses:"
+    return f"{title}\n{format_table(rows)}"
+
+
 def alloc_status(args: argparse.Namespace, out: Output) -> int:
     with open_session(args, out) as session:
         alloc = resolve_alloc(session.api, args.alloc)
@@ -165,6 +185,10 @@ def alloc_status(args: argparse.Namespace, out: Output) -> int:
         out.line(json.dumps(alloc, indent=4, sort_keys=True))
         return EXIT_OK
     out.line(format_kv(_alloc_info(alloc)))
+    addresses = _addresses(alloc)
+    if addresses:
+        out.line()
+        out.line(addresses)
     states = task_states(alloc)
     ordered = [t for t in task_names(alloc) if t in states] + [
         t for t in states if t not in task_names(alloc)

@@ -306,6 +306,24 @@ def test_a_stopped_allocation_frees_its_port_for_the_replacement(env: Env) -> No
     assert env.ports_of(new["ID"]) == {"http": port}
 
 
+def test_alloc_status_lists_the_allocation_addresses(env: Env) -> None:
+    from tests.unit.cli.helpers import run_cli
+
+    port = _free_port()
+    env.register(_job("addrs", static={"http": port}, dynamic=("db",)))
+    [stub] = env.live_allocs("addrs")
+    alloc = env.n.allocation.get_allocation(stub["ID"])
+    db = {p["Label"]: p["Value"] for p in alloc["AllocatedResources"]["Shared"]["Ports"]}["db"]
+    code, out, err = run_cli("alloc", "status", "-address", env.address, stub["ID"])
+    assert code == 0, err
+    block = out.split('Allocation Addresses (mode = "host"):\n', 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in block.splitlines()]
+    assert rows[0] == ["Label", "Dynamic", "Address"]
+    assert sorted(rows[1:]) == sorted(
+        [["*http", "yes", f"127.0.0.1:{port}"], ["*db", "yes", f"127.0.0.1:{db}"]]
+    )
+
+
 def test_allocated_ports_are_in_the_allocations_json(env: Env) -> None:
     port = _free_port()
     env.register(_job("json", static={"http": port}, dynamic=("db",)))
