@@ -201,6 +201,9 @@ def _failure_from_api(metric: Any) -> placement.GroupFailure:
     if not isinstance(coalesced, int):
         raise ValueError("CoalescedFailures must be an integer")
     node_class = _first_key(metric.get("ClassFiltered")) or _first_key(metric.get("ClassExhausted"))
+    available = metric.get("NodesAvailable")
+    if metric.get("NodesEvaluated") == 0 and isinstance(available, Mapping):
+        return placement.GroupFailure(count=coalesced + 1, outside=tuple(map(str, available)))
     return placement.GroupFailure(
         filtered=ConstraintFailure(reason) if reason is not None else None,
         exhausted=_first_key(metric.get("DimensionExhausted")),

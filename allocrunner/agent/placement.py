@@ -123,6 +123,8 @@ class GroupFailure:
     count: int = 1
     datacenter: str = ""
     node_class: str = ""
+    # The job's datacenters when none holds this node: it was not even evaluated.
+    outside: tuple[str, ...] = ()
 
     def metric_json(self) -> dict[str, Any]:
         out = alloc_metric(
@@ -131,8 +133,42 @@ class GroupFailure:
             node_class=self.node_class,
             datacenter=self.datacenter,
         )
+        if self.outside:
+            # Nomad's readyNodesInDCs: no ready node in the job's datacenters, so none
+            # was evaluated and each of them shows 0 available.
+            out.update(
+                NodesEvaluated=0,
+                NodesFiltered=0,
+                NodesExhausted=0,
+                NodesAvailable=dict.fromkeys(self.outside, 0),
+                ClassFiltered=None,
+                ConstraintFiltered=None,
+                ClassExhausted=None,
+                DimensionExhausted=None,
+            )
         out["CoalescedFailures"] = self.count - 1
         return out
+
+
+def in_any_datacenter(datacenter: str, patterns: Iterable[str]) -> bool:
+    """Whether a node of `datacenter` is in one of a job's `datacenters` (each may
+    hold ``*`` wildcards, as Nomad's glob matching)."""
+    return any(_glob(pattern, datacenter) for pattern in patterns)
+
+
+def _glob(pattern: str, text: str) -> bool:
+    if "*" not in pattern:
+        return pattern == text
+    first, *middle, last = pattern.split("*")
+    if not text.startswith(first) or len(text) < len(first) + len(last):
+        return False
+    rest = text[len(first) : len(text) - len(last)]
+    for piece in middle:
+        at = rest.find(piece)
+        if at < 0:
+            return False
+        rest = rest[at + len(piece) :]
+    return text.endswith(last)
 
 
 @attrs.frozen
@@ -286,6 +322,16 @@ class _Account:
             )
         return attrs.evolve(self, failed=self.failed.set(group, failure))
 
+    def outside(self, group: str, datacenters: tuple[str, ...]) -> _Account:
+        """One more allocation of `group` not placed: the node is in none of the job's
+        `datacenters`."""
+        known = self.failed.get(group)
+        if known is not None:
+            failure = attrs.evolve(known, count=known.count + 1)
+        else:
+            failure = GroupFailure(outside=datacenters)
+        return attrs.evolve(self, failed=self.failed.set(group, failure))
+
     def constraint_failure(self, job: Job, group: TaskGroup) -> ConstraintFailure | None:
         """The first constraint (or distinct_*) failure of one more `group` here."""
         view = self.view
@@ -364,8 +410,19 @@ def place_job(
     created: list[Allocation] = []
     kept_running: set[str] = set()
     ids = grants.ids if grants is not None else FrozenDict[Slot, str]()
+    outside = (
+        node is not None
+        and bool(job.datacenters)
+        and not in_any_datacenter(node.datacenter, job.datacenters)
+    )
     for want in wants:
         group = want.group
+        if outside:
+            account = account.outside(group.name, job.datacenters)
+            if want.replaces is not None:
+                kept_running.add(want.replaces.id)
+                account = account.with_alloc(want.replaces, job.id)
+            continue
         alloc_id = ids.get((group.name, want.index)) or str(uuid.uuid4())
         filtered = account.constraint_failure(job, group)
         ports, exhausted = _ports_for(alloc_id, group, grants)

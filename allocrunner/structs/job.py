@@ -341,7 +341,7 @@ class Job:
     namespace: str = "default"
     type: str = JOB_SERVICE
     region: str = "global"
-    datacenters: tuple[str, ...] = attrs.field(default=("dc1",), converter=frozen_tuple)
+    datacenters: tuple[str, ...] = attrs.field(default=("*",), converter=frozen_tuple)
     priority: int = 50
     task_groups: tuple[TaskGroup, ...] = attrs.field(default=(), converter=frozen_tuple)
     meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)

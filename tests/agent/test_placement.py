@@ -306,6 +306,30 @@ def test_a_stopped_allocation_frees_its_port_for_the_replacement(env: Env) -> No
     assert env.ports_of(new["ID"]) == {"http": port}
 
 
+def test_a_job_for_other_datacenters_is_not_placed(env: Env) -> None:
+    from tests.unit.cli.helpers import run_cli
+
+    body = _job("far")
+    body["Job"]["Datacenters"] = ["us-east-*"]
+    reply = env.register(body)
+    evaluation = env.evaluation(reply["EvalID"])
+    metric = evaluation["FailedTGAllocs"]["g"]
+    assert metric["NodesEvaluated"] == 0
+    assert metric["NodesAvailable"] == {"us-east-*": 0}
+    assert env.n.job.get_allocations("far") == []
+    env.n.job.deregister_job("far", purge=True)
+    job_file = env.data_dir / "far.nomad.hcl"
+    job_file.write_text(
+        'job "far2" {\n  datacenters = ["us-east-*"]\n  group "g" {\n    task "t" {\n'
+        '      driver = "mock_driver"\n      config {\n        run_for = "1s"\n      }\n'
+        "    }\n  }\n}\n"
+    )
+    code, out, _ = run_cli("job", "run", "-address", env.address, str(job_file))
+    assert code == 2, out
+    assert "* No nodes were eligible for evaluation" in out
+    assert '* No nodes are available in datacenter "us-east-*"' in out
+
+
 def test_alloc_status_lists_the_allocation_addresses(env: Env) -> None:
     from tests.unit.cli.helpers import run_cli
 

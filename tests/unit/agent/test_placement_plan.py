@@ -166,3 +166,46 @@ def test_failures_and_queued_counts_outlive_a_restart(tmp_path) -> None:
 
 
 _REGISTER = {"node_id": "n", "eval_id": "e1", "node": NODE}
+
+
+def test_a_job_places_only_where_one_of_its_datacenters_matches() -> None:
+    for datacenters in (("*",), ("dc1",), ("dc*",), ("us-east", "d*1"), ("*c*",)):
+        job = attrs.evolve(_job(count=2), datacenters=datacenters)
+        placed = _place(job)
+        assert len(placed.created) == 2 and not placed.failed, datacenters
+
+
+def test_a_node_outside_the_jobs_datacenters_is_not_evaluated() -> None:
+    """Nomad's readyNodesInDCs: no node of the node's datacenter is ready for the job,
+    so none is evaluated and each datacenter it asked for shows 0 available."""
+    job = attrs.evolve(_job(count=2), datacenters=("us-east", "eu-*"))
+    placed = _place(job)
+    assert placed.created == ()
+    failure = placed.failed["g"]
+    assert failure.count == 2
+    metric = failure.metric_json()
+    assert metric["NodesEvaluated"] == 0
+    assert metric["NodesAvailable"] == {"us-east": 0, "eu-*": 0}
+    assert metric["ConstraintFiltered"] is None and metric["DimensionExhausted"] is None
+    assert metric["CoalescedFailures"] == 1
+
+
+def test_a_replacement_outside_the_datacenters_keeps_the_old_allocation() -> None:
+    job = _job()
+    [old] = _place(job).created
+    moved = attrs.evolve(job, datacenters=("elsewhere",), version=1)
+    moved = attrs.evolve(
+        moved,
+        task_groups=(attrs.evolve(moved.task_groups[0], meta=FrozenDict({"v": "2"})),),
+    )
+    placed = _place(moved, existing=(old,), node_allocs=(old,))
+    assert placed.created == ()
+    assert all(a.id != old.id or a.desired_status == "run" for a in placed.changed)
+
+
+def test_an_outside_failure_survives_the_evaluation_json() -> None:
+    from allocrunner.agent.evaluations import _failure_from_api
+
+    job = attrs.evolve(_job(), datacenters=("us-east",))
+    failure = _place(job).failed["g"]
+    assert _failure_from_api(failure.metric_json()) == failure

@@ -128,7 +128,7 @@ def test_encode_job_uses_nomads_keys_and_nanoseconds() -> None:
     doc = encode_job(sample_job())
     assert doc["ID"] == "web"
     assert doc["Type"] == "batch"
-    assert doc["Datacenters"] == ["dc1"]
+    assert doc["Datacenters"] == ["*"]  # Nomad 1.6's default: every datacenter
     group = doc["TaskGroups"][0]
     assert set(group) >= {"Name", "Count", "RestartPolicy", "EphemeralDisk", "Update", "Tasks"}
     assert group["EphemeralDisk"] == {"SizeMB": 300, "Sticky": False, "Migrate": False}

@@ -28,7 +28,7 @@ from tests.unit.jobspec import strategies as s
 def test_nomads_defaults() -> None:
     job = Job(id="web")
     assert (job.name, job.namespace, job.type, job.region) == ("", "default", "service", "global")
-    assert (job.datacenters, job.priority, job.task_groups) == (("dc1",), 50, ())
+    assert (job.datacenters, job.priority, job.task_groups) == (("*",), 50, ())
     task = Task(name="t", driver="raw_exec")
     assert (task.kill_timeout, task.leader, task.lifecycle, task.restart_policy) == (
         5.0,
