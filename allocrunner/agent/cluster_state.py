@@ -27,6 +27,9 @@ every second does not grow the state without bound: only the newest `EVAL_LIMIT`
 evaluations are kept, and only the newest `DEAD_CHILDREN_KEPT` finished children of
 each parent job (with their allocations, which the client then collects).
 
+The module is one concern, the cluster's data and every transition of it, which is why
+it runs past 600 lines; evaluations live in `evaluations`, placement in `placement`.
+
 Threads: none; the functions run on the caller's thread. Locks: none; the `Cluster`
 calls them under ``Cluster._lock`` and publishes the result (they do no I/O and call
 nothing out). Owner: `allocrunner.agent.cluster.Cluster`; the value types are read by
@@ -223,20 +226,17 @@ def register_job(
     events: list[ClusterEvent] = [_event(TOPIC_JOB, "JobRegistered", job, index)]
     placed = placement.Placement()
     if runs_now:
-        placed = placement.place_job(
+        placed = _place_and_record(
+            state,
             job,
-            state.job_allocs(job.id, job.namespace),
+            allocs,
+            events,
             index=index,
             node_id=node_id,
             eval_id=eval_id,
-            node_allocs=tuple(state.allocs.values()),
             node=node,
             grants=grants,
         )
-        for alloc in (*placed.changed, *placed.created):
-            allocs[alloc.id] = alloc
-        for alloc in _link_previous(allocs, placed.created, index):
-            events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
     elif job.stop:
         for alloc in placement.stop_allocs(
             state.job_allocs(job.id, job.namespace), index, "alloc not needed: job stopped"
@@ -391,20 +391,17 @@ def retry_blocked(
     events: list[ClusterEvent] = []
     placed = placement.Placement()
     if job is not None and runs_at_once(job):
-        placed = placement.place_job(
+        placed = _place_and_record(
+            state,
             job,
-            state.job_allocs(job.id, job.namespace),
+            allocs,
+            events,
             index=index,
             node_id=node_id,
             eval_id=blocked_id,
-            node_allocs=tuple(state.allocs.values()),
             node=node,
             grants=grants,
         )
-        for alloc in (*placed.changed, *placed.created):
-            allocs[alloc.id] = alloc
-        for alloc in _link_previous(allocs, placed.created, index):
-            events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
     evaluated = job or Job(id=blocked.job_id, namespace=blocked.namespace)
     evals = write_evaluations(
         state.evals, blocked_id, evaluated, blocked.triggered_by, index, placed
@@ -509,6 +506,37 @@ def _forget_old(state: ClusterState, parent_id: str, namespace: str) -> ClusterS
     if evals is state.evals and jobs is state.jobs:
         return state
     return attrs.evolve(state, evals=evals, jobs=jobs, allocs=allocs)
+
+
+def _place_and_record(
+    state: ClusterState,
+    job: Job,
+    allocs: dict[str, Allocation],
+    events: list[ClusterEvent],
+    *,
+    index: int,
+    node_id: str,
+    eval_id: str,
+    node: placement.NodeView | None,
+    grants: placement.PortGrants | None,
+) -> placement.Placement:
+    """Place `job` on the node (`placement.place_job`), record what it creates and
+    changes in `allocs`, and a PlanResult event in `events` for each new allocation."""
+    placed = placement.place_job(
+        job,
+        state.job_allocs(job.id, job.namespace),
+        index=index,
+        node_id=node_id,
+        eval_id=eval_id,
+        node_allocs=tuple(state.allocs.values()),
+        node=node,
+        grants=grants,
+    )
+    for alloc in (*placed.changed, *placed.created):
+        allocs[alloc.id] = alloc
+    for alloc in _link_previous(allocs, placed.created, index):
+        events.append(_event(TOPIC_ALLOC, "PlanResult", alloc, index))
+    return placed
 
 
 def _link_previous(
