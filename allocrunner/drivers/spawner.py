@@ -408,6 +408,8 @@ def _fork_exec(
                 os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)
         except OSError as err:
             os.write(report_w, str(err.errno or errno.EPERM).encode())
+        except BaseException:  # anything else still reports a failed start
+            os.write(report_w, str(errno.EINVAL).encode())
         finally:
             os._exit(127)
     os.close(report_w)
