@@ -1,7 +1,9 @@
 """The agent hands its fingerprinted node to the client it builds: the variables a
 task may interpolate (``${node.unique.id}``, ``${attr.*}``, the agent's node
 ``${meta.*}``, class and datacenter) are the node's, and the id stays across restarts;
-the ports placement gives an allocation reach its task as ``NOMAD_*_<label>``."""
+the ports placement gives an allocation reach its task as ``NOMAD_*_<label>``. End
+to end, a raw_exec task's args see those values, none of which become environment
+variables of the task, and the node id is the same after a restart."""
 
 from __future__ import annotations
 
@@ -14,11 +16,19 @@ import pytest
 
 from allocrunner.agent import Agent, AgentConfig
 from allocrunner.testing import wait_for
-from tests.agent.helpers import api, job_allocs
+from tests.agent.helpers import api, holds, job_allocs
 
 pytestmark = pytest.mark.timeout(90)
 
 GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+REFS = [
+    "${node.unique.id}",
+    "${attr.kernel.name}",
+    "${attr.cpu.arch}",
+    "${meta.rack}",
+    "${node.datacenter}",
+    "${node.class}",
+]
 
 
 def start_agent(data_dir: Path) -> Agent:
@@ -136,3 +146,82 @@ def test_allocated_ports_reach_the_task_args_and_env(agent, data_dir) -> None:
     assert environ["NOMAD_PORT_http"] == environ["NOMAD_HOST_PORT_http"] == value
     assert environ["NOMAD_IP_http"] == host_ip
     assert environ["WEB"] == environ["NOMAD_ADDR_http"] == f"{host_ip}:{value}"
+
+
+# --- a task's view of the node, end to end ---------------------------------------
+
+
+def print_node_job(job_id: str) -> dict:
+    """A batch job whose task writes its args and its environment to the alloc dir."""
+    script = (
+        'printf "%s\\n" "$@" > "$NOMAD_ALLOC_DIR/data/args"; env -0 > "$NOMAD_ALLOC_DIR/data/env"'
+    )
+    return {
+        "Job": {
+            "ID": job_id,
+            "Type": "batch",
+            "Datacenters": ["dc9"],
+            "TaskGroups": [
+                {
+                    "Name": "g",
+                    "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
+                    "Tasks": [
+                        {
+                            "Name": "t",
+                            "Driver": "raw_exec",
+                            "Config": {"command": "/bin/sh", "args": ["-c", script, "t", *REFS]},
+                            "Env": {"RACK": "${meta.rack}", "NODE": "${node.unique.id}"},
+                        }
+                    ],
+                }
+            ],
+        }
+    }
+
+
+def run_to_completion(agent: Agent, data_dir: Path, job_id: str) -> tuple[list[str], dict]:
+    """Register `job_id`, wait for its one allocation to complete; (args, environ)."""
+    status, body, _ = api(agent.address, "PUT", "/v1/jobs", print_node_job(job_id))
+    assert status == 200, body
+
+    def complete() -> str:
+        allocs = job_allocs(agent.address, job_id)
+        assert len(allocs) == 1, allocs
+        assert allocs[0]["ClientStatus"] == "complete", allocs[0]["ClientStatus"]
+        return allocs[0]["ID"]
+
+    alloc_id = wait_for(complete, 30)
+    data = data_dir / "alloc" / alloc_id / "alloc" / "data"
+    args = (data / "args").read_text().splitlines()
+    environ = dict(
+        item.split("=", 1) for item in (data / "env").read_text().split("\0") if "=" in item
+    )
+    return args, environ
+
+
+def test_task_args_see_the_fingerprinted_node(agent, data_dir) -> None:
+    node_id = node_id_of(agent)
+    args, environ = run_to_completion(agent, data_dir, "node-vars")
+    kernel = os.uname().sysname.lower()
+    arch = GO_ARCH.get(platform.machine(), platform.machine())
+    assert args == [node_id, kernel, arch, "r7", "dc9", "batchers"]
+    assert environ["RACK"] == "r7"
+    assert environ["NODE"] == node_id
+    assert environ["NOMAD_DC"] == "dc9"
+    assert not [k for k in environ if k.startswith(("node.", "attr.", "meta."))]
+    # Node meta is no NOMAD_META_ variable: those are the job's, group's and task's.
+    assert not [k for k in environ if k.upper() == "NOMAD_META_RACK"]
+
+
+def test_node_id_seen_by_tasks_survives_an_agent_restart(data_dir) -> None:
+    first = start_agent(data_dir)
+    try:
+        before, _ = run_to_completion(first, data_dir, "before")
+    finally:
+        first.shutdown()
+    second = start_agent(data_dir)
+    try:
+        after, _ = run_to_completion(second, data_dir, "after")
+        assert holds(after[0] == before[0] == node_id_of(second), "same node id")
+    finally:
+        second.shutdown()

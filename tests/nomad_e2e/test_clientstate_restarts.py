@@ -10,7 +10,6 @@ start the task twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -18,30 +17,13 @@ import pytest
 
 from allocrunner.drivers._process import pid_alive
 from allocrunner.testing import wait_for
-from tests.agent.helpers import AgentProcess, api
-from tests.nomad_e2e.helpers import e2e_file, kill_leftovers, task_processes
+from tests.agent.helpers import api
+from tests.nomad_e2e.helpers import e2e_file, task_processes
 from tests.unit.cli.helpers import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
 KILLS = 4
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[[], AgentProcess]]:
-    data_dir = tmp_path / "data"
-    started: list[AgentProcess] = []
-
-    def start() -> AgentProcess:
-        agent = AgentProcess(data_dir)
-        started.append(agent)
-        return agent.wait_ready()
-
-    yield start
-    for agent in started:
-        agent.close()
-    leftover = kill_leftovers(data_dir)
-    assert not leftover, f"task processes killed by the fixture: {sorted(leftover)}"
 
 
 def _fast_restarter(tmp_path: Path) -> Path:
