@@ -92,6 +92,15 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def replace_source(source: Path, text: str) -> None:
+    """Write a source into place at once. A source written in place can be read half
+    written by a watcher's first pass (it reads without waiting for an event), which is
+    a change of its own; the tests that count restarts or signals write this way."""
+    staged = source.with_name(source.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, source)
+
+
 def test_noop_re_renders_the_file_only(harness) -> None:
     template = Template(source_path=SOURCE, dest_path="local/out.txt", change_mode="noop")
     tr, source = start_task(harness, template)
@@ -115,7 +124,7 @@ def test_restart_starts_a_new_process(harness) -> None:
     tr, source = start_task(harness, template)
     first = pid_of(tr)
     (tr.task_dir.local_dir / "pid").unlink()
-    source.write_text('v2 {{ "y" }}')
+    replace_source(source, 'v2 {{ "y" }}')
     st = wait_event(tr, EVENT_STARTED, count=2)
     restart = events_of(tr, EVENT_RESTART_SIGNAL)
     assert len(restart) == 1 and restart[0].display_message == MSG_RESTART
@@ -127,7 +136,7 @@ def test_restart_starts_a_new_process(harness) -> None:
     assert dest_text(tr) == "v2 y"
     # The new instance has its own watcher, and it works.
     wait_for(lambda: _assert(len(watch_threads()) == 1, watch_threads()))
-    source.write_text('v3 {{ "z" }}')
+    replace_source(source, 'v3 {{ "z" }}')
     wait_event(tr, EVENT_STARTED, count=3)
     assert dest_text(tr) == "v3 z"
 
@@ -142,7 +151,7 @@ def test_signal_reaches_the_task(harness) -> None:
     )
     tr, source = start_task(harness, template)
     pid = pid_of(tr)
-    source.write_text('v2 {{ "y" }}')
+    replace_source(source, 'v2 {{ "y" }}')
     wait_for(lambda: _assert(signals_seen(tr) == ["usr1"], signals_seen(tr)))
     event = events_of(tr, EVENT_SIGNALING)[-1]
     assert event.display_message == MSG_SIGNAL
@@ -165,11 +174,7 @@ def test_signals_of_templates_changed_together_are_sent_once(harness) -> None:
     )
     tr, source = start_task(harness, first, second)
     pid_of(tr)
-    # Written into place at once: an in-place write read half-way (by the watcher's
-    # first pass, which reads without waiting for an event) is a change of its own.
-    staged = source.with_name(source.name + ".new")
-    staged.write_text("changed")
-    os.replace(staged, source)
+    replace_source(source, "changed")
     wait_for(lambda: _assert(signals_seen(tr) == ["hup"], signals_seen(tr)))
     wait_dest(tr, "changed", "a.txt")
     wait_dest(tr, "changed", "b.txt")
@@ -228,7 +233,7 @@ def test_after_an_agent_restart_the_sources_are_watched_again(harness) -> None:
     second.restore()
     harness.start(second)
     wait_for(lambda: _assert(len(watch_threads()) == 1, watch_threads()))
-    source.write_text("after the restart")
+    replace_source(source, "after the restart")
     wait_for(lambda: _assert(signals_seen(second) == ["hup"], signals_seen(second)))
     assert dest_text(second) == "after the restart"
     assert pid_of(second) == pid and len(events_of(second, EVENT_STARTED)) == 1
