@@ -34,6 +34,7 @@ state databases):
 - ``TaskMailbox._lock``: the requests left for a task's run thread and its phase.
 - ``HealthHook._lock``: the health hook's watch and its phase.
 - ``HealthWatches._lock``: the health watch service's live watches, timers and ready set.
+- ``StatePasses._lock``: the state-pass service's live handlers, queue, timers and workers.
 - ``TaskCoordinator._lock``: the lifecycle gates of an allocation's tasks.
 - ``PrevAllocWatcher._lock``: the waiting / migrating flags of a previous-alloc watch.
 - ``AllocDir._lock``: an alloc dir's built flag and task dirs (an RWLock).
@@ -142,6 +143,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "TaskMailbox._lock",
     "HealthHook._lock",
     "HealthWatches._lock",  # leaf: the live health watches, their timers, the ready set
+    "StatePasses._lock",  # leaf: the state handlers' passes, their timers, the workers
     "TaskCoordinator._lock",
     "PrevAllocWatcher._lock",
     "AllocDir._lock",

@@ -65,6 +65,7 @@ from allocrunner.errors import AllocRunnerError, StateDBError
 from allocrunner.gc import AllocGarbageCollector
 from allocrunner.runner.alloc_runner import AllocRunner
 from allocrunner.runner.health_watches import WATCHES as HEALTH_WATCHES
+from allocrunner.runner.state_passes import PASSES as STATE_PASSES
 from allocrunner.state import SQLiteStateDB, StateDB
 from allocrunner.state.marks import destroy_interrupted
 from allocrunner.structs import CLIENT_FAILED, Allocation, FrozenDict
@@ -373,9 +374,10 @@ class Client:
             tracked = list(self._runners.values())
             retired = list(self._retired.values())
         ok = self._shutdown_runners(tracked, retired, timeout) and ok
-        # Its runners' health watches have ended: the shared thread ends unless another
-        # client's watches keep it.
+        # Its runners' health watches and state handlers have ended: the shared threads
+        # end unless another client's allocations keep them.
         HEALTH_WATCHES.join_if_idle(timeout)
+        STATE_PASSES.join_if_idle(timeout)
         self._updates_stop.cancel("client shutting down")
         self._update_kick.kick()
         ok = self._threads.join(timeout) and ok

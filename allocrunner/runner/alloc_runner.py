@@ -20,10 +20,12 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
 
 - ``alloc-<id8>``: `run()` (or the caller's thread): prerun hooks, then it runs the
   first task runner itself and waits for the others, then postrun hooks.
-- ``alloc-state-<id8>``: the state handler (`StateHandler.run`). Task runners kick
-  it after every state change; each pass applies the pending alloc update, the
-  sibling rules, drives the lifecycle coordinator and publishes the state. It runs
-  one last pass after the tasks exit, so listeners always see the terminal state.
+- none for the state handler (`StateHandler`): its passes run on the process's
+  state-pass service (`state_passes`, a few ``alloc-state-pool-<n>`` threads shared
+  by every allocation). Task runners kick it after every state change; each pass
+  applies the pending alloc update, the sibling rules, drives the lifecycle
+  coordinator and publishes the state. It makes one last pass after the tasks exit,
+  so listeners always see the terminal state.
 - ``task-<id8>-<name>``: one per task runner but the first.
 - ``health-<id8>``: the health watcher of a service or system job (HealthHook).
 - transient: ``destroy-<id8>`` and ``shutdown-<id8>``.
@@ -87,6 +89,7 @@ from allocrunner.runner.persistence import AllocPersister
 from allocrunner.runner.recovery import prepare_restore
 from allocrunner.runner.shutdown_delay_hook import GroupShutdownDelayHook
 from allocrunner.runner.state_handler import StateHandler, StateUpdater
+from allocrunner.runner.state_passes import PassKick
 from allocrunner.runner.task_set import TaskSet, task_group_of
 from allocrunner.state import NoopDB, StateDB
 from allocrunner.structs import (
@@ -200,7 +203,7 @@ class AllocRunner:
         self._persister = AllocPersister(alloc.id, self._state_db, lock=self._destroyed_lock)
 
         self._threads = ThreadGroup(f"alloc-{_id8(alloc.id)}")
-        self._state_kick = Kick()
+        self._state_kick = PassKick(label=alloc.id)
         self._tasks_exited = Kick()
         self._prerun_cancel = CancelToken()
         self._run_done = Event()
@@ -364,7 +367,7 @@ class AllocRunner:
             self._run_done.set()
             return
         try:
-            self._threads.spawn(f"alloc-state-{_id8(self._id)}", self._handler.run)
+            self._handler.start()
         except BaseException:
             self._run_done.set()
             raise
@@ -407,7 +410,7 @@ class AllocRunner:
     @calls_out
     def _run_tasks(self) -> None:
         """The first task runs on this thread, the others on their own, so a running
-        single-task allocation costs this thread, the state handler and nothing else."""
+        single-task allocation costs this thread and nothing else."""
         others = self._tasks.others()
         for tr in others:
             self._threads.spawn(f"task-{_id8(self._id)}-{tr.name}", self._run_task, tr)

@@ -11,8 +11,8 @@
 - `update_priority`: how urgently a client view should go to the server, compared
   with the state the server last acknowledged (Nomad's GetUpdatePriority).
 
-Threads: `ClientState` is written by the alloc runner's state handler
-(``alloc-state-<id8>``), its health watcher and API callers, and read from any
+Threads: `ClientState` is written by the alloc runner's state handler (its passes,
+on ``alloc-state-pool-<n>``), its health watcher and API callers, and read from any
 thread. Locks: `ClientState` uses the alloc runner's ``AllocRunner._state_lock`` (RW),
 which the runner lends it: writers publish a new immutable `AllocState` under the
 write side, readers take the current one under the read side and never write. The

@@ -12,20 +12,21 @@ poststop tasks first so that they never start, with a Killing event whose displa
 message is `DESCRIPTION` on each, and the allocation ends complete with
 ClientDescription `DESCRIPTION`.
 
-No thread: the hook only keeps the deadline. The alloc runner's state handler waits on
-its kick at most until `due()` and calls `fire(now)` on each pass, so the timer costs
-a comparison per pass and no thread of its own.
+No thread: the hook only keeps the deadline. The alloc runner's state handler hands
+`due()` to the state-pass service after each pass, which makes a pass then, and calls
+`fire(now)` on each pass, so the timer costs a comparison per pass and no thread of
+its own.
 
 Persisted (a restored runner keeps counting from the original start): the anchor
 when it is not the CreateTime, and whether the deadline passed (so a restored
 allocation keeps its description), as the client-only state of the reserved task name
 `STORE_NAME` in the state DB, like the destroying mark of `allocrunner.state.marks`;
 `delete_allocation` removes it with the rest. A restored allocation already past its
-deadline fires on the state handler's first wait (at once).
+deadline fires on the state handler's first pass.
 
 Threads: `restore` on the caller of `AllocRunner.restore`, `prerun` on ``alloc-<id8>``,
-`update`, `due` and `fire` on the state handler ``alloc-state-<id8>``. Locks: none
-of its own; the deadline, the anchor and the flags sit in `_sync` primitives (each
+`update`, `due` and `fire` on the state handler's passes (``alloc-state-pool-<n>``).
+Locks: none of its own; the deadline, the anchor and the flags sit in `_sync` primitives (each
 with its private leaf mutex), and nothing is called while one is held. Owner: the
 AllocRunner builds it, lists it among its alloc hooks and hands `due`/`fire` to its
 state handler.

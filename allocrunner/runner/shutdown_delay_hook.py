@@ -12,20 +12,21 @@ applies whenever the alloc runner kills its tasks (a stop or evict, a sibling ru
 max_run_duration), never when the tasks all ended on their own; unlike Nomad it also
 ends at once when the allocation is destroyed (a destroy never waits on it).
 
-The pause does not sleep in the pre-kill phase: that phase runs on the state
-handler's thread, and sleeping there would stop the allocation's state from being
+The pause does not sleep in the pre-kill phase: that phase runs in a state handler
+pass, and sleeping there would stop the allocation's state from being
 published for the whole delay (its stop, task deaths, health), and a destroy or a
 no_shutdown_delay update could only be noticed by polling. `pre_kill` arms a "not
 before" time instead; the state handler holds the kill sequence until `hold_until()`
-has passed, waiting on its kick with a timeout (no thread of its own) and publishing
+has passed, a deadline the state-pass service keeps (no thread of its own), publishing
 meanwhile. `cancel` (a destroy) ends the hold and kicks the handler. On an agent
 shutdown the hold lasts until the run ends (`agent_shutdown`): the tasks are left
 running, as a shutdown leaves them.
 
-Threads: `pre_kill` and `hold_until` on the state handler ``alloc-state-<id8>`` (or
-`pre_kill` on the destroy thread, for tasks no run thread watches); `cancel` and
-`agent_shutdown` on the destroy and shutdown threads. Locks: none; the hold time sits
-in a `LatestValue`, the cancellation in a `CancelToken`. Owner: the AllocRunner
+Threads: `pre_kill` and `hold_until` on the state handler's passes
+(``alloc-state-pool-<n>``), or `pre_kill` on the destroy thread, for tasks no run
+thread watches; `cancel` and `agent_shutdown` on the destroy and shutdown threads.
+Locks: none; the hold time sits in a `LatestValue`, the cancellation in a
+`CancelToken`. Owner: the AllocRunner
 builds it, lists it among its alloc hooks and hands `hold_until` to its state handler.
 """
 

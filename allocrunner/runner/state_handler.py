@@ -1,12 +1,14 @@
 """The alloc runner's state handler: where task states, alloc updates and health
 verdicts fan in, and the runtime state is published from.
 
-`StateHandler.run` is the body of the thread ``alloc-state-<id8>``. It sleeps on the
-runner's state kick, which task runners kick after every change of their state and
-the runner kicks after anything else that changes the state, and no longer than
-until the next deadline an alloc hook keeps (`wake_at`: max_run_duration) or the end
-of a hold on the kill (`kill_hold`: the group shutdown_delay), so timers cost no
-thread. Each pass:
+The handler makes a pass whenever the runner's state kick (a `PassKick`) is kicked:
+task runners kick it after every change of their state and the runner after anything
+else that changes the state. Passes run on the threads of the process's state-pass
+service (`state_passes`), never two of one allocation at once, so a running allocation
+costs no thread here. After each pass the handler tells the service when its next
+deadline is: one an alloc hook keeps (`wake_at`: max_run_duration) or the end of a
+hold on the kill (`kill_hold`: the group shutdown_delay); the service makes a pass
+then, so timers cost no thread either. Each pass:
 
 1. applies the alloc update pending in the one-slot mailbox (through the runner,
    which runs the update hooks, pushes it down to the task runners and, for a stop,
@@ -31,9 +33,12 @@ dropped, as in Nomad, and the handler makes one last pass, so listeners always s
 the terminal state. Health verdicts of the health watcher come in through
 `set_health` / `clear_health`, are persisted and kick a pass.
 
-Threads: ``alloc-state-<id8>`` (the runner spawns it and joins it on teardown);
-`offer`, `request_kill` and the health calls come from other threads; the kill
-sequence and the sibling and pre-kill flags are confined to the handler thread.
+Threads: the passes run on the service's ``alloc-state-pool-<n>`` workers, one pass of
+this handler at a time (`start` adds it; the pass after `finish()` removes it and sets
+the event `wait_finished` waits for); `offer`, `request_kill` and the health calls come
+from other threads; the kill sequence and the sibling and pre-kill flags are confined
+to the pass workers (the ``alloc-state-`` prefix), which never run two passes of one
+handler together.
 Locks: none of its own; the `ClientState` takes the runner's state lock, and nothing
 here holds a lock while calling out. Owner: the AllocRunner builds it and is its only
 caller.
@@ -49,12 +54,13 @@ from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, confined, immutable
-from allocrunner._sync import Event, Kick, LatestValue
+from allocrunner._sync import Event, LatestValue
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.errors import BroadcasterClosed
 from allocrunner.runner.client_state import ClientState, client_view
 from allocrunner.runner.lifecycle import TaskCoordinator
 from allocrunner.runner.persistence import AllocPersister
+from allocrunner.runner.state_passes import PASSES, PassKick, StatePasses
 from allocrunner.runner.task_set import KillSequence, TaskSet
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskEvent, TaskState, utcnow
 
@@ -78,6 +84,7 @@ class StateHandler:
 
     _alloc_id = immutable()
     _kick = immutable()
+    _passes = immutable()
     _updates = immutable()
     _tasks_done = immutable()
     _finished = immutable()
@@ -97,6 +104,7 @@ class StateHandler:
     _wake_at = immutable()
     _fire_due = immutable()
     _kill_hold = immutable()
+    # On the service's workers, all named alloc-state-pool-<n>; passes never overlap.
     _sibling_fired = confined("alloc-state", prefix="alloc-state-")
     _pre_kill_ran = confined("alloc-state", prefix="alloc-state-")
 
@@ -104,7 +112,7 @@ class StateHandler:
         self,
         alloc_id: str,
         *,
-        kick: Kick,
+        kick: PassKick,
         client_state: ClientState,
         tasks: TaskSet,
         coordinator: TaskCoordinator,
@@ -117,9 +125,11 @@ class StateHandler:
         wake_at: Callable[[], float | None] = _never,
         fire_due: Callable[[float], None] = _nothing_due,
         kill_hold: Callable[[], float | None] = _never,
+        passes: StatePasses | None = None,
     ) -> None:
         self._alloc_id = alloc_id
         self._kick = kick
+        self._passes = passes if passes is not None else PASSES
         self._updates: LatestValue[Allocation] = LatestValue()
         self._tasks_done = Event()
         self._finished = Event()
@@ -176,36 +186,39 @@ class StateHandler:
         checkpoint("state.await_final")
         return self._finished.wait(timeout)
 
-    @calls_out
-    def run(self) -> None:
-        """The thread body: a pass on every kick; one last pass after `finish()`."""
-        try:
-            while True:
-                self._kick.wait(self._until_due())
-                done = self._tasks_done.is_set()
-                if done:
-                    self._updates.close()
-                    checkpoint("state.final_pass")
-                update = self._updates.poll()
-                if update is not None:
-                    self._apply_update(update)
-                if not done:
-                    self._fire_due(time.monotonic())
-                self._state_pass(done)
-                if done:
-                    return
-        finally:
-            self._finished.set()
+    def start(self) -> None:
+        """Have the state-pass service run this handler's passes from now on (the
+        first at once); a pass runs on every kick and one last pass after `finish()`."""
+        self._passes.add(self._kick, self._step, self._finished.set)
 
-    def _until_due(self) -> float | None:
-        """Seconds until the next deadline or the end of the kill's hold (None: none)."""
+    @calls_out
+    def _step(self) -> tuple[bool, float | None]:
+        """One pass, on a worker of the service: (finished, the monotonic time of the
+        next deadline or None)."""
+        done = self._tasks_done.is_set()
+        if done:
+            self._updates.close()
+            checkpoint("state.final_pass")
+        update = self._updates.poll()
+        if update is not None:
+            self._apply_update(update)
+        if not done:
+            self._fire_due(time.monotonic())
+        self._state_pass(done)
+        if done:
+            return True, None
+        return False, self._next_due()
+
+    def _next_due(self) -> float | None:
+        """The monotonic time of the next deadline or of the end of the kill's hold
+        (None: none)."""
         times = [self._wake_at()]
         if self._pre_kill_ran and not self._kill.begun():
             times.append(self._kill_hold())
         due = min((t for t in times if t is not None), default=None)
         if due is None or math.isinf(due):
             return None
-        return max(0.0, due - time.monotonic())
+        return due
 
     @calls_out
     def _state_pass(self, done: bool) -> None:

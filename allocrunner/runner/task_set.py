@@ -304,8 +304,8 @@ class TaskSet:
 
 
 class KillSequence:
-    """Not thread-safe; owned by the state handler's thread (``alloc-state-<id8>``),
-    to which its fields are confined. Kills the tasks of one allocation in
+    """Not thread-safe; owned by the state handler's passes (on ``alloc-state-pool-<n>``,
+    one at a time), to which its fields are confined. Kills the tasks of one allocation in
     order (`TaskSet.kill_waves`) without a thread or a blocking wait of its own: `begin`
     asks the first wave's run threads to kill their tasks, and `advance`, called on
     every pass of the state handler (which task state changes kick), asks the next

@@ -1,0 +1,326 @@
+"""A few shared threads that run every allocation's state-handler passes, instead of a
+thread per allocation.
+
+An allocation's state handler (`state_handler`) does nothing between two kicks: it
+makes one short pass when a task's state changed, an update arrived, a health verdict
+came in or a deadline it keeps is due, and a pass never waits for a task. A thread per
+allocation would cost every running allocation a thread start, a stack and a wake-up
+per pass; here each handler is a `PassKick` that `StatePasses` runs on its own
+threads, ``alloc-state-pool-<n>``.
+
+Scheduling, per kick (all under the service's lock):
+
+- `wake` (the kick's `kick()`) queues the handler's next pass unless one is already
+  queued; if its pass is running, the pass runs again once it is over. So passes of
+  one allocation never overlap and never run out of order, and a kick during a pass is
+  never lost, just as with a thread looping on a coalescing `Kick`.
+- After a pass the handler says when its next deadline is (a monotonic time, or
+  None); the service keeps one timer entry per handler for it, and a due entry queues
+  a pass like a kick. An entry for a deadline the handler no longer keeps is ignored.
+  A deadline already past makes another pass at once, so a handler reports a
+  deadline only until a pass has acted on it.
+- A pass that reports the handler finished removes it: later kicks do nothing.
+
+Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once. A worker takes one
+queued pass at a time; while more are queued and no worker waits, it starts another
+worker first (so a pass that blocks, which a pass should never do, such as one held
+at a test's checkpoint, cannot hold up other allocations). With nothing queued a
+worker ends, except one, which stays while any handler is live and waits for a wake
+or, if a handler keeps a deadline, until the earliest (never a timed wait otherwise:
+an idle node wakes no thread). So a node with no live allocation has no such thread,
+and one with any has one parked thread for all of them. The fields a handler confines to
+its thread are confined to the ``alloc-state-`` prefix these threads share;
+that one allocation's passes never overlap is what makes that safe.
+
+Locks: ``StatePasses._lock`` (a leaf) guards the live handlers, the queue, the
+running set, the timer heap and the worker counts; nothing is called while it is held
+but notify-only `_sync` calls.
+
+Crash cases: a pass that raises is logged and ends its handler (as an exception ended
+the handler's thread before), and the handler's `finished` callback still runs, so
+whoever waits for its last pass is released. The threads are daemons joined through
+`join_if_idle`; an agent killed outright loses nothing here (all of it is in memory
+and rebuilt by the restore).
+
+Owner: every `AllocRunner` adds its handler to the process's one service, `PASSES`; a
+test may build its own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+from allocrunner._guarded import guarded_dict, guarded_list
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
+from allocrunner._sync import Kick, ThreadGroup
+
+__all__ = ["MAX_WORKERS", "PASSES", "PassKick", "PassStep", "StatePasses"]
+
+log = logging.getLogger("allocrunner.runner")
+
+THREAD_PREFIX = "alloc-state-pool-"
+MAX_WORKERS = 4
+# The heap is purged of stale entries once it holds this many (or twice the number
+# kept at the last purge).
+_PURGE_MIN = 64
+
+PassStep = Callable[[], "tuple[bool, float | None]"]
+"""One pass: (finished, the monotonic time of the next deadline or None)."""
+
+_QUEUED, _RUNNING, _AGAIN = 0, 1, 2
+
+
+@thread_safe
+class PassKick:
+    """Thread-safe. The kick of one state handler: `kick()` asks the service for a pass
+    (notify-only, from any thread). Kicks before the handler is added, or after it
+    finished, do nothing: `add` queues a first pass that reads everything afresh."""
+
+    __slots__ = ("_service", "label")
+
+    def __init__(self, service: StatePasses | None = None, label: str = "") -> None:
+        self._service = service if service is not None else PASSES
+        self.label = label
+
+    def kick(self) -> None:
+        self._service.wake(self)
+
+    def __repr__(self) -> str:
+        return f"<PassKick {self.label}>"
+
+
+class StatePasses:
+    """Thread-safe. Runs the passes of every added handler on a few threads (module
+    docstring)."""
+
+    # _lock guards: _steps, _finish, _sched, _queue, _due, _timers, _workers,
+    # _waiting, _purge_at
+    _lock = immutable()
+    _steps = immutable()  # checked map, changed in place: live kick -> its pass
+    _finish = immutable()  # checked map, changed in place: live kick -> its last rites
+    _sched = immutable()  # checked map, changed in place: kick -> queued/running/again
+    _queue = immutable()  # checked list used as a FIFO from _head: kicks to run
+    _due = immutable()  # checked map, changed in place: kick -> its live timer's time
+    _timers = immutable()  # checked list, a heap of (due, seq, kick), changed in place
+    _head = guarded("_lock")
+    _workers = guarded("_lock")
+    _waiting = guarded("_lock")  # True while a worker waits for a timer or a wake
+    _purge_at = guarded("_lock")
+    _kick = immutable()
+    _seq = immutable()
+    _names = immutable()
+    _threads = immutable()
+
+    def __init__(self) -> None:
+        self._lock = make_lock("StatePasses._lock")
+        self._steps: dict[PassKick, PassStep] = guarded_dict(self._lock)
+        self._finish: dict[PassKick, Callable[[], object]] = guarded_dict(self._lock)
+        self._sched: dict[PassKick, int] = guarded_dict(self._lock)
+        self._queue: list[PassKick] = guarded_list(self._lock)
+        self._due: dict[PassKick, float] = guarded_dict(self._lock)
+        self._timers: list[tuple[float, int, PassKick]] = guarded_list(self._lock)
+        self._head = 0
+        self._workers = 0
+        self._waiting = False
+        self._purge_at = _PURGE_MIN
+        self._kick = Kick()
+        self._seq = itertools.count()
+        self._names = itertools.count(1)
+        self._threads = ThreadGroup("alloc-state-pool")
+
+    def add(self, kick: PassKick, step: PassStep, finished: Callable[[], object]) -> None:
+        """Run `step` for `kick` from now on, a first time at once; `finished` is
+        called (on a worker) after the pass that reports the end, or one that raised."""
+        with self._lock:
+            if kick in self._steps:
+                raise ValueError(f"{kick!r} was added twice")
+            self._steps[kick] = step
+            self._finish[kick] = finished
+            spawn = self._queue_locked(kick)
+        self._notify(spawn)
+
+    def wake(self, kick: PassKick) -> None:
+        """Have `kick`'s handler make a pass soon (if it is live). Notify-only."""
+        with self._lock:
+            if kick not in self._steps:
+                return
+            state = self._sched.get(kick)
+            if state is None:
+                spawn = self._queue_locked(kick)
+            else:
+                if state == _RUNNING:
+                    self._sched[kick] = _AGAIN
+                return
+        self._notify(spawn)
+
+    def live(self) -> int:
+        """How many handlers are live."""
+        with self._lock:
+            return len(self._steps)
+
+    def workers(self) -> int:
+        """How many worker threads run now."""
+        with self._lock:
+            return self._workers
+
+    @calls_out
+    def join_if_idle(self, timeout: float) -> bool:
+        """With no handler live, wait (at most `timeout` seconds) for the workers to
+        end, as an owner's shutdown does for its threads; True if they ended (or none
+        ran). False at once while a handler is live."""
+        with self._lock:
+            if self._steps:
+                return False
+        return self._threads.join(timeout)
+
+    # --- scheduling (under the lock) ----------------------------------------------------
+
+    @requires("_lock")
+    def _queue_locked(self, kick: PassKick) -> bool | None:
+        """Queue a pass of `kick`; whether a worker must be started (True), woken
+        (None) or neither, as one is free to take it soon (False)."""
+        self._sched[kick] = _QUEUED
+        self._queue.append(kick)
+        return self._help_locked()
+
+    @requires("_lock")
+    def _help_locked(self) -> bool | None:
+        if self._waiting:
+            return None
+        if self._workers < MAX_WORKERS:
+            self._workers += 1
+            return True
+        return False
+
+    def _notify(self, spawn: bool | None) -> None:
+        if spawn is None:
+            self._kick.kick()
+        elif spawn:
+            self._spawn_worker()
+
+    def _spawn_worker(self) -> None:
+        try:
+            self._threads.spawn(f"{THREAD_PREFIX}{next(self._names)}", self._work)
+        except BaseException:
+            with self._lock:
+                self._workers -= 1
+            raise
+
+    @requires("_lock")
+    def _pop_locked(self) -> PassKick | None:
+        queue = self._queue
+        if self._head >= len(queue):
+            return None
+        kick = queue[self._head]
+        self._head += 1
+        if self._head >= len(queue):
+            queue.clear()
+            self._head = 0
+        elif self._head >= _PURGE_MIN and 2 * self._head >= len(queue):
+            del queue[: self._head]
+            self._head = 0
+        return kick
+
+    @requires("_lock")
+    def _fire_due_locked(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, kick = heapq.heappop(timers)
+            if self._due.get(kick) != due:
+                continue  # a deadline the handler no longer keeps
+            del self._due[kick]
+            if kick in self._steps and kick not in self._sched:
+                self._sched[kick] = _QUEUED
+                self._queue.append(kick)
+
+    @requires("_lock")
+    def _arm_locked(self, kick: PassKick, due: float | None) -> None:
+        if due is None:
+            self._due.pop(kick, None)
+            return
+        if self._due.get(kick) == due:
+            return
+        self._due[kick] = due
+        heapq.heappush(self._timers, (due, next(self._seq), kick))
+        if len(self._timers) >= self._purge_at:
+            kept = [entry for entry in self._timers if self._due.get(entry[2]) == entry[0]]
+            heapq.heapify(kept)
+            self._timers[:] = kept
+            self._purge_at = max(_PURGE_MIN, 2 * len(kept))
+
+    # --- the workers --------------------------------------------------------------------
+
+    @calls_out
+    def _work(self) -> None:
+        while True:
+            step: PassStep | None = None
+            spawn: bool | None = False
+            timeout: float | None = None
+            with self._lock:
+                self._fire_due_locked(time.monotonic())
+                kick = self._pop_locked()
+                if kick is None:
+                    if self._waiting or not self._steps:
+                        self._workers -= 1
+                        return
+                    self._waiting = True
+                    timeout = self._until_first_timer_locked()
+                else:
+                    self._sched[kick] = _RUNNING
+                    more = self._head < len(self._queue)
+                    spawn = self._help_locked() if more else False
+                    step = self._steps[kick]
+            if kick is None or step is None:
+                self._kick.wait(timeout)
+                with self._lock:
+                    self._waiting = False
+                continue
+            self._notify(spawn)
+            self._run_pass(kick, step)
+
+    @requires("_lock")
+    def _until_first_timer_locked(self) -> float | None:
+        """Seconds until the earliest timer entry (None: no deadline is kept, so the
+        wait has no timeout). A stale entry ends the wait early, once."""
+        if not self._due:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    @calls_out
+    def _run_pass(self, kick: PassKick, step: PassStep) -> None:
+        try:
+            finished, due = step()
+        except Exception:
+            log.exception("state handler %s failed", kick.label)
+            finished, due = True, None
+        release_waiter = False
+        with self._lock:
+            if finished:
+                del self._steps[kick]
+                del self._sched[kick]
+                self._due.pop(kick, None)
+                last_rites = self._finish.pop(kick)
+                release_waiter = self._waiting and not self._steps
+            else:
+                last_rites = None
+                self._arm_locked(kick, due)
+                if self._sched[kick] == _AGAIN:
+                    self._sched[kick] = _QUEUED
+                    self._queue.append(kick)
+                else:
+                    del self._sched[kick]
+        if release_waiter:
+            self._kick.kick()  # nothing is live: the waiting worker ends
+        if last_rites is not None:
+            try:
+                last_rites()
+            except Exception:
+                log.exception("state handler %s: its last step failed", kick.label)
+
+
+PASSES = StatePasses()
+"""The process's one state-pass service."""

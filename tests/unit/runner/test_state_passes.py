@@ -1,0 +1,225 @@
+"""The state-pass service: passes of one handler never overlap and never get lost, a
+due deadline makes a pass, a finished handler is dropped, a pass that blocks holds up
+no other handler, and the workers end when nothing is live."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from allocrunner.runner.state_passes import MAX_WORKERS, PassKick, StatePasses
+from allocrunner.testing import assert_stays, wait_for
+
+
+class Handler:
+    """Thread-safe. A scripted handler: counts its passes, checks that they never
+    overlap, and answers with the deadline and end it is told to."""
+
+    def __init__(self, service: StatePasses, label: str = "h") -> None:
+        self.kick = PassKick(service, label)
+        self._mutex = threading.Lock()
+        self.passes = 0
+        self.overlaps = 0
+        self._inside = False
+        self.due: float | None = None
+        self.finish_after: int | None = None
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.raise_on: int | None = None
+        self.finished = threading.Event()
+        self.pass_times: list[float] = []
+
+    def step(self) -> tuple[bool, float | None]:
+        with self._mutex:
+            if self._inside:
+                self.overlaps += 1
+            self._inside = True
+            self.passes += 1
+            n = self.passes
+            self.pass_times.append(time.monotonic())
+        self.entered.set()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            if self.raise_on == n:
+                raise RuntimeError("pass failed")
+            due = self.due
+            if due is not None and due <= time.monotonic():
+                due = self.due = None  # acted on, as a real handler's deadline is
+            return (self.finish_after is not None and n >= self.finish_after), due
+        finally:
+            with self._mutex:
+                self._inside = False
+
+    def count(self) -> int:
+        with self._mutex:
+            return self.passes
+
+
+@pytest.fixture
+def service() -> StatePasses:
+    return StatePasses()
+
+
+def _ended(service: StatePasses) -> Callable[[], None]:
+    def check() -> None:
+        assert service.workers() == 0, service.workers()
+
+    return check
+
+
+def test_add_makes_a_first_pass_and_kicks_before_add_are_ignored(service: StatePasses) -> None:
+    h = Handler(service)
+    h.kick.kick()  # not live yet: nothing happens, and nothing breaks
+    assert service.live() == 0
+    h.finish_after = 2
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    h.kick.kick()
+    assert h.finished.wait(10)
+    assert h.count() == 2
+    h.kick.kick()  # finished: dropped
+    wait_for(_ended(service))
+    assert h.count() == 2 and service.live() == 0
+    assert service.join_if_idle(5)
+
+
+def test_kicks_during_a_pass_coalesce_into_one_more_pass_never_overlapping(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    h.gate = threading.Event()
+    service.add(h.kick, h.step, h.finished.set)
+    assert h.entered.wait(10)
+    for _ in range(50):
+        h.kick.kick()
+    h.gate.set()
+    wait_for(lambda: _equal(h.count(), 2))
+    h.finish_after = 3
+    h.kick.kick()
+    assert h.finished.wait(10)
+    assert h.count() == 3 and h.overlaps == 0
+    wait_for(_ended(service))
+
+
+def test_many_handlers_kicked_from_many_threads_each_see_their_last_kick(
+    service: StatePasses,
+) -> None:
+    handlers = [Handler(service, f"h{i}") for i in range(200)]
+    for h in handlers:
+        service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _all(h.count() >= 1 for h in handlers))
+    before = [h.count() for h in handlers]
+
+    def kicker() -> None:
+        for _ in range(20):
+            for h in handlers:
+                h.kick.kick()
+
+    threads = [threading.Thread(target=kicker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Every handler makes at least one pass after the last kick.
+    wait_for(lambda: _all(h.count() > b for h, b in zip(handlers, before, strict=True)))
+    assert service.workers() <= MAX_WORKERS
+    assert all(h.overlaps == 0 for h in handlers)
+    for h in handlers:
+        h.finish_after = 0
+        h.kick.kick()
+    assert all(h.finished.wait(10) for h in handlers)
+    wait_for(_ended(service))
+
+
+def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    h.due = time.monotonic() + 0.2
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    wait_for(lambda: _equal(h.count(), 2), timeout=5)  # at the deadline
+    assert h.pass_times[1] >= h.pass_times[0] + 0.15
+    # Deadline withdrawn by the next pass: its old entry is stale and fires nothing.
+    h.due = time.monotonic() + 0.3
+    h.kick.kick()
+    wait_for(lambda: _equal(h.count(), 3))
+    h.due = None
+    h.kick.kick()
+    wait_for(lambda: _equal(h.count(), 4))
+    # Until well past the withdrawn deadline: no pass comes from it.
+    assert_stays(lambda: _equal(h.count(), 4), 0.5)
+    h.finish_after = 0
+    h.kick.kick()
+    assert h.finished.wait(10)
+    wait_for(_ended(service))
+
+
+def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -> None:
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    assert_stays(lambda: _equal(service.workers(), 1), 0.2)
+    assert service.join_if_idle(0.01) is False  # live: not ours to wait for
+    h.finish_after = 0
+    h.kick.kick()
+    assert h.finished.wait(10)
+    wait_for(_ended(service))
+
+
+def test_a_blocked_pass_holds_up_no_other_handler(service: StatePasses) -> None:
+    stuck = Handler(service, "stuck")
+    stuck.gate = threading.Event()
+    service.add(stuck.kick, stuck.step, stuck.finished.set)
+    assert stuck.entered.wait(10)
+    others = [Handler(service, f"o{i}") for i in range(20)]
+    for h in others:
+        h.finish_after = 1
+        service.add(h.kick, h.step, h.finished.set)
+    assert all(h.finished.wait(10) for h in others)
+    stuck.finish_after = 1
+    stuck.gate.set()
+    assert stuck.finished.wait(10)
+    wait_for(_ended(service))
+
+
+def test_a_pass_that_raises_ends_its_handler_and_releases_its_waiters(
+    service: StatePasses, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Handler(service, "boom")
+    h.raise_on = 2
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    h.kick.kick()
+    assert h.finished.wait(10)
+    assert "state handler boom failed" in caplog.text
+    wait_for(_ended(service))
+    assert service.live() == 0
+
+
+def test_adding_a_kick_twice_is_refused(service: StatePasses) -> None:
+    h = Handler(service)
+    h.finish_after = 1
+    service.add(h.kick, h.step, h.finished.set)
+    assert h.finished.wait(10)
+    g = Handler(service)
+    g.gate = threading.Event()
+    service.add(g.kick, g.step, g.finished.set)
+    with pytest.raises(ValueError, match="added twice"):
+        service.add(g.kick, g.step, g.finished.set)
+    g.finish_after = 1
+    g.gate.set()
+    assert g.finished.wait(10)
+    wait_for(_ended(service))
+
+
+def _equal(got: int, want: int) -> None:
+    assert got == want, f"{got} != {want}"
+
+
+def _all(values: object) -> None:
+    assert all(values), "not yet"  # type: ignore[call-overload]
