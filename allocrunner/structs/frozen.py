@@ -12,7 +12,7 @@ publishes a map under a lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from typing import Any, NoReturn, TypeVar, overload
 
 K = TypeVar("K")
@@ -70,6 +70,23 @@ class FrozenDict(Mapping[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    # The Mapping mixins would go through __getitem__ item by item; the views and
+    # lookups of the dict underneath are read-only and run at C speed.
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: K, default: Any = None) -> Any:  # type: ignore[override]
+        return self._data.get(key, default)
+
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
+
     def __hash__(self) -> int:
         try:
             return self._hash
@@ -103,14 +120,19 @@ class FrozenDict(Mapping[K, V]):
 EMPTY: FrozenDict[Any, Any] = FrozenDict()
 
 
+# Values that are immutable as they are: tested by exact type first, which is far
+# cheaper than the ABC checks below (a task's env alone is a hundred strings).
+_ATOMS = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def freeze(value: Any) -> Any:
     """Deep-freeze JSON-like data: mappings become FrozenDict, lists become tuples."""
-    if isinstance(value, FrozenDict):
+    if type(value) in _ATOMS or isinstance(value, FrozenDict):
         return value
     if isinstance(value, Mapping):
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
+        return FrozenDict({k: v if type(v) in _ATOMS else freeze(v) for k, v in value.items()})
     if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
+        return tuple(v if type(v) in _ATOMS else freeze(v) for v in value)
     return value
 
 
