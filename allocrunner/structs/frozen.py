@@ -146,8 +146,9 @@ def thaw(value: Any) -> Any:
 
 
 def frozen_map(value: Mapping[Any, Any] | None) -> FrozenDict[Any, Any]:
-    """attrs converter: None or any mapping to a deep-frozen FrozenDict."""
-    if value is None:
+    """attrs converter: None or any mapping to a deep-frozen FrozenDict. Every empty
+    one is the shared `EMPTY` (value objects carry a dozen maps that are mostly empty)."""
+    if not value:
         return EMPTY
     return freeze(value)
 
