@@ -15,9 +15,15 @@ that hands them over (the start path wakes no thread). The epoll and the wake pi
 live as long as the pump object, so a registration or wake-up racing `close()` can
 never reach a recycled descriptor.
 
+An exit descriptor its owner keeps (`Watch.read_exit`) may be waited on by one of the
+owner's threads as well: `mute_exit` stops the pump waking for it meanwhile, and
+`take_exit` hands the exit's report to that thread once the pump has copied the
+process's output to the end (else the pump keeps it: `unmute_exit`).
+
 Threads: the pump thread (named by the owner, e.g. ``raw_exec-io``) reads pipes,
 writes sinks and calls `on_exit` / `poll_exit` with no lock held; the sinks are
-confined to it. Any thread may call `add`, `forget` and `close`.
+confined to it. Any thread may call `add`, `forget`, `close`, `mute_exit`,
+`unmute_exit` and `take_exit`.
 
 Locks: ``LogPump._lock``, a leaf, guards what the pump watches (`_watched` and its
 index by owner `_by_owner`, checked maps changed in place, so that a hundred exits at
@@ -78,7 +84,10 @@ class Watch:
     the process has exited. With `status_pipe`, `pidfd` is a non-blocking pipe on
     which the exit arrives as the wait status in decimal (nothing, at end of file, if
     the writer died first). `on_exit(wait_status)` is called once, on the pump thread,
-    after the pipes are drained."""
+    after the pipes are drained. With `read_exit`, `pidfd` stays the owner's, open as
+    long as it lives (the pump unregisters it, never closes it), and the exit's wait
+    status is what `read_exit` returns (None: unknown); the owner's threads may then
+    wait on `pidfd` too (`mute_exit`, `take_exit`)."""
 
     owner: object
     pipes: tuple[tuple[int, LogSink], ...]
@@ -86,6 +95,7 @@ class Watch:
     pidfd: int | None = None
     poll_exit: Callable[[], Exited | None] | None = None
     status_pipe: bool = False
+    read_exit: Callable[[], int | None] | None = None
 
 
 @attrs.frozen(eq=False)
@@ -203,6 +213,32 @@ class LogPump:
             self._threads.spawn(self._thread_name, self._loop)
         return True
 
+    def mute_exit(self, fd: int) -> None:
+        """Stop waking for exit descriptor `fd` (one its owner keeps: `Watch.read_exit`)
+        while a thread of the owner's waits on it itself; nothing if it is no longer
+        watched."""
+        with contextlib.suppress(OSError):
+            self._epoll.modify(fd, 0)
+
+    def unmute_exit(self, fd: int) -> None:
+        """Wake for `fd` again (undoes `mute_exit`); nothing if it is no longer watched."""
+        with contextlib.suppress(OSError):
+            self._epoll.modify(fd, select.EPOLLIN)
+
+    def take_exit(self, owner: object, fd: int) -> bool:
+        """Take the report of `owner`'s exit, seen on `fd` (an exit descriptor its owner
+        keeps) by a thread of the owner's, from the pump: True if no output pipe of
+        `owner` is watched any more (each reached end of file with all its bytes in
+        its sink, or was dropped); the pump then stops watching `fd` and the caller
+        handles the exit. False while output remains to be copied: then the pump
+        still reports the exit once it is."""
+        with self._lock:
+            owned = self._by_owner.get(id(owner))
+            if owned is not None and any(isinstance(e, _Pipe) for e in owned.values()):
+                return False
+        self._unwatch(fd)
+        return True
+
     @calls_out
     def forget(self, owner: object) -> None:
         """Stop watching the processes of `owner`: what their pipes hold is copied (a
@@ -245,9 +281,8 @@ class LogPump:
                     closed = self._closed
                     forgets, self._forgets = self._forgets, ()
                     polling = bool(self._polled)
-                for request in forgets:
-                    self._drop(request.owner)
-                    request.done.cancel("forgotten")
+                self._serve_forgets(forgets)
+                del forgets  # while the thread sleeps it holds no forgotten owner
                 if closed:
                     return
                 events = self._epoll.poll(self._poll_interval if polling else -1)
@@ -257,6 +292,11 @@ class LogPump:
                     self._poll_exits()
         finally:
             self._shutdown()
+
+    def _serve_forgets(self, forgets: tuple[_Forget, ...]) -> None:
+        for request in forgets:
+            self._drop(request.owner)
+            request.done.cancel("forgotten")
 
     def _dispatch(self, fd: int) -> None:
         if fd == self._wake_r:
@@ -269,9 +309,13 @@ class LogPump:
         if isinstance(entry, _Pipe):
             self._copy(entry, _BOUNDED_READS)
         elif isinstance(entry, Watch) and (entry.status_pipe or _readable(fd)):
-            wait_status = _read_status(fd) if entry.status_pipe else None
+            if entry.read_exit is not None:
+                wait_status = entry.read_exit()
+            else:
+                wait_status = _read_status(fd) if entry.status_pipe else None
             self._unwatch(fd)
-            os.close(fd)
+            if entry.read_exit is None:
+                os.close(fd)
             self._exited(entry, wait_status)
 
     def _unwatch(self, *fds: int) -> None:
@@ -348,7 +392,8 @@ class LogPump:
                 self._close_pipe(entry)
             else:
                 self._unwatch(fd)
-                os.close(fd)
+                if entry.read_exit is None:
+                    os.close(fd)
         self._stop_polling(owner)
 
     def _shutdown(self) -> None:
@@ -372,7 +417,8 @@ class LogPump:
                             break
                         entry.sink.write(data)
                 entry.sink.close()
-            os.close(fd)
+            if isinstance(entry, _Pipe) or entry.read_exit is None:
+                os.close(fd)
         for request in forgets:
             request.done.cancel("closed")
 

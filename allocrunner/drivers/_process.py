@@ -28,6 +28,7 @@ import os
 import pwd
 import shutil
 import signal as _signal
+import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -318,31 +319,30 @@ def ensure_log_files(config: TaskConfig) -> None:
                 ensure_log_file(config.logs_dir, config.name, stream)
 
 
-def make_task_pipes() -> tuple[int, int, int, int, int, int]:
-    """stdout, stderr and exit-notify pipes (read end, write end each), close-on-exec,
-    the read ends non-blocking."""
+def make_task_pipes() -> tuple[int, int, int, int]:
+    """stdout and stderr pipes (read end, write end each), close-on-exec, the read ends
+    non-blocking."""
     made: list[int] = []
     try:
-        for _ in range(3):
+        for _ in range(2):
             read, write = os.pipe2(os.O_CLOEXEC)
             made += [read, write]
             os.set_blocking(read, False)
     except OSError as err:
         close_fds(*made)
         raise DriverError(f"{_NAME}: cannot create pipes: {err}") from err
-    out_r, out_w, err_r, err_w, note_r, note_w = made
-    return out_r, out_w, err_r, err_w, note_r, note_w
+    out_r, out_w, err_r, err_w = made
+    return out_r, out_w, err_r, err_w
 
 
-def make_notify_pipe() -> tuple[int, int]:
-    """An exit-notify pipe (read end, write end), close-on-exec, the read end
-    non-blocking: all a task whose logs are disabled needs."""
+def make_notice_channel() -> tuple[socket.socket, socket.socket]:
+    """A task's exit-notify channel (ours, the spawner's end), close-on-exec: a
+    stream socket pair, so its notice can be read without being consumed
+    (``MSG_PEEK``) by every thread that waits for it."""
     try:
-        read, write = os.pipe2(os.O_CLOEXEC)
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError as err:
-        raise DriverError(f"{_NAME}: cannot create pipes: {err}") from err
-    os.set_blocking(read, False)
-    return read, write
+        raise DriverError(f"{_NAME}: cannot create an exit-notify socket: {err}") from err
 
 
 def open_output_pipes(pid: int) -> tuple[tuple[str, int], ...]:

@@ -7,9 +7,11 @@ handle state that lets another agent find it again (`driver_state`,
 which records the status itself; such tasks are still recovered.
 
 Threads: the driver's callers (start, wait, stop, recover, …) and the log pump's
-thread, which calls `poll_exit` and `on_exit`. Locks: none of its own; the result
-fields are guarded by the owning driver's ``Driver._lock``, which is passed in, and
-`on_exit` takes it only to publish the result (no I/O under it). Owner: `RawExecDriver`
+thread, which calls `poll_exit` and `on_exit`; a stopping thread that takes the exit
+notice over from the pump calls `read_notice` and `on_exit` too. Locks: none of its
+own; the result fields and the notice-waiter flag are guarded by the owning driver's
+``Driver._lock``, which is passed in, and `on_exit` takes it only to publish the result
+(no I/O under it). Owner: `RawExecDriver`
 creates one per started or recovered task and keeps it in its task table.
 """
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import os
 import signal as _signal
+import socket
 import time
+import weakref
 from typing import Any
 
 from allocrunner._locking import guarded, immutable, requires
@@ -52,11 +56,13 @@ class _TaskProcess:
     is_child = immutable()
     spawner_dir = immutable()
     watched = immutable()
+    notice = immutable()
     done = immutable()
-    # _lock guards: _result, _completed_at, _sigkilled
+    # _lock guards: _result, _completed_at, _sigkilled, _notice_waiter
     _result = guarded("_lock")
     _completed_at = guarded("_lock")
     _sigkilled = guarded("_lock")
+    _notice_waiter = guarded("_lock")
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class _TaskProcess:
         is_child: bool,
         spawner_dir: str | None = None,
         watched: bool = True,
+        notice: socket.socket | None = None,
     ) -> None:
         self._lock = lock
         self.config = config
@@ -87,10 +94,19 @@ class _TaskProcess:
         # False for a task found already exited at recovery: its group id may have
         # been reused since, so it is never signalled.
         self.watched = watched
+        # Our end of the exit-notify channel (a stream socket the spawner writes the
+        # wait status to and then keeps open): watched by the pump and waited on by a
+        # stopping thread (`RawExecDriver._await_notice`); both only peek at the
+        # notice. Open as long as this record lives, so no thread ever polls a
+        # closed (or reused) descriptor.
+        self.notice = notice
+        if notice is not None:
+            weakref.finalize(self, notice.close)
         self.done = CancelToken()  # cancelled once, after the result is set
         self._result: ExitResult | None = None
         self._completed_at: float | None = None
         self._sigkilled = False
+        self._notice_waiter = False  # a thread waits on the notice itself
 
     def started_at_ticks(self, ticks: int) -> bool:
         """True if a process started at `ticks` is this task's process (not a reuse)."""
@@ -141,6 +157,40 @@ class _TaskProcess:
             if wait_status is not None:
                 return Exited(wait_status)
         return None if self.wrapper_alive() else Exited(None)
+
+    def enter_notice(self) -> bool | None:
+        """A thread would wait on the notice itself: True if it may (no other does;
+        it then mutes the pump's watch of it until `leave_notice`), False if another
+        does, None if the exit is published already."""
+        with self._lock:
+            if self._result is not None:
+                return None
+            if self._notice_waiter:
+                return False
+            self._notice_waiter = True
+            return True
+
+    def leave_notice(self) -> None:
+        """The thread that `enter_notice` let wait on the notice is done."""
+        with self._lock:
+            self._notice_waiter = False
+
+    def read_notice(self) -> int | None:
+        """The wait status on the notice channel, left there for other readers, once it
+        polls readable; None if the spawner died without writing it."""
+        assert self.notice is not None
+        try:
+            data = self.notice.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return None
+        try:
+            return int(data) if data else None
+        except ValueError:
+            return None
+
+    def exit_published(self) -> bool:
+        with self._lock:
+            return self._result is not None
 
     def on_exit(self, wait_status: int | None) -> None:
         """On the pump thread, once the process has exited (or its spawner reported the

@@ -65,6 +65,16 @@ How a task runs:
   timeout for the spawner's exit notice, then SIGKILLs the group; grandchildren die
   with it, and so does whatever of the group outlives the task. Nothing polls:
   stopping many tasks signals them all and each is published as it is reaped.
+- The exit notice of a task this driver started arrives on a stream socket (the
+  record keeps our end open for its whole life, the spawner keeps its end open after
+  writing): the pump watches it, but a stopping thread takes it over (`_await_notice`):
+  the pump's watch is muted (no hang-up wakes it either), the stopping thread polls
+  the socket itself, peeks at the wait status and publishes the exit: one wake-up
+  on the stop path instead of the pump's and then the stopper's. It does so only once
+  the pump has copied the task's output to the end; otherwise (a child of the task
+  still holds its stdout) it unmutes the watch and the pump publishes after draining,
+  as it does when no one stops the task. Tasks attached after an agent restart keep
+  a plain pipe that only the pump reads.
 
 Logs: with ``TaskConfig.logs_disabled`` (a task's ``logs { disabled = true }``) the
 task's stdout and stderr are /dev/null, as Nomad's logmon hook makes them: no pipe, no
@@ -83,10 +93,11 @@ it, and nothing it wrote is lost.
 `close()` stops the pump and closes the driver's spawner connections, leaving running
 tasks running (an agent shutdown); a spawner with no task and no agent exits.
 
-Threads: callers' threads (start, wait, stop, …) and the pump thread ``raw_exec-io``,
-which publishes exits. Locks: ``Driver._lock`` guards the task table (`_TaskTable`),
-each task's result and the map of spawner clients; the pump's own ``LogPump._lock``
-guards what it watches; the two are never nested. Spawner requests hold no lock. The
+Threads: callers' threads (start, wait, stop, …) and the pump thread ``raw_exec-io``;
+exits are published by a stopping thread or by the pump. Locks: ``Driver._lock``
+guards the task table (`_TaskTable`), each task's result and notice-waiter flag and the
+map of spawner clients; the pump's own ``LogPump._lock`` guards what it watches; the
+two are never nested. Spawner requests hold no lock. The
 once-per-driver cgroup warning is an `_sync.Event` (whoever sets it logs).
 Owner: built by `default_drivers()` (or a test) and shared by every TaskRunner of a
 node; whoever built it calls `close()`.
@@ -99,11 +110,15 @@ spawner in `spawner`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import os
+import select
 import signal as _signal
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -121,7 +136,7 @@ from allocrunner.drivers._process import (
     ensure_log_files,
     exit_result_from_status,
     group_usage,
-    make_notify_pipe,
+    make_notice_channel,
     make_task_pipes,
     open_output_pipes,
     pidfd_open,
@@ -198,6 +213,8 @@ class RawExecDriver:
     _cgroup_root = immutable()
     _cgroup_mode = immutable()
     _warned_no_cgroup = immutable()
+    _closed_r = immutable()
+    _closed_w = immutable()
     # _lock guards: _clients
     _clients = guarded("_lock")
 
@@ -220,6 +237,9 @@ class RawExecDriver:
         self._cgroup_root = os.path.abspath(cgroup_root)
         self._cgroup_mode = host_mode(self._cgroup_root)
         self._warned_no_cgroup = Event()
+        # Readable once the driver is closed: wakes threads polling a task's notice.
+        self._closed_r, self._closed_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        weakref.finalize(self, close_fds, self._closed_r, self._closed_w)
 
     @property
     def state_dir(self) -> str:
@@ -254,13 +274,16 @@ class RawExecDriver:
             options["user"] = config.user
         if config.logs_disabled:
             options["output"] = "null"
-            note_r, note_w = make_notify_pipe()
-            pipes: tuple[int, ...] = (note_r, note_w)
-            sent, own = (note_w,), ()
-        else:
-            pipes = make_task_pipes()
-            out_r, out_w, err_r, err_w, note_r, note_w = pipes
-            sent, own = (out_r, out_w, err_r, err_w, note_w), (out_r, err_r)
+        pipes = () if config.logs_disabled else make_task_pipes()
+        try:
+            notice, notice_peer = make_notice_channel()
+        except BaseException:
+            close_fds(*pipes)
+            raise
+        # To the spawner: the pipes' both ends (their write ends become the task's
+        # stdout and stderr; it keeps read ends), then the notice channel's far end.
+        sent = (*pipes, notice_peer.fileno())
+        own = pipes[0::2]  # the read ends, pumped here
         try:
             reply = client.start(
                 command=command,
@@ -278,8 +301,11 @@ class RawExecDriver:
             )
         except BaseException:
             close_fds(*pipes)
+            notice.close()
             raise
-        close_fds(*(fd for fd in sent if fd not in own))
+        finally:
+            notice_peer.close()
+        close_fds(*pipes[1::2])
         _warn_about_start(config, [warning, *reply.fields.get("warnings", ())])
         adopted = bool(reply.fields.get("adopted"))
         outputs = self._outputs_of(reply, own, adopted)
@@ -295,11 +321,13 @@ class RawExecDriver:
             started_at=time.time(),
             is_child=False,
             spawner_dir=client.directory,
+            notice=notice,
         )
         try:
-            self._hand_over(proc, note_r, outputs, notified=True)
+            self._hand_over(proc, notice.fileno(), outputs, notified=True)
         except BaseException:
-            close_fds(note_r, *(fd for _, fd in outputs))
+            close_fds(*(fd for _, fd in outputs))
+            notice.close()
             if not adopted:
                 proc.signal_group(_signal.SIGKILL)
             raise
@@ -424,6 +452,8 @@ class RawExecDriver:
             self._tasks.close_locked()
             self._closing.cancel(f"{NAME} closed")
             clients = self._clients
+        with contextlib.suppress(BlockingIOError):  # written by an earlier close
+            os.write(self._closed_w, b"\0")
         self._pump.close()
         for client in clients.values():
             client.close()
@@ -520,6 +550,7 @@ class RawExecDriver:
             pidfd=exit_fd,
             poll_exit=proc.poll_exit if exit_fd is None else None,
             status_pipe=notified,
+            read_exit=proc.read_notice if proc.notice is not None else None,
         )
         if not self._pump.add(watch):
             with self._lock:
@@ -533,9 +564,12 @@ class RawExecDriver:
         return on_notice
 
     def _exit_noticed(self, proc: _TaskProcess, wait_status: int | None) -> None:
-        """On the pump thread: the task's exit-notify pipe became readable. Without a
-        wait status or a recorded one the spawner died: a task still running is then
+        """The task's exit-notify pipe became readable (on the pump thread, or on a
+        thread that took the exit from the pump in `_await_notice`). Without a wait
+        status or a recorded one the spawner died: a task still running is then
         watched on its own."""
+        if wait_status is None and proc.exit_published():
+            return  # read and published by a waiter (`_await_notice`)
         orphaned = (
             wait_status is None
             and read_status(proc.status_path, proc.pid) is None
@@ -634,9 +668,12 @@ class RawExecDriver:
     @calls_out
     def _await_exit(self, proc: _TaskProcess, timeout: float) -> bool:
         """True once the task has exited; False after `timeout`; raises if closed."""
+        deadline = time.monotonic() + timeout
+        if proc.notice is not None and self._await_notice(proc, timeout):
+            return True
         joined = CancelToken.any_of(proc.done, self._closing)
         try:
-            joined.wait(timeout)
+            joined.wait(max(0.0, deadline - time.monotonic()))
         finally:
             joined.cancel("done")
         if proc.done.cancelled():
@@ -644,6 +681,39 @@ class RawExecDriver:
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
         return False
+
+    @calls_out
+    def _await_notice(self, proc: _TaskProcess, timeout: float) -> bool:
+        """Wait up to `timeout` on the task's notice pipe and take the exit from the
+        pump, which meanwhile does not wake for it: one wake-up, not the pump's and
+        then this thread's. True once the exit is published. False (the caller then
+        waits for the pump's report) if another thread waits on the pipe, the driver
+        closed, the time ran out, or the pump still copies the task's output (it
+        reports the exit once the logs hold everything)."""
+        assert proc.notice is not None
+        entered = proc.enter_notice()
+        if entered is None:
+            return True
+        if not entered:
+            return False
+        notice_fd = proc.notice.fileno()
+        self._pump.mute_exit(notice_fd)
+        try:
+            return self._take_notice(proc, notice_fd, timeout)
+        finally:
+            proc.leave_notice()
+            self._pump.unmute_exit(notice_fd)
+
+    def _take_notice(self, proc: _TaskProcess, notice_fd: int, timeout: float) -> bool:
+        poller = select.poll()
+        poller.register(notice_fd, select.POLLIN)
+        poller.register(self._closed_r, select.POLLIN)
+        if not poller.poll(math.ceil(timeout * 1000)) or self._closing.cancelled():
+            return False
+        if not self._pump.take_exit(proc, notice_fd):
+            return False
+        self._exit_noticed(proc, proc.read_notice())
+        return True
 
 
 def _nothing() -> None:

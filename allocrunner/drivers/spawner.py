@@ -16,7 +16,8 @@ the socket accepts connections.
 Requests and replies are one JSON message each, descriptors passed with SCM_RIGHTS:
 
 - ``start`` (path, argv, env, cwd, status_path; fds: stdout read/write ends, stderr
-  read/write ends, the write end of an exit-notify pipe; with ``output: "null"`` only
+  read/write ends, the far end of an exit-notify channel (a pipe, or a stream socket,
+  which lets the agent read the notice without consuming it); with ``output: "null"`` only
   the last, and the task's stdout and stderr are /dev/null; optional
   ``oom_score_adj`` with ``oom_score_adj_required``, and ``cgroup``, the plan of
   `allocrunner.drivers._cgroups.CgroupPlan`; optional ``user``: the task runs as
@@ -45,7 +46,7 @@ task configured it, else it is a warning. A cgroup made for a task is removed on
 task is reaped; while members of it live on (leftovers of the task's group, killed with
 ``cgroup.kill`` where the kernel has it) its removal is retried at every loop turn, and
 given up (logged) when the spawner retires.
-- ``attach`` (pid, start-ticks range; fd: an exit-notify write end): ``running`` with new
+- ``attach`` (pid, start-ticks range; fd: an exit-notify channel): ``running`` with new
   read ends of the task's output pipes, or ``unknown`` (not a live task of this
   spawner: its exit, if recorded, is in its status file).
 - ``ping``: the spawner's pid.
@@ -54,15 +55,19 @@ The spawner keeps each task's output read ends, so a task never gets SIGPIPE whi
 agent reads. When a task's pidfd turns readable (or, without pidfds, on SIGCHLD through
 a wakeup fd; never by timed polling) it reaps the exited child,
 records ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) in the task's
-status file, and only then writes the wait status (in decimal) to, and closes, each
-exit-notify pipe of the task. The status file is created empty right after the
+status file, and only then writes the wait status (in decimal) to each exit-notify
+channel of the task (a pipe or a stream socket); everything else (closing the task's
+descriptors, removing its cgroup) comes after, off the agent's stop path. A channel
+whose notice was written is kept open until its reader closes it (the epoll reports
+EPOLLERR then), so a reader sees the notice and never an end of file, which only a
+dead spawner gives it. The status file is created empty right after the
 start's reply and kept open, so the exit costs one write of the whole line (a reader
 takes only a complete line naming the pid: it sees all of it or nothing, as with a
 renamed file, without the file creation, about as slow as a whole Popen kill + wait,
 on the stop path).
 
 It exits once it has no task and no connected agent and no agent is connecting
-(``start.2.lock``, which agents hold while they connect or launch).
+(``start.3.lock``, which agents hold while they connect or launch).
 
 Crash cases: a spawner killed inside a spawn's bracket takes its temporary cgroup
 membership and oom_score_adj with it; a cgroup it made stays, empty, and is reused by the
@@ -139,7 +144,7 @@ def record_status(status_fd: int | None, path: str, status: int, pid: int) -> No
     `path`. Readers take only a complete line naming the pid, so either way they see
     all of it or none."""
     if status_fd is not None:
-        os.pwrite(status_fd, f"{status} {pid}\n".encode(), 0)
+        os.pwrite(status_fd, b"%d %d\n" % (status, pid), 0)
         return
     write_status(path, status, pid)
 
@@ -342,6 +347,7 @@ class _Task:
         self.outputs = outputs
         self.cgroup = cgroup  # the cgroup made for the task, removed once it is reaped
         self.notifies: list[int] = []
+        self.notified: list[int] = []  # the notifies its exit notice was written to
         self.status_file: list[int] = []  # the open status file, once created
 
     def open_status(self) -> None:
@@ -435,6 +441,9 @@ class Spawner:
         self.clients: dict[int, socket.socket] = {}
         self.after_reply: list[Callable[[], None]] = []
         self.pidfds: dict[int, int] = {}  # pidfd -> pid of the task it watches
+        # Exit-notify write ends whose notice is written, kept open until their reader
+        # closes (then they poll EPOLLERR): see `keep_delivered`.
+        self.delivered: set[int] = set()
         self.lingering: list[str] = []  # made cgroups whose removal waits for members
         self.use_pidfds = _pidfds_work()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -457,6 +466,9 @@ class Spawner:
                     self.reap()
                 elif fd in self.pidfds:
                     self.reap_pidfd(fd)
+                elif fd in self.delivered:
+                    self.delivered.discard(fd)
+                    os.close(fd)  # its reader is gone; closing unregisters it
                 else:
                     self.serve_client(fd)
             if self.lingering:
@@ -665,16 +677,19 @@ class Spawner:
         self.epoll.register(fd, select.EPOLLIN)
 
     def reap_pidfd(self, fd: int) -> None:
+        """Task exit seen on its pidfd: reap, record and notify first (the stop path
+        waits on the notice), then tidy up (closing a pidfd drops it from the epoll)."""
         pid = self.pidfds.pop(fd)
-        self.epoll.unregister(fd)
-        os.close(fd)
         try:
             reaped, wait_status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        if reaped == pid:
-            self.record_exit(pid, wait_status)
-        self.reap()  # any task whose pidfd could not be opened
+            reaped, wait_status = 0, 0
+        task = self.notify_exit(pid, wait_status) if reaped == pid else None
+        os.close(fd)
+        if task is not None:
+            self.forget_task(task)
+        if len(self.pidfds) < len(self.tasks):
+            self.reap()  # a task whose pidfd could not be opened
 
     def reap(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -687,27 +702,54 @@ class Spawner:
                 return
             if pid == 0:
                 return
-            self.record_exit(pid, wait_status)
+            task = self.notify_exit(pid, wait_status)
+            if task is not None:
+                self.forget_task(task)
 
-    def record_exit(self, pid: int, wait_status: int) -> None:
+    def notify_exit(self, pid: int, wait_status: int) -> _Task | None:
+        """Record the exit of task `pid` in its status file, then write the wait status
+        to each of its exit-notify pipes; the task (None if it is not one)."""
         task = self.tasks.pop(pid, None)
         if task is None:
-            return
-        if self.by_status_path.get(task.status_path) == pid:
-            del self.by_status_path[task.status_path]
+            return None
         status = status_of(wait_status)
         try:
             status_fd = task.status_file[0] if task.status_file else None
             record_status(status_fd, task.status_path, status, pid)
         except OSError as err:
             print(f"spawner: cannot record exit {status} of {pid}: {err}", file=sys.stderr)
-        notice = str(wait_status).encode()
+        notice = b"%d" % wait_status
         for fd in task.notifies:
-            with contextlib.suppress(OSError):
+            try:
                 os.write(fd, notice)
-        _close(*task.notifies, *task.outputs, *task.status_file)
+            except OSError:  # no reader any more
+                continue
+            task.notified.append(fd)
+        return task
+
+    def forget_task(self, task: _Task) -> None:
+        """After its exit is notified: close what the spawner kept for the task and
+        remove its cgroup."""
+        if self.by_status_path.get(task.status_path) == task.pid:
+            del self.by_status_path[task.status_path]
+        _close(*(fd for fd in task.notifies if fd not in task.notified))
+        _close(*task.outputs, *task.status_file)
+        for fd in task.notified:
+            self.keep_delivered(fd)
         if task.cgroup and not remove_cgroup(task.cgroup, kill=True):
             self.lingering.append(task.cgroup)
+
+    def keep_delivered(self, fd: int) -> None:
+        """Keep a notify write end whose notice was written open until its reader
+        closes: the reader sees the notice, never an end of file (which only a dead
+        spawner gives it), so a pump whose thread of the agent waits on the pipe itself
+        is not woken by a hang-up (see `allocrunner.drivers.raw_exec`)."""
+        try:
+            self.epoll.register(fd, 0)  # EPOLLERR (no reader left) is always reported
+        except OSError:
+            _close(fd)
+            return
+        self.delivered.add(fd)
 
     # --- lifetime --------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The agent's side of the raw_exec spawner (`allocrunner.drivers.spawner`): find or
 launch the spawner of a state dir, and ask it to start or attach to tasks.
 
-A connection is made under ``<dir>/start.2.lock`` (an flock): connect to the socket, or,
+A connection is made under ``<dir>/start.3.lock`` (an flock): connect to the socket, or,
 if no spawner serves it, launch one (``python -I -S spawner.py <dir>``, which returns
 once the spawner listens) and connect. The spawner retires only when it can take that
 lock, so an agent connecting never races a retiring spawner. Connections are pooled

@@ -1,0 +1,140 @@
+"""raw_exec's exit notice with real processes: a stopping thread takes it over from the
+log pump, the spawner keeps its end of the channel until ours closes, and the cases
+where the pump keeps the report (output still held open, several waiters, a close)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from allocrunner._sync import CancelToken
+from allocrunner.drivers import ExitResult, RawExecDriver
+from allocrunner.drivers.logs import read_logs
+from allocrunner.errors import DriverError
+from allocrunner.testing import wait_for
+from tests.unit.drivers.raw_exec_support import assert_spawner_retires, spawner_pid
+from tests.unit.drivers.support import group_members, sh, task_config
+
+SIGINT_EXIT = ExitResult(exit_code=130, signal=2)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spawner"
+
+
+@pytest.fixture
+def raw(no_leftover_processes, state_dir):
+    driver = RawExecDriver(state_dir=str(state_dir))
+    yield driver
+    driver.close()
+    assert_spawner_retires(state_dir)
+
+
+def socket_fds(pid: int) -> int:
+    """How many sockets process `pid` has open."""
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def stdout_of(config) -> str:
+    return read_logs(config.logs_dir, config.name, "stdout").decode()
+
+
+def in_frame(thread: threading.Thread, function: str) -> None:
+    """Assert that `thread` is running `function` (somewhere in its stack)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return
+        frame = frame.f_back
+    raise AssertionError(f"{thread.name} is not in {function}")
+
+
+def test_spawner_keeps_the_notice_channel_until_the_record_goes(raw, tmp_path, state_dir):
+    config = task_config(tmp_path, sh("exec sleep 30"))
+    raw.start(config)
+    spawner = spawner_pid(state_dir)
+    assert spawner is not None
+    with_task = socket_fds(spawner)  # the listener, our connection, the notice channel
+    raw.stop(config.id, 10.0)
+    assert raw.wait(config.id, CancelToken()) == SIGINT_EXIT
+    assert socket_fds(spawner) == with_task  # no end of file after the notice
+    raw.destroy(config.id)  # the task's record goes, and our end of the channel
+
+    def released() -> None:
+        assert socket_fds(spawner) == with_task - 1, "the spawner keeps the channel"
+
+    wait_for(released, timeout=5)
+
+
+def test_output_still_held_open_is_copied_before_the_exit_is_published(raw, tmp_path):
+    # The background sleep ignores SIGINT (a non-interactive shell's jobs do) and holds
+    # stdout open after the task's process exits: the pump reports that exit once it
+    # has copied what the task wrote, and the stop's SIGKILL ends the sleep.
+    config = task_config(tmp_path, sh("sleep 300 & echo ready; exec sleep 300"))
+    pid = raw.start(config).driver_state["pid"]
+    wait_for(lambda: _check("ready" in stdout_of(config), "no ready yet"), timeout=5)
+    raw.stop(config.id, 10.0)
+    assert raw.inspect(config.id).exit_result == SIGINT_EXIT
+    assert "ready" in stdout_of(config)
+    wait_for(lambda: _check(not group_members(pid), "group left"), timeout=5)
+
+
+def test_concurrent_stops_and_a_wait_all_return_the_exit(raw, tmp_path):
+    config = task_config(tmp_path, sh("exec sleep 30"))
+    raw.start(config)
+    results: list[object] = []
+
+    def stop() -> None:
+        raw.stop(config.id, 10.0)
+        results.append(raw.inspect(config.id).exit_result)
+
+    def wait() -> None:
+        results.append(raw.wait(config.id, CancelToken()))
+
+    threads = [threading.Thread(target=f, name=f"notice-{f.__name__}") for f in (wait, stop)]
+    threads.append(threading.Thread(target=stop, name="notice-stop-2"))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+    assert results == [SIGINT_EXIT] * 3
+
+
+def test_close_releases_a_stop_waiting_on_the_notice(raw, tmp_path, state_dir):
+    config = task_config(tmp_path, sh("trap '' INT; exec sleep 300"))
+    handle = raw.start(config)
+    errors: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            raw.stop(config.id, 60.0)
+        except BaseException as err:
+            errors.append(err)
+
+    stopper = threading.Thread(target=stop, name="notice-stopper")
+    stopper.start()
+    wait_for(lambda: in_frame(stopper, "_take_notice"), timeout=5)
+    raw.close()
+    stopper.join(10.0)
+    assert not stopper.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], DriverError), errors
+    with RawExecDriver(state_dir=str(state_dir)) as other:  # end the task
+        other.recover(handle)
+        other.stop(config.id, 0.0)
+        assert other.inspect(config.id).exit_result == ExitResult(exit_code=137, signal=9)
+
+
+def _check(condition: object, message: str) -> None:
+    assert condition, message
