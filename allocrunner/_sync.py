@@ -28,7 +28,8 @@ while holding a declared lock (DESIGN.md §4 rule 4). Every waiting method carri
 Threads: none of their own except the ones a `ThreadGroup` starts for its owner; any
 thread may use them. Locks: each primitive owns one private raw mutex (or a
 `PrivateCondition` over one, which the blocking-wait check exempts: it is how the
-primitive blocks), never a declared lock, and calls nothing while holding it (except
+primitive blocks; `CancelToken`s and `Event`s take theirs from a fixed set of shared
+stripes, `_STRIPES`, as none is held while taking another), never a declared lock, and calls nothing while holding it (except
 `ThreadGroup.spawn`, which starts the thread under its mutex; see there). The
 callbacks of `CancelToken.on_cancel` and `Event.on_set` run after that mutex is
 released, on the thread that cancels or sets. This
@@ -102,18 +103,31 @@ class _Latch:
         return self._open
 
 
+# The mutexes of `CancelToken`s and `Event`s: every allocation owns about fifty of
+# them, so they share a fixed set of bare locks, picked by address, instead of owning
+# one each. Sharing is safe because a mutex is held only for a few field reads and
+# writes: never while taking another token's or event's mutex, never while calling
+# out (callbacks, children and parents are dealt with after it is released). Two
+# primitives on one stripe at most wait for each other's few instructions.
+_STRIPES = tuple(threading.Lock() for _ in range(64))
+
+
+def _stripe(obj: object) -> threading.Lock:
+    return _STRIPES[(id(obj) >> 4) % len(_STRIPES)]
+
+
 class _FiresOnce:
-    """The shared half of `CancelToken` and `Event`: a private mutex, callbacks that are
-    kept until the primitive fires once and are then run by the firing thread, and the
-    flag waiters wait on. The flag's `_Latch` is made by the first thread that has to
-    wait: most tokens and events are only ever tested, never waited on, and every
-    allocation owns a score of them. Subclasses say, under the mutex, whether it has
-    fired."""
+    """The shared half of `CancelToken` and `Event`: a mutex (one of `_STRIPES`),
+    callbacks that are kept until the primitive fires once and are then run by the
+    firing thread, and the flag waiters wait on. The flag's `_Latch` is made by the
+    first thread that has to wait: most tokens and events are only ever tested, never
+    waited on, and every allocation owns a score of them. Subclasses say, under the
+    mutex, whether it has fired."""
 
     __slots__ = ("_callbacks", "_latch", "_mutex", "_open")
 
     def __init__(self) -> None:
-        self._mutex = threading.Lock()
+        self._mutex = _stripe(self)
         self._callbacks: tuple[Callable[[], object], ...] = ()
         self._latch: _Latch | None = None
         self._open = False  # read without the mutex: it only ever turns True
@@ -175,7 +189,8 @@ class CancelToken(_FiresOnce):
     def __init__(self) -> None:
         super().__init__()
         self._reason: str | None = None
-        self._children: dict[int, weakref.ref[CancelToken]] = {}
+        # Made by the first adoption: most tokens never have a child.
+        self._children: dict[int, weakref.ref[CancelToken]] | None = None
         self._purge_at = _PURGE_MIN
         self._parents: tuple[CancelToken, ...] = ()
 
@@ -185,8 +200,8 @@ class CancelToken(_FiresOnce):
             if self._reason is not None:
                 return False
             self._reason = reason
-            children = [ref() for ref in self._children.values()]
-            self._children = {}
+            children = [ref() for ref in self._children.values()] if self._children else []
+            self._children = None
             parents = self._parents
             self._parents = ()
             callbacks = self._take_callbacks_under_mutex()
@@ -244,19 +259,25 @@ class CancelToken(_FiresOnce):
     def _adopt(self, child: CancelToken) -> str | None:
         with self._mutex:
             if self._reason is None:
-                self._children[id(child)] = weakref.ref(child)
-                if len(self._children) > self._purge_at:
+                children = self._children
+                if children is None:
+                    children = self._children = {}
+                children[id(child)] = weakref.ref(child)
+                if len(children) > self._purge_at:
                     self._children = {
-                        key: ref for key, ref in self._children.items() if ref() is not None
+                        key: ref for key, ref in children.items() if ref() is not None
                     }
                     self._purge_at = max(_PURGE_MIN, 2 * len(self._children))
             return self._reason
 
     def _forget(self, child: CancelToken) -> None:
         with self._mutex:
-            ref = self._children.get(id(child))
+            children = self._children
+            if not children:
+                return
+            ref = children.get(id(child))
             if ref is not None and ref() is child:
-                del self._children[id(child)]
+                del children[id(child)]
 
     def __repr__(self) -> str:
         return f"<CancelToken cancelled={self._reason!r}>"
