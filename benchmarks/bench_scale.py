@@ -11,7 +11,10 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
 - How long `run_allocs` of 1,000 new allocations takes to return (goal: 0.5 s), beside
   the bare-thread floor below.
 - Start-all at N=1000 against a bare-thread floor: one plain thread per allocation that
-  makes a directory and sets an Event (goal: at most 8x).
+  makes a directory and sets an Event (goal: at most 8x). Beside it, for the record, a
+  second floor whose threads each make the allocation's real directory layout (the
+  alloc dir and a task dir, eight directories, as every start does), and start-all
+  against that.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -73,6 +76,7 @@ import attrs
 
 from allocrunner import _locking
 from allocrunner._sync import CancelToken
+from allocrunner.allocdir import AllocDir
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig
@@ -189,14 +193,22 @@ class FloorRun:
     rss_kb_per_alloc: float
 
 
-def bare_thread_floor(n: int, root: Path) -> FloorRun:
-    """One plain thread per allocation that makes a directory and sets an Event."""
+def bare_thread_floor(n: int, root: Path, *, layout: bool = False) -> FloorRun:
+    """One plain thread per allocation that makes a directory and sets an Event; with
+    `layout`, the directory is the allocation's whole alloc dir and task dir (Nomad's
+    layout, `AllocDir.build` and `TaskDir.build`: eight directories), which every start
+    must make."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
 
     def alloc(i: int) -> None:
         try:
-            (root / f"alloc{i}").mkdir()
+            if layout:
+                alloc_dir = AllocDir(str(root), f"alloc{i}")
+                alloc_dir.build()
+                alloc_dir.new_task_dir("t").build()
+            else:
+                (root / f"alloc{i}").mkdir()
         finally:
             started[i].set()
         release.wait()
@@ -922,19 +934,26 @@ def client_names(p: Params) -> list[str]:
         f"start-all N={p.n_big} vs bare threads",
         f"RSS per running alloc, N={p.n_big}",
         f"idle CPU, {p.n_big} allocs, {p.idle_s:g} s",
+        f"floor: bare threads + alloc dir layout, N={p.n_big}",
+        f"start-all N={p.n_big} vs that floor",
     ]
 
 
-CLIENT_GOALS = ["<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"]
+CLIENT_GOALS = [
+    *("<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"),
+    *("floor", "floor"),
+]
 
 
 def client_figures(p: Params, root: Path) -> list[Figure]:
     client_cycle(p.n_small, root / "warm", 0.0)
     floors: list[FloorRun] = []
+    layouts: list[FloorRun] = []
     small: list[CycleRun] = []
     big: list[CycleRun] = []
     for r in range(p.rounds):
         floors.append(bare_thread_floor(p.n_big, root / f"floor{r}"))
+        layouts.append(bare_thread_floor(p.n_big, root / f"layout{r}", layout=True))
         small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
         big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
     names = client_names(p)
@@ -952,6 +971,11 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     )
     start_all = min(c.start_s for c in big)
     figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
+    layout_start = min(f.start_all_s for f in layouts)
+    figures.append(
+        Figure(names[7], layout_start, floor_start, "bare threads", "s", "floor", None)
+    )
+    figures.append(Figure(names[8], start_all, layout_start, "layout floor", "s", "floor", None))
     rss = big[0].rss_kb_per_alloc
     floor_rss = statistics.median(f.rss_kb_per_alloc for f in floors)
     figures.append(

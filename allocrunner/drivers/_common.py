@@ -13,6 +13,7 @@ import signal as _signal
 from collections.abc import Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
+from allocrunner._guarded import guarded_dict
 from allocrunner._locking import guarded, immutable, requires
 from allocrunner.drivers.base import (
     TASK_STATE_EXITED,
@@ -23,7 +24,6 @@ from allocrunner.drivers.base import (
 )
 from allocrunner.durations import parse_duration
 from allocrunner.errors import DriverError, TaskExitedError
-from allocrunner.structs.frozen import FrozenDict
 
 DEFAULT_KILL_SIGNAL = "SIGINT"
 """The signal a stop sends when the task names none (Nomad's default kill_signal)."""
@@ -149,21 +149,22 @@ class _TaskTable(Generic[R]):
 
     Invariant: at most one running task per id (a task id is reused only once its
     previous task has exited); once closed the table takes no task and every lookup
-    raises `DriverError`. The map is replaced copy-on-write, so a snapshot taken under
-    the lock stays valid after it is released. Every method requires ``lock``, the
-    driver's ``Driver._lock``, which also guards the records' own state.
+    raises `DriverError`. The map is a checked map changed in place (a copy per add or
+    remove made starting or stopping N tasks O(N²)); nothing reads it but these
+    methods. Every method requires ``lock``, the driver's ``Driver._lock``, which also
+    guards the records' own state.
     """
 
     _lock = immutable()
     _driver = immutable()
-    # _lock guards: _tasks, _closed
-    _tasks = guarded("_lock")
+    # _lock guards: _tasks (a checked map, changed in place), _closed
+    _tasks = immutable()
     _closed = guarded("_lock")
 
     def __init__(self, driver: str, lock: Any) -> None:
         self._lock = lock
         self._driver = driver
-        self._tasks: FrozenDict[str, R] = FrozenDict()
+        self._tasks: dict[str, R] = guarded_dict(lock)
         self._closed = False
 
     @requires("_lock")
@@ -204,14 +205,14 @@ class _TaskTable(Generic[R]):
         """Register `task` under `task_id`, replacing an exited one (see
         `check_addable_locked` for the errors)."""
         self.check_addable_locked(task_id)
-        self._tasks = self._tasks.set(task_id, task)
+        self._tasks[task_id] = task
 
     @requires("_lock")
     def remove_locked(self, task_id: str, task: R) -> bool:
         """Forget `task_id` if it is still `task`; True if it was."""
         if self._tasks.get(task_id) is not task:
             return False
-        self._tasks = FrozenDict((k, v) for k, v in self._tasks.items() if k != task_id)
+        del self._tasks[task_id]
         return True
 
     @requires("_lock")
