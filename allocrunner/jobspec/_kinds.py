@@ -416,6 +416,20 @@ class Struct(Kind):
             out[f.key] = f.kind.encode(item)
         return out
 
+    def encode_with(self, value: Any, attr: str, encoded: Any) -> dict[str, Any]:
+        """`encode(value)` with field `attr` taken as `encoded` instead of encoding it
+        again (a value whose encoding the caller already has)."""
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            if f.attr == attr:
+                out[f.key] = encoded
+                continue
+            item = getattr(value, f.attr)
+            if f.omit_empty and not item:
+                continue
+            out[f.key] = f.kind.encode(item)
+        return out
+
 
 class ListOf(Kind):
     """Immutable. A JSON array of one kind; a tuple in Python."""

@@ -103,6 +103,7 @@ __all__ = [
     "decode_task_state",
     "encode_alloc_state",
     "encode_allocation",
+    "encode_allocation_with_job",
     "encode_job",
     "encode_task_event",
     "encode_task_state",
@@ -588,6 +589,15 @@ def decode_allocation(obj: Any) -> Allocation:
 def encode_allocation(alloc: Allocation) -> dict[str, Any]:
     """Nomad API JSON of an Allocation, client fields included."""
     return _encode(ALLOCATION, alloc, Allocation)
+
+
+def encode_allocation_with_job(alloc: Allocation, job: dict[str, Any] | None) -> dict[str, Any]:
+    """`encode_allocation(alloc)` whose ``Job`` is `job`, the caller's encoding of
+    `alloc.job` (allocations of one job share it: encoding a job is most of the cost of
+    encoding an allocation). The result shares `job`: it is for serialising at once."""
+    if not isinstance(alloc, Allocation):
+        raise TypeError(f"expected Allocation, got {type(alloc).__name__}")
+    return ALLOCATION.encode_with(alloc, "job", job)
 
 
 def decode_alloc_state(obj: Any) -> AllocState:

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from allocrunner._locking import calls_out, immutable
+from allocrunner._sync import LatestValue
 from allocrunner.errors import JobSpecError, StateDBError
 from allocrunner.jobspec import (
     decode_alloc_state,
@@ -65,10 +66,11 @@ from allocrunner.jobspec import (
     encode_allocation,
     encode_task_state,
 )
+from allocrunner.jobspec.codec import encode_allocation_with_job
 from allocrunner.state.base import LocalState, WriteStats
 from allocrunner.state.sqlite_file import SCHEMA_VERSION, ReadPool, open_writer
 from allocrunner.state.sqlite_writer import NOT_QUEUED, Enqueued, Key, WriteQueue
-from allocrunner.structs import Allocation, AllocDeploymentStatus, AllocState, TaskState
+from allocrunner.structs import Allocation, AllocDeploymentStatus, AllocState, Job, TaskState
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateDB"]
 
@@ -120,6 +122,7 @@ class SQLiteStateDB:
     _path = immutable()
     _queue = immutable()
     _readers = immutable()
+    _last_job = immutable()  # LatestValue[(Job, its JSON dict)]: the last job encoded
 
     @calls_out
     def __init__(
@@ -133,6 +136,7 @@ class SQLiteStateDB:
         conn = open_writer(self._path, durable=durable, busy_timeout=busy_timeout)
         self._queue = WriteQueue(self._path, conn, join_timeout=max(30.0, 4 * busy_timeout))
         self._readers = ReadPool(self._path, busy_timeout)
+        self._last_job: LatestValue[tuple[Job, dict[str, Any]]] = LatestValue()
 
     @property
     def path(self) -> Path:
@@ -173,8 +177,22 @@ class SQLiteStateDB:
         if not isinstance(alloc, Allocation):
             raise TypeError(f"put_allocation: expected Allocation, got {type(alloc).__name__}")
         self._put(
-            alloc.id, (_NO_TASK, _ALLOC), alloc, lambda: encode_allocation(alloc), revive=True
+            alloc.id, (_NO_TASK, _ALLOC), alloc, lambda: self._encode_allocation(alloc), revive=True
         )
+
+    def _encode_allocation(self, alloc: Allocation) -> dict[str, Any]:
+        """The allocation's JSON, reusing the JSON of its job when the last allocation
+        encoded here had the same Job object (the allocations of one job version share
+        it, and the job is most of the work). The shared JSON is never changed: each
+        result is serialised at once."""
+        job = alloc.job
+        last = self._last_job.peek()
+        if job is not None and last is not None and last[0] is job:
+            return encode_allocation_with_job(alloc, last[1])
+        encoded = encode_allocation(alloc)
+        if job is not None:
+            self._last_job.offer((job, encoded["Job"]))
+        return encoded
 
     @calls_out
     def all_allocations(self) -> list[Allocation]:

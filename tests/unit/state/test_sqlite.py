@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 
+import attrs
 import pytest
 
 from allocrunner.errors import StateDBError
+from allocrunner.jobspec import encode_allocation
+from allocrunner.jobspec.codec import encode_allocation_with_job
 from allocrunner.state import LocalState, SQLiteStateDB
 from allocrunner.state.sqlite import SCHEMA_VERSION
-from allocrunner.structs import TaskState
-from allocrunner.testing import mock_alloc
+from allocrunner.structs import TaskState, new_allocation
+from allocrunner.testing import mock_alloc, mock_job, mock_task
 
 
 @pytest.fixture
@@ -177,3 +180,25 @@ def test_write_errors_name_the_file(path, caplog):
     with pytest.raises(StateDBError, match=str(path)):
         db.close()
     db.close()  # idempotent: the failure was reported once
+
+
+def test_allocations_of_one_job_share_its_encoding_and_round_trip(path):
+    """The allocations of one job are stored through one encoding of the job; each
+    reads back whole, as does one of another job in between and after."""
+    job = mock_job(mock_task("web"))
+    other = attrs.evolve(job, id="other", name="other", version=3)
+    allocs = [new_allocation(job, "web", index=i) for i in range(3)]
+    allocs.insert(2, new_allocation(other, "web", index=0))
+    allocs.append(attrs.evolve(allocs[0], desired_status="stop", alloc_modify_index=9))
+    db = SQLiteStateDB(path)
+    try:
+        for alloc in allocs:
+            db.put_allocation(alloc)
+        stored = {a.id: a for a in db.all_allocations()}
+    finally:
+        db.close()
+    assert stored == {a.id: a for a in allocs[1:]} | {allocs[0].id: allocs[-1]}
+    for alloc in allocs:
+        assert encode_allocation_with_job(alloc, encode_allocation(alloc)["Job"]) == (
+            encode_allocation(alloc)
+        )
