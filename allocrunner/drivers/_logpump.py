@@ -18,7 +18,9 @@ never reach a recycled descriptor.
 An exit descriptor its owner keeps (`Watch.read_exit`) may be waited on by one of the
 owner's threads as well: `mute_exit` stops the pump waking for it meanwhile, and
 `take_exit` hands the exit's report to that thread once the pump has copied the
-process's output to the end (else the pump keeps it: `unmute_exit`).
+process's output to the end (else the pump keeps it: `unmute_exit`). A muted
+descriptor can still wake the pump by a hang-up (its writer gone); the pump then
+reports the exit as usual, which for an exit already reported changes nothing.
 
 Threads: the pump thread (named by the owner, e.g. ``raw_exec-io``) reads pipes,
 writes sinks and calls `on_exit` / `poll_exit` with no lock held; the sinks are
@@ -225,19 +227,17 @@ class LogPump:
         with contextlib.suppress(OSError):
             self._epoll.modify(fd, select.EPOLLIN)
 
-    def take_exit(self, owner: object, fd: int) -> bool:
-        """Take the report of `owner`'s exit, seen on `fd` (an exit descriptor its owner
-        keeps) by a thread of the owner's, from the pump: True if no output pipe of
-        `owner` is watched any more (each reached end of file with all its bytes in
-        its sink, or was dropped); the pump then stops watching `fd` and the caller
-        handles the exit. False while output remains to be copied: then the pump
-        still reports the exit once it is."""
+    def take_exit(self, owner: object) -> bool:
+        """Take the report of `owner`'s exit, seen by a thread of the owner's on its
+        muted exit descriptor (one its owner keeps), from the pump: True if no output
+        pipe of `owner` is watched any more (each reached end of file with all its
+        bytes in its sink, or was dropped); the caller then reports the exit, and the
+        descriptor stays muted until `forget` drops it. False while output remains to
+        be copied: the caller then unmutes it and the pump reports the exit once the
+        output is copied."""
         with self._lock:
             owned = self._by_owner.get(id(owner))
-            if owned is not None and any(isinstance(e, _Pipe) for e in owned.values()):
-                return False
-        self._unwatch(fd)
-        return True
+            return owned is None or not any(isinstance(e, _Pipe) for e in owned.values())
 
     @calls_out
     def forget(self, owner: object) -> None:

@@ -158,22 +158,22 @@ class _TaskProcess:
                 return Exited(wait_status)
         return None if self.wrapper_alive() else Exited(None)
 
-    def enter_notice(self) -> bool | None:
+    @requires("_lock")
+    def enter_notice_locked(self) -> bool | None:
         """A thread would wait on the notice itself: True if it may (no other does;
-        it then mutes the pump's watch of it until `leave_notice`), False if another
-        does, None if the exit is published already."""
-        with self._lock:
-            if self._result is not None:
-                return None
-            if self._notice_waiter:
-                return False
-            self._notice_waiter = True
-            return True
+        it then mutes the pump's watch of it until `leave_notice_locked`), False if
+        another does, None if the exit is published already."""
+        if self._result is not None:
+            return None
+        if self._notice_waiter:
+            return False
+        self._notice_waiter = True
+        return True
 
-    def leave_notice(self) -> None:
-        """The thread that `enter_notice` let wait on the notice is done."""
-        with self._lock:
-            self._notice_waiter = False
+    @requires("_lock")
+    def leave_notice_locked(self) -> None:
+        """The thread that `enter_notice_locked` let wait on the notice is done."""
+        self._notice_waiter = False
 
     def read_notice(self) -> int | None:
         """The wait status on the notice channel, left there for other readers, once it
@@ -187,10 +187,6 @@ class _TaskProcess:
             return int(data) if data else None
         except ValueError:
             return None
-
-    def exit_published(self) -> bool:
-        with self._lock:
-            return self._result is not None
 
     def on_exit(self, wait_status: int | None) -> None:
         """On the pump thread, once the process has exited (or its spawner reported the

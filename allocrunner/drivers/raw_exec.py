@@ -73,8 +73,10 @@ How a task runs:
   on the stop path instead of the pump's and then the stopper's. It does so only once
   the pump has copied the task's output to the end; otherwise (a child of the task
   still holds its stdout) it unmutes the watch and the pump publishes after draining,
-  as it does when no one stops the task. Tasks attached after an agent restart keep
-  a plain pipe that only the pump reads.
+  as it does when no one stops the task. Only `NOTICE_WAITERS` stopping threads do
+  this at once; when many tasks stop together the pump reports their exits in
+  batches. Tasks attached after an agent restart keep a plain pipe that only the pump
+  reads.
 
 Logs: with ``TaskConfig.logs_disabled`` (a task's ``logs { disabled = true }``) the
 task's stdout and stderr are /dev/null, as Nomad's logmon hook makes them: no pipe, no
@@ -95,10 +97,11 @@ tasks running (an agent shutdown); a spawner with no task and no agent exits.
 
 Threads: callers' threads (start, wait, stop, …) and the pump thread ``raw_exec-io``;
 exits are published by a stopping thread or by the pump. Locks: ``Driver._lock``
-guards the task table (`_TaskTable`), each task's result and notice-waiter flag and the
-map of spawner clients; the pump's own ``LogPump._lock`` guards what it watches; the
-two are never nested. Spawner requests hold no lock. The
-once-per-driver cgroup warning is an `_sync.Event` (whoever sets it logs).
+guards the task table (`_TaskTable`), each task's result and notice-waiter flag, the
+count of threads waiting on notices and the map of spawner clients; the pump's own
+``LogPump._lock`` guards what it watches; the two are never nested. Spawner requests
+hold no lock. The once-per-driver cgroup warning is an `_sync.Event` (whoever sets it
+logs).
 Owner: built by `default_drivers()` (or a test) and shared by every TaskRunner of a
 node; whoever built it calls `close()`.
 
@@ -191,6 +194,10 @@ START_SETTLE = 30.0
 """Seconds a new spawner may take to listen before `start()` fails."""
 POLL_INTERVAL = 0.05
 """Seconds between liveness checks of a task watched without a pidfd."""
+NOTICE_WAITERS = 2
+"""How many stopping threads may wait on their tasks' exit notices themselves at once;
+the stops beyond it wait for the pump, which reports many exits per wake-up (a hundred
+tasks stopped together are reaped sooner so than by a hundred threads taking turns)."""
 
 
 class RawExecDriver:
@@ -215,8 +222,9 @@ class RawExecDriver:
     _warned_no_cgroup = immutable()
     _closed_r = immutable()
     _closed_w = immutable()
-    # _lock guards: _clients
+    # _lock guards: _clients, _notice_waiters
     _clients = guarded("_lock")
+    _notice_waiters = guarded("_lock")
 
     def __init__(
         self,
@@ -234,6 +242,7 @@ class RawExecDriver:
         self._exit_watch = exit_watch
         self._state_dir = os.path.abspath(state_dir or default_state_dir())
         self._clients: FrozenDict[str, SpawnerClient] = FrozenDict()
+        self._notice_waiters = 0  # threads in `_await_notice` now
         self._cgroup_root = os.path.abspath(cgroup_root)
         self._cgroup_mode = host_mode(self._cgroup_root)
         self._warned_no_cgroup = Event()
@@ -564,12 +573,9 @@ class RawExecDriver:
         return on_notice
 
     def _exit_noticed(self, proc: _TaskProcess, wait_status: int | None) -> None:
-        """The task's exit-notify pipe became readable (on the pump thread, or on a
-        thread that took the exit from the pump in `_await_notice`). Without a wait
-        status or a recorded one the spawner died: a task still running is then
+        """On the pump thread: the task's exit-notify channel became readable. Without a
+        wait status or a recorded one the spawner died: a task still running is then
         watched on its own."""
-        if wait_status is None and proc.exit_published():
-            return  # read and published by a waiter (`_await_notice`)
         orphaned = (
             wait_status is None
             and read_status(proc.status_path, proc.pid) is None
@@ -684,35 +690,50 @@ class RawExecDriver:
 
     @calls_out
     def _await_notice(self, proc: _TaskProcess, timeout: float) -> bool:
-        """Wait up to `timeout` on the task's notice pipe and take the exit from the
+        """Wait up to `timeout` on the task's notice channel and take the exit from the
         pump, which meanwhile does not wake for it: one wake-up, not the pump's and
         then this thread's. True once the exit is published. False (the caller then
-        waits for the pump's report) if another thread waits on the pipe, the driver
-        closed, the time ran out, or the pump still copies the task's output (it
-        reports the exit once the logs hold everything)."""
+        waits for the pump's report) if another thread waits on the channel, or
+        `NOTICE_WAITERS` threads wait on theirs, the driver closed, the time ran out,
+        the spawner died, or the pump still copies the task's output (it reports the
+        exit once the logs hold everything)."""
         assert proc.notice is not None
-        entered = proc.enter_notice()
+        with self._lock:
+            if self._notice_waiters >= NOTICE_WAITERS:
+                return False
+            entered = proc.enter_notice_locked()
+            if entered:
+                self._notice_waiters += 1
         if entered is None:
             return True
         if not entered:
             return False
         notice_fd = proc.notice.fileno()
         self._pump.mute_exit(notice_fd)
+        taken = False
         try:
-            return self._take_notice(proc, notice_fd, timeout)
+            taken = self._take_notice(proc, notice_fd, timeout)
         finally:
-            proc.leave_notice()
-            self._pump.unmute_exit(notice_fd)
+            with self._lock:
+                proc.leave_notice_locked()
+                self._notice_waiters -= 1
+            if not taken:
+                self._pump.unmute_exit(notice_fd)
+        return taken
 
     def _take_notice(self, proc: _TaskProcess, notice_fd: int, timeout: float) -> bool:
+        """Poll the notice; True once this thread published the exit."""
         poller = select.poll()
         poller.register(notice_fd, select.POLLIN)
         poller.register(self._closed_r, select.POLLIN)
         if not poller.poll(math.ceil(timeout * 1000)) or self._closing.cancelled():
             return False
-        if not self._pump.take_exit(proc, notice_fd):
+        if not self._pump.take_exit(proc):
             return False
-        self._exit_noticed(proc, proc.read_notice())
+        wait_status = proc.read_notice()
+        if wait_status is None:
+            return False  # the spawner died: the pump sees to the task (`_exit_noticed`)
+        proc.on_exit(wait_status)
         return True
 
 

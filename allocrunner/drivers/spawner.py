@@ -681,8 +681,11 @@ class Spawner:
         waits on the notice), then tidy up (closing a pidfd drops it from the epoll)."""
         pid = self.pidfds.pop(fd)
         try:
-            reaped, wait_status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
+            # Blocking: a pidfd turns readable a moment before its process can be
+            # waited for (the kernel wakes pidfd pollers before it marks the process a
+            # zombie), and a WNOHANG wait in that moment would lose the exit for good.
+            reaped, wait_status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already, by `reap`
             reaped, wait_status = 0, 0
         task = self.notify_exit(pid, wait_status) if reaped == pid else None
         os.close(fd)
