@@ -726,7 +726,8 @@ class RawExecDriver:
         poller = select.poll()
         poller.register(notice_fd, select.POLLIN)
         poller.register(self._closed_r, select.POLLIN)
-        if not poller.poll(math.ceil(timeout * 1000)) or self._closing.cancelled():
+        ready = poller.poll(math.ceil(min(timeout * 1000, _POLL_MS_MAX)))
+        if not ready or self._closing.cancelled():
             return False
         if not self._pump.take_exit(proc):
             return False
@@ -735,6 +736,10 @@ class RawExecDriver:
             return False  # the spawner died: the pump sees to the task (`_exit_noticed`)
         proc.on_exit(wait_status)
         return True
+
+
+_POLL_MS_MAX = 2**31 - 1
+"""The longest timeout `poll` takes, in milliseconds."""
 
 
 def _nothing() -> None:
