@@ -745,8 +745,9 @@ class Spawner:
     def keep_delivered(self, fd: int) -> None:
         """Keep a notify write end whose notice was written open until its reader
         closes: the reader sees the notice, never an end of file (which only a dead
-        spawner gives it), so a pump whose thread of the agent waits on the pipe itself
-        is not woken by a hang-up (see `allocrunner.drivers.raw_exec`)."""
+        spawner gives it), so an agent whose stopping thread waits on the channel while
+        the agent's log pump ignores it is not woken twice by a hang-up (see
+        `allocrunner.drivers.raw_exec`)."""
         try:
             self.epoll.register(fd, 0)  # EPOLLERR (no reader left) is always reported
         except OSError:
