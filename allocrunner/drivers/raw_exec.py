@@ -106,9 +106,9 @@ Owner: built by `default_drivers()` (or a test) and shared by every TaskRunner o
 node; whoever built it calls `close()`.
 
 The module is one concern, the driver's side of a raw_exec task's life (start, attach,
-wait, signal, stop, recover), which is why it runs a little past 600 lines; its config
-parsing lives in `_raw_exec_config`, the process plumbing in `_process` and the
-spawner in `spawner`.
+wait, signal, stop with its exit notice, recover), which is why it runs past 600 lines;
+its config parsing lives in `_raw_exec_config`, the process plumbing in `_process` and
+the spawner in `spawner`.
 """
 
 from __future__ import annotations
