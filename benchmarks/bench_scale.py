@@ -21,7 +21,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
 - raw_exec start until the command is exec'd against a bare `Popen`: the command
   (``tee FIFO``) opens a FIFO the benchmark polls, so both end at the same event.
 - raw_exec stop until reaped (stop + wait) against `Popen` SIGINT + wait, sample by
-  sample (goal: at most 1.5x each).
+  sample, each pair started and settled (both asleep) before either is timed, in
+  alternating order (goal: at most 1.5x each).
 - Stopping 100 raw_exec tasks on one driver against a real supervisord's
   ``stopAllProcesses(wait=True)`` over XML-RPC on a unix socket (goal: at most 1.0x;
   reported unavailable, with the reason, when supervisord cannot run).
@@ -445,9 +446,11 @@ class Leftovers:
         self._tasks: list[str] = []
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, config: TaskConfig) -> None:
+    def start(self, config: TaskConfig) -> int:
+        """Start the task; its pid."""
         self._tasks.append(config.id)
-        self._driver.start(config)
+        handle = self._driver.start(config)
+        return int(handle.driver_state["pid"])
 
     def popen(self, command: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -492,22 +495,54 @@ def exec_samples(run: Leftovers, root: Path, n: int) -> tuple[list[float], list[
 def stop_samples(
     driver: RawExecDriver, run: Leftovers, root: Path, n: int
 ) -> tuple[list[float], list[float]]:
-    """Stop → reaped: raw_exec stop + wait and Popen SIGINT + wait, interleaved."""
+    """Stop → reaped: raw_exec stop + wait and Popen SIGINT + wait, interleaved. Both
+    processes are started and settled (asleep in their ``sleep``) before either is
+    timed, and which goes first alternates, so neither is timed while the other is
+    still starting up on the other CPU."""
     ours: list[float] = []
     bare: list[float] = []
-    for i in range(n):
-        config = task_config(root, f"stop{i}", ["/bin/sleep", "3600"])
-        run.start(config)
-        proc = run.popen(["/bin/sleep", "3600"])
+
+    def stop_ours(task_id: str) -> None:
         t0 = time.perf_counter()
-        driver.stop(config.id, 5.0)
-        driver.wait(config.id, CancelToken())
+        driver.stop(task_id, 5.0)
+        driver.wait(task_id, CancelToken())
         ours.append(time.perf_counter() - t0)
+
+    def stop_bare(proc: subprocess.Popen[bytes]) -> None:
         t0 = time.perf_counter()
         proc.send_signal(signal.SIGINT)
         proc.wait()
         bare.append(time.perf_counter() - t0)
+
+    for i in range(n):
+        config = task_config(root, f"stop{i}", ["/bin/sleep", "3600"])
+        pid = run.start(config)
+        proc = run.popen(["/bin/sleep", "3600"])
+        wait_settled(pid)
+        wait_settled(proc.pid)
+        if i % 2:
+            stop_bare(proc)
+            stop_ours(config.id)
+        else:
+            stop_ours(config.id)
+            stop_bare(proc)
     return ours, bare
+
+
+def wait_settled(pid: int, timeout: float = 5.0) -> None:
+    """Until `pid` sleeps (state S in /proc/<pid>/stat, as ``sleep`` does once it has
+    started up), so that timing it is not timing its start-up too."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # gone: nothing to settle
+        if state == b"S":
+            return
+        time.sleep(0.0002)
+    raise TimeoutError(f"process {pid} never settled")
 
 
 def new_raw_exec(root: Path) -> RawExecDriver:
@@ -562,6 +597,7 @@ def relay_samples(root: Path, n: int) -> list[float]:
         for _ in range(n):
             os.write(req_w, b"go")
             pid = int(os.read(note_r, 64))
+            wait_settled(pid)
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGINT)
             os.read(note_r, 64)
