@@ -16,7 +16,8 @@ Scheduling, per kick (all under the service's lock):
   never lost, just as with a thread looping on a coalescing `Kick`.
 - After a pass the handler says when its next deadline is (a monotonic time, or
   None); the service keeps one timer entry per handler for it, and a due entry queues
-  a pass like a kick. An entry for a deadline the handler no longer keeps is ignored.
+  a pass like a kick (a new earliest deadline wakes the waiting worker, which then
+  waits for it). An entry for a deadline the handler no longer keeps is ignored.
   A deadline already past makes another pass at once, so a handler reports a
   deadline only until a pass has acted on it.
 - A pass that reports the handler finished removes it: later kicks do nothing.
@@ -238,19 +239,23 @@ class StatePasses:
                 self._queue.append(kick)
 
     @requires("_lock")
-    def _arm_locked(self, kick: PassKick, due: float | None) -> None:
+    def _arm_locked(self, kick: PassKick, due: float | None) -> bool:
+        """Keep `due` as `kick`'s deadline; True if it is now the earliest of all, so a
+        worker waiting for the earliest must wake to wait for this one instead."""
         if due is None:
             self._due.pop(kick, None)
-            return
+            return False
         if self._due.get(kick) == due:
-            return
+            return False
         self._due[kick] = due
-        heapq.heappush(self._timers, (due, next(self._seq), kick))
+        entry = (due, next(self._seq), kick)
+        heapq.heappush(self._timers, entry)
         if len(self._timers) >= self._purge_at:
             kept = [entry for entry in self._timers if self._due.get(entry[2]) == entry[0]]
             heapq.heapify(kept)
             self._timers[:] = kept
             self._purge_at = max(_PURGE_MIN, 2 * len(kept))
+        return self._timers[0] is entry
 
     # --- the workers --------------------------------------------------------------------
 
@@ -297,24 +302,25 @@ class StatePasses:
         except Exception:
             log.exception("state handler %s failed", kick.label)
             finished, due = True, None
-        release_waiter = False
         with self._lock:
             if finished:
                 del self._steps[kick]
                 del self._sched[kick]
                 self._due.pop(kick, None)
                 last_rites = self._finish.pop(kick)
-                release_waiter = self._waiting and not self._steps
+                # With nothing live, the waiting worker ends.
+                wake_waiter = self._waiting and not self._steps
             else:
                 last_rites = None
-                self._arm_locked(kick, due)
+                # A new earliest deadline: the waiting worker waits for it instead.
+                wake_waiter = self._arm_locked(kick, due) and self._waiting
                 if self._sched[kick] == _AGAIN:
                     self._sched[kick] = _QUEUED
                     self._queue.append(kick)
                 else:
                     del self._sched[kick]
-        if release_waiter:
-            self._kick.kick()  # nothing is live: the waiting worker ends
+        if wake_waiter:
+            self._kick.kick()
         if last_rites is not None:
             try:
                 last_rites()

@@ -159,6 +159,25 @@ def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
     wait_for(_ended(service))
 
 
+def test_a_deadline_armed_while_another_worker_waits_is_kept(service: StatePasses) -> None:
+    """A worker parked with no timeout learns of a deadline another worker arms."""
+    slow = Handler(service, "slow")
+    slow.gate = threading.Event()
+    service.add(slow.kick, slow.step, slow.finished.set)
+    assert slow.entered.wait(10)
+    idle = Handler(service, "idle")
+    service.add(idle.kick, idle.step, idle.finished.set)
+    wait_for(lambda: _equal(idle.count(), 1))  # its worker now waits, with no timeout
+    slow.due = time.monotonic() + 0.2
+    slow.gate.set()  # its worker arms the deadline, finds nothing queued and ends
+    wait_for(lambda: _equal(slow.count(), 2), timeout=5)
+    for h in (slow, idle):
+        h.finish_after = 0
+        h.kick.kick()
+        assert h.finished.wait(10)
+    wait_for(_ended(service))
+
+
 def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -> None:
     h = Handler(service)
     service.add(h.kick, h.step, h.finished.set)
