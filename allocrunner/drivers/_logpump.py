@@ -16,22 +16,31 @@ live as long as the pump object, so a registration or wake-up racing `close()` c
 never reach a recycled descriptor.
 
 An exit descriptor its owner keeps (`Watch.read_exit`) may be waited on by one of the
-owner's threads as well: `mute_exit` stops the pump waking for it meanwhile, and
-`take_exit` hands the exit's report to that thread once the pump has copied the
-process's output to the end (else the pump keeps it: `unmute_exit`). A muted
-descriptor can still wake the pump by a hang-up (its writer gone); the pump then
-reports the exit as usual, which for an exit already reported changes nothing.
+owner's threads as well: `hold` stops the pump waking for the owner meanwhile (its exit
+descriptor is muted and its pipes are taken out of the epoll, since a pipe's end of
+file, which the process's exit brings, would wake the pump even muted), so the exit
+wakes that thread alone. `take_exit` then hands the exit's report to that thread if
+the pump has nothing of the process's output left to copy: each pipe is closed by the
+pump already, or is empty at end of file (the thread takes it off the pump's watch and
+queues it for the pump to close, with its sink, at its next turn; no wake-up on the
+stop path). Otherwise, or if the thread gives up, `release` gives the owner back to the
+pump, which copies what remains and reports the exit. While an owner is held the pump
+neither reads its pipes nor reports its exit, and `hold` refuses an owner the pump is
+reading at that moment (``_busy``), so a held owner's pipes are read by no one.
 
 Threads: the pump thread (named by the owner, e.g. ``raw_exec-io``) reads pipes,
-writes sinks and calls `on_exit` / `poll_exit` with no lock held; the sinks are
-confined to it. Any thread may call `add`, `forget`, `close`, `mute_exit`,
-`unmute_exit` and `take_exit`.
+writes sinks, closes pipes and calls `on_exit` / `poll_exit` with no lock held; the
+sinks are confined to it. Any thread may call `add`, `forget`, `close`, `hold`,
+`release` and `take_exit`.
 
 Locks: ``LogPump._lock``, a leaf, guards what the pump watches (`_watched` and its
 index by owner `_by_owner`, checked maps changed in place, so that a hundred exits at
-once cost linear time; `_polled`),
-the queued forget requests (`_forgets`) and the `_started` / `_closed` flags. No other
-declared lock is taken under it, and no I/O or callback runs under it.
+once cost linear time; `_polled`), the held owners (`_held`) and the one the pump
+reads now (`_busy`), the pipes queued for closing (`_closings`), the queued forget
+requests (`_forgets`) and the `_started` / `_closed` flags. No other declared lock is
+taken under it, and no I/O or callback runs under it; `hold` and `release` update the
+epoll's table under it (epoll_ctl, which neither blocks nor does I/O), so a held
+owner's descriptors are never found ready by the pump, which would spin on them.
 
 Owner: a driver creates one pump (raw_exec does) and calls `close()` when it closes;
 running processes keep running and keep their pipes' other read ends.
@@ -58,6 +67,9 @@ _READ_SIZE = 65536
 _BOUNDED_READS = 16
 """Reads per pipe per wake-up, so one chatty process cannot starve the others."""
 _UNBOUNDED_READS = 1 << 30
+_CLOSINGS_WAKE = 16
+"""Pipes taken by `take_exit` queue up to this many before the pump is woken to close
+them (else they are closed at its next turn, e.g. a `forget`)."""
 
 
 class LogSink(Protocol):
@@ -163,10 +175,14 @@ class LogPump:
     _epoll = immutable()
     _wake_r = immutable()
     _wake_w = immutable()
-    # _lock guards: _watched, _by_owner, _polled, _forgets, _started, _closed
+    # _lock guards: _watched, _by_owner, _polled, _held, _busy, _closings, _forgets,
+    # _started, _closed
     _watched = immutable()  # checked map, changed in place under _lock
     _by_owner = immutable()  # checked map, changed in place under _lock
     _polled = guarded("_lock")
+    _held = guarded("_lock")
+    _busy = guarded("_lock")
+    _closings = guarded("_lock")
     _forgets = guarded("_lock")
     _started = guarded("_lock")
     _closed = guarded("_lock")
@@ -188,6 +204,9 @@ class LogPump:
         # id(owner) -> its entries (fd -> entry); an owner is alive while it has any.
         self._by_owner: dict[int, dict[int, _Pipe | Watch]] = guarded_dict(self._lock)
         self._polled: tuple[Watch, ...] = ()  # watches without a pidfd, polled
+        self._held: frozenset[int] = frozenset()  # id(owner) of the held owners
+        self._busy: int | None = None  # id(owner) whose pipes the pump reads now
+        self._closings: tuple[_Pipe, ...] = ()  # taken pipes the pump is to close
         self._forgets: tuple[_Forget, ...] = ()
         self._started = False
         self._closed = False
@@ -215,29 +234,67 @@ class LogPump:
             self._threads.spawn(self._thread_name, self._loop)
         return True
 
-    def mute_exit(self, fd: int) -> None:
-        """Stop waking for exit descriptor `fd` (one its owner keeps: `Watch.read_exit`)
-        while a thread of the owner's waits on it itself; nothing if it is no longer
-        watched."""
-        with contextlib.suppress(OSError):
-            self._epoll.modify(fd, 0)
+    def hold(self, owner: object, exit_fd: int) -> bool:
+        """Stop waking for `owner` (its exit descriptor `exit_fd`, one its owner keeps:
+        `Watch.read_exit`, and its pipes) while a thread of the owner's waits on
+        `exit_fd` itself; until `release` or `forget`. False (nothing changed) if the
+        owner is not watched, is held already, or the pump reads its pipes right now."""
+        key = id(owner)
+        with self._lock:
+            owned = self._by_owner.get(key)
+            if owned is None or key in self._held or self._busy == key:
+                return False
+            self._held = self._held | {key}
+            # Under the lock (an epoll table update, no I/O): once the owner is held
+            # the pump must not find its descriptors ready, or it would spin on them.
+            for fd, entry in owned.items():
+                with contextlib.suppress(OSError):
+                    if isinstance(entry, _Pipe):
+                        self._epoll.unregister(fd)
+                    elif fd == exit_fd:
+                        self._epoll.modify(fd, 0)
+        return True
 
-    def unmute_exit(self, fd: int) -> None:
-        """Wake for `fd` again (undoes `mute_exit`); nothing if it is no longer watched."""
-        with contextlib.suppress(OSError):
-            self._epoll.modify(fd, select.EPOLLIN)
+    def release(self, owner: object, exit_fd: int) -> None:
+        """Give a held `owner` back to the pump (undoes `hold`): it copies what its pipes
+        hold and reports its exit once `exit_fd` turns readable."""
+        key = id(owner)
+        with self._lock:
+            if key not in self._held:
+                return
+            self._held = self._held - {key}
+            for fd, entry in self._by_owner.get(key, {}).items():
+                with contextlib.suppress(OSError):
+                    if isinstance(entry, _Pipe):
+                        self._epoll.register(fd, select.EPOLLIN)
+                    elif fd == exit_fd:
+                        self._epoll.modify(fd, select.EPOLLIN)
 
     def take_exit(self, owner: object) -> bool:
-        """Take the report of `owner`'s exit, seen by a thread of the owner's on its
-        muted exit descriptor (one its owner keeps), from the pump: True if no output
-        pipe of `owner` is watched any more (each reached end of file with all its
-        bytes in its sink, or was dropped); the caller then reports the exit, and the
-        descriptor stays muted until `forget` drops it. False while output remains to
-        be copied: the caller then unmutes it and the pump reports the exit once the
-        output is copied."""
+        """Take the report of a held `owner`'s exit, seen by a thread of the owner's on
+        its exit descriptor, from the pump: True if none of its output is left to copy
+        (each pipe was closed at end of file, or is empty at end of file now: it is
+        taken off the watch, for the pump to close); the caller then reports the exit,
+        and the owner stays held until `forget` drops it. False while output remains
+        (or the owner is not held): the caller then calls `release`, and the pump
+        reports the exit once the output is copied."""
+        key = id(owner)
         with self._lock:
-            owned = self._by_owner.get(id(owner))
-            return owned is None or not any(isinstance(e, _Pipe) for e in owned.values())
+            if key not in self._held:
+                return False
+            owned = self._by_owner.get(key, {})
+            pipes = [entry for entry in owned.values() if isinstance(entry, _Pipe)]
+        if pipes and not _all_at_eof([pipe.fd for pipe in pipes]):
+            return False
+        if not pipes:
+            return True
+        with self._lock:
+            self._unwatch_locked([pipe.fd for pipe in pipes])
+            self._closings = (*self._closings, *pipes)
+            wake = len(self._closings) >= _CLOSINGS_WAKE
+        if wake:
+            self._wake()
+        return True
 
     @calls_out
     def forget(self, owner: object) -> None:
@@ -280,7 +337,10 @@ class LogPump:
                 with self._lock:
                     closed = self._closed
                     forgets, self._forgets = self._forgets, ()
+                    closings, self._closings = self._closings, ()
                     polling = bool(self._polled)
+                _close_pipes(closings)
+                del closings
                 self._serve_forgets(forgets)
                 del forgets  # while the thread sleeps it holds no forgotten owner
                 if closed:
@@ -306,6 +366,17 @@ class LogPump:
             return
         with self._lock:
             entry = self._watched.get(fd)
+            key = None if entry is None else id(_owner_of(entry))
+            if key is None or key in self._held:
+                return  # gone, or a thread of its owner's waits on it
+            self._busy = key
+        try:
+            self._dispatch_entry(fd, entry)
+        finally:
+            with self._lock:
+                self._busy = None
+
+    def _dispatch_entry(self, fd: int, entry: _Pipe | Watch | None) -> None:
         if isinstance(entry, _Pipe):
             self._copy(entry, _BOUNDED_READS)
         elif isinstance(entry, Watch) and (entry.status_pipe or _readable(fd)):
@@ -321,19 +392,24 @@ class LogPump:
     def _unwatch(self, *fds: int) -> None:
         """Drop entries, then unregister their descriptors (the caller closes them)."""
         with self._lock:
-            for fd in fds:
-                entry = self._watched.pop(fd, None)
-                if entry is None:
-                    continue
-                key = id(_owner_of(entry))
-                owned = self._by_owner.get(key)
-                if owned is not None:
-                    owned.pop(fd, None)
-                    if not owned:
-                        del self._by_owner[key]
+            self._unwatch_locked(fds)
         for fd in fds:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
+
+    def _unwatch_locked(self, fds: tuple[int, ...] | list[int]) -> None:
+        """Drop the entries of `fds` (an owner left with none is held no more)."""
+        for fd in fds:
+            entry = self._watched.pop(fd, None)
+            if entry is None:
+                continue
+            key = id(_owner_of(entry))
+            owned = self._by_owner.get(key)
+            if owned is not None:
+                owned.pop(fd, None)
+                if not owned:
+                    del self._by_owner[key]
+                    self._held = self._held - {key}
 
     def _copy(self, pipe: _Pipe, reads: int) -> None:
         """Copy what the pipe holds (at most `reads` reads) to its sink; close it at
@@ -386,6 +462,17 @@ class LogPump:
         watch.on_exit(wait_status)
 
     def _drop(self, owner: object) -> None:
+        key = id(owner)
+        with self._lock:
+            self._held = self._held - {key}
+            self._busy = key
+        try:
+            self._drop_entries(owner)
+        finally:
+            with self._lock:
+                self._busy = None
+
+    def _drop_entries(self, owner: object) -> None:
         for fd, entry in self._entries_of(owner):
             if isinstance(entry, _Pipe):
                 self._copy(entry, _BOUNDED_READS)
@@ -404,7 +491,10 @@ class LogPump:
             self._watched.clear()
             self._by_owner.clear()
             self._polled = ()
+            self._held = frozenset()
             forgets, self._forgets = self._forgets, ()
+            closings, self._closings = self._closings, ()
+        _close_pipes(closings)
         for fd, entry in watched.items():
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
@@ -425,6 +515,24 @@ class LogPump:
 
 def _owner_of(entry: _Pipe | Watch) -> object:
     return entry.watch.owner if isinstance(entry, _Pipe) else entry.owner
+
+
+def _close_pipes(pipes: tuple[_Pipe, ...]) -> None:
+    """On the pump thread: close pipes taken off the watch, and their sinks."""
+    for pipe in pipes:
+        with contextlib.suppress(OSError):
+            os.close(pipe.fd)
+        pipe.sink.close()
+
+
+def _all_at_eof(fds: list[int]) -> bool:
+    """True if every pipe in `fds` is empty and has no writer left (polls a hang-up
+    without data)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ready = dict(poller.poll(0))
+    return all(ready.get(fd, 0) & (select.POLLHUP | select.POLLIN) == select.POLLHUP for fd in fds)
 
 
 def _read_status(fd: int) -> int | None:

@@ -68,12 +68,15 @@ How a task runs:
 - The exit notice of a task this driver started arrives on a stream socket (the
   record keeps our end open for its whole life, the spawner keeps its end open after
   writing): the pump watches it, but a stopping thread takes it over (`_await_notice`):
-  the pump's watch is muted (no hang-up wakes it either), the stopping thread polls
-  the socket itself, peeks at the wait status and publishes the exit: one wake-up
-  on the stop path instead of the pump's and then the stopper's. It does so only once
-  the pump has copied the task's output to the end; otherwise (a child of the task
-  still holds its stdout) it unmutes the watch and the pump publishes after draining,
-  as it does when no one stops the task. Only `NOTICE_WAITERS` stopping threads do
+  the pump holds off the task (`LogPump.hold`: neither the notice nor the end of file
+  of the task's output pipes, which its exit brings, wakes it), the stopping thread
+  polls the socket itself, peeks at the wait status and publishes the exit: one
+  wake-up on the stop path instead of the pump's and then the stopper's, and no pump
+  thread competing for a CPU with the spawner that reaps the task. It does so only if
+  nothing of the task's output is left to copy (each pipe empty at end of file);
+  otherwise (a child of the task still holds its stdout, or output remains) it gives
+  the task back to the pump, which publishes after draining, as it does when no one
+  stops the task. Only `NOTICE_WAITERS` stopping threads do
   this at once; when many tasks stop together the pump reports their exits in
   batches. Tasks attached after an agent restart keep a plain pipe that only the pump
   reads.
@@ -372,13 +375,11 @@ class RawExecDriver:
             proc = self._tasks.get_locked(task_id)
             if proc.result_locked() is not None:
                 return
-        proc.signal_group(sig)
-        if not self._await_exit(proc, max(0.0, timeout)):
+        if not self._await_exit(proc, sig, max(0.0, timeout)):
             with self._lock:
                 if proc.result_locked() is None:
                     proc.mark_sigkilled_locked()
-            proc.signal_group(_signal.SIGKILL)
-            if not self._await_exit(proc, KILL_GRACE):
+            if not self._await_exit(proc, _signal.SIGKILL, KILL_GRACE):
                 raise DriverError(
                     f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
                     f"{KILL_GRACE}s after SIGKILL"
@@ -672,10 +673,13 @@ class RawExecDriver:
                 raise
 
     @calls_out
-    def _await_exit(self, proc: _TaskProcess, timeout: float) -> bool:
-        """True once the task has exited; False after `timeout`; raises if closed."""
+    def _await_exit(self, proc: _TaskProcess, sig: int, timeout: float) -> bool:
+        """Send `sig` to the task's group; True once the task has exited; False after
+        `timeout`; raises if closed."""
         deadline = time.monotonic() + timeout
-        if proc.notice is not None and self._await_notice(proc, timeout):
+        if proc.notice is None:
+            proc.signal_group(sig)
+        elif self._await_notice(proc, sig, timeout):
             return True
         joined = CancelToken.any_of(proc.done, self._closing)
         try:
@@ -689,36 +693,39 @@ class RawExecDriver:
         return False
 
     @calls_out
-    def _await_notice(self, proc: _TaskProcess, timeout: float) -> bool:
-        """Wait up to `timeout` on the task's notice channel and take the exit from the
-        pump, which meanwhile does not wake for it: one wake-up, not the pump's and
-        then this thread's. True once the exit is published. False (the caller then
-        waits for the pump's report) if another thread waits on the channel, or
-        `NOTICE_WAITERS` threads wait on theirs, the driver closed, the time ran out,
-        the spawner died, or the pump still copies the task's output (it reports the
-        exit once the logs hold everything)."""
+    def _await_notice(self, proc: _TaskProcess, sig: int, timeout: float) -> bool:
+        """Send `sig` to the task's group, wait up to `timeout` on the task's notice
+        channel and take the exit from the pump, which meanwhile does not wake for the
+        task (`LogPump.hold`, done before the signal, so the exit finds the task held
+        rather than the pump reading its output pipes' end of file): one wake-up, not
+        the pump's and then this thread's. The signal is sent whatever the outcome.
+        True once the exit is published. False
+        (the caller then waits for the pump's report) if another thread waits on the
+        channel, or `NOTICE_WAITERS` threads wait on theirs, the pump reads the task's
+        output right now, the driver closed, the time ran out, the spawner died, or
+        output is left to copy (the pump reports the exit once the logs hold
+        everything)."""
         assert proc.notice is not None
         with self._lock:
-            if self._notice_waiters >= NOTICE_WAITERS:
-                return False
-            entered = proc.enter_notice_locked()
+            entered = self._notice_waiters < NOTICE_WAITERS and proc.enter_notice_locked()
             if entered:
                 self._notice_waiters += 1
-        if entered is None:
-            return True
         if not entered:
+            proc.signal_group(sig)
             return False
         notice_fd = proc.notice.fileno()
-        self._pump.mute_exit(notice_fd)
+        held = False
         taken = False
         try:
-            taken = self._take_notice(proc, notice_fd, timeout)
+            held = self._pump.hold(proc, notice_fd)
+            proc.signal_group(sig)
+            taken = held and self._take_notice(proc, notice_fd, timeout)
         finally:
             with self._lock:
                 proc.leave_notice_locked()
                 self._notice_waiters -= 1
-            if not taken:
-                self._pump.unmute_exit(notice_fd)
+            if held and not taken:
+                self._pump.release(proc, notice_fd)
         return taken
 
     def _take_notice(self, proc: _TaskProcess, notice_fd: int, timeout: float) -> bool:
@@ -729,11 +736,11 @@ class RawExecDriver:
         ready = poller.poll(math.ceil(min(timeout * 1000, _POLL_MS_MAX)))
         if not ready or self._closing.cancelled():
             return False
-        if not self._pump.take_exit(proc):
-            return False
         wait_status = proc.read_notice()
         if wait_status is None:
             return False  # the spawner died: the pump sees to the task (`_exit_noticed`)
+        if not self._pump.take_exit(proc):
+            return False
         proc.on_exit(wait_status)
         return True
 
