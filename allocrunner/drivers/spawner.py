@@ -53,7 +53,8 @@ given up (logged) when the spawner retires.
 
 The spawner keeps each task's output read ends, so a task never gets SIGPIPE while no
 agent reads. When a task's pidfd turns readable (or, without pidfds, on SIGCHLD through
-a wakeup fd; never by timed polling) it reaps the exited child,
+a wakeup fd; never by timed polling; readable pidfds are served before the other
+ready descriptors of a loop turn) it reaps the exited child,
 records ``"<status> <pid>\\n"`` (status = exit code, or 128 + signal) in the task's
 status file, and only then writes the wait status (in decimal) to each exit-notify
 channel of the task (a pipe or a stream socket); everything else (closing the task's
@@ -459,7 +460,10 @@ class Spawner:
         self.epoll.register(self.listener.fileno(), select.EPOLLIN)
         self.epoll.register(self.wake_r, select.EPOLLIN)
         while True:
-            for fd, _ in self.epoll.poll(IDLE_CHECK):
+            events = self.epoll.poll(IDLE_CHECK)
+            if len(events) > 1:  # exits first: an agent's stop waits on their notices
+                events.sort(key=lambda event: event[0] not in self.pidfds)
+            for fd, _ in events:
                 if fd == self.listener.fileno():
                     self.accept()
                 elif fd == self.wake_r:

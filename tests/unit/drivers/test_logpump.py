@@ -197,3 +197,66 @@ def test_rotating_sink_writes_the_task_logs(tmp_path):
     sink.close()
     assert read_logs(config.logs_dir, config.name, "stdout") == b"0123456789"
     assert sink.write_errors == 0
+
+
+def _held_watch(pump: LogPump) -> tuple[object, int, int, int, ListSink, ExitRecorder]:
+    """An owner with one output pipe and an exit pipe it keeps (`read_exit`); returns
+    the owner, the output's write end, the exit pipe's ends, the sink and the
+    recorder."""
+    read, write = nonblocking_pipe()
+    exit_r, exit_w = nonblocking_pipe()
+    sink = ListSink()
+    recorder = ExitRecorder(sink)
+    owner = object()
+    watch = Watch(
+        owner=owner,
+        pipes=((read, sink),),
+        on_exit=recorder,
+        pidfd=exit_r,
+        status_pipe=True,
+        read_exit=lambda: 0,
+    )
+    assert pump.add(watch)
+    return owner, write, exit_r, exit_w, sink, recorder
+
+
+def test_a_held_owner_is_left_to_its_thread_which_takes_its_drained_pipes(pump):
+    owner, write, exit_r, exit_w, sink, recorder = _held_watch(pump)
+    os.write(write, b"early")
+    wait_for(lambda: _assert_equal(sink.data(), b"early"))
+    pump.forget(object())  # the pump is done reading it (`hold` refuses it meanwhile)
+    assert pump.hold(owner, exit_r)
+    assert not pump.hold(owner, exit_r)  # held already
+    os.close(write)
+    os.write(exit_w, b"0")
+    pump.forget(object())  # a turn of the pump: it would have seen both by now
+    assert not recorder.calls and not sink.closed.is_set()
+    assert pump.take_exit(owner)
+    pump.forget(owner)
+    assert sink.closed.is_set()
+    assert sink.data() == b"early"
+    assert not recorder.calls
+    os.close(exit_r)  # the owner's
+    os.close(exit_w)
+
+
+def test_output_left_in_a_held_owner_s_pipe_is_copied_by_the_pump_on_release(pump):
+    owner, write, exit_r, exit_w, _, recorder = _held_watch(pump)
+    assert pump.hold(owner, exit_r)
+    os.write(write, b"late")
+    os.close(write)
+    os.write(exit_w, b"0")
+    pump.forget(object())
+    assert not recorder.calls
+    assert not pump.take_exit(owner)
+    pump.release(owner, exit_r)
+    assert recorder.done.wait(10)
+    assert recorder.calls == [(0, [b"late"])]
+    pump.forget(owner)
+    os.close(exit_r)
+    os.close(exit_w)
+
+
+def test_hold_refuses_an_owner_it_does_not_watch(pump):
+    assert not pump.hold(object(), 0)
+    assert not pump.take_exit(object())
