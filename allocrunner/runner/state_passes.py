@@ -16,10 +16,10 @@ Scheduling, per kick (all under the service's lock):
   never lost, just as with a thread looping on a coalescing `Kick`.
 - After a pass the handler says when its next deadline is (a monotonic time, or
   None); the service keeps one timer entry per handler for it, and a due entry queues
-  a pass like a kick (a new earliest deadline wakes the waiting worker, which then
-  waits for it). An entry for a deadline the handler no longer keeps is ignored.
-  A deadline already past makes another pass at once, so a handler reports a
-  deadline only until a pass has acted on it.
+  a pass like a kick (a deadline earlier than the waiting worker's wake-up wakes it,
+  and it then waits for the earliest). An entry for a deadline the handler no longer
+  keeps is ignored. A deadline already past makes another pass at once, so a handler
+  reports a deadline only until a pass has acted on it.
 - A pass that reports the handler finished removes it: later kicks do nothing.
 
 Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once. A worker takes one
@@ -52,6 +52,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -99,7 +100,7 @@ class StatePasses:
     docstring)."""
 
     # _lock guards: _steps, _finish, _sched, _queue, _due, _timers, _workers,
-    # _waiting, _purge_at
+    # _waiting, _wait_until, _purge_at
     _lock = immutable()
     _steps = immutable()  # checked map, changed in place: live kick -> its pass
     _finish = immutable()  # checked map, changed in place: live kick -> its last rites
@@ -110,6 +111,7 @@ class StatePasses:
     _head = guarded("_lock")
     _workers = guarded("_lock")
     _waiting = guarded("_lock")  # True while a worker waits for a timer or a wake
+    _wait_until = guarded("_lock")  # when that wait ends by itself (inf: never)
     _purge_at = guarded("_lock")
     _kick = immutable()
     _seq = immutable()
@@ -127,6 +129,7 @@ class StatePasses:
         self._head = 0
         self._workers = 0
         self._waiting = False
+        self._wait_until = math.inf
         self._purge_at = _PURGE_MIN
         self._kick = Kick()
         self._seq = itertools.count()
@@ -240,22 +243,21 @@ class StatePasses:
 
     @requires("_lock")
     def _arm_locked(self, kick: PassKick, due: float | None) -> bool:
-        """Keep `due` as `kick`'s deadline; True if it is now the earliest of all, so a
-        worker waiting for the earliest must wake to wait for this one instead."""
+        """Keep `due` as `kick`'s deadline; True if a waiting worker would sleep past
+        it, and so must wake to wait for it instead."""
         if due is None:
             self._due.pop(kick, None)
             return False
         if self._due.get(kick) == due:
             return False
         self._due[kick] = due
-        entry = (due, next(self._seq), kick)
-        heapq.heappush(self._timers, entry)
+        heapq.heappush(self._timers, (due, next(self._seq), kick))
         if len(self._timers) >= self._purge_at:
             kept = [entry for entry in self._timers if self._due.get(entry[2]) == entry[0]]
             heapq.heapify(kept)
             self._timers[:] = kept
             self._purge_at = max(_PURGE_MIN, 2 * len(kept))
-        return self._timers[0] is entry
+        return self._waiting and due < self._wait_until
 
     # --- the workers --------------------------------------------------------------------
 
@@ -274,6 +276,8 @@ class StatePasses:
                         return
                     self._waiting = True
                     timeout = self._until_first_timer_locked()
+                    now = time.monotonic()
+                    self._wait_until = math.inf if timeout is None else now + timeout
                 else:
                     self._sched[kick] = _RUNNING
                     more = self._head < len(self._queue)
@@ -283,6 +287,7 @@ class StatePasses:
                 self._kick.wait(timeout)
                 with self._lock:
                     self._waiting = False
+                    self._wait_until = math.inf
                 continue
             self._notify(spawn)
             self._run_pass(kick, step)
@@ -313,7 +318,7 @@ class StatePasses:
             else:
                 last_rites = None
                 # A new earliest deadline: the waiting worker waits for it instead.
-                wake_waiter = self._arm_locked(kick, due) and self._waiting
+                wake_waiter = self._arm_locked(kick, due)
                 if self._sched[kick] == _AGAIN:
                     self._sched[kick] = _QUEUED
                     self._queue.append(kick)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocrunner.runner.state_passes import MAX_WORKERS, PassKick, StatePasses
 from allocrunner.testing import assert_stays, wait_for
@@ -57,6 +59,11 @@ class Handler:
     def count(self) -> int:
         with self._mutex:
             return self.passes
+
+    def last_pass(self) -> float:
+        """When the last pass began (0 before the first)."""
+        with self._mutex:
+            return self.pass_times[-1] if self.pass_times else 0.0
 
 
 @pytest.fixture
@@ -178,6 +185,31 @@ def test_a_deadline_armed_while_another_worker_waits_is_kept(service: StatePasse
     wait_for(_ended(service))
 
 
+def test_a_deadline_behind_a_withdrawn_one_is_kept(service: StatePasses) -> None:
+    """A withdrawn deadline leaves a stale timer entry; a later deadline armed by
+    another worker still wakes the worker waiting with no timeout."""
+    slow = Handler(service, "slow")
+    slow.gate = threading.Event()
+    service.add(slow.kick, slow.step, slow.finished.set)
+    assert slow.entered.wait(10)
+    other = Handler(service, "other")
+    other.due = time.monotonic() + 0.5
+    service.add(other.kick, other.step, other.finished.set)
+    wait_for(lambda: _equal(other.count(), 1))
+    other.due = None
+    other.kick.kick()  # withdrawn: its entry stays in the heap, stale
+    wait_for(lambda: _equal(other.count(), 2))
+    slow.due = time.monotonic() + 1.0  # behind the stale entry
+    slow.gate.set()
+    wait_for(lambda: _equal(slow.count(), 2), timeout=5)
+    assert slow.pass_times[1] >= slow.pass_times[0] + 0.5
+    for h in (slow, other):
+        h.finish_after = 0
+        h.kick.kick()
+        assert h.finished.wait(10)
+    wait_for(_ended(service))
+
+
 def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -> None:
     h = Handler(service)
     service.add(h.kick, h.step, h.finished.set)
@@ -242,3 +274,57 @@ def _equal(got: int, want: int) -> None:
 
 def _all(values: object) -> None:
     assert all(values), "not yet"  # type: ignore[call-overload]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scripts=st.lists(
+        st.lists(st.sampled_from(["kick", "due", "clear"]), min_size=1, max_size=12),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_random_kicks_and_deadlines_from_many_threads(scripts: list[list[str]]) -> None:
+    """Property: whatever each handler's kicker thread does (kicks, deadlines set
+    and withdrawn), passes of one handler never overlap, the last kick and a kept
+    deadline each get a pass after them, a finished handler gets no pass, and the
+    workers end."""
+    service = StatePasses()
+    handlers = [Handler(service, f"h{i}") for i in range(len(scripts))]
+    for h in handlers:
+        service.add(h.kick, h.step, h.finished.set)
+
+    last_kick = [0.0] * len(handlers)
+
+    def kicker(i: int, h: Handler, script: list[str]) -> None:
+        for action in script:
+            if action == "due":
+                h.due = time.monotonic() + 0.02
+            elif action == "clear":
+                h.due = None
+            last_kick[i] = time.monotonic()
+            h.kick.kick()
+
+    threads = [
+        threading.Thread(target=kicker, args=(i, h, script))
+        for i, (h, script) in enumerate(zip(handlers, scripts, strict=True))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # A pass begun after the last kick, and one after any deadline still kept.
+    wait_for(
+        lambda: _all(h.last_pass() >= k for h, k in zip(handlers, last_kick, strict=True))
+    )
+    wait_for(lambda: _all(h.due is None for h in handlers), timeout=5)
+    for h in handlers:
+        h.finish_after = 0
+        h.kick.kick()
+    assert all(h.finished.wait(10) for h in handlers)
+    counts = [h.count() for h in handlers]
+    for h in handlers:
+        h.kick.kick()
+    wait_for(_ended(service))
+    assert [h.count() for h in handlers] == counts
+    assert all(h.overlaps == 0 for h in handlers)
