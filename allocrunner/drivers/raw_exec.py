@@ -699,12 +699,11 @@ class RawExecDriver:
         task (`LogPump.hold`, done before the signal, so the exit finds the task held
         rather than the pump reading its output pipes' end of file): one wake-up, not
         the pump's and then this thread's. The signal is sent whatever the outcome.
-        True once the exit is published. False
-        (the caller then waits for the pump's report) if another thread waits on the
-        channel, or `NOTICE_WAITERS` threads wait on theirs, the pump reads the task's
-        output right now, the driver closed, the time ran out, the spawner died, or
-        output is left to copy (the pump reports the exit once the logs hold
-        everything)."""
+        True once the exit is published. False (the caller then waits for the pump's
+        report) if another thread waits on the channel, or `NOTICE_WAITERS` threads
+        wait on theirs, the pump reads the task's output right now, the driver closed,
+        the time ran out, the spawner died, or output is left to copy (the pump
+        reports the exit once the logs hold everything)."""
         assert proc.notice is not None
         with self._lock:
             entered = self._notice_waiters < NOTICE_WAITERS and proc.enter_notice_locked()
