@@ -138,3 +138,30 @@ def test_close_releases_a_stop_waiting_on_the_notice(raw, tmp_path, state_dir):
 
 def _check(condition: object, message: str) -> None:
     assert condition, message
+
+
+def test_last_words_on_the_stop_signal_reach_the_logs_before_the_exit(raw, tmp_path):
+    # The task writes as it exits: its pipe holds output when the notice arrives, so
+    # the stopping thread leaves the report to the pump, which copies it first.
+    config = task_config(
+        tmp_path, sh("trap 'echo bye; exit 3' INT; echo ready; while :; do sleep 0.05; done")
+    )
+    raw.start(config)
+    wait_for(lambda: _check("ready" in stdout_of(config), "no ready yet"), timeout=5)
+    raw.stop(config.id, 10.0)
+    assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=3)
+    assert stdout_of(config) == "ready\nbye\n"
+
+
+def test_pipes_the_stopping_thread_takes_are_closed_once_the_task_is_destroyed(raw, tmp_path):
+    def run_once(name: str) -> None:
+        config = task_config(tmp_path, sh("exec sleep 30"), name=name)
+        raw.start(config)
+        raw.stop(config.id, 10.0)
+        assert raw.wait(config.id, CancelToken()) == SIGINT_EXIT
+        raw.destroy(config.id)
+
+    run_once("warm")  # the spawner connection and the pump thread stay
+    before = len(os.listdir("/proc/self/fd"))
+    run_once("measured")
+    assert len(os.listdir("/proc/self/fd")) == before
