@@ -696,14 +696,15 @@ class RawExecDriver:
     def _await_notice(self, proc: _TaskProcess, sig: int, timeout: float) -> bool:
         """Send `sig` to the task's group, wait up to `timeout` on the task's notice
         channel and take the exit from the pump, which meanwhile does not wake for the
-        task (`LogPump.hold`, done before the signal, so the exit finds the task held
-        rather than the pump reading its output pipes' end of file): one wake-up, not
-        the pump's and then this thread's. The signal is sent whatever the outcome.
-        True once the exit is published. False (the caller then waits for the pump's
-        report) if another thread waits on the channel, or `NOTICE_WAITERS` threads
-        wait on theirs, the pump reads the task's output right now, the driver closed,
-        the time ran out, the spawner died, or output is left to copy (the pump
-        reports the exit once the logs hold everything)."""
+        task (`LogPump.hold`, done right after the signal, off the stop's path: the
+        task's exit, its output pipes' end of file included, comes well after, and
+        finds it held): one wake-up, not the pump's and then this thread's. The signal
+        is sent whatever the outcome. True once the exit is published. False (the
+        caller then waits for the pump's report) if another thread waits on the
+        channel, or `NOTICE_WAITERS` threads wait on theirs, the pump reads the task's
+        output right now, the driver closed, the time ran out, the spawner died, or
+        output is left to copy (the pump reports the exit once the logs hold
+        everything)."""
         assert proc.notice is not None
         with self._lock:
             entered = self._notice_waiters < NOTICE_WAITERS and proc.enter_notice_locked()
@@ -716,8 +717,8 @@ class RawExecDriver:
         held = False
         taken = False
         try:
-            held = self._pump.hold(proc, notice_fd)
             proc.signal_group(sig)
+            held = self._pump.hold(proc, notice_fd)
             taken = held and self._take_notice(proc, notice_fd, timeout)
         finally:
             with self._lock:
