@@ -29,8 +29,9 @@ Threads: none of their own except the ones a `ThreadGroup` starts for its owner;
 thread may use them. Locks: each primitive owns one private raw mutex (or a
 `PrivateCondition` over one, which the blocking-wait check exempts: it is how the
 primitive blocks; `CancelToken`s and `Event`s take theirs from a fixed set of shared
-stripes, `_STRIPES`, as none is held while taking another), never a declared lock, and calls nothing while holding it (except
-`ThreadGroup.spawn`, which starts the thread under its mutex; see there). The
+stripes, `_STRIPES`, as none is held while taking another), never a declared lock,
+and calls nothing while holding it (except `ThreadGroup.spawn`, which starts the
+thread under its mutex; see there). The
 callbacks of `CancelToken.on_cancel` and `Event.on_set` run after that mutex is
 released, on the thread that cancels or sets. This
 module, `_locking` and `_rwlock` are the only places that build synchronisation

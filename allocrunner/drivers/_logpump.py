@@ -58,7 +58,7 @@ from typing import Protocol
 import attrs
 
 from allocrunner._guarded import guarded_dict
-from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock
+from allocrunner._locking import calls_out, confined, guarded, immutable, make_lock, requires
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.drivers.base import TaskConfig
 from allocrunner.drivers.logs import MB, RotatingLogWriter
@@ -397,6 +397,7 @@ class LogPump:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 
+    @requires("_lock")
     def _unwatch_locked(self, fds: tuple[int, ...] | list[int]) -> None:
         """Drop the entries of `fds` (an owner left with none is held no more)."""
         for fd in fds:
