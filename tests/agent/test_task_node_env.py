@@ -91,58 +91,44 @@ def test_node_id_given_to_tasks_survives_an_agent_restart(data_dir) -> None:
         second.shutdown()
 
 
-def port_job(job_id: str) -> dict:
-    """A batch job with a dynamic port "http" whose task writes its args and env."""
+def writer_job(
+    job_id: str, args: list[str], env: dict[str, str], networks: list[dict] | None = None
+) -> dict:
+    """A batch job whose task writes `args` and its environment to the alloc dir."""
     script = (
         'printf "%s\\n" "$@" > "$NOMAD_ALLOC_DIR/data/args"; env -0 > "$NOMAD_ALLOC_DIR/data/env"'
     )
-    return {
-        "Job": {
-            "ID": job_id,
-            "Type": "batch",
-            "Datacenters": ["dc9"],
-            "TaskGroups": [
-                {
-                    "Name": "g",
-                    "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
-                    "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
-                    "Tasks": [
-                        {
-                            "Name": "t",
-                            "Driver": "raw_exec",
-                            "Config": {
-                                "command": "/bin/sh",
-                                "args": ["-c", script, "t", "${NOMAD_PORT_http}"],
-                            },
-                            "Env": {"WEB": "${NOMAD_ADDR_http}"},
-                        }
-                    ],
-                }
-            ],
+    group: dict = {"Name": "g", "RestartPolicy": {"Attempts": 0, "Mode": "fail"}}
+    if networks is not None:
+        group["Networks"] = networks
+    group["Tasks"] = [
+        {
+            "Name": "t",
+            "Driver": "raw_exec",
+            "Config": {"command": "/bin/sh", "args": ["-c", script, "t", *args]},
+            "Env": env,
         }
-    }
+    ]
+    return {"Job": {"ID": job_id, "Type": "batch", "Datacenters": ["dc9"], "TaskGroups": [group]}}
+
+
+def port_job(job_id: str) -> dict:
+    """A batch job with a dynamic port "http" whose task writes its args and env."""
+    return writer_job(
+        job_id,
+        ["${NOMAD_PORT_http}"],
+        {"WEB": "${NOMAD_ADDR_http}"},
+        networks=[{"DynamicPorts": [{"Label": "http"}]}],
+    )
 
 
 def test_allocated_ports_reach_the_task_args_and_env(agent, data_dir) -> None:
-    status, body, _ = api(agent.address, "PUT", "/v1/jobs", port_job("ports"))
-    assert status == 200, body
-
-    def complete() -> dict:
-        allocs = job_allocs(agent.address, "ports")
-        assert len(allocs) == 1, allocs
-        assert allocs[0]["ClientStatus"] == "complete", allocs[0]["ClientStatus"]
-        return allocs[0]
-
-    alloc_id = wait_for(complete, 30)["ID"]
+    alloc_id, args, environ = run_to_completion(agent, data_dir, port_job("ports"))
     status, alloc, _ = api(agent.address, "GET", f"/v1/allocation/{alloc_id}")
     assert status == 200, alloc
     [port] = alloc["AllocatedResources"]["Shared"]["Ports"]
     value, host_ip = str(port["Value"]), port["HostIP"] or "127.0.0.1"
-    data = data_dir / "alloc" / alloc_id / "alloc" / "data"
-    assert (data / "args").read_text().splitlines() == [value]
-    environ = dict(
-        item.split("=", 1) for item in (data / "env").read_text().split("\0") if "=" in item
-    )
+    assert args == [value]
     assert environ["NOMAD_PORT_http"] == environ["NOMAD_HOST_PORT_http"] == value
     assert environ["NOMAD_IP_http"] == host_ip
     assert environ["WEB"] == environ["NOMAD_ADDR_http"] == f"{host_ip}:{value}"
@@ -153,35 +139,14 @@ def test_allocated_ports_reach_the_task_args_and_env(agent, data_dir) -> None:
 
 def print_node_job(job_id: str) -> dict:
     """A batch job whose task writes its args and its environment to the alloc dir."""
-    script = (
-        'printf "%s\\n" "$@" > "$NOMAD_ALLOC_DIR/data/args"; env -0 > "$NOMAD_ALLOC_DIR/data/env"'
-    )
-    return {
-        "Job": {
-            "ID": job_id,
-            "Type": "batch",
-            "Datacenters": ["dc9"],
-            "TaskGroups": [
-                {
-                    "Name": "g",
-                    "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
-                    "Tasks": [
-                        {
-                            "Name": "t",
-                            "Driver": "raw_exec",
-                            "Config": {"command": "/bin/sh", "args": ["-c", script, "t", *REFS]},
-                            "Env": {"RACK": "${meta.rack}", "NODE": "${node.unique.id}"},
-                        }
-                    ],
-                }
-            ],
-        }
-    }
+    return writer_job(job_id, REFS, {"RACK": "${meta.rack}", "NODE": "${node.unique.id}"})
 
 
-def run_to_completion(agent: Agent, data_dir: Path, job_id: str) -> tuple[list[str], dict]:
-    """Register `job_id`, wait for its one allocation to complete; (args, environ)."""
-    status, body, _ = api(agent.address, "PUT", "/v1/jobs", print_node_job(job_id))
+def run_to_completion(agent: Agent, data_dir: Path, job: dict) -> tuple[str, list[str], dict]:
+    """Register `job`, wait for its one allocation to complete; (alloc id, the args and
+    environ its task wrote)."""
+    job_id = job["Job"]["ID"]
+    status, body, _ = api(agent.address, "PUT", "/v1/jobs", job)
     assert status == 200, body
 
     def complete() -> str:
@@ -196,12 +161,12 @@ def run_to_completion(agent: Agent, data_dir: Path, job_id: str) -> tuple[list[s
     environ = dict(
         item.split("=", 1) for item in (data / "env").read_text().split("\0") if "=" in item
     )
-    return args, environ
+    return alloc_id, args, environ
 
 
 def test_task_args_see_the_fingerprinted_node(agent, data_dir) -> None:
     node_id = node_id_of(agent)
-    args, environ = run_to_completion(agent, data_dir, "node-vars")
+    _, args, environ = run_to_completion(agent, data_dir, print_node_job("node-vars"))
     kernel = os.uname().sysname.lower()
     arch = GO_ARCH.get(platform.machine(), platform.machine())
     assert args == [node_id, kernel, arch, "r7", "dc9", "batchers"]
@@ -216,12 +181,12 @@ def test_task_args_see_the_fingerprinted_node(agent, data_dir) -> None:
 def test_node_id_seen_by_tasks_survives_an_agent_restart(data_dir) -> None:
     first = start_agent(data_dir)
     try:
-        before, _ = run_to_completion(first, data_dir, "before")
+        _, before, _ = run_to_completion(first, data_dir, print_node_job("before"))
     finally:
         first.shutdown()
     second = start_agent(data_dir)
     try:
-        after, _ = run_to_completion(second, data_dir, "after")
+        _, after, _ = run_to_completion(second, data_dir, print_node_job("after"))
         assert holds(after[0] == before[0] == node_id_of(second), "same node id")
     finally:
         second.shutdown()
