@@ -160,10 +160,7 @@ def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
     wait_for(lambda: _equal(h.count(), 4))
     # Until well past the withdrawn deadline: no pass comes from it.
     assert_stays(lambda: _equal(h.count(), 4), 0.5)
-    h.finish_after = 0
-    h.kick.kick()
-    assert h.finished.wait(10)
-    wait_for(_ended(service))
+    _finish_all(service, h)
 
 
 def test_a_deadline_armed_while_another_worker_waits_is_kept(service: StatePasses) -> None:
@@ -178,11 +175,7 @@ def test_a_deadline_armed_while_another_worker_waits_is_kept(service: StatePasse
     slow.due = time.monotonic() + 0.2
     slow.gate.set()  # its worker arms the deadline, finds nothing queued and ends
     wait_for(lambda: _equal(slow.count(), 2), timeout=5)
-    for h in (slow, idle):
-        h.finish_after = 0
-        h.kick.kick()
-        assert h.finished.wait(10)
-    wait_for(_ended(service))
+    _finish_all(service, slow, idle)
 
 
 def test_a_deadline_behind_a_withdrawn_one_is_kept(service: StatePasses) -> None:
@@ -203,11 +196,7 @@ def test_a_deadline_behind_a_withdrawn_one_is_kept(service: StatePasses) -> None
     slow.gate.set()
     wait_for(lambda: _equal(slow.count(), 2), timeout=5)
     assert slow.pass_times[1] >= slow.pass_times[0] + 0.5
-    for h in (slow, other):
-        h.finish_after = 0
-        h.kick.kick()
-        assert h.finished.wait(10)
-    wait_for(_ended(service))
+    _finish_all(service, slow, other)
 
 
 def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -> None:
@@ -216,10 +205,7 @@ def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -
     wait_for(lambda: _equal(h.count(), 1))
     assert_stays(lambda: _equal(service.workers(), 1), 0.2)
     assert service.join_if_idle(0.01) is False  # live: not ours to wait for
-    h.finish_after = 0
-    h.kick.kick()
-    assert h.finished.wait(10)
-    wait_for(_ended(service))
+    _finish_all(service, h)
 
 
 def test_a_blocked_pass_holds_up_no_other_handler(service: StatePasses) -> None:
@@ -265,6 +251,15 @@ def test_adding_a_kick_twice_is_refused(service: StatePasses) -> None:
     g.finish_after = 1
     g.gate.set()
     assert g.finished.wait(10)
+    wait_for(_ended(service))
+
+
+def _finish_all(service: StatePasses, *handlers: Handler) -> None:
+    """End each handler with one more pass, then wait for the workers to end."""
+    for h in handlers:
+        h.finish_after = 0
+        h.kick.kick()
+        assert h.finished.wait(10)
     wait_for(_ended(service))
 
 
