@@ -115,6 +115,10 @@ def test_concurrent_stops_and_a_wait_all_return_the_exit(raw, tmp_path):
 def test_close_releases_a_stop_waiting_on_the_notice(raw, tmp_path, state_dir):
     config = task_config(tmp_path, sh("trap '' INT; exec sleep 300"))
     handle = raw.start(config)
+    # start() returns once the shell runs; the stop's SIGINT must find INT ignored,
+    # which it is once the shell has exec'd sleep.
+    comm = Path(f"/proc/{handle.driver_state['pid']}/comm")
+    wait_for(lambda: _check(comm.read_text() == "sleep\n", "not sleep yet"), timeout=5)
     errors: list[BaseException] = []
 
     def stop() -> None:
