@@ -17,12 +17,14 @@ write, wait and the first `close` raise StateDBError naming the file.
 
 Threads: callers on any thread; ``statedb-writer``, started by the first queued record
 and joined by `close`, owns the write connection. Locks: "StateDB._lock" guards the
-queued records (a checked list), the de-dup record (a checked dict: (alloc, task,
-kind) -> last value and digest queued), the pending sequence per allocation (a checked
-dict), the tombstones, the sequence numbers, the flush waiters, the counters, the
-failure and the started / closed / exited flags. It is held for bookkeeping only:
-no I/O, wait or callout runs under it (kicks and wakes are notify-only). Owner:
-`SQLiteStateDB` builds one over its write connection and is its only caller.
+queued records (a checked list), the de-dup record (a checked dict per allocation,
+(task, kind) -> last value and digest queued, in a checked dict by allocation id, so a
+delete drops an allocation's record in one step however many allocations there are),
+the pending sequence per allocation (a checked dict), the tombstones, the sequence
+numbers, the flush waiters, the counters, the failure and the started / closed /
+exited flags. It is held for bookkeeping only: no I/O, wait or callout runs under it
+(kicks and wakes are notify-only). Owner: `SQLiteStateDB` builds one over its write
+connection and is its only caller.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class WriteQueue:
         self._exited_event = Event()
         self._threads = ThreadGroup("statedb")
         self._records: list[Record] = guarded_list(self._lock)
-        self._last: dict[tuple[str, str, str], _Last] = guarded_dict(self._lock)
+        self._last: dict[str, dict[Key, _Last]] = guarded_dict(self._lock)
         self._pending: dict[str, int] = guarded_dict(self._lock)
         self._deleted: frozenset[str] = frozenset()
         self._enqueued = self._committed = 0
@@ -203,6 +205,20 @@ class WriteQueue:
         self._started = True
         return True
 
+    @requires("_lock")
+    def _last_locked(self, alloc_id: str, key: Key) -> _Last | None:
+        """The last value queued for (alloc_id, key), None if none is known."""
+        keys = self._last.get(alloc_id)
+        return None if keys is None else keys.get(key)
+
+    @requires("_lock")
+    def _keys_locked(self, alloc_id: str) -> dict[Key, _Last]:
+        """The de-dup record of `alloc_id`, made on its first write."""
+        keys = self._last.get(alloc_id)
+        if keys is None:
+            keys = self._last[alloc_id] = guarded_dict(self._lock)
+        return keys
+
     def skip_or_drop(self, alloc_id: str, key: Key, value: object, *, revive: bool) -> bool:
         """Before encoding: True (and counted) when the write of `value` would be dropped
         (its allocation was deleted and this is no `revive`) or equals the last value
@@ -213,7 +229,7 @@ class WriteQueue:
             if alloc_id in self._deleted and not revive:
                 self._dropped += 1
                 return True
-            last = self._last.get((alloc_id, *key))
+            last = self._last_locked(alloc_id, key)
             if last is not None and (last.value is value or last.value == value):
                 self._skipped += 1
                 return True
@@ -233,13 +249,13 @@ class WriteQueue:
                     self._dropped += 1
                     return NOT_QUEUED
                 self._deleted = self._deleted - {alloc_id}
-            last = self._last.get((alloc_id, *key))
+            last = self._last_locked(alloc_id, key)
             previous = None if last is None else last.value
             if last is not None and last.digest == digest:
                 self._skipped += 1
                 return Enqueued(0, previous)
             seq = self._append_locked(PUT, alloc_id, key, text)
-            self._last[(alloc_id, *key)] = _Last(value, digest)
+            self._keys_locked(alloc_id)[key] = _Last(value, digest)
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
@@ -254,11 +270,11 @@ class WriteQueue:
             if alloc_id in self._deleted:
                 self._dropped += 1
                 return
-            if self._last.get((alloc_id, *key)) is _ABSENT:
+            if self._last_locked(alloc_id, key) is _ABSENT:
                 self._skipped += 1
                 return
             seq = self._append_locked(DELETE_KEY, alloc_id, key)
-            self._last[(alloc_id, *key)] = _ABSENT
+            self._keys_locked(alloc_id)[key] = _ABSENT
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
@@ -271,8 +287,7 @@ class WriteQueue:
         with self._lock:
             self._check_usable_locked()
             self._deleted = self._deleted | {alloc_id}
-            for entry in [entry for entry in self._last if entry[0] == alloc_id]:
-                del self._last[entry]  # deletes are rare: a scan beats an index here
+            self._last.pop(alloc_id, None)
             seq = self._append_locked(DELETE_ALLOC, alloc_id)
             start = self._claim_start_locked()
         self._after_append(start, seq, 0)
