@@ -139,6 +139,27 @@ def test_the_last_put_of_a_key_wins_across_batches(db, path):
         fresh.close()
 
 
+def test_deleting_an_allocation_forgets_its_last_values_and_no_other(db, path):
+    """The de-dup record is per allocation: a delete drops that allocation's (its values
+    are written again once it is re-added) and leaves every other allocation's."""
+    gone, kept = mock_alloc(), mock_alloc()
+    state = TaskState(restarts=3)
+    for alloc in (gone, kept):
+        db.put_allocation(alloc)
+        db.put_task_state(alloc.id, "web", state)
+    db.delete_allocation(gone.id)
+    before = db.stats()
+    db.put_task_state(kept.id, "web", state)
+    assert db.stats().skipped == before.skipped + 1, "the kept allocation's value is known"
+    db.put_allocation(gone)
+    db.put_task_state(gone.id, "web", state)
+    after = db.stats()
+    assert after.writes == before.writes + 2, "the re-added allocation's writes are queued"
+    db.flush()
+    assert _rows(path, gone.id) == [("", "alloc"), ("web", "task_state")]
+    assert db.task_runner_state(kept.id, "web") == (None, state)
+
+
 def test_a_flushed_write_is_read_by_a_fresh_instance_on_the_same_file(db, path):
     alloc = mock_alloc()
     db.put_allocation(alloc)
