@@ -16,7 +16,10 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   alloc dir and a task dir, eight directories, as every start does), and start-all
   against that; and a third whose threads also store what a crash-safe start must
   before its task reads running (the allocation, the task's driver handle, committed,
-  and its running state, in a `SQLiteStateDB`), and start-all against that.
+  and its running state, in a `SQLiteStateDB`), and start-all against that. For the
+  stop's growth, a floor without any runner: N bare threads, each blocked on its own
+  Event, woken at once, each running 1 ms of Python; its time per thread at N=1000
+  against N=100.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -247,6 +250,57 @@ def bare_thread_floor(
             db.close()
         shutil.rmtree(root, ignore_errors=True)
     return FloorRun(elapsed, rss)
+
+
+def spin(loops: int) -> int:
+    """Pure Python work: `loops` turns of arithmetic."""
+    total = 0
+    for i in range(loops):
+        total += i * i
+    return total
+
+
+def spin_loops_per_ms() -> int:
+    """How many `spin` turns take about 1 ms of this interpreter's time, alone."""
+    loops = 10_000
+    best = min(_timed(lambda: spin(loops)) for _ in range(5))
+    return max(1, int(loops * 0.001 / best))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def wake_floor(n: int, loops: int) -> float:
+    """Seconds per thread to wake n bare threads at once (each blocked on its own
+    Event, as stopped task threads are), each running `loops` of `spin` and exiting:
+    the CPython cost of waking many threads with work to do, without any runner."""
+    events = [threading.Event() for _ in range(n)]
+    done = threading.Semaphore(0)
+
+    def woken(i: int) -> None:
+        events[i].wait()
+        spin(loops)
+        done.release()
+
+    threads = [threading.Thread(target=woken, args=(i,), daemon=True) for i in range(n)]
+    try:
+        for thread in threads:
+            thread.start()
+        t0 = time.perf_counter()
+        for event in events:
+            event.set()
+        for _ in range(n):
+            done.acquire()
+        return (time.perf_counter() - t0) / n
+    finally:
+        for event in events:
+            event.set()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
 
 
 def persist_start(db: SQLiteStateDB, alloc: Allocation, task_dir: str) -> None:
@@ -1028,12 +1082,13 @@ def client_names(p: Params) -> list[str]:
         f"start-all N={p.n_big} vs that floor",
         f"floor: layout + crash-safe start records, N={p.n_big}",
         f"start-all N={p.n_big} vs the records floor",
+        f"floor: wake per thread (1 ms of Python), N={p.n_big} {versus}",
     ]
 
 
 CLIENT_GOALS = [
     *("<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"),
-    *("floor", "floor", "floor", "floor"),
+    *("floor", "floor", "floor", "floor", "floor"),
 ]
 
 
@@ -1044,7 +1099,12 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     recorded: list[FloorRun] = []
     small: list[CycleRun] = []
     big: list[CycleRun] = []
+    loops = spin_loops_per_ms()
+    wakes_small: list[float] = []
+    wakes_big: list[float] = []
     for r in range(p.rounds):
+        wakes_small.append(wake_floor(p.n_small, loops))
+        wakes_big.append(wake_floor(p.n_big, loops))
         floors.append(bare_thread_floor(p.n_big, root / f"floor{r}"))
         layouts.append(bare_thread_floor(p.n_big, root / f"layout{r}", layout=True))
         recorded.append(
@@ -1078,6 +1138,11 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     )
     figures.append(
         Figure(names[10], start_all, records_start, "records floor", "s", "floor", None)
+    )
+    figures.append(
+        Figure(
+            names[11], min(wakes_big), min(wakes_small), f"N={p.n_small}", "s", "floor", None
+        )
     )
     rss = big[0].rss_kb_per_alloc
     floor_rss = statistics.median(f.rss_kb_per_alloc for f in floors)
