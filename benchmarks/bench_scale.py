@@ -18,8 +18,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   before its task reads running (the allocation, the task's driver handle, committed,
   and its running state, in a `SQLiteStateDB`), and start-all against that. For the
   stop's growth, a floor without any runner: N bare threads, each blocked on its own
-  Event, woken at once, each running 1 ms of Python; its time per thread at N=1000
-  against N=100.
+  Event, woken at once, each running a Python loop that takes 1 ms when run alone; its
+  time per thread at N=1000 against N=100.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -1101,7 +1101,7 @@ def client_names(p: Params) -> list[str]:
         f"start-all N={p.n_big} vs that floor",
         f"floor: layout + crash-safe start records, N={p.n_big}",
         f"start-all N={p.n_big} vs the records floor",
-        f"floor: wake per thread (1 ms of Python), N={p.n_big} {versus}",
+        f"floor: wake per thread (a 1 ms loop), N={p.n_big} {versus}",
     ]
 
 
