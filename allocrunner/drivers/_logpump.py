@@ -6,8 +6,9 @@ to) and how to see it exit, either a pidfd (readable once the process has exited
 where there is none, a `poll_exit` function the pump calls every `poll_interval`
 seconds. When a process has exited the pump drains its pipes and only then calls its
 `on_exit`, so whoever waits for the exit finds everything the process wrote in the
-logs. A pipe is watched until it reaches end of file (whatever of the process group
-still holds it may write on) or until the watch is forgotten.
+logs; the exits one turn of the pump finds are all reported at the end of the turn.
+A pipe is watched until it reaches end of file (whatever of the process group still
+holds it may write on) or until the watch is forgotten.
 
 The pump's thread is started by the first `add` and runs one epoll over every pipe
 and pidfd, plus a wake pipe. Descriptors are registered with the epoll by the thread
@@ -49,11 +50,12 @@ running processes keep running and keep their pipes' other read ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import attrs
 
@@ -62,6 +64,8 @@ from allocrunner._locking import calls_out, confined, guarded, immutable, make_l
 from allocrunner._sync import CancelToken, ThreadGroup
 from allocrunner.drivers.base import TaskConfig
 from allocrunner.drivers.logs import MB, RotatingLogWriter
+
+_log = logging.getLogger("allocrunner.drivers.logpump")
 
 _READ_SIZE = 65536
 _BOUNDED_READS = 16
@@ -346,10 +350,14 @@ class LogPump:
                 if closed:
                     return
                 events = self._epoll.poll(self._poll_interval if polling else -1)
-                for fd, _ in events:
-                    self._dispatch(fd)
-                if polling:
-                    self._poll_exits()
+                exits: list[_Exit] = []
+                try:
+                    for fd, _ in events:
+                        self._dispatch(fd, exits)
+                    if polling:
+                        self._poll_exits(exits)
+                finally:  # drained exits are reported even if a later read failed
+                    _report(exits)
         finally:
             self._shutdown()
 
@@ -358,7 +366,7 @@ class LogPump:
             self._drop(request.owner)
             request.done.cancel("forgotten")
 
-    def _dispatch(self, fd: int) -> None:
+    def _dispatch(self, fd: int, exits: list[_Exit]) -> None:
         if fd == self._wake_r:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
@@ -371,12 +379,12 @@ class LogPump:
                 return  # gone, or a thread of its owner's waits on it
             self._busy = key
         try:
-            self._dispatch_entry(fd, entry)
+            self._dispatch_entry(fd, entry, exits)
         finally:
             with self._lock:
                 self._busy = None
 
-    def _dispatch_entry(self, fd: int, entry: _Pipe | Watch | None) -> None:
+    def _dispatch_entry(self, fd: int, entry: _Pipe | Watch | None, exits: list[_Exit]) -> None:
         if isinstance(entry, _Pipe):
             self._copy(entry, _BOUNDED_READS)
         elif isinstance(entry, Watch) and (entry.status_pipe or _readable(fd)):
@@ -387,7 +395,7 @@ class LogPump:
             self._unwatch(fd)
             if entry.read_exit is None:
                 os.close(fd)
-            self._exited(entry, wait_status)
+            exits.append(self._exited(entry, wait_status))
 
     def _unwatch(self, *fds: int) -> None:
         """Drop entries, then unregister their descriptors (the caller closes them)."""
@@ -440,7 +448,7 @@ class LogPump:
         with self._lock:
             return list(self._by_owner.get(id(owner), {}).items())
 
-    def _poll_exits(self) -> None:
+    def _poll_exits(self, exits: list[_Exit]) -> None:
         with self._lock:
             polled = self._polled
         for watch in polled:
@@ -448,19 +456,20 @@ class LogPump:
             if exited is None:
                 continue
             self._stop_polling(watch.owner)
-            self._exited(watch, exited.wait_status)
+            exits.append(self._exited(watch, exited.wait_status))
 
     def _stop_polling(self, owner: object) -> None:
         with self._lock:
             self._polled = tuple(w for w in self._polled if w.owner is not owner)
 
     @calls_out
-    def _exited(self, watch: Watch, wait_status: int | None) -> None:
-        """The process has exited: drain its pipes, then tell its owner."""
+    def _exited(self, watch: Watch, wait_status: int | None) -> _Exit:
+        """The process has exited: drain its pipes; the report for its owner, which
+        the loop makes once the turn's descriptors are all served (`_report`)."""
         for _, entry in self._entries_of(watch.owner):
             if isinstance(entry, _Pipe):
                 self._copy(entry, _UNBOUNDED_READS)
-        watch.on_exit(wait_status)
+        return _Exit(watch, wait_status)
 
     def _drop(self, owner: object) -> None:
         key = id(owner)
@@ -524,6 +533,26 @@ def _close_pipes(pipes: tuple[_Pipe, ...]) -> None:
         with contextlib.suppress(OSError):
             os.close(pipe.fd)
         pipe.sink.close()
+
+
+class _Exit(NamedTuple):
+    """Immutable. The exit of a watched process, drained and not yet reported."""
+
+    watch: Watch
+    wait_status: int | None
+
+
+def _report(exits: list[_Exit]) -> None:
+    """Tell the owners of the exits one turn of the pump found, after the turn's reads,
+    closes and epoll updates are all done: each report wakes a thread waiting for its
+    exit, and a woken thread takes the GIL at the pump's next system call, so reporting
+    between the system calls would make the pump wait for every woken thread in turn
+    (a hundred tasks stopped together)."""
+    for exited in exits:
+        try:
+            exited.watch.on_exit(exited.wait_status)
+        except Exception:  # an owner's bug: the other owners are still told
+            _log.exception("reporting the exit of %r failed", exited.watch.owner)
 
 
 def _all_at_eof(fds: list[int]) -> bool:

@@ -5,6 +5,7 @@ leaf lock."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 import threading
@@ -147,6 +148,59 @@ def test_many_processes_at_once(pump):
         expected = "".join(f"{i}-{n}\n" for n in range(50)).encode()
         assert recorder.calls[0][1] == [expected]
         assert sink.closed.wait(10)
+
+
+def test_the_exits_of_one_turn_are_reported_once_the_turn_s_reads_are_done(pump, caplog):
+    """Exits the pump finds in one turn are reported after every descriptor of the turn
+    is served, and an owner whose report raises keeps no other owner from its own."""
+    in_report = threading.Event()
+    release = threading.Event()
+
+    def hold_the_pump(_: int | None) -> None:
+        in_report.set()
+        release.wait(10)
+
+    blocker_r, blocker_w = nonblocking_pipe()
+    assert pump.add(
+        Watch(owner=object(), pipes=(), on_exit=hold_the_pump, pidfd=blocker_r, status_pipe=True)
+    )
+    os.write(blocker_w, b"0")
+    os.close(blocker_w)
+    assert in_report.wait(10)
+    # While the pump is held inside that report, two processes "exit", each with output
+    # waiting in its pipe: the pump's next turn finds all four descriptors ready.
+    sinks = {"a": ListSink(), "b": ListSink()}
+    seen: dict[str, dict[str, bytes]] = {}
+
+    def on_exit(name: str, _: int | None) -> None:
+        seen[name] = {n: sink.data() for n, sink in sinks.items()}
+        if name == "a":
+            raise RuntimeError("an owner's bug")
+
+    for name, sink in sinks.items():
+        out_r, out_w = nonblocking_pipe()
+        status_r, status_w = nonblocking_pipe()
+        os.write(out_w, f"{name} wrote this".encode())
+        os.close(out_w)
+        os.write(status_w, b"0")
+        os.close(status_w)
+        watch = Watch(
+            owner=object(),
+            pipes=((out_r, sink),),
+            on_exit=functools.partial(on_exit, name),
+            pidfd=status_r,
+            status_pipe=True,
+        )
+        assert pump.add(watch)
+    release.set()
+
+    def both_reported() -> None:
+        assert sorted(seen) == ["a", "b"]
+
+    wait_for(both_reported)
+    both = {"a": b"a wrote this", "b": b"b wrote this"}
+    assert seen == {"a": both, "b": both}
+    assert "an owner's bug" in caplog.text
 
 
 def test_forget_closes_the_pipes_and_reports_no_exit(pump):
