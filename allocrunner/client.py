@@ -35,8 +35,10 @@ so a caller sees every allocation of the sets it applied.
 
 Threads (owned, joined by `shutdown()`): ``client-starter``, ``client-updates`` and the
 collector's ``gc`` (and its fixed pool of ``gc-destroy-<n>`` workers); each runner owns its own.
-Locks: "Client._allocs_lock" guards the registry (the queued allocations included) and
-the `run_allocs` turn (see the class); nothing is called with it held.
+Locks: "Client._allocs_lock" guards the registry (the queued allocations included, and
+the ids of its destroyed runners, which each runner's destroy reports so that
+`num_allocs`, asked on every collector pass, costs O(1)) and the `run_allocs` turn (see
+the class); nothing is called with it held.
 Owner: the embedder, or the agent (`allocrunner.agent`), which is a thin layer over it.
 
 The module runs past 600 lines because it is one concern: the registry of runners and
@@ -118,12 +120,13 @@ class Client:
     _start_kick = immutable()
     _starter = immutable()
     _allocs_lock = immutable()
-    # _allocs_lock guards the registry: _runners, _indexes, _retired, _marked, _pending,
+    # _allocs_lock guards the registry: _runners, _gone, _indexes, _retired, _marked, _pending,
     # _phase, _list_index, _tombstones, _queued, _built, and the run_allocs turn: _desired,
     # _submitted, _applied, _applying, _waiters
     # Checked containers, changed in place under _allocs_lock (a copy per change would
     # make starting or removing N allocations O(N^2)); never handed out.
     _runners = immutable()
+    _gone = immutable()  # checked map (a set): ids in _runners whose runner is destroyed
     _queued = immutable()  # id -> latest Allocation whose runner is not built yet
     _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
     _indexes = guarded("_allocs_lock")
@@ -170,6 +173,7 @@ class Client:
 
         self._allocs_lock = make_lock("Client._allocs_lock")
         self._runners: dict[str, AllocRunner] = guarded_dict(self._allocs_lock)
+        self._gone: dict[str, None] = guarded_dict(self._allocs_lock)
         self._indexes: FrozenDict[str, int] = FrozenDict()
         self._retired: dict[str, AllocRunner] = guarded_dict(self._allocs_lock)
         self._marked: frozenset[str] = frozenset()
@@ -237,11 +241,22 @@ class Client:
 
     def num_allocs(self) -> int:
         """How many tracked allocations are not destroyed (queued ones included);
-        never waits."""
+        never waits. O(1): the collector asks on every pass."""
         with self._allocs_lock:
-            queued = len(self._queued)
-            runners = list(self._runners.values())
-        return queued + sum(1 for r in runners if not r.is_destroyed())
+            return len(self._queued) + len(self._runners) - len(self._gone)
+
+    def _track_destroy(self, runners: Iterable[AllocRunner]) -> None:
+        """Have `num_allocs` stop counting each of `runners` (just put in the registry)
+        once it is destroyed; at once for one destroyed already."""
+        for ar in runners:
+            ar.on_destroyed(functools.partial(self._runner_destroyed, ar))
+
+    def _runner_destroyed(self, ar: AllocRunner) -> None:
+        """On the destroying thread: `ar` is destroyed; counted as gone while it is the
+        registry's runner of its id."""
+        with self._allocs_lock:
+            if self._runners.get(ar.id) is ar:
+                self._gone[ar.id] = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -260,9 +275,12 @@ class Client:
             if not aborted:
                 self._phase = _RUNNING
             self._runners.update((r.id, r) for r in restored)
+            for r in restored:
+                self._gone.pop(r.id, None)
             self._indexes = indexes
             self._retired.update((r.id, r) for r in failed)
             self._bury_locked(r.id for r in failed)
+        self._track_destroy(restored)
         self._forget_once_destroyed(failed)
         if aborted:
             # shutdown() came first and saw none of these: leave them as it would.
@@ -531,6 +549,8 @@ class Client:
             # Read here, not from the caller's snapshot: the starter may have built a
             # queued one since.
             built = {i: self._runners.pop(i) for i in removed if i in self._runners}
+            for alloc_id in built:
+                self._gone.pop(alloc_id, None)
             dropped = [i for i in removed if self._queued.pop(i, None) is not None]
             if dropped:
                 self._signal_built_locked()
@@ -647,9 +667,11 @@ class Client:
                 registered = latest.alloc_modify_index <= given.alloc_modify_index
                 if registered:
                     self._runners[alloc.id] = ar
+                    self._gone.pop(alloc.id, None)
                     del self._queued[alloc.id]
                     self._signal_built_locked()
             if registered:
+                self._track_destroy((ar,))
                 break
             # Given before it is registered, so no later update can overtake it.
             ar.update(latest)

@@ -235,6 +235,24 @@ def test_collect_and_collect_all(make_client):
     assert client.num_allocs() == 1
 
 
+def test_num_allocs_follows_destroys_and_removals(make_client):
+    client = make_client()
+    client.start()
+    running = new_allocation(_service(), "web")
+    done = [new_allocation(_batch(), "web", index=n) for n in range(1, 3)]
+    client.run_allocs([running, *done])
+    assert client.num_allocs() == 3, "queued or built, none destroyed"
+    for alloc in done:
+        wait_for(lambda alloc=alloc: _equal(client.gc.is_marked(alloc.id), True))
+    assert client.num_allocs() == 3, "complete is not destroyed"
+    assert client.collect(done[0].id)
+    assert client.num_allocs() == 2
+    client.run_allocs([running, done[1]])
+    assert client.num_allocs() == 2, "removing a destroyed runner changes nothing"
+    client.run_allocs([running])
+    assert client.num_allocs() == 1, "a removed runner is not counted while it is collected"
+
+
 # --- restore and shutdown -----------------------------------------------------------------
 
 
