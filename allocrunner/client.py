@@ -252,8 +252,8 @@ class Client:
             ar.on_destroyed(functools.partial(self._runner_destroyed, ar))
 
     def _runner_destroyed(self, ar: AllocRunner) -> None:
-        """On the destroying thread: `ar` is destroyed; counted as gone while it is the
-        registry's runner of its id."""
+        """`ar` was destroyed (on the destroying thread, no lock held; notify-only): it is
+        counted as gone while it is the registry's runner of its id."""
         with self._allocs_lock:
             if self._runners.get(ar.id) is ar:
                 self._gone[ar.id] = None
