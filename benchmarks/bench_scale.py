@@ -211,8 +211,12 @@ def bare_thread_floor(
     have stored before its task reads running (`persist_start`)."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
-    db = SQLiteStateDB(root.parent / f"{root.name}.db") if records else None
-    job = mock_job(mock_task("t", config={"run_for": "24h"}))
+    db: SQLiteStateDB | None = None
+    allocs: list[Allocation] = []
+    if records:  # made before the clock starts, as the Client cycle's are
+        db = SQLiteStateDB(root.parent / f"{root.name}.db")
+        job = mock_job(mock_task("t", config={"run_for": "24h"}))
+        allocs = [new_allocation(job, "web", index=i) for i in range(n)]
 
     def alloc(i: int) -> None:
         try:
@@ -222,7 +226,7 @@ def bare_thread_floor(
                 task_dir = alloc_dir.new_task_dir("t")
                 task_dir.build()
                 if db is not None:
-                    persist_start(db, new_allocation(job, "web", index=i), str(task_dir.dir))
+                    persist_start(db, allocs[i], str(task_dir.dir))
             else:
                 (root / f"alloc{i}").mkdir()
         finally:
