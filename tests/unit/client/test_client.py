@@ -219,14 +219,21 @@ def test_terminal_allocs_are_collected_over_max_allocs(make_client, config):
     assert [a.id for a in client.allocs()] == [live.id]
 
 
-def test_collect_and_collect_all(make_client):
+def _one_running_and_marked(make_client, done: int):
+    """A started client with one service allocation and `done` batch ones, returned
+    once every batch one is complete and marked for collection."""
     client = make_client()
     client.start()
     running = new_allocation(_service(), "web")
-    done = [new_allocation(_batch(), "web", index=n) for n in range(1, 4)]
-    client.run_allocs([running, *done])
-    for alloc in done:
+    finished = [new_allocation(_batch(), "web", index=n) for n in range(1, done + 1)]
+    client.run_allocs([running, *finished])
+    for alloc in finished:
         wait_for(lambda alloc=alloc: _equal(client.gc.is_marked(alloc.id), True))
+    return client, running, finished
+
+
+def test_collect_and_collect_all(make_client):
+    client, running, done = _one_running_and_marked(make_client, 3)
     assert not client.collect(running.id), "a running alloc is not collectable"
     assert client.collect(done[0].id)
     assert client.runner(done[0].id).is_destroyed()
@@ -236,14 +243,7 @@ def test_collect_and_collect_all(make_client):
 
 
 def test_num_allocs_follows_destroys_and_removals(make_client):
-    client = make_client()
-    client.start()
-    running = new_allocation(_service(), "web")
-    done = [new_allocation(_batch(), "web", index=n) for n in range(1, 3)]
-    client.run_allocs([running, *done])
-    assert client.num_allocs() == 3, "queued or built, none destroyed"
-    for alloc in done:
-        wait_for(lambda alloc=alloc: _equal(client.gc.is_marked(alloc.id), True))
+    client, running, done = _one_running_and_marked(make_client, 2)
     assert client.num_allocs() == 3, "complete is not destroyed"
     assert client.collect(done[0].id)
     assert client.num_allocs() == 2
