@@ -542,6 +542,7 @@ class _Exit(NamedTuple):
     wait_status: int | None
 
 
+@calls_out
 def _report(exits: list[_Exit]) -> None:
     """Tell the owners of the exits one turn of the pump found, after the turn's reads,
     closes and epoll updates are all done: each report wakes a thread waiting for its
