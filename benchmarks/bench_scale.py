@@ -908,7 +908,7 @@ class SupervisordPeer:
         answer mostly comes a whole timeout (1 to 6 s here) after the programs are gone
         and would time supervisord's polling, not its stop. Every program is seen
         stopped after."""
-        pids = self._current_pids()
+        pids = self._wait_all_running()
         rpc = self._new_proxy()
         t0 = time.perf_counter()
         self._call(lambda: rpc.supervisor.stopAllProcesses(False))
@@ -920,27 +920,8 @@ class SupervisordPeer:
             if pids:
                 time.sleep(0.0002)
         elapsed = time.perf_counter() - t0
-        self._wait_states_settled()
+        self._wait_all_stopped()
         return elapsed
-
-    def _current_pids(self) -> list[int]:
-        info = self._call(self._new_proxy().supervisor.getAllProcessInfo)
-        pids = [p["pid"] for p in info if p["statename"] == "RUNNING" and p["pid"]]
-        if len(pids) != self._n:
-            raise SupervisorUnavailable(f"only {len(pids)} of {self._n} programs run")
-        return pids
-
-    def _wait_states_settled(self) -> None:
-        deadline = time.monotonic() + 10.0
-        while True:
-            states = {
-                p["statename"] for p in self._call(self._new_proxy().supervisor.getAllProcessInfo)
-            }
-            if not states & {"RUNNING", "STOPPING"}:
-                return
-            if time.monotonic() > deadline:
-                raise SupervisorUnavailable(f"programs still {states} after stopAllProcesses")
-            time.sleep(0.01)
 
     def start_all(self) -> None:
         rpc = self._new_proxy()
@@ -971,17 +952,37 @@ class SupervisordPeer:
                     raise SupervisorUnavailable(f"supervisord never answered: {err!r}") from err
             time.sleep(0.05)
 
-    def _wait_all_running(self) -> None:
-        deadline = time.monotonic() + 60.0
+    def _wait_all_running(self) -> list[int]:
+        """The pids of the programs, once all of them run."""
+        info = self._wait_for_info(
+            lambda info: sum(p["statename"] == "RUNNING" for p in info) == self._n,
+            60.0,
+            f"not all {self._n} programs started",
+        )
+        return [p["pid"] for p in info]
+
+    def _wait_all_stopped(self) -> None:
+        self._wait_for_info(
+            lambda info: not {p["statename"] for p in info} & {"RUNNING", "STOPPING"},
+            10.0,
+            "programs still running after stopAllProcesses",
+        )
+
+    def _wait_for_info(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float, failure: str
+    ) -> list[dict[str, Any]]:
+        """Poll `getAllProcessInfo` until `done` holds for it (every pid seen is kept for
+        the cleanup); SupervisorUnavailable with `failure` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             info = self._call(self._new_proxy().supervisor.getAllProcessInfo)
             self._pids.update(p["pid"] for p in info if p["pid"])
-            running = sum(1 for p in info if p["statename"] == "RUNNING")
-            if running == self._n:
-                return
+            if done(info):
+                return info
             if time.monotonic() > deadline:
-                raise SupervisorUnavailable(f"only {running} of {self._n} programs started")
+                states = sorted({p["statename"] for p in info})
+                raise SupervisorUnavailable(f"{failure} (states: {', '.join(states)})")
             time.sleep(0.05)
 
     def _close(self) -> None:
