@@ -37,6 +37,16 @@ Locks: ``StatePasses._lock`` (a leaf) guards the live handlers, the queue, the
 running set, the timer heap and the worker counts; nothing is called while it is held
 but notify-only `_sync` calls.
 
+The one read without the lock: each kick's ``_pending`` hint, written only under the
+lock, is True while the handler's next pass is certain to begin later (it is queued,
+or its running pass will run again). `wake` returns at once when it reads True: that
+pass begins (the worker clears the hint under the lock) after the read, so it sees
+whatever the waking thread changed before it woke. With 1,000 allocations stopping at
+once their threads wake the same few handlers' queue several times each while it is
+long; without the hint every one of those wakes took the lock, and a holder that the
+GIL switched out made the others queue on it. Under a free-threaded build (no GIL, so
+no ordering for a plain read) every wake takes the lock.
+
 Crash cases: a pass that raises is logged and ends its handler (as an exception ended
 the handler's thread before), and the handler's `finished` callback still runs, so
 whoever waits for its last pass is released. The threads are daemons joined through
@@ -53,12 +63,17 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 
 from allocrunner._guarded import guarded_dict, guarded_list
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
 from allocrunner._sync import Kick, ThreadGroup
+
+# Whether this interpreter runs under the GIL, which orders a plain read of `_pending`
+# after the locked write it follows.
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 __all__ = ["MAX_WORKERS", "PASSES", "PassKick", "PassStep", "StatePasses"]
 
@@ -82,11 +97,14 @@ class PassKick:
     (notify-only, from any thread). Kicks before the handler is added, or after it
     finished, do nothing: `add` queues a first pass that reads everything afresh."""
 
-    __slots__ = ("_service", "label")
+    __slots__ = ("_pending", "_service", "label")
 
     def __init__(self, service: StatePasses | None = None, label: str = "") -> None:
         self._service = service if service is not None else PASSES
         self.label = label
+        # Written under the service's lock only: a pass of this handler will begin
+        # later (queued, or the running one runs again). Read without it by `wake`.
+        self._pending = False
 
     def kick(self) -> None:
         self._service.wake(self)
@@ -149,6 +167,8 @@ class StatePasses:
 
     def wake(self, kick: PassKick) -> None:
         """Have `kick`'s handler make a pass soon (if it is live). Notify-only."""
+        if _GIL and kick._pending:
+            return  # a pass begins after this read (module docstring)
         with self._lock:
             if kick not in self._steps:
                 return
@@ -158,6 +178,7 @@ class StatePasses:
             else:
                 if state == _RUNNING:
                     self._sched[kick] = _AGAIN
+                    kick._pending = True
                 return
         self._notify(spawn)
 
@@ -188,6 +209,7 @@ class StatePasses:
         """Queue a pass of `kick`; whether a worker must be started (True), woken
         (None) or neither, as one is free to take it soon (False)."""
         self._sched[kick] = _QUEUED
+        kick._pending = True
         self._queue.append(kick)
         return self._help_locked()
 
@@ -239,6 +261,7 @@ class StatePasses:
             del self._due[kick]
             if kick in self._steps and kick not in self._sched:
                 self._sched[kick] = _QUEUED
+                kick._pending = True
                 self._queue.append(kick)
 
     @requires("_lock")
@@ -280,6 +303,7 @@ class StatePasses:
                     self._wait_until = math.inf if timeout is None else now + timeout
                 else:
                     self._sched[kick] = _RUNNING
+                    kick._pending = False  # before the pass: later wakes lock again
                     more = self._head < len(self._queue)
                     spawn = self._help_locked() if more else False
                     step = self._steps[kick]
@@ -311,6 +335,7 @@ class StatePasses:
             if finished:
                 del self._steps[kick]
                 del self._sched[kick]
+                kick._pending = False
                 self._due.pop(kick, None)
                 last_rites = self._finish.pop(kick)
                 # With nothing live, the waiting worker ends.

@@ -142,6 +142,63 @@ def test_many_handlers_kicked_from_many_threads_each_see_their_last_kick(
     wait_for(_ended(service))
 
 
+class Recorder:
+    """Thread-safe. A handler whose pass reads what its kickers wrote before kicking."""
+
+    def __init__(self, service: StatePasses, label: str) -> None:
+        self.kick = PassKick(service, label)
+        self._mutex = threading.Lock()
+        self.written: dict[int, int] = {}  # kicker -> the last number it wrote
+        self.seen: dict[int, int] = {}  # the same, as the last pass read it
+        self.finish = False
+
+    def write(self, kicker: int, number: int) -> None:
+        with self._mutex:
+            self.written = {**self.written, kicker: number}
+
+    def step(self) -> tuple[bool, float | None]:
+        with self._mutex:
+            self.seen = self.written
+            finish = self.finish
+        # The rest of a pass's work takes a while: kicks land after its read.
+        time.sleep(0.0002)
+        return finish, None
+
+    def caught_up(self) -> None:
+        with self._mutex:
+            assert self.seen == self.written, "a pass has still to read the last writes"
+
+
+def test_the_pass_after_each_kick_reads_what_was_written_before_it(
+    service: StatePasses,
+) -> None:
+    """A kick that finds a pass queued (or one running that will run again) returns at
+    once, without the service's lock: that pass begins after the kick, so it must read
+    every write made before it. Many threads write and kick a few handlers, so most
+    kicks find a pass queued; once they are done, each handler's last pass has read
+    every kicker's last write."""
+    handlers = [Recorder(service, f"r{i}") for i in range(4)]
+    for h in handlers:
+        service.add(h.kick, h.step, lambda: None)
+
+    def kicker(me: int) -> None:
+        for number in range(2_000):
+            h = handlers[number % len(handlers)]
+            h.write(me, number)
+            h.kick.kick()
+
+    threads = [threading.Thread(target=kicker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in handlers:
+        wait_for(h.caught_up)  # a kick lost on the way would leave it behind for good
+        h.finish = True
+        h.kick.kick()
+    wait_for(_ended(service))
+
+
 def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
     service: StatePasses,
 ) -> None:
