@@ -41,8 +41,12 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   is to the goal.
 
 Every figure is the best of its interleaved rounds (medians for the per-process
-samples). One module of this size because it has one concern, the scale figures of one
-run: the Client cycle, the floors and the supervisord peer are read together.
+samples). Where the temp dir is on ext4 without a journal the run says so first
+(`deleted_inode_note`): there a mkdir costs more the more inodes the host freed in the
+last minutes, which moves the start figures and the directory floors from run to run.
+
+One module of this size because it has one concern, the scale figures of one run: the
+Client cycle, the floors and the supervisord peer are read together.
 
 ``BENCH_QUICK=1`` shrinks everything for a smoke test; ``BENCH_SCALE_IDLE_S`` sets the
 idle window. Threads: the benchmark's own (floor threads, stop workers), plus whatever
@@ -1181,6 +1185,48 @@ def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -
         return [unavailable(name, goal, f"{type(err).__name__}: {err}") for name, goal in specs]
 
 
+def mount_of(path: Path) -> tuple[str, str] | None:
+    """The file system type and source of the mount holding `path` (from
+    /proc/self/mountinfo), or None where that cannot be read."""
+    target = os.path.realpath(path)
+    best: tuple[int, str, str] | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        mine, sep, theirs = line.partition(" - ")
+        fields, rest = mine.split(), theirs.split()
+        if not sep or len(fields) < 5 or len(rest) < 2:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > best[0]):
+            best = (len(point), rest[0], rest[1])
+    return None if best is None else (best[1], best[2])
+
+
+def deleted_inode_note(path: Path) -> str | None:
+    """A note when `path` is on ext4 without a journal. There the kernel will not reuse
+    an inode freed in the last 60 s (360 s while its inode table block is dirty): each
+    new inode is found by skipping every such one in its group, so a mkdir costs more
+    the more the host deleted in the last minutes. The start figures and the layout
+    and records floors then move with the host's recent deletions (this run's own
+    included), which no ordering of the phases avoids."""
+    mount = mount_of(path)
+    if mount is None or mount[0] != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
+        return None
+    device = os.path.basename(mount[1])
+    if any(name.startswith(f"{device}-") for name in os.listdir("/proc/fs/jbd2")):
+        return None
+    return (
+        f"  note: {path} is on ext4 without a journal ({mount[1]}): there each mkdir skips "
+        "every inode the host freed in the last 1-6 minutes, so the start figures and "
+        "the layout and records floors rise with the host's recent deletions"
+    )
+
+
 def main(idle_s: float | None = None) -> None:
     """Run every figure and print them; `idle_s` overrides the idle window (30 s)."""
     assert not _locking.CHECK, "benchmarks run with the lock check off"
@@ -1193,6 +1239,9 @@ def main(idle_s: float | None = None) -> None:
         flush=True,
     )
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    note = deleted_inode_note(root)
+    if note is not None:
+        print(note, flush=True)
     try:
         figures = section(
             list(zip(client_names(p), CLIENT_GOALS, strict=True)),
