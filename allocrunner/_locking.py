@@ -40,6 +40,7 @@ state databases):
 - ``AllocDir._lock``: an alloc dir's built flag and task dirs (an RWLock).
 - ``AllocBroadcaster._lock``: a broadcaster's latest value, version and waiters.
 - ``Driver._lock``: a driver's table of tasks.
+- ``MockTask._lock``: one mock_driver task's state (its deadlines, exit and wake-up).
 - ``GCQueue._lock``: the collector's queue of marked allocations.
 - ``StatsSampler._lock``: the previous CPU sample of each task, for percentages.
 - ``HttpServer._lock``: the agent's open connections.
@@ -149,6 +150,7 @@ LOCK_ORDER: tuple[str, ...] = (
     "AllocDir._lock",
     "AllocBroadcaster._lock",
     "Driver._lock",
+    "MockTask._lock",  # leaf but for the table's question (NESTED_LOCKS)
     "GCQueue._lock",
     "StatsSampler._lock",
     "HttpServer._lock",
@@ -168,6 +170,10 @@ NESTED_LOCKS: frozenset[tuple[str, str]] = frozenset(
         # lock that made it, so listeners see the states in index order; `send` is O(1)
         # and wakes its listeners after releasing its own lock.
         ("Cluster._lock", "AllocBroadcaster._lock"),
+        # A driver's task table asks whether a task under an id still runs (a start
+        # reusing the id, a signal) while it holds the table; a mock task answers
+        # under its own lock, committing a due exit first.
+        ("Driver._lock", "MockTask._lock"),
     }
 )
 

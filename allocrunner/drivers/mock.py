@@ -37,8 +37,12 @@ raises `DriverError`, which lets tests simulate a task lost across an agent rest
 the way Nomad's mock does, running for whatever is left of `run_for` by the wall
 clock (its output is not replayed).
 
-Locks: `Driver._lock` guards the task table, each task's state and the output timer's
-schedule.
+Locks: `Driver._lock` guards the task table and the output timer's schedule; each task's
+state has its own ``MockTask._lock``, so that a thousand tasks stopping together each
+take their own lock rather than queue on the driver's (a holder that the GIL switched
+out made every other stopping task wait on it). The two nest one way only: the task
+table asks whether a task still runs (`_MockTask.running_locked`) while it holds the
+driver's lock. Neither is held across a wait or a write.
 Owner: built by `default_drivers()` (or a test) and shared by every task runner.
 """
 
@@ -167,9 +171,11 @@ def parse_mock_config(config: Mapping[str, Any]) -> MockSpec:
 
 
 class _MockTask:
-    """Thread-safe. One mock task; its mutable fields are guarded by the driver's lock."""
+    """Thread-safe. One mock task; its mutable fields are guarded by its own lock. The
+    public methods take that lock; the `_locked` ones need it held."""
 
     _lock = immutable()
+    _table_lock = immutable()  # the driver's lock, which guards the table holding it
     config = immutable()
     spec = immutable()
     started_at = immutable()
@@ -183,14 +189,15 @@ class _MockTask:
 
     def __init__(
         self,
-        lock: Any,
+        table_lock: Any,
         config: TaskConfig,
         spec: MockSpec,
         started_at: float,
         run_until: float,
         outputs_pending: int,
     ) -> None:
-        self._lock = lock
+        self._lock = make_lock("MockTask._lock")
+        self._table_lock = table_lock
         self.config = config
         self.spec = spec
         self.started_at = started_at
@@ -203,10 +210,64 @@ class _MockTask:
         # Cancelled whenever a deadline changes or the task exits, to wake waiters.
         self._wake = CancelToken()
 
-    @requires("_lock")
+    @requires("_table_lock")
     def running_locked(self) -> bool:
-        """Commits a due exit first, like `settle_locked`."""
-        return self.settle_locked(time.monotonic()) is None
+        """For the task table, under the driver's lock: whether the task still runs (a
+        due exit is committed first). Takes the task's lock inside the driver's."""
+        with self._lock:
+            return self.settle_locked(time.monotonic()) is None
+
+    def poll(self) -> tuple[ExitResult | None, float | None, CancelToken]:
+        """The result (a due exit committed first), else None, the seconds until the
+        next deadline (None: only the output timer can end it) and the token a change
+        cancels."""
+        with self._lock:
+            now = time.monotonic()
+            return self.settle_locked(now), self.timeout_locked(now), self._wake
+
+    def kill(self, within: float) -> None:
+        """Unless it has exited, make the task exit within `within` seconds from now."""
+        with self._lock:
+            now = time.monotonic()
+            if self.settle_locked(now) is None:
+                self.kill_locked(now + within)
+
+    def end(self, force: bool) -> bool:
+        """For destroy: True once the task has exited, at once if `force`; False (and
+        nothing changed) if it still runs."""
+        with self._lock:
+            now = time.monotonic()
+            if self.settle_locked(now) is None:
+                if not force:
+                    return False
+                self.kill_locked(now)
+                self.settle_locked(now)
+            return True
+
+    def status(self) -> TaskStatus:
+        with self._lock:
+            self.settle_locked(time.monotonic())
+            return task_status(self.config, self.started_at, self._completed_at, self._result)
+
+    def output_allowed(self, when: float) -> bool:
+        with self._lock:
+            return self._result is None and (self._kill_at is None or when < self._kill_at)
+
+    def output_failed(self, error: str) -> None:
+        """A log write failed: the task exits with that error (as Nomad's mock does)."""
+        with self._lock:
+            if self._result is None and self._write_error is None:
+                self._write_error = error
+                self._rewake_locked()
+
+    def output_done(self, error: str | None = None) -> None:
+        """One repeating stream has written its last copy, was cancelled, or failed
+        with `error`."""
+        with self._lock:
+            if error is not None and self._result is None and self._write_error is None:
+                self._write_error = error
+            self._outputs_pending -= 1
+            self._rewake_locked()
 
     @requires("_lock")
     def settle_locked(self, now: float) -> ExitResult | None:
@@ -247,35 +308,11 @@ class _MockTask:
             self._rewake_locked()
 
     @requires("_lock")
-    def output_allowed_locked(self, when: float) -> bool:
-        return self._result is None and (self._kill_at is None or when < self._kill_at)
-
-    @requires("_lock")
-    def output_failed_locked(self, error: str) -> None:
-        """A log write failed: the task exits with that error (as Nomad's mock does)."""
-        if self._result is None and self._write_error is None:
-            self._write_error = error
-            self._rewake_locked()
-
-    @requires("_lock")
-    def output_done_locked(self) -> None:
-        """One repeating stream has written its last copy (or was cancelled)."""
-        self._outputs_pending -= 1
-        self._rewake_locked()
-
-    @requires("_lock")
     def _rewake_locked(self) -> None:
         old = self._wake
         self._wake = CancelToken()
         old.cancel("changed")
 
-    @requires("_lock")
-    def wake_locked(self) -> CancelToken:
-        return self._wake
-
-    @requires("_lock")
-    def status_locked(self) -> TaskStatus:
-        return task_status(self.config, self.started_at, self._completed_at, self._result)
 
 
 @attrs.frozen(order=True)
@@ -350,11 +387,11 @@ class MockDriver:
             run_until=started_mono + spec.run_for,
             outputs_pending=len(repeating),
         )
+        if write_error is not None:
+            task.output_failed(write_error)
         spawn = False
         with self._lock:
             self._tasks.add_locked(config.id, task)
-            if write_error is not None:
-                task.output_failed_locked(write_error)
             if repeating:
                 heap = list(self._repeats)
                 for output in repeating:
@@ -388,29 +425,24 @@ class MockDriver:
         signal_number(signal or DEFAULT_KILL_SIGNAL)
         with self._lock:
             task = self._tasks.get_locked(task_id)
-            now = time.monotonic()
-            if task.settle_locked(now) is None:
-                task.kill_locked(now + min(task.spec.kill_after, max(0.0, timeout)))
+        task.kill(min(task.spec.kill_after, max(0.0, timeout)))
         self._await(task, None)
 
     def destroy(self, task_id: str, force: bool = False) -> None:
         """Forget the task; a running one is refused unless `force` (then killed)."""
         with self._lock:
             task = self._tasks.get_locked(task_id)
-            now = time.monotonic()
-            if task.settle_locked(now) is None:
-                if not force:
-                    raise DriverError(f"cannot destroy running task {task_id!r}")
-                task.kill_locked(now)
-                task.settle_locked(now)
+        if not task.end(force):
+            raise DriverError(f"cannot destroy running task {task_id!r}")
+        with self._lock:
+            # A start that reused the id meanwhile replaced the entry: it stays.
             self._tasks.remove_locked(task_id, task)
 
     def inspect(self, task_id: str) -> TaskStatus:
         """The task's current status."""
         with self._lock:
             task = self._tasks.get_locked(task_id)
-            task.settle_locked(time.monotonic())
-            return task.status_locked()
+        return task.status()
 
     def signal(self, task_id: str, signal: str) -> None:
         """Accept a signal for a running task, or fail with the scripted signal_error."""
@@ -462,13 +494,9 @@ class MockDriver:
     @calls_out
     def _await(self, task: _MockTask, cancel: CancelToken | None) -> ExitResult | None:
         while True:
-            with self._lock:
-                now = time.monotonic()
-                result = task.settle_locked(now)
-                if result is not None:
-                    return result
-                timeout = task.timeout_locked(now)
-                wake = task.wake_locked()
+            result, timeout, wake = task.poll()
+            if result is not None:
+                return result
             if cancel is not None and cancel.cancelled():
                 return None
             if self._closing.cancelled():
@@ -523,24 +551,21 @@ class MockDriver:
     @calls_out
     def _fire(self, entry: _Repeat) -> None:
         task = entry.task
-        with self._lock:
-            allowed = task.output_allowed_locked(entry.when)
+        allowed = task.output_allowed(entry.when)
         error = _write_output(task.config, entry.output) if allowed else None
+        if not allowed or error is not None or entry.remaining <= 1:
+            task.output_done(error)
+            return
+        nxt = attrs.evolve(
+            entry,
+            when=entry.when + entry.output.interval,
+            seq=next(self._seq),
+            remaining=entry.remaining - 1,
+        )
         with self._lock:
-            if allowed and error is None and entry.remaining > 1:
-                nxt = attrs.evolve(
-                    entry,
-                    when=entry.when + entry.output.interval,
-                    seq=next(self._seq),
-                    remaining=entry.remaining - 1,
-                )
-                heap = list(self._repeats)
-                heapq.heappush(heap, nxt)
-                self._repeats = tuple(heap)
-            else:
-                if error is not None:
-                    task.output_failed_locked(error)
-                task.output_done_locked()
+            heap = list(self._repeats)
+            heapq.heappush(heap, nxt)
+            self._repeats = tuple(heap)
 
 
 @calls_out

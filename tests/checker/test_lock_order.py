@@ -19,6 +19,7 @@ from allocrunner._locking import (
     observed_nestings,
 )
 from allocrunner.agent.cluster import Cluster
+from allocrunner.drivers import MockDriver, TaskConfig
 from allocrunner.errors import LockOrderError
 from allocrunner.structs import Job, Task, TaskGroup
 
@@ -38,9 +39,25 @@ def register_a_job(tmp_path: Path) -> None:
         cluster.close()
 
 
+def signal_a_mock_task(tmp_path: Path) -> None:
+    """The mock driver's table asks the task whether it still runs, under the table."""
+    driver = MockDriver()
+    try:
+        config = TaskConfig(
+            id="a/t", alloc_id="a", name="t", driver_config={"run_for": "1h"}, task_dir=""
+        )
+        driver.start(config)
+        driver.signal(config.id, "SIGHUP")
+        driver.stop(config.id, 0.0)
+        driver.destroy(config.id)
+    finally:
+        driver.close()
+
+
 # How a test makes the package take each listed edge.
 EXERCISES: dict[tuple[str, str], Callable[[Path], None]] = {
     ("Cluster._lock", "AllocBroadcaster._lock"): register_a_job,
+    ("Driver._lock", "MockTask._lock"): signal_a_mock_task,
 }
 
 
