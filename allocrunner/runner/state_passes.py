@@ -67,6 +67,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import attrs
+
 from allocrunner._guarded import guarded_dict, guarded_list
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
 from allocrunner._sync import Kick, ThreadGroup
@@ -286,27 +288,39 @@ class StatePasses:
 
     @calls_out
     def _work(self) -> None:
+        ran: _Ran | None = None  # the pass this worker just made, not yet accounted for
         while True:
             step: PassStep | None = None
             spawn: bool | None = False
             timeout: float | None = None
+            ending = False
+            after: _After | None = None
+            # One turn of the lock accounts for the last pass and takes the next.
             with self._lock:
+                if ran is not None:
+                    after = self._account_locked(ran)
+                    ran = None
                 self._fire_due_locked(time.monotonic())
                 kick = self._pop_locked()
                 if kick is None:
                     if self._waiting or not self._steps:
                         self._workers -= 1
-                        return
-                    self._waiting = True
-                    timeout = self._until_first_timer_locked()
-                    now = time.monotonic()
-                    self._wait_until = math.inf if timeout is None else now + timeout
+                        ending = True
+                    else:
+                        self._waiting = True
+                        timeout = self._until_first_timer_locked()
+                        now = time.monotonic()
+                        self._wait_until = math.inf if timeout is None else now + timeout
                 else:
                     self._sched[kick] = _RUNNING
                     kick._pending = False  # before the pass: later wakes lock again
                     more = self._head < len(self._queue)
                     spawn = self._help_locked() if more else False
                     step = self._steps[kick]
+            if after is not None:
+                self._after_pass(after)
+            if ending:
+                return
             if kick is None or step is None:
                 self._kick.wait(timeout)
                 with self._lock:
@@ -314,7 +328,7 @@ class StatePasses:
                     self._wait_until = math.inf
                 continue
             self._notify(spawn)
-            self._run_pass(kick, step)
+            ran = _run_pass(kick, step)
 
     @requires("_lock")
     def _until_first_timer_locked(self) -> float | None:
@@ -324,38 +338,65 @@ class StatePasses:
             return None
         return max(0.0, self._timers[0][0] - time.monotonic())
 
+    @requires("_lock")
+    def _account_locked(self, ran: _Ran) -> _After:
+        """After a pass: drop a finished handler, keep its deadline, queue it again if
+        it was kicked meanwhile. What to do once the lock is released."""
+        kick = ran.kick
+        if ran.finished:
+            del self._steps[kick]
+            del self._sched[kick]
+            kick._pending = False
+            self._due.pop(kick, None)
+            # With nothing live, the waiting worker ends.
+            return _After(kick, self._finish.pop(kick), self._waiting and not self._steps)
+        # A new earliest deadline: the waiting worker waits for it instead.
+        wake_waiter = self._arm_locked(kick, ran.due)
+        if self._sched[kick] == _AGAIN:
+            self._sched[kick] = _QUEUED
+            self._queue.append(kick)
+        else:
+            del self._sched[kick]
+        return _After(kick, None, wake_waiter)
+
     @calls_out
-    def _run_pass(self, kick: PassKick, step: PassStep) -> None:
-        try:
-            finished, due = step()
-        except Exception:
-            log.exception("state handler %s failed", kick.label)
-            finished, due = True, None
-        with self._lock:
-            if finished:
-                del self._steps[kick]
-                del self._sched[kick]
-                kick._pending = False
-                self._due.pop(kick, None)
-                last_rites = self._finish.pop(kick)
-                # With nothing live, the waiting worker ends.
-                wake_waiter = self._waiting and not self._steps
-            else:
-                last_rites = None
-                # A new earliest deadline: the waiting worker waits for it instead.
-                wake_waiter = self._arm_locked(kick, due)
-                if self._sched[kick] == _AGAIN:
-                    self._sched[kick] = _QUEUED
-                    self._queue.append(kick)
-                else:
-                    del self._sched[kick]
-        if wake_waiter:
+    def _after_pass(self, after: _After) -> None:
+        if after.wake_waiter:
             self._kick.kick()
-        if last_rites is not None:
+        if after.last_rites is not None:
             try:
-                last_rites()
+                after.last_rites()
             except Exception:
-                log.exception("state handler %s: its last step failed", kick.label)
+                log.exception("state handler %s: its last step failed", after.kick.label)
+
+
+@attrs.frozen
+class _Ran:
+    """Immutable. How a pass ended: whether its handler finished, and its next deadline."""
+
+    kick: PassKick
+    finished: bool
+    due: float | None
+
+
+@attrs.frozen
+class _After:
+    """Immutable. What a worker does, with no lock held, once a pass is accounted for."""
+
+    kick: PassKick
+    last_rites: Callable[[], object] | None
+    wake_waiter: bool
+
+
+@calls_out
+def _run_pass(kick: PassKick, step: PassStep) -> _Ran:
+    """Make one pass; one that raises is logged and ends its handler."""
+    try:
+        finished, due = step()
+    except Exception:
+        log.exception("state handler %s failed", kick.label)
+        finished, due = True, None
+    return _Ran(kick, finished, due)
 
 
 PASSES = StatePasses()
