@@ -69,7 +69,7 @@ from allocrunner.jobspec import (
 from allocrunner.jobspec.codec import encode_allocation_with_job
 from allocrunner.state.base import LocalState, WriteStats
 from allocrunner.state.sqlite_file import SCHEMA_VERSION, ReadPool, open_writer
-from allocrunner.state.sqlite_writer import NOT_QUEUED, Enqueued, Key, WriteQueue
+from allocrunner.state.sqlite_writer import Enqueued, Key, WriteQueue
 from allocrunner.structs import Allocation, AllocDeploymentStatus, AllocState, Job, TaskState
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateDB"]
@@ -155,10 +155,12 @@ class SQLiteStateDB:
         *,
         revive: bool = False,
     ) -> Enqueued:
-        """Queue `value` under (alloc_id, key). An equal value skips the encoding too;
-        an entry of a deleted allocation is dropped unless `revive` (put_allocation)."""
-        if self._queue.skip_or_drop(alloc_id, key, value, revive=revive):
-            return NOT_QUEUED
+        """Queue `value` under (alloc_id, key): skipped when its encoding equals the last
+        one queued for the key, dropped when its allocation was deleted, unless
+        `revive` (put_allocation). One turn of the queue's lock per write, after the
+        encoding: a check before it, which would spare the encoding of the rare equal
+        value, took the lock a second time on every write, and with a thousand
+        allocations writing at once that lock was where their threads queued."""
         text = _dumps(encode())
         return self._queue.put(alloc_id, key, value, text, _digest(text), revive=revive)
 

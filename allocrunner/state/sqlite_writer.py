@@ -219,22 +219,6 @@ class WriteQueue:
             keys = self._last[alloc_id] = guarded_dict(self._lock)
         return keys
 
-    def skip_or_drop(self, alloc_id: str, key: Key, value: object, *, revive: bool) -> bool:
-        """Before encoding: True (and counted) when the write of `value` would be dropped
-        (its allocation was deleted and this is no `revive`) or equals the last value
-        queued for the key. Values are immutable and compare purely, so this may run
-        under the lock."""
-        with self._lock:
-            self._check_usable_locked()
-            if alloc_id in self._deleted and not revive:
-                self._dropped += 1
-                return True
-            last = self._last_locked(alloc_id, key)
-            if last is not None and (last.value is value or last.value == value):
-                self._skipped += 1
-                return True
-            return False
-
     @calls_out
     def put(
         self, alloc_id: str, key: Key, value: object, text: str, digest: bytes, *, revive: bool
