@@ -103,17 +103,22 @@ def load_node_id(data_dir: str | os.PathLike[str]) -> str:
     its directories) when missing, and replaced when the file is empty or corrupt.
 
     The file is written to a temporary name and then linked (new file) or renamed
-    (replacement) into place, so a reader never sees half an id; when two processes
-    create it at once, both return the id that won."""
+    (replacement) into place, so a reader never sees half an id. A missing file is
+    created by a link, which never replaces: when processes create it at once, one
+    link wins and each returns the id it finds there. Only a file found there and
+    unreadable as an id after that is replaced (a file that appeared since the first
+    read is another process's new id, not a corrupt one)."""
     directory = os.path.join(os.fspath(data_dir), "client")
     path = os.path.join(directory, NODE_ID_FILE)
     existing = _read_node_id(path)
     if existing is not None:
         return existing
     os.makedirs(directory, exist_ok=True)
-    corrupt = os.path.lexists(path)
-    _install_file(path, str(uuid.uuid4()) + "\n", replace=corrupt)
+    _install_file(path, str(uuid.uuid4()) + "\n", replace=False)
     installed = _read_node_id(path)
+    if installed is None:  # there, but empty or corrupt
+        _install_file(path, str(uuid.uuid4()) + "\n", replace=True)
+        installed = _read_node_id(path)
     if installed is None:
         raise OSError(f"node id file {path} could not be written")
     return installed

@@ -14,6 +14,7 @@ import uuid
 import attrs
 import pytest
 
+import allocrunner.agent.fingerprint as fingerprint_module
 from allocrunner.agent.fingerprint import (
     DEFAULT_DRIVERS,
     NodeInfo,
@@ -141,6 +142,29 @@ def test_processes_creating_the_id_at_once_agree(tmp_path):
     ids = {proc.communicate(timeout=30)[0].strip() for proc in procs}
     assert all(proc.returncode == 0 for proc in procs)
     assert ids == {load_node_id(tmp_path)}
+
+
+def test_an_id_another_process_creates_after_the_first_look_is_kept(tmp_path, monkeypatch):
+    """The window the test above can only hit by chance: the first look finds no file,
+    then another process links its id into place. That file is a new id, not a
+    corrupt one, and is returned as it is."""
+    theirs = str(uuid.uuid4())
+    looks: list[str] = []
+    real_read = fingerprint_module._read_node_id
+
+    def read(path: str) -> str | None:
+        looks.append(path)
+        if len(looks) == 1:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(theirs + "\n")
+            return None
+        return real_read(path)
+
+    monkeypatch.setattr(fingerprint_module, "_read_node_id", read)
+    assert load_node_id(tmp_path) == theirs
+    with open(_id_file(tmp_path), encoding="utf-8") as fh:
+        assert fh.read().strip() == theirs
 
 
 @pytest.mark.parametrize("content", ["", "\n", "not-a-uuid\n", "\x00\xff garbage"])
