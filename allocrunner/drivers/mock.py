@@ -314,7 +314,6 @@ class _MockTask:
         old.cancel("changed")
 
 
-
 @attrs.frozen(order=True)
 class _Repeat:
     """Immutable. A pending repeated write of one stream of one task."""
