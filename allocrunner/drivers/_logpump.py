@@ -345,8 +345,13 @@ class LogPump:
                     polling = bool(self._polled)
                 _close_pipes(closings)
                 del closings
-                self._serve_forgets(forgets)
-                del forgets  # while the thread sleeps it holds no forgotten owner
+                served = self._drop_forgotten(forgets)
+                # No forgotten owner is held once its caller returns (a raw_exec task's
+                # record closes its notice socket when freed), nor while the thread sleeps.
+                del forgets
+                for done in served:
+                    done.cancel("forgotten")
+                del served
                 if closed:
                     return
                 events = self._epoll.poll(self._poll_interval if polling else -1)
@@ -358,13 +363,16 @@ class LogPump:
                         self._poll_exits(exits)
                 finally:  # drained exits are reported even if a later read failed
                     _report(exits)
+                    del exits  # while the thread sleeps it holds no exited owner
         finally:
             self._shutdown()
 
-    def _serve_forgets(self, forgets: tuple[_Forget, ...]) -> None:
+    def _drop_forgotten(self, forgets: tuple[_Forget, ...]) -> list[CancelToken]:
+        """Drop what the pump holds of each forgotten owner; the tokens to cancel once
+        the caller has let go of the requests too."""
         for request in forgets:
             self._drop(request.owner)
-            request.done.cancel("forgotten")
+        return [request.done for request in forgets]
 
     def _dispatch(self, fd: int, exits: list[_Exit]) -> None:
         if fd == self._wake_r:

@@ -9,6 +9,7 @@ import functools
 import os
 import subprocess
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -217,6 +218,45 @@ def test_forget_closes_the_pipes_and_reports_no_exit(pump):
         os.write(write, b"lost")
     os.close(write)
     assert not recorder.calls
+
+
+def _forgets_queued(pump: LogPump) -> int:
+    with pump._lock:
+        return len(pump._forgets)
+
+
+def test_a_forgotten_owner_is_not_kept_by_the_turn_that_reported_its_exit(pump):
+    """Once `forget` returns the pump holds nothing of the owner (the raw_exec driver
+    closes a task's notice socket when its record is freed), even when the forget is
+    served right after the turn that reported the owner's exit: neither that turn's
+    reports nor the forget requests outlive the release of the forgetting thread."""
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    alive = weakref.ref(owner)
+    read, write = nonblocking_pipe()
+    proc = child_writing("exit 0", write)
+    forgetter: list[threading.Thread] = []
+
+    def on_exit(wait_status: int | None) -> None:
+        reap_blocking(proc.pid)
+        thread = threading.Thread(target=pump.forget, args=(alive(),))
+        forgetter.append(thread)
+        thread.start()
+        # Until the forget is queued: the pump serves it at the top of its next turn,
+        # right after this one's reports.
+        wait_for(lambda: _assert_equal(_forgets_queued(pump), 1))
+
+    pidfd = os.pidfd_open(proc.pid)
+    assert pump.add(Watch(owner=owner, pipes=((read, ListSink()),), on_exit=on_exit, pidfd=pidfd))
+    del owner
+    wait_for(lambda: _assert_equal(len(forgetter), 1))
+    forgetter[0].join(10)
+    proc.returncode = 0  # reaped by on_exit
+    assert not forgetter[0].is_alive()
+    assert alive() is None, "the pump still holds the forgotten owner"
 
 
 def test_close_releases_every_descriptor_and_refuses_more(pump):
