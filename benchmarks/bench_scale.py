@@ -1185,11 +1185,11 @@ def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -
         return [unavailable(name, goal, f"{type(err).__name__}: {err}") for name, goal in specs]
 
 
-def mount_of(path: Path) -> tuple[str, str] | None:
-    """The file system type and source of the mount holding `path` (from
-    /proc/self/mountinfo), or None where that cannot be read."""
+def mount_of(path: Path) -> tuple[str, str, str] | None:
+    """The file system type, source and device number (major:minor) of the mount
+    holding `path` (from /proc/self/mountinfo), or None where that cannot be read."""
     target = os.path.realpath(path)
-    best: tuple[int, str, str] | None = None
+    best: tuple[int, str, str, str] | None = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -1203,8 +1203,8 @@ def mount_of(path: Path) -> tuple[str, str] | None:
         point = fields[4].replace("\\040", " ")
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) > best[0]):
-            best = (len(point), rest[0], rest[1])
-    return None if best is None else (best[1], best[2])
+            best = (len(point), rest[0], rest[1], fields[2])
+    return None if best is None else (best[1], best[2], best[3])
 
 
 def deleted_inode_note(path: Path) -> str | None:
@@ -1217,7 +1217,11 @@ def deleted_inode_note(path: Path) -> str | None:
     mount = mount_of(path)
     if mount is None or mount[0] != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
         return None
-    device = os.path.basename(mount[1])
+    # A journal shows as /proc/fs/jbd2/<kernel name of the device>-<journal inode>;
+    # the kernel name (dm-0, not /dev/mapper/...) comes from the device number.
+    by_number = f"/sys/dev/block/{mount[2]}"
+    named = os.path.realpath(by_number) if os.path.exists(by_number) else mount[1]
+    device = os.path.basename(named)
     if any(name.startswith(f"{device}-") for name in os.listdir("/proc/fs/jbd2")):
         return None
     return (
