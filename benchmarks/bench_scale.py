@@ -88,6 +88,7 @@ import attrs
 
 from allocrunner import _locking
 from allocrunner._sync import CancelToken
+from allocrunner.agent.host_facts import mount_of
 from allocrunner.allocdir import AllocDir
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
@@ -1185,28 +1186,6 @@ def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -
         return [unavailable(name, goal, f"{type(err).__name__}: {err}") for name, goal in specs]
 
 
-def mount_of(path: Path) -> tuple[str, str, str] | None:
-    """The file system type, source and device number (major:minor) of the mount
-    holding `path` (from /proc/self/mountinfo), or None where that cannot be read."""
-    target = os.path.realpath(path)
-    best: tuple[int, str, str, str] | None = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        mine, sep, theirs = line.partition(" - ")
-        fields, rest = mine.split(), theirs.split()
-        if not sep or len(fields) < 5 or len(rest) < 2:
-            continue
-        point = fields[4].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > best[0]):
-            best = (len(point), rest[0], rest[1], fields[2])
-    return None if best is None else (best[1], best[2], best[3])
-
-
 def deleted_inode_note(path: Path) -> str | None:
     """A note when `path` is on ext4 without a journal. There the kernel will not reuse
     an inode freed in the last 60 s (360 s while its inode table block is dirty): each
@@ -1215,17 +1194,17 @@ def deleted_inode_note(path: Path) -> str | None:
     and records floors then move with the host's recent deletions (this run's own
     included), which no ordering of the phases avoids."""
     mount = mount_of(path)
-    if mount is None or mount[0] != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
+    if mount is None or mount.fstype != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
         return None
     # A journal shows as /proc/fs/jbd2/<kernel name of the device>-<journal inode>;
     # the kernel name (dm-0, not /dev/mapper/...) comes from the device number.
-    by_number = f"/sys/dev/block/{mount[2]}"
-    named = os.path.realpath(by_number) if os.path.exists(by_number) else mount[1]
+    by_number = f"/sys/dev/block/{mount.device}"
+    named = os.path.realpath(by_number) if os.path.exists(by_number) else mount.source
     device = os.path.basename(named)
     if any(name.startswith(f"{device}-") for name in os.listdir("/proc/fs/jbd2")):
         return None
     return (
-        f"  note: {path} is on ext4 without a journal ({mount[1]}): there each mkdir skips "
+        f"  note: {path} is on ext4 without a journal ({mount.source}): there each mkdir skips "
         "every inode the host freed in the last 1-6 minutes, so the start figures and "
         "the layout and records floors rise with the host's recent deletions"
     )

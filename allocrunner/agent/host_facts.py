@@ -27,11 +27,13 @@ import attrs
 __all__ = [
     "FALLBACK_CPU_MHZ",
     "CpuFacts",
+    "Mount",
     "StorageFacts",
     "detect_cpu",
     "go_arch",
     "host_id",
     "mem_total_bytes",
+    "mount_of",
     "mount_source",
     "package_version",
     "read_os_release",
@@ -213,25 +215,47 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def mount_source(path: str) -> str:
-    """The device (mount source) of the mount that holds `path`, from
-    /proc/self/mountinfo; "" if it cannot be told."""
+@attrs.frozen
+class Mount:
+    """Immutable. A mount as /proc/self/mountinfo lists it."""
+
+    point: str
+    fstype: str
+    source: str
+    device: str  # major:minor
+
+
+def mount_of(path: str | os.PathLike[str]) -> Mount | None:
+    """The mount that holds `path`, from /proc/self/mountinfo; None if it cannot be
+    told."""
     real = os.path.realpath(path)
-    best_point, best_source = "", ""
+    best: Mount | None = None
     try:
         with open("/proc/self/mountinfo", "rb") as fh:
             lines = fh.read().splitlines()
     except OSError:
-        return ""
+        return None
     for line in lines:
         left, sep, right = line.partition(b" - ")
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 2:
             continue
         point = unescape_mount_field(fields[4])
-        if _within(real, point) and len(point) >= len(best_point):
-            best_point, best_source = point, unescape_mount_field(tail[1])
-    return best_source
+        if _within(real, point) and (best is None or len(point) >= len(best.point)):
+            best = Mount(
+                point=point,
+                fstype=unescape_mount_field(tail[0]),
+                source=unescape_mount_field(tail[1]),
+                device=fields[2].decode("ascii", "replace"),
+            )
+    return best
+
+
+def mount_source(path: str) -> str:
+    """The device (mount source) of the mount that holds `path`, from
+    /proc/self/mountinfo; "" if it cannot be told."""
+    mount = mount_of(path)
+    return "" if mount is None else mount.source
 
 
 def _within(path: str, mount_point: str) -> bool:

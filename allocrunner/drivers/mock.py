@@ -256,18 +256,25 @@ class _MockTask:
     def output_failed(self, error: str) -> None:
         """A log write failed: the task exits with that error (as Nomad's mock does)."""
         with self._lock:
-            if self._result is None and self._write_error is None:
-                self._write_error = error
+            if self._fail_locked(error):
                 self._rewake_locked()
 
     def output_done(self, error: str | None = None) -> None:
         """One repeating stream has written its last copy, was cancelled, or failed
         with `error`."""
         with self._lock:
-            if error is not None and self._result is None and self._write_error is None:
-                self._write_error = error
+            if error is not None:
+                self._fail_locked(error)
             self._outputs_pending -= 1
             self._rewake_locked()
+
+    @requires("_lock")
+    def _fail_locked(self, error: str) -> bool:
+        """Keep the first write error of a running task; True if this one was kept."""
+        if self._result is None and self._write_error is None:
+            self._write_error = error
+            return True
+        return False
 
     @requires("_lock")
     def settle_locked(self, now: float) -> ExitResult | None:

@@ -63,7 +63,6 @@ import heapq
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 
@@ -71,11 +70,8 @@ import attrs
 
 from allocrunner._guarded import guarded_dict, guarded_list
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
+from allocrunner._rwlock import _GIL  # the GIL orders a plain read of `_pending`
 from allocrunner._sync import Kick, ThreadGroup
-
-# Whether this interpreter runs under the GIL, which orders a plain read of `_pending`
-# after the locked write it follows.
-_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 __all__ = ["MAX_WORKERS", "PASSES", "PassKick", "PassStep", "StatePasses"]
 
