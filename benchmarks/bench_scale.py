@@ -32,7 +32,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   ``stopAllProcesses`` over XML-RPC on a unix socket, timed until supervisord has
   reaped every program (`SupervisordPeer.stop_all` says why not until its answer)
   (goal: at most 1.0x; reported unavailable, with the reason, when supervisord cannot
-  run).
+  run). Beside it, the floor of a thread per stop, as the figure stops them: 100 bare
+  threads woken at once, each signalling its own ``sleep`` child and waiting for it.
 - RSS per running mock allocation at N=1000 (VmRSS delta / N) beside the floor's
   (goal: 60 KB), and idle CPU with N allocations running: process CPU time
   (`time.process_time`) over wall time across a window (30 s by default; goal: 0.1 %),
@@ -1070,15 +1071,67 @@ def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) 
         run.close()
 
 
+def bare_stop_all(n: int) -> float:
+    """The floor of a stop that takes a thread per task, as raw_exec's figure does: n
+    bare threads each signal their own ``sleep`` child (SIGINT, as raw_exec's stop)
+    and wait for it; seconds from the go until every one is reaped."""
+    procs = [
+        subprocess.Popen(["/bin/sleep", "3600"], stdin=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(n)
+    ]
+    go = threading.Event()
+    left = [n]
+    left_lock = threading.Lock()
+    all_reaped = threading.Event()
+
+    def stop_one(proc: subprocess.Popen[bytes]) -> None:
+        go.wait()
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        with left_lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            all_reaped.set()
+
+    workers = [threading.Thread(target=stop_one, args=(p,), daemon=True) for p in procs]
+    try:
+        for proc in procs:
+            wait_settled(proc.pid)
+        for worker in workers:
+            worker.start()
+        t0 = time.perf_counter()
+        go.set()
+        if not all_reaped.wait(60.0):
+            raise TimeoutError("bare sleeps not reaped within 60 s")
+        return time.perf_counter() - t0
+    finally:
+        go.set()
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join(30.0)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
 def stop_all_name(n: int) -> str:
     return f"stop {n} raw_exec tasks vs supervisord stopAll"
 
 
-def stop_all_figure(root: Path, n: int, rounds: int) -> Figure:
+def stop_all_floor_name(n: int) -> str:
+    return f"floor: {n} bare threads each kill + wait a child, vs supervisord"
+
+
+def stop_all_figures(root: Path, n: int, rounds: int) -> list[Figure]:
+    """raw_exec's stop of n tasks against supervisord's, and against the floor of a
+    thread per stop, the three interleaved round by round."""
     name = stop_all_name(n)
     goal = "<= 1x"
     ours: list[float] = []
     peer_times: list[float] = []
+    floor: list[float] = []
     driver = new_raw_exec(root / "state")
     try:
         with SupervisordPeer(root / "supervisord", n) as peer:
@@ -1087,11 +1140,26 @@ def stop_all_figure(root: Path, n: int, rounds: int) -> Figure:
                     peer.start_all()
                 peer_times.append(peer.stop_all())
                 ours.append(raw_exec_stop_all(driver, root / "raw", n, r))
+                floor.append(bare_stop_all(n))
     except SupervisorUnavailable as err:
-        return unavailable(name, goal, str(err))
+        return [unavailable(name, goal, str(err))]
     finally:
         driver.close()
-    return ratio_figure(name, min(ours), min(peer_times), "supervisord", "s", 1.0)
+    return [
+        ratio_figure(name, min(ours), min(peer_times), "supervisord", "s", 1.0),
+        Figure(
+            stop_all_floor_name(n), min(floor), min(peer_times), "supervisord", "s", "floor", None
+        ),
+        Figure(
+            f"stop {n} raw_exec tasks vs that floor",
+            min(ours),
+            min(floor),
+            "thread-per-stop floor",
+            "s",
+            "floor",
+            None,
+        ),
+    ]
 
 
 # --- main -------------------------------------------------------------------------------
@@ -1244,8 +1312,12 @@ def main(idle_s: float | None = None) -> None:
             lambda: raw_exec_figures(root / "raw_exec", p.exec_samples),
         )
         figures += section(
-            [(stop_all_name(p.stop_all_tasks), "<= 1x")],
-            lambda: [stop_all_figure(root / "stop_all", p.stop_all_tasks, p.stop_all_rounds)],
+            [
+                (stop_all_name(p.stop_all_tasks), "<= 1x"),
+                (stop_all_floor_name(p.stop_all_tasks), "floor"),
+                (f"stop {p.stop_all_tasks} raw_exec tasks vs that floor", "floor"),
+            ],
+            lambda: stop_all_figures(root / "stop_all", p.stop_all_tasks, p.stop_all_rounds),
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -43,6 +43,11 @@ from allocrunner.errors import DriverError
 _NAME = "raw_exec"
 
 
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+"""recv flags to read a notice without consuming it or blocking (an int: the flag
+enum's `|` is slow Python on the stop path)."""
+
+
 class _TaskProcess:
     """Thread-safe. One raw_exec task; mutable fields are guarded by the driver's lock."""
 
@@ -180,7 +185,7 @@ class _TaskProcess:
         polls readable; None if the spawner died without writing it."""
         assert self.notice is not None
         try:
-            data = self.notice.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.notice.recv(64, _PEEK_NOW)
         except OSError:
             return None
         try:

@@ -72,8 +72,13 @@ How a task runs:
   of the task's output pipes, which its exit brings, wakes it), the stopping thread
   polls the socket itself, peeks at the wait status and publishes the exit: one
   wake-up on the stop path instead of the pump's and then the stopper's, and no pump
-  thread competing for a CPU with the spawner that reaps the task. It does so only if
-  nothing of the task's output is left to copy (each pipe empty at end of file);
+  thread competing for a CPU with the spawner that reaps the task. It polls the task's
+  pidfd too: that turns readable as the task exits, while the spawner has yet to wake,
+  reap it and write the notice, and in that gap the thread does what needs no wait
+  status (takes the output pipes from the pump and kills the rest of the group, whose
+  id the unreaped task still holds), so only the publishing waits on the notice. It
+  does so only if nothing of the task's output is left to copy (each pipe empty at end
+  of file);
   otherwise (a child of the task still holds its stdout, or output remains) it gives
   the task back to the pump, which publishes after draining, as it does when no one
   stops the task. Only `NOTICE_WAITERS` stopping threads do
@@ -117,6 +122,7 @@ the spawner in `spawner`.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import logging
 import math
@@ -375,18 +381,22 @@ class RawExecDriver:
             proc = self._tasks.get_locked(task_id)
             if proc.result_locked() is not None:
                 return
-        if not self._await_exit(proc, sig, max(0.0, timeout)):
+        outcome = self._await_exit(proc, sig, max(0.0, timeout))
+        if outcome is _RUNNING:
             with self._lock:
                 if proc.result_locked() is None:
                     proc.mark_sigkilled_locked()
-            if not self._await_exit(proc, _signal.SIGKILL, KILL_GRACE):
+            outcome = self._await_exit(proc, _signal.SIGKILL, KILL_GRACE)
+            if outcome is _RUNNING:
                 raise DriverError(
                     f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
                     f"{KILL_GRACE}s after SIGKILL"
                 )
         # Whatever of the group outlived the task (e.g. background jobs, which a
-        # non-interactive shell starts with SIGINT ignored) is killed too.
-        proc.signal_group(_signal.SIGKILL)
+        # non-interactive shell starts with SIGINT ignored) is killed too, unless the
+        # stopping thread did so already, as soon as the task had exited.
+        if outcome is _EXITED:
+            proc.signal_group(_signal.SIGKILL)
 
     @calls_out
     def destroy(self, task_id: str, force: bool = False) -> None:
@@ -673,33 +683,35 @@ class RawExecDriver:
                 raise
 
     @calls_out
-    def _await_exit(self, proc: _TaskProcess, sig: int, timeout: float) -> bool:
-        """Send `sig` to the task's group; True once the task has exited; False after
-        `timeout`; raises if closed."""
+    def _await_exit(self, proc: _TaskProcess, sig: int, timeout: float) -> _Outcome:
+        """Send `sig` to the task's group and wait up to `timeout` for the task's exit:
+        `_RUNNING` if it has not exited by then, else whether its group has been
+        killed (`_GROUP_KILLED`) or not yet (`_EXITED`); raises if closed."""
         deadline = time.monotonic() + timeout
-        if proc.notice is None:
-            proc.signal_group(sig)
-        elif self._await_notice(proc, sig, timeout):
-            return True
+        proc.signal_group(sig)
+        if proc.notice is not None:
+            outcome = self._await_notice(proc, deadline)
+            if outcome is not _RUNNING:
+                return outcome
         joined = CancelToken.any_of(proc.done, self._closing)
         try:
             joined.wait(max(0.0, deadline - time.monotonic()))
         finally:
             joined.cancel("done")
         if proc.done.cancelled():
-            return True
+            return _EXITED
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
-        return False
+        return _RUNNING
 
     @calls_out
-    def _await_notice(self, proc: _TaskProcess, sig: int, timeout: float) -> bool:
-        """Send `sig` to the task's group, wait up to `timeout` on the task's notice
-        channel and take the exit from the pump, which meanwhile does not wake for the
-        task (`LogPump.hold`, done right after the signal, off the stop's path: the
-        task's exit, its output pipes' end of file included, comes well after, and
-        finds it held): one wake-up, not the pump's and then this thread's. The signal
-        is sent whatever the outcome. True once the exit is published. False (the
+    def _await_notice(self, proc: _TaskProcess, deadline: float) -> _Outcome:
+        """Wait until `deadline` on the notice channel of a task just signalled and take
+        its exit from the pump, which meanwhile does not wake for the task
+        (`LogPump.hold`, done right after the signal, off the stop's path: the task's
+        exit, its output pipes' end of file included, comes well after, and finds it
+        held): one wake-up on the notice, not the pump's and then this thread's. The
+        outcome once this thread published the exit (`_take_notice`). `_RUNNING` (the
         caller then waits for the pump's report) if another thread waits on the
         channel, or `NOTICE_WAITERS` threads wait on theirs, the pump reads the task's
         output right now, the driver closed, the time ran out, the spawner died, or
@@ -711,38 +723,89 @@ class RawExecDriver:
             if entered:
                 self._notice_waiters += 1
         if not entered:
-            proc.signal_group(sig)
-            return False
+            return _RUNNING
         notice_fd = proc.notice.fileno()
         held = False
-        taken = False
+        outcome = _RUNNING
         try:
-            proc.signal_group(sig)
             held = self._pump.hold(proc, notice_fd)
-            taken = held and self._take_notice(proc, notice_fd, timeout)
+            if held:
+                outcome = self._take_notice(proc, notice_fd, deadline)
         finally:
             with self._lock:
                 proc.leave_notice_locked()
                 self._notice_waiters -= 1
-            if held and not taken:
+            if held and outcome is _RUNNING:
                 self._pump.release(proc, notice_fd)
-        return taken
+        return outcome
 
-    def _take_notice(self, proc: _TaskProcess, notice_fd: int, timeout: float) -> bool:
-        """Poll the notice; True once this thread published the exit."""
+    def _take_notice(self, proc: _TaskProcess, notice_fd: int, deadline: float) -> _Outcome:
+        """Poll the notice until `deadline`; the outcome once this thread published the
+        exit. The task's own pidfd is polled too: it turns readable when the task
+        exits, while the spawner has yet to reap it and write the notice, and what
+        does not need the wait status is done in that gap rather than after the
+        notice: the output pipes are taken from the pump (each must be at end of
+        file) and the rest of the group is killed."""
         poller = select.poll()
         poller.register(notice_fd, select.POLLIN)
         poller.register(self._closed_r, select.POLLIN)
-        ready = poller.poll(math.ceil(min(timeout * 1000, _POLL_MS_MAX)))
-        if not ready or self._closing.cancelled():
-            return False
+        pidfd = self._task_pidfd(proc)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        outcome = _EXITED
+        try:
+            while True:
+                ready = dict(poller.poll(_poll_ms(deadline)))
+                if not ready or self._closing.cancelled():
+                    return _RUNNING
+                if notice_fd in ready or pidfd not in ready:
+                    break
+                # Only the pidfd: the task has exited (a zombie until its spawner
+                # reaps it), so its group id is still its own.
+                poller.unregister(pidfd)
+                close_fds(pidfd)
+                pidfd = None
+                if not self._pump.take_exit(proc):
+                    return _RUNNING
+                proc.signal_group(_signal.SIGKILL)
+                outcome = _GROUP_KILLED
+        finally:
+            close_fds(pidfd)
         wait_status = proc.read_notice()
         if wait_status is None:
-            return False  # the spawner died: the pump sees to the task (`_exit_noticed`)
-        if not self._pump.take_exit(proc):
-            return False
+            return _RUNNING  # the spawner died: the pump sees to the task (`_exit_noticed`)
+        if outcome is _EXITED and not self._pump.take_exit(proc):
+            return _RUNNING
         proc.on_exit(wait_status)
-        return True
+        return outcome
+
+    def _task_pidfd(self, proc: _TaskProcess) -> int | None:
+        """A pidfd of the task to poll for its exit, or None (no pidfds here, or the
+        task is gone already: its notice follows)."""
+        if self._exit_watch != "pidfd":
+            return None
+        try:
+            return pidfd_open(proc.pid)
+        except OSError:
+            return None
+
+
+class _Outcome(enum.Enum):
+    """How far a stop's wait got."""
+
+    RUNNING = "the task has not exited (yet)"
+    EXITED = "the task has exited and its exit is published; the rest of its group lives on"
+    GROUP_KILLED = "the task has exited, its exit is published and the rest of its group killed"
+
+
+_RUNNING = _Outcome.RUNNING
+_EXITED = _Outcome.EXITED
+_GROUP_KILLED = _Outcome.GROUP_KILLED
+
+
+def _poll_ms(deadline: float) -> int:
+    """Milliseconds to `deadline` as `poll` takes them (rounded up, capped)."""
+    return math.ceil(min(max(0.0, deadline - time.monotonic()) * 1000, _POLL_MS_MAX))
 
 
 _POLL_MS_MAX = 2**31 - 1

@@ -5,6 +5,7 @@ where the pump keeps the report (output still held open, several waiters, a clos
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
 from allocrunner.testing import wait_for
 from tests.unit.drivers.raw_exec_support import assert_spawner_retires, spawner_pid
-from tests.unit.drivers.support import group_members, sh, task_config
+from tests.unit.drivers.support import alive, group_members, sh, task_config
 
 SIGINT_EXIT = ExitResult(exit_code=130, signal=2)
 
@@ -169,3 +170,37 @@ def test_pipes_the_stopping_thread_takes_are_closed_once_the_task_is_destroyed(r
     before = len(os.listdir("/proc/self/fd"))
     run_once("measured")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_group_is_killed_as_soon_as_the_task_exits_not_once_the_spawner_reports_it(
+    raw, tmp_path, state_dir
+):
+    # The spawner is stopped, so no notice can come: the stopping thread sees the
+    # task's exit on its pidfd and kills what is left of the group (a background sleep,
+    # which ignores SIGINT and holds no pipe of the task's) right then, and still
+    # publishes the exit only from the spawner's notice.
+    child_pid = tmp_path / "child.pid"
+    child_pid.touch()
+    config = task_config(tmp_path, sh(f"sleep 300 >/dev/null 2>&1 & echo $! > {child_pid}; wait"))
+    pid = raw.start(config).driver_state["pid"]
+    wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
+    child = int(child_pid.read_text())
+    spawner = spawner_pid(state_dir)
+    assert spawner is not None
+    results: list[object] = []
+
+    def stop() -> None:
+        raw.stop(config.id, 10.0)
+        results.append(raw.wait(config.id, CancelToken()))
+
+    stopper = threading.Thread(target=stop, name="notice-early-kill")
+    os.kill(spawner, signal.SIGSTOP)
+    try:
+        stopper.start()
+        wait_for(lambda: _check(not alive(child), "the group's sleep lives on"), timeout=5)
+        assert stopper.is_alive() and not results, "published without the spawner's notice"
+    finally:
+        os.kill(spawner, signal.SIGCONT)
+    stopper.join(10.0)
+    assert results == [SIGINT_EXIT]
+    wait_for(lambda: _check(not group_members(pid), "group left"), timeout=5)
