@@ -64,6 +64,7 @@ os.environ["ALLOCRUNNER_LOCKCHECK"] = "0"  # before anything imports allocrunner
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import http.client
 import inspect
@@ -588,14 +589,16 @@ def exec_samples(run: Leftovers, root: Path, n: int) -> tuple[list[float], list[
 
 
 def stop_samples(
-    driver: RawExecDriver, run: Leftovers, root: Path, n: int
-) -> tuple[list[float], list[float]]:
-    """Stop → reaped: raw_exec stop + wait and Popen SIGINT + wait, interleaved. Both
-    processes are started and settled (asleep in their ``sleep``) before either is
-    timed, and which goes first alternates, so neither is timed while the other is
-    still starting up on the other CPU."""
+    driver: RawExecDriver, run: Leftovers, relay: Relay, root: Path, n: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Stop → reaped: raw_exec stop + wait, `Popen` SIGINT + wait, and the relay floor's
+    kill → exit relayed (`Relay`), interleaved sample by sample. The three processes
+    are started and settled (asleep in their ``sleep``) before any is timed, and which
+    goes first rotates, so none is timed while another is still starting up on the
+    other CPU."""
     ours: list[float] = []
     bare: list[float] = []
+    relayed: list[float] = []
 
     def stop_ours(task_id: str) -> None:
         t0 = time.perf_counter()
@@ -609,19 +612,24 @@ def stop_samples(
         proc.wait()
         bare.append(time.perf_counter() - t0)
 
+    def stop_relayed(pid: int) -> None:
+        relayed.append(relay.stop(pid))
+
     for i in range(n):
         config = task_config(root, f"stop{i}", ["/bin/sleep", "3600"])
         pid = run.start(config)
         proc = run.popen(["/bin/sleep", "3600"])
-        wait_settled(pid)
-        wait_settled(proc.pid)
-        if i % 2:
-            stop_bare(proc)
-            stop_ours(config.id)
-        else:
-            stop_ours(config.id)
-            stop_bare(proc)
-    return ours, bare
+        relayed_pid = relay.spawn()
+        for settling in (pid, proc.pid, relayed_pid):
+            wait_settled(settling)
+        stops: list[Callable[[], None]] = [
+            functools.partial(stop_ours, config.id),
+            functools.partial(stop_bare, proc),
+            functools.partial(stop_relayed, relayed_pid),
+        ]
+        for k in range(3):
+            stops[(i + k) % 3]()
+    return ours, bare, relayed
 
 
 def wait_settled(pid: int, timeout: float = 5.0) -> None:
@@ -676,32 +684,48 @@ while os.read(requests, 64):
 """
 
 
-def relay_samples(root: Path, n: int) -> list[float]:
-    """Kill → the relay reaped the task, recorded its status and told us (module RELAY)."""
-    root.mkdir(parents=True, exist_ok=True)
-    req_r, req_w = os.pipe()
-    note_r, note_w = os.pipe()
-    relay = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", RELAY, str(root / "status"), str(req_r), str(note_w)],
-        pass_fds=(req_r, note_w),
-    )
-    os.close(req_r)
-    os.close(note_w)
-    samples: list[float] = []
-    try:
-        for _ in range(n):
-            os.write(req_w, b"go")
-            pid = int(os.read(note_r, 64))
-            wait_settled(pid)
-            t0 = time.perf_counter()
-            os.kill(pid, signal.SIGINT)
-            os.read(note_r, 64)
-            samples.append(time.perf_counter() - t0)
-    finally:
-        os.close(req_w)
-        relay.wait(10)
-        os.close(note_r)
-    return samples
+class Relay:
+    """Not thread-safe; owned by the raw_exec figures. The relay floor's process
+    (module RELAY), which starts one ``sleep`` at a time; `close()` ends it."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        req_r, self._requests = os.pipe()
+        self._notices, note_w = os.pipe()
+        argv = [sys.executable, "-I", "-S", "-c", RELAY, str(root / "status")]
+        self._proc = subprocess.Popen([*argv, str(req_r), str(note_w)], pass_fds=(req_r, note_w))
+        os.close(req_r)
+        os.close(note_w)
+        self._live: int | None = None  # the relay's sleep, until stopped
+
+    def spawn(self) -> int:
+        """Have the relay start a ``sleep``; its pid."""
+        os.write(self._requests, b"go")
+        self._live = int(os.read(self._notices, 64))
+        return self._live
+
+    def stop(self, pid: int) -> float:
+        """Seconds from the kill of the relay's `pid` until the relay has reaped it,
+        recorded its status and told us."""
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGINT)
+        os.read(self._notices, 64)
+        elapsed = time.perf_counter() - t0
+        self._live = None
+        return elapsed
+
+    def close(self) -> None:
+        """Kill the sleep it runs, if any, and end it."""
+        if self._live is not None:  # the relay's unreaped child: its pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._live, signal.SIGKILL)
+        os.close(self._requests)
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        os.close(self._notices)
 
 
 def raw_exec_figures(root: Path, samples: int) -> list[Figure]:
@@ -710,8 +734,11 @@ def raw_exec_figures(root: Path, samples: int) -> list[Figure]:
     try:
         exec_samples(run, root / "warm", 2)
         ours, bare = exec_samples(run, root / "exec", samples)
-        kill, popen_kill = stop_samples(driver, run, root / "stop", samples)
-        relayed = relay_samples(root / "relay", samples)
+        relay = Relay(root / "relay")
+        try:
+            kill, popen_kill, relayed = stop_samples(driver, run, relay, root / "stop", samples)
+        finally:
+            relay.close()
     finally:
         run.close()
         driver.close()
