@@ -25,9 +25,11 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   queues its writes pays for them (goal: at most 1.5x).
 - raw_exec start until the command is exec'd against a bare `Popen`: the command
   (``tee FIFO``) opens a FIFO the benchmark polls, so both end at the same event.
-- raw_exec stop until reaped (stop + wait) against `Popen` SIGINT + wait, sample by
-  sample, each pair started and settled (both asleep) before either is timed, in
-  alternating order (goal: at most 1.5x each).
+- raw_exec stop until reaped (stop + wait) against `Popen` SIGINT + wait (goal: at most
+  1.5x each) and against the floor of any design that keeps exit codes across agent
+  restarts (`RELAY`: a process other than the agent reaps the task, records its status
+  and tells the agent), sample by sample, the three started and settled (asleep)
+  before any is timed, in rotating order.
 - Stopping 100 raw_exec tasks on one driver against a real supervisord's
   ``stopAllProcesses`` over XML-RPC on a unix socket, timed until supervisord has
   reaped every program (`SupervisordPeer.stop_all` says why not until its answer)
