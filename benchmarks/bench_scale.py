@@ -1061,84 +1061,78 @@ def kill_if_ours(pid: int) -> None:
         return
 
 
-def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
-    """Start n sleep tasks, then stop them all at once (one waiting thread each, started
-    beforehand); seconds until every one is reaped."""
-    configs = [task_config(root, f"r{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+def stop_together(stops: list[Callable[[], None]], what: str) -> float:
+    """Run each of `stops` on a thread of its own (started beforehand), all released at
+    once; seconds from the release until the last has returned."""
     go = threading.Event()
-    left = [n]
+    left = [len(stops)]
     left_lock = threading.Lock()
-    all_reaped = threading.Event()
+    all_done = threading.Event()
 
-    def stop_one(config: TaskConfig) -> None:
+    def run(stop: Callable[[], None]) -> None:
         go.wait()
-        driver.stop(config.id, 5.0)
-        driver.wait(config.id, CancelToken())
+        stop()
         with left_lock:
             left[0] -= 1
             last = left[0] == 0
         if last:
-            all_reaped.set()
+            all_done.set()
 
-    run = Leftovers(driver)
-    workers = [threading.Thread(target=stop_one, args=(c,), daemon=True) for c in configs]
+    workers = [threading.Thread(target=run, args=(stop,), daemon=True) for stop in stops]
     try:
-        for config in configs:
-            run.start(config)
         for worker in workers:
             worker.start()
         t0 = time.perf_counter()
         go.set()
-        if not all_reaped.wait(60.0):
-            raise TimeoutError("raw_exec tasks not reaped within 60 s")
+        if not all_done.wait(60.0):
+            raise TimeoutError(f"{what} not reaped within 60 s")
         return time.perf_counter() - t0
     finally:
         go.set()
         for worker in workers:
             if worker.ident is not None:
                 worker.join(30.0)
+
+
+def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
+    """Start n sleep tasks, then stop them all at once (one waiting thread each, started
+    beforehand); seconds until every one is reaped."""
+    configs = [task_config(root, f"r{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+
+    def stop(task_id: str) -> None:
+        driver.stop(task_id, 5.0)
+        driver.wait(task_id, CancelToken())
+
+    run = Leftovers(driver)
+    try:
+        for config in configs:
+            run.start(config)
+        return stop_together([functools.partial(stop, c.id) for c in configs], "raw_exec tasks")
+    finally:
         run.close()
 
 
 def bare_stop_all(n: int) -> float:
     """The floor of a stop that takes a thread per task, as raw_exec's figure does: n
     bare threads each signal their own ``sleep`` child (SIGINT, as raw_exec's stop)
-    and wait for it; seconds from the go until every one is reaped."""
-    procs = [
-        subprocess.Popen(["/bin/sleep", "3600"], stdin=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(n)
-    ]
-    go = threading.Event()
-    left = [n]
-    left_lock = threading.Lock()
-    all_reaped = threading.Event()
+    and wait for it; seconds from the release until every one is reaped."""
 
-    def stop_one(proc: subprocess.Popen[bytes]) -> None:
-        go.wait()
+    def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait()
-        with left_lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            all_reaped.set()
 
-    workers = [threading.Thread(target=stop_one, args=(p,), daemon=True) for p in procs]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(n):
+            procs.append(
+                subprocess.Popen(
+                    ["/bin/sleep", "3600"], stdin=subprocess.DEVNULL, start_new_session=True
+                )
+            )
         for proc in procs:
             wait_settled(proc.pid)
-        for worker in workers:
-            worker.start()
-        t0 = time.perf_counter()
-        go.set()
-        if not all_reaped.wait(60.0):
-            raise TimeoutError("bare sleeps not reaped within 60 s")
-        return time.perf_counter() - t0
+        return stop_together([functools.partial(stop, p) for p in procs], "bare sleeps")
     finally:
-        go.set()
-        for worker in workers:
-            if worker.ident is not None:
-                worker.join(30.0)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
