@@ -1143,15 +1143,20 @@ def stop_all_name(n: int) -> str:
     return f"stop {n} raw_exec tasks vs supervisord stopAll"
 
 
-def stop_all_floor_name(n: int) -> str:
-    return f"floor: {n} bare threads each kill + wait a child, vs supervisord"
+def stop_all_specs(n: int) -> list[tuple[str, str]]:
+    """The names and goals of the stop-all figures: raw_exec vs supervisord, the
+    thread-per-stop floor vs supervisord, raw_exec vs that floor."""
+    return [
+        (stop_all_name(n), "<= 1x"),
+        (f"floor: {n} bare threads each kill + wait a child, vs supervisord", "floor"),
+        (f"stop {n} raw_exec tasks vs that floor", "floor"),
+    ]
 
 
 def stop_all_figures(root: Path, n: int, rounds: int) -> list[Figure]:
     """raw_exec's stop of n tasks against supervisord's, and against the floor of a
     thread per stop, the three interleaved round by round."""
-    name = stop_all_name(n)
-    goal = "<= 1x"
+    (name, _), (floor_name, _), (versus_floor, _) = specs = stop_all_specs(n)
     ours: list[float] = []
     peer_times: list[float] = []
     floor: list[float] = []
@@ -1165,23 +1170,13 @@ def stop_all_figures(root: Path, n: int, rounds: int) -> list[Figure]:
                 ours.append(raw_exec_stop_all(driver, root / "raw", n, r))
                 floor.append(bare_stop_all(n))
     except SupervisorUnavailable as err:
-        return [unavailable(name, goal, str(err))]
+        return [unavailable(spec, goal, str(err)) for spec, goal in specs]
     finally:
         driver.close()
     return [
         ratio_figure(name, min(ours), min(peer_times), "supervisord", "s", 1.0),
-        Figure(
-            stop_all_floor_name(n), min(floor), min(peer_times), "supervisord", "s", "floor", None
-        ),
-        Figure(
-            f"stop {n} raw_exec tasks vs that floor",
-            min(ours),
-            min(floor),
-            "thread-per-stop floor",
-            "s",
-            "floor",
-            None,
-        ),
+        Figure(floor_name, min(floor), min(peer_times), "supervisord", "s", "floor", None),
+        Figure(versus_floor, min(ours), min(floor), "thread-per-stop floor", "s", "floor", None),
     ]
 
 
@@ -1335,11 +1330,7 @@ def main(idle_s: float | None = None) -> None:
             lambda: raw_exec_figures(root / "raw_exec", p.exec_samples),
         )
         figures += section(
-            [
-                (stop_all_name(p.stop_all_tasks), "<= 1x"),
-                (stop_all_floor_name(p.stop_all_tasks), "floor"),
-                (f"stop {p.stop_all_tasks} raw_exec tasks vs that floor", "floor"),
-            ],
+            stop_all_specs(p.stop_all_tasks),
             lambda: stop_all_figures(root / "stop_all", p.stop_all_tasks, p.stop_all_rounds),
         )
     finally:
