@@ -382,12 +382,12 @@ class RawExecDriver:
             if proc.result_locked() is not None:
                 return
         outcome = self._await_exit(proc, sig, max(0.0, timeout))
-        if outcome is _RUNNING:
+        if outcome is _Outcome.RUNNING:
             with self._lock:
                 if proc.result_locked() is None:
                     proc.mark_sigkilled_locked()
             outcome = self._await_exit(proc, _signal.SIGKILL, KILL_GRACE)
-            if outcome is _RUNNING:
+            if outcome is _Outcome.RUNNING:
                 raise DriverError(
                     f"{NAME}: task {task_id!r} (pid {proc.pid}) did not exit "
                     f"{KILL_GRACE}s after SIGKILL"
@@ -395,7 +395,7 @@ class RawExecDriver:
         # Whatever of the group outlived the task (e.g. background jobs, which a
         # non-interactive shell starts with SIGINT ignored) is killed too, unless the
         # stopping thread did so already, as soon as the task had exited.
-        if outcome is _EXITED:
+        if outcome is _Outcome.EXITED:
             proc.signal_group(_signal.SIGKILL)
 
     @calls_out
@@ -685,13 +685,13 @@ class RawExecDriver:
     @calls_out
     def _await_exit(self, proc: _TaskProcess, sig: int, timeout: float) -> _Outcome:
         """Send `sig` to the task's group and wait up to `timeout` for the task's exit:
-        `_RUNNING` if it has not exited by then, else whether its group has been
-        killed (`_GROUP_KILLED`) or not yet (`_EXITED`); raises if closed."""
+        `_Outcome.RUNNING` if it has not exited by then, else whether its group has been
+        killed (`_Outcome.GROUP_KILLED`) or not yet (`_Outcome.EXITED`); raises if closed."""
         deadline = time.monotonic() + timeout
         proc.signal_group(sig)
         if proc.notice is not None:
             outcome = self._await_notice(proc, deadline)
-            if outcome is not _RUNNING:
+            if outcome is not _Outcome.RUNNING:
                 return outcome
         joined = CancelToken.any_of(proc.done, self._closing)
         try:
@@ -699,10 +699,10 @@ class RawExecDriver:
         finally:
             joined.cancel("done")
         if proc.done.cancelled():
-            return _EXITED
+            return _Outcome.EXITED
         if self._closing.cancelled():
             raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
-        return _RUNNING
+        return _Outcome.RUNNING
 
     @calls_out
     def _await_notice(self, proc: _TaskProcess, deadline: float) -> _Outcome:
@@ -711,7 +711,7 @@ class RawExecDriver:
         (`LogPump.hold`, done right after the signal, off the stop's path: the task's
         exit, its output pipes' end of file included, comes well after, and finds it
         held): one wake-up on the notice, not the pump's and then this thread's. The
-        outcome once this thread published the exit (`_take_notice`). `_RUNNING` (the
+        outcome once this thread published the exit (`_take_notice`). `_Outcome.RUNNING` (the
         caller then waits for the pump's report) if another thread waits on the
         channel, or `NOTICE_WAITERS` threads wait on theirs, the pump reads the task's
         output right now, the driver closed, the time ran out, the spawner died, or
@@ -723,10 +723,10 @@ class RawExecDriver:
             if entered:
                 self._notice_waiters += 1
         if not entered:
-            return _RUNNING
+            return _Outcome.RUNNING
         notice_fd = proc.notice.fileno()
         held = False
-        outcome = _RUNNING
+        outcome = _Outcome.RUNNING
         try:
             held = self._pump.hold(proc, notice_fd)
             if held:
@@ -735,7 +735,7 @@ class RawExecDriver:
             with self._lock:
                 proc.leave_notice_locked()
                 self._notice_waiters -= 1
-            if held and outcome is _RUNNING:
+            if held and outcome is _Outcome.RUNNING:
                 self._pump.release(proc, notice_fd)
         return outcome
 
@@ -752,12 +752,12 @@ class RawExecDriver:
         pidfd = self._task_pidfd(proc)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
-        outcome = _EXITED
+        outcome = _Outcome.EXITED
         try:
             while True:
                 ready = dict(poller.poll(_poll_ms(deadline)))
                 if not ready or self._closing.cancelled():
-                    return _RUNNING
+                    return _Outcome.RUNNING
                 if notice_fd in ready or pidfd not in ready:
                     break
                 # Only the pidfd: the task has exited (a zombie until its spawner
@@ -766,16 +766,16 @@ class RawExecDriver:
                 close_fds(pidfd)
                 pidfd = None
                 if not self._pump.take_exit(proc):
-                    return _RUNNING
+                    return _Outcome.RUNNING
                 proc.signal_group(_signal.SIGKILL)
-                outcome = _GROUP_KILLED
+                outcome = _Outcome.GROUP_KILLED
         finally:
             close_fds(pidfd)
         wait_status = proc.read_notice()
         if wait_status is None:
-            return _RUNNING  # the spawner died: the pump sees to the task (`_exit_noticed`)
-        if outcome is _EXITED and not self._pump.take_exit(proc):
-            return _RUNNING
+            return _Outcome.RUNNING  # the spawner died: the pump sees to the task (`_exit_noticed`)
+        if outcome is _Outcome.EXITED and not self._pump.take_exit(proc):
+            return _Outcome.RUNNING
         proc.on_exit(wait_status)
         return outcome
 
@@ -796,11 +796,6 @@ class _Outcome(enum.Enum):
     RUNNING = "the task has not exited (yet)"
     EXITED = "the task has exited and its exit is published; the rest of its group lives on"
     GROUP_KILLED = "the task has exited, its exit is published and the rest of its group killed"
-
-
-_RUNNING = _Outcome.RUNNING
-_EXITED = _Outcome.EXITED
-_GROUP_KILLED = _Outcome.GROUP_KILLED
 
 
 def _poll_ms(deadline: float) -> int:
