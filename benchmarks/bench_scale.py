@@ -19,7 +19,10 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   and its running state, in a `SQLiteStateDB`), and start-all against that. For the
   stop's growth, a floor without any runner: N bare threads, each blocked on its own
   Event, woken at once, each running a Python loop that takes 1 ms when run alone; its
-  time per thread at N=1000 against N=100.
+  time per thread at N=1000 against N=100. Notes before the table say where the
+  fastest start-all's time went, beside the records floor's and the bare threads'
+  (`CostMeter`): CPU per allocation in user and system mode, voluntary context
+  switches per allocation, and the time the cyclic garbage collector ran.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -71,6 +74,7 @@ import gc
 import http.client
 import inspect
 import json
+import resource
 import select
 import shutil
 import signal
@@ -196,6 +200,65 @@ def vm_rss_kb() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Immutable. What a stretch of the run cost the whole process: CPU time in user
+    and system mode, voluntary context switches (a thread that blocks: on the GIL
+    after a system call released it, on a lock, on I/O) and the time the cyclic
+    garbage collector ran, with its full (generation 2) collections."""
+
+    user_s: float
+    system_s: float
+    vcsw: int
+    gc_s: float
+    full_gcs: int
+
+    def per(self, n: int) -> str:
+        """The cost per allocation, as one note line's worth of text."""
+        return (
+            f"CPU {(self.user_s + self.system_s) / n * 1e3:.2f} ms/alloc (user "
+            f"{self.user_s / n * 1e3:.2f}, system {self.system_s / n * 1e3:.2f}), "
+            f"{self.vcsw / n:.0f} voluntary context switches/alloc, cyclic GC "
+            f"{self.gc_s / n * 1e3:.2f} ms/alloc ({self.full_gcs} full collections)"
+        )
+
+
+class CostMeter:
+    """Not thread-safe; one per measured stretch, used as a context manager. Reads
+    getrusage before and after, and times the collector through `gc.callbacks` (run
+    by whichever thread triggers a collection, with the GIL held, so no lock)."""
+
+    def __init__(self) -> None:
+        self._gc_s = 0.0
+        self._full = 0
+        self._gc_began = 0.0
+        self.cost: Cost | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+            return
+        self._gc_s += time.perf_counter() - self._gc_began
+        if info["generation"] == 2:
+            self._full += 1
+
+    def __enter__(self) -> CostMeter:
+        self._before = resource.getrusage(resource.RUSAGE_SELF)
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        self.cost = Cost(
+            after.ru_utime - self._before.ru_utime,
+            after.ru_stime - self._before.ru_stime,
+            after.ru_nvcsw - self._before.ru_nvcsw,
+            self._gc_s,
+            self._full,
+        )
+
+
 def cpu_seconds() -> float:
     """Process CPU time (user + system, every thread) at nanosecond resolution; os.times()
     counts 10 ms ticks, too coarse for a 0.1 % goal."""
@@ -208,6 +271,7 @@ class FloorRun:
 
     start_all_s: float
     rss_kb_per_alloc: float
+    cost: Cost
 
 
 def bare_thread_floor(
@@ -246,12 +310,14 @@ def bare_thread_floor(
     gc.collect()
     rss_before = vm_rss_kb()
     threads = [threading.Thread(target=alloc, args=(i,), daemon=True) for i in range(n)]
+    meter = CostMeter()
     t0 = time.perf_counter()
     try:
-        for thread in threads:
-            thread.start()
-        for event in started:
-            event.wait()
+        with meter:
+            for thread in threads:
+                thread.start()
+            for event in started:
+                event.wait()
         elapsed = time.perf_counter() - t0
         rss = (vm_rss_kb() - rss_before) / n
     finally:
@@ -262,7 +328,8 @@ def bare_thread_floor(
         if db is not None:
             db.close()
         shutil.rmtree(root, ignore_errors=True)
-    return FloorRun(elapsed, rss)
+    assert meter.cost is not None
+    return FloorRun(elapsed, rss, meter.cost)
 
 
 def spin(loops: int) -> int:
@@ -347,6 +414,7 @@ class CycleRun:
     destroy_s: float
     rss_kb_per_alloc: float
     idle_cpu_percent: float | None
+    start_cost: Cost
 
 
 def scale_config(data_dir: Path) -> ClientConfig:
@@ -397,10 +465,12 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         client.start()
         gc.collect()
         rss_before = vm_rss_kb()
+        meter = CostMeter()
         t0 = time.perf_counter()
-        client.run_allocs(allocs)
-        returned = time.perf_counter() - t0
-        wait_all(client, ids, RUNNING, "ran")
+        with meter:
+            client.run_allocs(allocs)
+            returned = time.perf_counter() - t0
+            wait_all(client, ids, RUNNING, "ran")
         start_s = time.perf_counter() - t0
         rss = (vm_rss_kb() - rss_before) / n
         idle = None
@@ -432,7 +502,8 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         client.shutdown()
         driver.close()
         shutil.rmtree(root, ignore_errors=True)
-    return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle)
+    assert meter.cost is not None
+    return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle, meter.cost)
 
 
 def wait_all_health_known(client: Client, ids: list[str]) -> None:
@@ -1239,6 +1310,7 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
         )
     )
     start_all = min(c.start_s for c in big)
+    print(start_cost_notes(p.n_big, big, recorded, floors), flush=True)
     figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
     layout_start = min(f.start_all_s for f in layouts)
     figures.append(Figure(names[7], layout_start, floor_start, "bare threads", "s", "floor", None))
@@ -1260,6 +1332,21 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     else:
         figures.append(Figure(names[6], idle, 0.1, "goal", "%CPU", CLIENT_GOALS[6], idle <= 0.1))
     return figures
+
+
+def start_cost_notes(
+    n: int, big: list[CycleRun], recorded: list[FloorRun], bare: list[FloorRun]
+) -> str:
+    """Where the fastest start-all's time went, beside the fastest records floor's and
+    the fastest bare-thread floor's."""
+    ours = min(big, key=lambda c: c.start_s).start_cost
+    records = min(recorded, key=lambda f: f.start_all_s).cost
+    threads = min(bare, key=lambda f: f.start_all_s).cost
+    return (
+        f"  note: start-all N={n}, fastest round: {ours.per(n)}\n"
+        f"  note: records floor N={n}, fastest round: {records.per(n)}\n"
+        f"  note: bare threads N={n}, fastest round: {threads.per(n)}"
+    )
 
 
 def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -> list[Figure]:
