@@ -130,7 +130,8 @@ class AllocDir:
         directory belongs raises `AllocDirError` rather than being followed.
         """
         try:
-            os.makedirs(self.root, exist_ok=True)
+            if not os.path.isdir(self.root):  # one stat where makedirs makes three calls
+                os.makedirs(self.root, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.path, ALLOC_DIR_MODE)
             alloc_fd = os.open(

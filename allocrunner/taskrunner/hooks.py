@@ -372,7 +372,8 @@ class LogsHook(TaskHook):
             raise _validation_error(
                 req.task, f"logs.max_file_size_mb: must be at least 1 ({logs.max_file_size_mb})"
             )
-        os.makedirs(req.task_dir.logs_dir, exist_ok=True)
+        if not os.path.isdir(req.task_dir.logs_dir):  # built with the alloc dir, as a rule
+            os.makedirs(req.task_dir.logs_dir, exist_ok=True)
 
 
 class EnvHook(TaskHook):
