@@ -42,11 +42,12 @@ How a task runs:
   descriptor. `start()` returns once the command has been exec'd, so a stop or a
   signal sent right after it acts on the command.
 - The spawner reaps its tasks and records each exit status in
-  ``<task_dir>/.allocrunner-exit-status`` (one line, status then pid, written to a
-  temporary file and renamed) before it tells any agent, through a per-task
-  exit-notify pipe. A status above 128 is read as "killed by signal status-128" and
-  reported as exit code = status, signal = status-128, as Nomad reports signalled
-  tasks (a command that itself exits with such a code is indistinguishable).
+  ``<task_dir>/.allocrunner-exit-status`` (one line, status then pid, written in one
+  write over the lone newline the file holds while the task runs) before it tells any
+  agent, through a per-task exit-notify channel. A status above 128 is read as
+  "killed by signal status-128" and reported as exit code = status, signal =
+  status-128, as Nomad reports signalled tasks (a command that itself exits with such
+  a code is indistinguishable).
 - The handle's ``driver_state`` holds the pid, pgid, the process start time from
   ``/proc/<pid>/stat`` (against pid reuse), the status-file path, the spawner dir and
   the log location. `recover()` in another driver instance (an agent restart) asks

@@ -61,11 +61,13 @@ channel of the task (a pipe or a stream socket); everything else (closing the ta
 descriptors, removing its cgroup) comes after, off the agent's stop path. A channel
 whose notice was written is kept open until its reader closes it (the epoll reports
 EPOLLERR then), so a reader sees the notice and never an end of file, which only a
-dead spawner gives it. The status file is created empty right after the
-start's reply and kept open, so the exit costs one write of the whole line (a reader
-takes only a complete line naming the pid: it sees all of it or nothing, as with a
-renamed file, without the file creation, about as slow as a whole Popen kill + wait,
-on the stop path).
+dead spawner gives it. The status file is created right after the start's reply,
+holding a lone newline (which no reader takes for a status), and kept open, so the exit
+costs one write of the whole line over it (a reader takes only a complete line naming
+the pid: it sees all of it or nothing, as with a renamed file, without the file
+creation, about as slow as a whole Popen kill + wait, on the stop path). The newline
+gives the file its data block before the exit: writing into a file that has none
+allocates it, which on ext4 costs 4 to 8 µs more, on the stop path.
 
 It exits once it has no task and no connected agent and no agent is connecting
 (``start.3.lock``, which agents hold while they connect or launch).
@@ -111,6 +113,10 @@ MAX_FDS = 8
 IDLE_CHECK = 1.0
 """Seconds between idle checks while an agent holds the start lock."""
 
+NO_STATUS = b"\n"
+"""What a running task's status file holds: a line naming no pid, which readers skip,
+and shorter than any status line, which overwrites it whole."""
+
 _DEFAULT_SIGNALS = tuple(
     sorted(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 )
@@ -140,10 +146,11 @@ def boot_ticks() -> int:
 
 
 def record_status(status_fd: int | None, path: str, status: int, pid: int) -> None:
-    """Record `status` of task `pid`: one write of the whole line into the status file
-    the task's start left empty (`status_fd`), or, without it, a new file renamed over
-    `path`. Readers take only a complete line naming the pid, so either way they see
-    all of it or none."""
+    """Record `status` of task `pid`: one write of the whole line over the lone newline
+    the task's start left in its status file (`status_fd`; the line is longer, so
+    nothing of the newline stays), or, without it, a new file renamed over `path`.
+    Readers take only a complete line naming the pid, so either way they see all of it
+    or none."""
     if status_fd is not None:
         os.pwrite(status_fd, b"%d %d\n" % (status, pid), 0)
         return
@@ -352,15 +359,20 @@ class _Task:
         self.status_file: list[int] = []  # the open status file, once created
 
     def open_status(self) -> None:
-        """Create (or empty) the status file and keep it open for the exit's write."""
+        """Create (or empty) the status file, write the newline that stands for "no
+        status yet" into it and keep it open for the exit's write."""
         try:
-            self.status_file.append(
-                os.open(
-                    self.status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-                )
+            fd = os.open(
+                self.status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
             )
         except OSError as err:
             print(f"spawner: cannot create {self.status_path}: {err}", file=sys.stderr)
+            return
+        self.status_file.append(fd)
+        try:
+            os.pwrite(fd, NO_STATUS, 0)
+        except OSError as err:  # the exit's write still works, only slower
+            print(f"spawner: cannot write {self.status_path}: {err}", file=sys.stderr)
 
 
 def _credentials(user: str) -> tuple[int, int, list[int]]:
@@ -602,7 +614,8 @@ class Spawner:
         self.tasks[pid] = task
         self.by_status_path[status_path] = pid
         # After the reply (and before any exit is recorded), off the start's path: the
-        # status file (stale from an earlier run of the task, or new) is left empty.
+        # status file (stale from an earlier run of the task, or new) is left holding
+        # only a newline.
         self.after_reply.append(task.open_status)
         if self.use_pidfds:
             self.after_reply.append(lambda: self.watch_exit(pid))

@@ -16,7 +16,7 @@ import pytest
 
 from allocrunner._sync import CancelToken
 from allocrunner.drivers import ExitResult, RawExecDriver, TaskHandle
-from allocrunner.drivers._process import children_of, read_pid_stat
+from allocrunner.drivers._process import children_of, read_pid_stat, read_status
 from allocrunner.drivers.base import TASK_STATE_RUNNING
 from allocrunner.drivers.spawner_client import SpawnerClient
 from allocrunner.errors import DriverError
@@ -134,6 +134,22 @@ def test_task_exit_while_no_agent_lives_is_recorded_by_the_spawner(tmp_path, sta
         agent.recover(handle)
         assert agent.wait(config.id, CancelToken()) == ExitResult(exit_code=3)
     assert_spawner_retires(state_dir)
+
+
+def test_a_running_task_status_file_holds_no_status_until_its_exit_is_written_over_it(
+    raw, tmp_path
+):
+    config = task_config(tmp_path, sh("while [ ! -e go ]; do sleep 0.01; done; exit 4"))
+    handle = raw.start(config)
+    pid = handle.driver_state["pid"]
+    status = Path(handle.driver_state["status_path"])
+    # Written by the spawner right after its reply: a lone newline, which names no pid.
+    wait_for(lambda: _check(status.exists() and status.read_bytes() == b"\n", "no newline"))
+    assert read_status(str(status), pid) is None
+    (Path(config.task_dir) / "go").touch()
+    assert raw.wait(config.id, CancelToken()) == ExitResult(exit_code=4)
+    assert status.read_text() == f"4 {pid}\n"
+    assert read_status(str(status), pid) == 4
 
 
 def test_spawner_killed_leaves_tasks_running_with_an_unknown_exit(raw, tmp_path, state_dir):
