@@ -1408,10 +1408,7 @@ def main(idle_s: float | None = None) -> None:
     if note is not None:
         print(note, flush=True)
     try:
-        # The raw_exec sections run first: the Client cycles free tens of thousands of
-        # inodes, and on ext4 without a journal every file a raw_exec start creates
-        # (its two log files) would then pay for them (`deleted_inode_note`), which
-        # its Popen peer, creating none, does not.
+        # The raw_exec sections run before the Client cycles (module docstring).
         raw_exec = section(
             [
                 (EXEC_FIGURE, "<= 1.5x"),

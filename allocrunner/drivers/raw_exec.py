@@ -783,10 +783,8 @@ class RawExecDriver:
     def _task_pidfd(self, proc: _TaskProcess) -> int | None:
         """A pidfd of the task to poll for its exit, or None (no pidfds here, or the
         task is gone already: its notice follows)."""
-        if self._exit_watch != "pidfd":
-            return None
         try:
-            return pidfd_open(proc.pid)
+            return self._exit_pidfd(proc.pid)
         except OSError:
             return None
 
