@@ -34,12 +34,15 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   restarts (`RELAY`: a process other than the agent reaps the task, records its status
   and tells the agent), sample by sample, the three started and settled (asleep)
   before any is timed, in rotating order.
-- Stopping 100 raw_exec tasks on one driver against a real supervisord's
-  ``stopAllProcesses`` over XML-RPC on a unix socket, timed until supervisord has
-  reaped every program (`SupervisordPeer.stop_all` says why not until its answer)
-  (goal: at most 1.0x; reported unavailable, with the reason, when supervisord cannot
-  run). Beside it, the floor of a thread per stop, as the figure stops them: 100 bare
-  threads woken at once, each signalling its own ``sleep`` child and waiting for it.
+- Stopping 100 raw_exec tasks on one driver with one `RawExecDriver.stop_many` call
+  against a real supervisord's ``stopAllProcesses`` over XML-RPC on a unix socket,
+  timed until supervisord has reaped every program (`SupervisordPeer.stop_all` says
+  why not until its answer) (goal: at most 1.0x; reported unavailable, with the
+  reason, when supervisord cannot run). Beside it, the floor of a stop from one
+  thread (SIGINT to 100 bare ``sleep`` children in turn, then a wait for each); and
+  the same 100 tasks stopped as 100 task runners would, a thread each calling `stop`
+  and `wait`, with the floor of that way: 100 bare threads woken at once, each
+  signalling its own ``sleep`` child and waiting for it.
 - RSS per running mock allocation at N=1000 (VmRSS delta / N) beside the floor's
   (goal: 60 KB), and idle CPU with N allocations running: process CPU time
   (`time.process_time`) over wall time across a window (30 s by default; goal: 0.1 %),
@@ -1171,9 +1174,25 @@ def stop_together(stops: list[Callable[[], None]], what: str) -> float:
 
 
 def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
-    """Start n sleep tasks, then stop them all at once (one waiting thread each, started
-    beforehand); seconds until every one is reaped."""
-    configs = [task_config(root, f"r{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+    """Start n sleep tasks, then stop them all with one `RawExecDriver.stop_many` call;
+    seconds until it has returned (every task reaped)."""
+    configs = [task_config(root, f"m{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+    run = Leftovers(driver)
+    try:
+        for config in configs:
+            run.start(config)
+        t0 = time.perf_counter()
+        driver.stop_many([config.id for config in configs], 5.0)
+        return time.perf_counter() - t0
+    finally:
+        run.close()
+
+
+def raw_exec_stop_each(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
+    """Start n sleep tasks, then stop them all at once with a `stop` + `wait` each, on a
+    thread each (started beforehand), as n task runners do; seconds until every one
+    is reaped."""
+    configs = [task_config(root, f"e{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
 
     def stop(task_id: str) -> None:
         driver.stop(task_id, 5.0)
@@ -1188,15 +1207,8 @@ def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) 
         run.close()
 
 
-def bare_stop_all(n: int) -> float:
-    """The floor of a stop that takes a thread per task, as raw_exec's figure does: n
-    bare threads each signal their own ``sleep`` child (SIGINT, as raw_exec's stop)
-    and wait for it; seconds from the release until every one is reaped."""
-
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-
+def sleeping_children(n: int) -> list[subprocess.Popen[bytes]]:
+    """n ``sleep`` children, each in a session of its own, settled (asleep)."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(n):
@@ -1207,12 +1219,48 @@ def bare_stop_all(n: int) -> float:
             )
         for proc in procs:
             wait_settled(proc.pid)
+    except BaseException:
+        end_children(procs)
+        raise
+    return procs
+
+
+def end_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def bare_stop_all(n: int) -> float:
+    """The floor of a stop that takes a thread per task, as `raw_exec_stop_each` does: n
+    bare threads each signal their own ``sleep`` child (SIGINT, as raw_exec's stop)
+    and wait for it; seconds from the release until every one is reaped."""
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+
+    procs = sleeping_children(n)
+    try:
         return stop_together([functools.partial(stop, p) for p in procs], "bare sleeps")
     finally:
+        end_children(procs)
+
+
+def bare_stop_batch(n: int) -> float:
+    """The floor of a stop of n tasks from one thread, as `stop_many`'s: SIGINT to each
+    ``sleep`` child in turn, then a wait for each; seconds until every one is reaped."""
+    procs = sleeping_children(n)
+    try:
+        t0 = time.perf_counter()
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
             proc.wait()
+        return time.perf_counter() - t0
+    finally:
+        end_children(procs)
 
 
 def stop_all_name(n: int) -> str:
@@ -1220,22 +1268,31 @@ def stop_all_name(n: int) -> str:
 
 
 def stop_all_specs(n: int) -> list[tuple[str, str]]:
-    """The names and goals of the stop-all figures: raw_exec vs supervisord, the
-    thread-per-stop floor vs supervisord, raw_exec vs that floor."""
+    """The names and goals of the stop-all figures: raw_exec's `stop_many` vs
+    supervisord, the one-thread floor vs supervisord, `stop_many` vs that floor; then a
+    thread per task's `stop` vs supervisord, the thread-per-stop floor vs supervisord,
+    the former vs the latter."""
     return [
         (stop_all_name(n), "<= 1x"),
-        (f"floor: {n} bare threads each kill + wait a child, vs supervisord", "floor"),
+        (f"floor: one thread kills {n} children, then waits each, vs supervisord", "floor"),
         (f"stop {n} raw_exec tasks vs that floor", "floor"),
+        (f"stop {n} raw_exec tasks, a thread each, vs supervisord stopAll", "-"),
+        (f"floor: {n} bare threads each kill + wait a child, vs supervisord", "floor"),
+        (f"stop {n} raw_exec tasks, a thread each, vs that floor", "floor"),
     ]
 
 
 def stop_all_figures(root: Path, n: int, rounds: int) -> list[Figure]:
-    """raw_exec's stop of n tasks against supervisord's, and against the floor of a
-    thread per stop, the three interleaved round by round."""
-    (name, _), (floor_name, _), (versus_floor, _) = specs = stop_all_specs(n)
-    ours: list[float] = []
+    """raw_exec's stop of n tasks, by one `stop_many` call and by a thread per task,
+    against supervisord's and against the floor of each way, the five interleaved
+    round by round."""
+    specs = stop_all_specs(n)
+    names = [name for name, _ in specs]
+    batch: list[float] = []
+    each: list[float] = []
     peer_times: list[float] = []
-    floor: list[float] = []
+    batch_floor: list[float] = []
+    each_floor: list[float] = []
     driver = new_raw_exec(root / "state")
     try:
         with SupervisordPeer(root / "supervisord", n) as peer:
@@ -1243,16 +1300,22 @@ def stop_all_figures(root: Path, n: int, rounds: int) -> list[Figure]:
                 if r:
                     peer.start_all()
                 peer_times.append(peer.stop_all())
-                ours.append(raw_exec_stop_all(driver, root / "raw", n, r))
-                floor.append(bare_stop_all(n))
+                batch.append(raw_exec_stop_all(driver, root / "raw", n, r))
+                batch_floor.append(bare_stop_batch(n))
+                each.append(raw_exec_stop_each(driver, root / "raw", n, r))
+                each_floor.append(bare_stop_all(n))
     except SupervisorUnavailable as err:
         return [unavailable(spec, goal, str(err)) for spec, goal in specs]
     finally:
         driver.close()
+    peer_best = min(peer_times)
     return [
-        ratio_figure(name, min(ours), min(peer_times), "supervisord", "s", 1.0),
-        Figure(floor_name, min(floor), min(peer_times), "supervisord", "s", "floor", None),
-        Figure(versus_floor, min(ours), min(floor), "thread-per-stop floor", "s", "floor", None),
+        ratio_figure(names[0], min(batch), peer_best, "supervisord", "s", 1.0),
+        Figure(names[1], min(batch_floor), peer_best, "supervisord", "s", "floor", None),
+        Figure(names[2], min(batch), min(batch_floor), "one-thread floor", "s", "floor", None),
+        Figure(names[3], min(each), peer_best, "supervisord", "s", "-", None),
+        Figure(names[4], min(each_floor), peer_best, "supervisord", "s", "floor", None),
+        Figure(names[5], min(each), min(each_floor), "thread-per-stop floor", "s", "floor", None),
     ]
 
 
