@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 from allocrunner._locking import confined
 
@@ -29,18 +28,18 @@ def log_path(logs_dir: str, task: str, stream: str, index: int) -> str:
 
 
 def log_indices(logs_dir: str, task: str, stream: str) -> list[int]:
-    """Indices of the existing log files of a stream, oldest first."""
-    pattern = re.compile(re.escape(f"{task}.{stream}.") + r"(\d+)\Z")
+    """Indices of the existing log files of a stream, oldest first. A prefix test per
+    name, not a pattern compiled per call: every task start calls this for both
+    streams, and a pattern naming the task misses `re`'s cache once tasks are many."""
+    prefix = f"{task}.{stream}."
     try:
         names = os.listdir(logs_dir)
     except FileNotFoundError:
         return []
-    found = []
-    for name in names:
-        match = pattern.match(name)
-        if match:
-            found.append(int(match.group(1)))
-    return sorted(found)
+    skip = len(prefix)
+    return sorted(
+        int(name[skip:]) for name in names if name.startswith(prefix) and name[skip:].isdecimal()
+    )
 
 
 def ensure_log_file(logs_dir: str, task: str, stream: str) -> None:

@@ -71,6 +71,14 @@ def test_other_tasks_and_streams_are_ignored(tmp_path):
     assert log_indices(str(tmp_path / "missing"), "web", "stdout") == []
 
 
+def test_only_plain_decimal_suffixes_count_in_numeric_order(tmp_path):
+    for name in ("a.b.stdout.10", "a.b.stdout.9", "aXb.stdout.3", "a.b.stdout."):
+        (tmp_path / name).write_bytes(b"")
+    for suffix in ("-1", "+2", "1 ", "0x4", "1.5"):
+        (tmp_path / f"a.b.stdout.{suffix}").write_bytes(b"")
+    assert log_indices(str(tmp_path), "a.b", "stdout") == [9, 10]
+
+
 @pytest.mark.parametrize(("files", "size"), [(0, 10), (1, 0)])
 def test_bad_limits(tmp_path, files, size):
     with pytest.raises(ValueError, match="max"):
