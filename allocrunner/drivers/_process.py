@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import attrs
 
 from allocrunner.drivers.base import ExitResult, TaskConfig
-from allocrunner.drivers.logs import ensure_log_file, log_path
+from allocrunner.drivers.logs import ensure_first_log_files
 from allocrunner.errors import DriverError
 
 STATUS_FILE = ".allocrunner-exit-status"
@@ -311,12 +311,8 @@ def task_env(config: TaskConfig) -> dict[str, str]:
 
 def ensure_log_files(config: TaskConfig) -> None:
     """Create file 0 of each stream that has no file yet, so a reader finds an empty log
-    (done while the spawner starts the task; best effort). A stream whose file 0
-    exists needs no directory listing."""
-    with contextlib.suppress(OSError):
-        for stream in STREAMS:
-            if not os.path.exists(log_path(config.logs_dir, config.name, stream, 0)):
-                ensure_log_file(config.logs_dir, config.name, stream)
+    (done while the spawner starts the task; best effort)."""
+    ensure_first_log_files(config.logs_dir, config.name, STREAMS)
 
 
 def make_task_pipes() -> tuple[int, int, int, int]:

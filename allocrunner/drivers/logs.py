@@ -28,33 +28,48 @@ def log_path(logs_dir: str, task: str, stream: str, index: int) -> str:
 
 
 def log_indices(logs_dir: str, task: str, stream: str) -> list[int]:
-    """Indices of the existing log files of a stream, oldest first. A prefix test per
-    name, not a pattern compiled per call: every task start calls this for both
-    streams, and a pattern naming the task misses `re`'s cache once tasks are many."""
-    prefix = f"{task}.{stream}."
+    """Indices of the existing log files of a stream, oldest first."""
     try:
         names = os.listdir(logs_dir)
     except FileNotFoundError:
         return []
+    return _indices_among(names, task, stream)
+
+
+def _indices_among(names: list[str], task: str, stream: str) -> list[int]:
+    """The indices of a stream's log files among directory entries `names`, sorted. A
+    prefix test per name, not a pattern compiled per call: every task start looks for
+    both streams' files, and a pattern naming the task misses `re`'s cache once tasks
+    are many."""
+    prefix = f"{task}.{stream}."
     skip = len(prefix)
     return sorted(
         int(name[skip:]) for name in names if name.startswith(prefix) and name[skip:].isdecimal()
     )
 
 
-def ensure_log_file(logs_dir: str, task: str, stream: str) -> None:
-    """Create file 0 of a stream that has no file yet (best effort), as Nomad does when
-    a task starts: a reader then finds an empty log, not a missing one."""
-    if log_indices(logs_dir, task, stream):
+def ensure_first_log_files(logs_dir: str, task: str, streams: tuple[str, ...]) -> None:
+    """Create file 0 of each of `streams` that has no file yet (best effort), as Nomad
+    does when a task starts: a reader then finds an empty log, not a missing one. A
+    stream whose file 0 exists costs one stat; the others share one listing."""
+    missing = [s for s in streams if not os.path.exists(log_path(logs_dir, task, s, 0))]
+    if not missing:
         return
-    with contextlib.suppress(OSError):
-        os.close(
-            os.open(
-                log_path(logs_dir, task, stream, 0),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o644,
+    try:
+        names = os.listdir(logs_dir)
+    except OSError:
+        return
+    for stream in missing:
+        if _indices_among(names, task, stream):
+            continue
+        with contextlib.suppress(OSError):
+            os.close(
+                os.open(
+                    log_path(logs_dir, task, stream, 0),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                    0o644,
+                )
             )
-        )
 
 
 def read_logs(logs_dir: str, task: str, stream: str) -> bytes:
