@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,13 @@ def kill_leftovers(before: set[int]) -> list[str]:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     return problems
+
+
+def in_frame(thread: threading.Thread, function: str) -> None:
+    """Assert that `thread` is running `function` (somewhere in its stack)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return
+        frame = frame.f_back
+    raise AssertionError(f"{thread.name} is not in {function}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
 from allocrunner.testing import wait_for
 from tests.unit.drivers.raw_exec_support import assert_spawner_retires, spawner_pid
-from tests.unit.drivers.support import alive, group_members, sh, task_config
+from tests.unit.drivers.support import alive, group_members, in_frame, sh, task_config
 
 SIGINT_EXIT = ExitResult(exit_code=130, signal=2)
 
@@ -62,16 +61,6 @@ def open_descriptors() -> set[tuple[str, str]]:
 
 def stdout_of(config) -> str:
     return read_logs(config.logs_dir, config.name, "stdout").decode()
-
-
-def in_frame(thread: threading.Thread, function: str) -> None:
-    """Assert that `thread` is running `function` (somewhere in its stack)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return
-        frame = frame.f_back
-    raise AssertionError(f"{thread.name} is not in {function}")
 
 
 def test_spawner_keeps_the_notice_channel_until_the_record_goes(raw, tmp_path, state_dir):

@@ -4,7 +4,6 @@ id is unknown, and a close releasing the waiting caller."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from allocrunner.drivers import ExitResult, RawExecDriver
 from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
 from allocrunner.testing import wait_for
-from tests.unit.drivers.support import alive, group_members, sh, task_config
+from tests.unit.drivers.support import alive, group_members, in_frame, sh, task_config
 
 SIGINT_EXIT = ExitResult(exit_code=130, signal=2)
 SIGKILL_EXIT = ExitResult(exit_code=137, signal=9)
@@ -129,7 +128,7 @@ def test_close_releases_a_waiting_stop_many(tmp_path, no_leftover_processes):
 
         stopper = threading.Thread(target=stop, name="stop-many")
         stopper.start()
-        wait_for(lambda: _in_frame(stopper, "_await_all"), timeout=5)
+        wait_for(lambda: in_frame(stopper, "_await_all"), timeout=5)
     finally:
         raw.close()
     stopper.join(10.0)
@@ -146,16 +145,6 @@ def test_close_releases_a_waiting_stop_many(tmp_path, no_leftover_processes):
 
 def _stdout(config) -> bytes:
     return read_logs(config.logs_dir, config.name, "stdout")
-
-
-def _in_frame(thread: threading.Thread, function: str) -> None:
-    """Assert that `thread` is running `function` (somewhere in its stack)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return
-        frame = frame.f_back
-    raise AssertionError(f"{thread.name} is not in {function}")
 
 
 def _check(condition: object, message: str) -> None:
