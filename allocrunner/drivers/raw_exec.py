@@ -140,7 +140,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
-from allocrunner._sync import CancelToken, Event
+from allocrunner._sync import CancelToken, Event, Waiter
 from allocrunner.drivers._cgroups import CGROUP_ROOT, CgroupPlan, host_mode, plan_cgroup
 from allocrunner.drivers._common import DEFAULT_KILL_SIGNAL, _TaskTable, signal_number
 from allocrunner.drivers._logpump import LogPump, RotatingLogSink, Watch
@@ -407,11 +407,12 @@ class RawExecDriver:
     def stop_many(self, task_ids: Iterable[str], timeout: float, signal: str = "") -> None:
         """Stop several tasks together, as `stop` stops one: signal every group first
         (default SIGINT), then wait up to `timeout` seconds while the pump reports the
-        exits as they come, SIGKILL the groups still running, and return once every
-        task has exited. One thread for all of them: no thread per task, and the
-        signals go out back to back instead of as each stopper gets the GIL. An unknown
-        task id raises `DriverError` before anything is signalled; tasks that have
-        exited already are left alone."""
+        exits as they come (killing what is left of each group as its task's exit is
+        seen), SIGKILL the groups still running, and return once every task has
+        exited. One thread for all of them: no thread per task, and the signals go out
+        back to back instead of as each stopper gets the GIL. An unknown task id raises
+        `DriverError` before anything is signalled; tasks that have exited already are
+        left alone."""
         sig = signal_number(signal or DEFAULT_KILL_SIGNAL)
         with self._lock:
             procs = [self._tasks.get_locked(task_id) for task_id in dict.fromkeys(task_ids)]
@@ -433,9 +434,6 @@ class RawExecDriver:
                 raise DriverError(
                     f"{NAME}: tasks {listed} did not exit {KILL_GRACE}s after SIGKILL"
                 )
-        # Whatever of each group outlived its task is killed too, as `stop` does.
-        for proc in live:
-            proc.signal_group(_signal.SIGKILL)
 
     @calls_out
     def destroy(self, task_id: str, force: bool = False) -> None:
@@ -746,16 +744,27 @@ class RawExecDriver:
     @calls_out
     def _await_all(self, procs: list[_TaskProcess], deadline: float) -> list[_TaskProcess]:
         """Wait until every one of `procs` has exited or `deadline` passes; those still
-        running then. Raises `DriverError` if the driver closes meanwhile."""
-        for proc in procs:
-            joined = CancelToken.any_of(proc.done, self._closing)
-            try:
-                joined.wait(max(0.0, deadline - time.monotonic()))
-            finally:
-                joined.cancel("done")
-            if self._closing.cancelled() and not proc.done.cancelled():
-                raise DriverError(f"{NAME} closed while stopping task {proc.config.id!r}")
-        return [proc for proc in procs if not proc.done.cancelled()]
+        running then. What is left of each group is killed as soon as its task's exit
+        is seen, as `stop` does, while the id is surely still the group's (waiting for
+        the others first would leave the reaped task's pid free for reuse meanwhile).
+        Raises `DriverError` if the driver closes meanwhile."""
+        waiter = Waiter()
+        withdraws = [proc.done.on_cancel(waiter.wake) for proc in procs]
+        withdraws.append(self._closing.on_cancel(waiter.wake))
+        try:
+            pending = procs
+            while True:
+                pending = _kill_exited_groups(pending)
+                if not pending:
+                    return []
+                if self._closing.cancelled():
+                    raise DriverError(f"{NAME} closed while stopping task {pending[0].config.id!r}")
+                left = deadline - time.monotonic()
+                if left <= 0 or not waiter.wait(left):
+                    return _kill_exited_groups(pending)
+        finally:
+            for withdraw in withdraws:
+                withdraw()
 
     @calls_out
     def _await_notice(self, proc: _TaskProcess, deadline: float) -> _Outcome:
@@ -839,6 +848,18 @@ class RawExecDriver:
             return self._exit_pidfd(proc.pid)
         except OSError:
             return None
+
+
+def _kill_exited_groups(procs: list[_TaskProcess]) -> list[_TaskProcess]:
+    """SIGKILL what is left of the group of each of `procs` whose exit is published
+    (whatever of it outlived the task); the others, still running."""
+    running = []
+    for proc in procs:
+        if proc.done.cancelled():
+            proc.signal_group(_signal.SIGKILL)
+        else:
+            running.append(proc)
+    return running
 
 
 class _Outcome(enum.Enum):

@@ -83,6 +83,29 @@ def test_what_outlives_each_task_in_its_group_is_killed(raw, tmp_path):
         wait_for(lambda child=child: _check(not alive(child), f"{child} alive"), 5)
 
 
+def test_a_group_is_killed_as_its_task_exits_not_once_all_have(raw, tmp_path):
+    # The polite task's shell exits on SIGINT and leaves its background sleep; the
+    # stubborn task holds the stop for its whole timeout. The sleep must die while the
+    # stop still waits, before the reaped shell's pid could be reused as a group id.
+    stubborn = started(raw, tmp_path, "trap '' INT; echo ready; exec sleep 300", "stubborn")
+    script = "sleep 300 & echo $! > child.pid; echo ready; wait"
+    polite = started(raw, tmp_path, script, "polite")
+    child = int((tmp_path / "polite" / "polite" / "child.pid").read_text())
+    stopper = threading.Thread(
+        target=raw.stop_many, args=([stubborn[0], polite[0]], 30.0), name="stop-many"
+    )
+    stopper.start()
+    try:
+        wait_for(lambda: _check(not alive(child), f"{child} alive"), timeout=5)
+        assert raw.inspect(polite[0]).exit_result == SIGINT_EXIT
+        assert stopper.is_alive() and alive(stubborn[1])
+    finally:
+        raw.signal(stubborn[0], "SIGKILL")
+        stopper.join(10.0)
+    assert not stopper.is_alive()
+    assert raw.inspect(stubborn[0]).exit_result == SIGKILL_EXIT
+
+
 def test_an_unknown_id_raises_before_any_task_is_signalled(raw, tmp_path):
     task_id, pid = started(raw, tmp_path, "echo ready; exec sleep 300", "t0")
     with pytest.raises(DriverError, match="no-such-task"):
