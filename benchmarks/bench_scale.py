@@ -1173,38 +1173,46 @@ def stop_together(stops: list[Callable[[], None]], what: str) -> float:
                 worker.join(30.0)
 
 
-def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
-    """Start n sleep tasks, then stop them all with one `RawExecDriver.stop_many` call;
-    seconds until it has returned (every task reaped)."""
-    configs = [task_config(root, f"m{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
+def with_sleep_tasks(
+    driver: RawExecDriver, root: Path, names: str, n: int, stop: Callable[[list[str]], float]
+) -> float:
+    """Start n sleep tasks (`names` numbered), then return what `stop` of their ids
+    returns; every task still running afterwards is killed and each is destroyed."""
+    configs = [task_config(root, f"{names}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
     run = Leftovers(driver)
     try:
         for config in configs:
             run.start(config)
-        t0 = time.perf_counter()
-        driver.stop_many([config.id for config in configs], 5.0)
-        return time.perf_counter() - t0
+        return stop([config.id for config in configs])
     finally:
         run.close()
+
+
+def raw_exec_stop_all(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
+    """Start n sleep tasks, then stop them all with one `RawExecDriver.stop_many` call;
+    seconds until it has returned (every task reaped)."""
+
+    def stop_many(ids: list[str]) -> float:
+        t0 = time.perf_counter()
+        driver.stop_many(ids, 5.0)
+        return time.perf_counter() - t0
+
+    return with_sleep_tasks(driver, root, f"m{round_no}", n, stop_many)
 
 
 def raw_exec_stop_each(driver: RawExecDriver, root: Path, n: int, round_no: int) -> float:
     """Start n sleep tasks, then stop them all at once with a `stop` + `wait` each, on a
     thread each (started beforehand), as n task runners do; seconds until every one
     is reaped."""
-    configs = [task_config(root, f"e{round_no}-t{i}", ["/bin/sleep", "3600"]) for i in range(n)]
 
     def stop(task_id: str) -> None:
         driver.stop(task_id, 5.0)
         driver.wait(task_id, CancelToken())
 
-    run = Leftovers(driver)
-    try:
-        for config in configs:
-            run.start(config)
-        return stop_together([functools.partial(stop, c.id) for c in configs], "raw_exec tasks")
-    finally:
-        run.close()
+    def stop_each(ids: list[str]) -> float:
+        return stop_together([functools.partial(stop, i) for i in ids], "raw_exec tasks")
+
+    return with_sleep_tasks(driver, root, f"e{round_no}", n, stop_each)
 
 
 def sleeping_children(n: int) -> list[subprocess.Popen[bytes]]:
