@@ -10,7 +10,6 @@ agent's file API use it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import secrets as _secrets
@@ -41,6 +40,10 @@ SHARED_DIR_MODE: Final = 0o755
 SHARED_SUBDIR_MODE: Final = 0o777
 LOCAL_DIR_MODE: Final = 0o777
 TASK_DIR_MODE: Final = 0o777
+_FRESH_LAYOUT: Final = (
+    (SHARED_DIR, SHARED_DIR_MODE),
+    *((f"{SHARED_DIR}/{name}", SHARED_SUBDIR_MODE) for name in (DATA_DIR, LOGS_DIR, TMP_DIR)),
+)
 
 POLL_INTERVAL: Final = 0.05
 """Seconds between polls in `block_until_exists` and `change_events` where inotify is
@@ -127,38 +130,44 @@ class AllocDir:
         """Create the alloc dir and ``alloc/{data,logs,tmp}`` with Nomad's modes.
 
         Idempotent: existing directories keep their contents. A symlink or file where a
-        directory belongs raises `AllocDirError` rather than being followed.
+        directory belongs raises `AllocDirError` rather than being followed. A fresh
+        alloc dir is made private, filled by path and opened up last
+        (`fs.fill_private_dir`); an existing one is walked by descriptor.
         """
         try:
             if not os.path.isdir(self.root):  # one stat where makedirs makes three calls
                 os.makedirs(self.root, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self.path, ALLOC_DIR_MODE)
-            alloc_fd = os.open(
-                self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
             try:
-                os.fchmod(alloc_fd, ALLOC_DIR_MODE)
-                shared_fd = fs.ensure_dir(
-                    alloc_fd, SHARED_DIR, SHARED_DIR_MODE, str(self.shared_dir)
-                )
-                try:
-                    for name in (DATA_DIR, LOGS_DIR, TMP_DIR):
-                        os.close(
-                            fs.ensure_dir(
-                                shared_fd, name, SHARED_SUBDIR_MODE, str(self.shared_dir / name)
-                            )
-                        )
-                finally:
-                    os.close(shared_fd)
-            finally:
-                os.close(alloc_fd)
+                os.mkdir(self.path, fs.PRIVATE_DIR_MODE)
+            except FileExistsError:
+                self._build_existing()
+            else:
+                fs.fill_private_dir(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE)
         except AllocDirError:
             raise
         except OSError as err:
             raise AllocDirError(f"failed to build alloc dir {self.path}: {err}") from err
         with self._lock.write():
             self._built = True
+
+    def _build_existing(self) -> None:
+        """Complete an alloc dir that exists (a restart, or a build cut short) and reset
+        its modes, through descriptors, never following a symlink."""
+        alloc_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(alloc_fd, ALLOC_DIR_MODE)
+            shared_fd = fs.ensure_dir(alloc_fd, SHARED_DIR, SHARED_DIR_MODE, str(self.shared_dir))
+            try:
+                for name in (DATA_DIR, LOGS_DIR, TMP_DIR):
+                    os.close(
+                        fs.ensure_dir(
+                            shared_fd, name, SHARED_SUBDIR_MODE, str(self.shared_dir / name)
+                        )
+                    )
+            finally:
+                os.close(shared_fd)
+        finally:
+            os.close(alloc_fd)
 
     def is_built(self) -> bool:
         """True after `build()` and until `destroy()`."""

@@ -41,12 +41,19 @@ from typing import Final
 import attrs
 
 from allocrunner._locking import confined
-from allocrunner.allocdir.fs_dirs import ensure_dir, remove_tree, tree_usage
+from allocrunner.allocdir.fs_dirs import (
+    PRIVATE_DIR_MODE,
+    ensure_dir,
+    fill_private_dir,
+    remove_tree,
+    tree_usage,
+)
 from allocrunner.errors import AllocDirError, PathEscapeError
 
 __all__ = [
     "DELETED",
     "MODIFIED",
+    "PRIVATE_DIR_MODE",
     "TRUNCATED",
     "AllocDirDestroyError",
     "FileChange",
@@ -56,6 +63,7 @@ __all__ = [
     "SymlinkLoopError",
     "clean_path",
     "ensure_dir",
+    "fill_private_dir",
     "go_file_mode",
     "remove_tree",
     "tree_usage",

@@ -70,15 +70,32 @@ class TaskDir:
 
         The alloc dir must exist (`AllocDir.build`). Existing directories keep their
         contents and get their modes reset; a symlink or file where a directory belongs
-        raises `AllocDirError` instead of being followed.
+        raises `AllocDirError` instead of being followed. A fresh task dir is made
+        private, filled by path and opened up last (`fs.fill_private_dir`); an existing
+        one is walked by descriptor.
         """
+        try:
+            os.mkdir(self.dir, fs.PRIVATE_DIR_MODE)
+        except FileExistsError:
+            self._build_existing()
+            return
+        except FileNotFoundError as err:
+            raise AllocDirError(
+                f"cannot build task dir {self.name!r}: alloc dir {self.dir.parent} is not built"
+            ) from err
+        except OSError as err:
+            raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
+        try:
+            fs.fill_private_dir(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE)
+        except OSError as err:
+            raise AllocDirError(f"cannot build task dir {self.dir}: {err}") from err
+
+    def _build_existing(self) -> None:
+        """Complete a task dir that exists (a restart, or a build cut short) and reset
+        its modes, through descriptors, never following a symlink."""
         alloc_path = str(self.dir.parent)
         try:
             alloc_fd = os.open(alloc_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError as err:
-            raise AllocDirError(
-                f"cannot build task dir {self.name!r}: alloc dir {alloc_path} is not built"
-            ) from err
         except OSError as err:
             raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
         try:

@@ -1,0 +1,110 @@
+"""A fresh alloc dir or task dir is built privately by path, then opened up: its
+modes are Nomad's whatever the umask, nobody else can enter it while it is filled,
+and a build cut short is completed by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from allocrunner.allocdir import AllocDir, fs_dirs
+from allocrunner.errors import AllocDirError
+
+EXPECTED = {
+    ".": 0o755,
+    "alloc": 0o755,
+    "alloc/data": 0o777,
+    "alloc/logs": 0o777,
+    "alloc/tmp": 0o777,
+    "web": 0o777,
+    "web/local": 0o777,
+    "web/secrets": 0o700,
+    "web/tmp": 0o1777,
+}
+
+_BUILD_UNDER_UMASK = """
+import json, os, stat, sys
+from allocrunner.allocdir import AllocDir
+os.umask(int(sys.argv[2], 8))
+ad = AllocDir(sys.argv[1], "a1")
+ad.build()
+ad.new_task_dir("web").build()
+print(json.dumps({rel: stat.S_IMODE(os.lstat(os.path.join(ad.path, rel)).st_mode)
+                  for rel in sys.argv[3:]}))
+"""
+
+
+def modes(alloc_dir: AllocDir) -> dict[str, int]:
+    return {rel: stat.S_IMODE(os.lstat(alloc_dir.path / rel).st_mode) for rel in EXPECTED}
+
+
+@pytest.mark.parametrize("umask", ["077", "022", "000", "277"])
+def test_a_fresh_layout_has_nomads_modes_whatever_the_umask(tmp_path: Path, umask: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _BUILD_UNDER_UMASK, str(tmp_path), umask, *EXPECTED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout) == EXPECTED
+
+
+def test_nobody_else_can_enter_a_fresh_dir_while_it_is_filled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ad = AllocDir(tmp_path, "a1")
+    task_dir = f"{ad.path}/web"
+    seen: dict[str, int] = {}
+    real_mkdir = os.mkdir
+
+    def watching_mkdir(path: str, mode: int = 0o777, **kwargs: object) -> None:
+        """Note the mode of the fresh dir being filled as each entry is made in it."""
+        path = str(path)
+        if path.startswith(f"{task_dir}/"):
+            seen[path] = stat.S_IMODE(os.lstat(task_dir).st_mode)
+        elif path.startswith(f"{ad.path}/") and path != task_dir:
+            seen[path] = stat.S_IMODE(os.lstat(ad.path).st_mode)
+        real_mkdir(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs_dirs.os, "mkdir", watching_mkdir)
+    ad.build()
+    ad.new_task_dir("web").build()
+    monkeypatch.undo()
+    assert {str(ad.path / rel) for rel in EXPECTED if rel not in (".", "web")} == set(seen)
+    assert set(seen.values()) == {fs_dirs.PRIVATE_DIR_MODE}, seen
+    assert modes(ad) == EXPECTED
+
+
+def test_a_build_cut_short_is_completed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ad = AllocDir(tmp_path, "a1")
+    real_chmod = os.chmod
+
+    def failing_chmod(path: str, mode: int, **kwargs: object) -> None:
+        if str(path).endswith("/logs") or str(path).endswith("/secrets"):
+            raise OSError(28, "No space left on device", str(path))
+        real_chmod(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs_dirs.os, "chmod", failing_chmod)
+    with pytest.raises(AllocDirError, match="logs"):
+        ad.build()
+    assert stat.S_IMODE(os.lstat(ad.path).st_mode) == 0o700, "left private"
+    assert not ad.is_built()
+    monkeypatch.undo()
+    ad.build()
+    monkeypatch.setattr(fs_dirs.os, "chmod", failing_chmod)
+    task = ad.new_task_dir("web")
+    with pytest.raises(AllocDirError, match="secrets"):
+        task.build()
+    assert stat.S_IMODE(os.lstat(task.dir).st_mode) == 0o700, "left private"
+    monkeypatch.undo()
+    task.build()
+    assert modes(ad) == EXPECTED
