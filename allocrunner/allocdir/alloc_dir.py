@@ -142,7 +142,10 @@ class AllocDir:
             except FileExistsError:
                 self._build_existing()
             else:
-                fs.fill_private_dir(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE)
+                try:
+                    fs.fill_private_dir(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE)
+                except FileExistsError:  # another build of it ran meanwhile
+                    self._build_existing()
         except AllocDirError:
             raise
         except OSError as err:

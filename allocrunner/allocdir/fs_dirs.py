@@ -61,7 +61,9 @@ def fill_private_dir(path: str, entries: Sequence[tuple[str, int]], mode: int) -
     mkdir and a chmod per directory, against a mkdir, open, fchmod and close). Every
     mode is set by chmod, so the umask never changes it. A failure part way leaves
     `path` private; building again finds it existing and takes the careful walk, which
-    completes the layout and resets every mode.
+    completes the layout and resets every mode. An entry that exists already (another
+    build of `path` ran meanwhile) raises FileExistsError: the caller then takes that
+    careful walk too.
     """
     for relative, entry_mode in entries:
         entry = f"{path}/{relative}"

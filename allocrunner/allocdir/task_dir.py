@@ -87,6 +87,8 @@ class TaskDir:
             raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
         try:
             fs.fill_private_dir(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE)
+        except FileExistsError:  # another build of it ran meanwhile
+            self._build_existing()
         except OSError as err:
             raise AllocDirError(f"cannot build task dir {self.dir}: {err}") from err
 

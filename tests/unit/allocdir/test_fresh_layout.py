@@ -108,3 +108,33 @@ def test_a_build_cut_short_is_completed_by_the_next(
     monkeypatch.undo()
     task.build()
     assert modes(ad) == EXPECTED
+
+
+@pytest.mark.parametrize("which", ["alloc", "task"])
+def test_a_build_that_runs_while_a_fresh_dir_is_filled_leaves_both_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """The second build finds the dir and walks it by descriptor, opening it up; the
+    first then meets entries that exist and walks it by descriptor too."""
+    ad = AllocDir(tmp_path, "a1")
+    if which == "task":
+        ad.build()
+    task = ad.new_task_dir("web")
+    build = ad.build if which == "alloc" else task.build
+    top = str(ad.path if which == "alloc" else task.dir)
+    real_mkdir = os.mkdir
+    nested: list[bool] = []
+
+    def racing_mkdir(path: str, mode: int = 0o777, **kwargs: object) -> None:
+        if not nested and str(path).startswith(f"{top}/"):
+            nested.append(True)
+            build()  # on this thread, between the fresh dir's mkdir and its filling
+        real_mkdir(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs_dirs.os, "mkdir", racing_mkdir)
+    build()
+    monkeypatch.undo()
+    assert nested == [True]
+    if which == "alloc":
+        task.build()
+    assert modes(ad) == EXPECTED
