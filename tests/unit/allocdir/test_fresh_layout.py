@@ -138,3 +138,24 @@ def test_a_build_that_runs_while_a_fresh_dir_is_filled_leaves_both_done(
     if which == "alloc":
         task.build()
     assert modes(ad) == EXPECTED
+
+
+@pytest.mark.parametrize("which", ["alloc", "task"])
+def test_a_symlink_where_the_fresh_dir_belongs_is_never_followed(
+    tmp_path: Path, which: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    ad = AllocDir(tmp_path / "root", "a1")
+    if which == "task":
+        ad.build()
+        os.symlink(outside, ad.path / "web")
+        build = ad.new_task_dir("web").build
+    else:
+        (tmp_path / "root").mkdir()
+        os.symlink(outside, ad.path)
+        build = ad.build
+    with pytest.raises(AllocDirError):
+        build()
+    assert stat.S_IMODE(os.lstat(outside).st_mode) == 0o700
+    assert os.listdir(outside) == []
