@@ -88,7 +88,7 @@ def install_step(step: str, db: SQLiteStateDB, alloc: Allocation) -> None:
     if step == "build-enter":
         AllocDir.build = _task_state_then_stop(db, alloc)  # type: ignore[method-assign]
     elif step == "build-dir-made":
-        _before(alloc_dir_module.fs, "ensure_dir", step)
+        _before(alloc_dir_module.fs, "fill_private_dir", step)  # the alloc dir made
     elif step == "task-running":
         _after(SQLiteStateDB, "put_task_local_state", step, _has_handle)
     elif step == "running-state-saved":

@@ -143,14 +143,14 @@ def _at_build_enter(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 
 def _at_build_dir_made(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
-    """The alloc dir exists, its shared dirs do not."""
-    ensure_dir = alloc_dir_module.fs.ensure_dir
+    """The alloc dir exists (still private), its shared dirs do not."""
+    fill = alloc_dir_module.fs.fill_private_dir
 
-    def crashing(*args: Any) -> int:
+    def crashing(*args: Any) -> None:
         crash.point()
-        return ensure_dir(*args)
+        fill(*args)
 
-    monkeypatch.setattr(alloc_dir_module.fs, "ensure_dir", crashing)
+    monkeypatch.setattr(alloc_dir_module.fs, "fill_private_dir", crashing)
 
 
 def _at_build_done(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
