@@ -144,7 +144,9 @@ class AllocDir:
             else:
                 try:
                     fs.fill_private_dir(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE)
-                except FileExistsError:  # another build of it ran meanwhile
+                except (FileExistsError, PermissionError):
+                    # Another build of it ran meanwhile, or a umask without the owner's write
+                    # bit left it unwritable to a non-root agent: the descriptor walk copes.
                     self._build_existing()
         except AllocDirError:
             raise

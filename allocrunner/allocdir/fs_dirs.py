@@ -62,8 +62,10 @@ def fill_private_dir(path: str, entries: Sequence[tuple[str, int]], mode: int) -
     mode is set by chmod, so the umask never changes it. A failure part way leaves
     `path` private; building again finds it existing and takes the careful walk, which
     completes the layout and resets every mode. An entry that exists already (another
-    build of `path` ran meanwhile) raises FileExistsError: the caller then takes that
-    careful walk too.
+    build of `path` ran meanwhile) raises FileExistsError, and a umask that took the
+    owner's write bit off `path` makes a non-root caller's first mkdir raise
+    PermissionError: the caller then takes that careful walk too, which sets the
+    modes through descriptors first.
     """
     for relative, entry_mode in entries:
         entry = f"{path}/{relative}"

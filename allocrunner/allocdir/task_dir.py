@@ -87,7 +87,9 @@ class TaskDir:
             raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
         try:
             fs.fill_private_dir(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE)
-        except FileExistsError:  # another build of it ran meanwhile
+        except (FileExistsError, PermissionError):
+            # Another build of it ran meanwhile, or a umask without the owner's write
+            # bit left it unwritable to a non-root agent: the descriptor walk copes.
             self._build_existing()
         except OSError as err:
             raise AllocDirError(f"cannot build task dir {self.dir}: {err}") from err

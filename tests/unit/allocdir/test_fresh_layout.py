@@ -56,6 +56,36 @@ def test_a_fresh_layout_has_nomads_modes_whatever_the_umask(tmp_path: Path, umas
     assert json.loads(out.stdout) == EXPECTED
 
 
+# Makes mkdir refuse, as the kernel does for a user without CAP_DAC_OVERRIDE, to
+# create an entry in a directory whose owner (this process) has no write bit: the
+# tests run as root, which the kernel never refuses.
+_AS_NON_ROOT = """
+import errno, os
+_real_mkdir = os.mkdir
+def _mkdir(path, mode=0o777, *, dir_fd=None):
+    parent = os.fstat(dir_fd) if dir_fd is not None else os.stat(os.path.dirname(path))
+    if not parent.st_mode & 0o200:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    _real_mkdir(path, mode, dir_fd=dir_fd)
+os.mkdir = _mkdir
+"""
+
+
+def test_a_non_root_agent_builds_under_a_umask_without_the_owners_write_bit(
+    tmp_path: Path,
+) -> None:
+    """Under umask 277 a fresh dir is made unwritable (0500); the build then walks it by
+    descriptor, which sets its mode before making anything in it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _AS_NON_ROOT + _BUILD_UNDER_UMASK, str(tmp_path), "277", *EXPECTED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout) == EXPECTED
+
+
 def test_nobody_else_can_enter_a_fresh_dir_while_it_is_filled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
