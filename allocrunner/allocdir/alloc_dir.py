@@ -131,23 +131,13 @@ class AllocDir:
 
         Idempotent: existing directories keep their contents. A symlink or file where a
         directory belongs raises `AllocDirError` rather than being followed. A fresh
-        alloc dir is made private, filled by path and opened up last
-        (`fs.fill_private_dir`); an existing one is walked by descriptor.
+        alloc dir is made private, filled by path and opened up last; an existing one is
+        walked by descriptor (`fs.build_layout`).
         """
         try:
             if not os.path.isdir(self.root):  # one stat where makedirs makes three calls
                 os.makedirs(self.root, exist_ok=True)
-            try:
-                os.mkdir(self.path, fs.PRIVATE_DIR_MODE)
-            except FileExistsError:
-                self._build_existing()
-            else:
-                try:
-                    fs.fill_private_dir(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE)
-                except (FileExistsError, PermissionError):
-                    # Another build of it ran meanwhile, or a umask without the owner's write
-                    # bit left it unwritable to a non-root agent: the descriptor walk copes.
-                    self._build_existing()
+            fs.build_layout(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE, self._build_existing)
         except AllocDirError:
             raise
         except OSError as err:

@@ -43,6 +43,7 @@ import attrs
 from allocrunner._locking import confined
 from allocrunner.allocdir.fs_dirs import (
     PRIVATE_DIR_MODE,
+    build_layout,
     ensure_dir,
     fill_private_dir,
     remove_tree,
@@ -61,6 +62,7 @@ __all__ = [
     "PathNotFoundError",
     "SecretsAccessError",
     "SymlinkLoopError",
+    "build_layout",
     "clean_path",
     "ensure_dir",
     "fill_private_dir",

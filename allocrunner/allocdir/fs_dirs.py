@@ -20,7 +20,14 @@ from typing import Final
 
 from allocrunner.errors import AllocDirError
 
-__all__ = ["PRIVATE_DIR_MODE", "ensure_dir", "fill_private_dir", "remove_tree", "tree_usage"]
+__all__ = [
+    "PRIVATE_DIR_MODE",
+    "build_layout",
+    "ensure_dir",
+    "fill_private_dir",
+    "remove_tree",
+    "tree_usage",
+]
 
 _O_DIR_NOFOLLOW: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PRIVATE_DIR_MODE: Final = 0o700
@@ -72,6 +79,27 @@ def fill_private_dir(path: str, entries: Sequence[tuple[str, int]], mode: int) -
         os.mkdir(entry, entry_mode)
         os.chmod(entry, entry_mode)
     os.chmod(path, mode)
+
+
+def build_layout(
+    path: str, entries: Sequence[tuple[str, int]], mode: int, walk: Callable[[], None]
+) -> None:
+    """Make directory `path` with `entries` inside and give it `mode`: a fresh one is
+    made private and filled by path (`fill_private_dir`); one that exists already is
+    left to `walk`, the caller's descriptor walk that completes it and resets its modes
+    without following symlinks. So is a fresh one whose filling met an entry another
+    build made meanwhile, or found it unwritable (a non-root caller under a umask
+    without the owner's write bit). OSError from the mkdir or the filling propagates
+    (FileNotFoundError: `path`'s parent is missing)."""
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        walk()
+        return
+    try:
+        fill_private_dir(path, entries, mode)
+    except (FileExistsError, PermissionError):
+        walk()
 
 
 def remove_tree(path: str) -> list[OSError]:

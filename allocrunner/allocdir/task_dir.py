@@ -71,26 +71,15 @@ class TaskDir:
         The alloc dir must exist (`AllocDir.build`). Existing directories keep their
         contents and get their modes reset; a symlink or file where a directory belongs
         raises `AllocDirError` instead of being followed. A fresh task dir is made
-        private, filled by path and opened up last (`fs.fill_private_dir`); an existing
-        one is walked by descriptor.
+        private, filled by path and opened up last; an existing one is walked by
+        descriptor (`fs.build_layout`).
         """
         try:
-            os.mkdir(self.dir, fs.PRIVATE_DIR_MODE)
-        except FileExistsError:
-            self._build_existing()
-            return
+            fs.build_layout(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE, self._build_existing)
         except FileNotFoundError as err:
             raise AllocDirError(
                 f"cannot build task dir {self.name!r}: alloc dir {self.dir.parent} is not built"
             ) from err
-        except OSError as err:
-            raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
-        try:
-            fs.fill_private_dir(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE)
-        except (FileExistsError, PermissionError):
-            # Another build of it ran meanwhile, or a umask without the owner's write
-            # bit left it unwritable to a non-root agent: the descriptor walk copes.
-            self._build_existing()
         except OSError as err:
             raise AllocDirError(f"cannot build task dir {self.dir}: {err}") from err
 

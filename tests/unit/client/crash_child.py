@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from allocrunner.allocdir import alloc_dir as alloc_dir_module
+from allocrunner.allocdir import fs_dirs
 from allocrunner.allocdir.alloc_dir import AllocDir
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
@@ -88,7 +88,7 @@ def install_step(step: str, db: SQLiteStateDB, alloc: Allocation) -> None:
     if step == "build-enter":
         AllocDir.build = _task_state_then_stop(db, alloc)  # type: ignore[method-assign]
     elif step == "build-dir-made":
-        _before(alloc_dir_module.fs, "fill_private_dir", step)  # the alloc dir made
+        _before(fs_dirs, "fill_private_dir", step)  # the alloc dir made
     elif step == "task-running":
         _after(SQLiteStateDB, "put_task_local_state", step, _has_handle)
     elif step == "running-state-saved":

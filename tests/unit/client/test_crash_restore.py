@@ -19,6 +19,7 @@ import attrs
 import pytest
 
 from allocrunner.allocdir import alloc_dir as alloc_dir_module
+from allocrunner.allocdir import fs_dirs
 from allocrunner.allocdir.alloc_dir import AllocDir
 from allocrunner.client import Client
 from allocrunner.runner.task_set import TaskSet
@@ -144,13 +145,13 @@ def _at_build_enter(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 def _at_build_dir_made(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
     """The alloc dir exists (still private), its shared dirs do not."""
-    fill = alloc_dir_module.fs.fill_private_dir
+    fill = fs_dirs.fill_private_dir
 
     def crashing(*args: Any) -> None:
         crash.point()
         fill(*args)
 
-    monkeypatch.setattr(alloc_dir_module.fs, "fill_private_dir", crashing)
+    monkeypatch.setattr(fs_dirs, "fill_private_dir", crashing)
 
 
 def _at_build_done(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
@@ -233,6 +234,7 @@ def _at_kill_all(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
 
 
 Step = Callable[[pytest.MonkeyPatch, Crash], None]
+
 
 def _at_first_write(monkeypatch: pytest.MonkeyPatch, crash: Crash) -> None:
     """`run_allocs` returned; the runner is about to write its allocation (nothing of
