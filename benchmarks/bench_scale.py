@@ -56,7 +56,10 @@ samples). Where the temp dir is on ext4 without a journal the run says so first
 last minutes, which moves the start figures and the directory floors from run to run.
 The raw_exec sections run before the Client cycles for that reason: the cycles free
 tens of thousands of inodes, which a raw_exec start's log files, created while its
-Popen peer creates none, would otherwise pay for. The table keeps its order.
+Popen peer creates none, would otherwise pay for. For the same reason the Client
+section's floors keep their directories until the section ends, so that a floor's
+deletions do not land on the phases after it (`client_figures`). The table keeps its
+order.
 
 One module of this size because it has one concern, the scale figures of one run: the
 Client cycle, the floors and the supervisord peer are read together.
@@ -283,7 +286,13 @@ class FloorRun:
 
 
 def bare_thread_floor(
-    n: int, root: Path, *, layout: bool = False, records: bool = False, driver: bool = False
+    n: int,
+    root: Path,
+    *,
+    layout: bool = False,
+    records: bool = False,
+    driver: bool = False,
+    remove: bool = True,
 ) -> FloorRun:
     """One plain thread per allocation that makes a directory and sets an Event; with
     `layout`, the directory is the allocation's whole alloc dir and task dir (Nomad's
@@ -292,7 +301,9 @@ def bare_thread_floor(
     have stored before its task reads running (`persist_start`); with `driver` too, the
     task is started by the Client cycle's driver (a `MockDriver`) and the handle stored
     is the one it returned. That last floor is the least any runner does: everything a
-    start cannot skip, and no hook, event, state pass or health watch."""
+    start cannot skip, and no hook, event, state pass or health watch. Without `remove`
+    the directories stay for the caller to delete once every phase it compares has
+    run (see `client_figures`)."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
     db: SQLiteStateDB | None = None
@@ -341,7 +352,8 @@ def bare_thread_floor(
             db.close()
         if mock is not None:
             mock.close()
-        shutil.rmtree(root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(root, ignore_errors=True)
     assert meter.cost is not None
     return FloorRun(elapsed, rss, meter.cost)
 
@@ -1368,6 +1380,20 @@ CLIENT_GOALS = [
 
 
 def client_figures(p: Params, root: Path) -> list[Figure]:
+    """The Client section. The floors' directories are deleted only once every round
+    has run: on ext4 without a journal a mkdir costs more for each inode freed in the
+    last minutes (`deleted_inode_note`), so a floor that deleted its 8,000 directories
+    at once would raise the cost of every phase after it, the Client cycles (which run
+    last in each round) most. Kept, they leave each phase behind the same deletions:
+    the Client cycles' own destroys."""
+    floors_root = root / "floors"
+    try:
+        return _client_figures(p, root, floors_root)
+    finally:
+        shutil.rmtree(floors_root, ignore_errors=True)
+
+
+def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     client_cycle(p.n_small, root / "warm", 0.0)
     floors: list[FloorRun] = []
     layouts: list[FloorRun] = []
@@ -1381,11 +1407,16 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     for r in range(p.rounds):
         wakes_small.append(wake_floor(p.n_small, loops))
         wakes_big.append(wake_floor(p.n_big, loops))
-        floors.append(bare_thread_floor(p.n_big, root / f"floor{r}"))
-        layouts.append(bare_thread_floor(p.n_big, root / f"layout{r}", layout=True))
-        recorded.append(bare_thread_floor(p.n_big, root / f"records{r}", layout=True, records=True))
+        kept = floors_root / str(r)
+        floors.append(bare_thread_floor(p.n_big, kept / "bare", remove=False))
+        layouts.append(bare_thread_floor(p.n_big, kept / "layout", layout=True, remove=False))
+        recorded.append(
+            bare_thread_floor(p.n_big, kept / "records", layout=True, records=True, remove=False)
+        )
         driven.append(
-            bare_thread_floor(p.n_big, root / f"driver{r}", layout=True, records=True, driver=True)
+            bare_thread_floor(
+                p.n_big, kept / "driver", layout=True, records=True, driver=True, remove=False
+            )
         )
         small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
         big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
@@ -1471,7 +1502,7 @@ def deleted_inode_note(path: Path) -> str | None:
     new inode is found by skipping every such one in its group, so a mkdir costs more
     the more the host deleted in the last minutes. The start figures and the layout
     and records floors then move with the host's recent deletions (this run's own
-    included), which no ordering of the phases avoids."""
+    destroys included), which no ordering of the phases avoids."""
     mount = mount_of(path)
     if mount is None or mount.fstype != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
         return None
