@@ -1384,8 +1384,8 @@ def client_figures(p: Params, root: Path) -> list[Figure]:
     has run: on ext4 without a journal a mkdir costs more for each inode freed in the
     last minutes (`deleted_inode_note`), so a floor that deleted its 8,000 directories
     at once would raise the cost of every phase after it, the Client cycles (which run
-    last in each round) most. Kept, they leave each phase behind the same deletions:
-    the Client cycles' own destroys."""
+    last in each round) most. Kept, the only deletions the section makes while it
+    measures are the Client cycles' own destroys."""
     floors_root = root / "floors"
     try:
         return _client_figures(p, root, floors_root)
