@@ -13,7 +13,12 @@ declared locks, and are never held outside its own methods: ``_mutex`` guards it
 counters and flags (readers, writer, waiting counts, admission generation) and is the
 lock of its two conditions (`PrivateCondition`s, the one exemption of the blocking-wait
 check besides the `_sync` primitives'); ``_intent_gate`` makes writers take turns
-raising the ``_intent`` hint. Nothing else is called while either is held.
+raising the ``_intent`` hint. Nothing else is called while either is held. The
+conditions and the gate are made by the first thread that needs them: every allocation
+owns several RWLocks that are never contended, and each of these objects is one more
+for the cyclic garbage collector to walk. A condition is made under ``_mutex`` before
+its waiter is counted, so a notifier that sees a waiter counted finds it; a gate is
+made under ``_GATE_INIT``, a module-level raw lock held for two attribute operations.
 Owner: `allocrunner._locking.make_rwlock` creates the package's RWLocks (named and
 ranked); the benchmarks also build bare ones.
 """
@@ -42,6 +47,10 @@ _YIELD_SLEEP = 50e-6
 # Without a GIL (free-threaded CPython) a thread holding the mutex is running, so
 # readers simply block on it.
 _GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+# Makes the intent gates of RWLocks on their first contended write (see the module
+# docstring); held for a test and an assignment, never while anything else is taken.
+_GATE_INIT = threading.Lock()
 
 
 def _take_contended(mutex: threading.Lock) -> None:
@@ -200,15 +209,16 @@ class RWLock:
     def __init__(self, name: str = "RWLock") -> None:
         self.name = name
         self._mutex = threading.Lock()
-        self._readers_ok = PrivateCondition(self._mutex)
-        self._writer_ok = PrivateCondition(self._mutex)
+        # Made under the mutex by the first reader or writer that waits.
+        self._readers_ok: PrivateCondition | None = None
+        self._writer_ok: PrivateCondition | None = None
         self._readers = 0  # readers holding the lock (admitted ones included)
         self._writer = False
         self._writers_waiting = 0
         self._readers_waiting = 0
         self._admit_gen = 0  # bumped each time queued readers are admitted as a batch
         self._intent = False  # hint: a writer is on its way to the mutex
-        self._intent_gate = threading.Lock()  # writers take turns raising the hint
+        self._intent_gate: threading.Lock | None = None  # writers take turns at it
         self._read_side: LockSide = _ReadSide(self)
         self._write_side: LockSide = _WriteSide(self)
 
@@ -253,11 +263,14 @@ class RWLock:
         return True
 
     def _wait_read_locked(self, timeout: float | None) -> bool:
+        readers_ok = self._readers_ok
+        if readers_ok is None:
+            readers_ok = self._readers_ok = PrivateCondition(self._mutex)
         self._readers_waiting += 1
         gen = self._admit_gen
         if timeout is None:
             while self._admit_gen == gen:
-                self._readers_ok.wait()
+                readers_ok.wait()
             return True
         deadline = _monotonic() + timeout
         while self._admit_gen == gen:
@@ -265,8 +278,33 @@ class RWLock:
             if remaining <= 0:
                 self._readers_waiting -= 1
                 return False
-            self._readers_ok.wait(remaining)
+            readers_ok.wait(remaining)
         return True
+
+    def _writer_cond_locked(self) -> PrivateCondition:
+        """The writers' condition, made now if no writer waited before (under the
+        mutex)."""
+        writer_ok = self._writer_ok
+        if writer_ok is None:
+            writer_ok = self._writer_ok = PrivateCondition(self._mutex)
+        return writer_ok
+
+    def _gate(self) -> threading.Lock:
+        """The intent gate, made by the first writer that finds the mutex taken."""
+        gate = self._intent_gate
+        if gate is None:
+            with _GATE_INIT:
+                gate = self._intent_gate
+                if gate is None:
+                    gate = self._intent_gate = threading.Lock()
+        return gate
+
+    def _notify_writer_locked(self) -> None:
+        """Wake one waiting writer; only called with a writer counted as waiting, which
+        made the condition before it was counted."""
+        writer_ok = self._writer_ok
+        assert writer_ok is not None
+        writer_ok.notify()
 
     def release_read(self) -> None:
         """Release the read side."""
@@ -281,7 +319,7 @@ class RWLock:
             raise RuntimeError(f"release_read of {self.name} without a reader")
         self._readers = readers - 1
         if readers == 1 and self._writers_waiting:
-            self._writer_ok.notify()
+            self._notify_writer_locked()
         mutex.release()
 
     def acquire_write(self, timeout: float | None = None) -> bool:
@@ -295,7 +333,7 @@ class RWLock:
                 return True
             mutex.release()
         deadline = None if timeout is None else _monotonic() + timeout
-        gate = self._intent_gate
+        gate = self._gate()
         if timeout is None:
             with gate:  # no GIL switch can fall between taking the gate and the hint
                 self._intent = True
@@ -316,10 +354,11 @@ class RWLock:
             if not self._writer and not self._readers:
                 self._writer = True
                 return True
+            writer_ok = self._writer_cond_locked()
             self._writers_waiting += 1
             while self._writer or self._readers:
                 if deadline is None:
-                    self._writer_ok.wait()
+                    writer_ok.wait()
                     continue
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
@@ -327,7 +366,7 @@ class RWLock:
                     if not self._writers_waiting and not self._writer:
                         self._admit_readers_locked()
                     return False
-                self._writer_ok.wait(remaining)
+                writer_ok.wait(remaining)
             self._writers_waiting -= 1
             self._writer = True
             return True
@@ -345,7 +384,7 @@ class RWLock:
             if self._readers_waiting:
                 self._admit_readers_locked()
             elif self._writers_waiting:
-                self._writer_ok.notify()
+                self._notify_writer_locked()
         finally:
             mutex.release()
 
@@ -354,7 +393,9 @@ class RWLock:
             self._readers += self._readers_waiting
             self._readers_waiting = 0
             self._admit_gen += 1
-            self._readers_ok.notify_all()
+            readers_ok = self._readers_ok
+            assert readers_ok is not None  # made before the first reader was counted
+            readers_ok.notify_all()
 
     def __repr__(self) -> str:
         return f"<RWLock {self.name} readers={self._readers} writer={self._writer}>"
@@ -402,7 +443,7 @@ class _ReadSide:
             raise RuntimeError(f"release_read of {rw.name} without a reader")
         rw._readers = readers - 1
         if readers == 1 and rw._writers_waiting:
-            rw._writer_ok.notify()
+            rw._notify_writer_locked()
         mutex.release()
 
 

@@ -104,12 +104,14 @@ class _Latch:
         return self._open
 
 
-# The mutexes of `CancelToken`s and `Event`s: every allocation owns about fifty of
-# them, so they share a fixed set of bare locks, picked by address, instead of owning
-# one each. Sharing is safe because a mutex is held only for a few field reads and
-# writes: never while taking another token's or event's mutex, never while calling
-# out (callbacks, children and parents are dealt with after it is released). Two
-# primitives on one stripe at most wait for each other's few instructions.
+# The mutexes of `CancelToken`s, `Event`s and `LatestValue`s: every allocation owns
+# about fifty of them, so they share a fixed set of bare locks, picked by address,
+# instead of owning one each. Sharing is safe because a mutex is held only for a few
+# field reads and writes (and a box's pure `keep_pending` comparison): never while
+# taking another primitive's mutex, never while calling out (callbacks, children and
+# parents are dealt with after it is released). Two primitives on one stripe at most
+# wait for each other's few instructions; a box's waiter releases the stripe while it
+# waits.
 _STRIPES = tuple(threading.Lock() for _ in range(64))
 
 
@@ -378,12 +380,17 @@ _EMPTY: Any = object()
 
 @thread_safe
 class LatestValue(Generic[T]):
-    """Thread-safe. A one-slot box: `offer` replaces the pending value, `take` removes it."""
+    """Thread-safe. A one-slot box: `offer` replaces the pending value, `take` removes it.
 
-    __slots__ = ("_closed", "_cond", "_value")
+    Its mutex is one of `_STRIPES`, and its condition is made by the first `take` that
+    has to wait: every allocation owns several boxes, most of which are only ever
+    polled."""
+
+    __slots__ = ("_closed", "_cond", "_mutex", "_value")
 
     def __init__(self) -> None:
-        self._cond = PrivateCondition(threading.Lock())
+        self._mutex = _stripe(self)
+        self._cond: PrivateCondition | None = None  # made (under the mutex) by a waiter
         self._value: Any = _EMPTY
         self._closed = False
 
@@ -391,8 +398,8 @@ class LatestValue(Generic[T]):
         """Put `value`, replacing any pending one, unless `keep_pending(pending, value)`
         says the pending one should stay (then `value` is dropped). Returns True if
         `value` was stored. Offers after `close()` are dropped. `keep_pending` runs under
-        the box's private lock, so it must be a pure comparison."""
-        with self._cond:
+        the box's mutex, so it must be a pure comparison."""
+        with self._mutex:
             if self._closed:
                 return False
             if (
@@ -402,27 +409,31 @@ class LatestValue(Generic[T]):
             ):
                 return False
             self._value = value
-            self._cond.notify()
+            if self._cond is not None:
+                self._cond.notify()
             return True
 
     def poll(self) -> T | None:
         """Take the pending value without waiting; None if there is none."""
-        with self._cond:
+        with self._mutex:
             value, self._value = self._value, _EMPTY
         return None if value is _EMPTY else value
 
     def peek(self) -> T | None:
         """The pending value, left in place; None if there is none."""
-        with self._cond:
+        with self._mutex:
             return None if self._value is _EMPTY else self._value
 
     @calls_out
     def take(self, timeout: float | None = None) -> T:
         """Wait for and remove the pending value. TimeoutError when `timeout` passes;
         EOFError once closed and empty."""
-        with self._cond:
+        with self._mutex:
             if self._value is _EMPTY and not self._closed:
-                self._cond.wait_for(lambda: self._value is not _EMPTY or self._closed, timeout)
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = PrivateCondition(self._mutex)
+                cond.wait_for(lambda: self._value is not _EMPTY or self._closed, timeout)
             if self._value is _EMPTY:
                 if self._closed:
                     raise EOFError("LatestValue closed")
@@ -432,9 +443,10 @@ class LatestValue(Generic[T]):
 
     def close(self) -> None:
         """Refuse further offers and wake waiters; a pending value can still be taken."""
-        with self._cond:
+        with self._mutex:
             self._closed = True
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
 
 
 @thread_safe

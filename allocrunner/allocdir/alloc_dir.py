@@ -100,9 +100,7 @@ class AllocDir:
     root = immutable()
     path = immutable()
     shared_dir = immutable()
-    data_dir = immutable()
     logs_dir = immutable()
-    tmp_dir = immutable()
     # _lock guards: _task_dirs, _built
     _lock = immutable()
     _task_dirs = guarded("_lock")
@@ -113,15 +111,25 @@ class AllocDir:
         self.root: Path = Path(os.path.abspath(os.fspath(root)))
         self.path: Path = self.root / alloc_id
         self.shared_dir: Path = self.path / SHARED_DIR
-        self.data_dir: Path = self.shared_dir / DATA_DIR
-        self.logs_dir: Path = self.shared_dir / LOGS_DIR
-        self.tmp_dir: Path = self.shared_dir / TMP_DIR
+        self.logs_dir: Path = self.shared_dir / LOGS_DIR  # every task dir shares it
         self._lock = make_rwlock("AllocDir._lock")
         self._task_dirs: FrozenDict[str, TaskDir] = FrozenDict()
         self._built: bool = False
 
     def __repr__(self) -> str:
         return f"<AllocDir {self.path}>"
+
+    # Derived on each read rather than kept: every running allocation holds its
+    # AllocDir, and each kept Path is two more objects for the cyclic garbage collector
+    # to walk, where a read is rare.
+
+    @property
+    def data_dir(self) -> Path:
+        return self.shared_dir / DATA_DIR
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.shared_dir / TMP_DIR
 
     # --- layout --------------------------------------------------------------------
 

@@ -44,25 +44,29 @@ class TaskDir:
 
     name: str
     dir: Path
-    local_dir: Path
-    secrets_dir: Path
-    tmp_dir: Path
     shared_alloc_dir: Path
     logs_dir: Path
 
     @classmethod
     def for_alloc(cls, alloc_path: Path, shared_dir: Path, logs_dir: Path, name: str) -> TaskDir:
         """The TaskDir of task `name` in the alloc dir at `alloc_path`."""
-        task_path = alloc_path / name
-        return cls(
-            name=name,
-            dir=task_path,
-            local_dir=task_path / LOCAL_DIR,
-            secrets_dir=task_path / SECRETS_DIR,
-            tmp_dir=task_path / TMP_DIR,
-            shared_alloc_dir=shared_dir,
-            logs_dir=logs_dir,
-        )
+        return cls(name=name, dir=alloc_path / name, shared_alloc_dir=shared_dir, logs_dir=logs_dir)
+
+    # The task's own subdirectories are derived on each read rather than kept: every
+    # running task holds its TaskDir, and each kept Path is two more objects for the
+    # cyclic garbage collector to walk, where a read is rare.
+
+    @property
+    def local_dir(self) -> Path:
+        return self.dir / LOCAL_DIR
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.dir / SECRETS_DIR
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.dir / TMP_DIR
 
     @calls_out
     def build(self) -> None:

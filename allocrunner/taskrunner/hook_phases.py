@@ -1,7 +1,9 @@
 """The hook phases of one task: when each runs, what it is told, what its failures mean.
 
-`TaskHookPhases` binds a task runner's hooks to their phases once, at construction
-(`hooks.bind_phase`), and runs them for the run loop:
+`TaskHookPhases` binds a task runner's hooks to a phase each time it runs that phase
+(`hooks.bind_phase`, which decides once per hook class which phases it implements; a
+running task holds no bound method for a phase that may never run), and runs them for
+the run loop:
 
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
@@ -52,10 +54,10 @@ from allocrunner.taskrunner.env import (
 )
 from allocrunner.taskrunner.hooks import (
     COLLECT_ALL,
-    PHASES,
     STOP_AT_FIRST,
     BoundHook,
     HookEventError,
+    HookList,
     HookRequest,
     PrestartResult,
     bind_phase,
@@ -90,7 +92,7 @@ class TaskHookPhases:
     `shutdown()` once the run thread has returned."""
 
     _label = immutable()
-    _bound = immutable()
+    _hooks = immutable()
     _cell = immutable()
     _current = immutable()
     _alloc_dir = immutable()
@@ -116,9 +118,7 @@ class TaskHookPhases:
         node_vars: Mapping[str, str] | None = None,
     ) -> None:
         self._label = label
-        self._bound: FrozenDict[str, tuple[BoundHook, ...]] = FrozenDict(
-            {phase: tuple(bind_phase(hooks, phase)) for phase in PHASES}
-        )
+        self._hooks = HookList(hooks)
         self._cell = cell
         self._current = current
         self._alloc_dir = alloc_dir
@@ -149,7 +149,7 @@ class TaskHookPhases:
         cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
         try:
             run_phase(
-                self._bound["prestart"],
+                bind_phase(self._hooks.hooks, "prestart"),
                 phase_label("prestart"),
                 lambda bound: self._prestart_one(bound, local, env, cancel),
                 policy=STOP_AT_FIRST,
@@ -217,7 +217,7 @@ class TaskHookPhases:
     @calls_out
     def _run_soft(self, phase: str, *, cancel: CancelToken | None = None, **fields: Any) -> None:
         """Run `phase` on every hook; failures are logged and recorded, never raised."""
-        hooks = self._bound[phase]
+        hooks = bind_phase(self._hooks.hooks, phase)
         if not hooks:
             return
         fields.setdefault("handle", self._cell.handle())

@@ -68,6 +68,7 @@ __all__ = [
     "EnvHook",
     "Exited",
     "HookEventError",
+    "HookList",
     "HookRequest",
     "LogsHook",
     "Policy",
@@ -210,6 +211,23 @@ class Shutdown(NamedHook, Protocol):
 
 
 @attrs.frozen
+class HookList:
+    """Immutable. A task's hooks in order, each bound to a phase only while that phase
+    runs (`bind_phase`): most phases never run in a task's life, and a running task
+    should not hold a bound method and a `BoundHook` per hook and phase for them, each
+    one more object for the cyclic garbage collector to walk. Which phases each hook's
+    class implements is decided when the list is made, so a method added to a hook
+    later is never bound."""
+
+    hooks: tuple[object, ...] = attrs.field(converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        for hook in self.hooks:
+            for protocol in _PHASE_PROTOCOLS:
+                implements(hook, protocol)
+
+
+@attrs.frozen
 class BoundHook:
     """Immutable. One hook with its method of one phase."""
 
@@ -237,6 +255,9 @@ def implements(hook: object, phase: type[_P]) -> TypeGuard[_P]:
         known = isinstance(hook, phase)
         _IMPLEMENTS[key] = known
     return known
+
+
+_PHASE_PROTOCOLS: tuple[type, ...] = (Prestart, Poststart, PreKill, Exited, Update, Stop, Shutdown)
 
 
 def bind_phase(hooks: Sequence[object], phase: str) -> list[BoundHook]:

@@ -25,7 +25,6 @@ creates one and calls `run()` from its own `run()`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -148,10 +147,14 @@ class TaskRunLoop:
 
     # --- the loop ---------------------------------------------------------------------
 
+    # The two loops below catch their control-flow exceptions with try/except, not
+    # `contextlib.suppress`: a running task's thread sits inside both for the task's
+    # whole life, and a `suppress` would keep three objects alive per block meanwhile.
+
     @calls_out
     def run(self) -> None:
         """Run, park and run again until the task is dead for good; then stop hooks."""
-        with contextlib.suppress(_Shutdown):
+        try:
             if not self._cell.state().is_dead():
                 self._run_until_dead()
             else:
@@ -159,17 +162,23 @@ class TaskRunLoop:
                 if self._cell.local().run_complete:
                     self._hooks.stop()
                     return
-            with contextlib.suppress(_Done):
+            try:
                 while not self._task().is_poststop():
                     self._park()
                     self._run_until_dead()
+            except _Done:
+                pass
             self._cell.update_local(lambda local: local.with_run_complete(True))
             self._hooks.stop()
+        except _Shutdown:
+            pass
 
     @calls_out
     def _run_until_dead(self) -> None:
-        with contextlib.suppress(_Done):
+        try:  # noqa: SIM105 (not `suppress`: see above)
             self._main()
+        except _Done:
+            pass
         self._kill_leftover()
         self._update_state(TASK_DEAD)
 
