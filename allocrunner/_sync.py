@@ -104,14 +104,12 @@ class _Latch:
         return self._open
 
 
-# The mutexes of `CancelToken`s, `Event`s and `LatestValue`s: every allocation owns
-# about fifty of them, so they share a fixed set of bare locks, picked by address,
-# instead of owning one each. Sharing is safe because a mutex is held only for a few
-# field reads and writes (and a box's pure `keep_pending` comparison): never while
-# taking another primitive's mutex, never while calling out (callbacks, children and
-# parents are dealt with after it is released). Two primitives on one stripe at most
-# wait for each other's few instructions; a box's waiter releases the stripe while it
-# waits.
+# The mutexes of `CancelToken`s and `Event`s: every allocation owns about fifty of
+# them, so they share a fixed set of bare locks, picked by address, instead of owning
+# one each. Sharing is safe because a mutex is held only for a few field reads and
+# writes: never while taking another token's or event's mutex, never while calling
+# out (callbacks, children and parents are dealt with after it is released). Two
+# primitives on one stripe at most wait for each other's few instructions.
 _STRIPES = tuple(threading.Lock() for _ in range(64))
 
 
@@ -382,14 +380,16 @@ _EMPTY: Any = object()
 class LatestValue(Generic[T]):
     """Thread-safe. A one-slot box: `offer` replaces the pending value, `take` removes it.
 
-    Its mutex is one of `_STRIPES`, and its condition is made by the first `take` that
-    has to wait: every allocation owns several boxes, most of which are only ever
-    polled."""
+    Its condition is made by the first `take` that has to wait: every allocation owns
+    several boxes, most of which are only ever polled. Its mutex is its own, not one of
+    `_STRIPES`: a box is offered to and polled while allocations stop by the thousand,
+    when a stripe taken by a thread the GIL switched out would hold up every token and
+    event on it."""
 
     __slots__ = ("_closed", "_cond", "_mutex", "_value")
 
     def __init__(self) -> None:
-        self._mutex = _stripe(self)
+        self._mutex = threading.Lock()
         self._cond: PrivateCondition | None = None  # made (under the mutex) by a waiter
         self._value: Any = _EMPTY
         self._closed = False
