@@ -292,7 +292,6 @@ def bare_thread_floor(
     layout: bool = False,
     records: bool = False,
     driver: bool = False,
-    remove: bool = True,
 ) -> FloorRun:
     """One plain thread per allocation that makes a directory and sets an Event; with
     `layout`, the directory is the allocation's whole alloc dir and task dir (Nomad's
@@ -301,9 +300,9 @@ def bare_thread_floor(
     have stored before its task reads running (`persist_start`); with `driver` too, the
     task is started by the Client cycle's driver (a `MockDriver`) and the handle stored
     is the one it returned. That last floor is the least any runner does: everything a
-    start cannot skip, and no hook, event, state pass or health watch. Without `remove`
-    the directories stay for the caller to delete once every phase it compares has
-    run (see `client_figures`)."""
+    start cannot skip, and no hook, event, state pass or health watch. The directories
+    stay for the caller to delete once every phase it compares has run (see
+    `client_figures`)."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
     db: SQLiteStateDB | None = None
@@ -352,8 +351,6 @@ def bare_thread_floor(
             db.close()
         if mock is not None:
             mock.close()
-        if remove:
-            shutil.rmtree(root, ignore_errors=True)
     assert meter.cost is not None
     return FloorRun(elapsed, rss, meter.cost)
 
@@ -1408,15 +1405,11 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
         wakes_small.append(wake_floor(p.n_small, loops))
         wakes_big.append(wake_floor(p.n_big, loops))
         kept = floors_root / str(r)
-        floors.append(bare_thread_floor(p.n_big, kept / "bare", remove=False))
-        layouts.append(bare_thread_floor(p.n_big, kept / "layout", layout=True, remove=False))
-        recorded.append(
-            bare_thread_floor(p.n_big, kept / "records", layout=True, records=True, remove=False)
-        )
+        floors.append(bare_thread_floor(p.n_big, kept / "bare"))
+        layouts.append(bare_thread_floor(p.n_big, kept / "layout", layout=True))
+        recorded.append(bare_thread_floor(p.n_big, kept / "records", layout=True, records=True))
         driven.append(
-            bare_thread_floor(
-                p.n_big, kept / "driver", layout=True, records=True, driver=True, remove=False
-            )
+            bare_thread_floor(p.n_big, kept / "driver", layout=True, records=True, driver=True)
         )
         small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
         big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
