@@ -23,19 +23,27 @@ Scheduling, per kick (all under the service's lock):
 - A pass that reports the handler finished removes it: later kicks do nothing.
 
 Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once. A worker takes one
-queued pass at a time; while more are queued and no worker waits, it starts another
+queued pass at a time; while more are queued and no worker is parked, it starts another
 worker first (so a pass that blocks, which a pass should never do, such as one held
 at a test's checkpoint, cannot hold up other allocations). With nothing queued a
-worker ends, except one, which stays while any handler is live and waits for a wake
-or, if a handler keeps a deadline, until the earliest (never a timed wait otherwise:
-an idle node wakes no thread). So a node with no live allocation has no such thread,
-and one with any has one parked thread for all of them. The fields a handler confines to
-its thread are confined to the ``alloc-state-`` prefix these threads share;
-that one allocation's passes never overlap is what makes that safe.
+worker parks while any handler is live: the first to park is the keeper, which waits
+for a wake or, if a handler keeps a deadline, until the earliest; the others are
+spares, each waiting on a `Waiter` of its own with no timeout (never a timed wait but
+the keeper's for a deadline: an idle node wakes no thread). A queued pass wakes a spare
+first, then the keeper, and starts a worker only when none is parked. Workers end once
+no handler is live: the pass that finishes the last one wakes the keeper and every
+spare. So a node with no live allocation has no such thread, and one with any has at
+most `MAX_WORKERS` parked threads for all of them. Parking rather than ending matters
+when allocations start by the thousand: their passes come in bursts with gaps between,
+and a worker that ended in each gap was started again for the next burst, hundreds of
+thread starts per thousand allocations, each of which waits for the new thread to get
+the GIL from a thousand others. The fields a handler confines to its thread are
+confined to the ``alloc-state-`` prefix these threads share; that one allocation's
+passes never overlap is what makes that safe.
 
 Locks: ``StatePasses._lock`` (a leaf) guards the live handlers, the queue, the
-running set, the timer heap and the worker counts; nothing is called while it is held
-but notify-only `_sync` calls.
+running set, the timer heap, the worker counts and the parked spares; nothing is called
+while it is held but notify-only `_sync` calls.
 
 The one read without the lock: each kick's ``_pending`` hint, written only under the
 lock, is True while the handler's next pass is certain to begin later (it is queued,
@@ -65,13 +73,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TypeAlias
 
 import attrs
 
 from allocrunner._guarded import guarded_dict, guarded_list
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
 from allocrunner._rwlock import _GIL  # the GIL orders a plain read of `_pending`
-from allocrunner._sync import Kick, ThreadGroup
+from allocrunner._sync import Kick, ThreadGroup, Waiter
 
 __all__ = ["MAX_WORKERS", "PASSES", "PassKick", "PassStep", "StatePasses"]
 
@@ -87,6 +96,10 @@ PassStep = Callable[[], "tuple[bool, float | None]"]
 """One pass: (finished, the monotonic time of the next deadline or None)."""
 
 _QUEUED, _RUNNING, _AGAIN = 0, 1, 2
+
+_Help: TypeAlias = "bool | Waiter | None"
+"""What a queued pass needs (`StatePasses._help_locked`): a worker started (True), a
+parked spare woken (its Waiter), the keeper woken (None), or nothing (False)."""
 
 
 @thread_safe
@@ -116,7 +129,7 @@ class StatePasses:
     docstring)."""
 
     # _lock guards: _steps, _finish, _sched, _queue, _due, _timers, _workers,
-    # _waiting, _wait_until, _purge_at
+    # _waiting, _wait_until, _spares, _purge_at
     _lock = immutable()
     _steps = immutable()  # checked map, changed in place: live kick -> its pass
     _finish = immutable()  # checked map, changed in place: live kick -> its last rites
@@ -126,8 +139,9 @@ class StatePasses:
     _timers = immutable()  # checked list, a heap of (due, seq, kick), changed in place
     _head = guarded("_lock")
     _workers = guarded("_lock")
-    _waiting = guarded("_lock")  # True while a worker waits for a timer or a wake
+    _waiting = guarded("_lock")  # True while the keeper waits for a timer or a wake
     _wait_until = guarded("_lock")  # when that wait ends by itself (inf: never)
+    _spares = guarded("_lock")  # tuple of the parked spares' Waiters; replaced
     _purge_at = guarded("_lock")
     _kick = immutable()
     _seq = immutable()
@@ -146,6 +160,7 @@ class StatePasses:
         self._workers = 0
         self._waiting = False
         self._wait_until = math.inf
+        self._spares: tuple[Waiter, ...] = ()
         self._purge_at = _PURGE_MIN
         self._kick = Kick()
         self._seq = itertools.count()
@@ -203,16 +218,20 @@ class StatePasses:
     # --- scheduling (under the lock) ----------------------------------------------------
 
     @requires("_lock")
-    def _queue_locked(self, kick: PassKick) -> bool | None:
-        """Queue a pass of `kick`; whether a worker must be started (True), woken
-        (None) or neither, as one is free to take it soon (False)."""
+    def _queue_locked(self, kick: PassKick) -> _Help:
+        """Queue a pass of `kick`; whether a worker must be started (True), a spare
+        woken (its Waiter, taken off the parked ones), the keeper woken (None), or none
+        of them, as a worker is free to take it soon (False)."""
         self._sched[kick] = _QUEUED
         kick._pending = True
         self._queue.append(kick)
         return self._help_locked()
 
     @requires("_lock")
-    def _help_locked(self) -> bool | None:
+    def _help_locked(self) -> _Help:
+        if self._spares:
+            spare, self._spares = self._spares[-1], self._spares[:-1]
+            return spare
         if self._waiting:
             return None
         if self._workers < MAX_WORKERS:
@@ -220,9 +239,11 @@ class StatePasses:
             return True
         return False
 
-    def _notify(self, spawn: bool | None) -> None:
+    def _notify(self, spawn: _Help) -> None:
         if spawn is None:
             self._kick.kick()
+        elif isinstance(spawn, Waiter):
+            spawn.wake()
         elif spawn:
             self._spawn_worker()
 
@@ -287,9 +308,10 @@ class StatePasses:
         ran: _Ran | None = None  # the pass this worker just made, not yet accounted for
         while True:
             step: PassStep | None = None
-            spawn: bool | None = False
+            spawn: _Help = False
             timeout: float | None = None
             ending = False
+            spare: Waiter | None = None
             after: _After | None = None
             # One turn of the lock accounts for the last pass and takes the next.
             with self._lock:
@@ -299,9 +321,12 @@ class StatePasses:
                 self._fire_due_locked(time.monotonic())
                 kick = self._pop_locked()
                 if kick is None:
-                    if self._waiting or not self._steps:
+                    if not self._steps:
                         self._workers -= 1
                         ending = True
+                    elif self._waiting:
+                        spare = Waiter()
+                        self._spares = (*self._spares, spare)
                     else:
                         self._waiting = True
                         timeout = self._until_first_timer_locked()
@@ -317,6 +342,9 @@ class StatePasses:
                 self._after_pass(after)
             if ending:
                 return
+            if spare is not None:
+                spare.wait()  # taken off the parked ones by whoever woke it
+                continue
             if kick is None or step is None:
                 self._kick.wait(timeout)
                 with self._lock:
@@ -344,8 +372,11 @@ class StatePasses:
             del self._sched[kick]
             kick._pending = False
             self._due.pop(kick, None)
-            # With nothing live, the waiting worker ends.
-            return _After(kick, self._finish.pop(kick), self._waiting and not self._steps)
+            # With nothing live, the keeper and the spares end.
+            spares: tuple[Waiter, ...] = ()
+            if not self._steps:
+                spares, self._spares = self._spares, ()
+            return _After(kick, self._finish.pop(kick), self._waiting and not self._steps, spares)
         # A new earliest deadline: the waiting worker waits for it instead.
         wake_waiter = self._arm_locked(kick, ran.due)
         if self._sched[kick] == _AGAIN:
@@ -359,6 +390,8 @@ class StatePasses:
     def _after_pass(self, after: _After) -> None:
         if after.wake_waiter:
             self._kick.kick()
+        for spare in after.wake_spares:
+            spare.wake()
         if after.last_rites is not None:
             try:
                 after.last_rites()
@@ -382,6 +415,7 @@ class _After:
     kick: PassKick
     last_rites: Callable[[], object] | None
     wake_waiter: bool
+    wake_spares: tuple[Waiter, ...] = ()
 
 
 @calls_out

@@ -265,6 +265,48 @@ def test_one_worker_stays_parked_while_a_handler_is_live(service: StatePasses) -
     _finish_all(service, h)
 
 
+def test_workers_a_burst_started_stay_parked_and_serve_the_next_bursts(
+    service: StatePasses,
+) -> None:
+    """Three passes blocked at once need three workers; once they are over the workers
+    park (a keeper and spares) rather than end while the handlers are live, so burst
+    after burst runs on the same few threads: never more than `MAX_WORKERS` in all,
+    where workers that ended after each burst would mean new threads for every one.
+    Once the last handler finishes every worker ends."""
+    handlers = [Handler(service, f"h{i}") for i in range(3)]
+    threads: set[int] = set()
+
+    def on_thread(h: Handler) -> Callable[[], tuple[bool, float | None]]:
+        def step() -> tuple[bool, float | None]:
+            threads.add(threading.get_ident())
+            return h.step()
+
+        return step
+
+    for n in range(1, 7):
+        for h in handlers:
+            h.entered.clear()
+            h.gate = threading.Event()
+        for h in handlers:
+            if n == 1:
+                service.add(h.kick, on_thread(h), h.finished.set)
+            else:
+                h.kick.kick()
+        for h in handlers:
+            assert h.entered.wait(10)  # all three at once: one worker each
+        for h in handlers:
+            assert h.gate is not None
+            h.gate.set()
+        wait_for(lambda n=n: _all(h.count() == n for h in handlers))
+        assert_stays(lambda: _parked(service, 3), 0.05)  # parked, none ended
+    assert 3 <= len(threads) <= MAX_WORKERS, len(threads)
+    assert service.join_if_idle(0.01) is False
+    for h in handlers:
+        h.gate = None
+    _finish_all(service, *handlers)
+    assert service.join_if_idle(5)
+
+
 def test_a_blocked_pass_holds_up_no_other_handler(service: StatePasses) -> None:
     stuck = Handler(service, "stuck")
     stuck.gate = threading.Event()
@@ -320,6 +362,11 @@ def _finish_all(service: StatePasses, *handlers: Handler) -> None:
     wait_for(_ended(service))
 
 
+def _parked(service: StatePasses, least: int) -> None:
+    workers = service.workers()
+    assert least <= workers <= MAX_WORKERS, workers
+
+
 def _equal(got: int, want: int) -> None:
     assert got == want, f"{got} != {want}"
 
@@ -366,9 +413,7 @@ def test_random_kicks_and_deadlines_from_many_threads(scripts: list[list[str]]) 
     for t in threads:
         t.join()
     # A pass begun after the last kick, and one after any deadline still kept.
-    wait_for(
-        lambda: _all(h.last_pass() >= k for h, k in zip(handlers, last_kick, strict=True))
-    )
+    wait_for(lambda: _all(h.last_pass() >= k for h, k in zip(handlers, last_kick, strict=True)))
     wait_for(lambda: _all(h.due is None for h in handlers), timeout=5)
     for h in handlers:
         h.finish_after = 0
