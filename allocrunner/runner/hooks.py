@@ -105,6 +105,31 @@ class Shutdown(NamedHook, Protocol):
 
 _PHASES: tuple[type, ...] = (Prerun, Update, PreKill, Postrun, Destroy, Shutdown)
 
+# Hook classes in order -> the positions of the hooks of each of `_PHASES`: every
+# allocation started sorts its hooks, almost always of one of a few class sequences.
+# Written without a lock, as `implements`' cache is: a dict item assignment is atomic,
+# and two threads that race compute the same plan. Cleared when it grows past
+# `_PLANS_MAX` (hooks of classes made at run time, as some tests make them).
+_PLANS: dict[tuple[type, ...], tuple[tuple[int, ...], ...]] = {}
+_PLANS_MAX = 256
+
+
+def _pick(ordered: tuple[NamedHook, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
+    """The hooks at `positions` of `ordered`: those of one phase, by its plan (so each
+    implements that phase's protocol, which `implements` decided when it was made)."""
+    return tuple(ordered[i] for i in positions)
+
+
+def _plan(ordered: tuple[NamedHook, ...]) -> tuple[tuple[int, ...], ...]:
+    """The positions in `ordered` of the hooks of each of `_PHASES`; TypeError for a
+    hook that implements none."""
+    for hook in ordered:
+        if not any(implements(hook, phase) for phase in _PHASES):
+            raise TypeError(f"alloc hook {hook!r} implements no phase")
+    return tuple(
+        tuple(i for i, hook in enumerate(ordered) if implements(hook, phase)) for phase in _PHASES
+    )
+
 
 @attrs.frozen
 class AllocHooks:
@@ -122,16 +147,23 @@ class AllocHooks:
     def of(cls, hooks: Iterable[NamedHook]) -> AllocHooks:
         """Sort `hooks` by the phases they implement; TypeError for a hook with none."""
         ordered = tuple(hooks)
-        for hook in ordered:
-            if not any(implements(hook, phase) for phase in _PHASES):
-                raise TypeError(f"alloc hook {hook!r} implements no phase")
+        classes = tuple(type(hook) for hook in ordered)
+        plan = _PLANS.get(classes)
+        if plan is None:
+            plan = _plan(ordered)
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[classes] = plan
+        prerun, update, pre_kill, postrun, destroy, shutdown = (
+            _pick(ordered, positions) for positions in plan
+        )
         return cls(
-            prerun_hooks=tuple(h for h in ordered if implements(h, Prerun)),
-            update_hooks=tuple(h for h in ordered if implements(h, Update)),
-            pre_kill_hooks=tuple(h for h in ordered if implements(h, PreKill)),
-            postrun_hooks=tuple(h for h in ordered if implements(h, Postrun)),
-            destroy_hooks=tuple(h for h in ordered if implements(h, Destroy)),
-            shutdown_hooks=tuple(h for h in ordered if implements(h, Shutdown)),
+            prerun_hooks=prerun,
+            update_hooks=update,
+            pre_kill_hooks=pre_kill,
+            postrun_hooks=postrun,
+            destroy_hooks=destroy,
+            shutdown_hooks=shutdown,
         )
 
     @calls_out

@@ -147,7 +147,12 @@ def thaw(value: Any) -> Any:
 
 def frozen_map(value: Mapping[Any, Any] | None) -> FrozenDict[Any, Any]:
     """attrs converter: None or any mapping to a deep-frozen FrozenDict. Every empty
-    one is the shared `EMPTY` (value objects carry a dozen maps that are mostly empty)."""
+    one is the shared `EMPTY` (value objects carry a dozen maps that are mostly empty).
+    A FrozenDict is deep-frozen already and comes back as it is: value objects are
+    rebuilt with `attrs.evolve`, which runs every converter again on maps already
+    converted, dozens of them per task started."""
+    if type(value) is FrozenDict:
+        return value if value._data else EMPTY
     if not value:
         return EMPTY
     return freeze(value)

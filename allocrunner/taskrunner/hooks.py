@@ -223,8 +223,11 @@ class HookList:
 
     def __attrs_post_init__(self) -> None:
         for hook in self.hooks:
-            for protocol in _PHASE_PROTOCOLS:
-                implements(hook, protocol)
+            cls = type(hook)
+            if cls not in _PRIMED:
+                for protocol in _PHASE_PROTOCOLS:
+                    implements(hook, protocol)
+                _PRIMED.add(cls)
 
 
 @attrs.frozen
@@ -258,6 +261,11 @@ def implements(hook: object, phase: type[_P]) -> TypeGuard[_P]:
 
 
 _PHASE_PROTOCOLS: tuple[type, ...] = (Prestart, Poststart, PreKill, Exited, Update, Stop, Shutdown)
+
+# Hook classes `implements` has decided every phase protocol for: a task's hook list is
+# made for every task started, always of the same few classes. Written without a lock,
+# as `_IMPLEMENTS` is: a set add is atomic, and a class is added only once decided.
+_PRIMED: set[type] = set()
 
 
 def bind_phase(hooks: Sequence[object], phase: str) -> list[BoundHook]:
