@@ -122,8 +122,23 @@ def test_alloc_hooks_are_sorted_by_phase_once_in_order() -> None:
 
 
 def test_alloc_hooks_refuse_a_hook_without_any_phase() -> None:
-    with pytest.raises(TypeError, match="implements no phase"):
-        AllocHooks.of([Named("idle")])
+    for _ in range(2):  # a refused sequence of classes is never remembered as sorted
+        with pytest.raises(TypeError, match="implements no phase"):
+            AllocHooks.of([Named("idle")])
+
+
+def test_alloc_hooks_of_the_same_classes_sort_each_list_its_own_instances() -> None:
+    """The sorting is remembered per sequence of hook classes: another list of the same
+    classes gets its own instances in each phase, and another order its own sorting."""
+    a1, b1, c1 = Everything("a1"), PrerunOnly("b1"), Everything("c1")
+    a2, b2, c2 = Everything("a2"), PrerunOnly("b2"), Everything("c2")
+    first = AllocHooks.of([a1, b1, c1])
+    second = AllocHooks.of([a2, b2, c2])
+    assert first.prerun_hooks == (a1, b1, c1) and first.postrun_hooks == (a1, c1)
+    assert second.prerun_hooks == (a2, b2, c2) and second.postrun_hooks == (a2, c2)
+    reordered = AllocHooks.of([b1, a1])
+    assert reordered.prerun_hooks == (b1, a1)
+    assert reordered.postrun_hooks == reordered.destroy_hooks == (a1,)
 
 
 def test_alloc_prerun_stops_at_first_failure_and_other_phases_collect() -> None:

@@ -146,5 +146,8 @@ def test_thaw_gives_plain_mutable_data() -> None:
 def test_the_attrs_converters() -> None:
     assert frozen_map(None) is EMPTY
     assert frozen_map({"a": [1]}) == FrozenDict({"a": (1,)})
+    converted = FrozenDict({"a": (1,)})
+    assert frozen_map(converted) is converted  # frozen already: no copy
+    assert frozen_map(FrozenDict()) is EMPTY and frozen_map({}) is EMPTY
     assert frozen_tuple(None) == ()
     assert frozen_tuple([1, 2]) == (1, 2) and frozen_tuple(iter("ab")) == ("a", "b")
