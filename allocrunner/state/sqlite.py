@@ -155,12 +155,16 @@ class SQLiteStateDB:
         *,
         revive: bool = False,
     ) -> Enqueued:
-        """Queue `value` under (alloc_id, key): skipped when its encoding equals the last
-        one queued for the key, dropped when its allocation was deleted, unless
-        `revive` (put_allocation). One turn of the queue's lock per write, after the
-        encoding: a check before it, which would spare the encoding of the rare equal
-        value, took the lock a second time on every write, and with a thousand
-        allocations writing at once that lock was where their threads queued."""
+        """Queue `value` under (alloc_id, key): skipped when it is the very object last
+        queued for the key (before it is encoded: `WriteQueue.skip_unchanged`) or its
+        encoding equals that of the last one, dropped when its allocation was deleted,
+        unless `revive` (put_allocation). One turn of the queue's lock per write: the
+        check before the encoding reads a hint with no lock and takes the lock only
+        for a value it finds unchanged. A locked check before every encoding took the
+        lock a second time on every write, and with a thousand allocations writing at
+        once that lock was where their threads queued."""
+        if self._queue.skip_unchanged(alloc_id, key, value):
+            return Enqueued(0, value)
         text = _dumps(encode())
         return self._queue.put(alloc_id, key, value, text, _digest(text), revive=revive)
 

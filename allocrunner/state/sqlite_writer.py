@@ -23,7 +23,16 @@ delete drops an allocation's record in one step however many allocations there a
 the pending sequence per allocation (a checked dict), the tombstones, the sequence
 numbers, the flush waiters, the counters, the failure and the started / closed /
 exited flags. It is held for bookkeeping only: no I/O, wait or callout runs under it
-(kicks and wakes are notify-only). Owner: `SQLiteStateDB` builds one over its write
+(kicks and wakes are notify-only).
+
+The one read without the lock: `skip_unchanged` looks up the last value queued for a
+key in a hint map (`_Hints`, written only under the lock, beside the de-dup record) to
+tell, before anything is encoded, whether the value put is that very object again. Only
+then does it take the lock, to confirm and count the skip; any other value is encoded
+and queued by `put`, which takes the lock once, as before. So a write of an unchanged
+value costs a lock turn instead of its encoding, and a changed write pays one dict
+lookup more. The GIL orders the plain dict read (`_GIL`); without one no hint is read.
+Owner: `SQLiteStateDB` builds one over its write
 connection and is its only caller.
 """
 
@@ -31,12 +40,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from allocrunner._guarded import guarded_dict, guarded_list
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires
+from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
+from allocrunner._rwlock import _GIL  # the GIL orders a plain read of the hints
 from allocrunner._sync import Event, Kick, ThreadGroup, Waiter
 from allocrunner.errors import StateDBError
 from allocrunner.state.base import WriteStats
@@ -102,6 +112,32 @@ class _Last(NamedTuple):
 _ABSENT = _Last(None, b"")
 
 
+@thread_safe
+class _Hints:
+    """Thread-safe. The last value queued for each key of each allocation, changed only
+    by its `WriteQueue` under that queue's lock and read with no lock (module
+    docstring): the same values as the de-dup record, in one plain map."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str, str], object] = {}
+
+    def get(self, alloc_id: str, key: Key) -> object | None:
+        """The last value queued for the key, or None; a plain read, valid under the
+        GIL only."""
+        return self._values.get((alloc_id, key[0], key[1]))
+
+    def remember(self, alloc_id: str, key: Key, value: object) -> None:
+        """Under the queue's lock: `value` was queued for the key."""
+        self._values[(alloc_id, key[0], key[1])] = value
+
+    def forget(self, alloc_id: str, keys: Iterable[Key]) -> None:
+        """Under the queue's lock: the keys were deleted."""
+        for key in keys:
+            self._values.pop((alloc_id, key[0], key[1]), None)
+
+
 def plan_batch(batch: Sequence[Record]) -> Plan:
     """The batch reduced to its effect. A delete of an allocation drops the earlier
     records of that allocation, so every record left for it comes after its last
@@ -124,9 +160,7 @@ def plan_batch(batch: Sequence[Record]) -> Plan:
             keys_of.setdefault(record.alloc_id, []).append(key)
         latest[key] = record
     puts = tuple((r.alloc_id, r.task, r.kind, r.text) for r in latest.values() if r.op == PUT)
-    removed = tuple(
-        (r.alloc_id, r.task, r.kind) for r in latest.values() if r.op == DELETE_KEY
-    )
+    removed = tuple((r.alloc_id, r.task, r.kind) for r in latest.values() if r.op == DELETE_KEY)
     return Plan(tuple(deleted), puts, removed, coalesced)
 
 
@@ -143,6 +177,7 @@ class WriteQueue:
     _threads = immutable()
     _records = immutable()
     _last = immutable()
+    _hints = immutable()
     _pending = immutable()
     _deleted = guarded("_lock")
     _enqueued = guarded("_lock")
@@ -169,6 +204,7 @@ class WriteQueue:
         self._threads = ThreadGroup("statedb")
         self._records: list[Record] = guarded_list(self._lock)
         self._last: dict[str, dict[Key, _Last]] = guarded_dict(self._lock)
+        self._hints = _Hints()
         self._pending: dict[str, int] = guarded_dict(self._lock)
         self._deleted: frozenset[str] = frozenset()
         self._enqueued = self._committed = 0
@@ -240,11 +276,27 @@ class WriteQueue:
                 return Enqueued(0, previous)
             seq = self._append_locked(PUT, alloc_id, key, text)
             self._keys_locked(alloc_id)[key] = _Last(value, digest)
+            self._hints.remember(alloc_id, key, value)
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
         self._after_append(start, seq, lag)
         return Enqueued(seq, previous)
+
+    def skip_unchanged(self, alloc_id: str, key: Key, value: object) -> bool:
+        """True, and counted as skipped, if `value` is the very object last queued for
+        (alloc_id, key): nothing need be encoded or queued. False otherwise (the caller
+        encodes it and calls `put`, which de-duplicates an equal value by its digest).
+        Raises as `put` does once the queue is closed or failed."""
+        if not _GIL or self._hints.get(alloc_id, key) is not value:
+            return False
+        with self._lock:
+            self._check_usable_locked()
+            last = self._last_locked(alloc_id, key)
+            if alloc_id in self._deleted or last is None or last.value is not value:
+                return False
+            self._skipped += 1
+            return True
 
     @calls_out
     def delete_key(self, alloc_id: str, key: Key) -> None:
@@ -259,6 +311,7 @@ class WriteQueue:
                 return
             seq = self._append_locked(DELETE_KEY, alloc_id, key)
             self._keys_locked(alloc_id)[key] = _ABSENT
+            self._hints.forget(alloc_id, (key,))
             self._writes += 1
             start = self._claim_start_locked()
             lag = seq - self._committed
@@ -271,7 +324,9 @@ class WriteQueue:
         with self._lock:
             self._check_usable_locked()
             self._deleted = self._deleted | {alloc_id}
-            self._last.pop(alloc_id, None)
+            keys = self._last.pop(alloc_id, None)
+            if keys is not None:
+                self._hints.forget(alloc_id, list(keys))
             seq = self._append_locked(DELETE_ALLOC, alloc_id)
             start = self._claim_start_locked()
         self._after_append(start, seq, 0)

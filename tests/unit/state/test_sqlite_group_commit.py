@@ -160,6 +160,45 @@ def test_deleting_an_allocation_forgets_its_last_values_and_no_other(db, path):
     assert db.task_runner_state(kept.id, "web") == (None, state)
 
 
+def test_the_same_object_put_again_is_skipped_before_it_is_encoded(db, path, monkeypatch):
+    """A put of the very object last queued for its key is skipped without encoding it;
+    an equal object built anew is encoded and skipped by its digest, and after the key
+    or its allocation was deleted the same object is written again."""
+    from allocrunner.state import sqlite as sqlite_module
+
+    encoded: list[object] = []
+    real = sqlite_module.encode_task_state
+
+    def counting(state: TaskState) -> object:
+        encoded.append(state)
+        return real(state)
+
+    monkeypatch.setattr(sqlite_module, "encode_task_state", counting)
+    status = AllocDeploymentStatus(healthy=True)
+    state = TaskState(restarts=3)
+    db.put_task_state("a", "web", state)
+    before = db.stats()
+    db.put_task_state("a", "web", state)
+    assert (len(encoded), db.stats().skipped) == (1, before.skipped + 1)
+    db.put_task_state("a", "web", TaskState(restarts=3))  # equal, another object
+    assert (len(encoded), db.stats().skipped) == (2, before.skipped + 2)
+    db.put_deployment_status("a", status)
+    db.put_deployment_status("a", None)
+    db.put_deployment_status("a", status)  # the key was deleted: written again
+    assert db.stats().writes == before.writes + 3
+    db.delete_allocation("a")
+    db.put_task_state("a", "web", state)  # the allocation was deleted: dropped
+    assert db.stats().dropped == before.dropped + 1
+    db.put_allocation(alloc := mock_alloc())
+    db.put_allocation(alloc)
+    assert db.stats().skipped == before.skipped + 3
+    db.flush()
+    assert _rows(path, alloc.id) == [("", "alloc")]
+    db.close()
+    with pytest.raises(StateDBError, match="closed"):
+        db.put_allocation(alloc)  # the same object: refused as any put on a closed DB
+
+
 def test_a_flushed_write_is_read_by_a_fresh_instance_on_the_same_file(db, path):
     alloc = mock_alloc()
     db.put_allocation(alloc)
