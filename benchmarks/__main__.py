@@ -13,6 +13,7 @@ import os
 os.environ["ALLOCRUNNER_LOCKCHECK"] = "0"  # before anything imports allocrunner
 
 import importlib
+import signal
 import sys
 import time
 import traceback
@@ -43,7 +44,21 @@ def resolve(names: list[str]) -> list[str]:
     return chosen or known
 
 
+def interrupts_by_default() -> None:
+    """Give SIGINT back its default handling if this process started with it ignored.
+
+    A background job of a non-interactive shell, or a command run under ``nohup`` from
+    one, starts with SIGINT ignored, and every process it starts inherits that: the
+    bare ``sleep`` peers, the relay floor's and supervisord's programs, which the
+    benchmarks stop with SIGINT as raw_exec stops its tasks, would never exit, and the
+    benchmark would wait for them forever. With Python's own handler installed, a child
+    starts with SIGINT at its default action (an exec resets a handled signal)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    interrupts_by_default()
     args = list(sys.argv[1:] if argv is None else argv)
     if "--list" in args:
         print("\n".join(available()))
