@@ -32,8 +32,8 @@ then does it take the lock, to confirm and count the skip; any other value is en
 and queued by `put`, which takes the lock once, as before. So a write of an unchanged
 value costs a lock turn instead of its encoding, and a changed write pays one dict
 lookup more. The GIL orders the plain dict read (`_GIL`); without one no hint is read.
-Owner: `SQLiteStateDB` builds one over its write
-connection and is its only caller.
+
+Owner: `SQLiteStateDB` builds one over its write connection and is its only caller.
 """
 
 from __future__ import annotations
