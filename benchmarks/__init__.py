@@ -35,7 +35,7 @@ def machine_note() -> str:
 
 
 def format_value(value: float | None, unit: str) -> str:
-    """`value` in `unit` ("ns", "s", "/s", "%", "" ...), scaled to stay readable."""
+    """`value` in `unit` ("ns", "s", "/s", "%", "calls", "" ...), scaled to stay readable."""
     if value is None:
         return "-"
     if unit == "ns":
@@ -58,6 +58,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.0f} /s"
     if unit == "%":
         return f"{value:.1f} %"
+    if unit == "calls":
+        return f"{value:,.0f} calls"
     return f"{value:.3g}{(' ' + unit) if unit else ''}"
 
 

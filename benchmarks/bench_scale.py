@@ -117,6 +117,7 @@ from allocrunner.state import LocalState, SQLiteStateDB
 from allocrunner.structs import Allocation, TaskEvent, TaskState, new_allocation
 from allocrunner.testing import mock_job, mock_task
 from benchmarks import format_value, interleaved_ns_per_op
+from benchmarks.call_count import CallCounter
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 
@@ -278,11 +279,13 @@ def cpu_seconds() -> float:
 
 @dataclass(frozen=True)
 class FloorRun:
-    """Immutable. The bare-thread floor: start-all time and RSS per thread."""
+    """Immutable. The bare-thread floor: start-all time and RSS per thread, and the
+    function calls its start made when counted (`CallCounter`), else None."""
 
     start_all_s: float
     rss_kb_per_alloc: float
     cost: Cost
+    calls: int | None = None
 
 
 def bare_thread_floor(
@@ -292,6 +295,7 @@ def bare_thread_floor(
     layout: bool = False,
     records: bool = False,
     driver: bool = False,
+    counter: CallCounter | None = None,
 ) -> FloorRun:
     """One plain thread per allocation that makes a directory and sets an Event; with
     `layout`, the directory is the allocation's whole alloc dir and task dir (Nomad's
@@ -302,7 +306,8 @@ def bare_thread_floor(
     is the one it returned. That last floor is the least any runner does: everything a
     start cannot skip, and no hook, event, state pass or health watch. The directories
     stay for the caller to delete once every phase it compares has run (see
-    `client_figures`)."""
+    `client_figures`). With `counter`, the calls of the timed stretch are counted: this
+    thread's and its threads' until every one has started."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
     db: SQLiteStateDB | None = None
@@ -333,13 +338,17 @@ def bare_thread_floor(
     rss_before = vm_rss_kb()
     threads = [threading.Thread(target=alloc, args=(i,), daemon=True) for i in range(n)]
     meter = CostMeter()
+    counting = contextlib.nullcontext() if counter is None else counter.installed()
+    calls = None
     t0 = time.perf_counter()
     try:
-        with meter:
+        with meter, counting:
             for thread in threads:
                 thread.start()
             for event in started:
                 event.wait()
+            if counter is not None:
+                calls = counter.total()
         elapsed = time.perf_counter() - t0
         rss = (vm_rss_kb() - rss_before) / n
     finally:
@@ -352,7 +361,7 @@ def bare_thread_floor(
         if mock is not None:
             mock.close()
     assert meter.cost is not None
-    return FloorRun(elapsed, rss, meter.cost)
+    return FloorRun(elapsed, rss, meter.cost, calls)
 
 
 def spin(loops: int) -> int:
@@ -532,6 +541,34 @@ def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
         shutil.rmtree(root, ignore_errors=True)
     assert meter.cost is not None
     return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle, meter.cost)
+
+
+def start_all_calls(n: int, root: Path) -> float:
+    """Function calls per allocation of a start-all of n single-task mock allocations on
+    a fresh Client (`CallCounter`): run_allocs on this thread, and whatever the Client's
+    threads do until every allocation reads running; not this thread's polling for
+    that."""
+    job = mock_job(mock_task("t", config={"run_for": "24h"}))
+    allocs = [new_allocation(job, "web", index=i) for i in range(n)]
+    ids = [a.id for a in allocs]
+    driver = MockDriver()
+    counter = CallCounter()
+    try:
+        with counter.installed():
+            client = Client(scale_config(root), drivers={"mock_driver": driver})
+            try:
+                client.start()
+                before = counter.total()
+                client.run_allocs(allocs)
+                counter.stop_here()
+                wait_all(client, ids, RUNNING, "ran")
+                calls = counter.total() - before
+            finally:
+                client.shutdown()
+    finally:
+        driver.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return calls / n
 
 
 def wait_all_health_known(client: Client, ids: list[str]) -> None:
@@ -1367,12 +1404,13 @@ def client_names(p: Params) -> list[str]:
         f"floor: wake per thread (a 1 ms loop), N={p.n_big} {versus}",
         f"floor: records + the driver's start, N={p.n_big}",
         f"start-all N={p.n_big} vs the driver floor",
+        f"calls per alloc: start-all N={p.n_small} vs the driver floor",
     ]
 
 
 CLIENT_GOALS = [
     *("<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"),
-    *("floor", "floor", "floor", "floor", "floor", "floor", "floor"),
+    *("floor", "floor", "floor", "floor", "floor", "floor", "floor", "floor"),
 ]
 
 
@@ -1440,6 +1478,21 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     figures.append(Figure(names[13], start_all, driver_start, "driver floor", "s", "floor", None))
     figures.append(
         Figure(names[11], min(wakes_big), min(wakes_small), f"N={p.n_small}", "s", "floor", None)
+    )
+    floor_calls = bare_thread_floor(
+        p.n_small,
+        floors_root / "calls",
+        layout=True,
+        records=True,
+        driver=True,
+        counter=CallCounter(),
+    ).calls
+    assert floor_calls is not None
+    start_calls = start_all_calls(p.n_small, root / "calls")
+    figures.append(
+        Figure(
+            names[14], start_calls, floor_calls / p.n_small, "driver floor", "calls", "floor", None
+        )
     )
     rss = big[0].rss_kb_per_alloc
     floor_rss = statistics.median(f.rss_kb_per_alloc for f in floors)

@@ -33,6 +33,7 @@ FIGURES = [
 ]
 SUPERVISORD_FIGURE = FIGURES[-1]
 WITH_RATIO = r"\s+.*\s+ratio\s+\d+\.\d\dx\s+goal\s+<=\s+\S+(?: \S+)?\s+(PASS|MISS)$"
+CALLS_FIGURE = r"calls per alloc: start-all N=\d+ vs the driver floor"
 
 
 def figure_lines(output: str, pattern: str) -> list[str]:
@@ -61,3 +62,12 @@ def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
             assert "unavailable: supervisor is not installed" in lines[0], report
             continue
         assert re.match(rf"\s+{pattern}{WITH_RATIO}", lines[0]), f"no ratio: {lines[0]}"
+    calls = figure_lines(done.stdout, CALLS_FIGURE)
+    assert len(calls) == 1, report
+    counted = re.match(
+        rf"\s+{CALLS_FIGURE}\s+([\d,]+) calls\s+vs ([\d,]+) calls \(driver floor\)"
+        r"\s+ratio\s+\d+\.\d\dx\s+goal floor\s+info$",
+        calls[0],
+    )
+    assert counted is not None, f"no counts: {calls[0]}"
+    assert int(counted[2].replace(",", "")) > 0, calls[0]
