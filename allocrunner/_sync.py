@@ -110,11 +110,8 @@ class _Latch:
 # writes: never while taking another token's or event's mutex, never while calling
 # out (callbacks, children and parents are dealt with after it is released). Two
 # primitives on one stripe at most wait for each other's few instructions.
-_STRIPES = tuple(threading.Lock() for _ in range(64))
-
-
-def _stripe(obj: object) -> threading.Lock:
-    return _STRIPES[(id(obj) >> 4) % len(_STRIPES)]
+_STRIPE_COUNT = 64
+_STRIPES = tuple(threading.Lock() for _ in range(_STRIPE_COUNT))
 
 
 class _FiresOnce:
@@ -128,7 +125,7 @@ class _FiresOnce:
     __slots__ = ("_callbacks", "_latch", "_mutex", "_open")
 
     def __init__(self) -> None:
-        self._mutex = _stripe(self)
+        self._mutex = _STRIPES[(id(self) >> 4) % _STRIPE_COUNT]  # picked by address
         self._callbacks: tuple[Callable[[], object], ...] = ()
         self._latch: _Latch | None = None
         self._open = False  # read without the mutex: it only ever turns True

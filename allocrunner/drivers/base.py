@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from allocrunner._sync import CancelToken
-from allocrunner.structs.frozen import FrozenDict, frozen_map, thaw
+from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict, thaw
 from allocrunner.structs.job import Resources
 
 TASK_STATE_RUNNING = "running"
@@ -53,7 +53,7 @@ class TaskConfig:
         """Plain JSON-compatible data, for persisting inside a TaskHandle."""
         data = attrs.asdict(self, recurse=False)
         data["driver_config"] = thaw(self.driver_config)
-        data["env"] = dict(self.env)
+        data["env"] = plain_dict(self.env)
         data["resources"] = attrs.asdict(self.resources)
         return data
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from allocrunner.errors import JobSpecError
-from allocrunner.structs.frozen import FrozenDict
+from allocrunner.structs.frozen import FrozenDict, plain_dict
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -291,7 +291,7 @@ class StrMap(Kind):
         return out
 
     def encode(self, value: Mapping[str, str]) -> dict[str, str]:
-        return dict(value)
+        return plain_dict(value)
 
 
 def check_json_like(value: Any, path: str, depth: int = 0) -> None:

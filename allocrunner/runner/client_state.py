@@ -40,6 +40,7 @@ from allocrunner.structs import (
     client_status_from_task_states,
     utcnow,
 )
+from allocrunner.structs.evolve import evolve
 from allocrunner.structs.status import CLIENT_TERMINAL
 
 __all__ = [
@@ -59,7 +60,7 @@ UPDATE_URGENT = "urgent"
 
 def client_view(alloc: Allocation, state: AllocState) -> Allocation:
     """The allocation with its client fields taken from the runtime state."""
-    return attrs.evolve(
+    return evolve(
         alloc,
         client_status=state.client_status,
         client_description=state.client_description,

@@ -36,7 +36,8 @@ import attrs
 
 from allocrunner.drivers.base import TaskHandle
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskState
-from allocrunner.structs.frozen import FrozenDict, frozen_map
+from allocrunner.structs.evolve import evolve
+from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict
 
 __all__ = [
     "HookState",
@@ -84,8 +85,8 @@ class HookState:
         """Plain JSON-compatible data."""
         return {
             "prestart_done": self.prestart_done,
-            "data": dict(self.data),
-            "env": dict(self.env),
+            "data": plain_dict(self.data),
+            "env": plain_dict(self.env),
         }
 
     @classmethod
@@ -138,15 +139,15 @@ class LocalState:
 
     def with_hook(self, name: str, state: HookState) -> LocalState:
         """A copy with hook `name`'s state replaced."""
-        return attrs.evolve(self, hooks=self.hooks.set(name, state))
+        return evolve(self, hooks=self.hooks.set(name, state))
 
     def with_task_handle(self, handle: TaskHandle | None) -> LocalState:
         """A copy holding `handle` (None clears it)."""
-        return attrs.evolve(self, task_handle=handle)
+        return evolve(self, task_handle=handle)
 
     def with_run_complete(self, done: bool = True) -> LocalState:
         """A copy with `run_complete` set."""
-        return attrs.evolve(self, run_complete=done)
+        return evolve(self, run_complete=done)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data."""

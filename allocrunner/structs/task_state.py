@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from allocrunner.structs.evolve import evolve
 from allocrunner.structs.frozen import FrozenDict, frozen_map, frozen_tuple
 from allocrunner.structs.status import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 
@@ -122,7 +123,7 @@ class TaskState:
         if event.type == EVENT_RESTARTING:
             changes["restarts"] = self.restarts + 1
             changes["last_restart"] = event.time
-        return attrs.evolve(self, **changes)
+        return evolve(self, **changes)
 
     def with_state(self, state: str, now: datetime | None = None) -> TaskState:
         """A copy moved to `state`, stamping started_at / finished_at as Nomad does."""
@@ -134,7 +135,7 @@ class TaskState:
             changes["started_at"] = now
         elif state == TASK_DEAD and self.finished_at is None:
             changes["finished_at"] = now
-        return attrs.evolve(self, **changes)
+        return evolve(self, **changes)
 
 
 __all__ = [

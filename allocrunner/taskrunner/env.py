@@ -38,6 +38,7 @@ from typing import Any
 
 from allocrunner.placement.ports import port_env
 from allocrunner.structs import Allocation, Task
+from allocrunner.structs.frozen import merge_into, plain_dict
 
 __all__ = [
     "DEFAULT_HOST_IP",
@@ -71,7 +72,9 @@ def host_env() -> dict[str, str]:
 
 def interpolation_scope(env: Mapping[str, str], node_vars: Mapping[str, str]) -> dict[str, str]:
     """What a task's config is interpolated against: `env` over `node_vars`."""
-    return {**node_vars, **env}
+    scope = plain_dict(node_vars)
+    merge_into(scope, env)
+    return scope
 
 
 def port_host_ip(node_vars: Mapping[str, str]) -> str:

@@ -44,7 +44,7 @@ from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import HookError, HookErrors
 from allocrunner.state import HookState, LocalState
 from allocrunner.structs import Allocation, Task, TaskEvent
-from allocrunner.structs.frozen import FrozenDict
+from allocrunner.structs.frozen import FrozenDict, merge_into
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
 from allocrunner.taskrunner.env import (
     HOST_ENV_DRIVERS,
@@ -171,13 +171,13 @@ class TaskHookPhases:
         is the hook progress as it was when the phase began."""
         previous = local.hook(bound.name)
         if previous is not None and previous.prestart_done:
-            env.update(previous.env)
+            merge_into(env, previous.env)
             return
         request = self._request(cancel, env=env, previous=previous)
         result = cast("PrestartResult | None", bound.method(request))
         if result is None:
             result = _NO_RESULT
-        env.update(result.env)
+        merge_into(env, result.env)
         state = result.hook_state()
         if state != (previous or HookState()):
             self._cell.update_local(lambda current: current.with_hook(bound.name, state))

@@ -49,7 +49,7 @@ from allocrunner.drivers.base import ExitResult, TaskHandle
 from allocrunner.errors import DriverError
 from allocrunner.state import HookState
 from allocrunner.structs import Allocation, Task, TaskEvent
-from allocrunner.structs.frozen import FrozenDict, frozen_map
+from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict
 from allocrunner.structs.task_state import (
     EVENT_FAILED_VALIDATION,
     EVENT_SETUP,
@@ -424,8 +424,10 @@ class EnvHook(TaskHook):
             datacenter=req.datacenter,
             node_vars=req.node_vars,
         )
+        scope = plain_dict(req.env)
+        scope.update(env)
         try:
-            env.update(task_env(req.task, {**req.env, **env}))
+            env.update(task_env(req.task, scope))
         except ValueError as err:
             raise _validation_error(req.task, str(err)) from err
         return PrestartResult(env=env)
