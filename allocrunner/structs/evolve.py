@@ -47,16 +47,20 @@ def _reader(cls: type) -> _Reader:
     fields = [field for field in attrs.fields(cls) if field.init]
     names = tuple(field.name for field in fields)
     aliases = tuple(field.alias for field in fields)
-    read: Callable[[Any], tuple[Any, ...]]
-    if len(names) >= 2:
-        read = operator.attrgetter(*names)
-    else:
-        getters = tuple(operator.attrgetter(name) for name in names)
-
-        def read(inst: Any) -> tuple[Any, ...]:
-            return tuple(getter(inst) for getter in getters)
-
+    read: Callable[[Any], tuple[Any, ...]] = (
+        operator.attrgetter(*names) if len(names) >= 2 else _few_reader(names)
+    )
     if len(_READERS) >= _READERS_MAX:
         _READERS.clear()
     reader = _READERS[cls] = (aliases, read)
     return reader
+
+
+def _few_reader(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A reader of at most one attribute: `attrgetter` returns a lone value bare."""
+    getters = tuple(operator.attrgetter(name) for name in names)
+
+    def read(inst: Any) -> tuple[Any, ...]:
+        return tuple(getter(inst) for getter in getters)
+
+    return read
