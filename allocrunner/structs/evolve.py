@@ -7,6 +7,7 @@ them all with one `operator.attrgetter`, made once per class.
 No threads, no locks: the per-class readers are kept in a dict written without a lock
 (an item assignment is atomic, and two threads that race build equal readers). Cleared
 when it grows past `_READERS_MAX` (classes made at run time, as some tests make them).
+Used by the value objects' own ``with_*`` methods and by the runner's client view.
 """
 
 from __future__ import annotations
