@@ -223,11 +223,12 @@ class StateHandler:
     @calls_out
     def _state_pass(self, done: bool) -> None:
         states = self._tasks.states()
+        tasks = self._tasks.definitions()
         if not done:
             self._drive_kill(states)
-        live = self._tasks.live(states)
+        live = self._tasks.live(states, tasks)
         if live:
-            kill_event = self._tasks.kill_event(states)
+            kill_event = self._tasks.kill_event(states, tasks)
             if kill_event is not None and not done and not self._sibling_fired:
                 self._sibling_fired = True
                 checkpoint("state.sibling_kill")

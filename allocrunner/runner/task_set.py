@@ -41,6 +41,7 @@ from allocrunner.structs import (
     EVENT_SIBLING_FAILED,
     Allocation,
     FrozenDict,
+    Task,
     TaskEvent,
     TaskGroup,
     TaskState,
@@ -153,18 +154,28 @@ class TaskSet:
 
     # --- sibling rules ----------------------------------------------------------------
 
-    def live(self, states: Mapping[str, TaskState]) -> list[TaskRunner]:
-        """The runners of tasks not dead in `states`, poststop tasks aside."""
+    def definitions(self) -> dict[str, Task]:
+        """Each task's current definition (from its runner's latest allocation), by task
+        name: read once per runner, so that one state pass applies the sibling rules to
+        one view of the tasks' roles."""
+        return {name: tr.task() for name, tr in self._runners.items()}
+
+    def live(self, states: Mapping[str, TaskState], tasks: Mapping[str, Task]) -> list[TaskRunner]:
+        """The runners of tasks not dead in `states`, poststop tasks (by their
+        definitions in `tasks`) aside."""
         return [
             tr
             for name, tr in self._runners.items()
-            if not tr.is_poststop() and not states[name].is_dead()
+            if not tasks[name].is_poststop() and not states[name].is_dead()
         ]
 
-    def kill_event(self, states: Mapping[str, TaskState]) -> TaskEvent | None:
-        """Why the live tasks of `states` must be killed, or None if they may run on."""
-        event = self._sibling_kill_event(states)
-        if event is None and self._only_sidecars_live(self.live(states)):
+    def kill_event(
+        self, states: Mapping[str, TaskState], tasks: Mapping[str, Task]
+    ) -> TaskEvent | None:
+        """Why the live tasks of `states` must be killed, or None if they may run on;
+        `tasks` holds the definitions (`definitions`) the roles are read from."""
+        event = self._sibling_kill_event(states, tasks)
+        if event is None and self._only_sidecars_live(self.live(states, tasks), tasks):
             event = TaskEvent(
                 EVENT_MAIN_DEAD,
                 message="Main tasks in the group died",
@@ -172,11 +183,14 @@ class TaskSet:
             )
         return event
 
-    def _sibling_kill_event(self, states: Mapping[str, TaskState]) -> TaskEvent | None:
+    def _sibling_kill_event(
+        self, states: Mapping[str, TaskState], tasks: Mapping[str, Task]
+    ) -> TaskEvent | None:
         event: TaskEvent | None = None
-        for name, tr in self._runners.items():
+        for name in self._runners:
             state = states[name]
-            if tr.is_poststop() or not state.is_dead():
+            task = tasks[name]
+            if task.is_poststop() or not state.is_dead():
                 continue
             if state.failed:
                 if event is None:
@@ -186,7 +200,7 @@ class TaskSet:
                         display_message=f"Task's sibling {name!r} failed",
                         details={"failed_sibling": name},
                     )
-            elif tr.is_leader():
+            elif task.leader:
                 event = TaskEvent(
                     EVENT_LEADER_DEAD,
                     message="Leader Task in Group dead",
@@ -194,11 +208,11 @@ class TaskSet:
                 )
         return event
 
-    def _only_sidecars_live(self, live: list[TaskRunner]) -> bool:
+    def _only_sidecars_live(self, live: list[TaskRunner], tasks: Mapping[str, Task]) -> bool:
         if not live:
             return False
-        has_sidecars = any(tr.is_sidecar() for tr in self._runners.values())
-        return has_sidecars and all(tr.is_sidecar() for tr in live)
+        has_sidecars = any(task.is_sidecar() for task in tasks.values())
+        return has_sidecars and all(tasks[tr.name].is_sidecar() for tr in live)
 
     @calls_out
     def release_parked(self) -> None:
