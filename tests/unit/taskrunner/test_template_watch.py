@@ -106,7 +106,7 @@ def test_noop_re_renders_the_file_only(harness) -> None:
     tr, source = start_task(harness, template)
     pid = pid_of(tr)
     assert dest_text(tr) == "v1 x"
-    assert len(watch_threads()) == 1
+    wait_for(lambda: _assert(len(watch_threads()) == 1, watch_threads()))  # poststart
     source.write_text('v2 {{ "y" }}')
     wait_dest(tr, "v2 y")
     # Renamed into place, as editors and config tools write files.
@@ -193,7 +193,9 @@ def test_the_watcher_stops_with_the_task(harness) -> None:
     template = Template(source_path=SOURCE, dest_path="local/out.txt")
     tr, _source = start_task(harness, template)
     pid = pid_of(tr)
-    assert len(watch_threads()) == 1
+    # The watcher starts in poststart, which runs after the task has started (and may
+    # have written its pid).
+    wait_for(lambda: _assert(len(watch_threads()) == 1, watch_threads()))
     assert tr.kill(timeout=20)
     assert watch_threads() == []
     assert not alive(pid)
