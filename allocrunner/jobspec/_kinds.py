@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from allocrunner.errors import JobSpecError
@@ -49,6 +50,16 @@ class _Omit:
 OMIT: Any = _Omit()
 
 
+class _Call:
+    """Immutable. Marker: a kind's encoding of None is not a constant (call `encode`)."""
+
+    def __repr__(self) -> str:
+        return "CALL"
+
+
+CALL: Any = _Call()
+
+
 def describe(value: Any) -> str:
     """A short description of a bad value for error messages."""
     text = repr(value)
@@ -70,6 +81,9 @@ class Kind:
 
     __slots__ = ()
     null: Any = OMIT
+    #: What `encode(None)` returns when that is a constant, so that a struct can put
+    #: it in without the call; `CALL` where it is not declared.
+    none_encoding: Any = CALL
 
     def decode(self, value: Any, path: str) -> Any:
         raise NotImplementedError
@@ -192,6 +206,7 @@ class Rfc3339Time(Kind):
 
     __slots__ = ()
     null = None
+    none_encoding = GO_ZERO_TIME_TEXT
 
     def decode(self, value: Any, path: str) -> datetime | None:
         if not isinstance(value, str):
@@ -214,6 +229,7 @@ class UnixNanoTime(Kind):
 
     __slots__ = ()
     null = None
+    none_encoding = 0
 
     def decode(self, value: Any, path: str) -> datetime | None:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -340,6 +356,19 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+def _encoder(kind: Kind) -> Callable[[Any], Any] | None:
+    """The bound `encode` of `kind`; None when it returns every value as it is."""
+    return None if type(kind).encode is Kind.encode else kind.encode
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function that reads the attributes `names` of an object into a tuple."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda value: (getattr(value, name),)
+    return attrgetter(*names)
+
+
 class Field:
     """Immutable. One field of a struct: attrs attribute name, JSON key, kind.
 
@@ -364,7 +393,8 @@ class Struct(Kind):
     `check(kwargs, path)` may add cross-field rules (unique names) before construction.
     """
 
-    __slots__ = ("check", "cls", "fields", "name")
+    __slots__ = ("_plan", "_values", "check", "cls", "fields", "name")
+    none_encoding = None
 
     def __init__(
         self,
@@ -377,6 +407,11 @@ class Struct(Kind):
         self.name = cls.__name__
         self.fields = tuple(fields)
         self.check = check
+        self._values = _getter(tuple(f.attr for f in self.fields))
+        self._plan = tuple(
+            (f.attr, f.key, _encoder(f.kind), f.omit_empty, f.kind.none_encoding)
+            for f in self.fields
+        )
 
     def field(self, key: str) -> Field:
         """The field whose JSON key is `key`."""
@@ -406,28 +441,35 @@ class Struct(Kind):
             raise JobSpecError(path, f"invalid {self.name}: {err}") from None
 
     def encode(self, value: Any) -> Any:
+        """The JSON object of `value` (None for None)."""
         if value is None:
             return None
-        out: dict[str, Any] = {}
-        for f in self.fields:
-            item = getattr(value, f.attr)
-            if f.omit_empty and not item:
-                continue
-            out[f.key] = f.kind.encode(item)
-        return out
+        return self._encode_fields(value, None, None)
 
     def encode_with(self, value: Any, attr: str, encoded: Any) -> dict[str, Any]:
         """`encode(value)` with field `attr` taken as `encoded` instead of encoding it
         again (a value whose encoding the caller already has)."""
+        return self._encode_fields(value, attr, encoded)
+
+    def _encode_fields(self, value: Any, given: str | None, encoded: Any) -> dict[str, Any]:
+        """The fields of `value`, field `given` taken as `encoded`. They are read with
+        one getter and walked by a plan made once (`_encoder`), so a field whose kind
+        encodes a value as itself, or None as a constant, costs no call: a TaskState
+        is encoded at every change of a task, and an allocation at every update."""
         out: dict[str, Any] = {}
-        for f in self.fields:
-            if f.attr == attr:
-                out[f.key] = encoded
+        for (attr, key, encode, omit_empty, none), item in zip(
+            self._plan, self._values(value), strict=True
+        ):
+            if attr == given:
+                out[key] = encoded
+            elif omit_empty and not item:
                 continue
-            item = getattr(value, f.attr)
-            if f.omit_empty and not item:
-                continue
-            out[f.key] = f.kind.encode(item)
+            elif encode is None:
+                out[key] = item
+            elif item is None and none is not CALL:
+                out[key] = none
+            else:
+                out[key] = encode(item)
         return out
 
 
