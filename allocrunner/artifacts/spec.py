@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import attrs
 
 from allocrunner.errors import JobSpecError, RecoverableError
-from allocrunner.structs.frozen import FrozenDict, frozen_map
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map
 
 __all__ = [
     "ARCHIVE_KINDS",
@@ -107,8 +107,8 @@ class ArtifactSpec:
     source: str
     destination: str | None = None
     mode: str = MODE_ANY
-    options: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    headers: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    options: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
+    headers: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
 
 
 def default_destination(spec: ArtifactSpec) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from allocrunner._sync import CancelToken
-from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict, thaw
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, plain_dict, thaw
 from allocrunner.structs.job import Resources
 
 TASK_STATE_RUNNING = "running"
@@ -31,8 +31,8 @@ class TaskConfig:
     id: str
     alloc_id: str
     name: str
-    driver_config: FrozenDict[str, Any] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    driver_config: FrozenDict[str, Any] = attrs.field(default=EMPTY, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     user: str = ""
     task_dir: str = ""
     alloc_dir: str = ""
@@ -74,7 +74,7 @@ class TaskHandle:
     driver: str
     config: TaskConfig
     state: str = TASK_STATE_RUNNING
-    driver_state: FrozenDict[str, Any] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    driver_state: FrozenDict[str, Any] = attrs.field(default=EMPTY, converter=frozen_map)
     version: int = 1
 
     @property

@@ -37,7 +37,7 @@ import attrs
 from allocrunner.drivers.base import TaskHandle
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskState
 from allocrunner.structs.evolve import evolve
-from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, plain_dict
 
 __all__ = [
     "HookState",
@@ -68,18 +68,14 @@ def _str_map(value: object, path: str) -> dict[str, str]:
     return out
 
 
-def _str_map_converter(value: Mapping[str, str] | None) -> FrozenDict[str, str]:
-    return frozen_map(value)
-
-
 @attrs.frozen
 class HookState:
     """Immutable. What one task hook recorded: whether its prestart finished, its
     private data, and the environment variables it contributed (Nomad's HookState)."""
 
     prestart_done: bool = False
-    data: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=_str_map_converter)
-    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=_str_map_converter)
+    data: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data."""
@@ -104,8 +100,8 @@ class HookState:
 
 def _hooks_converter(value: Mapping[str, HookState] | None) -> FrozenDict[str, HookState]:
     if value is None:
-        return FrozenDict()
-    if isinstance(value, FrozenDict):
+        return EMPTY
+    if type(value) is FrozenDict:
         return value
     return FrozenDict(value)
 
@@ -128,7 +124,7 @@ class LocalState:
     whose run completed is never run again on restore, Nomad #5883)."""
 
     hooks: FrozenDict[str, HookState] = attrs.field(
-        factory=FrozenDict, converter=_hooks_converter, validator=_check_hooks
+        default=EMPTY, converter=_hooks_converter, validator=_check_hooks
     )
     task_handle: TaskHandle | None = None
     run_complete: bool = False

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import attrs
 
-from allocrunner.structs.frozen import FrozenDict, frozen_map
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map
 from allocrunner.structs.job import Job, TaskGroup
 from allocrunner.structs.status import (
     CLIENT_PENDING,
@@ -96,7 +96,7 @@ class Allocation:
     modify_time: int = 0
     client_status: str = CLIENT_PENDING
     client_description: str = ""
-    task_states: FrozenDict[str, TaskState] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    task_states: FrozenDict[str, TaskState] = attrs.field(default=EMPTY, converter=frozen_map)
     deployment_status: AllocDeploymentStatus | None = None
     # The placement's ports (``AllocatedResources.Shared.Ports``), given by the server
     # (here: the agent's placement) and read by the task environment.
@@ -138,7 +138,7 @@ class AllocState:
     client_status: str = CLIENT_PENDING
     client_description: str = ""
     deployment_status: AllocDeploymentStatus | None = None
-    task_states: FrozenDict[str, TaskState] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    task_states: FrozenDict[str, TaskState] = attrs.field(default=EMPTY, converter=frozen_map)
 
 
 def new_allocation(

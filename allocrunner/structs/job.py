@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from allocrunner.structs.frozen import FrozenDict, frozen_map, frozen_tuple
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, frozen_tuple
 from allocrunner.structs.status import (
     JOB_BATCH,
     JOB_SERVICE,
@@ -223,8 +223,8 @@ class TaskArtifact:
     (`getter_source`) and where to put it (`relative_dest`, relative to the task dir)."""
 
     getter_source: str
-    getter_options: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    getter_headers: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    getter_options: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
+    getter_headers: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     getter_mode: str = DEFAULT_ARTIFACT_MODE
     relative_dest: str = "local/"
 
@@ -274,9 +274,9 @@ class Task:
 
     name: str
     driver: str
-    config: FrozenDict[str, object] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    config: FrozenDict[str, object] = attrs.field(default=EMPTY, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
+    meta: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     user: str = ""
     leader: bool = False
     lifecycle: Lifecycle | None = None
@@ -318,7 +318,7 @@ class TaskGroup:
     ephemeral_disk: EphemeralDisk = attrs.field(factory=EphemeralDisk)
     update: UpdateStrategy | None = None
     migrate: MigrateStrategy | None = None
-    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    meta: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     shutdown_delay: float = 0.0
     constraints: tuple[Constraint, ...] = attrs.field(default=(), converter=frozen_tuple)
     networks: tuple[NetworkResource, ...] = attrs.field(default=(), converter=frozen_tuple)
@@ -344,7 +344,7 @@ class Job:
     datacenters: tuple[str, ...] = attrs.field(default=("*",), converter=frozen_tuple)
     priority: int = 50
     task_groups: tuple[TaskGroup, ...] = attrs.field(default=(), converter=frozen_tuple)
-    meta: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    meta: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     update: UpdateStrategy | None = None
     version: int = 0
     stop: bool = False

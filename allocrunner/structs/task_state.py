@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from allocrunner.structs.evolve import evolve
-from allocrunner.structs.frozen import FrozenDict, frozen_map, frozen_tuple
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, frozen_tuple
 from allocrunner.structs.status import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 
 # Task event types (Nomad's TaskEvent.Type strings).
@@ -76,7 +76,7 @@ class TaskEvent:
     exit_code: int = 0
     signal: int = 0
     fails_task: bool = False
-    details: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    details: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
 
     def with_details(self, **details: Any) -> TaskEvent:
         """A copy with extra string details (Nomad's TaskEvent.Details)."""

@@ -49,7 +49,7 @@ from allocrunner.drivers.base import ExitResult, TaskHandle
 from allocrunner.errors import DriverError
 from allocrunner.state import HookState
 from allocrunner.structs import Allocation, Task, TaskEvent
-from allocrunner.structs.frozen import FrozenDict, frozen_map, plain_dict
+from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, plain_dict
 from allocrunner.structs.task_state import (
     EVENT_FAILED_VALIDATION,
     EVENT_SETUP,
@@ -126,12 +126,12 @@ class HookRequest:
     task_dir: TaskDir
     cancel: CancelToken
     emit_event: Callable[[TaskEvent], None]
-    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     previous: HookState | None = None
     handle: TaskHandle | None = None
     result: ExitResult | None = None
     datacenter: str = ""
-    node_vars: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    node_vars: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
 
 
 @attrs.frozen
@@ -139,8 +139,8 @@ class PrestartResult:
     """Immutable. What a prestart hook hands back: env for the task, private data, and
     whether it is done for good (then skipped on every later start)."""
 
-    env: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
-    data: FrozenDict[str, str] = attrs.field(factory=FrozenDict, converter=frozen_map)
+    env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
+    data: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     done: bool = False
 
     def hook_state(self) -> HookState:
