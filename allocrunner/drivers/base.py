@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from allocrunner._sync import CancelToken
+from allocrunner.structs.evolve import init_args
 from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map, plain_dict, thaw
 from allocrunner.structs.job import Resources
 
@@ -51,10 +52,10 @@ class TaskConfig:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data, for persisting inside a TaskHandle."""
-        data = attrs.asdict(self, recurse=False)
+        data = init_args(self)
         data["driver_config"] = thaw(self.driver_config)
         data["env"] = plain_dict(self.env)
-        data["resources"] = attrs.asdict(self.resources)
+        data["resources"] = init_args(self.resources)
         return data
 
     @classmethod

@@ -1,13 +1,15 @@
 """`evolve`: a copy of a frozen attrs value object with some fields changed, exactly as
 `attrs.evolve` makes it, for the value objects rebuilt on every task start (a task's
-state, its local state, the client's view of its allocation). `attrs.evolve` looks the
-class's fields up and reads each one with a getattr of its own on every call; this reads
-them all with one `operator.attrgetter`, made once per class.
+state, its local state, the client's view of its allocation), and `init_args`, the
+arguments it calls the class with. `attrs.evolve` looks the class's fields up and reads
+each one with a getattr of its own on every call; this reads them all with one
+`operator.attrgetter`, made once per class.
 
 No threads, no locks: the per-class readers are kept in a dict written without a lock
 (an item assignment is atomic, and two threads that race build equal readers). Cleared
 when it grows past `_READERS_MAX` (classes made at run time, as some tests make them).
-Used by the value objects' own ``with_*`` methods and by the runner's client view.
+Used by the value objects' own ``with_*`` methods, the runner's client view and the
+driver's `TaskConfig.to_json`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["evolve"]
+__all__ = ["evolve", "init_args"]
 
 T = TypeVar("T")
 
@@ -32,14 +34,21 @@ def evolve(inst: T, **changes: Any) -> T:
     `attrs.evolve` takes them): its class is called with every init argument, so
     converters and validators run as they do for `attrs.evolve`, and an unknown name
     raises TypeError."""
+    kwargs = init_args(inst)
+    kwargs.update(changes)
+    return type(inst)(**kwargs)
+
+
+def init_args(inst: Any) -> dict[str, Any]:
+    """The init arguments (by name, as the class takes them) that rebuild attrs
+    instance `inst`: for a class whose fields are all init arguments with public names,
+    what ``attrs.asdict(inst, recurse=False)`` gives."""
     cls = type(inst)
     reader = _READERS.get(cls)
     if reader is None:
         reader = _reader(cls)
     aliases, read = reader
-    kwargs = dict(zip(aliases, read(inst), strict=True))
-    kwargs.update(changes)
-    return cls(**kwargs)
+    return dict(zip(aliases, read(inst), strict=True))
 
 
 def _reader(cls: type) -> _Reader:

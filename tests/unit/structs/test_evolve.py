@@ -1,6 +1,7 @@
 """`allocrunner.structs.evolve.evolve` makes exactly what `attrs.evolve` makes: the same
 init arguments read (private attributes by their alias, fields without init left to
-their defaults), converters and validators run again, unknown names refused."""
+their defaults), converters and validators run again, unknown names refused; and
+`init_args` gives those arguments, as `TaskConfig.to_json` uses them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allocrunner.structs import TaskEvent, TaskState
-from allocrunner.structs.evolve import evolve
+from allocrunner.drivers.base import TaskConfig
+from allocrunner.structs import Resources, TaskEvent, TaskState
+from allocrunner.structs.evolve import evolve, init_args
 from allocrunner.structs.frozen import EMPTY, FrozenDict, frozen_map
 
 
@@ -74,3 +76,29 @@ def test_task_states_evolve_alike(
     base = TaskState(events=tuple(TaskEvent(type=kind, time=now) for kind in events))
     changes = {"state": state, "failed": failed, "restarts": restarts, "started_at": now}
     assert evolve(base, **changes) == attrs.evolve(base, **changes)
+
+
+def test_init_args_are_what_rebuilds_the_instance() -> None:
+    inst = _Mixed("a", 3, {"k": "v"}, positive=2)
+    args = init_args(inst)
+    assert args == {"name": "a", "secret": 3, "tags": {"k": "v"}, "positive": 2}
+    assert _Mixed(**args) == inst
+    assert init_args(_One(5)) == {"only": 5}
+    assert init_args(_Empty()) == {}
+
+
+def test_a_task_config_encodes_as_attrs_asdict_does() -> None:
+    config = TaskConfig(
+        id="a/t/1",
+        alloc_id="a",
+        name="t",
+        driver_config={"run_for": "1s", "nested": {"k": [1, 2]}},
+        env={"A": "1"},
+        resources=Resources(cpu=200, memory_mb=64),
+    )
+    expected = attrs.asdict(config, recurse=False)
+    expected["driver_config"] = {"run_for": "1s", "nested": {"k": [1, 2]}}
+    expected["env"] = {"A": "1"}
+    expected["resources"] = attrs.asdict(config.resources)
+    assert config.to_json() == expected
+    assert TaskConfig.from_json(config.to_json()) == config
