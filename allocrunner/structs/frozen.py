@@ -99,7 +99,7 @@ class FrozenDict(Mapping[K, V]):
             return value
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, FrozenDict):
+        if type(other) is FrozenDict or isinstance(other, FrozenDict):
             return self._data == other._data
         if isinstance(other, Mapping):
             return self._data == dict(other)
@@ -129,21 +129,27 @@ _ATOMS = frozenset({str, int, float, bool, type(None), bytes})
 
 def freeze(value: Any) -> Any:
     """Deep-freeze JSON-like data: mappings become FrozenDict, lists become tuples."""
-    if type(value) in _ATOMS or isinstance(value, FrozenDict):
+    kind = type(value)
+    if kind in _ATOMS or kind is FrozenDict:
         return value
-    if isinstance(value, Mapping):
+    # A dict, a list or a tuple is told by its exact type before the ABC checks below,
+    # which cost two calls into Python each (JSON data is made of these).
+    if kind is dict or (not isinstance(value, FrozenDict) and isinstance(value, Mapping)):
         return FrozenDict({k: v if type(v) in _ATOMS else freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
+    if kind is tuple or kind is list or isinstance(value, list | tuple):
         return tuple(v if type(v) in _ATOMS else freeze(v) for v in value)
     return value
 
 
 def thaw(value: Any) -> Any:
     """Undo `freeze`: FrozenDict becomes dict, tuples become lists."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [thaw(v) for v in value]
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is FrozenDict or kind is dict or isinstance(value, Mapping):
+        return {k: v if type(v) in _ATOMS else thaw(v) for k, v in value.items()}
+    if kind is tuple or kind is list or isinstance(value, tuple | list):
+        return [v if type(v) in _ATOMS else thaw(v) for v in value]
     return value
 
 
