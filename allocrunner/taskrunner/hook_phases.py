@@ -7,8 +7,10 @@ the run loop:
 
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
-  into the task env and, when it changed, recorded. A kill or a shutdown meanwhile
-  cuts the phase short. A failure is recorded as a task event and raised for the
+  into the task env and, when it changed, recorded. Each hook is told the latest
+  allocation and task and the env built so far (one immutable request serves the
+  next hook too while none of these changed). A kill or a shutdown meanwhile cuts the
+  phase short. A failure is recorded as a task event and raised for the
   restart policy.
 - the soft phases (poststart, pre-kill, exited, update, stop, shutdown) run every
   hook; each failure is logged and recorded as a task event, never raised.
@@ -71,6 +73,7 @@ __all__ = ["TaskHookPhases", "hook_error_event"]
 log = logging.getLogger("allocrunner.taskrunner")
 
 _NO_RESULT = PrestartResult()
+_NO_STATE = HookState()
 
 
 class _Stopped(Exception):
@@ -84,6 +87,46 @@ def hook_error_event(err: HookError) -> TaskEvent:
         return cause.event
     text = f"{err.hook}: {cause if cause is not None else err}"
     return TaskEvent(EVENT_HOOK_FAILED, message=text, display_message=text)
+
+
+class _PrestartRequests:
+    """Not thread-safe; made and used by one run of `TaskHookPhases.prestart`. The
+    request each prestart hook is told. Nomad builds one for every hook, from the
+    latest allocation and task and the env built so far; a request is immutable, so the
+    one built for a hook is told again to the next while none of those changed and the
+    hook recorded nothing before (most hooks hand back no env): seven hooks run on every
+    start, and building a request takes a copy of the env each time."""
+
+    def __init__(
+        self,
+        current: Callable[[], tuple[Allocation, Task]],
+        make: Callable[..., HookRequest],
+        cancel: CancelToken,
+    ) -> None:
+        self.cancel = cancel
+        self._current = current
+        self._make = make
+        self._last: HookRequest | None = None
+
+    def env_changed(self) -> None:
+        """The env was added to: the next hook is told a request built afresh."""
+        self._last = None
+
+    def build(self, env: dict[str, str], previous: HookState | None) -> HookRequest:
+        """The request for a hook whose recorded progress is `previous`."""
+        alloc, task = self._current()
+        last = self._last
+        if (
+            last is not None
+            and previous is None
+            and last.previous is None
+            and last.alloc is alloc
+            and last.task is task
+        ):
+            return last
+        request = self._make(self.cancel, (alloc, task), env=env, previous=previous)
+        self._last = request
+        return request
 
 
 class TaskHookPhases:
@@ -147,11 +190,12 @@ class TaskHookPhases:
         env: dict[str, str] = host_env() if task.driver in HOST_ENV_DRIVERS else {}
         local = self._cell.local()
         cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
+        requests = _PrestartRequests(self._current, self._request, cancel)
         try:
             run_phase(
                 bind_phase(self._hooks.hooks, "prestart"),
                 phase_label("prestart"),
-                lambda bound: self._prestart_one(bound, local, env, cancel),
+                lambda bound: self._prestart_one(bound, local, env, requests),
                 policy=STOP_AT_FIRST,
             )
         except HookError as err:
@@ -165,23 +209,30 @@ class TaskHookPhases:
         return True
 
     def _prestart_one(
-        self, bound: BoundHook, local: LocalState, env: dict[str, str], cancel: CancelToken
+        self,
+        bound: BoundHook,
+        local: LocalState,
+        env: dict[str, str],
+        requests: _PrestartRequests,
     ) -> None:
         """Run one prestart hook (or re-apply the env of a done one) into `env`; `local`
         is the hook progress as it was when the phase began."""
         previous = local.hook(bound.name)
         if previous is not None and previous.prestart_done:
-            merge_into(env, previous.env)
+            if previous.env:
+                merge_into(env, previous.env)
+                requests.env_changed()
             return
-        request = self._request(cancel, env=env, previous=previous)
-        result = cast("PrestartResult | None", bound.method(request))
+        result = cast("PrestartResult | None", bound.method(requests.build(env, previous)))
         if result is None:
             result = _NO_RESULT
-        merge_into(env, result.env)
+        if result.env:
+            merge_into(env, result.env)
+            requests.env_changed()
         state = result.hook_state()
-        if state != (previous or HookState()):
+        if state != (previous or _NO_STATE):
             self._cell.update_local(lambda current: current.with_hook(bound.name, state))
-        if cancel.cancelled():
+        if requests.cancel.cancelled():
             raise _Stopped()
 
     # --- the soft phases --------------------------------------------------------------
@@ -236,8 +287,15 @@ class TaskHookPhases:
     def emit_event(self, event: TaskEvent) -> None:
         self._cell.publish(event=event)
 
-    def _request(self, cancel: CancelToken, **fields: Any) -> HookRequest:
-        alloc, task = self._current()
+    def _request(
+        self,
+        cancel: CancelToken,
+        current: tuple[Allocation, Task] | None = None,
+        **fields: Any,
+    ) -> HookRequest:
+        """A request for a hook: of `current` (the allocation and task; read now when
+        None), told `fields`, with the env given in them over the node variables."""
+        alloc, task = self._current() if current is None else current
         env = interpolation_scope(fields.pop("env", {}), self._node_vars)
         return HookRequest(
             alloc=alloc,

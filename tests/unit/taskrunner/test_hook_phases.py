@@ -14,7 +14,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import HookError
-from allocrunner.state import MemDB
+from allocrunner.state import HookState, MemDB
 from allocrunner.structs import Allocation, Task, TaskEvent, TaskState
 from allocrunner.structs.status import DESIRED_STOP
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
@@ -177,6 +177,47 @@ def test_a_done_prestart_hook_is_recorded_then_skipped_with_its_env(make_rig) ->
     assert rig.phases.prestart()
     assert len(done.calls) == 1
     assert dict(rig.phases.env) == {"D": "x"}
+
+
+class Updater(TaskHook):
+    """Updates the allocation from its prestart (a new version arrives meanwhile)."""
+
+    name = "updater"
+
+    def __init__(self, rig: list[Rig]) -> None:
+        self.rig = rig
+
+    def prestart(self, req: HookRequest) -> None:
+        current = self.rig[0].alloc
+        current[0] = attrs.evolve(current[0], alloc_modify_index=current[0].alloc_modify_index + 1)
+
+
+def test_each_prestart_hook_is_told_the_latest_allocation(make_rig) -> None:
+    holder: list[Rig] = []
+    before, after = Recorder("before"), Recorder("after")
+    holder.append(make_rig(before, Updater(holder), after))
+    rig = holder[0]
+    first = rig.alloc[0]
+    assert rig.phases.prestart()
+    assert before.calls[0][1].alloc is first
+    assert after.calls[0][1].alloc is rig.alloc[0]
+    assert after.calls[0][1].alloc is not first
+
+
+def test_a_prestart_request_is_built_again_once_the_env_or_the_progress_differs(
+    make_rig,
+) -> None:
+    one, two = Recorder("one"), Recorder("two", PrestartResult(env={"A": "1"}))
+    three, four = Recorder("three"), Recorder("four")
+    rig = make_rig(one, two, three, four)
+    rig.cell.update_local(lambda local: local.with_hook("four", HookState(data={"k": "v"})))
+    assert rig.phases.prestart()
+    requests = [hook.calls[0][1] for hook in (one, two, three, four)]
+    assert requests[1] is requests[0]  # nothing changed between them
+    assert "A" not in requests[1].env and requests[2].env["A"] == "1"
+    assert requests[3] is not requests[2]
+    assert requests[3].previous == HookState(data={"k": "v"})
+    assert requests[2].previous is None
 
 
 class Killer(TaskHook):
