@@ -117,7 +117,7 @@ _PLANS_MAX = 256
 def _pick(ordered: tuple[NamedHook, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
     """The hooks at `positions` of `ordered`: those of one phase, by its plan (so each
     implements that phase's protocol, which `implements` decided when it was made)."""
-    return tuple(ordered[i] for i in positions)
+    return tuple(map(ordered.__getitem__, positions))
 
 
 def _plan(ordered: tuple[NamedHook, ...]) -> tuple[tuple[int, ...], ...]:
@@ -147,16 +147,16 @@ class AllocHooks:
     def of(cls, hooks: Iterable[NamedHook]) -> AllocHooks:
         """Sort `hooks` by the phases they implement; TypeError for a hook with none."""
         ordered = tuple(hooks)
-        classes = tuple(type(hook) for hook in ordered)
+        classes = tuple(map(type, ordered))
         plan = _PLANS.get(classes)
         if plan is None:
             plan = _plan(ordered)
             if len(_PLANS) >= _PLANS_MAX:
                 _PLANS.clear()
             _PLANS[classes] = plan
-        prerun, update, pre_kill, postrun, destroy, shutdown = (
+        prerun, update, pre_kill, postrun, destroy, shutdown = [
             _pick(ordered, positions) for positions in plan
-        )
+        ]
         return cls(
             prerun_hooks=prerun,
             update_hooks=update,

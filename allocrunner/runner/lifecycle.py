@@ -311,32 +311,41 @@ class TaskCoordinator:
 
     # --- conditions (pure; read only immutable fields) --------------------------------
 
+    # Mostly plain loops: a state pass tests several of these, a thousand starting
+    # allocations make three passes each, and a generator costs a call per task.
+
     def _states_of(self, states: Mapping[str, TaskState], stage: str) -> list[TaskState]:
-        return [states.get(name, _PENDING) for name in self._tasks_by_stage.get(stage, ())]
+        get = states.get
+        return [get(name, _PENDING) for name in self._tasks_by_stage.get(stage, ())]
 
     def _init_done(self, states: Mapping[str, TaskState]) -> bool:
-        return all(states.get(name, _PENDING).state == TASK_PENDING for name in self._stage_of)
+        get = states.get
+        return all(get(name, _PENDING).state == TASK_PENDING for name in self._stage_of)
 
     def _prestart_done(self, states: Mapping[str, TaskState]) -> bool:
-        ephemeral = self._states_of(states, STAGE_PRESTART_EPHEMERAL)
-        sidecars = self._states_of(states, STAGE_PRESTART_SIDECAR)
-        return all(s.successful() for s in ephemeral) and all(
-            s.state == TASK_RUNNING for s in sidecars
-        )
+        for state in self._states_of(states, STAGE_PRESTART_EPHEMERAL):
+            if not state.successful():
+                return False
+        for state in self._states_of(states, STAGE_PRESTART_SIDECAR):
+            if state.state != TASK_RUNNING:
+                return False
+        return True
 
     def _main_done(self, states: Mapping[str, TaskState]) -> bool:
-        return all(s.state != TASK_PENDING for s in self._states_of(states, STAGE_MAIN))
+        return all(state.state != TASK_PENDING for state in self._states_of(states, STAGE_MAIN))
 
     def _poststart_done(self, states: Mapping[str, TaskState]) -> bool:
-        ephemeral = self._states_of(states, STAGE_POSTSTART_EPHEMERAL)
-        return all(s.state == TASK_DEAD for s in ephemeral)
+        for state in self._states_of(states, STAGE_POSTSTART_EPHEMERAL):
+            if state.state != TASK_DEAD:
+                return False
+        return True
 
     def _alloc_done(self, states: Mapping[str, TaskState]) -> bool:
-        return all(
-            states.get(name, _PENDING).state == TASK_DEAD
-            for name, stage in self._stage_of.items()
-            if stage != STAGE_POSTSTOP
-        )
+        get = states.get
+        for name, stage in self._stage_of.items():
+            if stage != STAGE_POSTSTOP and get(name, _PENDING).state != TASK_DEAD:
+                return False
+        return True
 
     def __repr__(self) -> str:
         return f"<TaskCoordinator tasks={len(self._stage_of)}>"

@@ -228,7 +228,7 @@ class StateHandler:
             self._drive_kill(states)
         live = self._tasks.live(states, tasks)
         if live:
-            kill_event = self._tasks.kill_event(states, tasks)
+            kill_event = self._tasks.kill_event(states, tasks, live)
             if kill_event is not None and not done and not self._sibling_fired:
                 self._sibling_fired = True
                 checkpoint("state.sibling_kill")

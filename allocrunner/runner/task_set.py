@@ -170,12 +170,16 @@ class TaskSet:
         ]
 
     def kill_event(
-        self, states: Mapping[str, TaskState], tasks: Mapping[str, Task]
+        self,
+        states: Mapping[str, TaskState],
+        tasks: Mapping[str, Task],
+        live: list[TaskRunner],
     ) -> TaskEvent | None:
         """Why the live tasks of `states` must be killed, or None if they may run on;
-        `tasks` holds the definitions (`definitions`) the roles are read from."""
+        `tasks` holds the definitions (`definitions`) the roles are read from, and
+        `live` is what `live(states, tasks)` gave."""
         event = self._sibling_kill_event(states, tasks)
-        if event is None and self._only_sidecars_live(self.live(states, tasks), tasks):
+        if event is None and self._only_sidecars_live(live, tasks):
             event = TaskEvent(
                 EVENT_MAIN_DEAD,
                 message="Main tasks in the group died",
