@@ -21,7 +21,8 @@ the run thread, which runs the update hooks; `shutdown` makes the run thread ret
 and leave the task running, then runs the shutdown hooks on the caller's thread;
 `signal` and `latest_stats` call the thread-safe driver directly.
 
-Locks: ``TaskRunner._alloc_lock`` (RW) guards the allocation and the task definition;
+Locks: ``TaskRunner._alloc_lock`` (a mutex: each hold reads or swaps two fields) guards
+the allocation and the task definition;
 the cell and the mailbox each have their own (see their modules). None is held while
 calling a hook, a driver, the state DB or a callback, and none is held with another.
 Owner: an AllocRunner creates one TaskRunner per task and runs it on its own thread.
@@ -34,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from allocrunner._locking import calls_out, guarded, hand_over, immutable, make_rwlock
+from allocrunner._locking import calls_out, guarded, hand_over, immutable, make_lock
 from allocrunner._sync import CancelToken, Event
 from allocrunner.allocdir import AllocDir, TaskDir
 from allocrunner.drivers.base import Driver
@@ -154,7 +155,7 @@ class TaskRunner:
         self._finished = Event()  # run() returned, or never will
         self._shutdown_hooks_ran = Event()
 
-        self._alloc_lock = make_rwlock("TaskRunner._alloc_lock")
+        self._alloc_lock = make_lock("TaskRunner._alloc_lock")
         self._alloc = alloc
         self._task = task
 
@@ -224,17 +225,17 @@ class TaskRunner:
 
     def alloc(self) -> Allocation:
         """The latest allocation this runner was given."""
-        with self._alloc_lock.read():
+        with self._alloc_lock:
             return self._alloc
 
     def task(self) -> Task:
         """The current task definition (from the latest allocation)."""
-        with self._alloc_lock.read():
+        with self._alloc_lock:
             return self._task
 
     def _current(self) -> tuple[Allocation, Task]:
         """The latest allocation and its definition of the task, read together."""
-        with self._alloc_lock.read():
+        with self._alloc_lock:
             return self._alloc, self._task
 
     def is_leader(self) -> bool:
@@ -387,7 +388,7 @@ class TaskRunner:
             )
             self._control.kill_soon(event, MSG_MISSING_TASK)
             return
-        with self._alloc_lock.write():
+        with self._alloc_lock:
             self._alloc = alloc
             self._task = task
         if not alloc.terminal():

@@ -4,8 +4,11 @@
 the server sees and the client-only `LocalState` (hook progress, the driver handle,
 run complete), each with a version bumped on every change. A writer builds the new
 immutable snapshot outside the lock and swaps it in (trying again if another writer
-came first); a reader takes the current snapshot under the read side, so it costs
-nothing and can never change under the reader.
+came first); a reader takes the current snapshot under the lock, so it costs a few
+steps and can never change under the reader. The lock is a plain mutex, not an
+RWLock: every hold is a field read or a swap, so readers would gain no concurrency,
+and a read side costs a reader several times what the mutex does (a task start
+takes it about thirty times).
 
 Persistence runs with no lock held, one writer at a time: whoever finds nobody
 writing becomes the writer and writes the newest snapshot; a caller whose version is
@@ -17,7 +20,7 @@ twice, is committed before the write returns). `record` is the one exception: it
 snapshot without writing, for callers that must not block, and the next write of any
 caller carries the change.
 
-Threads: any. Lock: ``TaskStateCell._lock`` (RW) guards `_current` (the snapshot and
+Threads: any. Lock: ``TaskStateCell._lock`` (a mutex) guards `_current` (the snapshot and
 its versions), `_saved` (the versions known to be written), `_writing` (a write is in
 progress) and `_round` (the event its waiters wait for); nothing is called, written or
 waited for under it. Owner: each TaskRunner
@@ -33,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
+from allocrunner._locking import calls_out, guarded, immutable, make_lock
 from allocrunner._sync import Event
 from allocrunner.drivers.base import TaskHandle
 from allocrunner.state import LocalState, StateDB
@@ -122,7 +125,7 @@ class TaskStateCell:
         self._name = task_name
         self._db = db
         self._on_change = on_change
-        self._lock = make_rwlock("TaskStateCell._lock")
+        self._lock = make_lock("TaskStateCell._lock")
         self._current = _Snapshot(initial, LocalState())
         self._saved = (0, 0)
         self._writing = False
@@ -131,11 +134,11 @@ class TaskStateCell:
     # --- reading ------------------------------------------------------------------------
 
     def state(self) -> TaskState:
-        with self._lock.read():
+        with self._lock:
             return self._current.state
 
     def local(self) -> LocalState:
-        with self._lock.read():
+        with self._lock:
             return self._current.local
 
     def handle(self) -> TaskHandle | None:
@@ -144,7 +147,7 @@ class TaskStateCell:
 
     def snapshot(self) -> tuple[TaskState, LocalState]:
         """Both halves of one published version."""
-        with self._lock.read():
+        with self._lock:
             current = self._current
         return current.state, current.local
 
@@ -246,12 +249,12 @@ class TaskStateCell:
         never held up by the building, swapped in only if nobody published meanwhile
         (else built again). Its versions, or None when it changed nothing."""
         while True:
-            with self._lock.read():
+            with self._lock:
                 base = self._current
             new = change(base)
             if new.versions() == base.versions():
                 return None
-            with self._lock.write():
+            with self._lock:
                 if self._current is base:
                     self._current = new
                     return new.versions()
@@ -262,7 +265,7 @@ class TaskStateCell:
     def _persist(self, want: tuple[int, int]) -> None:
         """Return once the database holds at least versions `want` (state, local)."""
         while True:
-            with self._lock.write():
+            with self._lock:
                 if _covers(self._saved, want):
                     return
                 lead = not self._writing
@@ -295,7 +298,7 @@ class TaskStateCell:
                 "task %s/%s: persisting task state failed: %s", self._alloc_id[:8], self._name, err
             )
         finally:
-            with self._lock.write():
+            with self._lock:
                 self._saved = (
                     max(self._saved[0], snapshot.state_version),
                     max(self._saved[1], snapshot.local_version),
