@@ -89,8 +89,13 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON text of `obj` (one encoder for every write: `json.dumps` with
+    options builds a new one each time)."""
+    return _ENCODER.encode(obj)
 
 
 def _encode_deployment(status: AllocDeploymentStatus) -> Any:

@@ -262,25 +262,33 @@ class WriteQueue:
         """Queue `text` as the entry (alloc_id, key), unless the allocation was deleted
         (dropped; `revive` lifts the tombstone instead) or the digest equals the last
         one queued for the key (skipped)."""
+        # The hot path of every write: the lookups of `_last_locked` and `_keys_locked`
+        # and the start claim are spelled out here, one call each fewer.
         with self._lock:
-            self._check_usable_locked()
+            if self._closed or self._failure is not None:
+                self._check_usable_locked()
             if alloc_id in self._deleted:
                 if not revive:
                     self._dropped += 1
                     return NOT_QUEUED
                 self._deleted = self._deleted - {alloc_id}
-            last = self._last_locked(alloc_id, key)
+            keys = self._last.get(alloc_id)
+            last = None if keys is None else keys.get(key)
             previous = None if last is None else last.value
             if last is not None and last.digest == digest:
                 self._skipped += 1
                 return Enqueued(0, previous)
             seq = self._append_locked(PUT, alloc_id, key, text)
-            self._keys_locked(alloc_id)[key] = _Last(value, digest)
+            if keys is None:
+                keys = self._keys_locked(alloc_id)
+            keys[key] = _Last(value, digest)
             self._hints.remember(alloc_id, key, value)
             self._writes += 1
-            start = self._claim_start_locked()
+            start = not self._started
+            self._started = True
             lag = seq - self._committed
-        self._after_append(start, seq, lag)
+        if start or lag > MAX_PENDING:
+            self._after_append(start, seq, lag)
         return Enqueued(seq, previous)
 
     def skip_unchanged(self, alloc_id: str, key: Key, value: object) -> bool:
