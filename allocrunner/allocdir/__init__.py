@@ -22,7 +22,7 @@ from allocrunner.allocdir.fs import (
     SecretsAccessError,
 )
 from allocrunner.allocdir.tarstream import error_marker_name
-from allocrunner.allocdir.task_dir import TaskDir
+from allocrunner.allocdir.task_dir import TaskDir, TaskPaths
 
 __all__ = [
     "DELETED",
@@ -36,5 +36,6 @@ __all__ = [
     "PathNotFoundError",
     "SecretsAccessError",
     "TaskDir",
+    "TaskPaths",
     "error_marker_name",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -16,7 +16,7 @@ from allocrunner._locking import calls_out
 from allocrunner.allocdir import fs
 from allocrunner.errors import AllocDirError
 
-__all__ = ["TASK_DIR_MODES", "TaskDir"]
+__all__ = ["TASK_DIR_MODES", "TaskDir", "TaskPaths"]
 
 LOCAL_DIR: Final = "local"
 SECRETS_DIR: Final = "secrets"
@@ -30,6 +30,17 @@ TASK_DIR_MODES: Final = (
     (TMP_DIR, 0o1777),
     (SECRETS_DIR, 0o700),
 )
+
+
+class TaskPaths(NamedTuple):
+    """Immutable. A task's directories as strings, the form a driver's task config and
+    the task's environment take them in (`TaskDir.paths`)."""
+
+    task_dir: str
+    alloc_dir: str
+    local_dir: str
+    secrets_dir: str
+    logs_dir: str
 
 
 @attrs.frozen
@@ -55,6 +66,19 @@ class TaskDir:
     # The task's own subdirectories are derived on each read rather than kept: every
     # running task holds its TaskDir, and each kept Path is two more objects for the
     # cyclic garbage collector to walk, where a read is rare.
+
+    def paths(self) -> TaskPaths:
+        """The task dir, the shared alloc dir, local/, secrets/ and the logs dir as
+        strings. Every start needs them so (its task config and its env); a Path join
+        per directory would cost a dozen calls each."""
+        task_dir = str(self.dir)
+        return TaskPaths(
+            task_dir,
+            str(self.shared_alloc_dir),
+            f"{task_dir}/{LOCAL_DIR}",
+            f"{task_dir}/{SECRETS_DIR}",
+            str(self.logs_dir),
+        )
 
     @property
     def local_dir(self) -> Path:

@@ -312,7 +312,7 @@ class TaskHookPhases:
 
     def task_config(self, alloc: Allocation, task: Task) -> TaskConfig:
         """What the driver starts: `task` of `alloc` with the env prestart built."""
-        td = self._task_dir
+        paths = self._task_dir.paths()
         return TaskConfig(
             id=f"{alloc.id}/{task.name}/{secrets.token_hex(4)}",
             alloc_id=alloc.id,
@@ -322,11 +322,11 @@ class TaskHookPhases:
             ),
             env=self._env,
             user=task.user,
-            task_dir=str(td.dir),
-            alloc_dir=str(td.shared_alloc_dir),
-            local_dir=str(td.local_dir),
-            secrets_dir=str(td.secrets_dir),
-            logs_dir=str(td.logs_dir),
+            task_dir=paths.task_dir,
+            alloc_dir=paths.alloc_dir,
+            local_dir=paths.local_dir,
+            secrets_dir=paths.secrets_dir,
+            logs_dir=paths.logs_dir,
             log_max_files=task.logs.max_files,
             log_max_file_size_mb=task.logs.max_file_size_mb,
             logs_disabled=task.logs.disabled,

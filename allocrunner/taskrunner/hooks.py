@@ -414,13 +414,13 @@ class EnvHook(TaskHook):
     name = "env"
 
     def prestart(self, req: HookRequest) -> PrestartResult:
-        td = req.task_dir
+        paths = req.task_dir.paths()
         env = nomad_env(
             req.alloc,
             req.task,
-            alloc_dir=str(td.shared_alloc_dir),
-            local_dir=str(td.local_dir),
-            secrets_dir=str(td.secrets_dir),
+            alloc_dir=paths.alloc_dir,
+            local_dir=paths.local_dir,
+            secrets_dir=paths.secrets_dir,
             datacenter=req.datacenter,
             node_vars=req.node_vars,
         )

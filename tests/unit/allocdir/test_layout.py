@@ -31,6 +31,18 @@ def test_paths_follow_the_contract(tmp_path: Path) -> None:
     assert not ad.is_built()
 
 
+def test_task_paths_are_the_task_dirs_as_strings(tmp_path: Path) -> None:
+    td = AllocDir(tmp_path, "abc").new_task_dir("web")
+    assert td.paths() == (
+        str(td.dir),
+        str(td.shared_alloc_dir),
+        str(td.local_dir),
+        str(td.secrets_dir),
+        str(td.logs_dir),
+    )
+    assert td.paths().local_dir == str(tmp_path / "abc" / "web" / "local")
+
+
 def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ad = AllocDir("allocs", "a")
