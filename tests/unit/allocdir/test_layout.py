@@ -47,6 +47,10 @@ def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     ad = AllocDir("allocs", "a")
     assert ad.root == tmp_path / "allocs"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert AllocDir("allocs", "b").root == tmp_path / "elsewhere" / "allocs"
+    assert AllocDir(str(tmp_path / "x" / ".." / "allocs"), "c").root == tmp_path / "allocs"
 
 
 @pytest.mark.parametrize("alloc_id", ["", ".", "..", "a/b", "a\x00b"])
