@@ -3,8 +3,7 @@
 Threads: none of its own; callers' threads do the file work (`block_until_exists` and
 `change_events` wait on the caller's thread, on inotify where Linux has it and by
 polling elsewhere: `allocdir.inotify`). Locks: "AllocDir._lock", an RWLock, guards
-the map of task dirs and the built flag; no file work runs under it. The module's
-cache of resolved roots is a dict written without a lock (see `_ROOTS`). Owner: an
+the map of task dirs and the built flag; no file work runs under it. Owner: an
 AllocRunner creates and destroys its AllocDir; task runners, migration, the GC and the
 agent's file API use it.
 """
@@ -26,6 +25,7 @@ from allocrunner._locking import calls_out, guarded, immutable, make_rwlock
 from allocrunner._sync import CancelToken
 from allocrunner.allocdir import fs, inotify, tarstream
 from allocrunner.allocdir.fs import FileChange, FileInfo
+from allocrunner.allocdir.roots import root_path
 from allocrunner.allocdir.task_dir import TaskDir
 from allocrunner.errors import AllocDirError, PathEscapeError
 from allocrunner.structs.frozen import FrozenDict
@@ -60,28 +60,6 @@ def _check_name(value: object, field: str) -> str:
     if "/" in value or "\x00" in value:
         raise PathEscapeError(f"{field} {value!r} must not contain '/' or NUL")
     return value
-
-
-# The Path of each absolute root an AllocDir was made under: a node keeps every alloc
-# dir under one root, and resolving it again costs a score of calls per allocation. A
-# relative root depends on the working directory, so it is resolved every time. Written
-# without a lock: a dict item assignment is atomic, and racing threads store equal
-# Paths. Cleared when it grows past `_ROOTS_MAX` (tests make a root per test).
-_ROOTS: dict[str, Path] = {}
-_ROOTS_MAX = 64
-
-
-def _root_path(root: str | os.PathLike[str]) -> Path:
-    """`root` as an absolute Path."""
-    text = os.fspath(root)
-    path = _ROOTS.get(text)
-    if path is None:
-        path = Path(os.path.abspath(text))
-        if os.path.isabs(text):
-            if len(_ROOTS) >= _ROOTS_MAX:
-                _ROOTS.clear()
-            _ROOTS[text] = path
-    return path
 
 
 def _task_name(task: object) -> str:
@@ -131,7 +109,7 @@ class AllocDir:
 
     def __init__(self, root: str | os.PathLike[str], alloc_id: str) -> None:
         self.alloc_id: str = _check_name(alloc_id, "alloc_id")
-        self.root: Path = _root_path(root)
+        self.root: Path = root_path(root)
         self.path: Path = self.root / alloc_id
         self.shared_dir: Path = self.path / SHARED_DIR
         self.logs_dir: Path = self.shared_dir / LOGS_DIR  # every task dir shares it
