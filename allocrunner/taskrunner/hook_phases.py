@@ -91,11 +91,12 @@ def hook_error_event(err: HookError) -> TaskEvent:
 
 class _PrestartRequests:
     """Not thread-safe; owned by one run of `TaskHookPhases.prestart`, which makes and
-    uses it on its thread. The request each prestart hook is told. Nomad builds one for every hook, from the
-    latest allocation and task and the env built so far; a request is immutable, so the
-    one built for a hook is told again to the next while none of those changed and the
-    hook recorded nothing before (most hooks hand back no env): seven hooks run on every
-    start, and building a request takes a copy of the env each time."""
+    uses it on its thread. The request each prestart hook is told. Nomad builds one for
+    every hook, from the latest allocation and task and the env built so far; a request
+    is immutable, so the one built for a hook is told again to the next while none of
+    those changed and the hook recorded nothing before (most hooks hand back no env):
+    seven hooks run on every start, and building a request takes a copy of the env
+    each time."""
 
     cancel = immutable()
     _current = immutable()
