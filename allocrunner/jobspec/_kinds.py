@@ -21,10 +21,10 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import Any
 
 from allocrunner.errors import JobSpecError
+from allocrunner.structs.evolve import attributes_reader
 from allocrunner.structs.frozen import FrozenDict, plain_dict
 
 INT64_MIN = -(2**63)
@@ -361,14 +361,6 @@ def _encoder(kind: Kind) -> Callable[[Any], Any] | None:
     return None if type(kind).encode is Kind.encode else kind.encode
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function that reads the attributes `names` of an object into a tuple."""
-    if len(names) == 1:
-        (name,) = names
-        return lambda value: (getattr(value, name),)
-    return attrgetter(*names)
-
-
 class Field:
     """Immutable. One field of a struct: attrs attribute name, JSON key, kind.
 
@@ -407,7 +399,7 @@ class Struct(Kind):
         self.name = cls.__name__
         self.fields = tuple(fields)
         self.check = check
-        self._values = _getter(tuple(f.attr for f in self.fields))
+        self._values = attributes_reader(tuple(f.attr for f in self.fields))
         self._plan = tuple(
             (f.attr, f.key, _encoder(f.kind), f.omit_empty, f.kind.none_encoding)
             for f in self.fields

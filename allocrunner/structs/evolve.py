@@ -8,8 +8,8 @@ each one with a getattr of its own on every call; this reads them all with one
 No threads, no locks: the per-class readers are kept in a dict written without a lock
 (an item assignment is atomic, and two threads that race build equal readers). Cleared
 when it grows past `_READERS_MAX` (classes made at run time, as some tests make them).
-Used by the value objects' own ``with_*`` methods, the runner's client view and the
-driver's `TaskConfig.to_json`.
+Used by the value objects' own ``with_*`` methods, the runner's client view, the
+driver's `TaskConfig.to_json` and the codec's struct encoder (`attributes_reader`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["evolve", "init_args"]
+__all__ = ["attributes_reader", "evolve", "init_args"]
 
 T = TypeVar("T")
 
@@ -57,13 +57,19 @@ def _reader(cls: type) -> _Reader:
     fields = [field for field in attrs.fields(cls) if field.init]
     names = tuple(field.name for field in fields)
     aliases = tuple(field.alias for field in fields)
-    read: Callable[[Any], tuple[Any, ...]] = (
-        operator.attrgetter(*names) if len(names) >= 2 else _few_reader(names)
-    )
+    read = attributes_reader(names)
     if len(_READERS) >= _READERS_MAX:
         _READERS.clear()
     reader = _READERS[cls] = (aliases, read)
     return reader
+
+
+def attributes_reader(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function reading the attributes `names` of an object into a tuple, with one
+    `operator.attrgetter` call when there are two or more."""
+    if len(names) >= 2:
+        return operator.attrgetter(*names)
+    return _few_reader(names)
 
 
 def _few_reader(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
