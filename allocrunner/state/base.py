@@ -81,8 +81,8 @@ class HookState:
         """Plain JSON-compatible data."""
         return {
             "prestart_done": self.prestart_done,
-            "data": plain_dict(self.data),
-            "env": plain_dict(self.env),
+            "data": {} if self.data is EMPTY else plain_dict(self.data),
+            "env": {} if self.env is EMPTY else plain_dict(self.env),
         }
 
     @classmethod
@@ -110,6 +110,8 @@ def _check_hooks(
     _instance: object, _attribute: attrs.Attribute[Any], value: FrozenDict[str, HookState]
 ) -> None:
     for name, state in value.items():
+        if type(name) is str and type(state) is HookState:
+            continue  # the usual case, told without the two isinstance calls
         if not isinstance(name, str) or not isinstance(state, HookState):
             raise TypeError(
                 f"LocalState.hooks[{name!r}]: expected str -> HookState, "
@@ -148,7 +150,16 @@ class LocalState:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data."""
         return {
-            "hooks": {name: state.to_json() for name, state in self.hooks.items()},
+            # HookState.to_json spelled out: every write of a task's local state
+            # encodes each hook's progress again, a few times per start.
+            "hooks": {
+                name: {
+                    "prestart_done": state.prestart_done,
+                    "data": {} if state.data is EMPTY else plain_dict(state.data),
+                    "env": {} if state.env is EMPTY else plain_dict(state.env),
+                }
+                for name, state in self.hooks.items()
+            },
             "task_handle": None if self.task_handle is None else self.task_handle.to_json(),
             "run_complete": self.run_complete,
         }

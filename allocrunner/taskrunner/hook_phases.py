@@ -231,6 +231,10 @@ class TaskHookPhases:
             return
         result = cast("PrestartResult | None", bound.method(requests.build(env, previous)))
         if result is None:
+            if previous is None:  # nothing recorded before, nothing to record now
+                if requests.cancel.cancelled():
+                    raise _Stopped()
+                return
             result = _NO_RESULT
         if result.env:
             merge_into(env, result.env)

@@ -147,7 +147,7 @@ class PrestartResult:
         """What is recorded: the env only of a done hook (the only env ever re-applied;
         a hook that is not done runs again and hands its env back afresh)."""
         return HookState(
-            prestart_done=self.done, data=self.data, env=self.env if self.done else FrozenDict()
+            prestart_done=self.done, data=self.data, env=self.env if self.done else EMPTY
         )
 
 

@@ -49,6 +49,7 @@ import attrs
 from allocrunner._locking import calls_out, confined, immutable
 from allocrunner._sync import LatestValue
 from allocrunner.structs import TaskEvent
+from allocrunner.structs.frozen import plain_dict
 from allocrunner.structs.job import Template
 from allocrunner.taskrunner.hooks import HookEventError, HookRequest, PrestartResult, TaskHook
 from allocrunner.taskrunner.lifecycle import RUN_THREAD
@@ -93,10 +94,13 @@ class TemplateHook(TaskHook):
         self._watched: tuple[WatchedTemplate, ...] = ()
 
     @calls_out
-    def prestart(self, req: HookRequest) -> PrestartResult:
+    def prestart(self, req: HookRequest) -> PrestartResult | None:
         self._stop_watcher()
+        if not req.task.templates:  # nothing to render, and no env to hand back
+            self._watched = ()
+            return None
         env: dict[str, str] = {}
-        task_env = dict(req.env)
+        task_env = plain_dict(req.env)
         task_dir, alloc_dir = req.task_dir.dir, req.task_dir.dir.parent
         watched: list[WatchedTemplate] = []
         for index, template in enumerate(req.task.templates):

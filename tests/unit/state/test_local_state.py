@@ -40,6 +40,13 @@ def test_json_round_trip(local):
     assert LocalState.from_json(data) == local
 
 
+@settings(max_examples=100, deadline=None)
+@given(local_states)
+def test_local_state_json_holds_each_hooks_own_json(local):
+    """LocalState.to_json spells HookState.to_json out; the two must not drift."""
+    assert local.to_json()["hooks"] == {name: h.to_json() for name, h in local.hooks.items()}
+
+
 def test_defaults_and_helpers():
     local = LocalState()
     assert local.hooks == {} and local.task_handle is None and not local.run_complete
