@@ -34,7 +34,7 @@ from allocrunner.structs.task_state import (
     EVENT_DOWNLOADING_ARTIFACTS,
 )
 from allocrunner.taskrunner.env import interpolate
-from allocrunner.taskrunner.hooks import HookEventError, HookRequest, PrestartResult, TaskHook
+from allocrunner.taskrunner.hooks import DONE, HookEventError, HookRequest, PrestartResult, TaskHook
 
 __all__ = ["ArtifactHook"]
 
@@ -54,7 +54,7 @@ class ArtifactHook(TaskHook):
     def prestart(self, req: HookRequest) -> PrestartResult:
         artifacts = req.task.artifacts
         if not artifacts:
-            return PrestartResult(done=True)
+            return DONE
         req.emit_event(
             TaskEvent(
                 EVENT_DOWNLOADING_ARTIFACTS,
@@ -78,7 +78,7 @@ class ArtifactHook(TaskHook):
                     EVENT_ARTIFACT_DOWNLOAD_FAILED, message=message, display_message=message
                 )
                 raise HookEventError(message, event, recoverable=err.recoverable) from None
-        return PrestartResult(done=True)
+        return DONE
 
 
 def _spec(artifact: TaskArtifact, env: dict[str, str]) -> ArtifactSpec:

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLLECT_ALL",
+    "DONE",
     "PHASES",
     "STOP_AT_FIRST",
     "BoundHook",
@@ -146,9 +147,18 @@ class PrestartResult:
     def hook_state(self) -> HookState:
         """What is recorded: the env only of a done hook (the only env ever re-applied;
         a hook that is not done runs again and hands its env back afresh)."""
+        if self.data is EMPTY and (self.env is EMPTY or not self.done):
+            # Most hooks hand back no data and no env to keep: one of two shared values.
+            return _DONE_STATE if self.done else _NOT_DONE_STATE
         return HookState(
             prestart_done=self.done, data=self.data, env=self.env if self.done else EMPTY
         )
+
+
+DONE = PrestartResult(done=True)
+"""The result of a hook that is done for good and hands back nothing (shared)."""
+_DONE_STATE = HookState(prestart_done=True)
+_NOT_DONE_STATE = HookState()
 
 
 class HookEventError(Exception):
@@ -381,7 +391,7 @@ class TaskDirHook(TaskHook):
             )
         )
         req.task_dir.build()
-        return PrestartResult(done=True)
+        return DONE
 
 
 class LogsHook(TaskHook):

@@ -318,3 +318,15 @@ def test_update_hooks_skip_a_terminal_allocation(make_rig) -> None:
     rig.alloc[0] = attrs.evolve(rig.alloc[0], desired_status=DESIRED_STOP)
     rig.phases.update()
     assert [c[0] for c in hook.calls] == ["update"]
+
+
+@pytest.mark.parametrize("done", [False, True])
+@pytest.mark.parametrize("data", [{}, {"k": "v"}])
+@pytest.mark.parametrize("env", [{}, {"E": "1"}])
+def test_hook_state_is_what_the_result_records(done, data, env):
+    """The shared states `hook_state` hands back for results with nothing to keep equal
+    the state built field by field: the env only of a done hook, and the data."""
+    result = PrestartResult(env=env, data=data, done=done)
+    assert result.hook_state() == HookState(
+        prestart_done=done, data=data, env=env if done else {}
+    )
