@@ -34,6 +34,7 @@ FIGURES = [
 SUPERVISORD_FIGURE = FIGURES[-1]
 WITH_RATIO = r"\s+.*\s+ratio\s+\d+\.\d\dx\s+goal\s+<=\s+\S+(?: \S+)?\s+(PASS|MISS)$"
 CALLS_FIGURE = r"calls per alloc: start-all N=\d+ vs the driver floor"
+NOMAD_FLOOR = r"floor: the driver floor storing what Nomad stores, N=\d+"
 
 
 def figure_lines(output: str, pattern: str) -> list[str]:
@@ -62,6 +63,8 @@ def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
             assert "unavailable: supervisor is not installed" in lines[0], report
             continue
         assert re.match(rf"\s+{pattern}{WITH_RATIO}", lines[0]), f"no ratio: {lines[0]}"
+    nomad = figure_lines(done.stdout, NOMAD_FLOOR)
+    assert len(nomad) == 1 and re.search(r"ratio\s+\d+\.\d\dx\s+goal floor", nomad[0]), report
     calls = figure_lines(done.stdout, CALLS_FIGURE)
     assert len(calls) == 1, report
     counted = re.match(

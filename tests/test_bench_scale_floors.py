@@ -1,0 +1,80 @@
+"""The scale benchmark's start floors store what they say they store: the records
+floor the three writes a crash-safe start needs, the Nomad-writes floor the nine a Nomad
+client makes, each read back from the file as a restore reads it.
+
+Run in a child process, as the benchmark runs: importing it turns the lock check off
+for the importing process and the processes it starts.
+
+Threads and locks: none of their own. Owner: pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHECK = """
+import json, sys, tempfile
+from pathlib import Path
+from benchmarks import bench_scale
+from allocrunner.drivers import MockDriver
+from allocrunner.state import SQLiteStateDB
+from allocrunner.structs import new_allocation
+from allocrunner.testing import mock_job, mock_task
+
+persist = getattr(bench_scale, sys.argv[1])
+root = Path(tempfile.mkdtemp(dir=sys.argv[2]))
+alloc = new_allocation(mock_job(mock_task("t", config={"run_for": "24h"})), "web")
+driver = MockDriver()
+db = SQLiteStateDB(root / "state.db")
+try:
+    persist(db, alloc, str(root / "task"), driver)
+    writes = db.stats().writes
+    allocs = [a.id for a in db.all_allocations()]
+    local, state = db.task_runner_state(alloc.id, "t")
+finally:
+    db.close()
+    driver.close()
+print(json.dumps({
+    "writes": writes,
+    "allocs_match": allocs == [alloc.id],
+    "state": state.state,
+    "events": [e.type for e in state.events],
+    "handle_driver": local.task_handle.driver,
+    "hooks_done": sorted(name for name, h in local.hooks.items() if h.prestart_done),
+    "hooks": sorted(local.hooks),
+    "nomad_hooks": sorted(bench_scale.NOMAD_DONE_HOOKS),
+}))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("persist", "writes", "nomad"),
+    [("persist_start", 3, False), ("persist_start_as_nomad", 9, True)],
+)
+def test_a_floor_stores_a_started_task(tmp_path: Path, persist, writes, nomad) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, persist, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["writes"] == writes
+    assert got["allocs_match"]
+    assert got["state"] == "running" and got["handle_driver"] == "mock_driver"
+    if nomad:
+        assert got["events"] == ["Received", "Task Setup", "Started"]
+        assert got["hooks"] == got["hooks_done"] == got["nomad_hooks"]
+    else:
+        assert got["hooks"] == []
