@@ -212,10 +212,11 @@ class StateHandler:
     def _next_due(self) -> float | None:
         """The monotonic time of the next deadline or of the end of the kill's hold
         (None: none)."""
-        times = [self._wake_at()]
+        due = self._wake_at()
         if self._pre_kill_ran and not self._kill.begun():
-            times.append(self._kill_hold())
-        due = min((t for t in times if t is not None), default=None)
+            hold = self._kill_hold()
+            if hold is not None and (due is None or hold < due):
+                due = hold
         if due is None or math.isinf(due):
             return None
         return due

@@ -73,9 +73,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TypeAlias
-
-import attrs
+from typing import NamedTuple, TypeAlias
 
 from allocrunner._guarded import guarded_dict, guarded_list
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
@@ -399,17 +397,16 @@ class StatePasses:
                 log.exception("state handler %s: its last step failed", after.kick.label)
 
 
-@attrs.frozen
-class _Ran:
-    """Immutable. How a pass ended: whether its handler finished, and its next deadline."""
+class _Ran(NamedTuple):
+    """Immutable. How a pass ended: whether its handler finished, and its next deadline
+    (a tuple: one is made per pass)."""
 
     kick: PassKick
     finished: bool
     due: float | None
 
 
-@attrs.frozen
-class _After:
+class _After(NamedTuple):
     """Immutable. What a worker does, with no lock held, once a pass is accounted for."""
 
     kick: PassKick
