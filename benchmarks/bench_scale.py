@@ -432,6 +432,21 @@ def wake_floor(n: int, loops: int) -> float:
                 thread.join()
 
 
+def _started_handle(alloc: Allocation, task_dir: str, driver: MockDriver | None) -> TaskHandle:
+    """The handle of the allocation's task "t": started by `driver`, or a made-up one
+    when there is none."""
+    config = TaskConfig(
+        id=f"{alloc.id}/t",
+        alloc_id=alloc.id,
+        name="t",
+        driver_config={"run_for": "24h"},
+        task_dir=task_dir,
+    )
+    if driver is None:
+        return TaskHandle(driver="mock_driver", config=config)
+    return driver.start(config)
+
+
 def persist_start(
     db: SQLiteStateDB, alloc: Allocation, task_dir: str, driver: MockDriver | None = None
 ) -> None:
@@ -440,19 +455,9 @@ def persist_start(
     handle (the put returns once committed) and its running state. With `driver`, the
     task is started there first and the handle is the one the driver returned."""
     db.put_allocation(alloc)
-    config = TaskConfig(
-        id=f"{alloc.id}/t",
-        alloc_id=alloc.id,
-        name="t",
-        driver_config={"run_for": "24h"},
-        task_dir=task_dir,
-    )
-    handle = (
-        TaskHandle(driver="mock_driver", config=config) if driver is None else driver.start(config)
-    )
+    handle = _started_handle(alloc, task_dir, driver)
     db.put_task_local_state(alloc.id, "t", LocalState(task_handle=handle))
     db.put_task_state(alloc.id, "t", TaskState(state="running"))
-
 
 
 NOMAD_DONE_HOOKS = ("validate", "task_dir", "dispatch_payload", "artifacts", "devices")
@@ -481,19 +486,11 @@ def persist_start_as_nomad(
     for hook in NOMAD_DONE_HOOKS:
         local = local.with_hook(hook, HookState(prestart_done=True))
         db.put_task_local_state(alloc.id, "t", local)
-    config = TaskConfig(
-        id=f"{alloc.id}/t",
-        alloc_id=alloc.id,
-        name="t",
-        driver_config={"run_for": "24h"},
-        task_dir=task_dir,
-    )
-    handle = (
-        TaskHandle(driver="mock_driver", config=config) if driver is None else driver.start(config)
-    )
+    handle = _started_handle(alloc, task_dir, driver)
     db.put_task_local_state(alloc.id, "t", local.with_task_handle(handle))
     started = TaskEvent(EVENT_STARTED, message=MSG_STARTED, display_message=MSG_STARTED)
     db.put_task_state(alloc.id, "t", pending.with_event(started).with_state("running"))
+
 
 # --- the Client cycle -------------------------------------------------------------------
 
