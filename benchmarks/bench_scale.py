@@ -20,12 +20,12 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   whose threads also start the task with the Client's driver; and a fifth whose threads
   instead store everything Nomad's client stores on such a start (nine writes: each
   emitted task event and each prestart hook's recorded progress are stored), and
-  start-all against that. For the
-  stop's growth, a floor without any runner: N bare threads, each blocked on its own
-  Event, woken at once, each running a Python loop that takes 1 ms when run alone; its
-  time per thread at N=1000 against N=100. Notes before the table say where the
-  fastest start-all's time went at N=100 and N=1000, beside the records floor's and
-  the bare threads' (`CostMeter`): CPU per allocation in user and system mode,
+  start-all against that. For the stop's growth, a floor without any runner: N bare
+  threads, each blocked on its own Event, woken at once, each running a Python loop
+  that takes 1 ms when run alone; its time per thread at N=1000 against N=100. Notes
+  before the table say where the fastest start-all's time went at N=100 and N=1000,
+  beside the records floor's and the bare threads' (`CostMeter`): CPU per allocation
+  in user and system mode,
   voluntary context switches per allocation, and the time the cyclic garbage
   collector ran.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
@@ -320,8 +320,7 @@ def bare_thread_floor(
     start cannot skip, and no hook, event, state pass or health watch. With `as_nomad`
     too, each thread stores everything Nomad's client stores on a start instead
     (`persist_start_as_nomad`), still with no hook, state pass or health watch. The
-    directories
-    stay for the caller to delete once every phase it compares has run (see
+    directories stay for the caller to delete once every phase it compares has run (see
     `client_figures`). With `counter`, the calls of the timed stretch are counted: this
     thread's and its threads' until every one has started."""
     release = threading.Event()
