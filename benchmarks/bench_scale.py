@@ -25,9 +25,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   that takes 1 ms when run alone; its time per thread at N=1000 against N=100. Notes
   before the table say where the fastest start-all's time went at N=100 and N=1000,
   beside the records floor's and the bare threads' (`CostMeter`): CPU per allocation
-  in user and system mode,
-  voluntary context switches per allocation, and the time the cyclic garbage
-  collector ran.
+  in user and system mode, voluntary context switches per allocation, and the time the
+  cyclic garbage collector ran.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
