@@ -139,6 +139,27 @@ def test_agent_shutdown_during_the_delay_leaves_the_task_running(make_runner):
     assert not ar.task_runner("web").is_running()
 
 
+def test_the_delay_ends_on_time_beside_a_later_run_deadline(make_runner):
+    """The state handler wakes for the earlier of its two deadlines: the end of the
+    shutdown delay, not the group's max_run_duration an hour away."""
+    delay = 0.3
+    seen = KillingSeen()
+    alloc = mock_alloc(
+        mock_task("web", config={"run_for": "60s"}),
+        job_type="batch",
+        shutdown_delay=delay,
+        max_run_duration=HOUR,
+    )
+    ar = make_runner(alloc, state_updater=seen)
+    ar.start()
+    wait_for(lambda: _running(ar))
+    stopped_at = time.monotonic()
+    ar.update(_stopped(alloc))
+    assert ar.wait(20)
+    assert seen.first() - stopped_at >= delay
+    assert ar.alloc_state().client_status == "complete"
+
+
 def test_a_group_that_completes_on_its_own_does_not_wait(make_runner):
     alloc = mock_alloc(
         mock_task("web", config={"run_for": "10ms"}), job_type="batch", shutdown_delay=HOUR
