@@ -150,16 +150,7 @@ class LocalState:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-compatible data."""
         return {
-            # HookState.to_json spelled out: every write of a task's local state
-            # encodes each hook's progress again, a few times per start.
-            "hooks": {
-                name: {
-                    "prestart_done": state.prestart_done,
-                    "data": {} if state.data is EMPTY else plain_dict(state.data),
-                    "env": {} if state.env is EMPTY else plain_dict(state.env),
-                }
-                for name, state in self.hooks.items()
-            },
+            "hooks": {name: state.to_json() for name, state in self.hooks.items()},
             "task_handle": None if self.task_handle is None else self.task_handle.to_json(),
             "run_complete": self.run_complete,
         }

@@ -43,7 +43,7 @@ def test_json_round_trip(local):
 @settings(max_examples=100, deadline=None)
 @given(local_states)
 def test_local_state_json_holds_each_hooks_own_json(local):
-    """LocalState.to_json spells HookState.to_json out; the two must not drift."""
+    """A local state's JSON holds each hook's own JSON."""
     assert local.to_json()["hooks"] == {name: h.to_json() for name, h in local.hooks.items()}
 
 
