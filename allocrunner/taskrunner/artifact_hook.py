@@ -34,7 +34,14 @@ from allocrunner.structs.task_state import (
     EVENT_DOWNLOADING_ARTIFACTS,
 )
 from allocrunner.taskrunner.env import interpolate
-from allocrunner.taskrunner.hooks import DONE, HookEventError, HookRequest, PrestartResult, TaskHook
+from allocrunner.taskrunner.hooks import (
+    DONE,
+    DONE_REDOABLE,
+    HookEventError,
+    HookRequest,
+    PrestartResult,
+    TaskHook,
+)
 
 __all__ = ["ArtifactHook"]
 
@@ -54,7 +61,7 @@ class ArtifactHook(TaskHook):
     def prestart(self, req: HookRequest) -> PrestartResult:
         artifacts = req.task.artifacts
         if not artifacts:
-            return DONE
+            return DONE_REDOABLE  # nothing to fetch: running it again fetches nothing either
         req.emit_event(
             TaskEvent(
                 EVENT_DOWNLOADING_ARTIFACTS,

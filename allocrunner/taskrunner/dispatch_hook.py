@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from allocrunner._locking import calls_out
-from allocrunner.taskrunner.hooks import DONE, HookRequest, PrestartResult, TaskHook
+from allocrunner.taskrunner.hooks import DONE, DONE_REDOABLE, HookRequest, PrestartResult, TaskHook
 
 __all__ = ["DispatchPayloadHook", "write_dispatch_payload"]
 
@@ -61,4 +61,5 @@ class DispatchPayloadHook(TaskHook):
         file = req.task.dispatch_payload
         if job is not None and job.payload and file:
             write_dispatch_payload(req.task_dir.local_dir, file, job.payload)
-        return DONE
+            return DONE
+        return DONE_REDOABLE  # nothing to write: running it again writes nothing either

@@ -7,7 +7,8 @@ the run loop:
 
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
-  into the task env and, when it changed, recorded. Each hook is told the latest
+  into the task env and, when it changed, recorded (written at once, or with the
+  task's next write when the result is `redoable`). Each hook is told the latest
   allocation and task and the env built so far (one immutable request serves the
   next hook too while none of these changed). A kill or a shutdown meanwhile cuts the
   phase short. A failure is recorded as a task event and raised for the
@@ -36,6 +37,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, cast
 
 from allocrunner._hooks import run_phase
@@ -46,7 +48,7 @@ from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import HookError, HookErrors
 from allocrunner.state import HookState, LocalState
 from allocrunner.structs import Allocation, Task, TaskEvent
-from allocrunner.structs.frozen import FrozenDict, merge_into
+from allocrunner.structs.frozen import EMPTY, FrozenDict, merge_into
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
 from allocrunner.taskrunner.env import (
     HOST_ENV_DRIVERS,
@@ -74,6 +76,10 @@ log = logging.getLogger("allocrunner.taskrunner")
 
 _NO_RESULT = PrestartResult()
 _NO_STATE = HookState()
+
+
+def _with_hook(name: str, state: HookState, local: LocalState) -> LocalState:
+    return local.with_hook(name, state)
 
 
 class _Stopped(Exception):
@@ -241,7 +247,11 @@ class TaskHookPhases:
             requests.env_changed()
         state = result.hook_state()
         if state != (previous or _NO_STATE):
-            self._cell.update_local(lambda current: current.with_hook(bound.name, state))
+            change = partial(_with_hook, bound.name, state)
+            if result.redoable and result.data is EMPTY:
+                self._cell.note_local(change)  # the task's next write carries it
+            else:
+                self._cell.update_local(change)
         if requests.cancel.cancelled():
             raise _Stopped()
 

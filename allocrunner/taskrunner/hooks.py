@@ -5,7 +5,9 @@ taking a `HookRequest` (Nomad's task-runner hook interfaces):
 
 - ``prestart(req) -> PrestartResult | None``: before every start. A result marked
   `done` is recorded (with its `data` and `env`) in the task's LocalState; later
-  starts, also after an agent restart, skip the hook and re-apply its env.
+  starts, also after an agent restart, skip the hook and re-apply its env. It is
+  written to the state DB at once, as Nomad writes after every prestart hook, unless
+  it is also `redoable` (see `PrestartResult`).
 - ``poststart(req)``: after the task started; ``req.handle`` is its handle.
 - ``pre_kill(req)``: before the task is stopped (killed or restarted).
 - ``exited(req)``: after every exit; ``req.result`` is the exit result.
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLLECT_ALL",
     "DONE",
+    "DONE_REDOABLE",
     "PHASES",
     "STOP_AT_FIRST",
     "BoundHook",
@@ -138,11 +141,20 @@ class HookRequest:
 @attrs.frozen
 class PrestartResult:
     """Immutable. What a prestart hook hands back: env for the task, private data, and
-    whether it is done for good (then skipped on every later start)."""
+    whether it is done for good (then skipped on every later start).
+
+    `redoable` says that running the hook again would cost little and change nothing
+    (it is idempotent, and it made nothing that a second run would make twice): its
+    record then reaches the state DB with the task's next write instead of a write of
+    its own, at the latest with the driver handle of the task's start, which is
+    committed before the task is seen running. An agent that dies before that write
+    runs the hook again on restore. A result with `data` (a resource the hook must
+    find again) is written at once whatever it says."""
 
     env: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     data: FrozenDict[str, str] = attrs.field(default=EMPTY, converter=frozen_map)
     done: bool = False
+    redoable: bool = False
 
     def hook_state(self) -> HookState:
         """What is recorded: the env only of a done hook (the only env ever re-applied;
@@ -157,6 +169,9 @@ class PrestartResult:
 
 DONE = PrestartResult(done=True)
 """The result of a hook that is done for good and hands back nothing (shared)."""
+DONE_REDOABLE = PrestartResult(done=True, redoable=True)
+"""`DONE` of a hook whose second run would cost little and change nothing, such as
+one that found nothing to do (shared): written with the task's next write."""
 _DONE_STATE = HookState(prestart_done=True)
 _NOT_DONE_STATE = HookState()
 
@@ -391,7 +406,7 @@ class TaskDirHook(TaskHook):
             )
         )
         req.task_dir.build()
-        return DONE
+        return DONE_REDOABLE  # building the directories again finds them built
 
 
 class LogsHook(TaskHook):

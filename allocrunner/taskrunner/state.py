@@ -16,9 +16,11 @@ not yet written waits for the writer's round to end and looks again. So the data
 never ends older than the newest snapshot anyone asked to persist, and `publish`
 returns once its change is handed to the StateDB (an `SQLiteStateDB` commits it on
 its writer thread, in order; a new driver handle, whose loss would start a task
-twice, is committed before the write returns). `record` is the one exception: it changes the
-snapshot without writing, for callers that must not block, and the next write of any
-caller carries the change.
+twice, is committed before the write returns). `record` and `note_local` are the
+exceptions: they change the snapshot without writing (`record` for callers that must
+not block, `note_local` for hook progress that may be lost, see
+`hooks.PrestartResult.redoable`), and the next write of any caller carries the
+change.
 
 Threads: any. Lock: ``TaskStateCell._lock`` (a mutex) guards `_current` (the snapshot and
 its versions), `_saved` (the versions known to be written), `_writing` (a write is in
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -87,6 +90,12 @@ def _next_state(base: TaskState, state: str | None, event: TaskEvent | None) -> 
     if state is not None:
         new = new.with_state(state)
     return new
+
+
+def _with_local(change: Callable[[LocalState], LocalState], current: _Snapshot) -> _Snapshot:
+    """`current` with its LocalState replaced by `change(local)`, unless that is equal."""
+    new = change(current.local)
+    return current.replaced(current.state, current.local if new == current.local else new)
 
 
 def _covers(saved: tuple[int, int], want: tuple[int, int]) -> bool:
@@ -215,14 +224,14 @@ class TaskStateCell:
     @calls_out
     def update_local(self, change: Callable[[LocalState], LocalState]) -> None:
         """Replace the LocalState by `change(local)` and persist, unless it is equal."""
-
-        def apply(current: _Snapshot) -> _Snapshot:
-            new = change(current.local)
-            return current.replaced(current.state, current.local if new == current.local else new)
-
-        versions = self._swap(apply)
+        versions = self._swap(partial(_with_local, change))
         if versions is not None:
             self._persist(versions)
+
+    def note_local(self, change: Callable[[LocalState], LocalState]) -> None:
+        """Replace the LocalState by `change(local)` without writing, unless it is
+        equal; the next write carries it."""
+        self._swap(partial(_with_local, change))
 
     def adopt(self, state: TaskState | None, local: LocalState | None) -> TaskState:
         """Take over a restored `state` and `local` (None keeps the current one) without

@@ -12,6 +12,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 from allocrunner.errors import DriverError, HookError, HookErrors
 from allocrunner.structs import Job, Resources, TaskEvent, TaskGroup
+from allocrunner.structs.job import TaskArtifact
 from allocrunner.structs.task_state import EVENT_FAILED_VALIDATION, EVENT_SETUP
 from allocrunner.taskrunner import (
     COLLECT_ALL,
@@ -28,6 +29,9 @@ from allocrunner.taskrunner import (
     run_phase,
     task_env,
 )
+from allocrunner.taskrunner.artifact_hook import ArtifactHook
+from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook
+from allocrunner.taskrunner.hooks import DONE, DONE_REDOABLE
 from allocrunner.testing import mock_task
 from tests.unit.taskrunner.conftest import alloc_of
 
@@ -219,6 +223,33 @@ def test_task_dir_hook_builds_and_reports(tmp_path) -> None:
     assert [e.type for e in events] == [EVENT_SETUP]
     for path in (req.task_dir.local_dir, req.task_dir.secrets_dir, req.task_dir.tmp_dir):
         assert path.is_dir()
+
+
+def test_a_hook_that_did_something_to_keep_is_not_redoable(tmp_path) -> None:
+    """The built-in done hooks are redoable (their record may wait for the task's next
+    write) only where a second run repeats nothing: building the task dir again finds it
+    built, and with no payload or artifact there is nothing to write or fetch. A written
+    payload or a fetched artifact is recorded at once, as Nomad records it."""
+    req, _ = request(tmp_path)
+    assert TaskDirHook().prestart(req) is DONE_REDOABLE
+    assert DispatchPayloadHook().prestart(req) is DONE_REDOABLE
+    assert ArtifactHook().prestart(req) is DONE_REDOABLE
+
+    job = attrs.evolve(req.alloc.job, payload=b"payload")
+    with_payload = attrs.evolve(
+        req,
+        alloc=attrs.evolve(req.alloc, job=job),
+        task=attrs.evolve(req.task, dispatch_payload="in.txt"),
+    )
+    assert DispatchPayloadHook().prestart(with_payload) is DONE
+    assert (req.task_dir.local_dir / "in.txt").read_bytes() == b"payload"
+
+    source = tmp_path / "settings.txt"
+    source.write_text("x")
+    artifact = TaskArtifact(str(source), relative_dest="local/conf")
+    fetching = attrs.evolve(req, task=attrs.evolve(req.task, artifacts=(artifact,)))
+    assert ArtifactHook(allow_local=True).prestart(fetching) is DONE
+    assert (req.task_dir.local_dir / "conf" / "settings.txt").read_text() == "x"
 
 
 def test_logs_hook_checks_rotation_and_makes_the_dir(tmp_path) -> None:

@@ -20,6 +20,7 @@ from allocrunner.structs.status import DESIRED_STOP
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
 from allocrunner.taskrunner import HookEventError, HookRequest, PrestartResult, TaskHook
 from allocrunner.taskrunner.hook_phases import TaskHookPhases
+from allocrunner.taskrunner.hooks import DONE, DONE_REDOABLE
 from allocrunner.taskrunner.state import TaskStateCell
 from allocrunner.testing import mock_task
 from tests.unit.taskrunner.conftest import alloc_of
@@ -87,9 +88,16 @@ class Rig:
     kill: CancelToken
     shutdown: CancelToken
     alloc: list[Allocation]
+    db: MemDB
+    task_name: str
 
     def events(self, kind: str) -> list[TaskEvent]:
         return [e for e in self.cell.state().events if e.type == kind]
+
+    def stored_hook(self, name: str) -> HookState | None:
+        """What the state DB holds for hook `name` (None: nothing)."""
+        local, _state = self.db.task_runner_state(self.alloc[0].id, self.task_name)
+        return None if local is None else local.hook(name)
 
 
 @pytest.fixture
@@ -99,7 +107,8 @@ def make_rig(tmp_path: Path):
         alloc = alloc_of(task)
         alloc_dir = AllocDir(tmp_path, alloc.id)
         alloc_dir.build()
-        cell = TaskStateCell(alloc.id, task.name, MemDB(), TaskState(), lambda: None)
+        db = MemDB()
+        cell = TaskStateCell(alloc.id, task.name, db, TaskState(), lambda: None)
         current = [alloc]
         kill, shutdown = CancelToken(), CancelToken()
 
@@ -121,7 +130,7 @@ def make_rig(tmp_path: Path):
             kill_token=kill,
             shutdown_token=shutdown,
         )
-        return Rig(phases, cell, kill, shutdown, current)
+        return Rig(phases, cell, kill, shutdown, current, db, task.name)
 
     return make
 
@@ -177,6 +186,34 @@ def test_a_done_prestart_hook_is_recorded_then_skipped_with_its_env(make_rig) ->
     assert rig.phases.prestart()
     assert len(done.calls) == 1
     assert dict(rig.phases.env) == {"D": "x"}
+
+
+def test_a_redoable_done_hook_is_written_with_the_tasks_next_write(make_rig) -> None:
+    redo, durable = Recorder("redo", DONE_REDOABLE), Recorder("durable", DONE)
+    rig = make_rig(redo, durable)
+    assert rig.phases.prestart()
+    assert rig.cell.local().hook("redo") == HookState(prestart_done=True)
+    # Not written by itself: the durable hook's write after it carried it.
+    assert rig.stored_hook("redo") == rig.stored_hook("durable") == HookState(prestart_done=True)
+
+    alone = Recorder("alone", DONE_REDOABLE)
+    rig = make_rig(alone)
+    assert rig.phases.prestart()
+    assert rig.cell.local().hook("alone") == HookState(prestart_done=True)
+    assert rig.stored_hook("alone") is None  # an agent dying now runs it again on restore
+    assert rig.phases.prestart()
+    assert len(alone.calls) == 1  # skipped all the same while this agent lives
+    rig.cell.publish(handle=handle())  # the start's write, committed before "running"
+    assert rig.stored_hook("alone") == HookState(prestart_done=True)
+    stored, _state = rig.db.task_runner_state(rig.alloc[0].id, rig.task_name)
+    assert stored is not None and stored.task_handle == handle()
+
+
+def test_a_redoable_result_with_data_is_written_at_once(make_rig) -> None:
+    keeps = Recorder("keeps", PrestartResult(data={"k": "v"}, done=True, redoable=True))
+    rig = make_rig(keeps)
+    assert rig.phases.prestart()
+    assert rig.stored_hook("keeps") == HookState(prestart_done=True, data={"k": "v"})
 
 
 class Updater(TaskHook):
