@@ -8,7 +8,10 @@ the run loop:
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
   into the task env and, when it changed, recorded (written at once, or with the
-  task's next write when the result is `redoable`). Each hook is told the latest
+  task's next write when the result is `redoable`). The events a prestart hook emits
+  are written with its record or the task's next write, whichever comes first: a
+  crash before then runs the hook again on restore, and it emits them again. Each
+  hook is told the latest
   allocation and task and the env built so far (one immutable request serves the
   next hook too while none of these changed). A kill or a shutdown meanwhile cuts the
   phase short. A failure is recorded as a task event and raised for the
@@ -202,7 +205,7 @@ class TaskHookPhases:
         env: dict[str, str] = host_env() if task.driver in HOST_ENV_DRIVERS else {}
         local = self._cell.local()
         cancel = CancelToken.any_of(self._kill_token, self._shutdown_token)
-        requests = _PrestartRequests(self._current, self._request, cancel)
+        requests = _PrestartRequests(self._current, self._prestart_request, cancel)
         try:
             run_phase(
                 bind_phase(self._hooks.hooks, "prestart"),
@@ -323,12 +326,18 @@ class TaskHookPhases:
             alloc_dir=self._alloc_dir,
             task_dir=self._task_dir,
             cancel=cancel,
-            emit_event=self.emit_event,
+            emit_event=fields.pop("emit_event", self.emit_event),
             env=env,
             datacenter=self._datacenter,
             node_vars=self._node_vars,
             **fields,
         )
+
+    def _prestart_request(
+        self, cancel: CancelToken, current: tuple[Allocation, Task], **fields: Any
+    ) -> HookRequest:
+        """A prestart hook's request, whose events the task's next write carries."""
+        return self._request(cancel, current, emit_event=self._cell.record, **fields)
 
     def task_config(self, alloc: Allocation, task: Task) -> TaskConfig:
         """What the driver starts: `task` of `alloc` with the env prestart built."""

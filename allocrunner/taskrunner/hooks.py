@@ -121,7 +121,8 @@ class HookRequest:
     ``meta.<key>``, …; `env.interpolation_scope`). Only the env a prestart hook hands
     back joins the task's environment, so node variables never reach the process.
     `cancel` fires when the work should stop early (the task is killed, or, in
-    prestart, the agent shuts down). `emit_event` records a task event.
+    prestart, the agent shuts down). `emit_event` records a task event (in prestart,
+    the state DB gets it with the hook's own record or the task's next write).
     """
 
     alloc: Allocation

@@ -209,6 +209,37 @@ def test_a_redoable_done_hook_is_written_with_the_tasks_next_write(make_rig) -> 
     assert stored is not None and stored.task_handle == handle()
 
 
+class Announcer(TaskHook):
+    """Emits one event from its prestart, then hands back `result`."""
+
+    def __init__(self, name: str, result: PrestartResult | None) -> None:
+        self.name = name
+        self.result = result
+
+    def prestart(self, req: HookRequest) -> PrestartResult | None:
+        req.emit_event(TaskEvent("Announced", message=self.name))
+        return self.result
+
+
+def stored_events(rig: Rig) -> list[str]:
+    _local, state = rig.db.task_runner_state(rig.alloc[0].id, rig.task_name)
+    return [] if state is None else [e.message for e in state.events]
+
+
+def test_a_prestart_hooks_event_is_written_with_its_record_or_the_next_write(make_rig) -> None:
+    rig = make_rig(Announcer("quiet", None), Announcer("redo", DONE_REDOABLE))
+    assert rig.phases.prestart()
+    assert [e.message for e in rig.events("Announced")] == ["quiet", "redo"]  # seen at once
+    assert stored_events(rig) == []  # an agent dying now runs both hooks again
+    rig.cell.publish(handle=handle())
+    assert stored_events(rig) == ["quiet", "redo"]
+
+    rig = make_rig(Announcer("first", None), Announcer("durable", DONE))
+    assert rig.phases.prestart()
+    assert stored_events(rig) == ["first", "durable"]  # the durable record carried both
+    assert rig.stored_hook("durable") == HookState(prestart_done=True)
+
+
 def test_a_redoable_result_with_data_is_written_at_once(make_rig) -> None:
     keeps = Recorder("keeps", PrestartResult(data={"k": "v"}, done=True, redoable=True))
     rig = make_rig(keeps)
