@@ -139,6 +139,12 @@ class LocalState:
         """A copy with hook `name`'s state replaced."""
         return evolve(self, hooks=self.hooks.set(name, state))
 
+    def with_hooks(self, states: Mapping[str, HookState]) -> LocalState:
+        """A copy with the state of each hook in `states` replaced."""
+        hooks = dict(self.hooks.items())
+        hooks.update(states)
+        return evolve(self, hooks=FrozenDict(hooks))
+
     def with_task_handle(self, handle: TaskHandle | None) -> LocalState:
         """A copy holding `handle` (None clears it)."""
         return evolve(self, task_handle=handle)

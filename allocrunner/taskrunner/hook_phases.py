@@ -7,8 +7,10 @@ the run loop:
 
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
-  into the task env and, when it changed, recorded (written at once, or with the
-  task's next write when the result is `redoable`). The events a prestart hook emits
+  into the task env and, when it changed, recorded: at once, and written at once,
+  unless the result is `redoable`; redoable records join the task's state together at
+  the end of the phase (or with the next record written at once) and are written with
+  the task's next write. The events a prestart hook emits
   are written with its record or the task's next write, whichever comes first: a
   crash before then runs the hook again on restore, and it emits them again. Each
   hook is told the latest
@@ -81,8 +83,8 @@ _NO_RESULT = PrestartResult()
 _NO_STATE = HookState()
 
 
-def _with_hook(name: str, state: HookState, local: LocalState) -> LocalState:
-    return local.with_hook(name, state)
+def _with_hooks(states: dict[str, HookState], local: LocalState) -> LocalState:
+    return local.with_hooks(states)
 
 
 class _Stopped(Exception):
@@ -111,6 +113,7 @@ class _PrestartRequests:
     _current = immutable()
     _make = immutable()
     _last = confined(RUN_THREAD)
+    _progress = confined(RUN_THREAD)
 
     def __init__(
         self,
@@ -122,6 +125,17 @@ class _PrestartRequests:
         self._current = current
         self._make = make
         self._last: HookRequest | None = None
+        # Hook states recorded in this run and not yet in the cell (name -> state).
+        self._progress: dict[str, HookState] = {}
+
+    def add_progress(self, name: str, state: HookState) -> None:
+        """Hook `name` recorded `state`; it joins the cell with the next `take_progress`."""
+        self._progress[name] = state
+
+    def take_progress(self) -> dict[str, HookState]:
+        """The hook states recorded since the last call (and forget them)."""
+        progress, self._progress = self._progress, {}
+        return progress
 
     def env_changed(self) -> None:
         """The env was added to: the next hook is told a request built afresh."""
@@ -214,14 +228,23 @@ class TaskHookPhases:
                 policy=STOP_AT_FIRST,
             )
         except HookError as err:
+            self._keep_progress(requests)  # before the failure's event is written
             if cancel.cancelled():
                 return False
             self.emit_event(hook_error_event(err))
             raise
         finally:
             cancel.cancel("prestart over")
+            self._keep_progress(requests)
         self._env = FrozenDict(env)
         return True
+
+    def _keep_progress(self, requests: _PrestartRequests) -> None:
+        """Put the redoable records the phase kept back into the task's state, for its
+        next write to carry."""
+        progress = requests.take_progress()
+        if progress:
+            self._cell.note_local(partial(_with_hooks, progress))
 
     def _prestart_one(
         self,
@@ -250,11 +273,11 @@ class TaskHookPhases:
             requests.env_changed()
         state = result.hook_state()
         if state != (previous or _NO_STATE):
-            change = partial(_with_hook, bound.name, state)
-            if result.redoable and result.data is EMPTY:
-                self._cell.note_local(change)  # the task's next write carries it
-            else:
-                self._cell.update_local(change)
+            # A redoable record waits for the end of the phase or a record written at
+            # once, which takes the ones before it along.
+            requests.add_progress(bound.name, state)
+            if not result.redoable or result.data is not EMPTY:
+                self._cell.update_local(partial(_with_hooks, requests.take_progress()))
         if requests.cancel.cancelled():
             raise _Stopped()
 

@@ -47,6 +47,18 @@ def test_local_state_json_holds_each_hooks_own_json(local):
     assert local.to_json()["hooks"] == {name: h.to_json() for name, h in local.hooks.items()}
 
 
+@settings(max_examples=100, deadline=None)
+@given(local_states, st.dictionaries(text, hook_states, max_size=4))
+def test_with_hooks_is_with_hook_for_each(local, states):
+    one_by_one = local
+    for name, state in states.items():
+        one_by_one = one_by_one.with_hook(name, state)
+    together = local.with_hooks(states)
+    assert together == one_by_one
+    assert list(together.hooks) == list(one_by_one.hooks)  # the order too
+    assert together.task_handle is local.task_handle
+
+
 def test_defaults_and_helpers():
     local = LocalState()
     assert local.hooks == {} and local.task_handle is None and not local.run_complete

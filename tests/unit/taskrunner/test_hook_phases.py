@@ -325,6 +325,25 @@ def test_a_prestart_failure_is_recorded_and_raised(make_rig) -> None:
     assert event.message == "broken: no disk"
 
 
+def test_redoable_records_outlive_a_prestart_that_fails_or_is_cut_short(make_rig) -> None:
+    """Records a phase keeps back until its end reach the task's state however the
+    phase ends, so the next start skips those hooks."""
+    redo = Recorder("redo", DONE_REDOABLE)
+    broken = Recorder("broken", fail={"prestart": RuntimeError("no disk")})
+    rig = make_rig(redo, broken)
+    with pytest.raises(HookError):
+        rig.phases.prestart()
+    assert rig.cell.local().hook("redo") == HookState(prestart_done=True)
+    # The failure's event was written, and took the record along.
+    assert rig.stored_hook("redo") == HookState(prestart_done=True)
+
+    holder: list[Rig] = []
+    early = Recorder("early", DONE_REDOABLE)
+    holder.append(make_rig(early, Killer(holder), Recorder("after")))
+    assert not holder[0].phases.prestart()
+    assert holder[0].cell.local().hook("early") == HookState(prestart_done=True)
+
+
 def test_a_hook_event_error_records_the_hooks_own_event(make_rig) -> None:
     own = TaskEvent("Failed Artifact Download", message="404")
     broken = Recorder("broken", fail={"prestart": HookEventError("404", own)})
