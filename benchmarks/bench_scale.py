@@ -467,8 +467,8 @@ NOMAD_PRESTART_HOOKS: tuple[tuple[str, HookState], ...] = (
         HookState(
             data={
                 "reattach_config": (
-                    '{"Protocol":"grpc","ProtocolVersion":2,'
-                    '"Addr":{"Network":"unix","Name":"/tmp/plugin3270113640"},"Pid":41207}'
+                    '{"Protocol":"grpc","Network":"unix",'
+                    '"Addr":"/tmp/plugin3270113640","Pid":41207}'
                 )
             }
         ),

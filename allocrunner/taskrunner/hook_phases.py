@@ -7,17 +7,16 @@ the run loop:
 
 - prestart stops at the first failure. A hook recorded as done in the task's
   LocalState is skipped and its env re-applied; what a hook hands back is merged
-  into the task env and, when it changed, recorded: at once, and written at once,
-  unless the result is `redoable`; redoable records join the task's state together at
-  the end of the phase (or with the next record written at once) and are written with
-  the task's next write. The events a prestart hook emits
-  are written with its record or the task's next write, whichever comes first: a
-  crash before then runs the hook again on restore, and it emits them again. Each
-  hook is told the latest
-  allocation and task and the env built so far (one immutable request serves the
-  next hook too while none of these changed). A kill or a shutdown meanwhile cuts the
-  phase short. A failure is recorded as a task event and raised for the
-  restart policy.
+  into the task env and, when it changed, recorded and written at once, unless the
+  result is `redoable`: such records join the task's state together at the end of
+  the phase (or with the next record written at once) and reach the state DB with
+  the task's next write. The events a prestart hook emits are written with its record
+  or the task's next write, whichever comes first: an agent that dies before then
+  runs the hook again on restore, and it emits them again. Each hook is told the
+  latest allocation and task and the env built so far (one immutable request serves
+  the next hook too while none of these changed). A kill or a shutdown meanwhile cuts
+  the phase short. A failure is recorded as a task event and raised for the restart
+  policy.
 - the soft phases (poststart, pre-kill, exited, update, stop, shutdown) run every
   hook; each failure is logged and recorded as a task event, never raised.
 
@@ -102,12 +101,13 @@ def hook_error_event(err: HookError) -> TaskEvent:
 
 class _PrestartRequests:
     """Not thread-safe; owned by one run of `TaskHookPhases.prestart`, which makes and
-    uses it on its thread. The request each prestart hook is told. Nomad builds one for
-    every hook, from the latest allocation and task and the env built so far; a request
-    is immutable, so the one built for a hook is told again to the next while none of
-    those changed and the hook recorded nothing before (most hooks hand back no env):
-    seven hooks run on every start, and building a request takes a copy of the env
-    each time."""
+    uses it on its thread. The request each prestart hook is told, and the redoable
+    hook records the run keeps back (`add_progress`, `take_progress`). Nomad builds a
+    request for every hook, from the latest allocation and task and the env built so
+    far; a request is immutable, so the one built for a hook is told again to the next
+    while none of those changed and the hook recorded nothing before (most hooks hand
+    back no env): seven hooks run on every start, and building a request takes a copy
+    of the env each time."""
 
     cancel = immutable()
     _current = immutable()

@@ -18,7 +18,8 @@ returns once its change is handed to the StateDB (an `SQLiteStateDB` commits it 
 its writer thread, in order; a new driver handle, whose loss would start a task
 twice, is committed before the write returns). `record` and `note_local` are the
 exceptions: they change the snapshot without writing (`record` for callers that must
-not block, `note_local` for hook progress that may be lost, see
+not block and for the events of prestart hooks, `note_local` for hook progress whose
+loss in a crash only makes the restore run the hook again, see
 `hooks.PrestartResult.redoable`), and the next write of any caller carries the
 change.
 
