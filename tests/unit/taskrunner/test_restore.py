@@ -10,11 +10,13 @@ import pytest
 
 from allocrunner.drivers.mock import MockDriver
 from allocrunner.errors import TaskNotRunningError
+from allocrunner.state import MemDB
 from allocrunner.structs import TaskEvent
 from allocrunner.structs.task_state import (
     EVENT_KILLED,
     EVENT_RESTART_SIGNAL,
     EVENT_RESTORE_FAILED,
+    EVENT_SETUP,
     EVENT_STARTED,
     EVENT_TERMINATED,
 )
@@ -185,6 +187,52 @@ def test_done_prestart_hook_is_skipped_but_its_env_restored(harness) -> None:
     with recorder2.lock:
         assert recorder2.envs and recorder2.envs[-1]["FROM_HOOK"] == "yes"
         assert recorder2.envs[-1]["NOMAD_TASK_NAME"] == "web"
+
+
+class Gate(TaskHook):
+    """A prestart hook after the built-in ones that blocks until the task is killed: the
+    moment an agent dies in, after the hooks whose records wait for the start's write."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+
+    def prestart(self, req) -> None:
+        self.reached.set()
+        req.cancel.wait(20)
+
+
+def test_an_agent_dying_before_the_starts_write_runs_the_redoable_hooks_again(
+    harness, mock_driver, db
+) -> None:
+    alloc = alloc_of(mock_task(config={"run_for": "30s"}))
+    gate = Gate()
+    first = harness.runner(alloc, extra_hooks=[gate])
+    assert gate.reached.wait(10)
+    assert EVENT_SETUP in event_types(first.task_state())  # seen at once
+    # What the state DB holds now is what a restore after a kill -9 here finds.
+    local, state = db.task_runner_state(alloc.id, first.name)
+    assert local is None or local.hook("task_dir") is None
+    assert state is None or EVENT_SETUP not in event_types(state)
+    crashed = MemDB()
+    if local is not None:
+        crashed.put_task_local_state(alloc.id, first.name, local)
+    if state is not None:
+        crashed.put_task_state(alloc.id, first.name, state)
+    assert first.kill(timeout=5)
+    assert EVENT_STARTED not in event_types(first.task_state())  # it never started
+
+    second = harness.runner(alloc, start=False, state_db=crashed)
+    second.restore()
+    harness.start(second)
+    wait_state(second, "running")
+    st = second.task_state()
+    assert event_types(st).count(EVENT_SETUP) == 1  # the task dir hook ran again
+    assert event_types(st).count(EVENT_STARTED) == 1
+    stored, _state = crashed.task_runner_state(alloc.id, second.name)
+    assert stored is not None and stored.task_handle == second.local_state().task_handle
+    assert stored.hook("task_dir") is not None and stored.hook("task_dir").prestart_done
 
 
 def test_kill_of_a_restored_task_before_run_stops_it(harness, mock_driver) -> None:
