@@ -337,10 +337,13 @@ class TaskHookPhases:
         self,
         cancel: CancelToken,
         current: tuple[Allocation, Task] | None = None,
+        *,
+        emit_event: Callable[[TaskEvent], None] | None = None,
         **fields: Any,
     ) -> HookRequest:
         """A request for a hook: of `current` (the allocation and task; read now when
-        None), told `fields`, with the env given in them over the node variables."""
+        None), told `fields`, with the env given in them over the node variables; its
+        events go to `emit_event` (default: written at once, `emit_event`)."""
         alloc, task = self._current() if current is None else current
         env = interpolation_scope(fields.pop("env", {}), self._node_vars)
         return HookRequest(
@@ -349,7 +352,7 @@ class TaskHookPhases:
             alloc_dir=self._alloc_dir,
             task_dir=self._task_dir,
             cancel=cancel,
-            emit_event=fields.pop("emit_event", self.emit_event),
+            emit_event=self.emit_event if emit_event is None else emit_event,
             env=env,
             datacenter=self._datacenter,
             node_vars=self._node_vars,
