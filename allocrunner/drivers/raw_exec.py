@@ -807,7 +807,17 @@ class RawExecDriver:
         exits, while the spawner has yet to reap it and write the notice, and what
         does not need the wait status is done in that gap rather than after the
         notice: the output pipes are taken from the pump (each must be at end of
-        file) and the rest of the group is killed."""
+        file) and the rest of the group is killed. A notice that is there already is
+        taken at once, with no pidfd and no poll: on busy CPUs the signalled task, and
+        then its spawner, may run before this thread gets past the signal, so that the
+        task is reaped and recorded by the time it looks (the caller then kills what
+        is left of the group, as after any notice)."""
+        wait_status = proc.read_notice()
+        if wait_status is not None:
+            if not self._pump.take_exit(proc):
+                return _Outcome.RUNNING
+            proc.on_exit(wait_status)
+            return _Outcome.EXITED
         poller = select.poll()
         poller.register(notice_fd, select.POLLIN)
         poller.register(self._closed_r, select.POLLIN)

@@ -5,6 +5,7 @@ where the pump keeps the report (output still held open, several waiters, a clos
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from allocrunner._sync import CancelToken
 from allocrunner.drivers import ExitResult, RawExecDriver
+from allocrunner.drivers._task_process import _TaskProcess
 from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
 from allocrunner.testing import wait_for
@@ -207,4 +209,37 @@ def test_the_group_is_killed_as_soon_as_the_task_exits_not_once_the_spawner_repo
         os.kill(spawner, signal.SIGCONT)
     stopper.join(10.0)
     assert results == [SIGINT_EXIT]
+    wait_for(lambda: _check(not group_members(pid), "group left"), timeout=5)
+
+
+def test_a_notice_already_there_when_the_stop_looks_is_taken_at_once(raw, tmp_path, monkeypatch):
+    # On busy CPUs the signalled task, and then its spawner, may run before the
+    # stopping thread gets past the signal: the task is reaped and its notice written
+    # by then. The stopping thread takes that notice at once (it opens no pidfd and
+    # polls nothing), publishes the exit and still kills what is left of the group.
+    child_pid = tmp_path / "child.pid"
+    child_pid.touch()
+    config = task_config(tmp_path, sh(f"sleep 300 >/dev/null 2>&1 & echo $! > {child_pid}; wait"))
+    pid = raw.start(config).driver_state["pid"]
+    wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
+    child = int(child_pid.read_text())
+    signal_group = _TaskProcess.signal_group
+    notice_seen: list[bool] = []
+
+    def signal_then_wait_for_the_notice(proc: _TaskProcess, sig: int) -> None:
+        signal_group(proc, sig)
+        if sig == signal.SIGINT and proc.notice is not None:
+            readable = select.poll()
+            readable.register(proc.notice.fileno(), select.POLLIN)
+            notice_seen.append(bool(readable.poll(5000)))
+
+    def no_pidfd(self: RawExecDriver, proc: _TaskProcess) -> int | None:
+        raise AssertionError("the stop opened the task's pidfd")
+
+    monkeypatch.setattr(_TaskProcess, "signal_group", signal_then_wait_for_the_notice)
+    monkeypatch.setattr(RawExecDriver, "_task_pidfd", no_pidfd)
+    raw.stop(config.id, 10.0)
+    assert notice_seen == [True]
+    assert raw.wait(config.id, CancelToken()) == SIGINT_EXIT
+    wait_for(lambda: _check(not alive(child), "the group's sleep lives on"), timeout=5)
     wait_for(lambda: _check(not group_members(pid), "group left"), timeout=5)
