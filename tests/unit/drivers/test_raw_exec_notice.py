@@ -144,6 +144,15 @@ def test_close_releases_a_stop_waiting_on_the_notice(raw, tmp_path, state_dir):
         assert other.inspect(config.id).exit_result == ExitResult(exit_code=137, signal=9)
 
 
+def background_sleep(child_pid: Path) -> str:
+    """A script that starts a background ``sleep`` (SIGINT ignored, as a non-interactive
+    shell's jobs have it) holding none of the task's pipes, then waits. The sleep
+    writes its pid to `child_pid` itself, once its output is redirected: a pid the
+    shell wrote (``$!``) can be there while the forked child still holds the task's
+    stdout, and a stop then rightly waits for that pipe's end of file."""
+    return f"sh -c 'echo $$ > {child_pid}; exec sleep 300' >/dev/null 2>&1 & wait"
+
+
 def _check(condition: object, message: str) -> None:
     assert condition, message
 
@@ -187,7 +196,7 @@ def test_the_group_is_killed_as_soon_as_the_task_exits_not_once_the_spawner_repo
     # publishes the exit only from the spawner's notice.
     child_pid = tmp_path / "child.pid"
     child_pid.touch()
-    config = task_config(tmp_path, sh(f"sleep 300 >/dev/null 2>&1 & echo $! > {child_pid}; wait"))
+    config = task_config(tmp_path, sh(background_sleep(child_pid)))
     pid = raw.start(config).driver_state["pid"]
     wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
     child = int(child_pid.read_text())
@@ -219,7 +228,7 @@ def test_a_notice_already_there_when_the_stop_looks_is_taken_at_once(raw, tmp_pa
     # polls nothing), publishes the exit and still kills what is left of the group.
     child_pid = tmp_path / "child.pid"
     child_pid.touch()
-    config = task_config(tmp_path, sh(f"sleep 300 >/dev/null 2>&1 & echo $! > {child_pid}; wait"))
+    config = task_config(tmp_path, sh(background_sleep(child_pid)))
     pid = raw.start(config).driver_state["pid"]
     wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
     child = int(child_pid.read_text())
