@@ -28,12 +28,16 @@ Rules it keeps, from Nomad's history:
 first: a caller whose set was superseded by a newer one while it waited returns once the
 newer one is applied (the server's latest view of the node is what counts). Applying a
 set never waits on a runner: new allocations are queued in the registry, in order, and
-the ``client-starter`` thread builds their runners and starts them; the runner's own
-``alloc-<id8>`` thread then writes the allocation to the state DB and runs it. The views
+the ``client-starter`` thread builds their runners and starts them (with up to
+`BUILDERS` - 1 ``client-builder`` helpers while more than one waits: in queue order,
+except that a replacement waits until its previous allocation's runner is built); the
+runner's own ``alloc-<id8>`` thread then writes the allocation to the state DB and runs
+it. The views
 (`runner`, `runners`, `allocs`) wait for the queued runners they would show to be built,
 so a caller sees every allocation of the sets it applied.
 
-Threads (owned, joined by `shutdown()`): ``client-starter``, ``client-updates`` and the
+Threads (owned, joined by `shutdown()`): ``client-starter`` (and its ``client-builder``
+helpers, which end once the queue is empty), ``client-updates`` and the
 collector's ``gc`` (and its fixed pool of ``gc-destroy-<n>`` workers); each runner owns its own.
 Locks: "Client._allocs_lock" guards the registry (the queued allocations included, and
 the ids of its destroyed runners, which each runner's destroy reports so that
@@ -87,6 +91,13 @@ _STARTING = "starting"
 _RUNNING = "running"
 _SHUTDOWN = "shutdown"
 
+BUILDERS = 4
+"""How many threads build queued runners at once while the queue is long: the
+``client-starter`` and up to three ``client-builder`` helpers, which it starts when more
+than one allocation waits and which end once none is left to take. One builder alone
+gets too small a share of the GIL while the runners it has started run: a start-all of
+1,000 allocations then waits on it."""
+
 
 @attrs.frozen
 class _Desired:
@@ -95,6 +106,13 @@ class _Desired:
     seq: int
     allocs: tuple[Allocation, ...]
     index: int | None
+
+
+class _Shut:
+    """Immutable. What `Client._take_queued` returns once the client no longer runs."""
+
+
+_SHUT = _Shut()
 
 
 class Client:
@@ -121,14 +139,16 @@ class Client:
     _starter = immutable()
     _allocs_lock = immutable()
     # _allocs_lock guards the registry: _runners, _gone, _indexes, _retired, _marked, _pending,
-    # _phase, _list_index, _tombstones, _queued, _built, and the run_allocs turn: _desired,
-    # _submitted, _applied, _applying, _waiters
+    # _phase, _list_index, _tombstones, _queued, _built, _building, _helpers, and the
+    # run_allocs turn: _desired, _submitted, _applied, _applying, _waiters
     # Checked containers, changed in place under _allocs_lock (a copy per change would
     # make starting or removing N allocations O(N^2)); never handed out.
     _runners = immutable()
     _gone = immutable()  # checked map (a set): ids in _runners whose runner is destroyed
     _queued = immutable()  # id -> latest Allocation whose runner is not built yet
     _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
+    _building = guarded("_allocs_lock")  # ids of queued allocations a builder has taken
+    _helpers = guarded("_allocs_lock")  # client-builder threads started and not ended
     _indexes = guarded("_allocs_lock")
     _retired = immutable()  # checked map changed in place: removed runners not destroyed yet
     _marked = guarded("_allocs_lock")
@@ -185,6 +205,8 @@ class Client:
         self._tombstones: FrozenDict[str, None] = FrozenDict()
         self._queued: dict[str, Allocation] = guarded_dict(self._allocs_lock)
         self._built = CancelToken()
+        self._building: frozenset[str] = frozenset()
+        self._helpers = 0
         self._desired: _Desired | None = None
         self._submitted = 0
         self._applied = 0
@@ -455,11 +477,11 @@ class Client:
         Returns once this set, or a newer one, has been applied, which never waits on a
         runner: the set is diffed against the registry, updates are handed to the
         runners' mailboxes, removed allocations are untracked, and new ones are queued
-        in the registry (tracked from now on). The ``client-starter`` thread builds
-        their runners in order (a replacement after its previous allocation) and starts
-        them; each runner's own thread writes its allocation to the state DB first. An
-        agent killed before that write loses the allocation, which the server sends
-        again.
+        in the registry (tracked from now on). The ``client-starter`` thread (and its
+        helpers while the queue is long) builds their runners in order (a replacement
+        after its previous allocation) and starts them; each runner's own thread writes
+        its allocation to the state DB first. An agent killed before that write loses
+        the allocation, which the server sends again.
         """
         desired = self._check_allocs(allocs)
         with self._allocs_lock:
@@ -626,19 +648,88 @@ class Client:
     @calls_out
     def _start_queued(self) -> None:
         """The ``client-starter`` thread: build and start the queued runners, in order,
-        until the client shuts down."""
+        until the client shuts down; while more than one waits it has up to
+        `BUILDERS` - 1 ``client-builder`` helpers take the next ones."""
         while True:
-            with self._allocs_lock:
-                if self._phase != _RUNNING:
-                    return
-                alloc = next(iter(self._queued.values()), None)
-                prev = None
-                if alloc is not None and alloc.previous_allocation:
-                    prev = self._runners.get(alloc.previous_allocation)
-            if alloc is None:
+            taken = self._take_queued(may_add_helper=True)
+            if isinstance(taken, _Shut):
+                return
+            if taken is None:
                 self._start_kick.wait()
                 continue
+            alloc, prev, add_helper = taken
+            if add_helper:
+                self._add_helper()
+            self._build_taken(alloc, prev)
+
+    @calls_out
+    def _help_build(self) -> None:
+        """A ``client-builder`` thread: build queued runners until none is left to take
+        (or the client shuts down), then end."""
+        try:
+            while True:
+                taken = self._take_queued(may_add_helper=False)
+                if taken is None or isinstance(taken, _Shut):
+                    return
+                alloc, prev, _ = taken
+                self._build_taken(alloc, prev)
+        finally:
+            with self._allocs_lock:
+                self._helpers -= 1
+
+    def _add_helper(self) -> None:
+        """Start a ``client-builder`` (counted already by `_take_queued`); if no thread
+        can be started, the builders there are go on without it."""
+        try:
+            self._starter.spawn("client-builder", self._help_build)
+        except Exception:
+            log.exception("a client-builder thread could not be started")
+            with self._allocs_lock:
+                self._helpers -= 1
+
+    def _take_queued(
+        self, *, may_add_helper: bool
+    ) -> tuple[Allocation, AllocRunner | None, bool] | _Shut | None:
+        """Take the first queued allocation no builder has taken whose previous
+        allocation is not queued itself (a replacement is built after it, so that it
+        finds its runner): the allocation, the runner of its previous one, and whether
+        the caller should start a helper (more are left to take, and fewer than
+        `BUILDERS` build). None if there is nothing to take; `_SHUT` once the client
+        is no longer running."""
+        with self._allocs_lock:
+            if self._phase != _RUNNING:
+                return _SHUT
+            queued = self._queued
+            building = self._building
+            for alloc in queued.values():
+                if alloc.id in building or alloc.previous_allocation in queued:
+                    continue
+                self._building = building | {alloc.id}
+                prev = None
+                if alloc.previous_allocation:
+                    prev = self._runners.get(alloc.previous_allocation)
+                add_helper = (
+                    may_add_helper
+                    and self._helpers < BUILDERS - 1
+                    and len(queued) > len(self._building)
+                )
+                if add_helper:
+                    self._helpers += 1
+                return alloc, prev, add_helper
+            return None
+
+    @calls_out
+    def _build_taken(self, alloc: Allocation, prev: AllocRunner | None) -> None:
+        """Build the runner of `alloc`, taken by this builder, then release it; if a
+        replacement was held back for it, the starter is woken to take that."""
+        try:
             self._build(alloc, prev)
+        finally:
+            with self._allocs_lock:
+                self._building = self._building - {alloc.id}
+                waiting = len(self._queued) > len(self._building)
+            if waiting:
+                self._start_kick.kick()
 
     @calls_out
     def _build(self, alloc: Allocation, prev: AllocRunner | None) -> None:

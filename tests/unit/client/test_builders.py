@@ -1,0 +1,151 @@
+"""The Client's builders of queued runners: while more than one allocation waits, the
+``client-starter`` has ``client-builder`` helpers take the next ones (at most
+`BUILDERS` build at once), the helpers end once the queue is empty, and a replacement
+queued behind its previous allocation is built only once that one's runner is."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from allocrunner import AllocRunner
+from allocrunner.client import BUILDERS, Client
+from allocrunner.structs import Allocation, new_allocation
+from allocrunner.testing import mock_job, mock_task, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class BuildSpy:
+    """Thread-safe. Wraps `Client._build`: records which thread built which allocation
+    and with which previous runner, and how many builds ran at once at most; a build
+    may be held until the test releases it."""
+
+    def __init__(self, build: Callable[[Client, Allocation, AllocRunner | None], None]) -> None:
+        self._build = build
+        self._mutex = threading.Lock()
+        self.builders: dict[str, str] = {}  # alloc id -> name of the thread that built it
+        self.prev_of: dict[str, AllocRunner | None] = {}
+        self.done: list[str] = []
+        self._running = 0
+        self.most_at_once = 0
+        self.holds: dict[str, threading.Event] = {}
+
+    def __call__(self, client: Client, alloc: Allocation, prev: AllocRunner | None) -> None:
+        with self._mutex:
+            self.builders[alloc.id] = threading.current_thread().name
+            self.prev_of[alloc.id] = prev
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+            hold = self.holds.get(alloc.id)
+        try:
+            if hold is not None:
+                assert hold.wait(10), f"build of {alloc.id} never released"
+            self._build(client, alloc, prev)
+        finally:
+            with self._mutex:
+                self._running -= 1
+                self.done.append(alloc.id)
+
+    def built(self) -> list[str]:
+        with self._mutex:
+            return list(self.done)
+
+
+@pytest.fixture
+def spy(monkeypatch) -> BuildSpy:
+    spy = BuildSpy(Client._build)
+
+    def build(client: Client, alloc: Allocation, prev: AllocRunner | None) -> None:
+        spy(client, alloc, prev)
+
+    monkeypatch.setattr(Client, "_build", build)
+    return spy
+
+
+def _service_allocs(n: int) -> list[Allocation]:
+    job = mock_job(mock_task("web", config={"run_for": "30s"}))
+    return [new_allocation(job, "web", index=i) for i in range(n)]
+
+
+def _builder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "client-builder"]
+
+
+def _all_running(client: Client, allocs: list[Allocation]) -> Callable[[], None]:
+    def check() -> None:
+        for alloc in allocs:
+            state = client.runner(alloc.id).alloc_state()
+            assert state.client_status == "running", f"{alloc.id}: {state.client_status}"
+
+    return check
+
+
+def test_a_long_queue_is_built_by_helpers_that_end_once_it_is_empty(make_client, spy):
+    client = make_client()
+    client.start()
+    allocs = _service_allocs(40)
+    client.run_allocs(allocs)
+    wait_for(_all_running(client, allocs), timeout=30)
+    assert sorted(spy.built()) == sorted(a.id for a in allocs)  # each built once
+    names = set(spy.builders.values())
+    assert names == {"client-starter", "client-builder"}, names
+    assert 1 < spy.most_at_once <= BUILDERS
+    wait_for(lambda: _assert_none(_builder_threads()), timeout=10)
+
+
+def test_one_queued_allocation_needs_no_helper(make_client, spy):
+    client = make_client()
+    client.start()
+    (alloc,) = _service_allocs(1)
+    client.run_allocs([alloc])
+    wait_for(_all_running(client, [alloc]), timeout=10)
+    assert spy.builders == {alloc.id: "client-starter"}
+
+
+def test_a_replacement_queued_behind_its_previous_allocation_is_built_after_it(make_client, spy):
+    # The previous allocation's build is held until a helper has built a filler, so
+    # helpers take allocations while it is being built: the replacement, queued right
+    # behind it, must not be one of them, or it would be built without the previous
+    # runner it waits for.
+    client = make_client()
+    client.start()
+    prev, *fillers = _service_allocs(8)
+    job = prev.job
+    assert job is not None
+    nxt = new_allocation(job, "web", index=99, previous=prev)
+    release = threading.Event()
+    spy.holds[prev.id] = release
+    client.run_allocs([prev, nxt, *fillers])
+    wait_for(lambda: _assert_some(set(spy.built()) & {f.id for f in fillers}), timeout=10)
+    assert nxt.id not in spy.builders, "the replacement was taken before its previous"
+    release.set()
+    wait_for(_all_running(client, [prev, *fillers]), timeout=30)
+    wait_for(lambda: _assert_some(nxt.id in spy.built()), timeout=10)
+    assert spy.prev_of[nxt.id] is client.runner(prev.id)
+
+
+def test_shutdown_joins_the_builders_mid_queue(make_client, spy):
+    client = make_client()
+    client.start()
+    first, *rest = _service_allocs(12)
+    release = threading.Event()
+    spy.holds[first.id] = release
+    client.run_allocs([first, *rest])
+    wait_for(lambda: _assert_some(_builder_threads()), timeout=10)
+    stopper = threading.Thread(target=client.shutdown, args=(30,), name="test-shutdown")
+    stopper.start()
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert not _builder_threads()
+
+
+def _assert_none(found: object) -> None:
+    assert not found, found
+
+
+def _assert_some(found: object) -> None:
+    assert found, "nothing yet"
