@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from allocrunner._sync import CancelToken
-from allocrunner.drivers import ExitResult, RawExecDriver
+from allocrunner.drivers import ExitResult, RawExecDriver, TaskConfig
 from allocrunner.drivers._task_process import _TaskProcess
 from allocrunner.drivers.logs import read_logs
 from allocrunner.errors import DriverError
@@ -144,6 +144,17 @@ def test_close_releases_a_stop_waiting_on_the_notice(raw, tmp_path, state_dir):
         assert other.inspect(config.id).exit_result == ExitResult(exit_code=137, signal=9)
 
 
+def start_with_background_sleep(raw: RawExecDriver, tmp_path: Path) -> tuple[TaskConfig, int, int]:
+    """Start a task running `background_sleep`: its config, its pid, and the sleep's pid
+    once the sleep runs."""
+    child_pid = tmp_path / "child.pid"
+    child_pid.touch()
+    config = task_config(tmp_path, sh(background_sleep(child_pid)))
+    pid = raw.start(config).driver_state["pid"]
+    wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
+    return config, pid, int(child_pid.read_text())
+
+
 def background_sleep(child_pid: Path) -> str:
     """A script that starts a background ``sleep`` (SIGINT ignored, as a non-interactive
     shell's jobs have it) holding none of the task's pipes, then waits. The sleep
@@ -194,12 +205,7 @@ def test_the_group_is_killed_as_soon_as_the_task_exits_not_once_the_spawner_repo
     # task's exit on its pidfd and kills what is left of the group (a background sleep,
     # which ignores SIGINT and holds no pipe of the task's) right then, and still
     # publishes the exit only from the spawner's notice.
-    child_pid = tmp_path / "child.pid"
-    child_pid.touch()
-    config = task_config(tmp_path, sh(background_sleep(child_pid)))
-    pid = raw.start(config).driver_state["pid"]
-    wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
-    child = int(child_pid.read_text())
+    config, pid, child = start_with_background_sleep(raw, tmp_path)
     spawner = spawner_pid(state_dir)
     assert spawner is not None
     results: list[object] = []
@@ -226,12 +232,7 @@ def test_a_notice_already_there_when_the_stop_looks_is_taken_at_once(raw, tmp_pa
     # stopping thread gets past the signal: the task is reaped and its notice written
     # by then. The stopping thread takes that notice at once (it opens no pidfd and
     # polls nothing), publishes the exit and still kills what is left of the group.
-    child_pid = tmp_path / "child.pid"
-    child_pid.touch()
-    config = task_config(tmp_path, sh(background_sleep(child_pid)))
-    pid = raw.start(config).driver_state["pid"]
-    wait_for(lambda: _check(child_pid.read_text().endswith("\n"), "no child yet"), timeout=5)
-    child = int(child_pid.read_text())
+    config, pid, child = start_with_background_sleep(raw, tmp_path)
     signal_group = _TaskProcess.signal_group
     notice_seen: list[bool] = []
 
