@@ -32,9 +32,8 @@ the ``client-starter`` thread builds their runners and starts them (with up to
 `BUILDERS` - 1 ``client-builder`` helpers while more than one waits: in queue order,
 except that a replacement waits until its previous allocation's runner is built); the
 runner's own ``alloc-<id8>`` thread then writes the allocation to the state DB and runs
-it. The views
-(`runner`, `runners`, `allocs`) wait for the queued runners they would show to be built,
-so a caller sees every allocation of the sets it applied.
+it. The views (`runner`, `runners`, `allocs`) wait for the queued runners they would
+show to be built, so a caller sees every allocation of the sets it applied.
 
 Threads (owned, joined by `shutdown()`): ``client-starter`` (and its ``client-builder``
 helpers, which end once the queue is empty), ``client-updates`` and the
@@ -653,6 +652,10 @@ class Client:
         while True:
             taken = self._take_queued(may_add_helper=True)
             if isinstance(taken, _Shut):
+                # The helpers it started end at once now; joined here, so that the
+                # shutdown that joins this thread has joined them too, even one started
+                # while that shutdown began.
+                self._starter.join()
                 return
             if taken is None:
                 self._start_kick.wait()
