@@ -77,7 +77,9 @@ def _builder_threads() -> list[threading.Thread]:
 def _all_running(client: Client, allocs: list[Allocation]) -> Callable[[], None]:
     def check() -> None:
         for alloc in allocs:
-            state = client.runner(alloc.id).alloc_state()
+            runner = client.runner(alloc.id)
+            assert runner is not None, f"{alloc.id}: no runner"
+            state = runner.alloc_state()
             assert state.client_status == "running", f"{alloc.id}: {state.client_status}"
 
     return check
@@ -128,13 +130,18 @@ def test_a_replacement_queued_behind_its_previous_allocation_is_built_after_it(m
 
 
 def test_shutdown_joins_the_builders_mid_queue(make_client, spy):
+    # The starter's build (the first allocation) and its helper's (the second, the next
+    # one to take) are both held, so a helper is surely alive when the shutdown begins.
     client = make_client()
     client.start()
-    first, *rest = _service_allocs(12)
+    first, second, *rest = _service_allocs(12)
     release = threading.Event()
     spy.holds[first.id] = release
-    client.run_allocs([first, *rest])
-    wait_for(lambda: _assert_some(_builder_threads()), timeout=10)
+    spy.holds[second.id] = release
+    client.run_allocs([first, second, *rest])
+    wait_for(lambda: _assert_some(second.id in spy.builders), timeout=10)
+    assert spy.builders[second.id] == "client-builder"
+    assert _builder_threads()
     stopper = threading.Thread(target=client.shutdown, args=(30,), name="test-shutdown")
     stopper.start()
     release.set()
