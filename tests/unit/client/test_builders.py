@@ -86,14 +86,20 @@ def _all_running(client: Client, allocs: list[Allocation]) -> Callable[[], None]
 
 
 def test_a_long_queue_is_built_by_helpers_that_end_once_it_is_empty(make_client, spy):
+    # The starter's own build (the first allocation) is held until another has been
+    # built, which only a helper can do meanwhile.
     client = make_client()
     client.start()
     allocs = _service_allocs(40)
+    release = threading.Event()
+    spy.holds[allocs[0].id] = release
     client.run_allocs(allocs)
+    wait_for(lambda: _assert_some(set(spy.built()) - {allocs[0].id}), timeout=10)
+    release.set()
     wait_for(_all_running(client, allocs), timeout=30)
     assert sorted(spy.built()) == sorted(a.id for a in allocs)  # each built once
-    names = set(spy.builders.values())
-    assert names == {"client-starter", "client-builder"}, names
+    assert spy.builders[allocs[0].id] == "client-starter"
+    assert set(spy.builders.values()) == {"client-starter", "client-builder"}
     assert 1 < spy.most_at_once <= BUILDERS
     wait_for(lambda: _assert_none(_builder_threads()), timeout=10)
 
