@@ -802,22 +802,34 @@ class RawExecDriver:
         return outcome
 
     def _take_notice(self, proc: _TaskProcess, notice_fd: int, deadline: float) -> _Outcome:
-        """Poll the notice until `deadline`; the outcome once this thread published the
-        exit. The task's own pidfd is polled too: it turns readable when the task
-        exits, while the spawner has yet to reap it and write the notice, and what
-        does not need the wait status is done in that gap rather than after the
-        notice: the output pipes are taken from the pump (each must be at end of
-        file) and the rest of the group is killed. A notice that is there already is
-        taken at once, with no pidfd and no poll: on busy CPUs the signalled task, and
-        then its spawner, may run before this thread gets past the signal, so that the
-        task is reaped and recorded by the time it looks (the caller then kills what
-        is left of the group, as after any notice)."""
+        """Take the notice, polling for it until `deadline` unless it is there already;
+        the outcome once this thread published the exit. A notice that is there
+        already is taken at once, with no pidfd and no poll: on busy CPUs the
+        signalled task, and then its spawner, may run before this thread gets past
+        the signal, so that the task is reaped and recorded by the time it looks (the
+        caller then kills what is left of the group, as after any notice)."""
+        outcome = _Outcome.EXITED
         wait_status = proc.read_notice()
-        if wait_status is not None:
-            if not self._pump.take_exit(proc):
-                return _Outcome.RUNNING
-            proc.on_exit(wait_status)
-            return _Outcome.EXITED
+        if wait_status is None:
+            outcome = self._poll_notice(proc, notice_fd, deadline)
+            if outcome is _Outcome.RUNNING:
+                return outcome
+            wait_status = proc.read_notice()
+            if wait_status is None:  # the spawner died: the pump sees to the task
+                return _Outcome.RUNNING  # (`_exit_noticed`)
+        if outcome is _Outcome.EXITED and not self._pump.take_exit(proc):
+            return _Outcome.RUNNING
+        proc.on_exit(wait_status)
+        return outcome
+
+    def _poll_notice(self, proc: _TaskProcess, notice_fd: int, deadline: float) -> _Outcome:
+        """Poll until the notice channel turns readable: `_Outcome.RUNNING` if
+        `deadline` passed, the driver closed or the pump keeps the task's output,
+        else whether the group was killed meanwhile. The task's own pidfd is polled
+        too: it turns readable when the task exits, while the spawner has yet to reap
+        it and write the notice, and what does not need the wait status is done in
+        that gap rather than after the notice: the output pipes are taken from the
+        pump (each must be at end of file) and the rest of the group is killed."""
         poller = select.poll()
         poller.register(notice_fd, select.POLLIN)
         poller.register(self._closed_r, select.POLLIN)
@@ -831,7 +843,7 @@ class RawExecDriver:
                 if not ready or self._closing.cancelled():
                     return _Outcome.RUNNING
                 if notice_fd in ready or pidfd not in ready:
-                    break
+                    return outcome
                 # Only the pidfd: the task has exited (a zombie until its spawner
                 # reaps it), so its group id is still its own.
                 poller.unregister(pidfd)
@@ -843,13 +855,6 @@ class RawExecDriver:
                 outcome = _Outcome.GROUP_KILLED
         finally:
             close_fds(pidfd)
-        wait_status = proc.read_notice()
-        if wait_status is None:
-            return _Outcome.RUNNING  # the spawner died: the pump sees to the task (`_exit_noticed`)
-        if outcome is _Outcome.EXITED and not self._pump.take_exit(proc):
-            return _Outcome.RUNNING
-        proc.on_exit(wait_status)
-        return outcome
 
     def _task_pidfd(self, proc: _TaskProcess) -> int | None:
         """A pidfd of the task to poll for its exit, or None (no pidfds here, or the
