@@ -182,8 +182,11 @@ def signalled(sig: int) -> ExitResult:
     return ExitResult(exit_code=128 + sig, signal=sig)
 
 
+@functools.lru_cache(maxsize=1024)
 def result_from_wait(wait_status: int) -> ExitResult:
-    """The result for a wait status of a task's process."""
+    """The result for a wait status of a task's process. Cached (an `ExitResult` is
+    immutable, and a node's tasks end with few distinct statuses): a stop takes it
+    right after the spawner's notice, on the path its caller waits on."""
     if os.WIFSIGNALED(wait_status):
         return signalled(os.WTERMSIG(wait_status))
     return exit_result_from_status(os.waitstatus_to_exitcode(wait_status))
