@@ -21,9 +21,12 @@ Each state opens a fixed set of stage gates and closes the others (`GATES_BY_STA
 a task runner waits on its stage's gate before starting its task. A gate is a flag
 and a wake-up signal, not a thread: opening it wakes every waiter at once.
 
-Threads: none of its own; the AllocRunner's state-handler thread drives it and each task
-runner's run thread waits on its gate. Locks: the gates share the coordinator's lock,
-which guards the current state and every gate's flag. Owner: the AllocRunner.
+Threads: none of its own; the AllocRunner's state passes drive it (and the
+allocation's own thread once, at the start of a fresh run, whose first pass waits for
+a task event: the machine only moves forward, so a snapshot older than a pass's cannot
+undo what the pass did) and each task runner's run thread waits on its gate. Locks:
+the gates share the coordinator's lock, which guards the current state and every
+gate's flag. Owner: the AllocRunner.
 """
 
 from __future__ import annotations

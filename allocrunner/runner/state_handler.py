@@ -34,8 +34,9 @@ the terminal state. Health verdicts of the health watcher come in through
 `set_health` / `clear_health`, are persisted and kick a pass.
 
 Threads: the passes run on the service's ``alloc-state-pool-<n>`` workers, one pass of
-this handler at a time (`start` adds it; the pass after `finish()` removes it and sets
-the event `wait_finished` waits for); `offer`, `request_kill` and the health calls come
+this handler at a time (`start` adds it, with a first pass at once or on the first
+kick; the pass after `finish()` removes it and sets the event `wait_finished` waits
+for); `offer`, `request_kill` and the health calls come
 from other threads; the kill sequence and the sibling and pre-kill flags are confined
 to the pass workers (the ``alloc-state-`` prefix), which never run two passes of one
 handler together.
@@ -186,10 +187,12 @@ class StateHandler:
         checkpoint("state.await_final")
         return self._finished.wait(timeout)
 
-    def start(self) -> None:
-        """Have the state-pass service run this handler's passes from now on (the
-        first at once); a pass runs on every kick and one last pass after `finish()`."""
-        self._passes.add(self._kick, self._step, self._finished.set)
+    def start(self, *, first_pass: bool = True) -> None:
+        """Have the state-pass service run this handler's passes from now on: a pass
+        runs on every kick and one last pass after `finish()`; the first runs at once,
+        or, without `first_pass`, on the first kick (the caller knows one comes soon:
+        until then the state published at construction is the current one)."""
+        self._passes.add(self._kick, self._step, self._finished.set, first_pass=first_pass)
 
     @calls_out
     def _step(self) -> tuple[bool, float | None]:

@@ -10,6 +10,10 @@ threads, ``alloc-state-pool-<n>``.
 
 Scheduling, per kick (all under the service's lock):
 
+- `add` queues the handler's first pass, unless its owner says the first kick will
+  come soon anyway (`first_pass=False`: an allocation starting afresh, whose first
+  task event comes within its start; see `AllocRunner.run`), which saves the pass
+  that would publish what nothing has changed yet.
 - `wake` (the kick's `kick()`) queues the handler's next pass unless one is already
   queued; if its pass is running, the pass runs again once it is over. So passes of
   one allocation never overlap and never run out of order, and a kick during a pass is
@@ -104,7 +108,8 @@ parked spare woken (its Waiter), the keeper woken (None), or nothing (False)."""
 class PassKick:
     """Thread-safe. The kick of one state handler: `kick()` asks the service for a pass
     (notify-only, from any thread). Kicks before the handler is added, or after it
-    finished, do nothing: `add` queues a first pass that reads everything afresh."""
+    finished, do nothing: `add` queues a first pass that reads everything afresh
+    (or leaves it to the first kick after it, when told that one surely comes)."""
 
     __slots__ = ("_pending", "_service", "label")
 
@@ -165,14 +170,24 @@ class StatePasses:
         self._names = itertools.count(1)
         self._threads = ThreadGroup("alloc-state-pool")
 
-    def add(self, kick: PassKick, step: PassStep, finished: Callable[[], object]) -> None:
-        """Run `step` for `kick` from now on, a first time at once; `finished` is
-        called (on a worker) after the pass that reports the end, or one that raised."""
+    def add(
+        self,
+        kick: PassKick,
+        step: PassStep,
+        finished: Callable[[], object],
+        *,
+        first_pass: bool = True,
+    ) -> None:
+        """Run `step` for `kick` from now on: a first time at once, or, without
+        `first_pass`, on the first kick after this call; `finished` is called (on a
+        worker) after the pass that reports the end, or one that raised."""
         with self._lock:
             if kick in self._steps:
                 raise ValueError(f"{kick!r} was added twice")
             self._steps[kick] = step
             self._finish[kick] = finished
+            if not first_pass:
+                return
             spawn = self._queue_locked(kick)
         self._notify(spawn)
 

@@ -1,6 +1,7 @@
 """The state-pass service: passes of one handler never overlap and never get lost, a
-due deadline makes a pass, a finished handler is dropped, a pass that blocks holds up
-no other handler, and the workers end when nothing is live."""
+handler added without a first pass waits for its first kick, a due deadline makes a
+pass, a finished handler is dropped, a pass that blocks holds up no other handler, and
+the workers end when nothing is live."""
 
 from __future__ import annotations
 
@@ -92,6 +93,20 @@ def test_add_makes_a_first_pass_and_kicks_before_add_are_ignored(service: StateP
     wait_for(_ended(service))
     assert h.count() == 2 and service.live() == 0
     assert service.join_if_idle(5)
+
+
+def test_add_without_a_first_pass_leaves_it_to_the_first_kick(service: StatePasses) -> None:
+    h = Handler(service)
+    h.finish_after = 1
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert service.live() == 1
+    assert_stays(lambda: _equal(h.count(), 0), 0.2)
+    assert service.workers() == 0  # nothing queued: no worker was started for it
+    h.kick.kick()
+    assert h.finished.wait(10)
+    assert h.count() == 1
+    wait_for(_ended(service))
+    assert service.live() == 0 and service.join_if_idle(5)
 
 
 def test_kicks_during_a_pass_coalesce_into_one_more_pass_never_overlapping(
