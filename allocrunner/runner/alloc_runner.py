@@ -28,9 +28,8 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
   so listeners always see the terminal state. A fresh run (`_starts_fresh`) leaves
   the first pass to the kick of its first task event, which comes within its start,
   and opens the lifecycle gates on this thread instead: a first pass at once would
-  only publish the state the runner was built with, and with a thousand allocations
-  starting together that pass was a tenth of their state passes' work and more
-  hand-offs between threads.
+  only publish the state the runner was built with, and it was a third of the state
+  passes a start makes (with their hand-offs between threads).
 - ``task-<id8>-<name>``: one per task runner but the first.
 - ``health-<id8>``: the health watcher of a service or system job (HealthHook).
 - transient: ``destroy-<id8>`` and ``shutdown-<id8>``.
