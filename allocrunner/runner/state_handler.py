@@ -191,8 +191,15 @@ class StateHandler:
         """Have the state-pass service run this handler's passes from now on: a pass
         runs on every kick and one last pass after `finish()`; the first runs at once,
         or, without `first_pass`, on the first kick (the caller knows one comes soon:
-        until then the state published at construction is the current one)."""
+        until then the state published at construction is the current one), unless an
+        update or a kill was asked for before: its kick came while the service did not
+        know this handler yet, and a pass at once takes it, as a first pass would."""
         self._passes.add(self._kick, self._step, self._finished.set, first_pass=first_pass)
+        if first_pass:
+            return
+        # After the add: whatever is asked for from here on kicks a handler it knows.
+        if self._updates.peek() is not None or self._kill_asked.is_set():
+            self._kick.kick()
 
     @calls_out
     def _step(self) -> tuple[bool, float | None]:

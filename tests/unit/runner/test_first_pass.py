@@ -1,16 +1,19 @@
 """When an allocation's state handler makes its first pass: a fresh allocation's on
 the kick of its first task event (its task starts with no pass made, the lifecycle
-gates opened by the run itself), one that may wait before any task event (for a
-previous allocation) at once, so that it is published while it waits."""
+gates opened by the run itself) or at once for an update sent before its run began;
+one that may wait before any task event (for a previous allocation) at once, so that
+it is published while it waits."""
 
 from __future__ import annotations
 
 import threading
 
+import attrs
 import pytest
 
 from allocrunner.runner.state_handler import StateHandler
 from allocrunner.structs import new_allocation
+from allocrunner.taskrunner import TaskRunner
 from allocrunner.testing import lifecycle, mock_job, mock_task, wait_for
 
 
@@ -70,6 +73,36 @@ def test_a_fresh_group_with_a_prestart_task_opens_only_the_prestart_gate(
     # The passes now see the ephemeral prestart task running: main still waits.
     wait_for(lambda: _equal(ar.alloc_state().task_states["init"].state, "running"))
     assert ar.task_runner("main").task_state().state == "pending"
+
+
+def test_a_stop_sent_before_a_fresh_run_begins_is_applied_without_a_task_event(
+    make_runner, monkeypatch
+):
+    # The task runner is held before it does anything, so no task event kicks a pass:
+    # the stop is applied only if the run's start makes the pass its kick asked for.
+    task_runs = threading.Event()
+    real_run = TaskRunner.run
+
+    def held_run(self):
+        assert task_runs.wait(10), "the test never let the task run"
+        return real_run(self)
+
+    monkeypatch.setattr(TaskRunner, "run", held_run)
+    alloc = new_allocation(mock_job(mock_task("web", config={"run_for": "10s"})), "web")
+    ar = make_runner(alloc)
+    stop = attrs.evolve(
+        alloc, desired_status="stop", alloc_modify_index=alloc.alloc_modify_index + 1
+    )
+    ar.update(stop)
+    try:
+        ar.start()
+        wait_for(lambda: _equal(ar.alloc().desired_status, "stop"))
+    finally:
+        task_runs.set()
+    assert ar.wait(10)
+    state = ar.alloc_state()
+    assert state.client_status == "complete", state.client_status
+    assert "Started" not in [e.type for e in state.task_states["web"].events]
 
 
 class BlockingWatcher:
