@@ -141,12 +141,11 @@ class AllocDir:
         Idempotent: existing directories keep their contents. A symlink or file where a
         directory belongs raises `AllocDirError` rather than being followed. A fresh
         alloc dir is made private, filled by path and opened up last; an existing one is
-        walked by descriptor (`fs.build_layout`).
+        walked by descriptor (`fs.build_layout`). A missing root is made (and its parents).
         """
         try:
-            if not os.path.isdir(self.root):  # one stat where makedirs makes three calls
-                os.makedirs(self.root, exist_ok=True)
-            fs.build_layout(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE, self._build_existing)
+            walk = self._build_existing
+            fs.build_layout(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE, walk, make_parent=True)
         except AllocDirError:
             raise
         except OSError as err:

@@ -82,7 +82,12 @@ def fill_private_dir(path: str, entries: Sequence[tuple[str, int]], mode: int) -
 
 
 def build_layout(
-    path: str, entries: Sequence[tuple[str, int]], mode: int, walk: Callable[[], None]
+    path: str,
+    entries: Sequence[tuple[str, int]],
+    mode: int,
+    walk: Callable[[], None],
+    *,
+    make_parent: bool = False,
 ) -> None:
     """Make directory `path` with `entries` inside and give it `mode`: a fresh one is
     made private and filled by path (`fill_private_dir`); one that exists already is
@@ -90,11 +95,20 @@ def build_layout(
     without following symlinks. So is a fresh one whose filling met an entry another
     build made meanwhile, or found it unwritable (a non-root caller under a umask
     without the owner's write bit). OSError from the mkdir or the filling propagates
-    (FileNotFoundError: `path`'s parent is missing)."""
+    (FileNotFoundError: `path`'s parent is missing, unless `make_parent`: the parent
+    is then made, with its own parents, and the build tried again; looked for only
+    when the mkdir finds it missing, so that a build under an existing parent makes no
+    system call for it)."""
     try:
         os.mkdir(path, PRIVATE_DIR_MODE)
     except FileExistsError:
         walk()
+        return
+    except FileNotFoundError:
+        if not make_parent:
+            raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        build_layout(path, entries, mode, walk)
         return
     try:
         fill_private_dir(path, entries, mode)

@@ -70,6 +70,23 @@ def test_build_creates_shared_dirs_with_nomads_modes(tmp_path: Path) -> None:
         assert mode(sub) == 0o777, sub
 
 
+def test_build_makes_a_missing_root_and_its_parents(tmp_path: Path) -> None:
+    ad = AllocDir(tmp_path / "node" / "allocs", "abc")
+    ad.build()
+    assert ad.is_built()
+    assert ad.logs_dir.is_dir() and ad.data_dir.is_dir() and ad.tmp_dir.is_dir()
+    AllocDir(tmp_path / "node" / "allocs", "def").build()  # the root there already
+    assert sorted(os.listdir(tmp_path / "node" / "allocs")) == ["abc", "def"]
+
+
+def test_build_under_a_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "allocs").write_text("not a directory")
+    ad = AllocDir(tmp_path / "allocs", "abc")
+    with pytest.raises(AllocDirError, match="abc"):
+        ad.build()
+    assert not ad.is_built()
+
+
 def test_build_is_idempotent_and_keeps_contents(alloc_dir: AllocDir) -> None:
     (alloc_dir.data_dir / "keep").write_text("x")
     os.chmod(alloc_dir.data_dir, 0o700)
