@@ -36,10 +36,9 @@ the terminal state. Health verdicts of the health watcher come in through
 Threads: the passes run on the service's ``alloc-state-pool-<n>`` workers, one pass of
 this handler at a time (`start` adds it, with a first pass at once or on the first
 kick; the pass after `finish()` removes it and sets the event `wait_finished` waits
-for); `offer`, `request_kill` and the health calls come
-from other threads; the kill sequence and the sibling and pre-kill flags are confined
-to the pass workers (the ``alloc-state-`` prefix), which never run two passes of one
-handler together.
+for); `offer`, `request_kill` and the health calls come from other threads; the kill
+sequence and the sibling and pre-kill flags are confined to the pass workers (the
+``alloc-state-`` prefix), which never run two passes of one handler together.
 Locks: none of its own; the `ClientState` takes the runner's state lock, and nothing
 here holds a lock while calling out. Owner: the AllocRunner builds it and is its only
 caller.
