@@ -59,6 +59,9 @@ class _Call:
 
 CALL: Any = _Call()
 
+_LEFT_OUT: Any = object()
+"""Marker for `Struct._encode_fields`: the given field's key is left out."""
+
 
 def describe(value: Any) -> str:
     """A short description of a bad value for error messages."""
@@ -443,6 +446,11 @@ class Struct(Kind):
         again (a value whose encoding the caller already has)."""
         return self._encode_fields(value, attr, encoded)
 
+    def encode_without(self, value: Any, attr: str) -> dict[str, Any]:
+        """`encode(value)` less field `attr`, whose key is left out (a caller that
+        serialises that field itself)."""
+        return self._encode_fields(value, attr, _LEFT_OUT)
+
     def _encode_fields(self, value: Any, given: str | None, encoded: Any) -> dict[str, Any]:
         """The fields of `value`, field `given` taken as `encoded`. They are read with
         one getter and walked by a plan made once (`_encoder`), so a field whose kind
@@ -453,7 +461,8 @@ class Struct(Kind):
             self._plan, self._values(value), strict=True
         ):
             if attr == given:
-                out[key] = encoded
+                if encoded is not _LEFT_OUT:
+                    out[key] = encoded
             elif omit_empty and not item:
                 continue
             elif encode is None:

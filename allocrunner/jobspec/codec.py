@@ -104,6 +104,7 @@ __all__ = [
     "encode_alloc_state",
     "encode_allocation",
     "encode_allocation_with_job",
+    "encode_allocation_without_job",
     "encode_job",
     "encode_task_event",
     "encode_task_state",
@@ -598,6 +599,14 @@ def encode_allocation_with_job(alloc: Allocation, job: dict[str, Any] | None) ->
     if not isinstance(alloc, Allocation):
         raise TypeError(f"expected Allocation, got {type(alloc).__name__}")
     return ALLOCATION.encode_with(alloc, "job", job)
+
+
+def encode_allocation_without_job(alloc: Allocation) -> dict[str, Any]:
+    """`encode_allocation(alloc)` less its ``Job`` key, for a caller that serialises the
+    job once for every allocation that shares it and joins the two texts."""
+    if not isinstance(alloc, Allocation):
+        raise TypeError(f"expected Allocation, got {type(alloc).__name__}")
+    return ALLOCATION.encode_without(alloc, "job")
 
 
 def decode_alloc_state(obj: Any) -> AllocState:

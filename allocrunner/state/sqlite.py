@@ -66,7 +66,7 @@ from allocrunner.jobspec import (
     encode_allocation,
     encode_task_state,
 )
-from allocrunner.jobspec.codec import encode_allocation_with_job
+from allocrunner.jobspec.codec import encode_allocation_without_job, encode_job
 from allocrunner.state.base import LocalState, WriteStats
 from allocrunner.state.sqlite_file import SCHEMA_VERSION, ReadPool, open_writer
 from allocrunner.state.sqlite_writer import Enqueued, Key, WriteQueue
@@ -127,7 +127,7 @@ class SQLiteStateDB:
     _path = immutable()
     _queue = immutable()
     _readers = immutable()
-    _last_job = immutable()  # LatestValue[(Job, its JSON dict)]: the last job encoded
+    _last_job = immutable()  # LatestValue[(Job, its JSON text)]: the last job serialised
 
     @calls_out
     def __init__(
@@ -141,7 +141,7 @@ class SQLiteStateDB:
         conn = open_writer(self._path, durable=durable, busy_timeout=busy_timeout)
         self._queue = WriteQueue(self._path, conn, join_timeout=max(30.0, 4 * busy_timeout))
         self._readers = ReadPool(self._path, busy_timeout)
-        self._last_job: LatestValue[tuple[Job, dict[str, Any]]] = LatestValue()
+        self._last_job: LatestValue[tuple[Job, str]] = LatestValue()
 
     @property
     def path(self) -> Path:
@@ -156,21 +156,22 @@ class SQLiteStateDB:
         alloc_id: str,
         key: Key,
         value: object,
-        encode: Callable[[], Any],
+        text_of: Callable[[], str],
         *,
         revive: bool = False,
     ) -> Enqueued:
-        """Queue `value` under (alloc_id, key): skipped when it is the very object last
-        queued for the key (before it is encoded: `WriteQueue.skip_unchanged`) or its
-        encoding equals that of the last one, dropped when its allocation was deleted,
-        unless `revive` (put_allocation). One turn of the queue's lock per write: the
-        check before the encoding reads a hint with no lock and takes the lock only
-        for a value it finds unchanged. A locked check before every encoding took the
-        lock a second time on every write, and with a thousand allocations writing at
-        once that lock was where their threads queued."""
+        """Queue `value`, whose JSON text `text_of()` makes, under (alloc_id, key):
+        skipped when it is the very object last queued for the key (before it is
+        encoded: `WriteQueue.skip_unchanged`) or its text equals that of the last one,
+        dropped when its allocation was deleted, unless `revive` (put_allocation). One
+        turn of the queue's lock per write: the check before the encoding reads a hint
+        with no lock and takes the lock only for a value it finds unchanged. A locked
+        check before every encoding took the lock a second time on every write, and
+        with a thousand allocations writing at once that lock was where their threads
+        queued."""
         if self._queue.skip_unchanged(alloc_id, key, value):
             return Enqueued(0, value)
-        text = _dumps(encode())
+        text = text_of()
         return self._queue.put(alloc_id, key, value, text, _digest(text), revive=revive)
 
     @calls_out
@@ -188,22 +189,25 @@ class SQLiteStateDB:
         if not isinstance(alloc, Allocation):
             raise TypeError(f"put_allocation: expected Allocation, got {type(alloc).__name__}")
         self._put(
-            alloc.id, (_NO_TASK, _ALLOC), alloc, lambda: self._encode_allocation(alloc), revive=True
+            alloc.id, (_NO_TASK, _ALLOC), alloc, lambda: self._allocation_text(alloc), revive=True
         )
 
-    def _encode_allocation(self, alloc: Allocation) -> dict[str, Any]:
-        """The allocation's JSON, reusing the JSON of its job when the last allocation
-        encoded here had the same Job object (the allocations of one job version share
-        it, and the job is most of the work). The shared JSON is never changed: each
-        result is serialised at once."""
+    def _allocation_text(self, alloc: Allocation) -> str:
+        """The allocation's JSON text: the text of its job, then its other fields. The
+        job's text is reused when the last allocation written here had the same Job
+        object (the allocations of one job version share it, and the job is two thirds
+        of the text), so it is neither encoded nor serialised again."""
         job = alloc.job
+        if job is None:
+            return _dumps(encode_allocation(alloc))
         last = self._last_job.peek()
-        if job is not None and last is not None and last[0] is job:
-            return encode_allocation_with_job(alloc, last[1])
-        encoded = encode_allocation(alloc)
-        if job is not None:
-            self._last_job.offer((job, encoded["Job"]))
-        return encoded
+        if last is None or last[0] is not job:
+            last = (job, _dumps(encode_job(job)))
+            self._last_job.offer(last)
+        rest = _dumps(encode_allocation_without_job(alloc))
+        if rest == "{}":
+            return f'{{"Job":{last[1]}}}'
+        return f'{{"Job":{last[1]},{rest[1:]}'
 
     @calls_out
     def all_allocations(self) -> list[Allocation]:
@@ -240,7 +244,7 @@ class SQLiteStateDB:
         if not isinstance(state, TaskState):
             raise TypeError(f"put_task_state: expected TaskState, got {type(state).__name__}")
         _check_task_name(task)
-        self._put(alloc_id, (task, _TASK_STATE), state, lambda: encode_task_state(state))
+        self._put(alloc_id, (task, _TASK_STATE), state, lambda: _dumps(encode_task_state(state)))
 
     @calls_out
     def put_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
@@ -252,7 +256,7 @@ class SQLiteStateDB:
                 f"put_task_local_state: expected LocalState, got {type(local).__name__}"
             )
         _check_task_name(task)
-        queued = self._put(alloc_id, (task, _LOCAL_STATE), local, local.to_json)
+        queued = self._put(alloc_id, (task, _LOCAL_STATE), local, lambda: _dumps(local.to_json()))
         if queued.seq and _new_handle(local, queued.previous):
             self._queue.wait_for(queued.seq)
 
@@ -297,7 +301,9 @@ class SQLiteStateDB:
                 "put_deployment_status: expected AllocDeploymentStatus or None, "
                 f"got {type(status).__name__}"
             )
-        self._put(alloc_id, (_NO_TASK, _DEPLOY), status, lambda: _encode_deployment(status))
+        self._put(
+            alloc_id, (_NO_TASK, _DEPLOY), status, lambda: _dumps(_encode_deployment(status))
+        )
 
     @calls_out
     def deployment_status(self, alloc_id: str) -> AllocDeploymentStatus | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import subprocess
@@ -202,3 +203,43 @@ def test_allocations_of_one_job_share_its_encoding_and_round_trip(path):
         assert encode_allocation_with_job(alloc, encode_allocation(alloc)["Job"]) == (
             encode_allocation(alloc)
         )
+
+
+def test_a_job_is_serialised_once_for_the_allocations_that_share_it(path, monkeypatch):
+    """The job's text is made again only when an allocation of another Job object is
+    written (A, A, B, A: three times), and each stored text is the allocation's whole
+    encoding, job included."""
+    from allocrunner.state import sqlite as sqlite_module
+
+    encoded: list[str] = []
+    real = sqlite_module.encode_job
+
+    def counting(job):
+        encoded.append(job.id)
+        return real(job)
+
+    monkeypatch.setattr(sqlite_module, "encode_job", counting)
+    job = mock_job(mock_task("web"))
+    other = attrs.evolve(job, id="other", name="other", version=3)
+    allocs = [
+        new_allocation(job, "web", index=0),
+        new_allocation(job, "web", index=1),
+        new_allocation(other, "web", index=0),
+        new_allocation(job, "web", index=2),
+    ]
+    db = SQLiteStateDB(path)
+    try:
+        for alloc in allocs:
+            db.put_allocation(alloc)
+        db.flush()
+    finally:
+        db.close()
+    assert encoded == [job.id, "other", job.id]
+    conn = sqlite3.connect(path)
+    try:
+        rows = dict(conn.execute("SELECT alloc_id, value FROM entries WHERE kind = 'alloc'"))
+    finally:
+        conn.close()
+    assert {alloc.id: json.loads(rows[alloc.id]) for alloc in allocs} == {
+        alloc.id: encode_allocation(alloc) for alloc in allocs
+    }
