@@ -51,12 +51,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from allocrunner._locking import calls_out, thread_safe
 from allocrunner._rwlock import PrivateCondition
 
 T = TypeVar("T")
+
+# A token's derived tokens: none, one (its weak reference) or several (by id).
+_Children: TypeAlias = "weakref.ref[CancelToken] | dict[int, weakref.ref[CancelToken]] | None"
 
 
 def _nothing() -> None:
@@ -187,8 +190,9 @@ class CancelToken(_FiresOnce):
     def __init__(self) -> None:
         super().__init__()
         self._reason: str | None = None
-        # Made by the first adoption: most tokens never have a child.
-        self._children: dict[int, weakref.ref[CancelToken]] | None = None
+        # Made by the first adoption: most tokens never have a child, and most of the
+        # others have one, kept as its weak reference alone; two or more, in a dict by id.
+        self._children: _Children = None
         self._purge_at = _PURGE_MIN
         self._parents: tuple[CancelToken, ...] = ()
 
@@ -198,7 +202,7 @@ class CancelToken(_FiresOnce):
             if self._reason is not None:
                 return False
             self._reason = reason
-            children = [ref() for ref in self._children.values()] if self._children else []
+            children = self._children
             self._children = None
             parents = self._parents
             self._parents = ()
@@ -208,9 +212,11 @@ class CancelToken(_FiresOnce):
             callback()
         for parent in parents:
             parent._forget(self)
-        for child in children:
-            if child is not None:
-                child.cancel(reason)
+        if children is not None:
+            for ref in children.values() if isinstance(children, dict) else (children,):
+                child = ref()
+                if child is not None:
+                    child.cancel(reason)
         return True
 
     def cancelled(self) -> bool:
@@ -259,7 +265,14 @@ class CancelToken(_FiresOnce):
             if self._reason is None:
                 children = self._children
                 if children is None:
-                    children = self._children = {}
+                    self._children = weakref.ref(child)
+                    return None
+                if not isinstance(children, dict):
+                    first = children()
+                    if first is None:  # the one child is gone: take its place
+                        self._children = weakref.ref(child)
+                        return None
+                    children = self._children = {id(first): children}
                 children[id(child)] = weakref.ref(child)
                 if len(children) > self._purge_at:
                     self._children = {
@@ -271,11 +284,17 @@ class CancelToken(_FiresOnce):
     def _forget(self, child: CancelToken) -> None:
         with self._mutex:
             children = self._children
-            if not children:
+            if children is None:
+                return
+            if not isinstance(children, dict):
+                if children() is child:
+                    self._children = None
                 return
             ref = children.get(id(child))
             if ref is not None and ref() is child:
                 del children[id(child)]
+                if not children:
+                    self._children = None
 
     def __repr__(self) -> str:
         return f"<CancelToken cancelled={self._reason!r}>"

@@ -62,8 +62,8 @@ def test_any_of_with_an_already_cancelled_parent() -> None:
     a.cancel("early")
     joined = CancelToken.any_of(b, a)
     assert joined.cancelled() and joined.reason == "early"
-    # it no longer hangs on the other parent
-    assert b._children == {}
+    # it no longer hangs on the other parent, which keeps no table for it
+    assert b._children is None
 
 
 def test_any_of_nothing_is_only_cancelled_by_hand() -> None:
@@ -85,12 +85,46 @@ def test_child_follows_parent_but_not_the_reverse() -> None:
     assert other.reason == "parent"
 
 
+def children_kept(token: CancelToken) -> int:
+    """How many derived tokens `token` keeps a reference to, dead or alive."""
+    children = token._children
+    if children is None:
+        return 0
+    return len(children) if isinstance(children, dict) else 1
+
+
 def test_cancelled_child_is_forgotten_by_its_parent() -> None:
     parent = CancelToken()
     child = parent.child()
-    assert len(parent._children) == 1
+    assert children_kept(parent) == 1
     child.cancel("done")
-    assert parent._children == {}
+    assert parent._children is None
+
+
+def test_a_lone_child_is_kept_without_a_table_and_the_second_makes_one() -> None:
+    """One child is kept as its weak reference; a second makes the table, and both are
+    cancelled with the parent; forgetting them all drops the table."""
+    parent = CancelToken()
+    first = parent.child()
+    assert not isinstance(parent._children, dict)
+    second = parent.child()
+    assert isinstance(parent._children, dict) and children_kept(parent) == 2
+    first.cancel("first")
+    second.cancel("second")
+    assert parent._children is None
+    third, fourth = parent.child(), parent.child()
+    parent.cancel("parent")
+    assert (third.reason, fourth.reason) == ("parent", "parent")
+
+
+def test_a_dead_lone_child_gives_its_place_to_the_next() -> None:
+    parent = CancelToken()
+    parent.child()  # dropped at once
+    gc.collect()
+    kept = parent.child()
+    assert not isinstance(parent._children, dict)
+    parent.cancel("stop")
+    assert kept.reason == "stop"
 
 
 def test_parent_does_not_keep_dead_children_alive() -> None:
@@ -99,7 +133,7 @@ def test_parent_does_not_keep_dead_children_alive() -> None:
     for _ in range(1000):
         parent.child()  # dropped at once, as a finished component drops its token
     gc.collect()
-    assert len(parent._children) < 64
+    assert children_kept(parent) < 64
     parent.cancel("stop")
     assert all(child.reason == "stop" for child in kept)
 
