@@ -131,17 +131,19 @@ def _plan(ordered: tuple[NamedHook, ...]) -> tuple[tuple[int, ...], ...]:
     )
 
 
+_NO_PLAN: tuple[tuple[int, ...], ...] = ((),) * len(_PHASES)
+
+
 @attrs.frozen
 class AllocHooks:
-    """Immutable. An allocation's hooks sorted by phase (each tuple in hook order);
-    each method runs one phase with no lock held."""
+    """Immutable. An allocation's hooks sorted by phase (each phase's hooks in hook
+    order); each method runs one phase with no lock held. It keeps the hooks and the
+    shared plan of their classes, and picks a phase's hooks when that phase runs: each
+    phase runs once or twice in an allocation's life, and six tuples kept per
+    allocation cost more than picking them then."""
 
-    prerun_hooks: tuple[Prerun, ...] = ()
-    update_hooks: tuple[Update, ...] = ()
-    pre_kill_hooks: tuple[PreKill, ...] = ()
-    postrun_hooks: tuple[Postrun, ...] = ()
-    destroy_hooks: tuple[Destroy, ...] = ()
-    shutdown_hooks: tuple[Shutdown, ...] = ()
+    _ordered: tuple[Any, ...] = ()
+    _plan: tuple[tuple[int, ...], ...] = _NO_PLAN
 
     @classmethod
     def of(cls, hooks: Iterable[NamedHook]) -> AllocHooks:
@@ -154,17 +156,31 @@ class AllocHooks:
             if len(_PLANS) >= _PLANS_MAX:
                 _PLANS.clear()
             _PLANS[classes] = plan
-        prerun, update, pre_kill, postrun, destroy, shutdown = [
-            _pick(ordered, positions) for positions in plan
-        ]
-        return cls(
-            prerun_hooks=prerun,
-            update_hooks=update,
-            pre_kill_hooks=pre_kill,
-            postrun_hooks=postrun,
-            destroy_hooks=destroy,
-            shutdown_hooks=shutdown,
-        )
+        return cls(ordered, plan)
+
+    @property
+    def prerun_hooks(self) -> tuple[Prerun, ...]:
+        return _pick(self._ordered, self._plan[0])
+
+    @property
+    def update_hooks(self) -> tuple[Update, ...]:
+        return _pick(self._ordered, self._plan[1])
+
+    @property
+    def pre_kill_hooks(self) -> tuple[PreKill, ...]:
+        return _pick(self._ordered, self._plan[2])
+
+    @property
+    def postrun_hooks(self) -> tuple[Postrun, ...]:
+        return _pick(self._ordered, self._plan[3])
+
+    @property
+    def destroy_hooks(self) -> tuple[Destroy, ...]:
+        return _pick(self._ordered, self._plan[4])
+
+    @property
+    def shutdown_hooks(self) -> tuple[Shutdown, ...]:
+        return _pick(self._ordered, self._plan[5])
 
     @calls_out
     def prerun(self, cancel: CancelToken) -> None:
