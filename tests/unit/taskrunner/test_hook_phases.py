@@ -4,8 +4,12 @@ each soft phase is told."""
 
 from __future__ import annotations
 
+import os
+import random
+import re
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import attrs
 import pytest
@@ -175,6 +179,25 @@ def test_prestart_merges_env_in_order_and_the_task_config_gets_it(make_rig) -> N
     config = rig.phases.task_config(alloc, task)
     assert config.driver_config["run_for"] == "2s"
     assert dict(config.env) == {"A": "1", "B": "2"}
+
+
+def test_each_start_gets_its_own_driver_task_id(make_rig) -> None:
+    """<alloc id>/<task>/<eight hex digits>, as Nomad's, new for every start; drawing
+    the digits makes no getrandom system call (it would hand the GIL over)."""
+    rig = make_rig()
+    alloc, task = rig.alloc[0], mock_task()
+    no_syscall = AssertionError("a getrandom system call")
+    # `secrets` and `random.SystemRandom` read through random's own binding of urandom
+    with (
+        patch.object(os, "urandom", side_effect=no_syscall),
+        patch.object(random, "_urandom", side_effect=no_syscall),
+    ):
+        ids = {rig.phases.task_config(alloc, task).id for _ in range(50)}
+    assert len(ids) == 50
+    for task_id in ids:
+        alloc_id, name, suffix = task_id.split("/")
+        assert (alloc_id, name) == (alloc.id, task.name)
+        assert re.fullmatch("[0-9a-f]{8}", suffix), task_id
 
 
 def test_a_done_prestart_hook_is_recorded_then_skipped_with_its_env(make_rig) -> None:
