@@ -39,6 +39,7 @@ every other phase.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -99,12 +100,18 @@ def hook_error_event(err: HookError) -> TaskEvent:
     return TaskEvent(EVENT_HOOK_FAILED, message=text, display_message=text)
 
 
+# The draws of driver-id suffixes: a generator of its own, seeded from os.urandom once
+# and again in a forked child, so a program that seeds `random` never repeats an id.
+_SUFFIXES = random.Random()
+os.register_at_fork(after_in_child=_SUFFIXES.seed)
+
+
 def _start_suffix() -> str:
     """Eight hex digits that tell one start of a task from its others in its driver
-    task id, as in Nomad's. Drawn from `random`, not `secrets`: the id must be unique,
-    not secret, and `os.urandom` is a system call, during which another of a thousand
-    starting threads takes the GIL."""
-    return f"{random.getrandbits(32):08x}"
+    task id, as in Nomad's. Drawn from `_SUFFIXES`, not `secrets`: the id must be
+    unique, not secret, and `os.urandom` is a system call, during which another of a
+    thousand starting threads takes the GIL."""
+    return f"{_SUFFIXES.getrandbits(32):08x}"
 
 
 class _PrestartRequests:

@@ -23,7 +23,7 @@ from allocrunner.structs import Allocation, Task, TaskEvent, TaskState
 from allocrunner.structs.status import DESIRED_STOP
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
 from allocrunner.taskrunner import HookEventError, HookRequest, PrestartResult, TaskHook
-from allocrunner.taskrunner.hook_phases import TaskHookPhases
+from allocrunner.taskrunner.hook_phases import TaskHookPhases, _start_suffix
 from allocrunner.taskrunner.hooks import DONE, DONE_REDOABLE
 from allocrunner.taskrunner.state import TaskStateCell
 from allocrunner.testing import mock_task
@@ -198,6 +198,38 @@ def test_each_start_gets_its_own_driver_task_id(make_rig) -> None:
         alloc_id, name, suffix = task_id.split("/")
         assert (alloc_id, name) == (alloc.id, task.name)
         assert re.fullmatch("[0-9a-f]{8}", suffix), task_id
+
+
+def test_a_program_seeding_random_does_not_repeat_driver_task_ids(make_rig) -> None:
+    rig = make_rig()
+    alloc, task = rig.alloc[0], mock_task()
+    state = random.getstate()
+    try:
+        random.seed(7)
+        first = rig.phases.task_config(alloc, task).id
+        random.seed(7)
+        second = rig.phases.task_config(alloc, task).id
+    finally:
+        random.setstate(state)
+    assert first != second
+
+
+def test_a_forked_child_draws_other_driver_ids_than_its_parent() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one draw, reported, and out
+        try:
+            os.write(write_end, _start_suffix().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, 64).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert re.fullmatch("[0-9a-f]{8}", child)
+    assert child != _start_suffix()
 
 
 def test_a_done_prestart_hook_is_recorded_then_skipped_with_its_env(make_rig) -> None:
