@@ -1,6 +1,8 @@
 """The scale benchmark's start floors store what they say they store: the records
 floor the three writes a crash-safe start needs, the Nomad-writes floor the thirteen a
-Nomad client makes, each read back from the file as a restore reads it.
+Nomad client makes, each read back from the file as a restore reads it; and the contract
+floor does what the public contract has a start do: those three writes with the task's
+events, its state published under the state lock, broadcast and handed to the updater.
 
 Run in a child process, as the benchmark runs: importing it turns the lock check off
 for the importing process and the processes it starts.
@@ -94,3 +96,85 @@ def test_a_floor_stores_a_started_task(tmp_path: Path, persist, writes, nomad) -
         assert set(got["hooks"]["logmon"][1]) == {"reattach_config"}
     else:
         assert got["hooks"] == {}
+
+
+CONTRACT = """
+import json, sys, tempfile
+from pathlib import Path
+from benchmarks import bench_scale
+from allocrunner.drivers import MockDriver
+from allocrunner.state import SQLiteStateDB
+from allocrunner.structs import new_allocation
+from allocrunner.testing import mock_job, mock_task
+
+root = Path(tempfile.mkdtemp(dir=sys.argv[1]))
+alloc = new_allocation(mock_job(mock_task("t", config={"run_for": "24h"})), "web")
+driver = MockDriver()
+db = SQLiteStateDB(root / "state.db")
+cell = bench_scale.ContractCell()
+updates = bench_scale.ViewUpdates()
+try:
+    before = cell.state().client_status
+    bench_scale.start_as_contract(db, alloc, str(root / "task"), driver, cell, updates)
+    updates.close()
+    writes = db.stats().writes
+    local, stored = db.task_runner_state(alloc.id, "t")
+    state = cell.state()
+    view = cell.last_view()
+    delivered = updates.delivered()
+finally:
+    cell.close()
+    db.close()
+    driver.close()
+
+floor = bench_scale.bare_thread_floor(
+    5, root / "floor", layout=True, records=True, driver=True, contract=True
+)
+floor_db = SQLiteStateDB(root / "floor.db")
+try:
+    floor_states = [
+        floor_db.task_runner_state(a.id, "t")[1].state for a in floor_db.all_allocations()
+    ]
+finally:
+    floor_db.close()
+print(json.dumps({
+    "before": before,
+    "writes": writes,
+    "stored": stored.state,
+    "events": [e.type for e in stored.events],
+    "handle_driver": local.task_handle.driver,
+    "status": state.client_status,
+    "task_states": {name: s.state for name, s in state.task_states.items()},
+    "view": [view.id == alloc.id, view.client_status, view.task_states["t"].state],
+    "delivered": {k == alloc.id: v.client_status for k, v in delivered.items()},
+    "floor_dirs": sorted(p.name for p in (root / "floor").iterdir()).__len__(),
+    "floor_states": floor_states,
+    "floor_s": floor.start_all_s,
+}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_contract_floor_stores_publishes_and_hands_over_a_started_task(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CONTRACT, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["before"] == "pending"
+    assert got["writes"] == 3
+    assert got["stored"] == "running" and got["handle_driver"] == "mock_driver"
+    assert got["events"] == ["Received", "Task Setup", "Started"]
+    assert got["status"] == "running" and got["task_states"] == {"t": "running"}
+    assert got["view"] == [True, "running", "running"]
+    assert got["delivered"] == {"true": "running"}
+    assert got["floor_dirs"] == 5
+    assert got["floor_states"] == ["running"] * 5
+    assert got["floor_s"] > 0

@@ -35,6 +35,8 @@ SUPERVISORD_FIGURE = FIGURES[-1]
 WITH_RATIO = r"\s+.*\s+ratio\s+\d+\.\d\dx\s+goal\s+<=\s+\S+(?: \S+)?\s+(PASS|MISS)$"
 CALLS_FIGURE = r"calls per alloc: start-all N=\d+ vs the driver floor"
 NOMAD_FLOOR = r"floor: the driver floor storing what Nomad stores, N=\d+"
+CONTRACT_FLOOR = r"floor: a straight-line start of all the contract asks, N=\d+"
+VS_CONTRACT = r"start-all N=\d+ vs the contract floor"
 
 
 def figure_lines(output: str, pattern: str) -> list[str]:
@@ -63,8 +65,11 @@ def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
             assert "unavailable: supervisor is not installed" in lines[0], report
             continue
         assert re.match(rf"\s+{pattern}{WITH_RATIO}", lines[0]), f"no ratio: {lines[0]}"
-    nomad = figure_lines(done.stdout, NOMAD_FLOOR)
-    assert len(nomad) == 1 and re.search(r"ratio\s+\d+\.\d\dx\s+goal floor", nomad[0]), report
+    for floor in (NOMAD_FLOOR, CONTRACT_FLOOR, VS_CONTRACT):
+        lines = figure_lines(done.stdout, floor)
+        assert len(lines) == 1, f"figure {floor!r} printed {len(lines)} times\n{report}"
+        assert re.search(r"ratio\s+\d+\.\d\dx\s+goal floor", lines[0]), report
+    assert "note: contract floor N=" in done.stdout, report
     calls = figure_lines(done.stdout, CALLS_FIGURE)
     assert len(calls) == 1, report
     counted = re.match(
