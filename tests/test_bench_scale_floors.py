@@ -68,14 +68,11 @@ print(json.dumps({
 """
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    ("persist", "writes", "nomad"),
-    [("persist_start", 3, False), ("persist_start_as_nomad", 13, True)],
-)
-def test_a_floor_stores_a_started_task(tmp_path: Path, persist, writes, nomad) -> None:
+def run_child(script: str, *args: str) -> dict:
+    """Run `script` in a child Python from the repository with `args`; what it printed,
+    as JSON (the child's stderr in the failure if it failed)."""
     done = subprocess.run(
-        [sys.executable, "-c", CHECK, persist, str(tmp_path)],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -83,7 +80,16 @@ def test_a_floor_stores_a_started_task(tmp_path: Path, persist, writes, nomad) -
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("persist", "writes", "nomad"),
+    [("persist_start", 3, False), ("persist_start_as_nomad", 13, True)],
+)
+def test_a_floor_stores_a_started_task(tmp_path: Path, persist, writes, nomad) -> None:
+    got = run_child(CHECK, persist, str(tmp_path))
     assert got["writes"] == writes
     assert got["allocs_match"]
     assert got["state"] == "running" and got["handle_driver"] == "mock_driver"
@@ -158,16 +164,7 @@ print(json.dumps({
 def test_the_contract_floor_stores_publishes_and_hands_over_a_started_task(
     tmp_path: Path,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", CONTRACT, str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout)
+    got = run_child(CONTRACT, str(tmp_path))
     assert got["before"] == "pending"
     assert got["writes"] == 3
     assert got["stored"] == "running" and got["handle_driver"] == "mock_driver"
