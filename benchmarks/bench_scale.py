@@ -346,9 +346,6 @@ def bare_thread_floor(
         db = SQLiteStateDB(root.parent / f"{root.name}.db")
         job = mock_job(mock_task("t", config={"run_for": "24h"}))
         allocs = [new_allocation(job, "web", index=i) for i in range(n)]
-    if contract:  # made with the allocations: a Client's runners are built before they run
-        updates = ViewUpdates()
-        cells = [ContractCell() for _ in range(n)]
 
     def alloc(i: int) -> None:
         try:
@@ -375,6 +372,10 @@ def bare_thread_floor(
     meter = CostMeter()
     counting = contextlib.nullcontext() if counter is None else counter.installed()
     calls = None
+    if contract:  # made before the clock starts, as a Client's runners are built first;
+        # the updater's thread last, so that nothing before the `finally` can leave it
+        cells = [ContractCell() for _ in range(n)]
+        updates = ViewUpdates()
     t0 = time.perf_counter()
     try:
         with meter, counting:
