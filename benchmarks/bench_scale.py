@@ -123,10 +123,9 @@ from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig, TaskHandle
 from allocrunner.errors import DriverError
 from allocrunner.jobspec import encode_task_state
-from allocrunner.runner.client_state import client_view
+from allocrunner.runner.client_state import client_view, compute_state
 from allocrunner.state import HookState, LocalState, SQLiteStateDB
 from allocrunner.structs import Allocation, AllocState, TaskEvent, TaskState, new_allocation
-from allocrunner.structs.status import client_status_from_task_states
 from allocrunner.structs.task_state import (
     EVENT_RECEIVED,
     EVENT_SETUP,
@@ -512,6 +511,22 @@ recorded before any hook, so every one of them is followed by a write, an empty 
 included."""
 
 
+def pending_at_setup() -> TaskState:
+    """A fresh task's state at its Task Setup event: pending, with its Received and Task
+    Setup events."""
+    received = TaskEvent(EVENT_RECEIVED, message=MSG_RECEIVED, display_message=MSG_RECEIVED)
+    setup = TaskEvent(
+        EVENT_SETUP, message=MSG_BUILDING_TASK_DIR, display_message=MSG_BUILDING_TASK_DIR
+    )
+    return TaskState(state="pending").with_event(received).with_event(setup)
+
+
+def running_after(pending: TaskState) -> TaskState:
+    """The task's state at its Started event, after `pending`: running."""
+    started = TaskEvent(EVENT_STARTED, message=MSG_STARTED, display_message=MSG_STARTED)
+    return pending.with_event(started).with_state("running")
+
+
 def persist_start_as_nomad(
     db: SQLiteStateDB, alloc: Allocation, task_dir: str, driver: MockDriver | None
 ) -> None:
@@ -522,11 +537,7 @@ def persist_start_as_nomad(
     its local state with the handle (returns once committed); its state at Started, now
     running. Thirteen writes where `persist_start` makes three."""
     db.put_allocation(alloc)
-    received = TaskEvent(EVENT_RECEIVED, message=MSG_RECEIVED, display_message=MSG_RECEIVED)
-    setup = TaskEvent(
-        EVENT_SETUP, message=MSG_BUILDING_TASK_DIR, display_message=MSG_BUILDING_TASK_DIR
-    )
-    pending = TaskState(state="pending").with_event(received).with_event(setup)
+    pending = pending_at_setup()
     db.put_task_state(alloc.id, "t", pending)
     local = LocalState()
     for hook, state in NOMAD_PRESTART_HOOKS:
@@ -534,8 +545,7 @@ def persist_start_as_nomad(
         db.put_task_local_state(alloc.id, "t", local)
     handle = _started_handle(alloc, task_dir, driver)
     db.put_task_local_state(alloc.id, "t", local.with_task_handle(handle))
-    started = TaskEvent(EVENT_STARTED, message=MSG_STARTED, display_message=MSG_STARTED)
-    db.put_task_state(alloc.id, "t", pending.with_event(started).with_state("running"))
+    db.put_task_state(alloc.id, "t", running_after(pending))
 
 
 class ContractCell:
@@ -551,12 +561,10 @@ class ContractCell:
         self._broadcaster = AllocBroadcaster()
 
     def publish(self, alloc: Allocation, task_state: TaskState, updates: ViewUpdates) -> None:
-        """Publish the state of the allocation's one task "t": the allocation's state and
-        client status built anew, stored, broadcast and handed to `updates`."""
-        status, description = client_status_from_task_states((task_state,))
-        state = AllocState(
-            client_status=status, client_description=description, task_states={"t": task_state}
-        )
+        """Publish the state of the allocation's one task "t": the allocation's state
+        computed as a runner's state pass computes it (`compute_state`), stored,
+        broadcast and handed to `updates`."""
+        state = compute_state(alloc, {"t": task_state}, "", None)
         with self._lock.write():
             self._state = state
         view = client_view(alloc, state)
@@ -640,16 +648,11 @@ def start_as_contract(
     least any runner that keeps the contract does, and so the best figure a start-all
     can reach here."""
     db.put_allocation(alloc)
-    received = TaskEvent(EVENT_RECEIVED, message=MSG_RECEIVED, display_message=MSG_RECEIVED)
-    setup = TaskEvent(
-        EVENT_SETUP, message=MSG_BUILDING_TASK_DIR, display_message=MSG_BUILDING_TASK_DIR
-    )
-    pending = TaskState(state="pending").with_event(received).with_event(setup)
+    pending = pending_at_setup()
     cell.publish(alloc, pending, updates)
     handle = _started_handle(alloc, task_dir, driver)
     db.put_task_local_state(alloc.id, "t", LocalState(task_handle=handle))
-    started = TaskEvent(EVENT_STARTED, message=MSG_STARTED, display_message=MSG_STARTED)
-    running = pending.with_event(started).with_state("running")
+    running = running_after(pending)
     db.put_task_state(alloc.id, "t", running)
     cell.publish(alloc, running, updates)
 
