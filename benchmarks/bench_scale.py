@@ -12,26 +12,27 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   the bare-thread floor below.
 - Start-all at N=1000 against a bare-thread floor: one plain thread per allocation that
   makes a directory and sets an Event (goal: at most 8x). Beside it, for the record, a
-  second floor whose threads each make the allocation's real directory layout (the
-  alloc dir and a task dir, eight directories, as every start does), and start-all
-  against that; and a third whose threads also store what a crash-safe start must
-  before its task reads running (the allocation, the task's driver handle, committed,
-  and its running state, in a `SQLiteStateDB`), and start-all against that; a fourth
-  whose threads also start the task with the Client's driver; and a fifth whose threads
-  instead store everything Nomad's client stores on such a start (thirteen writes:
-  each emitted task event and the local state after each prestart hook are stored), and
-  start-all against that; and a sixth whose threads do, in a straight line, all that
-  the public contract has such a start do (the driver floor's writes with the task's
+  second floor whose threads each make the allocation's real directory layout (the alloc
+  dir and a task dir, eight directories, as every start does), and start-all against
+  that; and a third whose threads also store what a crash-safe start must before its
+  task reads running (the allocation, the task's driver handle, committed, and its
+  running state, in a `SQLiteStateDB`), and start-all against that; a fourth whose
+  threads also start the task with the Client's driver; and a fifth whose threads
+  instead store everything Nomad's client stores on such a start (thirteen writes: each
+  emitted task event and the local state after each prestart hook are stored), and
+  start-all against that; and a sixth whose threads do, in a straight line, all that the
+  public contract has such a start do (the driver floor's writes with the task's
   Received, Task Setup and Started events, its state published under an RWLock,
-  broadcast and handed to a coalescing updater thread: `start_as_contract`), the best
-  figure any runner that keeps the contract can reach, and start-all against that. For
-  the stop's growth, a floor without any runner: N bare threads, each blocked on its
-  own Event, woken at once, each running a Python loop that takes 1 ms when run alone;
-  its time per thread at N=1000 against N=100. Notes before the table say where the
-  fastest start-all's time went at N=100 and N=1000, beside the records, driver and
+  broadcast and handed to a coalescing updater thread, and its task started with the
+  environment and interpolated config a runner gives the driver: `start_as_contract`),
+  the best figure any runner that keeps the contract can reach, and start-all against
+  that. For the stop's growth, a floor without any runner: N bare threads, each blocked
+  on its own Event, woken at once, each running a Python loop that takes 1 ms when run
+  alone; its time per thread at N=1000 against N=100. Notes before the table say where
+  the fastest start-all's time went at N=100 and N=1000, beside the records, driver and
   contract floors' and the bare threads' (`CostMeter`): CPU per allocation in user and
-  system mode, voluntary context switches per allocation, and the time the
-  cyclic garbage collector ran.
+  system mode, voluntary context switches per allocation, and the time the cyclic
+  garbage collector ran.
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -116,7 +117,7 @@ import attrs
 from allocrunner import _locking
 from allocrunner._sync import CancelToken
 from allocrunner.agent.host_facts import mount_of
-from allocrunner.allocdir import AllocDir
+from allocrunner.allocdir import AllocDir, TaskPaths
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.client import Client
 from allocrunner.config import ClientConfig
@@ -132,6 +133,7 @@ from allocrunner.structs.task_state import (
     EVENT_STARTED,
     MSG_BUILDING_TASK_DIR,
 )
+from allocrunner.taskrunner.env import interpolate_config, nomad_env, task_env
 from allocrunner.taskrunner.lifecycle import MSG_STARTED
 from allocrunner.taskrunner.runner import MSG_RECEIVED
 from allocrunner.testing import mock_job, mock_task
@@ -330,7 +332,8 @@ def bare_thread_floor(
     instead (`persist_start_as_nomad`), still with no hook, state pass or health watch.
     With `contract` instead, each thread does in a straight line all that the public
     contract has a start do (`start_as_contract`): the driver floor's writes, with the
-    task's events, and its state published as a runner publishes it. The directories
+    task's events, its state published as a runner publishes it, and the task started
+    with the config a runner builds (`contract_task_config`). The directories
     stay for the caller to delete once every phase it compares has run (see
     `client_figures`). With `counter`, the calls of the timed stretch are counted: this
     thread's and its threads' until every one has started."""
@@ -354,7 +357,8 @@ def bare_thread_floor(
                 task_dir = alloc_dir.new_task_dir("t")
                 task_dir.build()
                 if db is not None and updates is not None:
-                    start_as_contract(db, allocs[i], str(task_dir.dir), mock, cells[i], updates)
+                    assert mock is not None
+                    start_as_contract(db, allocs[i], task_dir.paths(), mock, cells[i], updates)
                 elif db is not None:
                     persist = persist_start_as_nomad if as_nomad else persist_start
                     persist(db, allocs[i], str(task_dir.dir), mock)
@@ -632,25 +636,63 @@ class ViewUpdates:
         return dict(self._delivered)
 
 
+def contract_task_config(alloc: Allocation, paths: TaskPaths) -> TaskConfig:
+    """What the driver is given for the allocation's task "t", built as a runner builds
+    it (DESIGN.md §5.5): the task's environment (Nomad's NOMAD_* variables, then its own
+    ``env`` interpolated against them), its config interpolated against that
+    environment, and its directories, log settings and resources."""
+    group = alloc.group()
+    assert group is not None
+    task = group.tasks[0]
+    env = nomad_env(
+        alloc,
+        task,
+        alloc_dir=paths.alloc_dir,
+        local_dir=paths.local_dir,
+        secrets_dir=paths.secrets_dir,
+    )
+    env.update(task_env(task, env))
+    return TaskConfig(
+        id=f"{alloc.id}/{task.name}",
+        alloc_id=alloc.id,
+        name=task.name,
+        driver_config=interpolate_config(task.config, env),
+        env=env,
+        user=task.user,
+        task_dir=paths.task_dir,
+        alloc_dir=paths.alloc_dir,
+        local_dir=paths.local_dir,
+        secrets_dir=paths.secrets_dir,
+        logs_dir=paths.logs_dir,
+        log_max_files=task.logs.max_files,
+        log_max_file_size_mb=task.logs.max_file_size_mb,
+        logs_disabled=task.logs.disabled,
+        resources=task.resources,
+    )
+
+
 def start_as_contract(
     db: SQLiteStateDB,
     alloc: Allocation,
-    task_dir: str,
-    driver: MockDriver | None,
+    paths: TaskPaths,
+    driver: MockDriver,
     cell: ContractCell,
     updates: ViewUpdates,
 ) -> None:
     """All that the public contract has a start of a fresh single-task allocation do once
     its directories are made, in a straight line, with no hook, lifecycle gate, state
     pass or health watch: the driver floor's three writes (`persist_start`), its task's
-    Received, Task Setup and Started events (stored with its running state), and its
-    state published (`ContractCell.publish`) as pending and then as running. The
-    least any runner that keeps the contract does, and so the best figure a start-all
-    can reach here."""
+    Received, Task Setup and Started events (stored with its running state), its state
+    published (`ContractCell.publish`) as pending and then as running, and its task
+    started with the config a runner gives the driver (`contract_task_config`), which
+    the driver validates first. The least any runner that keeps the contract does, and
+    so the best figure a start-all can reach here."""
     db.put_allocation(alloc)
     pending = pending_at_setup()
     cell.publish(alloc, pending, updates)
-    handle = _started_handle(alloc, task_dir, driver)
+    config = contract_task_config(alloc, paths)
+    driver.validate_config(config)
+    handle = driver.start(config)
     db.put_task_local_state(alloc.id, "t", LocalState(task_handle=handle))
     running = running_after(pending)
     db.put_task_state(alloc.id, "t", running)

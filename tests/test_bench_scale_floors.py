@@ -2,7 +2,8 @@
 floor the three writes a crash-safe start needs, the Nomad-writes floor the thirteen a
 Nomad client makes, each read back from the file as a restore reads it; and the contract
 floor does what the public contract has a start do: those three writes with the task's
-events, its state published under the state lock, broadcast and handed to the updater.
+events, its state published under the state lock, broadcast and handed to the updater,
+and its task started with the environment and interpolated config a runner builds.
 
 Run in a child process, as the benchmark runs: importing it turns the lock check off
 for the importing process and the processes it starts.
@@ -108,20 +109,27 @@ CONTRACT = """
 import json, sys, tempfile
 from pathlib import Path
 from benchmarks import bench_scale
+from allocrunner.allocdir import AllocDir
 from allocrunner.drivers import MockDriver
 from allocrunner.state import SQLiteStateDB
 from allocrunner.structs import new_allocation
 from allocrunner.testing import mock_job, mock_task
 
 root = Path(tempfile.mkdtemp(dir=sys.argv[1]))
-alloc = new_allocation(mock_job(mock_task("t", config={"run_for": "24h"})), "web")
+config = {"run_for": "${NOMAD_META_run_for}"}
+task = mock_task("t", config=config, env={"WHO": "${NOMAD_TASK_NAME}"})
+alloc = new_allocation(mock_job(task, meta={"run_for": "24h"}), "web")
 driver = MockDriver()
 db = SQLiteStateDB(root / "state.db")
 cell = bench_scale.ContractCell()
 updates = bench_scale.ViewUpdates()
+alloc_dir = AllocDir(str(root), alloc.id)
+alloc_dir.build()
+task_dir = alloc_dir.new_task_dir("t")
+task_dir.build()
 try:
     before = cell.state().client_status
-    bench_scale.start_as_contract(db, alloc, str(root / "task"), driver, cell, updates)
+    bench_scale.start_as_contract(db, alloc, task_dir.paths(), driver, cell, updates)
     updates.close()
     writes = db.stats().writes
     local, stored = db.task_runner_state(alloc.id, "t")
@@ -149,6 +157,13 @@ print(json.dumps({
     "stored": stored.state,
     "events": [e.type for e in stored.events],
     "handle_driver": local.task_handle.driver,
+    "config": {
+        "alloc_id": local.task_handle.config.env["NOMAD_ALLOC_ID"] == alloc.id,
+        "who": local.task_handle.config.env["WHO"],
+        "run_for": local.task_handle.config.driver_config["run_for"],
+        "local_dir": local.task_handle.config.local_dir == str(task_dir.local_dir),
+        "logs_dir": local.task_handle.config.logs_dir == str(task_dir.logs_dir),
+    },
     "status": state.client_status,
     "task_states": {name: s.state for name, s in state.task_states.items()},
     "view": [view.id == alloc.id, view.client_status, view.task_states["t"].state],
@@ -168,6 +183,13 @@ def test_the_contract_floor_stores_publishes_and_hands_over_a_started_task(
     assert got["before"] == "pending"
     assert got["writes"] == 3
     assert got["stored"] == "running" and got["handle_driver"] == "mock_driver"
+    assert got["config"] == {
+        "alloc_id": True,
+        "who": "t",
+        "run_for": "24h",
+        "local_dir": True,
+        "logs_dir": True,
+    }
     assert got["events"] == ["Received", "Task Setup", "Started"]
     assert got["status"] == "running" and got["task_states"] == {"t": "running"}
     assert got["view"] == [True, "running", "running"]
