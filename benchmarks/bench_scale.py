@@ -133,7 +133,8 @@ from allocrunner.structs.task_state import (
     EVENT_STARTED,
     MSG_BUILDING_TASK_DIR,
 )
-from allocrunner.taskrunner.env import interpolate_config, nomad_env, task_env
+from allocrunner.taskrunner.env import nomad_env, task_env
+from allocrunner.taskrunner.hook_phases import driver_task_config
 from allocrunner.taskrunner.lifecycle import MSG_STARTED
 from allocrunner.taskrunner.runner import MSG_RECEIVED
 from allocrunner.testing import mock_job, mock_task
@@ -640,7 +641,8 @@ def contract_task_config(alloc: Allocation, paths: TaskPaths) -> TaskConfig:
     """What the driver is given for the allocation's task "t", built as a runner builds
     it (DESIGN.md §5.5): the task's environment (Nomad's NOMAD_* variables, then its own
     ``env`` interpolated against them), its config interpolated against that
-    environment, and its directories, log settings and resources."""
+    environment, and its directories, log settings and resources
+    (`driver_task_config`, as the runner's `TaskHookPhases.task_config` gives them)."""
     group = alloc.group()
     assert group is not None
     task = group.tasks[0]
@@ -652,23 +654,7 @@ def contract_task_config(alloc: Allocation, paths: TaskPaths) -> TaskConfig:
         secrets_dir=paths.secrets_dir,
     )
     env.update(task_env(task, env))
-    return TaskConfig(
-        id=f"{alloc.id}/{task.name}",
-        alloc_id=alloc.id,
-        name=task.name,
-        driver_config=interpolate_config(task.config, env),
-        env=env,
-        user=task.user,
-        task_dir=paths.task_dir,
-        alloc_dir=paths.alloc_dir,
-        local_dir=paths.local_dir,
-        secrets_dir=paths.secrets_dir,
-        logs_dir=paths.logs_dir,
-        log_max_files=task.logs.max_files,
-        log_max_file_size_mb=task.logs.max_file_size_mb,
-        logs_disabled=task.logs.disabled,
-        resources=task.resources,
-    )
+    return driver_task_config(f"{alloc.id}/{task.name}", alloc, task, paths, env, env)
 
 
 def start_as_contract(

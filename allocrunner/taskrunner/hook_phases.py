@@ -48,7 +48,7 @@ from typing import Any, cast
 from allocrunner._hooks import run_phase
 from allocrunner._locking import calls_out, confined, immutable
 from allocrunner._sync import CancelToken
-from allocrunner.allocdir import AllocDir, TaskDir
+from allocrunner.allocdir import AllocDir, TaskDir, TaskPaths
 from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import HookError, HookErrors
 from allocrunner.state import HookState, LocalState
@@ -75,7 +75,7 @@ from allocrunner.taskrunner.hooks import (
 from allocrunner.taskrunner.lifecycle import RUN_THREAD
 from allocrunner.taskrunner.state import TaskStateCell
 
-__all__ = ["TaskHookPhases", "hook_error_event"]
+__all__ = ["TaskHookPhases", "driver_task_config", "hook_error_event"]
 
 log = logging.getLogger("allocrunner.taskrunner")
 
@@ -382,23 +382,41 @@ class TaskHookPhases:
 
     def task_config(self, alloc: Allocation, task: Task) -> TaskConfig:
         """What the driver starts: `task` of `alloc` with the env prestart built."""
-        paths = self._task_dir.paths()
-        return TaskConfig(
-            id=f"{alloc.id}/{task.name}/{_start_suffix()}",
-            alloc_id=alloc.id,
-            name=task.name,
-            driver_config=interpolate_config(
-                task.config, interpolation_scope(self._env, self._node_vars)
-            ),
-            env=self._env,
-            user=task.user,
-            task_dir=paths.task_dir,
-            alloc_dir=paths.alloc_dir,
-            local_dir=paths.local_dir,
-            secrets_dir=paths.secrets_dir,
-            logs_dir=paths.logs_dir,
-            log_max_files=task.logs.max_files,
-            log_max_file_size_mb=task.logs.max_file_size_mb,
-            logs_disabled=task.logs.disabled,
-            resources=task.resources,
+        return driver_task_config(
+            f"{alloc.id}/{task.name}/{_start_suffix()}",
+            alloc,
+            task,
+            self._task_dir.paths(),
+            self._env,
+            interpolation_scope(self._env, self._node_vars),
         )
+
+
+def driver_task_config(
+    task_id: str,
+    alloc: Allocation,
+    task: Task,
+    paths: TaskPaths,
+    env: Mapping[str, str],
+    scope: Mapping[str, str],
+) -> TaskConfig:
+    """What a driver is given to start `task` of `alloc` as `task_id`: the environment
+    `env`, the task's config interpolated against `scope` (the env over the node's
+    interpolation variables), its directories `paths`, its log settings and resources."""
+    return TaskConfig(
+        id=task_id,
+        alloc_id=alloc.id,
+        name=task.name,
+        driver_config=interpolate_config(task.config, scope),
+        env=env,
+        user=task.user,
+        task_dir=paths.task_dir,
+        alloc_dir=paths.alloc_dir,
+        local_dir=paths.local_dir,
+        secrets_dir=paths.secrets_dir,
+        logs_dir=paths.logs_dir,
+        log_max_files=task.logs.max_files,
+        log_max_file_size_mb=task.logs.max_file_size_mb,
+        logs_disabled=task.logs.disabled,
+        resources=task.resources,
+    )
