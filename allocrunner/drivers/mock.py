@@ -48,6 +48,7 @@ Owner: built by `default_drivers()` (or a test) and shared by every task runner.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
@@ -142,7 +143,29 @@ class MockSpec:
 
 
 def parse_mock_config(config: Mapping[str, Any]) -> MockSpec:
-    """Parse a mock_driver config; DriverError naming the key for a bad value."""
+    """Parse a mock_driver config; DriverError naming the key for a bad value.
+
+    Each distinct config is parsed once: `validate_config` and `start` parse the same
+    config, and the allocations of one job share it. The specs are kept by the config's
+    items in key order, each with its value's type (so that ``True`` and ``1``, equal
+    in Python, are told apart: only one of them is a valid integer); a spec is
+    immutable, so sharing it is safe, and a config that fails is not kept, so it
+    raises every time. A config that cannot be kept so (an unhashable value) is parsed
+    afresh."""
+    try:
+        items = tuple(sorted([(key, type(value), value) for key, value in config.items()]))
+        hash(items)
+    except TypeError:
+        return _parse(config)
+    return _parse_items(items)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_items(items: tuple[tuple[str, type, Any], ...]) -> MockSpec:
+    return _parse({key: value for key, _, value in items})
+
+
+def _parse(config: Mapping[str, Any]) -> MockSpec:
     check_keys(NAME, config, _KNOWN_KEYS)
     outputs = {}
     for stream in ("stdout", "stderr"):

@@ -228,9 +228,9 @@ class AllocRunner:
             state_db=self._state_db,
             persister=self._persister,
             on_exceeded=self._on_run_deadline,
-            kick=self._state_kick.kick,
+            kick=self._state_kick,
         )
-        self._shutdown_delay = GroupShutdownDelayHook(self.alloc, kick=self._state_kick.kick)
+        self._shutdown_delay = GroupShutdownDelayHook(self.alloc, kick=self._state_kick)
         self._handler = StateHandler(
             alloc.id,
             kick=self._state_kick,
@@ -242,7 +242,7 @@ class AllocRunner:
             persister=self._persister,
             current_alloc=self.alloc,
             apply_update=self._apply_update,
-            pre_kill=lambda: self._soft_phase(self._hooks.pre_kill),
+            pre_kill=self._pre_kill_phase,
             wake_at=self._run_deadline.due,
             fire_due=self._run_deadline.fire,
             kill_hold=self._shutdown_delay.hold_until,
@@ -272,7 +272,7 @@ class AllocRunner:
             alloc_dir=self._alloc_dir,
             drivers=self._drivers,
             state_db=self._state_db,
-            on_state_change=self._state_kick.kick,
+            on_state_change=self._state_kick,
             start_gate=self._coordinator.gate(name),
             max_kill_timeout=self._config.max_kill_timeout,
             kill_retry_base=self._config.kill_retry_base,
@@ -459,6 +459,11 @@ class AllocRunner:
             for err in group.exceptions:
                 log.warning("allocation %s: %s", self._id, err)
 
+    @calls_out
+    def _pre_kill_phase(self) -> None:
+        """The alloc hooks' pre-kill phase, for the state handler's kill."""
+        self._soft_phase(self._hooks.pre_kill)
+
     def _should_run(self) -> bool:
         """False for an allocation that is already terminal (e.g. restored after a stop)."""
         if self.alloc().terminal():
@@ -551,7 +556,7 @@ class AllocRunner:
         """Pre-kill hooks, then kill every live task (leader, mains, sidecars) and wait
         for them, on the caller's thread: for a destroy whose state handler is not
         there (never ran) or has not killed them (a shutdown came first)."""
-        self._soft_phase(self._hooks.pre_kill)
+        self._pre_kill_phase()
         self._tasks.kill_all()
 
     def restart_task(self, name: str, event: TaskEvent) -> None:

@@ -106,10 +106,11 @@ parked spare woken (its Waiter), the keeper woken (None), or nothing (False)."""
 
 @thread_safe
 class PassKick:
-    """Thread-safe. The kick of one state handler: `kick()` asks the service for a pass
-    (notify-only, from any thread). Kicks before the handler is added, or after it
-    finished, do nothing: `add` queues a first pass that reads everything afresh
-    (or leaves it to the first kick after it, when told that one surely comes)."""
+    """Thread-safe. The kick of one state handler: `kick()` (or a call of the kick
+    itself) asks the service for a pass (notify-only, from any thread). Kicks before
+    the handler is added, or after it finished, do nothing: `add` queues a first pass
+    that reads everything afresh (or leaves it to the first kick after it, when told
+    that one surely comes)."""
 
     __slots__ = ("_pending", "_service", "label")
 
@@ -121,6 +122,11 @@ class PassKick:
         self._pending = False
 
     def kick(self) -> None:
+        self._service.wake(self)
+
+    def __call__(self) -> None:
+        """`kick()`: the kick itself is the callback a task runner or an alloc hook is
+        given, so that no bound method is kept per allocation for each of them."""
         self._service.wake(self)
 
     def __repr__(self) -> str:

@@ -10,7 +10,9 @@ import pytest
 from allocrunner._sync import CancelToken
 from allocrunner.drivers import MockDriver, TaskConfig, TaskHandle, default_drivers
 from allocrunner.drivers.base import TASK_STATE_EXITED, TASK_STATE_RUNNING, ExitResult
+from allocrunner.drivers.mock import parse_mock_config
 from allocrunner.errors import DriverError
+from allocrunner.structs.frozen import FrozenDict
 from allocrunner.testing import assert_stays, wait_for
 
 
@@ -237,6 +239,24 @@ def test_bad_duration_names_key(driver, key):
 def test_wrong_type_names_key(driver, key, value):
     with pytest.raises(DriverError, match=key):
         driver.validate_config(cfg(**{key: value}))
+
+
+def test_a_config_is_parsed_once_and_equal_values_of_other_types_stay_apart():
+    """Specs are kept per config value: an equal config (another allocation of the job,
+    or `start` after `validate_config`) gets the same immutable spec; a value that
+    Python finds equal but that has another type (True == 1, 1.0 == 1) is parsed on
+    its own, so a bad one is refused even after a good one was kept."""
+    first = parse_mock_config(FrozenDict(run_for="24h", exit_code=1))
+    assert parse_mock_config(FrozenDict(exit_code=1, run_for="24h")) is first
+    assert parse_mock_config({"run_for": "24h", "exit_code": 1}) is first
+    assert parse_mock_config(FrozenDict(run_for="24h", exit_code=1.0)) == first
+    with pytest.raises(DriverError, match="exit_code"):
+        parse_mock_config(FrozenDict(run_for="24h", exit_code=True))
+    assert parse_mock_config(FrozenDict(start_error_recoverable=True)).start_error_recoverable
+    with pytest.raises(DriverError, match="start_error_recoverable"):
+        parse_mock_config(FrozenDict(start_error_recoverable=1))
+    with pytest.raises(DriverError, match="run_for"):  # unhashable: parsed afresh
+        parse_mock_config({"run_for": ["1s"]})
 
 
 def test_unknown_key_is_rejected_by_name(driver):

@@ -109,6 +109,19 @@ def test_add_without_a_first_pass_leaves_it_to_the_first_kick(service: StatePass
     assert service.live() == 0 and service.join_if_idle(5)
 
 
+def test_calling_the_kick_is_a_kick(service: StatePasses) -> None:
+    """A task runner is given the kick itself as its state-change callback."""
+    h = Handler(service)
+    h.finish_after = 1
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert_stays(lambda: _equal(h.count(), 0), 0.1)
+    h.kick()
+    assert h.finished.wait(10)
+    assert h.count() == 1
+    wait_for(_ended(service))
+    assert service.join_if_idle(5)
+
+
 def test_kicks_during_a_pass_coalesce_into_one_more_pass_never_overlapping(
     service: StatePasses,
 ) -> None:
