@@ -36,10 +36,11 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
 
 No thread is started to stop or kill tasks, nor for a timer: a stop update, a sibling
 rule, a destroy or the group's max_run_duration (`max_run_duration_hook`, a deadline
-the state handler waits on) asks the state handler, whose passes run the pre-kill
-hooks once and ask each task's run thread, wave by wave, to kill its task
-(`task_set.KillSequence`); only the tasks no run thread watches (a destroy before
-`run()`, or after a shutdown) are killed on the destroy thread. The group's
+the state handler waits on, kept for batch and sysbatch jobs only) asks the state
+handler, whose passes run the pre-kill hooks once and ask each task's run thread, wave
+by wave, to kill its task (`task_set.KillSequence`); only the tasks no run thread
+watches (a destroy before `run()`, or after a shutdown) are killed on the destroy
+thread. The group's
 shutdown_delay (`shutdown_delay_hook`) holds that kill on the state handler, which
 keeps publishing meanwhile. Restarting or shutting down every task posts each request
 first and then waits for each, on the caller's thread.
@@ -63,6 +64,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from allocrunner._checkpoints import checkpoint
+from allocrunner._hooks import NamedHook
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
 from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup
 from allocrunner.allocdir import AllocDir
@@ -88,7 +90,7 @@ from allocrunner.runner.hooks import (
 )
 from allocrunner.runner.lifecycle import TaskCoordinator
 from allocrunner.runner.max_run_duration_hook import DESCRIPTION as RUN_DEADLINE_PASSED
-from allocrunner.runner.max_run_duration_hook import MaxRunDurationHook
+from allocrunner.runner.max_run_duration_hook import MaxRunDurationHook, may_have_deadline
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.runner.recovery import prepare_restore
 from allocrunner.runner.shutdown_delay_hook import GroupShutdownDelayHook
@@ -123,6 +125,15 @@ JOIN_TIMEOUT = 30.0
 
 def _id8(alloc_id: str) -> str:
     return alloc_id[:8]
+
+
+def _no_deadline() -> float | None:
+    """The deadline of an allocation that keeps none."""
+    return None
+
+
+def _nothing_due(now: float) -> None:
+    """Nothing falls due for an allocation that keeps no deadline."""
 
 
 class AllocRunner:
@@ -223,13 +234,20 @@ class AllocRunner:
             max_kill_timeout=config.max_kill_timeout,
         )
         self._client_state = ClientState(self._state_lock, alloc, self._tasks.states())
-        self._run_deadline = MaxRunDurationHook(
-            alloc,
-            state_db=self._state_db,
-            persister=self._persister,
-            on_exceeded=self._on_run_deadline,
-            kick=self._state_kick,
+        # Only a batch or sysbatch job can have a max_run_duration (and a job's type
+        # never changes): any other allocation keeps no deadline, and no hook for it.
+        self._run_deadline: MaxRunDurationHook | None = (
+            MaxRunDurationHook(
+                alloc,
+                state_db=self._state_db,
+                persister=self._persister,
+                on_exceeded=self._on_run_deadline,
+                kick=self._state_kick,
+            )
+            if may_have_deadline(alloc)
+            else None
         )
+        deadline = self._run_deadline
         self._shutdown_delay = GroupShutdownDelayHook(self.alloc, kick=self._state_kick)
         self._handler = StateHandler(
             alloc.id,
@@ -243,8 +261,8 @@ class AllocRunner:
             current_alloc=self.alloc,
             apply_update=self._apply_update,
             pre_kill=self._pre_kill_phase,
-            wake_at=self._run_deadline.due,
-            fire_due=self._run_deadline.fire,
+            wake_at=deadline.due if deadline is not None else _no_deadline,
+            fire_due=deadline.fire if deadline is not None else _nothing_due,
             kill_hold=self._shutdown_delay.hold_until,
         )
         health = HealthHook(
@@ -254,16 +272,16 @@ class AllocRunner:
             has_health=self._handler.has_health,
             clear_health=self._handler.clear_health,
         )
-        self._hooks = AllocHooks.of(
-            (
-                self._run_deadline,  # first: the deadline runs while the prerun waits
-                AllocDirHook(self._alloc_dir),
-                UpstreamAllocsHook(self._prev_watcher),
-                DiskMigrationHook(self._prev_migrator, self._alloc_dir),
-                health,
-                self._shutdown_delay,
-            )
+        hooks: tuple[NamedHook, ...] = (
+            AllocDirHook(self._alloc_dir),
+            UpstreamAllocsHook(self._prev_watcher),
+            DiskMigrationHook(self._prev_migrator, self._alloc_dir),
+            health,
+            self._shutdown_delay,
         )
+        if deadline is not None:
+            hooks = (deadline, *hooks)  # first: the deadline runs while the prerun waits
+        self._hooks = AllocHooks.of(hooks)
 
     def _new_task_runner(self, alloc: Allocation, name: str) -> TaskRunner:
         return TaskRunner(
@@ -338,7 +356,7 @@ class AllocRunner:
             self._state_db, self._id, self._alloc_dir, self._tasks.names()
         )
         status = self._state_db.deployment_status(self._id)
-        if self._run_deadline.restore():
+        if self._run_deadline is not None and self._run_deadline.restore():
             self._client_state.set_timed_out(RUN_DEADLINE_PASSED)
         for tr in self._tasks:
             tr.restore()  # re-attached, so that a destroy can stop them

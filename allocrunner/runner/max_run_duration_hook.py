@@ -6,7 +6,8 @@ neither a task restart nor an agent restart moves it; an allocation that carries
 CreateTime (one built by a library user) counts from the first time this node began
 running it (its prerun). An update that changes max_run_duration moves the deadline.
 Only batch and sysbatch jobs have one (Nomad's servers refuse it elsewhere, and its
-clients ignore it there).
+clients ignore it there); the alloc runner of any other job builds no such hook
+(`may_have_deadline`).
 When it passes, the alloc runner (`on_exceeded`) kills the tasks as a stop does,
 poststop tasks first so that they never start, with a Killing event whose display
 message is `DESCRIPTION` on each, and the allocation ends complete with
@@ -45,7 +46,7 @@ from allocrunner.runner.persistence import AllocPersister
 from allocrunner.state import HookState, LocalState, StateDB
 from allocrunner.structs import JOB_BATCH, JOB_SYSBATCH, Allocation
 
-__all__ = ["DESCRIPTION", "STORE_NAME", "MaxRunDurationHook", "deadline_ns"]
+__all__ = ["DESCRIPTION", "STORE_NAME", "MaxRunDurationHook", "deadline_ns", "may_have_deadline"]
 
 log = logging.getLogger("allocrunner.runner")
 
@@ -59,6 +60,13 @@ _ANCHOR = "anchor_ns"
 _EXCEEDED = "exceeded"
 
 _NS = 1_000_000_000
+
+
+def may_have_deadline(alloc: Allocation) -> bool:
+    """Whether `alloc` can ever have a max_run_duration: its job is batch or sysbatch.
+    A job's type never changes (Nomad's servers refuse to change it), so an allocation
+    of any other type needs no hook: its runner keeps no deadline at all."""
+    return alloc.job is not None and alloc.job.type in (JOB_BATCH, JOB_SYSBATCH)
 
 
 def deadline_ns(alloc: Allocation, anchor_ns: int) -> int | None:
