@@ -6,8 +6,9 @@ bad value. Each distinct config is parsed once: a task runner has its driver val
 config and then start it, and the allocations of one job share it.
 
 Threads: any; it keeps no state but the parsed specs, in a `functools.lru_cache`,
-whose own lock makes it safe from every thread (no lock of the package's is held
-around it). Owner: used by the mock driver and by the checks of example job files.
+which is safe to call from every thread (two threads that race may each parse the
+same config; both get an equal spec). Locks: none of its own, and the driver calls it
+holding none. Owner: used by the mock driver and by the checks of example job files.
 """
 
 from __future__ import annotations

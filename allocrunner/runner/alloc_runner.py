@@ -40,10 +40,9 @@ the state handler waits on, kept for batch and sysbatch jobs only) asks the stat
 handler, whose passes run the pre-kill hooks once and ask each task's run thread, wave
 by wave, to kill its task (`task_set.KillSequence`); only the tasks no run thread
 watches (a destroy before `run()`, or after a shutdown) are killed on the destroy
-thread. The group's
-shutdown_delay (`shutdown_delay_hook`) holds that kill on the state handler, which
-keeps publishing meanwhile. Restarting or shutting down every task posts each request
-first and then waits for each, on the caller's thread.
+thread. The group's shutdown_delay (`shutdown_delay_hook`) holds that kill on the
+state handler, which keeps publishing meanwhile. Restarting or shutting down every
+task posts each request first and then waits for each, on the caller's thread.
 
 Locks (ranks in LOCK_ORDER), all created here: ``_destroyed_lock`` guards the
 destroy/shutdown/run flags, and is lent to the `AllocPersister` (`persistence`) for

@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 from allocrunner.drivers._process import pid_alive
-from allocrunner.runner.max_run_duration_hook import DESCRIPTION, STORE_NAME
+from allocrunner.runner.max_run_duration_hook import DESCRIPTION, STORE_NAME, may_have_deadline
 from allocrunner.state import HookState, LocalState
 from allocrunner.structs import (
     EVENT_KILLING,
@@ -78,6 +78,18 @@ def test_a_group_that_finishes_first_keeps_its_own_description(make_runner):
     assert state.client_status == "complete"
     assert state.client_description != DESCRIPTION
     assert not _killing(state, "web")
+
+
+@pytest.mark.parametrize(
+    ("kind", "keeps"), [("batch", True), ("sysbatch", True), ("service", False), ("system", False)]
+)
+def test_only_batch_and_sysbatch_allocations_may_have_a_deadline(kind, keeps):
+    """A job's type never changes (Nomad's servers refuse to), so only the runner of a
+    batch or sysbatch allocation builds the hook, even with no max_run_duration yet: an
+    update may set one."""
+    alloc = mock_alloc(mock_task("web"), job_type=kind)
+    assert may_have_deadline(alloc) is keeps
+    assert may_have_deadline(attrs.evolve(alloc, job=None)) is False
 
 
 @pytest.mark.parametrize("kind", ["service", "system"])
