@@ -93,7 +93,12 @@ from allocrunner.runner.max_run_duration_hook import MaxRunDurationHook, may_hav
 from allocrunner.runner.persistence import AllocPersister
 from allocrunner.runner.recovery import prepare_restore
 from allocrunner.runner.shutdown_delay_hook import GroupShutdownDelayHook
-from allocrunner.runner.state_handler import StateHandler, StateUpdater
+from allocrunner.runner.state_handler import (
+    StateHandler,
+    StateUpdater,
+    never_due,
+    nothing_due,
+)
 from allocrunner.runner.state_passes import PassKick
 from allocrunner.runner.task_set import TaskSet, task_group_of
 from allocrunner.state import NoopDB, StateDB
@@ -124,15 +129,6 @@ JOIN_TIMEOUT = 30.0
 
 def _id8(alloc_id: str) -> str:
     return alloc_id[:8]
-
-
-def _no_deadline() -> float | None:
-    """The deadline of an allocation that keeps none."""
-    return None
-
-
-def _nothing_due(now: float) -> None:
-    """Nothing falls due for an allocation that keeps no deadline."""
 
 
 class AllocRunner:
@@ -260,8 +256,8 @@ class AllocRunner:
             current_alloc=self.alloc,
             apply_update=self._apply_update,
             pre_kill=self._pre_kill_phase,
-            wake_at=deadline.due if deadline is not None else _no_deadline,
-            fire_due=deadline.fire if deadline is not None else _nothing_due,
+            wake_at=deadline.due if deadline is not None else never_due,
+            fire_due=deadline.fire if deadline is not None else nothing_due,
             kill_hold=self._shutdown_delay.hold_until,
         )
         health = HealthHook(

@@ -64,18 +64,20 @@ from allocrunner.runner.state_passes import PASSES, PassKick, StatePasses
 from allocrunner.runner.task_set import KillSequence, TaskSet
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskEvent, TaskState, utcnow
 
-__all__ = ["StateHandler", "StateUpdater"]
+__all__ = ["StateHandler", "StateUpdater", "never_due", "nothing_due"]
 
 log = logging.getLogger("allocrunner.runner")
 
 StateUpdater = Callable[[Allocation], None]
 
 
-def _never() -> float | None:
+def never_due() -> float | None:
+    """The deadline of a handler that keeps none (the default `wake_at`/`kill_hold`)."""
     return None
 
 
-def _nothing_due(now: float) -> None:
+def nothing_due(now: float) -> None:
+    """Nothing falls due for a handler that keeps no deadline (the default `fire_due`)."""
     del now
 
 
@@ -122,9 +124,9 @@ class StateHandler:
         current_alloc: Callable[[], Allocation],
         apply_update: Callable[[Allocation], None],
         pre_kill: Callable[[], None],
-        wake_at: Callable[[], float | None] = _never,
-        fire_due: Callable[[float], None] = _nothing_due,
-        kill_hold: Callable[[], float | None] = _never,
+        wake_at: Callable[[], float | None] = never_due,
+        fire_due: Callable[[float], None] = nothing_due,
+        kill_hold: Callable[[], float | None] = never_due,
         passes: StatePasses | None = None,
     ) -> None:
         self._alloc_id = alloc_id
