@@ -710,7 +710,9 @@ def hand_over(obj: object) -> None:
     hook state to the thread that runs the shutdown hooks. Does nothing unless checking."""
     if not CHECK:
         return
-    d = obj.__dict__
+    d = getattr(obj, "__dict__", None)
+    if d is None:
+        return  # slots only: no confined field
     me = threading.current_thread()
     for tag in field_tags(type(obj)).values():
         if isinstance(tag, _CheckedConfined) and d.get(tag._owner_key) is me:

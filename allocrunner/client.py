@@ -32,7 +32,10 @@ the ``client-starter`` thread builds their runners and starts them (with up to
 `BUILDERS` - 1 ``client-builder`` helpers while more than one waits: in queue order,
 except that a replacement waits until its previous allocation's runner is built); the
 runner's own ``alloc-<id8>`` thread then writes the allocation to the state DB and runs
-it. The views (`runner`, `runners`, `allocs`) wait for the queued runners they would
+it, except that the builder itself makes the start of a fresh single-task allocation
+whose start never waits, and that thread takes the run up from there
+(`AllocRunner.launch`): a few warm threads make a thousand starts for less than a
+thousand new ones. The views (`runner`, `runners`, `allocs`) wait for the queued runners they would
 show to be built, so a caller sees every allocation of the sets it applied.
 
 Threads (owned, joined by `shutdown()`): ``client-starter`` (and its ``client-builder``
@@ -771,7 +774,7 @@ class Client:
             ar.update(latest)
             given = latest
         try:
-            ar.start()
+            ar.launch()  # a fresh allocation's start is made on this builder
         except Exception:  # e.g. no thread can be started: the starter goes on
             log.exception("allocation %s: its runner could not be started", alloc.id)
             ar.set_client_status(CLIENT_FAILED)

@@ -52,6 +52,7 @@ import heapq
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -266,6 +267,16 @@ class MockDriver:
         self._tasks: _TaskTable[_MockTask] = _TaskTable(NAME, self._lock)
         self._repeats: tuple[_Repeat, ...] = ()  # a heap, replaced copy-on-write
         self._timer_started = False
+
+    def starts_at_once(self, driver_config: Mapping[str, Any]) -> bool:
+        """True if a task with this config starts without waiting (no
+        ``start_block_for``), so that its start may be made on a thread that starts
+        others too. A config that does not parse is started the usual way, which
+        reports it."""
+        try:
+            return parse_mock_config(driver_config).start_block_for <= 0
+        except DriverError:
+            return False
 
     # --- protocol -----------------------------------------------------------------
 

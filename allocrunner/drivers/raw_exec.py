@@ -136,7 +136,7 @@ import select
 import signal as _signal
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from allocrunner._locking import calls_out, guarded, immutable, make_lock
@@ -268,6 +268,11 @@ class RawExecDriver:
     def state_dir(self) -> str:
         """The dir of the spawner that starts this driver's tasks."""
         return self._state_dir
+
+    def starts_at_once(self, driver_config: Mapping[str, Any]) -> bool:
+        """True: a start waits only for the command to be exec'd (or to fail to be),
+        so it may be made on a thread that starts others too."""
+        return True
 
     # --- protocol -----------------------------------------------------------------
 

@@ -13,13 +13,18 @@ updates and health verdicts fan in, in `state_handler`; the published state in a
 `ClientState` (`client_state`); state DB writes fenced against destroy in an
 `AllocPersister` (`persistence`); what a restore makes of a crash in `recovery`; the
 alloc hooks, sorted by phase once at construction, in an `AllocHooks` (`hooks`). What
-is left here is one concern, the orchestration of one allocation's lifecycle, so it
-stays one module although it runs a little past 600 lines.
+is left here is one concern, the orchestration of one allocation's lifecycle (its run
+split between two threads by `launch` included), so it stays one module although it
+runs past 600 lines.
 
 Threads of a running allocation (named, owned by `_threads`, joined on teardown):
 
 - ``alloc-<id8>``: `run()` (or the caller's thread): prerun hooks, then it runs the
-  first task runner itself and waits for the others, then postrun hooks.
+  first task runner itself and waits for the others, then postrun hooks. Started by
+  `launch` instead, a fresh single-task allocation whose start never waits has that
+  thread's work up to waiting on its task done by the launching thread (a Client's
+  builder, which starts hundreds in a row): the thread is started after it, and
+  takes the run up from there (`TaskRunner.start_first`, `continue_run`).
 - none for the state handler (`StateHandler`): its passes run on the process's
   state-pass service (`state_passes`, a few ``alloc-state-pool-<n>`` threads shared
   by every allocation). Task runners kick it after every state change; each pass
@@ -61,6 +66,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._hooks import NamedHook
@@ -129,6 +135,15 @@ JOIN_TIMEOUT = 30.0
 
 def _id8(alloc_id: str) -> str:
     return alloc_id[:8]
+
+
+class _Launched(NamedTuple):
+    """Immutable. What `AllocRunner.launch` made of the start, for the allocation's
+    thread: the task runner it began (None: none was, as the agent shuts down), or the
+    error the start raised."""
+
+    first: TaskRunner | None
+    error: BaseException | None = None
 
 
 class AllocRunner:
@@ -368,12 +383,68 @@ class AllocRunner:
         self._threads.spawn(f"alloc-{_id8(self._id)}", self.run)
 
     @calls_out
+    def launch(self) -> None:
+        """`start()` for a caller that starts allocations by the hundred on a few
+        threads (the Client's builders). An allocation that starts afresh with one task
+        whose start never waits (`TaskRunner.starts_at_once`) makes that start here,
+        on the calling thread: the state DB write, the prerun hooks, and the task's
+        prestart hooks, driver start and poststart hooks; only then is its
+        ``alloc-<id8>`` thread started, to wait on the task and go on from there. So
+        a thousand starts are made by a few threads, each warm from the last, instead
+        of a thousand new ones. Any other allocation starts as `start()` does.
+
+        Returns once that thread is started. If it cannot be (no thread can be
+        started), the task is killed and the run is ended on this thread, and the
+        error is raised: nothing is left running that no thread watches."""
+        if len(self._tasks) != 1 or not self._starts_fresh():
+            self.start()
+            return
+        first = self._tasks.first()
+        if not first.starts_at_once():
+            self.start()
+            return
+        fresh = self._begin_run()
+        if fresh is None:
+            return
+        launched = self._launch_first(fresh, first)
+        try:
+            self._threads.spawn(f"alloc-{_id8(self._id)}", self._finish_run, fresh, launched)
+        except BaseException:
+            self._prerun_cancel.cancel("no thread for the allocation")
+            self._handler.request_kill("the allocation's thread could not be started")
+            self._finish_run(fresh, launched)
+            raise
+
+    @calls_out
+    def _launch_first(self, fresh: bool, first: TaskRunner) -> _Launched:
+        """What `run()` does up to waiting on its one task, for `launch`: what came of
+        it, for the thread that goes on (`_run`). Never raises: an error is kept for
+        that thread to raise, as `run()` would have."""
+        try:
+            self._set_up(fresh)
+            if self._is_shutting_down():
+                return _Launched(first=None)
+            first.start_first()
+        except BaseException as err:  # raised again by _run, on the allocation's thread
+            return _Launched(first=None, error=err)
+        return _Launched(first=first)
+
+    @calls_out
     def run(self) -> None:
         """Run the allocation: prerun hooks, tasks, postrun hooks. Blocks until done.
 
         Returns at once if destroy() or shutdown() came first, or once it launched the
         destroy `restore()` found interrupted.
         """
+        fresh = self._begin_run()
+        if fresh is None:
+            return
+        self._finish_run(fresh, None)
+
+    @calls_out
+    def _begin_run(self) -> bool | None:
+        """The start of `run()`: whether it starts afresh (`_starts_fresh`), its state
+        handler started; None if it is not to run (destroyed or shut down first)."""
         if self._finish_destroy.is_set():
             self.destroy()
         with self._destroyed_lock:
@@ -383,15 +454,20 @@ class AllocRunner:
             skip = self._destroy_launched or self._shutdown_launched
         if skip:
             self._run_done.set()
-            return
+            return None
         fresh = self._starts_fresh()
         try:
             self._handler.start(first_pass=not fresh)
         except BaseException:
             self._run_done.set()
             raise
+        return fresh
+
+    @calls_out
+    def _finish_run(self, fresh: bool, launched: _Launched | None) -> None:
+        """The rest of `run()`, after `_begin_run` (and `launch`'s start, if it made one)."""
         try:
-            self._run(fresh)
+            self._run(fresh, launched)
         finally:
             # The state handler's last pass publishes the final state before wait()
             # returns, so nobody who waited can read a stale alloc_state().
@@ -417,18 +493,28 @@ class AllocRunner:
         return all(state.state == TASK_PENDING for state in self._tasks.states().values())
 
     @calls_out
-    def _run(self, fresh: bool) -> None:
+    def _run(self, fresh: bool, launched: _Launched | None) -> None:
+        if launched is None:
+            self._set_up(fresh)
+            if self._is_shutting_down():
+                return
+            self._run_tasks()
+        elif launched.error is not None:
+            raise launched.error
+        elif launched.first is not None:
+            self._run_task(launched.first, started=True)
+        if self._is_shutting_down():
+            return
+        self._soft_phase(self._hooks.postrun)
+
+    @calls_out
+    def _set_up(self, fresh: bool) -> None:
+        """Open the gates of a fresh run, write the allocation, run the prerun hooks."""
         if fresh:
             self._coordinator.task_state_updated(self._tasks.states())
         self._persister.put_allocation(self.alloc())
         if self._should_run():
             self._prerun()
-        if self._is_shutting_down():
-            return
-        self._run_tasks()
-        if self._is_shutting_down():
-            return
-        self._soft_phase(self._hooks.postrun)
 
     @calls_out
     def _prerun(self) -> None:
@@ -456,9 +542,13 @@ class AllocRunner:
             self._tasks_exited.wait()
 
     @calls_out
-    def _run_task(self, tr: TaskRunner) -> None:
+    def _run_task(self, tr: TaskRunner, *, started: bool = False) -> None:
+        """Run `tr` (or, `started` by `launch`, go on from its first start)."""
         try:
-            tr.run()
+            if started:
+                tr.continue_run()
+            else:
+                tr.run()
         finally:
             self._tasks_exited.kick()
             self._state_kick.kick()

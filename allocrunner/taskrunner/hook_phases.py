@@ -46,7 +46,7 @@ from functools import partial
 from typing import Any, cast
 
 from allocrunner._hooks import run_phase
-from allocrunner._locking import calls_out, confined, immutable
+from allocrunner._locking import calls_out, confined, hand_over, immutable
 from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir, TaskDir, TaskPaths
 from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
@@ -218,6 +218,13 @@ class TaskHookPhases:
 
     def __repr__(self) -> str:
         return self._label
+
+    def hand_over(self) -> None:
+        """The run thread gives up what it confines here and in the hooks, for the run
+        to go on on another thread (`_locking.hand_over`)."""
+        hand_over(self)
+        for hook in self._hooks.hooks:
+            hand_over(hook)
 
     @property
     def env(self) -> FrozenDict[str, str]:

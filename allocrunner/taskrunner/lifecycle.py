@@ -238,6 +238,15 @@ class TaskMailbox:
             raise AllocRunnerError(f"task {self._name!r}: run() called twice")
         return phase is RunPhase.NEW
 
+    def adopt(self) -> bool:
+        """`run()`, begun by `open` on another thread, goes on on this one, which is
+        the run thread from now on: True if it is to run, False if it was preempted."""
+        with self._lock:
+            if self._phase is not RunPhase.RUNNING:
+                return False
+            self._reader = threading.get_ident()
+        return True
+
     def preempt(self) -> bool:
         """Close the mailbox before `run()`; True if this call did (its caller then
         finishes the runner, which will never run)."""
@@ -656,6 +665,13 @@ class TaskControl:
         if driver is None:
             raise DriverError(f"driver {handle.driver!r} is not available on this node")
         return driver
+
+    def starts_at_once(self, task: Task) -> bool:
+        """True if `task`'s driver says a start of it never waits (its optional
+        ``starts_at_once(driver_config)``; a driver that does not have it is never
+        assumed to)."""
+        probe = getattr(self._drivers.get(task.driver), "starts_at_once", None)
+        return probe is not None and bool(probe(task.config))
 
     @calls_out
     def start(self, task: Task, config: Callable[[], TaskConfig]) -> None:

@@ -14,8 +14,10 @@ hooks). The loop leaves early in one way only: the place that notices raises `_S
 (return at once, leaving the task as it is) or `_Done` (the task will not start again:
 it goes dead); every other return means "carry on".
 
-Threads: one. A `TaskRunLoop` is used only by its TaskRunner's run thread, which alone
-owns the restart tracker, the restart requests it took and the error of the last stop.
+Threads: one at a time. A `TaskRunLoop` is used only by its TaskRunner's run thread,
+which alone owns the restart tracker, the restart requests it took, the error of the
+last stop and the outcome of a first start made ahead (`start_first`, on the thread
+that began the run, which then hands it all over to the thread that goes on).
 Everything it shares with other threads goes through the TaskRunner's parts: the
 `TaskStateCell` (state out), the mailbox and the kill / shutdown tokens (requests in),
 `TaskControl` (the driver task) and `TaskHookPhases`. Locks: none of its own; it holds
@@ -100,6 +102,7 @@ class TaskRunLoop:
     _tracker = confined(RUN_THREAD)
     _kill_error = confined(RUN_THREAD)
     _consumed = confined(RUN_THREAD)
+    _early = confined(RUN_THREAD)
 
     def __init__(
         self,
@@ -127,6 +130,9 @@ class TaskRunLoop:
         self._tracker = tracker
         self._kill_error = ""
         self._consumed: list[RestartRequest] = []
+        # The outcome of a first start made by `start_first` and not yet taken up by
+        # `_main`: whether the task started, or the exception that start raised.
+        self._early: bool | BaseException | None = None
 
     def __repr__(self) -> str:
         return self._label
@@ -184,13 +190,19 @@ class TaskRunLoop:
 
     @calls_out
     def _main(self) -> NoReturn:
-        """The start / wait / restart loop, until the task will not start again."""
+        """The start / wait / restart loop, until the task will not start again. Its
+        first start may have been made already by `start_first`: its outcome is taken
+        up here, as if this thread had just made it."""
+        early, self._early = self._early, None
         while True:
-            self._raise_if_stopped()
-            if self._should_shutdown():
-                raise _Done()
-            self._wait_gate()
-            self._run_once()
+            if early is None:
+                started = self._start_turn()
+            elif isinstance(early, BaseException):
+                raise early
+            else:
+                started, early = early, None
+            if started:
+                self._wait_started()
             restart, delay = self._decide_restart()
             self.complete_requests()
             if not restart:
@@ -198,8 +210,37 @@ class TaskRunLoop:
             self._sleep(delay, interrupt_on_kill=True)
 
     @calls_out
-    def _run_once(self) -> None:
-        """Prestart, start and wait for the exit; a failure to start goes to the tracker."""
+    def start_first(self) -> None:
+        """Make the first start of a task that has never run (the gate, prestart, the
+        driver start, poststart) on this thread, for `run()` to go on from on another:
+        its outcome (the task started, or failed to start, or the loop is to be left)
+        is kept for `_main`, which acts on it as if it had just made that start itself.
+        Nothing is done if the task is not pending or its start gate is not open now
+        (the start would wait): `run()` then makes the start. Called, before `run()`,
+        by the thread that opened the mailbox."""
+        try:
+            if self._cell.state().state != TASK_PENDING:
+                return
+            gate = self._start_gate
+            if gate is not None and not gate.wait_open(self._kill_token, timeout=0):
+                return
+            self._early = self._start_turn()
+        except BaseException as err:  # raised again by _main, on the run thread
+            self._early = err
+
+    @calls_out
+    def _start_turn(self) -> bool:
+        """The start half of one turn of the loop: True if the task started."""
+        self._raise_if_stopped()
+        if self._should_shutdown():
+            raise _Done()
+        self._wait_gate()
+        return self._start_task()
+
+    @calls_out
+    def _start_task(self) -> bool:
+        """Prestart, start, poststart: True if the task started; a failure to start
+        goes to the tracker."""
         try:
             if not self._hooks.prestart():
                 raise self._stop_exit()
@@ -211,8 +252,13 @@ class TaskRunLoop:
         except Exception as err:
             log.info("task %s: failed to start: %s", self, err)
             self._tracker.set_start_error(err)
-            return
+            return False
         self._hooks.poststart()
+        return True
+
+    @calls_out
+    def _wait_started(self) -> None:
+        """Wait for the started task's exit and record it."""
         result = self._wait_task()
         if result is not None:
             self._emit_event(terminated_event(result))

@@ -12,9 +12,12 @@ This module holds the public facade; the parts it builds and wires live beside i
   state only the run thread touches.
 
 Threads. `run()` is called on exactly one thread (the AllocRunner's
-``task-<id8>-<name>``); that thread alone starts, stops, waits on and destroys the
-driver task while it runs, owns the RestartTracker and runs every hook phase but
-shutdown, so hooks are serialised. Every other method is safe from any thread and
+``task-<id8>-<name>``), or is split between two by `start_first` (the task's first
+start, on a thread that starts many) and `continue_run` (the rest, on the thread that
+then owns the run; the first hands its confined state over before the second begins);
+the run thread alone starts, stops, waits on and destroys the driver task while it
+runs, owns the RestartTracker and runs every hook phase but shutdown, so hooks are
+serialised. Every other method is safe from any thread and
 never blocks on the task, except as documented: `kill`, `restart` and `force_restart`
 ask the run thread and wait for it to act; `update` stores the allocation and wakes
 the run thread, which runs the update hooks; `shutdown` makes the run thread return
@@ -453,6 +456,42 @@ class TaskRunner:
         if not self._mailbox.open():
             self._finished.wait()  # preempted: the killing thread finishes the runner
             return
+        self._run_opened()
+
+    def starts_at_once(self) -> bool:
+        """True if the task's start never waits but for its driver's start, and that
+        start does not wait either: no artifact to fetch, no template to render, and a
+        driver that says so (`TaskControl.starts_at_once`)."""
+        task = self.task()
+        if task.artifacts or task.templates:
+            return False
+        return self._control.starts_at_once(task)
+
+    @calls_out
+    def start_first(self) -> None:
+        """Begin `run()` on this thread and make the task's first start here (the
+        prestart hooks, the driver start, the poststart hooks), unless its start gate
+        is closed (`TaskRunLoop.start_first`); `continue_run()` must follow, on the
+        thread that is to wait on the task. For a caller that starts many tasks on a
+        few threads, each start made by a thread that has just made another; `run()`
+        on one thread does the same as the two."""
+        if self._mailbox.open():
+            self._loop.start_first()
+        hand_over(self._loop)
+        self._hooks.hand_over()
+
+    @calls_out
+    def continue_run(self) -> None:
+        """The rest of `run()` after `start_first`, on the thread that runs the task
+        from now on."""
+        if not self._mailbox.adopt():
+            self._finished.wait()  # preempted: the killing thread finishes the runner
+            return
+        self._run_opened()
+
+    @calls_out
+    def _run_opened(self) -> None:
+        """`run()` once the mailbox is open, on the run thread."""
         try:
             self._loop.run()
         except BaseException as err:

@@ -13,6 +13,7 @@ import pytest
 from allocrunner import AllocRunner
 from allocrunner.client import BUILDERS, Client
 from allocrunner.structs import Allocation, new_allocation
+from allocrunner.taskrunner.lifecycle import TaskControl
 from allocrunner.testing import mock_job, mock_task, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,3 +163,24 @@ def _assert_none(found: object) -> None:
 
 def _assert_some(found: object) -> None:
     assert found, "nothing yet"
+
+
+def test_a_builder_makes_the_start_of_a_fresh_allocation_it_built(make_client, monkeypatch):
+    # Its task's driver start runs on the thread that built the runner; only the wait
+    # on the task runs on the allocation's own thread (`AllocRunner.launch`).
+    starts: dict[str, str] = {}
+    real_start = TaskControl.start
+
+    def noted_start(self, task, config):
+        starts[threading.current_thread().name] = task.name
+        return real_start(self, task, config)
+
+    monkeypatch.setattr(TaskControl, "start", noted_start)
+    client = make_client()
+    client.start()
+    allocs = _service_allocs(12)
+    client.run_allocs(allocs)
+    wait_for(_all_running(client, allocs), timeout=30)
+    assert set(starts) <= {"client-starter", "client-builder"}, starts
+    alloc_threads = {t.name for t in threading.enumerate() if t.name.startswith("alloc-")}
+    assert {f"alloc-{a.id[:8]}" for a in allocs} <= alloc_threads
