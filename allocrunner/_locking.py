@@ -703,20 +703,22 @@ def confined(thread: str, *, prefix: str | None = None) -> Any:
     return tag
 
 
-def hand_over(obj: object) -> None:
-    """The calling thread gives up the confined fields of `obj` it owns; the next thread
-    to touch one owns it. Call it just before the signal the next owner waits for (the
-    event that orders the two threads), e.g. a run thread that has returned hands its
-    hook state to the thread that runs the shutdown hooks. Does nothing unless checking."""
+def hand_over(obj: object, *more: object) -> None:
+    """The calling thread gives up the confined fields of `obj` (and of each of `more`)
+    it owns; the next thread to touch one owns it. Call it just before the signal the
+    next owner waits for (the event that orders the two threads), e.g. a run thread that
+    has returned hands its hook state to the thread that runs the shutdown hooks. Does
+    nothing unless checking."""
     if not CHECK:
         return
-    d = getattr(obj, "__dict__", None)
-    if d is None:
-        return  # slots only: no confined field
     me = threading.current_thread()
-    for tag in field_tags(type(obj)).values():
-        if isinstance(tag, _CheckedConfined) and d.get(tag._owner_key) is me:
-            del d[tag._owner_key]
+    for each in (obj, *more):
+        d = getattr(each, "__dict__", None)
+        if d is None:
+            continue  # slots only: no confined field
+        for tag in field_tags(type(each)).values():
+            if isinstance(tag, _CheckedConfined) and d.get(tag._owner_key) is me:
+                del d[tag._owner_key]
 
 
 def field_tags(cls: type) -> dict[str, FieldTag]:

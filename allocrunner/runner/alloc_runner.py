@@ -396,17 +396,16 @@ class AllocRunner:
         Returns once that thread is started. If it cannot be (no thread can be
         started), the task is killed and the run is ended on this thread, and the
         error is raised: nothing is left running that no thread watches."""
-        if len(self._tasks) != 1 or not self._starts_fresh():
-            self.start()
-            return
         first = self._tasks.first()
-        if not first.starts_at_once():
+        if len(self._tasks) != 1 or not first.starts_at_once():
             self.start()
             return
         fresh = self._begin_run()
         if fresh is None:
             return
-        launched = self._launch_first(fresh, first)
+        # Not fresh (restored, after a previous allocation, or terminal): the whole run
+        # is made on its thread, as by `start()`.
+        launched = self._launch_first(first) if fresh else None
         try:
             self._threads.spawn(f"alloc-{_id8(self._id)}", self._finish_run, fresh, launched)
         except BaseException:
@@ -416,12 +415,12 @@ class AllocRunner:
             raise
 
     @calls_out
-    def _launch_first(self, fresh: bool, first: TaskRunner) -> _Launched:
-        """What `run()` does up to waiting on its one task, for `launch`: what came of
-        it, for the thread that goes on (`_run`). Never raises: an error is kept for
-        that thread to raise, as `run()` would have."""
+    def _launch_first(self, first: TaskRunner) -> _Launched:
+        """What a fresh `run()` does up to waiting on its one task, for `launch`: what
+        came of it, for the thread that goes on (`_run`). Never raises: an error is
+        kept for that thread to raise, as `run()` would have."""
         try:
-            self._set_up(fresh)
+            self._set_up(fresh=True)
             if self._is_shutting_down():
                 return _Launched(first=None)
             first.start_first()

@@ -219,12 +219,10 @@ class TaskHookPhases:
     def __repr__(self) -> str:
         return self._label
 
-    def hand_over(self) -> None:
-        """The run thread gives up what it confines here and in the hooks, for the run
-        to go on on another thread (`_locking.hand_over`)."""
-        hand_over(self)
-        for hook in self._hooks.hooks:
-            hand_over(hook)
+    def hand_over(self, *more: object) -> None:
+        """The run thread gives up what it confines here, in the hooks and in `more`,
+        for the run to go on on another thread (`_locking.hand_over`)."""
+        hand_over(self, *self._hooks.hooks, *more)
 
     @property
     def env(self) -> FrozenDict[str, str]:

@@ -73,6 +73,8 @@ class StartGate(Protocol):
 
     def wait_open(self, cancel: CancelToken, timeout: float | None = None) -> bool: ...
 
+    def is_open(self) -> bool: ...
+
 
 class _LoopExit(Exception):
     """Leaves the run loop early: raised where the loop notices, caught in `run`."""
@@ -221,20 +223,22 @@ class TaskRunLoop:
         try:
             if self._cell.state().state != TASK_PENDING:
                 return
-            gate = self._start_gate
-            if gate is not None and not gate.wait_open(self._kill_token, timeout=0):
+            if self._start_gate is not None and not self._start_gate.is_open():
                 return
-            self._early = self._start_turn()
+            self._early = self._start_turn(gate_open=True)
         except BaseException as err:  # raised again by _main, on the run thread
             self._early = err
 
     @calls_out
-    def _start_turn(self) -> bool:
-        """The start half of one turn of the loop: True if the task started."""
+    def _start_turn(self, *, gate_open: bool = False) -> bool:
+        """The start half of one turn of the loop: True if the task started. With
+        `gate_open` the caller has just seen the start gate open, so it is not waited
+        on again."""
         self._raise_if_stopped()
         if self._should_shutdown():
             raise _Done()
-        self._wait_gate()
+        if not gate_open:
+            self._wait_gate()
         return self._start_task()
 
     @calls_out

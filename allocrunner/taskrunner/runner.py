@@ -477,8 +477,7 @@ class TaskRunner:
         on one thread does the same as the two."""
         if self._mailbox.open():
             self._loop.start_first()
-        hand_over(self._loop)
-        self._hooks.hand_over()
+        self._hooks.hand_over(self._loop)
 
     @calls_out
     def continue_run(self) -> None:
