@@ -1,8 +1,11 @@
-"""End to end with real processes: a raw_exec group whose leader exits."""
+"""End to end with real processes: a raw_exec group whose leader exits, and a raw_exec
+task launched (its start made on the launching thread)."""
 
 from __future__ import annotations
 
 import os
+
+import attrs
 
 from allocrunner.drivers._process import pid_alive
 from allocrunner.structs import EVENT_LEADER_DEAD, new_allocation
@@ -70,3 +73,42 @@ def test_runner_closes_the_drivers_it_built(config):
     assert ar.wait_destroyed(20)
     assert ar.close(20)
     # The harness fails this test if the raw_exec driver's I/O thread outlived it.
+
+
+def _pids_running(argv: list[str]) -> list[int]:
+    """Pids whose /proc cmdline is exactly `argv` and that are not zombies."""
+    wanted = "\0".join(argv) + "\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmdline == wanted and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def test_a_launched_raw_exec_task_has_been_execd_when_launch_returns(make_runner):
+    # The launching thread makes the start, and raw_exec's start returns once the
+    # command is exec'd: /proc shows it before launch returns to the caller.
+    argv = ["/bin/sleep", "31.4159"]
+    task = mock_task(
+        "web", driver="raw_exec", config={"command": argv[0], "args": argv[1:]}, kill_timeout=2.0
+    )
+    alloc = new_allocation(mock_job(task), "web")
+    ar = make_runner(alloc)
+    ar.launch()
+    (pid,) = _pids_running(argv)
+    stop = attrs.evolve(
+        alloc, desired_status="stop", alloc_modify_index=alloc.alloc_modify_index + 1
+    )
+    ar.update(stop)
+    assert ar.wait(20)
+    assert ar.alloc_state().client_status == "complete"
+    wait_for(lambda: _assert_dead(pid), timeout=5)
