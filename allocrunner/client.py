@@ -35,8 +35,9 @@ runner's own ``alloc-<id8>`` thread then writes the allocation to the state DB a
 it, except that the builder itself makes the start of a fresh single-task allocation
 whose start never waits, and that thread takes the run up from there
 (`AllocRunner.launch`): a few warm threads make a thousand starts for less than a
-thousand new ones. The views (`runner`, `runners`, `allocs`) wait for the queued runners they would
-show to be built, so a caller sees every allocation of the sets it applied.
+thousand new ones. The views (`runner`, `runners`, `allocs`) wait for the queued
+runners they would show to be built, so a caller sees every allocation of the sets it
+applied.
 
 Threads (owned, joined by `shutdown()`): ``client-starter`` (and its ``client-builder``
 helpers, which end once the queue is empty), ``client-updates`` and the

@@ -218,8 +218,9 @@ class TaskRunLoop:
         its outcome (the task started, or failed to start, or the loop is to be left)
         is kept for `_main`, which acts on it as if it had just made that start itself.
         Nothing is done if the task is not pending or its start gate is not open now
-        (the start would wait): `run()` then makes the start. Called, before `run()`,
-        by the thread that opened the mailbox."""
+        (the start would wait): `run()` then makes the start. Called by the thread that
+        opened the mailbox, before `run()` goes on on another (`TaskRunner.start_first`
+        and `continue_run`)."""
         try:
             if self._cell.state().state != TASK_PENDING:
                 return

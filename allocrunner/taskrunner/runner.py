@@ -17,12 +17,12 @@ start, on a thread that starts many) and `continue_run` (the rest, on the thread
 then owns the run; the first hands its confined state over before the second begins);
 the run thread alone starts, stops, waits on and destroys the driver task while it
 runs, owns the RestartTracker and runs every hook phase but shutdown, so hooks are
-serialised. Every other method is safe from any thread and
-never blocks on the task, except as documented: `kill`, `restart` and `force_restart`
-ask the run thread and wait for it to act; `update` stores the allocation and wakes
-the run thread, which runs the update hooks; `shutdown` makes the run thread return
-and leave the task running, then runs the shutdown hooks on the caller's thread;
-`signal` and `latest_stats` call the thread-safe driver directly.
+serialised. Every other method is safe from any thread and never blocks on the task,
+except as documented: `kill`, `restart` and `force_restart` ask the run thread and
+wait for it to act; `update` stores the allocation and wakes the run thread, which
+runs the update hooks; `shutdown` makes the run thread return and leave the task
+running, then runs the shutdown hooks on the caller's thread; `signal` and
+`latest_stats` call the thread-safe driver directly.
 
 Locks: ``TaskRunner._alloc_lock`` (a mutex: each hold reads or swaps two fields) guards
 the allocation and the task definition;
