@@ -209,6 +209,31 @@ def test_a_kill_during_a_launched_start_is_taken_up_by_the_allocations_thread(
     assert EVENT_STARTED not in _events(ar)
 
 
+def test_a_shutdown_during_a_launched_start_leaves_the_task_as_it_is(
+    make_runner, noting, monkeypatch
+):
+    # The agent shuts down while the launching thread runs the prestart hooks: the
+    # allocation's thread takes that up by returning at once, the task never started
+    # and left pending for a restore, as a run on one thread would leave it.
+    alloc = new_allocation(mock_job(mock_task("web", config={"run_for": "30s"})), "web")
+    ar = make_runner(alloc, drivers={"mock_driver": noting})
+    tr = ar.task_runner("web")
+    real_prestart = TaskHookPhases.prestart
+
+    def prestart_meeting_a_shutdown(self):
+        ar.shutdown()
+        wait_for(lambda: _equal(tr._shutdown_token.cancelled(), True))
+        return real_prestart(self)
+
+    monkeypatch.setattr(TaskHookPhases, "prestart", prestart_meeting_a_shutdown)
+    ar.launch()
+    assert ar.wait(10)
+    assert ar.wait_shutdown(10)
+    assert noting.started_on == []
+    assert tr.task_state().state == "pending"
+    assert EVENT_STARTED not in _events(ar)
+
+
 def test_a_launch_whose_thread_cannot_start_kills_its_task_and_raises(
     make_runner, noting, monkeypatch
 ):
