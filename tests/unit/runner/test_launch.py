@@ -27,7 +27,8 @@ from allocrunner.testing import mock_job, mock_task, wait_for
 
 
 class NotingDriver:
-    """A mock driver that notes which thread started each task and which waited."""
+    """Thread-safe (its lists are only appended to, one item at a time). A mock driver
+    that notes which thread started each task and which waited on it."""
 
     def __init__(self) -> None:
         self.inner = MockDriver()
