@@ -57,6 +57,30 @@ def test_run_thread_identity(box) -> None:
     assert not box.on_run_thread()
 
 
+def test_a_run_begun_on_one_thread_is_adopted_by_another(box) -> None:
+    # `TaskRunner.start_first` opens the mailbox on the launching thread, and the
+    # thread that goes on adopts the run: from then on it alone is the run thread.
+    box.open()
+    seen: list[tuple[bool, bool]] = []
+    group = ThreadGroup("mailbox-adopter")
+    group.spawn("mailbox-adopter", lambda: seen.append((box.adopt(), box.on_run_thread())))
+    assert group.join(10)
+    assert seen == [(True, True)]
+    assert not box.on_run_thread()
+    assert box.phase() is RunPhase.RUNNING
+
+
+def test_a_preempted_or_ended_run_is_not_adopted(box) -> None:
+    assert box.preempt()
+    assert not box.adopt()  # the thread that goes on then waits for the runner's end
+    assert box.phase() is RunPhase.PREEMPTED
+    ended = TaskMailbox("web")
+    ended.open()
+    ended.close()
+    assert not ended.adopt()
+    assert not ended.on_run_thread()
+
+
 def test_parked_only_while_running(box) -> None:
     box.set_parked(True)
     assert not box.is_parked()
