@@ -182,56 +182,45 @@ def test_a_task_restarted_after_a_launch_runs_its_hooks_on_its_own_thread(make_r
         launcher.join(10)
 
 
-def test_a_kill_during_a_launched_start_is_taken_up_by_the_allocations_thread(
-    make_runner, noting, monkeypatch
+def _prestart_meets(monkeypatch, interrupt, token) -> None:
+    """Every prestart phase first calls `interrupt()` and waits for `token` to be
+    cancelled by it, then runs as usual (and finds itself cut short)."""
+    real_prestart = TaskHookPhases.prestart
+
+    def prestart_meeting_it(self):
+        interrupt()
+        wait_for(lambda: _equal(token.cancelled(), True))
+        return real_prestart(self)
+
+    monkeypatch.setattr(TaskHookPhases, "prestart", prestart_meeting_it)
+
+
+@pytest.mark.parametrize(("what", "left"), [("kill", "dead"), ("shutdown", "pending")])
+def test_a_stop_during_a_launched_start_is_taken_up_by_the_allocations_thread(
+    make_runner, noting, monkeypatch, what, left
 ):
-    # The kill arrives while the launching thread runs the prestart hooks: that start
-    # ends there, and the allocation's thread takes up what it came to.
+    # A kill, or the agent's shutdown, arrives while the launching thread runs the
+    # prestart hooks: that start ends there, and the allocation's thread takes up what
+    # it came to, as a run on one thread would: a killed task never starts and goes
+    # dead (and the killer returns); on a shutdown the run returns at once and leaves
+    # the task pending for a restore.
     alloc = new_allocation(mock_job(mock_task("web", config={"run_for": "30s"})), "web")
     ar = make_runner(alloc, drivers={"mock_driver": noting})
     tr = ar.task_runner("web")
-    real_prestart = TaskHookPhases.prestart
-    killers: list[threading.Thread] = []
-
-    def prestart_meeting_a_kill(self):
-        killer = threading.Thread(target=tr.kill, kwargs={"timeout": 10}, name="killer")
-        killers.append(killer)
-        killer.start()
-        wait_for(lambda: _equal(tr._kill_token.cancelled(), True))
-        return real_prestart(self)
-
-    monkeypatch.setattr(TaskHookPhases, "prestart", prestart_meeting_a_kill)
-    ar.launch()
-    assert noting.started_on == []
-    assert ar.wait(10)
-    killers[0].join(10)
-    assert not killers[0].is_alive()
-    assert tr.task_state().state == "dead"
-    assert EVENT_STARTED not in _events(ar)
-
-
-def test_a_shutdown_during_a_launched_start_leaves_the_task_as_it_is(
-    make_runner, noting, monkeypatch
-):
-    # The agent shuts down while the launching thread runs the prestart hooks: the
-    # allocation's thread takes that up by returning at once, the task never started
-    # and left pending for a restore, as a run on one thread would leave it.
-    alloc = new_allocation(mock_job(mock_task("web", config={"run_for": "30s"})), "web")
-    ar = make_runner(alloc, drivers={"mock_driver": noting})
-    tr = ar.task_runner("web")
-    real_prestart = TaskHookPhases.prestart
-
-    def prestart_meeting_a_shutdown(self):
-        ar.shutdown()
-        wait_for(lambda: _equal(tr._shutdown_token.cancelled(), True))
-        return real_prestart(self)
-
-    monkeypatch.setattr(TaskHookPhases, "prestart", prestart_meeting_a_shutdown)
+    killer = threading.Thread(target=tr.kill, kwargs={"timeout": 10}, name="killer")
+    if what == "kill":
+        _prestart_meets(monkeypatch, killer.start, tr._kill_token)
+    else:
+        _prestart_meets(monkeypatch, ar.shutdown, tr._shutdown_token)
     ar.launch()
     assert ar.wait(10)
-    assert ar.wait_shutdown(10)
+    if what == "kill":
+        killer.join(10)
+        assert not killer.is_alive()
+    else:
+        assert ar.wait_shutdown(10)
     assert noting.started_on == []
-    assert tr.task_state().state == "pending"
+    assert tr.task_state().state == left
     assert EVENT_STARTED not in _events(ar)
 
 
