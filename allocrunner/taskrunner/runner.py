@@ -453,10 +453,7 @@ class TaskRunner:
     def run(self) -> None:
         """Run the task for its whole life; returns when it is dead for good (killed,
         or finished and parked until killed), or at once on shutdown."""
-        if not self._mailbox.open():
-            self._finished.wait()  # preempted: the killing thread finishes the runner
-            return
-        self._run_opened()
+        self._run_opened(self._mailbox.open())
 
     def starts_at_once(self) -> bool:
         """True if the task's start never waits but for its driver's start, and that
@@ -483,14 +480,15 @@ class TaskRunner:
     def continue_run(self) -> None:
         """The rest of `run()` after `start_first`, on the thread that runs the task
         from now on."""
-        if not self._mailbox.adopt():
-            self._finished.wait()  # preempted: the killing thread finishes the runner
-            return
-        self._run_opened()
+        self._run_opened(self._mailbox.adopt())
 
     @calls_out
-    def _run_opened(self) -> None:
-        """`run()` once the mailbox is open, on the run thread."""
+    def _run_opened(self, opened: bool) -> None:
+        """`run()` once the mailbox was opened (or adopted) on this thread, the run
+        thread; not `opened`, the runner was preempted."""
+        if not opened:
+            self._finished.wait()  # preempted: the killing thread finishes the runner
+            return
         try:
             self._loop.run()
         except BaseException as err:
