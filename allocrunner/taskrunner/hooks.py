@@ -460,22 +460,34 @@ class EnvHook(TaskHook):
 
 
 def default_hooks(
-    lifecycle: TemplateLifecycle | None = None, *, artifact_allow_local: bool = False
+    lifecycle: TemplateLifecycle | None = None,
+    *,
+    artifact_allow_local: bool = False,
+    task: Task | None = None,
 ) -> list[TaskHook]:
     """Fresh instances of the built-in hooks, in Nomad's order. With `lifecycle` (the
     task runner) the template hook re-renders source templates while the task runs and
-    applies their change_mode; `artifact_allow_local` lets artifacts be local files."""
+    applies their change_mode; `artifact_allow_local` lets artifacts be local files.
+
+    With `task`, the hooks that could never act for it are left out: the dispatch
+    payload hook for a task without a ``dispatch_payload`` block, the artifact hook for
+    one without artifacts, the template hook for one without templates (Nomad adds its
+    template hook only to a task with templates). None of those three blocks changes
+    for a running allocation: a job whose group changed gets new allocations (the
+    scheduler's destructive update), and only an unchanged group's allocations take a
+    new job version in place. Every allocation pays for the hooks it holds, on every
+    phase and in memory, so a thousand plain tasks are cheaper without them."""
     # These import this module.
     from allocrunner.taskrunner.artifact_hook import ArtifactHook
     from allocrunner.taskrunner.dispatch_hook import DispatchPayloadHook
     from allocrunner.taskrunner.template_hook import TemplateHook
 
-    return [
-        ValidateHook(),
-        TaskDirHook(),
-        LogsHook(),
-        DispatchPayloadHook(),
-        EnvHook(),
-        ArtifactHook(allow_local=artifact_allow_local),
-        TemplateHook(lifecycle=lifecycle),
-    ]
+    hooks: list[TaskHook] = [ValidateHook(), TaskDirHook(), LogsHook()]
+    if task is None or task.dispatch_payload:
+        hooks.append(DispatchPayloadHook())
+    hooks.append(EnvHook())
+    if task is None or task.artifacts:
+        hooks.append(ArtifactHook(allow_local=artifact_allow_local))
+    if task is None or task.templates:
+        hooks.append(TemplateHook(lifecycle=lifecycle))
+    return hooks

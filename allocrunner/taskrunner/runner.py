@@ -170,7 +170,10 @@ class TaskRunner:
         self._mailbox = TaskMailbox(task_name)
         self._hooks = TaskHookPhases(
             repr(self),
-            (*default_hooks(self, artifact_allow_local=artifact_allow_local), *extra_hooks),
+            (
+                *default_hooks(self, artifact_allow_local=artifact_allow_local, task=task),
+                *extra_hooks,
+            ),
             cell=self._cell,
             current=self._current,
             alloc_dir=alloc_dir,

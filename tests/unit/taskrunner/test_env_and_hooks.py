@@ -12,7 +12,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.allocdir import AllocDir
 from allocrunner.errors import DriverError, HookError, HookErrors
 from allocrunner.structs import Job, Resources, TaskEvent, TaskGroup
-from allocrunner.structs.job import TaskArtifact
+from allocrunner.structs.job import TaskArtifact, Template
 from allocrunner.structs.task_state import EVENT_FAILED_VALIDATION, EVENT_SETUP
 from allocrunner.taskrunner import (
     COLLECT_ALL,
@@ -23,6 +23,7 @@ from allocrunner.taskrunner import (
     LogsHook,
     TaskDirHook,
     ValidateHook,
+    default_hooks,
     interpolate,
     interpolate_config,
     nomad_env,
@@ -193,6 +194,40 @@ def request(tmp_path: Path, task=None, **fields) -> tuple[HookRequest, list[Task
         **fields,
     )
     return req, events
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({}, ["validate", "task_dir", "logs", "env"]),
+        (
+            {"dispatch_payload": "input.json"},
+            ["validate", "task_dir", "logs", "dispatch_payload", "env"],
+        ),
+        (
+            {"artifacts": (TaskArtifact(getter_source="file:///etc/hostname"),)},
+            ["validate", "task_dir", "logs", "env", "artifacts"],
+        ),
+        (
+            {"templates": (Template(dest_path="local/x", embedded_tmpl="x"),)},
+            ["validate", "task_dir", "logs", "env", "template"],
+        ),
+    ],
+    ids=["plain", "dispatch_payload", "artifacts", "templates"],
+)
+def test_a_task_gets_only_the_hooks_that_can_act_for_it(fields, names) -> None:
+    task = attrs.evolve(mock_task("web"), **fields)
+    assert [h.name for h in default_hooks(task=task)] == names
+    # Without a task, every built-in hook, in Nomad's order.
+    assert [h.name for h in default_hooks()] == [
+        "validate",
+        "task_dir",
+        "logs",
+        "dispatch_payload",
+        "env",
+        "artifacts",
+        "template",
+    ]
 
 
 @pytest.mark.parametrize(
