@@ -418,7 +418,13 @@ class AllocRunner:
     def _launch_first(self, first: TaskRunner) -> _Launched:
         """What a fresh `run()` does up to waiting on its one task, for `launch`: what
         came of it, for the thread that goes on (`_run`). Never raises: an error is
-        kept for that thread to raise, as `run()` would have."""
+        kept for that thread to raise, as `run()` would have.
+
+        The state handler's passes are held meanwhile (`PassKick.hold`): nothing here
+        waits, and the task's events and states come in several steps, each of which
+        would otherwise wake a pool worker for a pass the next step makes stale. One
+        pass, queued once the start is made, reports them all."""
+        held = self._state_kick.hold()
         try:
             self._set_up(fresh=True)
             if self._is_shutting_down():
@@ -426,6 +432,9 @@ class AllocRunner:
             first.start_first()
         except BaseException as err:  # raised again by _run, on the allocation's thread
             return _Launched(first=None, error=err)
+        finally:
+            if held:
+                self._state_kick.release()
         return _Launched(first=first)
 
     @calls_out

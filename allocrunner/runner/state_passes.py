@@ -25,6 +25,12 @@ Scheduling, per kick (all under the service's lock):
   keeps is ignored. A deadline already past makes another pass at once, so a handler
   reports a deadline only until a pass has acted on it.
 - A pass that reports the handler finished removes it: later kicks do nothing.
+- `hold` defers a live, idle handler's passes while its owner makes a change in
+  several steps that never wait (a launched start); `release` then queues one pass
+  for all of them. Kicks meanwhile are absorbed (its ``_pending`` hint stays True, so
+  they return at once), and so is a deadline that falls due: the pass reads
+  everything afresh and reports its deadline again. A fresh allocation's launch so
+  makes one pass instead of one per task event, each of which woke a worker.
 
 Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once. A worker takes one
 queued pass at a time; while more are queued and no worker is parked, it starts another
@@ -51,9 +57,10 @@ while it is held but notify-only `_sync` calls.
 
 The one read without the lock: each kick's ``_pending`` hint, written only under the
 lock, is True while the handler's next pass is certain to begin later (it is queued,
-or its running pass will run again). `wake` returns at once when it reads True: that
-pass begins (the worker clears the hint under the lock) after the read, so it sees
-whatever the waking thread changed before it woke. With 1,000 allocations stopping at
+or its running pass will run again, or it is held and `release` will queue it).
+`wake` returns at once when it reads True: that pass begins (the worker clears the
+hint under the lock) after the read, so it sees whatever the waking thread changed
+before it woke. With 1,000 allocations stopping at
 once their threads wake the same few handlers' queue several times each while it is
 long; without the hint every one of those wakes took the lock, and a holder that the
 GIL switched out made the others queue on it. Under a free-threaded build (no GIL, so
@@ -97,7 +104,7 @@ _PURGE_MIN = 64
 PassStep = Callable[[], "tuple[bool, float | None]"]
 """One pass: (finished, the monotonic time of the next deadline or None)."""
 
-_QUEUED, _RUNNING, _AGAIN = 0, 1, 2
+_QUEUED, _RUNNING, _AGAIN, _HELD = 0, 1, 2, 3
 
 _Help: TypeAlias = "bool | Waiter | None"
 """What a queued pass needs (`StatePasses._help_locked`): a worker started (True), a
@@ -129,6 +136,15 @@ class PassKick:
         given, so that no bound method is kept per allocation for each of them."""
         self._service.wake(self)
 
+    def hold(self) -> bool:
+        """Defer this handler's passes until `release` (`StatePasses.hold`); True if
+        they are deferred, and `release` must then be called."""
+        return self._service.hold(self)
+
+    def release(self) -> None:
+        """End a `hold`: one pass is queued, for every kick the hold absorbed."""
+        self._service.release(self)
+
     def __repr__(self) -> str:
         return f"<PassKick {self.label}>"
 
@@ -142,7 +158,7 @@ class StatePasses:
     _lock = immutable()
     _steps = immutable()  # checked map, changed in place: live kick -> its pass
     _finish = immutable()  # checked map, changed in place: live kick -> its last rites
-    _sched = immutable()  # checked map, changed in place: kick -> queued/running/again
+    _sched = immutable()  # checked map, changed in place: kick -> queued/running/again/held
     _queue = immutable()  # checked list used as a FIFO from _head: kicks to run
     _due = immutable()  # checked map, changed in place: kick -> its live timer's time
     _timers = immutable()  # checked list, a heap of (due, seq, kick), changed in place
@@ -212,6 +228,29 @@ class StatePasses:
                     self._sched[kick] = _AGAIN
                     kick._pending = True
                 return
+        self._notify(spawn)
+
+    def hold(self, kick: PassKick) -> bool:
+        """Defer `kick`'s passes while its owner makes a change in several steps that
+        never wait (a launched start: `AllocRunner.launch`): kicks meanwhile are taken
+        up by the one pass `release` queues, instead of each waking a worker for a
+        pass that the next step makes stale. True if deferred; False, and nothing is
+        deferred, if the handler is not live or a pass of it is queued or running. The
+        caller must call `release` once it returns True, whatever happens."""
+        with self._lock:
+            if kick not in self._steps or kick in self._sched:
+                return False
+            self._sched[kick] = _HELD
+            kick._pending = True  # a pass begins later: the one `release` queues
+            return True
+
+    def release(self, kick: PassKick) -> None:
+        """End `kick`'s hold: queue its pass, which reads everything the held steps
+        changed (and whatever the kicks it absorbed were for)."""
+        with self._lock:
+            if self._sched.get(kick) != _HELD:
+                raise ValueError(f"{kick!r} is not held")
+            spawn = self._queue_locked(kick)
         self._notify(spawn)
 
     def live(self) -> int:

@@ -86,6 +86,26 @@ def test_a_fresh_single_task_start_is_made_on_the_launching_thread(make_runner, 
     assert ar.alloc_state().client_status == "complete"
 
 
+def test_a_launched_start_is_reported_once_it_is_made_not_step_by_step(make_runner):
+    """The state passes are held while the launch makes the start: the first view sent
+    upstream is the running allocation with all its start's events, where each step
+    (received, task setup, started) used to wake a pass of its own."""
+    seen: list[Any] = []
+    alloc = new_allocation(mock_job(mock_task("web", config={"run_for": "30s"})), "web")
+    ar = make_runner(alloc, state_updater=seen.append)
+    ar.launch()
+    wait_for(lambda: _equal(bool(seen), True))
+    first = seen[0]
+    assert first.client_status == "running"
+    assert [e.type for e in first.task_states["web"].events] == [
+        "Received",
+        "Task Setup",
+        EVENT_STARTED,
+    ]
+    ar.update(_stopped(alloc))
+    assert ar.wait(10)
+
+
 @pytest.mark.parametrize(
     "tasks",
     [

@@ -227,6 +227,68 @@ def test_the_pass_after_each_kick_reads_what_was_written_before_it(
     wait_for(_ended(service))
 
 
+def test_kicks_during_a_hold_make_no_pass_and_its_release_makes_one(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    for _ in range(20):
+        h.kick.kick()
+        h.kick()
+    assert_stays(lambda: _equal(h.count(), 0), 0.2)
+    assert service.workers() == 0  # nothing was queued: no worker was started
+    h.kick.release()
+    wait_for(lambda: _equal(h.count(), 1))
+    assert_stays(lambda: _equal(h.count(), 1), 0.1)
+    h.kick.kick()  # released: a kick makes a pass again
+    wait_for(lambda: _equal(h.count(), 2))
+    _finish_all(service, h)
+
+
+def test_a_release_makes_a_pass_even_when_nothing_kicked(service: StatePasses) -> None:
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    h.kick.release()
+    wait_for(lambda: _equal(h.count(), 1))
+    _finish_all(service, h)
+
+
+def test_a_handler_that_is_not_idle_or_not_live_is_not_held(service: StatePasses) -> None:
+    h = Handler(service)
+    assert not h.kick.hold()  # not added yet
+    with pytest.raises(ValueError, match="not held"):
+        h.kick.release()
+    h.gate = threading.Event()
+    service.add(h.kick, h.step, h.finished.set)
+    assert h.entered.wait(10)
+    assert not h.kick.hold()  # its first pass is running
+    h.gate.set()
+    wait_for(lambda: _equal(h.count(), 1))
+    wait_for(lambda: _all([h.kick.hold()]))  # idle once the pass is accounted for
+    assert not h.kick.hold()  # already held
+    h.kick.release()
+    wait_for(lambda: _equal(h.count(), 2))
+    _finish_all(service, h)
+    assert not h.kick.hold()  # finished: no longer live
+
+
+def test_a_deadline_due_during_a_hold_is_reported_again_by_the_release_pass(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    h.due = time.monotonic() + 0.5
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    assert h.kick.hold()  # the timer, armed by that pass, fires while it is held
+    assert_stays(lambda: _equal(h.count(), 1), 0.8)
+    h.kick.release()
+    wait_for(lambda: _equal(h.count(), 2))  # the pass acts on the deadline that passed
+    assert h.due is None
+    _finish_all(service, h)
+
+
 def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
     service: StatePasses,
 ) -> None:
