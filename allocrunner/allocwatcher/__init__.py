@@ -19,7 +19,7 @@ from allocrunner.allocwatcher.base import (
 from allocrunner.allocwatcher.factory import PrevAllocRunner, new_prev_watcher
 from allocrunner.allocwatcher.group import GroupPrevAllocWatcher
 from allocrunner.allocwatcher.local import LocalPrevAlloc
-from allocrunner.allocwatcher.noop import NoopPrevAlloc
+from allocrunner.allocwatcher.noop import NOOP_PREV_ALLOC, NoopPrevAlloc
 from allocrunner.allocwatcher.remote import (
     FetchAlloc,
     FetchSnapshot,
@@ -28,6 +28,7 @@ from allocrunner.allocwatcher.remote import (
 )
 
 __all__ = [
+    "NOOP_PREV_ALLOC",
     "POLL_INTERVAL",
     "FetchAlloc",
     "FetchSnapshot",

@@ -19,7 +19,7 @@ from allocrunner.allocdir import AllocDir
 from allocrunner.allocwatcher.base import LOGGER_NAME, PrevAllocMigrator, PrevAllocWatcher
 from allocrunner.allocwatcher.group import GroupPrevAllocWatcher
 from allocrunner.allocwatcher.local import LocalPrevAlloc
-from allocrunner.allocwatcher.noop import NoopPrevAlloc
+from allocrunner.allocwatcher.noop import NOOP_PREV_ALLOC
 from allocrunner.allocwatcher.remote import (
     FetchAlloc,
     FetchSnapshot,
@@ -95,7 +95,7 @@ def new_prev_watcher(
     A replacement always waits for its previous allocation; data moves only with a
     sticky or migrating disk. Preempted runners are waited for too (not migrated).
     """
-    noop = NoopPrevAlloc()
+    noop = NOOP_PREV_ALLOC
     migrator = _prev_migrator(alloc, prev_runner, fetch_alloc, fetch_snapshot, remote_options)
     preempted = [
         LocalPrevAlloc(v.alloc, v.alloc_dir, v.listen, (), sticky=False)

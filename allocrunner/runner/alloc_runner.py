@@ -73,7 +73,12 @@ from allocrunner._hooks import NamedHook
 from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
 from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup
 from allocrunner.allocdir import AllocDir
-from allocrunner.allocwatcher import NoopPrevAlloc, PrevAllocMigrator, PrevAllocWatcher
+from allocrunner.allocwatcher import (
+    NOOP_PREV_ALLOC,
+    NoopPrevAlloc,
+    PrevAllocMigrator,
+    PrevAllocWatcher,
+)
 from allocrunner.broadcaster import AllocBroadcaster, AllocListener
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import default_drivers
@@ -207,10 +212,11 @@ class AllocRunner:
         self._id = alloc.id
         self._config = config
         self._state_db: StateDB = state_db if state_db is not None else NoopDB()
-        noop = NoopPrevAlloc()
-        self._prev_watcher: PrevAllocWatcher = prev_watcher if prev_watcher is not None else noop
+        self._prev_watcher: PrevAllocWatcher = (
+            prev_watcher if prev_watcher is not None else NOOP_PREV_ALLOC
+        )
         self._prev_migrator: PrevAllocMigrator = (
-            prev_migrator if prev_migrator is not None else noop
+            prev_migrator if prev_migrator is not None else NOOP_PREV_ALLOC
         )
         # Drivers built here are owned (and closed on destroy or shutdown) by this runner;
         # drivers passed in belong to the caller, who shares them between runners.
@@ -282,10 +288,19 @@ class AllocRunner:
             has_health=self._handler.has_health,
             clear_health=self._handler.clear_health,
         )
+        # Nothing to wait for or migrate (most allocations): no hook for either.
         hooks: tuple[NamedHook, ...] = (
             AllocDirHook(self._alloc_dir),
-            UpstreamAllocsHook(self._prev_watcher),
-            DiskMigrationHook(self._prev_migrator, self._alloc_dir),
+            *(
+                ()
+                if isinstance(self._prev_watcher, NoopPrevAlloc)
+                else (UpstreamAllocsHook(self._prev_watcher),)
+            ),
+            *(
+                ()
+                if isinstance(self._prev_migrator, NoopPrevAlloc)
+                else (DiskMigrationHook(self._prev_migrator, self._alloc_dir),)
+            ),
             health,
             self._shutdown_delay,
         )
