@@ -34,9 +34,11 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
   the first pass to the kick of its first task event, which comes within its start,
   and opens the lifecycle gates on this thread instead: a first pass at once would
   only publish the state the runner was built with, and it was a third of the state
-  passes a start makes (with their hand-offs between threads).
+  passes a start makes (with their hand-offs between threads). A launched start holds
+  the handler's passes until it is made (`PassKick.hold`), and so makes one.
 - ``task-<id8>-<name>``: one per task runner but the first.
-- ``health-<id8>``: the health watcher of a service or system job (HealthHook).
+- none for the health watcher of a service or system job (`HealthHook`): it steps on
+  the process's one ``health-watches`` thread (`health_watches`).
 - transient: ``destroy-<id8>`` and ``shutdown-<id8>``.
 
 No thread is started to stop or kill tasks, nor for a timer: a stop update, a sibling
