@@ -56,15 +56,14 @@ running set, the timer heap, the worker counts and the parked spares; nothing is
 while it is held but notify-only `_sync` calls.
 
 The one read without the lock: each kick's ``_pending`` hint, written only under the
-lock, is True while the handler's next pass is certain to begin later (it is queued,
-or its running pass will run again, or it is held and `release` will queue it).
-`wake` returns at once when it reads True: that pass begins (the worker clears the
-hint under the lock) after the read, so it sees whatever the waking thread changed
-before it woke. With 1,000 allocations stopping at
-once their threads wake the same few handlers' queue several times each while it is
-long; without the hint every one of those wakes took the lock, and a holder that the
-GIL switched out made the others queue on it. Under a free-threaded build (no GIL, so
-no ordering for a plain read) every wake takes the lock.
+lock, is True while the handler's next pass is certain to begin later (it is queued, or
+its running pass will run again, or it is held and `release` will queue it). `wake`
+returns at once when it reads True: that pass begins (the worker clears the hint under
+the lock) after the read, so it sees whatever the waking thread changed before it woke.
+With 1,000 allocations stopping at once their threads wake the same few handlers' queue
+several times each while it is long; without the hint every one of those wakes took the
+lock, and a holder that the GIL switched out made the others queue on it. Under a
+free-threaded build (no GIL, so no ordering for a plain read) every wake takes the lock.
 
 Crash cases: a pass that raises is logged and ends its handler (as an exception ended
 the handler's thread before), and the handler's `finished` callback still runs, so
