@@ -277,10 +277,7 @@ def test_a_handler_that_is_not_idle_or_not_live_is_not_held(service: StatePasses
 def test_a_deadline_due_during_a_hold_is_reported_again_by_the_release_pass(
     service: StatePasses,
 ) -> None:
-    h = Handler(service)
-    h.due = time.monotonic() + 0.5
-    service.add(h.kick, h.step, h.finished.set)
-    wait_for(lambda: _equal(h.count(), 1))
+    h = _passed_once_with_deadline(service, 0.5)
     assert h.kick.hold()  # the timer, armed by that pass, fires while it is held
     assert_stays(lambda: _equal(h.count(), 1), 0.8)
     h.kick.release()
@@ -292,10 +289,7 @@ def test_a_deadline_due_during_a_hold_is_reported_again_by_the_release_pass(
 def test_a_due_deadline_makes_a_pass_and_a_withdrawn_one_does_not(
     service: StatePasses,
 ) -> None:
-    h = Handler(service)
-    h.due = time.monotonic() + 0.2
-    service.add(h.kick, h.step, h.finished.set)
-    wait_for(lambda: _equal(h.count(), 1))
+    h = _passed_once_with_deadline(service, 0.2)
     wait_for(lambda: _equal(h.count(), 2), timeout=5)  # at the deadline
     assert h.pass_times[1] >= h.pass_times[0] + 0.15
     # Deadline withdrawn by the next pass: its old entry is stale and fires nothing.
@@ -441,6 +435,16 @@ def test_adding_a_kick_twice_is_refused(service: StatePasses) -> None:
     g.gate.set()
     assert g.finished.wait(10)
     wait_for(_ended(service))
+
+
+def _passed_once_with_deadline(service: StatePasses, after: float) -> Handler:
+    """A live handler whose first pass has run and reported a deadline `after` seconds
+    from when it was added."""
+    h = Handler(service)
+    h.due = time.monotonic() + after
+    service.add(h.kick, h.step, h.finished.set)
+    wait_for(lambda: _equal(h.count(), 1))
+    return h
 
 
 def _finish_all(service: StatePasses, *handlers: Handler) -> None:
