@@ -1,7 +1,8 @@
 """The state-pass service: passes of one handler never overlap and never get lost, a
-handler added without a first pass waits for its first kick, a due deadline makes a
-pass, a finished handler is dropped, a pass that blocks holds up no other handler, and
-the workers end when nothing is live."""
+handler added without a first pass waits for its first kick, a hold turns every kick
+until its release into one pass, a due deadline makes a pass, a finished handler is
+dropped, a pass that blocks holds up no other handler, and the workers end when
+nothing is live."""
 
 from __future__ import annotations
 
