@@ -290,24 +290,16 @@ class AllocRunner:
             has_health=self._handler.has_health,
             clear_health=self._handler.clear_health,
         )
-        # Nothing to wait for or migrate (most allocations): no hook for either.
-        hooks: tuple[NamedHook, ...] = (
-            AllocDirHook(self._alloc_dir),
-            *(
-                ()
-                if isinstance(self._prev_watcher, NoopPrevAlloc)
-                else (UpstreamAllocsHook(self._prev_watcher),)
-            ),
-            *(
-                ()
-                if isinstance(self._prev_migrator, NoopPrevAlloc)
-                else (DiskMigrationHook(self._prev_migrator, self._alloc_dir),)
-            ),
-            health,
-            self._shutdown_delay,
-        )
+        hooks: list[NamedHook] = []
         if deadline is not None:
-            hooks = (deadline, *hooks)  # first: the deadline runs while the prerun waits
+            hooks.append(deadline)  # first: the deadline runs while the prerun waits
+        hooks.append(AllocDirHook(self._alloc_dir))
+        # Nothing to wait for or migrate (most allocations): no hook for either.
+        if not isinstance(self._prev_watcher, NoopPrevAlloc):
+            hooks.append(UpstreamAllocsHook(self._prev_watcher))
+        if not isinstance(self._prev_migrator, NoopPrevAlloc):
+            hooks.append(DiskMigrationHook(self._prev_migrator, self._alloc_dir))
+        hooks += (health, self._shutdown_delay)
         self._hooks = AllocHooks.of(hooks)
 
     def _new_task_runner(self, alloc: Allocation, name: str) -> TaskRunner:
