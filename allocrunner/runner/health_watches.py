@@ -15,6 +15,12 @@ and a timer entry wakes it when the tracker's next deadline comes. Ending a watc
 hands it to its `finish` callback (the hook writes the verdict); a step never blocks
 on anything but that callback.
 
+A new watch is armed the same way by `add`, without a step: its listener wakes it on
+the first view and a timer entry at its `healthy_deadline`. A step with no view to take
+in would only re-arm what `add` armed, and a watch is added at an allocation's prerun,
+before its runner has published a view, so stepping it at once cost every new service
+allocation a wake-up of this thread for nothing.
+
 The thread starts with the first watch and ends when none is left, so an idle agent
 (and a test) has no such thread; the next watch starts a new one.
 
@@ -107,6 +113,17 @@ class Watch:
         self._tracker: HealthTracker | None = None
         self._due: float | None = None
 
+    def first_due(self) -> float:
+        """Arm the new watch's first timer, at its `healthy_deadline` (or sooner, at its
+        poll interval), and return it in monotonic seconds. Called once by the thread
+        that built the watch, before the service has it (`HealthWatches.add`)."""
+        deadline = self._start + self.params.healthy_deadline  # type: ignore[attr-defined]
+        wait = max(0.0, deadline - self._clock())
+        if self._poll is not None:
+            wait = min(wait, self._poll)
+        self._due = time.monotonic() + wait
+        return self._due
+
     def wake(self) -> None:
         """Have the service step this watch soon. Notify-only."""
         self._service.ready(self)
@@ -194,10 +211,13 @@ class HealthWatches:
         self._threads = ThreadGroup(THREAD_NAME)
 
     def add(self, watch: Watch) -> None:
-        """Run `watch` from now on; its first step comes at once."""
+        """Run `watch` from now on: its first step comes with its first view, its first
+        timer (`Watch.first_due`) or its stop, whichever is first."""
+        due = watch.first_due()
         with self._lock:
             self._watches[watch] = None
-            self._ready[watch] = None
+            earliest = not self._timers or due < self._timers[0][0]
+            heapq.heappush(self._timers, (due, next(self._seq), watch))
             start = not self._running
             self._running = True
         if start:
@@ -209,8 +229,9 @@ class HealthWatches:
                     del self._watches[watch]
                     self._ready.pop(watch, None)
                 raise
-        else:
+        elif earliest:  # the thread waits for a later timer, or for nothing
             self._kick.kick()
+        watch.listener.wake_on_new(watch)
 
     def ready(self, watch: Watch) -> None:
         """Step `watch` soon (if it is still live). Notify-only."""

@@ -13,7 +13,7 @@ import pytest
 
 from allocrunner.broadcaster import AllocBroadcaster
 from allocrunner.runner.health import HealthHook
-from allocrunner.runner.health_watches import _PURGE_MIN, THREAD_NAME, HealthWatches
+from allocrunner.runner.health_watches import _PURGE_MIN, THREAD_NAME, HealthWatches, Watch
 from allocrunner.structs import (
     TASK_DEAD,
     TASK_RUNNING,
@@ -158,6 +158,41 @@ def test_a_later_timer_does_not_hide_an_earlier_one(rig: Rig) -> None:
         broadcaster.send(running_view(alloc))
     wait_for(lambda: _assert_verdicts(rig.verdicts, early.id, [True]), 5)
     assert rig.verdicts.of(late.id) == []
+
+
+def test_a_new_watch_is_armed_not_stepped_until_its_first_view(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a watch arms its listener and deadline; it is first stepped when a view
+    comes. The service steps watches in the order they became ready, so once a later
+    watch has taken in its view, an earlier one stepped on being added would have been
+    stepped already."""
+    stepped: list[str] = []
+    step = Watch.step
+
+    def counted(watch: Watch):
+        stepped.append(watch.alloc.id)  # type: ignore[attr-defined]
+        return step(watch)
+
+    monkeypatch.setattr(Watch, "step", counted)
+    quiet, busy = deployed(600.0, deadline=600.0), deployed(600.0, deadline=600.0)
+    quiet_hook, quiet_broadcaster = rig.watch(quiet)
+    busy_hook, busy_broadcaster = rig.watch(busy)
+    busy_broadcaster.send(running_view(busy))
+    wait_for(lambda: _assert_views_seen(busy_hook, 1), 5)
+    assert stepped == [busy.id]
+    quiet_broadcaster.send(running_view(quiet))
+    wait_for(lambda: _assert_views_seen(quiet_hook, 1), 5)
+    assert stepped == [busy.id, quiet.id]
+
+
+def test_a_new_watch_with_the_earliest_deadline_wakes_the_waiting_thread(rig: Rig) -> None:
+    """The thread waits for a deadline ten minutes away; a watch added then with a
+    deadline a tenth of a second away, and no view, still gets its verdict on time."""
+    rig.watch(deployed(600.0, deadline=600.0))
+    early = deployed(600.0, deadline=0.1)
+    rig.watch(early)
+    wait_for(lambda: _assert_verdicts(rig.verdicts, early.id, [False]), 5)
 
 
 def test_the_thread_restarts_for_a_watch_added_as_it_ends(rig: Rig) -> None:
