@@ -241,6 +241,7 @@ class _Held(threading.local):
         self.stack: list[tuple[CheckedLock | CheckedRWLock, Mode]] = []
         self.peers: frozenset[int] = frozenset()
         self.waits_allowed = 0  # depth of waits_allowed_here() blocks
+        self.acting_as: str | None = None  # the name set by acting_as(), if any
 
 
 _held = _Held()
@@ -622,7 +623,9 @@ class _CheckedConfined(FieldTag):
             return
         if self.prefix is not None:
             if not me.name.startswith(self.prefix):
-                self._refuse(obj, me, f"named {self.prefix}...")
+                acting = _held.acting_as
+                if acting is None or not acting.startswith(self.prefix):
+                    self._refuse(obj, me, f"named {self.prefix}...")
             return
         if owner is None:
             if d.get(self._builder_key) is me:
@@ -697,10 +700,43 @@ def confined(thread: str, *, prefix: str | None = None) -> Any:
     may prepare it; the first other thread to touch it owns it from then on (the
     builder is then locked out too) until that thread ends or calls `hand_over`. With
     `prefix`, every thread whose name starts with it is the owner. Check mode: a touch
-    by any other thread raises."""
+    by any other thread raises (a thread inside `acting_as` a matching name counts as
+    one of the prefix's)."""
     tag = _tag("confined", thread=thread)
     tag.prefix = prefix
     return tag
+
+
+def acting_as(name: str) -> contextlib.AbstractContextManager[None]:
+    """``with acting_as(name):`` the calling thread counts as a thread named `name` for
+    the prefix of `confined(..., prefix=...)` fields, besides its own name. For a
+    service whose threads share such a prefix, when it runs one of their turns on the
+    thread that asked for it: the turn is still the only one of its kind running (the
+    service's own bookkeeping says so), only on another thread. Nests; does nothing
+    unless checking. Fields confined to one owning thread are not affected."""
+    if not CHECK:
+        return _NOT_CHECKING
+    return _ActingAs(name)
+
+
+_NOT_CHECKING: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class _ActingAs:
+    """Not thread-safe; owned by the thread in its ``with`` block. `acting_as`."""
+
+    __slots__ = ("_name", "_outer")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._outer: str | None = None
+
+    def __enter__(self) -> None:
+        self._outer = _held.acting_as
+        _held.acting_as = self._name
+
+    def __exit__(self, *exc: object) -> None:
+        _held.acting_as = self._outer
 
 
 def hand_over(obj: object, *more: object) -> None:

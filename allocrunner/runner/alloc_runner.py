@@ -35,7 +35,8 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
   and opens the lifecycle gates on this thread instead: a first pass at once would
   only publish the state the runner was built with, and it was a third of the state
   passes a start makes (with their hand-offs between threads). A launched start holds
-  the handler's passes until it is made (`PassKick.hold`), and so makes one.
+  the handler's passes until it is made (`PassKick.hold`), and so makes one, on the
+  launching thread (`PassKick.release`).
 - ``task-<id8>-<name>``: one per task runner but the first.
 - none for the health watcher of a service or system job (`HealthHook`): it steps on
   the process's one ``health-watches`` thread (`health_watches`).
@@ -396,11 +397,12 @@ class AllocRunner:
         """`start()` for a caller that starts allocations by the hundred on a few
         threads (the Client's builders). An allocation that starts afresh with one task
         whose start never waits (`TaskRunner.starts_at_once`) makes that start here,
-        on the calling thread: the state DB write, the prerun hooks, and the task's
-        prestart hooks, driver start and poststart hooks; only then is its
-        ``alloc-<id8>`` thread started, to wait on the task and go on from there. So
-        a thousand starts are made by a few threads, each warm from the last, instead
-        of a thousand new ones. Any other allocation starts as `start()` does.
+        on the calling thread: the state DB write, the prerun hooks, the task's
+        prestart hooks, driver start and poststart hooks, and the state pass that
+        reports them; only then is its ``alloc-<id8>`` thread started, to wait on the
+        task and go on from there. So a thousand starts are made by a few threads, each
+        warm from the last, instead of a thousand new ones. Any other allocation starts
+        as `start()` does.
 
         Returns once that thread is started. If it cannot be (no thread can be
         started), the task is killed and the run is ended on this thread, and the
@@ -432,7 +434,7 @@ class AllocRunner:
         The state handler's passes are held meanwhile (`PassKick.hold`): nothing here
         waits, and the task's events and states come in several steps, each of which
         would otherwise wake a pool worker for a pass the next step makes stale. One
-        pass, queued once the start is made, reports them all."""
+        pass, made on this thread once the start is made, reports them all."""
         held = self._state_kick.hold()
         try:
             self._set_up(fresh=True)

@@ -26,13 +26,17 @@ Scheduling, per kick (all under the service's lock):
   reports a deadline only until a pass has acted on it.
 - A pass that reports the handler finished removes it: later kicks do nothing.
 - `hold` defers a live, idle handler's passes while its owner makes a change in
-  several steps that never wait (a launched start); `release` then queues one pass
-  for all of them. Kicks meanwhile are absorbed (its ``_pending`` hint stays True, so
-  they return at once), and so is a deadline that falls due: the pass reads
-  everything afresh and reports its deadline again. A fresh allocation's launch so
-  makes one pass instead of one per task event, each of which woke a worker.
+  several steps that never wait (a launched start); `release` then makes one pass for
+  all of them, on the releasing thread. Kicks meanwhile are absorbed (its ``_pending``
+  hint stays True, so they return at once), and so is a deadline that falls due: the
+  pass reads everything afresh and reports its deadline again. A fresh allocation's
+  launch so makes one pass instead of one per task event, each of which woke a
+  worker, and wakes no worker for it: the builder that made the start makes the pass
+  as a worker would (the handler is `_RUNNING` meanwhile, so its passes still never
+  overlap), and accounts for it as a worker does.
 
-Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once. A worker takes one
+Threads: ``alloc-state-pool-<n>``, at most `MAX_WORKERS` at once, and the thread
+that releases a hold, for that one pass. A worker takes one
 queued pass at a time; while more are queued and no worker is parked, it starts another
 worker first (so a pass that blocks, which a pass should never do, such as one held
 at a test's checkpoint, cannot hold up other allocations). With nothing queued a
@@ -48,8 +52,9 @@ when allocations start by the thousand: their passes come in bursts with gaps be
 and a worker that ended in each gap was started again for the next burst, hundreds of
 thread starts per thousand allocations, each of which waits for the new thread to get
 the GIL from a thousand others. The fields a handler confines to its thread are
-confined to the ``alloc-state-`` prefix these threads share; that one allocation's
-passes never overlap is what makes that safe.
+confined to the ``alloc-state-`` prefix these threads share (a releasing thread acts
+as one of them for its pass); that one allocation's passes never overlap is what
+makes that safe.
 
 Locks: ``StatePasses._lock`` (a leaf) guards the live handlers, the queue, the
 running set, the timer heap, the worker counts and the parked spares; nothing is called
@@ -86,7 +91,15 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeAlias
 
 from allocrunner._guarded import guarded_dict, guarded_list
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, requires, thread_safe
+from allocrunner._locking import (
+    acting_as,
+    calls_out,
+    guarded,
+    immutable,
+    make_lock,
+    requires,
+    thread_safe,
+)
 from allocrunner._rwlock import _GIL  # the GIL orders a plain read of `_pending`
 from allocrunner._sync import Kick, ThreadGroup, Waiter
 
@@ -141,7 +154,8 @@ class PassKick:
         return self._service.hold(self)
 
     def release(self) -> None:
-        """End a `hold`: one pass is queued, for every kick the hold absorbed."""
+        """End a `hold` with one pass, made on the calling thread, for every kick the
+        hold absorbed (`StatePasses.release`)."""
         self._service.release(self)
 
     def __repr__(self) -> str:
@@ -243,13 +257,30 @@ class StatePasses:
             kick._pending = True  # a pass begins later: the one `release` queues
             return True
 
+    @calls_out
     def release(self, kick: PassKick) -> None:
-        """End `kick`'s hold: queue its pass, which reads everything the held steps
-        changed (and whatever the kicks it absorbed were for)."""
+        """End `kick`'s hold with its pass, made here on the calling thread, which reads
+        everything the held steps changed (and whatever the kicks it absorbed were
+        for). The holder has just made those steps and a pass never waits, so making it
+        here costs that thread what it would cost a worker, without waking one; the
+        pass counts as a worker's for the fields confined to the workers
+        (`acting_as`), as it is the only pass of its handler running, as a worker's
+        would be. Accounted for as a worker accounts for its passes: a kick during it
+        queues the next pass for a worker, and a deadline it reports gets a worker to
+        keep it if none runs."""
         with self._lock:
             if self._sched.get(kick) != _HELD:
                 raise ValueError(f"{kick!r} is not held")
-            spawn = self._queue_locked(kick)
+            self._sched[kick] = _RUNNING
+            kick._pending = False  # before the pass: later wakes lock again
+            step = self._steps[kick]
+        with acting_as(THREAD_PREFIX):
+            ran = _run_pass(kick, step)
+        with self._lock:
+            after = self._account_locked(ran)
+            again = self._sched.get(kick) == _QUEUED
+            spawn = self._help_locked() if again or (self._due and not self._workers) else False
+        self._after_pass(after)
         self._notify(spawn)
 
     def live(self) -> int:

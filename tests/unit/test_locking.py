@@ -932,6 +932,46 @@ def test_a_confined_field_with_a_prefix_admits_every_thread_so_named() -> None:
     assert len(_locking.take_violations()) == 1
 
 
+def test_a_thread_acting_as_a_name_with_the_prefix_may_touch_the_field_in_the_block() -> None:
+    """`acting_as`: a service that runs one of its threads' turns on the thread that
+    asked for it lets that thread touch what those threads share, inside the block only;
+    an inner block's name counts alone until it ends."""
+
+    class Pipe:
+        """Not thread-safe; owned by the pool's threads."""
+
+        _count = confined("pool", prefix="pool-")
+
+        def __init__(self) -> None:
+            self._count = 0
+
+    pipe = Pipe()
+    errors: list[BaseException] = []
+    counts: list[int] = []
+
+    def attempt() -> None:
+        try:
+            pipe._count += 1
+            counts.append(pipe._count)
+        except ConfinedFieldError as err:
+            errors.append(err)
+
+    def touch() -> None:
+        with _locking.acting_as("pool-inline"):
+            attempt()
+            with _locking.acting_as("other"):
+                attempt()
+            attempt()
+        attempt()
+
+    thread = threading.Thread(target=touch, name="builder")
+    thread.start()
+    thread.join(10)
+    assert counts == [1, 2]
+    assert len(errors) == 2 and all("named pool-" in str(err) for err in errors)
+    assert len(_locking.take_violations()) == 2
+
+
 def test_hand_over_passes_confined_fields_to_the_next_thread() -> None:
     tracker = Tracker()
     done = threading.Event()

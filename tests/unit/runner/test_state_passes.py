@@ -1,8 +1,8 @@
 """The state-pass service: passes of one handler never overlap and never get lost, a
 handler added without a first pass waits for its first kick, a hold turns every kick
-until its release into one pass, a due deadline makes a pass, a finished handler is
-dropped, a pass that blocks holds up no other handler, and the workers end when
-nothing is live."""
+until its release into one pass (made by the releasing thread), a due deadline makes
+a pass, a finished handler is dropped, a pass that blocks holds up no other handler,
+and the workers end when nothing is live."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ class Handler:
         self.raise_on: int | None = None
         self.finished = threading.Event()
         self.pass_times: list[float] = []
+        self.threads: list[str] = []  # the thread each pass ran on
+        self.kick_on: int | None = None  # the pass that kicks its own handler
 
     def step(self) -> tuple[bool, float | None]:
         with self._mutex:
@@ -44,8 +46,11 @@ class Handler:
             self.passes += 1
             n = self.passes
             self.pass_times.append(time.monotonic())
+            self.threads.append(threading.current_thread().name)
         self.entered.set()
         try:
+            if self.kick_on == n:
+                self.kick.kick()
             if self.gate is not None:
                 assert self.gate.wait(10)
             if self.raise_on == n:
@@ -253,6 +258,52 @@ def test_a_release_makes_a_pass_even_when_nothing_kicked(service: StatePasses) -
     assert h.kick.hold()
     h.kick.release()
     wait_for(lambda: _equal(h.count(), 1))
+    _finish_all(service, h)
+
+
+def test_a_release_makes_its_pass_on_the_releasing_thread_and_wakes_no_worker(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    h.kick.kick()
+    h.kick.release()
+    assert h.count() == 1  # made before release returned
+    assert h.threads == [threading.current_thread().name]
+    assert service.workers() == 0
+    h.kick.kick()  # the next pass is a worker's
+    wait_for(lambda: _equal(h.count(), 2))
+    assert h.threads[1].startswith("alloc-state-pool-")
+    _finish_all(service, h)
+
+
+def test_a_kick_during_a_release_pass_gets_a_worker_for_the_next_pass(
+    service: StatePasses,
+) -> None:
+    h = Handler(service)
+    h.kick_on = 1
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    h.kick.release()
+    wait_for(lambda: _equal(h.count(), 2))
+    assert h.threads[1].startswith("alloc-state-pool-")
+    assert h.overlaps == 0
+    _finish_all(service, h)
+
+
+def test_a_deadline_a_release_pass_reports_is_kept_by_a_worker(service: StatePasses) -> None:
+    """No worker runs when the release's pass reports a deadline: one is started to
+    keep it."""
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    h.due = time.monotonic() + 0.2
+    h.kick.release()
+    assert h.count() == 1
+    wait_for(lambda: _equal(h.count(), 2), timeout=5)  # at the deadline
+    assert h.pass_times[1] >= h.pass_times[0] + 0.15
+    assert h.due is None
     _finish_all(service, h)
 
 
