@@ -20,9 +20,10 @@ Service checks are not consulted: "checks" and "task_states" both mean task stat
 These rules, and the tracker that applies them to a watch's views, are in
 `health_tracker` (re-exported here); this module runs the watches.
 
-A watch has its own listener and is stepped, with every other allocation's, on the one
-``health-watches`` thread of `health_watches` (a thread per watch would cost every new
-service allocation a thread for its first ten seconds). An update stops the watch and
+A watch has its own listener and is stepped, with every other allocation's, by the
+service of `health_watches`: on the thread that sent its view, or on the one
+``health-watches`` thread for its timers and its end (a thread per watch would cost
+every new service allocation a thread for its first ten seconds). An update stops the watch and
 starts a new one for the new allocation (clearing the health first when the deployment
 changed); postrun and shutdown stop it. Health is set once per watch, by design: a
 later failure does not revise a verdict already given.
@@ -34,9 +35,10 @@ a verdict, clearing the health and starting a watch are done by one thread at a 
 (the hook's *server*, see `HealthHook`), so a verdict being written lands before the
 next watch starts and a stale one is never written after it.
 
-Threads: the phases run on the alloc runner's threads; the watches are stepped, and
-their verdicts written, on ``health-watches`` (postrun, shutdown and destroy wait for
-this hook's watches to end). Locks: ``HealthHook._lock`` guards the hook's phase
+Threads: the phases run on the alloc runner's threads; the watches are stepped by
+the threads that send their views and on ``health-watches``, and their verdicts are
+written on ``health-watches`` (postrun, shutdown and destroy wait for this hook's
+watches to end). Locks: ``HealthHook._lock`` guards the hook's phase
 bookkeeping, the generation, the current watch, the live watch count, the request left
 for the server and who the server is (a leaf: nothing else is taken under it, and it
 is never held while calling out).

@@ -142,21 +142,27 @@ def health_params(alloc: Allocation) -> HealthParams | None:
 
 _STOPPED = object()
 
+STEPPER = "health-watches"
+"""The name of the thread that steps the watches (`health_watches.THREAD_NAME`), or that
+a thread stepping one acts as: a tracker's fields are confined to it."""
+
 
 class HealthTracker:
-    """Not thread-safe; owned by one watch thread. Turns a sequence of client views of
-    an allocation and clock readings into at most one verdict.
+    """Not thread-safe; owned by its watch's stepper: the ``health-watches`` thread, or a
+    thread acting as it for one step (`health_watches`), one step at a time. Turns a
+    sequence of client views of an allocation and clock readings into at most one
+    verdict.
 
     Time is whatever the injected clock says; "running since" is when the tracker first
     saw a task running with its current `started_at`, so a restart (a new start time,
     or a pass through pending) starts the count again.
     """
 
-    _states = confined("health watch")
-    _started = confined("health watch")
-    _running_since = confined("health watch")
-    _ready_since = confined("health watch")
-    _healthy_at = confined("health watch")
+    _states = confined("health watch", prefix=STEPPER)
+    _started = confined("health watch", prefix=STEPPER)
+    _running_since = confined("health watch", prefix=STEPPER)
+    _ready_since = confined("health watch", prefix=STEPPER)
+    _healthy_at = confined("health watch", prefix=STEPPER)
 
     def __init__(self, group: TaskGroup, params: HealthParams, start: float) -> None:
         self.params = params

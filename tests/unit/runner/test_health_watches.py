@@ -1,10 +1,13 @@
 """The health watch service: every allocation's watch runs on one thread, which starts
-with the first watch and ends with the last; views and timers wake the right watch."""
+with the first watch and ends with the last; views and timers wake the right watch; a
+view is taken in by the thread that sent it, one step of a watch at a time, and
+verdicts are written on the service thread."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 
@@ -28,16 +31,18 @@ from allocrunner.testing import mock_job, mock_task, wait_for
 
 
 class Verdicts:
-    """Thread-safe. The verdicts written, per allocation."""
+    """Thread-safe. The verdicts written, per allocation, and the threads that wrote them."""
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         self._given: dict[str, list[bool]] = {}
+        self.writers: set[str] = set()
 
     def setter(self, alloc_id: str):
         def set_health(healthy: bool, events: Mapping[str, TaskEvent]) -> None:
             with self._mutex:
                 self._given.setdefault(alloc_id, []).append(healthy)
+                self.writers.add(threading.current_thread().name)
 
         return set_health
 
@@ -193,6 +198,123 @@ def test_a_new_watch_with_the_earliest_deadline_wakes_the_waiting_thread(rig: Ri
     early = deployed(600.0, deadline=0.1)
     rig.watch(early)
     wait_for(lambda: _assert_verdicts(rig.verdicts, early.id, [False]), 5)
+
+
+class Steps:
+    """Thread-safe. Wraps `Watch.step` for one test: records which thread stepped which
+    allocation's watch, counts steps of one watch that overlapped, and can hold the
+    first step made off the service thread until told to go on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold_first_off_thread: bool = False):
+        self._mutex = threading.Lock()
+        self.made: list[tuple[str, str]] = []  # (alloc id, thread name)
+        self.overlaps = 0
+        self._inside: set[int] = set()
+        self._hold = hold_first_off_thread
+        self.held = threading.Event()
+        self.go_on = threading.Event()
+        step = Watch.step
+
+        def counted(watch: Watch):
+            me = threading.current_thread().name
+            with self._mutex:
+                self.made.append((watch.alloc.id, me))  # type: ignore[attr-defined]
+                if id(watch) in self._inside:
+                    self.overlaps += 1
+                self._inside.add(id(watch))
+                hold = self._hold and me != THREAD_NAME
+                if hold:
+                    self._hold = False
+            try:
+                if hold:
+                    self.held.set()
+                    assert self.go_on.wait(10)
+                return step(watch)
+            finally:
+                with self._mutex:
+                    self._inside.discard(id(watch))
+
+        monkeypatch.setattr(Watch, "step", counted)
+
+    def of(self, alloc_id: str) -> list[str]:
+        with self._mutex:
+            return [thread for made_for, thread in self.made if made_for == alloc_id]
+
+
+def test_a_view_is_taken_in_by_the_thread_that_sent_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No wake-up of the service thread for a view: the sender steps the watch."""
+    steps = Steps(monkeypatch)
+    alloc = deployed(600.0)
+    hook, broadcaster = rig.watch(alloc)
+    broadcaster.send(running_view(alloc))
+    assert hook.views_seen() == 1  # taken in before send returned
+    assert steps.of(alloc.id) == [threading.current_thread().name]
+
+
+def test_a_verdict_a_sender_finds_is_written_on_the_service_thread(rig: Rig) -> None:
+    """A step never blocks, so the verdict it finds (whose write may wait on the state
+    DB) is left to the service thread."""
+    alloc = deployed(600.0)
+    _, broadcaster = rig.watch(alloc)
+    broadcaster.send(failed_view(alloc))
+    wait_for(lambda: _assert_verdicts(rig.verdicts, alloc.id, [False]), 5)
+    assert rig.verdicts.writers == {THREAD_NAME}
+
+
+def test_a_timer_due_while_a_sender_steps_the_watch_waits_for_that_step(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch's deadline falls due while another thread's step of it is held: the
+    service thread does not step it meanwhile, and steps it once that step is over,
+    so the deadline still gives its verdict."""
+    steps = Steps(monkeypatch, hold_first_off_thread=True)
+    alloc = deployed(600.0, deadline=0.3)
+    _, broadcaster = rig.watch(alloc)
+    sender = threading.Thread(target=broadcaster.send, args=(running_view(alloc),))
+    sender.start()
+    try:
+        assert steps.held.wait(10)
+        due = time.monotonic() + 0.4
+        wait_for(lambda: _assert_past(due), 5)
+        assert rig.verdicts.of(alloc.id) == []
+        assert steps.of(alloc.id) == [sender.name]
+    finally:
+        steps.go_on.set()
+        sender.join(10)
+    wait_for(lambda: _assert_verdicts(rig.verdicts, alloc.id, [False]), 5)
+    assert steps.overlaps == 0
+
+
+def _assert_past(when: float) -> None:
+    assert time.monotonic() >= when, "not yet"
+
+
+def test_views_sent_from_many_threads_never_step_one_watch_twice_at_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = Steps(monkeypatch)
+    allocs = [deployed(0.05 + 0.01 * (i % 3)) for i in range(12)]
+    casts = [rig.watch(alloc)[1] for alloc in allocs]
+
+    def send_all() -> None:
+        for _ in range(30):
+            for alloc, broadcaster in zip(allocs, casts, strict=True):
+                broadcaster.send(running_view(alloc))
+
+    senders = [threading.Thread(target=send_all) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+
+    def all_healthy() -> None:
+        for alloc in allocs:
+            assert rig.verdicts.of(alloc.id) == [True], alloc.id
+
+    wait_for(all_healthy, 10)
+    assert steps.overlaps == 0
 
 
 def test_the_thread_restarts_for_a_watch_added_as_it_ends(rig: Rig) -> None:
