@@ -6,6 +6,10 @@ polling elsewhere: `allocdir.inotify`). Locks: "AllocDir._lock", an RWLock, guar
 the map of task dirs and the built flag; no file work runs under it. Owner: an
 AllocRunner creates and destroys its AllocDir; task runners, migration, the GC and the
 agent's file API use it.
+
+The module is over the usual size because it is one concern: every way into one
+allocation's tree goes through the class here, so that none can follow a symlink a
+task planted (the walking itself is in `fs`, the archive format in `tarstream`).
 """
 
 from __future__ import annotations
@@ -99,9 +103,7 @@ class AllocDir:
 
     alloc_id = immutable()
     root = immutable()
-    path = immutable()
-    shared_dir = immutable()
-    logs_dir = immutable()
+    _path = immutable()  # the alloc dir, as a string (`path` makes the Path)
     # _lock guards: _task_dirs, _built
     _lock = immutable()
     _task_dirs = guarded("_lock")
@@ -110,9 +112,7 @@ class AllocDir:
     def __init__(self, root: str | os.PathLike[str], alloc_id: str) -> None:
         self.alloc_id: str = _check_name(alloc_id, "alloc_id")
         self.root: Path = root_path(root)
-        self.path: Path = self.root / alloc_id
-        self.shared_dir: Path = self.path / SHARED_DIR
-        self.logs_dir: Path = self.shared_dir / LOGS_DIR  # every task dir shares it
+        self._path: str = os.path.join(self.root, alloc_id)
         self._lock = make_rwlock("AllocDir._lock")
         self._task_dirs: FrozenDict[str, TaskDir] = FrozenDict()
         self._built: bool = False
@@ -122,15 +122,28 @@ class AllocDir:
 
     # Derived on each read rather than kept: every running allocation holds its
     # AllocDir, and each kept Path is two more objects for the cyclic garbage collector
-    # to walk, where a read is rare.
+    # to walk (its string is none), where a read is rare.
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
+    @property
+    def shared_dir(self) -> Path:
+        return Path(f"{self._path}/{SHARED_DIR}")
+
+    @property
+    def logs_dir(self) -> Path:
+        """The shared logs dir (every task dir has it)."""
+        return Path(f"{self._path}/{SHARED_DIR}/{LOGS_DIR}")
 
     @property
     def data_dir(self) -> Path:
-        return self.shared_dir / DATA_DIR
+        return Path(f"{self._path}/{SHARED_DIR}/{DATA_DIR}")
 
     @property
     def tmp_dir(self) -> Path:
-        return self.shared_dir / TMP_DIR
+        return Path(f"{self._path}/{SHARED_DIR}/{TMP_DIR}")
 
     # --- layout --------------------------------------------------------------------
 
@@ -145,7 +158,7 @@ class AllocDir:
         """
         try:
             walk = self._build_existing
-            fs.build_layout(str(self.path), _FRESH_LAYOUT, ALLOC_DIR_MODE, walk, make_parent=True)
+            fs.build_layout(self._path, _FRESH_LAYOUT, ALLOC_DIR_MODE, walk, make_parent=True)
         except AllocDirError:
             raise
         except OSError as err:
@@ -156,7 +169,7 @@ class AllocDir:
     def _build_existing(self) -> None:
         """Complete an alloc dir that exists (a restart, or a build cut short) and reset
         its modes, through descriptors, never following a symlink."""
-        alloc_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        alloc_fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fchmod(alloc_fd, ALLOC_DIR_MODE)
             shared_fd = fs.ensure_dir(alloc_fd, SHARED_DIR, SHARED_DIR_MODE, str(self.shared_dir))
@@ -185,7 +198,8 @@ class AllocDir:
             existing = self._task_dirs.get(name)
         if existing is not None:
             return existing
-        task_dir = TaskDir.for_alloc(self.path, self.shared_dir, self.logs_dir, name)
+        shared = f"{self._path}/{SHARED_DIR}"
+        task_dir = TaskDir.for_alloc(self._path, shared, f"{shared}/{LOGS_DIR}", name)
         with self._lock.write():
             existing = self._task_dirs.get(name)
             if existing is not None:
@@ -213,7 +227,7 @@ class AllocDir:
         """
         with self._lock.write():
             self._built = False
-        errors = fs.remove_tree(str(self.path))
+        errors = fs.remove_tree(self._path)
         if errors:
             detail = "; ".join(str(e) for e in errors)
             raise fs.AllocDirDestroyError(
@@ -224,7 +238,7 @@ class AllocDir:
     @calls_out
     def disk_usage(self) -> int:
         """Bytes of disk used by this alloc dir (0 when it does not exist)."""
-        return fs.tree_usage(str(self.path))
+        return fs.tree_usage(self._path)
 
     # --- migration -----------------------------------------------------------------
 
@@ -258,7 +272,7 @@ class AllocDir:
         if not self.path.is_dir():
             raise AllocDirError(f"cannot snapshot alloc dir {self.path}: it does not exist")
         roots = [f"{SHARED_DIR}/{DATA_DIR}"] + [f"{name}/local" for name in names]
-        tarstream.write_snapshot(str(self.path), self.alloc_id, roots, fileobj)
+        tarstream.write_snapshot(self._path, self.alloc_id, roots, fileobj)
 
     @calls_out
     def extract(self, fileobj: IO[bytes]) -> None:
@@ -320,7 +334,7 @@ class AllocDir:
         parts = fs.clean_path(path)
         display = os.fspath(path)
         fs.check_not_secret(parts, display)
-        return fs.resolve(str(self.path), parts, display=display)
+        return fs.resolve(self._path, parts, display=display)
 
     @calls_out
     def list(self, path: str | os.PathLike[str]) -> list[FileInfo]:
@@ -341,7 +355,7 @@ class AllocDir:
                         continue  # removed while listing
                     infos.append(fs.file_info(entry.name, st))
         except OSError as err:
-            raise fs.os_error(err, display, str(self.path)) from err
+            raise fs.os_error(err, display, self._path) from err
         finally:
             os.close(fd)
         infos.sort(key=lambda info: info.name)
@@ -376,7 +390,7 @@ class AllocDir:
                 remaining -= len(data)
                 pos += len(data)
         except OSError as err:
-            raise fs.os_error(err, display, str(self.path)) from err
+            raise fs.os_error(err, display, self._path) from err
         finally:
             os.close(fd)
         return b"".join(chunks)
@@ -410,7 +424,7 @@ class AllocDir:
             while True:
                 watch.arm()
                 try:
-                    fs.resolve(str(self.path), parts, display=display).close()
+                    fs.resolve(self._path, parts, display=display).close()
                     return True
                 except fs.PathNotFoundError:
                     pass
@@ -432,7 +446,7 @@ class AllocDir:
         parts = fs.clean_path(path)
         display = os.fspath(path)
         fs.check_not_secret(parts, display)
-        with fs.resolve(str(self.path), parts, display=display) as resolved:
+        with fs.resolve(self._path, parts, display=display) as resolved:
             st = resolved.st
         assert st is not None
         return self._follow_changes(parts, display, _FileMark.of(st, offset), cancel)
@@ -457,7 +471,7 @@ class AllocDir:
     ) -> tuple[FileChange | None, _FileMark]:
         """What changed in the file since `mark`, and the new mark."""
         try:
-            with fs.resolve(str(self.path), parts, display=display) as resolved:
+            with fs.resolve(self._path, parts, display=display) as resolved:
                 st = resolved.st
         except fs.PathNotFoundError:
             return FileChange(kind=fs.DELETED, size=0, offset=mark.size), mark
@@ -483,7 +497,7 @@ class AllocDir:
         def walk() -> Iterator[inotify.WatchTarget]:
             for depth in range(len(parts) + (1 if watch_target else 0)):
                 try:
-                    resolved = fs.resolve(str(self.path), parts[:depth], display=display)
+                    resolved = fs.resolve(self._path, parts[:depth], display=display)
                 except fs.PathNotFoundError:
                     return
                 with resolved:

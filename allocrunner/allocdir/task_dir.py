@@ -51,46 +51,69 @@ class TaskDir:
     ``alloc/`` dir (`shared_alloc_dir`) and its logs (`logs_dir`). Made by
     `AllocDir.new_task_dir`; `build()` may be called from any thread, any number of
     times.
+
+    The paths are kept as strings and each Path is made on read: every running task
+    holds its TaskDir, a kept Path is two more objects for the cyclic garbage collector
+    to walk (a string is none), and a start needs the strings (`paths`), where a read of
+    a Path is rare.
     """
 
     name: str
-    dir: Path
-    shared_alloc_dir: Path
-    logs_dir: Path
+    _dir: str = attrs.field(converter=os.fspath, alias="dir")
+    _shared_alloc_dir: str = attrs.field(converter=os.fspath, alias="shared_alloc_dir")
+    _logs_dir: str = attrs.field(converter=os.fspath, alias="logs_dir")
 
     @classmethod
-    def for_alloc(cls, alloc_path: Path, shared_dir: Path, logs_dir: Path, name: str) -> TaskDir:
+    def for_alloc(
+        cls,
+        alloc_path: str | os.PathLike[str],
+        shared_dir: str | os.PathLike[str],
+        logs_dir: str | os.PathLike[str],
+        name: str,
+    ) -> TaskDir:
         """The TaskDir of task `name` in the alloc dir at `alloc_path`."""
-        return cls(name=name, dir=alloc_path / name, shared_alloc_dir=shared_dir, logs_dir=logs_dir)
+        return cls(
+            name=name,
+            dir=f"{os.fspath(alloc_path)}/{name}",
+            shared_alloc_dir=shared_dir,
+            logs_dir=logs_dir,
+        )
 
-    # The task's own subdirectories are derived on each read rather than kept: every
-    # running task holds its TaskDir, and each kept Path is two more objects for the
-    # cyclic garbage collector to walk, where a read is rare.
+    @property
+    def dir(self) -> Path:
+        return Path(self._dir)
+
+    @property
+    def shared_alloc_dir(self) -> Path:
+        return Path(self._shared_alloc_dir)
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self._logs_dir)
 
     def paths(self) -> TaskPaths:
         """The task dir, the shared alloc dir, local/, secrets/ and the logs dir as
-        strings. Every start needs them so (its task config and its env); a Path join
-        per directory would cost a dozen calls each."""
-        task_dir = str(self.dir)
+        strings. Every start needs them so (its task config and its env)."""
+        task_dir = self._dir
         return TaskPaths(
             task_dir,
-            str(self.shared_alloc_dir),
+            self._shared_alloc_dir,
             f"{task_dir}/{LOCAL_DIR}",
             f"{task_dir}/{SECRETS_DIR}",
-            str(self.logs_dir),
+            self._logs_dir,
         )
 
     @property
     def local_dir(self) -> Path:
-        return self.dir / LOCAL_DIR
+        return Path(f"{self._dir}/{LOCAL_DIR}")
 
     @property
     def secrets_dir(self) -> Path:
-        return self.dir / SECRETS_DIR
+        return Path(f"{self._dir}/{SECRETS_DIR}")
 
     @property
     def tmp_dir(self) -> Path:
-        return self.dir / TMP_DIR
+        return Path(f"{self._dir}/{TMP_DIR}")
 
     @calls_out
     def build(self) -> None:
@@ -103,7 +126,7 @@ class TaskDir:
         descriptor (`fs.build_layout`).
         """
         try:
-            fs.build_layout(str(self.dir), TASK_DIR_MODES, TASK_DIR_MODE, self._build_existing)
+            fs.build_layout(self._dir, TASK_DIR_MODES, TASK_DIR_MODE, self._build_existing)
         except FileNotFoundError as err:
             raise AllocDirError(
                 f"cannot build task dir {self.name!r}: alloc dir {self.dir.parent} is not built"
@@ -114,16 +137,16 @@ class TaskDir:
     def _build_existing(self) -> None:
         """Complete a task dir that exists (a restart, or a build cut short) and reset
         its modes, through descriptors, never following a symlink."""
-        alloc_path = str(self.dir.parent)
+        alloc_path = os.path.dirname(self._dir)
         try:
             alloc_fd = os.open(alloc_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             raise AllocDirError(f"cannot build task dir {self.name!r}: {err}") from err
         try:
-            task_fd = fs.ensure_dir(alloc_fd, self.name, TASK_DIR_MODE, str(self.dir))
+            task_fd = fs.ensure_dir(alloc_fd, self.name, TASK_DIR_MODE, self._dir)
             try:
                 for name, mode in TASK_DIR_MODES:
-                    os.close(fs.ensure_dir(task_fd, name, mode, str(self.dir / name)))
+                    os.close(fs.ensure_dir(task_fd, name, mode, f"{self._dir}/{name}"))
             finally:
                 os.close(task_fd)
         except AllocDirError:

@@ -225,7 +225,11 @@ class AllocRunner:
         # drivers passed in belong to the caller, who shares them between runners.
         owned = default_drivers(str(config.raw_exec_state_dir())) if drivers is None else {}
         self._owned_drivers: tuple[Driver, ...] = tuple(owned.values())
-        self._drivers: Mapping[str, Driver] = FrozenDict(drivers if drivers is not None else owned)
+        # A Client's runners share its map (a FrozenDict already) instead of a copy each.
+        given = drivers if drivers is not None else owned
+        self._drivers: Mapping[str, Driver] = (
+            given if type(given) is FrozenDict else FrozenDict(given)
+        )
         self._alloc_dir = AllocDir(config.alloc_dir, alloc.id)
 
         self._alloc_lock = make_rwlock("AllocRunner._alloc_lock")

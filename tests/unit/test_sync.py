@@ -371,6 +371,37 @@ def test_thread_group_names_and_joins() -> None:
     assert group.alive() == []
 
 
+def test_thread_group_threads_share_their_started_event_and_excepthook(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group's threads keep no started Event and no excepthook closure of their own
+    (fifteen objects each for the collector to walk), and behave as threads: alive
+    until their target returns, joinable, and an exception in one reaches the
+    `threading.excepthook` in force when it is raised."""
+    caught: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        threading,
+        "excepthook",
+        lambda args: caught.append((args.thread.name, str(args.exc_value))),
+    )
+    group = ThreadGroup("lean")
+    release = threading.Event()
+
+    def fail() -> None:
+        release.wait(10)
+        raise RuntimeError("boom")
+
+    a = group.spawn("lean-a", release.wait, 10)
+    b = group.spawn("lean-b", fail)
+    assert a._started is b._started and a._started.is_set()  # type: ignore[attr-defined]
+    assert a._invoke_excepthook is b._invoke_excepthook  # type: ignore[attr-defined]
+    assert a.is_alive() and b.is_alive() and "started" in repr(a)
+    release.set()
+    assert group.join(10)
+    assert not a.is_alive() and not b.is_alive()
+    assert caught == [("lean-b", "boom")]
+
+
 def test_thread_group_join_skips_the_calling_thread() -> None:
     group = ThreadGroup("self-join")
     result: list[bool] = []
