@@ -236,9 +236,7 @@ def test_the_pass_after_each_kick_reads_what_was_written_before_it(
 def test_kicks_during_a_hold_make_no_pass_and_its_release_makes_one(
     service: StatePasses,
 ) -> None:
-    h = Handler(service)
-    service.add(h.kick, h.step, h.finished.set, first_pass=False)
-    assert h.kick.hold()
+    h = _held(service)
     for _ in range(20):
         h.kick.kick()
         h.kick()
@@ -253,9 +251,7 @@ def test_kicks_during_a_hold_make_no_pass_and_its_release_makes_one(
 
 
 def test_a_release_makes_a_pass_even_when_nothing_kicked(service: StatePasses) -> None:
-    h = Handler(service)
-    service.add(h.kick, h.step, h.finished.set, first_pass=False)
-    assert h.kick.hold()
+    h = _held(service)
     h.kick.release()
     wait_for(lambda: _equal(h.count(), 1))
     _finish_all(service, h)
@@ -264,9 +260,7 @@ def test_a_release_makes_a_pass_even_when_nothing_kicked(service: StatePasses) -
 def test_a_release_makes_its_pass_on_the_releasing_thread_and_wakes_no_worker(
     service: StatePasses,
 ) -> None:
-    h = Handler(service)
-    service.add(h.kick, h.step, h.finished.set, first_pass=False)
-    assert h.kick.hold()
+    h = _held(service)
     h.kick.kick()
     h.kick.release()
     assert h.count() == 1  # made before release returned
@@ -281,10 +275,8 @@ def test_a_release_makes_its_pass_on_the_releasing_thread_and_wakes_no_worker(
 def test_a_kick_during_a_release_pass_gets_a_worker_for_the_next_pass(
     service: StatePasses,
 ) -> None:
-    h = Handler(service)
+    h = _held(service)
     h.kick_on = 1
-    service.add(h.kick, h.step, h.finished.set, first_pass=False)
-    assert h.kick.hold()
     h.kick.release()
     wait_for(lambda: _equal(h.count(), 2))
     assert h.threads[1].startswith("alloc-state-pool-")
@@ -295,9 +287,7 @@ def test_a_kick_during_a_release_pass_gets_a_worker_for_the_next_pass(
 def test_a_deadline_a_release_pass_reports_is_kept_by_a_worker(service: StatePasses) -> None:
     """No worker runs when the release's pass reports a deadline: one is started to
     keep it."""
-    h = Handler(service)
-    service.add(h.kick, h.step, h.finished.set, first_pass=False)
-    assert h.kick.hold()
+    h = _held(service)
     h.due = time.monotonic() + 0.2
     h.kick.release()
     assert h.count() == 1
@@ -487,6 +477,14 @@ def test_adding_a_kick_twice_is_refused(service: StatePasses) -> None:
     g.gate.set()
     assert g.finished.wait(10)
     wait_for(_ended(service))
+
+
+def _held(service: StatePasses) -> Handler:
+    """A live handler added without a first pass, its passes held."""
+    h = Handler(service)
+    service.add(h.kick, h.step, h.finished.set, first_pass=False)
+    assert h.kick.hold()
+    return h
 
 
 def _passed_once_with_deadline(service: StatePasses, after: float) -> Handler:
