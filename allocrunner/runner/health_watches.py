@@ -252,8 +252,7 @@ class HealthWatches:
             except BaseException:
                 with self._lock:
                     self._running = False
-                    del self._watches[watch]
-                    self._ready.pop(watch, None)
+                    self._drop_locked(watch)
                 raise
         elif earliest:  # the thread waits for a later timer, or for nothing
             self._kick.kick()
@@ -278,10 +277,7 @@ class HealthWatches:
             ended, verdict, due = self._step_watch(watch)
             with self._lock:
                 if ended:
-                    self._stepping.pop(watch, None)
-                    self._again.pop(watch, None)
-                    self._watches.pop(watch, None)
-                    self._ready.pop(watch, None)
+                    self._drop_locked(watch)
                     self._ending[watch] = verdict
                     kick = True
                 else:
@@ -363,6 +359,15 @@ class HealthWatches:
         return list(batch)
 
     @requires("_lock")
+    def _drop_locked(self, watch: Watch) -> None:
+        """`watch` is no longer live: forget it everywhere but the timer heap (purged in
+        bulk, `_purge_locked`)."""
+        self._stepping.pop(watch, None)
+        self._again.pop(watch, None)
+        self._watches.pop(watch, None)
+        self._ready.pop(watch, None)
+
+    @requires("_lock")
     def _stepped_locked(self, watch: Watch, due: float | None) -> bool:
         """After a step that left `watch` live: arm its timer for `due`, unmark it, and
         queue it again if it was woken (or its timer fired) meanwhile. Whether the
@@ -395,10 +400,7 @@ class HealthWatches:
             if not ended:
                 self._stepped_locked(watch, due)  # this thread is the one to kick
                 return
-            self._stepping.pop(watch, None)
-            self._again.pop(watch, None)
-            self._watches.pop(watch, None)
-            self._ready.pop(watch, None)
+            self._drop_locked(watch)
         self._end(watch, verdict)
 
     @calls_out
