@@ -97,7 +97,6 @@ from allocrunner._rwlock import LockSide as LockSide
 from allocrunner._rwlock import RWLock as RWLock
 from allocrunner._rwlock import _ReadSide as _ReadSide
 from allocrunner._rwlock import _take_contended as _take_contended
-from allocrunner._rwlock import _WriteSide as _WriteSide
 from allocrunner.errors import (
     CalloutUnderLockError,
     LockDisciplineError,
@@ -391,7 +390,7 @@ class CheckedRWLock(RWLock):
     """Thread-safe. `RWLock` plus order and ownership checks per thread (check mode only);
     `waits_checked` as for `CheckedLock`."""
 
-    __slots__ = ("rank", "waits_checked")
+    __slots__ = ("_write_side", "rank", "waits_checked")
 
     def __init__(self, name: str, *, waits_checked: bool = False) -> None:
         super().__init__(name)
@@ -399,6 +398,9 @@ class CheckedRWLock(RWLock):
         self.waits_checked = waits_checked
         self._read_side = _CheckedSide(self, "read")
         self._write_side = _CheckedSide(self, "write")
+
+    def write(self) -> LockSide:
+        return self._write_side
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         _check_order(self)

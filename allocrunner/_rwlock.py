@@ -199,7 +199,6 @@ class RWLock:
         "_readers",
         "_readers_ok",
         "_readers_waiting",
-        "_write_side",
         "_writer",
         "_writer_ok",
         "_writers_waiting",
@@ -220,15 +219,24 @@ class RWLock:
         self._intent = False  # hint: a writer is on its way to the mutex
         self._intent_gate: threading.Lock | None = None  # writers take turns at it
         self._read_side: LockSide = _ReadSide(self)
-        self._write_side: LockSide = _WriteSide(self)
 
     def read(self) -> LockSide:
         """Context manager for the read side: ``with lock.read(): ...``."""
         return self._read_side
 
     def write(self) -> LockSide:
-        """Context manager for the write side: ``with lock.write(): ...``."""
-        return self._write_side
+        """Context manager for the write side: ``with lock.write(): ...``. The lock
+        itself, so that the write side costs no object of its own (every allocation
+        holds a few RWLocks, each one more object for the cyclic collector to walk)."""
+        return self
+
+    def __enter__(self) -> RWLock:
+        """The write side (see `write`)."""
+        self.acquire_write()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release_write()
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         """Take the read side; False if `timeout` seconds passed first."""
@@ -445,17 +453,3 @@ class _ReadSide:
         if readers == 1 and rw._writers_waiting:
             rw._notify_writer_locked()
         mutex.release()
-
-
-class _WriteSide:
-    __slots__ = ("_rw",)
-
-    def __init__(self, rw: RWLock) -> None:
-        self._rw = rw
-
-    def __enter__(self) -> RWLock:
-        self._rw.acquire_write()
-        return self._rw
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._rw.release_write()

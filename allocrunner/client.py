@@ -118,6 +118,22 @@ class _Shut:
 _SHUT = _Shut()
 
 
+class _RunnerDestroyed:
+    """Immutable. The callback the client gives a runner it registers
+    (`AllocRunner.on_destroyed`): it tells the client that runner is destroyed. One
+    small object per runner, where a partial of a bound method is three for the
+    collector to walk."""
+
+    __slots__ = ("_ar", "_client")
+
+    def __init__(self, client: Client, ar: AllocRunner) -> None:
+        self._client = client
+        self._ar = ar
+
+    def __call__(self) -> None:
+        self._client._runner_destroyed(self._ar)
+
+
 class Client:
     """Thread-safe. Runs the allocations the server places on this node.
 
@@ -132,6 +148,7 @@ class Client:
     _drivers = immutable()
     _owned_drivers = immutable()
     _state_updater = immutable()
+    _record_view = immutable()  # `_record_update`, bound once: every runner holds it
     _update_interval = immutable()
     _gc = immutable()
     _threads = immutable()
@@ -185,6 +202,7 @@ class Client:
         self._owned_drivers: tuple[Driver, ...] = tuple(built.values())
         self._drivers: FrozenDict[str, Driver] = FrozenDict(built if drivers is None else drivers)
         self._state_updater = state_updater
+        self._record_view = self._record_update
         self._update_interval = update_interval
         self._gc = AllocGarbageCollector(config, num_allocs=self.num_allocs)
         self._threads = ThreadGroup("client")
@@ -274,7 +292,7 @@ class Client:
         """Have `num_allocs` stop counting each of `runners` (just put in the registry)
         once it is destroyed; at once for one destroyed already."""
         for ar in runners:
-            ar.on_destroyed(functools.partial(self._runner_destroyed, ar))
+            ar.on_destroyed(_RunnerDestroyed(self, ar))
 
     def _runner_destroyed(self, ar: AllocRunner) -> None:
         """`ar` was destroyed (on the destroying thread, no lock held; notify-only): it is
@@ -390,7 +408,7 @@ class Client:
             self._config,
             state_db=self._db,
             drivers=self._drivers,
-            state_updater=self._record_update,
+            state_updater=self._record_view,
             prev_watcher=watcher,
             prev_migrator=migrator,
         )

@@ -123,7 +123,7 @@ from allocrunner.structs import (
     AllocState,
     TaskEvent,
 )
-from allocrunner.structs.frozen import FrozenDict
+from allocrunner.structs.frozen import shallow_frozen
 from allocrunner.structs.status import CLIENT_TERMINAL
 from allocrunner.taskrunner import TaskRunner
 
@@ -227,9 +227,7 @@ class AllocRunner:
         self._owned_drivers: tuple[Driver, ...] = tuple(owned.values())
         # A Client's runners share its map (a FrozenDict already) instead of a copy each.
         given = drivers if drivers is not None else owned
-        self._drivers: Mapping[str, Driver] = (
-            given if type(given) is FrozenDict else FrozenDict(given)
-        )
+        self._drivers: Mapping[str, Driver] = shallow_frozen(given)
         self._alloc_dir = AllocDir(config.alloc_dir, alloc.id)
 
         self._alloc_lock = make_rwlock("AllocRunner._alloc_lock")

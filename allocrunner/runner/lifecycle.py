@@ -26,7 +26,9 @@ allocation's own thread once, at the start of a fresh run, whose first pass wait
 a task event: the machine only moves forward, so a snapshot older than a pass's cannot
 undo what the pass did) and each task runner's run thread waits on its gate. Locks:
 the gates share the coordinator's lock, which guards the current state and every
-gate's flag. Owner: the AllocRunner.
+gate's flag. The module's cache of stage layouts (`_stage_layout`) takes no lock: each
+entry is one immutable value, set or read in a single step, and a race only computes
+an equal layout twice. Owner: the AllocRunner.
 """
 
 from __future__ import annotations
@@ -110,6 +112,46 @@ def task_stage(task: Task) -> str:
     if task.is_poststop():
         return STAGE_POSTSTOP
     return STAGE_MAIN
+
+
+_Layout = tuple[Mapping[str, str], Mapping[str, tuple[str, ...]]]
+
+# The stage layouts of the task lists seen last, by the list's identity (with the list,
+# so that its id is not reused while it is kept): every allocation of a job shares its
+# group's task list, so its coordinators share two read-only maps instead of making
+# them again, two more objects each for the collector to walk. Bounded; a race only
+# computes an equal layout twice.
+_LAYOUTS: dict[int, tuple[Sequence[Task], _Layout]] = {}
+_LAYOUTS_MAX = 64
+
+
+def _stage_layout(tasks: Sequence[Task]) -> _Layout:
+    """Task name -> stage, and stage -> task names (only stages present) of `tasks`,
+    validated: each a Task, no name repeated."""
+    cached = _LAYOUTS.get(id(tasks))
+    if cached is not None and cached[0] is tasks:
+        return cached[1]
+    stage_of: dict[str, str] = {}
+    by_stage: dict[str, list[str]] = {}
+    for index, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise TypeError(
+                f"TaskCoordinator: tasks[{index}] must be a Task, got {type(task).__name__}"
+            )
+        if task.name in stage_of:
+            raise ValueError(f"TaskCoordinator: tasks[{index}].name {task.name!r} is repeated")
+        stage = task_stage(task)
+        stage_of[task.name] = stage
+        by_stage.setdefault(stage, []).append(task.name)
+    layout: _Layout = (
+        MappingProxyType(stage_of),
+        MappingProxyType({s: tuple(n) for s, n in by_stage.items()}),
+    )
+    if isinstance(tasks, tuple):  # a list could change under the cache
+        if len(_LAYOUTS) >= _LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        _LAYOUTS[id(tasks)] = (tasks, layout)
+    return layout
 
 
 class Gate:
@@ -205,21 +247,10 @@ class TaskCoordinator:
     _gates = immutable()  # stage -> Gate (only stages present)
 
     def __init__(self, tasks: Sequence[Task]) -> None:
-        stage_of: dict[str, str] = {}
-        by_stage: dict[str, list[str]] = {}
-        for index, task in enumerate(tasks):
-            if not isinstance(task, Task):
-                raise TypeError(
-                    f"TaskCoordinator: tasks[{index}] must be a Task, got {type(task).__name__}"
-                )
-            if task.name in stage_of:
-                raise ValueError(f"TaskCoordinator: tasks[{index}].name {task.name!r} is repeated")
-            stage = task_stage(task)
-            stage_of[task.name] = stage
-            by_stage.setdefault(stage, []).append(task.name)
+        stage_of, by_stage = _stage_layout(tasks)
         self._lock = make_lock("TaskCoordinator._lock")
-        self._stage_of = MappingProxyType(stage_of)
-        self._tasks_by_stage = MappingProxyType({s: tuple(n) for s, n in by_stage.items()})
+        self._stage_of = stage_of
+        self._tasks_by_stage = by_stage
         self._gates = MappingProxyType({s: Gate(s, lock=self._lock) for s in by_stage})
         self._state = STATE_INIT
 

@@ -3,9 +3,10 @@
 `FrozenDict` is the read-only, hashable mapping every value object uses for maps, and
 the one guarded fields hold when a thread-safe class keeps a map copy-on-write;
 `freeze`/`thaw` convert JSON-like data to and from deeply frozen form,
-`frozen_map`/`frozen_tuple` are the attrs converters built on them, and `plain_dict` and
+`frozen_map`/`frozen_tuple` are the attrs converters built on them, `plain_dict` and
 `merge_into` copy a map's items at C speed (``dict(m)``, ``d.update(m)`` and ``{**m}``
-call back into Python for every key of any mapping that is not a dict).
+call back into Python for every key of any mapping that is not a dict), and
+`shallow_frozen` shares a map that is frozen already instead of copying it.
 
 No threads, no locks; immutable values and pure functions, safe to share between
 threads. Used by every value object here, by the codec, and by any class that
@@ -164,6 +165,15 @@ def frozen_map(value: Mapping[Any, Any] | None) -> FrozenDict[Any, Any]:
     if not value:
         return EMPTY
     return freeze(value)
+
+
+def shallow_frozen(value: Mapping[K, V]) -> FrozenDict[K, V]:
+    """A FrozenDict of `value`'s items (shallow: the values are kept as they are);
+    `value` itself when it is one already, so that components handed one shared map
+    (a client's drivers, the node's variables) keep it instead of a copy each."""
+    if type(value) is FrozenDict:
+        return value
+    return FrozenDict(value)
 
 
 def plain_dict(value: Mapping[K, V]) -> dict[K, V]:

@@ -53,7 +53,7 @@ from allocrunner.drivers.base import ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import HookError, HookErrors
 from allocrunner.state import HookState, LocalState
 from allocrunner.structs import Allocation, Task, TaskEvent
-from allocrunner.structs.frozen import EMPTY, FrozenDict, merge_into
+from allocrunner.structs.frozen import EMPTY, FrozenDict, merge_into, shallow_frozen
 from allocrunner.structs.task_state import EVENT_HOOK_FAILED
 from allocrunner.taskrunner.env import (
     HOST_ENV_DRIVERS,
@@ -211,7 +211,7 @@ class TaskHookPhases:
         self._alloc_dir = alloc_dir
         self._task_dir = task_dir
         self._datacenter = datacenter
-        self._node_vars: FrozenDict[str, str] = FrozenDict(node_vars or {})
+        self._node_vars: FrozenDict[str, str] = shallow_frozen(node_vars or EMPTY)
         self._kill_token = kill_token
         self._shutdown_token = shutdown_token
         self._env: FrozenDict[str, str] = FrozenDict()

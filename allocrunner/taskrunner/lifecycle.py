@@ -48,8 +48,8 @@ from allocrunner._sync import CancelToken, Event
 from allocrunner.drivers.base import TASK_STATE_EXITED, Driver, ExitResult, TaskConfig, TaskHandle
 from allocrunner.errors import AllocRunnerError, DriverError, TaskNotRunningError
 from allocrunner.state import LocalState
-from allocrunner.structs import Task, TaskEvent, TaskState
-from allocrunner.structs.frozen import FrozenDict
+from allocrunner.structs import Allocation, Task, TaskEvent, TaskState
+from allocrunner.structs.frozen import shallow_frozen
 from allocrunner.structs.status import TASK_DEAD, TASK_RUNNING
 from allocrunner.structs.task_state import (
     EVENT_DRIVER_FAILURE,
@@ -400,7 +400,7 @@ class TaskControl:
     _drivers = immutable()
     _cell = immutable()
     _mailbox = immutable()
-    _task = immutable()
+    _current = immutable()
     _kill_token = immutable()
     _shutdown_token = immutable()
     _finished = immutable()
@@ -417,7 +417,7 @@ class TaskControl:
         drivers: Mapping[str, Driver],
         cell: TaskStateCell,
         mailbox: TaskMailbox,
-        task: Callable[[], Task],
+        current: Callable[[], tuple[Allocation, Task]],
         kill_token: CancelToken,
         shutdown_token: CancelToken,
         finished: Event,
@@ -426,10 +426,10 @@ class TaskControl:
     ) -> None:
         self._alloc_id = alloc_id
         self._name = task_name
-        self._drivers = FrozenDict(drivers)
+        self._drivers = shallow_frozen(drivers)  # the client's map, shared
         self._cell = cell
         self._mailbox = mailbox
-        self._task = task
+        self._current = current  # the runner's (allocation, task), read together
         self._kill_token = kill_token
         self._shutdown_token = shutdown_token
         self._finished = finished
@@ -565,7 +565,7 @@ class TaskControl:
     @calls_out
     def _stop(self, driver: Driver, task_id: str, cancel: CancelToken) -> KillOutcome | None:
         """None once the task is stopped (or found exited), else how trying failed."""
-        task = self._task()
+        _, task = self._current()
         timeout = min(task.kill_timeout, self._max_kill_timeout)
         error = ""
         for attempt in range(KILL_RETRIES):

@@ -168,6 +168,7 @@ class TaskRunner:
             alloc.id, task_name, state_db, initial.with_event(received), on_state_change
         )
         self._mailbox = TaskMailbox(task_name)
+        current = self._current  # bound once: the hooks and the loop share it
         self._hooks = TaskHookPhases(
             repr(self),
             (
@@ -175,7 +176,7 @@ class TaskRunner:
                 *extra_hooks,
             ),
             cell=self._cell,
-            current=self._current,
+            current=current,
             alloc_dir=alloc_dir,
             task_dir=self._task_dir,
             datacenter=datacenter,
@@ -189,7 +190,7 @@ class TaskRunner:
             drivers=drivers,
             cell=self._cell,
             mailbox=self._mailbox,
-            task=self.task,
+            current=current,
             kill_token=self._kill_token,
             shutdown_token=self._shutdown_token,
             finished=self._finished,
@@ -209,7 +210,7 @@ class TaskRunner:
             mailbox=self._mailbox,
             control=self._control,
             hooks=self._hooks,
-            current=self._current,
+            current=current,
             start_gate=start_gate,
             kill_token=self._kill_token,
             shutdown_token=self._shutdown_token,

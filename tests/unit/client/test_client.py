@@ -181,16 +181,17 @@ def _equal(got, want):
 # --- upstream updates and GC ---------------------------------------------------------------
 
 
-def test_upstream_updates_are_coalesced(make_client, upstream):
-    client = make_client(state_updater=upstream, update_interval=0.3)
+def test_upstream_updates_are_coalesced(make_client, upstream, monkeypatch):
     recorded = []
-    record = client._record_update
+    record = Client._record_update
 
-    def counting(view):
+    def counting(self, view):
         recorded.append(view.id)
-        record(view)
+        record(self, view)
 
-    client._record_update = counting  # count the runners' state changes
+    # Count the runners' state changes: each client binds the method once, when built.
+    monkeypatch.setattr(Client, "_record_update", counting)
+    client = make_client(state_updater=upstream, update_interval=0.3)
     client.start()
     allocs = [new_allocation(_batch(), "web", index=n) for n in range(4)]
     client.run_allocs(allocs)
