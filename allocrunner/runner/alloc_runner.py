@@ -73,7 +73,14 @@ from typing import NamedTuple
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._hooks import NamedHook
-from allocrunner._locking import calls_out, guarded, immutable, make_lock, make_rwlock
+from allocrunner._locking import (
+    calls_out,
+    guarded,
+    immutable,
+    make_lock,
+    make_rwlock,
+    thread_safe,
+)
 from allocrunner._sync import CancelToken, Event, Kick, ThreadGroup
 from allocrunner.allocdir import AllocDir
 from allocrunner.allocwatcher import (
@@ -152,6 +159,30 @@ class _Launched(NamedTuple):
 
     first: TaskRunner | None
     error: BaseException | None = None
+
+
+@thread_safe
+class _HandlerCalls:
+    """Thread-safe. What the state handler calls back on its runner (`RunnerCalls`):
+    one object per allocation instead of four bound methods. It keeps only the runner,
+    never rebound, and calls what the handler's workers may call."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: AllocRunner) -> None:
+        self._runner = runner
+
+    def current_alloc(self) -> Allocation:
+        return self._runner.alloc()
+
+    def apply_update(self, alloc: Allocation) -> None:
+        self._runner._apply_update(alloc)
+
+    def pre_kill(self) -> None:
+        self._runner._pre_kill_phase()
+
+    def kill_hold(self) -> float | None:
+        return self._runner._shutdown_delay.hold_until()
 
 
 class AllocRunner:
@@ -279,19 +310,14 @@ class AllocRunner:
             broadcaster=self._broadcaster,
             state_updater=state_updater,
             persister=self._persister,
-            current_alloc=self.alloc,
-            apply_update=self._apply_update,
-            pre_kill=self._pre_kill_phase,
+            runner=_HandlerCalls(self),
             wake_at=deadline.due if deadline is not None else never_due,
             fire_due=deadline.fire if deadline is not None else nothing_due,
-            kill_hold=self._shutdown_delay.hold_until,
         )
         health = HealthHook(
             alloc,
             listen=self.listen,
-            set_health=self._handler.set_health,
-            has_health=self._handler.has_health,
-            clear_health=self._handler.clear_health,
+            health=self._handler,
         )
         hooks: list[NamedHook] = []
         if deadline is not None:

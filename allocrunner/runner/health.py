@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import attrs
 
@@ -89,6 +90,7 @@ __all__ = [
     "STOPPED",
     "HealthHook",
     "HealthParams",
+    "HealthSink",
     "HealthTracker",
     "HealthVerdict",
     "health_params",
@@ -100,6 +102,23 @@ log = logging.getLogger("allocrunner.runner.health")
 # readings, so the watcher re-reads the clock at least this often (seconds).
 FOREIGN_CLOCK_POLL = 0.01
 JOIN_TIMEOUT = 30.0
+
+
+class HealthSink(Protocol):
+    """Where a health hook's verdicts go (the allocation's state handler): one object,
+    rather than a bound method per call, which every running allocation would keep."""
+
+    def set_health(self, healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+        """Record the deployment health and the task events that explain it."""
+        ...
+
+    def has_health(self) -> bool:
+        """True once a health is recorded for the current deployment."""
+        ...
+
+    def clear_health(self) -> None:
+        """Forget the recorded health (the deployment changed)."""
+        ...
 
 
 @attrs.frozen
@@ -151,9 +170,7 @@ class HealthHook:
     _alloc_id = immutable()
     _watched_type = immutable()
     _listen = immutable()
-    _set_health = immutable()
-    _has_health = immutable()
-    _clear_health = immutable()
+    _health = immutable()
     _clock = immutable()
     _poll = immutable()
     _watches = immutable()
@@ -163,10 +180,8 @@ class HealthHook:
         alloc: Allocation,
         *,
         listen: Callable[[], AllocListener],
-        set_health: Callable[[bool, Mapping[str, TaskEvent]], None],
-        has_health: Callable[[], bool],
+        health: HealthSink,
         clock: Callable[[], float] = time.monotonic,
-        clear_health: Callable[[], None] | None = None,
         poll_interval: float | None = None,
         watches: HealthWatches | None = None,
     ) -> None:
@@ -190,9 +205,7 @@ class HealthHook:
         self._alloc_id = alloc.id
         self._watched_type = alloc.job is not None and alloc.job.type in HEALTH_JOB_TYPES
         self._listen = listen
-        self._set_health = set_health
-        self._has_health = has_health
-        self._clear_health = clear_health
+        self._health = health
         self._clock = clock
         if poll_interval is None and clock is not time.monotonic:
             poll_interval = FOREIGN_CLOCK_POLL
@@ -374,8 +387,8 @@ class HealthHook:
         """Clear the health if asked, then start the watch of `request` if it is still
         current and its health is to be watched. Failures are logged."""
         try:
-            if request.clear_first and self._clear_health is not None:
-                self._clear_health()
+            if request.clear_first:
+                self._health.clear_health()
             if self._is_current(request.generation):
                 self._start_watch(request)
         except Exception:
@@ -386,7 +399,7 @@ class HealthHook:
         alloc = request.alloc
         params = health_params(alloc)
         group = alloc.group()
-        if params is None or group is None or alloc.server_terminal() or self._has_health():
+        if params is None or group is None or alloc.server_terminal() or self._health.has_health():
             return
         watch = Watch(
             alloc=alloc,
@@ -443,7 +456,7 @@ class HealthHook:
         if not self._claim_for(watch):
             return
         try:
-            self._set_health(verdict.healthy, verdict.events)
+            self._health.set_health(verdict.healthy, verdict.events)
         except Exception:
             log.exception("allocation %s: setting health failed", self._alloc_id)
         finally:

@@ -51,6 +51,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from allocrunner._checkpoints import checkpoint
 from allocrunner._locking import calls_out, confined, immutable
@@ -64,7 +65,7 @@ from allocrunner.runner.state_passes import PASSES, PassKick, StatePasses
 from allocrunner.runner.task_set import KillSequence, TaskSet
 from allocrunner.structs import Allocation, AllocDeploymentStatus, TaskEvent, TaskState, utcnow
 
-__all__ = ["StateHandler", "StateUpdater", "never_due", "nothing_due"]
+__all__ = ["RunnerCalls", "StateHandler", "StateUpdater", "never_due", "nothing_due"]
 
 log = logging.getLogger("allocrunner.runner")
 
@@ -79,6 +80,27 @@ def never_due() -> float | None:
 def nothing_due(now: float) -> None:
     """Nothing falls due for a handler that keeps no deadline (the default `fire_due`)."""
     del now
+
+
+class RunnerCalls(Protocol):
+    """What a handler asks of its runner, as one object (rather than a bound method
+    each, which a running allocation would keep as that many more objects)."""
+
+    def current_alloc(self) -> Allocation:
+        """The allocation as the server last sent it."""
+        ...
+
+    def apply_update(self, alloc: Allocation) -> None:
+        """Apply the update `alloc` (update hooks, task runners, a stop's kill)."""
+        ...
+
+    def pre_kill(self) -> None:
+        """Run the alloc's pre-kill hooks (once, before the tasks are killed)."""
+        ...
+
+    def kill_hold(self) -> float | None:
+        """Until when (monotonic) the kill waits, if it must (the shutdown_delay)."""
+        ...
 
 
 class StateHandler:
@@ -96,16 +118,13 @@ class StateHandler:
     _broadcaster = immutable()
     _state_updater = immutable()
     _persister = immutable()
-    _current_alloc = immutable()
-    _apply_update = immutable()
-    _pre_kill = immutable()
+    _runner = immutable()
     _kill_asked = immutable()  # set once a kill of the tasks was asked for
     _kill_reason = immutable()  # LatestValue[str]: the Killing display message, if any
     _kill_begun = immutable()  # set once this handler began killing the tasks
     _kill = immutable()
     _wake_at = immutable()
     _fire_due = immutable()
-    _kill_hold = immutable()
     # On the service's workers, all named alloc-state-pool-<n>; passes never overlap.
     _sibling_fired = confined("alloc-state", prefix="alloc-state-")
     _pre_kill_ran = confined("alloc-state", prefix="alloc-state-")
@@ -121,12 +140,9 @@ class StateHandler:
         broadcaster: AllocBroadcaster,
         state_updater: StateUpdater | None,
         persister: AllocPersister,
-        current_alloc: Callable[[], Allocation],
-        apply_update: Callable[[Allocation], None],
-        pre_kill: Callable[[], None],
+        runner: RunnerCalls,
         wake_at: Callable[[], float | None] = never_due,
         fire_due: Callable[[float], None] = nothing_due,
-        kill_hold: Callable[[], float | None] = never_due,
         passes: StatePasses | None = None,
     ) -> None:
         self._alloc_id = alloc_id
@@ -141,16 +157,13 @@ class StateHandler:
         self._broadcaster = broadcaster
         self._state_updater = state_updater
         self._persister = persister
-        self._current_alloc = current_alloc
-        self._apply_update = apply_update
-        self._pre_kill = pre_kill
+        self._runner = runner
         self._kill_asked = Event()
         self._kill_reason: LatestValue[str] = LatestValue()
         self._kill_begun = Event()
         self._kill = KillSequence(tasks)
         self._wake_at = wake_at
         self._fire_due = fire_due
-        self._kill_hold = kill_hold
         self._sibling_fired = False
         self._pre_kill_ran = False
 
@@ -212,7 +225,7 @@ class StateHandler:
             checkpoint("state.final_pass")
         update = self._updates.poll()
         if update is not None:
-            self._apply_update(update)
+            self._runner.apply_update(update)
         if not done:
             self._fire_due(time.monotonic())
         self._state_pass(done)
@@ -225,7 +238,7 @@ class StateHandler:
         (None: none)."""
         due = self._wake_at()
         if self._pre_kill_ran and not self._kill.begun():
-            hold = self._kill_hold()
+            hold = self._runner.kill_hold()
             if hold is not None and (due is None or hold < due):
                 due = hold
         if due is None or math.isinf(due):
@@ -262,9 +275,9 @@ class StateHandler:
             return
         if not self._pre_kill_ran:
             self._pre_kill_ran = True
-            self._pre_kill()
+            self._runner.pre_kill()
         if not self._kill.begun():
-            hold = self._kill_hold()
+            hold = self._runner.kill_hold()
             if hold is not None and hold > time.monotonic():
                 return  # the wait on the kick ends when the hold does
             self._kill_begun.set()
@@ -274,7 +287,7 @@ class StateHandler:
     def publish(self, states: Mapping[str, TaskState]) -> None:
         """Publish the state computed from `states`; tell the updater if it changed,
         and the broadcaster's listeners in any case."""
-        alloc = self._current_alloc()
+        alloc = self._runner.current_alloc()
         state, changed = self._client_state.publish(alloc, states)
         client = client_view(alloc, state)
         if changed and self._state_updater is not None:
@@ -297,7 +310,7 @@ class StateHandler:
         status = AllocDeploymentStatus(healthy=healthy, timestamp=utcnow())
         self._client_state.set_deployment_status(status)
         self._persister.put_deployment_status(status)
-        if not healthy and not self._current_alloc().server_terminal():
+        if not healthy and not self._runner.current_alloc().server_terminal():
             for name, event in events.items():
                 tr = self._tasks.get(name)
                 if tr is not None:

@@ -215,9 +215,7 @@ def make_rig(rigs: list[Rig]):
         hook = HealthHook(
             alloc,
             listen=health.listen,
-            set_health=health.set_health,
-            has_health=health.has_health,
-            clear_health=health.clear_health,
+            health=health,
             clock=kwargs.pop("clock", clock),
             **kwargs,
         )
@@ -555,16 +553,17 @@ def test_real_clock_waits_exactly_without_polling(make_rig) -> None:
 def test_set_health_failure_is_logged_not_raised(make_rig, caplog) -> None:
     rig = make_rig(deployed(service_job()))
 
-    def broken(healthy: bool, events: Mapping[str, TaskEvent]) -> None:
-        raise RuntimeError("state db is gone")
+    class Broken:
+        def set_health(self, healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+            raise RuntimeError("state db is gone")
 
-    hook = HealthHook(
-        rig.alloc,
-        listen=rig.health.listen,
-        set_health=broken,
-        has_health=lambda: False,
-        clock=rig.clock,
-    )
+        def has_health(self) -> bool:
+            return False
+
+        def clear_health(self) -> None:
+            pass
+
+    hook = HealthHook(rig.alloc, listen=rig.health.listen, health=Broken(), clock=rig.clock)
     try:
         with caplog.at_level(logging.ERROR, logger="allocrunner.runner.health"):
             hook.prerun()
@@ -630,7 +629,7 @@ def test_bad_strategies_are_clear_errors() -> None:
         health_params(bad_time)
     bad_check = deployed(service_job(update=UpdateStrategy(health_check="sometimes")))
     with pytest.raises(ValueError, match=r"update\.health_check: 'sometimes'"):
-        HealthHook(bad_check, listen=None, set_health=None, has_health=None)  # type: ignore[arg-type]
+        HealthHook(bad_check, listen=None, health=None)  # type: ignore[arg-type]
     bad_migrate = new_allocation(mock_job(migrate=MigrateStrategy(health_check="manual")), "web")
     with pytest.raises(ValueError, match=r"migrate\.health_check"):
         health_params(bad_migrate)
@@ -688,9 +687,7 @@ def gated(rigs: list[Rig]) -> Rig:
     hook = HealthHook(
         alloc,
         listen=health.listen,
-        set_health=health.set_health,
-        has_health=health.has_health,
-        clear_health=health.clear_health,
+        health=health,
         clock=clock,
     )
     rig = Rig(alloc, hook, broadcaster, health, clock)
@@ -805,8 +802,7 @@ def test_a_superseded_watch_never_writes_its_verdict(make_rig) -> None:
     hook = HealthHook(
         rig.alloc,
         listen=listen,
-        set_health=rig.health.set_health,
-        has_health=rig.health.has_health,
+        health=rig.health,
         clock=rig.clock,
     )
     try:

@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from allocrunner.broadcaster import AllocBroadcaster
-from allocrunner.runner.health import HealthHook
+from allocrunner.runner.health import HealthHook, HealthSink
 from allocrunner.runner.health_watches import _PURGE_MIN, THREAD_NAME, HealthWatches, Watch
 from allocrunner.structs import (
     TASK_DEAD,
@@ -38,13 +38,23 @@ class Verdicts:
         self._given: dict[str, list[bool]] = {}
         self.writers: set[str] = set()
 
-    def setter(self, alloc_id: str):
-        def set_health(healthy: bool, events: Mapping[str, TaskEvent]) -> None:
-            with self._mutex:
-                self._given.setdefault(alloc_id, []).append(healthy)
-                self.writers.add(threading.current_thread().name)
+    def sink(self, alloc_id: str) -> HealthSink:
+        """Where the hook of `alloc_id` writes its verdicts."""
+        verdicts = self
 
-        return set_health
+        class Sink:
+            def set_health(self, healthy: bool, events: Mapping[str, TaskEvent]) -> None:
+                with verdicts._mutex:
+                    verdicts._given.setdefault(alloc_id, []).append(healthy)
+                    verdicts.writers.add(threading.current_thread().name)
+
+            def has_health(self) -> bool:
+                return verdicts.has(alloc_id)
+
+            def clear_health(self) -> None:
+                pass
+
+        return Sink()
 
     def of(self, alloc_id: str) -> list[bool]:
         with self._mutex:
@@ -90,8 +100,7 @@ class Rig:
         hook = HealthHook(
             alloc,
             listen=broadcaster.listen,
-            set_health=self.verdicts.setter(alloc.id),
-            has_health=lambda alloc_id=alloc.id: self.verdicts.has(alloc_id),
+            health=self.verdicts.sink(alloc.id),
             watches=self.service,
         )
         self.hooks.append((alloc, hook, broadcaster))
