@@ -110,6 +110,18 @@ def test_context_managers_return_the_lock(lock: RWLock) -> None:
         assert held is lock
 
 
+def test_the_production_lock_is_its_own_write_side() -> None:
+    """The write side costs no object of its own: an allocation holds a few RWLocks."""
+    lock = RWLock("AllocDir._lock")
+    assert lock.write() is lock
+    with lock.write():
+        assert lock._writer
+        assert not lock.acquire_read(timeout=0)
+    assert not lock._writer
+    assert lock.acquire_read(timeout=0)
+    lock.release_read()
+
+
 def test_writer_is_alone(lock: RWLock) -> None:
     with lock.write():
         results: list[bool] = []

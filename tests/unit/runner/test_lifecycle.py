@@ -563,3 +563,19 @@ def check_invariants(
     for t in tasks:
         if task_stage(t) == "poststop":
             assert coord.gate(t.name).is_open() == all_dead
+
+
+def test_coordinators_of_one_task_tuple_share_its_stage_maps_but_not_their_gates() -> None:
+    tasks = (task("init", hook="prestart"), task("web"))
+    first, second = TaskCoordinator(tasks), TaskCoordinator(tasks)
+    assert first._stage_of is second._stage_of
+    assert first._tasks_by_stage is second._tasks_by_stage
+    assert first.gate("web") is not second.gate("web")
+    copy = TaskCoordinator(list(tasks))  # a list may change: never cached
+    assert copy._stage_of == first._stage_of and copy._stage_of is not first._stage_of
+
+
+def test_a_repeated_name_is_refused_even_after_a_valid_list_was_seen() -> None:
+    TaskCoordinator((task("web"),))
+    with pytest.raises(ValueError, match="repeated"):
+        TaskCoordinator((task("web"), task("web")))

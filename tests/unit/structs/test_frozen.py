@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from allocrunner.structs import FrozenDict, freeze, thaw
-from allocrunner.structs.frozen import EMPTY, frozen_map, frozen_tuple
+from allocrunner.structs.frozen import EMPTY, frozen_map, frozen_tuple, shallow_frozen
 
 keys = st.text(max_size=6)
 scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=6)
@@ -151,3 +151,14 @@ def test_the_attrs_converters() -> None:
     assert frozen_map(FrozenDict()) is EMPTY and frozen_map({}) is EMPTY
     assert frozen_tuple(None) == ()
     assert frozen_tuple([1, 2]) == (1, 2) and frozen_tuple(iter("ab")) == ("a", "b")
+
+
+def test_shallow_frozen_shares_a_frozen_map_and_copies_any_other() -> None:
+    shared = FrozenDict({"mock_driver": object()})
+    assert shallow_frozen(shared) is shared
+    source = {"a": [1]}
+    copied = shallow_frozen(source)
+    assert type(copied) is FrozenDict and copied == source
+    assert copied["a"] is source["a"]  # shallow: the values are not frozen
+    source["b"] = [2]
+    assert "b" not in copied
