@@ -72,7 +72,7 @@ from allocrunner.drivers import default_drivers
 from allocrunner.drivers.base import Driver
 from allocrunner.errors import AllocRunnerError, StateDBError
 from allocrunner.gc import AllocGarbageCollector
-from allocrunner.runner.alloc_runner import AllocRunner
+from allocrunner.runner.alloc_runner import AllocRunner, PendingLaunch
 from allocrunner.runner.health_watches import WATCHES as HEALTH_WATCHES
 from allocrunner.runner.state_passes import PASSES as STATE_PASSES
 from allocrunner.state import SQLiteStateDB, StateDB
@@ -85,6 +85,9 @@ log = logging.getLogger("allocrunner.client")
 
 T = TypeVar("T")
 
+_Begun = tuple[AllocRunner, PendingLaunch]
+"""A launch a builder began and has yet to finish."""
+
 SHUTDOWN_TIMEOUT = 30.0
 # How many removed alloc ids are remembered to ignore stale views that list them again.
 TOMBSTONES = 4096
@@ -93,6 +96,12 @@ _NEW = "new"
 _STARTING = "starting"
 _RUNNING = "running"
 _SHUTDOWN = "shutdown"
+
+LAUNCH_BATCH = 8
+"""How many launches a builder begins before it finishes them (`Client._build`): their
+tasks' driver handles are then committed in one state DB transaction, where one each
+cost the writer several times what their rows do, and each is reported running at most
+that many starts after its own."""
 
 BUILDERS = 4
 """How many threads build queued runners at once while the queue is long: the
@@ -671,36 +680,50 @@ class Client:
         """The ``client-starter`` thread: build and start the queued runners, in order,
         until the client shuts down; while more than one waits it has up to
         `BUILDERS` - 1 ``client-builder`` helpers take the next ones."""
-        while True:
-            taken = self._take_queued(may_add_helper=True)
-            if isinstance(taken, _Shut):
-                # The helpers it started end at once now; joined here, so that the
-                # shutdown that joins this thread has joined them too, even one started
-                # while that shutdown began.
-                self._starter.join()
-                return
-            if taken is None:
-                self._start_kick.wait()
-                continue
-            alloc, prev, add_helper = taken
-            if add_helper:
-                self._add_helper()
-            self._build_taken(alloc, prev)
+        begun: list[_Begun] = []
+        try:
+            while True:
+                taken = self._take_queued(may_add_helper=True)
+                if taken is None or isinstance(taken, _Shut):
+                    self._finish_launches(begun)  # before any wait, and before it ends
+                if isinstance(taken, _Shut):
+                    # The helpers it started end at once now; joined here, so that the
+                    # shutdown that joins this thread has joined them too, even one
+                    # started while that shutdown began.
+                    self._starter.join()
+                    return
+                if taken is None:
+                    self._start_kick.wait()
+                    continue
+                alloc, prev, add_helper = taken
+                if add_helper:
+                    self._add_helper()
+                self._build_taken(alloc, prev, begun)
+                if len(begun) >= LAUNCH_BATCH:
+                    self._finish_launches(begun)
+        finally:
+            self._finish_launches(begun)  # none is left begun, whatever ends the thread
 
     @calls_out
     def _help_build(self) -> None:
         """A ``client-builder`` thread: build queued runners until none is left to take
         (or the client shuts down), then end."""
+        begun: list[_Begun] = []
         try:
             while True:
                 taken = self._take_queued(may_add_helper=False)
                 if taken is None or isinstance(taken, _Shut):
                     return
                 alloc, prev, _ = taken
-                self._build_taken(alloc, prev)
+                self._build_taken(alloc, prev, begun)
+                if len(begun) >= LAUNCH_BATCH:
+                    self._finish_launches(begun)
         finally:
-            with self._allocs_lock:
-                self._helpers -= 1
+            try:
+                self._finish_launches(begun)
+            finally:
+                with self._allocs_lock:
+                    self._helpers -= 1
 
     def _add_helper(self) -> None:
         """Start a ``client-builder`` (counted already by `_take_queued`); if no thread
@@ -744,11 +767,14 @@ class Client:
             return None
 
     @calls_out
-    def _build_taken(self, alloc: Allocation, prev: AllocRunner | None) -> None:
+    def _build_taken(
+        self, alloc: Allocation, prev: AllocRunner | None, begun: list[_Begun]
+    ) -> None:
         """Build the runner of `alloc`, taken by this builder, then release it; if a
-        replacement was held back for it, the starter is woken to take that."""
+        replacement was held back for it, the starter is woken to take that. A launch
+        it begins is added to `begun`, for this builder to finish."""
         try:
-            self._build(alloc, prev)
+            self._build(alloc, prev, begun)
         finally:
             with self._allocs_lock:
                 self._building = self._building - {alloc.id}
@@ -757,10 +783,12 @@ class Client:
                 self._start_kick.kick()
 
     @calls_out
-    def _build(self, alloc: Allocation, prev: AllocRunner | None) -> None:
+    def _build(self, alloc: Allocation, prev: AllocRunner | None, begun: list[_Begun]) -> None:
         """Build the runner of the queued `alloc` and start it, unless the allocation
         was removed (or the client shut down) meanwhile; a newer version queued while it
-        was built is handed to it as an update."""
+        was built is handed to it as an update. A start it makes is begun
+        (`AllocRunner.begin_launch`) and added to `begun`: the builder finishes it
+        with the others it begins, up to `LAUNCH_BATCH` (`_finish_launches`)."""
         try:
             ar = self._new_runner(alloc, prev)
         except Exception as err:
@@ -793,11 +821,29 @@ class Client:
             ar.update(latest)
             given = latest
         try:
-            ar.launch()  # a fresh allocation's start is made on this builder
+            pending = ar.begin_launch()  # a fresh allocation's start is made here
         except Exception:  # e.g. no thread can be started: the starter goes on
-            log.exception("allocation %s: its runner could not be started", alloc.id)
-            ar.set_client_status(CLIENT_FAILED)
-            self._record_update(ar.client_alloc())
+            self._launch_failed(ar)
+            return
+        if pending is not None:
+            begun.append((ar, pending))
+
+    @calls_out
+    def _finish_launches(self, begun: list[_Begun]) -> None:
+        """Finish the launches this builder began, in order, and forget them: the first
+        waits for the commit of every driver handle they queued, so the others find
+        theirs committed (`AllocRunner.finish_launch`)."""
+        for ar, pending in begun:
+            try:
+                ar.finish_launch(pending)
+            except Exception:
+                self._launch_failed(ar)
+        begun.clear()
+
+    def _launch_failed(self, ar: AllocRunner) -> None:
+        log.exception("allocation %s: its runner could not be started", ar.id)
+        ar.set_client_status(CLIENT_FAILED)
+        self._record_update(ar.client_alloc())
 
     def _drop_queued(self) -> None:
         """Shutting down: forget the allocations whose runners were never built (the

@@ -35,8 +35,11 @@ Threads of a running allocation (named, owned by `_threads`, joined on teardown)
   and opens the lifecycle gates on this thread instead: a first pass at once would
   only publish the state the runner was built with, and it was a third of the state
   passes a start makes (with their hand-offs between threads). A launched start holds
-  the handler's passes until it is made (`PassKick.hold`), and so makes one, on the
-  launching thread (`PassKick.release`).
+  the handler's passes until it is made (`PassKick.hold`) and its driver handle is
+  committed (`TaskRunner.settle_start`), and so makes one, on the launching thread
+  (`PassKick.release`). A launching thread that begins several launches before it
+  finishes them (`begin_launch`, `finish_launch`) waits once for all their
+  handles.
 - ``task-<id8>-<name>``: one per task runner but the first.
 - none for the health watcher of a service or system job (`HealthHook`): it steps on
   the process's one ``health-watches`` thread (`health_watches`).
@@ -140,6 +143,7 @@ __all__ = [
     "UPDATE_TYPICAL",
     "UPDATE_URGENT",
     "AllocRunner",
+    "PendingLaunch",
     "StateUpdater",
 ]
 
@@ -155,10 +159,21 @@ def _id8(alloc_id: str) -> str:
 class _Launched(NamedTuple):
     """Immutable. What `AllocRunner.launch` made of the start, for the allocation's
     thread: the task runner it began (None: none was, as the agent shuts down), or the
-    error the start raised."""
+    error the start raised; and whether the state handler's passes are held until that
+    thread releases them."""
 
     first: TaskRunner | None
     error: BaseException | None = None
+    held: bool = False
+
+
+class PendingLaunch(NamedTuple):
+    """Immutable. What `AllocRunner.begin_launch` left for `finish_launch`: whether the
+    run starts afresh, and what the launching thread made of the start (None: it made
+    none, and the allocation's thread makes the whole run)."""
+
+    fresh: bool
+    launched: _Launched | None
 
 
 @thread_safe
@@ -427,24 +442,50 @@ class AllocRunner:
         whose start never waits (`TaskRunner.starts_at_once`) makes that start here,
         on the calling thread: the state DB write, the prerun hooks, the task's
         prestart hooks, driver start and poststart hooks, and the state pass that
-        reports them; only then is its ``alloc-<id8>`` thread started, to wait on the
-        task and go on from there. So a thousand starts are made by a few threads, each
-        warm from the last, instead of a thousand new ones. Any other allocation starts
-        as `start()` does.
+        reports them once the task's driver handle is committed; only then is its
+        ``alloc-<id8>`` thread started, to wait on the task and go on from there. So a
+        thousand starts are made by a few threads, each warm from the last, instead of
+        a thousand new ones. Any other allocation starts as `start()` does.
+
+        `begin_launch` and `finish_launch` are its two halves, for a caller that
+        begins several launches before it finishes them: their driver handles are then
+        committed together, in one transaction, instead of one each.
 
         Returns once that thread is started. If it cannot be (no thread can be
         started), the task is killed and the run is ended on this thread, and the
         error is raised: nothing is left running that no thread watches."""
+        pending = self.begin_launch()
+        if pending is not None:
+            self.finish_launch(pending)
+
+    @calls_out
+    def begin_launch(self) -> PendingLaunch | None:
+        """The first half of `launch`: the start, its task's driver handle queued for
+        the state DB but not waited for. What is left for `finish_launch`, or None
+        when nothing is (the allocation started as by `start()`, or is not to run).
+        Until `finish_launch`, the allocation reports nothing and acts on no request
+        (its state passes are held): the caller finishes it on this thread soon after,
+        having begun at most a few others meanwhile."""
         first = self._tasks.first()
         if len(self._tasks) != 1 or not first.starts_at_once():
             self.start()
-            return
+            return None
         fresh = self._begin_run()
         if fresh is None:
-            return
+            return None
         # Not fresh (restored, after a previous allocation, or terminal): the whole run
         # is made on its thread, as by `start()`.
-        launched = self._launch_first(first) if fresh else None
+        return PendingLaunch(fresh, self._launch_first(first) if fresh else None)
+
+    @calls_out
+    def finish_launch(self, pending: PendingLaunch) -> None:
+        """The second half of `launch`, on the thread that began it: wait for the
+        commit of what the start stored (after the first of several, the others find
+        theirs committed), make the one state pass that reports the start, and start
+        the ``alloc-<id8>`` thread. Raises as `launch` does."""
+        fresh, launched = pending
+        if launched is not None:
+            self._settle_launch(launched)
         try:
             self._threads.spawn(f"alloc-{_id8(self._id)}", self._finish_run, fresh, launched)
         except BaseException:
@@ -461,20 +502,29 @@ class AllocRunner:
 
         The state handler's passes are held meanwhile (`PassKick.hold`): nothing here
         waits, and the task's events and states come in several steps, each of which
-        would otherwise wake a pool worker for a pass the next step makes stale. One
-        pass, made on this thread once the start is made, reports them all."""
+        would otherwise wake a pool worker for a pass the next step makes stale. They
+        stay held until `finish_launch` has the driver handle committed
+        (`_settle_launch`); its one pass then reports them all."""
         held = self._state_kick.hold()
         try:
             self._set_up(fresh=True)
             if self._is_shutting_down():
-                return _Launched(first=None)
+                return _Launched(first=None, held=held)
             first.start_first()
         except BaseException as err:  # raised again by _run, on the allocation's thread
-            return _Launched(first=None, error=err)
+            return _Launched(first=None, error=err, held=held)
+        return _Launched(first=first, held=held)
+
+    @calls_out
+    def _settle_launch(self, launched: _Launched) -> None:
+        """Wait for the commit of what the launched start stored (a driver handle must
+        be in the state DB before its task is reported running), then release the held
+        passes with one pass."""
+        try:
+            self._tasks.first().settle_start()
         finally:
-            if held:
+            if launched.held:
                 self._state_kick.release()
-        return _Launched(first=first)
 
     @calls_out
     def run(self) -> None:

@@ -13,12 +13,17 @@ Values are JSON text: allocations and task states in Nomad's API shape (the
 
 Writes. A caller encodes its value on its own thread and queues the record
 (`sqlite_writer.WriteQueue`); the ``statedb-writer`` thread commits everything queued
-in one transaction (group commit), the last write of each key winning. So a put
-costs its caller the encoding and a few steps under a short lock, never a wait for
+in one transaction (group commit), the last write of each key winning; a batch
+nobody waits on stays open a few milliseconds for more (`sqlite_writer.LINGER`). So a
+put costs its caller the encoding and a few steps under a short lock, never a wait for
 the file. `flush()` returns once everything queued before it is committed;
 `delete_allocation` returns once the delete is, and so does a `put_task_local_state`
 that records a new driver handle (the record whose loss would make a restore start
-the task a second time). `close()` commits what is queued, then closes.
+the task a second time). A caller that starts many tasks in a row and reports them
+running together (`TaskStateCell.defer_commit`) queues each handle with
+`queue_task_local_state` instead, and waits once, with `wait_committed`, before it
+reports them: one transaction for all of them instead of one each.
+`close()` commits what is queued, then closes.
 
 Reads. Each read borrows a pooled read-only connection (`sqlite_file.ReadPool`) and
 reads the last committed WAL snapshot, so it never waits for the writer's
@@ -251,14 +256,30 @@ class SQLiteStateDB:
         """Store the client-only state of one task. One that records a new driver
         handle returns once committed: a restore must never miss the handle of a
         process that was started (it would start the task a second time)."""
+        queued = self._queue_local(alloc_id, task, local)
+        if queued.seq and _new_handle(local, queued.previous):
+            self._queue.wait_for(queued.seq)
+
+    @calls_out
+    def queue_task_local_state(self, alloc_id: str, task: str, local: LocalState) -> None:
+        """`put_task_local_state` that never waits, a new driver handle included: the
+        caller must call `wait_committed` before it reports the task running (or
+        anything else a restore must agree with)."""
+        self._queue_local(alloc_id, task, local)
+
+    def _queue_local(self, alloc_id: str, task: str, local: LocalState) -> Enqueued:
         if not isinstance(local, LocalState):
             raise TypeError(
                 f"put_task_local_state: expected LocalState, got {type(local).__name__}"
             )
         _check_task_name(task)
-        queued = self._put(alloc_id, (task, _LOCAL_STATE), local, lambda: _dumps(local.to_json()))
-        if queued.seq and _new_handle(local, queued.previous):
-            self._queue.wait_for(queued.seq)
+        return self._put(alloc_id, (task, _LOCAL_STATE), local, lambda: _dumps(local.to_json()))
+
+    @calls_out
+    def wait_committed(self, alloc_id: str) -> None:
+        """Return once every write queued so far for `alloc_id` is committed (with
+        whatever else is queued: after the first of many, the others return at once)."""
+        self._queue.settle(alloc_id)
 
     @calls_out
     def task_runner_state(

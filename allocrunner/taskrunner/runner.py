@@ -475,10 +475,21 @@ class TaskRunner:
         is closed (`TaskRunLoop.start_first`); `continue_run()` must follow, on the
         thread that is to wait on the task. For a caller that starts many tasks on a
         few threads, each start made by a thread that has just made another; `run()`
-        on one thread does the same as the two."""
+        on one thread does the same as the two.
+
+        The start's driver handle is queued for the state DB without waiting for its
+        commit (`TaskStateCell.defer_commit`): the caller reports the task running only
+        after `settle_start`."""
         if self._mailbox.open():
+            self._cell.defer_commit()
             self._loop.start_first()
         self._hooks.hand_over(self._loop)
+
+    @calls_out
+    def settle_start(self) -> None:
+        """Return once what `start_first` stored is committed (with whatever else is
+        queued): before the start is reported running. Idempotent."""
+        self._cell.settle_commit()
 
     @calls_out
     def continue_run(self) -> None:

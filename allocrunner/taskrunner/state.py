@@ -10,25 +10,26 @@ RWLock: every hold is a field read or a swap, so readers would gain no concurren
 and a read side costs a reader several times what the mutex does (a task start
 takes it about thirty times).
 
-Persistence runs with no lock held, one writer at a time: whoever finds nobody
-writing becomes the writer and writes the newest snapshot; a caller whose version is
-not yet written waits for the writer's round to end and looks again. So the database
-never ends older than the newest snapshot anyone asked to persist, and `publish`
-returns once its change is handed to the StateDB (an `SQLiteStateDB` commits it on
-its writer thread, in order; a new driver handle, whose loss would start a task
-twice, is committed before the write returns). `record` and `note_local` are the
-exceptions: they change the snapshot without writing (`record` for callers that must
-not block and for the events of prestart hooks, `note_local` for hook progress whose
-loss in a crash only makes the restore run the hook again, see
-`hooks.PrestartResult.redoable`), and the next write of any caller carries the
-change.
+Persistence runs with no lock held, one writer at a time: whoever finds nobody writing
+becomes the writer and writes the newest snapshot; a caller whose version is not yet
+written waits for the writer's round to end and looks again. So the database never ends
+older than the newest snapshot anyone asked to persist, and `publish` returns once its
+change is handed to the StateDB (an `SQLiteStateDB` commits it on its writer thread, in
+order; a new driver handle, whose loss would start a task twice, is committed before the
+write returns, unless the caller deferred that wait with `defer_commit`: it then waits
+in `settle_commit`, before the task is reported running, so that a thread making many
+starts in a row waits once for all of them). `record` and `note_local` are the
+exceptions: they change the snapshot without writing (`record` for callers that must not
+block and for the events of prestart hooks, `note_local` for hook progress whose loss in
+a crash only makes the restore run the hook again, see `hooks.PrestartResult.redoable`),
+and the next write of any caller carries the change.
 
-Threads: any. Lock: ``TaskStateCell._lock`` (a mutex) guards `_current` (the snapshot and
-its versions), `_saved` (the versions known to be written), `_writing` (a write is in
-progress) and `_round` (the event its waiters wait for); nothing is called, written or
-waited for under it. Owner: each TaskRunner
-creates one; its run loop, its kill / restart paths (`lifecycle`) and its public
-methods publish through it.
+Threads: any. Lock: ``TaskStateCell._lock`` (a mutex) guards `_current` (the snapshot
+and its versions), `_saved` (the versions known to be written), `_writing` (a write is
+in progress), `_round` (the event its waiters wait for) and the two flags of a deferred
+commit (`_deferring`, `_deferred`); nothing is called, written or waited for under it.
+Owner: each TaskRunner creates one; its run loop, its kill / restart paths (`lifecycle`)
+and its public methods publish through it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class TaskStateCell:
     _saved = guarded("_lock")
     _writing = guarded("_lock")
     _round = guarded("_lock")
+    _deferring = guarded("_lock")  # between defer_commit and settle_commit
+    _deferred = guarded("_lock")  # a local state was queued meanwhile, not waited for
 
     def __init__(
         self,
@@ -140,6 +143,7 @@ class TaskStateCell:
         self._saved = (0, 0)
         self._writing = False
         self._round: Event | None = None
+        self._deferring = self._deferred = False
 
     # --- reading ------------------------------------------------------------------------
 
@@ -271,6 +275,35 @@ class TaskStateCell:
 
     # --- persistence --------------------------------------------------------------------
 
+    def defer_commit(self) -> None:
+        """Until `settle_commit`, a local state this cell writes (a new driver handle
+        included) is queued without waiting for its commit, on a StateDB that can
+        (`SQLiteStateDB.queue_task_local_state`); elsewhere nothing changes. For a
+        thread that starts many tasks in a row: the task must not be reported running
+        before `settle_commit` returns."""
+        with self._lock:
+            self._deferring = True
+
+    @calls_out
+    def settle_commit(self) -> None:
+        """End `defer_commit`: return once what it left uncommitted is committed
+        (`SQLiteStateDB.wait_committed`). A failure is logged, as a failed write is."""
+        with self._lock:
+            deferred = self._deferred
+            self._deferring = self._deferred = False
+        if deferred:
+            self._wait_committed()
+
+    @calls_out
+    def _wait_committed(self) -> None:
+        """Wait for the local state queued by a deferred write (`settle_commit`)."""
+        try:
+            self._db.wait_committed(self._alloc_id)  # type: ignore[attr-defined]
+        except Exception as err:
+            log.warning(
+                "task %s/%s: persisting task state failed: %s", self._alloc_id[:8], self._name, err
+            )
+
     @calls_out
     def _persist(self, want: tuple[int, int]) -> None:
         """Return once the database holds at least versions `want` (state, local)."""
@@ -284,23 +317,32 @@ class TaskStateCell:
                 elif self._round is None:
                     self._round = Event()  # made by the first waiter: most rounds have none
                 snapshot, saved, round_done = self._current, self._saved, self._round
+                defer = self._deferring
             if lead:
-                self._write(snapshot, saved)
+                self._write(snapshot, saved, defer)
             else:
                 assert round_done is not None
                 round_done.wait()
 
     @calls_out
-    def _write(self, snapshot: _Snapshot, saved: tuple[int, int]) -> None:
-        """The writer's round: write what is newer than `saved`, then end the round.
+    def _write(self, snapshot: _Snapshot, saved: tuple[int, int], defer: bool = False) -> None:
+        """The writer's round: write what is newer than `saved`, then end the round;
+        with `defer`, the local state is only queued, where the StateDB can
+        (`defer_commit`).
 
         The local state (which holds the driver handle) is written first: a crash
         between the two writes then leaves a handle beside an older task state, which a
         restore re-attaches to, never a "running" task state without the handle of
         its process, which a restore would start a second time."""
+        queued = False
         try:
             if snapshot.local_version > saved[1]:
-                self._db.put_task_local_state(self._alloc_id, self._name, snapshot.local)
+                queue = getattr(self._db, "queue_task_local_state", None) if defer else None
+                if queue is not None:
+                    queue(self._alloc_id, self._name, snapshot.local)
+                    queued = True
+                else:
+                    self._db.put_task_local_state(self._alloc_id, self._name, snapshot.local)
             if snapshot.state_version > saved[0]:
                 self._db.put_task_state(self._alloc_id, self._name, snapshot.state)
         except Exception as err:
@@ -314,6 +356,11 @@ class TaskStateCell:
                     max(self._saved[1], snapshot.local_version),
                 )
                 self._writing = False
+                # Settled meanwhile: nobody else will wait for this one.
+                late = queued and not self._deferring
+                self._deferred = self._deferred or (queued and not late)
                 done, self._round = self._round, None
+            if late:
+                self._wait_committed()
             if done is not None:
                 done.set()

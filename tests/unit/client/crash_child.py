@@ -89,8 +89,11 @@ def install_step(step: str, db: SQLiteStateDB, alloc: Allocation) -> None:
         AllocDir.build = _task_state_then_stop(db, alloc)  # type: ignore[method-assign]
     elif step == "build-dir-made":
         _before(fs_dirs, "fill_private_dir", step)  # the alloc dir made
-    elif step == "task-running":
+    elif step == "handle-queued":  # started, its handle queued but not yet committed
+        _after(SQLiteStateDB, "queue_task_local_state", step, _has_handle)
+    elif step == "task-running":  # the handle committed: by its put, or a launch's wait
         _after(SQLiteStateDB, "put_task_local_state", step, _has_handle)
+        _after(SQLiteStateDB, "wait_committed", step)
     elif step == "running-state-saved":
         _after(SQLiteStateDB, "put_task_state", step, _is_running)
     elif step == "kill-enter":

@@ -5,13 +5,17 @@ queued behind its previous allocation is built only once that one's runner is.""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from allocrunner import AllocRunner
-from allocrunner.client import BUILDERS, Client
+from allocrunner.client import BUILDERS, LAUNCH_BATCH, Client
+from allocrunner.state import SQLiteStateDB, sqlite_writer
 from allocrunner.structs import Allocation, new_allocation
 from allocrunner.taskrunner.lifecycle import TaskControl
 from allocrunner.testing import mock_job, mock_task, wait_for
@@ -24,7 +28,9 @@ class BuildSpy:
     and with which previous runner, and how many builds ran at once at most; a build
     may be held until the test releases it."""
 
-    def __init__(self, build: Callable[[Client, Allocation, AllocRunner | None], None]) -> None:
+    def __init__(
+        self, build: Callable[[Client, Allocation, AllocRunner | None, list[Any]], None]
+    ) -> None:
         self._build = build
         self._mutex = threading.Lock()
         self.builders: dict[str, str] = {}  # alloc id -> name of the thread that built it
@@ -34,7 +40,9 @@ class BuildSpy:
         self.most_at_once = 0
         self.holds: dict[str, threading.Event] = {}
 
-    def __call__(self, client: Client, alloc: Allocation, prev: AllocRunner | None) -> None:
+    def __call__(
+        self, client: Client, alloc: Allocation, prev: AllocRunner | None, begun: list[Any]
+    ) -> None:
         with self._mutex:
             self.builders[alloc.id] = threading.current_thread().name
             self.prev_of[alloc.id] = prev
@@ -44,7 +52,7 @@ class BuildSpy:
         try:
             if hold is not None:
                 assert hold.wait(10), f"build of {alloc.id} never released"
-            self._build(client, alloc, prev)
+            self._build(client, alloc, prev, begun)
         finally:
             with self._mutex:
                 self._running -= 1
@@ -59,8 +67,10 @@ class BuildSpy:
 def spy(monkeypatch) -> BuildSpy:
     spy = BuildSpy(Client._build)
 
-    def build(client: Client, alloc: Allocation, prev: AllocRunner | None) -> None:
-        spy(client, alloc, prev)
+    def build(
+        client: Client, alloc: Allocation, prev: AllocRunner | None, begun: list[Any]
+    ) -> None:
+        spy(client, alloc, prev, begun)
 
     monkeypatch.setattr(Client, "_build", build)
     return spy
@@ -98,7 +108,7 @@ def test_a_long_queue_is_built_by_helpers_that_end_once_it_is_empty(make_client,
     wait_for(lambda: _assert_some(set(spy.built()) - {allocs[0].id}), timeout=10)
     release.set()
     wait_for(_all_running(client, allocs), timeout=30)
-    # A build returns once its runner has made its start: it may read running first.
+    # A build returns once its runner has begun its start: it may read running first.
     wait_for(lambda: _assert_built_once(spy, allocs), timeout=10)
     assert spy.builders[allocs[0].id] == "client-starter"
     assert set(spy.builders.values()) == {"client-starter", "client-builder"}
@@ -190,3 +200,46 @@ def test_a_builder_makes_the_start_of_a_fresh_allocation_it_built(make_client, m
     assert set(starts) <= {"client-starter", "client-builder"}, starts
     alloc_threads = {t.name for t in threading.enumerate() if t.name.startswith("alloc-")}
     assert {f"alloc-{a.id[:8]}" for a in allocs} <= alloc_threads
+
+
+def test_a_builder_reports_its_starts_running_only_once_their_handles_are_committed(
+    make_client, monkeypatch
+):
+    """Each builder begins up to `LAUNCH_BATCH` starts before it finishes them: their
+    driver handles are queued without a wait each, and one commit holds them all. No
+    allocation is reported running before its handle is in the state DB's file (a
+    restore would start it a second time), which each view checks as it is
+    published, with a group-commit window long enough that only a wait commits."""
+    monkeypatch.setattr(sqlite_writer, "LINGER", 3600.0)
+    unsafe: list[str] = []
+    record = Client._record_update
+
+    def checked(self, view):
+        if view.client_status == "running" and not _handle_on_disk(self.state_db, view.id):
+            unsafe.append(view.id)
+        record(self, view)
+
+    monkeypatch.setattr(Client, "_record_update", checked)
+    client = make_client()
+    client.start()
+    db = client.state_db
+    assert isinstance(db, SQLiteStateDB)
+    allocs = _service_allocs(4 * LAUNCH_BATCH)
+    before = db.stats().commits
+    client.run_allocs(allocs)
+    wait_for(_all_running(client, allocs), timeout=30)
+    assert unsafe == []
+    assert db.stats().commits - before < len(allocs) // 2, "a commit for each start"
+
+
+def _handle_on_disk(db: object, alloc_id: str) -> bool:
+    assert isinstance(db, SQLiteStateDB)
+    conn = sqlite3.connect(db.path)
+    try:
+        row = conn.execute(
+            "SELECT value FROM entries WHERE alloc_id = ? AND task = 'web' AND kind = ?",
+            (alloc_id, "local_state"),
+        ).fetchone()
+    finally:
+        conn.close()
+    return row is not None and json.loads(row[0])["task_handle"] is not None

@@ -149,7 +149,8 @@ def _assert_gone(client: Client, life: FirstLife) -> None:
 
 
 @pytest.mark.parametrize(
-    "step", ["build-enter", "build-dir-made", "task-running", "running-state-saved"]
+    "step",
+    ["build-enter", "build-dir-made", "handle-queued", "task-running", "running-state-saved"],
 )
 def test_kill9_while_building_loses_no_task_and_runs_none_twice(
     tmp_path: Path, marker: str, step: str, second_life: Client, upstream: Upstream

@@ -5,6 +5,8 @@ same either way."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from allocrunner._sync import ThreadGroup
 from allocrunner.drivers.mock import MockDriver
 from allocrunner.errors import DriverError
+from allocrunner.state import SQLiteStateDB, sqlite_writer
 from allocrunner.structs import (
     EVENT_RESTART_SIGNAL,
     EVENT_STARTED,
@@ -23,7 +26,7 @@ from allocrunner.structs import (
 )
 from allocrunner.structs.job import Template
 from allocrunner.taskrunner.hook_phases import TaskHookPhases
-from allocrunner.testing import mock_job, mock_task, wait_for
+from allocrunner.testing import assert_stays, mock_job, mock_task, wait_for
 
 
 class NotingDriver:
@@ -271,3 +274,56 @@ def test_a_launch_whose_thread_cannot_start_kills_its_task_and_raises(
     except DriverError:
         status = "forgotten"
     assert status != "running"
+
+
+@pytest.fixture
+def lingering_db(tmp_path, monkeypatch):
+    """An SQLiteStateDB whose batches nobody waits on are never committed by their age
+    (a window of an hour): what is on disk is what some wait had committed."""
+    monkeypatch.setattr(sqlite_writer, "LINGER", 3600.0)
+    db = SQLiteStateDB(tmp_path / "state.db")
+    yield db
+    db.close()
+
+
+def _handle_on_disk(db: SQLiteStateDB, alloc_id: str) -> bool:
+    """Whether the file, read by a connection of our own, holds the task's handle."""
+    conn = sqlite3.connect(db.path)
+    try:
+        row = conn.execute(
+            "SELECT value FROM entries WHERE alloc_id = ? AND task = 'web' AND kind = ?",
+            (alloc_id, "local_state"),
+        ).fetchone()
+    finally:
+        conn.close()
+    return row is not None and json.loads(row[0])["task_handle"] is not None
+
+
+def test_begun_launches_are_reported_running_once_one_commit_holds_their_handles(
+    lingering_db, make_runner
+):
+    """`begin_launch` makes the start and queues its driver handle without waiting;
+    `finish_launch` reports it only once the handle is on disk, and the first finish's
+    wait commits every launch begun before it in one transaction."""
+    job = mock_job(mock_task("web", config={"run_for": "30s"}))
+    allocs = [new_allocation(job, "web", index=i) for i in range(2)]
+    runners = [make_runner(a, state_db=lingering_db) for a in allocs]
+    pending = [ar.begin_launch() for ar in runners]
+    for ar, alloc in zip(runners, allocs, strict=True):
+        assert ar.task_runner("web").task_state().state == "running"  # started
+        assert not _handle_on_disk(lingering_db, alloc.id)
+    # Nothing reports the started tasks while their handles are not committed.
+    assert_stays(
+        lambda: _equal([ar.alloc_state().client_status for ar in runners], ["pending"] * 2),
+        0.2,
+    )
+    before = lingering_db.stats().commits
+    for ar, alloc, begun in zip(runners, allocs, pending, strict=True):
+        assert begun is not None
+        ar.finish_launch(begun)
+        assert _handle_on_disk(lingering_db, alloc.id)
+        assert ar.alloc_state().client_status == "running"
+    assert lingering_db.stats().commits - before == 1
+    for ar, alloc in zip(runners, allocs, strict=True):
+        ar.update(_stopped(alloc))
+        assert ar.wait(10)

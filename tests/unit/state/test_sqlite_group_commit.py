@@ -386,3 +386,58 @@ def test_a_writer_far_behind_makes_puts_wait(db, path, monkeypatch):
 
 def _assert_queued_at_least(db: SQLiteStateDB, n: int) -> None:
     assert db.stats().writes >= n
+
+
+# --- the group-commit window -------------------------------------------------------------
+
+
+@pytest.fixture
+def long_linger(monkeypatch):
+    """A window far longer than any test: a batch is committed only when something
+    other than its age asks for it."""
+    monkeypatch.setattr(sqlite_writer, "LINGER", 3600.0)
+
+
+def test_a_batch_nobody_waits_on_stays_open_until_a_flush(long_linger, db, path):
+    before = db.stats().commits
+    for n in range(3):
+        db.put_task_state("a", f"task-{n}", TaskState(restarts=n))
+    assert_stays(lambda: _equal(_rows(path, "a"), []), 0.2)
+    db.flush()
+    assert len(_rows(path, "a")) == 3
+    assert db.stats().commits - before == 1
+
+
+def test_a_read_does_not_wait_for_the_window(long_linger, db):
+    db.put_task_state("a", "web", TaskState(restarts=7))
+    # The read waits for its own allocation's writes: the open batch is committed now.
+    assert db.task_runner_state("a", "web") == (None, TaskState(restarts=7))
+
+
+def test_a_batch_as_long_as_linger_max_is_committed_without_a_waiter(
+    long_linger, db, path, monkeypatch
+):
+    monkeypatch.setattr(sqlite_writer, "LINGER_MAX", 4)
+    for n in range(3):
+        db.put_task_state("a", f"task-{n}", TaskState(restarts=n))
+    assert_stays(lambda: _equal(_rows(path, "a"), []), 0.2)
+    db.put_task_state("a", "task-3", TaskState(restarts=3))
+    wait_for(lambda: _equal(len(_rows(path, "a")), 4), 10)
+
+
+def test_a_write_nobody_waits_for_reaches_the_file_within_the_window(db, path):
+    assert sqlite_writer.LINGER < 1.0
+    db.put_task_state("a", "web", TaskState(restarts=1))
+    wait_for(lambda: _equal(_rows(path, "a"), [("web", "task_state")]), 10)
+
+
+def test_a_queued_handle_is_committed_by_wait_committed_and_not_before(long_linger, db, path):
+    before = db.stats().commits
+    db.queue_task_local_state("a", "web", _local_with_handle(1))
+    db.queue_task_local_state("b", "web", _local_with_handle(2))
+    assert_stays(lambda: _equal(_rows(path, "a") + _rows(path, "b"), []), 0.2)
+    db.wait_committed("a")
+    assert _rows(path, "a") == [("web", "local_state")]
+    assert _rows(path, "b") == [("web", "local_state")], "queued before: the same batch"
+    db.wait_committed("b")  # committed already: returns at once, with no new commit
+    assert db.stats().commits - before == 1
