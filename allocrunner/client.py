@@ -35,9 +35,12 @@ runner's own ``alloc-<id8>`` thread then writes the allocation to the state DB a
 it, except that the builder itself makes the start of a fresh single-task allocation
 whose start never waits, and that thread takes the run up from there
 (`AllocRunner.launch`): a few warm threads make a thousand starts for less than a
-thousand new ones. The views (`runner`, `runners`, `allocs`) wait for the queued
-runners they would show to be built, so a caller sees every allocation of the sets it
-applied.
+thousand new ones. A builder begins up to `LAUNCH_BATCH` such starts before it
+finishes them, so that one state DB commit holds all their tasks' driver handles
+(`AllocRunner.begin_launch`, `finish_launch`). The views (`runner`, `runners`,
+`allocs`) wait for the queued runners they would show to be built, so a caller sees
+every allocation of the sets it applied; a `runner` call is woken when its own
+allocation leaves the queue, not by every build.
 
 Threads (owned, joined by `shutdown()`): ``client-starter`` (and its ``client-builder``
 helpers, which end once the queue is empty), ``client-updates`` and the
@@ -168,14 +171,16 @@ class Client:
     _starter = immutable()
     _allocs_lock = immutable()
     # _allocs_lock guards the registry: _runners, _gone, _indexes, _retired, _marked, _pending,
-    # _phase, _list_index, _tombstones, _queued, _built, _building, _helpers, and the
+    # _phase, _list_index, _tombstones, _queued, _built, _view_waits, _building, _helpers, and the
     # run_allocs turn: _desired, _submitted, _applied, _applying, _waiters
     # Checked containers, changed in place under _allocs_lock (a copy per change would
     # make starting or removing N allocations O(N^2)); never handed out.
     _runners = immutable()
     _gone = immutable()  # checked map (a set): ids in _runners whose runner is destroyed
     _queued = immutable()  # id -> latest Allocation whose runner is not built yet
-    _built = guarded("_allocs_lock")  # cancelled (and replaced) when the queue shrinks
+    _built = guarded("_allocs_lock")  # made by a waiting `runners`; cancelled (and dropped)
+    # when the queue shrinks
+    _view_waits = immutable()  # checked map: queued id -> the token its `runner` calls wait on
     _building = guarded("_allocs_lock")  # ids of queued allocations a builder has taken
     _helpers = guarded("_allocs_lock")  # client-builder threads started and not ended
     _indexes = guarded("_allocs_lock")
@@ -234,7 +239,8 @@ class Client:
         self._list_index = -1
         self._tombstones: FrozenDict[str, None] = FrozenDict()
         self._queued: dict[str, Allocation] = guarded_dict(self._allocs_lock)
-        self._built = CancelToken()
+        self._built: CancelToken | None = None
+        self._view_waits: dict[str, CancelToken] = guarded_dict(self._allocs_lock)
         self._building: frozenset[str] = frozenset()
         self._helpers = 0
         self._desired: _Desired | None = None
@@ -261,13 +267,18 @@ class Client:
 
     @calls_out
     def runner(self, alloc_id: str) -> AllocRunner | None:
-        """The tracked runner of `alloc_id`, or None; waits while it is queued, not built."""
+        """The tracked runner of `alloc_id`, or None; waits while it is queued, not built
+        (woken when it leaves the queue, not by the others)."""
         while True:
             with self._allocs_lock:
                 ar = self._runners.get(alloc_id)
-                built = self._built
                 queued = alloc_id in self._queued
-            if ar is not None or not queued:
+                built = None
+                if ar is None and queued:
+                    built = self._view_waits.get(alloc_id)
+                    if built is None:
+                        built = self._view_waits[alloc_id] = CancelToken()
+            if built is None:
                 return ar
             built.wait()
 
@@ -280,9 +291,11 @@ class Client:
         while True:
             with self._allocs_lock:
                 runners = list(self._runners.values())
-                built = self._built
                 waiting = not queued.isdisjoint(self._queued)
-            if not waiting:
+                built = self._built
+                if waiting and built is None:
+                    built = self._built = CancelToken()
+            if built is None or not waiting:
                 return runners
             built.wait()
 
@@ -605,7 +618,7 @@ class Client:
                 self._gone.pop(alloc_id, None)
             dropped = [i for i in removed if self._queued.pop(i, None) is not None]
             if dropped:
-                self._signal_built_locked()
+                self._signal_built_locked(dropped)
             self._indexes = FrozenDict(
                 {i: n for i, n in self._indexes.items() if i not in removed}
             )
@@ -670,10 +683,27 @@ class Client:
         self._start_kick.kick()
 
     @requires("_allocs_lock")
-    def _signal_built_locked(self) -> None:
-        """Wake the views waiting for queued runners (notify-only)."""
-        self._built.cancel("queue changed")
-        self._built = CancelToken()
+    def _signal_built_locked(self, alloc_ids: Iterable[str] | None = None) -> None:
+        """`alloc_ids` (None: every one) left the queue: wake the views waiting for
+        them, and those waiting for all the queued ones to be built (notify-only). A
+        build wakes nobody else: with a thousand queued, a view waiting for the last
+        one was woken a thousand times."""
+        if self._built is not None:
+            self._built.cancel("queue changed")
+            self._built = None
+        if not self._view_waits:
+            return
+        if alloc_ids is None:
+            woken = list(self._view_waits.values())
+            self._view_waits.clear()
+        else:
+            woken = []
+            for alloc_id in alloc_ids:
+                token = self._view_waits.pop(alloc_id, None)
+                if token is not None:
+                    woken.append(token)
+        for token in woken:
+            token.cancel("built")
 
     @calls_out
     def _start_queued(self) -> None:
@@ -796,7 +826,7 @@ class Client:
             with self._allocs_lock:
                 if self._queued.pop(alloc.id, None) is not None:
                     self._indexes = _without(self._indexes, alloc.id)
-                    self._signal_built_locked()
+                    self._signal_built_locked((alloc.id,))
             self._forget(alloc.id)
             self._record_update(
                 attrs.evolve(alloc, client_status=CLIENT_FAILED, client_description=str(err))
@@ -813,7 +843,7 @@ class Client:
                     self._runners[alloc.id] = ar
                     self._gone.pop(alloc.id, None)
                     del self._queued[alloc.id]
-                    self._signal_built_locked()
+                    self._signal_built_locked((alloc.id,))
             if registered:
                 self._track_destroy((ar,))
                 break

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from allocrunner import AllocRunner
+from allocrunner._sync import CancelToken
 from allocrunner.client import BUILDERS, LAUNCH_BATCH, Client
 from allocrunner.state import SQLiteStateDB, sqlite_writer
 from allocrunner.structs import Allocation, new_allocation
@@ -243,3 +244,43 @@ def _handle_on_disk(db: object, alloc_id: str) -> bool:
     finally:
         conn.close()
     return row is not None and json.loads(row[0])["task_handle"] is not None
+
+
+def test_a_view_of_a_queued_allocation_is_woken_by_its_own_build_only(
+    make_client, spy, monkeypatch
+):
+    """`Client.runner` of a queued allocation waits until its runner is built; the
+    builds of the allocations queued before it do not wake it (a thousand queued woke a
+    view of the last one a thousand times)."""
+    waits: list[CancelToken] = []
+    real_wait = CancelToken.wait
+
+    def counted(self: CancelToken, timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "viewer":
+            waits.append(self)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(CancelToken, "wait", counted)
+    client = make_client()
+    client.start()
+    allocs = _service_allocs(24)
+    gate = threading.Event()
+    for alloc in allocs:
+        spy.holds[alloc.id] = gate  # nothing is built until the viewer waits
+    client.run_allocs(allocs)
+    found: list[AllocRunner | None] = []
+    viewer = threading.Thread(
+        target=lambda: found.append(client.runner(allocs[-1].id)), name="viewer"
+    )
+    viewer.start()
+    wait_for(lambda: _equal(len(waits), 1), timeout=10)
+    gate.set()
+    viewer.join(30)
+    assert not viewer.is_alive()
+    assert found and found[0] is not None and found[0].id == allocs[-1].id
+    assert len(waits) == 1, f"woken {len(waits) - 1} times before its own build"
+    wait_for(_all_running(client, allocs), timeout=30)
+
+
+def _equal(got: object, want: object) -> None:
+    assert got == want, f"{got!r}, want {want!r}"
