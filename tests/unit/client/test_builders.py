@@ -5,8 +5,6 @@ queued behind its previous allocation is built only once that one's runner is.""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +18,8 @@ from allocrunner.state import SQLiteStateDB, sqlite_writer
 from allocrunner.structs import Allocation, new_allocation
 from allocrunner.taskrunner.lifecycle import TaskControl
 from allocrunner.testing import mock_job, mock_task, wait_for
+
+from ..statedb_file import handle_on_disk
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,7 +216,8 @@ def test_a_builder_reports_its_starts_running_only_once_their_handles_are_commit
     record = Client._record_update
 
     def checked(self, view):
-        if view.client_status == "running" and not _handle_on_disk(self.state_db, view.id):
+        running = view.client_status == "running"
+        if running and not handle_on_disk(self.state_db.path, view.id, "web"):
             unsafe.append(view.id)
         record(self, view)
 
@@ -231,19 +232,6 @@ def test_a_builder_reports_its_starts_running_only_once_their_handles_are_commit
     wait_for(_all_running(client, allocs), timeout=30)
     assert unsafe == []
     assert db.stats().commits - before < len(allocs) // 2, "a commit for each start"
-
-
-def _handle_on_disk(db: object, alloc_id: str) -> bool:
-    assert isinstance(db, SQLiteStateDB)
-    conn = sqlite3.connect(db.path)
-    try:
-        row = conn.execute(
-            "SELECT value FROM entries WHERE alloc_id = ? AND task = 'web' AND kind = ?",
-            (alloc_id, "local_state"),
-        ).fetchone()
-    finally:
-        conn.close()
-    return row is not None and json.loads(row[0])["task_handle"] is not None
 
 
 def test_a_view_of_a_queued_allocation_is_woken_by_its_own_build_only(

@@ -5,8 +5,6 @@ same either way."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 from typing import Any
 
@@ -27,6 +25,8 @@ from allocrunner.structs import (
 from allocrunner.structs.job import Template
 from allocrunner.taskrunner.hook_phases import TaskHookPhases
 from allocrunner.testing import assert_stays, mock_job, mock_task, wait_for
+
+from ..statedb_file import handle_on_disk
 
 
 class NotingDriver:
@@ -286,19 +286,6 @@ def lingering_db(tmp_path, monkeypatch):
     db.close()
 
 
-def _handle_on_disk(db: SQLiteStateDB, alloc_id: str) -> bool:
-    """Whether the file, read by a connection of our own, holds the task's handle."""
-    conn = sqlite3.connect(db.path)
-    try:
-        row = conn.execute(
-            "SELECT value FROM entries WHERE alloc_id = ? AND task = 'web' AND kind = ?",
-            (alloc_id, "local_state"),
-        ).fetchone()
-    finally:
-        conn.close()
-    return row is not None and json.loads(row[0])["task_handle"] is not None
-
-
 def test_begun_launches_are_reported_running_once_one_commit_holds_their_handles(
     lingering_db, make_runner
 ):
@@ -311,7 +298,7 @@ def test_begun_launches_are_reported_running_once_one_commit_holds_their_handles
     pending = [ar.begin_launch() for ar in runners]
     for ar, alloc in zip(runners, allocs, strict=True):
         assert ar.task_runner("web").task_state().state == "running"  # started
-        assert not _handle_on_disk(lingering_db, alloc.id)
+        assert not handle_on_disk(lingering_db.path, alloc.id, "web")
     # Nothing reports the started tasks while their handles are not committed.
     assert_stays(
         lambda: _equal([ar.alloc_state().client_status for ar in runners], ["pending"] * 2),
@@ -321,7 +308,7 @@ def test_begun_launches_are_reported_running_once_one_commit_holds_their_handles
     for ar, alloc, begun in zip(runners, allocs, pending, strict=True):
         assert begun is not None
         ar.finish_launch(begun)
-        assert _handle_on_disk(lingering_db, alloc.id)
+        assert handle_on_disk(lingering_db.path, alloc.id, "web")
         assert ar.alloc_state().client_status == "running"
     assert lingering_db.stats().commits - before == 1
     for ar, alloc in zip(runners, allocs, strict=True):
