@@ -159,8 +159,8 @@ def _id8(alloc_id: str) -> str:
 class _Launched(NamedTuple):
     """Immutable. What `AllocRunner.launch` made of the start, for the allocation's
     thread: the task runner it began (None: none was, as the agent shuts down), or the
-    error the start raised; and whether the state handler's passes are held until that
-    thread releases them."""
+    error the start raised; and whether the state handler's passes are held until
+    `finish_launch` releases them."""
 
     first: TaskRunner | None
     error: BaseException | None = None
