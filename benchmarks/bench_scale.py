@@ -42,7 +42,9 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   1.5x each) and against the floor of any design that keeps exit codes across agent
   restarts (`RELAY`: a process other than the agent reaps the task, records its status
   and tells the agent), sample by sample, the three started and settled (asleep)
-  before any is timed, in rotating order.
+  before any is timed, in rotating order, after `STOP_WARMUP` untimed stops of each.
+  Both raw_exec figures take 200 samples: a median of 40, taken without the warm-up,
+  spread about twice as wide from run to run.
 - Stopping 100 raw_exec tasks on one driver with one `RawExecDriver.stop_many` call
   against a real supervisord's ``stopAllProcesses`` over XML-RPC on a unix socket,
   timed until supervisord has reaped every program (`SupervisordPeer.stop_all` says
@@ -162,7 +164,7 @@ def params() -> Params:
     idle = float(os.environ.get("BENCH_SCALE_IDLE_S", "1" if QUICK else "30"))
     if QUICK:
         return Params(40, 10, 1, idle, 5, 10, 1, 300)
-    return Params(1000, 100, 2, idle, 40, 100, 3, 3000)
+    return Params(1000, 100, 2, idle, 200, 100, 3, 3000)
 
 
 # --- figures --------------------------------------------------------------------------
@@ -1042,6 +1044,11 @@ def new_raw_exec(root: Path) -> RawExecDriver:
     return RawExecDriver()
 
 
+STOP_WARMUP = 10
+"""Stops of each kind made, untimed, before the timed ones, as the starts have theirs:
+the first stops in a process can run half as long again, ours the most (its stop path
+runs for the first time there), and they would tilt a median of the timed samples."""
+
 EXEC_FIGURE = "raw_exec start -> exec'd (median)"
 REAP_FIGURE = "raw_exec stop -> reaped (median)"
 RELAY_FIGURE = "floor: kill -> exit recorded and relayed (median)"
@@ -1122,6 +1129,7 @@ def raw_exec_figures(root: Path, samples: int) -> list[Figure]:
         ours, bare = exec_samples(run, root / "exec", samples)
         relay = Relay(root / "relay")
         try:
+            stop_samples(driver, run, relay, root / "warm-stop", min(STOP_WARMUP, samples))
             kill, popen_kill, relayed = stop_samples(driver, run, relay, root / "stop", samples)
         finally:
             relay.close()
