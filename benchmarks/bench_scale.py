@@ -109,7 +109,7 @@ import threading
 import time
 import traceback
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1739,6 +1739,7 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     )
     start_all = min(c.start_s for c in big)
     print(start_cost_notes(small, big, recorded, driven, contract, floors), flush=True)
+    print(round_notes(small, big, contract, floors), flush=True)
     figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
     layout_start = min(f.start_all_s for f in layouts)
     figures.append(Figure(names[7], layout_start, floor_start, "bare threads", "s", "floor", None))
@@ -1818,6 +1819,29 @@ def start_cost_notes(
         f"  note: contract floor N={n}, fastest round: {straight.per(n)}\n"
         f"  note: bare threads N={n}, fastest round: {threads.per(n)}"
     )
+
+
+def round_notes(
+    small: list[CycleRun], big: list[CycleRun], contract: list[FloorRun], bare: list[FloorRun]
+) -> str:
+    """Every round's figure, in the order run, where the table gives only the fastest:
+    how far the rounds of one run spread, and whether a later round paid for the
+    deletions of the earlier ones (`deleted_inode_note`)."""
+
+    def spread(values: Iterable[float], scale: float) -> str:
+        return " / ".join(f"{v * scale:.1f}" for v in values)
+
+    n_big, n_small = big[0].n, small[0].n
+    lines = [
+        f"start-all N={n_big} {spread((c.start_s for c in big), 1e3)} ms",
+        f"contract floor {spread((f.start_all_s for f in contract), 1e3)} ms",
+        f"bare threads {spread((f.start_all_s for f in bare), 1e3)} ms",
+    ]
+    for phase in ("start", "stop", "destroy"):
+        per_big = spread((getattr(c, f"{phase}_s") / n_big for c in big), 1e6)
+        per_small = spread((getattr(c, f"{phase}_s") / n_small for c in small), 1e6)
+        lines.append(f"{phase} per alloc N={n_big} {per_big} us, N={n_small} {per_small} us")
+    return "\n".join(f"  note: each round: {line}" for line in lines)
 
 
 def section(specs: list[tuple[str, str]], measure: Callable[[], list[Figure]]) -> list[Figure]:

@@ -70,6 +70,13 @@ def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
         assert len(lines) == 1, f"figure {floor!r} printed {len(lines)} times\n{report}"
         assert re.search(r"ratio\s+\d+\.\d\dx\s+goal floor", lines[0]), report
     assert "note: contract floor N=" in done.stdout, report
+    rounds = re.findall(r"note: each round: start-all N=\d+ ([\d.]+(?: / [\d.]+)*) ms", done.stdout)
+    assert len(rounds) == 1, report
+    for phase in ("start", "stop", "destroy"):
+        assert re.search(
+            rf"note: each round: {phase} per alloc N=\d+ [\d. /]+ us, N=\d+ [\d. /]+ us",
+            done.stdout,
+        ), report
     calls = figure_lines(done.stdout, CALLS_FIGURE)
     assert len(calls) == 1, report
     counted = re.match(
