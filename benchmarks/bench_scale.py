@@ -58,9 +58,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   (goal: 60 KB), and idle CPU with N allocations running: process CPU time
   (`time.process_time`) over wall time across a window (30 s by default; goal: 0.1 %),
   once the state DB has flushed and its write counters stay put for 1 s (runners keep
-  writing for a while after they read running; the process also holds the idle
-  Clients of the warm-up and the first small cycle, with their terminal allocations);
-  an idle floor is zero, so that ratio is to the goal.
+  writing for a while after they read running); an idle floor is zero, so that ratio
+  is to the goal.
 
 Every figure is the best of its interleaved rounds (medians for the per-process
 samples). Where the temp dir is on ext4 without a journal the run says so first
@@ -69,9 +68,9 @@ last minutes, which moves the start figures and the directory floors from run to
 The raw_exec sections run before the Client cycles for that reason: the cycles free
 tens of thousands of inodes, which a raw_exec start's log files, created while its
 Popen peer creates none, would otherwise pay for. For the same reason the Client
-section deletes nothing until its last start has run: the floors keep their
-directories, and the Client cycles their terminal allocations, until every round has
-run; the cycles' destroys come last (`client_figures`). The table keeps its order.
+section's floors keep their directories until the section ends, so that a floor's
+deletions do not land on the phases after it (`client_figures`). The table keeps its
+order.
 
 One module of this size because it has one concern, the scale figures of one run: the
 Client cycle, the floors and the supervisord peer are read together.
@@ -742,66 +741,8 @@ def _stopped(alloc: Allocation) -> Allocation:
     )
 
 
-@dataclass
-class LiveCycle:
-    """Not thread-safe; owned by `client_figures`. A Client cycle whose start and stop
-    have been measured: its Client keeps the n terminal allocations, and their
-    directories, until `destroy` measures their destroy, or `close` (idempotent) shuts
-    it down unmeasured. Kept apart so that the section can run every start before any
-    destroy deletes a directory (`client_figures`)."""
-
-    n: int
-    root: Path
-    client: Client
-    driver: MockDriver
-    ids: list[str]
-    run_allocs_s: float
-    start_s: float
-    stop_s: float
-    rss_kb_per_alloc: float
-    idle_cpu_percent: float | None
-    start_cost: Cost
-    closed: bool = False
-
-    def destroy(self) -> CycleRun:
-        """Time the destroy of every allocation (`collect_all` until each runner is
-        destroyed), then close; the whole cycle's figures."""
-        try:
-            wait_for_marks(self.client, self.ids)
-            t0 = time.perf_counter()
-            self.client.collect_all()
-            wait_all_destroyed(self.client, self.ids)
-            destroy_s = time.perf_counter() - t0
-            self.client.run_allocs([])
-        finally:
-            self.close()
-        return CycleRun(
-            self.n,
-            self.run_allocs_s,
-            self.start_s,
-            self.stop_s,
-            destroy_s,
-            self.rss_kb_per_alloc,
-            self.idle_cpu_percent,
-            self.start_cost,
-        )
-
-    def close(self) -> None:
-        """Shut the Client and its driver down and delete its data dir (once)."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.client.shutdown()
-        finally:
-            self.driver.close()
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def start_and_stop(n: int, root: Path, idle_s: float) -> LiveCycle:
-    """Start and then stop n single-task mock allocations on a fresh Client, timing
-    each; with `idle_s`, measure the idle CPU between the two. The destroy is left to
-    the returned cycle."""
+def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
+    """Start, stop and destroy n single-task mock allocations on a fresh Client."""
     job = mock_job(mock_task("t", config={"run_for": "24h"}))
     allocs = [new_allocation(job, "web", index=i) for i in range(n)]
     ids = [a.id for a in allocs]
@@ -837,20 +778,19 @@ def start_and_stop(n: int, root: Path, idle_s: float) -> LiveCycle:
         client.run_allocs([_stopped(a) for a in allocs])
         wait_all(client, ids, TERMINAL, "completed")
         stop_s = time.perf_counter() - t0
-    except BaseException:
-        try:
-            client.shutdown()
-        finally:
-            driver.close()
-            shutil.rmtree(root, ignore_errors=True)
-        raise
+
+        wait_for_marks(client, ids)
+        t0 = time.perf_counter()
+        client.collect_all()
+        wait_all_destroyed(client, ids)
+        destroy_s = time.perf_counter() - t0
+        client.run_allocs([])
+    finally:
+        client.shutdown()
+        driver.close()
+        shutil.rmtree(root, ignore_errors=True)
     assert meter.cost is not None
-    return LiveCycle(n, root, client, driver, ids, returned, start_s, stop_s, rss, idle, meter.cost)
-
-
-def client_cycle(n: int, root: Path, idle_s: float) -> CycleRun:
-    """Start, stop and destroy n single-task mock allocations on a fresh Client."""
-    return start_and_stop(n, root, idle_s).destroy()
+    return CycleRun(n, returned, start_s, stop_s, destroy_s, rss, idle, meter.cost)
 
 
 def start_all_calls(n: int, root: Path) -> float:
@@ -1736,36 +1676,29 @@ CLIENT_GOALS = [
 
 
 def client_figures(p: Params, root: Path) -> list[Figure]:
-    """The Client section. Nothing it makes is deleted until every start has run: on
-    ext4 without a journal a mkdir costs more for each inode freed in the last minutes
-    (`deleted_inode_note`), so a phase that deleted directories would raise the cost
-    of every start after it. The floors keep their directories until the section
-    ends; each Client cycle is started and stopped in its round, and keeps its
-    terminal allocations (idle, with no thread of their own) until every round has
-    run, when the cycles are destroyed one after the other, each destroy timed as
-    before. A deletion costs the same after other deletions; a mkdir does not."""
+    """The Client section. The floors' directories are deleted only once every round
+    has run: on ext4 without a journal a mkdir costs more for each inode freed in the
+    last minutes (`deleted_inode_note`), so a floor that deleted its 8,000 directories
+    at once would raise the cost of every phase after it, the Client cycles (which run
+    last in each round) most. Kept, the only deletions the section makes while it
+    measures are the Client cycles' own destroys."""
     floors_root = root / "floors"
-    live: list[LiveCycle] = []
     try:
-        return _client_figures(p, root, floors_root, live)
+        return _client_figures(p, root, floors_root)
     finally:
-        for cycle in live:
-            cycle.close()
         shutil.rmtree(floors_root, ignore_errors=True)
 
 
-def _client_figures(
-    p: Params, root: Path, floors_root: Path, live: list[LiveCycle]
-) -> list[Figure]:
-    live.append(start_and_stop(p.n_small, root / "warm", 0.0))
+def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
+    client_cycle(p.n_small, root / "warm", 0.0)
     floors: list[FloorRun] = []
     layouts: list[FloorRun] = []
     recorded: list[FloorRun] = []
     driven: list[FloorRun] = []
     as_nomad: list[FloorRun] = []
     contract: list[FloorRun] = []
-    small_live: list[LiveCycle] = []
-    big_live: list[LiveCycle] = []
+    small: list[CycleRun] = []
+    big: list[CycleRun] = []
     loops = spin_loops_per_ms()
     wakes_small: list[float] = []
     wakes_big: list[float] = []
@@ -1789,14 +1722,8 @@ def _client_figures(
                 p.n_big, kept / "contract", layout=True, records=True, driver=True, contract=True
             )
         )
-        small_live.append(start_and_stop(p.n_small, root / f"small{r}", 0.0))
-        live.append(small_live[-1])
-        big_live.append(start_and_stop(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
-        live.append(big_live[-1])
-    # Destroyed in the order started, the warm-up's first; only then are there deletions.
-    runs = {id(cycle): cycle.destroy() for cycle in live}
-    small = [runs[id(cycle)] for cycle in small_live]
-    big = [runs[id(cycle)] for cycle in big_live]
+        small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
+        big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
     names = client_names(p)
     figures: list[Figure] = []
     for name, phase in zip(names, ("start", "stop", "destroy"), strict=False):
@@ -1898,7 +1825,8 @@ def round_notes(
     small: list[CycleRun], big: list[CycleRun], contract: list[FloorRun], bare: list[FloorRun]
 ) -> str:
     """Every round's figure, in the order run, where the table gives only the fastest:
-    how far the rounds of one run spread."""
+    how far the rounds of one run spread, and whether a later round paid for the
+    deletions of the earlier ones (`deleted_inode_note`)."""
 
     def spread(values: Iterable[float], scale: float) -> str:
         return " / ".join(f"{v * scale:.1f}" for v in values)
@@ -1931,8 +1859,8 @@ def deleted_inode_note(path: Path) -> str | None:
     an inode freed in the last 60 s (360 s while its inode table block is dirty): each
     new inode is found by skipping every such one in its group, so a mkdir costs more
     the more the host deleted in the last minutes. The start figures and the layout
-    and records floors then move with the host's recent deletions; this run's own come
-    after its last start (`client_figures`)."""
+    and records floors then move with the host's recent deletions (this run's own
+    destroys included), which no ordering of the phases avoids."""
     mount = mount_of(path)
     if mount is None or mount.fstype != "ext4" or not os.path.isdir("/proc/fs/jbd2"):
         return None
