@@ -32,7 +32,8 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   the fastest start-all's time went at N=100 and N=1000, beside the records, driver and
   contract floors' and the bare threads' (`CostMeter`): CPU per allocation in user and
   system mode, voluntary context switches per allocation, and the time the cyclic
-  garbage collector ran.
+  garbage collector ran; and every round's start-all, contract floor and bare threads,
+  and its start, stop and destroy per allocation at both sizes (`round_notes`).
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -1825,8 +1826,8 @@ def round_notes(
     small: list[CycleRun], big: list[CycleRun], contract: list[FloorRun], bare: list[FloorRun]
 ) -> str:
     """Every round's figure, in the order run, where the table gives only the fastest:
-    how far the rounds of one run spread, and whether a later round paid for the
-    deletions of the earlier ones (`deleted_inode_note`)."""
+    how far the rounds of one run spread, and which round each fastest figure came
+    from."""
 
     def spread(values: Iterable[float], scale: float) -> str:
         return " / ".join(f"{v * scale:.1f}" for v in values)
