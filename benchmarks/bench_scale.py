@@ -25,15 +25,20 @@ Figures (each printed with its ratio and its goal, PASS or MISS):
   Received, Task Setup and Started events, its state published under an RWLock,
   broadcast and handed to a coalescing updater thread, and its task started with the
   environment and interpolated config a runner gives the driver: `start_as_contract`),
-  the best figure any runner that keeps the contract can reach, and start-all against
-  that. For the stop's growth, a floor without any runner: N bare threads, each blocked
+  the best figure any runner that keeps the contract can reach with a thread each, and
+  start-all against that; and a seventh, the sixth's starts made instead by `BUILDERS`
+  long-lived threads, each starting an allocation's thread, only to wait, once its start
+  is made: the Client's own shape (its builders launch, a thread per allocation waits),
+  so the best figure a runner of that shape can reach, and start-all against that. For
+  the stop's growth, a floor without any runner: N bare threads, each blocked
   on its own Event, woken at once, each running a Python loop that takes 1 ms when run
   alone; its time per thread at N=1000 against N=100. Notes before the table say where
-  the fastest start-all's time went at N=100 and N=1000, beside the records, driver and
-  contract floors' and the bare threads' (`CostMeter`): CPU per allocation in user and
-  system mode, voluntary context switches per allocation, and the time the cyclic
-  garbage collector ran; and every round's start-all, contract floor and bare threads,
-  and its start, stop and destroy per allocation at both sizes (`round_notes`).
+  the fastest start-all's time went at N=100 and N=1000, beside the records, driver,
+  contract and pooled contract floors' and the bare threads' (`CostMeter`): CPU per
+  allocation in user and system mode, voluntary context switches per allocation, and
+  the time the cyclic garbage collector ran; and every round's start-all, both contract
+  floors and bare threads, and its start, stop and destroy per allocation at both sizes
+  (`round_notes`).
 - `put_task_state` of a changed value against encode + a raw sqlite insert, rounds
   interleaved; each batch of puts ends with the store's `flush()`, so a store that
   queues its writes pays for them (goal: at most 1.5x).
@@ -122,7 +127,7 @@ from allocrunner._sync import CancelToken
 from allocrunner.agent.host_facts import mount_of
 from allocrunner.allocdir import AllocDir, TaskPaths
 from allocrunner.broadcaster import AllocBroadcaster
-from allocrunner.client import Client
+from allocrunner.client import BUILDERS, Client
 from allocrunner.config import ClientConfig
 from allocrunner.drivers import MockDriver, RawExecDriver, TaskConfig, TaskHandle
 from allocrunner.errors import DriverError
@@ -322,6 +327,7 @@ def bare_thread_floor(
     driver: bool = False,
     as_nomad: bool = False,
     contract: bool = False,
+    pool: int = 0,
     counter: CallCounter | None = None,
 ) -> FloorRun:
     """One plain thread per allocation that makes a directory and sets an Event; with
@@ -337,7 +343,12 @@ def bare_thread_floor(
     With `contract` instead, each thread does in a straight line all that the public
     contract has a start do (`start_as_contract`): the driver floor's writes, with the
     task's events, its state published as a runner publishes it, and the task started
-    with the config a runner builds (`contract_task_config`). The directories
+    with the config a runner builds (`contract_task_config`). With `pool`, the same
+    work is done by that many long-lived threads instead, each taking every `pool`-th
+    allocation, and each allocation's thread is started by its builder once its start is
+    made, only to wait: the Client's own shape (its builders launch, a thread per
+    allocation waits), so with `contract` it is the best any runner of that shape that
+    keeps the contract can reach. The directories
     stay for the caller to delete once every phase it compares has run (see
     `client_figures`). With `counter`, the calls of the timed stretch are counted: this
     thread's and its threads' until every one has started."""
@@ -353,29 +364,55 @@ def bare_thread_floor(
         job = mock_job(mock_task("t", config={"run_for": "24h"}))
         allocs = [new_allocation(job, "web", index=i) for i in range(n)]
 
+    def work(i: int) -> None:
+        if layout:
+            alloc_dir = AllocDir(str(root), f"alloc{i}")
+            alloc_dir.build()
+            task_dir = alloc_dir.new_task_dir("t")
+            task_dir.build()
+            if db is not None and updates is not None:
+                assert mock is not None
+                start_as_contract(db, allocs[i], task_dir.paths(), mock, cells[i], updates)
+            elif db is not None:
+                persist = persist_start_as_nomad if as_nomad else persist_start
+                persist(db, allocs[i], str(task_dir.dir), mock)
+        else:
+            (root / f"alloc{i}").mkdir()
+
     def alloc(i: int) -> None:
         try:
-            if layout:
-                alloc_dir = AllocDir(str(root), f"alloc{i}")
-                alloc_dir.build()
-                task_dir = alloc_dir.new_task_dir("t")
-                task_dir.build()
-                if db is not None and updates is not None:
-                    assert mock is not None
-                    start_as_contract(db, allocs[i], task_dir.paths(), mock, cells[i], updates)
-                elif db is not None:
-                    persist = persist_start_as_nomad if as_nomad else persist_start
-                    persist(db, allocs[i], str(task_dir.dir), mock)
-            else:
-                (root / f"alloc{i}").mkdir()
+            work(i)
         finally:
             started[i].set()
         release.wait()
 
+    def wait_released(i: int) -> None:
+        started[i].set()
+        release.wait()
+
+    failures: list[BaseException] = []
+
+    def build(first: int) -> None:
+        """One of the `pool` builders: the start of every `pool`-th allocation, each
+        followed by the start of that allocation's waiting thread (started even after a
+        failure, which is kept for the caller to raise, so that the wait below ends)."""
+        for i in range(first, n, pool):
+            try:
+                work(i)
+            except BaseException as err:
+                failures.append(err)
+            try:
+                threads[i].start()
+            except BaseException as err:
+                failures.append(err)
+                started[i].set()
+
     root.mkdir(parents=True)
     gc.collect()
     rss_before = vm_rss_kb()
-    threads = [threading.Thread(target=alloc, args=(i,), daemon=True) for i in range(n)]
+    target = wait_released if pool else alloc
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
+    builders = [threading.Thread(target=build, args=(k,), daemon=True) for k in range(pool)]
     meter = CostMeter()
     counting = contextlib.nullcontext() if counter is None else counter.installed()
     calls = None
@@ -386,7 +423,7 @@ def bare_thread_floor(
     t0 = time.perf_counter()
     try:
         with meter, counting:
-            for thread in threads:
+            for thread in builders or threads:
                 thread.start()
             for event in started:
                 event.wait()
@@ -394,9 +431,11 @@ def bare_thread_floor(
                 calls = counter.total()
         elapsed = time.perf_counter() - t0
         rss = (vm_rss_kb() - rss_before) / n
+        if failures:
+            raise failures[0]
     finally:
         release.set()
-        for thread in threads:
+        for thread in builders + threads:
             if thread.ident is not None:
                 thread.join()
         if updates is not None:
@@ -1666,13 +1705,15 @@ def client_names(p: Params) -> list[str]:
         f"start-all N={p.n_big} vs the Nomad-writes floor",
         f"floor: a straight-line start of all the contract asks, N={p.n_big}",
         f"start-all N={p.n_big} vs the contract floor",
+        f"floor: the contract's starts on {BUILDERS} threads, a thread each waits, N={p.n_big}",
+        f"start-all N={p.n_big} vs the pooled contract floor",
     ]
 
 
 CLIENT_GOALS = [
     *("<= 1.3x", "<= 1.3x", "<= 1.3x", "<= 0.5 s", "<= 8x", "<= 60 KB", "<= 0.1 %"),
     *("floor", "floor", "floor", "floor", "floor", "floor", "floor", "floor"),
-    *("floor", "floor", "floor", "floor"),
+    *("floor", "floor", "floor", "floor", "floor", "floor"),
 ]
 
 
@@ -1698,6 +1739,7 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     driven: list[FloorRun] = []
     as_nomad: list[FloorRun] = []
     contract: list[FloorRun] = []
+    pooled: list[FloorRun] = []
     small: list[CycleRun] = []
     big: list[CycleRun] = []
     loops = spin_loops_per_ms()
@@ -1723,6 +1765,17 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
                 p.n_big, kept / "contract", layout=True, records=True, driver=True, contract=True
             )
         )
+        pooled.append(
+            bare_thread_floor(
+                p.n_big,
+                kept / "pooled",
+                layout=True,
+                records=True,
+                driver=True,
+                contract=True,
+                pool=BUILDERS,
+            )
+        )
         small.append(client_cycle(p.n_small, root / f"small{r}", 0.0))
         big.append(client_cycle(p.n_big, root / f"big{r}", p.idle_s if r == 0 else 0.0))
     names = client_names(p)
@@ -1739,8 +1792,8 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
         )
     )
     start_all = min(c.start_s for c in big)
-    print(start_cost_notes(small, big, recorded, driven, contract, floors), flush=True)
-    print(round_notes(small, big, contract, floors), flush=True)
+    print(start_cost_notes(small, big, recorded, driven, contract, pooled, floors), flush=True)
+    print(round_notes(small, big, contract, pooled, floors), flush=True)
     figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
     layout_start = min(f.start_all_s for f in layouts)
     figures.append(Figure(names[7], layout_start, floor_start, "bare threads", "s", "floor", None))
@@ -1762,6 +1815,11 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     )
     figures.append(
         Figure(names[18], start_all, contract_start, "contract floor", "s", "floor", None)
+    )
+    pooled_start = min(f.start_all_s for f in pooled)
+    figures.append(Figure(names[19], pooled_start, floor_start, "bare threads", "s", "floor", None))
+    figures.append(
+        Figure(names[20], start_all, pooled_start, "pooled contract floor", "s", "floor", None)
     )
     figures.append(
         Figure(names[11], min(wakes_big), min(wakes_small), f"N={p.n_small}", "s", "floor", None)
@@ -1800,16 +1858,18 @@ def start_cost_notes(
     recorded: list[FloorRun],
     driven: list[FloorRun],
     contract: list[FloorRun],
+    pooled: list[FloorRun],
     bare: list[FloorRun],
 ) -> str:
     """Where the fastest start-all's time went at both sizes, beside the fastest records,
-    driver, contract and bare-thread floors' (at the large size)."""
+    driver, contract, pooled contract and bare-thread floors' (at the large size)."""
     fastest_small = min(small, key=lambda c: c.start_s)
     fastest_big = min(big, key=lambda c: c.start_s)
     n = fastest_big.n
     records = min(recorded, key=lambda f: f.start_all_s).cost
     driver = min(driven, key=lambda f: f.start_all_s).cost
     straight = min(contract, key=lambda f: f.start_all_s).cost
+    on_pool = min(pooled, key=lambda f: f.start_all_s).cost
     threads = min(bare, key=lambda f: f.start_all_s).cost
     return (
         f"  note: start-all N={fastest_small.n}, fastest round: "
@@ -1818,12 +1878,17 @@ def start_cost_notes(
         f"  note: records floor N={n}, fastest round: {records.per(n)}\n"
         f"  note: driver floor N={n}, fastest round: {driver.per(n)}\n"
         f"  note: contract floor N={n}, fastest round: {straight.per(n)}\n"
+        f"  note: pooled contract floor N={n}, fastest round: {on_pool.per(n)}\n"
         f"  note: bare threads N={n}, fastest round: {threads.per(n)}"
     )
 
 
 def round_notes(
-    small: list[CycleRun], big: list[CycleRun], contract: list[FloorRun], bare: list[FloorRun]
+    small: list[CycleRun],
+    big: list[CycleRun],
+    contract: list[FloorRun],
+    pooled: list[FloorRun],
+    bare: list[FloorRun],
 ) -> str:
     """Every round's figure, in the order run, where the table gives only the fastest:
     how far the rounds of one run spread, and which round each fastest figure came
@@ -1836,6 +1901,7 @@ def round_notes(
     lines = [
         f"start-all N={n_big} {spread((c.start_s for c in big), 1e3)} ms",
         f"contract floor {spread((f.start_all_s for f in contract), 1e3)} ms",
+        f"pooled contract floor {spread((f.start_all_s for f in pooled), 1e3)} ms",
         f"bare threads {spread((f.start_all_s for f in bare), 1e3)} ms",
     ]
     for phase in ("start", "stop", "destroy"):

@@ -144,13 +144,18 @@ finally:
 floor = bench_scale.bare_thread_floor(
     5, root / "floor", layout=True, records=True, driver=True, contract=True
 )
-floor_db = SQLiteStateDB(root / "floor.db")
-try:
-    floor_states = [
-        floor_db.task_runner_state(a.id, "t")[1].state for a in floor_db.all_allocations()
-    ]
-finally:
-    floor_db.close()
+pooled = bench_scale.bare_thread_floor(
+    5, root / "pooled", layout=True, records=True, driver=True, contract=True, pool=2
+)
+floor_states = {}
+for name in ("floor", "pooled"):
+    floor_db = SQLiteStateDB(root / f"{name}.db")
+    try:
+        floor_states[name] = [
+            floor_db.task_runner_state(a.id, "t")[1].state for a in floor_db.all_allocations()
+        ]
+    finally:
+        floor_db.close()
 print(json.dumps({
     "before": before,
     "writes": writes,
@@ -169,8 +174,10 @@ print(json.dumps({
     "view": [view.id == alloc.id, view.client_status, view.task_states["t"].state],
     "delivered": {k == alloc.id: v.client_status for k, v in delivered.items()},
     "floor_dirs": sorted(p.name for p in (root / "floor").iterdir()).__len__(),
+    "pooled_dirs": sorted(p.name for p in (root / "pooled").iterdir()),
     "floor_states": floor_states,
     "floor_s": floor.start_all_s,
+    "pooled_s": pooled.start_all_s,
 }))
 """
 
@@ -195,5 +202,8 @@ def test_the_contract_floor_stores_publishes_and_hands_over_a_started_task(
     assert got["view"] == [True, "running", "running"]
     assert got["delivered"] == {"true": "running"}
     assert got["floor_dirs"] == 5
-    assert got["floor_states"] == ["running"] * 5
+    assert got["floor_states"] == {"floor": ["running"] * 5, "pooled": ["running"] * 5}
     assert got["floor_s"] > 0
+    # The pooled floor's two builders made every allocation's start, none twice.
+    assert got["pooled_dirs"] == [f"alloc{i}" for i in range(5)]
+    assert got["pooled_s"] > 0

@@ -37,6 +37,8 @@ CALLS_FIGURE = r"calls per alloc: start-all N=\d+ vs the driver floor"
 NOMAD_FLOOR = r"floor: the driver floor storing what Nomad stores, N=\d+"
 CONTRACT_FLOOR = r"floor: a straight-line start of all the contract asks, N=\d+"
 VS_CONTRACT = r"start-all N=\d+ vs the contract floor"
+POOLED_FLOOR = r"floor: the contract's starts on \d+ threads, a thread each waits, N=\d+"
+VS_POOLED = r"start-all N=\d+ vs the pooled contract floor"
 
 
 def figure_lines(output: str, pattern: str) -> list[str]:
@@ -65,11 +67,13 @@ def test_scale_benchmark_prints_every_figure_with_a_ratio() -> None:
             assert "unavailable: supervisor is not installed" in lines[0], report
             continue
         assert re.match(rf"\s+{pattern}{WITH_RATIO}", lines[0]), f"no ratio: {lines[0]}"
-    for floor in (NOMAD_FLOOR, CONTRACT_FLOOR, VS_CONTRACT):
+    for floor in (NOMAD_FLOOR, CONTRACT_FLOOR, VS_CONTRACT, POOLED_FLOOR, VS_POOLED):
         lines = figure_lines(done.stdout, floor)
         assert len(lines) == 1, f"figure {floor!r} printed {len(lines)} times\n{report}"
         assert re.search(r"ratio\s+\d+\.\d\dx\s+goal floor", lines[0]), report
     assert "note: contract floor N=" in done.stdout, report
+    assert "note: pooled contract floor N=" in done.stdout, report
+    assert re.search(r"note: each round: pooled contract floor [\d.]+ ms", done.stdout), report
     rounds = re.findall(r"note: each round: start-all N=\d+ ([\d.]+(?: / [\d.]+)*) ms", done.stdout)
     assert len(rounds) == 1, report
     for phase in ("start", "stop", "destroy"):
