@@ -348,10 +348,10 @@ def bare_thread_floor(
     allocation, and each allocation's thread is started by its builder once its start is
     made, only to wait: the Client's own shape (its builders launch, a thread per
     allocation waits), so with `contract` it is the best any runner of that shape that
-    keeps the contract can reach. The directories
-    stay for the caller to delete once every phase it compares has run (see
-    `client_figures`). With `counter`, the calls of the timed stretch are counted: this
-    thread's and its threads' until every one has started."""
+    keeps the contract can reach. The directories stay for the caller to delete once
+    every phase it compares has run (see `client_figures`). With `counter`, the calls of
+    the timed stretch are counted: this thread's and its threads' until every one has
+    started."""
     release = threading.Event()
     started = [threading.Event() for _ in range(n)]
     db: SQLiteStateDB | None = None
@@ -1795,32 +1795,21 @@ def _client_figures(p: Params, root: Path, floors_root: Path) -> list[Figure]:
     print(start_cost_notes(small, big, recorded, driven, contract, pooled, floors), flush=True)
     print(round_notes(small, big, contract, pooled, floors), flush=True)
     figures.append(ratio_figure(names[4], start_all, floor_start, "bare threads", "s", 8.0))
-    layout_start = min(f.start_all_s for f in layouts)
-    figures.append(Figure(names[7], layout_start, floor_start, "bare threads", "s", "floor", None))
-    figures.append(Figure(names[8], start_all, layout_start, "layout floor", "s", "floor", None))
-    records_start = min(f.start_all_s for f in recorded)
-    figures.append(Figure(names[9], records_start, floor_start, "bare threads", "s", "floor", None))
-    figures.append(Figure(names[10], start_all, records_start, "records floor", "s", "floor", None))
-    driver_start = min(f.start_all_s for f in driven)
-    figures.append(Figure(names[12], driver_start, floor_start, "bare threads", "s", "floor", None))
-    figures.append(Figure(names[13], start_all, driver_start, "driver floor", "s", "floor", None))
-    nomad_start = min(f.start_all_s for f in as_nomad)
-    figures.append(Figure(names[15], nomad_start, floor_start, "bare threads", "s", "floor", None))
-    figures.append(
-        Figure(names[16], start_all, nomad_start, "Nomad-writes floor", "s", "floor", None)
-    )
-    contract_start = min(f.start_all_s for f in contract)
-    figures.append(
-        Figure(names[17], contract_start, floor_start, "bare threads", "s", "floor", None)
-    )
-    figures.append(
-        Figure(names[18], start_all, contract_start, "contract floor", "s", "floor", None)
-    )
-    pooled_start = min(f.start_all_s for f in pooled)
-    figures.append(Figure(names[19], pooled_start, floor_start, "bare threads", "s", "floor", None))
-    figures.append(
-        Figure(names[20], start_all, pooled_start, "pooled contract floor", "s", "floor", None)
-    )
+    # Each floor against the bare threads, then the start-all against that floor: the
+    # floor's figure name and the next one.
+    for floor_at, runs, label in (
+        (7, layouts, "layout floor"),
+        (9, recorded, "records floor"),
+        (12, driven, "driver floor"),
+        (15, as_nomad, "Nomad-writes floor"),
+        (17, contract, "contract floor"),
+        (19, pooled, "pooled contract floor"),
+    ):
+        best = min(f.start_all_s for f in runs)
+        figures.append(
+            Figure(names[floor_at], best, floor_start, "bare threads", "s", "floor", None)
+        )
+        figures.append(Figure(names[floor_at + 1], start_all, best, label, "s", "floor", None))
     figures.append(
         Figure(names[11], min(wakes_big), min(wakes_small), f"N={p.n_small}", "s", "floor", None)
     )
